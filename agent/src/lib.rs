@@ -1,0 +1,1 @@
+//! The Seaport host agent.

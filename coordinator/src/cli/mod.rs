@@ -1,0 +1,101 @@
+//! Command-line interface of the `seaport` binary.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+mod coordinator;
+mod images;
+mod nodes;
+mod registry;
+mod token;
+
+/// Default root of Seaport's local state (image store, coordinator state).
+pub const DEFAULT_ROOT: &str = "/var/lib/seaport";
+
+/// Package a whole Kubernetes cluster as one OCI cluster image and roll it out
+/// to hosts through agents.
+#[derive(Debug, Parser)]
+#[command(name = "seaport", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Root of Seaport's local state: image store, coordinator state.
+    #[arg(long, global = true, env = "SEAPORT_ROOT", default_value = DEFAULT_ROOT)]
+    pub root: PathBuf,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a cluster image from a Kubefile and a context directory.
+    Build(images::BuildArgs),
+    /// List the cluster images in the local store.
+    Images(images::ImagesArgs),
+    /// Show an image's digest, layers, labels, env, cmds, launch and apps as JSON.
+    Inspect(images::InspectArgs),
+    /// Give an image in the local store another name.
+    Tag(images::TagArgs),
+    /// Remove an image name, and the blobs nothing else references.
+    Rmi(images::RmiArgs),
+    /// Write images to one OCI archive.
+    Save(images::SaveArgs),
+    /// Load images from an OCI archive, verifying every blob.
+    Load(images::LoadArgs),
+    /// Store registry credentials (docker-compatible config.json, mode 0600).
+    Login(registry::LoginArgs),
+    /// Forget the credentials stored for a registry.
+    Logout(registry::LogoutArgs),
+    /// Push a cluster image to an OCI distribution registry.
+    Push(registry::PushArgs),
+    /// Pull a cluster image from an OCI distribution registry.
+    Pull(registry::PullArgs),
+    /// Create and run the coordinator (CA, state, QUIC endpoint).
+    #[command(subcommand)]
+    Coordinator(coordinator::CoordinatorCommand),
+    /// Join tokens for enrolling agents.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// The enrolled nodes: list, or remove (revoke) one.
+    Nodes(nodes::NodesArgs),
+}
+
+/// Sets up logging to stderr: warnings by default, more with `-v`.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = cli.root;
+    match cli.command {
+        Command::Build(args) => images::build(&root, args),
+        Command::Images(args) => images::images(&root, args),
+        Command::Inspect(args) => images::inspect(&root, args),
+        Command::Tag(args) => images::tag(&root, args),
+        Command::Rmi(args) => images::rmi(&root, args),
+        Command::Save(args) => images::save(&root, args),
+        Command::Load(args) => images::load(&root, args),
+        Command::Login(args) => registry::login(&root, args),
+        Command::Logout(args) => registry::logout(&root, args),
+        Command::Push(args) => registry::push(&root, args),
+        Command::Pull(args) => registry::pull(&root, args),
+        Command::Coordinator(cmd) => coordinator::run(&root, cmd),
+        Command::Token(cmd) => token::run(&root, cmd),
+        Command::Nodes(args) => nodes::run(&root, args),
+    }
+}

@@ -1,0 +1,15 @@
+//! The `seaport` binary: parse flags, set up logging, hand over to the library.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = seaport::cli::Cli::parse();
+    seaport::cli::init_tracing(cli.verbose);
+    match seaport::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

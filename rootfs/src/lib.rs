@@ -1,0 +1,1 @@
+//! Cluster images: Kubefile parsing, image build, the local OCI store, layers.

@@ -1,0 +1,8 @@
+//! Code shared by the Seaport coordinator, CLI and agent.
+//!
+//! # Layout
+//!
+//! - `digest`: sha256 digests (`sha256:<hex>`), verifying readers and writers.
+//! - `codec`, `wire`: the framed, versioned wire protocol (bincode 2.0.1).
+//! - `pki`: CA, certificates, CA pins, join tokens.
+//! - `safetar`: tar unpacking confined to a target root.
