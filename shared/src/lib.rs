@@ -2,7 +2,13 @@
 //!
 //! # Layout
 //!
-//! - `digest`: sha256 digests (`sha256:<hex>`), verifying readers and writers.
-//! - `codec`, `wire`: the framed, versioned wire protocol (bincode 2.0.1).
-//! - `pki`: CA, certificates, CA pins, join tokens.
-//! - `safetar`: tar unpacking confined to a target root.
+//! - [`digest`]: sha256 digests (`sha256:<hex>`), verifying readers and writers.
+//! - [`codec`], [`wire`]: the framed, versioned wire protocol (bincode 2.0.1).
+//! - [`pki`]: CA, certificates, CA pins, join tokens.
+//! - [`safetar`]: tar unpacking confined to a target root.
+
+pub mod codec;
+pub mod digest;
+pub mod pki;
+pub mod safetar;
+pub mod wire;
