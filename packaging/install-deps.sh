@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Seaport's build, tests, lab and benchmarks need.
+# Used by the README's quick start and by .ci/run, so both stay in step.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps.sh: run as root (it uses apt-get)" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends \
+    ca-certificates curl openssl zstd \
+    skopeo docker-registry apache2-utils \
+    debootstrap systemd-container iproute2 iptables \
+    openssh-server openssh-client \
+    containerd runc
