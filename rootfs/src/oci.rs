@@ -1,0 +1,256 @@
+//! OCI image-spec documents as Seaport writes and reads them: descriptors,
+//! manifests, image configs and the image index, plus the media types and
+//! annotation keys of a cluster image.
+//!
+//! Maps are `BTreeMap`s and fields serialize in a fixed order, so the same
+//! image always serializes to the same bytes (and so the same digest).
+
+use std::collections::BTreeMap;
+
+use seaport_shared::digest::Digest;
+use serde::{Deserialize, Serialize};
+
+/// Media type of an OCI image manifest.
+pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of an OCI image index.
+pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Media type of an OCI image config.
+pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// Media type of a zstd-compressed tar layer (what Seaport writes).
+pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// Media type of a gzip-compressed tar layer (accepted when reading).
+pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// Media type of an uncompressed tar layer (accepted when reading).
+pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Docker's manifest media type (accepted when reading an index).
+pub const MEDIA_TYPE_DOCKER_MANIFEST: &str =
+    "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Annotation naming an image in an index (OCI image layout convention).
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Manifest annotation holding the sealer image extension JSON
+/// (type, applications, launch), as sealer writes it.
+pub const ANNOTATION_SEALER_EXTENSION: &str = "sealer.image.extension";
+/// Layer descriptor annotation: the Kubefile instruction that made the layer.
+pub const ANNOTATION_LAYER_INSTRUCTION: &str = "io.seaport.layer.instruction";
+/// Manifest annotation: the content of the rootfs's `Metadata` file.
+pub const ANNOTATION_METADATA: &str = "io.seaport.image.metadata";
+/// Manifest annotation: the platform the image was built for (`linux/amd64`).
+pub const ANNOTATION_PLATFORM: &str = "io.seaport.image.platform";
+/// Label recording the `KUBEVERSION` instruction (sealer's label key).
+pub const LABEL_KUBE_VERSION: &str = "cluster.alpha.sealer.io/kube-version";
+
+/// A content descriptor: what a blob is, its digest and size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    /// The media type of the referenced blob.
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    /// Its sha256 digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Free-form annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// The platform, in index entries that carry one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+}
+
+/// An OS/architecture pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    /// e.g. `amd64`, `arm64`.
+    pub architecture: String,
+    /// e.g. `linux`.
+    pub os: String,
+    /// e.g. `v8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+/// An OCI image manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always 2.
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    /// [`MEDIA_TYPE_MANIFEST`].
+    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The image config blob.
+    pub config: Descriptor,
+    /// The layers, bottom first.
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+    /// Image-level annotations (sealer extension, Metadata, platform).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An OCI image index (`index.json` of a layout).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    /// Always 2.
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    /// [`MEDIA_TYPE_INDEX`].
+    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The manifests, each named by an [`ANNOTATION_REF_NAME`] annotation.
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_INDEX.to_string()),
+            manifests: Vec::new(),
+        }
+    }
+}
+
+/// An OCI image config.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// Creation time (RFC 3339), only when SOURCE_DATE_EPOCH is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// From MAINTAINER.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// e.g. `amd64`.
+    pub architecture: String,
+    /// e.g. `linux`.
+    pub os: String,
+    /// e.g. `v8` for arm64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// Runtime settings: env, cmd, labels.
+    #[serde(default)]
+    pub config: RuntimeConfig,
+    /// The uncompressed layer digests.
+    pub rootfs: RootFs,
+    /// One entry per instruction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<History>,
+}
+
+/// The `config` section of an image config.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeConfig {
+    /// `K=V` entries from ENV, in order of first definition.
+    #[serde(rename = "Env", default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// From CMD and CMDS: commands run after the cluster is up.
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// From LABEL, KUBEVERSION and `--label`.
+    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The `rootfs` section of an image config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootFs {
+    /// Always `layers`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// sha256 of each uncompressed layer tar, bottom first.
+    pub diff_ids: Vec<Digest>,
+}
+
+impl Default for RootFs {
+    fn default() -> Self {
+        Self {
+            kind: "layers".into(),
+            diff_ids: Vec::new(),
+        }
+    }
+}
+
+/// One history entry of an image config.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Creation time, only when SOURCE_DATE_EPOCH is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// The instruction, as written in the Kubefile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// True when the instruction made no layer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty_layer: bool,
+}
+
+/// The sealer image extension, stored as JSON in the
+/// [`ANNOTATION_SEALER_EXTENSION`] manifest annotation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageExtension {
+    /// Which tool built the image.
+    #[serde(rename = "buildClient", default)]
+    pub build_client: BuildClient,
+    /// `v1alpha1`.
+    #[serde(rename = "schemaVersion", default)]
+    pub schema_version: String,
+    /// `kube-installer` (has a Kubernetes rootfs) or `app-installer`.
+    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Applications declared by APP, CNI and CSI (and inherited from FROM).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applications: Vec<Application>,
+    /// What LAUNCH or CMDS asked to run.
+    #[serde(default)]
+    pub launch: Launch,
+}
+
+/// The build client recorded in the extension.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildClient {
+    /// sealer puts its version here; Seaport writes `seaport-<version>`.
+    #[serde(rename = "sealerVersion", default)]
+    pub sealer_version: String,
+    /// Unused by Seaport; kept for sealer compatibility.
+    #[serde(rename = "buildahVersion", default)]
+    pub buildah_version: String,
+}
+
+/// The launch section of the extension.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    /// Raw shell commands (CMDS, CMD).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmds: Vec<String>,
+    /// Applications to launch, in order (LAUNCH).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_names: Vec<String>,
+}
+
+/// One application in a cluster image.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Application {
+    /// Unique name within the image.
+    pub name: String,
+    /// `helm`, `kube` (YAML manifests) or `shell`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Files (relative to the app directory) that launch it.
+    #[serde(rename = "launchfiles", default, skip_serializing_if = "Vec::is_empty")]
+    pub launch_files: Vec<String>,
+    /// Commands that replace the default launch (APPCMDS).
+    #[serde(rename = "launchCmds", default, skip_serializing_if = "Vec::is_empty")]
+    pub launch_cmds: Vec<String>,
+    /// Environment for the app's commands (APPENV).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// `app`, or `cni`/`csi` when declared by CNI or CSI.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
+    /// Directory of the app in the rootfs, e.g. `application/apps/NAME/`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+}

@@ -1,0 +1,643 @@
+//! The local image store: an OCI image layout under `<root>/images`.
+//!
+//! ```text
+//! <root>/images/oci-layout          {"imageLayoutVersion":"1.0.0"}
+//! <root>/images/index.json          one manifest descriptor per name
+//! <root>/images/blobs/sha256/<hex>  manifests, configs, layers
+//! <root>/images/tmp/                temporary files, renamed into blobs/
+//! <root>/images/index.lock          held while index.json is rewritten
+//! <root>/images/gc.lock             shared by writers, exclusive for gc
+//! ```
+//!
+//! Every name in `index.json` carries the `org.opencontainers.image.ref.name`
+//! annotation with the canonical name (`docker.io/library/kubernetes:v1.19.8`),
+//! so skopeo and other OCI tools can read the directory as it is.
+//!
+//! Writes are atomic: a blob is written to a temporary file in `tmp/`, hashed
+//! while written, fsynced and renamed into place only when its digest
+//! matches; `index.json` is rewritten to a temporary file and renamed under an
+//! exclusive file lock, so concurrent processes never see or make a torn
+//! index. Blobs added for an image that is not named yet must be protected
+//! from a concurrent [`Store::gc`] by holding a [`WriteGuard`] from
+//! [`Store::write_guard`] until [`Store::set_name`] has run.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use fs4::fs_std::FileExt;
+use seaport_shared::digest::{Digest, DigestError, HashingWriter};
+use tempfile::NamedTempFile;
+
+use crate::oci::{
+    Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_MANIFEST,
+};
+use crate::reference::{ImageRef, ReferenceError};
+
+/// Manifests and configs larger than this are refused as corrupt.
+pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Errors from the local store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// No image has this name.
+    #[error("image {0} is not in the local store (see `seaport images`)")]
+    NotFound(String),
+    /// A blob the store needs is missing.
+    #[error("blob {0} is missing from the local store; the store is damaged, re-pull or re-load the image")]
+    MissingBlob(Digest),
+    /// A blob's content does not match its digest.
+    #[error("blob {digest}: {source}")]
+    Verify {
+        /// The blob.
+        digest: Digest,
+        /// The mismatch or I/O error.
+        source: DigestError,
+    },
+    /// A JSON document in the store is malformed.
+    #[error("malformed {what} {digest}: {source}")]
+    Json {
+        /// manifest, config or index.
+        what: &'static str,
+        /// The document's digest (or the index's).
+        digest: String,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// A JSON document is larger than [`MAX_DOCUMENT_SIZE`].
+    #[error("{what} {digest} is {size} bytes, more than the {MAX_DOCUMENT_SIZE} allowed")]
+    TooLarge {
+        /// manifest or config.
+        what: &'static str,
+        /// Its digest.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// A name in the index is not a valid image name.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One named image in the store.
+#[derive(Clone, Debug)]
+pub struct ImageEntry {
+    /// Its name.
+    pub name: ImageRef,
+    /// The manifest descriptor from `index.json`.
+    pub manifest: Descriptor,
+}
+
+/// An image resolved to its documents.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    /// The name it was resolved from (with the digest filled in when the
+    /// lookup was by digest).
+    pub name: ImageRef,
+    /// The manifest's digest: the image digest.
+    pub manifest_digest: Digest,
+    /// The manifest's size in bytes.
+    pub manifest_size: u64,
+    /// The parsed manifest.
+    pub manifest: Manifest,
+    /// The parsed image config.
+    pub config: ImageConfig,
+}
+
+/// What [`Store::gc`] removed.
+#[derive(Clone, Debug, Default)]
+pub struct GcReport {
+    /// Blobs removed.
+    pub removed: Vec<Digest>,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+}
+
+/// Keeps [`Store::gc`] from running while held: take one before adding blobs
+/// that no name references yet, and drop it after [`Store::set_name`].
+pub struct WriteGuard {
+    _file: File,
+}
+
+/// The local OCI image layout.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens the store under `root` (the Seaport root), creating an empty
+    /// layout at `<root>/images` if there is none.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let dir = root.join("images");
+        let blobs = dir.join("blobs").join("sha256");
+        fs::create_dir_all(&blobs).map_err(io_err("creating", &blobs))?;
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&tmp).map_err(io_err("creating", &tmp))?;
+        let store = Self { dir };
+        let layout = store.dir.join("oci-layout");
+        if !layout.exists() {
+            store.write_file_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = store.dir.join("index.json");
+        if !index.exists() {
+            let _lock = store.lock("index.lock", true)?;
+            if !index.exists() {
+                let bytes = serde_json::to_vec(&Index::new()).expect("index serializes");
+                store.write_file_atomic(&index, &bytes)?;
+            }
+        }
+        for lock in ["index.lock", "gc.lock"] {
+            let path = store.dir.join(lock);
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err("creating", &path))?;
+        }
+        Ok(store)
+    }
+
+    /// The layout directory (`<root>/images`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the blob with this digest lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join("blobs").join("sha256").join(digest.hex())
+    }
+
+    /// Whether the store holds this blob.
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Opens a blob for reading. The content is trusted (it was verified
+    /// when written); use [`Store::read_blob`] for a verified small read.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File, StoreError> {
+        File::open(self.blob_path(digest)).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                StoreError::MissingBlob(*digest)
+            } else {
+                StoreError::Io {
+                    action: "opening",
+                    path: self.blob_path(digest),
+                    source: e,
+                }
+            }
+        })
+    }
+
+    /// Reads a small blob (a manifest or config) whole, verifying its digest.
+    pub fn read_blob(&self, digest: &Digest, what: &'static str) -> Result<Vec<u8>, StoreError> {
+        let file = self.open_blob(digest)?;
+        let size = file
+            .metadata()
+            .map_err(io_err("reading", &self.blob_path(digest)))?
+            .len();
+        if size > MAX_DOCUMENT_SIZE {
+            return Err(StoreError::TooLarge {
+                what,
+                digest: *digest,
+                size,
+            });
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        (&file)
+            .take(MAX_DOCUMENT_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err("reading", &self.blob_path(digest)))?;
+        if Digest::of(&bytes) != *digest {
+            return Err(StoreError::Verify {
+                digest: *digest,
+                source: DigestError::Mismatch {
+                    expected: *digest,
+                    actual: Digest::of(&bytes),
+                    size: bytes.len() as u64,
+                },
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// A new temporary file inside the store (same filesystem as the
+    /// blobs, so it can be renamed into place). It is deleted when dropped.
+    pub fn temp_file(&self) -> Result<NamedTempFile, StoreError> {
+        let tmp = self.dir.join("tmp");
+        tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&tmp)
+            .map_err(io_err("creating a temporary file in", &tmp))
+    }
+
+    /// A new temporary directory inside the store, deleted when dropped.
+    pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir, StoreError> {
+        let tmp = self.dir.join("tmp");
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&tmp)
+            .map_err(io_err("creating a temporary directory in", &tmp))
+    }
+
+    /// Moves a fully written temporary file into place as blob `digest`.
+    /// The caller must have computed `digest` over exactly the file's bytes
+    /// (for example with a [`HashingWriter`]). The file is fsynced first.
+    pub fn commit_temp_blob(&self, tmp: NamedTempFile, digest: &Digest) -> Result<(), StoreError> {
+        let dest = self.blob_path(digest);
+        if dest.is_file() {
+            return Ok(());
+        }
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_err("syncing", tmp.path()))?;
+        tmp.persist(&dest).map_err(|e| StoreError::Io {
+            action: "renaming a temporary file to",
+            path: dest.clone(),
+            source: e.error,
+        })?;
+        sync_dir(dest.parent().expect("blob has a parent"));
+        Ok(())
+    }
+
+    /// Writes a blob from `reader`, verifying it against `expected` while
+    /// writing. On a mismatch or error nothing is left in the store.
+    /// Returns the blob's size.
+    pub fn write_blob_verified(
+        &self,
+        expected: &Digest,
+        reader: impl Read,
+    ) -> Result<u64, StoreError> {
+        let mut tmp = self.temp_file()?;
+        let size = seaport_shared::digest::copy_verified(reader, tmp.as_file_mut(), expected)
+            .map_err(|source| StoreError::Verify {
+                digest: *expected,
+                source,
+            })?;
+        self.commit_temp_blob(tmp, expected)?;
+        Ok(size)
+    }
+
+    /// Stores `bytes` as a blob and returns its digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let digest = Digest::of(bytes);
+        if self.has_blob(&digest) {
+            return Ok(digest);
+        }
+        let mut tmp = self.temp_file()?;
+        let mut w = HashingWriter::new(tmp.as_file_mut());
+        w.write_all(bytes).map_err(io_err("writing", &self.dir))?;
+        self.commit_temp_blob(tmp, &digest)?;
+        Ok(digest)
+    }
+
+    /// Takes a [`WriteGuard`]: [`Store::gc`] waits until it is dropped.
+    pub fn write_guard(&self) -> Result<WriteGuard, StoreError> {
+        Ok(WriteGuard {
+            _file: self.lock("gc.lock", false)?,
+        })
+    }
+
+    /// Reads `index.json`.
+    pub fn index(&self) -> Result<Index, StoreError> {
+        let path = self.dir.join("index.json");
+        let bytes = fs::read(&path).map_err(io_err("reading", &path))?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+            what: "index",
+            digest: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Lists the named images, sorted by name.
+    pub fn list(&self) -> Result<Vec<ImageEntry>, StoreError> {
+        let mut out = Vec::new();
+        for desc in self.index()?.manifests {
+            let Some(name) = desc.annotations.get(ANNOTATION_REF_NAME) else {
+                continue;
+            };
+            let name = ImageRef::parse(name)?;
+            out.push(ImageEntry {
+                name,
+                manifest: desc,
+            });
+        }
+        out.sort_by_key(|e| e.name.canonical());
+        Ok(out)
+    }
+
+    /// Reads and parses a manifest blob.
+    pub fn manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
+        let bytes = self.read_blob(digest, "manifest")?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+            what: "manifest",
+            digest: digest.to_string(),
+            source,
+        })
+    }
+
+    /// Reads and parses an image config blob.
+    pub fn config(&self, digest: &Digest) -> Result<ImageConfig, StoreError> {
+        let bytes = self.read_blob(digest, "config")?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+            what: "config",
+            digest: digest.to_string(),
+            source,
+        })
+    }
+
+    /// Resolves `name` (a name, or `name@sha256:...`, or a bare
+    /// `sha256:...` manifest digest) to its manifest and config.
+    pub fn resolve(&self, name: &str) -> Result<ResolvedImage, StoreError> {
+        let entries = self.list()?;
+        let (image, manifest_digest) = if let Ok(d) = name.parse::<Digest>() {
+            let e = entries
+                .iter()
+                .find(|e| e.manifest.digest == d)
+                .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+            (e.name.clone(), d)
+        } else {
+            let wanted = ImageRef::parse(name)?;
+            match wanted.digest() {
+                Some(d) => {
+                    let e = entries
+                        .iter()
+                        .find(|e| {
+                            e.manifest.digest == *d
+                                && e.name.canonical_repository() == wanted.canonical_repository()
+                        })
+                        .ok_or_else(|| StoreError::NotFound(wanted.to_string()))?;
+                    (e.name.clone(), *d)
+                }
+                None => {
+                    let e = entries
+                        .iter()
+                        .find(|e| e.name == wanted)
+                        .ok_or_else(|| StoreError::NotFound(wanted.to_string()))?;
+                    (e.name.clone(), e.manifest.digest)
+                }
+            }
+        };
+        self.resolve_digest(image, &manifest_digest)
+    }
+
+    /// Loads the manifest `digest` and its config, naming the result `name`.
+    pub fn resolve_digest(
+        &self,
+        name: ImageRef,
+        digest: &Digest,
+    ) -> Result<ResolvedImage, StoreError> {
+        let manifest = self.manifest(digest)?;
+        let config = self.config(&manifest.config.digest)?;
+        let manifest_size = fs::metadata(self.blob_path(digest))
+            .map_err(io_err("reading", &self.blob_path(digest)))?
+            .len();
+        Ok(ResolvedImage {
+            name,
+            manifest_digest: *digest,
+            manifest_size,
+            manifest,
+            config,
+        })
+    }
+
+    /// Points `name` at the manifest `manifest_digest` (which must be in the
+    /// store), replacing what it pointed at. Returns the previous digest.
+    pub fn set_name(
+        &self,
+        name: &ImageRef,
+        manifest_digest: &Digest,
+    ) -> Result<Option<Digest>, StoreError> {
+        let path = self.blob_path(manifest_digest);
+        let size = fs::metadata(&path)
+            .map_err(|_| StoreError::MissingBlob(*manifest_digest))?
+            .len();
+        let manifest = self.manifest(manifest_digest)?;
+        let media_type = manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.to_string());
+        let name = name.with_tag(name.tag().unwrap_or(crate::reference::DEFAULT_TAG))?;
+        self.update_index(|index| {
+            let key = name.canonical();
+            let previous = remove_named(index, &key);
+            let mut desc = Descriptor {
+                media_type,
+                digest: *manifest_digest,
+                size,
+                annotations: Default::default(),
+                platform: None,
+            };
+            desc.annotations.insert(ANNOTATION_REF_NAME.into(), key);
+            index.manifests.push(desc);
+            index
+                .manifests
+                .sort_by(|a, b| a.annotations.get(ANNOTATION_REF_NAME).cmp(&b.annotations.get(ANNOTATION_REF_NAME)));
+            Ok(previous)
+        })
+    }
+
+    /// Removes `name` from the index (blobs stay until [`Store::gc`]).
+    /// Returns the digest it pointed at.
+    pub fn remove_name(&self, name: &ImageRef) -> Result<Digest, StoreError> {
+        let key = name.canonical();
+        self.update_index(|index| remove_named(index, &key).ok_or_else(|| StoreError::NotFound(name.to_string())))
+    }
+
+    /// Every blob some named image needs: manifests, configs, layers.
+    pub fn referenced_blobs(&self) -> Result<BTreeSet<Digest>, StoreError> {
+        let mut keep = BTreeSet::new();
+        for desc in self.index()?.manifests {
+            keep.insert(desc.digest);
+            if desc.media_type != MEDIA_TYPE_MANIFEST && desc.media_type != MEDIA_TYPE_DOCKER_MANIFEST {
+                continue;
+            }
+            let manifest = self.manifest(&desc.digest)?;
+            keep.insert(manifest.config.digest);
+            keep.extend(manifest.layers.iter().map(|l| l.digest));
+        }
+        Ok(keep)
+    }
+
+    /// Removes every blob no named image references, and leftover
+    /// temporary files. Waits for writers holding a [`WriteGuard`].
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        let _gc = self.lock("gc.lock", true)?;
+        let _index = self.lock("index.lock", true)?;
+        let keep = self.referenced_blobs()?;
+        let mut report = GcReport::default();
+        let blobs = self.dir.join("blobs").join("sha256");
+        for entry in fs::read_dir(&blobs).map_err(io_err("listing", &blobs))? {
+            let entry = entry.map_err(io_err("listing", &blobs))?;
+            let name = entry.file_name();
+            let Some(digest) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+                continue;
+            };
+            if keep.contains(&digest) {
+                continue;
+            }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
+            report.removed.push(digest);
+            report.freed_bytes += size;
+        }
+        // With the exclusive gc lock held no writer is active, so anything in
+        // tmp/ was left by a killed process.
+        let tmp = self.dir.join("tmp");
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for entry in entries.flatten() {
+                let p = entry.path();
+                let _ = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+            }
+        }
+        report.removed.sort();
+        Ok(report)
+    }
+
+    fn update_index<T>(
+        &self,
+        change: impl FnOnce(&mut Index) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _lock = self.lock("index.lock", true)?;
+        let mut index = self.index()?;
+        let out = change(&mut index)?;
+        let bytes = serde_json::to_vec(&index).expect("index serializes");
+        self.write_file_atomic(&self.dir.join("index.json"), &bytes)?;
+        Ok(out)
+    }
+
+    fn lock(&self, name: &str, exclusive: bool) -> Result<File, StoreError> {
+        let path = self.dir.join(name);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("opening lock file", &path))?;
+        if exclusive {
+            FileExt::lock_exclusive(&file).map_err(io_err("locking", &path))?;
+        } else {
+            FileExt::lock_shared(&file).map_err(io_err("locking", &path))?;
+        }
+        Ok(file)
+    }
+
+    fn write_file_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        write_file_atomic(path, bytes)
+    }
+}
+
+fn remove_named(index: &mut Index, key: &str) -> Option<Digest> {
+    let pos = index
+        .manifests
+        .iter()
+        .position(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(key))?;
+    Some(index.manifests.remove(pos).digest)
+}
+
+/// Writes `bytes` to `path` atomically: temporary file beside it, fsync,
+/// rename, fsync of the directory.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io_err("creating a temporary file in", dir))?;
+    tmp.write_all(bytes).map_err(io_err("writing", tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io_err("syncing", path))?;
+    tmp.persist(path).map_err(|e| StoreError::Io {
+        action: "renaming a temporary file to",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    sync_dir(dir);
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: some filesystems refuse fsync on directories.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_round_trip_and_mismatch_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let d = store.put_blob(b"hello").unwrap();
+        assert!(store.has_blob(&d));
+        assert_eq!(store.read_blob(&d, "test").unwrap(), b"hello");
+
+        let wrong = Digest::of(b"other");
+        let err = store.write_blob_verified(&wrong, &b"hello!"[..]).unwrap_err();
+        assert!(err.to_string().contains("digest mismatch"), "{err}");
+        assert!(!store.has_blob(&wrong));
+        assert_eq!(fs::read_dir(store.dir().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn names_point_at_manifests_and_gc_keeps_only_referenced_blobs() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let config = store.put_blob(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#).unwrap();
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+            config: Descriptor {
+                media_type: crate::oci::MEDIA_TYPE_CONFIG.into(),
+                digest: config,
+                size: 10,
+                annotations: Default::default(),
+                platform: None,
+            },
+            layers: vec![],
+            annotations: Default::default(),
+        };
+        let m = store.put_blob(&serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let stray = store.put_blob(b"stray").unwrap();
+        let name = ImageRef::parse("kube:v1").unwrap();
+        assert_eq!(store.set_name(&name, &m).unwrap(), None);
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].name.to_string(), "kube:v1");
+        assert_eq!(store.resolve("kube:v1").unwrap().manifest_digest, m);
+        assert_eq!(store.resolve(&m.to_string()).unwrap().name, name);
+
+        let report = store.gc().unwrap();
+        assert_eq!(report.removed, vec![stray]);
+        assert!(store.has_blob(&m) && store.has_blob(&config));
+
+        store.remove_name(&name).unwrap();
+        assert!(matches!(store.resolve("kube:v1"), Err(StoreError::NotFound(_))));
+        store.gc().unwrap();
+        assert!(!store.has_blob(&m) && !store.has_blob(&config));
+    }
+}
