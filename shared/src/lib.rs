@@ -4,11 +4,14 @@
 //!
 //! - [`digest`]: sha256 digests (`sha256:<hex>`), verifying readers and writers.
 //! - [`codec`], [`wire`]: the framed, versioned wire protocol (bincode 2.0.1).
-//! - [`pki`]: CA, certificates, CA pins, join tokens.
+//! - [`pki`]: roles, CA pins, join tokens, node ids, certificate inspection,
+//!   keys and CSRs, private files.
+//! - [`tls`]: rustls and quinn configurations (pinned enrollment, mTLS).
 //! - [`safetar`]: tar unpacking confined to a target root.
 
 pub mod codec;
 pub mod digest;
 pub mod pki;
 pub mod safetar;
+pub mod tls;
 pub mod wire;

@@ -1,1 +1,439 @@
-//! (being written)
+//! The Seaport wire protocol: what travels on each QUIC stream.
+//!
+//! Every stream, in either direction, opens with a [`StreamHello`]: seven raw
+//! bytes (`SPRT`, a big-endian `u16` protocol version, a one-byte
+//! [`StreamKind`]). They are not bincode on purpose: a peer of any version can
+//! read them, so an unknown version gets a [`HelloReply::Refused`] with a clear
+//! message instead of a decode error. The reply is raw too. After it, the
+//! stream carries length-prefixed bincode frames ([`crate::codec`]) of the
+//! message types below, one family per stream kind.
+//!
+//! | stream | opened by | frames |
+//! | --- | --- | --- |
+//! | `Enroll` | agent without a client certificate | [`EnrollRequest`] then [`EnrollResponse`] |
+//! | `Control` | agent with its node certificate, one per session | [`AgentMessage`] and [`CoordinatorMessage`] |
+//! | `Admin` | CLI with the admin certificate, one per request | [`AdminRequest`] then [`AdminResponse`] |
+//! | `Blob` | reserved for layer transfers (one stream per blob) | |
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// ALPN protocol id of every Seaport QUIC connection.
+pub const ALPN: &[u8] = b"seaport/1";
+/// Version carried in every [`StreamHello`].
+pub const PROTOCOL_VERSION: u16 = 1;
+/// TLS server name the coordinator's certificate carries and clients ask for.
+/// The CA is private to one coordinator, so its name, not an address, is what
+/// identifies it: agents reach it through any address or NAT.
+pub const COORDINATOR_SERVER_NAME: &str = "coordinator.seaport";
+
+/// How often an agent sends a heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
+/// A node with no heartbeat for this long is shown offline.
+pub const OFFLINE_AFTER: Duration = Duration::from_secs(10);
+/// QUIC idle timeout on both ends: a cut link ends the connection after this.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// QUIC keep-alive from agents, below the idle timeout.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// Frame limit on the unauthenticated enrollment stream.
+pub const ENROLL_FRAME_LIMIT: u32 = 64 * 1024;
+/// Frame limit on a node's control stream.
+pub const CONTROL_FRAME_LIMIT: u32 = 1024 * 1024;
+/// Frame limit on admin streams (node listings can be long).
+pub const ADMIN_FRAME_LIMIT: u32 = crate::codec::MAX_FRAME_LEN;
+
+const MAGIC: &[u8; 4] = b"SPRT";
+const HELLO_LEN: usize = 7;
+const MAX_REFUSAL_LEN: usize = 1024;
+
+/// Errors of the stream handshake.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("peer is not speaking the seaport protocol (bad stream header)")]
+    BadMagic,
+    #[error("unknown stream kind {0}")]
+    UnknownKind(u8),
+    #[error("protocol version {theirs} is not supported (this side speaks version {ours}); upgrade the older of coordinator and agent")]
+    UnsupportedVersion { theirs: u16, ours: u16 },
+    #[error("stream refused by the peer: {0}")]
+    Refused(String),
+    #[error("bad stream handshake reply")]
+    BadReply,
+    #[error("i/o error during stream handshake: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a stream is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Enroll = 1,
+    Control = 2,
+    Admin = 3,
+    Blob = 4,
+}
+
+impl StreamKind {
+    fn from_byte(b: u8) -> Result<Self, WireError> {
+        Ok(match b {
+            1 => StreamKind::Enroll,
+            2 => StreamKind::Control,
+            3 => StreamKind::Admin,
+            4 => StreamKind::Blob,
+            other => return Err(WireError::UnknownKind(other)),
+        })
+    }
+}
+
+/// The first bytes of every stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamHello {
+    pub version: u16,
+    pub kind: StreamKind,
+}
+
+impl StreamHello {
+    /// A hello for this build's protocol version.
+    pub fn new(kind: StreamKind) -> Self {
+        StreamHello {
+            version: PROTOCOL_VERSION,
+            kind,
+        }
+    }
+
+    pub fn to_bytes(self) -> [u8; HELLO_LEN] {
+        let v = self.version.to_be_bytes();
+        [
+            MAGIC[0],
+            MAGIC[1],
+            MAGIC[2],
+            MAGIC[3],
+            v[0],
+            v[1],
+            self.kind as u8,
+        ]
+    }
+
+    /// Parses the seven header bytes. The version is returned as is: checking
+    /// it is [`StreamHello::check_version`]'s job, so the refusal can name it.
+    pub fn parse(bytes: &[u8]) -> Result<Self, WireError> {
+        if bytes.len() != HELLO_LEN || &bytes[..4] != MAGIC {
+            return Err(WireError::BadMagic);
+        }
+        let version = u16::from_be_bytes([bytes[4], bytes[5]]);
+        let kind = StreamKind::from_byte(bytes[6])?;
+        Ok(StreamHello { version, kind })
+    }
+
+    pub fn check_version(&self) -> Result<(), WireError> {
+        if self.version != PROTOCOL_VERSION {
+            return Err(WireError::UnsupportedVersion {
+                theirs: self.version,
+                ours: PROTOCOL_VERSION,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a [`StreamHello`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelloReply {
+    Accepted { version: u16 },
+    Refused { version: u16, reason: String },
+}
+
+impl HelloReply {
+    /// `[status u8][version u16][reason length u16][reason utf-8]`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            HelloReply::Accepted { version } => {
+                let v = version.to_be_bytes();
+                vec![0, v[0], v[1], 0, 0]
+            }
+            HelloReply::Refused { version, reason } => {
+                let mut reason = reason.as_bytes();
+                if reason.len() > MAX_REFUSAL_LEN {
+                    reason = &reason[..MAX_REFUSAL_LEN];
+                }
+                let mut out = vec![1];
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+                out.extend_from_slice(reason);
+                out
+            }
+        }
+    }
+
+    /// Reads a reply from a stream.
+    pub async fn read<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Self, WireError> {
+        let mut head = [0u8; 5];
+        reader.read_exact(&mut head).await?;
+        let version = u16::from_be_bytes([head[1], head[2]]);
+        let len = usize::from(u16::from_be_bytes([head[3], head[4]]));
+        if len > MAX_REFUSAL_LEN {
+            return Err(WireError::BadReply);
+        }
+        let mut reason = vec![0u8; len];
+        reader.read_exact(&mut reason).await?;
+        match head[0] {
+            0 if len == 0 => Ok(HelloReply::Accepted { version }),
+            1 => Ok(HelloReply::Refused {
+                version,
+                reason: String::from_utf8_lossy(&reason).into_owned(),
+            }),
+            _ => Err(WireError::BadReply),
+        }
+    }
+}
+
+/// Client side of the handshake: send the hello, wait for acceptance.
+pub async fn client_handshake<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    kind: StreamKind,
+) -> Result<(), WireError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    writer.write_all(&StreamHello::new(kind).to_bytes()).await?;
+    match HelloReply::read(reader).await? {
+        HelloReply::Accepted { .. } => Ok(()),
+        HelloReply::Refused { reason, .. } => Err(WireError::Refused(reason)),
+    }
+}
+
+/// Server side, first half: read and parse the hello. The caller decides
+/// whether the kind is allowed, then calls [`accept_hello`] or [`refuse_hello`].
+pub async fn read_hello<R: AsyncRead + Unpin>(reader: &mut R) -> Result<StreamHello, WireError> {
+    let mut bytes = [0u8; HELLO_LEN];
+    reader.read_exact(&mut bytes).await?;
+    StreamHello::parse(&bytes)
+}
+
+pub async fn accept_hello<W: AsyncWrite + Unpin>(writer: &mut W) -> Result<(), WireError> {
+    let reply = HelloReply::Accepted {
+        version: PROTOCOL_VERSION,
+    };
+    writer.write_all(&reply.to_bytes()).await?;
+    Ok(())
+}
+
+pub async fn refuse_hello<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    reason: &str,
+) -> Result<(), WireError> {
+    let reply = HelloReply::Refused {
+        version: PROTOCOL_VERSION,
+        reason: reason.to_string(),
+    };
+    writer.write_all(&reply.to_bytes()).await?;
+    Ok(())
+}
+
+/// First frame on an `Enroll` stream: the token (proof of authorization) and
+/// the CSR (proof of key possession). Nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub csr_der: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnrollResponse {
+    Enrolled {
+        node_id: String,
+        cert_pem: String,
+        ca_pem: String,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// What an agent reports about its host in each heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_total: u64,
+    pub memory_available: u64,
+    pub disk_total: u64,
+    pub disk_available: u64,
+    pub ips: Vec<String>,
+    pub machine_id: String,
+    pub agent_version: String,
+    pub uptime_secs: u64,
+}
+
+/// Agent to coordinator, on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// `node_id` is a claim the coordinator checks against the certificate;
+    /// the certificate's name is what counts.
+    Heartbeat { node_id: String, facts: HostFacts },
+    /// A CSR for a renewed certificate, signed by the node's key.
+    Renew { csr_der: Vec<u8> },
+}
+
+/// Coordinator to agent, on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    HeartbeatAck {
+        server_time: i64,
+    },
+    Renewed {
+        cert_pem: String,
+    },
+    /// The coordinator refuses the last message; the session ends after it.
+    Refused {
+        reason: String,
+    },
+}
+
+/// One request per `Admin` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    ListNodes,
+    /// Revoke a node, named by node id or hostname.
+    RemoveNode {
+        node: String,
+    },
+    CreateToken {
+        ttl_secs: u64,
+        uses: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminResponse {
+    Nodes(Vec<NodeInfo>),
+    Removed { node_id: String },
+    Token(TokenGrant),
+    Refused { reason: String },
+}
+
+/// A node as the inventory shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub hostname: String,
+    pub ips: Vec<String>,
+    pub status: NodeStatus,
+    /// Unix seconds of the last heartbeat, if any.
+    pub last_seen: Option<i64>,
+    pub agent_version: String,
+    /// Unix seconds at which the node's current certificate expires.
+    pub cert_expires: i64,
+    pub enrolled_at: i64,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_total: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Online,
+    Offline,
+    Expired,
+    Revoked,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Online => "online",
+            NodeStatus::Offline => "offline",
+            NodeStatus::Expired => "expired",
+            NodeStatus::Revoked => "revoked",
+        }
+    }
+}
+
+/// A freshly created join token, the only time its secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenGrant {
+    pub token: String,
+    pub ca_pin: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub uses: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trip_and_version_check() {
+        let hello = StreamHello::new(StreamKind::Control);
+        let parsed = StreamHello::parse(&hello.to_bytes()).unwrap();
+        assert_eq!(parsed, hello);
+        parsed.check_version().unwrap();
+
+        let future = StreamHello {
+            version: PROTOCOL_VERSION + 1,
+            kind: StreamKind::Control,
+        };
+        let err = StreamHello::parse(&future.to_bytes())
+            .unwrap()
+            .check_version()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("version 2 is not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hello_rejects_garbage() {
+        assert!(matches!(
+            StreamHello::parse(b"GET / H"),
+            Err(WireError::BadMagic)
+        ));
+        assert!(matches!(
+            StreamHello::parse(b"SPRT\0\x01\x09"),
+            Err(WireError::UnknownKind(9))
+        ));
+    }
+
+    #[tokio::test]
+    async fn refusal_reaches_the_client_with_its_reason() {
+        let reply = HelloReply::Refused {
+            version: 1,
+            reason: "protocol version 9 is not supported".into(),
+        };
+        let bytes = reply.to_bytes();
+        let mut reader: &[u8] = &bytes;
+        let mut sink = Vec::new();
+        let err = client_handshake(&mut reader, &mut sink, StreamKind::Control)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("version 9"), "{err}");
+        assert_eq!(sink, StreamHello::new(StreamKind::Control).to_bytes());
+    }
+
+    #[test]
+    fn messages_round_trip_through_the_codec() {
+        let msg = AgentMessage::Heartbeat {
+            node_id: "host-1234abcd".into(),
+            facts: HostFacts {
+                hostname: "host".into(),
+                ips: vec!["198.18.0.11".into()],
+                cpus: 2,
+                ..Default::default()
+            },
+        };
+        let body = crate::codec::encode(&msg).unwrap();
+        assert_eq!(crate::codec::decode::<AgentMessage>(&body).unwrap(), msg);
+    }
+}
