@@ -7,8 +7,11 @@
 //!   annotation keys of a cluster image.
 //! - [`store`]: the local OCI image layout under `<root>/images`.
 //! - [`build`]: the Kubefile build pipeline and the [`build::ImageCache`] hook.
+//! - [`registry`]: OCI distribution registries: client, auth, credentials,
+//!   push and pull, distribution's storage layout.
 
 pub mod oci;
 pub mod reference;
 pub mod store;
 pub mod build;
+pub mod registry;

@@ -1,0 +1,317 @@
+//! Pushing and pulling cluster images between the local store and a registry.
+//!
+//! Push uploads the config and layers the registry does not have yet (HEAD
+//! first), then the manifest, byte for byte as stored, so the image keeps
+//! its digest. Pull fetches the manifest (choosing the target platform when
+//! the name points at an index), downloads the blobs the store lacks,
+//! verifying each while it is written, and names the image last, so an
+//! interrupted pull leaves no half image behind a name. Blobs move several
+//! at a time on scoped threads.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use seaport_shared::digest::{Digest, DigestError};
+
+use super::client::{
+    RegistryClient, RegistryError, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
+};
+use super::platform::{available_platforms, platform_string, select_manifest};
+use crate::oci::{Descriptor, Index, Manifest, Platform};
+use crate::reference::ImageRef;
+use crate::store::{Store, StoreError};
+
+/// Errors from push and pull.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// Talking to the registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A manifest is not usable.
+    #[error("{image}: {reason}")]
+    Manifest {
+        /// The image.
+        image: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An index has no manifest for the target platform.
+    #[error("{image} has no manifest for platform {wanted} (it has: {available}); choose one with --platform")]
+    NoPlatform {
+        /// The image.
+        image: String,
+        /// The platform asked for.
+        wanted: String,
+        /// What the index offers.
+        available: String,
+    },
+}
+
+/// A manifest fetched from a registry, resolved to one platform.
+#[derive(Clone, Debug)]
+pub struct RemoteImage {
+    /// The index the name pointed at, if it was one: bytes, media type, digest.
+    pub index: Option<(Vec<u8>, String, Digest)>,
+    /// The image manifest's bytes as served.
+    pub manifest_bytes: Vec<u8>,
+    /// Its media type.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: Digest,
+    /// The parsed manifest.
+    pub manifest: Manifest,
+}
+
+impl RemoteImage {
+    /// The config and layers, without duplicates, config first.
+    pub fn blobs(&self) -> Vec<Descriptor> {
+        let mut out: Vec<Descriptor> = Vec::new();
+        for d in std::iter::once(&self.manifest.config).chain(&self.manifest.layers) {
+            if !out.iter().any(|o| o.digest == d.digest) {
+                out.push(d.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Fetches the manifest `image` names from `client`, following an index to
+/// the manifest for `platform`.
+pub fn fetch_image(
+    client: &RegistryClient,
+    image: &ImageRef,
+    platform: &Platform,
+) -> Result<RemoteImage, TransferError> {
+    let reference = match (image.digest(), image.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_string(),
+        (None, None) => crate::reference::DEFAULT_TAG.to_string(),
+    };
+    let repo = image.repository();
+    let (bytes, media_type, digest) = client.get_manifest(repo, &reference)?;
+    let bad = |reason: String| TransferError::Manifest {
+        image: image.to_string(),
+        reason,
+    };
+    if media_type == MEDIA_TYPE_OCI_INDEX || media_type == MEDIA_TYPE_DOCKER_LIST {
+        let index: Index = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("its index does not parse: {e}")))?;
+        let chosen = select_manifest(&index, platform).ok_or_else(|| TransferError::NoPlatform {
+            image: image.to_string(),
+            wanted: platform_string(platform),
+            available: available_platforms(&index).join(", "),
+        })?;
+        let (m_bytes, m_type, m_digest) = client.get_manifest(repo, &chosen.digest.to_string())?;
+        if m_type != MEDIA_TYPE_OCI_MANIFEST && m_type != MEDIA_TYPE_DOCKER_MANIFEST {
+            return Err(bad(format!(
+                "the index entry for {} is a {m_type}, not an image manifest",
+                platform_string(platform)
+            )));
+        }
+        let manifest = parse_manifest(&m_bytes).map_err(bad)?;
+        return Ok(RemoteImage {
+            index: Some((bytes, media_type, digest)),
+            manifest_bytes: m_bytes,
+            media_type: m_type,
+            digest: m_digest,
+            manifest,
+        });
+    }
+    let manifest = parse_manifest(&bytes).map_err(bad)?;
+    Ok(RemoteImage {
+        index: None,
+        manifest_bytes: bytes,
+        media_type,
+        digest,
+        manifest,
+    })
+}
+
+fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
+    let m: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| format!("its manifest does not parse: {e}"))?;
+    if m.schema_version != 2 {
+        return Err(format!(
+            "manifest schema version {} is not supported (only 2)",
+            m.schema_version
+        ));
+    }
+    Ok(m)
+}
+
+/// What a push or pull moved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransferReport {
+    /// The manifest digest.
+    pub digest: Option<Digest>,
+    /// Blobs transferred.
+    pub transferred: usize,
+    /// Bytes transferred.
+    pub bytes: u64,
+    /// Blobs skipped because the other side had them.
+    pub skipped: usize,
+}
+
+/// Pushes the local image `local` to `dest` (registry, repository, tag).
+pub fn push_image(
+    store: &Store,
+    local: &str,
+    dest: &ImageRef,
+    client: &RegistryClient,
+) -> Result<TransferReport, TransferError> {
+    let image = store.resolve(local)?;
+    let manifest_bytes = store.read_blob(&image.manifest_digest, "manifest")?;
+    let media_type = image
+        .manifest
+        .media_type
+        .clone()
+        .unwrap_or_else(|| MEDIA_TYPE_OCI_MANIFEST.to_string());
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    for d in std::iter::once(&image.manifest.config).chain(&image.manifest.layers) {
+        if !blobs.iter().any(|o| o.digest == d.digest) {
+            blobs.push(d.clone());
+        }
+    }
+    for d in &blobs {
+        if !store.has_blob(&d.digest) {
+            return Err(StoreError::MissingBlob(d.digest).into());
+        }
+    }
+    if let Some(d) = dest.digest() {
+        if *d != image.manifest_digest {
+            return Err(TransferError::Manifest {
+                image: dest.to_string(),
+                reason: format!("the local image's digest is {}", image.manifest_digest),
+            });
+        }
+    }
+    let repo = dest.repository();
+    let transferred = AtomicUsize::new(0);
+    let bytes = AtomicU64::new(0);
+    for_each_parallel(&blobs, client.options().parallel, |d| {
+        let path = store.blob_path(&d.digest);
+        if client.push_blob(repo, &d.digest, d.size, &path)? {
+            transferred.fetch_add(1, Ordering::Relaxed);
+            bytes.fetch_add(d.size, Ordering::Relaxed);
+        }
+        Ok::<_, TransferError>(())
+    })?;
+    let reference = match (dest.tag(), dest.digest()) {
+        (Some(t), _) => t.to_string(),
+        (None, Some(d)) => d.to_string(),
+        (None, None) => crate::reference::DEFAULT_TAG.to_string(),
+    };
+    let digest = client.put_manifest(repo, &reference, &media_type, &manifest_bytes)?;
+    let transferred = transferred.into_inner();
+    Ok(TransferReport {
+        digest: Some(digest),
+        transferred,
+        bytes: bytes.into_inner(),
+        skipped: blobs.len() - transferred,
+    })
+}
+
+/// Pulls `image` for `platform` into the store and names it there.
+pub fn pull_image(
+    store: &Store,
+    image: &ImageRef,
+    client: &RegistryClient,
+    platform: &Platform,
+) -> Result<TransferReport, TransferError> {
+    let remote = fetch_image(client, image, platform)?;
+    let _guard = store.write_guard()?;
+    let blobs = remote.blobs();
+    let transferred = AtomicUsize::new(0);
+    let bytes = AtomicU64::new(0);
+    let repo = image.repository();
+    for_each_parallel(&blobs, client.options().parallel, |d| {
+        if store.has_blob(&d.digest) {
+            return Ok(());
+        }
+        let n = client.download_blob(repo, &d.digest, Some(d.size), &mut |reader| {
+            store
+                .write_blob_verified(&d.digest, reader)
+                .map_err(store_to_digest_error)
+        })?;
+        transferred.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(n, Ordering::Relaxed);
+        Ok::<_, TransferError>(())
+    })?;
+    let stored = store.put_blob(&remote.manifest_bytes)?;
+    debug_assert_eq!(stored, remote.digest);
+    store.set_name(image, &remote.digest)?;
+    let transferred = transferred.into_inner();
+    Ok(TransferReport {
+        digest: Some(remote.digest),
+        transferred,
+        bytes: bytes.into_inner(),
+        skipped: blobs.len() - transferred,
+    })
+}
+
+/// Maps a store write error to the digest error [`RegistryClient::download_blob`]
+/// understands: mismatches stay mismatches, everything else is I/O.
+pub(crate) fn store_to_digest_error(e: StoreError) -> DigestError {
+    match e {
+        StoreError::Verify { source, .. } => source,
+        other => DigestError::Io(std::io::Error::other(other.to_string())),
+    }
+}
+
+/// Runs `f` on every item, `parallel` at a time; stops at the first error.
+pub(crate) fn for_each_parallel<T: Sync, E: Send>(
+    items: &[T],
+    parallel: usize,
+    f: impl Fn(&T) -> Result<(), E> + Sync,
+) -> Result<(), E> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<E>> = Mutex::new(None);
+    let workers = parallel.clamp(1, items.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else {
+                    return;
+                };
+                if let Err(e) = f(item) {
+                    failed.store(true, Ordering::Relaxed);
+                    first_error.lock().expect("error slot").get_or_insert(e);
+                    return;
+                }
+            });
+        }
+    });
+    match first_error.into_inner().expect("error slot") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_runs_everything_and_reports_an_error() {
+        let items: Vec<u32> = (0..50).collect();
+        let sum = AtomicU64::new(0);
+        for_each_parallel(&items, 4, |i| {
+            sum.fetch_add(u64::from(*i), Ordering::Relaxed);
+            Ok::<_, String>(())
+        })
+        .unwrap();
+        assert_eq!(sum.into_inner(), (0..50).sum::<u64>());
+        let err = for_each_parallel(&items, 3, |i| if *i == 7 { Err(format!("item {i}")) } else { Ok(()) });
+        assert_eq!(err.unwrap_err(), "item 7");
+        for_each_parallel(&[] as &[u32], 4, |_| Ok::<_, String>(())).unwrap();
+    }
+}
