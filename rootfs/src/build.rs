@@ -1,7 +1,57 @@
 //! Building a cluster image from a Kubefile and a context directory.
+//!
+//! [`build`] parses the Kubefile, then runs its instructions in order:
+//!
+//! - FROM takes the layers, env, labels, applications and launch settings of
+//!   an image in the local store (or nothing, for `scratch`).
+//! - COPY (and ADD, local sources only), APP, CNI and CSI turn files from the
+//!   context into one layer each. Sources are paths or globs relative to the
+//!   context, with `${ARCH}` and other variables expanded; a source that
+//!   resolves outside the context (through `..` or a symlink) is refused.
+//! - RUN runs its command on the build host (`sh -c`, or the exec form's
+//!   argv) with the working directory set to a materialized copy of the
+//!   rootfs so far; what it added, changed or deleted becomes a layer.
+//!   RUN is NOT sandboxed: the command runs with the builder's privileges and
+//!   can touch anything the builder can.
+//! - ENV, ARG, LABEL, MAINTAINER, KUBEVERSION, CMD, CMDS, LAUNCH, APPCMDS and
+//!   APPENV change no files; they are recorded in the image config and the
+//!   `sealer.image.extension` manifest annotation.
+//!
+//! After the last instruction the optional [`ImageCache`] hook may add one
+//! more layer (cached container images under `registry/`).
+//!
+//! Nothing enters the store until every instruction succeeded: layers are
+//! written to temporary files inside the store and moved into place at the
+//! end, with a [`WriteGuard`](crate::store::WriteGuard) held so a concurrent
+//! `gc` cannot remove them before the image is named. A failed build leaves
+//! the store as it was.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+use std::process;
+
+use seaport_shared::digest::Digest;
+use seaport_shared::safetar;
+use tempfile::{NamedTempFile, TempDir};
+
+use crate::kubefile::{self, Command, Instruction, InstructionKind, KubefileError};
+use crate::layer::{self, EntrySource, Entries, LayerEntry, LayerError, LayerOptions};
+use crate::oci::{
+    Application, Descriptor, History, ImageConfig, ImageExtension, Manifest, RootFs,
+    RuntimeConfig, ANNOTATION_LAYER_INSTRUCTION, ANNOTATION_METADATA, ANNOTATION_PLATFORM,
+    ANNOTATION_SEALER_EXTENSION, LABEL_KUBE_VERSION, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP,
+    MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
+};
+use crate::reference::{ImageRef, ReferenceError};
+use crate::store::{Store, StoreError};
+
+/// Where APP, CNI and CSI put an application's files in the rootfs.
+pub const APP_ROOT: &str = "application/apps";
+
+/// The largest `Metadata` file recorded in the manifest annotation.
+const MAX_METADATA: u64 = 64 * 1024;
 
 /// Build-time caching of container images, plugged into the build.
 ///
@@ -31,8 +81,883 @@ pub struct BuildOptions<'a> {
     pub build_args: BTreeMap<String, String>,
     /// `--label K=V` values, applied after the Kubefile's LABELs.
     pub labels: BTreeMap<String, String>,
-    /// `linux/<arch>`; sets `${ARCH}`. Default: the build host's.
+    /// `linux/<arch>[/<variant>]`; sets `${ARCH}`. Default: the build host's.
     pub platform: String,
     /// Build-time image caching; `None` adds no registry layer.
     pub image_cache: Option<&'a dyn ImageCache>,
+    /// Layer compression settings.
+    pub layer: LayerOptions,
+}
+
+impl<'a> BuildOptions<'a> {
+    /// Options with the defaults: no args or labels, the host's platform.
+    pub fn new(kubefile: impl Into<PathBuf>, context: impl Into<PathBuf>, tag: &str) -> Self {
+        Self {
+            kubefile: kubefile.into(),
+            context: context.into(),
+            tag: tag.to_string(),
+            build_args: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            platform: default_platform(),
+            image_cache: None,
+            layer: LayerOptions::default(),
+        }
+    }
+}
+
+/// `linux/<arch>` of the build host, in OCI architecture names.
+pub fn default_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+/// What a successful build made.
+#[derive(Clone, Debug)]
+pub struct BuildReport {
+    /// The image's name.
+    pub name: ImageRef,
+    /// The manifest digest (the image digest).
+    pub digest: Digest,
+    /// How many layers the image has.
+    pub layers: usize,
+}
+
+/// Errors from a build.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The Kubefile does not parse.
+    #[error(transparent)]
+    Kubefile(#[from] KubefileError),
+    /// An instruction failed.
+    #[error("{file}:{line}: {instruction}: {message}")]
+    Instruction {
+        /// The Kubefile.
+        file: String,
+        /// Its line.
+        line: usize,
+        /// The keyword.
+        instruction: String,
+        /// What failed.
+        message: String,
+    },
+    /// Something outside any one instruction failed.
+    #[error("{0}")]
+    Other(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The image name is invalid.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+}
+
+struct LayerRec {
+    desc: Descriptor,
+    diff_id: Digest,
+    /// The layer's bytes before they enter the store (None: already there).
+    staged: Option<NamedTempFile>,
+    /// For layers this build made: each path and whether it is a directory,
+    /// a whiteout or something else.
+    paths: Option<Vec<(String, PathKind)>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PathKind {
+    Dir,
+    Other,
+    Whiteout,
+}
+
+struct Builder<'s, 'o> {
+    store: &'s Store,
+    opts: &'o BuildOptions<'o>,
+    file: String,
+    context: PathBuf,
+    work: TempDir,
+    layers: Vec<LayerRec>,
+    history: Vec<History>,
+    env: Vec<(String, String)>,
+    labels: BTreeMap<String, String>,
+    author: Option<String>,
+    vars: BTreeMap<String, String>,
+    ext: ImageExtension,
+    metadata: Option<String>,
+    os: String,
+    arch: String,
+    variant: Option<String>,
+    materialized: Option<(PathBuf, usize)>,
+    index: BTreeMap<String, PathKind>,
+    indexed: usize,
+}
+
+/// Builds the image `opts` describes into `store` and names it `opts.tag`.
+pub fn build(store: &Store, opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
+    let name = ImageRef::parse(&opts.tag)?;
+    let file = opts.kubefile.display().to_string();
+    let text = read_kubefile(&opts.kubefile)?;
+    let instructions = kubefile::parse(&file, &text)?;
+    let context = fs::canonicalize(&opts.context).map_err(|e| {
+        BuildError::Other(format!(
+            "build context {}: {e}",
+            opts.context.display()
+        ))
+    })?;
+    if !context.is_dir() {
+        return Err(BuildError::Other(format!(
+            "build context {} is not a directory",
+            opts.context.display()
+        )));
+    }
+    let (os, arch, variant) = parse_platform(&opts.platform)
+        .map_err(|m| BuildError::Other(format!("--platform {:?}: {m}", opts.platform)))?;
+    let mut vars = BTreeMap::new();
+    vars.insert("ARCH".to_string(), arch.clone());
+    let mut b = Builder {
+        store,
+        opts,
+        file,
+        context,
+        work: store.temp_dir("build-")?,
+        layers: Vec::new(),
+        history: Vec::new(),
+        env: Vec::new(),
+        labels: BTreeMap::new(),
+        author: None,
+        vars,
+        ext: ImageExtension::default(),
+        metadata: None,
+        os,
+        arch,
+        variant,
+        materialized: None,
+        index: BTreeMap::new(),
+        indexed: 0,
+    };
+    for ins in &instructions {
+        tracing::info!(line = ins.line, instruction = %ins.original, "build step");
+        b.step(ins).map_err(|message| BuildError::Instruction {
+            file: b.file.clone(),
+            line: ins.line,
+            instruction: ins.keyword().to_string(),
+            message,
+        })?;
+    }
+    for (k, v) in &opts.labels {
+        b.labels.insert(k.clone(), v.clone());
+    }
+    if let Some(cache) = opts.image_cache {
+        b.run_image_cache(cache)?;
+    }
+    b.commit(&name)
+}
+
+fn read_kubefile(path: &Path) -> Result<String, BuildError> {
+    let mut text = String::new();
+    File::open(path)
+        .and_then(|f| {
+            f.take(kubefile::MAX_KUBEFILE_SIZE as u64 + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(|e| BuildError::Other(format!("reading Kubefile {}: {e}", path.display())))?;
+    Ok(text)
+}
+
+fn parse_platform(p: &str) -> Result<(String, String, Option<String>), String> {
+    let parts: Vec<&str> = p.split('/').collect();
+    let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    match parts.as_slice() {
+        [os, arch] if ok(os) && ok(arch) => Ok((os.to_string(), arch.to_string(), None)),
+        [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
+            Ok((os.to_string(), arch.to_string(), Some(v.to_string())))
+        }
+        _ => Err("expected OS/ARCH[/VARIANT], e.g. linux/amd64".into()),
+    }
+}
+
+fn layer_err(e: LayerError) -> String {
+    e.to_string()
+}
+
+impl Builder<'_, '_> {
+    fn expand(&self, s: &str) -> Result<String, String> {
+        kubefile::expand(s, &self.vars)
+    }
+
+    fn step(&mut self, ins: &Instruction) -> Result<(), String> {
+        let created_by = ins.original.clone();
+        match &ins.kind {
+            InstructionKind::From { image, platform } => {
+                let image = self.expand(image)?;
+                if let Some(p) = platform {
+                    let p = self.expand(p)?;
+                    let (os, arch, variant) = parse_platform(&p)?;
+                    self.vars.insert("ARCH".into(), arch.clone());
+                    (self.os, self.arch, self.variant) = (os, arch, variant);
+                }
+                if image != "scratch" {
+                    self.from_image(&image)?;
+                }
+                self.ext.kind = if self.ext.kind.is_empty() {
+                    "kube-installer".into()
+                } else {
+                    self.ext.kind.clone()
+                };
+                self.empty_history(created_by);
+            }
+            InstructionKind::Copy { sources, dest } => {
+                let dest = self.expand(dest)?;
+                let mut entries = Entries::new();
+                let mut expanded = Vec::new();
+                for s in sources {
+                    expanded.push(self.expand(s)?);
+                }
+                self.copy_into(&mut entries, &expanded, &dest)?;
+                self.add_layer(entries, created_by)?;
+            }
+            InstructionKind::Env(kvs) => {
+                for (k, v) in kvs {
+                    let v = self.expand(v)?;
+                    self.vars.insert(k.clone(), v.clone());
+                    match self.env.iter_mut().find(|(ek, _)| ek == k) {
+                        Some(e) => e.1 = v,
+                        None => self.env.push((k.clone(), v)),
+                    }
+                }
+                self.empty_history(created_by);
+            }
+            InstructionKind::Arg { name, default } => {
+                let value = match (self.opts.build_args.get(name), default) {
+                    (Some(v), _) => Some(v.clone()),
+                    (None, Some(d)) => Some(self.expand(d)?),
+                    (None, None) => None,
+                };
+                if let Some(v) = value {
+                    self.vars.insert(name.clone(), v);
+                }
+                self.empty_history(created_by);
+            }
+            InstructionKind::Label(kvs) => {
+                for (k, v) in kvs {
+                    self.labels.insert(self.expand(k)?, self.expand(v)?);
+                }
+                self.empty_history(created_by);
+            }
+            InstructionKind::Maintainer(m) => {
+                self.author = Some(m.clone());
+                self.empty_history(created_by);
+            }
+            InstructionKind::KubeVersion(v) => {
+                self.labels.insert(LABEL_KUBE_VERSION.into(), v.clone());
+                self.empty_history(created_by);
+            }
+            InstructionKind::Run(cmd) => self.run(cmd, created_by)?,
+            InstructionKind::Cmd(c) => {
+                self.ext.launch.cmds.push(c.clone());
+                self.empty_history(created_by);
+            }
+            InstructionKind::Cmds(cmds) => {
+                self.ext.launch.cmds = cmds.clone();
+                self.ext.launch.app_names.clear();
+                self.empty_history(created_by);
+            }
+            InstructionKind::Launch(apps) => {
+                for a in apps {
+                    if !self.ext.applications.iter().any(|x| &x.name == a) {
+                        return Err(format!(
+                            "application {a:?} does not exist in the image (declare it with APP first)"
+                        ));
+                    }
+                }
+                self.ext.launch.app_names = apps.clone();
+                self.ext.launch.cmds.clear();
+                self.empty_history(created_by);
+            }
+            InstructionKind::App { name, sources } => self.app(name, sources, "app", created_by)?,
+            InstructionKind::Cni { name, sources } => self.app(name, sources, "cni", created_by)?,
+            InstructionKind::Csi { name, sources } => self.app(name, sources, "csi", created_by)?,
+            InstructionKind::AppCmds { name, cmds } => {
+                self.app_mut(name)?.launch_cmds = cmds.clone();
+                self.empty_history(created_by);
+            }
+            InstructionKind::AppEnv { name, env } => {
+                let mut expanded = Vec::new();
+                for (k, v) in env {
+                    expanded.push((k.clone(), self.expand(v)?));
+                }
+                let app = self.app_mut(name)?;
+                app.env.extend(expanded);
+                self.empty_history(created_by);
+            }
+        }
+        Ok(())
+    }
+
+    fn app_mut(&mut self, name: &str) -> Result<&mut Application, String> {
+        self.ext
+            .applications
+            .iter_mut()
+            .find(|a| a.name == name)
+            .ok_or_else(|| {
+                format!("application {name:?} does not exist in the image (declare it with APP first)")
+            })
+    }
+
+    fn empty_history(&mut self, created_by: String) {
+        self.history.push(History {
+            created: created_stamp(&self.opts.layer),
+            created_by: Some(created_by),
+            empty_layer: true,
+        });
+    }
+
+    fn from_image(&mut self, image: &str) -> Result<(), String> {
+        let base = self.store.resolve(image).map_err(|e| e.to_string())?;
+        if base.config.architecture != self.arch || base.config.os != self.os {
+            return Err(format!(
+                "base image {image} is {}/{}, but this build is for {}/{} (use --platform)",
+                base.config.os, base.config.architecture, self.os, self.arch
+            ));
+        }
+        if base.manifest.layers.len() != base.config.rootfs.diff_ids.len() {
+            return Err(format!(
+                "base image {image} is malformed: {} layers but {} diff_ids",
+                base.manifest.layers.len(),
+                base.config.rootfs.diff_ids.len()
+            ));
+        }
+        for (desc, diff_id) in base.manifest.layers.iter().zip(&base.config.rootfs.diff_ids) {
+            self.layers.push(LayerRec {
+                desc: desc.clone(),
+                diff_id: *diff_id,
+                staged: None,
+                paths: None,
+            });
+        }
+        self.history = base.config.history.clone();
+        for e in &base.config.config.env {
+            if let Some((k, v)) = e.split_once('=') {
+                self.env.push((k.into(), v.into()));
+                self.vars.insert(k.into(), v.into());
+            }
+        }
+        self.labels = base.config.config.labels.clone();
+        self.author = base.config.author.clone();
+        if let Some(ext) = base.manifest.annotations.get(ANNOTATION_SEALER_EXTENSION) {
+            self.ext = serde_json::from_str(ext)
+                .map_err(|e| format!("base image {image}: malformed {ANNOTATION_SEALER_EXTENSION}: {e}"))?;
+        }
+        self.metadata = base.manifest.annotations.get(ANNOTATION_METADATA).cloned();
+        Ok(())
+    }
+
+    /// Resolves a source pattern to (name to copy as, path to read).
+    fn resolve_sources(&self, pattern: &str) -> Result<Vec<(String, PathBuf)>, String> {
+        let rel = pattern.trim_start_matches('/');
+        let has_glob = rel.contains(['*', '?', '[']);
+        let candidates: Vec<PathBuf> = if has_glob {
+            let full = format!(
+                "{}/{}",
+                glob::Pattern::escape(&self.context.to_string_lossy()),
+                rel
+            );
+            let mut found: Vec<PathBuf> = glob::glob(&full)
+                .map_err(|e| format!("source pattern {pattern:?}: {e}"))?
+                .filter_map(Result::ok)
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(format!("source {pattern:?} matches nothing in the build context"));
+            }
+            found
+        } else {
+            let p = self.context.join(if rel.is_empty() { "." } else { rel });
+            if fs::symlink_metadata(&p).is_err() {
+                return Err(format!(
+                    "source {pattern:?} does not exist in the build context {}",
+                    self.context.display()
+                ));
+            }
+            vec![p]
+        };
+        let mut out = Vec::new();
+        for c in candidates {
+            let canon = fs::canonicalize(&c).map_err(|e| {
+                format!("source {pattern:?}: {}: {e}", c.display())
+            })?;
+            if !canon.starts_with(&self.context) {
+                return Err(format!(
+                    "source {pattern:?} resolves to {}, outside the build context {}; \
+                     COPY only reads from the context",
+                    canon.display(),
+                    self.context.display()
+                ));
+            }
+            let base = Path::new(rel)
+                .components()
+                .filter(|c| matches!(c, Component::Normal(_)))
+                .last()
+                .map(|_| c.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+                .unwrap_or_default();
+            out.push((base, canon));
+        }
+        Ok(out)
+    }
+
+    fn copy_into(&mut self, entries: &mut Entries, sources: &[String], dest: &str) -> Result<(), String> {
+        let (dest_key, trailing) = normalize_dest(dest)?;
+        let mut resolved = Vec::new();
+        for s in sources {
+            resolved.extend(self.resolve_sources(s)?);
+        }
+        let dest_is_dir = trailing
+            || dest_key.is_empty()
+            || resolved.len() > 1
+            || self.is_dir_in_image(&dest_key)?;
+        for (base, path) in resolved {
+            let meta = fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if meta.is_dir() {
+                layer::add_tree(entries, &path, &dest_key).map_err(layer_err)?;
+            } else {
+                let target = if dest_is_dir {
+                    join_key(&dest_key, &base)
+                } else {
+                    dest_key.clone()
+                };
+                let mut e = layer::entry_for(&path).map_err(layer_err)?;
+                if let EntrySource::Symlink(_) = e.source {
+                    // The top-level source was followed by canonicalize; copy the file.
+                    e = LayerEntry {
+                        source: EntrySource::File(path.clone()),
+                        mode: e.mode,
+                    };
+                }
+                entries.insert(target, e);
+            }
+        }
+        Ok(())
+    }
+
+    fn app(&mut self, name: &str, sources: &[String], role: &str, created_by: String) -> Result<(), String> {
+        let dest = format!("{APP_ROOT}/{name}/");
+        let mut expanded = Vec::new();
+        for s in sources {
+            expanded.push(self.expand(s)?);
+        }
+        let mut kinds = Vec::new();
+        let mut launch_files = Vec::new();
+        for s in &expanded {
+            for (base, path) in self.resolve_sources(s)? {
+                if path.is_dir() {
+                    if path.join("Chart.yaml").is_file() {
+                        kinds.push("helm");
+                    } else {
+                        return Err(format!(
+                            "app {name}: directory {s:?} is not a Helm chart (no Chart.yaml); \
+                             list its YAML or shell files instead"
+                        ));
+                    }
+                } else if base.ends_with(".yaml") || base.ends_with(".yml") {
+                    kinds.push("kube");
+                    launch_files.push(base);
+                } else if base.ends_with(".sh") {
+                    kinds.push("shell");
+                    launch_files.push(base);
+                } else {
+                    return Err(format!(
+                        "app {name}: cannot tell the type of {s:?}: use .yaml/.yml files, .sh files or a Helm chart directory"
+                    ));
+                }
+            }
+        }
+        kinds.dedup();
+        let kind = match kinds.as_slice() {
+            [k] => k.to_string(),
+            _ => {
+                return Err(format!(
+                    "app {name} mixes {}: one app is one Helm chart, YAML files or shell scripts",
+                    kinds.join(" and ")
+                ))
+            }
+        };
+        let mut entries = Entries::new();
+        self.copy_into(&mut entries, &expanded, &dest)?;
+        self.add_layer(entries, created_by)?;
+        let app = Application {
+            name: name.to_string(),
+            kind,
+            launch_files,
+            launch_cmds: Vec::new(),
+            env: BTreeMap::new(),
+            role: role.to_string(),
+            path: dest,
+        };
+        match self.ext.applications.iter_mut().find(|a| a.name == name) {
+            Some(existing) => *existing = app,
+            None => self.ext.applications.push(app),
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, cmd: &Command, created_by: String) -> Result<(), String> {
+        let root = self.materialize()?;
+        let before = layer::Snapshot::take(&root).map_err(layer_err)?;
+        let mut command = match cmd {
+            Command::Shell(s) => {
+                let mut c = process::Command::new("sh");
+                c.arg("-c").arg(s);
+                c
+            }
+            Command::Exec(argv) => {
+                let mut c = process::Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        command.current_dir(&root).stdin(process::Stdio::null());
+        for (k, v) in &self.vars {
+            command.env(k, v);
+        }
+        let status = command
+            .status()
+            .map_err(|e| format!("starting the command: {e}"))?;
+        if !status.success() {
+            return Err(format!("the command failed ({status})"));
+        }
+        let entries = before.diff(&root).map_err(layer_err)?;
+        if entries.is_empty() {
+            self.empty_history(created_by);
+            return Ok(());
+        }
+        self.add_layer(entries, created_by)?;
+        // The tree already holds what the new layer holds.
+        self.materialized = Some((root, self.layers.len()));
+        Ok(())
+    }
+
+    fn run_image_cache(&mut self, cache: &dyn ImageCache) -> Result<(), BuildError> {
+        let root = self.materialize().map_err(BuildError::Other)?;
+        let out = self.work.path().join("image-cache");
+        fs::create_dir_all(&out)
+            .map_err(|e| BuildError::Other(format!("creating {}: {e}", out.display())))?;
+        let wrote = cache
+            .cache(&root, &out)
+            .map_err(|e| BuildError::Other(format!("caching container images: {e}")))?;
+        let mut entries = Entries::new();
+        layer::add_tree(&mut entries, &out, "").map_err(|e| BuildError::Other(e.to_string()))?;
+        if wrote && !entries.is_empty() {
+            self.add_layer(entries, "seaport: cached container images (registry/)".into())
+                .map_err(BuildError::Other)?;
+        }
+        Ok(())
+    }
+
+    fn add_layer(&mut self, entries: Entries, created_by: String) -> Result<(), String> {
+        let mut tmp = self.store.temp_file().map_err(|e| e.to_string())?;
+        let written = layer::write_layer(&entries, tmp.as_file_mut(), &self.opts.layer)
+            .map_err(layer_err)?;
+        // Track the rootfs's Metadata file for the manifest annotation.
+        match entries.get("Metadata").map(|e| &e.source) {
+            Some(EntrySource::File(p)) => {
+                let mut text = String::new();
+                File::open(p)
+                    .and_then(|f| f.take(MAX_METADATA).read_to_string(&mut text))
+                    .map_err(|e| format!("reading {}: {e}", p.display()))?;
+                self.metadata = Some(text);
+            }
+            Some(_) => self.metadata = None,
+            None => {}
+        }
+        let paths = entries
+            .iter()
+            .map(|(k, e)| {
+                let kind = match e.source {
+                    EntrySource::Dir => PathKind::Dir,
+                    EntrySource::Whiteout => PathKind::Whiteout,
+                    _ => PathKind::Other,
+                };
+                (k.clone(), kind)
+            })
+            .collect();
+        let mut annotations = BTreeMap::new();
+        annotations.insert(
+            ANNOTATION_LAYER_INSTRUCTION.to_string(),
+            created_by.chars().take(1024).collect(),
+        );
+        self.layers.push(LayerRec {
+            desc: Descriptor {
+                media_type: MEDIA_TYPE_LAYER_ZSTD.into(),
+                digest: written.digest,
+                size: written.size,
+                annotations,
+                platform: None,
+            },
+            diff_id: written.diff_id,
+            staged: Some(tmp),
+            paths: Some(paths),
+        });
+        self.history.push(History {
+            created: created_stamp(&self.opts.layer),
+            created_by: Some(created_by),
+            empty_layer: false,
+        });
+        Ok(())
+    }
+
+    fn open_layer(&self, rec: &LayerRec) -> Result<Box<dyn Read + '_>, String> {
+        let file = match &rec.staged {
+            Some(t) => t.reopen().map_err(|e| format!("reopening a staged layer: {e}"))?,
+            None => self.store.open_blob(&rec.desc.digest).map_err(|e| e.to_string())?,
+        };
+        let file = io::BufReader::with_capacity(1 << 20, file);
+        match rec.desc.media_type.as_str() {
+            MEDIA_TYPE_LAYER_ZSTD => Ok(Box::new(
+                zstd::stream::Decoder::with_buffer(file)
+                    .map_err(|e| format!("layer {}: {e}", rec.desc.digest))?,
+            )),
+            MEDIA_TYPE_LAYER_TAR => Ok(Box::new(file)),
+            MEDIA_TYPE_LAYER_GZIP => Err(format!(
+                "layer {} is gzip-compressed; Seaport reads zstd and uncompressed layers only",
+                rec.desc.digest
+            )),
+            other => Err(format!("layer {} has unsupported media type {other}", rec.desc.digest)),
+        }
+    }
+
+    /// The merged rootfs so far, as a directory.
+    fn materialize(&mut self) -> Result<PathBuf, String> {
+        let (root, applied) = match self.materialized.take() {
+            Some(m) => m,
+            None => {
+                let root = self.work.path().join("rootfs");
+                fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+                (root, 0)
+            }
+        };
+        for rec in &self.layers[applied..] {
+            let reader = self.open_layer(rec)?;
+            safetar::unpack(reader, &root, &safetar::UnpackOptions::default())
+                .map_err(|e| format!("materializing layer {}: {e}", rec.desc.digest))?;
+        }
+        self.materialized = Some((root.clone(), self.layers.len()));
+        Ok(root)
+    }
+
+    fn is_dir_in_image(&mut self, key: &str) -> Result<bool, String> {
+        if key.is_empty() {
+            return Ok(true);
+        }
+        while self.indexed < self.layers.len() {
+            let rec = &self.layers[self.indexed];
+            let paths: Vec<(String, PathKind)> = match &rec.paths {
+                Some(p) => p.clone(),
+                None => {
+                    let mut out = Vec::new();
+                    let reader = self.open_layer(rec)?;
+                    let mut archive = tar::Archive::new(reader);
+                    for entry in archive.entries().map_err(|e| e.to_string())? {
+                        let entry = entry.map_err(|e| e.to_string())?;
+                        let path = entry.path().map_err(|e| e.to_string())?;
+                        let Ok(Some(norm)) = safetar::normalize_entry_path(&path) else {
+                            continue;
+                        };
+                        let s = norm.to_string_lossy().into_owned();
+                        let name = norm.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        if let Some(hidden) = name.strip_prefix(safetar::WHITEOUT_PREFIX) {
+                            let parent = s.rsplit_once('/').map(|(p, _)| p.to_string());
+                            let target = match (parent, hidden) {
+                                (p, ".wh..opq") => p.map(|p| format!("{p}/\0opaque")).unwrap_or_else(|| "\0opaque".into()),
+                                (Some(p), h) => format!("{p}/{h}"),
+                                (None, h) => h.to_string(),
+                            };
+                            out.push((target, PathKind::Whiteout));
+                        } else if entry.header().entry_type().is_dir() {
+                            out.push((s, PathKind::Dir));
+                        } else {
+                            out.push((s, PathKind::Other));
+                        }
+                    }
+                    out
+                }
+            };
+            for (p, kind) in paths {
+                match kind {
+                    PathKind::Whiteout => {
+                        let (base, opaque) = match p.strip_suffix("\0opaque") {
+                            Some(b) => (b.trim_end_matches('/').to_string(), true),
+                            None => (p.clone(), false),
+                        };
+                        let prefix = if base.is_empty() { String::new() } else { format!("{base}/") };
+                        self.index.retain(|k, _| !(k.starts_with(&prefix) && (opaque || !prefix.is_empty())));
+                        if !opaque {
+                            self.index.remove(&base);
+                        }
+                    }
+                    kind => {
+                        let mut parent = p.as_str();
+                        while let Some((par, _)) = parent.rsplit_once('/') {
+                            self.index.insert(par.to_string(), PathKind::Dir);
+                            parent = par;
+                        }
+                        self.index.insert(p, kind);
+                    }
+                }
+            }
+            self.indexed += 1;
+        }
+        Ok(self.index.get(key) == Some(&PathKind::Dir))
+    }
+
+    fn commit(mut self, name: &ImageRef) -> Result<BuildReport, BuildError> {
+        let layer_opts = &self.opts.layer;
+        let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.dedup();
+        if self.ext.schema_version.is_empty() {
+            self.ext.schema_version = "v1alpha1".into();
+        }
+        self.ext.build_client.sealer_version = format!("seaport-{}", env!("CARGO_PKG_VERSION"));
+        let config = ImageConfig {
+            created: created_stamp(layer_opts),
+            author: self.author.clone(),
+            architecture: self.arch.clone(),
+            os: self.os.clone(),
+            variant: self.variant.clone(),
+            config: RuntimeConfig {
+                env,
+                cmd: self.ext.launch.cmds.clone(),
+                labels: self.labels.clone(),
+            },
+            rootfs: RootFs {
+                kind: "layers".into(),
+                diff_ids: self.layers.iter().map(|l| l.diff_id).collect(),
+            },
+            history: self.history.clone(),
+        };
+        let config_bytes = serde_json::to_vec(&config).expect("config serializes");
+        let mut annotations = BTreeMap::new();
+        annotations.insert(
+            ANNOTATION_SEALER_EXTENSION.to_string(),
+            serde_json::to_string(&self.ext).expect("extension serializes"),
+        );
+        let platform = match &self.variant {
+            Some(v) => format!("{}/{}/{v}", self.os, self.arch),
+            None => format!("{}/{}", self.os, self.arch),
+        };
+        annotations.insert(ANNOTATION_PLATFORM.to_string(), platform);
+        if let Some(m) = &self.metadata {
+            annotations.insert(ANNOTATION_METADATA.to_string(), m.clone());
+        }
+        if let Some(c) = created_stamp(layer_opts) {
+            annotations.insert("org.opencontainers.image.created".into(), c);
+        }
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+            config: Descriptor {
+                media_type: MEDIA_TYPE_CONFIG.into(),
+                digest: Digest::of(&config_bytes),
+                size: config_bytes.len() as u64,
+                annotations: BTreeMap::new(),
+                platform: None,
+            },
+            layers: self.layers.iter().map(|l| l.desc.clone()).collect(),
+            annotations,
+        };
+        let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
+
+        // Everything is ready: move it into the store and name it.
+        let _guard = self.store.write_guard()?;
+        for rec in &mut self.layers {
+            if let Some(tmp) = rec.staged.take() {
+                self.store.commit_temp_blob(tmp, &rec.desc.digest)?;
+            } else if !self.store.has_blob(&rec.desc.digest) {
+                return Err(StoreError::MissingBlob(rec.desc.digest).into());
+            }
+        }
+        self.store.put_blob(&config_bytes)?;
+        let digest = self.store.put_blob(&manifest_bytes)?;
+        self.store.set_name(name, &digest)?;
+        Ok(BuildReport {
+            name: name.clone(),
+            digest,
+            layers: self.layers.len(),
+        })
+    }
+}
+
+fn normalize_dest(dest: &str) -> Result<(String, bool), String> {
+    let trailing = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
+    let mut parts: Vec<&str> = Vec::new();
+    for c in dest.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!("destination {dest:?} leaves the rootfs"));
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok((parts.join("/"), trailing))
+}
+
+fn join_key(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn created_stamp(opts: &LayerOptions) -> Option<String> {
+    layer::source_date_epoch().map(|_| rfc3339(opts.mtime))
+}
+
+/// Formats seconds since the epoch as RFC 3339 UTC.
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn destinations_stay_inside_the_rootfs() {
+        assert_eq!(normalize_dest("etc/").unwrap(), ("etc".into(), true));
+        assert_eq!(normalize_dest("/etc/x").unwrap(), ("etc/x".into(), false));
+        assert_eq!(normalize_dest(".").unwrap(), ("".into(), true));
+        assert_eq!(normalize_dest("a/../b").unwrap(), ("b".into(), false));
+        assert!(normalize_dest("../x").is_err());
+    }
 }

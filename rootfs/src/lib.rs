@@ -14,4 +14,6 @@ pub mod oci;
 pub mod reference;
 pub mod store;
 pub mod build;
+pub mod kubefile;
 pub mod registry;
+pub mod layer;

@@ -1,0 +1,409 @@
+//! Deterministic layers: a sorted list of entries becomes a tar stream,
+//! compressed with zstd and hashed twice while written (the uncompressed
+//! `diff_id` for the config, the compressed digest for the manifest).
+//!
+//! Every header is normalized: mtime from `SOURCE_DATE_EPOCH` (or 0), owner
+//! root (uid/gid 0, no user or group names), permission bits kept. The same
+//! entries therefore always give the same bytes, so the same digest.
+//!
+//! [`Snapshot`] records a materialized tree's metadata before a RUN, and
+//! [`Snapshot::diff`] turns what RUN changed into entries, with OCI
+//! whiteouts (`.wh.NAME`) for what it deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use seaport_shared::digest::{Digest, HashingWriter};
+use seaport_shared::safetar::WHITEOUT_PREFIX;
+
+/// zstd compression level of layers (the level `zstd -3` uses).
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// Errors from writing a layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// Reading a source file or writing the layer failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LayerError + 'a {
+    move |source| LayerError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where an entry's content comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntrySource {
+    /// A regular file on disk, read when the layer is written.
+    File(PathBuf),
+    /// A directory.
+    Dir,
+    /// A symlink with this target.
+    Symlink(PathBuf),
+    /// A whiteout: the layer deletes this path.
+    Whiteout,
+}
+
+/// One entry of a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerEntry {
+    /// What the entry is.
+    pub source: EntrySource,
+    /// Permission bits (`0o7777` mask).
+    pub mode: u32,
+}
+
+/// Layer entries keyed by their path relative to the rootfs (no leading
+/// `/`, `/`-separated). The map's order is the tar's order.
+pub type Entries = BTreeMap<String, LayerEntry>;
+
+/// A written layer.
+#[derive(Clone, Debug)]
+pub struct WrittenLayer {
+    /// sha256 of the compressed bytes.
+    pub digest: Digest,
+    /// Size of the compressed bytes.
+    pub size: u64,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+}
+
+/// Settings for writing layers.
+#[derive(Clone, Debug)]
+pub struct LayerOptions {
+    /// mtime of every entry (seconds since the epoch).
+    pub mtime: u64,
+    /// zstd worker threads; 0 compresses on the calling thread.
+    pub threads: u32,
+}
+
+impl Default for LayerOptions {
+    fn default() -> Self {
+        Self {
+            mtime: source_date_epoch().unwrap_or(0),
+            threads: default_threads(),
+        }
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, if set and valid.
+pub fn source_date_epoch() -> Option<u64> {
+    std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
+}
+
+/// One zstd worker per available core.
+pub fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Writes `entries` as a zstd-compressed tar to `out`.
+pub fn write_layer(
+    entries: &Entries,
+    out: &mut File,
+    options: &LayerOptions,
+) -> Result<WrittenLayer, LayerError> {
+    let out_path = PathBuf::from("<layer>");
+    let compressed = HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
+    let mut encoder = zstd::stream::Encoder::new(compressed, ZSTD_LEVEL)
+        .map_err(io_err("starting zstd for", &out_path))?;
+    if options.threads > 0 {
+        encoder
+            .multithread(options.threads)
+            .map_err(io_err("enabling zstd threads for", &out_path))?;
+    }
+    let uncompressed = HashingWriter::new(encoder);
+    let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, uncompressed));
+    builder.mode(tar::HeaderMode::Deterministic);
+    for (path, entry) in entries {
+        append_entry(&mut builder, path, entry, options.mtime)?;
+    }
+    let buffered = builder
+        .into_inner()
+        .map_err(io_err("finishing tar for", &out_path))?;
+    let uncompressed = buffered
+        .into_inner()
+        .map_err(|e| LayerError::Io {
+            action: "flushing",
+            path: out_path.clone(),
+            source: e.into_error(),
+        })?;
+    let (encoder, diff_id, _) = uncompressed.finish();
+    let compressed = encoder
+        .finish()
+        .map_err(io_err("finishing zstd for", &out_path))?;
+    let (buf, digest, size) = compressed.finish();
+    buf.into_inner().map_err(|e| LayerError::Io {
+        action: "flushing",
+        path: out_path.clone(),
+        source: e.into_error(),
+    })?;
+    Ok(WrittenLayer {
+        digest,
+        size,
+        diff_id,
+    })
+}
+
+fn header(kind: tar::EntryType, mode: u32, mtime: u64, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode & 0o7777);
+    h.set_mtime(mtime);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(size);
+    h
+}
+
+fn append_entry<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &str,
+    entry: &LayerEntry,
+    mtime: u64,
+) -> Result<(), LayerError> {
+    let name = Path::new(path);
+    match &entry.source {
+        EntrySource::File(src) => {
+            let file = File::open(src).map_err(io_err("reading", src))?;
+            let len = file.metadata().map_err(io_err("reading", src))?.len();
+            let mut h = header(tar::EntryType::Regular, entry.mode, mtime, len);
+            // A file that changes size while read would corrupt the tar:
+            // read exactly `len` bytes and fail if fewer arrive.
+            let mut reader = io::Read::take(file, len);
+            builder
+                .append_data(&mut h, name, &mut reader)
+                .map_err(io_err("adding to layer", src))?;
+        }
+        EntrySource::Dir => {
+            let mut h = header(tar::EntryType::Directory, entry.mode, mtime, 0);
+            builder
+                .append_data(&mut h, format!("{path}/"), io::empty())
+                .map_err(io_err("adding to layer", name))?;
+        }
+        EntrySource::Symlink(target) => {
+            let mut h = header(tar::EntryType::Symlink, entry.mode, mtime, 0);
+            builder
+                .append_link(&mut h, name, target)
+                .map_err(io_err("adding to layer", name))?;
+        }
+        EntrySource::Whiteout => {
+            let (dir, base) = match path.rsplit_once('/') {
+                Some((d, b)) => (format!("{d}/"), b),
+                None => (String::new(), path),
+            };
+            let mut h = header(tar::EntryType::Regular, 0o644, mtime, 0);
+            builder
+                .append_data(&mut h, format!("{dir}{WHITEOUT_PREFIX}{base}"), io::empty())
+                .map_err(io_err("adding to layer", name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds the tree at `src` to `entries` under `dest` (`""` for the root):
+/// `src` itself becomes `dest` (unless `dest` is the root), its contents go
+/// below. Symlinks are recorded as symlinks, never followed.
+pub fn add_tree(entries: &mut Entries, src: &Path, dest: &str) -> Result<(), LayerError> {
+    for item in walkdir::WalkDir::new(src)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let item = item.map_err(|e| {
+            let path = e.path().unwrap_or(src).to_path_buf();
+            LayerError::Io {
+                action: "walking",
+                path,
+                source: e.into(),
+            }
+        })?;
+        let rel = item.path().strip_prefix(src).expect("walkdir stays under its root");
+        let rel = rel.to_string_lossy();
+        let key = match (dest.is_empty(), rel.is_empty()) {
+            (true, true) => continue,
+            (true, false) => rel.to_string(),
+            (false, true) => dest.to_string(),
+            (false, false) => format!("{dest}/{rel}"),
+        };
+        entries.insert(key, entry_for(item.path())?);
+    }
+    Ok(())
+}
+
+/// The entry for the file at `path` (not following a final symlink).
+pub fn entry_for(path: &Path) -> Result<LayerEntry, LayerError> {
+    let meta = fs::symlink_metadata(path).map_err(io_err("reading", path))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let ft = meta.file_type();
+    let source = if ft.is_symlink() {
+        EntrySource::Symlink(fs::read_link(path).map_err(io_err("reading link", path))?)
+    } else if ft.is_dir() {
+        EntrySource::Dir
+    } else if ft.is_file() {
+        EntrySource::File(path.to_path_buf())
+    } else {
+        return Err(LayerError::Io {
+            action: "adding",
+            path: path.to_path_buf(),
+            source: io::Error::other("only files, directories and symlinks can go into a layer"),
+        });
+    };
+    Ok(LayerEntry { source, mode })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stat {
+    kind: u32,
+    mode: u32,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+    link: Option<PathBuf>,
+}
+
+/// The metadata of every path in a tree, to find what a command changed.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    files: BTreeMap<String, Stat>,
+}
+
+impl Snapshot {
+    /// Records the tree at `root`.
+    pub fn take(root: &Path) -> Result<Self, LayerError> {
+        let mut files = BTreeMap::new();
+        for item in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
+            let item = item.map_err(|e| LayerError::Io {
+                action: "walking",
+                path: e.path().unwrap_or(root).to_path_buf(),
+                source: e.into(),
+            })?;
+            let m = item.metadata().map_err(|e| LayerError::Io {
+                action: "reading",
+                path: item.path().to_path_buf(),
+                source: e.into(),
+            })?;
+            let link = if m.file_type().is_symlink() {
+                fs::read_link(item.path()).ok()
+            } else {
+                None
+            };
+            let rel = item
+                .path()
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            files.insert(
+                rel,
+                Stat {
+                    kind: m.mode() & 0o170000,
+                    mode: m.mode() & 0o7777,
+                    size: m.size(),
+                    mtime: (m.mtime(), m.mtime_nsec()),
+                    ctime: (m.ctime(), m.ctime_nsec()),
+                    ino: m.ino(),
+                    link,
+                },
+            );
+        }
+        Ok(Self { files })
+    }
+
+    /// The entries that turn the tree as it was into the tree at `root` now:
+    /// changed and new paths, and whiteouts for deleted ones (one for a
+    /// deleted directory, not one per child).
+    pub fn diff(&self, root: &Path) -> Result<Entries, LayerError> {
+        let after = Self::take(root)?;
+        let mut entries = Entries::new();
+        for (path, stat) in &after.files {
+            if self.files.get(path) != Some(stat) {
+                entries.insert(path.clone(), entry_for(&root.join(path))?);
+            }
+        }
+        let deleted: BTreeSet<&String> = self
+            .files
+            .keys()
+            .filter(|p| !after.files.contains_key(*p))
+            .collect();
+        for path in &deleted {
+            let parent_deleted = path
+                .rsplit_once('/')
+                .is_some_and(|(parent, _)| deleted.contains(&parent.to_string()));
+            if !parent_deleted {
+                entries.insert((*path).clone(), LayerEntry {
+                    source: EntrySource::Whiteout,
+                    mode: 0,
+                });
+            }
+        }
+        Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_entries_give_the_same_digest_and_a_readable_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("etc")).unwrap();
+        fs::write(dir.path().join("etc/a"), b"hello").unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("etc/l")).unwrap();
+        let mut entries = Entries::new();
+        add_tree(&mut entries, dir.path(), "").unwrap();
+        entries.insert("gone".into(), LayerEntry { source: EntrySource::Whiteout, mode: 0 });
+        let opts = LayerOptions { mtime: 0, threads: 2 };
+        let write = || {
+            let mut f = tempfile::tempfile().unwrap();
+            let w = write_layer(&entries, &mut f, &opts).unwrap();
+            (w, f)
+        };
+        let (a, _) = write();
+        let (b, mut f) = write();
+        assert_eq!(a.digest, b.digest);
+        assert_eq!(a.diff_id, b.diff_id);
+        use std::io::Seek;
+        f.rewind().unwrap();
+        let tar = zstd::decode_all(&f).unwrap();
+        assert_eq!(Digest::of(&tar), a.diff_id);
+        let names: Vec<String> = tar::Archive::new(&tar[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["etc/", "etc/a", "etc/l", ".wh.gone"]);
+    }
+
+    #[test]
+    fn diff_finds_changes_and_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        fs::create_dir_all(p.join("d/sub")).unwrap();
+        fs::write(p.join("d/sub/x"), b"x").unwrap();
+        fs::write(p.join("keep"), b"k").unwrap();
+        fs::write(p.join("change"), b"1").unwrap();
+        let snap = Snapshot::take(p).unwrap();
+        fs::remove_dir_all(p.join("d")).unwrap();
+        fs::write(p.join("change"), b"22").unwrap();
+        fs::write(p.join("new"), b"n").unwrap();
+        let d = snap.diff(p).unwrap();
+        let keys: Vec<&str> = d.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["change", "d", "new"]);
+        assert_eq!(d["d"].source, EntrySource::Whiteout);
+    }
+}
