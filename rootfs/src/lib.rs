@@ -6,14 +6,20 @@
 //! - [`oci`]: OCI manifest, config and index documents; media types and
 //!   annotation keys of a cluster image.
 //! - [`store`]: the local OCI image layout under `<root>/images`.
+//! - [`kubefile`]: the Kubefile parser (sealer's instructions, line numbers).
+//! - [`layer`]: deterministic zstd tar layers and RUN's before/after diff.
 //! - [`build`]: the Kubefile build pipeline and the [`build::ImageCache`] hook.
+//! - [`inspect`]: what `seaport inspect` shows.
+//! - [`archive`]: `save`/`load` of OCI archives, verified before loading.
 //! - [`registry`]: OCI distribution registries: client, auth, credentials,
 //!   push and pull, distribution's storage layout.
 
+pub mod archive;
+pub mod build;
+pub mod inspect;
+pub mod kubefile;
+pub mod layer;
 pub mod oci;
 pub mod reference;
-pub mod store;
-pub mod build;
-pub mod kubefile;
 pub mod registry;
-pub mod layer;
+pub mod store;

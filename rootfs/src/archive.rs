@@ -1,0 +1,290 @@
+//! OCI archives: `save` writes images as one tar of an OCI image layout,
+//! `load` reads one back, verifying every blob before anything enters the
+//! store.
+//!
+//! An archive holds `oci-layout`, `index.json` and `blobs/sha256/<hex>`, in
+//! that order, with normalized headers. Each image's index entry carries
+//! `org.opencontainers.image.ref.name` set to the name as the user wrote it
+//! (`kubernetes:v1.19.8`), so `skopeo copy oci-archive:FILE:kubernetes:v1.19.8
+//! ...` finds it, and `io.containerd.image.name` set to the canonical name.
+//!
+//! `load` streams every blob into a temporary file in the store, hashing it
+//! as it goes, and checks that each named image is complete (manifest,
+//! config, layers). Only then are the blobs moved into place and the names
+//! set. A corrupted or truncated archive is refused and the store is left as
+//! it was.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read};
+use std::path::{Path, PathBuf};
+
+use seaport_shared::digest::{Digest, HashingWriter};
+use tempfile::NamedTempFile;
+
+use crate::oci::{
+    Descriptor, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_MANIFEST,
+};
+use crate::reference::ImageRef;
+use crate::store::{Store, StoreError, MAX_DOCUMENT_SIZE};
+
+/// Index annotation with the canonical image name (containerd's key).
+pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+/// Errors from save and load.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading or writing the archive failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The archive.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The archive is not a valid, complete OCI archive.
+    #[error("refusing archive {path}: {reason}; nothing was loaded")]
+    Invalid {
+        /// The archive.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Writes the images `names` to `out` as one OCI archive (atomically).
+/// Returns the names written, as they appear in the archive.
+pub fn save(store: &Store, names: &[String], out: &Path) -> Result<Vec<String>, ArchiveError> {
+    let io_err = |action| move |source| ArchiveError::Io {
+        action,
+        path: out.to_path_buf(),
+        source,
+    };
+    let mut index = Index::new();
+    let mut blobs = BTreeSet::new();
+    let mut written = Vec::new();
+    for name in names {
+        let image = store.resolve(name)?;
+        blobs.insert(image.manifest_digest);
+        blobs.insert(image.manifest.config.digest);
+        blobs.extend(image.manifest.layers.iter().map(|l| l.digest));
+        let shown = image.name.to_string();
+        let mut annotations = BTreeMap::new();
+        annotations.insert(ANNOTATION_REF_NAME.to_string(), shown.clone());
+        annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), image.name.canonical());
+        index.manifests.push(Descriptor {
+            media_type: image
+                .manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.into()),
+            digest: image.manifest_digest,
+            size: image.manifest_size,
+            annotations,
+            platform: None,
+        });
+        written.push(shown);
+    }
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".seaport-save-")
+        .tempfile_in(dir)
+        .map_err(io_err("creating a temporary file beside"))?;
+    {
+        let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
+        tar.mode(tar::HeaderMode::Deterministic);
+        let add_bytes = |tar: &mut tar::Builder<_>, path: &str, bytes: &[u8]| {
+            let mut h = file_header(bytes.len() as u64);
+            tar.append_data(&mut h, path, bytes)
+        };
+        add_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .map_err(io_err("writing"))?;
+        let index_bytes = serde_json::to_vec(&index).expect("index serializes");
+        add_bytes(&mut tar, "index.json", &index_bytes).map_err(io_err("writing"))?;
+        for dir in ["blobs/", "blobs/sha256/"] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_mtime(0);
+            tar.append_data(&mut h, dir, io::empty()).map_err(io_err("writing"))?;
+        }
+        for d in &blobs {
+            let file = store.open_blob(d)?;
+            let len = file.metadata().map_err(io_err("reading a blob for"))?.len();
+            let mut h = file_header(len);
+            tar.append_data(&mut h, format!("blobs/sha256/{}", d.hex()), file.take(len))
+                .map_err(io_err("writing"))?;
+        }
+        let buf = tar.into_inner().map_err(io_err("writing"))?;
+        buf.into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(io_err("writing"))?;
+    }
+    tmp.as_file().sync_all().map_err(io_err("syncing"))?;
+    tmp.persist(out)
+        .map_err(|e| e.error)
+        .map_err(io_err("renaming a temporary file to"))?;
+    Ok(written)
+}
+
+fn file_header(size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_mtime(0);
+    h
+}
+
+/// One image loaded from an archive.
+#[derive(Clone, Debug)]
+pub struct LoadedImage {
+    /// Its name.
+    pub name: ImageRef,
+    /// Its manifest digest.
+    pub digest: Digest,
+}
+
+/// Loads every named image of the OCI archive at `path` into `store`.
+pub fn load(store: &Store, path: &Path) -> Result<Vec<LoadedImage>, ArchiveError> {
+    let invalid = |reason: String| ArchiveError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(path).map_err(|source| ArchiveError::Io {
+        action: "opening",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
+    let mut staged: BTreeMap<Digest, NamedTempFile> = BTreeMap::new();
+    let mut index_bytes: Option<Vec<u8>> = None;
+    let mut saw_layout = false;
+    let read_err = |e: io::Error| invalid(format!("it is not a readable tar (truncated or corrupted?): {e}"));
+    for entry in archive.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let entry_path = entry.path().map_err(read_err)?.to_string_lossy().into_owned();
+        let entry_path = entry_path.trim_start_matches("./").to_string();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        match entry_path.as_str() {
+            "oci-layout" => saw_layout = true,
+            "index.json" => {
+                if entry.size() > MAX_DOCUMENT_SIZE {
+                    return Err(invalid("index.json is too large".into()));
+                }
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).map_err(read_err)?;
+                index_bytes = Some(bytes);
+            }
+            p => {
+                let Some(hex) = p.strip_prefix("blobs/sha256/") else {
+                    tracing::debug!(entry = p, "ignoring an entry that is not part of an OCI layout");
+                    continue;
+                };
+                if !kind.is_file() {
+                    return Err(invalid(format!("{p} is not a regular file")));
+                }
+                let digest = Digest::from_hex(hex)
+                    .map_err(|_| invalid(format!("{p} is not named by a sha256 digest")))?;
+                if staged.contains_key(&digest) || store.has_blob(&digest) {
+                    // Still verify a duplicate: a bad copy must not pass silently.
+                    seaport_shared::digest::verify_reader(&mut entry, &digest)
+                        .map_err(|e| invalid(format!("blob {digest}: {e}")))?;
+                    continue;
+                }
+                let mut tmp = store.temp_file()?;
+                let expected = entry.size();
+                let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp.as_file_mut()));
+                io::copy(&mut entry, &mut w).map_err(read_err)?;
+                let (buf, actual, size) = w.finish();
+                buf.into_inner().map_err(|e| read_err(e.into_error()))?;
+                if size != expected {
+                    return Err(invalid(format!("blob {digest} is truncated ({size} of {expected} bytes)")));
+                }
+                if actual != digest {
+                    return Err(invalid(format!(
+                        "blob {digest} is corrupted: its content hashes to {actual}"
+                    )));
+                }
+                staged.insert(digest, tmp);
+            }
+        }
+    }
+    if !saw_layout {
+        return Err(invalid("it has no oci-layout file, so it is not an OCI archive".into()));
+    }
+    let index_bytes = index_bytes.ok_or_else(|| invalid("it has no index.json".into()))?;
+    let index: Index = serde_json::from_slice(&index_bytes)
+        .map_err(|e| invalid(format!("malformed index.json: {e}")))?;
+
+    let read_doc = |d: &Digest| -> Result<Vec<u8>, ArchiveError> {
+        if let Some(t) = staged.get(d) {
+            let mut bytes = Vec::new();
+            t.reopen()
+                .and_then(|f| f.take(MAX_DOCUMENT_SIZE + 1).read_to_end(&mut bytes))
+                .map_err(|source| ArchiveError::Io {
+                    action: "reading back a staged blob of",
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            Ok(bytes)
+        } else if store.has_blob(d) {
+            Ok(store.read_blob(d, "manifest")?)
+        } else {
+            Err(invalid(format!("blob {d} is missing from the archive")))
+        }
+    };
+    let present = |d: &Digest| staged.contains_key(d) || store.has_blob(d);
+    let mut images = Vec::new();
+    let mut needed = BTreeSet::new();
+    for desc in &index.manifests {
+        if desc.media_type != MEDIA_TYPE_MANIFEST && desc.media_type != MEDIA_TYPE_DOCKER_MANIFEST {
+            return Err(invalid(format!(
+                "index entry {} has media type {}; only single-platform image manifests are supported",
+                desc.digest, desc.media_type
+            )));
+        }
+        let name = desc
+            .annotations
+            .get(ANNOTATION_CONTAINERD_NAME)
+            .or_else(|| desc.annotations.get(ANNOTATION_REF_NAME))
+            .ok_or_else(|| invalid(format!("image {} in index.json has no name annotation", desc.digest)))?;
+        let name = ImageRef::parse(name).map_err(|e| invalid(e.to_string()))?;
+        let manifest: Manifest = serde_json::from_slice(&read_doc(&desc.digest)?)
+            .map_err(|e| invalid(format!("manifest {}: {e}", desc.digest)))?;
+        needed.insert(desc.digest);
+        for d in std::iter::once(&manifest.config.digest).chain(manifest.layers.iter().map(|l| &l.digest)) {
+            if !present(d) {
+                return Err(invalid(format!("image {name}: blob {d} is missing from the archive")));
+            }
+            needed.insert(*d);
+        }
+        images.push(LoadedImage {
+            name,
+            digest: desc.digest,
+        });
+    }
+    if images.is_empty() {
+        return Err(invalid("index.json names no image".into()));
+    }
+    let _guard = store.write_guard()?;
+    for (d, tmp) in staged {
+        if needed.contains(&d) {
+            store.commit_temp_blob(tmp, &d)?;
+        }
+    }
+    for img in &images {
+        store.set_name(&img.name, &img.digest)?;
+    }
+    Ok(images)
+}
