@@ -1,0 +1,365 @@
+//! The lab itself: `Lab::up(n)` or `Lab::builder()` brings up a bridge and N
+//! booted hosts and returns a guard that tears everything down when dropped,
+//! also while a test panics. One lab at a time owns 198.18.0.0/24: a
+//! machine-wide flock held for the guard's lifetime makes others wait.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::base::{self, BaseError, BaseSpec};
+use crate::cleanup::{self, CleanupError};
+use crate::cmd;
+use crate::host::{self, Host, HostError, HostLayout, HostOptions, RunShared};
+use crate::lock::{self, LockError, LockGuard};
+use crate::mounts::{self, MountError};
+use crate::names::{self, LabPaths, NameError, RunId, GATEWAY, MAX_HOSTS};
+use crate::net::{self, NetError};
+use crate::state::{HostRecord, RunRecord, StateError};
+
+/// Programs the lab runs on the machine, and the Debian package of each.
+pub const REQUIRED_PROGRAMS: &[(&str, &str)] = &[
+    ("systemd-nspawn", "systemd-container"),
+    ("debootstrap", "debootstrap"),
+    ("ip", "iproute2"),
+    ("tc", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("mount", "mount"),
+    ("chroot", "coreutils"),
+];
+
+/// Errors of bringing a lab up or down.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(
+        "the lab needs root (it creates bridges, mounts and containers); \
+         run the lab tests and seaport-lab as root"
+    )]
+    NotRoot,
+    #[error(
+        "the lab needs `{program}`, which is not installed: apt-get install {package}"
+    )]
+    MissingProgram {
+        program: &'static str,
+        package: &'static str,
+    },
+    #[error("a lab has 1 to {MAX_HOSTS} hosts, not {0}")]
+    HostCount(usize),
+    #[error(transparent)]
+    Base(#[from] BaseError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Cleanup(#[from] CleanupError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no host {0} in this lab")]
+    NoSuchHost(String),
+    #[error("tearing the lab down left things behind: {0}")]
+    Teardown(String),
+}
+
+/// Fails with a message saying what to do unless the lab can run here:
+/// root, and the programs it needs.
+pub fn preflight() -> Result<(), LabError> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err(LabError::NotRoot);
+    }
+    for (program, package) in REQUIRED_PROGRAMS {
+        if !cmd::on_path(program) {
+            return Err(LabError::MissingProgram { program, package });
+        }
+    }
+    Ok(())
+}
+
+/// How to bring a lab up.
+#[derive(Debug, Clone)]
+pub struct LabBuilder {
+    hosts: usize,
+    base: BaseSpec,
+    paths: LabPaths,
+    options: HostOptions,
+    boot_timeout: Duration,
+    run_id: Option<RunId>,
+}
+
+impl Default for LabBuilder {
+    fn default() -> Self {
+        LabBuilder {
+            hosts: 1,
+            base: BaseSpec::default(),
+            paths: LabPaths::from_env(),
+            options: HostOptions::default(),
+            boot_timeout: Duration::from_secs(120),
+            run_id: None,
+        }
+    }
+}
+
+impl LabBuilder {
+    /// Number of hosts (default 1).
+    pub fn hosts(mut self, n: usize) -> Self {
+        self.hosts = n;
+        self
+    }
+
+    /// Run cloud-init at first boot on every host with this NoCloud
+    /// user-data (cloud-init is disabled otherwise).
+    pub fn cloud_init_user_data(mut self, user_data: impl Into<String>) -> Self {
+        self.options.cloud_init_user_data = Some(user_data.into());
+        self
+    }
+
+    /// Another base package list.
+    pub fn base(mut self, spec: BaseSpec) -> Self {
+        self.base = spec;
+        self
+    }
+
+    /// Other cache and run directories.
+    pub fn paths(mut self, paths: LabPaths) -> Self {
+        self.paths = paths;
+        self
+    }
+
+    /// How long hosts may take to boot and settle (default 120 s).
+    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
+        self.boot_timeout = timeout;
+        self
+    }
+
+    /// Use this run id instead of a random one.
+    pub fn run_id(mut self, id: RunId) -> Self {
+        self.run_id = Some(id);
+        self
+    }
+
+    /// Builds the base if needed, waits for the machine lock, removes
+    /// leftovers of killed runs, then creates the bridge and boots the hosts.
+    pub fn up(self) -> Result<Lab, LabError> {
+        preflight()?;
+        if self.hosts == 0 || self.hosts > MAX_HOSTS {
+            return Err(LabError::HostCount(self.hosts));
+        }
+        let base_dir = base::ensure(&self.base, &self.paths.cache)?;
+        let lock = lock::exclusive(
+            &self.paths.machine_lock(),
+            "another lab to finish (one lab at a time owns 198.18.0.0/24)",
+        )?;
+        // Holding the lock, no other lab is live: whatever carries our
+        // prefix is a leftover of a killed run.
+        let removed = cleanup::remove_leftovers(&self.paths, None)?;
+        if !removed.is_empty() {
+            eprintln!("seaport-lab: removed leftovers of a killed run: {removed:?}");
+        }
+        let id = match self.run_id {
+            Some(id) => id,
+            None => RunId::generate()?,
+        };
+        let run_dir = self.paths.run_dir(&id);
+        std::fs::create_dir_all(&run_dir).map_err(|source| LabError::Dir {
+            path: run_dir.clone(),
+            source,
+        })?;
+        let record = RunRecord {
+            id: id.clone(),
+            owner_pid: std::process::id(),
+            bridge: id.bridge(),
+            gateway: GATEWAY,
+            base: base_dir.clone(),
+            hosts: Vec::new(),
+            coordinator: None,
+        };
+        record.save(&run_dir)?;
+        let mut lab = Lab {
+            id: id.clone(),
+            paths: self.paths.clone(),
+            shared: Arc::new(RunShared {
+                run_dir: run_dir.clone(),
+                record: Mutex::new(record),
+            }),
+            hosts: Vec::new(),
+            lock: Some(lock),
+            down: false,
+        };
+        // From here on, dropping `lab` on an error removes what was made.
+        net::create_bridge(&id.bridge())?;
+        let peers: Vec<(String, Ipv4Addr)> = (0..self.hosts)
+            .map(|i| (id.host_name(i), names::host_ip(i)))
+            .collect();
+        for (i, (name, ip)) in peers.iter().enumerate() {
+            let layout = HostLayout {
+                name: name.clone(),
+                ip: *ip,
+                dir: run_dir.join(format!("h{}", i + 1)),
+            };
+            // Record the directory before mounting, so cleanup finds it.
+            lab.shared.update(|r| {
+                r.hosts.push(HostRecord {
+                    name: name.clone(),
+                    ip: *ip,
+                    dir: layout.dir.clone(),
+                    root: layout.dir.join("root"),
+                    overlay: false,
+                    nspawn_pid: None,
+                    boots: 0,
+                })
+            });
+            let (root, overlay) = host::prepare_root(&base_dir, &layout, &peers, &self.options)?;
+            lab.shared.update(|r| {
+                r.hosts[i].root = root.clone();
+                r.hosts[i].overlay = overlay;
+            });
+        }
+        for i in 0..self.hosts {
+            let h = Host::start(i, &id.bridge(), lab.shared.clone())?;
+            lab.hosts.push(h);
+        }
+        let deadline = Instant::now() + self.boot_timeout;
+        for h in &lab.hosts {
+            let state = h.wait_ready(deadline.saturating_duration_since(Instant::now()))?;
+            if state != "running" {
+                let failed = h
+                    .exec(&["systemctl", "--failed", "--no-legend", "--plain"])
+                    .map(|o| o.stdout)
+                    .unwrap_or_default();
+                tracing::warn!(host = h.name(), %state, failed = %failed.trim(), "host booted degraded");
+            }
+        }
+        Ok(lab)
+    }
+}
+
+/// A running lab: a bridge and its hosts. Dropping it tears everything down.
+#[derive(Debug)]
+pub struct Lab {
+    id: RunId,
+    paths: LabPaths,
+    shared: Arc<RunShared>,
+    hosts: Vec<Host>,
+    lock: Option<LockGuard>,
+    down: bool,
+}
+
+impl Lab {
+    /// A builder with the defaults: 1 host, the default base, the default
+    /// directories.
+    pub fn builder() -> LabBuilder {
+        LabBuilder::default()
+    }
+
+    /// Brings up `n` hosts with the defaults.
+    pub fn up(n: usize) -> Result<Lab, LabError> {
+        Lab::builder().hosts(n).up()
+    }
+
+    /// The run id (`spl-xxxxxx`), also the bridge name.
+    pub fn id(&self) -> &RunId {
+        &self.id
+    }
+
+    /// The machine-side bridge.
+    pub fn bridge(&self) -> String {
+        self.id.bridge()
+    }
+
+    /// The machine's address on the bridge, where a coordinator listens.
+    pub fn gateway(&self) -> Ipv4Addr {
+        GATEWAY
+    }
+
+    /// The run's directory (state.json, host roots, console logs).
+    pub fn run_dir(&self) -> &Path {
+        &self.shared.run_dir
+    }
+
+    /// The hosts, in order.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// Host number `index` (0-based).
+    pub fn host(&self, index: usize) -> &Host {
+        &self.hosts[index]
+    }
+
+    /// The host with this name (full, or short like `h2`).
+    pub fn host_named(&self, name: &str) -> Result<&Host, LabError> {
+        self.hosts
+            .iter()
+            .find(|h| h.name() == name || h.name().ends_with(&format!("-{name}")))
+            .ok_or_else(|| LabError::NoSuchHost(name.to_string()))
+    }
+
+    /// A copy of the run record (what `seaport-lab status` shows).
+    pub fn record(&self) -> RunRecord {
+        self.shared
+            .record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a coordinator the run owns, so cleanup can stop it.
+    pub fn record_coordinator(&self, c: Option<crate::state::CoordinatorRecord>) {
+        self.shared.update(|r| r.coordinator = c);
+    }
+
+    /// Tears the lab down and reports anything that could not be removed.
+    pub fn down(mut self) -> Result<(), LabError> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), LabError> {
+        if self.down {
+            return Ok(());
+        }
+        self.down = true;
+        for h in &self.hosts {
+            h.begin_stop();
+        }
+        for h in &self.hosts {
+            h.finish_stop(Duration::from_secs(15));
+        }
+        self.hosts.clear();
+        let mut problems = Vec::new();
+        // Stops anything still running from the record, then unmounts and
+        // removes the run directory and the bridge.
+        let mut removed = cleanup::Removed::default();
+        if let Err(e) = cleanup::remove_run(&self.paths, &self.id, &mut removed) {
+            problems.push(e.to_string());
+        }
+        if let Err(e) = mounts::remove_tree(&self.shared.run_dir) {
+            problems.push(e.to_string());
+        }
+        self.lock = None;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(LabError::Teardown(problems.join("; ")))
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("seaport-lab: {e}; run `seaport-lab down --all` to finish");
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Machine-wide exclusive locks (flock), held for as long as the returned
+//! guard lives: one for the lab network, one per cached base being built.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// Errors of taking a lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot open lock file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot lock {path}: {errno}")]
+    Lock { path: PathBuf, errno: nix::Error },
+}
+
+/// An exclusive flock; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct LockGuard {
+    _lock: Flock<File>,
+    path: PathBuf,
+}
+
+impl LockGuard {
+    /// The locked file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Takes an exclusive lock on `path` (created if missing), waiting for it.
+/// `what` says in the waiting message what the lock protects.
+pub fn exclusive(path: &Path, what: &str) -> Result<LockGuard, LockError> {
+    match try_exclusive(path)? {
+        Some(guard) => Ok(guard),
+        None => {
+            eprintln!(
+                "seaport-lab: waiting for {what} (lock {} is held by another process)",
+                path.display()
+            );
+            let file = open(path)?;
+            let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
+                LockError::Lock {
+                    path: path.to_path_buf(),
+                    errno,
+                }
+            })?;
+            Ok(LockGuard {
+                _lock: lock,
+                path: path.to_path_buf(),
+            })
+        }
+    }
+}
+
+/// Takes an exclusive lock on `path` if nobody holds it; `None` otherwise.
+pub fn try_exclusive(path: &Path) -> Result<Option<LockGuard>, LockError> {
+    let file = open(path)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(LockGuard {
+            _lock: lock,
+            path: path.to_path_buf(),
+        })),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(LockError::Lock {
+            path: path.to_path_buf(),
+            errno,
+        }),
+    }
+}
+
+fn open(path: &Path) -> Result<File, LockError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| LockError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| LockError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_is_not_granted_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let first = try_exclusive(&path).unwrap().expect("free lock");
+        assert!(try_exclusive(&path).unwrap().is_none());
+        drop(first);
+        assert!(try_exclusive(&path).unwrap().is_some());
+    }
+}
