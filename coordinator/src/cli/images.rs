@@ -1,53 +1,222 @@
-//! Placeholder until this group of subcommands is implemented.
+//! `seaport build | images | inspect | tag | rmi | save | load`: thin calls
+//! into `seaport_rootfs`.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-#[derive(Debug, clap::Args)]
-pub struct BuildArgs {}
+use anyhow::{bail, Context};
+use seaport_rootfs::build::{self, BuildOptions};
+use seaport_rootfs::reference::ImageRef;
+use seaport_rootfs::store::Store;
+use seaport_rootfs::{archive, inspect};
 
-pub fn build(_root: &Path, _args: BuildArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+fn open_store(root: &Path) -> anyhow::Result<Store> {
+    Store::open(root).with_context(|| format!("opening the image store under {}", root.display()))
 }
 
-#[derive(Debug, clap::Args)]
-pub struct ImagesArgs {}
-
-pub fn images(_root: &Path, _args: ImagesArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
+/// Build a cluster image from a Kubefile and a context directory.
 #[derive(Debug, clap::Args)]
-pub struct InspectArgs {}
-
-pub fn inspect(_root: &Path, _args: InspectArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub struct BuildArgs {
+    /// The Kubefile (default: CONTEXT/Kubefile).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Name of the image, NAME[:TAG].
+    #[arg(short = 't', long = "tag")]
+    pub tag: String,
+    /// Value for an ARG of the Kubefile.
+    #[arg(long = "build-arg", value_name = "K=V", value_parser = key_value)]
+    pub build_args: Vec<(String, String)>,
+    /// Label to set on the image.
+    #[arg(long = "label", value_name = "K=V", value_parser = key_value)]
+    pub labels: Vec<(String, String)>,
+    /// Target platform OS/ARCH[/VARIANT] (sets ${ARCH}); default: this host's.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// The build context: the directory COPY reads from.
+    #[arg(default_value = ".")]
+    pub context: PathBuf,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct TagArgs {}
-
-pub fn tag(_root: &Path, _args: TagArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn build(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    let kubefile = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Kubefile"));
+    let mut opts = BuildOptions::new(kubefile, &args.context, &args.tag);
+    opts.build_args = args.build_args.into_iter().collect::<BTreeMap<_, _>>();
+    opts.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    if let Some(p) = args.platform {
+        opts.platform = p;
+    }
+    let report = build::build(&store, &opts).context("build failed; the image store is unchanged")?;
+    println!("{} {}", report.name, report.digest);
+    Ok(())
 }
 
+/// List the cluster images in the local store.
 #[derive(Debug, clap::Args)]
-pub struct RmiArgs {}
-
-pub fn rmi(_root: &Path, _args: RmiArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub struct ImagesArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct SaveArgs {}
-
-pub fn save(_root: &Path, _args: SaveArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+#[derive(serde::Serialize)]
+struct ImageRow {
+    name: String,
+    digest: String,
+    platform: String,
+    size: u64,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct LoadArgs {}
-
-pub fn load(_root: &Path, _args: LoadArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn images(root: &Path, args: ImagesArgs) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    let mut rows = Vec::new();
+    for entry in store.list()? {
+        let image = store
+            .resolve_digest(entry.name.clone(), &entry.manifest.digest)
+            .with_context(|| format!("reading image {}", entry.name))?;
+        let info = inspect::info(&image);
+        rows.push(ImageRow {
+            name: entry.name.to_string(),
+            digest: entry.manifest.digest.to_string(),
+            platform: info.platform,
+            size: info.size,
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    println!("{:width$}  {:19}  {:13}  SIZE", "NAME", "DIGEST", "PLATFORM");
+    for r in rows {
+        println!(
+            "{:width$}  {:19}  {:13}  {}",
+            r.name,
+            &r.digest[..19],
+            r.platform,
+            human_size(r.size)
+        );
+    }
+    Ok(())
 }
 
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Show an image as JSON.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Image name, NAME@sha256:... or a manifest digest.
+    pub name: String,
+}
+
+pub fn inspect(root: &Path, args: InspectArgs) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    let info = inspect::inspect(&store, &args.name)?;
+    println!("{}", serde_json::to_string_pretty(&info)?);
+    Ok(())
+}
+
+/// Give an image in the local store another name.
+#[derive(Debug, clap::Args)]
+pub struct TagArgs {
+    /// The existing image.
+    pub source: String,
+    /// The new name.
+    pub target: String,
+}
+
+pub fn tag(root: &Path, args: TagArgs) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    let image = store.resolve(&args.source)?;
+    let target = ImageRef::parse(&args.target)?;
+    if target.digest().is_some() {
+        bail!("the new name {} must not contain a digest", args.target);
+    }
+    store.set_name(&target, &image.manifest_digest)?;
+    Ok(())
+}
+
+/// Remove image names, and the blobs nothing else references.
+#[derive(Debug, clap::Args)]
+pub struct RmiArgs {
+    /// Images to remove.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+pub fn rmi(root: &Path, args: RmiArgs) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    for name in &args.names {
+        let image = store.resolve(name)?;
+        store.remove_name(&image.name)?;
+        println!("untagged {}", image.name);
+    }
+    let report = store.gc().context("removing unreferenced blobs")?;
+    println!(
+        "removed {} blobs, freed {}",
+        report.removed.len(),
+        human_size(report.freed_bytes)
+    );
+    Ok(())
+}
+
+/// Write images to one OCI archive.
+#[derive(Debug, clap::Args)]
+pub struct SaveArgs {
+    /// The archive to write.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Images to save.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+pub fn save(root: &Path, args: SaveArgs) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    let names = archive::save(&store, &args.names, &args.output)
+        .with_context(|| format!("saving to {}", args.output.display()))?;
+    for n in names {
+        println!("saved {n}");
+    }
+    Ok(())
+}
+
+/// Load images from an OCI archive, verifying every blob.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// The archive to read.
+    #[arg(short = 'i', long = "input")]
+    pub input: PathBuf,
+}
+
+pub fn load(root: &Path, args: LoadArgs) -> anyhow::Result<()> {
+    let store = open_store(root)?;
+    let loaded = archive::load(&store, &args.input)?;
+    for img in loaded {
+        println!("loaded {} {}", img.name, img.digest);
+    }
+    Ok(())
+}
