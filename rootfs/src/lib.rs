@@ -9,6 +9,9 @@
 //! - [`kubefile`]: the Kubefile parser (sealer's instructions, line numbers).
 //! - [`layer`]: deterministic zstd tar layers and RUN's before/after diff.
 //! - [`build`]: the Kubefile build pipeline and the [`build::ImageCache`] hook.
+//! - [`registry`]: OCI distribution registries: client, auth, credentials,
+//!   push and pull, distribution's storage layout.
+//! - [`imagecache`]: build-time caching of container images into `registry/`.
 //! - [`inspect`]: what `seaport inspect` shows.
 //! - [`archive`]: `save`/`load` of OCI archives, verified before loading.
 //! - [`registry`]: OCI distribution registries: client, auth, credentials,
@@ -22,4 +25,5 @@ pub mod layer;
 pub mod oci;
 pub mod reference;
 pub mod registry;
+pub mod imagecache;
 pub mod store;
