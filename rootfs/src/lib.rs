@@ -9,13 +9,11 @@
 //! - [`kubefile`]: the Kubefile parser (sealer's instructions, line numbers).
 //! - [`layer`]: deterministic zstd tar layers and RUN's before/after diff.
 //! - [`build`]: the Kubefile build pipeline and the [`build::ImageCache`] hook.
-//! - [`registry`]: OCI distribution registries: client, auth, credentials,
-//!   push and pull, distribution's storage layout.
-//! - [`imagecache`]: build-time caching of container images into `registry/`.
 //! - [`inspect`]: what `seaport inspect` shows.
 //! - [`archive`]: `save`/`load` of OCI archives, verified before loading.
 //! - [`registry`]: OCI distribution registries: client, auth, credentials,
 //!   push and pull, distribution's storage layout.
+//! - [`imagecache`]: build-time caching of container images into `registry/`.
 
 pub mod archive;
 pub mod build;
