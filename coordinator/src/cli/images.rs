@@ -14,6 +14,16 @@ fn open_store(root: &Path) -> anyhow::Result<Store> {
     Store::open(root).with_context(|| format!("opening the image store under {}", root.display()))
 }
 
+/// Prints to stdout; a closed pipe (`| head`) ends output quietly.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -93,8 +103,7 @@ pub fn images(root: &Path, args: ImagesArgs) -> anyhow::Result<()> {
         });
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return print_out(&serde_json::to_string_pretty(&rows)?);
     }
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     println!("{:width$}  {:19}  {:13}  SIZE", "NAME", "DIGEST", "PLATFORM");
@@ -135,7 +144,7 @@ pub struct InspectArgs {
 pub fn inspect(root: &Path, args: InspectArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
     let info = inspect::inspect(&store, &args.name)?;
-    println!("{}", serde_json::to_string_pretty(&info)?);
+    print_out(&serde_json::to_string_pretty(&info)?)?;
     Ok(())
 }
 
