@@ -277,6 +277,7 @@ impl RegistryImageCache {
         let platform = platform_string(&self.opts.platform);
         let mut clients: HashMap<String, RegistryClient> = HashMap::new();
         let mut wrote = false;
+        // Check every name before pulling anything.
         for named in wanted.values() {
             let image = &named.image;
             let repo = image.repository().to_string();
@@ -292,9 +293,12 @@ impl RegistryImageCache {
                     }
                 }
                 None => {
-                    owners.insert(repo.clone(), image.canonical());
+                    owners.insert(repo, image.canonical());
                 }
             }
+        }
+        for named in wanted.values() {
+            let image = &named.image;
             if let Some(digest) = cached_digest(&base, image) {
                 tracing::info!(image = %image.canonical(), "already in the base image's registry");
                 record(&mut index, image, &digest);
