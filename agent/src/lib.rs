@@ -1,1 +1,25 @@
 //! The Seaport host agent.
+//!
+//! It enrolls with the coordinator once (`seaport-agent join`), then keeps one
+//! mTLS QUIC session to it (`seaport-agent run`), heartbeating host facts and
+//! renewing its certificate before it expires. It dials out, so it works
+//! behind NAT; it never listens for the coordinator.
+//!
+//! # Layout
+//!
+//! - [`identity`]: key, certificate, CA and coordinator address on disk.
+//! - [`facts`]: machine-id, hostname and the host facts of heartbeats (sysinfo).
+//! - [`join`]: enrollment against a pinned CA, with a join token and a CSR.
+//! - [`session`]: the service loop: session, heartbeats, renewal, backoff.
+
+pub mod facts;
+pub mod identity;
+pub mod join;
+pub mod session;
+
+pub use facts::{FactsSource, HostIdentity, SystemFacts};
+pub use identity::Identity;
+pub use join::{join, JoinOptions, Joined};
+
+/// Default agent state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/seaport-agent";

@@ -1,1 +1,130 @@
-fn main() {}
+//! The `seaport-agent` binary: parse flags, set up logging, call the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use seaport_agent::{facts, session, HostIdentity, JoinOptions, SystemFacts, DEFAULT_STATE_DIR};
+
+/// The Seaport host agent.
+#[derive(Debug, Parser)]
+#[command(name = "seaport-agent", version, about)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll this host with a coordinator (once).
+    Join {
+        /// Coordinator address, HOST:PORT.
+        #[arg(long)]
+        coordinator: String,
+        /// Join token from `seaport token create`.
+        #[arg(long, env = "SEAPORT_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The coordinator CA's pin, sha256:HEX.
+        #[arg(long)]
+        ca_pin: String,
+        /// Where the agent keeps its identity and state.
+        #[arg(long, env = "SEAPORT_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Run the agent service: keep a session to the coordinator.
+    Run {
+        /// Where the agent keeps its identity and state.
+        #[arg(long, env = "SEAPORT_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Join {
+            coordinator,
+            token,
+            ca_pin,
+            state_dir,
+        } => rt.block_on(async {
+            let host = HostIdentity::from_system()?;
+            let opts = JoinOptions {
+                coordinator: coordinator.clone(),
+                token,
+                ca_pin,
+                state_dir: state_dir.clone(),
+                host,
+                ips: facts::host_ips(),
+            };
+            let joined = seaport_agent::join(&opts)
+                .await
+                .with_context(|| format!("joining the coordinator at {coordinator}"))?;
+            println!(
+                "joined as node {} (identity in {})",
+                joined.node_id,
+                state_dir.join("identity").display()
+            );
+            Ok(())
+        }),
+        Command::Run { state_dir } => rt.block_on(async {
+            let host = HostIdentity::from_system()?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = tx.send(true);
+            });
+            session::run(&state_dir, SystemFacts::new(host), rx).await;
+            Ok(())
+        }),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

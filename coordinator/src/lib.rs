@@ -8,5 +8,16 @@
 //!   - `cli/registry.rs`: login, logout, push, pull
 //!   - `cli/coordinator.rs`, `cli/token.rs`, `cli/nodes.rs`: coordinator
 //!     state, join tokens and the node inventory
+//! - [`ca`]: the cluster CA and the coordinator's files under `ROOT/coordinator/`.
+//! - [`state`]: the redb state database (token hashes, nodes, serials).
+//! - [`tokens`]: creating join tokens.
+//! - [`daemon`]: `coordinator serve`: the QUIC endpoint, enrollment, node
+//!   sessions, the admin API.
+//! - [`admin`]: the CLI's client for the admin API.
 
+pub mod admin;
+pub mod ca;
 pub mod cli;
+pub mod daemon;
+pub mod state;
+pub mod tokens;

@@ -212,3 +212,23 @@ impl ServerCertVerifier for PinnedCaVerifier {
             .supported_schemes()
     }
 }
+
+/// A client endpoint on an ephemeral UDP port of the address family of `peer`.
+pub fn client_endpoint(peer: std::net::SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: std::net::SocketAddr = if peer.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    quinn::Endpoint::client(bind)
+}
+
+/// Resolves `HOST:PORT` to its first address.
+pub async fn resolve(addr: &str) -> std::io::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{addr} resolves to no address"),
+        )
+    })
+}

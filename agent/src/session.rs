@@ -1,0 +1,377 @@
+//! `seaport-agent run`: keep one mTLS session to the coordinator.
+//!
+//! Each attempt re-reads the identity (so a `join` or a renewal made while the
+//! service runs is picked up), connects, opens the control stream and sends a
+//! heartbeat every [`HEARTBEAT_INTERVAL`]. At two thirds of the certificate's
+//! lifetime it asks for a renewed certificate on the same stream. When the
+//! session ends it reconnects after a jittered exponential backoff
+//! ([`Backoff`]: 1 s doubling, capped at [`BACKOFF_CAP`], each delay drawn
+//! between half and all of its step), so a coordinator restart does not bring
+//! every agent back in the same instant.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use seaport_shared::codec::{self, CodecError};
+use seaport_shared::pki::{self, CertInfo, PkiError, Role};
+use seaport_shared::tls;
+use seaport_shared::wire::{
+    self, AgentMessage, CoordinatorMessage, StreamKind, WireError, CONTROL_FRAME_LIMIT,
+    COORDINATOR_SERVER_NAME, HEARTBEAT_INTERVAL,
+};
+
+use crate::facts::FactsSource;
+use crate::identity::{cert_matches_key, Identity, IdentityError};
+
+/// First reconnect step.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest wait between reconnect attempts.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A session that lasted this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+/// Errors of one session attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+    #[error("{0}")]
+    Pki(#[from] PkiError),
+    #[error("could not resolve {addr}: {source}")]
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("could not connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("the certificate of node {node} expired at {at}; join again with a new token (seaport token create, then seaport-agent join)")]
+    Expired { node: String, at: String },
+    #[error("control stream: {0}")]
+    Wire(#[from] WireError),
+    #[error("control stream: {0}")]
+    Codec(#[from] CodecError),
+    #[error("the coordinator refused: {0}")]
+    Refused(String),
+    #[error("session lost: {0}")]
+    Lost(String),
+}
+
+/// Jittered exponential backoff.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    attempt: u32,
+    base: Duration,
+    cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            attempt: 0,
+            base: BACKOFF_BASE,
+            cap: BACKOFF_CAP,
+        }
+    }
+}
+
+impl Backoff {
+    /// The next delay: half of the step plus a random part of the other half.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = step / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// Asked to stop.
+    Shutdown,
+    /// The coordinator or the network ended it.
+    Lost(SessionError),
+}
+
+/// Runs the agent service until `shutdown` turns true.
+pub async fn run(
+    state_dir: &Path,
+    mut facts: impl FactsSource,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::default();
+    let mut endpoint: Option<quinn::Endpoint> = None;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        let end = attempt(state_dir, &mut endpoint, &mut facts, &mut shutdown).await;
+        match end {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Lost(e) => match &e {
+                SessionError::Identity(IdentityError::NotJoined(_))
+                | SessionError::Expired { .. } => error!("{e}"),
+                _ => warn!("{e}"),
+            },
+        }
+        if started.elapsed() >= STABLE_SESSION {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        debug!(?delay, "reconnecting after backoff");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    if let Some(ep) = endpoint {
+        let _ = timeout(Duration::from_secs(2), ep.wait_idle()).await;
+    }
+    info!("agent stopped");
+}
+
+async fn attempt(
+    state_dir: &Path,
+    endpoint: &mut Option<quinn::Endpoint>,
+    facts: &mut impl FactsSource,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let identity = match Identity::load(state_dir) {
+        Ok(i) => i,
+        Err(e) => return SessionEnd::Lost(e.into()),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if identity.cert.not_after <= now {
+        return SessionEnd::Lost(SessionError::Expired {
+            node: identity.node_id.clone(),
+            at: rfc3339(identity.cert.not_after),
+        });
+    }
+    let addr = match tls::resolve(&identity.coordinator).await {
+        Ok(a) => a,
+        Err(source) => {
+            return SessionEnd::Lost(SessionError::Resolve {
+                addr: identity.coordinator.clone(),
+                source,
+            })
+        }
+    };
+    let ep = match endpoint {
+        Some(ep) if ep.local_addr().map(|a| a.is_ipv6()).ok() == Some(addr.is_ipv6()) => ep,
+        _ => match tls::client_endpoint(addr) {
+            Ok(ep) => endpoint.insert(ep),
+            Err(e) => {
+                return SessionEnd::Lost(SessionError::Connect {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        },
+    };
+    let span = info_span!("session", node = %identity.node_id, coordinator = %addr);
+    session(ep, addr, identity, state_dir.to_path_buf(), facts, shutdown)
+        .instrument(span)
+        .await
+}
+
+fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// One session: connect, open the control stream, heartbeat until it ends.
+pub async fn session(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    mut identity: Identity,
+    state_dir: PathBuf,
+    facts: &mut impl FactsSource,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let lost = SessionEnd::Lost;
+    let config = match identity.client_config() {
+        Ok(c) => c,
+        Err(e) => return lost(e.into()),
+    };
+    let connect_err = |reason: String| SessionError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let connecting = match endpoint.connect_with(config, addr, COORDINATOR_SERVER_NAME) {
+        Ok(c) => c,
+        Err(e) => return lost(connect_err(e.to_string())),
+    };
+    let conn = tokio::select! {
+        r = timeout(CONNECT_TIMEOUT, connecting) => match r {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return lost(connect_err(e.to_string())),
+            Err(_) => return lost(connect_err(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+        },
+        _ = shutdown.wait_for(|s| *s) => return SessionEnd::Shutdown,
+    };
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return lost(SessionError::Lost(e.to_string())),
+    };
+    if let Err(e) = wire::client_handshake(&mut recv, &mut send, StreamKind::Control).await {
+        return lost(lost_reason(&conn).unwrap_or(e.into()));
+    }
+    info!("session established");
+
+    // Reading is not cancel-safe in a select!, so it gets its own task.
+    let (tx, mut rx) = mpsc::channel::<Result<CoordinatorMessage, CodecError>>(8);
+    let reader = tokio::spawn(
+        async move {
+            loop {
+                let msg = codec::read_msg::<_, CoordinatorMessage>(&mut recv, CONTROL_FRAME_LIMIT)
+                    .await
+                    .transpose();
+                let Some(msg) = msg else { break };
+                let stop = msg.is_err();
+                if tx.send(msg).await.is_err() || stop {
+                    break;
+                }
+            }
+        }
+        .instrument(info_span!("control_reader")),
+    );
+
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renew_pending = false;
+    let end = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let msg = AgentMessage::Heartbeat {
+                    node_id: identity.node_id.clone(),
+                    facts: facts.facts(),
+                };
+                if let Err(e) = codec::write_msg(&mut send, &msg).await {
+                    break lost(lost_reason(&conn).unwrap_or(e.into()));
+                }
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                if !renew_pending && now >= identity.cert.renew_at() {
+                    match renew_request(&identity) {
+                        Ok(msg) => {
+                            if let Err(e) = codec::write_msg(&mut send, &msg).await {
+                                break lost(lost_reason(&conn).unwrap_or(e.into()));
+                            }
+                            info!("asked for a renewed certificate");
+                            renew_pending = true;
+                        }
+                        Err(e) => warn!(error = %e, "could not make a renewal request"),
+                    }
+                }
+            }
+            msg = rx.recv() => match msg {
+                Some(Ok(CoordinatorMessage::HeartbeatAck { .. })) => {}
+                Some(Ok(CoordinatorMessage::Renewed { cert_pem })) => {
+                    renew_pending = false;
+                    match accept_renewed(&identity, &state_dir, &cert_pem) {
+                        Ok(info) => {
+                            info!(expires = %rfc3339(info.not_after), "certificate renewed");
+                            identity.cert = info;
+                        }
+                        Err(e) => warn!(error = %e, "renewed certificate not accepted"),
+                    }
+                }
+                Some(Ok(CoordinatorMessage::Refused { reason })) => {
+                    break lost(SessionError::Refused(reason));
+                }
+                Some(Err(e)) => break lost(lost_reason(&conn).unwrap_or(e.into())),
+                None => break lost(lost_reason(&conn).unwrap_or(SessionError::Lost("control stream closed".into()))),
+            },
+            e = conn.closed() => break lost(SessionError::Lost(describe_close(&e))),
+            _ = shutdown.wait_for(|s| *s) => {
+                conn.close(0u32.into(), b"agent stopping");
+                break SessionEnd::Shutdown;
+            }
+        }
+    };
+    reader.abort();
+    end
+}
+
+fn renew_request(identity: &Identity) -> Result<AgentMessage, SessionError> {
+    let key = identity.key_pair()?;
+    let ips = crate::facts::host_ips();
+    let csr_der = pki::node_csr(&key, &identity.node_id, &ips)?;
+    Ok(AgentMessage::Renew { csr_der })
+}
+
+fn accept_renewed(
+    identity: &Identity,
+    state_dir: &Path,
+    cert_pem: &str,
+) -> Result<CertInfo, SessionError> {
+    let der = pki::certs_from_pem(cert_pem, "the renewed certificate")?.remove(0);
+    let info = CertInfo::from_der(&der)?;
+    let key = identity.key_pair()?;
+    if info.role != Role::Node || info.name != identity.node_id || !cert_matches_key(&der, &key) {
+        return Err(SessionError::Refused(
+            "renewed certificate is not for this node's key".into(),
+        ));
+    }
+    Identity::store_cert(state_dir, cert_pem)?;
+    Ok(info)
+}
+
+fn describe_close(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            format!(
+                "closed by the coordinator: {}",
+                String::from_utf8_lossy(&c.reason)
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// If the connection was closed, why (the coordinator's reason).
+fn lost_reason(conn: &quinn::Connection) -> Option<SessionError> {
+    conn.close_reason()
+        .map(|e| SessionError::Lost(describe_close(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_jittered_and_capped() {
+        let mut b = Backoff::default();
+        let first = b.next_delay();
+        assert!(
+            first >= BACKOFF_BASE / 2 && first <= BACKOFF_BASE,
+            "{first:?}"
+        );
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(d <= BACKOFF_CAP, "{d:?}");
+        }
+        let late = b.next_delay();
+        assert!(late >= BACKOFF_CAP / 2, "{late:?}");
+        b.reset();
+        assert!(b.next_delay() <= BACKOFF_BASE);
+    }
+}

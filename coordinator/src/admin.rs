@@ -1,0 +1,140 @@
+//! The CLI's side of the admin API: connect to the running coordinator with
+//! the admin certificate, one request per stream.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use seaport_shared::codec::{self, CodecError};
+use seaport_shared::tls::{self, TlsError};
+use seaport_shared::wire::{
+    self, AdminRequest, AdminResponse, StreamKind, WireError, ADMIN_FRAME_LIMIT,
+    COORDINATOR_SERVER_NAME,
+};
+
+use crate::ca::{self, CaError};
+use crate::daemon::read_serve_info;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors talking to the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Ca(#[from] CaError),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("could not reach the coordinator at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("bad coordinator address {0:?}: {1}")]
+    BadAddress(String, String),
+    #[error("admin stream: {0}")]
+    Wire(#[from] WireError),
+    #[error("admin stream: {0}")]
+    Codec(#[from] CodecError),
+    #[error("coordinator closed the admin stream without answering")]
+    NoAnswer,
+    #[error("coordinator did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("coordinator refused: {0}")]
+    Refused(String),
+}
+
+/// Where the CLI finds the coordinator: `--coordinator`, else the address
+/// `serve` wrote under the root (a wildcard address means this host).
+pub fn coordinator_addr(root: &Path, explicit: Option<&str>) -> Result<Option<String>, AdminError> {
+    if let Some(a) = explicit {
+        return Ok(Some(a.to_string()));
+    }
+    Ok(read_serve_info(root).map(|info| {
+        let mut addr = info.listen;
+        if addr.ip().is_unspecified() {
+            let ip: IpAddr = if addr.is_ipv6() {
+                Ipv6Addr::LOCALHOST.into()
+            } else {
+                Ipv4Addr::LOCALHOST.into()
+            };
+            addr.set_ip(ip);
+        }
+        addr.to_string()
+    }))
+}
+
+/// An admin connection to the coordinator.
+pub struct AdminClient {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+impl AdminClient {
+    /// Connects with the admin certificate under `root`.
+    pub async fn connect(root: &Path, addr: &str) -> Result<AdminClient, AdminError> {
+        let id = ca::admin_identity(root)?;
+        let config = tls::mtls_client(&id.ca, id.chain, id.key)?;
+        Self::connect_with(config, addr).await
+    }
+
+    /// Connects with any client configuration (tests use other identities).
+    pub async fn connect_with(
+        config: quinn::ClientConfig,
+        addr: &str,
+    ) -> Result<AdminClient, AdminError> {
+        let unreachable = |reason: String| AdminError::Unreachable {
+            addr: addr.to_string(),
+            reason,
+        };
+        let sock: SocketAddr = match addr.parse() {
+            Ok(a) => a,
+            Err(_) => tls::resolve(addr)
+                .await
+                .map_err(|e| AdminError::BadAddress(addr.to_string(), e.to_string()))?,
+        };
+        let endpoint = tls::client_endpoint(sock).map_err(|e| unreachable(e.to_string()))?;
+        let connecting = endpoint
+            .connect_with(config, sock, COORDINATOR_SERVER_NAME)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+        };
+        Ok(AdminClient { endpoint, conn })
+    }
+
+    /// Sends one request and waits for its answer. A refusal is an error.
+    pub async fn request(&self, req: &AdminRequest) -> Result<AdminResponse, AdminError> {
+        let fut = async {
+            let (mut send, mut recv) =
+                self.conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| AdminError::Unreachable {
+                        addr: self.conn.remote_address().to_string(),
+                        reason: e.to_string(),
+                    })?;
+            wire::client_handshake(&mut recv, &mut send, StreamKind::Admin).await?;
+            codec::write_msg(&mut send, req).await?;
+            let _ = send.finish();
+            match codec::read_msg::<_, AdminResponse>(&mut recv, ADMIN_FRAME_LIMIT).await? {
+                Some(AdminResponse::Refused { reason }) => Err(AdminError::Refused(reason)),
+                Some(resp) => Ok(resp),
+                None => Err(AdminError::NoAnswer),
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| AdminError::Timeout(REQUEST_TIMEOUT))?
+    }
+
+    /// The underlying connection (tests open raw streams on it).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Closes the connection cleanly.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}

@@ -1,0 +1,189 @@
+//! Sessions currently connected, kept in memory: heartbeats are far too
+//! frequent to commit each one; they are flushed to the state database every
+//! minute, when a session ends and at shutdown.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use seaport_shared::wire::HostFacts;
+
+struct LiveEntry {
+    conn: quinn::Connection,
+    last_seen: Option<i64>,
+    facts: Option<HostFacts>,
+    cert_expires: i64,
+    facts_dirty: bool,
+    seen_dirty: bool,
+}
+
+/// What the listing needs from a live session.
+#[derive(Debug, Clone)]
+pub struct LiveView {
+    pub last_seen: Option<i64>,
+    pub facts: Option<HostFacts>,
+    pub cert_expires: i64,
+}
+
+type Update = (String, Option<HostFacts>, Option<i64>);
+
+/// The node sessions of a running coordinator, by node id.
+#[derive(Default)]
+pub struct LiveSessions {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<String, LiveEntry>,
+    /// Final state of sessions that ended, not yet written.
+    ended: Vec<Update>,
+}
+
+fn stable(f: &HostFacts) -> impl PartialEq + '_ {
+    (
+        &f.hostname,
+        &f.ips,
+        &f.os,
+        &f.kernel,
+        &f.arch,
+        f.cpus,
+        f.memory_total,
+        &f.machine_id,
+        &f.agent_version,
+    )
+}
+
+impl LiveSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a node's new session; returns the one it replaces.
+    pub(crate) fn register(
+        &self,
+        node_id: &str,
+        conn: quinn::Connection,
+        cert_expires: i64,
+    ) -> Option<quinn::Connection> {
+        let entry = LiveEntry {
+            conn,
+            last_seen: None,
+            facts: None,
+            cert_expires,
+            facts_dirty: false,
+            seen_dirty: false,
+        };
+        let mut inner = self.lock();
+        let old = inner.sessions.insert(node_id.to_string(), entry)?;
+        if old.facts_dirty || old.seen_dirty {
+            let update = (
+                node_id.to_string(),
+                old.facts.clone().filter(|_| old.facts_dirty),
+                old.last_seen,
+            );
+            inner.ended.push(update);
+        }
+        Some(old.conn)
+    }
+
+    /// Removes a session if it is still the registered one.
+    pub(crate) fn unregister(&self, node_id: &str, conn: &quinn::Connection) {
+        let mut inner = self.lock();
+        let same = inner
+            .sessions
+            .get(node_id)
+            .is_some_and(|e| e.conn.stable_id() == conn.stable_id());
+        if same {
+            if let Some(old) = inner.sessions.remove(node_id) {
+                let update = (
+                    node_id.to_string(),
+                    old.facts.filter(|_| old.facts_dirty),
+                    old.last_seen,
+                );
+                inner.ended.push(update);
+            }
+        }
+    }
+
+    /// Records a heartbeat.
+    pub(crate) fn heartbeat(
+        &self,
+        node_id: &str,
+        conn: &quinn::Connection,
+        facts: HostFacts,
+        now: i64,
+    ) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.sessions.get_mut(node_id) {
+            if e.conn.stable_id() != conn.stable_id() {
+                return;
+            }
+            let changed = e
+                .facts
+                .as_ref()
+                .is_none_or(|old| stable(old) != stable(&facts));
+            e.facts_dirty |= changed;
+            e.facts = Some(facts);
+            e.last_seen = Some(now);
+            e.seen_dirty = true;
+        }
+    }
+
+    pub(crate) fn set_cert_expires(&self, node_id: &str, expires: i64) {
+        if let Some(e) = self.lock().sessions.get_mut(node_id) {
+            e.cert_expires = expires;
+        }
+    }
+
+    /// When the certificate of the node's live session expires.
+    pub(crate) fn cert_expires(&self, node_id: &str) -> Option<i64> {
+        self.lock().sessions.get(node_id).map(|e| e.cert_expires)
+    }
+
+    pub fn get(&self, node_id: &str) -> Option<LiveView> {
+        self.lock().sessions.get(node_id).map(|e| LiveView {
+            last_seen: e.last_seen,
+            facts: e.facts.clone(),
+            cert_expires: e.cert_expires,
+        })
+    }
+
+    /// Number of connected node sessions.
+    pub fn len(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes a node's session, if any.
+    pub(crate) fn close(&self, node_id: &str, code: u32, reason: &str) -> bool {
+        let conn = self.lock().sessions.get(node_id).map(|e| e.conn.clone());
+        match conn {
+            Some(c) => {
+                c.close(code.into(), reason.as_bytes());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Everything not yet written to the state database.
+    pub(crate) fn take_dirty(&self) -> Vec<Update> {
+        let mut inner = self.lock();
+        let mut out = std::mem::take(&mut inner.ended);
+        for (id, e) in inner.sessions.iter_mut() {
+            if e.facts_dirty || e.seen_dirty {
+                out.push((
+                    id.clone(),
+                    e.facts.clone().filter(|_| e.facts_dirty),
+                    e.last_seen,
+                ));
+                e.facts_dirty = false;
+                e.seen_dirty = false;
+            }
+        }
+        out
+    }
+}
