@@ -58,14 +58,9 @@ impl Default for BaseSpec {
             include: ["systemd", "systemd-sysv", "dbus", "iproute2"]
                 .map(String::from)
                 .to_vec(),
-            extra: [
-                "cloud-init",
-                "curl",
-                "ca-certificates",
-                "openssh-server",
-            ]
-            .map(String::from)
-            .to_vec(),
+            extra: ["cloud-init", "curl", "ca-certificates", "openssh-server"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -130,9 +125,9 @@ pub fn mirror_from_sources(files: &[String], suite: &str) -> Option<String> {
             }
             let suites = field("Suites").unwrap_or_default();
             if suites.split_whitespace().any(|s| s == suite) {
-                if let Some(uri) = field("URIs").and_then(|u| {
-                    u.split_whitespace().next().map(String::from)
-                }) {
+                if let Some(uri) =
+                    field("URIs").and_then(|u| u.split_whitespace().next().map(String::from))
+                {
                     return Some(uri);
                 }
             }
@@ -271,7 +266,7 @@ fn build(spec: &BaseSpec, tmp: &Path) -> Result<(), BaseError> {
     write(&tmp.join("usr/sbin/policy-rc.d"), b"#!/bin/sh\nexit 101\n")?;
     step(
         "chmod policy-rc.d",
-        &mut cmd::command("chmod", ["0755"]).arg(tmp.join("usr/sbin/policy-rc.d")),
+        cmd::command("chmod", ["0755"]).arg(tmp.join("usr/sbin/policy-rc.d")),
     )?;
     if !spec.extra.is_empty() {
         step(
@@ -334,12 +329,10 @@ mod tests {
 
     #[test]
     fn one_line_sources_with_options_are_understood() {
-        let sources = vec![
-            "# deb http://old.example/debian bookworm main\n\
+        let sources = vec!["# deb http://old.example/debian bookworm main\n\
              deb-src http://src.example/debian bookworm main\n\
              deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main\n"
-                .to_string(),
-        ];
+            .to_string()];
         assert_eq!(
             mirror_from_sources(&sources, "bookworm").as_deref(),
             Some("http://mirror.example/debian")

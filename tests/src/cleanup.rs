@@ -66,18 +66,16 @@ fn stop_nspawn(pid: u32, removed: &mut Removed) {
 }
 
 /// Stops and removes one run: its processes, mounts, directory and bridge.
-pub fn remove_run(
-    paths: &LabPaths,
-    id: &RunId,
-    removed: &mut Removed,
-) -> Result<(), CleanupError> {
+pub fn remove_run(paths: &LabPaths, id: &RunId, removed: &mut Removed) -> Result<(), CleanupError> {
     let dir = paths.run_dir(id);
     let record = RunRecord::load(&dir).ok();
     if let Some(rec) = &record {
         if let Some(c) = &rec.coordinator {
             let root = procs::path_text(&c.root);
             if procs::is_ours(c.pid, &["coordinator", "serve", &root]) {
-                removed.processes.push(procs::cmdline(c.pid).unwrap_or_default());
+                removed
+                    .processes
+                    .push(procs::cmdline(c.pid).unwrap_or_default());
                 procs::terminate(c.pid, Duration::from_secs(10));
             }
         }

@@ -5,8 +5,8 @@
 //! runs against it: exec, copy in, journal, link cut and shaping, reboot.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -181,10 +181,7 @@ pub fn prepare_root(
             write("var/lib/cloud/seed/nocloud/user-data", user_data)?;
             write(
                 "var/lib/cloud/seed/nocloud/meta-data",
-                &format!(
-                    "instance-id: {0}\nlocal-hostname: {0}\n",
-                    layout.name
-                ),
+                &format!("instance-id: {0}\nlocal-hostname: {0}\n", layout.name),
             )?;
         }
     }
@@ -316,7 +313,11 @@ impl Host {
         } else {
             Err(HostError::ExecFailed {
                 host: self.name.clone(),
-                command: argv.iter().map(|a| a.as_ref()).collect::<Vec<_>>().join(" "),
+                command: argv
+                    .iter()
+                    .map(|a| a.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 code: out.code,
                 stderr: out.stderr.trim().to_string(),
             })
@@ -436,12 +437,16 @@ impl Host {
     /// bridge), found by the peer index of `host0`.
     pub fn machine_veth(&self) -> Result<String, HostError> {
         let out = self.exec_ok(&["cat", "/sys/class/net/host0/iflink"])?;
-        let index: u32 = out.stdout.trim().parse().map_err(|_| HostError::ExecFailed {
-            host: self.name.clone(),
-            command: "cat /sys/class/net/host0/iflink".into(),
-            code: 0,
-            stderr: format!("unexpected output {:?}", out.stdout),
-        })?;
+        let index: u32 = out
+            .stdout
+            .trim()
+            .parse()
+            .map_err(|_| HostError::ExecFailed {
+                host: self.name.clone(),
+                command: "cat /sys/class/net/host0/iflink".into(),
+                code: 0,
+                stderr: format!("unexpected output {:?}", out.stdout),
+            })?;
         Ok(net::name_of_index(index)?)
     }
 

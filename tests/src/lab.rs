@@ -37,9 +37,7 @@ pub enum LabError {
          run the lab tests and seaport-lab as root"
     )]
     NotRoot,
-    #[error(
-        "the lab needs `{program}`, which is not installed: apt-get install {package}"
-    )]
+    #[error("the lab needs `{program}`, which is not installed: apt-get install {package}")]
     MissingProgram {
         program: &'static str,
         package: &'static str,

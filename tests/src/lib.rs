@@ -25,6 +25,7 @@
 //! - [`net`]: the bridge, veths, `ip link` and `tc tbf`.
 //! - [`cleanup`]: removing leftovers of killed runs (`down --all`).
 //! - [`state`]: the run record (`state.json`) that the CLI and cleanup read.
+//! - [`runs`]: runs seen from the CLI: status, exec, down, down --all, the agents demo.
 //! - [`seaport`]: the Seaport side: built binaries, a coordinator process,
 //!   agent installation the way an operator does it, `nodes --json`.
 //! - [`names`], [`lock`], [`mounts`], [`procs`], [`cmd`], [`wait`]: naming and
@@ -44,6 +45,7 @@ pub mod mounts;
 pub mod names;
 pub mod net;
 pub mod procs;
+pub mod runs;
 pub mod seaport;
 pub mod state;
 pub mod wait;

@@ -144,7 +144,14 @@ mod tests {
 
     #[test]
     fn foreign_names_are_not_run_ids() {
-        for bad in ["spl-", "spl-12345", "spl-1234567", "spl-ABCDEF", "xyz-123456", "docker0"] {
+        for bad in [
+            "spl-",
+            "spl-12345",
+            "spl-1234567",
+            "spl-ABCDEF",
+            "xyz-123456",
+            "docker0",
+        ] {
             assert!(RunId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -153,6 +160,9 @@ mod tests {
     fn hosts_start_at_eleven() {
         assert_eq!(host_ip(0), Ipv4Addr::new(198, 18, 0, 11));
         assert_eq!(host_ip(2), Ipv4Addr::new(198, 18, 0, 13));
-        assert_eq!(RunId::parse("spl-00ff00").unwrap().host_name(1), "spl-00ff00-h2");
+        assert_eq!(
+            RunId::parse("spl-00ff00").unwrap().host_name(1),
+            "spl-00ff00-h2"
+        );
     }
 }

@@ -86,7 +86,11 @@ pub fn interface_with_address(addr: Ipv4Addr) -> Result<Option<String>, NetError
     let want = addr.to_string();
     Ok(entries
         .into_iter()
-        .find(|e| e.addr_info.iter().any(|a| a.local.as_deref() == Some(&want)))
+        .find(|e| {
+            e.addr_info
+                .iter()
+                .any(|a| a.local.as_deref() == Some(&want))
+        })
         .map(|e| e.ifname))
 }
 
@@ -192,7 +196,12 @@ pub fn shape(dev: &str, shape: &Shape, netns_pid: Option<u32>) -> Result<(), Net
 pub fn unshape(dev: &str, netns_pid: Option<u32>) -> Result<(), NetError> {
     let args = ["qdisc", "del", "dev", dev, "root"].map(String::from);
     let out = cmd::output(&mut tc(netns_pid, &args), None)?;
-    if out.success() || out.stderr.contains("No such file") || out.stderr.contains("Cannot delete qdisc with handle of zero") {
+    if out.success()
+        || out.stderr.contains("No such file")
+        || out
+            .stderr
+            .contains("Cannot delete qdisc with handle of zero")
+    {
         Ok(())
     } else {
         Err(CmdError::Failed {
@@ -214,7 +223,10 @@ fn tc(netns_pid: Option<u32>, args: &[String]) -> std::process::Command {
     match netns_pid {
         None => cmd::command("tc", args),
         Some(pid) => {
-            let mut c = cmd::command("nsenter", ["-t".to_string(), pid.to_string(), "-n".into(), "tc".into()]);
+            let mut c = cmd::command(
+                "nsenter",
+                ["-t".to_string(), pid.to_string(), "-n".into(), "tc".into()],
+            );
             c.args(args);
             c
         }
@@ -232,7 +244,10 @@ mod tests {
         assert_eq!(args[2], "100000kbit");
         assert_eq!(args[4], "125000");
         assert_eq!(args[6], "50ms");
-        assert_eq!(Shape::mbit(1).tc_args().unwrap()[4], (32 * 1024).to_string());
+        assert_eq!(
+            Shape::mbit(1).tc_args().unwrap()[4],
+            (32 * 1024).to_string()
+        );
     }
 
     #[test]

@@ -177,7 +177,10 @@ mod tests {
     #[test]
     fn hosts_are_found_by_full_or_short_name() {
         let rec = record();
-        assert_eq!(rec.find_host("spl-abcdef-h2").unwrap().name, "spl-abcdef-h2");
+        assert_eq!(
+            rec.find_host("spl-abcdef-h2").unwrap().name,
+            "spl-abcdef-h2"
+        );
         assert_eq!(rec.find_host("h1").unwrap().name, "spl-abcdef-h1");
         assert_eq!(rec.find_host("2").unwrap().name, "spl-abcdef-h2");
         assert!(rec.find_host("h3").is_none());

@@ -47,19 +47,31 @@ mod tests {
     #[test]
     fn returns_once_the_condition_holds() {
         let mut n = 0;
-        let v = until("n to reach 3", Duration::from_secs(5), Duration::from_millis(1), || {
-            n += 1;
-            if n >= 3 { Ok(n) } else { Err(format!("n = {n}")) }
-        })
+        let v = until(
+            "n to reach 3",
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                n += 1;
+                if n >= 3 {
+                    Ok(n)
+                } else {
+                    Err(format!("n = {n}"))
+                }
+            },
+        )
         .unwrap();
         assert_eq!(v, 3);
     }
 
     #[test]
     fn timeout_names_what_and_the_last_state() {
-        let err = until::<()>("never", Duration::from_millis(20), Duration::from_millis(5), || {
-            Err("still no".into())
-        })
+        let err = until::<()>(
+            "never",
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || Err("still no".into()),
+        )
         .unwrap_err()
         .to_string();
         assert!(err.contains("never") && err.contains("still no"), "{err}");

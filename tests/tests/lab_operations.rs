@@ -46,7 +46,14 @@ fn serve_on_gateway(body: &'static str) -> (u16, Arc<AtomicBool>) {
 }
 
 fn links() -> String {
-    String::from_utf8(Command::new("ip").args(["-o", "link"]).output().unwrap().stdout).unwrap()
+    String::from_utf8(
+        Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
 }
 
 fn mounts() -> String {
@@ -63,7 +70,12 @@ fn traces(lab: &Lab) -> Traces {
     Traces {
         bridge: lab.bridge(),
         run_dir: lab.run_dir().to_path_buf(),
-        nspawn: lab.record().hosts.iter().filter_map(|h| h.nspawn_pid).collect(),
+        nspawn: lab
+            .record()
+            .hosts
+            .iter()
+            .filter_map(|h| h.nspawn_pid)
+            .collect(),
     }
 }
 
@@ -90,16 +102,32 @@ fn hosts_boot_and_every_operation_works() {
     // Real systemd, own names and addresses on the bridge.
     for (h, ip) in [(h1, "198.18.0.11"), (h2, "198.18.0.12")] {
         let state = h.exec_ok(&["systemctl", "is-system-running"]).unwrap();
-        assert_eq!(state.stdout.trim(), "running", "{}: {}", h.name(), state.stderr);
+        assert_eq!(
+            state.stdout.trim(),
+            "running",
+            "{}: {}",
+            h.name(),
+            state.stderr
+        );
         assert_eq!(h.exec_ok(&["hostname"]).unwrap().stdout.trim(), h.name());
-        let addr = h.exec_ok(&["ip", "-4", "-o", "addr", "show", "host0"]).unwrap();
+        let addr = h
+            .exec_ok(&["ip", "-4", "-o", "addr", "show", "host0"])
+            .unwrap();
         assert!(addr.stdout.contains(&format!("{ip}/24")), "{}", addr.stdout);
         assert_eq!(h.ip().to_string(), ip);
         // cloud-init is installed but disabled unless asked for; sshd is not enabled.
-        assert!(h.exec_ok(&["test", "-f", "/etc/cloud/cloud-init.disabled"]).is_ok());
+        assert!(h
+            .exec_ok(&["test", "-f", "/etc/cloud/cloud-init.disabled"])
+            .is_ok());
         assert!(h.exec_ok(&["test", "-x", "/usr/bin/cloud-init"]).is_ok());
         assert!(h.exec_ok(&["test", "-x", "/usr/sbin/sshd"]).is_ok());
-        assert_ne!(h.exec(&["systemctl", "is-enabled", "ssh"]).unwrap().stdout.trim(), "enabled");
+        assert_ne!(
+            h.exec(&["systemctl", "is-enabled", "ssh"])
+                .unwrap()
+                .stdout
+                .trim(),
+            "enabled"
+        );
     }
     let id1 = h1.exec_ok(&["cat", "/etc/machine-id"]).unwrap().stdout;
     let id2 = h2.exec_ok(&["cat", "/etc/machine-id"]).unwrap().stdout;
@@ -107,27 +135,54 @@ fn hosts_boot_and_every_operation_works() {
 
     // Exit code, stdout and stderr come back separately.
     let out = h1.sh("echo out; echo err >&2; exit 7").unwrap();
-    assert_eq!((out.code, out.stdout.as_str(), out.stderr.as_str()), (7, "out\n", "err\n"));
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (7, "out\n", "err\n")
+    );
 
     // Copy a file in, with its mode.
     let local = tempfile::NamedTempFile::new().unwrap();
     let content = format!("payload {}\n", lab.id());
     std::fs::write(local.path(), &content).unwrap();
-    h2.copy_in(local.path(), "/opt/lab-test/payload.txt", 0o640).unwrap();
-    assert_eq!(h2.exec_ok(&["cat", "/opt/lab-test/payload.txt"]).unwrap().stdout, content);
+    h2.copy_in(local.path(), "/opt/lab-test/payload.txt", 0o640)
+        .unwrap();
     assert_eq!(
-        h2.exec_ok(&["stat", "-c", "%a", "/opt/lab-test/payload.txt"]).unwrap().stdout.trim(),
+        h2.exec_ok(&["cat", "/opt/lab-test/payload.txt"])
+            .unwrap()
+            .stdout,
+        content
+    );
+    assert_eq!(
+        h2.exec_ok(&["stat", "-c", "%a", "/opt/lab-test/payload.txt"])
+            .unwrap()
+            .stdout
+            .trim(),
         "640"
     );
-    assert!(h1.exec(&["test", "-e", "/opt/lab-test/payload.txt"]).unwrap().code != 0);
+    assert!(
+        h1.exec(&["test", "-e", "/opt/lab-test/payload.txt"])
+            .unwrap()
+            .code
+            != 0
+    );
 
     // The journal shows what a unit in the host logged.
     let mark = format!("lab-mark-{}", lab.id());
-    h1.exec_ok(&["systemd-run", "--unit=lab-mark", "--wait", "echo", &mark]).unwrap();
-    wait::until("the mark in the journal", Duration::from_secs(20), Duration::from_millis(200), || {
-        let j = h1.journal(Some("lab-mark")).map_err(|e| e.to_string())?;
-        if j.contains(&mark) { Ok(()) } else { Err(j) }
-    })
+    h1.exec_ok(&["systemd-run", "--unit=lab-mark", "--wait", "echo", &mark])
+        .unwrap();
+    wait::until(
+        "the mark in the journal",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let j = h1.journal(Some("lab-mark")).map_err(|e| e.to_string())?;
+            if j.contains(&mark) {
+                Ok(())
+            } else {
+                Err(j)
+            }
+        },
+    )
     .unwrap();
 
     // Hosts reach the machine side of the bridge, and each other.
@@ -135,19 +190,37 @@ fn hosts_boot_and_every_operation_works() {
     let url = format!("http://198.18.0.1:{port}/");
     let fetch = |h: &seaport_lab::Host| h.exec(&["curl", "-sS", "--max-time", "3", &url]).unwrap();
     assert_eq!(fetch(h1).stdout, "hello from the machine");
-    let neighbour = h1.exec(&["bash", "-c", "exec 3<>/dev/tcp/198.18.0.12/9; echo reached"]).unwrap();
+    let neighbour = h1
+        .exec(&["bash", "-c", "exec 3<>/dev/tcp/198.18.0.12/9; echo reached"])
+        .unwrap();
     // Port 9 is closed on h2: a refused connection proves h2 answered.
-    assert!(neighbour.stderr.contains("refused"), "h1 cannot reach h2: {neighbour:?}");
+    assert!(
+        neighbour.stderr.contains("refused"),
+        "h1 cannot reach h2: {neighbour:?}"
+    );
 
     // Cut the link: nothing gets through; restore it: traffic flows again.
     h1.cut_link().unwrap();
     assert_ne!(fetch(h1).code, 0, "traffic passed a cut link");
-    assert_eq!(fetch(h2).stdout, "hello from the machine", "cutting h1 affected h2");
+    assert_eq!(
+        fetch(h2).stdout,
+        "hello from the machine",
+        "cutting h1 affected h2"
+    );
     h1.restore_link().unwrap();
-    wait::until("h1's link back", Duration::from_secs(20), Duration::from_millis(200), || {
-        let o = fetch(h1);
-        if o.success() { Ok(()) } else { Err(o.stderr) }
-    })
+    wait::until(
+        "h1's link back",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let o = fetch(h1);
+            if o.success() {
+                Ok(())
+            } else {
+                Err(o.stderr)
+            }
+        },
+    )
     .unwrap();
     stop.store(true, Ordering::SeqCst);
 
@@ -156,27 +229,52 @@ fn hosts_boot_and_every_operation_works() {
     let veth = h2.machine_veth().unwrap();
     let q = seaport_lab::net::qdisc(&veth, None).unwrap();
     assert!(q.contains("tbf") && q.contains("rate 20Mbit"), "{q}");
-    let inside = h2.exec_ok(&["tc", "qdisc", "show", "dev", "host0"]).unwrap().stdout;
-    assert!(inside.contains("tbf") && inside.contains("rate 20Mbit"), "{inside}");
+    let inside = h2
+        .exec_ok(&["tc", "qdisc", "show", "dev", "host0"])
+        .unwrap()
+        .stdout;
+    assert!(
+        inside.contains("tbf") && inside.contains("rate 20Mbit"),
+        "{inside}"
+    );
     h2.unshape_link().unwrap();
-    assert!(!seaport_lab::net::qdisc(&veth, None).unwrap().contains("tbf"));
+    assert!(!seaport_lab::net::qdisc(&veth, None)
+        .unwrap()
+        .contains("tbf"));
 
     // Reboot: a new boot, the disk survives, name and address come back.
-    h2.write_file("/var/lib/lab-test/persist", b"kept\n", 0o644).unwrap();
-    let boot_before = h2.exec_ok(&["cat", "/proc/sys/kernel/random/boot_id"]).unwrap().stdout;
+    h2.write_file("/var/lib/lab-test/persist", b"kept\n", 0o644)
+        .unwrap();
+    let boot_before = h2
+        .exec_ok(&["cat", "/proc/sys/kernel/random/boot_id"])
+        .unwrap()
+        .stdout;
     let state = h2.reboot(Duration::from_secs(120)).unwrap();
     assert_eq!(state, "running");
     assert_eq!(h2.boots(), 2);
-    let boot_after = h2.exec_ok(&["cat", "/proc/sys/kernel/random/boot_id"]).unwrap().stdout;
+    let boot_after = h2
+        .exec_ok(&["cat", "/proc/sys/kernel/random/boot_id"])
+        .unwrap()
+        .stdout;
     assert_ne!(boot_before, boot_after, "the host did not boot again");
-    assert_eq!(h2.exec_ok(&["cat", "/var/lib/lab-test/persist"]).unwrap().stdout, "kept\n");
-    let addr = h2.exec_ok(&["ip", "-4", "-o", "addr", "show", "host0"]).unwrap();
+    assert_eq!(
+        h2.exec_ok(&["cat", "/var/lib/lab-test/persist"])
+            .unwrap()
+            .stdout,
+        "kept\n"
+    );
+    let addr = h2
+        .exec_ok(&["ip", "-4", "-o", "addr", "show", "host0"])
+        .unwrap();
     assert!(addr.stdout.contains("198.18.0.12/24"), "{}", addr.stdout);
 
     // What is running, as the record shows it.
     let rec = lab.record();
     assert_eq!(rec.hosts.len(), 2);
-    assert!(rec.hosts.iter().all(|h| h.nspawn_pid.is_some_and(procs::alive)));
+    assert!(rec
+        .hosts
+        .iter()
+        .all(|h| h.nspawn_pid.is_some_and(procs::alive)));
 
     let t = traces(&lab);
     lab.down().expect("tear down");
