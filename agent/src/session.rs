@@ -115,7 +115,8 @@ pub async fn run(
     let mut backoff = Backoff::default();
     let mut endpoint: Option<quinn::Endpoint> = None;
     loop {
-        if *shutdown.borrow() {
+        let asked = *shutdown.borrow();
+        if asked {
             break;
         }
         let started = Instant::now();
@@ -135,7 +136,7 @@ pub async fn run(
         debug!(?delay, "reconnecting after backoff");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = stopped(&mut shutdown) => break,
         }
     }
     if let Some(ep) = endpoint {
@@ -188,6 +189,14 @@ async fn attempt(
         .await
 }
 
+/// Resolves once shutdown is asked for (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let asked = rx.wait_for(|s| *s).await.is_ok();
+    if !asked {
+        // Sender dropped: nobody can ask any more; treat as a stop.
+    }
+}
+
 fn rfc3339(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
@@ -226,7 +235,7 @@ pub async fn session(
             Ok(Err(e)) => return lost(connect_err(e.to_string())),
             Err(_) => return lost(connect_err(format!("no answer within {CONNECT_TIMEOUT:?}"))),
         },
-        _ = shutdown.wait_for(|s| *s) => return SessionEnd::Shutdown,
+        _ = stopped(shutdown) => return SessionEnd::Shutdown,
     };
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
@@ -301,7 +310,7 @@ pub async fn session(
                 None => break lost(lost_reason(&conn).unwrap_or(SessionError::Lost("control stream closed".into()))),
             },
             e = conn.closed() => break lost(SessionError::Lost(describe_close(&e))),
-            _ = shutdown.wait_for(|s| *s) => {
+            _ = stopped(shutdown) => {
                 conn.close(0u32.into(), b"agent stopping");
                 break SessionEnd::Shutdown;
             }

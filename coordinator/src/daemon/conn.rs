@@ -318,15 +318,7 @@ async fn control(
                         "node {me} cannot report as node {node_id}: a node speaks only for itself"
                     );
                     warn!(claimed = %node_id, "node reported under another node's id");
-                    let _ = codec::write_msg(
-                        &mut send,
-                        &CoordinatorMessage::Refused {
-                            reason: reason.clone(),
-                        },
-                    )
-                    .await;
-                    conn.close(close::REFUSED.into(), reason.as_bytes());
-                    return;
+                    return refuse_and_close(conn, send, reason).await;
                 }
                 let now = now_unix();
                 let expires = shared.live.cert_expires(me).unwrap_or(info.not_after);
@@ -334,17 +326,20 @@ async fn control(
                     let reason = format!(
                         "the certificate of node {me} expired; join again with a new token"
                     );
-                    let _ = codec::write_msg(
-                        &mut send,
-                        &CoordinatorMessage::Refused {
-                            reason: reason.clone(),
-                        },
-                    )
-                    .await;
-                    conn.close(close::REFUSED.into(), reason.as_bytes());
-                    return;
+                    return refuse_and_close(conn, send, reason).await;
                 }
-                shared.live.heartbeat(me, conn, facts, now);
+                if let Some(facts) = shared.live.heartbeat(me, conn, facts, now) {
+                    // New or changed host facts are written at once (hostnames
+                    // name nodes in `nodes remove`); plain heartbeats are not.
+                    let shared = shared.clone();
+                    let update = vec![(me.to_string(), Some(facts), Some(now))];
+                    let res =
+                        tokio::task::spawn_blocking(move || shared.store.update_nodes(&update))
+                            .await;
+                    if let Ok(Err(e)) = res {
+                        warn!(error = %e, "could not record host facts");
+                    }
+                }
                 CoordinatorMessage::HeartbeatAck { server_time: now }
             }
             AgentMessage::Renew { csr_der } => {
@@ -379,6 +374,17 @@ async fn control(
             return;
         }
     }
+}
+
+/// Sends a refusal on the control stream, lets it arrive, closes the connection.
+async fn refuse_and_close(conn: &quinn::Connection, mut send: quinn::SendStream, reason: String) {
+    let msg = CoordinatorMessage::Refused {
+        reason: reason.clone(),
+    };
+    if codec::write_msg(&mut send, &msg).await.is_ok() && send.finish().is_ok() {
+        let _ = timeout(Duration::from_secs(2), send.stopped()).await;
+    }
+    conn.close(close::REFUSED.into(), reason.as_bytes());
 }
 
 /// An admin connection: one request per stream.

@@ -105,27 +105,31 @@ impl LiveSessions {
         }
     }
 
-    /// Records a heartbeat.
+    /// Records a heartbeat. Returns the facts if they are new or their
+    /// slowly changing part changed (the caller writes them at once).
     pub(crate) fn heartbeat(
         &self,
         node_id: &str,
         conn: &quinn::Connection,
         facts: HostFacts,
         now: i64,
-    ) {
+    ) -> Option<HostFacts> {
         let mut inner = self.lock();
-        if let Some(e) = inner.sessions.get_mut(node_id) {
-            if e.conn.stable_id() != conn.stable_id() {
-                return;
-            }
-            let changed = e
-                .facts
-                .as_ref()
-                .is_none_or(|old| stable(old) != stable(&facts));
-            e.facts_dirty |= changed;
-            e.facts = Some(facts);
-            e.last_seen = Some(now);
-            e.seen_dirty = true;
+        let e = inner.sessions.get_mut(node_id)?;
+        if e.conn.stable_id() != conn.stable_id() {
+            return None;
+        }
+        let changed = e
+            .facts
+            .as_ref()
+            .is_none_or(|old| stable(old) != stable(&facts));
+        e.last_seen = Some(now);
+        e.seen_dirty = true;
+        e.facts = Some(facts);
+        if changed {
+            e.facts.clone()
+        } else {
+            None
         }
     }
 

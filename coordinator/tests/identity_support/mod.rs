@@ -1,0 +1,219 @@
+//! A real coordinator in-process on a loopback port, and agents made with the
+//! agent library, for the identity and transport tests.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use seaport::admin::AdminClient;
+use seaport::daemon::{Daemon, ServeOptions};
+use seaport_agent::{session, HostIdentity, JoinOptions, Joined};
+use seaport_shared::wire::{AdminRequest, AdminResponse, HostFacts, NodeInfo, TokenGrant};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// A running coordinator.
+pub struct Coordinator {
+    pub root: PathBuf,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Coordinator {
+    /// Initializes `root` (keeping an existing CA) and serves on `listen`.
+    pub async fn start(root: &Path, listen: SocketAddr, node_cert_ttl: Duration) -> Coordinator {
+        seaport::ca::init(root).expect("coordinator init");
+        let daemon = Daemon::bind(
+            root,
+            ServeOptions {
+                listen,
+                node_cert_ttl,
+            },
+        )
+        .expect("coordinator bind");
+        let addr = daemon.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            daemon
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("coordinator run");
+        });
+        Coordinator {
+            root: root.to_path_buf(),
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn start_loopback(root: &Path, node_cert_ttl: Duration) -> Coordinator {
+        Coordinator::start(root, "127.0.0.1:0".parse().unwrap(), node_cert_ttl).await
+    }
+
+    /// Stops it the way SIGTERM does, and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("coordinator task");
+        }
+    }
+
+    pub async fn admin(
+        &self,
+        req: AdminRequest,
+    ) -> Result<AdminResponse, seaport::admin::AdminError> {
+        let client = AdminClient::connect(&self.root, &self.addr.to_string()).await?;
+        let resp = client.request(&req).await;
+        client.close().await;
+        resp
+    }
+
+    pub async fn token(&self, ttl_secs: u64, uses: u32) -> TokenGrant {
+        match self
+            .admin(AdminRequest::CreateToken { ttl_secs, uses })
+            .await
+            .expect("create token")
+        {
+            AdminResponse::Token(t) => t,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    pub async fn nodes(&self) -> Vec<NodeInfo> {
+        match self
+            .admin(AdminRequest::ListNodes)
+            .await
+            .expect("list nodes")
+        {
+            AdminResponse::Nodes(n) => n,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    pub async fn node(&self, node_id: &str) -> Option<NodeInfo> {
+        self.nodes()
+            .await
+            .into_iter()
+            .find(|n| n.node_id == node_id)
+    }
+
+    pub fn join_options(&self, grant: &TokenGrant, state_dir: &Path, host: &str) -> JoinOptions {
+        JoinOptions {
+            coordinator: self.addr.to_string(),
+            token: grant.token.clone(),
+            ca_pin: grant.ca_pin.clone(),
+            state_dir: state_dir.to_path_buf(),
+            host: host_identity(host),
+            ips: vec!["127.0.0.1".parse().unwrap()],
+        }
+    }
+
+    /// Makes a token and joins one simulated host with it.
+    pub async fn join(&self, state_dir: &Path, host: &str) -> Joined {
+        let grant = self.token(600, 1).await;
+        seaport_agent::join(&self.join_options(&grant, state_dir, host))
+            .await
+            .expect("join")
+    }
+}
+
+/// A host identity unique to a test host name.
+pub fn host_identity(host: &str) -> HostIdentity {
+    HostIdentity {
+        machine_id: format!("{:032x}", rand_u128()),
+        hostname: host.to_string(),
+    }
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let a = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let b = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (u128::from(a) << 64) | u128::from(b)
+}
+
+pub fn facts(host: &str) -> HostFacts {
+    HostFacts {
+        hostname: host.to_string(),
+        os: "Debian GNU/Linux 12".into(),
+        kernel: "6.1.0".into(),
+        arch: "x86_64".into(),
+        cpus: 2,
+        memory_total: 1 << 30,
+        ips: vec!["127.0.0.1".into()],
+        agent_version: "test".into(),
+        ..Default::default()
+    }
+}
+
+/// A running agent service (the library loop the binary runs).
+pub struct Agent {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Agent {
+    pub fn spawn(state_dir: &Path, host: &str) -> Agent {
+        let (tx, rx) = watch::channel(false);
+        let dir = state_dir.to_path_buf();
+        let f = facts(host);
+        let task = tokio::spawn(async move { session::run(&dir, f, rx).await });
+        Agent { stop: tx, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// Polls `check` every 100 ms until it returns true or `limit` passes.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client endpoint connected with `config`, or the connection error.
+pub async fn connect(
+    addr: SocketAddr,
+    config: quinn::ClientConfig,
+) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
+    let endpoint = seaport_shared::tls::client_endpoint(addr).expect("client endpoint");
+    let conn = endpoint
+        .connect_with(config, addr, seaport_shared::wire::COORDINATOR_SERVER_NAME)
+        .expect("connect")
+        .await?;
+    Ok((endpoint, conn))
+}
+
+/// Waits for the peer to close `conn`; returns the close reason.
+pub async fn closed_by_peer(conn: &quinn::Connection, limit: Duration) -> quinn::ConnectionError {
+    tokio::time::timeout(limit, conn.closed())
+        .await
+        .expect("the coordinator should have closed the connection")
+}
