@@ -57,6 +57,16 @@ impl Coordinator {
         Coordinator::start(root, "127.0.0.1:0".parse().unwrap(), node_cert_ttl).await
     }
 
+    /// A handle on a coordinator started elsewhere (admin calls only).
+    pub fn attach(root: &Path, addr: SocketAddr) -> Coordinator {
+        Coordinator {
+            root: root.to_path_buf(),
+            addr,
+            stop: None,
+            task: None,
+        }
+    }
+
     /// Stops it the way SIGTERM does, and waits until it has.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
@@ -119,10 +129,15 @@ impl Coordinator {
 
     /// Makes a token and joins one simulated host with it.
     pub async fn join(&self, state_dir: &Path, host: &str) -> Joined {
+        self.join_host(state_dir, host_identity(host)).await
+    }
+
+    /// Makes a token and joins the given host identity with it.
+    pub async fn join_host(&self, state_dir: &Path, host: HostIdentity) -> Joined {
         let grant = self.token(600, 1).await;
-        seaport_agent::join(&self.join_options(&grant, state_dir, host))
-            .await
-            .expect("join")
+        let mut opts = self.join_options(&grant, state_dir, &host.hostname);
+        opts.host = host;
+        seaport_agent::join(&opts).await.expect("join")
     }
 }
 
