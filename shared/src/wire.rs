@@ -274,6 +274,7 @@ pub struct HostFacts {
 
 /// Agent to coordinator, on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // one message at a time; boxing buys nothing
 pub enum AgentMessage {
     /// `node_id` is a claim the coordinator checks against the certificate;
     /// the certificate's name is what counts.
