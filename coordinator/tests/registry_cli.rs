@@ -41,30 +41,74 @@ fn login_push_pull_logout_as_a_user_runs_them() {
     let root = work.path().join("root");
 
     // Wrong password: a clear error, and nothing stored.
-    let out = seaport(&root, &docker, &["login", &reg.addr, "-u", USER, "-p", "nope", "--ca-file", ca]);
+    let out = seaport(
+        &root,
+        &docker,
+        &[
+            "login",
+            &reg.addr,
+            "-u",
+            USER,
+            "-p",
+            "nope",
+            "--ca-file",
+            ca,
+        ],
+    );
     assert!(!out.status.success());
     let msg = text(&out);
-    assert!(msg.contains(&format!("authentication to {} failed", reg.addr)), "{msg}");
+    assert!(
+        msg.contains(&format!("authentication to {} failed", reg.addr)),
+        "{msg}"
+    );
     assert!(!msg.contains("nope"), "the password leaks: {msg}");
     assert!(!docker.join("config.json").exists());
 
-    let out = seaport(&root, &docker, &["login", &reg.addr, "-u", USER, "-p", PASSWORD, "--ca-file", ca]);
+    let out = seaport(
+        &root,
+        &docker,
+        &[
+            "login",
+            &reg.addr,
+            "-u",
+            USER,
+            "-p",
+            PASSWORD,
+            "--ca-file",
+            ca,
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let config = docker.join("config.json");
     let mode = fs::metadata(&config).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let json: serde_json::Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
-    let auth = json["auths"][&reg.addr]["auth"].as_str().unwrap().to_string();
-    let decoded = run_ok(Command::new("sh").arg("-c").arg(format!("printf %s {auth} | base64 -d")));
+    let auth = json["auths"][&reg.addr]["auth"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let decoded = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {auth} | base64 -d")),
+    );
     assert_eq!(decoded, format!("{USER}:{PASSWORD}"));
 
     // Build a small cluster image, push it with the stored credentials.
     let context = work.path().join("context");
     fs::create_dir_all(context.join("etc")).unwrap();
-    fs::write(context.join("etc/kubeadm.yml"), "kind: ClusterConfiguration\n").unwrap();
+    fs::write(
+        context.join("etc/kubeadm.yml"),
+        "kind: ClusterConfiguration\n",
+    )
+    .unwrap();
     fs::write(context.join("Kubefile"), "FROM scratch\nCOPY etc etc\n").unwrap();
     let name = format!("{}/clusters/tiny:v1", reg.addr);
-    let out = seaport(&root, &docker, &["build", "-t", &name, context.to_str().unwrap()]);
+    let out = seaport(
+        &root,
+        &docker,
+        &["build", "-t", &name, context.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let out = seaport(&root, &docker, &["push", &name, "--ca-file", ca]);
     assert!(out.status.success(), "{}", text(&out));
@@ -102,5 +146,9 @@ fn login_push_pull_logout_as_a_user_runs_them() {
     assert!(json["auths"].get(&reg.addr).is_none());
     let out = seaport(&root2, &docker, &["pull", &name, "--ca-file", ca]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("no credentials are stored"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no credentials are stored"),
+        "{}",
+        text(&out)
+    );
 }

@@ -5,7 +5,7 @@
 //! (`SEAPORT_BENCH_MIB` changes the image size, `SEAPORT_BENCH_RUNS` the
 //! repetitions; defaults 1024 and 3). Needs docker-registry and skopeo.
 //!
-//! Each repetition pushes to a fresh repository (so every blob is uploaded)
+//! Each repetition pushes to a fresh registry (so every blob is uploaded)
 //! and pulls into an empty destination (so every blob is downloaded and
 //! verified). skopeo reads and writes the same OCI layout Seaport's store is.
 
@@ -18,7 +18,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use seaport_rootfs::oci::{
-    Descriptor, ImageConfig, Manifest, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
+    Descriptor, ImageConfig, Manifest, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_ZSTD,
+    MEDIA_TYPE_MANIFEST,
 };
 use seaport_rootfs::reference::ImageRef;
 use seaport_rootfs::registry::platform::host_platform;
@@ -37,7 +38,11 @@ struct Noise {
 impl Read for Noise {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = (buf.len().min(self.left as usize)) & !7;
-        let n = if n == 0 { buf.len().min(self.left as usize) } else { n };
+        let n = if n == 0 {
+            buf.len().min(self.left as usize)
+        } else {
+            n
+        };
         for chunk in buf[..n].chunks_mut(8) {
             let mut x = self.state;
             x ^= x << 13;
@@ -58,11 +63,20 @@ fn make_image(store: &Store, total_mib: u64) {
     for i in 0..layer_count {
         let size = total_mib * 1024 * 1024 / layer_count;
         // Hash first, then write verified: the store wants the digest up front.
-        let mut hashing = HashingReader::new(Noise { state: 0x9E37_79B9 + i, left: size });
+        let mut hashing = HashingReader::new(Noise {
+            state: 0x9E37_79B9 + i,
+            left: size,
+        });
         std::io::copy(&mut hashing, &mut std::io::sink()).unwrap();
         let (digest, _) = hashing.finish();
         store
-            .write_blob_verified(&digest, Noise { state: 0x9E37_79B9 + i, left: size })
+            .write_blob_verified(
+                &digest,
+                Noise {
+                    state: 0x9E37_79B9 + i,
+                    left: size,
+                },
+            )
             .unwrap();
         layers.push(Descriptor {
             media_type: MEDIA_TYPE_LAYER_ZSTD.into(),
@@ -93,7 +107,9 @@ fn make_image(store: &Store, total_mib: u64) {
         layers,
         annotations: Default::default(),
     };
-    let digest = store.put_blob(&serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let digest = store
+        .put_blob(&serde_json::to_vec(&manifest).unwrap())
+        .unwrap();
     store
         .set_name(&ImageRef::parse(LOCAL_NAME).unwrap(), &digest)
         .unwrap();
@@ -139,8 +155,6 @@ fn main() {
     let layout = store.dir().to_path_buf();
     let canonical = ImageRef::parse(LOCAL_NAME).unwrap().canonical();
 
-    let storage = work.path().join("registry");
-    let reg = server::TestRegistry::plain(&storage);
     let opts = ClientOptions {
         insecure: true,
         progress: false,
@@ -149,23 +163,32 @@ fn main() {
     let mut samples: [Vec<f64>; 4] = Default::default();
     for run in 0..runs {
         eprintln!("run {}/{runs}", run + 1);
-        // Push: a fresh repository each time, so every blob is uploaded.
-        let dest = ImageRef::parse(&format!("{}/seaport/push{run}:v1", reg.addr)).unwrap();
-        let client = RegistryClient::new(&reg.addr, &opts, None).unwrap();
+        // Push: each tool to a registry of its own with empty storage, so
+        // every blob is uploaded (skopeo remembers where blobs are and
+        // would mount them from an earlier run's repository otherwise).
+        let ours = server::TestRegistry::plain(&work.path().join(format!("reg-seaport{run}")));
+        let dest = ImageRef::parse(&format!("{}/seaport/cluster:v1", ours.addr)).unwrap();
+        let client = RegistryClient::new(&ours.addr, &opts, None).unwrap();
         samples[0].push(timed(|| {
             let r = push_image(&store, LOCAL_NAME, &dest, &client).unwrap();
             assert_eq!(r.transferred, 5);
         }));
-        let skopeo_dest = format!("docker://{}/skopeo/push{run}:v1", reg.addr);
-        samples[1].push(timed(|| {
-            skopeo(&[
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-                &format!("oci:{}:{canonical}", layout.display()),
-                &skopeo_dest,
-            ])
-        }));
+        {
+            let theirs = server::TestRegistry::plain(&work.path().join(format!("reg-skopeo{run}")));
+            let skopeo_dest = format!("docker://{}/skopeo/cluster:v1", theirs.addr);
+            samples[1].push(timed(|| {
+                skopeo(&[
+                    "copy",
+                    "--quiet",
+                    "--dest-tls-verify=false",
+                    &format!("oci:{}:{canonical}", layout.display()),
+                    &skopeo_dest,
+                ])
+            }));
+            let storage = theirs.storage.clone();
+            drop(theirs);
+            remove(&storage);
+        }
         // Pull the image Seaport pushed, into empty destinations.
         let pull_root = work.path().join(format!("pull{run}"));
         let dst = Store::open(&pull_root).unwrap();
@@ -173,7 +196,7 @@ fn main() {
             let r = pull_image(&dst, &dest, &client, &host_platform()).unwrap();
             assert_eq!(r.transferred, 5);
         }));
-        std::fs::remove_dir_all(&pull_root).unwrap();
+        remove(&pull_root);
         let skopeo_dir = work.path().join(format!("skopeo{run}"));
         samples[3].push(timed(|| {
             skopeo(&[
@@ -185,12 +208,16 @@ fn main() {
             ])
         }));
         remove(&skopeo_dir);
+        let storage = ours.storage.clone();
+        drop(ours);
+        remove(&storage);
     }
-    drop(reg);
 
     let bytes = (mib * 1024 * 1024) as f64;
     let names = ["seaport_push", "skopeo_push", "seaport_pull", "skopeo_pull"];
-    println!("registry benchmark: {mib} MiB image, {runs} runs, local docker-registry over loopback");
+    println!(
+        "registry benchmark: {mib} MiB image, {runs} runs, local docker-registry over loopback"
+    );
     for (name, s) in names.iter().zip(&samples) {
         let (min, median, max) = stats(s);
         println!(

@@ -225,7 +225,11 @@ impl RegistryImageCache {
     /// The images `rootfs` (plus the image lists) names, without the ignored
     /// ones, sorted and without duplicates.
     pub fn images(&self, rootfs: &Path) -> Result<Vec<ImageRef>, CacheError> {
-        Ok(self.collect(rootfs)?.into_values().map(|n| n.image).collect())
+        Ok(self
+            .collect(rootfs)?
+            .into_values()
+            .map(|n| n.image)
+            .collect())
     }
 
     fn collect(&self, rootfs: &Path) -> Result<BTreeMap<String, Named>, CacheError> {
@@ -272,7 +276,9 @@ impl RegistryImageCache {
         // Which domain owns each repository path.
         let mut owners: HashMap<String, String> = HashMap::new();
         for cached in &index.images {
-            owners.entry(cached.repository.clone()).or_insert(cached.name.clone());
+            owners
+                .entry(cached.repository.clone())
+                .or_insert(cached.name.clone());
         }
         let platform = platform_string(&self.opts.platform);
         let mut clients: HashMap<String, RegistryClient> = HashMap::new();
@@ -305,23 +311,25 @@ impl RegistryImageCache {
                 continue;
             }
             if !clients.contains_key(image.registry()) {
-                let client = self.client(image.registry()).map_err(|e| CacheError::Pull {
-                    image: image.canonical(),
-                    origin: named.origin.clone(),
-                    platform: platform.clone(),
-                    source: Box::new(e),
-                })?;
+                let client = self
+                    .client(image.registry())
+                    .map_err(|e| CacheError::Pull {
+                        image: image.canonical(),
+                        origin: named.origin.clone(),
+                        platform: platform.clone(),
+                        source: Box::new(e),
+                    })?;
                 clients.insert(image.registry().to_string(), client);
             }
             let client = &clients[image.registry()];
-            let digest = self
-                .pull_one(client, image, &base, &target)
-                .map_err(|e| CacheError::Pull {
-                    image: image.canonical(),
-                    origin: named.origin.clone(),
-                    platform: platform.clone(),
-                    source: Box::new(e),
-                })?;
+            let digest =
+                self.pull_one(client, image, &base, &target)
+                    .map_err(|e| CacheError::Pull {
+                        image: image.canonical(),
+                        origin: named.origin.clone(),
+                        platform: platform.clone(),
+                        source: Box::new(e),
+                    })?;
             client
                 .progress()
                 .println(&format!("cached {} ({digest})", image.canonical()));
@@ -356,7 +364,11 @@ impl RegistryImageCache {
             })?,
             None => None,
         };
-        Ok(RegistryClient::new(registry, &self.opts.client, credentials)?)
+        Ok(RegistryClient::new(
+            registry,
+            &self.opts.client,
+            credentials,
+        )?)
     }
 
     /// Pulls one image into `target`; returns the digest its name resolves to.
@@ -390,7 +402,9 @@ impl RegistryImageCache {
             target.link_layer(repo, &d.digest).map_err(layout)?;
             Ok::<_, TransferError>(())
         })?;
-        target.write_blob_bytes(&remote.manifest_bytes).map_err(layout)?;
+        target
+            .write_blob_bytes(&remote.manifest_bytes)
+            .map_err(layout)?;
         target.link_manifest(repo, &remote.digest).map_err(layout)?;
         // A name pinned to an index digest keeps the index (it must resolve
         // to that digest); a tag points at the target platform's manifest.
@@ -420,7 +434,10 @@ impl ImageCache for RegistryImageCache {
 }
 
 /// The digest `image` resolves to in `storage`, if it is fully there.
-fn cached_digest(storage: &RegistryStorage, image: &ImageRef) -> Option<seaport_shared::digest::Digest> {
+fn cached_digest(
+    storage: &RegistryStorage,
+    image: &ImageRef,
+) -> Option<seaport_shared::digest::Digest> {
     let repo = image.repository();
     if let Some(d) = image.digest() {
         return storage.has_manifest(repo, d).then_some(*d);
@@ -531,7 +548,10 @@ pub fn literal_image_lines(text: &str) -> Vec<(String, usize)> {
         };
         let value = rest.split(" #").next().unwrap_or_default().trim();
         let value = value.trim_matches(|c| c == '"' || c == '\'');
-        if value.is_empty() || is_templated(value) || value.starts_with(['{', '[', '&', '*', '|', '>']) {
+        if value.is_empty()
+            || is_templated(value)
+            || value.starts_with(['{', '[', '&', '*', '|', '>'])
+        {
             continue;
         }
         out.push((value.to_string(), i + 1));
@@ -621,8 +641,7 @@ fn walk_values(value: &Value, app_version: Option<&str>, out: &mut Vec<String>) 
 }
 
 fn is_yaml(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e == "yaml" || e == "yml")
+    path.extension().is_some_and(|e| e == "yaml" || e == "yml")
 }
 
 /// Scans `manifests/`, `charts/` and `application/` of a rootfs.
@@ -687,9 +706,15 @@ fn scan_rootfs(rootfs: &Path, found: &mut Vec<(String, PathBuf, usize)>) -> Resu
             }
             let templates = chart.join("templates");
             if templates.is_dir() {
-                for entry in walkdir::WalkDir::new(&templates).sort_by_file_name().into_iter().flatten() {
+                for entry in walkdir::WalkDir::new(&templates)
+                    .sort_by_file_name()
+                    .into_iter()
+                    .flatten()
+                {
                     let p = entry.path();
-                    let is_template = p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "tpl");
+                    let is_template = p
+                        .extension()
+                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "tpl");
                     if entry.file_type().is_file() && is_template {
                         let text = read(p)?;
                         found.extend(
@@ -732,13 +757,19 @@ mod tests {
     #[test]
     fn templates_fall_back_to_literal_lines() {
         let text = "spec:\n  containers:\n  - image: {{ .Values.image }}\n  - image: \"registry.k8s.io/pause:3.9\" # comment\n{{- if .Values.x }}\n";
-        assert_eq!(names(yaml_image_names(text)), vec!["registry.k8s.io/pause:3.9"]);
+        assert_eq!(
+            names(yaml_image_names(text)),
+            vec!["registry.k8s.io/pause:3.9"]
+        );
     }
 
     #[test]
     fn image_list_skips_comments_and_blanks() {
         let got = image_list_names("# header\n\nnginx:1\n  quay.io/a/b:2  # pinned\n");
-        assert_eq!(got, vec![("nginx:1".to_string(), 3), ("quay.io/a/b:2".to_string(), 4)]);
+        assert_eq!(
+            got,
+            vec![("nginx:1".to_string(), 3), ("quay.io/a/b:2".to_string(), 4)]
+        );
     }
 
     #[test]
@@ -761,12 +792,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         fs::create_dir_all(root.join("manifests")).unwrap();
-        fs::write(root.join("manifests/app.yaml"), "spec:\n  image: nginx:1.25\n").unwrap();
-        fs::write(root.join("manifests/imageList"), "busybox:1.36\n# c\nquay.io/a/b:1\n").unwrap();
+        fs::write(
+            root.join("manifests/app.yaml"),
+            "spec:\n  image: nginx:1.25\n",
+        )
+        .unwrap();
+        fs::write(
+            root.join("manifests/imageList"),
+            "busybox:1.36\n# c\nquay.io/a/b:1\n",
+        )
+        .unwrap();
         let chart = root.join("charts/redis");
         fs::create_dir_all(chart.join("templates")).unwrap();
         fs::write(chart.join("Chart.yaml"), "name: redis\nappVersion: 7.0.0\n").unwrap();
-        fs::write(chart.join("values.yaml"), "image:\n  repository: bitnami/redis\n").unwrap();
+        fs::write(
+            chart.join("values.yaml"),
+            "image:\n  repository: bitnami/redis\n",
+        )
+        .unwrap();
         fs::write(
             chart.join("templates/dep.yaml"),
             "    image: {{ .Values.image.repository }}\n    image: registry.k8s.io/pause:3.9\n",
@@ -774,7 +817,11 @@ mod tests {
         .unwrap();
         let app = root.join("application/apps/calico");
         fs::create_dir_all(&app).unwrap();
-        fs::write(app.join("calico.yaml"), "containers:\n- image: docker.io/calico/cni:v3.26.1\n").unwrap();
+        fs::write(
+            app.join("calico.yaml"),
+            "containers:\n- image: docker.io/calico/cni:v3.26.1\n",
+        )
+        .unwrap();
         let ignored = root.join("ignored");
         fs::write(&ignored, "docker.io/library/busybox:1.36\n").unwrap();
         let extra = root.join("extra");
@@ -786,7 +833,12 @@ mod tests {
             client: ClientOptions::default(),
             credentials: None,
         });
-        let got: Vec<String> = cache.images(root).unwrap().iter().map(|i| i.canonical()).collect();
+        let got: Vec<String> = cache
+            .images(root)
+            .unwrap()
+            .iter()
+            .map(|i| i.canonical())
+            .collect();
         assert_eq!(
             got,
             vec![

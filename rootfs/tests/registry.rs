@@ -107,7 +107,10 @@ fn plain_http_push_then_skopeo_copies_it_cleanly() {
     assert_eq!(index["manifests"][0]["digest"], digest.to_string());
     for layer in layers() {
         let d = Digest::of(&layer);
-        assert_eq!(fs::read(dest.join("blobs/sha256").join(d.hex())).unwrap(), layer);
+        assert_eq!(
+            fs::read(dest.join("blobs/sha256").join(d.hex())).unwrap(),
+            layer
+        );
     }
     let inspect = run_ok(Command::new("skopeo").args([
         "inspect",
@@ -134,7 +137,10 @@ fn wrong_credentials_fail_with_a_clear_error() {
         text.contains(&format!("authentication to {} failed", reg.addr)),
         "{text}"
     );
-    assert!(!text.contains("wrong-password"), "the password leaks: {text}");
+    assert!(
+        !text.contains("wrong-password"),
+        "the password leaks: {text}"
+    );
 
     // A push without credentials says that none are stored.
     let name = format!("{}/x/y:1", reg.addr);
@@ -184,8 +190,13 @@ fn a_registry_serving_a_wrong_blob_fails_verification_naming_the_blob() {
 
     let dst_root = tempfile::tempdir().unwrap();
     let dst = Store::open(dst_root.path()).unwrap();
-    let err = pull_image(&dst, &ImageRef::parse(&name).unwrap(), &client, &host_platform())
-        .unwrap_err();
+    let err = pull_image(
+        &dst,
+        &ImageRef::parse(&name).unwrap(),
+        &client,
+        &host_platform(),
+    )
+    .unwrap_err();
     assert!(
         matches!(
             err,
@@ -212,5 +223,8 @@ fn pulling_a_missing_image_names_it() {
     let err = pull_image(&store, &image, &client, &host_platform())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("no/such:v9") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("no/such:v9") && err.contains("not found"),
+        "{err}"
+    );
 }

@@ -11,7 +11,9 @@ use std::process::Command;
 
 use registry_support::*;
 use seaport_rootfs::build::{build, BuildOptions};
-use seaport_rootfs::imagecache::{cached_domains, ImageCacheOptions, ImageIndex, RegistryImageCache};
+use seaport_rootfs::imagecache::{
+    cached_domains, ImageCacheOptions, ImageIndex, RegistryImageCache,
+};
 use seaport_rootfs::registry::platform::host_platform;
 use seaport_rootfs::registry::{ClientOptions, CredentialStore};
 use seaport_rootfs::store::Store;
@@ -86,7 +88,11 @@ fn build_caches_images_from_manifests_and_image_list_and_reuses_the_base() {
         format!("# extra images\n{}/other/tool:2\n", upstream.addr),
     )
     .unwrap();
-    fs::write(context.join("Kubefile"), "FROM scratch\nCOPY manifests manifests\n").unwrap();
+    fs::write(
+        context.join("Kubefile"),
+        "FROM scratch\nCOPY manifests manifests\n",
+    )
+    .unwrap();
 
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
@@ -98,8 +104,13 @@ fn build_caches_images_from_manifests_and_image_list_and_reuses_the_base() {
     let unpacked = tempfile::tempdir().unwrap();
     unpack_last_layer(&store, "cached:v1", unpacked.path());
     let registry_dir = unpacked.path().join("registry");
-    assert!(registry_dir.join("docker/registry/v2/repositories/team/app").is_dir());
-    assert_eq!(cached_domains(&registry_dir).unwrap(), vec![upstream.addr.clone()]);
+    assert!(registry_dir
+        .join("docker/registry/v2/repositories/team/app")
+        .is_dir());
+    assert_eq!(
+        cached_domains(&registry_dir).unwrap(),
+        vec![upstream.addr.clone()]
+    );
     let index = ImageIndex::load(&registry_dir).unwrap();
     assert_eq!(index.images.len(), 2);
     let served = TestRegistry::plain(&registry_dir);
@@ -124,12 +135,19 @@ fn build_caches_images_from_manifests_and_image_list_and_reuses_the_base() {
     // Built FROM that image, with the upstream registry gone: the images
     // already in the base's registry/ are not pulled again.
     drop(upstream);
-    fs::write(context.join("Kubefile"), "FROM cached:v1\nCOPY manifests manifests\n").unwrap();
+    fs::write(
+        context.join("Kubefile"),
+        "FROM cached:v1\nCOPY manifests manifests\n",
+    )
+    .unwrap();
     let mut opts = BuildOptions::new(context.join("Kubefile"), &context, "derived:v1");
     opts.image_cache = Some(&cache);
     let derived = build(&store, &opts).unwrap();
     let base_layers = store.resolve("cached:v1").unwrap().manifest.layers.len();
-    assert!(derived.layers <= base_layers + 1, "no new registry layer expected");
+    assert!(
+        derived.layers <= base_layers + 1,
+        "no new registry layer expected"
+    );
 
     // An image that cannot be pulled fails the build, naming it.
     fs::write(

@@ -39,12 +39,20 @@ fn credential_store() -> anyhow::Result<CredentialStore> {
     Ok(CredentialStore::default_location()?)
 }
 
-fn client_for(root: &Path, registry: &str, conn: &ConnectionArgs) -> anyhow::Result<RegistryClient> {
+fn client_for(
+    root: &Path,
+    registry: &str,
+    conn: &ConnectionArgs,
+) -> anyhow::Result<RegistryClient> {
     let store = credential_store()?;
     let credentials = store
         .get(registry)
         .with_context(|| format!("reading the credentials for {registry}"))?;
-    Ok(RegistryClient::new(registry, &conn.options(root), credentials)?)
+    Ok(RegistryClient::new(
+        registry,
+        &conn.options(root),
+        credentials,
+    )?)
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,7 +168,11 @@ pub fn pull(root: &Path, args: PullArgs) -> anyhow::Result<()> {
     let store = Store::open(root)?;
     let client = client_for(root, image.registry(), &args.connection)?;
     let report = pull_image(&store, &image, &client, &platform).with_context(|| {
-        format!("pulling {} for {}", image.canonical(), platform_string(&platform))
+        format!(
+            "pulling {} for {}",
+            image.canonical(),
+            platform_string(&platform)
+        )
     })?;
     println!(
         "Pulled {} ({}): {} blobs downloaded ({}), {} already in the local store",

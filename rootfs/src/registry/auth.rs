@@ -207,7 +207,10 @@ mod tests {
 
     #[test]
     fn token_response_accepts_both_field_names() {
-        assert_eq!(parse_token_response(br#"{"token":"t1"}"#).as_deref(), Some("t1"));
+        assert_eq!(
+            parse_token_response(br#"{"token":"t1"}"#).as_deref(),
+            Some("t1")
+        );
         assert_eq!(
             parse_token_response(br#"{"access_token":"t2","expires_in":300}"#).as_deref(),
             Some("t2")

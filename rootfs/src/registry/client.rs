@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use reqwest::blocking::{Body, Client, RequestBuilder, Response};
 use reqwest::header::{
-    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION,
-    RANGE, WWW_AUTHENTICATE,
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
+    WWW_AUTHENTICATE,
 };
 use reqwest::{StatusCode, Url};
 use seaport_shared::digest::{Digest, DigestError};
@@ -44,8 +44,7 @@ pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1
 /// OCI image index.
 pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// Docker image manifest, schema 2.
-pub const MEDIA_TYPE_DOCKER_MANIFEST: &str =
-    "application/vnd.docker.distribution.manifest.v2+json";
+pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker manifest list.
 pub const MEDIA_TYPE_DOCKER_LIST: &str =
     "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -527,7 +526,8 @@ impl RegistryClient {
                 if size <= self.options.chunk_size && offset == 0 {
                     self.put_whole(&scope, loc, digest, size, path, &bar)?;
                 } else {
-                    let loc = self.patch_chunks(&scope, loc, offset, size, path, &bar, &mut location)?;
+                    let loc =
+                        self.patch_chunks(&scope, loc, offset, size, path, &bar, &mut location)?;
                     self.finish_upload(&scope, loc, digest)?;
                 }
                 Ok(())
@@ -557,14 +557,18 @@ impl RegistryClient {
             .append_pair("mount", &digest.to_string())
             .append_pair("from", from);
         let scope = Scope::Push(repo.to_string());
-        let resp = self.send(&scope, &|| Ok(self.http.post(url.clone()).header(CONTENT_LENGTH, "0")))?;
+        let resp = self.send(&scope, &|| {
+            Ok(self.http.post(url.clone()).header(CONTENT_LENGTH, "0"))
+        })?;
         Ok(resp.status() == StatusCode::CREATED)
     }
 
     fn start_upload(&self, repo: &str, scope: &Scope) -> Result<Url> {
         let url = self.url(&format!("v2/{repo}/blobs/uploads/"))?;
         let what = format!("POST {url}");
-        let resp = self.send(scope, &|| Ok(self.http.post(url.clone()).header(CONTENT_LENGTH, "0")))?;
+        let resp = self.send(scope, &|| {
+            Ok(self.http.post(url.clone()).header(CONTENT_LENGTH, "0"))
+        })?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(status_error(&what, resp));
         }
@@ -594,7 +598,8 @@ impl RegistryClient {
         path: &Path,
         bar: &indicatif::ProgressBar,
     ) -> Result<()> {
-        loc.query_pairs_mut().append_pair("digest", &digest.to_string());
+        loc.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
         let what = format!("PUT {}", redact_query(&loc));
         let resp = self.send(scope, &|| {
             bar.set_position(0);
@@ -649,7 +654,8 @@ impl RegistryClient {
     }
 
     fn finish_upload(&self, scope: &Scope, mut loc: Url, digest: &Digest) -> Result<()> {
-        loc.query_pairs_mut().append_pair("digest", &digest.to_string());
+        loc.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
         let what = format!("PUT {}", redact_query(&loc));
         let resp = self.send(scope, &|| {
             Ok(self
@@ -690,22 +696,17 @@ impl RegistryClient {
 
     /// Sends a request with the authorization `scope` needs, negotiating it
     /// on a 401. `build` is called again for the repeated request.
-    fn send(
-        &self,
-        scope: &Scope,
-        build: &dyn Fn() -> Result<RequestBuilder>,
-    ) -> Result<Response> {
+    fn send(&self, scope: &Scope, build: &dyn Fn() -> Result<RequestBuilder>) -> Result<Response> {
         for attempt in 0..2 {
             let mut req = build()?;
             if let Some(value) = self.authorization(scope)? {
                 req = req.header(AUTHORIZATION, value);
             }
-            let req = req.build().map_err(|e| http_error("building a request", &e))?;
+            let req = req
+                .build()
+                .map_err(|e| http_error("building a request", &e))?;
             let what = format!("{} {}", req.method(), redact_query(req.url()));
-            let resp = self
-                .http
-                .execute(req)
-                .map_err(|e| http_error(&what, &e))?;
+            let resp = self.http.execute(req).map_err(|e| http_error(&what, &e))?;
             if resp.status() != StatusCode::UNAUTHORIZED {
                 return Ok(resp);
             }
@@ -715,7 +716,8 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_challenge);
             let mut state = self.auth.lock().expect("auth state lock");
-            let known = state.tokens.contains_key(scope) || state.challenge == Some(Challenge::Basic);
+            let known =
+                state.tokens.contains_key(scope) || state.challenge == Some(Challenge::Basic);
             match challenge {
                 Some(c) if attempt == 0 && (state.challenge.as_ref() != Some(&c) || known) => {
                     // A first challenge, or an expired token: negotiate again.
@@ -766,13 +768,12 @@ impl RegistryClient {
 
     fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &Scope) -> Result<String> {
         let account = self.credentials.as_ref().map(|c| c.username.as_str());
-        let url = token_url(realm, service, scope, account).map_err(|reason| {
-            RegistryError::Status {
+        let url =
+            token_url(realm, service, scope, account).map_err(|reason| RegistryError::Status {
                 what: format!("token auth for {}", self.host),
                 status: StatusCode::UNAUTHORIZED,
                 detail: format!("the token realm {realm:?} is not a URL: {reason}"),
-            }
-        })?;
+            })?;
         let what = format!("GET {}", redact_query(&url));
         self.retrying(&what, || {
             let mut req = self.http.get(url.clone());
@@ -1131,8 +1132,10 @@ mod tests {
             None
         );
         assert_eq!(
-            media_type_field(br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#)
-                .as_deref(),
+            media_type_field(
+                br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#
+            )
+            .as_deref(),
             Some(MEDIA_TYPE_DOCKER_MANIFEST)
         );
     }
@@ -1160,7 +1163,9 @@ mod tests {
             ca_files: vec![path],
             ..ClientOptions::default()
         };
-        let err = RegistryClient::new("x.example", &opts, None).unwrap_err().to_string();
+        let err = RegistryClient::new("x.example", &opts, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ca.crt"), "{err}");
     }
 }

@@ -165,19 +165,22 @@ impl CredentialStore {
         // docker has written keys with and without scheme over the years.
         let entry = auths.iter().find_map(|(k, v)| {
             let k_host = normalize_host(k);
-            let same = *k == key
-                || k_host == host
-                || (is_docker_hub(&host) && is_docker_hub(&k_host));
+            let same =
+                *k == key || k_host == host || (is_docker_hub(&host) && is_docker_hub(&k_host));
             same.then_some(v)
         });
         let Some(entry) = entry else {
             return Ok(None);
         };
-        self.decode_entry(&key, entry).map(Some).or_else(|e| match e {
-            // An entry without `auth` (credential helper users) is no credential.
-            CredentialsError::Invalid { ref reason, .. } if reason.contains("no auth") => Ok(None),
-            e => Err(e),
-        })
+        self.decode_entry(&key, entry)
+            .map(Some)
+            .or_else(|e| match e {
+                // An entry without `auth` (credential helper users) is no credential.
+                CredentialsError::Invalid { ref reason, .. } if reason.contains("no auth") => {
+                    Ok(None)
+                }
+                e => Err(e),
+            })
     }
 
     /// Stores `credentials` for `registry`, replacing older ones.
@@ -329,17 +332,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join("config.json");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, r#"{"credsStore":"desktop","auths":{"other.io":{"auth":"eDp5"}}}"#).unwrap();
+        fs::write(
+            &path,
+            r#"{"credsStore":"desktop","auths":{"other.io":{"auth":"eDp5"}}}"#,
+        )
+        .unwrap();
         let store = CredentialStore::at(&path);
         store
-            .store("https://reg.example:5000/", &Credentials::new("alice", "p:w"))
+            .store(
+                "https://reg.example:5000/",
+                &Credentials::new("alice", "p:w"),
+            )
             .unwrap();
         let got = store.get("reg.example:5000").unwrap().unwrap();
         assert_eq!(got, Credentials::new("alice", "p:w"));
         let json: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(json["credsStore"], "desktop");
         assert_eq!(json["auths"]["reg.example:5000"]["auth"], "YWxpY2U6cDp3");
-        assert_eq!(store.get("other.io").unwrap().unwrap(), Credentials::new("x", "y"));
+        assert_eq!(
+            store.get("other.io").unwrap().unwrap(),
+            Credentials::new("x", "y")
+        );
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(store.remove("reg.example:5000").unwrap());
@@ -351,7 +364,9 @@ mod tests {
     fn docker_hub_names_share_one_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = CredentialStore::at(dir.path().join("config.json"));
-        store.store("docker.io", &Credentials::new("u", "p")).unwrap();
+        store
+            .store("docker.io", &Credentials::new("u", "p"))
+            .unwrap();
         let text = fs::read_to_string(store.path()).unwrap();
         assert!(text.contains(DOCKER_HUB_KEY), "{text}");
         assert!(store.get("registry-1.docker.io").unwrap().is_some());
@@ -363,8 +378,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         fs::write(&path, "{not json").unwrap();
-        let err = CredentialStore::at(&path).get("x.io").unwrap_err().to_string();
-        assert!(err.contains("config.json") && err.contains("not valid"), "{err}");
+        let err = CredentialStore::at(&path)
+            .get("x.io")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config.json") && err.contains("not valid"),
+            "{err}"
+        );
     }
 
     #[test]

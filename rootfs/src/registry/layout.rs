@@ -166,8 +166,9 @@ impl RegistryStorage {
                     && c != "."
                     && c != ".."
                     && !c.starts_with('_')
-                    && c.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                    && c.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
             });
         if !ok {
             return Err(LayoutError::BadName {
@@ -180,7 +181,11 @@ impl RegistryStorage {
 
     /// Lets `repo` serve blob `digest` (a layer or config).
     pub fn link_layer(&self, repo: &str, digest: &Digest) -> Result<(), LayoutError> {
-        let path = self.repo_dir(repo)?.join("_layers/sha256").join(digest.hex()).join("link");
+        let path = self
+            .repo_dir(repo)?
+            .join("_layers/sha256")
+            .join(digest.hex())
+            .join("link");
         write_link(&path, digest)
     }
 
@@ -199,7 +204,9 @@ impl RegistryStorage {
         let ok = !tag.is_empty()
             && tag.len() <= 128
             && !tag.starts_with(['.', '-'])
-            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !ok {
             return Err(LayoutError::BadName {
                 what: "tag",
@@ -300,9 +307,10 @@ mod tests {
         s.link_manifest("library/busybox", &manifest).unwrap();
         s.tag("library/busybox", "1.35", &manifest).unwrap();
         let hex = layer.hex();
-        let data = dir
-            .path()
-            .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+        let data = dir.path().join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ));
         assert_eq!(fs::read(data).unwrap(), b"layer");
         let link = dir.path().join(format!(
             "docker/registry/v2/repositories/library/busybox/_layers/sha256/{hex}/link"

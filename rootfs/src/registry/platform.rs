@@ -137,8 +137,14 @@ mod tests {
 
     #[test]
     fn parses_platform_strings() {
-        assert_eq!(platform_string(&parse_platform("linux/x86_64").unwrap()), "linux/amd64");
-        assert_eq!(platform_string(&parse_platform("linux/arm64/v8").unwrap()), "linux/arm64/v8");
+        assert_eq!(
+            platform_string(&parse_platform("linux/x86_64").unwrap()),
+            "linux/amd64"
+        );
+        assert_eq!(
+            platform_string(&parse_platform("linux/arm64/v8").unwrap()),
+            "linux/arm64/v8"
+        );
         assert!(parse_platform("linux//x").is_none());
         assert!(parse_platform("a/b/c/d").is_none());
     }

@@ -100,11 +100,12 @@ pub fn fetch_image(
     if media_type == MEDIA_TYPE_OCI_INDEX || media_type == MEDIA_TYPE_DOCKER_LIST {
         let index: Index = serde_json::from_slice(&bytes)
             .map_err(|e| bad(format!("its index does not parse: {e}")))?;
-        let chosen = select_manifest(&index, platform).ok_or_else(|| TransferError::NoPlatform {
-            image: image.to_string(),
-            wanted: platform_string(platform),
-            available: available_platforms(&index).join(", "),
-        })?;
+        let chosen =
+            select_manifest(&index, platform).ok_or_else(|| TransferError::NoPlatform {
+                image: image.to_string(),
+                wanted: platform_string(platform),
+                available: available_platforms(&index).join(", "),
+            })?;
         let (m_bytes, m_type, m_digest) = client.get_manifest(repo, &chosen.digest.to_string())?;
         if m_type != MEDIA_TYPE_OCI_MANIFEST && m_type != MEDIA_TYPE_DOCKER_MANIFEST {
             return Err(bad(format!(
@@ -310,7 +311,13 @@ mod tests {
         })
         .unwrap();
         assert_eq!(sum.into_inner(), (0..50).sum::<u64>());
-        let err = for_each_parallel(&items, 3, |i| if *i == 7 { Err(format!("item {i}")) } else { Ok(()) });
+        let err = for_each_parallel(&items, 3, |i| {
+            if *i == 7 {
+                Err(format!("item {i}"))
+            } else {
+                Ok(())
+            }
+        });
         assert_eq!(err.unwrap_err(), "item 7");
         for_each_parallel(&[] as &[u32], 4, |_| Ok::<_, String>(())).unwrap();
     }

@@ -131,20 +131,61 @@ impl TestRegistry {
 pub fn test_ca() -> (String, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run_ok(Command::new("openssl").args(["req", "-x509"]).args(ec).args([
-        "-keyout", &d("ca.key"), "-out", &d("ca.pem"), "-days", "2",
-        "-subj", "/CN=seaport registry test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    ]));
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args([
+                "-keyout",
+                &d("ca.key"),
+                "-out",
+                &d("ca.pem"),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=seaport registry test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]),
+    );
     run_ok(Command::new("openssl").arg("req").args(ec).args([
-        "-keyout", &d("server.key"), "-out", &d("server.csr"), "-subj", "/CN=127.0.0.1",
+        "-keyout",
+        &d("server.key"),
+        "-out",
+        &d("server.csr"),
+        "-subj",
+        "/CN=127.0.0.1",
     ]));
-    fs::write(d("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
+    fs::write(
+        d("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
     run_ok(Command::new("openssl").args([
-        "x509", "-req", "-in", &d("server.csr"), "-CA", &d("ca.pem"), "-CAkey", &d("ca.key"),
-        "-CAcreateserial", "-out", &d("server.pem"), "-days", "2", "-extfile", &d("ext.cnf"),
+        "x509",
+        "-req",
+        "-in",
+        &d("server.csr"),
+        "-CA",
+        &d("ca.pem"),
+        "-CAkey",
+        &d("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &d("server.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &d("ext.cnf"),
     ]));
     let read = |n: &str| fs::read_to_string(d(n)).unwrap();
     (read("ca.pem"), read("server.pem"), read("server.key"))
@@ -152,7 +193,9 @@ pub fn test_ca() -> (String, String, String) {
 
 /// Runs a command, panicking with its output unless it succeeds; returns stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
