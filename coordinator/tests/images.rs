@@ -17,7 +17,11 @@ impl Env {
         let ctx = dir.path().join("ctx");
         fs::create_dir_all(ctx.join("etc")).unwrap();
         fs::write(ctx.join("etc/daemon.json"), "{}").unwrap();
-        fs::write(ctx.join("Metadata"), r#"{"version":"v1.19.8","arch":"amd64"}"#).unwrap();
+        fs::write(
+            ctx.join("Metadata"),
+            r#"{"version":"v1.19.8","arch":"amd64"}"#,
+        )
+        .unwrap();
         fs::write(ctx.join("app.yaml"), "kind: ConfigMap").unwrap();
         fs::write(
             ctx.join("Kubefile"),
@@ -79,7 +83,10 @@ fn walkdir(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let mut entries: Vec<_> = fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             if p.is_dir() {
@@ -117,7 +124,11 @@ fn build_list_inspect_tag_and_rmi() {
     assert_eq!(info["Metadata"]["version"], "v1.19.8");
 
     env.ok(&["tag", "web:v1", "registry.example.com:5000/team/web:v2"]);
-    let names: Vec<String> = env.images().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<String> = env
+        .images()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["web:v1", "registry.example.com:5000/team/web:v2"]);
 
     // Removing one name keeps the blobs the other still needs.
@@ -128,14 +139,21 @@ fn build_list_inspect_tag_and_rmi() {
     assert!(err.contains("is not in the local store"), "{err}");
 
     env.ok(&["rmi", "registry.example.com:5000/team/web:v2"]);
-    let blobs = fs::read_dir(env.root.join("images/blobs/sha256")).unwrap().count();
+    let blobs = fs::read_dir(env.root.join("images/blobs/sha256"))
+        .unwrap()
+        .count();
     assert_eq!(blobs, 0, "rmi of the last name removes every blob");
 }
 
 #[test]
 fn save_load_round_trip_and_skopeo_reads_the_archive() {
     let env = Env::new();
-    let digest = env.build("web:v1").split_whitespace().nth(1).unwrap().to_string();
+    let digest = env
+        .build("web:v1")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
     env.ok(&["tag", "web:v1", "web:v2"]);
     let archive = env.path("web.tar");
     env.ok(&["save", "-o", archive.to_str().unwrap(), "web:v1", "web:v2"]);
@@ -148,7 +166,11 @@ fn save_load_round_trip_and_skopeo_reads_the_archive() {
         .arg(format!("dir:{}", dest.display()))
         .output()
         .expect("skopeo must be installed (apt-get install skopeo)");
-    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let manifest = fs::read(dest.join("manifest.json")).unwrap();
     assert_eq!(
         format!("sha256:{}", sha256_hex(&manifest)),
@@ -159,7 +181,10 @@ fn save_load_round_trip_and_skopeo_reads_the_archive() {
     // Into a fresh store.
     let other = Env::new();
     let out = other.ok(&["load", "-i", archive.to_str().unwrap()]);
-    assert!(out.contains("loaded web:v1") && out.contains("loaded web:v2"), "{out}");
+    assert!(
+        out.contains("loaded web:v1") && out.contains("loaded web:v2"),
+        "{out}"
+    );
     let images = other.images();
     assert_eq!(images.len(), 2);
     assert!(images.iter().all(|i| i["digest"] == digest.as_str()));
@@ -178,7 +203,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
             c.wait_with_output()
         })
         .unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -220,11 +250,22 @@ fn corrupted_or_truncated_archives_are_refused_and_the_store_is_unchanged() {
 #[test]
 fn build_errors_are_clear() {
     let env = Env::new();
-    fs::write(env.path("ctx/Kubefile"), "FROM scratch\nCOPY ../outside .\n").unwrap();
+    fs::write(
+        env.path("ctx/Kubefile"),
+        "FROM scratch\nCOPY ../outside .\n",
+    )
+    .unwrap();
     fs::write(env.path("outside"), "x").unwrap();
     let err = env.fails(&["build", "-t", "bad:v1", env.path("ctx").to_str().unwrap()]);
-    assert!(err.contains("Kubefile:2: COPY:") && err.contains("outside the build context"), "{err}");
-    fs::write(env.path("ctx/Kubefile"), "FROM scratch\nLAUNCH [\"a\"]\nLAUNCH [\"a\"]\n").unwrap();
+    assert!(
+        err.contains("Kubefile:2: COPY:") && err.contains("outside the build context"),
+        "{err}"
+    );
+    fs::write(
+        env.path("ctx/Kubefile"),
+        "FROM scratch\nLAUNCH [\"a\"]\nLAUNCH [\"a\"]\n",
+    )
+    .unwrap();
     let err = env.fails(&["build", "-t", "bad:v1", env.path("ctx").to_str().unwrap()]);
     assert!(err.contains("Kubefile:3: LAUNCH: only one LAUNCH"), "{err}");
     let err = env.fails(&["build", "-t", "Bad Name", env.path("ctx").to_str().unwrap()]);

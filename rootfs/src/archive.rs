@@ -61,10 +61,12 @@ pub enum ArchiveError {
 /// Writes the images `names` to `out` as one OCI archive (atomically).
 /// Returns the names written, as they appear in the archive.
 pub fn save(store: &Store, names: &[String], out: &Path) -> Result<Vec<String>, ArchiveError> {
-    let io_err = |action| move |source| ArchiveError::Io {
-        action,
-        path: out.to_path_buf(),
-        source,
+    let io_err = |action| {
+        move |source| ArchiveError::Io {
+            action,
+            path: out.to_path_buf(),
+            source,
+        }
     };
     let mut index = Index::new();
     let mut blobs = BTreeSet::new();
@@ -77,7 +79,10 @@ pub fn save(store: &Store, names: &[String], out: &Path) -> Result<Vec<String>, 
         let shown = image.name.to_string();
         let mut annotations = BTreeMap::new();
         annotations.insert(ANNOTATION_REF_NAME.to_string(), shown.clone());
-        annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), image.name.canonical());
+        annotations.insert(
+            ANNOTATION_CONTAINERD_NAME.to_string(),
+            image.name.canonical(),
+        );
         index.manifests.push(Descriptor {
             media_type: image
                 .manifest
@@ -91,7 +96,10 @@ pub fn save(store: &Store, names: &[String], out: &Path) -> Result<Vec<String>, 
         });
         written.push(shown);
     }
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".seaport-save-")
         .tempfile_in(dir)
@@ -113,7 +121,8 @@ pub fn save(store: &Store, names: &[String], out: &Path) -> Result<Vec<String>, 
             h.set_mode(0o755);
             h.set_size(0);
             h.set_mtime(0);
-            tar.append_data(&mut h, dir, io::empty()).map_err(io_err("writing"))?;
+            tar.append_data(&mut h, dir, io::empty())
+                .map_err(io_err("writing"))?;
         }
         for d in &blobs {
             let file = store.open_blob(d)?;
@@ -167,10 +176,18 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<LoadedImage>, ArchiveError
     let mut staged: BTreeMap<Digest, NamedTempFile> = BTreeMap::new();
     let mut index_bytes: Option<Vec<u8>> = None;
     let mut saw_layout = false;
-    let read_err = |e: io::Error| invalid(format!("it is not a readable tar (truncated or corrupted?): {e}"));
+    let read_err = |e: io::Error| {
+        invalid(format!(
+            "it is not a readable tar (truncated or corrupted?): {e}"
+        ))
+    };
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
-        let entry_path = entry.path().map_err(read_err)?.to_string_lossy().into_owned();
+        let entry_path = entry
+            .path()
+            .map_err(read_err)?
+            .to_string_lossy()
+            .into_owned();
         let entry_path = entry_path.trim_start_matches("./").to_string();
         let kind = entry.header().entry_type();
         if kind.is_dir() {
@@ -188,7 +205,10 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<LoadedImage>, ArchiveError
             }
             p => {
                 let Some(hex) = p.strip_prefix("blobs/sha256/") else {
-                    tracing::debug!(entry = p, "ignoring an entry that is not part of an OCI layout");
+                    tracing::debug!(
+                        entry = p,
+                        "ignoring an entry that is not part of an OCI layout"
+                    );
                     continue;
                 };
                 if !kind.is_file() {
@@ -204,12 +224,15 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<LoadedImage>, ArchiveError
                 }
                 let mut tmp = store.temp_file()?;
                 let expected = entry.size();
-                let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp.as_file_mut()));
+                let mut w =
+                    HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp.as_file_mut()));
                 io::copy(&mut entry, &mut w).map_err(read_err)?;
                 let (buf, actual, size) = w.finish();
                 buf.into_inner().map_err(|e| read_err(e.into_error()))?;
                 if size != expected {
-                    return Err(invalid(format!("blob {digest} is truncated ({size} of {expected} bytes)")));
+                    return Err(invalid(format!(
+                        "blob {digest} is truncated ({size} of {expected} bytes)"
+                    )));
                 }
                 if actual != digest {
                     return Err(invalid(format!(
@@ -221,7 +244,9 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<LoadedImage>, ArchiveError
         }
     }
     if !saw_layout {
-        return Err(invalid("it has no oci-layout file, so it is not an OCI archive".into()));
+        return Err(invalid(
+            "it has no oci-layout file, so it is not an OCI archive".into(),
+        ));
     }
     let index_bytes = index_bytes.ok_or_else(|| invalid("it has no index.json".into()))?;
     let index: Index = serde_json::from_slice(&index_bytes)
@@ -258,14 +283,23 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<LoadedImage>, ArchiveError
             .annotations
             .get(ANNOTATION_CONTAINERD_NAME)
             .or_else(|| desc.annotations.get(ANNOTATION_REF_NAME))
-            .ok_or_else(|| invalid(format!("image {} in index.json has no name annotation", desc.digest)))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "image {} in index.json has no name annotation",
+                    desc.digest
+                ))
+            })?;
         let name = ImageRef::parse(name).map_err(|e| invalid(e.to_string()))?;
         let manifest: Manifest = serde_json::from_slice(&read_doc(&desc.digest)?)
             .map_err(|e| invalid(format!("manifest {}: {e}", desc.digest)))?;
         needed.insert(desc.digest);
-        for d in std::iter::once(&manifest.config.digest).chain(manifest.layers.iter().map(|l| &l.digest)) {
+        for d in std::iter::once(&manifest.config.digest)
+            .chain(manifest.layers.iter().map(|l| &l.digest))
+        {
             if !present(d) {
-                return Err(invalid(format!("image {name}: blob {d} is missing from the archive")));
+                return Err(invalid(format!(
+                    "image {name}: blob {d} is missing from the archive"
+                )));
             }
             needed.insert(*d);
         }

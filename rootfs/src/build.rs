@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process;
 
 use seaport_shared::digest::Digest;
@@ -37,10 +37,10 @@ use seaport_shared::safetar;
 use tempfile::{NamedTempFile, TempDir};
 
 use crate::kubefile::{self, Command, Instruction, InstructionKind, KubefileError};
-use crate::layer::{self, EntrySource, Entries, LayerEntry, LayerError, LayerOptions};
+use crate::layer::{self, Entries, EntrySource, LayerEntry, LayerError, LayerOptions};
 use crate::oci::{
-    Application, Descriptor, History, ImageConfig, ImageExtension, Manifest, RootFs,
-    RuntimeConfig, ANNOTATION_LAYER_INSTRUCTION, ANNOTATION_METADATA, ANNOTATION_PLATFORM,
+    Application, Descriptor, History, ImageConfig, ImageExtension, Manifest, RootFs, RuntimeConfig,
+    ANNOTATION_LAYER_INSTRUCTION, ANNOTATION_METADATA, ANNOTATION_PLATFORM,
     ANNOTATION_SEALER_EXTENSION, LABEL_KUBE_VERSION, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP,
     MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
 };
@@ -202,12 +202,8 @@ pub fn build(store: &Store, opts: &BuildOptions<'_>) -> Result<BuildReport, Buil
     let file = opts.kubefile.display().to_string();
     let text = read_kubefile(&opts.kubefile)?;
     let instructions = kubefile::parse(&file, &text)?;
-    let context = fs::canonicalize(&opts.context).map_err(|e| {
-        BuildError::Other(format!(
-            "build context {}: {e}",
-            opts.context.display()
-        ))
-    })?;
+    let context = fs::canonicalize(&opts.context)
+        .map_err(|e| BuildError::Other(format!("build context {}: {e}", opts.context.display())))?;
     if !context.is_dir() {
         return Err(BuildError::Other(format!(
             "build context {} is not a directory",
@@ -301,7 +297,7 @@ impl Builder<'_, '_> {
                     (self.os, self.arch, self.variant) = (os, arch, variant);
                 }
                 if image != "scratch" {
-                    self.from_image(&image)?;
+                    self.start_from_image(&image)?;
                 }
                 self.ext.kind = if self.ext.kind.is_empty() {
                     "kube-installer".into()
@@ -404,7 +400,9 @@ impl Builder<'_, '_> {
             .iter_mut()
             .find(|a| a.name == name)
             .ok_or_else(|| {
-                format!("application {name:?} does not exist in the image (declare it with APP first)")
+                format!(
+                    "application {name:?} does not exist in the image (declare it with APP first)"
+                )
             })
     }
 
@@ -416,7 +414,7 @@ impl Builder<'_, '_> {
         });
     }
 
-    fn from_image(&mut self, image: &str) -> Result<(), String> {
+    fn start_from_image(&mut self, image: &str) -> Result<(), String> {
         let base = self.store.resolve(image).map_err(|e| e.to_string())?;
         if base.config.architecture != self.arch || base.config.os != self.os {
             return Err(format!(
@@ -431,7 +429,12 @@ impl Builder<'_, '_> {
                 base.config.rootfs.diff_ids.len()
             ));
         }
-        for (desc, diff_id) in base.manifest.layers.iter().zip(&base.config.rootfs.diff_ids) {
+        for (desc, diff_id) in base
+            .manifest
+            .layers
+            .iter()
+            .zip(&base.config.rootfs.diff_ids)
+        {
             self.layers.push(LayerRec {
                 desc: desc.clone(),
                 diff_id: *diff_id,
@@ -449,8 +452,9 @@ impl Builder<'_, '_> {
         self.labels = base.config.config.labels.clone();
         self.author = base.config.author.clone();
         if let Some(ext) = base.manifest.annotations.get(ANNOTATION_SEALER_EXTENSION) {
-            self.ext = serde_json::from_str(ext)
-                .map_err(|e| format!("base image {image}: malformed {ANNOTATION_SEALER_EXTENSION}: {e}"))?;
+            self.ext = serde_json::from_str(ext).map_err(|e| {
+                format!("base image {image}: malformed {ANNOTATION_SEALER_EXTENSION}: {e}")
+            })?;
         }
         self.metadata = base.manifest.annotations.get(ANNOTATION_METADATA).cloned();
         Ok(())
@@ -472,7 +476,9 @@ impl Builder<'_, '_> {
                 .collect();
             found.sort();
             if found.is_empty() {
-                return Err(format!("source {pattern:?} matches nothing in the build context"));
+                return Err(format!(
+                    "source {pattern:?} matches nothing in the build context"
+                ));
             }
             found
         } else {
@@ -487,9 +493,8 @@ impl Builder<'_, '_> {
         };
         let mut out = Vec::new();
         for c in candidates {
-            let canon = fs::canonicalize(&c).map_err(|e| {
-                format!("source {pattern:?}: {}: {e}", c.display())
-            })?;
+            let canon = fs::canonicalize(&c)
+                .map_err(|e| format!("source {pattern:?}: {}: {e}", c.display()))?;
             if !canon.starts_with(&self.context) {
                 return Err(format!(
                     "source {pattern:?} resolves to {}, outside the build context {}; \
@@ -498,18 +503,21 @@ impl Builder<'_, '_> {
                     self.context.display()
                 ));
             }
-            let base = Path::new(rel)
-                .components()
-                .filter(|c| matches!(c, Component::Normal(_)))
-                .last()
-                .map(|_| c.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+            let base = c
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             out.push((base, canon));
         }
         Ok(out)
     }
 
-    fn copy_into(&mut self, entries: &mut Entries, sources: &[String], dest: &str) -> Result<(), String> {
+    fn copy_into(
+        &mut self,
+        entries: &mut Entries,
+        sources: &[String],
+        dest: &str,
+    ) -> Result<(), String> {
         let (dest_key, trailing) = normalize_dest(dest)?;
         let mut resolved = Vec::new();
         for s in sources {
@@ -543,7 +551,13 @@ impl Builder<'_, '_> {
         Ok(())
     }
 
-    fn app(&mut self, name: &str, sources: &[String], role: &str, created_by: String) -> Result<(), String> {
+    fn app(
+        &mut self,
+        name: &str,
+        sources: &[String],
+        role: &str,
+        created_by: String,
+    ) -> Result<(), String> {
         let dest = format!("{APP_ROOT}/{name}/");
         let mut expanded = Vec::new();
         for s in sources {
@@ -651,16 +665,19 @@ impl Builder<'_, '_> {
         let mut entries = Entries::new();
         layer::add_tree(&mut entries, &out, "").map_err(|e| BuildError::Other(e.to_string()))?;
         if wrote && !entries.is_empty() {
-            self.add_layer(entries, "seaport: cached container images (registry/)".into())
-                .map_err(BuildError::Other)?;
+            self.add_layer(
+                entries,
+                "seaport: cached container images (registry/)".into(),
+            )
+            .map_err(BuildError::Other)?;
         }
         Ok(())
     }
 
     fn add_layer(&mut self, entries: Entries, created_by: String) -> Result<(), String> {
         let mut tmp = self.store.temp_file().map_err(|e| e.to_string())?;
-        let written = layer::write_layer(&entries, tmp.as_file_mut(), &self.opts.layer)
-            .map_err(layer_err)?;
+        let written =
+            layer::write_layer(&entries, tmp.as_file_mut(), &self.opts.layer).map_err(layer_err)?;
         // Track the rootfs's Metadata file for the manifest annotation.
         match entries.get("Metadata").map(|e| &e.source) {
             Some(EntrySource::File(p)) => {
@@ -711,8 +728,13 @@ impl Builder<'_, '_> {
 
     fn open_layer(&self, rec: &LayerRec) -> Result<Box<dyn Read + '_>, String> {
         let file = match &rec.staged {
-            Some(t) => t.reopen().map_err(|e| format!("reopening a staged layer: {e}"))?,
-            None => self.store.open_blob(&rec.desc.digest).map_err(|e| e.to_string())?,
+            Some(t) => t
+                .reopen()
+                .map_err(|e| format!("reopening a staged layer: {e}"))?,
+            None => self
+                .store
+                .open_blob(&rec.desc.digest)
+                .map_err(|e| e.to_string())?,
         };
         let file = io::BufReader::with_capacity(1 << 20, file);
         match rec.desc.media_type.as_str() {
@@ -725,7 +747,10 @@ impl Builder<'_, '_> {
                 "layer {} is gzip-compressed; Seaport reads zstd and uncompressed layers only",
                 rec.desc.digest
             )),
-            other => Err(format!("layer {} has unsupported media type {other}", rec.desc.digest)),
+            other => Err(format!(
+                "layer {} has unsupported media type {other}",
+                rec.desc.digest
+            )),
         }
     }
 
@@ -735,7 +760,8 @@ impl Builder<'_, '_> {
             Some(m) => m,
             None => {
                 let root = self.work.path().join("rootfs");
-                fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+                fs::create_dir_all(&root)
+                    .map_err(|e| format!("creating {}: {e}", root.display()))?;
                 (root, 0)
             }
         };
@@ -767,11 +793,16 @@ impl Builder<'_, '_> {
                             continue;
                         };
                         let s = norm.to_string_lossy().into_owned();
-                        let name = norm.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        let name = norm
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
                         if let Some(hidden) = name.strip_prefix(safetar::WHITEOUT_PREFIX) {
                             let parent = s.rsplit_once('/').map(|(p, _)| p.to_string());
                             let target = match (parent, hidden) {
-                                (p, ".wh..opq") => p.map(|p| format!("{p}/\0opaque")).unwrap_or_else(|| "\0opaque".into()),
+                                (p, ".wh..opq") => p
+                                    .map(|p| format!("{p}/\0opaque"))
+                                    .unwrap_or_else(|| "\0opaque".into()),
                                 (Some(p), h) => format!("{p}/{h}"),
                                 (None, h) => h.to_string(),
                             };
@@ -792,8 +823,14 @@ impl Builder<'_, '_> {
                             Some(b) => (b.trim_end_matches('/').to_string(), true),
                             None => (p.clone(), false),
                         };
-                        let prefix = if base.is_empty() { String::new() } else { format!("{base}/") };
-                        self.index.retain(|k, _| !(k.starts_with(&prefix) && (opaque || !prefix.is_empty())));
+                        let prefix = if base.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{base}/")
+                        };
+                        self.index.retain(|k, _| {
+                            !(k.starts_with(&prefix) && (opaque || !prefix.is_empty()))
+                        });
                         if !opaque {
                             self.index.remove(&base);
                         }

@@ -101,8 +101,9 @@ pub fn info(image: &ResolvedImage) -> ImageInfo {
         })
         .collect::<Vec<_>>();
     let metadata = match image.manifest.annotations.get(ANNOTATION_METADATA) {
-        Some(text) => serde_json::from_str(text)
-            .unwrap_or_else(|_| serde_json::Value::String(text.clone())),
+        Some(text) => {
+            serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.clone()))
+        }
         None => serde_json::Value::Null,
     };
     let c = &image.config;

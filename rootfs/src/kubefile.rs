@@ -240,14 +240,22 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Instruction>, KubefileError> 
 
 fn keyword_for_error(keyword: &str) -> String {
     if keyword.len() > 20 {
-        format!("{}...", &keyword[..keyword.char_indices().nth(20).map_or(keyword.len(), |(i, _)| i)])
+        format!(
+            "{}...",
+            &keyword[..keyword
+                .char_indices()
+                .nth(20)
+                .map_or(keyword.len(), |(i, _)| i)]
+        )
     } else {
         keyword.to_string()
     }
 }
 
 fn validate(ins: &[Instruction]) -> Result<(), (usize, &'static str, String)> {
-    let Some(first_real) = ins.iter().position(|i| !matches!(i.kind, InstructionKind::Arg { .. }))
+    let Some(first_real) = ins
+        .iter()
+        .position(|i| !matches!(i.kind, InstructionKind::Arg { .. }))
     else {
         return Err((
             ins.first().map_or(1, |i| i.line),
@@ -268,7 +276,10 @@ fn validate(ins: &[Instruction]) -> Result<(), (usize, &'static str, String)> {
             return Err((
                 second.line,
                 kw,
-                format!("only one {kw} is allowed (another is on line {})", first.line),
+                format!(
+                    "only one {kw} is allowed (another is on line {})",
+                    first.line
+                ),
             ));
         }
     }
@@ -337,8 +348,8 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
         }
         "COPY" | "ADD" => {
             let mut w = words()?;
-            while w.first().is_some_and(|f| f.starts_with("--")) {
-                return Err(format!("flag {:?} is not supported", w.remove(0)));
+            if let Some(flag) = w.first().filter(|f| f.starts_with("--")) {
+                return Err(format!("flag {flag:?} is not supported"));
             }
             if w.len() < 2 {
                 return Err("needs at least one source and a destination".into());
@@ -473,7 +484,9 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
             let parts: Vec<&str> = digits.split('.').collect();
             if parts.len() < 2
                 || parts.len() > 3
-                || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+                || parts
+                    .iter()
+                    .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
             {
                 return Err(format!("version {v:?} is not vMAJOR.MINOR[.PATCH]"));
             }
@@ -749,7 +762,10 @@ LAUNCH ["calico", "nginx"]
         );
         assert_eq!(
             k[4],
-            InstructionKind::Env(vec![("A".into(), "1".into()), ("B".into(), "two words".into())])
+            InstructionKind::Env(vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into())
+            ])
         );
         assert_eq!(
             k[5],
@@ -757,9 +773,15 @@ LAUNCH ["calico", "nginx"]
         );
         assert_eq!(
             k[6],
-            InstructionKind::Label(vec![("io.example/x".into(), "y".into()), ("z".into(), "1".into())])
+            InstructionKind::Label(vec![
+                ("io.example/x".into(), "y".into()),
+                ("z".into(), "1".into())
+            ])
         );
-        assert_eq!(k[7], InstructionKind::Run(Command::Shell("echo hi > x".into())));
+        assert_eq!(
+            k[7],
+            InstructionKind::Run(Command::Shell("echo hi > x".into()))
+        );
         assert_eq!(
             k[8],
             InstructionKind::Run(Command::Exec(vec!["sh".into(), "-c".into(), "true".into()]))
@@ -779,7 +801,10 @@ LAUNCH ["calico", "nginx"]
             }
         );
         assert_eq!(k[14], InstructionKind::KubeVersion("v1.22.15".into()));
-        assert_eq!(k[16], InstructionKind::Launch(vec!["calico".into(), "nginx".into()]));
+        assert_eq!(
+            k[16],
+            InstructionKind::Launch(vec!["calico".into(), "nginx".into()])
+        );
     }
 
     #[test]
@@ -788,12 +813,18 @@ LAUNCH ["calico", "nginx"]
             error("FROM scratch\n\nCOPY onlyone\n"),
             "Kubefile:3: COPY: needs at least one source and a destination"
         );
-        assert!(error("FROM scratch\nFROBNICATE x\n").starts_with("Kubefile:2: FROBNICATE: unknown instruction"));
-        assert!(error("COPY a b\n").starts_with("Kubefile:1: COPY: the first instruction must be FROM"));
-        assert!(error("FROM scratch\nCMDS [\"a\"]\nCOPY a b\n").starts_with("Kubefile:2: CMDS: CMDS must be the last"));
-        assert!(error("FROM scratch\nLAUNCH [\"a\"]\nLAUNCH [\"a\"]\n").starts_with("Kubefile:3: LAUNCH: only one LAUNCH"));
+        assert!(error("FROM scratch\nFROBNICATE x\n")
+            .starts_with("Kubefile:2: FROBNICATE: unknown instruction"));
+        assert!(
+            error("COPY a b\n").starts_with("Kubefile:1: COPY: the first instruction must be FROM")
+        );
+        assert!(error("FROM scratch\nCMDS [\"a\"]\nCOPY a b\n")
+            .starts_with("Kubefile:2: CMDS: CMDS must be the last"));
+        assert!(error("FROM scratch\nLAUNCH [\"a\"]\nLAUNCH [\"a\"]\n")
+            .starts_with("Kubefile:3: LAUNCH: only one LAUNCH"));
         assert!(error("FROM scratch\nCMD x\nLAUNCH [\"a\"]\n").contains("exclude each other"));
-        assert!(error("FROM scratch\nENV A=\"x\n").starts_with("Kubefile:2: ENV: unterminated double quote"));
+        assert!(error("FROM scratch\nENV A=\"x\n")
+            .starts_with("Kubefile:2: ENV: unterminated double quote"));
         assert!(error("FROM scratch\nRUN [\"a\",\n").starts_with("Kubefile:2: RUN: malformed JSON"));
         assert!(error("FROM scratch\nAPP x http://a/b.yaml\n").contains("remote"));
         assert!(error("FROM scratch\nKUBEVERSION latest\n").starts_with("Kubefile:2: KUBEVERSION"));
@@ -806,18 +837,29 @@ LAUNCH ["calico", "nginx"]
     fn continuation_lines_keep_the_starting_line_number() {
         let ins = parse("K", "FROM scratch\nRUN a \\\n  # skipped\n  b\nCOPY x y\n").unwrap();
         assert_eq!(ins[1].line, 2);
-        assert_eq!(ins[1].kind, InstructionKind::Run(Command::Shell("a  b".into())));
+        assert_eq!(
+            ins[1].kind,
+            InstructionKind::Run(Command::Shell("a  b".into()))
+        );
         assert_eq!(ins[2].line, 5);
     }
 
     #[test]
     fn expands_variables() {
-        let vars: BTreeMap<String, String> =
-            [("ARCH".to_string(), "amd64".to_string()), ("E".to_string(), String::new())]
-                .into_iter()
-                .collect();
-        assert_eq!(expand("bin/${ARCH}/x-$ARCH.tgz", &vars).unwrap(), "bin/amd64/x-amd64.tgz");
-        assert_eq!(expand("${NOPE}-${E:-d}-${ARCH:+set}", &vars).unwrap(), "-d-set");
+        let vars: BTreeMap<String, String> = [
+            ("ARCH".to_string(), "amd64".to_string()),
+            ("E".to_string(), String::new()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            expand("bin/${ARCH}/x-$ARCH.tgz", &vars).unwrap(),
+            "bin/amd64/x-amd64.tgz"
+        );
+        assert_eq!(
+            expand("${NOPE}-${E:-d}-${ARCH:+set}", &vars).unwrap(),
+            "-d-set"
+        );
         assert_eq!(expand("\\$ARCH $ 5", &vars).unwrap(), "$ARCH $ 5");
         assert!(expand("${ARCH", &vars).is_err());
         // Single quotes protect variables from expansion.

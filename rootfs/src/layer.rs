@@ -117,7 +117,8 @@ pub fn write_layer(
     options: &LayerOptions,
 ) -> Result<WrittenLayer, LayerError> {
     let out_path = PathBuf::from("<layer>");
-    let compressed = HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
+    let writeback = Writeback::new(out).map_err(io_err("preparing", &out_path))?;
+    let compressed = HashingWriter::new(BufWriter::with_capacity(1 << 20, writeback));
     let mut encoder = zstd::stream::Encoder::new(compressed, ZSTD_LEVEL)
         .map_err(io_err("starting zstd for", &out_path))?;
     if options.threads > 0 {
@@ -134,28 +135,102 @@ pub fn write_layer(
     let buffered = builder
         .into_inner()
         .map_err(io_err("finishing tar for", &out_path))?;
-    let uncompressed = buffered
-        .into_inner()
-        .map_err(|e| LayerError::Io {
-            action: "flushing",
-            path: out_path.clone(),
-            source: e.into_error(),
-        })?;
+    let uncompressed = buffered.into_inner().map_err(|e| LayerError::Io {
+        action: "flushing",
+        path: out_path.clone(),
+        source: e.into_error(),
+    })?;
     let (encoder, diff_id, _) = uncompressed.finish();
     let compressed = encoder
         .finish()
         .map_err(io_err("finishing zstd for", &out_path))?;
     let (buf, digest, size) = compressed.finish();
-    buf.into_inner().map_err(|e| LayerError::Io {
+    let writeback = buf.into_inner().map_err(|e| LayerError::Io {
         action: "flushing",
         path: out_path.clone(),
         source: e.into_error(),
     })?;
+    writeback.finish().map_err(io_err("syncing", &out_path))?;
     Ok(WrittenLayer {
         digest,
         size,
         diff_id,
     })
+}
+
+/// Bytes written between two background `fdatasync` calls.
+const WRITEBACK_CHUNK: u64 = 64 * 1024 * 1024;
+
+/// A file writer that flushes to disk in a background thread while the
+/// layer is still being compressed, so the fsync before the blob is renamed
+/// into the store finds little left to write.
+struct Writeback<'f> {
+    file: &'f mut File,
+    written: u64,
+    last_tick: u64,
+    tick: Option<std::sync::mpsc::SyncSender<()>>,
+    syncer: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl<'f> Writeback<'f> {
+    fn new(file: &'f mut File) -> io::Result<Self> {
+        let clone = file.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let syncer = std::thread::Builder::new()
+            .name("layer-writeback".into())
+            .spawn(move || {
+                for () in rx {
+                    clone.sync_data()?;
+                }
+                Ok(())
+            })?;
+        Ok(Self {
+            file,
+            written: 0,
+            last_tick: 0,
+            tick: Some(tx),
+            syncer: Some(syncer),
+        })
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> io::Result<()> {
+        self.tick.take();
+        match self.syncer.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the writeback thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Writeback<'_> {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+impl Write for Writeback<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.last_tick >= WRITEBACK_CHUNK {
+            self.last_tick = self.written;
+            if let Some(tx) = &self.tick {
+                // A sync still running covers this chunk too: skip, never block.
+                let _ = tx.try_send(());
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 fn header(kind: tar::EntryType, mode: u32, mtime: u64, size: u64) -> tar::Header {
@@ -230,7 +305,10 @@ pub fn add_tree(entries: &mut Entries, src: &Path, dest: &str) -> Result<(), Lay
                 source: e.into(),
             }
         })?;
-        let rel = item.path().strip_prefix(src).expect("walkdir stays under its root");
+        let rel = item
+            .path()
+            .strip_prefix(src)
+            .expect("walkdir stays under its root");
         let rel = rel.to_string_lossy();
         let key = match (dest.is_empty(), rel.is_empty()) {
             (true, true) => continue,
@@ -344,10 +422,13 @@ impl Snapshot {
                 .rsplit_once('/')
                 .is_some_and(|(parent, _)| deleted.contains(&parent.to_string()));
             if !parent_deleted {
-                entries.insert((*path).clone(), LayerEntry {
-                    source: EntrySource::Whiteout,
-                    mode: 0,
-                });
+                entries.insert(
+                    (*path).clone(),
+                    LayerEntry {
+                        source: EntrySource::Whiteout,
+                        mode: 0,
+                    },
+                );
             }
         }
         Ok(entries)
@@ -366,8 +447,17 @@ mod tests {
         std::os::unix::fs::symlink("a", dir.path().join("etc/l")).unwrap();
         let mut entries = Entries::new();
         add_tree(&mut entries, dir.path(), "").unwrap();
-        entries.insert("gone".into(), LayerEntry { source: EntrySource::Whiteout, mode: 0 });
-        let opts = LayerOptions { mtime: 0, threads: 2 };
+        entries.insert(
+            "gone".into(),
+            LayerEntry {
+                source: EntrySource::Whiteout,
+                mode: 0,
+            },
+        );
+        let opts = LayerOptions {
+            mtime: 0,
+            threads: 2,
+        };
         let write = || {
             let mut f = tempfile::tempfile().unwrap();
             let w = write_layer(&entries, &mut f, &opts).unwrap();

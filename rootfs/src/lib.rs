@@ -17,11 +17,11 @@
 
 pub mod archive;
 pub mod build;
+pub mod imagecache;
 pub mod inspect;
 pub mod kubefile;
 pub mod layer;
 pub mod oci;
 pub mod reference;
 pub mod registry;
-pub mod imagecache;
 pub mod store;

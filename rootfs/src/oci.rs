@@ -23,8 +23,7 @@ pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+
 /// Media type of an uncompressed tar layer (accepted when reading).
 pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 /// Docker's manifest media type (accepted when reading an index).
-pub const MEDIA_TYPE_DOCKER_MANIFEST: &str =
-    "application/vnd.docker.distribution.manifest.v2+json";
+pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// Annotation naming an image in an index (OCI image layout convention).
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";

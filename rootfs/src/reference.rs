@@ -227,10 +227,11 @@ fn validate_repository(repo: &str) -> Result<(), String> {
         let bytes = component.as_bytes();
         let ok = !bytes.is_empty()
             && bytes[0].is_ascii_lowercase() | bytes[0].is_ascii_digit()
-            && bytes[bytes.len() - 1].is_ascii_lowercase() | bytes[bytes.len() - 1].is_ascii_digit()
-            && bytes
-                .iter()
-                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+            && bytes[bytes.len() - 1].is_ascii_lowercase()
+                | bytes[bytes.len() - 1].is_ascii_digit()
+            && bytes.iter().all(|&b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
             && !component.contains("..")
             && !component.contains("___");
         if !ok {
@@ -262,15 +263,30 @@ mod tests {
         let some = |s: &str| Some(s.to_string());
         assert_eq!(
             parts("kubernetes:v1.19.8"),
-            ("docker.io".into(), "library/kubernetes".into(), some("v1.19.8"), None)
+            (
+                "docker.io".into(),
+                "library/kubernetes".into(),
+                some("v1.19.8"),
+                None
+            )
         );
         assert_eq!(
             parts("kubernetes"),
-            ("docker.io".into(), "library/kubernetes".into(), some("latest"), None)
+            (
+                "docker.io".into(),
+                "library/kubernetes".into(),
+                some("latest"),
+                None
+            )
         );
         assert_eq!(
             parts("sealerio/kubernetes:v1"),
-            ("docker.io".into(), "sealerio/kubernetes".into(), some("v1"), None)
+            (
+                "docker.io".into(),
+                "sealerio/kubernetes".into(),
+                some("v1"),
+                None
+            )
         );
         assert_eq!(
             parts("registry.example.com:5000/sealer-io/kubernetes:v1.19.8"),
@@ -292,7 +308,12 @@ mod tests {
         let d = Digest::of(b"m");
         assert_eq!(
             parts(&format!("name@{d}")),
-            ("docker.io".into(), "library/name".into(), None, Some(d.to_string()))
+            (
+                "docker.io".into(),
+                "library/name".into(),
+                None,
+                Some(d.to_string())
+            )
         );
     }
 
@@ -313,7 +334,9 @@ mod tests {
             "docker.io/library/kubernetes:latest"
         );
         assert_eq!(
-            ImageRef::parse("docker.io/library/k:1").unwrap().to_string(),
+            ImageRef::parse("docker.io/library/k:1")
+                .unwrap()
+                .to_string(),
             "k:1"
         );
     }

@@ -450,9 +450,11 @@ impl Store {
             };
             desc.annotations.insert(ANNOTATION_REF_NAME.into(), key);
             index.manifests.push(desc);
-            index
-                .manifests
-                .sort_by(|a, b| a.annotations.get(ANNOTATION_REF_NAME).cmp(&b.annotations.get(ANNOTATION_REF_NAME)));
+            index.manifests.sort_by(|a, b| {
+                a.annotations
+                    .get(ANNOTATION_REF_NAME)
+                    .cmp(&b.annotations.get(ANNOTATION_REF_NAME))
+            });
             Ok(previous)
         })
     }
@@ -461,7 +463,9 @@ impl Store {
     /// Returns the digest it pointed at.
     pub fn remove_name(&self, name: &ImageRef) -> Result<Digest, StoreError> {
         let key = name.canonical();
-        self.update_index(|index| remove_named(index, &key).ok_or_else(|| StoreError::NotFound(name.to_string())))
+        self.update_index(|index| {
+            remove_named(index, &key).ok_or_else(|| StoreError::NotFound(name.to_string()))
+        })
     }
 
     /// Every blob some named image needs: manifests, configs, layers.
@@ -469,7 +473,9 @@ impl Store {
         let mut keep = BTreeSet::new();
         for desc in self.index()?.manifests {
             keep.insert(desc.digest);
-            if desc.media_type != MEDIA_TYPE_MANIFEST && desc.media_type != MEDIA_TYPE_DOCKER_MANIFEST {
+            if desc.media_type != MEDIA_TYPE_MANIFEST
+                && desc.media_type != MEDIA_TYPE_DOCKER_MANIFEST
+            {
                 continue;
             }
             let manifest = self.manifest(&desc.digest)?;
@@ -566,7 +572,8 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(io_err("creating a temporary file in", dir))?;
-    tmp.write_all(bytes).map_err(io_err("writing", tmp.path()))?;
+    tmp.write_all(bytes)
+        .map_err(io_err("writing", tmp.path()))?;
     tmp.as_file().sync_all().map_err(io_err("syncing", path))?;
     tmp.persist(path).map_err(|e| StoreError::Io {
         action: "renaming a temporary file to",
@@ -597,7 +604,9 @@ mod tests {
         assert_eq!(store.read_blob(&d, "test").unwrap(), b"hello");
 
         let wrong = Digest::of(b"other");
-        let err = store.write_blob_verified(&wrong, &b"hello!"[..]).unwrap_err();
+        let err = store
+            .write_blob_verified(&wrong, &b"hello!"[..])
+            .unwrap_err();
         assert!(err.to_string().contains("digest mismatch"), "{err}");
         assert!(!store.has_blob(&wrong));
         assert_eq!(fs::read_dir(store.dir().join("tmp")).unwrap().count(), 0);
@@ -621,7 +630,9 @@ mod tests {
             layers: vec![],
             annotations: Default::default(),
         };
-        let m = store.put_blob(&serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let m = store
+            .put_blob(&serde_json::to_vec(&manifest).unwrap())
+            .unwrap();
         let stray = store.put_blob(b"stray").unwrap();
         let name = ImageRef::parse("kube:v1").unwrap();
         assert_eq!(store.set_name(&name, &m).unwrap(), None);
@@ -636,7 +647,10 @@ mod tests {
         assert!(store.has_blob(&m) && store.has_blob(&config));
 
         store.remove_name(&name).unwrap();
-        assert!(matches!(store.resolve("kube:v1"), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.resolve("kube:v1"),
+            Err(StoreError::NotFound(_))
+        ));
         store.gc().unwrap();
         assert!(!store.has_blob(&m) && !store.has_blob(&config));
     }

@@ -38,7 +38,11 @@ impl Ctx {
         fs::write(p, content).unwrap();
     }
 
-    fn build(&self, kubefile: &str, tag: &str) -> Result<seaport_rootfs::build::BuildReport, BuildError> {
+    fn build(
+        &self,
+        kubefile: &str,
+        tag: &str,
+    ) -> Result<seaport_rootfs::build::BuildReport, BuildError> {
         self.build_with(kubefile, tag, |_| {})
     }
 
@@ -48,7 +52,11 @@ impl Ctx {
         tag: &str,
         f: impl FnOnce(&mut BuildOptions<'a>),
     ) -> Result<seaport_rootfs::build::BuildReport, BuildError> {
-        let kf = self.ctx.parent().unwrap().join(format!("Kubefile.{}", tag.replace([':', '/'], "_")));
+        let kf = self
+            .ctx
+            .parent()
+            .unwrap()
+            .join(format!("Kubefile.{}", tag.replace([':', '/'], "_")));
         fs::write(&kf, kubefile).unwrap();
         let mut opts: BuildOptions<'a> = BuildOptions::new(&kf, &self.ctx, tag);
         opts.platform = "linux/amd64".into();
@@ -116,12 +124,20 @@ fn copy_files_dirs_globs_and_arch() {
     assert_eq!(info.layers[1].instruction, "COPY bin/${ARCH}/kubeadm bin/");
 
     // --platform changes ${ARCH}.
-    c.build_with("FROM scratch\nCOPY bin/${ARCH}/kubeadm bin/\n", "copy:arm", |o| {
-        o.platform = "linux/arm64".into()
-    })
+    c.build_with(
+        "FROM scratch\nCOPY bin/${ARCH}/kubeadm bin/\n",
+        "copy:arm",
+        |o| o.platform = "linux/arm64".into(),
+    )
     .unwrap();
-    assert_eq!(read(c.rootfs("copy:arm").path(), "bin/kubeadm"), "arm64 kubeadm");
-    assert_eq!(inspect(&c.store, "copy:arm").unwrap().platform, "linux/arm64");
+    assert_eq!(
+        read(c.rootfs("copy:arm").path(), "bin/kubeadm"),
+        "arm64 kubeadm"
+    );
+    assert_eq!(
+        inspect(&c.store, "copy:arm").unwrap().platform,
+        "linux/arm64"
+    );
 }
 
 #[test]
@@ -130,10 +146,16 @@ fn from_base_then_copy_overwrites_the_file_for_users_of_the_new_image() {
     c.file("base/etc/daemon.json", r#"{"from":"base"}"#);
     c.file("base/etc/kubeadm.yml", "base kubeadm");
     c.file("daemon.json", r#"{"from":"mine"}"#);
-    c.build("FROM scratch\nCOPY base .\nENV A=1\nLABEL tier=base\n", "kubernetes:v1.19.8")
-        .unwrap();
-    c.build("FROM kubernetes:v1.19.8\nCOPY daemon.json etc/\nENV B=2\n", "mine:v1")
-        .unwrap();
+    c.build(
+        "FROM scratch\nCOPY base .\nENV A=1\nLABEL tier=base\n",
+        "kubernetes:v1.19.8",
+    )
+    .unwrap();
+    c.build(
+        "FROM kubernetes:v1.19.8\nCOPY daemon.json etc/\nENV B=2\n",
+        "mine:v1",
+    )
+    .unwrap();
     let r = c.rootfs("mine:v1");
     assert_eq!(read(r.path(), "etc/daemon.json"), r#"{"from":"mine"}"#);
     assert_eq!(read(r.path(), "etc/kubeadm.yml"), "base kubeadm");
@@ -142,7 +164,10 @@ fn from_base_then_copy_overwrites_the_file_for_users_of_the_new_image() {
     assert_eq!(info.env.get("B").map(String::as_str), Some("2"));
     assert_eq!(info.labels.get("tier").map(String::as_str), Some("base"));
     // The base image is untouched.
-    assert_eq!(read(c.rootfs("kubernetes:v1.19.8").path(), "etc/daemon.json"), r#"{"from":"base"}"#);
+    assert_eq!(
+        read(c.rootfs("kubernetes:v1.19.8").path(), "etc/daemon.json"),
+        r#"{"from":"base"}"#
+    );
 }
 
 #[test]
@@ -213,7 +238,10 @@ fn metadata_instructions_are_recorded() {
     labels.insert("x".to_string(), "y".to_string());
     let info = inspect(&c.store, "meta:v1").unwrap();
     assert_eq!(info.author.as_deref(), Some("ops@example.com"));
-    assert_eq!(info.labels["cluster.alpha.sealer.io/kube-version"], "v1.22.15");
+    assert_eq!(
+        info.labels["cluster.alpha.sealer.io/kube-version"],
+        "v1.22.15"
+    );
     assert_eq!(info.labels["a"], "b");
     assert_eq!(info.metadata["version"], "v1.22.15");
     assert_eq!(info.launch.app_names, ["calico", "nginx"]);
@@ -226,20 +254,39 @@ fn metadata_instructions_are_recorded() {
     assert_eq!(app("calico").role, "cni");
     assert_eq!(app("openebs").role, "csi");
     let r = c.rootfs("meta:v1");
-    assert_eq!(read(r.path(), "application/apps/nginx/nginx.yaml"), "kind: Deployment");
-    assert_eq!(read(r.path(), "application/apps/chart/Chart.yaml"), "name: c");
+    assert_eq!(
+        read(r.path(), "application/apps/nginx/nginx.yaml"),
+        "kind: Deployment"
+    );
+    assert_eq!(
+        read(r.path(), "application/apps/chart/Chart.yaml"),
+        "name: c"
+    );
 
-    c.build("FROM meta:v1\nCMDS [\"kubectl get nodes\", \"echo done\"]\n", "meta:v2")
-        .unwrap();
+    c.build(
+        "FROM meta:v1\nCMDS [\"kubectl get nodes\", \"echo done\"]\n",
+        "meta:v2",
+    )
+    .unwrap();
     let info = inspect(&c.store, "meta:v2").unwrap();
     assert_eq!(info.cmds, ["kubectl get nodes", "echo done"]);
     assert_eq!(info.apps.len(), 5, "apps are inherited from FROM");
 
-    c.build("FROM scratch\nCMD kubectl get pods\n", "meta:v3").unwrap();
-    assert_eq!(inspect(&c.store, "meta:v3").unwrap().cmds, ["kubectl get pods"]);
+    c.build("FROM scratch\nCMD kubectl get pods\n", "meta:v3")
+        .unwrap();
+    assert_eq!(
+        inspect(&c.store, "meta:v3").unwrap().cmds,
+        ["kubectl get pods"]
+    );
 
-    let err = c.build("FROM scratch\nLAUNCH [\"missing\"]\n", "meta:bad").unwrap_err();
-    assert!(err.to_string().contains("application \"missing\" does not exist"), "{err}");
+    let err = c
+        .build("FROM scratch\nLAUNCH [\"missing\"]\n", "meta:bad")
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("application \"missing\" does not exist"),
+        "{err}"
+    );
     let _ = labels;
 }
 
@@ -257,7 +304,10 @@ fn copy_outside_the_context_is_refused() {
         ("FROM scratch\nCOPY dirlink etc/\n", "dirlink"),
     ] {
         let err = c.build(kf, "escape:v1").unwrap_err().to_string();
-        assert!(err.contains(":2: COPY:") && err.contains("outside the build context"), "{what}: {err}");
+        assert!(
+            err.contains(":2: COPY:") && err.contains("outside the build context"),
+            "{what}: {err}"
+        );
     }
     assert!(c.store.list().unwrap().is_empty());
 }
@@ -269,12 +319,18 @@ fn syntax_errors_name_file_and_line() {
         .build("FROM scratch\n# comment\nCOPY a\n", "syntax:v1")
         .unwrap_err()
         .to_string();
-    assert!(err.ends_with("Kubefile.syntax_v1:3: COPY: needs at least one source and a destination"), "{err}");
+    assert!(
+        err.ends_with("Kubefile.syntax_v1:3: COPY: needs at least one source and a destination"),
+        "{err}"
+    );
     let err = c
         .build("FROM scratch\nLAUNCH [\"a\"]\nCOPY a b\n", "syntax:v1")
         .unwrap_err()
         .to_string();
-    assert!(err.contains(":2: LAUNCH: LAUNCH must be the last instruction"), "{err}");
+    assert!(
+        err.contains(":2: LAUNCH: LAUNCH must be the last instruction"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -292,8 +348,13 @@ fn a_failed_build_leaves_the_store_unchanged() {
         assert!(!err.to_string().is_empty());
         assert_eq!(c.store_listing(), before, "after {kf:?}");
     }
-    let err = c.build("FROM scratch\nCOPY etc etc\nRUN exit 3\n", "x:v1").unwrap_err();
-    assert!(err.to_string().contains(":3: RUN: the command failed"), "{err}");
+    let err = c
+        .build("FROM scratch\nCOPY etc etc\nRUN exit 3\n", "x:v1")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(":3: RUN: the command failed"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -306,15 +367,27 @@ fn concurrent_builds_into_one_store() {
         for i in 0..4 {
             let c = &c;
             s.spawn(move || {
-                c.build(&format!("FROM scratch\nCOPY d{i} data\n"), &format!("con:v{i}"))
-                    .unwrap();
+                c.build(
+                    &format!("FROM scratch\nCOPY d{i} data\n"),
+                    &format!("con:v{i}"),
+                )
+                .unwrap();
             });
         }
     });
-    let names: Vec<String> = c.store.list().unwrap().iter().map(|e| e.name.to_string()).collect();
+    let names: Vec<String> = c
+        .store
+        .list()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.to_string())
+        .collect();
     assert_eq!(names, ["con:v0", "con:v1", "con:v2", "con:v3"]);
     for i in 0..4 {
-        assert_eq!(read(c.rootfs(&format!("con:v{i}")).path(), "data/f").len(), 100_000);
+        assert_eq!(
+            read(c.rootfs(&format!("con:v{i}")).path(), "data/f").len(),
+            100_000
+        );
     }
 }
 
@@ -338,14 +411,19 @@ fn the_image_cache_hook_adds_one_layer() {
     let c = setup();
     c.file("manifests/imageList", "busybox:1.35\n");
     let cache = FakeCache;
-    c.build_with("FROM scratch\nCOPY manifests manifests\n", "cache:v1", |o| {
-        o.image_cache = Some(&cache)
-    })
+    c.build_with(
+        "FROM scratch\nCOPY manifests manifests\n",
+        "cache:v1",
+        |o| o.image_cache = Some(&cache),
+    )
     .unwrap();
     let info = inspect(&c.store, "cache:v1").unwrap();
     assert_eq!(info.layers.len(), 2);
     assert_eq!(
-        read(c.rootfs("cache:v1").path(), "registry/docker/registry/v2/repositories/cached"),
+        read(
+            c.rootfs("cache:v1").path(),
+            "registry/docker/registry/v2/repositories/cached"
+        ),
         "busybox:1.35\n"
     );
 }

@@ -316,6 +316,9 @@ mod tests {
         let mut bad = data.clone();
         bad[0] ^= 1;
         let err = verify_reader(&bad[..], &expected).unwrap_err();
-        assert!(matches!(err, DigestError::Mismatch { size: 11, .. }), "{err}");
+        assert!(
+            matches!(err, DigestError::Mismatch { size: 11, .. }),
+            "{err}"
+        );
     }
 }

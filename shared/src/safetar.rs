@@ -256,7 +256,12 @@ fn ensure_existing_parent(root: &Path, rel: &Path) -> Result<PathBuf, String> {
             cur.push(c);
             match fs::symlink_metadata(&cur) {
                 Ok(m) if m.is_dir() && !m.file_type().is_symlink() => {}
-                _ => return Err(format!("{} is not a directory inside the root", cur.display())),
+                _ => {
+                    return Err(format!(
+                        "{} is not a directory inside the root",
+                        cur.display()
+                    ))
+                }
             }
         }
     }
@@ -294,7 +299,11 @@ mod tests {
         for (path, kind, data, link) in entries {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(*kind);
-            h.set_mode(if *kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+            h.set_mode(if *kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
             h.set_size(data.len() as u64);
             // Write the raw name so hostile paths reach the unpacker as is.
             let name = path.as_bytes();

@@ -66,7 +66,8 @@ pub fn build(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
     if let Some(p) = args.platform {
         opts.platform = p;
     }
-    let report = build::build(&store, &opts).context("build failed; the image store is unchanged")?;
+    let report =
+        build::build(&store, &opts).context("build failed; the image store is unchanged")?;
     println!("{} {}", report.name, report.digest);
     Ok(())
 }
@@ -106,7 +107,10 @@ pub fn images(root: &Path, args: ImagesArgs) -> anyhow::Result<()> {
         return print_out(&serde_json::to_string_pretty(&rows)?);
     }
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-    println!("{:width$}  {:19}  {:13}  SIZE", "NAME", "DIGEST", "PLATFORM");
+    println!(
+        "{:width$}  {:19}  {:13}  SIZE",
+        "NAME", "DIGEST", "PLATFORM"
+    );
     for r in rows {
         println!(
             "{:width$}  {:19}  {:13}  {}",
