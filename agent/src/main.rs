@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tracing::Instrument;
 
 use seaport_agent::{facts, session, HostIdentity, JoinOptions, SystemFacts, DEFAULT_STATE_DIR};
 
@@ -104,10 +105,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { state_dir } => rt.block_on(async {
             let host = HostIdentity::from_system()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                let _ = tx.send(true);
-            });
+            tokio::spawn(
+                async move {
+                    shutdown_signal().await;
+                    tracing::info!("stopping");
+                    let _ = tx.send(true);
+                }
+                .instrument(tracing::info_span!("signals")),
+            );
             session::run(&state_dir, SystemFacts::new(host), rx).await;
             Ok(())
         }),
