@@ -25,7 +25,7 @@ use seaport_rootfs::reference::ImageRef;
 use seaport_rootfs::registry::platform::host_platform;
 use seaport_rootfs::registry::{pull_image, push_image, ClientOptions, RegistryClient};
 use seaport_rootfs::store::Store;
-use seaport_shared::digest::HashingReader;
+use seaport_shared::digest::HashingWriter;
 
 const LOCAL_NAME: &str = "bench/cluster:v1";
 
@@ -61,23 +61,22 @@ fn make_image(store: &Store, total_mib: u64) {
     let layer_count = 4;
     let mut layers = Vec::new();
     for i in 0..layer_count {
-        let size = total_mib * 1024 * 1024 / layer_count;
-        // Hash first, then write verified: the store wants the digest up front.
-        let mut hashing = HashingReader::new(Noise {
-            state: 0x9E37_79B9 + i,
-            left: size,
-        });
-        std::io::copy(&mut hashing, &mut std::io::sink()).unwrap();
-        let (digest, _) = hashing.finish();
-        store
-            .write_blob_verified(
-                &digest,
-                Noise {
-                    state: 0x9E37_79B9 + i,
-                    left: size,
-                },
-            )
-            .unwrap();
+        // A real zstd stream of incompressible data, as a cluster image's
+        // layers are: skopeo passes it through instead of recompressing.
+        let raw = total_mib * 1024 * 1024 / layer_count;
+        let tmp = store.temp_file().unwrap();
+        let file = tmp.reopen().unwrap();
+        let mut enc = zstd::Encoder::new(HashingWriter::new(file), 1).unwrap();
+        std::io::copy(
+            &mut Noise {
+                state: 0x9E37_79B9 + i,
+                left: raw,
+            },
+            &mut enc,
+        )
+        .unwrap();
+        let (_, digest, size) = enc.finish().unwrap().finish();
+        store.commit_temp_blob(tmp, &digest).unwrap();
         layers.push(Descriptor {
             media_type: MEDIA_TYPE_LAYER_ZSTD.into(),
             digest,
