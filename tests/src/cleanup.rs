@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::cgroups;
 use crate::mounts::{self, MountError};
 use crate::names::{LabPaths, RunId, PREFIX};
 use crate::net::{self, NetError};
@@ -90,6 +91,13 @@ pub fn remove_run(paths: &LabPaths, id: &RunId, removed: &mut Removed) -> Result
     for pid in nspawn_processes_under(&dir) {
         stop_nspawn(pid, removed);
     }
+    if let Some(rec) = &record {
+        for h in &rec.hosts {
+            for g in cgroups::host_cgroups(&h.name) {
+                cgroups::remove(&g);
+            }
+        }
+    }
     if dir.exists() {
         mounts::remove_tree(&dir)?;
         removed.runs.push(id.to_string());
@@ -122,6 +130,12 @@ pub fn remove_leftovers(paths: &LabPaths, keep: Option<&RunId>) -> Result<Remove
             continue;
         }
         stop_nspawn(pid, &mut removed);
+    }
+    for g in cgroups::lab_cgroups() {
+        if keep.is_some_and(|k| g.to_string_lossy().contains(k.as_str())) {
+            continue;
+        }
+        cgroups::remove(&g);
     }
     for iface in net::lab_bridges()? {
         if keep.is_some_and(|k| iface == k.bridge()) {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::cgroups;
 use crate::cmd::{self, CmdError, ExecOutput};
 use crate::names::{self, GATEWAY, PREFIX_LEN};
 use crate::net::{self, NetError, Shape};
@@ -508,6 +509,9 @@ impl Host {
             }
         }
         let _ = handle.join();
+        for g in cgroups::host_cgroups(&self.name) {
+            cgroups::remove(&g);
+        }
     }
 
     /// The bridge this host is attached to.
@@ -558,8 +562,27 @@ fn spawn_nspawn(rec: &HostRecord, bridge: &str) -> Result<Child, HostError> {
         path: console.clone(),
         source,
     })?;
-    let mut c = Command::new("systemd-nspawn");
-    c.arg("-D")
+    // Start nspawn in a cgroup of the host's own (see cgroups.rs): a shell
+    // moves itself there, then becomes systemd-nspawn.
+    let groups = cgroups::host_cgroups(&rec.name);
+    for g in &groups {
+        std::fs::create_dir_all(g).map_err(|source| HostError::Prepare {
+            host: rec.name.clone(),
+            path: g.clone(),
+            source,
+        })?;
+    }
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(
+            "n=$1; shift; while [ \"$n\" -gt 0 ]; do \
+               echo $$ > \"$1/cgroup.procs\" || echo \"seaport-lab: cannot enter cgroup $1\" >&2; \
+               shift; n=$((n - 1)); done; exec systemd-nspawn \"$@\"",
+        )
+        .arg("sh")
+        .arg(groups.len().to_string())
+        .args(&groups)
+        .arg("-D")
         .arg(&rec.root)
         .args(["-M", &rec.name])
         // No systemd on the machine: do not register with machined and do

@@ -21,6 +21,7 @@
 //! - [`lab`]: `Lab::up` / `Lab::builder()`, the guard, the machine lock, preflight checks.
 //! - [`host`]: one host: root overlay, nspawn and its supervisor (reboots),
 //!   exec, copy in, journal, link cut and shaping.
+//! - [`cgroups`]: a cgroup of its own for each host's nspawn.
 //! - [`base`]: the debootstrap base, cached under /var/cache/seaport-lab by package list.
 //! - [`net`]: the bridge, veths, `ip link` and `tc tbf`.
 //! - [`cleanup`]: removing leftovers of killed runs (`down --all`).
@@ -36,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod base;
+pub mod cgroups;
 pub mod cleanup;
 pub mod cmd;
 pub mod host;

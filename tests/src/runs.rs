@@ -158,12 +158,13 @@ pub fn is_keeper(pid: u32, id: &RunId) -> bool {
 /// Takes run `id` down: asks its keeper to tear it down (SIGTERM) and waits,
 /// then removes whatever is still there.
 pub fn down(paths: &LabPaths, id: &RunId) -> Result<Removed, RunsError> {
+    let mut removed = Removed::default();
     if let Ok(rec) = RunRecord::load(&paths.run_dir(id)) {
         if is_keeper(rec.owner_pid, id) {
             procs::terminate(rec.owner_pid, Duration::from_secs(90));
+            removed.runs.push(id.to_string());
         }
     }
-    let mut removed = Removed::default();
     cleanup::remove_run(paths, id, &mut removed)?;
     let _ = std::fs::remove_file(keeper_log(paths, id));
     Ok(removed)

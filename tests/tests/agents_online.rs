@@ -15,6 +15,16 @@ const OFFLINE_WITHIN: Duration = Duration::from_secs(15);
 /// Generous bounds for things that only have to happen eventually.
 const EVENTUALLY: Duration = Duration::from_secs(90);
 
+/// Prints how long each phase took (shown with `--nocapture`).
+struct Phases(std::time::Instant);
+
+impl Phases {
+    fn done(&mut self, what: &str) {
+        eprintln!("phase {what}: {:.1} s", self.0.elapsed().as_secs_f64());
+        self.0 = std::time::Instant::now();
+    }
+}
+
 fn all_online(names: &[String]) -> impl Fn(&[Node]) -> bool + '_ {
     move |nodes| names.iter().all(|h| status_of(nodes, h) == Some("online"))
 }
@@ -28,8 +38,11 @@ fn agents_enroll_go_offline_on_a_cut_link_and_reconnect() {
     if let Err(e) = lab::preflight() {
         panic!("the lab tests cannot run here: {e}");
     }
+    let mut phases = Phases(std::time::Instant::now());
     let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
+    phases.done("build binaries");
     let lab = Lab::up(3).expect("bring up a lab of 3 hosts");
+    phases.done("lab up");
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("coordinator");
     let names: Vec<String> = lab.hosts().iter().map(|h| h.name().to_string()).collect();
@@ -37,6 +50,7 @@ fn agents_enroll_go_offline_on_a_cut_link_and_reconnect() {
     // Enroll: coordinator on 198.18.0.1:7443, agent installed and joined in
     // every host, then enabled as a service; all online.
     let (mut coordinator, nodes) = runs::enroll_all(&lab, &bins, &root).expect("enroll the agents");
+    phases.done("enroll 3 agents");
     assert_eq!(nodes.len(), 3, "{nodes:?}");
     for h in lab.hosts() {
         let active = h
@@ -73,6 +87,7 @@ fn agents_enroll_go_offline_on_a_cut_link_and_reconnect() {
         |n| status_of(n, cut.name()) == Some("offline"),
     )
     .expect("a host with a cut link shows offline within 15 s");
+    phases.done("cut link seen offline");
     for other in [&names[0], &names[2]] {
         assert_eq!(
             status_of(&nodes, other),
@@ -91,6 +106,7 @@ fn agents_enroll_go_offline_on_a_cut_link_and_reconnect() {
         all_online(&names),
     )
     .expect("the agent reconnects by itself");
+    phases.done("restored link seen online");
 
     // Stop the coordinator (SIGTERM: a clean exit) and start it again: every
     // agent reconnects, seen after the restart.
@@ -122,7 +138,9 @@ fn agents_enroll_go_offline_on_a_cut_link_and_reconnect() {
         },
     )
     .expect("every agent reconnects to the restarted coordinator");
+    phases.done("coordinator restart, all reconnected");
 
     drop(coordinator);
     lab.down().expect("tear the lab down");
+    phases.done("lab down");
 }
