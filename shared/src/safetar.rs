@@ -7,7 +7,10 @@
 //! replaced, not followed), and hard links must point inside the root. OCI
 //! whiteouts are applied: `.wh.NAME` removes `NAME` from what lower layers
 //! left, `.wh..wh..opq` empties its directory. Device nodes and FIFOs are
-//! skipped. Ownership is kept only when asked (agents running as root).
+//! skipped, or refused with [`UnpackOptions::refuse_devices`]; setuid and
+//! setgid files are refused with [`UnpackOptions::refuse_setuid`] (what an
+//! agent unpacking onto a host asks for). Ownership is kept only when asked
+//! (agents running as root).
 
 use std::fs;
 use std::io::{self, Read};
@@ -46,6 +49,10 @@ pub enum SafeTarError {
 pub struct UnpackOptions {
     /// Apply uid/gid from the archive (needs root).
     pub preserve_ownership: bool,
+    /// Refuse device nodes and FIFOs instead of skipping them.
+    pub refuse_devices: bool,
+    /// Refuse regular files with the setuid or setgid bit.
+    pub refuse_setuid: bool,
 }
 
 /// What an unpack did.
@@ -169,6 +176,13 @@ pub fn unpack(
             | tar::EntryType::Continuous
             | tar::EntryType::GNUSparse
             | tar::EntryType::Symlink => {
+                let mode = entry.header().mode().map_err(io_err(&shown))?;
+                if options.refuse_setuid && kind != tar::EntryType::Symlink && mode & 0o6000 != 0
+                {
+                    return Err(unsafe_err(format!(
+                        "it is setuid or setgid (mode {mode:o}); such files are not allowed here"
+                    )));
+                }
                 if let Some(m) = &existing {
                     if m.is_dir() && !m.file_type().is_symlink() {
                         fs::remove_dir_all(&target).map_err(io_err(&shown))?;
@@ -206,6 +220,13 @@ pub fn unpack(
                 report.entries += 1;
             }
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+                if options.refuse_devices =>
+            {
+                return Err(unsafe_err(
+                    "it is a device node or FIFO; such entries are not allowed here".into(),
+                ));
+            }
             _ => report.skipped += 1,
         }
     }
@@ -369,5 +390,32 @@ mod tests {
 
         let evil = tar_of(&[("h", H, b"", Some("../../etc/passwd"))]);
         assert!(unpack(&evil[..], root.path(), &UnpackOptions::default()).is_err());
+    }
+
+    #[test]
+    fn refuses_devices_and_setuid_when_asked() {
+        let strict = UnpackOptions {
+            refuse_devices: true,
+            refuse_setuid: true,
+            ..UnpackOptions::default()
+        };
+        let root = tempfile::tempdir().unwrap();
+        let dev = tar_of(&[("dev/null", tar::EntryType::Char, b"", None)]);
+        let r = unpack(&dev[..], root.path(), &UnpackOptions::default()).unwrap();
+        assert_eq!(r.skipped, 1);
+        let err = unpack(&dev[..], root.path(), &strict).unwrap_err();
+        assert!(err.to_string().contains("device node"), "{err}");
+
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_path("bin/su").unwrap();
+        h.set_mode(0o4755);
+        h.set_size(1);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let suid = b.into_inner().unwrap();
+        let err = unpack(&suid[..], root.path(), &strict).unwrap_err();
+        assert!(err.to_string().contains("setuid"), "{err}");
+        assert!(!root.path().join("bin/su").exists());
     }
 }
