@@ -65,6 +65,8 @@ pub enum LabError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("host {host} has no lab address: seaport-lab-net.service is not active:\n{status}")]
+    HostNetwork { host: String, status: String },
     #[error("no host {0} in this lab")]
     NoSuchHost(String),
     #[error("tearing the lab down left things behind: {0}")]
@@ -85,6 +87,24 @@ pub fn preflight() -> Result<(), LabError> {
     Ok(())
 }
 
+/// Who holds the lab network, for the waiting message: the live runs.
+fn lab_holders(paths: &LabPaths) -> String {
+    let live: Vec<String> = crate::state::run_dirs(paths)
+        .into_iter()
+        .filter_map(|(_, d)| RunRecord::load(&d).ok())
+        .filter(|r| crate::procs::alive(r.owner_pid))
+        .map(|r| format!("{} (pid {})", r.id, r.owner_pid))
+        .collect();
+    if live.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " by lab {}; `seaport-lab down` ends a lab started with `seaport-lab up`",
+            live.join(", ")
+        )
+    }
+}
+
 /// How to bring a lab up.
 #[derive(Debug, Clone)]
 pub struct LabBuilder {
@@ -93,6 +113,7 @@ pub struct LabBuilder {
     paths: LabPaths,
     options: HostOptions,
     boot_timeout: Duration,
+    lock_timeout: Duration,
     run_id: Option<RunId>,
 }
 
@@ -104,6 +125,7 @@ impl Default for LabBuilder {
             paths: LabPaths::from_env(),
             options: HostOptions::default(),
             boot_timeout: Duration::from_secs(120),
+            lock_timeout: Duration::from_secs(30 * 60),
             run_id: None,
         }
     }
@@ -141,6 +163,12 @@ impl LabBuilder {
         self
     }
 
+    /// How long to wait for another lab to finish (default 30 min).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
     /// Use this run id instead of a random one.
     pub fn run_id(mut self, id: RunId) -> Self {
         self.run_id = Some(id);
@@ -155,9 +183,12 @@ impl LabBuilder {
             return Err(LabError::HostCount(self.hosts));
         }
         let base_dir = base::ensure(&self.base, &self.paths.cache)?;
-        let lock = lock::exclusive(
+        let paths = self.paths.clone();
+        let lock = lock::exclusive_within(
             &self.paths.machine_lock(),
             "another lab to finish (one lab at a time owns 198.18.0.0/24)",
+            self.lock_timeout,
+            move || lab_holders(&paths),
         )?;
         // Holding the lock, no other lab is live: whatever carries our
         // prefix is a leftover of a killed run.
@@ -231,6 +262,23 @@ impl LabBuilder {
         let deadline = Instant::now() + self.boot_timeout;
         for h in &lab.hosts {
             let state = h.wait_ready(deadline.saturating_duration_since(Instant::now()))?;
+            // Without its address a host is useless: fail loudly.
+            let net = h.exec(&["systemctl", "is-active", "seaport-lab-net.service"])?;
+            if net.stdout.trim() != "active" {
+                let status = h
+                    .exec(&[
+                        "systemctl",
+                        "status",
+                        "--no-pager",
+                        "seaport-lab-net.service",
+                    ])
+                    .map(|o| o.stdout)
+                    .unwrap_or_default();
+                return Err(LabError::HostNetwork {
+                    host: h.name().to_string(),
+                    status,
+                });
+            }
             if state != "running" {
                 let failed = h
                     .exec(&["systemctl", "--failed", "--no-legend", "--plain"])

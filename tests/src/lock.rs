@@ -16,6 +16,13 @@ pub enum LockError {
     },
     #[error("cannot lock {path}: {errno}")]
     Lock { path: PathBuf, errno: nix::Error },
+    #[error("gave up after {waited:?} waiting for {what} (lock {path}){holder}")]
+    TimedOut {
+        path: PathBuf,
+        what: String,
+        waited: std::time::Duration,
+        holder: String,
+    },
 }
 
 /// An exclusive flock; released when dropped (or when the process dies).
@@ -54,6 +61,40 @@ pub fn exclusive(path: &Path, what: &str) -> Result<LockGuard, LockError> {
                 path: path.to_path_buf(),
             })
         }
+    }
+}
+
+/// Like [`exclusive`], but gives up after `timeout`; `holder` is called then
+/// to say who holds the lock.
+pub fn exclusive_within(
+    path: &Path,
+    what: &str,
+    timeout: std::time::Duration,
+    holder: impl Fn() -> String,
+) -> Result<LockGuard, LockError> {
+    let started = std::time::Instant::now();
+    let mut announced = false;
+    loop {
+        if let Some(guard) = try_exclusive(path)? {
+            return Ok(guard);
+        }
+        if !announced {
+            eprintln!(
+                "seaport-lab: waiting for {what} (lock {} is held{})",
+                path.display(),
+                holder()
+            );
+            announced = true;
+        }
+        if started.elapsed() >= timeout {
+            return Err(LockError::TimedOut {
+                path: path.to_path_buf(),
+                what: what.to_string(),
+                waited: timeout,
+                holder: holder(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
 
@@ -101,6 +142,18 @@ mod tests {
         let path = dir.path().join("x.lock");
         let first = try_exclusive(&path).unwrap().expect("free lock");
         assert!(try_exclusive(&path).unwrap().is_none());
+        let err = exclusive_within(
+            &path,
+            "the test lock",
+            std::time::Duration::from_millis(50),
+            || " by the test".into(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("the test lock") && err.contains("by the test"),
+            "{err}"
+        );
         drop(first);
         assert!(try_exclusive(&path).unwrap().is_some());
     }
