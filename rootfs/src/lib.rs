@@ -14,14 +14,18 @@
 //! - [`registry`]: OCI distribution registries: client, auth, credentials,
 //!   push and pull, distribution's storage layout.
 //! - [`imagecache`]: build-time caching of container images into `registry/`.
+//! - [`render`]: rendering `*.tmpl` and `statics/` with the cluster env.
+//! - [`kubeadm`]: merging kubeadm documents and the fields an install computes.
 
 pub mod archive;
 pub mod build;
 pub mod imagecache;
 pub mod inspect;
+pub mod kubeadm;
 pub mod kubefile;
 pub mod layer;
 pub mod oci;
 pub mod reference;
 pub mod registry;
+pub mod render;
 pub mod store;

@@ -1,0 +1,457 @@
+//! The kubeadm configuration a host is given: Seaport's defaults, then the
+//! image's `etc/kubeadm.yml`, then the Clusterfile's kubeadm documents, merged
+//! document by document (by `kind`), then the fields only the install knows.
+//!
+//! Merging follows sealer: a later document's mapping keys override or extend
+//! an earlier one's recursively; a list or scalar replaces the earlier value.
+//! The computed fields always win: the advertise address is the host's IP,
+//! the image repository is the local registry, the control-plane endpoint and
+//! the certificate SANs name the API server, and join documents carry the
+//! bootstrap token, the CA certificate hash and (for masters) the
+//! certificate key handed over from the first master.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_norway::{Mapping, Value};
+
+/// The API server's name, resolved through `/etc/hosts` on every host.
+pub const APISERVER_DOMAIN: &str = "apiserver.cluster.local";
+/// The API server's port.
+pub const APISERVER_PORT: u16 = 6443;
+/// sealer's virtual IP of the API server, kept in the SANs for compatibility.
+pub const APISERVER_VIP: &str = "10.103.97.2";
+
+/// The kinds, in the order they are written.
+pub const KINDS: &[&str] = &[
+    "InitConfiguration",
+    "ClusterConfiguration",
+    "JoinConfiguration",
+    "KubeProxyConfiguration",
+    "KubeletConfiguration",
+];
+
+/// Seaport's defaults, below the image's own configuration.
+pub const DEFAULT_CONFIG: &str = r#"apiVersion: kubeadm.k8s.io/v1beta2
+kind: InitConfiguration
+localAPIEndpoint:
+  bindPort: 6443
+nodeRegistration:
+  criSocket: /run/containerd/containerd.sock
+---
+apiVersion: kubeadm.k8s.io/v1beta2
+kind: ClusterConfiguration
+networking:
+  dnsDomain: cluster.local
+  podSubnet: 100.64.0.0/10
+  serviceSubnet: 10.96.0.0/22
+---
+apiVersion: kubeadm.k8s.io/v1beta2
+kind: JoinConfiguration
+nodeRegistration:
+  criSocket: /run/containerd/containerd.sock
+---
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: systemd
+"#;
+
+/// Errors from reading or merging kubeadm documents.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeadmError {
+    /// A document is not YAML or lacks a kind.
+    #[error("{origin}: document {index}: {reason}")]
+    Document {
+        /// Where the documents came from.
+        origin: String,
+        /// 1-based document number.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Documents by kind.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KubeadmConfig {
+    docs: BTreeMap<String, Value>,
+}
+
+/// Data the first master hands to the hosts that join.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JoinData {
+    /// `HOST:PORT` of the API server as joining hosts reach it.
+    pub api_server_endpoint: String,
+    /// The first master's IP.
+    pub master0_ip: String,
+    /// Bootstrap token, `[a-z0-9]{6}.[a-z0-9]{16}`.
+    pub token: String,
+    /// `sha256:HEX` of the cluster CA's SubjectPublicKeyInfo.
+    pub ca_cert_hashes: Vec<String>,
+    /// Key of the uploaded control-plane certificates (hex), for masters.
+    pub certificate_key: String,
+}
+
+/// What the install computes for one host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Computed {
+    /// This host's IP (the advertise address).
+    pub host_ip: String,
+    /// The IPs of every master, for the SANs.
+    pub master_ips: Vec<String>,
+    /// `domain:port` of the local registry (the image repository).
+    pub image_repository: String,
+    /// The cluster env, for the pod and service subnets.
+    pub env: BTreeMap<String, String>,
+}
+
+impl KubeadmConfig {
+    /// Parses documents; those without a known kind are errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, KubeadmError> {
+        let mut cfg = Self::default();
+        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+            let err = |reason: String| KubeadmError::Document {
+                origin: origin.to_string(),
+                index: i + 1,
+                reason,
+            };
+            let value = Value::deserialize(doc).map_err(|e| err(e.to_string()))?;
+            if value.is_null() {
+                continue;
+            }
+            let kind = value
+                .get("kind")
+                .and_then(Value::as_str)
+                .ok_or_else(|| err("it has no `kind`".into()))?
+                .to_string();
+            if !KINDS.contains(&kind.as_str()) {
+                return Err(err(format!(
+                    "kind {kind} is not a kubeadm document (one of {})",
+                    KINDS.join(", ")
+                )));
+            }
+            cfg.merge_doc(&kind, value);
+        }
+        Ok(cfg)
+    }
+
+    /// Seaport's defaults.
+    pub fn defaults() -> Self {
+        Self::parse(DEFAULT_CONFIG, "built-in defaults").expect("the defaults parse")
+    }
+
+    /// Merges `other` over `self`.
+    pub fn merge(&mut self, other: &KubeadmConfig) {
+        for (kind, doc) in &other.docs {
+            self.merge_doc(kind, doc.clone());
+        }
+    }
+
+    fn merge_doc(&mut self, kind: &str, doc: Value) {
+        match self.docs.get_mut(kind) {
+            Some(existing) => merge_value(existing, doc),
+            None => {
+                self.docs.insert(kind.to_string(), doc);
+            }
+        }
+    }
+
+    /// One document.
+    pub fn doc(&self, kind: &str) -> Option<&Value> {
+        self.docs.get(kind)
+    }
+
+    fn doc_mut(&mut self, kind: &str) -> &mut Value {
+        self.docs.entry(kind.to_string()).or_insert_with(|| {
+            let api = match kind {
+                "KubeletConfiguration" => "kubelet.config.k8s.io/v1beta1",
+                "KubeProxyConfiguration" => "kubeproxy.config.k8s.io/v1alpha1",
+                _ => "kubeadm.k8s.io/v1beta2",
+            };
+            let mut m = Mapping::new();
+            m.insert("apiVersion".into(), api.into());
+            m.insert("kind".into(), kind.into());
+            Value::Mapping(m)
+        })
+    }
+
+    /// The configuration for `kubeadm init` on the first master.
+    pub fn for_init(&self, c: &Computed, token: &str, certificate_key: &str) -> String {
+        let mut cfg = self.clone();
+        cfg.fill_cluster(c);
+        let init = cfg.doc_mut("InitConfiguration");
+        set(
+            init,
+            &["localAPIEndpoint", "advertiseAddress"],
+            c.host_ip.clone().into(),
+        );
+        if get(init, &["localAPIEndpoint", "bindPort"]).is_none() {
+            set(
+                init,
+                &["localAPIEndpoint", "bindPort"],
+                APISERVER_PORT.into(),
+            );
+        }
+        let mut tok = Mapping::new();
+        tok.insert("token".into(), token.into());
+        tok.insert("ttl".into(), "24h0m0s".into());
+        set(
+            init,
+            &["bootstrapTokens"],
+            Value::Sequence(vec![Value::Mapping(tok)]),
+        );
+        set(init, &["certificateKey"], certificate_key.into());
+        cfg.write(&[
+            "InitConfiguration",
+            "ClusterConfiguration",
+            "KubeProxyConfiguration",
+            "KubeletConfiguration",
+        ])
+    }
+
+    /// The configuration for `kubeadm join` (a master when `master`).
+    pub fn for_join(&self, c: &Computed, join: &JoinData, master: bool) -> String {
+        let mut cfg = self.clone();
+        let doc = cfg.doc_mut("JoinConfiguration");
+        let endpoint = join.api_server_endpoint.clone();
+        set(
+            doc,
+            &["discovery", "bootstrapToken", "apiServerEndpoint"],
+            endpoint.into(),
+        );
+        set(
+            doc,
+            &["discovery", "bootstrapToken", "token"],
+            join.token.clone().into(),
+        );
+        let hashes = join
+            .ca_cert_hashes
+            .iter()
+            .map(|h| Value::from(h.clone()))
+            .collect();
+        set(
+            doc,
+            &["discovery", "bootstrapToken", "caCertHashes"],
+            Value::Sequence(hashes),
+        );
+        if master {
+            set(
+                doc,
+                &["controlPlane", "localAPIEndpoint", "advertiseAddress"],
+                c.host_ip.clone().into(),
+            );
+            if get(doc, &["controlPlane", "localAPIEndpoint", "bindPort"]).is_none() {
+                set(
+                    doc,
+                    &["controlPlane", "localAPIEndpoint", "bindPort"],
+                    APISERVER_PORT.into(),
+                );
+            }
+            set(
+                doc,
+                &["controlPlane", "certificateKey"],
+                join.certificate_key.clone().into(),
+            );
+        } else if let Value::Mapping(m) = doc {
+            m.remove("controlPlane");
+        }
+        cfg.write(&["JoinConfiguration"])
+    }
+
+    fn fill_cluster(&mut self, c: &Computed) {
+        let doc = self.doc_mut("ClusterConfiguration");
+        set(doc, &["imageRepository"], c.image_repository.clone().into());
+        if get(doc, &["controlPlaneEndpoint"]).is_none() {
+            set(
+                doc,
+                &["controlPlaneEndpoint"],
+                format!("{APISERVER_DOMAIN}:{APISERVER_PORT}").into(),
+            );
+        }
+        if let Some(p) = c.env.get("pod_cidr") {
+            set(doc, &["networking", "podSubnet"], p.clone().into());
+        }
+        if let Some(s) = c.env.get("svc_cidr") {
+            set(doc, &["networking", "serviceSubnet"], s.clone().into());
+        }
+        let mut sans: Vec<String> = get(doc, &["apiServer", "certSANs"])
+            .and_then(Value::as_sequence)
+            .map(|s| {
+                s.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let wanted = ["127.0.0.1", APISERVER_DOMAIN, APISERVER_VIP]
+            .into_iter()
+            .map(str::to_string)
+            .chain(std::iter::once(c.host_ip.clone()))
+            .chain(c.master_ips.iter().cloned());
+        for s in wanted {
+            if !sans.contains(&s) {
+                sans.push(s);
+            }
+        }
+        let sans = sans.into_iter().map(Value::from).collect();
+        set(doc, &["apiServer", "certSANs"], Value::Sequence(sans));
+    }
+
+    fn write(&self, kinds: &[&str]) -> String {
+        let mut out = String::new();
+        for kind in kinds {
+            if let Some(doc) = self.docs.get(*kind) {
+                if !out.is_empty() {
+                    out.push_str("---\n");
+                }
+                out.push_str(&serde_norway::to_string(doc).expect("YAML values serialize"));
+            }
+        }
+        out
+    }
+}
+
+fn merge_value(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge_value(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(*k))
+}
+
+fn set(v: &mut Value, path: &[&str], value: Value) {
+    let mut cur = v;
+    for (i, k) in path.iter().enumerate() {
+        if !cur.is_mapping() {
+            *cur = Value::Mapping(Mapping::new());
+        }
+        let m = cur.as_mapping_mut().expect("made a mapping");
+        if i + 1 == path.len() {
+            m.insert((*k).into(), value);
+            return;
+        }
+        cur = m.entry((*k).into()).or_insert(Value::Null);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn computed() -> Computed {
+        Computed {
+            host_ip: "198.18.0.11".into(),
+            master_ips: vec!["198.18.0.11".into()],
+            image_repository: "sea.hub:5000".into(),
+            env: [("pod_cidr".to_string(), "10.244.0.0/16".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn image_and_clusterfile_merge_over_defaults_then_computed_fields_win() {
+        let mut cfg = KubeadmConfig::defaults();
+        let image = KubeadmConfig::parse(
+            "apiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterConfiguration\nkubernetesVersion: v1.19.8\nimageRepository: k8s.gcr.io\napiServer:\n  certSANs: [extra.example]\n",
+            "etc/kubeadm.yml",
+        )
+        .unwrap();
+        let user = KubeadmConfig::parse(
+            "kind: ClusterConfiguration\nkubernetesVersion: v1.19.9\n---\nkind: KubeletConfiguration\nmaxPods: 50\n",
+            "Clusterfile",
+        )
+        .unwrap();
+        cfg.merge(&image);
+        cfg.merge(&user);
+        let text = cfg.for_init(&computed(), "abcdef.0123456789abcdef", "k3y");
+        let docs: Vec<Value> = serde_norway::Deserializer::from_str(&text)
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect();
+        let cluster = docs
+            .iter()
+            .find(|d| d["kind"] == "ClusterConfiguration")
+            .unwrap();
+        assert_eq!(cluster["kubernetesVersion"], "v1.19.9");
+        assert_eq!(cluster["imageRepository"], "sea.hub:5000");
+        assert_eq!(
+            cluster["controlPlaneEndpoint"],
+            "apiserver.cluster.local:6443"
+        );
+        assert_eq!(cluster["networking"]["podSubnet"], "10.244.0.0/16");
+        assert_eq!(cluster["networking"]["dnsDomain"], "cluster.local");
+        let sans: Vec<&str> = cluster["apiServer"]["certSANs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            sans.contains(&"extra.example") && sans.contains(&"198.18.0.11"),
+            "{sans:?}"
+        );
+        let init = docs
+            .iter()
+            .find(|d| d["kind"] == "InitConfiguration")
+            .unwrap();
+        assert_eq!(init["localAPIEndpoint"]["advertiseAddress"], "198.18.0.11");
+        assert_eq!(
+            init["bootstrapTokens"][0]["token"],
+            "abcdef.0123456789abcdef"
+        );
+        assert_eq!(init["certificateKey"], "k3y");
+        let kubelet = docs
+            .iter()
+            .find(|d| d["kind"] == "KubeletConfiguration")
+            .unwrap();
+        assert_eq!(kubelet["maxPods"], 50);
+        assert_eq!(kubelet["cgroupDriver"], "systemd");
+        assert!(!text.contains("JoinConfiguration"));
+    }
+
+    #[test]
+    fn join_documents_carry_the_join_data() {
+        let cfg = KubeadmConfig::defaults();
+        let join = JoinData {
+            api_server_endpoint: "198.18.0.11:6443".into(),
+            master0_ip: "198.18.0.11".into(),
+            token: "abcdef.0123456789abcdef".into(),
+            ca_cert_hashes: vec!["sha256:00ff".into()],
+            certificate_key: "k3y".into(),
+        };
+        let mut c = computed();
+        c.host_ip = "198.18.0.12".into();
+        let node: Value = serde_norway::from_str(&cfg.for_join(&c, &join, false)).unwrap();
+        assert_eq!(
+            node["discovery"]["bootstrapToken"]["token"],
+            "abcdef.0123456789abcdef"
+        );
+        assert_eq!(
+            node["discovery"]["bootstrapToken"]["caCertHashes"][0],
+            "sha256:00ff"
+        );
+        assert!(node.get("controlPlane").is_none());
+        let master: Value = serde_norway::from_str(&cfg.for_join(&c, &join, true)).unwrap();
+        assert_eq!(master["controlPlane"]["certificateKey"], "k3y");
+        assert_eq!(
+            master["controlPlane"]["localAPIEndpoint"]["advertiseAddress"],
+            "198.18.0.12"
+        );
+    }
+
+    #[test]
+    fn documents_without_a_known_kind_are_refused_with_their_number() {
+        let err = KubeadmConfig::parse("kind: InitConfiguration\n---\nfoo: 1\n", "Clusterfile")
+            .unwrap_err();
+        assert_eq!(err.to_string(), "Clusterfile: document 2: it has no `kind`");
+    }
+}
