@@ -49,6 +49,15 @@ pub struct BuildArgs {
     /// Target platform OS/ARCH[/VARIANT] (sets ${ARCH}); default: this host's.
     #[arg(long)]
     pub platform: Option<String>,
+    /// Extra container images to cache in the image's registry, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub image_list: Option<PathBuf>,
+    /// Container images not to cache even when the rootfs names them.
+    #[arg(long, value_name = "FILE")]
+    pub ignored_image_list: Option<PathBuf>,
+    /// Registry (HOST[:PORT]) to reach over plain HTTP when caching images.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
     /// The build context: the directory COPY reads from.
     #[arg(default_value = ".")]
     pub context: PathBuf,
@@ -66,6 +75,15 @@ pub fn build(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
     if let Some(p) = args.platform {
         opts.platform = p;
     }
+    let cache = seaport_rootfs::imagecache::RegistryImageCache::from_flags(
+        root,
+        args.image_list.as_deref(),
+        args.ignored_image_list.as_deref(),
+        &args.insecure_registry,
+        &opts.platform,
+    )
+    .context("setting up container image caching")?;
+    opts.image_cache = Some(&cache);
     let report =
         build::build(&store, &opts).context("build failed; the image store is unchanged")?;
     println!("{} {}", report.name, report.digest);
