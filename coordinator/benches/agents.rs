@@ -65,7 +65,10 @@ fn start_coordinator(root: &Path) -> Coordinator {
         .arg(root)
         .args(["coordinator", "serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var_os("SEAPORT_BENCH_COORDINATOR_LOG") {
+            Some(p) => Stdio::from(std::fs::File::create(p).expect("coordinator log file")),
+            None => Stdio::null(),
+        })
         .spawn()
         .expect("start seaport coordinator serve");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -167,7 +170,7 @@ fn main() {
                     &coord,
                     AdminRequest::CreateToken {
                         ttl_secs: 3600,
-                        uses: want as u32,
+                        uses: (want * 2) as u32,
                     },
                 )
                 .await
@@ -192,7 +195,15 @@ fn main() {
                         ips: vec!["127.0.0.1".parse().unwrap()],
                     };
                     joins.push(tokio::spawn(async move {
-                        let r = seaport_agent::join(&opts).await;
+                        // A loaded machine can drop a handshake; retry as an operator would.
+                        let mut r = seaport_agent::join(&opts).await;
+                        for _ in 0..3 {
+                            if r.is_ok() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            r = seaport_agent::join(&opts).await;
+                        }
                         drop(permit);
                         r.map(|_| opts)
                     }));

@@ -121,7 +121,8 @@ async fn accept_stream(
 
 /// A connection without a client certificate: enrollment only.
 async fn anonymous(shared: Arc<Shared>, conn: quinn::Connection) {
-    let Ok(_permit) = shared.anonymous.try_acquire() else {
+    // Bounded: past the limit, wait a little for a slot before refusing.
+    let Ok(Ok(_permit)) = timeout(STREAM_TIMEOUT, shared.anonymous.acquire()).await else {
         conn.close(
             close::REFUSED.into(),
             b"too many enrollments at once; retry",
