@@ -11,7 +11,12 @@
 //! - [`facts`]: machine-id, hostname and the host facts of heartbeats (sysinfo).
 //! - [`join`]: enrollment against a pinned CA, with a join token and a CSR.
 //! - [`session`]: the service loop: session, heartbeats, renewal, backoff.
+//! - [`apply`]: the apply engine: journaled, idempotent steps that install a
+//!   cluster image on this host natively, and reset.
+//! - [`cli_apply`]: `seaport-agent apply` and `seaport-agent reset` (local runs).
 
+pub mod apply;
+pub mod cli_apply;
 pub mod facts;
 pub mod identity;
 pub mod join;

@@ -42,6 +42,22 @@ enum Command {
         #[arg(long, env = "SEAPORT_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Install a cluster image on this host from a local OCI layout.
+    Apply {
+        #[command(flatten)]
+        args: seaport_agent::cli_apply::ApplyArgs,
+        /// Where the agent keeps its state (the step journal).
+        #[arg(long, env = "SEAPORT_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Undo a cluster's install on this host.
+    Reset {
+        #[command(flatten)]
+        args: seaport_agent::cli_apply::ResetArgs,
+        /// Where the agent keeps its state (the step journal).
+        #[arg(long, env = "SEAPORT_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
 }
 
 fn init_tracing(verbose: u8) {
@@ -72,11 +88,21 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // apply and reset are synchronous (blocking HTTP to the local registry).
+    let command = match cli.command {
+        Command::Apply { args, state_dir } => {
+            return seaport_agent::cli_apply::run_apply(args, state_dir)
+        }
+        Command::Reset { args, state_dir } => {
+            return seaport_agent::cli_apply::run_reset(args, state_dir)
+        }
+        other => other,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match cli.command {
+    match command {
         Command::Join {
             coordinator,
             token,
@@ -116,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             session::run(&state_dir, SystemFacts::new(host), rx).await;
             Ok(())
         }),
+        Command::Apply { .. } | Command::Reset { .. } => unreachable!("handled above"),
     }
 }
 

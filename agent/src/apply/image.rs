@@ -1,0 +1,405 @@
+//! The cluster image on the host: its documents from an OCI image layout
+//! (the agent's content store has the same `blobs/sha256/` shape) and the
+//! merged rootfs unpacked from its layers.
+//!
+//! The layers are verified against their digests, then unpacked in order
+//! into a temporary directory beside the rootfs (whiteouts applied, every
+//! entry confined to it, device nodes and setuid files refused unless
+//! allowed), which is renamed into place only when all of them succeeded:
+//! a failed unpack leaves no half-written rootfs. A marker file records the
+//! image digest, so an unpack that finished is not repeated.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use seaport_rootfs::oci::{
+    ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
+};
+use seaport_shared::digest::{verify_reader, Digest};
+use seaport_shared::safetar::{self, UnpackOptions};
+
+/// The file beside the rootfs naming the image it was unpacked from.
+pub const ROOTFS_MARKER: &str = "rootfs.image";
+
+/// Errors reading or unpacking the image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A file could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was done.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A document is malformed.
+    #[error("{path}: {reason}")]
+    Document {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The layout has no image of this name.
+    #[error("the image layout {layout} has no image named {name} (it has: {known})")]
+    NotFound {
+        /// The layout.
+        layout: PathBuf,
+        /// The wanted name.
+        name: String,
+        /// The names it has.
+        known: String,
+    },
+    /// A blob does not match its digest.
+    #[error(
+        "blob {digest} in {layout} does not match its digest ({reason}); fetch the image again"
+    )]
+    Corrupt {
+        /// The layout.
+        layout: PathBuf,
+        /// The digest.
+        digest: Digest,
+        /// The mismatch.
+        reason: String,
+    },
+    /// A layer entry is refused.
+    #[error("layer {digest}: {source}; nothing was installed")]
+    Unpack {
+        /// The layer.
+        digest: Digest,
+        /// The refusal.
+        source: safetar::SafeTarError,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
+    let path = path.to_path_buf();
+    move |source| ImageError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// An image in a layout directory.
+#[derive(Clone, Debug)]
+pub struct LayoutImage {
+    /// The layout directory.
+    pub layout: PathBuf,
+    /// The manifest digest.
+    pub digest: Digest,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The config.
+    pub config: ImageConfig,
+}
+
+impl LayoutImage {
+    /// Finds `name` in the layout's `index.json`: by the ref-name annotation
+    /// (full name, or its last path element, or its tag) or by digest.
+    pub fn open(layout: &Path, name: &str) -> Result<Self, ImageError> {
+        let index_path = layout.join("index.json");
+        let bytes = fs::read(&index_path).map_err(io("reading", &index_path))?;
+        let index: Index = serde_json::from_slice(&bytes).map_err(|e| ImageError::Document {
+            path: index_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let names: Vec<String> = index
+            .manifests
+            .iter()
+            .filter_map(|d| d.annotations.get(ANNOTATION_REF_NAME).cloned())
+            .collect();
+        let wanted = seaport_rootfs::reference::ImageRef::parse(name)
+            .map(|r| r.canonical())
+            .unwrap_or_else(|_| name.to_string());
+        let found = index.manifests.iter().find(|d| {
+            d.digest.to_string() == name
+                || d.annotations.get(ANNOTATION_REF_NAME).is_some_and(|n| {
+                    n == name
+                        || n == &wanted
+                        || seaport_rootfs::reference::ImageRef::parse(n)
+                            .is_ok_and(|r| r.canonical() == wanted)
+                })
+        });
+        let desc = match (found, index.manifests.len()) {
+            (Some(d), _) => d,
+            (None, 1) if name.is_empty() => &index.manifests[0],
+            _ => {
+                return Err(ImageError::NotFound {
+                    layout: layout.to_path_buf(),
+                    name: name.to_string(),
+                    known: names.join(", "),
+                })
+            }
+        };
+        let manifest: Manifest = serde_json::from_slice(&read_verified(layout, &desc.digest)?)
+            .map_err(|e| ImageError::Document {
+                path: blob_path(layout, &desc.digest),
+                reason: e.to_string(),
+            })?;
+        let config: ImageConfig =
+            serde_json::from_slice(&read_verified(layout, &manifest.config.digest)?).map_err(
+                |e| ImageError::Document {
+                    path: blob_path(layout, &manifest.config.digest),
+                    reason: e.to_string(),
+                },
+            )?;
+        Ok(Self {
+            layout: layout.to_path_buf(),
+            digest: desc.digest,
+            manifest,
+            config,
+        })
+    }
+
+    /// The image env (`K=V` entries of the config).
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.config
+            .config
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Unpacks the layers into `rootfs` unless it already holds this image.
+    /// Returns false when it did.
+    pub fn unpack_into(&self, rootfs: &Path, opts: &UnpackOptions) -> Result<bool, ImageError> {
+        let parent = rootfs.parent().expect("the rootfs has a parent");
+        let marker = parent.join(ROOTFS_MARKER);
+        if rootfs.is_dir()
+            && fs::read_to_string(&marker).is_ok_and(|m| m.trim() == self.digest.to_string())
+        {
+            return Ok(false);
+        }
+        fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        for desc in &self.manifest.layers {
+            let path = blob_path(&self.layout, &desc.digest);
+            let f = fs::File::open(&path).map_err(io("opening", &path))?;
+            verify_reader(f, &desc.digest).map_err(|e| ImageError::Corrupt {
+                layout: self.layout.clone(),
+                digest: desc.digest,
+                reason: e.to_string(),
+            })?;
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(".rootfs.unpack-")
+            .tempdir_in(parent)
+            .map_err(io("creating a directory in", parent))?;
+        for desc in &self.manifest.layers {
+            let path = blob_path(&self.layout, &desc.digest);
+            let f = fs::File::open(&path).map_err(io("opening", &path))?;
+            let unpacked = match desc.media_type.as_str() {
+                MEDIA_TYPE_LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => {
+                    safetar::unpack(f, tmp.path(), opts)
+                }
+                m if m == MEDIA_TYPE_LAYER_GZIP || m.ends_with("gzip") => {
+                    let mut child = Command::new("gzip")
+                        .arg("-dc")
+                        .stdin(f)
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .map_err(io("running gzip -dc on", &path))?;
+                    let out = child.stdout.take().expect("piped");
+                    let r = safetar::unpack(out, tmp.path(), opts);
+                    let _ = child.wait();
+                    r
+                }
+                _ => {
+                    let dec = zstd::Decoder::new(f).map_err(io("decompressing", &path))?;
+                    safetar::unpack(dec, tmp.path(), opts)
+                }
+            };
+            unpacked.map_err(|source| ImageError::Unpack {
+                digest: desc.digest,
+                source,
+            })?;
+        }
+        let _ = fs::remove_file(&marker);
+        if rootfs.exists() {
+            fs::remove_dir_all(rootfs).map_err(io("removing the old", rootfs))?;
+        }
+        let kept = tmp.keep();
+        fs::rename(&kept, rootfs).map_err(io("renaming into place", rootfs))?;
+        fs::write(&marker, format!("{}\n", self.digest)).map_err(io("writing", &marker))?;
+        Ok(true)
+    }
+}
+
+/// `blobs/sha256/<hex>` of a layout.
+pub fn blob_path(layout: &Path, digest: &Digest) -> PathBuf {
+    layout.join("blobs").join("sha256").join(digest.hex())
+}
+
+fn read_verified(layout: &Path, digest: &Digest) -> Result<Vec<u8>, ImageError> {
+    let path = blob_path(layout, digest);
+    let mut bytes = Vec::new();
+    fs::File::open(&path)
+        .and_then(|f| f.take(4 << 20).read_to_end(&mut bytes))
+        .map_err(io("reading", &path))?;
+    if Digest::of(&bytes) != *digest {
+        return Err(ImageError::Corrupt {
+            layout: layout.to_path_buf(),
+            digest: *digest,
+            reason: "the document's bytes hash differently".into(),
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use seaport_rootfs::oci::{Descriptor, MEDIA_TYPE_MANIFEST};
+    use std::collections::BTreeMap;
+
+    /// Writes a layout with one image of the given layer tars (uncompressed).
+    pub(crate) fn layout_with(dir: &Path, name: &str, layers: &[Vec<u8>], env: &[&str]) -> Digest {
+        let blobs = dir.join("blobs/sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        let put = |bytes: &[u8]| {
+            let d = Digest::of(bytes);
+            fs::write(blobs.join(d.hex()), bytes).unwrap();
+            d
+        };
+        let mut descs = Vec::new();
+        for l in layers {
+            descs.push(Descriptor {
+                media_type: MEDIA_TYPE_LAYER_TAR.into(),
+                digest: put(l),
+                size: l.len() as u64,
+                annotations: BTreeMap::new(),
+                platform: None,
+            });
+        }
+        let mut config = ImageConfig {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            ..ImageConfig::default()
+        };
+        config.config.env = env.iter().map(|s| s.to_string()).collect();
+        let cbytes = serde_json::to_vec(&config).unwrap();
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+            config: Descriptor {
+                media_type: "application/vnd.oci.image.config.v1+json".into(),
+                digest: put(&cbytes),
+                size: cbytes.len() as u64,
+                annotations: BTreeMap::new(),
+                platform: None,
+            },
+            layers: descs,
+            annotations: BTreeMap::new(),
+        };
+        let mbytes = serde_json::to_vec(&manifest).unwrap();
+        let md = put(&mbytes);
+        let mut index = Index::new();
+        index.manifests.push(Descriptor {
+            media_type: MEDIA_TYPE_MANIFEST.into(),
+            digest: md,
+            size: mbytes.len() as u64,
+            annotations: [(ANNOTATION_REF_NAME.to_string(), name.to_string())].into(),
+            platform: None,
+        });
+        fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        md
+    }
+
+    pub(crate) fn tar_of(entries: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            match link {
+                Some(l) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_link_name(l).unwrap();
+                }
+                None => h.set_entry_type(tar::EntryType::Regular),
+            }
+            h.set_mode(
+                if path.starts_with("bin/") || path.starts_with("cri/") || path.ends_with(".sh") {
+                    0o755
+                } else {
+                    0o644
+                },
+            );
+            h.set_size(data.len() as u64);
+            let name = path.as_bytes();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn layers_are_merged_with_whiteouts_and_a_refused_layer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let lower = tar_of(&[("etc/a", b"A", None), ("etc/b", b"B", None)]);
+        let upper = tar_of(&[("etc/.wh.a", b"", None), ("etc/b", b"B2", None)]);
+        layout_with(
+            &layout,
+            "docker.io/library/test:1",
+            &[lower, upper],
+            &["X=1"],
+        );
+        let img = LayoutImage::open(&layout, "test:1").unwrap();
+        assert_eq!(img.env(), vec![("X".to_string(), "1".to_string())]);
+        let rootfs = dir.path().join("data/c/rootfs");
+        assert!(img.unpack_into(&rootfs, &UnpackOptions::default()).unwrap());
+        assert!(!rootfs.join("etc/a").exists());
+        assert_eq!(fs::read(rootfs.join("etc/b")).unwrap(), b"B2");
+        assert!(!img.unpack_into(&rootfs, &UnpackOptions::default()).unwrap());
+
+        let evil_layout = dir.path().join("evil");
+        let ok = tar_of(&[("etc/x", b"x", None)]);
+        let evil = tar_of(&[("l", b"", Some("/")), ("l/etc/pwned", b"x", None)]);
+        layout_with(&evil_layout, "evil:1", &[ok, evil], &[]);
+        let img = LayoutImage::open(&evil_layout, "evil:1").unwrap();
+        let rootfs2 = dir.path().join("data/d/rootfs");
+        let err = img
+            .unpack_into(&rootfs2, &UnpackOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert!(!rootfs2.exists());
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("data/d")).unwrap().collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        let dotdot_layout = dir.path().join("dotdot");
+        layout_with(
+            &dotdot_layout,
+            "dd:1",
+            &[tar_of(&[("../../escape", b"x", None)])],
+            &[],
+        );
+        let img = LayoutImage::open(&dotdot_layout, "dd:1").unwrap();
+        assert!(img
+            .unpack_into(&dir.path().join("data/e/rootfs"), &UnpackOptions::default())
+            .is_err());
+        assert!(!dir.path().join("escape").exists() && !dir.path().join("data/escape").exists());
+    }
+
+    #[test]
+    fn a_corrupt_layer_is_refused_before_anything_is_unpacked() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        layout_with(&layout, "t:1", &[tar_of(&[("a", b"A", None)])], &[]);
+        let img = LayoutImage::open(&layout, "t:1").unwrap();
+        let layer = blob_path(&layout, &img.manifest.layers[0].digest);
+        fs::write(&layer, b"garbage").unwrap();
+        let err = img
+            .unpack_into(&dir.path().join("r/rootfs"), &UnpackOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        let err = LayoutImage::open(&layout, "nope:1").unwrap_err();
+        assert!(err.to_string().contains("t:1"), "{err}");
+    }
+}

@@ -1,0 +1,842 @@
+//! The steps themselves. Each is idempotent: run again with the same inputs
+//! it changes nothing, and run after an interruption it completes the work.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use seaport_rootfs::kubeadm::{
+    Computed, JoinData, KubeadmConfig, APISERVER_DOMAIN, APISERVER_PORT,
+};
+use seaport_shared::safetar::UnpackOptions;
+
+use super::effects::{CommandOutput, CommandSpec, Effects};
+use super::files::HostFiles;
+use super::image::LayoutImage;
+use super::journal::{Change, Journal};
+use super::{ApplyError, ApplyOptions, Role, DEFAULT_REGISTRY_DOMAIN, DEFAULT_REGISTRY_PORT};
+
+/// Where binaries from `bin/` and `cri/` go: the units of sealer's images
+/// (`kubelet.service`, `containerd.service`) start them from there.
+pub(crate) const BIN_DIR: &str = "/usr/bin";
+pub(crate) const UNIT_DIR: &str = "/etc/systemd/system";
+pub(crate) const REGISTRY_UNIT: &str = "seaport-registry.service";
+const REGISTRY_BINARIES: &[&str] = &[
+    "bin/registry",
+    "bin/docker-registry",
+    "cri/registry",
+    "cri/docker-registry",
+];
+
+pub(crate) struct Context<'a> {
+    pub(crate) opts: &'a ApplyOptions,
+    pub(crate) fx: &'a dyn Effects,
+    pub(crate) img: LayoutImage,
+    pub(crate) journal: Journal,
+    pub(crate) files: HostFiles,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) host_ip: String,
+    pub(crate) registry_ip: String,
+    pub(crate) master0_ip: String,
+    pub(crate) registry_domain: String,
+    pub(crate) registry_port: String,
+}
+
+type StepResult = Result<String, String>;
+
+fn e2s<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(
+        opts: &'a ApplyOptions,
+        fx: &'a dyn Effects,
+        img: LayoutImage,
+        journal: Journal,
+    ) -> Result<Self, ApplyError> {
+        let host_ip = match &opts.host_ip {
+            Some(ip) => ip.clone(),
+            None => crate::facts::host_ips()
+                .into_iter()
+                .find(|ip| ip.is_ipv4())
+                .map(|ip| ip.to_string())
+                .ok_or_else(|| {
+                    ApplyError::Input("this host has no IPv4 address; give --host-ip".into())
+                })?,
+        };
+        let master0_ip = match (&opts.join_data, opts.role) {
+            (_, Role::Master0) => host_ip.clone(),
+            (Some(j), _) => j.master0_ip.clone(),
+            (None, _) => unreachable!("checked by apply"),
+        };
+        let registry_ip = opts
+            .registry_ip
+            .clone()
+            .unwrap_or_else(|| master0_ip.clone());
+        let image_env = img.env();
+        let mut env = super::env_map([image_env.as_slice(), &opts.env, &opts.host_env]);
+        let registry_domain = env
+            .get("registry_domain")
+            .or_else(|| env.get("RegistryDomain"))
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_REGISTRY_DOMAIN.to_string());
+        let registry_port = env
+            .get("registry_port")
+            .or_else(|| env.get("RegistryPort"))
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_REGISTRY_PORT.to_string());
+        let computed = [
+            ("RegistryDomain", registry_domain.clone()),
+            ("RegistryPort", registry_port.clone()),
+            ("RegistryURL", format!("{registry_domain}:{registry_port}")),
+            ("RegistryIP", registry_ip.clone()),
+            ("registry_domain", registry_domain.clone()),
+            ("registry_port", registry_port.clone()),
+            ("HostIP", host_ip.clone()),
+            ("Master0IP", master0_ip.clone()),
+            ("ClusterName", opts.cluster.clone()),
+            ("APIServerDomain", APISERVER_DOMAIN.to_string()),
+        ];
+        for (k, v) in computed {
+            env.entry(k.to_string()).or_insert(v);
+        }
+        Ok(Self {
+            opts,
+            fx,
+            img,
+            journal,
+            files: HostFiles::new(&opts.host_root),
+            env,
+            host_ip,
+            registry_ip,
+            master0_ip,
+            registry_domain,
+            registry_port,
+        })
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.opts.rootfs()
+    }
+
+    /// A fingerprint of what a step depends on.
+    pub(crate) fn fingerprint(&self, step: &str) -> String {
+        let mut h = format!("{step}\n{}\n", self.img.digest);
+        if step != "rootfs" {
+            for (k, v) in &self.env {
+                h.push_str(&format!("{k}={v}\n"));
+            }
+        }
+        if step == "kubeadm" {
+            h.push_str(&format!(
+                "{:?}\n{:?}\n",
+                self.opts.kubeadm_config, self.opts.join_data
+            ));
+        }
+        seaport_shared::digest::Digest::of(h.as_bytes()).hex()[..16].to_string()
+    }
+
+    pub(crate) fn run_step(&mut self, step: &str, interrupted: bool) -> StepResult {
+        match step {
+            "rootfs" => self.step_rootfs(),
+            "render" => self.step_render(),
+            "runtime" => self.step_runtime(),
+            "registry" => self.step_registry(),
+            "registry-access" => self.step_registry_access(),
+            "kube-binaries" => self.step_kube_binaries(),
+            "hook-init" => self.hook(step, "init.sh"),
+            "hook-init-kube" => self.hook(step, "init-kube.sh"),
+            "kubeadm" => self.step_kubeadm(interrupted),
+            other => Err(format!("unknown step {other}")),
+        }
+    }
+
+    fn step_rootfs(&mut self) -> StepResult {
+        let dir = self.opts.cluster_dir();
+        // Leftovers of an unpack that was interrupted.
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".rootfs.unpack-")
+                {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let opts = UnpackOptions {
+            preserve_ownership: false,
+            refuse_devices: !self.opts.allow_devices,
+            refuse_setuid: !self.opts.allow_setuid,
+        };
+        let did = self.img.unpack_into(&self.rootfs(), &opts).map_err(e2s)?;
+        Ok(if did {
+            format!("{} layers unpacked", self.img.manifest.layers.len())
+        } else {
+            "already unpacked".into()
+        })
+    }
+
+    fn step_render(&mut self) -> StepResult {
+        let r = seaport_rootfs::render::render_rootfs(&self.rootfs(), &self.env).map_err(e2s)?;
+        Ok(format!("{} files rendered", r.rendered.len()))
+    }
+
+    // ---- systemd -------------------------------------------------------
+
+    fn systemctl(&self, args: &[&str]) -> Result<CommandOutput, String> {
+        let spec = CommandSpec::new("systemctl", args, self.opts.timeouts.systemctl);
+        self.fx.run(&spec).map_err(e2s)
+    }
+
+    fn systemctl_ok(&self, args: &[&str]) -> Result<(), String> {
+        let out = self.systemctl(args)?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "systemctl {} exited with {:?}: {}",
+                args.join(" "),
+                out.code,
+                out.last_lines(20)
+            ))
+        }
+    }
+
+    /// Enables (and with `start`, starts) a unit, journaling it first.
+    fn enable_unit(&mut self, unit: &str, start: bool) -> Result<(), String> {
+        let known = self
+            .journal
+            .state()
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::UnitEnabled { unit: u, .. } if u == unit));
+        if !known {
+            let was_enabled = self
+                .systemctl(&["is-enabled", unit])
+                .map(|o| o.success())
+                .unwrap_or(false);
+            self.journal
+                .record(Change::UnitEnabled {
+                    unit: unit.to_string(),
+                    was_enabled,
+                })
+                .map_err(e2s)?;
+        }
+        if start {
+            self.systemctl_ok(&["enable", "--now", unit])
+        } else {
+            self.systemctl_ok(&["enable", unit])
+        }
+    }
+
+    fn install_file(&mut self, abs: &str, bytes: &[u8], mode: u32) -> Result<bool, String> {
+        self.files
+            .install(&mut self.journal, abs, bytes, mode)
+            .map_err(e2s)
+    }
+
+    fn wait_until(&self, what: &str, mut ok: impl FnMut() -> bool) -> Result<Duration, String> {
+        let start = Instant::now();
+        let limit = self.opts.timeouts.service;
+        while start.elapsed() < limit {
+            if ok() {
+                return Ok(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!(
+            "{what} did not answer within {} s",
+            limit.as_secs()
+        ))
+    }
+
+    // ---- container runtime ---------------------------------------------
+
+    fn step_runtime(&mut self) -> StepResult {
+        let rootfs = self.rootfs();
+        let runtime = self
+            .env
+            .get("container_runtime")
+            .cloned()
+            .unwrap_or_else(|| "containerd".into());
+        if runtime != "containerd" {
+            return Err(format!(
+                "container_runtime={runtime}: only containerd is installed natively; set container_runtime=containerd"
+            ));
+        }
+        let bins = self.cri_binaries(&rootfs.join("cri"))?;
+        let mut installed = 0;
+        for (name, path) in &bins {
+            let bytes = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            if self.install_file(&format!("{BIN_DIR}/{name}"), &bytes, 0o755)? {
+                installed += 1;
+            }
+        }
+        let mut config = fs::read_to_string(rootfs.join("etc/containerd.toml"))
+            .unwrap_or_else(|_| DEFAULT_CONTAINERD_CONFIG.to_string());
+        if !config.contains("config_path") {
+            config.push_str(
+                "\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n",
+            );
+        }
+        self.install_file("/etc/containerd/config.toml", config.as_bytes(), 0o644)?;
+        let unit = fs::read(rootfs.join("etc/containerd.service"))
+            .unwrap_or_else(|_| DEFAULT_CONTAINERD_UNIT.as_bytes().to_vec());
+        self.install_file(&format!("{UNIT_DIR}/containerd.service"), &unit, 0o644)?;
+        self.systemctl_ok(&["daemon-reload"])?;
+        self.enable_unit("containerd.service", true)?;
+        let fx = self.fx;
+        let t = self.opts.timeouts.systemctl;
+        let waited = self.wait_until("containerd (ctr version)", || {
+            fx.run(&CommandSpec::new("ctr", &["version"], t))
+                .is_ok_and(|o| o.success())
+        })?;
+        Ok(format!(
+            "containerd answering after {:.1} s ({} binaries installed)",
+            waited.as_secs_f64(),
+            installed
+        ))
+    }
+
+    /// The runtime's binaries: archives in `cri/` are unpacked (safely) into
+    /// `<cluster>/cri`; executables in their `bin/`, `usr/bin/`, `usr/local/bin/`
+    /// or top level, and plain executables in `cri/` itself, are installed.
+    fn cri_binaries(&self, cri: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+        let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let Ok(rd) = fs::read_dir(cri) else {
+            return Ok(Vec::new());
+        };
+        let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        let staging = self.opts.cluster_dir().join("cri");
+        for p in entries {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let is_archive = [".tar.gz", ".tgz", ".tar", ".tar.zst"]
+                .iter()
+                .any(|s| name.ends_with(s));
+            if is_archive {
+                let dest = staging.join(&name);
+                let _ = fs::remove_dir_all(&dest);
+                fs::create_dir_all(&dest)
+                    .map_err(|e| format!("creating {}: {e}", dest.display()))?;
+                unpack_archive(&p, &dest)?;
+                for sub in ["", "bin", "usr/bin", "usr/local/bin"] {
+                    let d = dest.join(sub);
+                    for f in fs::read_dir(&d).into_iter().flatten().flatten() {
+                        if is_executable(&f.path()) {
+                            out.insert(f.file_name().to_string_lossy().into_owned(), f.path());
+                        }
+                    }
+                }
+            } else if is_executable(&p) && !REGISTRY_BINARIES.iter().any(|r| p.ends_with(r)) {
+                out.insert(name, p);
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    // ---- local registry ------------------------------------------------
+
+    fn step_registry(&mut self) -> StepResult {
+        let rootfs = self.rootfs();
+        let storage = rootfs.join("registry");
+        fs::create_dir_all(&storage).map_err(|e| format!("creating {}: {e}", storage.display()))?;
+        let mount = self.opts.cluster_dir().join("registry");
+        fs::create_dir_all(&mount).map_err(|e| format!("creating {}: {e}", mount.display()))?;
+        if !self.fx.is_mounted(&mount) {
+            let target = mount.to_string_lossy().into_owned();
+            let known = self
+                .journal
+                .state()
+                .changes
+                .iter()
+                .any(|c| matches!(c, Change::Mounted { target: t } if *t == target));
+            if !known {
+                self.journal
+                    .record(Change::Mounted { target })
+                    .map_err(e2s)?;
+            }
+            self.fx.bind_mount(&storage, &mount).map_err(e2s)?;
+        }
+        let bin = REGISTRY_BINARIES
+            .iter()
+            .map(|r| rootfs.join(r))
+            .find(|p| is_executable(p))
+            .ok_or_else(|| {
+                format!(
+                    "the image ships no registry binary (looked for {})",
+                    REGISTRY_BINARIES.join(", ")
+                )
+            })?;
+        let base = fs::read_to_string(rootfs.join("etc/registry_config.yml"))
+            .unwrap_or_else(|_| DEFAULT_REGISTRY_CONFIG.to_string());
+        let config = registry_config(&base, &mount, &self.registry_port);
+        let config_path = self.opts.cluster_dir().join("registry.yml");
+        super::files::write_atomic(&config_path, config.as_bytes(), 0o644).map_err(e2s)?;
+        let unit = format!(
+            "[Unit]\nDescription=Local registry of cluster {cluster}\nAfter=network.target\n\n[Service]\nExecStart={bin} serve {config}\nRestart=always\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n",
+            cluster = self.opts.cluster,
+            bin = bin.display(),
+            config = config_path.display(),
+        );
+        self.install_file(
+            &format!("{UNIT_DIR}/{REGISTRY_UNIT}"),
+            unit.as_bytes(),
+            0o644,
+        )?;
+        self.systemctl_ok(&["daemon-reload"])?;
+        self.enable_unit(REGISTRY_UNIT, true)?;
+        let port = self.registry_port.clone();
+        let waited =
+            self.wait_until("the local registry (GET /v2/)", || registry_answers(&port))?;
+        let scratch = self.opts.cluster_dir().join("tmp/images");
+        let loaded = super::images_load::load_images(
+            &rootfs.join("images"),
+            &format!("127.0.0.1:{}", self.registry_port),
+            &scratch,
+        )
+        .map_err(e2s)?;
+        let _ = fs::remove_dir_all(self.opts.cluster_dir().join("tmp"));
+        Ok(format!(
+            "registry answering after {:.1} s; loaded {}",
+            waited.as_secs_f64(),
+            if loaded.is_empty() {
+                "no images".to_string()
+            } else {
+                loaded.join(", ")
+            }
+        ))
+    }
+
+    fn step_registry_access(&mut self) -> StepResult {
+        let hosts_line = format!("{} {}", self.registry_ip, self.registry_domain);
+        let api_line = format!("{} {APISERVER_DOMAIN}", self.master0_ip);
+        self.files
+            .append_line(&mut self.journal, "/etc/hosts", &hosts_line)
+            .map_err(e2s)?;
+        self.files
+            .append_line(&mut self.journal, "/etc/hosts", &api_line)
+            .map_err(e2s)?;
+        let local = format!("{}:{}", self.registry_domain, self.registry_port);
+        let mirror = format!("http://{local}");
+        let mut domains = vec![local.clone(), "docker.io".to_string()];
+        let cached = seaport_rootfs::imagecache::cached_domains(&self.rootfs().join("registry"))
+            .map_err(e2s)?;
+        for d in cached {
+            if !domains.contains(&d) {
+                domains.push(d);
+            }
+        }
+        for d in &domains {
+            let text = if *d == local {
+                format!(
+                    "server = \"{mirror}\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  skip_verify = true\n"
+                )
+            } else {
+                let server = if d == "docker.io" {
+                    "https://registry-1.docker.io".to_string()
+                } else {
+                    format!("https://{d}")
+                };
+                format!(
+                    "server = \"{server}\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n"
+                )
+            };
+            self.install_file(
+                &format!("/etc/containerd/certs.d/{d}/hosts.toml"),
+                text.as_bytes(),
+                0o644,
+            )?;
+        }
+        Ok(format!(
+            "{} reachable as {local}; mirrors for {}",
+            self.registry_ip,
+            domains.join(", ")
+        ))
+    }
+
+    // ---- Kubernetes binaries and units -----------------------------------
+
+    fn step_kube_binaries(&mut self) -> StepResult {
+        let rootfs = self.rootfs();
+        let mut names = Vec::new();
+        let mut bins: Vec<PathBuf> = fs::read_dir(rootfs.join("bin"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        bins.sort();
+        for p in bins {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let bytes = fs::read(&p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+            self.install_file(&format!("{BIN_DIR}/{name}"), &bytes, 0o755)?;
+            names.push(name);
+        }
+        let pre = rootfs.join("scripts/kubelet-pre-start.sh");
+        if let Ok(bytes) = fs::read(&pre) {
+            self.install_file(&format!("{BIN_DIR}/kubelet-pre-start.sh"), &bytes, 0o755)?;
+        }
+        let mut units = Vec::new();
+        let mut services: Vec<PathBuf> = fs::read_dir(rootfs.join("etc"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "service"))
+            .collect();
+        services.sort();
+        for p in services {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            // The runtime step owns the container runtime's units.
+            if name == "containerd.service" || name == "docker.service" {
+                continue;
+            }
+            let bytes = fs::read(&p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+            self.install_file(&format!("{UNIT_DIR}/{name}"), &bytes, 0o644)?;
+            units.push(name);
+        }
+        if let Ok(bytes) = fs::read(rootfs.join("etc/10-kubeadm.conf")) {
+            self.install_file(
+                &format!("{UNIT_DIR}/kubelet.service.d/10-kubeadm.conf"),
+                &bytes,
+                0o644,
+            )?;
+        }
+        if let Ok(bytes) = fs::read(rootfs.join("statics/audit-policy.yml")) {
+            self.install_file("/etc/kubernetes/audit-policy.yml", &bytes, 0o644)?;
+        }
+        self.systemctl_ok(&["daemon-reload"])?;
+        for u in &units {
+            // kubeadm starts the kubelet; other units start now.
+            self.enable_unit(u, u != "kubelet.service")?;
+        }
+        Ok(format!(
+            "binaries {}; units {}",
+            names.join(" "),
+            units.join(" ")
+        ))
+    }
+
+    // ---- hooks -----------------------------------------------------------
+
+    pub(crate) fn hook_env(&self) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        env.insert("SEAPORT_CLUSTER".into(), self.opts.cluster.clone());
+        env.insert("SEAPORT_ROLE".into(), self.opts.role.to_string());
+        env.insert(
+            "SEAPORT_ROOTFS".into(),
+            self.rootfs().to_string_lossy().into_owned(),
+        );
+        env
+    }
+
+    fn hook(&mut self, step: &str, script: &str) -> StepResult {
+        let dir = self.rootfs().join("scripts");
+        if !dir.join(script).is_file() {
+            return Ok(format!("no scripts/{script} in the image"));
+        }
+        let mut spec = CommandSpec::new("bash", &[script], self.opts.timeouts.hook);
+        spec.cwd = Some(dir);
+        spec.env = self.hook_env();
+        let fx = self.fx;
+        let out = self
+            .files
+            .tracked(&mut self.journal, step, || fx.run(&spec))
+            .map_err(e2s)?
+            .map_err(e2s)?;
+        check(&format!("scripts/{script}"), &out, self.opts.timeouts.hook)?;
+        Ok(format!("scripts/{script} exited with 0"))
+    }
+
+    // ---- kubeadm -----------------------------------------------------------
+
+    fn kubeadm_bin(&self) -> String {
+        let installed = self.files.host(&format!("{BIN_DIR}/kubeadm"));
+        if installed.is_file() {
+            format!("{BIN_DIR}/kubeadm")
+        } else {
+            self.rootfs()
+                .join("bin/kubeadm")
+                .to_string_lossy()
+                .into_owned()
+        }
+    }
+
+    fn step_kubeadm(&mut self, interrupted: bool) -> StepResult {
+        let kubeadm = self.kubeadm_bin();
+        if interrupted {
+            // An interrupted init/join leaves partial state kubeadm's
+            // preflight refuses: start clean.
+            let spec = CommandSpec::new(&kubeadm, &["reset", "-f"], self.opts.timeouts.kubeadm);
+            let fx = self.fx;
+            let _ = self
+                .files
+                .tracked(&mut self.journal, "kubeadm-reset", || fx.run(&spec));
+        }
+        let mut cfg = KubeadmConfig::defaults();
+        if let Ok(text) = fs::read_to_string(self.rootfs().join("etc/kubeadm.yml")) {
+            cfg.merge(&KubeadmConfig::parse(&text, "etc/kubeadm.yml").map_err(e2s)?);
+        }
+        if let Some(text) = &self.opts.kubeadm_config {
+            cfg.merge(
+                &KubeadmConfig::parse(text, "the Clusterfile's kubeadm documents").map_err(e2s)?,
+            );
+        }
+        let mut masters = self.opts.master_ips.clone();
+        for ip in [&self.master0_ip, &self.host_ip] {
+            if self.opts.role != Role::Node && !masters.contains(ip) {
+                masters.push(ip.clone());
+            }
+        }
+        let computed = Computed {
+            host_ip: self.host_ip.clone(),
+            master_ips: masters,
+            image_repository: format!("{}:{}", self.registry_domain, self.registry_port),
+            env: self.env.clone(),
+        };
+        let config_path = self.opts.cluster_dir().join("kubeadm.yaml");
+        let (args, token, key, text) = match (&self.opts.join_data, self.opts.role) {
+            (_, Role::Master0) => {
+                let token = bootstrap_token();
+                let key = hex_key();
+                let text = cfg.for_init(&computed, &token, &key);
+                let args = vec![
+                    "init".to_string(),
+                    "--config".into(),
+                    config_path.to_string_lossy().into_owned(),
+                    "--upload-certs".into(),
+                ];
+                (args, token, key, text)
+            }
+            (Some(join), role) => {
+                let text = cfg.for_join(&computed, join, role == Role::Master);
+                let args = vec![
+                    "join".to_string(),
+                    "--config".into(),
+                    config_path.to_string_lossy().into_owned(),
+                ];
+                (args, join.token.clone(), join.certificate_key.clone(), text)
+            }
+            (None, _) => return Err("no join data".into()),
+        };
+        super::files::write_atomic(&config_path, text.as_bytes(), 0o600).map_err(e2s)?;
+        let mut spec = CommandSpec::new(&kubeadm, &args, self.opts.timeouts.kubeadm);
+        spec.env = self.hook_env();
+        let fx = self.fx;
+        let out = self
+            .files
+            .tracked(&mut self.journal, "kubeadm", || fx.run(&spec))
+            .map_err(e2s)?
+            .map_err(e2s)?;
+        check(
+            &format!("kubeadm {}", args[0]),
+            &out,
+            self.opts.timeouts.kubeadm,
+        )?;
+        if self.opts.role != Role::Master0 {
+            return Ok(format!("kubeadm join against {}", self.master0_ip));
+        }
+        let ca = self.files.host("/etc/kubernetes/pki/ca.crt");
+        let pem = fs::read(&ca).map_err(|e| {
+            format!(
+                "kubeadm init left no CA certificate at {}: {e}",
+                ca.display()
+            )
+        })?;
+        let hash = super::ca_cert_hash(&pem)?;
+        let join = JoinData {
+            api_server_endpoint: format!("{}:{APISERVER_PORT}", self.host_ip),
+            master0_ip: self.host_ip.clone(),
+            token,
+            ca_cert_hashes: vec![hash],
+            certificate_key: key,
+        };
+        let bytes = serde_json::to_vec_pretty(&join).expect("serializes");
+        super::files::write_atomic(&self.opts.cluster_dir().join("join.json"), &bytes, 0o600)
+            .map_err(e2s)?;
+        if let Some(out) = &self.opts.join_data_out {
+            super::files::write_atomic(out, &bytes, 0o600).map_err(e2s)?;
+        }
+        Ok(format!(
+            "kubeadm init; join data in {}",
+            self.opts.cluster_dir().join("join.json").display()
+        ))
+    }
+
+    pub(crate) fn read_join_data(&self) -> Option<JoinData> {
+        if self.opts.role != Role::Master0 {
+            return None;
+        }
+        super::read_join_data(&self.opts.cluster_dir().join("join.json")).ok()
+    }
+}
+
+fn check(what: &str, out: &CommandOutput, timeout: Duration) -> Result<(), String> {
+    if out.success() {
+        return Ok(());
+    }
+    let why = if out.timed_out {
+        format!("{what} timed out after {} s", timeout.as_secs())
+    } else {
+        format!(
+            "{what} exited with {}",
+            out.code.map_or("a signal".to_string(), |c| c.to_string())
+        )
+    };
+    Err(format!("{why}; last output:\n{}", out.last_lines(20)))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn unpack_archive(archive: &Path, dest: &Path) -> Result<(), String> {
+    let name = archive.to_string_lossy();
+    let f = fs::File::open(archive).map_err(|e| format!("opening {name}: {e}"))?;
+    let opts = UnpackOptions {
+        refuse_devices: true,
+        refuse_setuid: true,
+        ..UnpackOptions::default()
+    };
+    let r = if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        let mut child = std::process::Command::new("gzip")
+            .arg("-dc")
+            .stdin(f)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("running gzip -dc on {name}: {e}"))?;
+        let out = child.stdout.take().expect("piped");
+        let r = seaport_shared::safetar::unpack(out, dest, &opts);
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("{name} is not a valid gzip file"));
+        }
+        r
+    } else if name.ends_with(".zst") {
+        let dec = zstd::Decoder::new(f).map_err(|e| format!("{name}: {e}"))?;
+        seaport_shared::safetar::unpack(dec, dest, &opts)
+    } else {
+        seaport_shared::safetar::unpack(f, dest, &opts)
+    };
+    r.map(|_| ()).map_err(|e| format!("{name}: {e}"))
+}
+
+/// The image's registry config with the storage and port of this install.
+fn registry_config(base: &str, storage: &Path, port: &str) -> String {
+    base.lines()
+        .map(|l| {
+            let indent = &l[..l.len() - l.trim_start().len()];
+            let t = l.trim_start();
+            if t.starts_with("rootdirectory:") {
+                format!("{indent}rootdirectory: {}", storage.display())
+            } else if t.starts_with("addr:") {
+                format!("{indent}addr: :{port}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn registry_answers(port: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}")
+            .parse()
+            .expect("a socket address"),
+        Duration::from_secs(1),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.starts_with("HTTP/1.") && (head.contains(" 200") || head.contains(" 401"))
+}
+
+fn bootstrap_token() -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut pick = |n: usize| -> String {
+        (0..n)
+            .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+            .collect()
+    };
+    format!("{}.{}", pick(6), pick(16))
+}
+
+fn hex_key() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    hex_encode(&bytes)
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const DEFAULT_CONTAINERD_CONFIG: &str = "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n";
+
+const DEFAULT_CONTAINERD_UNIT: &str = "[Unit]\nDescription=containerd container runtime\nAfter=network.target local-fs.target\n\n[Service]\nExecStart=/usr/bin/containerd\nType=notify\nDelegate=yes\nKillMode=process\nRestart=always\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n";
+
+const DEFAULT_REGISTRY_CONFIG: &str = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_config_points_at_the_mount_and_port() {
+        let base =
+            "storage:\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n";
+        let out = registry_config(base, Path::new("/data/c/registry"), "5001");
+        assert!(
+            out.contains("    rootdirectory: /data/c/registry\n"),
+            "{out}"
+        );
+        assert!(out.contains("  addr: :5001\n"), "{out}");
+    }
+
+    #[test]
+    fn tokens_have_kubeadm_shape() {
+        let t = bootstrap_token();
+        let (a, b) = t.split_once('.').unwrap();
+        assert_eq!((a.len(), b.len()), (6, 16));
+        assert!(t
+            .chars()
+            .all(|c| c == '.' || c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert_eq!(hex_key().len(), 64);
+    }
+}

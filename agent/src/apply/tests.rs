@@ -1,0 +1,293 @@
+//! The executor against a host root in a temporary directory, with recorded
+//! effects: what a host would see, without root.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::effects::{CommandOutput, CommandSpec, Effects, EffectsError, RecordingEffects};
+use super::image::tests::{layout_with, tar_of};
+use super::*;
+
+/// Recorded effects, plus what `bash init.sh` and kubeadm would write.
+struct Host {
+    rec: RecordingEffects,
+    root: PathBuf,
+}
+
+impl Effects for Host {
+    fn run(&self, cmd: &CommandSpec) -> Result<CommandOutput, EffectsError> {
+        let r = |p: &str| self.root.join(p);
+        if cmd.program == "bash" && cmd.args == ["init.sh"] {
+            assert_eq!(cmd.env.get("HostIP").map(String::as_str), Some("10.0.0.2"));
+            fs::create_dir_all(r("etc/sysctl.d")).unwrap();
+            fs::write(r("etc/sysctl.d/k8s.conf"), "net.ipv4.ip_forward = 1\n").unwrap();
+            fs::write(r("etc/existing.conf"), "changed by the hook\n").unwrap();
+            fs::remove_file(r("etc/doomed.conf")).unwrap();
+        }
+        if cmd.program.ends_with("kubeadm") && cmd.args.first().is_some_and(|a| a == "join") {
+            fs::create_dir_all(r("etc/kubernetes/pki")).unwrap();
+            fs::write(r("etc/kubernetes/kubelet.conf"), "kubelet\n").unwrap();
+        }
+        self.rec.run(cmd)
+    }
+    fn bind_mount(&self, s: &Path, t: &Path) -> Result<(), EffectsError> {
+        self.rec.bind_mount(s, t)
+    }
+    fn unmount(&self, t: &Path) -> Result<(), EffectsError> {
+        self.rec.unmount(t)
+    }
+    fn is_mounted(&self, t: &Path) -> bool {
+        self.rec.is_mounted(t)
+    }
+}
+
+/// Every path under `root` with its content (files) or target (symlinks).
+fn listing(root: &Path) -> BTreeMap<String, String> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let v = if e.file_type().is_file() {
+                fs::read_to_string(e.path()).unwrap_or_default()
+            } else if e.file_type().is_symlink() {
+                fs::read_link(e.path())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                "<dir>".into()
+            };
+            (rel, v)
+        })
+        .collect()
+}
+
+fn fixture() -> (tempfile::TempDir, ApplyOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let host = d.join("host");
+    for p in ["etc", "usr/bin", "opt"] {
+        fs::create_dir_all(host.join(p)).unwrap();
+    }
+    fs::write(host.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    fs::write(host.join("etc/existing.conf"), "original\n").unwrap();
+    fs::write(host.join("etc/doomed.conf"), "doomed\n").unwrap();
+    fs::write(host.join("usr/bin/runc"), "old runc\n").unwrap();
+    let layer = tar_of(&[
+        ("bin/kubeadm", b"#!/bin/sh\n", None),
+        ("cri/runc", b"new runc\n", None),
+        ("etc/containerd.toml", b"version = 2\n", None),
+        (
+            "etc/kubelet.service",
+            b"[Service]\nExecStart=/usr/bin/kubelet\n",
+            None,
+        ),
+        ("etc/10-kubeadm.conf", b"[Service]\n", None),
+        (
+            "etc/motd.tmpl",
+            b"cluster {{ .ClusterName }} at {{ .HostIP }}\n",
+            None,
+        ),
+        ("scripts/init.sh", b"echo init\n", None),
+    ]);
+    layout_with(
+        &d.join("layout"),
+        "docker.io/library/test:1",
+        &[layer],
+        &["pod_cidr=10.1.0.0/16"],
+    );
+    let opts = ApplyOptions {
+        image_layout: d.join("layout"),
+        image: "test:1".into(),
+        cluster: "c1".into(),
+        role: Role::Node,
+        host_ip: Some("10.0.0.2".into()),
+        registry_ip: None,
+        master_ips: vec![],
+        env: vec![],
+        host_env: vec![],
+        kubeadm_config: None,
+        join_data: Some(JoinData {
+            api_server_endpoint: "10.0.0.1:6443".into(),
+            master0_ip: "10.0.0.1".into(),
+            token: "abcdef.0123456789abcdef".into(),
+            ca_cert_hashes: vec!["sha256:00".into()],
+            certificate_key: "k".into(),
+        }),
+        join_data_out: None,
+        state_dir: d.join("state"),
+        data_root: d.join("data"),
+        host_root: host,
+        allow_devices: false,
+        allow_setuid: false,
+        timeouts: Timeouts::default(),
+    };
+    (dir, opts)
+}
+
+#[test]
+fn a_node_is_installed_rerun_skips_everything_and_reset_restores_the_host() {
+    let (_dir, opts) = fixture();
+    let host = Host {
+        rec: RecordingEffects::default(),
+        root: opts.host_root.clone(),
+    };
+    host.rec.answer(
+        "systemctl is-enabled",
+        CommandOutput {
+            code: Some(1),
+            ..CommandOutput::default()
+        },
+    );
+    let before = listing(&opts.host_root);
+    let mut events = Vec::new();
+    let report = apply(&opts, &host, &mut |e| events.push(e.clone())).unwrap();
+    assert_eq!(report.ran, steps_for(Role::Node, false));
+    let h = |p: &str| opts.host_root.join(p);
+    assert_eq!(fs::read_to_string(h("usr/bin/runc")).unwrap(), "new runc\n");
+    assert!(h("usr/bin/kubeadm").is_file());
+    let cfg = fs::read_to_string(h("etc/containerd/config.toml")).unwrap();
+    assert!(
+        cfg.contains("config_path = \"/etc/containerd/certs.d\""),
+        "{cfg}"
+    );
+    let mirror = fs::read_to_string(h("etc/containerd/certs.d/docker.io/hosts.toml")).unwrap();
+    assert!(
+        mirror.contains("[host.\"http://sea.hub:5000\"]"),
+        "{mirror}"
+    );
+    let hosts = fs::read_to_string(h("etc/hosts")).unwrap();
+    assert!(
+        hosts.contains("10.0.0.1 sea.hub\n") && hosts.contains("10.0.0.1 apiserver.cluster.local")
+    );
+    assert!(h("etc/systemd/system/kubelet.service.d/10-kubeadm.conf").is_file());
+    assert_eq!(
+        fs::read_to_string(opts.rootfs().join("etc/motd")).unwrap(),
+        "cluster c1 at 10.0.0.2\n"
+    );
+    let kubeadm_cfg = fs::read_to_string(opts.cluster_dir().join("kubeadm.yaml")).unwrap();
+    assert!(
+        kubeadm_cfg.contains("token: abcdef.0123456789abcdef"),
+        "{kubeadm_cfg}"
+    );
+    let calls = host.rec.calls();
+    for want in [
+        "run systemctl enable --now containerd.service",
+        "run ctr version",
+        "run systemctl enable kubelet.service",
+        "run bash init.sh",
+    ] {
+        assert!(calls.iter().any(|c| c == want), "{want} not in {calls:#?}");
+    }
+    assert!(
+        calls.iter().any(|c| c.contains("kubeadm join --config")),
+        "{calls:#?}"
+    );
+
+    // Again: every step skipped, no effect at all.
+    host.rec.clear();
+    let again = apply(&opts, &host, &mut |_| {}).unwrap();
+    assert!(again.ran.is_empty(), "{:?}", again.ran);
+    assert!(host.rec.calls().is_empty(), "{:#?}", host.rec.calls());
+
+    let r = reset(
+        &ResetOptions {
+            cluster: "c1".into(),
+            prune: true,
+            state_dir: opts.state_dir.clone(),
+            data_root: opts.data_root.clone(),
+            host_root: opts.host_root.clone(),
+            timeout: Duration::from_secs(5),
+        },
+        &host,
+    )
+    .unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(listing(&opts.host_root), before);
+    assert!(!opts.cluster_dir().exists());
+    assert!(!Journal::exists(&opts.state_dir, "c1"));
+    let calls = host.rec.calls();
+    assert!(
+        calls.iter().any(|c| c.ends_with("kubeadm reset -f")),
+        "{calls:#?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c == "run systemctl disable containerd.service"),
+        "{calls:#?}"
+    );
+}
+
+#[test]
+fn an_interrupted_kubeadm_step_is_reset_before_it_runs_again() {
+    let (_dir, opts) = fixture();
+    let host = Host {
+        rec: RecordingEffects::default(),
+        root: opts.host_root.clone(),
+    };
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    // As if the agent died while kubeadm ran.
+    let mut j = Journal::open(&opts.state_dir, "c1").unwrap();
+    j.update(|s| s.steps.get_mut("kubeadm").unwrap().status = StepStatus::Running)
+        .unwrap();
+    host.rec.clear();
+    let mut events = Vec::new();
+    let report = apply(&opts, &host, &mut |e| events.push(e.clone())).unwrap();
+    assert_eq!(report.ran, vec!["kubeadm".to_string()]);
+    assert!(events.contains(&StepEvent::Started {
+        step: "kubeadm".into(),
+        attempt: 2
+    }));
+    let calls = host.rec.calls();
+    let reset_at = calls
+        .iter()
+        .position(|c| c.ends_with("kubeadm reset -f"))
+        .unwrap();
+    let join_at = calls
+        .iter()
+        .position(|c| c.contains("kubeadm join"))
+        .unwrap();
+    assert!(reset_at < join_at, "{calls:#?}");
+}
+
+#[test]
+fn a_failing_hook_fails_its_step_with_the_output_tail_and_a_rerun_retries_it() {
+    let (_dir, opts) = fixture();
+    let host = Host {
+        rec: RecordingEffects::default(),
+        root: opts.host_root.clone(),
+    };
+    host.rec.answer(
+        "bash init.sh",
+        CommandOutput {
+            code: Some(3),
+            timed_out: false,
+            tail: "line one\nswap is on\n".into(),
+        },
+    );
+    let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("hook-init") && err.contains("exited with 3") && err.contains("swap is on"),
+        "{err}"
+    );
+    let j = Journal::open(&opts.state_dir, "c1").unwrap();
+    assert_eq!(j.state().steps["hook-init"].status, StepStatus::Failed);
+    assert_eq!(j.state().steps["runtime"].status, StepStatus::Done);
+}
+
+#[test]
+fn joining_without_join_data_says_what_to_give() {
+    let (_dir, mut opts) = fixture();
+    opts.join_data = None;
+    let err = apply(&opts, &RecordingEffects::default(), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("--join-data"), "{err}");
+}

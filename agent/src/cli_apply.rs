@@ -1,0 +1,186 @@
+//! `seaport-agent apply` and `seaport-agent reset`: run the apply engine for
+//! this host from local inputs and print per-step progress. The coordinator
+//! drives the same engine over the session; these commands are how it is run
+//! and debugged by hand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::apply::{self, ApplyOptions, Role, StepEvent, SystemEffects, Timeouts};
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// Install a cluster image on this host.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// OCI image layout directory holding the image.
+    #[arg(long)]
+    pub image_layout: PathBuf,
+    /// The image's name in the layout.
+    #[arg(long)]
+    pub image: String,
+    /// Cluster name.
+    #[arg(long)]
+    pub cluster: String,
+    /// This host's role: master0, master or node.
+    #[arg(long)]
+    pub role: Role,
+    /// Cluster env, KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = key_value)]
+    pub env: Vec<(String, String)>,
+    /// This host's own env, KEY=VALUE (repeatable; wins over --env).
+    #[arg(long = "host-env", value_name = "K=V", value_parser = key_value)]
+    pub host_env: Vec<(String, String)>,
+    /// This host's IP (default: its first IPv4 address).
+    #[arg(long)]
+    pub host_ip: Option<String>,
+    /// The registry host's IP (default: the first master).
+    #[arg(long)]
+    pub registry_ip: Option<String>,
+    /// Every master's IP, comma-separated (certificate SANs).
+    #[arg(long, value_delimiter = ',')]
+    pub masters: Vec<String>,
+    /// kubeadm documents (YAML) merged over the image's etc/kubeadm.yml.
+    #[arg(long)]
+    pub kubeadm_config: Option<PathBuf>,
+    /// Join data written by the first master (masters and nodes).
+    #[arg(long)]
+    pub join_data: Option<PathBuf>,
+    /// Where the first master also writes its join data.
+    #[arg(long)]
+    pub join_data_out: Option<PathBuf>,
+    /// Allow device nodes in the image's layers.
+    #[arg(long)]
+    pub allow_devices: bool,
+    /// Allow setuid and setgid files in the image's layers.
+    #[arg(long)]
+    pub allow_setuid: bool,
+    /// Timeout of each hook script, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub hook_timeout: u64,
+    /// Timeout of kubeadm, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub kubeadm_timeout: u64,
+    /// Root of cluster data.
+    #[arg(long, env = "SEAPORT_DATA_ROOT", default_value = apply::DEFAULT_DATA_ROOT)]
+    pub data_root: PathBuf,
+}
+
+/// Undo a cluster's install on this host.
+#[derive(Debug, clap::Args)]
+pub struct ResetArgs {
+    /// Cluster name.
+    #[arg(long)]
+    pub cluster: String,
+    /// Also remove the cluster's data directory (its rootfs).
+    #[arg(long)]
+    pub prune: bool,
+    /// Timeout of kubeadm reset and clean.sh, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Root of cluster data.
+    #[arg(long, env = "SEAPORT_DATA_ROOT", default_value = apply::DEFAULT_DATA_ROOT)]
+    pub data_root: PathBuf,
+}
+
+/// Runs `apply`.
+pub fn run_apply(args: ApplyArgs, state_dir: PathBuf) -> anyhow::Result<()> {
+    let join_data = match &args.join_data {
+        Some(p) => Some(apply::read_join_data(p).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let kubeadm_config = match &args.kubeadm_config {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    let opts = ApplyOptions {
+        image_layout: args.image_layout,
+        image: args.image,
+        cluster: args.cluster,
+        role: args.role,
+        host_ip: args.host_ip,
+        registry_ip: args.registry_ip,
+        master_ips: args.masters,
+        env: args.env,
+        host_env: args.host_env,
+        kubeadm_config,
+        join_data,
+        join_data_out: args.join_data_out,
+        state_dir,
+        data_root: args.data_root,
+        host_root: PathBuf::from("/"),
+        allow_devices: args.allow_devices,
+        allow_setuid: args.allow_setuid,
+        timeouts: Timeouts {
+            hook: Duration::from_secs(args.hook_timeout),
+            kubeadm: Duration::from_secs(args.kubeadm_timeout),
+            ..Timeouts::default()
+        },
+    };
+    let mut print = |e: &StepEvent| match e {
+        StepEvent::Started { step, attempt } if *attempt > 1 => {
+            println!("{step:<16} resuming (attempt {attempt})")
+        }
+        StepEvent::Started { step, .. } => println!("{step:<16} running"),
+        StepEvent::Skipped { step } => println!("{step:<16} skipped (done)"),
+        StepEvent::Done {
+            step,
+            summary,
+            elapsed,
+        } => println!(
+            "{step:<16} done in {:.1} s: {summary}",
+            elapsed.as_secs_f64()
+        ),
+        StepEvent::Failed { step, error } => println!("{step:<16} FAILED: {error}"),
+    };
+    let report = apply::apply(&opts, &SystemEffects, &mut print)
+        .with_context(|| format!("installing cluster {} on this host", opts.cluster))?;
+    println!(
+        "applied: {} steps run, {} skipped",
+        report.ran.len(),
+        report.skipped.len()
+    );
+    if report.join_data.is_some() {
+        println!(
+            "join data: {}",
+            opts.cluster_dir().join("join.json").display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `reset`.
+pub fn run_reset(args: ResetArgs, state_dir: PathBuf) -> anyhow::Result<()> {
+    let opts = apply::ResetOptions {
+        cluster: args.cluster.clone(),
+        prune: args.prune,
+        state_dir,
+        data_root: args.data_root,
+        host_root: PathBuf::from("/"),
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let report = apply::reset(&opts, &SystemEffects)
+        .with_context(|| format!("resetting cluster {}", args.cluster))?;
+    if !report.had_journal {
+        println!(
+            "cluster {}: nothing was installed on this host",
+            args.cluster
+        );
+    }
+    for a in &report.actions {
+        println!("{a}");
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
+}
