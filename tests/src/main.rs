@@ -7,11 +7,11 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use nix::sys::signal::{SigSet, Signal};
 use seaport_lab::names::{LabPaths, RunId};
 use seaport_lab::runs::{self, RunStatus};
 use seaport_lab::seaport::{Binaries, Node};
 use seaport_lab::Lab;
+use tokio::signal::unix::{signal, SignalKind};
 
 /// Real systemd hosts on one machine, on the bridge 198.18.0.0/24.
 #[derive(Debug, Parser)]
@@ -266,12 +266,22 @@ fn up(paths: &LabPaths, args: UpArgs) -> Result<ExitCode> {
 fn keep(paths: &LabPaths, run_id: &str, args: UpArgs) -> Result<ExitCode> {
     // Our own session: the terminal that ran `up` may close.
     let _ = nix::unistd::setsid();
-    // Blocked before any thread starts, so only sigwait below sees them.
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block().context("blocking signals")?;
+    // Handlers, not a blocked mask: a blocked mask would be inherited by
+    // the coordinator and nspawn, which then could not be stopped with
+    // SIGTERM. Registered first, so a `down` during `up` is not lost.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    let (mut term, mut int, mut hup) = rt
+        .block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+            ))
+        })
+        .context("installing signal handlers")?;
 
     let id = RunId::parse(run_id)?;
     let report = |ready: &Ready| {
@@ -314,8 +324,14 @@ fn keep(paths: &LabPaths, run_id: &str, args: UpArgs) -> Result<ExitCode> {
     if let Ok(devnull) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(devnull);
     }
-    let sig = signals.wait().context("waiting for a signal")?;
-    tracing::info!(signal = ?sig, "taking the lab down");
+    let sig = rt.block_on(async {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => "SIGHUP",
+        }
+    });
+    tracing::info!(signal = sig, "taking the lab down");
     drop(coordinator);
     lab.down()?;
     Ok(ExitCode::SUCCESS)

@@ -134,3 +134,45 @@ fn up_status_exec_down_and_down_all_after_a_killed_run() {
     );
     assert_gone(&rec);
 }
+
+// The README's quick start: a lab of 3 hosts with agents enrolled.
+#[test]
+fn up_with_agents_prints_the_coordinator_and_online_nodes() {
+    if let Err(e) = lab::preflight() {
+        panic!("the lab tests cannot run here: {e}");
+    }
+    let bins =
+        seaport_lab::seaport::Binaries::build_for_tests().expect("build seaport and seaport-agent");
+    let up = Command::new(env!("CARGO_BIN_EXE_seaport-lab"))
+        .args(["up", "--hosts", "3", "--agents"])
+        .env("SEAPORT_BIN_DIR", bins.seaport.parent().unwrap())
+        .output()
+        .unwrap();
+    let rec = record_of(&up);
+    let out = text(&up);
+    assert!(up.status.success(), "{out}");
+    let coordinator = rec.coordinator.clone().expect("a coordinator is recorded");
+    assert!(out.contains("coordinator 198.18.0.1:7443"), "{out}");
+    for h in &rec.hosts {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(&h.name) && l.contains("online")),
+            "{} not shown online: {out}",
+            h.name
+        );
+    }
+    let nodes = seaport_lab::seaport::nodes(&bins, &coordinator.root).unwrap();
+    assert_eq!(
+        nodes.iter().filter(|n| n.status == "online").count(),
+        3,
+        "{nodes:?}"
+    );
+
+    let down = seaport_lab(&["down", rec.id.as_str()]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(
+        !procs::is_ours(coordinator.pid, &["coordinator", "serve"]),
+        "the coordinator still runs"
+    );
+    assert_gone(&rec);
+}
