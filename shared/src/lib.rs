@@ -8,10 +8,12 @@
 //!   keys and CSRs, private files.
 //! - [`tls`]: rustls and quinn configurations (pinned enrollment, mTLS).
 //! - [`safetar`]: tar unpacking confined to a target root.
+//! - [`transfer`]: layer distribution: pieces, piece tables, `Blob` stream messages.
 
 pub mod codec;
 pub mod digest;
 pub mod pki;
 pub mod safetar;
 pub mod tls;
+pub mod transfer;
 pub mod wire;

@@ -13,7 +13,7 @@
 //! | `Enroll` | agent without a client certificate | [`EnrollRequest`] then [`EnrollResponse`] |
 //! | `Control` | agent with its node certificate, one per session | [`AgentMessage`] and [`CoordinatorMessage`] |
 //! | `Admin` | CLI with the admin certificate, one per request | [`AdminRequest`] then [`AdminResponse`] |
-//! | `Blob` | reserved for layer transfers (one stream per blob) | |
+//! | `Blob` | agent to coordinator or agent to agent, one request per stream | [`crate::transfer::BlobRequest`] then [`crate::transfer::BlobResponse`] (and piece bytes) |
 
 use std::time::Duration;
 
