@@ -29,6 +29,9 @@
 //! - [`runs`]: runs seen from the CLI: status, exec, down, down --all, the agents demo.
 //! - [`seaport`]: the Seaport side: built binaries, a coordinator process,
 //!   agent installation the way an operator does it, `nodes --json`.
+//! - [`testimage`]: the test cluster image (rootfs/base, Debian's containerd
+//!   and docker-registry, the kubeadm double, one image in images/ and one in
+//!   manifests/imageList).
 //! - [`names`], [`lock`], [`mounts`], [`procs`], [`cmd`], [`wait`]: naming and
 //!   paths, flocks, mount handling, our processes, machine commands, polling.
 //! - `main.rs`: the `seaport-lab` CLI (`up`, `status`, `exec`, `down`).
@@ -50,6 +53,7 @@ pub mod procs;
 pub mod runs;
 pub mod seaport;
 pub mod state;
+pub mod testimage;
 pub mod wait;
 
 pub use cmd::ExecOutput;

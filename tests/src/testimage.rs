@@ -1,0 +1,356 @@
+//! The test cluster image: `rootfs/base` plus what the lab can run for real,
+//! taken from the machine (Debian's containerd, runc, ctr and
+//! containerd-shim-runc-v2 as `cri/containerd.tar.gz`, Debian's
+//! docker-registry as `cri/docker-registry`), the kubeadm recording double
+//! `tests/fixtures/kubeadm-double` as `bin/kubeadm` (with small kubelet and
+//! kubectl stand-ins), one container image in `images/` (an OCI archive made
+//! here) and one named in `manifests/imageList`, cached at build time from a
+//! docker-registry started on loopback for the build.
+//!
+//! The build runs Seaport's own build pipeline (what `seaport build` runs)
+//! with the build-time image cache, into a temporary Seaport root; the result
+//! is an OCI image layout (`<root>/images`) and a tar of it to copy into hosts.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use seaport_rootfs::build::{self, BuildOptions};
+use seaport_rootfs::imagecache::{ImageCacheOptions, RegistryImageCache};
+use seaport_rootfs::oci::{
+    Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_MANIFEST,
+};
+use seaport_rootfs::registry::client::{ClientOptions, RegistryClient};
+use seaport_shared::digest::Digest;
+
+use crate::seaport::workspace_root;
+
+/// The image's name in the layout.
+pub const IMAGE_NAME: &str = "seaport-test:v1";
+/// The image in `images/`, as pulled through the local registry.
+pub const BUNDLED_IMAGE: &str = "docker.io/library/seaport-bundled:1.0";
+/// The repository and tag of the image named in `manifests/imageList`.
+pub const LISTED_REPO: &str = "library/seaport-listed";
+/// Its tag.
+pub const LISTED_TAG: &str = "1.0";
+
+/// Machine files the image needs: (source, destination in the rootfs).
+const CRI_FILES: &[(&str, &str)] = &[
+    ("/usr/bin/containerd", "bin/containerd"),
+    (
+        "/usr/bin/containerd-shim-runc-v2",
+        "bin/containerd-shim-runc-v2",
+    ),
+    ("/usr/bin/ctr", "bin/ctr"),
+    ("/usr/sbin/runc", "bin/runc"),
+];
+const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
+
+/// Errors building the test image.
+#[derive(Debug, thiserror::Error)]
+pub enum TestImageError {
+    /// A step failed.
+    #[error("building the test image: {0}")]
+    Step(String),
+}
+
+fn step<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> TestImageError + '_ {
+    move |e| TestImageError::Step(format!("{what}: {e}"))
+}
+
+/// A built test image.
+#[derive(Debug)]
+pub struct TestImage {
+    /// The OCI image layout directory.
+    pub layout: PathBuf,
+    /// A tar of the layout (index.json, oci-layout, blobs/).
+    pub layout_tar: PathBuf,
+    /// The manifest digest.
+    pub digest: Digest,
+    /// The domain the listed image came from (`127.0.0.1:PORT`).
+    pub listed_domain: String,
+}
+
+/// The Debian packages whose files the image copies.
+pub fn missing_machine_files() -> Vec<&'static str> {
+    CRI_FILES
+        .iter()
+        .map(|(s, _)| *s)
+        .chain([REGISTRY_BINARY])
+        .filter(|p| !Path::new(p).is_file())
+        .collect()
+}
+
+/// Builds the image under `work` (a temporary directory).
+pub fn build_test_image(work: &Path) -> Result<TestImage, TestImageError> {
+    let missing = missing_machine_files();
+    if !missing.is_empty() {
+        return Err(TestImageError::Step(format!(
+            "{} missing on this machine: install Debian's containerd, runc and docker-registry",
+            missing.join(", ")
+        )));
+    }
+    let context = work.join("context");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(workspace_root().join("rootfs/base"))
+        .arg(&context)
+        .status()
+        .map_err(step("copying rootfs/base"))?;
+    if !status.success() {
+        return Err(TestImageError::Step("cp -a rootfs/base failed".into()));
+    }
+    // cri/: the runtime as sealer images ship it, plus the registry binary.
+    let staging = work.join("cri-staging");
+    fs::create_dir_all(staging.join("bin")).map_err(step("creating the cri staging"))?;
+    for (src, dest) in CRI_FILES {
+        fs::copy(src, staging.join(dest)).map_err(step(src))?;
+    }
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(context.join("cri/containerd.tar.gz"))
+        .arg("-C")
+        .arg(&staging)
+        .arg("bin")
+        .status()
+        .map_err(step("tar czf cri/containerd.tar.gz"))?;
+    if !status.success() {
+        return Err(TestImageError::Step(
+            "tar czf cri/containerd.tar.gz failed".into(),
+        ));
+    }
+    fs::copy(REGISTRY_BINARY, context.join("cri/docker-registry"))
+        .map_err(step(REGISTRY_BINARY))?;
+    // bin/: the kubeadm double and stand-ins init-kube.sh looks for.
+    fs::copy(
+        workspace_root().join("tests/fixtures/kubeadm-double"),
+        context.join("bin/kubeadm"),
+    )
+    .map_err(step("copying the kubeadm double"))?;
+    for (name, text) in [
+        ("kubelet", "#!/bin/sh\n# kubelet stand-in of the test image\necho \"kubelet (test stand-in) $*\"\n"),
+        ("kubectl", "#!/bin/sh\n# kubectl stand-in of the test image\necho \"kubectl (test stand-in) $*\"\n"),
+    ] {
+        write_mode(&context.join("bin").join(name), text.as_bytes(), 0o755)?;
+    }
+    for f in ["bin/kubeadm", "cri/docker-registry"] {
+        set_mode(&context.join(f), 0o755)?;
+    }
+    // images/: one OCI archive.
+    let oci = work.join("bundled-oci");
+    let bundled = make_oci_layout(&oci, BUNDLED_IMAGE, b"bundled through images/\n")?;
+    tar_dir(&oci, &context.join("images/seaport-bundled.tar"))?;
+    let _ = bundled;
+    // manifests/imageList: an image served by a registry on loopback.
+    let port = free_port()?;
+    let domain = format!("127.0.0.1:{port}");
+    let registry = SourceRegistry::start(&work.join("source-registry"), port)?;
+    let listed = work.join("listed-oci");
+    make_oci_layout(&listed, "unused", b"cached from manifests/imageList\n")?;
+    push_layout(&listed, &domain, LISTED_REPO, LISTED_TAG)?;
+    let mut list = fs::read_to_string(context.join("manifests/imageList")).unwrap_or_default();
+    list.push_str(&format!("{domain}/{LISTED_REPO}:{LISTED_TAG}\n"));
+    fs::write(context.join("manifests/imageList"), list).map_err(step("writing imageList"))?;
+    // The build, with the image cache for the loopback registry.
+    let root = work.join("seaport-root");
+    let store = seaport_rootfs::store::Store::open(&root).map_err(step("opening the store"))?;
+    let cache = RegistryImageCache::new(ImageCacheOptions {
+        image_list: None,
+        ignored_image_list: None,
+        platform: seaport_rootfs::registry::platform::host_platform(),
+        client: ClientOptions {
+            insecure_registries: vec![domain.clone()],
+            progress: false,
+            ..ClientOptions::default()
+        },
+        credentials: None,
+    });
+    let mut opts = BuildOptions::new(context.join("Kubefile"), &context, IMAGE_NAME);
+    opts.image_cache = Some(&cache);
+    let report = build::build(&store, &opts).map_err(step("seaport build"))?;
+    drop(registry);
+    let layout = store.dir().to_path_buf();
+    let layout_tar = work.join("image-layout.tar");
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(&layout_tar)
+        .arg("-C")
+        .arg(&layout)
+        .args(["oci-layout", "index.json", "blobs"])
+        .status()
+        .map_err(step("tar of the layout"))?;
+    if !status.success() {
+        return Err(TestImageError::Step("tar of the layout failed".into()));
+    }
+    Ok(TestImage {
+        layout,
+        layout_tar,
+        digest: report.digest,
+        listed_domain: domain,
+    })
+}
+
+fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TestImageError> {
+    fs::write(path, bytes).map_err(step("writing a file of the image"))?;
+    set_mode(path, mode)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), TestImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(step("chmod"))
+}
+
+/// A one-layer image (a text file `/hello.txt`) as an OCI layout in `dir`.
+pub fn make_oci_layout(dir: &Path, name: &str, text: &[u8]) -> Result<Digest, TestImageError> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).map_err(step("creating an OCI layout"))?;
+    let put = |bytes: &[u8]| -> Result<Descriptor, TestImageError> {
+        let d = Digest::of(bytes);
+        fs::write(blobs.join(d.hex()), bytes).map_err(step("writing a blob"))?;
+        Ok(Descriptor {
+            media_type: String::new(),
+            digest: d,
+            size: bytes.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: None,
+        })
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_path("hello.txt").map_err(step("tar header"))?;
+    h.set_mode(0o644);
+    h.set_size(text.len() as u64);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append(&h, text).map_err(step("tar"))?;
+    let layer_bytes = b.into_inner().map_err(step("tar"))?;
+    let mut layer = put(&layer_bytes)?;
+    layer.media_type = MEDIA_TYPE_LAYER_TAR.into();
+    let config = ImageConfig {
+        architecture: seaport_rootfs::registry::platform::host_platform().architecture,
+        os: "linux".into(),
+        rootfs: seaport_rootfs::oci::RootFs {
+            kind: "layers".into(),
+            diff_ids: vec![layer.digest],
+        },
+        ..ImageConfig::default()
+    };
+    let mut cdesc = put(&serde_json::to_vec(&config).expect("serializes"))?;
+    cdesc.media_type = MEDIA_TYPE_CONFIG.into();
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+        config: cdesc,
+        layers: vec![layer],
+        annotations: BTreeMap::new(),
+    };
+    let mut mdesc = put(&serde_json::to_vec(&manifest).expect("serializes"))?;
+    mdesc.media_type = MEDIA_TYPE_MANIFEST.into();
+    mdesc
+        .annotations
+        .insert(ANNOTATION_REF_NAME.into(), name.to_string());
+    let digest = mdesc.digest;
+    let mut index = Index::new();
+    index.manifests.push(mdesc);
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("serializes"),
+    )
+    .map_err(step("writing index.json"))?;
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(step("writing oci-layout"))?;
+    Ok(digest)
+}
+
+fn tar_dir(dir: &Path, out: &Path) -> Result<(), TestImageError> {
+    let f = fs::File::create(out).map_err(step("creating an archive"))?;
+    let mut b = tar::Builder::new(f);
+    b.append_dir_all(".", dir)
+        .map_err(step("archiving an OCI layout"))?;
+    b.into_inner()
+        .and_then(|mut f| f.flush())
+        .map_err(step("archiving an OCI layout"))
+}
+
+fn push_layout(dir: &Path, registry: &str, repo: &str, tag: &str) -> Result<(), TestImageError> {
+    let opts = ClientOptions {
+        insecure: true,
+        progress: false,
+        ..ClientOptions::default()
+    };
+    let client = RegistryClient::new(registry, &opts, None).map_err(step("registry client"))?;
+    let index: Index = serde_json::from_slice(
+        &fs::read(dir.join("index.json")).map_err(step("reading index.json"))?,
+    )
+    .map_err(step("index.json"))?;
+    let desc = &index.manifests[0];
+    let blob = |d: &Digest| dir.join("blobs/sha256").join(d.hex());
+    let mbytes = fs::read(blob(&desc.digest)).map_err(step("reading the manifest"))?;
+    let m: Manifest = serde_json::from_slice(&mbytes).map_err(step("manifest"))?;
+    for d in std::iter::once(&m.config).chain(&m.layers) {
+        client
+            .push_blob(repo, &d.digest, d.size, &blob(&d.digest))
+            .map_err(step("pushing a blob"))?;
+    }
+    client
+        .put_manifest(repo, tag, MEDIA_TYPE_MANIFEST, &mbytes)
+        .map_err(step("pushing the manifest"))?;
+    Ok(())
+}
+
+fn free_port() -> Result<u16, TestImageError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(step("finding a free port"))?;
+    Ok(l.local_addr().map_err(step("finding a free port"))?.port())
+}
+
+/// Debian's docker-registry on loopback, for the build's image cache.
+struct SourceRegistry {
+    child: Child,
+}
+
+impl SourceRegistry {
+    fn start(dir: &Path, port: u16) -> Result<Self, TestImageError> {
+        fs::create_dir_all(dir.join("data")).map_err(step("creating the source registry"))?;
+        let config = dir.join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("data").display()
+            ),
+        )
+        .map_err(step("writing the source registry config"))?;
+        let child = Command::new(REGISTRY_BINARY)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(step("starting docker-registry"))?;
+        let reg = SourceRegistry { child };
+        crate::wait::until(
+            "the source registry",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .map_err(step("waiting for docker-registry"))?;
+        Ok(reg)
+    }
+}
+
+impl Drop for SourceRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
