@@ -257,7 +257,7 @@ impl Coordinator {
 
     /// Starts `seaport --root ROOT coordinator serve --listen LISTEN` and
     /// waits until it listens (a UDP socket on the port). Its output goes to
-    /// `ROOT/../coordinator-PORT.log` beside the root.
+    /// `ROOT.log` beside the root (for `/tmp/x/coordinator`, `/tmp/x/coordinator.log`).
     pub fn start(bins: &Binaries, root: &Path, listen: &str) -> Result<Self, SeaportError> {
         let log = root.with_extension("log");
         let mut me = Coordinator {
