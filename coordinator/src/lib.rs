@@ -14,10 +14,14 @@
 //! - [`daemon`]: `coordinator serve`: the QUIC endpoint, enrollment, node
 //!   sessions, the admin API.
 //! - [`admin`]: the CLI's client for the admin API.
+//! - [`distribution`]: layer distribution: assignments, piece tables, the
+//!   piece tracker and seeding policy, `Blob` streams, progress
+//!   (`cli/distribute.rs`: `seaport distribute`).
 
 pub mod admin;
 pub mod ca;
 pub mod cli;
 pub mod daemon;
+pub mod distribution;
 pub mod state;
 pub mod tokens;

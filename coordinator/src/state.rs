@@ -19,6 +19,8 @@ use seaport_shared::wire::HostFacts;
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
+/// Image distribution assignments, by image name (see `crate::distribution`).
+const ASSIGNMENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("assignments");
 const NEXT_SERIAL: &str = "next_serial";
 
 /// Errors of the state database.
@@ -180,6 +182,7 @@ impl Store {
             db_err!(txn.open_table(META))?;
             db_err!(txn.open_table(TOKENS))?;
             db_err!(txn.open_table(NODES))?;
+            db_err!(txn.open_table(ASSIGNMENTS))?;
         }
         db_err!(txn.commit())?;
         Ok(Store { db })
@@ -433,6 +436,45 @@ impl Store {
         }
         db_err!(txn.commit())?;
         Ok(node_id)
+    }
+}
+
+/// Image assignments, kept as JSON values by image name; their shape is
+/// `crate::distribution::Assignment`.
+impl Store {
+    /// Every stored assignment (name, JSON).
+    pub fn assignments<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StateError> {
+        let txn = db_err!(self.db.begin_read())?;
+        let table = db_err!(txn.open_table(ASSIGNMENTS))?;
+        let mut out = Vec::new();
+        for row in db_err!(table.iter())? {
+            let (k, v) = db_err!(row)?;
+            out.push(from_json("assignments", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Stores (replaces) an assignment.
+    pub fn put_assignment<T: Serialize>(&self, image: &str, value: &T) -> Result<(), StateError> {
+        let txn = db_err!(self.db.begin_write())?;
+        {
+            let mut table = db_err!(txn.open_table(ASSIGNMENTS))?;
+            db_err!(table.insert(image, to_json(value).as_slice()))?;
+        }
+        db_err!(txn.commit())?;
+        Ok(())
+    }
+
+    /// Removes an assignment; returns whether there was one.
+    pub fn remove_assignment(&self, image: &str) -> Result<bool, StateError> {
+        let txn = db_err!(self.db.begin_write())?;
+        let existed = {
+            let mut table = db_err!(txn.open_table(ASSIGNMENTS))?;
+            let old = db_err!(table.remove(image))?;
+            old.is_some()
+        };
+        db_err!(txn.commit())?;
+        Ok(existed)
     }
 }
 

@@ -306,8 +306,6 @@ pub struct SyncResponse {
     pub blobs: Vec<BlobPlan>,
     /// Node ids whose certificates peers must refuse.
     pub revoked: Vec<String>,
-    /// Upper bound for the agent's download rate, bytes/s (0: none).
-    pub rate_limit: u64,
 }
 
 /// An image assigned to a node and the blobs it is made of.
@@ -336,6 +334,52 @@ pub struct PeerHolding {
     /// `IP:PORT` of its peer server.
     pub addr: String,
     pub have: Bitmap,
+}
+
+/// What `seaport distribute status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DistributionStatus {
+    /// Piece bytes the coordinator has sent since it started.
+    pub served_bytes: u64,
+    pub images: Vec<ImageProgress>,
+}
+
+/// One assigned image and its nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageProgress {
+    pub image: String,
+    pub manifest_digest: Digest,
+    pub total_bytes: u64,
+    pub nodes: Vec<NodeProgress>,
+}
+
+/// How far one node is with one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeProgress {
+    pub node_id: String,
+    pub hostname: String,
+    /// Reported to the coordinator in the last few seconds.
+    pub active: bool,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub complete: bool,
+    pub blobs: Vec<BlobProgress>,
+    /// Peers this node reported as sending corrupt pieces.
+    pub bad_peers: Vec<String>,
+    /// Bytes received per source (node id or `coordinator`), as reported.
+    pub received: Vec<(String, u64)>,
+    /// Bytes this node served to peers, as reported.
+    pub served_to_peers: u64,
+    /// Bytes the coordinator sent to this node since it started.
+    pub from_coordinator: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobProgress {
+    pub digest: Digest,
+    pub size: u64,
+    pub done_bytes: u64,
+    pub complete: bool,
 }
 
 /// QUIC transport for blob transfers on a LAN: flow-control windows large

@@ -310,6 +310,18 @@ pub enum AdminRequest {
         ttl_secs: u64,
         uses: u32,
     },
+    /// Assign an image of the coordinator's store to nodes (by node id,
+    /// hostname or IP): they fetch its blobs.
+    Distribute {
+        image: String,
+        nodes: Vec<String>,
+    },
+    /// Progress of every assigned image.
+    DistributionStatus,
+    /// Drop an image's assignment (agents then collect its blobs).
+    CancelDistribution {
+        image: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +330,14 @@ pub enum AdminResponse {
     Removed { node_id: String },
     Token(TokenGrant),
     Refused { reason: String },
+    /// The assignment as stored: image, manifest digest, node ids.
+    Distributing {
+        image: String,
+        manifest_digest: String,
+        nodes: Vec<String>,
+    },
+    DistributionStatus(crate::transfer::DistributionStatus),
+    Cancelled { image: String },
 }
 
 /// A node as the inventory shows it.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod coordinator;
+mod distribute;
 mod images;
 mod nodes;
 mod registry;
@@ -62,6 +63,8 @@ pub enum Command {
     Token(token::TokenCommand),
     /// The enrolled nodes: list, or remove (revoke) one.
     Nodes(nodes::NodesArgs),
+    /// Send an image's layers to nodes (peer-to-peer), and show progress.
+    Distribute(distribute::DistributeArgs),
 }
 
 /// Sets up logging to stderr: warnings by default, more with `-v`.
@@ -97,5 +100,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Coordinator(cmd) => coordinator::run(&root, cmd),
         Command::Token(cmd) => token::run(&root, cmd),
         Command::Nodes(args) => nodes::run(&root, args),
+        Command::Distribute(args) => distribute::run(&root, args),
     }
 }

@@ -279,12 +279,15 @@ async fn node(shared: Arc<Shared>, conn: quinn::Connection, info: CertInfo) {
                         info.name
                     )),
                     StreamKind::Enroll => Err("already enrolled: enrollment is for connections without a certificate".into()),
-                    StreamKind::Blob => Err("blob transfers are not served yet".into()),
+                    StreamKind::Blob => Ok(()),
                 })
                 .await;
                 if kind == Some(StreamKind::Control) {
                     control(&shared, &conn, &info, send, recv).await;
                     control_active.store(false, Ordering::SeqCst);
+                } else if kind == Some(StreamKind::Blob) {
+                    let node = info.name.clone();
+                    crate::distribution::handle_blob_stream(shared, conn, node, send, recv).await;
                 }
             }
             .instrument(info_span!("stream")),
@@ -437,8 +440,38 @@ async fn admin_request(shared: &Arc<Shared>, req: AdminRequest) -> AdminResponse
             AdminRequest::RemoveNode { node } => {
                 shared.store.revoke(&node, now_unix()).map(|node_id| {
                     info!(node = %node_id, "node revoked");
+                    shared.dist.forget(&node_id);
                     shared.live.close(&node_id, close::REFUSED, "node revoked");
                     AdminResponse::Removed { node_id }
+                })
+            }
+            AdminRequest::Distribute { image, nodes } => Ok(
+                match shared.dist.assign(&shared.store, &image, &nodes, now_unix()) {
+                    Ok(a) => {
+                        info!(image = %a.image, nodes = ?a.nodes, "image assigned");
+                        AdminResponse::Distributing {
+                            image: a.image,
+                            manifest_digest: a.manifest_digest.to_string(),
+                            nodes: a.nodes,
+                        }
+                    }
+                    Err(e) => AdminResponse::Refused {
+                        reason: e.to_string(),
+                    },
+                },
+            ),
+            AdminRequest::DistributionStatus => Ok(match shared.dist.status(&shared.store) {
+                Ok(s) => AdminResponse::DistributionStatus(s),
+                Err(e) => AdminResponse::Refused {
+                    reason: e.to_string(),
+                },
+            }),
+            AdminRequest::CancelDistribution { image } => {
+                Ok(match shared.dist.cancel(&shared.store, &image) {
+                    Ok(()) => AdminResponse::Cancelled { image },
+                    Err(e) => AdminResponse::Refused {
+                        reason: e.to_string(),
+                    },
                 })
             }
             AdminRequest::CreateToken { ttl_secs, uses } => {

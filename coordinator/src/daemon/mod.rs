@@ -25,6 +25,7 @@ use seaport_shared::tls;
 use seaport_shared::wire::{NodeInfo, NodeStatus, OFFLINE_AFTER};
 
 use crate::ca::{self, Ca, CaError, CoordinatorPaths};
+use crate::distribution::Distribution;
 use crate::state::{NodeRecord, StateError, Store};
 
 pub use live::LiveSessions;
@@ -86,6 +87,7 @@ pub(crate) struct Shared {
     pub(crate) live: LiveSessions,
     pub(crate) node_cert_ttl: Duration,
     pub(crate) anonymous: Semaphore,
+    pub(crate) dist: Distribution,
 }
 
 /// A bound, not yet running coordinator.
@@ -123,6 +125,7 @@ impl Daemon {
                 live: LiveSessions::default(),
                 node_cert_ttl: opts.node_cert_ttl,
                 anonymous: Semaphore::new(MAX_ANONYMOUS),
+                dist: Distribution::new(root, &paths.dir),
             }),
             paths,
         })

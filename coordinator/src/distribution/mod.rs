@@ -1,0 +1,441 @@
+//! Layer distribution, the coordinator's side (docs/distribution.md).
+//!
+//! - [`Distribution`]: assignments (image to nodes, kept in the state
+//!   database), piece tables of the store's blobs (cached under
+//!   `ROOT/coordinator/pieces/`), the tracker, progress.
+//! - `tracker.rs`: who holds which pieces; what the coordinator seeds.
+//! - `serve.rs`: `Blob` streams of node sessions: syncs and piece sends.
+//!
+//! A node may fetch a blob only while an image containing it is assigned to
+//! it, and only over its own mTLS session (revoked nodes have none).
+
+mod serve;
+pub mod tracker;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use seaport_shared::digest::Digest;
+use seaport_shared::transfer::{
+    self, BlobPlan, BlobProgress, DistributionStatus, ImageAssignment, ImageProgress, NodeProgress,
+    PieceTable, SyncRequest, SyncResponse, TransferError, PIECE_SIZE,
+};
+
+use crate::state::{NodeRecord, StateError, Store};
+pub(crate) use serve::handle_blob_stream;
+use tracker::Tracker;
+
+/// Errors of distribution requests.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("image store: {0}")]
+    Images(#[from] seaport_rootfs::store::StoreError),
+    #[error("{0}")]
+    Transfer(#[from] TransferError),
+    #[error("blob {digest} of image {image} is not in the coordinator's store ({path}): {source}")]
+    MissingBlob {
+        image: String,
+        digest: Digest,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("no node matches {0:?} (give a node id, hostname or IP from `seaport nodes`)")]
+    NoSuchNode(String),
+    #[error("node {0} is revoked; it cannot be given images")]
+    Revoked(String),
+    #[error("no nodes given: pass --nodes NODE,...")]
+    NoNodes,
+    #[error("image {0} is not assigned to any node")]
+    NotAssigned(String),
+    #[error("piece table cache {path}: {source}")]
+    Cache {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// An image assigned to nodes, as stored in the state database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    pub image: String,
+    pub manifest_digest: Digest,
+    /// Manifest, config and layers, with their sizes.
+    pub blobs: Vec<(Digest, u64)>,
+    pub nodes: Vec<String>,
+    pub created_at: i64,
+}
+
+/// The coordinator's distribution state.
+pub struct Distribution {
+    root: PathBuf,
+    cache_dir: PathBuf,
+    tables: Mutex<HashMap<Digest, Arc<PieceTable>>>,
+    tracker: Mutex<Tracker>,
+    served: AtomicU64,
+}
+
+impl Distribution {
+    /// `root` is the Seaport root (image store under `root/images`).
+    pub fn new(root: &Path, coordinator_dir: &Path) -> Distribution {
+        Distribution {
+            root: root.to_path_buf(),
+            cache_dir: coordinator_dir.join("pieces"),
+            tables: Mutex::new(HashMap::new()),
+            tracker: Mutex::new(Tracker::default()),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Piece bytes sent since the coordinator started.
+    pub fn served_bytes(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("images/blobs/sha256").join(digest.hex())
+    }
+
+    /// The piece table of a blob of the store: memory, then the disk cache,
+    /// else computed (hashing the blob once). Blocking.
+    pub fn table(&self, image: &str, digest: &Digest) -> Result<Arc<PieceTable>, DistError> {
+        if let Some(t) = self
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+        {
+            return Ok(t.clone());
+        }
+        let cache = self.cache_dir.join(format!("{}.json", digest.hex()));
+        let cached = std::fs::read(&cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<PieceTable>(&b).ok())
+            .filter(|t| t.digest == *digest && t.piece_size == PIECE_SIZE && t.check().is_ok());
+        let table = match cached {
+            Some(t) => t,
+            None => {
+                let path = self.blob_path(digest);
+                let file = std::fs::File::open(&path).map_err(|source| DistError::MissingBlob {
+                    image: image.to_string(),
+                    digest: *digest,
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let t = PieceTable::compute(
+                    *digest,
+                    std::io::BufReader::with_capacity(1024 * 1024, file),
+                    PIECE_SIZE,
+                )?;
+                let cache_err = |source| DistError::Cache {
+                    path: cache.display().to_string(),
+                    source,
+                };
+                std::fs::create_dir_all(&self.cache_dir).map_err(cache_err)?;
+                seaport_shared::pki::write_atomic(
+                    &cache,
+                    &serde_json::to_vec(&t).expect("tables serialize"),
+                    0o644,
+                )
+                .map_err(|e| DistError::Cache {
+                    path: cache.display().to_string(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                t
+            }
+        };
+        let table = Arc::new(table);
+        self.tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*digest, table.clone());
+        Ok(table)
+    }
+
+    /// Assigns `image` (a name in the store) to `nodes` (ids, hostnames or
+    /// IPs), adding to the nodes it already has. Blocking: hashes new blobs.
+    pub fn assign(
+        &self,
+        state: &Store,
+        image: &str,
+        nodes: &[String],
+        now: i64,
+    ) -> Result<Assignment, DistError> {
+        if nodes.is_empty() {
+            return Err(DistError::NoNodes);
+        }
+        let records = state.nodes()?;
+        let mut ids = Vec::new();
+        for want in nodes {
+            let rec = resolve_node(&records, want)?;
+            if rec.revoked {
+                return Err(DistError::Revoked(rec.node_id.clone()));
+            }
+            ids.push(rec.node_id.clone());
+        }
+        let store = seaport_rootfs::store::Store::open(&self.root)?;
+        let resolved = store.resolve(image)?;
+        let mut blobs = vec![(resolved.manifest_digest, resolved.manifest_size)];
+        blobs.push((
+            resolved.manifest.config.digest,
+            resolved.manifest.config.size,
+        ));
+        for l in &resolved.manifest.layers {
+            blobs.push((l.digest, l.size));
+        }
+        for (d, _) in &blobs {
+            self.table(image, d)?;
+        }
+        let mut existing: Vec<Assignment> = state.assignments()?;
+        existing.retain(|a| a.image == image && a.manifest_digest == resolved.manifest_digest);
+        let mut all: Vec<String> = existing.pop().map(|a| a.nodes).unwrap_or_default();
+        for id in ids {
+            if !all.contains(&id) {
+                all.push(id);
+            }
+        }
+        let a = Assignment {
+            image: image.to_string(),
+            manifest_digest: resolved.manifest_digest,
+            blobs,
+            nodes: all,
+            created_at: now,
+        };
+        state.put_assignment(image, &a)?;
+        Ok(a)
+    }
+
+    /// Drops an image's assignment.
+    pub fn cancel(&self, state: &Store, image: &str) -> Result<(), DistError> {
+        if state.remove_assignment(image)? {
+            Ok(())
+        } else {
+            Err(DistError::NotAssigned(image.to_string()))
+        }
+    }
+
+    /// Whether `digest` belongs to an image assigned to `node_id`.
+    pub fn allowed(
+        &self,
+        state: &Store,
+        node_id: &str,
+        digest: &Digest,
+    ) -> Result<bool, DistError> {
+        Ok(state.assignments::<Assignment>()?.iter().any(|a| {
+            a.nodes.iter().any(|n| n == node_id) && a.blobs.iter().any(|(d, _)| d == digest)
+        }))
+    }
+
+    /// Handles a node's sync. Blocking (state reads, maybe hashing).
+    pub fn sync(
+        &self,
+        state: &Store,
+        live: &dyn Fn(&str) -> bool,
+        node_id: &str,
+        peer_addr: Option<String>,
+        req: SyncRequest,
+    ) -> Result<SyncResponse, DistError> {
+        let now = Instant::now();
+        let assigned: Vec<Assignment> = state
+            .assignments::<Assignment>()?
+            .into_iter()
+            .filter(|a| a.nodes.iter().any(|n| n == node_id))
+            .collect();
+        let mut tables: BTreeMap<Digest, Arc<PieceTable>> = BTreeMap::new();
+        for a in &assigned {
+            for (d, _) in &a.blobs {
+                if !tables.contains_key(d) {
+                    tables.insert(*d, self.table(&a.image, d)?);
+                }
+            }
+        }
+        let complete: HashSet<Digest> = req
+            .blobs
+            .iter()
+            .filter(|b| b.complete)
+            .map(|b| b.digest)
+            .collect();
+        // Bitmaps for blobs not (or no longer) assigned here are still
+        // recorded: the agent serves them to peers until it collects them.
+        let holdings: Vec<_> = req
+            .blobs
+            .into_iter()
+            .filter(|b| {
+                b.have.is_valid()
+                    && tables
+                        .get(&b.digest)
+                        .is_none_or(|t| t.count() == b.have.len())
+            })
+            .map(|b| (b.digest, b.have))
+            .collect();
+        let bad = req
+            .bad_peers
+            .into_iter()
+            .map(|b| (b.node_id, b.reason))
+            .collect();
+        let mut tracker = self.tracker();
+        tracker.report(
+            node_id,
+            peer_addr,
+            holdings,
+            bad,
+            req.received,
+            req.served,
+            now,
+        );
+        let mut blobs = Vec::new();
+        for (d, table) in &tables {
+            if complete.contains(d) {
+                continue;
+            }
+            let (seed, peers) = tracker.plan(node_id, d, table.count(), now, live);
+            blobs.push(BlobPlan {
+                table: (**table).clone(),
+                seed,
+                peers,
+            });
+        }
+        drop(tracker);
+        let revoked = state
+            .nodes()?
+            .into_iter()
+            .filter(|n| n.revoked)
+            .map(|n| n.node_id)
+            .collect();
+        Ok(SyncResponse {
+            images: assigned
+                .iter()
+                .map(|a| ImageAssignment {
+                    image: a.image.clone(),
+                    manifest_digest: a.manifest_digest,
+                    blobs: a.blobs.iter().map(|(d, _)| *d).collect(),
+                })
+                .collect(),
+            blobs,
+            revoked,
+        })
+    }
+
+    /// Forgets a node's holdings (it was revoked).
+    pub fn forget(&self, node_id: &str) {
+        self.tracker().forget(node_id);
+    }
+
+    /// Progress of every assignment. Blocking (state reads).
+    pub fn status(&self, state: &Store) -> Result<DistributionStatus, DistError> {
+        let now = Instant::now();
+        let records: HashMap<String, NodeRecord> = state
+            .nodes()?
+            .into_iter()
+            .map(|n| (n.node_id.clone(), n))
+            .collect();
+        let tracker = self.tracker();
+        let mut images = Vec::new();
+        let mut assigned = state.assignments::<Assignment>()?;
+        assigned.sort_by(|a, b| a.image.cmp(&b.image));
+        for a in assigned {
+            let total: u64 = a.blobs.iter().map(|(_, s)| *s).sum();
+            let mut nodes = Vec::new();
+            for id in &a.nodes {
+                let mut blobs = Vec::new();
+                for (d, size) in &a.blobs {
+                    let done = match (tracker.holding(id, d), self.cached_table(d)) {
+                        (Some(have), Some(t)) => (0..t.count())
+                            .filter(|&i| have.get(i))
+                            .map(|i| u64::from(t.range(i).1))
+                            .sum(),
+                        _ => 0,
+                    };
+                    blobs.push(BlobProgress {
+                        digest: *d,
+                        size: *size,
+                        done_bytes: done,
+                        complete: done == *size,
+                    });
+                }
+                let done: u64 = blobs.iter().map(|b| b.done_bytes).sum();
+                let (received, served_to_peers, from_coordinator) = tracker.counters(id);
+                nodes.push(NodeProgress {
+                    node_id: id.clone(),
+                    hostname: records
+                        .get(id)
+                        .map(|r| r.hostname.clone())
+                        .unwrap_or_default(),
+                    active: tracker.is_active(id, now),
+                    done_bytes: done,
+                    total_bytes: total,
+                    complete: done == total,
+                    blobs,
+                    bad_peers: tracker.corrupt_peers(id),
+                    received,
+                    served_to_peers,
+                    from_coordinator,
+                });
+            }
+            images.push(ImageProgress {
+                image: a.image,
+                manifest_digest: a.manifest_digest,
+                total_bytes: total,
+                nodes,
+            });
+        }
+        Ok(DistributionStatus {
+            served_bytes: self.served_bytes(),
+            images,
+        })
+    }
+
+    fn cached_table(&self, digest: &Digest) -> Option<Arc<PieceTable>> {
+        self.tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    /// Whether the coordinator may send these pieces to the node now, and
+    /// if so records the bytes.
+    fn may_send(&self, node_id: &str, table: &PieceTable, pieces: &[u32]) -> bool {
+        let tracker = self.tracker();
+        pieces
+            .iter()
+            .all(|&i| i < table.count() && tracker.may_send(node_id, &table.digest, i))
+    }
+
+    fn count_sent(&self, node_id: &str, bytes: u64) {
+        self.served.fetch_add(bytes, Ordering::Relaxed);
+        self.tracker().sent(node_id, bytes);
+    }
+}
+
+fn resolve_node<'a>(records: &'a [NodeRecord], want: &str) -> Result<&'a NodeRecord, DistError> {
+    if let Some(r) = records.iter().find(|r| r.node_id == want) {
+        return Ok(r);
+    }
+    let by: Vec<&NodeRecord> = records
+        .iter()
+        .filter(|r| r.hostname == want || r.ips.iter().any(|ip| ip == want))
+        .collect();
+    match by.as_slice() {
+        [one] => Ok(one),
+        _ => Err(DistError::NoSuchNode(want.to_string())),
+    }
+}
+
+/// The sizes of pieces, for byte counts.
+pub(crate) fn pieces_len(table: &PieceTable, pieces: &[u32]) -> u64 {
+    pieces.iter().map(|&i| u64::from(table.range(i).1)).sum()
+}
+
+/// Re-exported for the piece scheme's constants in messages.
+pub use transfer::DEFAULT_PEER_PORT;

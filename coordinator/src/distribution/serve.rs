@@ -1,0 +1,145 @@
+//! `Blob` streams of a node session: one request each, a sync or a piece send.
+
+use std::io::SeekFrom;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+
+use seaport_shared::codec;
+use seaport_shared::digest::Digest;
+use seaport_shared::transfer::{
+    BlobRequest, BlobResponse, BLOB_FRAME_LIMIT, MAX_PIECES_PER_REQUEST,
+};
+
+use super::pieces_len;
+use crate::daemon::Shared;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CHUNK: usize = 256 * 1024;
+
+/// Serves one `Blob` stream of node `node_id` (hello already accepted).
+pub(crate) async fn handle_blob_stream(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    node_id: String,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let req: BlobRequest = match timeout(
+        REQUEST_TIMEOUT,
+        codec::read_msg(&mut recv, BLOB_FRAME_LIMIT),
+    )
+    .await
+    {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            debug!(error = %e, "bad blob request");
+            conn.close(crate::daemon::close::PROTOCOL.into(), b"bad blob request");
+            return;
+        }
+        Err(_) => return,
+    };
+    match req {
+        BlobRequest::Sync(sync) => {
+            let peer_addr = (sync.peer_port != 0)
+                .then(|| std::net::SocketAddr::new(conn.remote_address().ip(), sync.peer_port))
+                .map(|a| a.to_string());
+            let task = shared.clone();
+            let node = node_id.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                let live = |n: &str| task.live.get(n).is_some();
+                task.dist.sync(&task.store, &live, &node, peer_addr, sync)
+            })
+            .await;
+            let resp = match res {
+                Ok(Ok(r)) => BlobResponse::Sync(r),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "sync failed");
+                    BlobResponse::Refused {
+                        reason: e.to_string(),
+                    }
+                }
+                Err(e) => BlobResponse::Refused {
+                    reason: format!("internal error: {e}"),
+                },
+            };
+            if codec::write_msg(&mut send, &resp).await.is_ok() {
+                let _ = send.finish();
+            }
+        }
+        BlobRequest::Pieces { digest, pieces } => {
+            if let Err(reason) = send_pieces(&shared, &node_id, digest, &pieces, &mut send).await {
+                debug!(%reason, %digest, "piece request refused");
+                let _ = codec::write_msg(&mut send, &BlobResponse::Refused { reason }).await;
+            }
+            let _ = send.finish();
+        }
+    }
+}
+
+async fn send_pieces(
+    shared: &Arc<Shared>,
+    node_id: &str,
+    digest: Digest,
+    pieces: &[u32],
+    send: &mut quinn::SendStream,
+) -> Result<(), String> {
+    if pieces.is_empty() || pieces.len() > MAX_PIECES_PER_REQUEST {
+        return Err(format!(
+            "ask for 1 to {MAX_PIECES_PER_REQUEST} pieces per request"
+        ));
+    }
+    let task = shared.clone();
+    let node = node_id.to_string();
+    let allowed = tokio::task::spawn_blocking(move || {
+        let ok = task.dist.allowed(&task.store, &node, &digest)?;
+        Ok::<_, super::DistError>(ok.then(|| task.dist.cached_table(&digest)).flatten())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let Some(table) = allowed else {
+        return Err(format!(
+            "blob {digest} is not part of an image assigned to node {node_id}"
+        ));
+    };
+    if !shared.dist.may_send(node_id, &table, pieces) {
+        return Err("pieces not granted to this node now: sync again and fetch from peers".into());
+    }
+    let bytes = pieces_len(&table, pieces);
+    info!(%digest, pieces = ?pieces, bytes, "serving pieces");
+    shared.dist.count_sent(node_id, bytes);
+    let path = shared.dist.blob_path(&digest);
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    codec::write_msg(
+        send,
+        &BlobResponse::Sending {
+            pieces: pieces.to_vec(),
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; CHUNK];
+    for &i in pieces {
+        let (offset, len) = table.range(i);
+        file.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut left = len as usize;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            file.read_exact(&mut buf[..n])
+                .await
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            send.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
+            left -= n;
+        }
+    }
+    Ok(())
+}

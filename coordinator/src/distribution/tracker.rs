@@ -1,0 +1,421 @@
+//! Who holds which pieces, and who may fetch what from the coordinator.
+//!
+//! No I/O and no clock of its own (callers pass `now`), so the seeding policy
+//! is tested deterministically.
+//!
+//! The policy keeps the coordinator's egress near one copy of each blob: a
+//! piece is granted to (sent by the coordinator to) one agent at a time, and
+//! only while no usable peer holds it. Grants are a small window per agent
+//! ([`SEED_WINDOW`] pieces), so different agents start on disjoint pieces and
+//! then trade. A grant lapses after [`GRANT_TTL`] or when its agent goes
+//! quiet, so a stalled or cut agent does not hold pieces hostage.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use seaport_shared::digest::Digest;
+use seaport_shared::transfer::{BadPeerReason, Bitmap, PeerHolding};
+
+/// Pieces the coordinator grants one agent at a time, per blob.
+pub const SEED_WINDOW: usize = 8;
+/// A grant not turned into a held piece within this time lapses.
+pub const GRANT_TTL: Duration = Duration::from_secs(20);
+/// An agent that has not synced for this long is not offered as a peer.
+pub const QUIET_AFTER: Duration = Duration::from_secs(8);
+/// How long an unreachable peer is avoided by the agent that reported it.
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    node: usize,
+    at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct BlobState {
+    holders: HashMap<usize, Bitmap>,
+    grants: HashMap<u32, Grant>,
+}
+
+#[derive(Debug)]
+struct NodeState {
+    id: String,
+    peer_addr: Option<String>,
+    last_sync: Option<Instant>,
+    /// Peers this node reported, with why and when.
+    bad: HashMap<usize, (BadPeerReason, Instant)>,
+    received: Vec<(String, u64)>,
+    served: u64,
+    from_coordinator: u64,
+}
+
+/// The coordinator's in-memory view of transfers. Rebuilt from agents'
+/// reports after a restart (they send their whole bitmaps on every sync).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    nodes: Vec<NodeState>,
+    index: HashMap<String, usize>,
+    blobs: HashMap<Digest, BlobState>,
+}
+
+impl Tracker {
+    fn node(&mut self, id: &str) -> usize {
+        if let Some(&i) = self.index.get(id) {
+            return i;
+        }
+        self.nodes.push(NodeState {
+            id: id.to_string(),
+            peer_addr: None,
+            last_sync: None,
+            bad: HashMap::new(),
+            received: Vec::new(),
+            served: 0,
+            from_coordinator: 0,
+        });
+        let i = self.nodes.len() - 1;
+        self.index.insert(id.to_string(), i);
+        i
+    }
+
+    /// Records a node's report.
+    pub fn report(
+        &mut self,
+        node_id: &str,
+        peer_addr: Option<String>,
+        holdings: Vec<(Digest, Bitmap)>,
+        bad: Vec<(String, BadPeerReason)>,
+        received: Vec<(String, u64)>,
+        served: u64,
+        now: Instant,
+    ) {
+        let n = self.node(node_id);
+        {
+            let st = &mut self.nodes[n];
+            st.peer_addr = peer_addr;
+            st.last_sync = Some(now);
+            st.received = received;
+            st.served = served;
+        }
+        for (peer, reason) in bad {
+            let p = self.node(&peer);
+            let entry = self.nodes[n].bad.entry(p).or_insert((reason, now));
+            // Corrupt sticks; an unreachable report refreshes its time.
+            if entry.0 != BadPeerReason::Corrupt {
+                *entry = (reason, now);
+            }
+        }
+        for (digest, have) in holdings {
+            let blob = self.blobs.entry(digest).or_default();
+            blob.grants
+                .retain(|piece, g| !(g.node == n && have.get(*piece)));
+            blob.holders.insert(n, have);
+        }
+    }
+
+    /// Forgets a node's holdings (revoked, or its session ended for good).
+    pub fn forget(&mut self, node_id: &str) {
+        if let Some(&n) = self.index.get(node_id) {
+            for blob in self.blobs.values_mut() {
+                blob.holders.remove(&n);
+                blob.grants.retain(|_, g| g.node != n);
+            }
+            self.nodes[n].last_sync = None;
+        }
+    }
+
+    fn active(&self, n: usize, now: Instant) -> bool {
+        self.nodes[n]
+            .last_sync
+            .is_some_and(|t| now.saturating_duration_since(t) < QUIET_AFTER)
+    }
+
+    fn usable_peer(
+        &self,
+        me: usize,
+        peer: usize,
+        now: Instant,
+        live: &dyn Fn(&str) -> bool,
+    ) -> bool {
+        if peer == me || !self.active(peer, now) || self.nodes[peer].peer_addr.is_none() {
+            return false;
+        }
+        if !live(&self.nodes[peer].id) {
+            return false;
+        }
+        match self.nodes[me].bad.get(&peer) {
+            Some((BadPeerReason::Corrupt, _)) => false,
+            Some((BadPeerReason::Unreachable, at)) => {
+                now.saturating_duration_since(*at) >= UNREACHABLE_FOR
+            }
+            None => true,
+        }
+    }
+
+    /// What `node_id` should fetch of `digest` now: the coordinator's grants
+    /// to it and the peers holding pieces it lacks. `live` says whether a
+    /// node has a session now (revoked nodes have none).
+    pub fn plan(
+        &mut self,
+        node_id: &str,
+        digest: &Digest,
+        pieces: u32,
+        now: Instant,
+        live: &dyn Fn(&str) -> bool,
+    ) -> (Vec<u32>, Vec<PeerHolding>) {
+        let me = self.node(node_id);
+        let mine = self
+            .blobs
+            .get(digest)
+            .and_then(|b| b.holders.get(&me))
+            .cloned()
+            .unwrap_or_else(|| Bitmap::new(pieces));
+        let Some(blob) = self.blobs.get(digest) else {
+            self.blobs.insert(*digest, BlobState::default());
+            return self.plan(node_id, digest, pieces, now, live);
+        };
+        let peers: Vec<usize> = blob
+            .holders
+            .iter()
+            .filter(|(&p, have)| {
+                self.usable_peer(me, p, now, live) && mine.missing().any(|i| have.get(i))
+            })
+            .map(|(&p, _)| p)
+            .collect();
+        let from_peers = |i: u32| peers.iter().any(|p| blob.holders[p].get(i));
+        // Lapse grants of quiet nodes, old grants, and grants for pieces
+        // someone usable now holds.
+        let lapsed: Vec<u32> = blob
+            .grants
+            .iter()
+            .filter(|(_, g)| {
+                now.saturating_duration_since(g.at) >= GRANT_TTL || !self.active(g.node, now)
+            })
+            .map(|(&i, _)| i)
+            .collect();
+        let mut granted: HashSet<u32> = blob
+            .grants
+            .iter()
+            .filter(|(i, g)| g.node == me && !mine.get(**i) && !lapsed.contains(i))
+            .map(|(&i, _)| i)
+            .collect();
+        let taken: HashSet<u32> = blob
+            .grants
+            .iter()
+            .filter(|(i, g)| g.node != me && !lapsed.contains(i))
+            .map(|(&i, _)| i)
+            .collect();
+        let mut new = Vec::new();
+        for i in mine.missing() {
+            if granted.len() >= SEED_WINDOW {
+                break;
+            }
+            if granted.contains(&i) || taken.contains(&i) || from_peers(i) {
+                continue;
+            }
+            granted.insert(i);
+            new.push(i);
+        }
+        let holdings: Vec<PeerHolding> = peers
+            .iter()
+            .map(|&p| PeerHolding {
+                node_id: self.nodes[p].id.clone(),
+                addr: self.nodes[p].peer_addr.clone().unwrap_or_default(),
+                have: blob.holders[&p].clone(),
+            })
+            .collect();
+        let blob = self.blobs.get_mut(digest).expect("present");
+        for i in lapsed {
+            blob.grants.remove(&i);
+        }
+        // Grants already held keep their time: they lapse after GRANT_TTL.
+        for &i in &new {
+            blob.grants.insert(i, Grant { node: me, at: now });
+        }
+        let mut seed: Vec<u32> = granted.into_iter().collect();
+        seed.sort_unstable();
+        (seed, holdings)
+    }
+
+    /// Whether the coordinator may send piece `i` of `digest` to `node_id`.
+    pub fn may_send(&self, node_id: &str, digest: &Digest, i: u32) -> bool {
+        let Some(&n) = self.index.get(node_id) else {
+            return false;
+        };
+        self.blobs
+            .get(digest)
+            .and_then(|b| b.grants.get(&i))
+            .is_some_and(|g| g.node == n)
+    }
+
+    /// Counts bytes the coordinator sent to a node.
+    pub fn sent(&mut self, node_id: &str, bytes: u64) {
+        let n = self.node(node_id);
+        self.nodes[n].from_coordinator += bytes;
+    }
+
+    /// What a node reported of one blob: its bitmap.
+    pub fn holding(&self, node_id: &str, digest: &Digest) -> Option<&Bitmap> {
+        let n = *self.index.get(node_id)?;
+        self.blobs.get(digest)?.holders.get(&n)
+    }
+
+    /// Whether a node synced recently.
+    pub fn is_active(&self, node_id: &str, now: Instant) -> bool {
+        self.index
+            .get(node_id)
+            .is_some_and(|&n| self.active(n, now))
+    }
+
+    /// Peers a node reported as corrupt.
+    pub fn corrupt_peers(&self, node_id: &str) -> Vec<String> {
+        let Some(&n) = self.index.get(node_id) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = self.nodes[n]
+            .bad
+            .iter()
+            .filter(|(_, (r, _))| *r == BadPeerReason::Corrupt)
+            .map(|(&p, _)| self.nodes[p].id.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// (received per source, served to peers, sent by the coordinator).
+    pub fn counters(&self, node_id: &str) -> (Vec<(String, u64)>, u64, u64) {
+        match self.index.get(node_id) {
+            Some(&n) => {
+                let st = &self.nodes[n];
+                (st.received.clone(), st.served, st.from_coordinator)
+            }
+            None => (Vec::new(), 0, 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d() -> Digest {
+        Digest::of(b"blob")
+    }
+
+    fn all_live(_: &str) -> bool {
+        true
+    }
+
+    fn report(t: &mut Tracker, node: &str, have: &Bitmap, now: Instant) {
+        t.report(
+            node,
+            Some(format!("{node}:7444")),
+            vec![(d(), have.clone())],
+            vec![],
+            vec![],
+            0,
+            now,
+        );
+    }
+
+    #[test]
+    fn agents_get_disjoint_grants_then_trade() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        let empty = Bitmap::new(20);
+        report(&mut t, "a", &empty, now);
+        report(&mut t, "b", &empty, now);
+        let (seed_a, peers_a) = t.plan("a", &d(), 20, now, &all_live);
+        let (seed_b, _) = t.plan("b", &d(), 20, now, &all_live);
+        assert_eq!(seed_a.len(), SEED_WINDOW);
+        assert!(peers_a.is_empty());
+        assert!(
+            seed_a.iter().all(|i| !seed_b.contains(i)),
+            "{seed_a:?} {seed_b:?}"
+        );
+        assert!(t.may_send("a", &d(), seed_a[0]) && !t.may_send("b", &d(), seed_a[0]));
+
+        // a got its pieces: b is pointed at a for them, not granted them.
+        let mut have_a = Bitmap::new(20);
+        for &i in &seed_a {
+            have_a.set(i);
+        }
+        report(&mut t, "a", &have_a, now);
+        let (seed_b2, peers_b) = t.plan("b", &d(), 20, now, &all_live);
+        assert_eq!(peers_b.len(), 1);
+        assert_eq!(peers_b[0].node_id, "a");
+        assert!(seed_b2.iter().all(|i| !have_a.get(*i)));
+    }
+
+    #[test]
+    fn every_piece_is_granted_once_while_agents_keep_up() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        let n = 40;
+        let mut haves: Vec<Bitmap> = (0..4).map(|_| Bitmap::new(n)).collect();
+        let names = ["a", "b", "c", "d"];
+        let mut granted_total = 0;
+        for _round in 0..50 {
+            for (k, name) in names.iter().enumerate() {
+                report(&mut t, name, &haves[k], now);
+                let (seed, peers) = t.plan(name, &d(), n, now, &all_live);
+                granted_total += seed.iter().filter(|i| !haves[k].get(**i)).count();
+                for i in seed {
+                    haves[k].set(i);
+                }
+                for p in peers {
+                    for i in 0..n {
+                        if p.have.get(i) {
+                            haves[k].set(i);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(haves.iter().all(|h| h.is_full()));
+        assert_eq!(
+            granted_total, n as usize,
+            "each piece sent by the coordinator once"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_peer_is_not_offered_and_its_pieces_are_granted() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        report(&mut t, "a", &Bitmap::full(4), now);
+        report(&mut t, "b", &Bitmap::new(4), now);
+        let (seed, peers) = t.plan("b", &d(), 4, now, &all_live);
+        assert!(seed.is_empty());
+        assert_eq!(peers.len(), 1);
+        t.report(
+            "b",
+            Some("b:7444".into()),
+            vec![(d(), Bitmap::new(4))],
+            vec![("a".into(), BadPeerReason::Corrupt)],
+            vec![],
+            0,
+            now,
+        );
+        let (seed, peers) = t.plan("b", &d(), 4, now, &all_live);
+        assert!(peers.is_empty());
+        assert_eq!(seed, vec![0, 1, 2, 3]);
+        assert_eq!(t.corrupt_peers("b"), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn grants_of_a_quiet_agent_lapse() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        report(&mut t, "a", &Bitmap::new(4), now);
+        let (seed_a, _) = t.plan("a", &d(), 4, now, &all_live);
+        assert_eq!(seed_a.len(), 4);
+        let later = now + QUIET_AFTER + Duration::from_secs(1);
+        report(&mut t, "b", &Bitmap::new(4), later);
+        let (seed_b, _) = t.plan("b", &d(), 4, later, &all_live);
+        assert_eq!(seed_b.len(), 4);
+        // An offline (no session) holder is not offered as a peer.
+        report(&mut t, "a", &Bitmap::full(4), later);
+        let (_, peers) = t.plan("b", &d(), 4, later, &|n: &str| n != "a");
+        assert!(peers.is_empty());
+    }
+}
