@@ -14,6 +14,8 @@
 //! - [`daemon`]: `coordinator serve`: the QUIC endpoint, enrollment, node
 //!   sessions, the admin API.
 //! - [`admin`]: the CLI's client for the admin API.
+//! - [`plan`]: the install plan: hosts and roles to ordered per-node steps
+//!   in sealer's order (pure), and matching hosts to enrolled nodes.
 //! - [`distribution`]: layer distribution: assignments, piece tables, the
 //!   piece tracker and seeding policy, `Blob` streams, progress
 //!   (`cli/distribute.rs`: `seaport distribute`).
@@ -22,6 +24,7 @@ pub mod admin;
 pub mod ca;
 pub mod cli;
 pub mod daemon;
+pub mod plan;
 pub mod distribution;
 pub mod state;
 pub mod tokens;

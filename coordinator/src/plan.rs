@@ -1,0 +1,400 @@
+//! The install plan: from an image and a set of hosts with roles to an
+//! ordered list of phases, each a set of per-node tasks (the agent's step
+//! names), in the order sealer installs a cluster:
+//!
+//! 1. `rootfs` on every host (unpack and render),
+//! 2. `runtime` on every host,
+//! 3. `registry` on the registry host(s) (the first master by default),
+//! 4. `registry-access` on every host (names, mirrors, binaries, units,
+//!    the image's init hooks),
+//! 5. `init-master0`: `kubeadm init` on the first master,
+//! 6. `join-master-N`: the other masters join one at a time,
+//! 7. `join-nodes`: the workers join in parallel,
+//! 8. `launch`: the image's apps, from the first master (when it has any).
+//!
+//! Pure: no I/O, deterministic for the same input, so it is persisted and
+//! compared as is. [`match_nodes`] maps host IPs to enrolled nodes and says
+//! how to bootstrap a host that has no agent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors from planning.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// No master was given.
+    #[error("a cluster needs at least one master (-m IP)")]
+    NoMaster,
+    /// An address is not an IP.
+    #[error("{0:?} is not an IP address")]
+    BadIp(String),
+    /// The same IP is listed twice.
+    #[error("host {0} is listed twice")]
+    Duplicate(String),
+    /// A registry host is not one of the hosts.
+    #[error("registry host {0} is not one of the cluster's hosts")]
+    UnknownRegistryHost(String),
+    /// Hosts without an enrolled agent.
+    #[error("no agent is enrolled on {}: bootstrap them first (`seaport token create`, then `seaport bootstrap script --token T` on each host, or cloud-init with `seaport bootstrap cloud-init --token T`), and check `seaport nodes`", .0.join(", "))]
+    NoAgent(Vec<String>),
+}
+
+/// A host's role as the user gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostRole {
+    /// Control plane.
+    Master,
+    /// Worker.
+    Node,
+}
+
+/// A host of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSpec {
+    /// Its IP.
+    pub ip: String,
+    /// Its role.
+    pub role: HostRole,
+}
+
+/// What the planner needs to know.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanInput {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The image's manifest digest.
+    pub image: String,
+    /// The hosts, masters first in the order given (the first is master0).
+    pub hosts: Vec<HostSpec>,
+    /// Registry hosts; empty means the first master.
+    pub registry_hosts: Vec<String>,
+    /// Whether the image has apps to launch after the cluster is up.
+    pub has_launch: bool,
+}
+
+/// The role a node plays in the plan (the agent's `--role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// The first master.
+    Master0,
+    /// Another master.
+    Master,
+    /// A worker.
+    Node,
+}
+
+/// Work for one host in one phase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// The host.
+    pub host: String,
+    /// Its role.
+    pub role: NodeRole,
+    /// The agent steps, in order.
+    pub steps: Vec<String>,
+}
+
+/// A phase: its tasks run in parallel; phases run one after another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phase {
+    /// e.g. `runtime`, `join-master-1`.
+    pub name: String,
+    /// The tasks.
+    pub tasks: Vec<Task>,
+}
+
+/// The plan of an install.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The cluster.
+    pub cluster: String,
+    /// The image.
+    pub image: String,
+    /// The phases, in order.
+    pub phases: Vec<Phase>,
+}
+
+impl Plan {
+    /// Every step of `host`, in the order it runs.
+    pub fn steps_of(&self, host: &str) -> Vec<String> {
+        self.phases
+            .iter()
+            .flat_map(|p| p.tasks.iter().filter(|t| t.host == host))
+            .flat_map(|t| t.steps.iter().cloned())
+            .collect()
+    }
+}
+
+/// Computes the plan.
+pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
+    let mut seen = BTreeSet::new();
+    for h in &input.hosts {
+        h.ip.parse::<IpAddr>()
+            .map_err(|_| PlanError::BadIp(h.ip.clone()))?;
+        if !seen.insert(h.ip.as_str()) {
+            return Err(PlanError::Duplicate(h.ip.clone()));
+        }
+    }
+    let masters: Vec<&HostSpec> = input
+        .hosts
+        .iter()
+        .filter(|h| h.role == HostRole::Master)
+        .collect();
+    let nodes: Vec<&HostSpec> = input
+        .hosts
+        .iter()
+        .filter(|h| h.role == HostRole::Node)
+        .collect();
+    let master0 = masters.first().ok_or(PlanError::NoMaster)?;
+    let registry_hosts: Vec<String> = if input.registry_hosts.is_empty() {
+        vec![master0.ip.clone()]
+    } else {
+        for r in &input.registry_hosts {
+            if !seen.contains(r.as_str()) {
+                return Err(PlanError::UnknownRegistryHost(r.clone()));
+            }
+        }
+        input.registry_hosts.clone()
+    };
+    let role_of = |h: &HostSpec| match h.role {
+        HostRole::Master if h.ip == master0.ip => NodeRole::Master0,
+        HostRole::Master => NodeRole::Master,
+        HostRole::Node => NodeRole::Node,
+    };
+    let ordered: Vec<&HostSpec> = masters.iter().chain(nodes.iter()).copied().collect();
+    let all = |steps: &[&str]| -> Vec<Task> {
+        ordered
+            .iter()
+            .map(|h| Task {
+                host: h.ip.clone(),
+                role: role_of(h),
+                steps: steps.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect()
+    };
+    let mut phases = vec![
+        Phase {
+            name: "rootfs".into(),
+            tasks: all(&["rootfs", "render"]),
+        },
+        Phase {
+            name: "runtime".into(),
+            tasks: all(&["runtime"]),
+        },
+        Phase {
+            name: "registry".into(),
+            tasks: ordered
+                .iter()
+                .filter(|h| registry_hosts.contains(&h.ip))
+                .map(|h| Task {
+                    host: h.ip.clone(),
+                    role: role_of(h),
+                    steps: vec!["registry".into()],
+                })
+                .collect(),
+        },
+        Phase {
+            name: "registry-access".into(),
+            tasks: all(&[
+                "registry-access",
+                "kube-binaries",
+                "hook-init",
+                "hook-init-kube",
+            ]),
+        },
+        Phase {
+            name: "init-master0".into(),
+            tasks: vec![Task {
+                host: master0.ip.clone(),
+                role: NodeRole::Master0,
+                steps: vec!["kubeadm".into()],
+            }],
+        },
+    ];
+    for (i, m) in masters.iter().enumerate().skip(1) {
+        phases.push(Phase {
+            name: format!("join-master-{i}"),
+            tasks: vec![Task {
+                host: m.ip.clone(),
+                role: NodeRole::Master,
+                steps: vec!["kubeadm".into()],
+            }],
+        });
+    }
+    if !nodes.is_empty() {
+        phases.push(Phase {
+            name: "join-nodes".into(),
+            tasks: nodes
+                .iter()
+                .map(|n| Task {
+                    host: n.ip.clone(),
+                    role: NodeRole::Node,
+                    steps: vec!["kubeadm".into()],
+                })
+                .collect(),
+        });
+    }
+    if input.has_launch {
+        phases.push(Phase {
+            name: "launch".into(),
+            tasks: vec![Task {
+                host: master0.ip.clone(),
+                role: NodeRole::Master0,
+                steps: vec!["launch".into()],
+            }],
+        });
+    }
+    Ok(Plan {
+        cluster: input.cluster.clone(),
+        image: input.image.clone(),
+        phases,
+    })
+}
+
+/// Maps each host IP to the enrolled node that reports it. `enrolled` is
+/// (node id, its IPs). Every host without one is named in the error.
+pub fn match_nodes(
+    hosts: &[HostSpec],
+    enrolled: &[(String, Vec<String>)],
+) -> Result<BTreeMap<String, String>, PlanError> {
+    let mut out = BTreeMap::new();
+    let mut missing = Vec::new();
+    for h in hosts {
+        match enrolled.iter().find(|(_, ips)| ips.contains(&h.ip)) {
+            Some((id, _)) => {
+                out.insert(h.ip.clone(), id.clone());
+            }
+            None => missing.push(h.ip.clone()),
+        }
+    }
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        Err(PlanError::NoAgent(missing))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(masters: &[&str], nodes: &[&str]) -> Vec<HostSpec> {
+        masters
+            .iter()
+            .map(|ip| HostSpec {
+                ip: ip.to_string(),
+                role: HostRole::Master,
+            })
+            .chain(nodes.iter().map(|ip| HostSpec {
+                ip: ip.to_string(),
+                role: HostRole::Node,
+            }))
+            .collect()
+    }
+
+    fn input(h: Vec<HostSpec>) -> PlanInput {
+        PlanInput {
+            cluster: "c".into(),
+            image: "sha256:00".into(),
+            hosts: h,
+            registry_hosts: vec![],
+            has_launch: false,
+        }
+    }
+
+    #[test]
+    fn phases_follow_sealers_order() {
+        let p = plan(&input(hosts(
+            &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+            &["10.0.0.4", "10.0.0.5"],
+        )))
+        .unwrap();
+        let names: Vec<&str> = p.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "rootfs",
+                "runtime",
+                "registry",
+                "registry-access",
+                "init-master0",
+                "join-master-1",
+                "join-master-2",
+                "join-nodes"
+            ]
+        );
+        assert_eq!(p.phases[0].tasks.len(), 5);
+        assert_eq!(p.phases[2].tasks.len(), 1);
+        assert_eq!(p.phases[2].tasks[0].host, "10.0.0.1");
+        let joins: Vec<&str> = p.phases[7].tasks.iter().map(|t| t.host.as_str()).collect();
+        assert_eq!(joins, ["10.0.0.4", "10.0.0.5"]);
+        assert_eq!(p.phases[5].tasks[0].role, NodeRole::Master);
+        assert_eq!(
+            p,
+            plan(&input(hosts(
+                &["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+                &["10.0.0.4", "10.0.0.5"]
+            )))
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn each_host_gets_exactly_the_agents_steps_for_its_role() {
+        let p = plan(&input(hosts(&["10.0.0.1", "10.0.0.2"], &["10.0.0.3"]))).unwrap();
+        use seaport_agent::apply::{steps_for, Role};
+        assert_eq!(p.steps_of("10.0.0.1"), steps_for(Role::Master0, true));
+        assert_eq!(p.steps_of("10.0.0.2"), steps_for(Role::Master, false));
+        assert_eq!(p.steps_of("10.0.0.3"), steps_for(Role::Node, false));
+    }
+
+    #[test]
+    fn registry_hosts_launch_and_bad_input() {
+        let mut i = input(hosts(&["10.0.0.1"], &["10.0.0.2"]));
+        i.registry_hosts = vec!["10.0.0.2".into()];
+        i.has_launch = true;
+        let p = plan(&i).unwrap();
+        assert_eq!(p.phases[2].tasks[0].host, "10.0.0.2");
+        assert_eq!(p.phases.last().unwrap().name, "launch");
+        assert_eq!(
+            plan(&input(hosts(&[], &["10.0.0.2"]))),
+            Err(PlanError::NoMaster)
+        );
+        assert_eq!(
+            plan(&input(hosts(&["10.0.0.1"], &["10.0.0.1"]))),
+            Err(PlanError::Duplicate("10.0.0.1".into()))
+        );
+        assert_eq!(
+            plan(&input(hosts(&["host-a"], &[]))),
+            Err(PlanError::BadIp("host-a".into()))
+        );
+        i.registry_hosts = vec!["10.9.9.9".into()];
+        assert!(matches!(plan(&i), Err(PlanError::UnknownRegistryHost(_))));
+    }
+
+    #[test]
+    fn hosts_without_an_agent_are_named_with_how_to_bootstrap_them() {
+        let h = hosts(&["10.0.0.1"], &["10.0.0.2", "10.0.0.3"]);
+        let enrolled = vec![(
+            "n1".to_string(),
+            vec!["10.0.0.1".to_string(), "192.168.1.1".to_string()],
+        )];
+        let err = match_nodes(&h, &enrolled).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("10.0.0.2, 10.0.0.3") && msg.contains("seaport bootstrap"),
+            "{msg}"
+        );
+        let enrolled = vec![
+            ("n1".to_string(), vec!["10.0.0.1".to_string()]),
+            ("n2".to_string(), vec!["10.0.0.2".to_string()]),
+            ("n3".to_string(), vec!["10.0.0.3".to_string()]),
+        ];
+        let m = match_nodes(&h, &enrolled).unwrap();
+        assert_eq!(m["10.0.0.3"], "n3");
+    }
+}
