@@ -19,12 +19,16 @@
 //! - [`distribution`]: layer distribution: assignments, piece tables, the
 //!   piece tracker and seeding policy, `Blob` streams, progress
 //!   (`cli/distribute.rs`: `seaport distribute`).
+//! - [`bootstrap`]: the HTTPS bootstrap endpoint serving the agent to token
+//!   holders, and the cloud-init user-data and script hosts run
+//!   (`cli/bootstrap.rs`: `seaport bootstrap`).
 
 pub mod admin;
+pub mod bootstrap;
 pub mod ca;
 pub mod cli;
 pub mod daemon;
-pub mod plan;
 pub mod distribution;
+pub mod plan;
 pub mod state;
 pub mod tokens;

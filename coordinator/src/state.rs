@@ -245,6 +245,28 @@ impl Store {
         Ok(rec)
     }
 
+    /// Checks a token as enrollment would (known, secret matches, not
+    /// expired, uses left) without spending a use: the bootstrap endpoint
+    /// serves the agent only to holders of a token that can still enroll.
+    pub fn check_token(&self, token: &JoinToken, now: i64) -> Result<TokenRecord, StateError> {
+        let txn = db_err!(self.db.begin_read())?;
+        let tokens = db_err!(txn.open_table(TOKENS))?;
+        let rec: TokenRecord = match db_err!(tokens.get(token.id.as_str()))? {
+            Some(v) => from_json("tokens", &token.id, v.value())?,
+            None => return Err(StateError::TokenInvalid),
+        };
+        if !token.matches_hash(&rec.secret_hash) {
+            return Err(StateError::TokenInvalid);
+        }
+        if rec.expires_at <= now {
+            return Err(StateError::TokenExpired(token.id.clone()));
+        }
+        if rec.uses_left == 0 {
+            return Err(StateError::TokenUsedUp(token.id.clone()));
+        }
+        Ok(rec)
+    }
+
     /// Spends one use of `token` and records the node it enrolls, atomically.
     /// `sign` gets the certificate serial and returns the signed certificate;
     /// if it fails, nothing is committed.

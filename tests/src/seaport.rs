@@ -242,6 +242,7 @@ pub struct Coordinator {
     bins: Binaries,
     root: PathBuf,
     listen: String,
+    extra_args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -259,11 +260,23 @@ impl Coordinator {
     /// waits until it listens (a UDP socket on the port). Its output goes to
     /// `ROOT.log` beside the root (for `/tmp/x/coordinator`, `/tmp/x/coordinator.log`).
     pub fn start(bins: &Binaries, root: &Path, listen: &str) -> Result<Self, SeaportError> {
+        Self::start_with(bins, root, listen, &[])
+    }
+
+    /// As [`Coordinator::start`], with more `coordinator serve` flags (for
+    /// example `--bootstrap-listen ADDR:PORT`).
+    pub fn start_with(
+        bins: &Binaries,
+        root: &Path,
+        listen: &str,
+        extra_args: &[&str],
+    ) -> Result<Self, SeaportError> {
         let log = root.with_extension("log");
         let mut me = Coordinator {
             bins: bins.clone(),
             root: root.to_path_buf(),
             listen: listen.to_string(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
             log,
         };
@@ -288,6 +301,7 @@ impl Coordinator {
         c.arg("--root")
             .arg(&self.root)
             .args(["coordinator", "serve", "--listen", &self.listen])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::bootstrap::{self, BootstrapInfo};
 use crate::ca;
 use crate::daemon::{self, Daemon, ServeOptions};
 
@@ -25,6 +26,14 @@ pub struct ServeArgs {
     /// Lifetime of node certificates; agents renew at two thirds of it.
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
     pub node_cert_ttl: Duration,
+    /// Also serve the HTTPS bootstrap endpoint (agent binary and bootstrap
+    /// script for join token holders) on this TCP address, e.g. 0.0.0.0:7444.
+    #[arg(long)]
+    pub bootstrap_listen: Option<SocketAddr>,
+    /// The agent binary the bootstrap endpoint serves. Default: seaport-agent
+    /// beside this executable.
+    #[arg(long)]
+    pub agent_binary: Option<std::path::PathBuf>,
 }
 
 pub fn run(root: &Path, cmd: CoordinatorCommand) -> anyhow::Result<()> {
@@ -76,9 +85,60 @@ fn serve(root: &Path, args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
         eprintln!("coordinator listening on {} (udp)", daemon.local_addr());
-        daemon.run(shutdown_signal()).await?;
+        let endpoint = match args.bootstrap_listen {
+            Some(listen) => Some(start_bootstrap(root, listen, args.agent_binary, &daemon).await?),
+            None => None,
+        };
+        let result = daemon.run(shutdown_signal()).await;
+        if let Some((stop, task)) = endpoint {
+            let _ = stop.send(true);
+            let _ = task.await;
+            bootstrap::remove_info(root);
+        }
+        result?;
         Ok(())
     })
+}
+
+/// Binds the bootstrap endpoint, records it in `bootstrap.json` and runs it
+/// until told to stop.
+async fn start_bootstrap(
+    root: &Path,
+    listen: SocketAddr,
+    agent_binary: Option<std::path::PathBuf>,
+    daemon: &Daemon,
+) -> anyhow::Result<(
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let agent_path = agent_binary.unwrap_or_else(bootstrap::default_agent_path);
+    let server = bootstrap::bind(
+        root,
+        listen,
+        &agent_path,
+        daemon.local_addr().port(),
+        daemon.token_check(),
+    )
+    .await
+    .context("starting the bootstrap endpoint")?;
+    let info = BootstrapInfo {
+        listen: server.local_addr(),
+        agent_path: agent_path.clone(),
+        agent_sha256: server.agent_sha256().to_string(),
+        pid: std::process::id(),
+    };
+    bootstrap::write_info(root, &info)?;
+    eprintln!(
+        "bootstrap endpoint listening on {} (https), serving {} (sha256 {})",
+        info.listen,
+        agent_path.display(),
+        info.agent_sha256
+    );
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    Ok((stop, task))
 }
 
 /// Resolves on SIGTERM or SIGINT.

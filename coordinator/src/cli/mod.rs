@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod bootstrap;
 mod coordinator;
 mod distribute;
 mod images;
@@ -65,6 +66,9 @@ pub enum Command {
     Nodes(nodes::NodesArgs),
     /// Send an image's layers to nodes (peer-to-peer), and show progress.
     Distribute(distribute::DistributeArgs),
+    /// What a host runs to get its agent: cloud-init user-data or a shell one-liner.
+    #[command(subcommand)]
+    Bootstrap(bootstrap::BootstrapCommand),
 }
 
 /// Sets up logging to stderr: warnings by default, more with `-v`.
@@ -101,5 +105,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token::run(&root, cmd),
         Command::Nodes(args) => nodes::run(&root, args),
         Command::Distribute(args) => distribute::run(&root, args),
+        Command::Bootstrap(cmd) => bootstrap::run(&root, cmd),
     }
 }

@@ -101,7 +101,28 @@ pub(crate) fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Checks join tokens against the running coordinator's state without
+/// spending them (for the bootstrap endpoint, `crate::bootstrap`).
+#[derive(Clone)]
+pub struct TokenCheck(Arc<Shared>);
+
+impl TokenCheck {
+    pub fn check(&self, token: &pki::JoinToken) -> Result<(), StateError> {
+        self.0.store.check_token(token, now_unix()).map(|_| ())
+    }
+
+    /// The CA certificate (PEM) the bootstrap endpoint pins hosts to.
+    pub fn ca_pem(&self) -> String {
+        self.0.ca.cert_pem().to_string()
+    }
+}
+
 impl Daemon {
+    /// A token checker sharing this daemon's state.
+    pub fn token_check(&self) -> TokenCheck {
+        TokenCheck(self.shared.clone())
+    }
+
     /// Loads state under `root` and binds the endpoint.
     pub fn bind(root: &Path, opts: ServeOptions) -> Result<Daemon, DaemonError> {
         let paths = CoordinatorPaths::new(root);
