@@ -22,9 +22,11 @@
 //! - [`bootstrap`]: the HTTPS bootstrap endpoint serving the agent to token
 //!   holders, and the cloud-init user-data and script hosts run
 //!   (`cli/bootstrap.rs`: `seaport bootstrap`).
+//! - [`bundle`]: the one-file offline bundle (`seaport save --bundle`).
 
 pub mod admin;
 pub mod bootstrap;
+pub mod bundle;
 pub mod ca;
 pub mod cli;
 pub mod daemon;

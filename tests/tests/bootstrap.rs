@@ -300,3 +300,114 @@ fn bootstrap_script_enrolls_and_refuses_expired_tokens_and_tampered_binaries() {
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     lab.down().unwrap();
 }
+
+/// The offline bundle on a lab whose hosts reach nothing but each other:
+/// unpacked on a clean host and installed as its README says, it runs the
+/// coordinator as a service and loads the images; a second host then gets
+/// its agent from that coordinator alone.
+#[test]
+fn offline_bundle_installs_the_coordinator_and_images_on_a_clean_host() {
+    if let Err(e) = lab::preflight() {
+        panic!("the lab tests cannot run here: {e}");
+    }
+    let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("etc")).unwrap();
+    std::fs::write(ctx.join("etc/site.conf"), "offline\n").unwrap();
+    std::fs::write(ctx.join("Kubefile"), "FROM scratch\nCOPY etc etc/\n").unwrap();
+    let store = tmp.path().join("store");
+    let kubefile = ctx.join("Kubefile");
+    seaport_out(
+        &bins,
+        &store,
+        &[
+            "build",
+            "-f",
+            kubefile.to_str().unwrap(),
+            "-t",
+            "site:v1",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let bundle = tmp.path().join("site.tar");
+    seaport_out(
+        &bins,
+        &store,
+        &[
+            "save",
+            "--bundle",
+            "-o",
+            bundle.to_str().unwrap(),
+            "--agent-binary",
+            bins.agent.to_str().unwrap(),
+            "site:v1",
+        ],
+    );
+
+    let lab = Lab::up(2).expect("bring up a lab of 2 hosts");
+    let (h1, h2) = (lab.host(0), lab.host(1));
+    // Follow the bundle's README on h1.
+    h1.copy_in(&bundle, "/root/site.tar", 0o600).unwrap();
+    h1.exec_ok(&["tar", "-xf", "/root/site.tar", "-C", "/root"])
+        .unwrap();
+    let readme = h1
+        .exec_ok(&["cat", "/root/seaport-bundle/README.md"])
+        .unwrap()
+        .stdout;
+    assert!(readme.contains("sh seaport-bundle/install.sh"), "{readme}");
+    let install = h1.sh("cd /root && sh seaport-bundle/install.sh").unwrap();
+    assert!(
+        install.success(),
+        "install.sh failed: {}{}\n{}",
+        install.stdout,
+        install.stderr,
+        h1.journal(Some("seaport-coordinator.service"))
+            .unwrap_or_default()
+    );
+    let active = h1
+        .exec(&["systemctl", "is-active", "seaport-coordinator.service"])
+        .unwrap();
+    assert_eq!(active.stdout.trim(), "active");
+    let images = h1.exec_ok(&["seaport", "images"]).unwrap().stdout;
+    assert!(images.contains("site"), "{images}");
+
+    // h2 gets its agent from h1 alone.
+    let token = h1
+        .exec_ok(&["seaport", "token", "create", "--json"])
+        .unwrap()
+        .stdout;
+    let token: seaport::Token = serde_json::from_str(&token).unwrap();
+    let line = h1
+        .exec_ok(&[
+            "seaport",
+            "bootstrap",
+            "script",
+            "--token",
+            &token.token,
+            "--coordinator",
+            &format!("{}:7443", h1.ip()),
+        ])
+        .unwrap()
+        .stdout;
+    let run = h2.sh(line.trim()).unwrap();
+    assert!(
+        run.success(),
+        "bootstrap from the bundle's coordinator failed: {}",
+        run.stderr
+    );
+    let deadline = std::time::Instant::now() + EVENTUALLY;
+    loop {
+        let nodes = h1.exec_ok(&["seaport", "nodes", "--json"]).unwrap().stdout;
+        let nodes: Vec<Node> = serde_json::from_str(&nodes).unwrap();
+        if status_of(&nodes, h2.name()) == Some("online") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "h2 never showed online on the bundle's coordinator: {nodes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    lab.down().unwrap();
+}

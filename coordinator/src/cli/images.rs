@@ -223,10 +223,42 @@ pub struct SaveArgs {
     /// Images to save.
     #[arg(required = true)]
     pub names: Vec<String>,
+    /// Write a one-file offline bundle instead: the seaport and
+    /// seaport-agent binaries, systemd units, the images and a README.
+    #[arg(long)]
+    pub bundle: bool,
+    /// With --bundle: the seaport binary to include (default: this one).
+    #[arg(long, requires = "bundle")]
+    pub seaport_binary: Option<PathBuf>,
+    /// With --bundle: the seaport-agent binary to include (default: the one
+    /// beside this seaport). Prefer static builds (packaging/build-static.sh).
+    #[arg(long, requires = "bundle")]
+    pub agent_binary: Option<PathBuf>,
 }
 
 pub fn save(root: &Path, args: SaveArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
+    if args.bundle {
+        let mut bins = crate::bundle::BundleBinaries::beside_current_exe();
+        if let Some(p) = args.seaport_binary {
+            bins.seaport = p;
+        }
+        if let Some(p) = args.agent_binary {
+            bins.agent = p;
+        }
+        let report = crate::bundle::write(&store, &args.names, &bins, &args.output)
+            .with_context(|| format!("writing the bundle {}", args.output.display()))?;
+        for n in &report.images {
+            println!("saved {n}");
+        }
+        println!(
+            "wrote bundle {} ({} bytes); unpack it and follow {}/README.md",
+            args.output.display(),
+            report.size,
+            crate::bundle::BUNDLE_DIR
+        );
+        return Ok(());
+    }
     let names = archive::save(&store, &args.names, &args.output)
         .with_context(|| format!("saving to {}", args.output.display()))?;
     for n in names {
