@@ -36,11 +36,14 @@ enum Command {
         #[arg(long, env = "SEAPORT_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
-    /// Run the agent service: keep a session to the coordinator.
+    /// Run the agent service: keep a session to the coordinator, fetch the
+    /// layers of assigned images, serve pieces to peers.
     Run {
         /// Where the agent keeps its identity and state.
         #[arg(long, env = "SEAPORT_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        #[command(flatten)]
+        content: seaport_agent::content::ContentArgs,
     },
     /// Install a cluster image on this host from a local OCI layout.
     Apply {
@@ -128,7 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }),
-        Command::Run { state_dir } => rt.block_on(async {
+        Command::Run { state_dir, content } => rt.block_on(async {
             let host = HostIdentity::from_system()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(
@@ -139,7 +142,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 .instrument(tracing::info_span!("signals")),
             );
-            session::run(&state_dir, SystemFacts::new(host), rx).await;
+            let (link, link_rx) = tokio::sync::watch::channel(None);
+            let content_task =
+                match seaport_agent::content::ContentService::open(&state_dir, content.options()) {
+                    Ok(service) => Some(tokio::spawn(
+                        service
+                            .run(link_rx, rx.clone())
+                            .instrument(tracing::info_span!("content")),
+                    )),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "layer distribution disabled");
+                        None
+                    }
+                };
+            session::run_linked(&state_dir, SystemFacts::new(host), rx, Some(link)).await;
+            if let Some(task) = content_task {
+                let _ = task.await;
+            }
             Ok(())
         }),
         Command::Apply { .. } | Command::Reset { .. } => unreachable!("handled above"),

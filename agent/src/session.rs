@@ -107,10 +107,20 @@ pub enum SessionEnd {
 }
 
 /// Runs the agent service until `shutdown` turns true.
-pub async fn run(
+pub async fn run(state_dir: &Path, facts: impl FactsSource, shutdown: watch::Receiver<bool>) {
+    run_linked(state_dir, facts, shutdown, None).await
+}
+
+/// The connection of the current session, `None` between sessions (the
+/// content service fetches blobs over it).
+pub type SessionLink = watch::Sender<Option<quinn::Connection>>;
+
+/// [`run`], publishing each session's connection on `link`.
+pub async fn run_linked(
     state_dir: &Path,
     mut facts: impl FactsSource,
     mut shutdown: watch::Receiver<bool>,
+    link: Option<SessionLink>,
 ) {
     let mut backoff = Backoff::default();
     let mut endpoint: Option<quinn::Endpoint> = None;
@@ -120,7 +130,14 @@ pub async fn run(
             break;
         }
         let started = Instant::now();
-        let end = attempt(state_dir, &mut endpoint, &mut facts, &mut shutdown).await;
+        let end = attempt(
+            state_dir,
+            &mut endpoint,
+            &mut facts,
+            &mut shutdown,
+            link.as_ref(),
+        )
+        .await;
         match end {
             SessionEnd::Shutdown => break,
             SessionEnd::Lost(e) => match &e {
@@ -150,6 +167,7 @@ async fn attempt(
     endpoint: &mut Option<quinn::Endpoint>,
     facts: &mut impl FactsSource,
     shutdown: &mut watch::Receiver<bool>,
+    link: Option<&SessionLink>,
 ) -> SessionEnd {
     let identity = match Identity::load(state_dir) {
         Ok(i) => i,
@@ -184,7 +202,8 @@ async fn attempt(
         },
     };
     let span = info_span!("session", node = %identity.node_id, coordinator = %addr);
-    session(ep, addr, identity, state_dir.to_path_buf(), facts, shutdown)
+    let state_dir = state_dir.to_path_buf();
+    session_linked(ep, addr, identity, state_dir, facts, shutdown, link)
         .instrument(span)
         .await
 }
@@ -211,16 +230,30 @@ fn rfc3339(t: i64) -> String {
 pub async fn session(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
-    mut identity: Identity,
+    identity: Identity,
     state_dir: PathBuf,
     facts: &mut impl FactsSource,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
+    session_linked(endpoint, addr, identity, state_dir, facts, shutdown, None).await
+}
+
+async fn session_linked(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    mut identity: Identity,
+    state_dir: PathBuf,
+    facts: &mut impl FactsSource,
+    shutdown: &mut watch::Receiver<bool>,
+    link: Option<&SessionLink>,
+) -> SessionEnd {
     let lost = SessionEnd::Lost;
-    let config = match identity.client_config() {
+    let mut config = match identity.client_config() {
         Ok(c) => c,
         Err(e) => return lost(e.into()),
     };
+    // Blobs travel on this connection too: LAN-sized flow-control windows.
+    config.transport_config(seaport_shared::transfer::lan_transport());
     let connect_err = |reason: String| SessionError::Connect {
         addr: addr.to_string(),
         reason,
@@ -245,6 +278,9 @@ pub async fn session(
         return lost(lost_reason(&conn).unwrap_or(e.into()));
     }
     info!("session established");
+    if let Some(link) = link {
+        link.send_replace(Some(conn.clone()));
+    }
 
     // Reading is not cancel-safe in a select!, so it gets its own task.
     let (tx, mut rx) = mpsc::channel::<Result<CoordinatorMessage, CodecError>>(8);
@@ -317,6 +353,9 @@ pub async fn session(
         }
     };
     reader.abort();
+    if let Some(link) = link {
+        link.send_replace(None);
+    }
     end
 }
 

@@ -392,9 +392,11 @@ pub fn lan_transport() -> Arc<quinn::TransportConfig> {
     t.keep_alive_interval(Some(crate::wire::KEEP_ALIVE));
     t.max_concurrent_bidi_streams(64u32.into());
     t.max_concurrent_uni_streams(0u32.into());
-    t.stream_receive_window((16u32 * 1024 * 1024).into());
-    t.receive_window((64u32 * 1024 * 1024).into());
-    t.send_window(64 * 1024 * 1024);
+    // 4 MiB per stream covers 400 Mbit/s with 80 ms of queueing; the
+    // connection bound keeps an agent's buffered bytes (its RSS) bounded.
+    t.stream_receive_window((4u32 * 1024 * 1024).into());
+    t.receive_window((16u32 * 1024 * 1024).into());
+    t.send_window(16 * 1024 * 1024);
     Arc::new(t)
 }
 
