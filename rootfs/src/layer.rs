@@ -110,12 +110,175 @@ pub fn default_threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
+/// Size of the buffers the tar stream is cut into between the reading
+/// thread and the compressing one. Large reads keep syscalls few.
+const CHUNK: usize = 4 << 20;
+
+/// Full buffers that may wait for the compressor: enough to keep reading
+/// while zstd's workers catch up, little enough to bound memory
+/// (`CHUNK * (IN_FLIGHT + 2)`).
+const IN_FLIGHT: usize = 4;
+
 /// Writes `entries` as a zstd-compressed tar to `out`.
+///
+/// Two stages run at once, like `tar -c | zstd`: a reading thread walks the
+/// entries, reads each file straight into large buffers that hold the tar
+/// stream, and hashes that stream (the `diff_id`); the calling thread feeds
+/// the buffers to zstd (whose own workers compress) and hashes and writes
+/// the compressed bytes (the digest). The bytes are the same as one thread
+/// writing the tar into the encoder would produce.
 pub fn write_layer(
     entries: &Entries,
     out: &mut File,
     options: &LayerOptions,
 ) -> Result<WrittenLayer, LayerError> {
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Chunk>(IN_FLIGHT);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("layer-tar".into())
+            .spawn_scoped(scope, move || {
+                let mut stream = TarStream::new(full_tx, free_rx);
+                write_tar(entries, options.mtime, &mut stream)?;
+                stream.finish()
+            })
+            .map_err(io_err("starting a thread for", Path::new("<layer>")))?;
+        let compressed = compress(full_rx, free_tx, out, options);
+        let (diff_id, _) = match reader.join() {
+            Ok(r) => r?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let (digest, size) = compressed?;
+        Ok(WrittenLayer {
+            digest,
+            size,
+            diff_id,
+        })
+    })
+}
+
+/// One filled buffer of the tar stream.
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+/// The tar stream as the reading thread builds it: bytes go into a
+/// [`CHUNK`]-sized buffer, which is hashed and handed to the compressor
+/// when full. Buffers come back through `free` for reuse.
+struct TarStream {
+    buf: Vec<u8>,
+    len: usize,
+    full: std::sync::mpsc::SyncSender<Chunk>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    hash: HashingWriter<io::Sink>,
+}
+
+impl TarStream {
+    fn new(
+        full: std::sync::mpsc::SyncSender<Chunk>,
+        free: std::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Self {
+        Self {
+            buf: vec![0; CHUNK],
+            len: 0,
+            full,
+            free,
+            hash: HashingWriter::new(io::sink()),
+        }
+    }
+
+    /// Hands the current buffer to the compressor and takes a fresh one.
+    fn send(&mut self) -> io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        self.hash.write_all(&self.buf[..self.len])?;
+        let next = self.free.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
+        let buf = std::mem::replace(&mut self.buf, next);
+        let len = std::mem::take(&mut self.len);
+        self.full
+            .send(Chunk { buf, len })
+            .map_err(|_| io::Error::other("the layer compressor stopped"))
+    }
+
+    /// Appends exactly `len` bytes of `file`, read directly into the
+    /// stream's buffers. A file that shrinks while read is an error (the
+    /// tar header already promised `len` bytes).
+    fn copy_file(&mut self, file: &mut File, len: u64) -> io::Result<()> {
+        let mut left = len;
+        while left > 0 {
+            if self.len == CHUNK {
+                self.send()?;
+            }
+            let room = (CHUNK - self.len).min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = match io::Read::read(file, &mut self.buf[self.len..self.len + room]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the file shrank while it was read ({} of {len} bytes); \
+                             do not change the build context during a build",
+                            len - left
+                        ),
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.len += n;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Sends what is left; returns the digest and size of the whole stream.
+    fn finish(mut self) -> Result<(Digest, u64), LayerError> {
+        self.send()
+            .map_err(io_err("writing the layer", Path::new("<layer>")))?;
+        let (_, digest, size) = self.hash.finish();
+        Ok((digest, size))
+    }
+}
+
+impl Write for TarStream {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.len == CHUNK {
+            self.send()?;
+        }
+        let n = data.len().min(CHUNK - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&data[..n]);
+        self.len += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the tar stream of `entries` into `stream`.
+fn write_tar(entries: &Entries, mtime: u64, stream: &mut TarStream) -> Result<(), LayerError> {
+    let mut builder = tar::Builder::new(stream);
+    builder.mode(tar::HeaderMode::Deterministic);
+    for (path, entry) in entries {
+        append_entry(&mut builder, path, entry, mtime)?;
+    }
+    builder
+        .into_inner()
+        .map_err(io_err("finishing tar for", Path::new("<layer>")))?;
+    Ok(())
+}
+
+/// Compresses the chunks arriving on `full` into `out`, hashing the
+/// compressed bytes; returns their digest and size.
+fn compress(
+    full: std::sync::mpsc::Receiver<Chunk>,
+    free: std::sync::mpsc::Sender<Vec<u8>>,
+    out: &mut File,
+    options: &LayerOptions,
+) -> Result<(Digest, u64), LayerError> {
     let out_path = PathBuf::from("<layer>");
     let writeback = Writeback::new(out).map_err(io_err("preparing", &out_path))?;
     let compressed = HashingWriter::new(BufWriter::with_capacity(1 << 20, writeback));
@@ -126,21 +289,13 @@ pub fn write_layer(
             .multithread(options.threads)
             .map_err(io_err("enabling zstd threads for", &out_path))?;
     }
-    let uncompressed = HashingWriter::new(encoder);
-    let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, uncompressed));
-    builder.mode(tar::HeaderMode::Deterministic);
-    for (path, entry) in entries {
-        append_entry(&mut builder, path, entry, options.mtime)?;
+    for chunk in full {
+        encoder
+            .write_all(&chunk.buf[..chunk.len])
+            .map_err(io_err("compressing", &out_path))?;
+        // The reader may have finished already: then nobody needs the buffer.
+        let _ = free.send(chunk.buf);
     }
-    let buffered = builder
-        .into_inner()
-        .map_err(io_err("finishing tar for", &out_path))?;
-    let uncompressed = buffered.into_inner().map_err(|e| LayerError::Io {
-        action: "flushing",
-        path: out_path.clone(),
-        source: e.into_error(),
-    })?;
-    let (encoder, diff_id, _) = uncompressed.finish();
     let compressed = encoder
         .finish()
         .map_err(io_err("finishing zstd for", &out_path))?;
@@ -151,11 +306,7 @@ pub fn write_layer(
         source: e.into_error(),
     })?;
     writeback.finish().map_err(io_err("syncing", &out_path))?;
-    Ok(WrittenLayer {
-        digest,
-        size,
-        diff_id,
-    })
+    Ok((digest, size))
 }
 
 /// Bytes written between two background `fdatasync` calls.
@@ -244,8 +395,8 @@ fn header(kind: tar::EntryType, mode: u32, mtime: u64, size: u64) -> tar::Header
     h
 }
 
-fn append_entry<W: Write>(
-    builder: &mut tar::Builder<W>,
+fn append_entry(
+    builder: &mut tar::Builder<&mut TarStream>,
     path: &str,
     entry: &LayerEntry,
     mtime: u64,
@@ -253,14 +404,25 @@ fn append_entry<W: Write>(
     let name = Path::new(path);
     match &entry.source {
         EntrySource::File(src) => {
-            let file = File::open(src).map_err(io_err("reading", src))?;
+            let mut file = File::open(src).map_err(io_err("reading", src))?;
             let len = file.metadata().map_err(io_err("reading", src))?.len();
             let mut h = header(tar::EntryType::Regular, entry.mode, mtime, len);
-            // A file that changes size while read would corrupt the tar:
-            // read exactly `len` bytes and fail if fewer arrive.
-            let mut reader = io::Read::take(file, len);
+            // The builder writes the header (and a long-name entry when the
+            // path needs one); with no data it adds no padding. The data
+            // then goes straight into the stream's buffers, padded to the
+            // next 512-byte block as tar does. A file that changes size
+            // while read would corrupt the tar: exactly `len` bytes are
+            // read, and fewer is an error.
             builder
-                .append_data(&mut h, name, &mut reader)
+                .append_data(&mut h, name, io::empty())
+                .map_err(io_err("adding to layer", src))?;
+            let stream = builder.get_mut();
+            stream
+                .copy_file(&mut file, len)
+                .map_err(io_err("adding to layer", src))?;
+            let pad = (512 - len % 512) % 512;
+            stream
+                .write_all(&[0; 512][..pad as usize])
                 .map_err(io_err("adding to layer", src))?;
         }
         EntrySource::Dir => {
