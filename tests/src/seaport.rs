@@ -393,6 +393,14 @@ impl Coordinator {
         }
     }
 
+    /// Kills it with SIGKILL (no clean shutdown) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            procs::signal(child.id(), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
     /// Starts it again after `stop`, with the same root and address.
     pub fn restart(&mut self) -> Result<(), SeaportError> {
         self.stop()?;
@@ -494,6 +502,115 @@ pub fn status_of<'a>(nodes: &'a [Node], hostname: &str) -> Option<&'a str> {
         .iter()
         .find(|n| n.hostname == hostname)
         .map(|n| n.status.as_str())
+}
+
+/// Builds `name` in the coordinator's image store from files of random
+/// (incompressible) bytes, one layer per size in `layers`. The context goes
+/// to `ctx`.
+pub fn build_random_image(
+    bins: &Binaries,
+    root: &Path,
+    ctx: &Path,
+    name: &str,
+    layers: &[u64],
+) -> Result<(), SeaportError> {
+    use std::io::{Read, Write};
+    let io = |what: &str, source: std::io::Error| SeaportError::Spawn {
+        command: format!("writing the build context {}: {what}", ctx.display()),
+        source,
+    };
+    std::fs::create_dir_all(ctx).map_err(|e| io("mkdir", e))?;
+    let mut kubefile = String::from("FROM scratch\n");
+    let mut random = std::fs::File::open("/dev/urandom").map_err(|e| io("/dev/urandom", e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, size) in layers.iter().enumerate() {
+        let file = format!("layer{i}.bin");
+        let mut out = std::fs::File::create(ctx.join(&file)).map_err(|e| io(&file, e))?;
+        let mut left = *size;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            random.read_exact(&mut buf[..n]).map_err(|e| io("/dev/urandom", e))?;
+            out.write_all(&buf[..n]).map_err(|e| io(&file, e))?;
+            left -= n as u64;
+        }
+        kubefile.push_str(&format!("COPY {file} .\n"));
+    }
+    std::fs::write(ctx.join("Kubefile"), kubefile).map_err(|e| io("Kubefile", e))?;
+    let mut c = Command::new(&bins.seaport);
+    c.arg("--root")
+        .arg(root)
+        .arg("build")
+        .arg("-f")
+        .arg(ctx.join("Kubefile"))
+        .arg("-t")
+        .arg(name)
+        .arg(ctx);
+    cmd::run(&mut c)?;
+    Ok(())
+}
+
+/// `seaport distribute IMAGE --nodes N,...` against the running coordinator.
+pub fn distribute(
+    bins: &Binaries,
+    root: &Path,
+    image: &str,
+    nodes: &[&str],
+) -> Result<(), SeaportError> {
+    let mut c = Command::new(&bins.seaport);
+    c.arg("--root")
+        .arg(root)
+        .args(["distribute", image, "--nodes", &nodes.join(",")]);
+    cmd::run(&mut c)?;
+    Ok(())
+}
+
+/// `seaport distribute status --json`, as JSON.
+pub fn distribution_status(bins: &Binaries, root: &Path) -> Result<serde_json::Value, SeaportError> {
+    seaport_json(bins, root, &["distribute", "status", "--json"])
+}
+
+/// The progress entry of `node` (hostname) for `image` in a status.
+pub fn node_progress<'a>(
+    status: &'a serde_json::Value,
+    image: &str,
+    hostname: &str,
+) -> Option<&'a serde_json::Value> {
+    status["images"]
+        .as_array()?
+        .iter()
+        .find(|i| i["image"] == image)?["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["hostname"] == hostname)
+}
+
+/// Waits until `want(status)` holds, polling `seaport distribute status --json`.
+pub fn wait_for_distribution(
+    bins: &Binaries,
+    root: &Path,
+    what: &str,
+    timeout: Duration,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value, SeaportError> {
+    Ok(wait::until(
+        what,
+        timeout,
+        Duration::from_millis(250),
+        || match distribution_status(bins, root) {
+            Ok(s) if want(&s) => Ok(s),
+            Ok(s) => Err(s.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    )?)
+}
+
+/// Bytes the machine has sent into the lab bridge (what the coordinator
+/// and anything else on the machine side sent to hosts).
+pub fn bridge_tx_bytes(bridge: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{bridge}/statistics/tx_bytes"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
