@@ -48,7 +48,7 @@ enum Command {
     /// Install a cluster image on this host from a local OCI layout.
     Apply {
         #[command(flatten)]
-        args: seaport_agent::cli_apply::ApplyArgs,
+        args: Box<seaport_agent::cli_apply::ApplyArgs>,
         /// Where the agent keeps its state (the step journal).
         #[arg(long, env = "SEAPORT_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
@@ -94,7 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // apply and reset are synchronous (blocking HTTP to the local registry).
     let command = match cli.command {
         Command::Apply { args, state_dir } => {
-            return seaport_agent::cli_apply::run_apply(args, state_dir)
+            return seaport_agent::cli_apply::run_apply(*args, state_dir)
         }
         Command::Reset { args, state_dir } => {
             return seaport_agent::cli_apply::run_reset(args, state_dir)

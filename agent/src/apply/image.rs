@@ -205,9 +205,17 @@ impl LayoutImage {
                         .stdout(Stdio::piped())
                         .spawn()
                         .map_err(io("running gzip -dc on", &path))?;
-                    let out = child.stdout.take().expect("piped");
-                    let r = safetar::unpack(out, tmp.path(), opts);
-                    let _ = child.wait();
+                    let mut out = child.stdout.take().expect("piped");
+                    let r = safetar::unpack(&mut out, tmp.path(), opts);
+                    let _ = std::io::copy(&mut out, &mut std::io::sink());
+                    let status = child.wait().map_err(io("running gzip -dc on", &path))?;
+                    if r.is_ok() && !status.success() {
+                        return Err(ImageError::Corrupt {
+                            layout: self.layout.clone(),
+                            digest: desc.digest,
+                            reason: "gzip -dc failed on it".into(),
+                        });
+                    }
                     r
                 }
                 _ => {

@@ -29,7 +29,7 @@
 //! - [`files`]: journaled file changes, tracked hooks, restore.
 //! - [`image`]: the image from an OCI layout; safe, atomic unpack.
 //! - [`images_load`]: `images/*.tar` into the local registry.
-//! - [`reset`]: undo.
+//! - [`reset`](mod@reset): undoing an install.
 
 pub mod effects;
 pub mod files;

@@ -241,19 +241,8 @@ impl<'a> Context<'a> {
             .map_err(e2s)
     }
 
-    fn wait_until(&self, what: &str, mut ok: impl FnMut() -> bool) -> Result<Duration, String> {
-        let start = Instant::now();
-        let limit = self.opts.timeouts.service;
-        while start.elapsed() < limit {
-            if ok() {
-                return Ok(start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Err(format!(
-            "{what} did not answer within {} s",
-            limit.as_secs()
-        ))
+    fn wait_until(&self, what: &str, ok: impl FnMut() -> bool) -> Result<Duration, String> {
+        wait_until(self.opts.timeouts.service, what, ok)
     }
 
     // ---- container runtime ---------------------------------------------
@@ -290,13 +279,33 @@ impl<'a> Context<'a> {
             .unwrap_or_else(|_| DEFAULT_CONTAINERD_UNIT.as_bytes().to_vec());
         self.install_file(&format!("{UNIT_DIR}/containerd.service"), &unit, 0o644)?;
         self.systemctl_ok(&["daemon-reload"])?;
-        self.enable_unit("containerd.service", true)?;
+        // containerd creates directories of its own in /etc when it starts
+        // (the CNI config directory): tracked, so reset removes them.
+        self.enable_unit("containerd.service", false)?;
         let fx = self.fx;
         let t = self.opts.timeouts.systemctl;
-        let waited = self.wait_until("containerd (ctr version)", || {
-            fx.run(&CommandSpec::new("ctr", &["version"], t))
-                .is_ok_and(|o| o.success())
-        })?;
+        let limit = self.opts.timeouts.service;
+        let started = self.files.tracked(&mut self.journal, "runtime-start", || {
+            let out = fx
+                .run(&CommandSpec::new(
+                    "systemctl",
+                    &["start", "containerd.service"],
+                    t,
+                ))
+                .map_err(e2s)?;
+            if !out.success() {
+                return Err(format!(
+                    "systemctl start containerd.service exited with {:?}: {}",
+                    out.code,
+                    out.last_lines(20)
+                ));
+            }
+            wait_until(limit, "containerd (ctr version)", || {
+                fx.run(&CommandSpec::new("ctr", &["version"], t))
+                    .is_ok_and(|o| o.success())
+            })
+        });
+        let waited = started.map_err(e2s)??;
         Ok(format!(
             "containerd answering after {:.1} s ({} binaries installed)",
             waited.as_secs_f64(),
@@ -696,6 +705,25 @@ impl<'a> Context<'a> {
     }
 }
 
+/// Polls `ok` every 200 ms until it holds or `limit` passes.
+fn wait_until(
+    limit: Duration,
+    what: &str,
+    mut ok: impl FnMut() -> bool,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ok() {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "{what} did not answer within {} s",
+        limit.as_secs()
+    ))
+}
+
 fn check(what: &str, out: &CommandOutput, timeout: Duration) -> Result<(), String> {
     if out.success() {
         return Ok(());
@@ -731,8 +759,10 @@ fn unpack_archive(archive: &Path, dest: &Path) -> Result<(), String> {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| format!("running gzip -dc on {name}: {e}"))?;
-        let out = child.stdout.take().expect("piped");
-        let r = seaport_shared::safetar::unpack(out, dest, &opts);
+        let mut out = child.stdout.take().expect("piped");
+        let r = seaport_shared::safetar::unpack(&mut out, dest, &opts);
+        // tar stops at its end marker; gzip must still write the padding.
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
         let status = child.wait().map_err(|e| e.to_string())?;
         if !status.success() {
             return Err(format!("{name} is not a valid gzip file"));

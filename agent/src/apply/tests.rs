@@ -180,7 +180,8 @@ fn a_node_is_installed_rerun_skips_everything_and_reset_restores_the_host() {
     );
     let calls = host.rec.calls();
     for want in [
-        "run systemctl enable --now containerd.service",
+        "run systemctl enable containerd.service",
+        "run systemctl start containerd.service",
         "run ctr version",
         "run systemctl enable kubelet.service",
         "run bash init.sh",
