@@ -7,9 +7,9 @@
 //! here) and one named in `manifests/imageList`, cached at build time from a
 //! docker-registry started on loopback for the build.
 //!
-//! The build runs Seaport's own build pipeline (what `seaport build` runs)
-//! with the build-time image cache, into a temporary Seaport root; the result
-//! is an OCI image layout (`<root>/images`) and a tar of it to copy into hosts.
+//! `seaport build` makes it in a temporary Seaport root, caching the listed
+//! image; the result is an OCI image layout (`<root>/images`) and a tar of it
+//! to copy into hosts.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,8 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use seaport_rootfs::build::{self, BuildOptions};
-use seaport_rootfs::imagecache::{ImageCacheOptions, RegistryImageCache};
 use seaport_rootfs::oci::{
     Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_MANIFEST,
@@ -86,8 +84,9 @@ pub fn missing_machine_files() -> Vec<&'static str> {
         .collect()
 }
 
-/// Builds the image under `work` (a temporary directory).
-pub fn build_test_image(work: &Path) -> Result<TestImage, TestImageError> {
+/// Builds the image under `work` (a temporary directory) with the `seaport`
+/// binary at `seaport`.
+pub fn build_test_image(work: &Path, seaport: &Path) -> Result<TestImage, TestImageError> {
     let missing = missing_machine_files();
     if !missing.is_empty() {
         return Err(TestImageError::Step(format!(
@@ -156,24 +155,27 @@ pub fn build_test_image(work: &Path) -> Result<TestImage, TestImageError> {
     let mut list = fs::read_to_string(context.join("manifests/imageList")).unwrap_or_default();
     list.push_str(&format!("{domain}/{LISTED_REPO}:{LISTED_TAG}\n"));
     fs::write(context.join("manifests/imageList"), list).map_err(step("writing imageList"))?;
-    // The build, with the image cache for the loopback registry.
+    // `seaport build`, caching the listed image from the loopback registry.
     let root = work.join("seaport-root");
-    let store = seaport_rootfs::store::Store::open(&root).map_err(step("opening the store"))?;
-    let cache = RegistryImageCache::new(ImageCacheOptions {
-        image_list: None,
-        ignored_image_list: None,
-        platform: seaport_rootfs::registry::platform::host_platform(),
-        client: ClientOptions {
-            insecure_registries: vec![domain.clone()],
-            progress: false,
-            ..ClientOptions::default()
-        },
-        credentials: None,
-    });
-    let mut opts = BuildOptions::new(context.join("Kubefile"), &context, IMAGE_NAME);
-    opts.image_cache = Some(&cache);
-    let report = build::build(&store, &opts).map_err(step("seaport build"))?;
+    let out = Command::new(seaport)
+        .env("SEAPORT_ROOT", &root)
+        .args(["build", "-t", IMAGE_NAME, "--insecure-registry", &domain])
+        .arg(&context)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(step("running seaport build"))?;
+    if !out.status.success() {
+        return Err(TestImageError::Step(format!(
+            "seaport build failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
     drop(registry);
+    let store = seaport_rootfs::store::Store::open(&root).map_err(step("opening the store"))?;
+    let resolved = store
+        .resolve(IMAGE_NAME)
+        .map_err(step("finding the built image"))?;
     let layout = store.dir().to_path_buf();
     let layout_tar = work.join("image-layout.tar");
     let status = Command::new("tar")
@@ -190,7 +192,7 @@ pub fn build_test_image(work: &Path) -> Result<TestImage, TestImageError> {
     Ok(TestImage {
         layout,
         layout_tar,
-        digest: report.digest,
+        digest: resolved.manifest_digest,
         listed_domain: domain,
     })
 }

@@ -118,7 +118,8 @@ fn a_cluster_image_is_applied_on_three_hosts_resumes_and_resets_cleanly() {
     let mut phases = Phases(Instant::now());
     let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
     let tmp = tempfile::tempdir().unwrap();
-    let image = testimage::build_test_image(tmp.path()).expect("build the test image");
+    let image =
+        testimage::build_test_image(tmp.path(), &bins.seaport).expect("build the test image");
     phases.done("build binaries and the test image");
     let lab = Lab::up(3).expect("bring up a lab of 3 hosts");
     phases.done("lab up");
