@@ -434,6 +434,111 @@ pub fn peer_server(
     Ok(s)
 }
 
+/// Client configuration for dialing the peer server of node `expected`.
+///
+/// Node certificates are client certificates (extended key usage
+/// `clientAuth` only), so the peer's chain is checked as a client
+/// certificate of the cluster CA would be, and its common name must be the
+/// node id the coordinator announced for that address.
+pub fn peer_client(
+    ca: &rustls_pki_types::CertificateDer<'static>,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    expected: &str,
+) -> Result<quinn::ClientConfig, TransferError> {
+    let tls_err = |e: &dyn std::fmt::Display| TransferError::Tls(e.to_string());
+    let provider = crate::tls::provider();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).map_err(|e| tls_err(&e))?;
+    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| tls_err(&e))?;
+    let verifier = Arc::new(PeerVerifier {
+        inner,
+        expected: expected.to_string(),
+        provider: provider.clone(),
+    });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err(&e))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| tls_err(&e))?;
+    cfg.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(|e| tls_err(&e))?;
+    let mut c = quinn::ClientConfig::new(Arc::new(quic));
+    c.transport_config(lan_transport());
+    Ok(c)
+}
+
+#[derive(Debug)]
+struct PeerVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    expected: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let info = crate::pki::CertInfo::from_der(end_entity)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        if info.role != crate::pki::Role::Node || info.name != self.expected {
+            return Err(rustls::Error::General(format!(
+                "peer presented the certificate of {} ({:?}), expected node {}",
+                info.name, info.role, self.expected
+            )));
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,7 +76,7 @@ type PeerSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
 struct Fetcher {
     shared: Arc<Shared>,
-    endpoint: Option<(quinn::Endpoint, quinn::ClientConfig)>,
+    endpoint: Option<(quinn::Endpoint, Identity)>,
     partials: HashMap<Digest, Partial>,
     plans: HashMap<Digest, BlobPlan>,
     in_flight: HashSet<(Digest, u32)>,
@@ -143,12 +143,12 @@ impl Fetcher {
             }
         };
         match peer::endpoint(&self.shared, &identity) {
-            Ok((ep, client)) => {
+            Ok(ep) => {
                 if self.shared.opts.peer_port != 0 {
                     info!(port = self.shared.opts.peer_port, "serving pieces to peers");
                     tokio::spawn(peer::serve(self.shared.clone(), ep.clone()));
                 }
-                self.endpoint = Some((ep, client));
+                self.endpoint = Some((ep, identity));
             }
             Err(e) => warn!(error = %e, "peer transfers disabled"),
         }
@@ -408,16 +408,19 @@ impl Fetcher {
         *self.per_source.entry(source.clone()).or_default() += 1;
         let target = match &source {
             Source::Coordinator => Target::Coordinator(conn.clone()),
-            Source::Peer { addr, .. } => {
+            Source::Peer { addr, node_id } => {
                 let slot = self.peer_conns.entry(addr.clone()).or_default().clone();
                 match &self.endpoint {
-                    Some((ep, cfg)) => Target::Peer {
-                        slot,
-                        endpoint: ep.clone(),
-                        config: cfg.clone(),
-                        addr: addr.clone(),
+                    Some((ep, identity)) => match peer::client_for(identity, node_id) {
+                        Ok(config) => Target::Peer {
+                            slot,
+                            endpoint: ep.clone(),
+                            config,
+                            addr: addr.clone(),
+                        },
+                        Err(e) => Target::Unavailable(e),
                     },
-                    None => Target::Unavailable,
+                    None => Target::Unavailable("no peer endpoint".into()),
                 }
             }
         };
@@ -476,7 +479,7 @@ impl Fetcher {
                 }
             },
             Err(FetchError::Failed(reason)) => {
-                debug!(source = done.source.name(), %reason, "piece transfer failed");
+                info!(source = done.source.name(), %reason, "piece transfer failed");
                 if let Source::Peer { node_id, addr } = &done.source {
                     let already = self.bad.contains_key(node_id);
                     if !already {
@@ -536,7 +539,7 @@ enum Target {
         config: quinn::ClientConfig,
         addr: String,
     },
-    Unavailable,
+    Unavailable(String),
 }
 
 async fn connect_peer(
@@ -553,7 +556,7 @@ async fn connect_peer(
     }
     let fail = |e: &dyn std::fmt::Display| FetchError::Failed(format!("peer {addr}: {e}"));
     let sock: SocketAddr = addr.parse().map_err(|e| fail(&e))?;
-    // Node certificates name the node's addresses: verify the peer by its IP.
+    // The verifier checks the node id; the name only has to be valid.
     let connecting = endpoint
         .connect_with(config.clone(), sock, &sock.ip().to_string())
         .map_err(|e| fail(&e))?;
@@ -580,7 +583,7 @@ async fn fetch_piece(
             config,
             addr,
         } => connect_peer(slot, endpoint, config, addr).await?,
-        Target::Unavailable => return Err(FetchError::Failed("no peer endpoint".into())),
+        Target::Unavailable(e) => return Err(FetchError::Failed(e.clone())),
     };
     let failed = |e: &dyn std::fmt::Display| FetchError::Failed(e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(&e))?;

@@ -29,16 +29,19 @@ use crate::identity::Identity;
 const CHUNK: usize = 256 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds the peer endpoint (serving on the peer port unless it is 0) and
-/// returns it with the client configuration for dialing peers.
-pub(crate) fn endpoint(
-    shared: &Shared,
+/// The client configuration for dialing the peer server of `node_id`.
+pub(crate) fn client_for(
     identity: &Identity,
-) -> Result<(quinn::Endpoint, quinn::ClientConfig), String> {
+    node_id: &str,
+) -> Result<quinn::ClientConfig, String> {
+    let key = pki::key_from_pem(&identity.key_pem, "node.key").map_err(|e| e.to_string())?;
+    transfer::peer_client(&identity.ca, identity.cert_chain.clone(), key, node_id)
+        .map_err(|e| e.to_string())
+}
+
+/// Binds the peer endpoint (serving on the peer port unless it is 0).
+pub(crate) fn endpoint(shared: &Shared, identity: &Identity) -> Result<quinn::Endpoint, String> {
     let key = || pki::key_from_pem(&identity.key_pem, "node.key").map_err(|e| e.to_string());
-    let mut client = tls::mtls_client(&identity.ca, identity.cert_chain.clone(), key()?)
-        .map_err(|e| e.to_string())?;
-    client.transport_config(transfer::lan_transport());
     let port = shared.opts.peer_port;
     let endpoint = if port == 0 {
         quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into())
@@ -50,7 +53,7 @@ pub(crate) fn endpoint(
         quinn::Endpoint::server(server, addr)
             .map_err(|e| format!("could not listen for peers on {addr} (udp): {e}"))?
     };
-    Ok((endpoint, client))
+    Ok(endpoint)
 }
 
 /// Accepts peer connections until the endpoint closes.
