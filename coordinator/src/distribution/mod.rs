@@ -286,11 +286,13 @@ impl Distribution {
         let mut tracker = self.tracker();
         tracker.report(
             node_id,
-            peer_addr,
-            holdings,
-            bad,
-            req.received,
-            req.served,
+            tracker::NodeReport {
+                peer_addr,
+                holdings,
+                bad,
+                received: req.received,
+                served: req.served,
+            },
             now,
         );
         let mut blobs = Vec::new();

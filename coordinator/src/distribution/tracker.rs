@@ -49,6 +49,21 @@ struct NodeState {
     from_coordinator: u64,
 }
 
+/// What one sync tells the tracker about a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeReport {
+    /// `IP:PORT` of its peer server, if it serves.
+    pub peer_addr: Option<String>,
+    /// Bitmap of every blob it holds or fetches.
+    pub holdings: Vec<(Digest, Bitmap)>,
+    /// Peers it reports, and why.
+    pub bad: Vec<(String, BadPeerReason)>,
+    /// Bytes received per source.
+    pub received: Vec<(String, u64)>,
+    /// Bytes it served to peers.
+    pub served: u64,
+}
+
 /// The coordinator's in-memory view of transfers. Rebuilt from agents'
 /// reports after a restart (they send their whole bitmaps on every sync).
 #[derive(Debug, Default)]
@@ -78,16 +93,14 @@ impl Tracker {
     }
 
     /// Records a node's report.
-    pub fn report(
-        &mut self,
-        node_id: &str,
-        peer_addr: Option<String>,
-        holdings: Vec<(Digest, Bitmap)>,
-        bad: Vec<(String, BadPeerReason)>,
-        received: Vec<(String, u64)>,
-        served: u64,
-        now: Instant,
-    ) {
+    pub fn report(&mut self, node_id: &str, report: NodeReport, now: Instant) {
+        let NodeReport {
+            peer_addr,
+            holdings,
+            bad,
+            received,
+            served,
+        } = report;
         let n = self.node(node_id);
         {
             let st = &mut self.nodes[n];
@@ -306,15 +319,12 @@ mod tests {
     }
 
     fn report(t: &mut Tracker, node: &str, have: &Bitmap, now: Instant) {
-        t.report(
-            node,
-            Some(format!("{node}:7444")),
-            vec![(d(), have.clone())],
-            vec![],
-            vec![],
-            0,
-            now,
-        );
+        let report = NodeReport {
+            peer_addr: Some(format!("{node}:7444")),
+            holdings: vec![(d(), have.clone())],
+            ..Default::default()
+        };
+        t.report(node, report, now);
     }
 
     #[test]
@@ -387,15 +397,13 @@ mod tests {
         let (seed, peers) = t.plan("b", &d(), 4, now, &all_live);
         assert!(seed.is_empty());
         assert_eq!(peers.len(), 1);
-        t.report(
-            "b",
-            Some("b:7444".into()),
-            vec![(d(), Bitmap::new(4))],
-            vec![("a".into(), BadPeerReason::Corrupt)],
-            vec![],
-            0,
-            now,
-        );
+        let report = NodeReport {
+            peer_addr: Some("b:7444".into()),
+            holdings: vec![(d(), Bitmap::new(4))],
+            bad: vec![("a".into(), BadPeerReason::Corrupt)],
+            ..Default::default()
+        };
+        t.report("b", report, now);
         let (seed, peers) = t.plan("b", &d(), 4, now, &all_live);
         assert!(peers.is_empty());
         assert_eq!(seed, vec![0, 1, 2, 3]);
