@@ -302,7 +302,10 @@ async fn session_linked(
 
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut renew_pending = false;
+    // Renewal has its own deadline: checking only on heartbeat ticks would
+    // miss short lifetimes whose renewal window is narrower than a tick.
+    let renew = tokio::time::sleep_until(renew_deadline(&identity.cert));
+    tokio::pin!(renew);
     let end = loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -313,28 +316,28 @@ async fn session_linked(
                 if let Err(e) = codec::write_msg(&mut send, &msg).await {
                     break lost(lost_reason(&conn).unwrap_or(e.into()));
                 }
-                let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                if !renew_pending && now >= identity.cert.renew_at() {
-                    match renew_request(&identity) {
-                        Ok(msg) => {
-                            if let Err(e) = codec::write_msg(&mut send, &msg).await {
-                                break lost(lost_reason(&conn).unwrap_or(e.into()));
-                            }
-                            info!("asked for a renewed certificate");
-                            renew_pending = true;
+            }
+            () = &mut renew => {
+                match renew_request(&identity) {
+                    Ok(msg) => {
+                        if let Err(e) = codec::write_msg(&mut send, &msg).await {
+                            break lost(lost_reason(&conn).unwrap_or(e.into()));
                         }
-                        Err(e) => warn!(error = %e, "could not make a renewal request"),
+                        info!("asked for a renewed certificate");
                     }
+                    Err(e) => warn!(error = %e, "could not make a renewal request"),
                 }
+                // Ask again if no renewed certificate arrives by then.
+                renew.as_mut().reset(tokio::time::Instant::now() + RENEW_RETRY);
             }
             msg = rx.recv() => match msg {
                 Some(Ok(CoordinatorMessage::HeartbeatAck { .. })) => {}
                 Some(Ok(CoordinatorMessage::Renewed { cert_pem })) => {
-                    renew_pending = false;
                     match accept_renewed(&identity, &state_dir, &cert_pem) {
                         Ok(info) => {
                             info!(expires = %rfc3339(info.not_after), "certificate renewed");
                             identity.cert = info;
+                            renew.as_mut().reset(renew_deadline(&identity.cert));
                         }
                         Err(e) => warn!(error = %e, "renewed certificate not accepted"),
                     }
@@ -357,6 +360,16 @@ async fn session_linked(
         link.send_replace(None);
     }
     end
+}
+
+/// How long to wait for a renewed certificate before asking again.
+const RENEW_RETRY: Duration = Duration::from_secs(5);
+
+/// When to ask for a renewed certificate: at 2/3 of its lifetime.
+fn renew_deadline(cert: &CertInfo) -> tokio::time::Instant {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let wait = u64::try_from(cert.renew_at() - now).unwrap_or(0);
+    tokio::time::Instant::now() + Duration::from_secs(wait)
 }
 
 fn renew_request(identity: &Identity) -> Result<AgentMessage, SessionError> {
