@@ -60,7 +60,7 @@ fn start_coordinator(root: &Path) -> Coordinator {
         .expect("run seaport coordinator init")
         .success();
     assert!(ok, "seaport coordinator init failed");
-    let child = Command::new(bin)
+    let mut child = Command::new(bin)
         .arg("--root")
         .arg(root)
         .args(["coordinator", "serve", "--listen", "127.0.0.1:0"])
@@ -82,7 +82,11 @@ fn start_coordinator(root: &Path) -> Coordinator {
                 };
             }
         }
-        assert!(Instant::now() < deadline, "coordinator did not start");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("coordinator did not start within 20 s");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
