@@ -49,6 +49,8 @@ impl Drop for Coordinator {
     }
 }
 
+// The child is waited for by `Coordinator`'s Drop, or here when it fails to start.
+#[allow(clippy::zombie_processes)]
 fn start_coordinator(root: &Path) -> Coordinator {
     let bin = env!("CARGO_BIN_EXE_seaport");
     let ok = Command::new(bin)
