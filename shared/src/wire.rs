@@ -327,9 +327,13 @@ pub enum AdminRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminResponse {
     Nodes(Vec<NodeInfo>),
-    Removed { node_id: String },
+    Removed {
+        node_id: String,
+    },
     Token(TokenGrant),
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     /// The assignment as stored: image, manifest digest, node ids.
     Distributing {
         image: String,
@@ -337,7 +341,9 @@ pub enum AdminResponse {
         nodes: Vec<String>,
     },
     DistributionStatus(crate::transfer::DistributionStatus),
-    Cancelled { image: String },
+    Cancelled {
+        image: String,
+    },
 }
 
 /// A node as the inventory shows it.

@@ -529,7 +529,9 @@ pub fn build_random_image(
         let mut left = *size;
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
-            random.read_exact(&mut buf[..n]).map_err(|e| io("/dev/urandom", e))?;
+            random
+                .read_exact(&mut buf[..n])
+                .map_err(|e| io("/dev/urandom", e))?;
             out.write_all(&buf[..n]).map_err(|e| io(&file, e))?;
             left -= n as u64;
         }
@@ -565,7 +567,10 @@ pub fn distribute(
 }
 
 /// `seaport distribute status --json`, as JSON.
-pub fn distribution_status(bins: &Binaries, root: &Path) -> Result<serde_json::Value, SeaportError> {
+pub fn distribution_status(
+    bins: &Binaries,
+    root: &Path,
+) -> Result<serde_json::Value, SeaportError> {
     seaport_json(bins, root, &["distribute", "status", "--json"])
 }
 

@@ -446,7 +446,10 @@ async fn admin_request(shared: &Arc<Shared>, req: AdminRequest) -> AdminResponse
                 })
             }
             AdminRequest::Distribute { image, nodes } => Ok(
-                match shared.dist.assign(&shared.store, &image, &nodes, now_unix()) {
+                match shared
+                    .dist
+                    .assign(&shared.store, &image, &nodes, now_unix())
+                {
                     Ok(a) => {
                         info!(image = %a.image, nodes = ?a.nodes, "image assigned");
                         AdminResponse::Distributing {
