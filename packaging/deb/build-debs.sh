@@ -22,6 +22,7 @@ build() {
     pkg=$1 bin=$2 unit=$3 desc=$4
     [ -x "$bins/$bin" ] || { echo "build-debs: $bins/$bin missing: run packaging/build-static.sh" >&2; exit 1; }
     stage=$(mktemp -d)
+    chmod 0755 "$stage"
     trap 'rm -rf "$stage"' EXIT
     install -d "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" "$stage/usr/share/doc/$pkg"
     install -m 0755 "$bins/$bin" "$stage/usr/bin/$bin"
