@@ -514,9 +514,11 @@ impl RegistryClient {
         let mut failures = 0;
         let result = loop {
             let attempt = (|| -> Result<()> {
-                let (loc, offset) = match location.take() {
-                    Some(loc) => match self.upload_offset(&scope, &loc)? {
-                        Some(offset) if offset <= size => (loc, offset),
+                // A failure while asking for the offset keeps the upload
+                // (`location`) for the next attempt.
+                let (loc, offset) = match location.clone() {
+                    Some(loc) => match self.upload_status(&scope, &loc)? {
+                        Some((loc, offset)) if offset <= size => (loc, offset),
                         _ => (self.start_upload(repo, &scope)?, 0),
                     },
                     None => (self.start_upload(repo, &scope)?, 0),
@@ -575,18 +577,30 @@ impl RegistryClient {
         self.location(&resp, &what)
     }
 
-    /// How many bytes of an upload the registry holds, or `None` if it
-    /// forgot the upload.
-    fn upload_offset(&self, scope: &Scope, location: &Url) -> Result<Option<u64>> {
+    /// Where an upload continues and how many bytes of it the registry
+    /// holds, or `None` if it forgot the upload. The location is the one
+    /// the status answer gives (registries that keep upload state in the
+    /// URL, like distribution, refresh it there), else the one asked.
+    fn upload_status(&self, scope: &Scope, location: &Url) -> Result<Option<(Url, u64)>> {
+        let what = format!("GET {}", redact_query(location));
         let resp = self.send(scope, &|| Ok(self.http.get(location.clone())))?;
         if resp.status() != StatusCode::NO_CONTENT {
+            tracing::debug!(%what, status = %resp.status(), detail = %error_detail(resp), "the registry lost the upload");
             return Ok(None);
         }
-        Ok(resp
+        let Some(offset) = resp
             .headers()
             .get(RANGE)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_upload_range))
+            .and_then(parse_upload_range)
+        else {
+            return Ok(None);
+        };
+        let loc = match resp.headers().get(LOCATION) {
+            Some(_) => self.location(&resp, &what)?,
+            None => location.clone(),
+        };
+        Ok(Some((loc, offset)))
     }
 
     fn put_whole(
@@ -961,10 +975,13 @@ fn load_pem_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>> {
     Ok(certs)
 }
 
-/// Parses an upload's `Range: 0-<last>` into the number of bytes held.
-/// distribution reports `0-0` for an empty upload.
+/// Parses an upload's `Range: 0-<last>` (some registries write
+/// `bytes=0-<last>`) into the number of bytes held. distribution reports
+/// `0-0` for an empty upload.
 fn parse_upload_range(value: &str) -> Option<u64> {
-    let (start, end) = value.trim().split_once('-')?;
+    let value = value.trim();
+    let value = value.strip_prefix("bytes=").unwrap_or(value);
+    let (start, end) = value.split_once('-')?;
     let start: u64 = start.trim().parse().ok()?;
     let end: u64 = end.trim().parse().ok()?;
     if start != 0 {
@@ -1113,6 +1130,7 @@ mod tests {
     fn upload_range_is_the_count_of_bytes_held() {
         assert_eq!(parse_upload_range("0-0"), Some(0));
         assert_eq!(parse_upload_range("0-1023"), Some(1024));
+        assert_eq!(parse_upload_range("bytes=0-1023"), Some(1024));
         assert_eq!(parse_upload_range("5-9"), None);
         assert_eq!(parse_upload_range("junk"), None);
     }
