@@ -107,14 +107,8 @@ impl<'a> BuildOptions<'a> {
 
 /// `linux/<arch>` of the build host, in OCI architecture names.
 pub fn default_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    };
-    format!("linux/{arch}")
+    let p = crate::registry::platform::host_platform();
+    format!("{}/{}", p.os, p.architecture)
 }
 
 /// What a successful build made.
