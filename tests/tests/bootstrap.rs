@@ -331,6 +331,15 @@ fn offline_bundle_installs_the_coordinator_and_images_on_a_clean_host() {
         ],
     );
     let bundle = tmp.path().join("site.tar");
+    // SEAPORT_BUNDLE_BIN_DIR names other binaries to bundle, e.g. the static
+    // ones from packaging/build-static.sh (target/static).
+    let (bundled_seaport, bundled_agent) = match std::env::var_os("SEAPORT_BUNDLE_BIN_DIR") {
+        Some(dir) => {
+            let dir = std::path::PathBuf::from(dir);
+            (dir.join("seaport"), dir.join("seaport-agent"))
+        }
+        None => (bins.seaport.clone(), bins.agent.clone()),
+    };
     seaport_out(
         &bins,
         &store,
@@ -339,8 +348,10 @@ fn offline_bundle_installs_the_coordinator_and_images_on_a_clean_host() {
             "--bundle",
             "-o",
             bundle.to_str().unwrap(),
+            "--seaport-binary",
+            bundled_seaport.to_str().unwrap(),
             "--agent-binary",
-            bins.agent.to_str().unwrap(),
+            bundled_agent.to_str().unwrap(),
             "site:v1",
         ],
     );
