@@ -166,10 +166,23 @@ fn run_scp(bridge: &str, key: &Path, files: &[std::path::PathBuf], hosts: &[&Hos
 fn enable_sshd(host: &Host, pubkey: &str) {
     host.write_file("/root/.ssh/authorized_keys", pubkey.as_bytes(), 0o600)
         .expect("authorized_keys");
-    sh(
-        host,
-        "chmod 700 /root/.ssh && systemctl enable --now ssh.service >/dev/null 2>&1 || systemctl start ssh.service",
-    );
+    // The base ships openssh-server disabled and without host keys.
+    let out = host
+        .sh(
+            "chmod 700 /root/.ssh && ssh-keygen -A >/dev/null && mkdir -p /run/sshd \
+             && systemctl enable ssh.service >/dev/null 2>&1; systemctl restart ssh.service",
+        )
+        .expect("start sshd");
+    if !out.success() {
+        let journal = host
+            .sh("journalctl -u ssh.service -n 30 --no-pager")
+            .map(|o| o.stdout);
+        panic!(
+            "{}: sshd did not start: {}\n{journal:?}",
+            host.name(),
+            out.stderr
+        );
+    }
 }
 
 fn main() {
