@@ -117,6 +117,15 @@ impl Tracker {
                 *entry = (reason, now);
             }
         }
+        // The report is the node's whole holding: blobs it no longer
+        // reports (collected, or a wiped store) are forgotten.
+        let reported: std::collections::HashSet<Digest> =
+            holdings.iter().map(|(d, _)| *d).collect();
+        for (digest, blob) in self.blobs.iter_mut() {
+            if !reported.contains(digest) {
+                blob.holders.remove(&n);
+            }
+        }
         for (digest, have) in holdings {
             let blob = self.blobs.entry(digest).or_default();
             blob.grants
@@ -408,6 +417,20 @@ mod tests {
         assert!(peers.is_empty());
         assert_eq!(seed, vec![0, 1, 2, 3]);
         assert_eq!(t.corrupt_peers("b"), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_node_that_lost_its_blobs_is_no_longer_counted_as_holding_them() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        report(&mut t, "a", &Bitmap::full(4), now);
+        assert!(t.holding("a", &d()).is_some());
+        t.report("a", NodeReport::default(), now);
+        assert!(t.holding("a", &d()).is_none());
+        report(&mut t, "b", &Bitmap::new(4), now);
+        let (seed, peers) = t.plan("b", &d(), 4, now, &all_live);
+        assert!(peers.is_empty());
+        assert_eq!(seed.len(), 4);
     }
 
     #[test]
