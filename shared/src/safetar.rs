@@ -177,8 +177,7 @@ pub fn unpack(
             | tar::EntryType::GNUSparse
             | tar::EntryType::Symlink => {
                 let mode = entry.header().mode().map_err(io_err(&shown))?;
-                if options.refuse_setuid && kind != tar::EntryType::Symlink && mode & 0o6000 != 0
-                {
+                if options.refuse_setuid && kind != tar::EntryType::Symlink && mode & 0o6000 != 0 {
                     return Err(unsafe_err(format!(
                         "it is setuid or setgid (mode {mode:o}); such files are not allowed here"
                     )));
