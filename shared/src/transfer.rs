@@ -396,7 +396,10 @@ pub fn lan_transport() -> Arc<quinn::TransportConfig> {
     // connection bound keeps an agent's buffered bytes (its RSS) bounded.
     t.stream_receive_window((4u32 * 1024 * 1024).into());
     t.receive_window((16u32 * 1024 * 1024).into());
-    t.send_window(16 * 1024 * 1024);
+    // Unacknowledged bytes a sender buffers per connection: an agent serving
+    // seven peers over shaped links held up to this much for each of them,
+    // which is what made its RSS grow with the number of peers.
+    t.send_window(4 * 1024 * 1024);
     Arc::new(t)
 }
 

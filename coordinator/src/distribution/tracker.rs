@@ -119,8 +119,7 @@ impl Tracker {
         }
         // The report is the node's whole holding: blobs it no longer
         // reports (collected, or a wiped store) are forgotten.
-        let reported: std::collections::HashSet<Digest> =
-            holdings.iter().map(|(d, _)| *d).collect();
+        let reported: HashSet<Digest> = holdings.iter().map(|(d, _)| *d).collect();
         for (digest, blob) in self.blobs.iter_mut() {
             if !reported.contains(digest) {
                 blob.holders.remove(&n);
