@@ -155,6 +155,22 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("state records serialize")
 }
 
+/// Whether `token` may enroll now: its secret matches the stored hash, it
+/// has not expired and it has uses left. Enrollment and the bootstrap
+/// endpoint's check share this, so they cannot disagree.
+fn usable_token(token: &JoinToken, rec: &TokenRecord, now: i64) -> Result<(), StateError> {
+    if !token.matches_hash(&rec.secret_hash) {
+        return Err(StateError::TokenInvalid);
+    }
+    if rec.expires_at <= now {
+        return Err(StateError::TokenExpired(token.id.clone()));
+    }
+    if rec.uses_left == 0 {
+        return Err(StateError::TokenUsedUp(token.id.clone()));
+    }
+    Ok(())
+}
+
 fn from_json<T: for<'de> Deserialize<'de>>(
     table: &'static str,
     key: &str,
@@ -255,15 +271,7 @@ impl Store {
             Some(v) => from_json("tokens", &token.id, v.value())?,
             None => return Err(StateError::TokenInvalid),
         };
-        if !token.matches_hash(&rec.secret_hash) {
-            return Err(StateError::TokenInvalid);
-        }
-        if rec.expires_at <= now {
-            return Err(StateError::TokenExpired(token.id.clone()));
-        }
-        if rec.uses_left == 0 {
-            return Err(StateError::TokenUsedUp(token.id.clone()));
-        }
+        usable_token(token, &rec, now)?;
         Ok(rec)
     }
 
@@ -284,15 +292,7 @@ impl Store {
                 Some(v) => from_json("tokens", &token.id, v.value())?,
                 None => return Err(StateError::TokenInvalid),
             };
-            if !token.matches_hash(&rec.secret_hash) {
-                return Err(StateError::TokenInvalid);
-            }
-            if rec.expires_at <= now {
-                return Err(StateError::TokenExpired(token.id.clone()));
-            }
-            if rec.uses_left == 0 {
-                return Err(StateError::TokenUsedUp(token.id.clone()));
-            }
+            usable_token(token, &rec, now)?;
             rec.uses_left -= 1;
             db_err!(tokens.insert(token.id.as_str(), to_json(&rec).as_slice()))?;
 
