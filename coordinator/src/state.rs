@@ -98,38 +98,27 @@ pub struct NodeRecord {
 impl NodeRecord {
     /// Copies the slowly changing facts; returns whether anything changed.
     pub fn apply_facts(&mut self, f: &HostFacts) -> bool {
-        let before = (
-            self.hostname.clone(),
-            self.ips.clone(),
-            self.os.clone(),
-            self.kernel.clone(),
-            self.arch.clone(),
-            self.cpus,
-            self.memory_total,
-            self.machine_id.clone(),
-            self.agent_version.clone(),
-        );
-        self.hostname = f.hostname.clone();
-        self.ips = f.ips.clone();
-        self.os = f.os.clone();
-        self.kernel = f.kernel.clone();
-        self.arch = f.arch.clone();
-        self.cpus = f.cpus;
-        self.memory_total = f.memory_total;
-        self.machine_id = f.machine_id.clone();
-        self.agent_version = f.agent_version.clone();
-        before
-            != (
-                self.hostname.clone(),
-                self.ips.clone(),
-                self.os.clone(),
-                self.kernel.clone(),
-                self.arch.clone(),
-                self.cpus,
-                self.memory_total,
-                self.machine_id.clone(),
-                self.agent_version.clone(),
-            )
+        let changed = self.hostname != f.hostname
+            || self.ips != f.ips
+            || self.os != f.os
+            || self.kernel != f.kernel
+            || self.arch != f.arch
+            || self.cpus != f.cpus
+            || self.memory_total != f.memory_total
+            || self.machine_id != f.machine_id
+            || self.agent_version != f.agent_version;
+        if changed {
+            self.hostname = f.hostname.clone();
+            self.ips = f.ips.clone();
+            self.os = f.os.clone();
+            self.kernel = f.kernel.clone();
+            self.arch = f.arch.clone();
+            self.cpus = f.cpus;
+            self.memory_total = f.memory_total;
+            self.machine_id = f.machine_id.clone();
+            self.agent_version = f.agent_version.clone();
+        }
+        changed
     }
 }
 
