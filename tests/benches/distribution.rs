@@ -1,18 +1,27 @@
-//! Benchmark: deliver one image to N = 1, 2, 4, 8 lab hosts, every host link
-//! shaped to the same rate with tc, Seaport (`seaport distribute`) beside
-//! parallel `scp` of the same files from the machine side to sshd in each
-//! host (sealer's method), in one run.
+//! Benchmark: deliver one image to N = 1, 2, 4, 8 lab hosts, Seaport
+//! (`seaport distribute`) beside parallel `scp` of the same files from the
+//! machine side to sshd in each host (sealer's method), in one run.
+//!
+//! Every link is shaped to the same rate with tc tbf: each host's link in
+//! both directions, and the machine's own side (the lab bridge device, which
+//! carries everything the machine sends to hosts but not host-to-host
+//! traffic). So the coordinator, like scp, has one link of that rate to
+//! share among the hosts, as a coordinator machine on the hosts' network
+//! would. Before the cases, one scp alone and two in parallel check that the
+//! machine side really is one shared link.
 //!
 //! Per case: wall time, bytes the machine sent into the lab bridge
 //! (coordinator egress; for scp, what scp sent), agents' peak RSS (VmHWM).
 //! Prints min / median / max per case, one JSON line per case, and the
-//! ratios against the targets in BENCH.md.
+//! ratios against the targets in BENCH.md. Also prints the agents' idle RSS.
 //!
 //! `cargo bench -p seaport-lab --bench distribution`; settings by environment:
 //! `SEAPORT_BENCH_MIB` (image size, default 1024), `SEAPORT_BENCH_MBIT` (link
 //! rate, default 100), `SEAPORT_BENCH_REPS` (default 3), `SEAPORT_BENCH_HOSTS`
-//! (default `1,2,4,8`). Needs root and the lab (docs/lab.md), and the lab
-//! base's openssh-server, which the benchmark enables.
+//! (default `1,2,4,8`), `SEAPORT_BENCH_SCP=0` (Seaport only, for quick
+//! iterations; the ratio against scp is then not printed). Needs root and the
+//! lab (docs/lab.md), and the lab base's openssh-server, which the benchmark
+//! enables.
 
 use std::path::Path;
 use std::process::Command;
@@ -63,9 +72,16 @@ fn reset_agent(host: &Host) {
 }
 
 fn agent_peak_rss_kib(host: &Host) -> u64 {
+    agent_status_kib(host, "VmHWM")
+}
+
+/// A `/proc/PID/status` field of the agent, in KiB.
+fn agent_status_kib(host: &Host, field: &str) -> u64 {
     let out = sh(
         host,
-        "pid=$(systemctl show -p MainPID --value seaport-agent); grep VmHWM /proc/$pid/status",
+        &format!(
+            "pid=$(systemctl show -p MainPID --value seaport-agent); grep {field} /proc/$pid/status"
+        ),
     );
     out.split_whitespace()
         .nth(1)
@@ -129,6 +145,7 @@ fn run_scp(bridge: &str, key: &Path, files: &[std::path::PathBuf], hosts: &[&Hos
     for h in hosts {
         sh(h, "rm -rf /root/scp && mkdir -p /root/scp");
     }
+
     let before = seaport::bridge_tx_bytes(bridge);
     let start = Instant::now();
     let children: Vec<_> = hosts
@@ -156,11 +173,55 @@ fn run_scp(bridge: &str, key: &Path, files: &[std::path::PathBuf], hosts: &[&Hos
         assert!(st.success(), "scp failed: {st}");
     }
     let secs = start.elapsed().as_secs_f64();
+    let egress = seaport::bridge_tx_bytes(bridge) - before;
+    for h in hosts {
+        sh(h, "rm -rf /root/scp");
+    }
     Sample {
         secs,
-        egress: seaport::bridge_tx_bytes(bridge) - before,
+        egress,
         peak_rss_kib: 0,
     }
+}
+
+/// One scp alone, then two in parallel, through the shaped machine side:
+/// two should take about twice as long if the machine has one link.
+fn check_machine_link(bridge: &str, key: &Path, dir: &Path, hosts: &[&Host], mbit: u64) {
+    let file = dir.join("shaping.bin");
+    // About 4 s at the link rate.
+    let bytes = (mbit * 1_000_000 / 8 * 4).min(256 * MIB);
+    let st = Command::new("head")
+        .arg("-c")
+        .arg(bytes.to_string())
+        .arg("/dev/urandom")
+        .stdout(std::fs::File::create(&file).expect("shaping file"))
+        .status()
+        .expect("head");
+    assert!(st.success());
+    let files = [file.clone()];
+    let one = run_scp(bridge, key, &files, &hosts[..1]).secs;
+    let two = run_scp(bridge, key, &files, &hosts[..2]).secs;
+    let _ = std::fs::remove_file(&file);
+    eprintln!(
+        "machine link check: {} MiB by scp to 1 host {one:.1} s, to 2 hosts in parallel {two:.1} s ({:.2}x)",
+        bytes / MIB,
+        two / one
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "distribution_machine_link",
+            "link_mbit": mbit,
+            "bytes": bytes,
+            "scp_one_secs": one,
+            "scp_two_parallel_secs": two,
+            "ratio": two / one,
+        })
+    );
+    assert!(
+        two / one > 1.6,
+        "the machine side is not one shaped link: two parallel scp took {two:.1} s, one {one:.1} s"
+    );
 }
 
 fn enable_sshd(host: &Host, pubkey: &str) {
@@ -192,6 +253,7 @@ fn main() {
     let mib = env_u64("SEAPORT_BENCH_MIB", 1024);
     let mbit = env_u64("SEAPORT_BENCH_MBIT", 100);
     let reps = env_u64("SEAPORT_BENCH_REPS", 3).max(1) as usize;
+    let with_scp = env_u64("SEAPORT_BENCH_SCP", 1) != 0;
     let ns: Vec<usize> = std::env::var("SEAPORT_BENCH_HOSTS")
         .unwrap_or_else(|_| "1,2,4,8".into())
         .split(',')
@@ -226,6 +288,22 @@ fn main() {
         h.shape_link(&Shape::mbit(mbit)).expect("shape link");
     }
     let bridge = lab.bridge();
+    // The machine's side: what it sends into the bridge (the coordinator's
+    // and scp's traffic to hosts) shares one link of the same rate.
+    seaport_lab::net::shape(&bridge, &Shape::mbit(mbit), None).expect("shape the machine side");
+    let all: Vec<&Host> = lab.hosts().iter().collect();
+    if all.len() >= 2 {
+        check_machine_link(&bridge, &key, tmp.path(), &all, mbit);
+    }
+    // Idle agents: enrolled, synced, nothing to fetch.
+    std::thread::sleep(Duration::from_secs(5));
+    let idle: Vec<u64> = all.iter().map(|h| agent_status_kib(h, "VmRSS")).collect();
+    let idle_max = idle.iter().copied().max().unwrap_or(0);
+    eprintln!("idle agent RSS: {idle:?} KiB");
+    println!(
+        "{}",
+        serde_json::json!({"bench": "agent_idle_rss", "hosts": all.len(), "max_kib": idle_max, "kib": idle})
+    );
     eprintln!(
         "image {} MiB, {} hosts max, links {mbit} Mbit/s, {reps} repetitions",
         size / MIB,
@@ -245,16 +323,25 @@ fn main() {
                 s.egress as f64 / size as f64,
                 s.peak_rss_kib
             );
+            sp.push(s);
+            if !with_scp {
+                continue;
+            }
             let c = run_scp(&bridge, &key, &files, &hosts);
             eprintln!(
                 "N={n} rep {rep}: scp {:.1} s, egress {:.2}x",
                 c.secs,
                 c.egress as f64 / size as f64
             );
-            sp.push(s);
             sc.push(c);
         }
         let (smin, smed, smax) = stats(&sp.iter().map(|s| s.secs).collect::<Vec<_>>());
+        if sc.is_empty() {
+            sc.push(Sample {
+                secs: f64::NAN,
+                ..Sample::default()
+            });
+        }
         let (cmin, cmed, cmax) = stats(&sc.iter().map(|s| s.secs).collect::<Vec<_>>());
         let egress = stats(&sp.iter().map(|s| s.egress as f64).collect::<Vec<_>>()).1;
         let scp_egress = stats(&sc.iter().map(|s| s.egress as f64).collect::<Vec<_>>()).1;
