@@ -14,6 +14,7 @@
 //! | `Control` | agent with its node certificate, one per session | [`AgentMessage`] and [`CoordinatorMessage`] |
 //! | `Admin` | CLI with the admin certificate, one per request | [`AdminRequest`] then [`AdminResponse`] |
 //! | `Blob` | agent to coordinator or agent to agent, one request per stream | [`crate::transfer::BlobRequest`] then [`crate::transfer::BlobResponse`] (and piece bytes) |
+//! | `Task` | coordinator to agent, on the agent's session, one task per stream | [`TaskRequest`] then [`TaskEvent`]s, the last a `Finished` or `ResetDone` |
 
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 pub const ENROLL_FRAME_LIMIT: u32 = 64 * 1024;
 /// Frame limit on a node's control stream.
 pub const CONTROL_FRAME_LIMIT: u32 = 1024 * 1024;
+/// Frame limit on task streams (a step's log tail is bounded well below it).
+pub const TASK_FRAME_LIMIT: u32 = 1024 * 1024;
 /// Frame limit on admin streams (node listings can be long).
 pub const ADMIN_FRAME_LIMIT: u32 = crate::codec::MAX_FRAME_LEN;
 
@@ -73,6 +76,7 @@ pub enum StreamKind {
     Control = 2,
     Admin = 3,
     Blob = 4,
+    Task = 5,
 }
 
 impl StreamKind {
@@ -82,6 +86,7 @@ impl StreamKind {
             2 => StreamKind::Control,
             3 => StreamKind::Admin,
             4 => StreamKind::Blob,
+            5 => StreamKind::Task,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -322,6 +327,107 @@ pub enum AdminRequest {
     CancelDistribution {
         image: String,
     },
+    /// Install (or converge) a cluster: answered at once with
+    /// [`AdminResponse::RunAccepted`]; progress is read with `Clusters`.
+    Run(RunRequest),
+    /// Every cluster and the state of its run.
+    Clusters,
+    /// Undo a cluster's install on every host (all clusters when `None`).
+    DeleteCluster {
+        cluster: Option<String>,
+        prune: bool,
+    },
+}
+
+/// What `seaport run` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub cluster: String,
+    /// An image of the coordinator's store.
+    pub image: String,
+    /// Master IPs; the first is master0.
+    pub masters: Vec<String>,
+    /// Worker IPs.
+    pub nodes: Vec<String>,
+    /// Cluster env, `K=V` pairs in order.
+    pub env: Vec<(String, String)>,
+}
+
+/// One step as the coordinator records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepView {
+    pub step: String,
+    pub state: StepState,
+    /// Last lines of the step's output (failures and hooks).
+    pub log_tail: String,
+}
+
+/// A host of a cluster and how far it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    pub ip: String,
+    pub node_id: String,
+    pub hostname: String,
+    /// `master0`, `master` or `node`.
+    pub role: String,
+    /// The phase the host is in (or last finished), e.g. `fetch`, `runtime`.
+    pub phase: String,
+    /// Layer bytes on the host and in total (the fetch phase).
+    pub fetched_bytes: u64,
+    pub total_bytes: u64,
+    /// Steps in the order they ran.
+    pub steps: Vec<StepView>,
+    /// The last error on this host, if any.
+    pub error: Option<String>,
+    /// Whether its node is connected now.
+    pub online: bool,
+}
+
+/// The state of a cluster's latest operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Succeeded,
+    Failed,
+    Deleting,
+    Deleted,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Deleting => "deleting",
+            RunState::Deleted => "deleted",
+        }
+    }
+
+    /// Whether nothing more will happen without a new request.
+    pub fn is_final(self) -> bool {
+        !matches!(self, RunState::Running | RunState::Deleting)
+    }
+}
+
+/// A cluster as `seaport status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub cluster: String,
+    pub image: String,
+    pub manifest_digest: String,
+    pub state: RunState,
+    /// Increases with every `run` and `delete` of this cluster.
+    pub generation: u64,
+    /// The phase running now (or the last one), and every phase in order.
+    pub phase: String,
+    pub phases: Vec<String>,
+    pub hosts: Vec<HostView>,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// Why the run failed, naming the host and step.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,6 +450,146 @@ pub enum AdminResponse {
     Cancelled {
         image: String,
     },
+    /// The run was accepted and goes on in the coordinator.
+    RunAccepted {
+        cluster: String,
+        generation: u64,
+    },
+    Clusters(Vec<ClusterView>),
+    /// The clusters being deleted, with their new generations.
+    Deleting(Vec<(String, u64)>),
+}
+
+/// One unit of work for an agent, on its own `Task` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // one per stream
+pub enum TaskRequest {
+    Apply(ApplyTask),
+    Reset(ResetTask),
+}
+
+/// Run steps of an install on this host. The agent runs the image's steps
+/// for `role` in their order, only those in `steps`, skipping what its
+/// journal says is done with the same inputs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyTask {
+    pub cluster: String,
+    /// The image's name (for messages).
+    pub image: String,
+    /// Its manifest: the agent reads the image from its content store.
+    pub manifest_digest: crate::digest::Digest,
+    /// `master0`, `master` or `node`.
+    pub role: String,
+    pub steps: Vec<String>,
+    pub host_ip: String,
+    pub master0_ip: String,
+    pub registry_ip: String,
+    pub master_ips: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub host_env: Vec<(String, String)>,
+    /// kubeadm documents merged over the image's.
+    pub kubeadm_config: Option<String>,
+    /// The first master's join data (JSON), for joining hosts. Secret.
+    pub join_data: Option<String>,
+}
+
+impl std::fmt::Debug for ApplyTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApplyTask")
+            .field("cluster", &self.cluster)
+            .field("image", &self.image)
+            .field("role", &self.role)
+            .field("steps", &self.steps)
+            .field("host_ip", &self.host_ip)
+            .field("join_data", &self.join_data.as_ref().map(|_| "<secret>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Undo a cluster's install on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetTask {
+    pub cluster: String,
+    pub prune: bool,
+}
+
+/// How a step stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    Pending,
+    Running { attempt: u32 },
+    Skipped,
+    Done { summary: String, elapsed_ms: u64 },
+    Failed { error: String },
+}
+
+impl StepState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running { .. } => "running",
+            StepState::Skipped => "skipped",
+            StepState::Done { .. } => "done",
+            StepState::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// Agent to coordinator on a `Task` stream.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskEvent {
+    Step {
+        step: String,
+        state: StepState,
+    },
+    /// The apply task ended. `join_data` (JSON, secret) comes from the first
+    /// master's kubeadm step.
+    Finished {
+        ok: bool,
+        error: Option<String>,
+        join_data: Option<String>,
+    },
+    ResetDone {
+        had_install: bool,
+        actions: Vec<String>,
+        warnings: Vec<String>,
+        error: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for TaskEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskEvent::Step { step, state } => f
+                .debug_struct("Step")
+                .field("step", step)
+                .field("state", state)
+                .finish(),
+            TaskEvent::Finished {
+                ok,
+                error,
+                join_data,
+            } => f
+                .debug_struct("Finished")
+                .field("ok", ok)
+                .field("error", error)
+                .field("join_data", &join_data.as_ref().map(|_| "<secret>"))
+                .finish(),
+            TaskEvent::ResetDone {
+                had_install,
+                actions,
+                warnings,
+                error,
+            } => f
+                .debug_struct("ResetDone")
+                .field("had_install", had_install)
+                .field("actions", actions)
+                .field("warnings", warnings)
+                .field("error", error)
+                .finish(),
+        }
+    }
 }
 
 /// A node as the inventory shows it.
