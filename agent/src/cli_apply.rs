@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::apply::{self, ApplyOptions, Role, StepEvent, SystemEffects, Timeouts};
+use crate::apply::{self, ApplyOptions, ImageSource, Role, StepEvent, SystemEffects, Timeouts};
 
 fn key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -103,8 +103,12 @@ pub fn run_apply(args: ApplyArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
     let opts = ApplyOptions {
-        image_layout: args.image_layout,
-        image: args.image,
+        image: ImageSource::Layout {
+            dir: args.image_layout,
+            name: args.image,
+        },
+        only: None,
+        master0_ip: None,
         cluster: args.cluster,
         role: args.role,
         host_ip: args.host_ip,

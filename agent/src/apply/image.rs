@@ -88,8 +88,10 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Image
 /// An image in a layout directory.
 #[derive(Clone, Debug)]
 pub struct LayoutImage {
-    /// The layout directory.
+    /// The layout directory (or content store), for messages.
     pub layout: PathBuf,
+    /// The directory holding the blobs by hex digest.
+    pub blobs: PathBuf,
     /// The manifest digest.
     pub digest: Digest,
     /// The manifest.
@@ -136,24 +138,39 @@ impl LayoutImage {
                 })
             }
         };
-        let manifest: Manifest = serde_json::from_slice(&read_verified(layout, &desc.digest)?)
+        Self::from_blobs(layout, &layout.join("blobs").join("sha256"), &desc.digest)
+    }
+
+    /// The image whose manifest is `digest`, its blobs named by hex digest
+    /// in `blobs` (an agent's content store). `origin` names it in messages.
+    pub fn from_blobs(origin: &Path, blobs: &Path, digest: &Digest) -> Result<Self, ImageError> {
+        let path_of = |d: &Digest| blobs.join(d.hex());
+        let manifest: Manifest = serde_json::from_slice(&read_verified(origin, blobs, digest)?)
             .map_err(|e| ImageError::Document {
-                path: blob_path(layout, &desc.digest),
+                path: path_of(digest),
                 reason: e.to_string(),
             })?;
         let config: ImageConfig =
-            serde_json::from_slice(&read_verified(layout, &manifest.config.digest)?).map_err(
-                |e| ImageError::Document {
-                    path: blob_path(layout, &manifest.config.digest),
+            serde_json::from_slice(&read_verified(origin, blobs, &manifest.config.digest)?)
+                .map_err(|e| ImageError::Document {
+                    path: path_of(&manifest.config.digest),
                     reason: e.to_string(),
-                },
-            )?;
+                })?;
         Ok(Self {
-            layout: layout.to_path_buf(),
-            digest: desc.digest,
+            layout: origin.to_path_buf(),
+            blobs: blobs.to_path_buf(),
+            digest: *digest,
             manifest,
             config,
         })
+    }
+
+    /// The sealer extension of the manifest (applications, launch), if any.
+    pub fn extension(&self) -> Option<seaport_rootfs::oci::ImageExtension> {
+        self.manifest
+            .annotations
+            .get(seaport_rootfs::oci::ANNOTATION_SEALER_EXTENSION)
+            .and_then(|text| serde_json::from_str(text).ok())
     }
 
     /// The image env (`K=V` entries of the config).
@@ -179,7 +196,7 @@ impl LayoutImage {
         }
         fs::create_dir_all(parent).map_err(io("creating", parent))?;
         for desc in &self.manifest.layers {
-            let path = blob_path(&self.layout, &desc.digest);
+            let path = self.blobs.join(desc.digest.hex());
             let f = fs::File::open(&path).map_err(io("opening", &path))?;
             verify_reader(f, &desc.digest).map_err(|e| ImageError::Corrupt {
                 layout: self.layout.clone(),
@@ -192,7 +209,7 @@ impl LayoutImage {
             .tempdir_in(parent)
             .map_err(io("creating a directory in", parent))?;
         for desc in &self.manifest.layers {
-            let path = blob_path(&self.layout, &desc.digest);
+            let path = self.blobs.join(desc.digest.hex());
             let f = fs::File::open(&path).map_err(io("opening", &path))?;
             let unpacked = match desc.media_type.as_str() {
                 MEDIA_TYPE_LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => {
@@ -244,8 +261,8 @@ pub fn blob_path(layout: &Path, digest: &Digest) -> PathBuf {
     layout.join("blobs").join("sha256").join(digest.hex())
 }
 
-fn read_verified(layout: &Path, digest: &Digest) -> Result<Vec<u8>, ImageError> {
-    let path = blob_path(layout, digest);
+fn read_verified(layout: &Path, blobs: &Path, digest: &Digest) -> Result<Vec<u8>, ImageError> {
+    let path = blobs.join(digest.hex());
     let mut bytes = Vec::new();
     fs::File::open(&path)
         .and_then(|f| f.take(4 << 20).read_to_end(&mut bytes))

@@ -136,13 +136,47 @@ impl Default for Timeouts {
     }
 }
 
+/// Where the image comes from.
+#[derive(Clone, Debug)]
+pub enum ImageSource {
+    /// An OCI image layout directory and the image's name in it.
+    Layout {
+        /// The layout directory.
+        dir: PathBuf,
+        /// The image's name (or manifest digest) in it.
+        name: String,
+    },
+    /// The agent's content store (blobs by hex digest) and the manifest.
+    Blobs {
+        /// The directory of blobs.
+        dir: PathBuf,
+        /// The manifest digest.
+        manifest: seaport_shared::digest::Digest,
+    },
+}
+
+impl ImageSource {
+    fn open(&self) -> Result<image::LayoutImage, image::ImageError> {
+        match self {
+            ImageSource::Layout { dir, name } => image::LayoutImage::open(dir, name),
+            ImageSource::Blobs { dir, manifest } => {
+                image::LayoutImage::from_blobs(dir, dir, manifest)
+            }
+        }
+    }
+}
+
 /// Everything one host's apply needs.
 #[derive(Clone, Debug)]
 pub struct ApplyOptions {
-    /// The OCI image layout holding the image.
-    pub image_layout: PathBuf,
-    /// The image's name in it.
-    pub image: String,
+    /// The image.
+    pub image: ImageSource,
+    /// Only these steps (in the role's order); the steps before them must be
+    /// done. `None`: every step.
+    pub only: Option<Vec<String>>,
+    /// The first master's IP (default: this host for master0, else from the
+    /// join data).
+    pub master0_ip: Option<String>,
     /// The cluster name.
     pub cluster: String,
     /// This host's role.
@@ -234,7 +268,8 @@ pub struct ApplyReport {
     pub join_data: Option<JoinData>,
 }
 
-/// The steps of a role, in order.
+/// The steps of a role, in order. `launch` runs on the first master when
+/// the image has something to launch.
 pub fn steps_for(role: Role, registry_host: bool) -> Vec<&'static str> {
     let mut s = vec!["rootfs", "render", "runtime"];
     if registry_host {
@@ -247,7 +282,9 @@ pub fn steps_for(role: Role, registry_host: bool) -> Vec<&'static str> {
         "hook-init-kube",
         "kubeadm",
     ]);
-    let _ = role;
+    if role == Role::Master0 {
+        s.push("launch");
+    }
     s
 }
 
@@ -269,13 +306,9 @@ pub fn apply(
             opts.cluster
         )));
     }
-    if opts.role != Role::Master0 && opts.join_data.is_none() {
-        return Err(ApplyError::Input(format!(
-            "a {} joins an existing cluster: give the first master's join data with --join-data FILE",
-            opts.role
-        )));
-    }
-    let img = image::LayoutImage::open(&opts.image_layout, &opts.image)
+    let img = opts
+        .image
+        .open()
         .map_err(|e| ApplyError::Input(e.to_string()))?;
     let mut journal = Journal::open(&opts.state_dir, &opts.cluster)?;
     if !journal.state().image.is_empty() && journal.state().image != img.digest.to_string() {
@@ -292,15 +325,59 @@ pub fn apply(
         s.image = digest;
         s.roles = vec![role];
     })?;
+    let all_steps = |registry_host| steps_for(opts.role, registry_host);
+    let runs_kubeadm = opts
+        .only
+        .as_ref()
+        .is_none_or(|only| only.iter().any(|s| s == "kubeadm"));
+    if opts.role != Role::Master0 && opts.join_data.is_none() && runs_kubeadm {
+        return Err(ApplyError::Input(format!(
+            "a {} joins an existing cluster: give the first master's join data with --join-data FILE",
+            opts.role
+        )));
+    }
+    if opts.role != Role::Master0 && opts.join_data.is_none() && opts.master0_ip.is_none() {
+        return Err(ApplyError::Input(format!(
+            "a {} needs the first master's address: its join data or --master0-ip",
+            opts.role
+        )));
+    }
     let mut ctx = steps::Context::new(opts, fx, img, journal)?;
     let registry_host = ctx.registry_ip == ctx.host_ip;
+    let steps = all_steps(registry_host);
+    if let Some(only) = &opts.only {
+        if let Some(unknown) = only.iter().find(|s| !steps.contains(&s.as_str())) {
+            return Err(ApplyError::Input(format!(
+                "step {unknown:?} is not a step of a {} here (its steps: {})",
+                opts.role,
+                steps.join(", ")
+            )));
+        }
+    }
     let mut report = ApplyReport::default();
-    for step in steps_for(opts.role, registry_host) {
+    for &step in &steps {
         let fingerprint = ctx.fingerprint(step);
         let prev = ctx.journal.state().steps.get(step).cloned();
         let done_before = prev.as_ref().is_some_and(|p| {
             p.status == StepStatus::Done && (p.fingerprint == fingerprint || step == "kubeadm")
         });
+        if let Some(only) = &opts.only {
+            if !only.iter().any(|s| s == step) {
+                // A step of an earlier phase must be done before this one runs.
+                let later = only
+                    .iter()
+                    .filter_map(|s| steps.iter().position(|x| x == s))
+                    .min()
+                    .is_some_and(|first| steps.iter().position(|x| *x == step) < Some(first));
+                if later && !done_before {
+                    return Err(ApplyError::Input(format!(
+                        "step {step} has not run on this host yet; it comes before {}",
+                        only.join(", ")
+                    )));
+                }
+                continue;
+            }
+        }
         if done_before {
             progress(&StepEvent::Skipped {
                 step: step.to_string(),

@@ -69,10 +69,11 @@ impl<'a> Context<'a> {
                     ApplyError::Input("this host has no IPv4 address; give --host-ip".into())
                 })?,
         };
-        let master0_ip = match (&opts.join_data, opts.role) {
-            (_, Role::Master0) => host_ip.clone(),
-            (Some(j), _) => j.master0_ip.clone(),
-            (None, _) => unreachable!("checked by apply"),
+        let master0_ip = match (&opts.master0_ip, &opts.join_data, opts.role) {
+            (_, _, Role::Master0) => host_ip.clone(),
+            (Some(ip), _, _) => ip.clone(),
+            (None, Some(j), _) => j.master0_ip.clone(),
+            (None, None, _) => unreachable!("checked by apply"),
         };
         let registry_ip = opts
             .registry_ip
@@ -152,6 +153,7 @@ impl<'a> Context<'a> {
             "hook-init" => self.hook(step, "init.sh"),
             "hook-init-kube" => self.hook(step, "init-kube.sh"),
             "kubeadm" => self.step_kubeadm(interrupted),
+            "launch" => self.step_launch(),
             other => Err(format!("unknown step {other}")),
         }
     }
@@ -582,6 +584,79 @@ impl<'a> Context<'a> {
         Ok(format!("scripts/{script} exited with 0"))
     }
 
+    // ---- launch ------------------------------------------------------------
+
+    /// The image's CMDS, or the applications LAUNCH names, on the first
+    /// master once the cluster is up. An application runs its APPCMDS when
+    /// it has them; otherwise its launch files by type: `kubectl apply -f`
+    /// for `kube`, `helm install NAME DIR` for `helm`, `bash FILE` for
+    /// `shell`.
+    fn step_launch(&mut self) -> StepResult {
+        let Some(ext) = self.img.extension() else {
+            return Ok("nothing to launch".into());
+        };
+        let rootfs = self.rootfs();
+        let mut commands: Vec<(String, PathBuf, BTreeMap<String, String>)> = Vec::new();
+        let env = self.hook_env();
+        for cmd in &ext.launch.cmds {
+            commands.push((cmd.clone(), rootfs.clone(), env.clone()));
+        }
+        for name in &ext.launch.app_names {
+            let app = ext
+                .applications
+                .iter()
+                .find(|a| &a.name == name)
+                .ok_or_else(|| {
+                    format!("LAUNCH names application {name:?}, which the image does not declare")
+                })?;
+            let dir = if app.path.is_empty() {
+                rootfs.join("application/apps").join(&app.name)
+            } else {
+                rootfs.join(app.path.trim_start_matches('/'))
+            };
+            let mut app_env = env.clone();
+            app_env.extend(app.env.clone());
+            if !app.launch_cmds.is_empty() {
+                for cmd in &app.launch_cmds {
+                    commands.push((cmd.clone(), dir.clone(), app_env.clone()));
+                }
+                continue;
+            }
+            for file in &app.launch_files {
+                let q = shell_quote(file);
+                let cmd = match app.kind.as_str() {
+                    "kube" => format!("kubectl apply -f {q}"),
+                    "helm" => format!("helm install {} {q}", shell_quote(&app.name)),
+                    "shell" => format!("bash {q}"),
+                    other => {
+                        return Err(format!(
+                            "application {}: unknown type {other:?} (helm, kube or shell)",
+                            app.name
+                        ))
+                    }
+                };
+                commands.push((cmd, dir.clone(), app_env.clone()));
+            }
+        }
+        if commands.is_empty() {
+            return Ok("nothing to launch".into());
+        }
+        let n = commands.len();
+        for (cmd, cwd, env) in commands {
+            let mut spec = CommandSpec::new("bash", &["-c", cmd.as_str()], self.opts.timeouts.hook);
+            spec.cwd = Some(cwd);
+            spec.env = env;
+            let fx = self.fx;
+            let out = self
+                .files
+                .tracked(&mut self.journal, "launch", || fx.run(&spec))
+                .map_err(e2s)?
+                .map_err(e2s)?;
+            check(&format!("launch: {cmd}"), &out, self.opts.timeouts.hook)?;
+        }
+        Ok(format!("{n} launch command(s) exited with 0"))
+    }
+
     // ---- kubeadm -----------------------------------------------------------
 
     fn kubeadm_bin(&self) -> String {
@@ -842,6 +917,11 @@ const DEFAULT_CONTAINERD_CONFIG: &str = "version = 2\n\n[plugins.\"io.containerd
 const DEFAULT_CONTAINERD_UNIT: &str = "[Unit]\nDescription=containerd container runtime\nAfter=network.target local-fs.target\n\n[Service]\nExecStart=/usr/bin/containerd\nType=notify\nDelegate=yes\nKillMode=process\nRestart=always\nRestartSec=5\n\n[Install]\nWantedBy=multi-user.target\n";
 
 const DEFAULT_REGISTRY_CONFIG: &str = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n";
+
+/// `s` quoted for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
 
 #[cfg(test)]
 mod tests {

@@ -105,8 +105,12 @@ fn fixture() -> (tempfile::TempDir, ApplyOptions) {
         &["pod_cidr=10.1.0.0/16"],
     );
     let opts = ApplyOptions {
-        image_layout: d.join("layout"),
-        image: "test:1".into(),
+        image: ImageSource::Layout {
+            dir: d.join("layout"),
+            name: "test:1".into(),
+        },
+        only: None,
+        master0_ip: None,
         cluster: "c1".into(),
         role: Role::Node,
         host_ip: Some("10.0.0.2".into()),
@@ -291,4 +295,73 @@ fn joining_without_join_data_says_what_to_give() {
     opts.join_data = None;
     let err = apply(&opts, &RecordingEffects::default(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("--join-data"), "{err}");
+}
+
+#[test]
+fn phases_run_their_steps_only_and_in_order() {
+    let (_dir, mut opts) = fixture();
+    let host = Host {
+        rec: RecordingEffects::default(),
+        root: opts.host_root.clone(),
+    };
+    host.rec.answer(
+        "systemctl is-enabled",
+        CommandOutput {
+            code: Some(1),
+            ..CommandOutput::default()
+        },
+    );
+    // Before master0 has run kubeadm init there is no join data: the early
+    // phases of a worker need only master0's address.
+    let join = opts.join_data.take();
+    opts.master0_ip = Some("10.0.0.1".into());
+
+    // A later phase before an earlier one: refused, nothing run.
+    opts.only = Some(vec!["runtime".into()]);
+    let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("step rootfs has not run"), "{err}");
+    assert!(host.rec.calls().is_empty(), "{:?}", host.rec.calls());
+
+    opts.only = Some(vec!["rootfs".into(), "render".into()]);
+    let report = apply(&opts, &host, &mut |_| {}).unwrap();
+    assert_eq!(report.ran, ["rootfs", "render"]);
+    assert!(opts.rootfs().join("etc/motd").is_file());
+    assert!(host.rec.calls().is_empty(), "{:?}", host.rec.calls());
+
+    opts.only = Some(vec!["runtime".into()]);
+    let report = apply(&opts, &host, &mut |_| {}).unwrap();
+    assert_eq!(report.ran, ["runtime"]);
+    assert!(host
+        .rec
+        .calls()
+        .iter()
+        .any(|c| c == "run systemctl start containerd.service"));
+
+    // kubeadm without join data: a clear error.
+    opts.only = Some(vec![
+        "registry-access".into(),
+        "kube-binaries".into(),
+        "hook-init".into(),
+        "hook-init-kube".into(),
+    ]);
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    opts.only = Some(vec!["kubeadm".into()]);
+    let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("join data"), "{err}");
+    opts.join_data = join;
+    let report = apply(&opts, &host, &mut |_| {}).unwrap();
+    assert_eq!(report.ran, ["kubeadm"]);
+
+    // Unknown steps are named.
+    opts.only = Some(vec!["registry".into()]);
+    let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("\"registry\" is not a step of a node"),
+        "{err}"
+    );
+
+    // Everything again: all skipped.
+    opts.only = None;
+    let report = apply(&opts, &host, &mut |_| {}).unwrap();
+    assert!(report.ran.is_empty(), "{:?}", report.ran);
 }
