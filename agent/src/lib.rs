@@ -16,6 +16,7 @@
 //! - [`apply`]: the apply engine: journaled, idempotent steps that install a
 //!   cluster image on this host natively, and reset.
 //! - [`cli_apply`]: `seaport-agent apply` and `seaport-agent reset` (local runs).
+//! - [`tasks`]: install and reset tasks the coordinator sends on the session.
 
 pub mod apply;
 pub mod cli_apply;
@@ -24,6 +25,7 @@ pub mod facts;
 pub mod identity;
 pub mod join;
 pub mod session;
+pub mod tasks;
 
 pub use facts::{FactsSource, HostIdentity, SystemFacts};
 pub use identity::Identity;

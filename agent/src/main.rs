@@ -44,6 +44,9 @@ enum Command {
         state_dir: PathBuf,
         #[command(flatten)]
         content: seaport_agent::content::ContentArgs,
+        /// Root of cluster data (each cluster's rootfs is unpacked under it).
+        #[arg(long, env = "SEAPORT_DATA_ROOT", default_value = seaport_agent::apply::DEFAULT_DATA_ROOT)]
+        data_root: PathBuf,
     },
     /// Install a cluster image on this host from a local OCI layout.
     Apply {
@@ -131,7 +134,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }),
-        Command::Run { state_dir, content } => rt.block_on(async {
+        Command::Run {
+            state_dir,
+            content,
+            data_root,
+        } => rt.block_on(async {
             let host = HostIdentity::from_system()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(
@@ -155,10 +162,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         None
                     }
                 };
+            let tasks = tokio::spawn(
+                seaport_agent::tasks::serve(
+                    seaport_agent::tasks::TaskSettings {
+                        state_dir: state_dir.clone(),
+                        data_root,
+                    },
+                    link.subscribe(),
+                    rx.clone(),
+                )
+                .instrument(tracing::info_span!("tasks")),
+            );
             session::run_linked(&state_dir, SystemFacts::new(host), rx, Some(link)).await;
             if let Some(task) = content_task {
                 let _ = task.await;
             }
+            tasks.abort();
             Ok(())
         }),
         Command::Apply { .. } | Command::Reset { .. } => unreachable!("handled above"),

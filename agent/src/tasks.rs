@@ -1,0 +1,303 @@
+//! Work the coordinator gives this host: install steps and resets.
+//!
+//! The coordinator opens a `Task` stream on the agent's own session (the
+//! connection the agent made and verified against the CA pin), sends one
+//! [`TaskRequest`] and reads [`TaskEvent`]s until the task's last event.
+//! Tasks run one at a time. The apply engine journals every step on the
+//! host, so when a session drops in the middle of a task the work goes on
+//! here, and the coordinator simply sends the task again on the next
+//! session: what finished is skipped, what was interrupted is redone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Mutex};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use seaport_shared::codec;
+use seaport_shared::digest::Digest;
+use seaport_shared::wire::{
+    self, ApplyTask, ResetTask, StepState, StreamKind, TaskEvent, TaskRequest, TASK_FRAME_LIMIT,
+};
+
+use crate::apply::{
+    self, ApplyOptions, ImageSource, ResetOptions, Role, StepEvent, SystemEffects, Timeouts,
+};
+use crate::content::store::ContentStore;
+
+/// How long an apply waits for the image's blobs to be complete in the
+/// content store (the fetch phase finishes just before).
+const BLOB_WAIT: Duration = Duration::from_secs(120);
+
+/// Where tasks run.
+#[derive(Clone, Debug)]
+pub struct TaskSettings {
+    /// The agent's state directory (journals, content store).
+    pub state_dir: PathBuf,
+    /// Root of cluster data.
+    pub data_root: PathBuf,
+}
+
+/// Accepts task streams on every session the agent has, until shutdown.
+pub async fn serve(
+    settings: TaskSettings,
+    mut link: watch::Receiver<Option<quinn::Connection>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let one_at_a_time = Arc::new(Mutex::new(()));
+    loop {
+        let conn = link.borrow_and_update().clone();
+        if let Some(conn) = conn {
+            let (settings, lock) = (settings.clone(), one_at_a_time.clone());
+            tokio::spawn(accept_loop(conn, settings, lock).instrument(info_span!("tasks")));
+        }
+        tokio::select! {
+            changed = link.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn accept_loop(conn: quinn::Connection, settings: TaskSettings, lock: Arc<Mutex<()>>) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let (settings, lock) = (settings.clone(), lock.clone());
+        tokio::spawn(handle(send, recv, settings, lock).instrument(info_span!("task")));
+    }
+}
+
+async fn handle(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    settings: TaskSettings,
+    lock: Arc<Mutex<()>>,
+) {
+    let hello = match wire::read_hello(&mut recv).await {
+        Ok(h) => h,
+        Err(e) => return debug!(error = %e, "bad stream from the coordinator"),
+    };
+    let refusal = match (hello.check_version(), hello.kind) {
+        (Err(e), _) => Some(e.to_string()),
+        (Ok(()), StreamKind::Task) => None,
+        (Ok(()), other) => Some(format!("an agent accepts only task streams, not {other:?}")),
+    };
+    if let Some(reason) = refusal {
+        let _ = wire::refuse_hello(&mut send, &reason).await;
+        let _ = send.finish();
+        return;
+    }
+    if wire::accept_hello(&mut send).await.is_err() {
+        return;
+    }
+    let req: TaskRequest = match codec::read_msg(&mut recv, TASK_FRAME_LIMIT).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => return warn!(error = %e, "unreadable task"),
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<TaskEvent>();
+    let work = tokio::spawn(async move {
+        let _turn = lock.lock().await;
+        match req {
+            TaskRequest::Apply(task) => run_apply(task, settings, tx).await,
+            TaskRequest::Reset(task) => run_reset(task, settings, tx).await,
+        }
+    });
+    // Forward events while the coordinator listens; the work goes on when
+    // it stops listening (a dropped session), and the journal keeps it.
+    let mut listening = true;
+    while let Some(event) = rx.recv().await {
+        if listening && codec::write_msg(&mut send, &event).await.is_err() {
+            listening = false;
+            info!("the coordinator stopped listening; the task goes on");
+        }
+    }
+    let _ = work.await;
+    if listening {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    }
+}
+
+fn step_state(e: &StepEvent) -> (String, StepState) {
+    match e {
+        StepEvent::Started { step, attempt } => {
+            (step.clone(), StepState::Running { attempt: *attempt })
+        }
+        StepEvent::Skipped { step } => (step.clone(), StepState::Skipped),
+        StepEvent::Done {
+            step,
+            summary,
+            elapsed,
+        } => (
+            step.clone(),
+            StepState::Done {
+                summary: summary.clone(),
+                elapsed_ms: elapsed.as_millis() as u64,
+            },
+        ),
+        StepEvent::Failed { step, error } => (
+            step.clone(),
+            StepState::Failed {
+                error: error.clone(),
+            },
+        ),
+    }
+}
+
+/// Waits until every blob of the image is verified in the content store.
+async fn wait_for_blobs(store: &ContentStore, manifest: &Digest) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let missing = missing_blobs(store, manifest);
+        match missing {
+            Ok(m) if m.is_empty() => return Ok(()),
+            Ok(m) if started.elapsed() > BLOB_WAIT => {
+                return Err(format!(
+                    "the image's blobs {} are not on this host; distribute the image first",
+                    m.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+            Err(e) if started.elapsed() > BLOB_WAIT => return Err(e),
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+fn missing_blobs(store: &ContentStore, manifest: &Digest) -> Result<Vec<Digest>, String> {
+    if !store.has(manifest) {
+        return Ok(vec![*manifest]);
+    }
+    let img =
+        apply::image::LayoutImage::from_blobs(store.dir(), &store.dir().join("sha256"), manifest)
+            .map_err(|e| e.to_string())?;
+    Ok(img
+        .manifest
+        .layers
+        .iter()
+        .map(|l| l.digest)
+        .filter(|d| !store.has(d))
+        .collect())
+}
+
+fn apply_options(
+    task: &ApplyTask,
+    settings: &TaskSettings,
+    blobs: &Path,
+) -> Result<ApplyOptions, String> {
+    let role: Role = task.role.parse()?;
+    let join_data = match &task.join_data {
+        Some(text) => Some(
+            serde_json::from_str(text).map_err(|e| format!("the join data is not usable: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(ApplyOptions {
+        image: ImageSource::Blobs {
+            dir: blobs.to_path_buf(),
+            manifest: task.manifest_digest,
+        },
+        only: Some(task.steps.clone()),
+        master0_ip: Some(task.master0_ip.clone()),
+        cluster: task.cluster.clone(),
+        role,
+        host_ip: Some(task.host_ip.clone()),
+        registry_ip: Some(task.registry_ip.clone()),
+        master_ips: task.master_ips.clone(),
+        env: task.env.clone(),
+        host_env: task.host_env.clone(),
+        kubeadm_config: task.kubeadm_config.clone(),
+        join_data,
+        join_data_out: None,
+        state_dir: settings.state_dir.clone(),
+        data_root: settings.data_root.clone(),
+        host_root: PathBuf::from("/"),
+        allow_devices: false,
+        allow_setuid: false,
+        timeouts: Timeouts::default(),
+    })
+}
+
+async fn run_apply(task: ApplyTask, settings: TaskSettings, tx: mpsc::UnboundedSender<TaskEvent>) {
+    info!(cluster = %task.cluster, steps = ?task.steps, "apply task");
+    let failed = |error: String| TaskEvent::Finished {
+        ok: false,
+        error: Some(error),
+        join_data: None,
+    };
+    let store = match ContentStore::open(&settings.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(failed(format!("the content store: {e}")));
+            return;
+        }
+    };
+    if let Err(e) = wait_for_blobs(&store, &task.manifest_digest).await {
+        let _ = tx.send(failed(e));
+        return;
+    }
+    let opts = match apply_options(&task, &settings, &store.dir().join("sha256")) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = tx.send(failed(e));
+            return;
+        }
+    };
+    let events = tx.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut progress = |e: &StepEvent| {
+            let (step, state) = step_state(e);
+            let _ = events.send(TaskEvent::Step { step, state });
+        };
+        apply::apply(&opts, &SystemEffects, &mut progress)
+    })
+    .await;
+    let event = match result {
+        Ok(Ok(report)) => TaskEvent::Finished {
+            ok: true,
+            error: None,
+            join_data: report
+                .join_data
+                .map(|j| serde_json::to_string(&j).expect("join data serializes")),
+        },
+        Ok(Err(e)) => failed(e.to_string()),
+        Err(e) => failed(format!("the apply task failed: {e}")),
+    };
+    let _ = tx.send(event);
+}
+
+async fn run_reset(task: ResetTask, settings: TaskSettings, tx: mpsc::UnboundedSender<TaskEvent>) {
+    info!(cluster = %task.cluster, prune = task.prune, "reset task");
+    let opts = ResetOptions {
+        cluster: task.cluster.clone(),
+        prune: task.prune,
+        state_dir: settings.state_dir.clone(),
+        data_root: settings.data_root.clone(),
+        host_root: PathBuf::from("/"),
+        timeout: Duration::from_secs(300),
+    };
+    let result = tokio::task::spawn_blocking(move || apply::reset(&opts, &SystemEffects)).await;
+    let event = match result {
+        Ok(Ok(r)) => TaskEvent::ResetDone {
+            had_install: r.had_journal,
+            actions: r.actions,
+            warnings: r.warnings,
+            error: None,
+        },
+        Ok(Err(e)) => TaskEvent::ResetDone {
+            had_install: true,
+            actions: vec![],
+            warnings: vec![],
+            error: Some(e.to_string()),
+        },
+        Err(e) => TaskEvent::ResetDone {
+            had_install: true,
+            actions: vec![],
+            warnings: vec![],
+            error: Some(format!("the reset task failed: {e}")),
+        },
+    };
+    let _ = tx.send(event);
+}
