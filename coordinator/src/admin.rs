@@ -39,6 +39,8 @@ pub enum AdminError {
     Timeout(Duration),
     #[error("coordinator refused: {0}")]
     Refused(String),
+    #[error("no running coordinator found under {0}: start `seaport coordinator serve` or pass --coordinator HOST:PORT")]
+    NotRunning(String),
 }
 
 /// Where the CLI finds the coordinator: `--coordinator`, else the address
@@ -100,6 +102,18 @@ impl AdminClient {
             Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
         };
         Ok(AdminClient { endpoint, conn })
+    }
+
+    /// Connects to the coordinator `--coordinator` names, or the one
+    /// running under `root`.
+    pub async fn connect_running(
+        root: &Path,
+        explicit: Option<&str>,
+    ) -> Result<AdminClient, AdminError> {
+        let Some(addr) = coordinator_addr(root, explicit)? else {
+            return Err(AdminError::NotRunning(root.display().to_string()));
+        };
+        AdminClient::connect(root, &addr).await
     }
 
     /// Sends one request and waits for its answer. A refusal is an error.

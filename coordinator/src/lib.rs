@@ -32,5 +32,6 @@ pub mod cli;
 pub mod daemon;
 pub mod distribution;
 pub mod plan;
+pub mod runs;
 pub mod state;
 pub mod tokens;

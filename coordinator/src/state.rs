@@ -21,6 +21,10 @@ const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
 /// Image distribution assignments, by image name (see `crate::distribution`).
 const ASSIGNMENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("assignments");
+/// Clusters and their runs, by cluster name (see `crate::runs`).
+const CLUSTERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("clusters");
+/// The audit log, by sequence number.
+const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
 const NEXT_SERIAL: &str = "next_serial";
 
 /// Errors of the state database.
@@ -188,6 +192,8 @@ impl Store {
             db_err!(txn.open_table(TOKENS))?;
             db_err!(txn.open_table(NODES))?;
             db_err!(txn.open_table(ASSIGNMENTS))?;
+            db_err!(txn.open_table(CLUSTERS))?;
+            db_err!(txn.open_table(AUDIT))?;
         }
         db_err!(txn.commit())?;
         Ok(Store { db })
@@ -450,42 +456,127 @@ impl Store {
     }
 }
 
-/// Image assignments, kept as JSON values by image name; their shape is
-/// `crate::distribution::Assignment`.
+/// Image assignments and clusters, kept as JSON values by name; their
+/// shapes are `crate::distribution::Assignment` and `crate::runs::Cluster`.
 impl Store {
-    /// Every stored assignment (name, JSON).
-    pub fn assignments<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StateError> {
+    fn json_rows<T: for<'de> Deserialize<'de>>(
+        &self,
+        def: TableDefinition<'static, &'static str, &'static [u8]>,
+        what: &'static str,
+    ) -> Result<Vec<T>, StateError> {
         let txn = db_err!(self.db.begin_read())?;
-        let table = db_err!(txn.open_table(ASSIGNMENTS))?;
+        let table = match txn.open_table(def) {
+            Ok(t) => t,
+            // A database from before the table existed.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StateError::Db(e.into())),
+        };
         let mut out = Vec::new();
         for row in db_err!(table.iter())? {
             let (k, v) = db_err!(row)?;
-            out.push(from_json("assignments", k.value(), v.value())?);
+            out.push(from_json(what, k.value(), v.value())?);
         }
         Ok(out)
     }
 
-    /// Stores (replaces) an assignment.
-    pub fn put_assignment<T: Serialize>(&self, image: &str, value: &T) -> Result<(), StateError> {
+    fn put_json<T: Serialize>(
+        &self,
+        def: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
         let txn = db_err!(self.db.begin_write())?;
         {
-            let mut table = db_err!(txn.open_table(ASSIGNMENTS))?;
-            db_err!(table.insert(image, to_json(value).as_slice()))?;
+            let mut table = db_err!(txn.open_table(def))?;
+            db_err!(table.insert(key, to_json(value).as_slice()))?;
         }
         db_err!(txn.commit())?;
         Ok(())
     }
 
-    /// Removes an assignment; returns whether there was one.
-    pub fn remove_assignment(&self, image: &str) -> Result<bool, StateError> {
+    fn remove_key(
+        &self,
+        def: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: &str,
+    ) -> Result<bool, StateError> {
         let txn = db_err!(self.db.begin_write())?;
         let existed = {
-            let mut table = db_err!(txn.open_table(ASSIGNMENTS))?;
-            let old = db_err!(table.remove(image))?;
+            let mut table = db_err!(txn.open_table(def))?;
+            let old = db_err!(table.remove(key))?;
             old.is_some()
         };
         db_err!(txn.commit())?;
         Ok(existed)
+    }
+
+    /// Every stored assignment.
+    pub fn assignments<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StateError> {
+        self.json_rows(ASSIGNMENTS, "assignments")
+    }
+
+    /// Stores (replaces) an assignment.
+    pub fn put_assignment<T: Serialize>(&self, image: &str, value: &T) -> Result<(), StateError> {
+        self.put_json(ASSIGNMENTS, image, value)
+    }
+
+    /// Removes an assignment; returns whether there was one.
+    pub fn remove_assignment(&self, image: &str) -> Result<bool, StateError> {
+        self.remove_key(ASSIGNMENTS, image)
+    }
+
+    /// Every stored cluster.
+    pub fn clusters<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StateError> {
+        self.json_rows(CLUSTERS, "clusters")
+    }
+
+    /// Stores (replaces) a cluster: one committed transaction, so a crash
+    /// leaves the previous or the new record, never half of one.
+    pub fn put_cluster<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        self.put_json(CLUSTERS, name, value)
+    }
+
+    /// Removes a cluster; returns whether there was one.
+    pub fn remove_cluster(&self, name: &str) -> Result<bool, StateError> {
+        self.remove_key(CLUSTERS, name)
+    }
+}
+
+/// The audit log: every operation asked of the coordinator, in order.
+impl Store {
+    /// Appends an entry; returns its sequence number.
+    pub fn audit<T: Serialize>(&self, entry: &T) -> Result<u64, StateError> {
+        let txn = db_err!(self.db.begin_write())?;
+        let seq = {
+            let mut table = db_err!(txn.open_table(AUDIT))?;
+            let next = db_err!(table.last())?.map_or(1, |(k, _)| k.value() + 1);
+            db_err!(table.insert(next, to_json(entry).as_slice()))?;
+            next
+        };
+        db_err!(txn.commit())?;
+        Ok(seq)
+    }
+
+    /// The last `limit` entries, oldest first.
+    pub fn audit_log<T: for<'de> Deserialize<'de>>(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(u64, T)>, StateError> {
+        let txn = db_err!(self.db.begin_read())?;
+        let table = match txn.open_table(AUDIT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StateError::Db(e.into())),
+        };
+        let mut out = Vec::new();
+        for row in db_err!(table.iter())?.rev().take(limit) {
+            let (k, v) = db_err!(row)?;
+            out.push((
+                k.value(),
+                from_json("audit", &k.value().to_string(), v.value())?,
+            ));
+        }
+        out.reverse();
+        Ok(out)
     }
 }
 

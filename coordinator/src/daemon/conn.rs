@@ -59,7 +59,12 @@ pub(super) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
             let span = info_span!("node", node = %info.name);
             node(shared, conn, info).instrument(span).await
         }
-        Role::Admin => admin(shared, conn).instrument(info_span!("admin")).await,
+        Role::Admin => {
+            let who = format!("{} (admin certificate serial {})", info.name, info.serial);
+            admin(shared, conn, who)
+                .instrument(info_span!("admin"))
+                .await
+        }
         Role::Coordinator => conn.close(
             close::REFUSED.into(),
             b"a coordinator certificate cannot be used as a client",
@@ -280,6 +285,7 @@ async fn node(shared: Arc<Shared>, conn: quinn::Connection, info: CertInfo) {
                     )),
                     StreamKind::Enroll => Err("already enrolled: enrollment is for connections without a certificate".into()),
                     StreamKind::Blob => Ok(()),
+                    StreamKind::Task => Err("task streams go from the coordinator to agents".into()),
                 })
                 .await;
                 if kind == Some(StreamKind::Control) {
@@ -392,13 +398,14 @@ async fn refuse_and_close(conn: &quinn::Connection, mut send: quinn::SendStream,
 }
 
 /// An admin connection: one request per stream.
-async fn admin(shared: Arc<Shared>, conn: quinn::Connection) {
+async fn admin(shared: Arc<Shared>, conn: quinn::Connection, who: String) {
+    let who = Arc::new(who);
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(_) => return,
         };
-        let (shared, conn) = (shared.clone(), conn.clone());
+        let (shared, conn, who) = (shared.clone(), conn.clone(), who.clone());
         tokio::spawn(
             async move {
                 let kind = accept_stream(&conn, &mut send, &mut recv, |kind| match kind {
@@ -420,7 +427,7 @@ async fn admin(shared: Arc<Shared>, conn: quinn::Connection) {
                     Ok(Err(e)) => return protocol_error(&conn, &e),
                     Err(_) => return protocol_error(&conn, &"no admin request within 10 s"),
                 };
-                let resp = admin_request(&shared, req).await;
+                let resp = admin_request(&shared, &who, req).await;
                 if codec::write_msg(&mut send, &resp).await.is_ok() {
                     let _ = send.finish();
                 }
@@ -430,8 +437,28 @@ async fn admin(shared: Arc<Shared>, conn: quinn::Connection) {
     }
 }
 
-async fn admin_request(shared: &Arc<Shared>, req: AdminRequest) -> AdminResponse {
+async fn admin_request(shared: &Arc<Shared>, who: &str, req: AdminRequest) -> AdminResponse {
     let refused = |reason: String| AdminResponse::Refused { reason };
+    // Runs are driven by tasks of this runtime, not a blocking thread.
+    let req = match req {
+        AdminRequest::Run(run) => {
+            let cluster = run.cluster.clone();
+            return match crate::runs::start_run(shared, who, run).await {
+                Ok(generation) => AdminResponse::RunAccepted {
+                    cluster,
+                    generation,
+                },
+                Err(reason) => refused(reason),
+            };
+        }
+        AdminRequest::DeleteCluster { cluster, prune } => {
+            return match crate::runs::start_delete(shared, who, cluster, prune).await {
+                Ok(list) => AdminResponse::Deleting(list),
+                Err(reason) => refused(reason),
+            };
+        }
+        other => other,
+    };
     let task_shared = shared.clone();
     let res = tokio::task::spawn_blocking(move || {
         let shared = task_shared;
@@ -476,6 +503,13 @@ async fn admin_request(shared: &Arc<Shared>, req: AdminRequest) -> AdminResponse
                         reason: e.to_string(),
                     },
                 })
+            }
+            AdminRequest::Clusters => Ok(match crate::runs::views(&shared) {
+                Ok(v) => AdminResponse::Clusters(v),
+                Err(reason) => AdminResponse::Refused { reason },
+            }),
+            AdminRequest::Run(_) | AdminRequest::DeleteCluster { .. } => {
+                unreachable!("handled above")
             }
             AdminRequest::CreateToken { ttl_secs, uses } => {
                 Ok(match create_token(&shared, ttl_secs, uses) {

@@ -152,6 +152,12 @@ impl LiveSessions {
         })
     }
 
+    /// The connection of a node's live session, to open task streams on.
+    pub(crate) fn connection(&self, node_id: &str) -> Option<quinn::Connection> {
+        let conn = self.lock().sessions.get(node_id).map(|e| e.conn.clone())?;
+        conn.close_reason().is_none().then_some(conn)
+    }
+
     /// Number of connected node sessions.
     pub fn len(&self) -> usize {
         self.lock().sessions.len()

@@ -88,6 +88,9 @@ pub(crate) struct Shared {
     pub(crate) node_cert_ttl: Duration,
     pub(crate) anonymous: Semaphore,
     pub(crate) dist: Distribution,
+    pub(crate) runs: crate::runs::Runs,
+    /// Root of the image store (`--root`).
+    pub(crate) image_root: PathBuf,
 }
 
 /// A bound, not yet running coordinator.
@@ -147,6 +150,8 @@ impl Daemon {
                 node_cert_ttl: opts.node_cert_ttl,
                 anonymous: Semaphore::new(MAX_ANONYMOUS),
                 dist: Distribution::new(root, &paths.dir),
+                runs: crate::runs::Runs::default(),
+                image_root: root.to_path_buf(),
             }),
             paths,
         })
@@ -174,6 +179,7 @@ impl Daemon {
             0o644,
         )?;
         info!(%addr, "coordinator listening");
+        crate::runs::resume_all(&self.shared);
 
         let flusher = {
             let shared = self.shared.clone();
