@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod bootstrap;
+mod cluster;
 mod coordinator;
 mod distribute;
 mod images;
@@ -66,6 +67,12 @@ pub enum Command {
     Nodes(nodes::NodesArgs),
     /// Send an image's layers to nodes (peer-to-peer), and show progress.
     Distribute(distribute::DistributeArgs),
+    /// Install a cluster image on hosts: -m masters, -n workers (by IP).
+    Run(cluster::RunArgs),
+    /// Clusters and how every host stands: phase, step, errors.
+    Status(cluster::StatusArgs),
+    /// Undo a cluster's install on every host.
+    Delete(cluster::DeleteArgs),
     /// What a host runs to get its agent: cloud-init user-data or a shell one-liner.
     #[command(subcommand)]
     Bootstrap(bootstrap::BootstrapCommand),
@@ -106,5 +113,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nodes(args) => nodes::run(&root, args),
         Command::Distribute(args) => distribute::run(&root, args),
         Command::Bootstrap(cmd) => bootstrap::run(&root, cmd),
+        Command::Run(args) => cluster::run(&root, args),
+        Command::Status(args) => cluster::status(&root, args),
+        Command::Delete(args) => cluster::delete(&root, args),
     }
 }

@@ -1,0 +1,481 @@
+//! `seaport run`, `seaport status` and `seaport delete`: install a cluster
+//! image on hosts through their agents, show how every host stands, and put
+//! the hosts back as they were. The coordinator drives the work
+//! (`crate::runs`); these commands ask for it and follow it, so an
+//! interrupted `seaport run` loses nothing: `seaport status` shows the run
+//! going on, and running the same command again continues it.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use seaport_shared::wire::{
+    AdminRequest, AdminResponse, ClusterView, HostView, RunRequest, RunState, StepState,
+};
+
+use crate::admin::AdminClient;
+
+/// The cluster name when none is given (sealer's default).
+pub const DEFAULT_CLUSTER: &str = "my-cluster";
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Cluster image in the coordinator's store.
+    pub image: String,
+    /// Master IPs, comma-separated; the first is master0.
+    #[arg(short = 'm', long, value_delimiter = ',', required = true)]
+    pub masters: Vec<String>,
+    /// Worker IPs, comma-separated.
+    #[arg(short = 'n', long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Cluster env, KEY=VALUE (repeatable): templates and scripts see it.
+    #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = key_value)]
+    pub env: Vec<(String, String)>,
+    /// The cluster's name.
+    #[arg(long, default_value = DEFAULT_CLUSTER)]
+    pub cluster: String,
+    /// Return once the coordinator has accepted the run.
+    #[arg(long)]
+    pub detach: bool,
+    /// Coordinator address (HOST:PORT); defaults to the local one.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Only this cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Coordinator address (HOST:PORT); defaults to the local one.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["all", "cluster"])))]
+pub struct DeleteArgs {
+    /// Delete every cluster.
+    #[arg(long)]
+    pub all: bool,
+    /// Delete this cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Also remove the hosts' cluster data (the unpacked rootfs).
+    #[arg(long)]
+    pub prune: bool,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Coordinator address (HOST:PORT); defaults to the local one.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn clusters(client: &AdminClient) -> anyhow::Result<Vec<ClusterView>> {
+    match client
+        .request(&AdminRequest::Clusters)
+        .await
+        .context("asking the coordinator for clusters")?
+    {
+        AdminResponse::Clusters(c) => Ok(c),
+        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+    }
+}
+
+/// `seaport run`.
+pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
+    let req = RunRequest {
+        cluster: args.cluster.clone(),
+        image: args.image.clone(),
+        masters: args.masters,
+        nodes: args.nodes,
+        env: args.env,
+    };
+    runtime()?.block_on(async {
+        let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
+        let resp = client
+            .request(&AdminRequest::Run(req))
+            .await
+            .with_context(|| format!("installing {} as cluster {}", args.image, args.cluster))?;
+        let AdminResponse::RunAccepted {
+            cluster,
+            generation,
+        } = resp
+        else {
+            anyhow::bail!("unexpected answer from the coordinator: {resp:?}");
+        };
+        eprintln!(
+            "cluster {cluster}: installing {} (run {generation})",
+            args.image
+        );
+        if args.detach {
+            client.close().await;
+            return Ok(());
+        }
+        let last = follow(&client, &cluster, generation).await;
+        client.close().await;
+        let view = last?;
+        print_summary(&view);
+        match view.state {
+            RunState::Succeeded => Ok(()),
+            _ => Err(failure(&view)),
+        }
+    })
+}
+
+/// `seaport status`.
+pub fn status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
+    let views = runtime()?.block_on(async {
+        let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
+        let v = clusters(&client).await;
+        client.close().await;
+        v
+    })?;
+    let views: Vec<ClusterView> = views
+        .into_iter()
+        .filter(|v| args.cluster.as_ref().is_none_or(|c| *c == v.cluster))
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    if let (Some(c), true) = (&args.cluster, views.is_empty()) {
+        anyhow::bail!("no cluster named {c}");
+    }
+    if views.is_empty() {
+        println!("no clusters");
+    }
+    for v in &views {
+        print_status(v);
+    }
+    Ok(())
+}
+
+/// `seaport delete`.
+pub fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
+        let all = clusters(&client).await?;
+        let chosen: Vec<&ClusterView> = all
+            .iter()
+            .filter(|v| args.all || args.cluster.as_ref() == Some(&v.cluster))
+            .collect();
+        if chosen.is_empty() {
+            client.close().await;
+            match &args.cluster {
+                Some(c) => anyhow::bail!("no cluster named {c} (see `seaport status`)"),
+                None => {
+                    println!("no clusters to delete");
+                    return Ok(());
+                }
+            }
+        }
+        if !args.yes {
+            confirm(&chosen, args.prune)?;
+        }
+        let resp = client
+            .request(&AdminRequest::DeleteCluster {
+                cluster: args.cluster.clone(),
+                prune: args.prune,
+            })
+            .await
+            .context("deleting")?;
+        let AdminResponse::Deleting(list) = resp else {
+            anyhow::bail!("unexpected answer from the coordinator: {resp:?}");
+        };
+        let mut failed = Vec::new();
+        for (cluster, generation) in list {
+            eprintln!("cluster {cluster}: resetting every host");
+            let view = follow(&client, &cluster, generation).await?;
+            print_summary(&view);
+            if view.state != RunState::Deleted {
+                failed.push(failure(&view));
+            }
+        }
+        client.close().await;
+        match failed.pop() {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    })
+}
+
+fn confirm(chosen: &[&ClusterView], prune: bool) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("deleting needs confirmation: run it in a terminal or add --yes");
+    }
+    let hosts: usize = chosen.iter().map(|v| v.hosts.len()).sum();
+    eprint!(
+        "Reset {} on {hosts} host(s){}? [y/N] ",
+        chosen
+            .iter()
+            .map(|v| v.cluster.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if prune { " and remove their data" } else { "" }
+    );
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("not confirmed; nothing was changed")
+    }
+}
+
+/// Follows a run until it ends, showing progress; returns its last view.
+async fn follow(
+    client: &AdminClient,
+    cluster: &str,
+    generation: u64,
+) -> anyhow::Result<ClusterView> {
+    let mut shown = Progress::new();
+    let mut missing_since: Option<Instant> = None;
+    loop {
+        let views = clusters(client).await?;
+        match views.into_iter().find(|v| v.cluster == cluster) {
+            Some(v) if v.generation == generation => {
+                missing_since = None;
+                shown.update(&v);
+                if v.state.is_final() {
+                    shown.finish();
+                    return Ok(v);
+                }
+            }
+            Some(v) if v.generation > generation => {
+                shown.finish();
+                anyhow::bail!(
+                    "cluster {cluster}: a newer operation (run {}) replaced this one",
+                    v.generation
+                );
+            }
+            _ => {
+                // A deleted cluster's record goes away once it is done.
+                let since = *missing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(5) {
+                    shown.finish();
+                    anyhow::bail!("cluster {cluster} is no longer known to the coordinator");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+}
+
+fn current_step(h: &HostView) -> Option<&seaport_shared::wire::StepView> {
+    h.steps
+        .iter()
+        .rev()
+        .find(|s| {
+            matches!(
+                s.state,
+                StepState::Running { .. } | StepState::Failed { .. }
+            )
+        })
+        .or_else(|| h.steps.last())
+}
+
+fn host_line(h: &HostView) -> String {
+    let step = current_step(h)
+        .map(|s| format!("{} {}", s.step, s.state.label()))
+        .unwrap_or_default();
+    let fetched = if h.total_bytes > 0 && h.phase.starts_with("fetch") {
+        format!(" {}/{}", mib(h.fetched_bytes), mib(h.total_bytes))
+    } else {
+        String::new()
+    };
+    let note = h
+        .error
+        .as_deref()
+        .map(|e| format!(" ({})", first_line(e)))
+        .unwrap_or_default();
+    format!(
+        "{:<15} {:<7} {:<16} {step}{fetched}{note}",
+        h.ip, h.role, h.phase
+    )
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// Live progress: a bar per host on a terminal, a line per change otherwise.
+struct Progress {
+    tty: bool,
+    multi: MultiProgress,
+    bars: HashMap<String, ProgressBar>,
+    last: HashMap<String, String>,
+    started: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let multi = MultiProgress::with_draw_target(if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        Progress {
+            tty,
+            multi,
+            bars: HashMap::new(),
+            last: HashMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, v: &ClusterView) {
+        for h in &v.hosts {
+            let line = host_line(h);
+            if self.tty {
+                let bar = self.bars.entry(h.ip.clone()).or_insert_with(|| {
+                    let b = self.multi.add(ProgressBar::new(0));
+                    b.set_style(
+                        ProgressStyle::with_template("{spinner} {msg} {wide_bar} {percent:>3}%")
+                            .expect("a valid template"),
+                    );
+                    b.enable_steady_tick(Duration::from_millis(120));
+                    b
+                });
+                let (done, total) = host_progress(v, h);
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(line);
+            } else if self.last.get(&h.ip) != Some(&line) {
+                eprintln!("[{:>5.1}s] {line}", self.started.elapsed().as_secs_f64());
+                self.last.insert(h.ip.clone(), line);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        for b in self.bars.values() {
+            b.finish();
+        }
+    }
+}
+
+/// How far a host is: fetched bytes count for the fetch phase, then each
+/// phase of the plan counts as much as the whole fetch.
+fn host_progress(v: &ClusterView, h: &HostView) -> (u64, u64) {
+    const UNIT: u64 = 1000;
+    let phases = v.phases.len() as u64;
+    let fetch = (h.fetched_bytes * UNIT)
+        .checked_div(h.total_bytes)
+        .unwrap_or(0);
+    let idx = v.phases.iter().position(|p| *p == v.phase).unwrap_or(0) as u64;
+    let done = if v.state == RunState::Succeeded {
+        phases * UNIT
+    } else if idx == 0 {
+        fetch
+    } else {
+        idx * UNIT
+    };
+    (done, phases * UNIT)
+}
+
+fn print_summary(v: &ClusterView) {
+    let took = v
+        .finished_at
+        .map(|f| format!(" in {} s", f - v.started_at))
+        .unwrap_or_default();
+    println!("cluster {}: {}{took}", v.cluster, v.state.as_str());
+    for h in &v.hosts {
+        let count = |f: fn(&StepState) -> bool| h.steps.iter().filter(|s| f(&s.state)).count();
+        println!(
+            "  {:<15} {:<7} {:<16} {} steps done, {} skipped, {} failed",
+            h.ip,
+            h.role,
+            if h.hostname.is_empty() {
+                &h.node_id
+            } else {
+                &h.hostname
+            },
+            count(|s| matches!(s, StepState::Done { .. })),
+            count(|s| matches!(s, StepState::Skipped)),
+            count(|s| matches!(s, StepState::Failed { .. })),
+        );
+    }
+}
+
+/// The error of a failed run, with the failing steps' output tails.
+fn failure(v: &ClusterView) -> anyhow::Error {
+    let mut msg = format!(
+        "cluster {}: {}",
+        v.cluster,
+        v.error.as_deref().unwrap_or("failed")
+    );
+    for h in &v.hosts {
+        for s in &h.steps {
+            if let StepState::Failed { .. } = s.state {
+                msg.push_str(&format!("\n--- {} step {}:\n{}", h.ip, s.step, s.log_tail));
+            }
+        }
+    }
+    anyhow::anyhow!(msg)
+}
+
+fn print_status(v: &ClusterView) {
+    println!(
+        "cluster {}  image {} ({})  {}  phase {}",
+        v.cluster,
+        v.image,
+        v.manifest_digest,
+        v.state.as_str(),
+        v.phase
+    );
+    if let Some(e) = &v.error {
+        println!("  error: {}", first_line(e));
+    }
+    println!(
+        "  {:<15} {:<7} {:<20} {:<7} {:<16} STEP",
+        "HOST", "ROLE", "NODE", "ONLINE", "PHASE"
+    );
+    for h in &v.hosts {
+        let step = current_step(h)
+            .map(|s| format!("{} {}", s.step, s.state.label()))
+            .unwrap_or_default();
+        println!(
+            "  {:<15} {:<7} {:<20} {:<7} {:<16} {step}",
+            h.ip,
+            h.role,
+            if h.hostname.is_empty() {
+                &h.node_id
+            } else {
+                &h.hostname
+            },
+            if h.online { "yes" } else { "no" },
+            h.phase
+        );
+        if let Some(e) = &h.error {
+            println!("    {}", first_line(e));
+        }
+    }
+}
