@@ -209,6 +209,61 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), TestImageError> {
 
 /// A one-layer image (a text file `/hello.txt`) as an OCI layout in `dir`.
 pub fn make_oci_layout(dir: &Path, name: &str, text: &[u8]) -> Result<Digest, TestImageError> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_path("hello.txt").map_err(step("tar header"))?;
+    h.set_mode(0o644);
+    h.set_size(text.len() as u64);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append(&h, text).map_err(step("tar"))?;
+    let layer_bytes = b.into_inner().map_err(step("tar"))?;
+    make_oci_layout_with_layer(dir, name, &layer_bytes)
+}
+
+/// A layer that tries to write outside the directory it is unpacked into:
+/// `../seaport-escape.txt`, then a symlink `etc-link -> /etc` and a file
+/// through it, `etc-link/seaport-escape.txt`.
+pub fn escaping_layer() -> Result<Vec<u8>, TestImageError> {
+    let mut b = tar::Builder::new(Vec::new());
+    let text = b"written outside the rootfs\n";
+    // The tar crate refuses to build `..` paths, so the name is set raw.
+    let mut h = tar::Header::new_gnu();
+    let name = b"../seaport-escape.txt";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_mode(0o644);
+    h.set_size(text.len() as u64);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    b.append(&h, &text[..]).map_err(step("tar"))?;
+    let mut l = tar::Header::new_gnu();
+    l.set_entry_type(tar::EntryType::Symlink);
+    l.set_path("etc-link").map_err(step("tar header"))?;
+    l.set_link_name("/etc").map_err(step("tar header"))?;
+    l.set_mode(0o777);
+    l.set_size(0);
+    l.set_mtime(0);
+    l.set_cksum();
+    b.append(&l, &[][..]).map_err(step("tar"))?;
+    let mut f = tar::Header::new_gnu();
+    f.set_path("etc-link/seaport-escape.txt")
+        .map_err(step("tar header"))?;
+    f.set_mode(0o644);
+    f.set_size(text.len() as u64);
+    f.set_mtime(0);
+    f.set_cksum();
+    b.append(&f, &text[..]).map_err(step("tar"))?;
+    b.into_inner().map_err(step("tar"))
+}
+
+/// A one-layer image of `layer_bytes` (an uncompressed tar) as an OCI
+/// layout in `dir`.
+pub fn make_oci_layout_with_layer(
+    dir: &Path,
+    name: &str,
+    layer_bytes: &[u8],
+) -> Result<Digest, TestImageError> {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(step("creating an OCI layout"))?;
     let put = |bytes: &[u8]| -> Result<Descriptor, TestImageError> {
@@ -222,16 +277,7 @@ pub fn make_oci_layout(dir: &Path, name: &str, text: &[u8]) -> Result<Digest, Te
             platform: None,
         })
     };
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_path("hello.txt").map_err(step("tar header"))?;
-    h.set_mode(0o644);
-    h.set_size(text.len() as u64);
-    h.set_mtime(0);
-    h.set_cksum();
-    b.append(&h, text).map_err(step("tar"))?;
-    let layer_bytes = b.into_inner().map_err(step("tar"))?;
-    let mut layer = put(&layer_bytes)?;
+    let mut layer = put(layer_bytes)?;
     layer.media_type = MEDIA_TYPE_LAYER_TAR.into();
     let config = ImageConfig {
         architecture: seaport_rootfs::registry::platform::host_platform().architecture,
@@ -269,7 +315,8 @@ pub fn make_oci_layout(dir: &Path, name: &str, text: &[u8]) -> Result<Digest, Te
     Ok(digest)
 }
 
-fn tar_dir(dir: &Path, out: &Path) -> Result<(), TestImageError> {
+/// A tar of the directory `dir` (an OCI archive when it is a layout).
+pub fn tar_dir(dir: &Path, out: &Path) -> Result<(), TestImageError> {
     let f = fs::File::create(out).map_err(step("creating an archive"))?;
     let mut b = tar::Builder::new(f);
     b.append_dir_all(".", dir)

@@ -1,0 +1,446 @@
+//! End to end on 3 lab hosts with the coordinator driving: `seaport run`
+//! installs the test cluster image (tests/src/testimage.rs) with master0
+//! and two workers. containerd runs on all, the registry on master0; the
+//! image from images/ and the one named in manifests/imageList pull with
+//! `ctr` on every host through sea.hub:5000 (plain HTTP and through the
+//! hosts.toml mirrors); the kubeadm double ran init on master0 and join on
+//! the others with master0's join data, which the coordinator passed on.
+//! The agent killed in the middle of a step resumes it; a second `seaport
+//! run` changes nothing; an image whose layer escapes its directory is
+//! refused with nothing written; `seaport delete --all --prune` leaves
+//! /etc, /usr and systemd's unit state as they were.
+//! Needs root, systemd-nspawn, debootstrap and Debian's containerd, runc and
+//! docker-registry on the machine (see docs/lab.md and docs/install.md).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use seaport_lab::seaport::Binaries;
+use seaport_lab::testimage::{self, LISTED_REPO, LISTED_TAG};
+use seaport_lab::{lab, runs, wait, Host};
+
+const CLUSTER: &str = "lab";
+
+struct Phases(Instant);
+
+impl Phases {
+    fn done(&mut self, what: &str) {
+        eprintln!("phase {what}: {:.1} s", self.0.elapsed().as_secs_f64());
+        self.0 = Instant::now();
+    }
+}
+
+/// What delete must put back: every path under /etc and /usr with its
+/// type, mode and link target, every file's sha256, and systemd's unit
+/// files and loaded units.
+const SNAPSHOT: &str = r#"set -e
+find /etc /usr -xdev -printf '%p %y %m %u:%g %l\n' | LC_ALL=C sort
+find /etc /usr -xdev -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+systemctl list-unit-files --no-legend --no-pager | LC_ALL=C sort
+systemctl list-units --all --no-legend --no-pager --plain | grep -v -e '\.scope ' -e '\.mount ' | awk '{print $1, $2, $3}' | LC_ALL=C sort
+"#;
+
+fn snapshot(h: &Host) -> String {
+    h.exec_ok(&["bash", "-c", SNAPSHOT]).unwrap().stdout
+}
+
+fn diff(before: &str, after: &str) -> String {
+    let b: std::collections::BTreeSet<&str> = before.lines().collect();
+    let a: std::collections::BTreeSet<&str> = after.lines().collect();
+    let mut out = String::new();
+    for l in b.difference(&a) {
+        out.push_str(&format!("- {l}\n"));
+    }
+    for l in a.difference(&b) {
+        out.push_str(&format!("+ {l}\n"));
+    }
+    out
+}
+
+fn seaport(bins: &Binaries, root: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(&bins.seaport);
+    c.arg("--root").arg(root).args(args).stdin(Stdio::null());
+    c
+}
+
+/// Runs `seaport ARGS`; returns (success, stdout, stderr).
+fn seaport_out(bins: &Binaries, root: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = seaport(bins, root, args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn status(bins: &Binaries, root: &Path) -> serde_json::Value {
+    let (ok, out, err) = seaport_out(bins, root, &["status", "--json"]);
+    assert!(ok, "seaport status: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn cluster<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == name)
+        .unwrap_or_else(|| panic!("no cluster {name} in {status}"))
+}
+
+fn step_state<'a>(
+    cluster: &'a serde_json::Value,
+    ip: &str,
+    step: &str,
+) -> Option<&'a serde_json::Value> {
+    cluster["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["ip"] == ip)?["steps"]
+        .as_array()?
+        .iter()
+        .find(|s| s["step"] == step)
+        .map(|s| &s["state"])
+}
+
+fn pulls_work_everywhere(hosts: &[Host], listed_domain: &str) {
+    let listed = format!("{LISTED_REPO}:{LISTED_TAG}");
+    for h in hosts {
+        let active = h
+            .exec(&["systemctl", "is-active", "containerd.service"])
+            .unwrap();
+        assert_eq!(active.stdout.trim(), "active", "{}", h.name());
+        let pulls: [(&str, [String; 2]); 4] = [
+            (
+                "bundled, plain HTTP",
+                [
+                    "--plain-http".into(),
+                    "sea.hub:5000/library/seaport-bundled:1.0".into(),
+                ],
+            ),
+            (
+                "listed, plain HTTP",
+                ["--plain-http".into(), format!("sea.hub:5000/{listed}")],
+            ),
+            (
+                "bundled, docker.io through the hosts.toml mirror",
+                [
+                    "--hosts-dir=/etc/containerd/certs.d".into(),
+                    "docker.io/library/seaport-bundled:1.0".into(),
+                ],
+            ),
+            (
+                "listed, its own domain through the hosts.toml mirror",
+                [
+                    "--hosts-dir=/etc/containerd/certs.d".into(),
+                    format!("{listed_domain}/{listed}"),
+                ],
+            ),
+        ];
+        for (what, args) in pulls {
+            let mut argv: Vec<String> = ["ctr", "images", "pull"].map(String::from).to_vec();
+            argv.extend(args);
+            let out = h.exec(&argv).unwrap();
+            assert!(
+                out.success(),
+                "{}: pulling {what} failed: {}{}",
+                h.name(),
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
+    if let Err(e) = lab::preflight() {
+        panic!("the lab tests cannot run here: {e}");
+    }
+    let missing = testimage::missing_machine_files();
+    assert!(
+        missing.is_empty(),
+        "install Debian's containerd, runc and docker-registry: missing {missing:?}"
+    );
+    let mut phases = Phases(Instant::now());
+    let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
+    let tmp = tempfile::tempdir().unwrap();
+    let image =
+        testimage::build_test_image(tmp.path(), &bins.seaport).expect("build the test image");
+    // The coordinator's root is the store the image was built in.
+    let root = tmp.path().join("seaport-root");
+    phases.done("build binaries and the test image");
+    let lab = seaport_lab::Lab::up(3).expect("bring up a lab of 3 hosts");
+    let (mut coordinator, _nodes) =
+        runs::enroll_all(&lab, &bins, &root).expect("enroll the agents");
+    phases.done("lab up, agents enrolled");
+    let (m0, n1, n2) = (lab.host(0), lab.host(1), lab.host(2));
+    let before: Vec<String> = lab.hosts().iter().map(snapshot).collect();
+    let (m0ip, n1ip, n2ip) = (
+        m0.ip().to_string(),
+        n1.ip().to_string(),
+        n2.ip().to_string(),
+    );
+    let workers = format!("{n1ip},{n2ip}");
+    let run_args = [
+        "run",
+        testimage::IMAGE_NAME,
+        "-m",
+        m0ip.as_str(),
+        "-n",
+        workers.as_str(),
+        "--cluster",
+        CLUSTER,
+        "-e",
+        "pod_cidr=10.77.0.0/16",
+    ];
+
+    // A host without an agent is a clear error.
+    let (ok, _, err) = seaport_out(
+        &bins,
+        &root,
+        &[
+            "run",
+            testimage::IMAGE_NAME,
+            "-m",
+            "198.18.0.250",
+            "--cluster",
+            "x",
+        ],
+    );
+    assert!(
+        !ok && err.contains("no agent is enrolled on 198.18.0.250")
+            && err.contains("seaport bootstrap"),
+        "{err}"
+    );
+
+    // Install, with node 2's kubeadm held so its agent can be killed in
+    // the middle of the step.
+    n2.exec_ok(&["touch", "/run/kubeadm-double.hold"]).unwrap();
+    let log = tmp.path().join("run.log");
+    let mut child = seaport(&bins, &root, &run_args)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(tmp.path().join("run.err")).unwrap())
+        .spawn()
+        .unwrap();
+    wait::until(
+        "the kubeadm double to hold in node 2",
+        Duration::from_secs(300),
+        Duration::from_millis(300),
+        || {
+            if n2
+                .exec(&["test", "-e", "/run/kubeadm-double.waiting"])
+                .unwrap()
+                .success()
+            {
+                Ok(())
+            } else {
+                Err(std::fs::read_to_string(tmp.path().join("run.err")).unwrap_or_default())
+            }
+        },
+    )
+    .unwrap();
+    // The step's state streamed back live.
+    let s = status(&bins, &root);
+    assert!(
+        step_state(cluster(&s, CLUSTER), &n2ip, "kubeadm")
+            .and_then(|st| st.get("running"))
+            .is_some(),
+        "node 2's kubeadm step is not shown running: {s}"
+    );
+    let pid = n2
+        .exec_ok(&[
+            "systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "--value",
+            "seaport-agent.service",
+        ])
+        .unwrap()
+        .stdout;
+    n2.exec_ok(&[
+        "sh",
+        "-c",
+        &format!("kill -9 {}; kill -9 $(cat /run/kubeadm-double.waiting) 2>/dev/null; rm -f /run/kubeadm-double.hold /run/kubeadm-double.waiting", pid.trim()),
+    ])
+    .unwrap();
+    let exit = child.wait().unwrap();
+    let out = std::fs::read_to_string(&log).unwrap();
+    let err = std::fs::read_to_string(tmp.path().join("run.err")).unwrap();
+    assert!(
+        exit.success(),
+        "seaport run failed:\n{out}\n{err}\ncoordinator log: {}",
+        coordinator.log().display()
+    );
+    assert!(out.contains("cluster lab: succeeded"), "{out}");
+    eprintln!("{out}");
+    let calls = n2
+        .exec_ok(&["cat", "/var/lib/kubeadm-double/calls.log"])
+        .unwrap()
+        .stdout;
+    let lines: Vec<&str> = calls.lines().collect();
+    assert!(
+        lines.len() == 3
+            && lines[0].starts_with("join --config")
+            && lines[1] == "reset -f"
+            && lines[2].starts_with("join --config"),
+        "node 2 kubeadm calls (join, then reset and join again on resume): {calls}"
+    );
+    phases.done("seaport run, with node 2's agent killed in the kubeadm step");
+
+    // Runtime and registry; both images pull on every host.
+    pulls_work_everywhere(lab.hosts(), &image.listed_domain);
+    let reg = m0
+        .exec(&["systemctl", "is-active", "seaport-registry.service"])
+        .unwrap();
+    assert_eq!(reg.stdout.trim(), "active");
+    for h in [n1, n2] {
+        let reg = h
+            .exec(&["systemctl", "is-active", "seaport-registry.service"])
+            .unwrap();
+        assert_ne!(
+            reg.stdout.trim(),
+            "active",
+            "{}: a registry runs on a node",
+            h.name()
+        );
+    }
+    phases.done("runtime, registry and pulls on every host");
+
+    // The kubeadm double: init on master0, join with master0's join data.
+    let init = m0
+        .exec_ok(&["cat", "/var/lib/kubeadm-double/calls.log"])
+        .unwrap()
+        .stdout;
+    assert!(
+        init.starts_with("init --config") && init.contains("--upload-certs"),
+        "{init}"
+    );
+    let join = m0
+        .exec_ok(&["cat", "/var/lib/seaport/data/lab/join.json"])
+        .unwrap()
+        .stdout;
+    let join: serde_json::Value = serde_json::from_str(&join).unwrap();
+    let token = join["token"].as_str().unwrap();
+    let hash = join["ca_cert_hashes"][0].as_str().unwrap();
+    assert_eq!(join["master0_ip"].as_str().unwrap(), m0ip);
+    let init_cfg = m0
+        .exec_ok(&["cat", "/var/lib/kubeadm-double/init.yaml"])
+        .unwrap()
+        .stdout;
+    assert!(init_cfg.contains(&format!("token: {token}")), "{init_cfg}");
+    assert!(
+        init_cfg.contains("10.77.0.0/16"),
+        "the -e pod_cidr did not reach kubeadm: {init_cfg}"
+    );
+    for h in [n1, n2] {
+        let cfg = h
+            .exec_ok(&["cat", "/var/lib/kubeadm-double/join.yaml"])
+            .unwrap()
+            .stdout;
+        assert!(
+            cfg.contains(&format!("token: {token}")),
+            "{}: {cfg}",
+            h.name()
+        );
+        assert!(cfg.contains(&format!("- {hash}")), "{}: {cfg}", h.name());
+        assert!(
+            cfg.contains(&format!("apiServerEndpoint: {m0ip}:6443")),
+            "{cfg}"
+        );
+    }
+    // The secret join data never shows in status.
+    let s = status(&bins, &root).to_string();
+    assert!(!s.contains(token), "status shows the bootstrap token");
+
+    // Again: every step is skipped on every host.
+    let t = Instant::now();
+    let (ok, out, err) = seaport_out(&bins, &root, &run_args);
+    let again = t.elapsed();
+    assert!(ok, "second seaport run: {out}{err}");
+    let s = status(&bins, &root);
+    let c = cluster(&s, CLUSTER);
+    assert_eq!(c["state"], "succeeded", "{c}");
+    for h in c["hosts"].as_array().unwrap() {
+        for st in h["steps"].as_array().unwrap() {
+            assert_eq!(
+                st["state"], "skipped",
+                "{}: {} ran again: {st}",
+                h["ip"], st["step"]
+            );
+        }
+    }
+    let calls_after = n2
+        .exec_ok(&["cat", "/var/lib/kubeadm-double/calls.log"])
+        .unwrap()
+        .stdout;
+    assert_eq!(calls_after, calls, "kubeadm ran again on node 2");
+    phases.done(&format!(
+        "second seaport run (no-op, {:.1} s)",
+        again.as_secs_f64()
+    ));
+
+    // An image whose layer writes through `..` and a symlink: refused at
+    // the rootfs step, nothing outside the rootfs, no half-written rootfs.
+    let evil = tmp.path().join("evil-layout");
+    testimage::make_oci_layout_with_layer(&evil, "evil:v1", &testimage::escaping_layer().unwrap())
+        .unwrap();
+    let evil_tar = tmp.path().join("evil.tar");
+    testimage::tar_dir(&evil, &evil_tar).unwrap();
+    let (ok, _, err) = seaport_out(&bins, &root, &["load", "-i", evil_tar.to_str().unwrap()]);
+    assert!(ok, "load: {err}");
+    let (ok, out, err) = seaport_out(
+        &bins,
+        &root,
+        &["run", "evil:v1", "-m", &m0ip, "--cluster", "evil"],
+    );
+    assert!(!ok, "an escaping image installed: {out}");
+    assert!(
+        err.contains("rootfs") && err.contains(".."),
+        "the error names neither the step nor the entry: {err}"
+    );
+    for p in [
+        "/var/lib/seaport/data/seaport-escape.txt",
+        "/var/lib/seaport/data/evil/seaport-escape.txt",
+        "/etc/seaport-escape.txt",
+    ] {
+        assert!(
+            !m0.exec(&["test", "-e", p]).unwrap().success(),
+            "{p} was written"
+        );
+    }
+    assert!(
+        !m0.exec(&["test", "-e", "/var/lib/seaport/data/evil/rootfs"])
+            .unwrap()
+            .success(),
+        "a half-written rootfs is left"
+    );
+    let (ok, out, err) = seaport_out(
+        &bins,
+        &root,
+        &["delete", "--cluster", "evil", "--prune", "--yes"],
+    );
+    assert!(ok, "delete evil: {out}{err}");
+    phases.done("escaping image refused");
+
+    // Delete: every host as before.
+    let (ok, out, err) = seaport_out(&bins, &root, &["delete", "--all", "--prune", "--yes"]);
+    assert!(ok, "seaport delete: {out}{err}");
+    assert!(out.contains("cluster lab: deleted"), "{out}");
+    for (i, h) in lab.hosts().iter().enumerate() {
+        let d = diff(&before[i], &snapshot(h));
+        assert!(
+            d.is_empty(),
+            "{}: /etc, /usr or units differ after delete:\n{d}",
+            h.name()
+        );
+        let data = h
+            .exec(&["test", "-e", "/var/lib/seaport/data/lab"])
+            .unwrap();
+        assert!(!data.success(), "{}: the data directory is left", h.name());
+    }
+    phases.done("delete --all --prune on every host");
+    coordinator.stop().unwrap();
+}
