@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Quick start on a fresh Debian 12 machine, as root, from the repository root:
-# installs what Seaport needs, builds it, builds the example cluster image and
-# inspects it, then brings up a lab of 3 real systemd hosts with their agents
-# enrolled with a coordinator, and lists the nodes.
+# installs what Seaport needs, builds it, builds the example Kubefile image and
+# inspects it, brings up a lab of 3 real systemd hosts with their agents
+# enrolled with a coordinator, builds the lab's cluster image into the
+# coordinator's store and installs it on the 3 hosts with `seaport run`.
+#
+# kubeadm and the Kubernetes binaries cannot be obtained on the machines this
+# is built on: the lab's cluster image carries a recording kubeadm double (see
+# the README), and everything else in it is real (containerd, runc, the
+# registry, systemd units, hooks).
 #
 # The lab keeps running afterwards: look at it with `target/debug/seaport-lab
 # status`, run commands with `target/debug/seaport-lab exec h1 -- CMD`, and take
@@ -28,6 +34,16 @@ step "building the example cluster image into $SEAPORT_ROOT"
 
 step "bringing up 3 lab hosts with agents enrolled (the first run builds the Debian base, about a minute)"
 "$bin/seaport-lab" up --hosts 3 --agents
+eval "$("$bin/seaport-lab" env)"
+export SEAPORT_ROOT
+
+step "building the lab's cluster image into the coordinator's store ($SEAPORT_ROOT)"
+"$bin/seaport-lab" image
+
+step "installing it: master $LAB_H1, nodes $LAB_H2 and $LAB_H3"
+"$bin/seaport" run seaport-test:v1 -m "$LAB_H1" -n "$LAB_H2,$LAB_H3"
+"$bin/seaport" status
 
 step "done"
 echo "the lab keeps running: $bin/seaport-lab status | exec h1 -- CMD | down"
+echo "the cluster: SEAPORT_ROOT=$SEAPORT_ROOT $bin/seaport status | delete --all --prune"

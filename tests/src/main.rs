@@ -45,6 +45,25 @@ enum Cmd {
         #[arg(long, conflicts_with = "run")]
         all: bool,
     },
+    /// Build the lab's example cluster image (the default CloudRootfs with
+    /// this machine's containerd, runc and registry, and the recording
+    /// kubeadm double) into the running lab's coordinator store.
+    Image {
+        /// The run id, when several labs run.
+        run: Option<String>,
+        /// Image store to build into (default: the lab coordinator's root).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Directory holding the seaport binary (default: beside this program).
+        #[arg(long, env = "SEAPORT_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Print shell assignments for the running lab: SEAPORT_ROOT (its
+    /// coordinator's root) and LAB_H1, LAB_H2, ... (host IPs).
+    Env {
+        /// The run id, when several labs run.
+        run: Option<String>,
+    },
     /// Internal: the background process that owns a lab brought up by `up`.
     #[command(hide = true)]
     Keep {
@@ -107,6 +126,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&runs)?);
             } else {
                 print_status(&runs);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Image { run, root, bin_dir } => {
+            let root = match root {
+                Some(r) => r,
+                None => {
+                    let rec = runs::find_run(&paths, run.as_deref())?;
+                    rec.coordinator
+                        .context("this lab has no coordinator: bring it up with `up --agents`, or give --root")?
+                        .root
+                }
+            };
+            let bins = Binaries::in_dir(&bin_dir.unwrap_or_else(Binaries::default_dir))?;
+            let work = tempfile::tempdir().context("creating a work directory")?;
+            let img =
+                seaport_lab::testimage::build_test_image_into(work.path(), &bins.seaport, &root)?;
+            println!(
+                "built {} ({}) into {}",
+                seaport_lab::testimage::IMAGE_NAME,
+                img.digest,
+                root.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Env { run } => {
+            let rec = runs::find_run(&paths, run.as_deref())?;
+            if let Some(c) = &rec.coordinator {
+                println!("SEAPORT_ROOT={}", c.root.display());
+            }
+            for (i, h) in rec.hosts.iter().enumerate() {
+                println!("LAB_H{}={}", i + 1, h.ip);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -85,8 +85,17 @@ pub fn missing_machine_files() -> Vec<&'static str> {
 }
 
 /// Builds the image under `work` (a temporary directory) with the `seaport`
-/// binary at `seaport`.
+/// binary at `seaport`, into the store `work/seaport-root`.
 pub fn build_test_image(work: &Path, seaport: &Path) -> Result<TestImage, TestImageError> {
+    build_test_image_into(work, seaport, &work.join("seaport-root"))
+}
+
+/// As [`build_test_image`], into the image store at `root`.
+pub fn build_test_image_into(
+    work: &Path,
+    seaport: &Path,
+    root: &Path,
+) -> Result<TestImage, TestImageError> {
     let missing = missing_machine_files();
     if !missing.is_empty() {
         return Err(TestImageError::Step(format!(
@@ -156,9 +165,8 @@ pub fn build_test_image(work: &Path, seaport: &Path) -> Result<TestImage, TestIm
     list.push_str(&format!("{domain}/{LISTED_REPO}:{LISTED_TAG}\n"));
     fs::write(context.join("manifests/imageList"), list).map_err(step("writing imageList"))?;
     // `seaport build`, caching the listed image from the loopback registry.
-    let root = work.join("seaport-root");
     let out = Command::new(seaport)
-        .env("SEAPORT_ROOT", &root)
+        .env("SEAPORT_ROOT", root)
         .args(["build", "-t", IMAGE_NAME, "--insecure-registry", &domain])
         .arg(&context)
         .stdin(Stdio::null())
@@ -172,7 +180,7 @@ pub fn build_test_image(work: &Path, seaport: &Path) -> Result<TestImage, TestIm
         )));
     }
     drop(registry);
-    let store = seaport_rootfs::store::Store::open(&root).map_err(step("opening the store"))?;
+    let store = seaport_rootfs::store::Store::open(root).map_err(step("opening the store"))?;
     let resolved = store
         .resolve(IMAGE_NAME)
         .map_err(step("finding the built image"))?;
