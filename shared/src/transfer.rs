@@ -392,14 +392,16 @@ pub fn lan_transport() -> Arc<quinn::TransportConfig> {
     t.keep_alive_interval(Some(crate::wire::KEEP_ALIVE));
     t.max_concurrent_bidi_streams(64u32.into());
     t.max_concurrent_uni_streams(0u32.into());
-    // 4 MiB per stream covers 400 Mbit/s with 80 ms of queueing; the
-    // connection bound keeps an agent's buffered bytes (its RSS) bounded.
-    t.stream_receive_window((4u32 * 1024 * 1024).into());
-    t.receive_window((16u32 * 1024 * 1024).into());
-    // Unacknowledged bytes a sender buffers per connection: an agent serving
-    // seven peers over shaped links held up to this much for each of them,
-    // which is what made its RSS grow with the number of peers.
-    t.send_window(4 * 1024 * 1024);
+    // What an agent buffers is bounded by these windows, per connection,
+    // and an agent talks to every other host at N = 8. A piece request is
+    // one stream and an agent keeps at most two in flight per peer, so
+    // 2 MiB per stream and 4 MiB per connection still cover 200 Mbit/s
+    // with the 50 ms a tc queue adds (1.25 MB in flight).
+    t.stream_receive_window((2u32 * 1024 * 1024).into());
+    t.receive_window((4u32 * 1024 * 1024).into());
+    // Unacknowledged and unsent bytes a sender buffers per connection: an
+    // agent serving seven peers holds up to this much for each of them.
+    t.send_window(2 * 1024 * 1024);
     Arc::new(t)
 }
 

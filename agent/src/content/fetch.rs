@@ -11,12 +11,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::Digest as _;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -25,24 +23,34 @@ use tracing::{debug, info, warn};
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::transfer::{
-    BadPeer, BadPeerReason, BlobPlan, BlobRequest, BlobResponse, PieceTable, SyncRequest,
-    SyncResponse, BLOB_FRAME_LIMIT, PEER_CONNECT_TIMEOUT,
+    BadPeer, BadPeerReason, BlobPlan, BlobRequest, BlobResponse, PeerHolding, PieceTable,
+    SyncRequest, SyncResponse, BLOB_FRAME_LIMIT, PEER_CONNECT_TIMEOUT,
 };
 use seaport_shared::wire::{self, StreamKind};
 
-use super::store::{ContentError, Partial};
+use super::store::{ContentError, Partial, PieceWriter};
 use super::{peer, Shared};
 use crate::identity::Identity;
 
 const COORDINATOR: &str = "coordinator";
-const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// While fetching: how often the agent tells the coordinator what it holds
+/// (and so learns what its peers hold). Peers learn of a new piece within
+/// about two of these.
+const SYNC_EVERY: Duration = Duration::from_millis(250);
 const SYNC_IDLE_EVERY: Duration = Duration::from_secs(3);
-const SYNC_STARVED: Duration = Duration::from_millis(200);
+/// With nothing in flight, sync again this soon.
+const SYNC_STARVED: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(100);
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 const AVOID_UNREACHABLE: Duration = Duration::from_secs(15);
 const PER_PEER: usize = 2;
+/// Granted pieces fetched from the coordinator at once, besides the peer
+/// requests: what the coordinator grants nobody else has, so these are
+/// never left waiting behind peer transfers.
+const COORDINATOR_SLOTS: usize = 3;
 const CHUNK: usize = 256 * 1024;
 const PIECE_TIMEOUT: Duration = Duration::from_secs(60);
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Source {
@@ -73,6 +81,37 @@ struct Done {
 }
 
 type PeerSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+
+/// A sync's answer, or why it failed and the bad-peer reports it did not
+/// deliver.
+type SyncResult = Result<SyncResponse, (String, Vec<BadPeer>)>;
+
+/// One sync with the coordinator on the session's connection.
+async fn sync(conn: quinn::Connection, req: SyncRequest) -> SyncResult {
+    let unsent = req.bad_peers.clone();
+    let fut = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        wire::client_handshake(&mut recv, &mut send, StreamKind::Blob)
+            .await
+            .map_err(|e| e.to_string())?;
+        codec::write_msg(&mut send, &BlobRequest::Sync(req))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        match codec::read_msg::<_, BlobResponse>(&mut recv, BLOB_FRAME_LIMIT).await {
+            Ok(Some(BlobResponse::Sync(r))) => Ok(r),
+            Ok(Some(BlobResponse::Refused { reason })) => Err(reason),
+            Ok(Some(_)) => Err("unexpected answer to a sync".to_string()),
+            Ok(None) => Err("no answer to a sync".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match timeout(SYNC_TIMEOUT, fut).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err((e, unsent)),
+        Err(_) => Err(("sync timed out".to_string(), unsent)),
+    }
+}
 
 struct Fetcher {
     shared: Arc<Shared>,
@@ -155,42 +194,36 @@ impl Fetcher {
     }
 
     /// Works on one coordinator connection; true when asked to stop.
+    ///
+    /// Syncs run beside the transfers (a sync waiting on a busy link does
+    /// not hold up the next piece).
     async fn work(
         &mut self,
         conn: quinn::Connection,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut syncing: Option<tokio::task::JoinHandle<SyncResult>> = None;
         let mut last_sync: Option<Instant> = None;
         let mut last_persist = Instant::now();
+        let mut sync_soon = false;
         let stop = loop {
             let now = Instant::now();
             let idle = self.plans.is_empty();
             let since = last_sync.map(|t| now.saturating_duration_since(t));
-            let starved = tasks.len() < self.shared.opts.fetch_concurrency;
             let due = match since {
                 None => true,
                 Some(s) => {
                     s >= if idle { SYNC_IDLE_EVERY } else { SYNC_EVERY }
-                        || (!idle && starved && tasks.is_empty() && s >= SYNC_STARVED)
+                        || ((sync_soon || (!idle && tasks.is_empty())) && s >= SYNC_STARVED)
                 }
             };
-            if due {
+            if due && syncing.is_none() {
                 last_sync = Some(now);
-                match self.sync(&conn).await {
-                    Ok(resp) => self.apply(resp),
-                    Err(e) => {
-                        if conn.close_reason().is_some() {
-                            break false;
-                        }
-                        debug!(error = %e, "sync failed");
-                    }
-                }
+                sync_soon = false;
+                syncing = Some(tokio::spawn(sync(conn.clone(), self.sync_request())));
             }
-            while tasks.len() < self.shared.opts.fetch_concurrency {
-                let Some((digest, piece, source)) = self.pick() else {
-                    break;
-                };
+            while let Some((digest, piece, source)) = self.pick() {
                 self.start(&mut tasks, &conn, digest, piece, source);
             }
             if last_persist.elapsed() >= PERSIST_EVERY {
@@ -200,14 +233,32 @@ impl Fetcher {
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Ok(done) = done {
-                        self.finish_piece(done);
+                        // A finished blob is reported at once.
+                        sync_soon |= self.finish_piece(done);
                     }
                 }
-                () = tokio::time::sleep(SYNC_STARVED) => {}
+                r = async { syncing.as_mut().expect("guarded").await }, if syncing.is_some() => {
+                    syncing = None;
+                    match r {
+                        Ok(Ok(resp)) => self.apply(resp),
+                        Ok(Err((e, unsent))) => {
+                            self.to_report.extend(unsent);
+                            if conn.close_reason().is_some() {
+                                break false;
+                            }
+                            debug!(error = %e, "sync failed");
+                        }
+                        Err(e) => debug!(error = %e, "sync task failed"),
+                    }
+                }
+                () = tokio::time::sleep(TICK) => {}
                 _ = conn.closed() => break false,
                 _ = shutdown.wait_for(|s| *s) => break true,
             }
         };
+        if let Some(t) = syncing {
+            t.abort();
+        }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         self.in_flight.clear();
@@ -224,40 +275,20 @@ impl Fetcher {
         }
     }
 
-    async fn sync(&mut self, conn: &quinn::Connection) -> Result<SyncResponse, String> {
-        let req = SyncRequest {
+    /// What the next sync reports; the bad peers it carries are taken
+    /// (given back if the sync fails).
+    fn sync_request(&mut self) -> SyncRequest {
+        SyncRequest {
             peer_port: if self.endpoint.is_some() {
                 self.shared.opts.peer_port
             } else {
                 0
             },
             blobs: self.shared.reports(),
-            bad_peers: self.to_report.clone(),
+            bad_peers: std::mem::take(&mut self.to_report),
             received: self.received.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             served: self.shared.served.load(Ordering::Relaxed),
-        };
-        let fut = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            wire::client_handshake(&mut recv, &mut send, StreamKind::Blob)
-                .await
-                .map_err(|e| e.to_string())?;
-            codec::write_msg(&mut send, &BlobRequest::Sync(req))
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = send.finish();
-            match codec::read_msg::<_, BlobResponse>(&mut recv, BLOB_FRAME_LIMIT).await {
-                Ok(Some(BlobResponse::Sync(r))) => Ok(r),
-                Ok(Some(BlobResponse::Refused { reason })) => Err(reason),
-                Ok(Some(_)) => Err("unexpected answer to a sync".to_string()),
-                Ok(None) => Err("no answer to a sync".to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        };
-        let resp = timeout(Duration::from_secs(10), fut)
-            .await
-            .map_err(|_| "sync timed out".to_string())??;
-        self.to_report.clear();
-        Ok(resp)
+        }
     }
 
     fn apply(&mut self, resp: SyncResponse) {
@@ -320,66 +351,83 @@ impl Fetcher {
         }
     }
 
-    /// The next piece to fetch and where from.
+    /// The next piece to fetch and where from: pieces the coordinator
+    /// granted (up to [`COORDINATOR_SLOTS`] at once), then from peers (up to
+    /// the fetch concurrency, [`PER_PEER`] per peer) the piece the fewest
+    /// peers hold, from the least loaded of them.
     fn pick(&self) -> Option<(Digest, u32, Source)> {
-        let coordinator_max = self.shared.opts.fetch_concurrency.div_ceil(2).max(1);
         let mut digests: Vec<&Digest> = self.plans.keys().collect();
         digests.sort();
-        // Peers first: what they hold is free for the coordinator.
-        let mut best: Option<(Digest, u32, Source, usize)> = None;
+        let load_of = |src: &Source| self.per_source.get(src).copied().unwrap_or(0);
+        let coordinator_load = load_of(&Source::Coordinator);
+        if coordinator_load < COORDINATOR_SLOTS {
+            for d in &digests {
+                let Some(partial) = self.partials.get(*d) else {
+                    continue;
+                };
+                if let Some(&i) = self.plans[*d]
+                    .seed
+                    .iter()
+                    .find(|&&i| !partial.have.get(i) && !self.in_flight.contains(&(**d, i)))
+                {
+                    return Some((**d, i, Source::Coordinator));
+                }
+            }
+        }
+        let peer_load = self.in_flight.len().saturating_sub(coordinator_load);
+        if peer_load >= self.shared.opts.fetch_concurrency {
+            return None;
+        }
+        // Rarest first: (holders, place in this agent's scan order).
+        let mut best: Option<((usize, u32), Digest, u32, Source)> = None;
         for d in &digests {
             let plan = &self.plans[*d];
             let Some(partial) = self.partials.get(*d) else {
                 continue;
             };
-            for p in &plan.peers {
-                if !self.usable(&p.node_id) {
-                    continue;
-                }
-                let src = Source::Peer {
-                    node_id: p.node_id.clone(),
-                    addr: p.addr.clone(),
-                };
-                let load = self.per_source.get(&src).copied().unwrap_or(0);
-                if load >= PER_PEER || best.as_ref().is_some_and(|b| b.3 <= load) {
-                    continue;
-                }
-                // Start from a different place on each agent so peers spread.
-                let n = partial.table.count();
-                let start = self.spread(n);
-                let found = (0..n).map(|k| (start + k) % n).find(|&i| {
-                    p.have.get(i) && !partial.have.get(i) && !self.in_flight.contains(&(**d, i))
-                });
-                if let Some(i) = found {
-                    best = Some((**d, i, src, load));
-                }
-            }
-        }
-        if let Some((d, i, src, _)) = best {
-            return Some((d, i, src));
-        }
-        let load = self
-            .per_source
-            .get(&Source::Coordinator)
-            .copied()
-            .unwrap_or(0);
-        if load >= coordinator_max {
-            return None;
-        }
-        for d in digests {
-            let plan = &self.plans[d];
-            let Some(partial) = self.partials.get(d) else {
-                continue;
-            };
-            if let Some(&i) = plan
-                .seed
+            let peers: Vec<(&PeerHolding, Source, usize)> = plan
+                .peers
                 .iter()
-                .find(|&&i| !partial.have.get(i) && !self.in_flight.contains(&(*d, i)))
-            {
-                return Some((*d, i, Source::Coordinator));
+                .filter(|p| self.usable(&p.node_id))
+                .map(|p| {
+                    let src = Source::Peer {
+                        node_id: p.node_id.clone(),
+                        addr: p.addr.clone(),
+                    };
+                    let load = load_of(&src);
+                    (p, src, load)
+                })
+                .collect();
+            if !peers.iter().any(|(_, _, load)| *load < PER_PEER) {
+                continue;
+            }
+            let n = partial.table.count();
+            // Each agent scans from a different place, so equally rare
+            // pieces spread over the peers.
+            let start = self.spread(n);
+            for i in 0..n {
+                if partial.have.get(i) || self.in_flight.contains(&(**d, i)) {
+                    continue;
+                }
+                let holders = peers.iter().filter(|(p, _, _)| p.have.get(i)).count();
+                if holders == 0 {
+                    continue;
+                }
+                let key = (holders, (i + n - start) % n);
+                if best.as_ref().is_some_and(|b| b.0 <= key) {
+                    continue;
+                }
+                let Some((_, src, _)) = peers
+                    .iter()
+                    .filter(|(p, _, load)| *load < PER_PEER && p.have.get(i))
+                    .min_by_key(|(_, _, load)| *load)
+                else {
+                    continue;
+                };
+                best = Some((key, **d, i, src.clone()));
             }
         }
-        None
+        best.map(|(_, d, i, src)| (d, i, src))
     }
 
     fn spread(&self, n: u32) -> u32 {
@@ -443,7 +491,8 @@ impl Fetcher {
         });
     }
 
-    fn finish_piece(&mut self, done: Done) {
+    /// Records a finished transfer; true when it completed a blob.
+    fn finish_piece(&mut self, done: Done) -> bool {
         self.in_flight.remove(&(done.digest, done.piece));
         if let Some(n) = self.per_source.get_mut(&done.source) {
             *n = n.saturating_sub(1);
@@ -459,7 +508,7 @@ impl Fetcher {
                     let (table, have) = (p.table.clone(), p.have.clone());
                     self.shared.set_partial(&table, &have);
                 }
-                self.check_complete();
+                return self.check_complete();
             }
             Err(FetchError::Corrupt) => match &done.source {
                 Source::Peer { node_id, .. } => {
@@ -497,16 +546,18 @@ impl Fetcher {
                 }
             }
         }
+        false
     }
 
-    /// Moves every fully verified partial into place.
-    fn check_complete(&mut self) {
+    /// Moves every fully verified partial into place; true if there was one.
+    fn check_complete(&mut self) -> bool {
         let full: Vec<Digest> = self
             .partials
             .iter()
             .filter(|(d, p)| p.have.is_full() && !self.in_flight.iter().any(|(fd, _)| fd == *d))
             .map(|(d, _)| *d)
             .collect();
+        let any = !full.is_empty();
         for d in full {
             let Some(p) = self.partials.remove(&d) else {
                 continue;
@@ -528,6 +579,7 @@ impl Fetcher {
                 }
             }
         }
+        any
     }
 }
 
@@ -606,24 +658,19 @@ async fn fetch_piece(
         Ok(other) => return Err(failed(&format!("unexpected answer {other:?}"))),
         Err(e) => return Err(failed(&e)),
     }
-    let (offset, len) = table.range(piece);
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut done = 0usize;
-    while done < len as usize {
-        let want = (len as usize - done).min(CHUNK);
+    let mut writer = PieceWriter::new(table, file, piece);
+    let len = writer.remaining();
+    let mut buf = vec![0u8; CHUNK.min(len)];
+    while writer.remaining() > 0 {
+        let want = writer.remaining().min(CHUNK);
         recv.read_exact(&mut buf[..want])
             .await
             .map_err(|e| failed(&e))?;
         shared.download.take(want).await;
-        hasher.update(&buf[..want]);
-        file.write_all_at(&buf[..want], offset + done as u64)
-            .map_err(|e| failed(&e))?;
-        done += want;
+        writer.write(&buf[..want]).map_err(|e| failed(&e))?;
     }
-    let actual = Digest::from_bytes(hasher.finalize().into());
-    if actual != table.pieces[piece as usize] {
+    if !writer.verify() {
         return Err(FetchError::Corrupt);
     }
-    Ok(u64::from(len))
+    Ok(len as u64)
 }

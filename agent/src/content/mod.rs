@@ -49,7 +49,7 @@ impl Default for ContentOptions {
             peer_port: transfer::DEFAULT_PEER_PORT,
             max_download_rate: 0,
             max_upload_rate: 0,
-            fetch_concurrency: 6,
+            fetch_concurrency: 8,
             serve_concurrency: 8,
         }
     }
@@ -68,7 +68,7 @@ pub struct ContentArgs {
     #[arg(long, env = "SEAPORT_AGENT_MAX_UPLOAD_MBIT", default_value_t = 0)]
     pub max_upload_mbit: u64,
     /// Pieces fetched at once.
-    #[arg(long, env = "SEAPORT_AGENT_FETCH_CONCURRENCY", default_value_t = 6)]
+    #[arg(long, env = "SEAPORT_AGENT_FETCH_CONCURRENCY", default_value_t = 8)]
     pub fetch_concurrency: usize,
     /// Piece requests served to peers at once.
     #[arg(long, env = "SEAPORT_AGENT_SERVE_CONCURRENCY", default_value_t = 8)]

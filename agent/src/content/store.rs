@@ -219,6 +219,64 @@ impl Partial {
     }
 }
 
+/// Writes one piece of a partial blob at its offset while hashing it: the
+/// bytes are checked against the piece table as they go to disk, and no
+/// piece is ever held in memory.
+#[derive(Debug)]
+pub struct PieceWriter<'a> {
+    file: &'a File,
+    offset: u64,
+    len: u32,
+    done: u32,
+    expected: Digest,
+    hasher: sha2::Sha256,
+}
+
+impl<'a> PieceWriter<'a> {
+    /// A writer for piece `index` of the blob `table` describes, into `file`
+    /// (the partial's file).
+    pub fn new(table: &PieceTable, file: &'a File, index: u32) -> PieceWriter<'a> {
+        use sha2::Digest as _;
+        let (offset, len) = table.range(index);
+        PieceWriter {
+            file,
+            offset,
+            len,
+            done: 0,
+            expected: table.pieces[index as usize],
+            hasher: sha2::Sha256::new(),
+        }
+    }
+
+    /// Bytes of the piece still to come.
+    pub fn remaining(&self) -> usize {
+        (self.len - self.done) as usize
+    }
+
+    /// Hashes `buf` and writes it after what came before; `buf` must not go
+    /// past the end of the piece.
+    pub fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        use sha2::Digest as _;
+        if buf.len() > self.remaining() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "more bytes than the piece holds",
+            ));
+        }
+        self.hasher.update(buf);
+        self.file
+            .write_all_at(buf, self.offset + u64::from(self.done))?;
+        self.done += buf.len() as u32;
+        Ok(())
+    }
+
+    /// Whether every byte came and the piece hashes to its digest in the table.
+    pub fn verify(self) -> bool {
+        use sha2::Digest as _;
+        self.done == self.len && Digest::from_bytes(self.hasher.finalize().into()) == self.expected
+    }
+}
+
 /// Reads a file sequentially through `read_at` (the handle is shared).
 struct FileAt<'a>(&'a File, u64);
 

@@ -79,6 +79,8 @@ pub struct Distribution {
     tables: Mutex<HashMap<Digest, Arc<PieceTable>>>,
     tracker: Mutex<Tracker>,
     served: AtomicU64,
+    /// Bumped whenever assignments change: held syncs of idle agents wake.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Distribution {
@@ -90,7 +92,17 @@ impl Distribution {
             tables: Mutex::new(HashMap::new()),
             tracker: Mutex::new(Tracker::default()),
             served: AtomicU64::new(0),
+            changes: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Notices assignment changes made after this call.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
@@ -212,12 +224,14 @@ impl Distribution {
             created_at: now,
         };
         state.put_assignment(image, &a)?;
+        self.changed();
         Ok(a)
     }
 
     /// Drops an image's assignment.
     pub fn cancel(&self, state: &Store, image: &str) -> Result<(), DistError> {
         if state.remove_assignment(image)? {
+            self.changed();
             Ok(())
         } else {
             Err(DistError::NotAssigned(image.to_string()))

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::transfer::{
-    BlobRequest, BlobResponse, BLOB_FRAME_LIMIT, MAX_PIECES_PER_REQUEST,
+    BlobRequest, BlobResponse, SyncRequest, BLOB_FRAME_LIMIT, MAX_PIECES_PER_REQUEST,
 };
 
 use super::pieces_len;
@@ -19,6 +19,9 @@ use crate::daemon::Shared;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CHUNK: usize = 256 * 1024;
+/// How long the answer to an idle agent's sync waits for an assignment
+/// (agents sync every 3 s when idle, and give a sync 10 s).
+const HOLD_IDLE_SYNC: Duration = Duration::from_millis(2500);
 
 /// Serves one `Blob` stream of node `node_id` (hello already accepted).
 pub(crate) async fn handle_blob_stream(
@@ -48,25 +51,18 @@ pub(crate) async fn handle_blob_stream(
             let peer_addr = (sync.peer_port != 0)
                 .then(|| std::net::SocketAddr::new(conn.remote_address().ip(), sync.peer_port))
                 .map(|a| a.to_string());
-            let task = shared.clone();
-            let node = node_id.clone();
-            let res = tokio::task::spawn_blocking(move || {
-                let live = |n: &str| task.live.get(n).is_some();
-                task.dist.sync(&task.store, &live, &node, peer_addr, sync)
-            })
-            .await;
-            let resp = match res {
-                Ok(Ok(r)) => BlobResponse::Sync(r),
-                Ok(Err(e)) => {
-                    warn!(error = %e, "sync failed");
-                    BlobResponse::Refused {
-                        reason: e.to_string(),
-                    }
-                }
-                Err(e) => BlobResponse::Refused {
-                    reason: format!("internal error: {e}"),
-                },
-            };
+            let mut changes = shared.dist.subscribe();
+            let mut resp = answer_sync(&shared, &node_id, peer_addr.clone(), sync.clone()).await;
+            // Nothing to fetch: hold the answer for a while, so an image
+            // assigned meanwhile reaches the agent at once rather than at
+            // its next idle sync.
+            let idle = matches!(&resp, BlobResponse::Sync(r) if r.blobs.is_empty());
+            if idle && matches!(timeout(HOLD_IDLE_SYNC, changes.changed()).await, Ok(Ok(()))) {
+                resp = answer_sync(&shared, &node_id, peer_addr, sync).await;
+            }
+            // Ahead of the piece data queued on the same connection: an
+            // agent waits for this answer to learn what it may fetch next.
+            let _ = send.set_priority(1);
             if codec::write_msg(&mut send, &resp).await.is_ok() {
                 let _ = send.finish();
             }
@@ -78,6 +74,34 @@ pub(crate) async fn handle_blob_stream(
             }
             let _ = send.finish();
         }
+    }
+}
+
+/// The answer to a sync: the tracker records the report and plans.
+async fn answer_sync(
+    shared: &Arc<Shared>,
+    node_id: &str,
+    peer_addr: Option<String>,
+    sync: SyncRequest,
+) -> BlobResponse {
+    let task = shared.clone();
+    let node = node_id.to_string();
+    let res = tokio::task::spawn_blocking(move || {
+        let live = |n: &str| task.live.get(n).is_some();
+        task.dist.sync(&task.store, &live, &node, peer_addr, sync)
+    })
+    .await;
+    match res {
+        Ok(Ok(r)) => BlobResponse::Sync(r),
+        Ok(Err(e)) => {
+            warn!(error = %e, "sync failed");
+            BlobResponse::Refused {
+                reason: e.to_string(),
+            }
+        }
+        Err(e) => BlobResponse::Refused {
+            reason: format!("internal error: {e}"),
+        },
     }
 }
 

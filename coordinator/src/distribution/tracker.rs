@@ -6,9 +6,12 @@
 //! The policy keeps the coordinator's egress near one copy of each blob: a
 //! piece is granted to (sent by the coordinator to) one agent at a time, and
 //! only while no usable peer holds it. Grants are a small window per agent
-//! ([`SEED_WINDOW`] pieces), so different agents start on disjoint pieces and
-//! then trade. A grant lapses after [`GRANT_TTL`] or when its agent goes
-//! quiet, so a stalled or cut agent does not hold pieces hostage.
+//! ([`SEED_WINDOW`] pieces over all its blobs), refilled as the agent
+//! reports pieces it received: so different agents get disjoint pieces, an
+//! agent that receives faster gets more of them, and every agent has
+//! something new to offer its peers all along. A grant lapses after
+//! [`GRANT_TTL`] or when its agent goes quiet, so a stalled or cut agent does
+//! not hold pieces hostage.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -16,8 +19,10 @@ use std::time::{Duration, Instant};
 use seaport_shared::digest::Digest;
 use seaport_shared::transfer::{BadPeerReason, Bitmap, PeerHolding};
 
-/// Pieces the coordinator grants one agent at a time, per blob.
-pub const SEED_WINDOW: usize = 8;
+/// Pieces the coordinator grants one agent at a time (over all blobs):
+/// what the agent fetches at once from the coordinator, and a few more so it
+/// never waits for its next sync.
+pub const SEED_WINDOW: usize = 4;
 /// A grant not turned into a held piece within this time lapses.
 pub const GRANT_TTL: Duration = Duration::from_secs(20);
 /// An agent that has not synced for this long is not offered as a peer.
@@ -219,6 +224,24 @@ impl Tracker {
             .filter(|(i, g)| g.node == me && !mine.get(**i) && !lapsed.contains(i))
             .map(|(&i, _)| i)
             .collect();
+        // The window is over all of the agent's blobs.
+        let elsewhere: usize = self
+            .blobs
+            .iter()
+            .filter(|(d, _)| *d != digest)
+            .map(|(_, b)| {
+                let have = b.holders.get(&me);
+                b.grants
+                    .iter()
+                    .filter(|(i, g)| {
+                        g.node == me
+                            && !have.is_some_and(|h| h.get(**i))
+                            && now.saturating_duration_since(g.at) < GRANT_TTL
+                            && self.active(g.node, now)
+                    })
+                    .count()
+            })
+            .sum();
         let taken: HashSet<u32> = blob
             .grants
             .iter()
@@ -227,7 +250,7 @@ impl Tracker {
             .collect();
         let mut new = Vec::new();
         for i in mine.missing() {
-            if granted.len() >= SEED_WINDOW {
+            if granted.len() + elsewhere >= SEED_WINDOW {
                 break;
             }
             if granted.contains(&i) || taken.contains(&i) || from_peers(i) {
@@ -394,6 +417,35 @@ mod tests {
             granted_total, n as usize,
             "each piece sent by the coordinator once"
         );
+    }
+
+    #[test]
+    fn the_grant_window_spans_every_blob_of_an_agent() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        let other = Digest::of(b"other blob");
+        let report = NodeReport {
+            peer_addr: Some("a:7444".into()),
+            holdings: vec![(d(), Bitmap::new(20)), (other, Bitmap::new(20))],
+            ..Default::default()
+        };
+        t.report("a", report.clone(), now);
+        let (first, _) = t.plan("a", &d(), 20, now, &all_live);
+        let (second, _) = t.plan("a", &other, 20, now, &all_live);
+        assert_eq!(first.len(), SEED_WINDOW);
+        assert!(second.is_empty(), "{second:?}");
+        // Two granted pieces arrive: two more are granted, wherever.
+        let mut have = Bitmap::new(20);
+        have.set(first[0]);
+        have.set(first[1]);
+        let report = NodeReport {
+            holdings: vec![(d(), have), (other, Bitmap::new(20))],
+            ..report
+        };
+        t.report("a", report, now);
+        let (first, _) = t.plan("a", &d(), 20, now, &all_live);
+        let (second, _) = t.plan("a", &other, 20, now, &all_live);
+        assert_eq!(first.len() + second.len(), SEED_WINDOW);
     }
 
     #[test]
