@@ -6,15 +6,19 @@
 //!   (and running it again changes nothing), an expired token and a binary
 //!   that does not match the pinned sha256 fail loudly with no agent left
 //!   running; `--preinstalled` uses the agent already in the image.
+//! - The offline bundle, on hosts cut off from everything but each other,
+//!   installs the coordinator, enrolls three hosts and installs a cluster on
+//!   them with `seaport run`, as the bundle's README says.
 //!
-//! Needs root, systemd-nspawn and debootstrap (see docs/lab.md).
+//! Needs root, systemd-nspawn and debootstrap (see docs/lab.md); the bundle
+//! test also Debian's containerd, runc and docker-registry on the machine.
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use seaport_lab::seaport::{self, status_of, Binaries, Coordinator, Node};
-use seaport_lab::{lab, Lab};
+use seaport_lab::{lab, testimage, Host, Lab};
 
 /// Cloud-init boots are slow (python); everything else is quicker.
 const EVENTUALLY: Duration = Duration::from_secs(240);
@@ -66,7 +70,7 @@ fn online(name: &str) -> impl Fn(&[Node]) -> bool + '_ {
     move |nodes| status_of(nodes, name) == Some("online")
 }
 
-fn agent_state(h: &seaport_lab::host::Host) -> String {
+fn agent_state(h: &Host) -> String {
     h.exec(&["systemctl", "is-active", "seaport-agent.service"])
         .unwrap()
         .stdout
@@ -301,35 +305,132 @@ fn bootstrap_script_enrolls_and_refuses_expired_tokens_and_tampered_binaries() {
     lab.down().unwrap();
 }
 
-/// The offline bundle on a lab whose hosts reach nothing but each other:
-/// unpacked on a clean host and installed as its README says, it runs the
-/// coordinator as a service and loads the images; a second host then gets
-/// its agent from that coordinator alone.
+/// Cuts `h` off from everything but the lab's hosts, before anything is
+/// installed: the machine side of the bridge becomes a blackhole, IPv6 goes
+/// off on the host's link (no link-local way to the machine either), and
+/// there is no default route. `probe` is a TCP port open on the machine
+/// side: reachable before the cut, proving the check can fail.
+fn cut_off(h: &Host, probe: u16) {
+    let reach = h.sh(&reach_gateway(probe)).unwrap();
+    assert!(
+        reach.success(),
+        "{}: the machine side is not reachable before the cut, so the cut proves nothing: {}",
+        h.name(),
+        reach.stderr
+    );
+    h.exec_ok(&["ip", "route", "add", "blackhole", &format!("{GATEWAY}/32")])
+        .unwrap();
+    h.sh("echo 1 > /proc/sys/net/ipv6/conf/host0/disable_ipv6")
+        .unwrap();
+    assert_cut_off(h, probe);
+}
+
+fn reach_gateway(probe: u16) -> String {
+    format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{GATEWAY}/{probe}'")
+}
+
+/// `h` reaches no address outside the lab's hosts.
+fn assert_cut_off(h: &Host, probe: u16) {
+    for family in ["-4", "-6"] {
+        let default = h
+            .exec_ok(&["ip", family, "route", "show", "default"])
+            .unwrap()
+            .stdout;
+        assert!(
+            default.trim().is_empty(),
+            "{}: a default route: {default}",
+            h.name()
+        );
+    }
+    let v6 = h
+        .exec_ok(&["ip", "-6", "addr", "show", "dev", "host0"])
+        .unwrap()
+        .stdout;
+    assert!(
+        v6.trim().is_empty(),
+        "{}: IPv6 is on the link: {v6}",
+        h.name()
+    );
+    let route = h
+        .exec_ok(&["ip", "route", "show", "type", "blackhole"])
+        .unwrap()
+        .stdout;
+    assert!(
+        route.contains(GATEWAY),
+        "{}: no blackhole for the machine side: {route}",
+        h.name()
+    );
+    let reach = h.sh(&reach_gateway(probe)).unwrap();
+    assert!(
+        !reach.success(),
+        "{}: the machine side is reachable after the cut",
+        h.name()
+    );
+}
+
+/// Runs `seaport ARGS` on the bundle's coordinator host; returns its output.
+fn on_coordinator(h: &Host, args: &[&str]) -> String {
+    let mut argv = vec!["seaport"];
+    argv.extend_from_slice(args);
+    let out = h.exec(&argv).unwrap();
+    assert!(
+        out.success(),
+        "seaport {args:?} on {}: {}{}\ncoordinator log:\n{}",
+        h.name(),
+        out.stdout,
+        out.stderr,
+        tail(
+            &h.journal(Some("seaport-coordinator.service"))
+                .unwrap_or_default(),
+            60
+        )
+    );
+    out.stdout
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn unit_state(h: &Host, unit: &str) -> String {
+    h.exec(&["systemctl", "is-active", unit])
+        .unwrap()
+        .stdout
+        .trim()
+        .to_string()
+}
+
+/// The offline bundle installs a 3-host cluster in a lab whose hosts reach
+/// nothing but each other and the coordinator. The bundle holds the test
+/// cluster image (tests/src/testimage.rs). Every host is cut off from the
+/// machine before anything is installed; then, following the bundle's
+/// README: h1 unpacks it and runs install.sh (the coordinator as a service,
+/// the images loaded), h2..h4 get their agent from h1's bootstrap endpoint,
+/// and `seaport run` on h1 installs the cluster with master h2 and workers
+/// h3 and h4: containerd runs on each, the registry on h2 only, and its
+/// images pull on every host; `seaport status` shows it succeeded, and
+/// `seaport delete --all --prune` takes it off again.
 #[test]
-fn offline_bundle_installs_the_coordinator_and_images_on_a_clean_host() {
+fn offline_bundle_installs_a_three_host_cluster_in_a_lab_cut_off_from_the_machine() {
     if let Err(e) = lab::preflight() {
         panic!("the lab tests cannot run here: {e}");
     }
+    let missing = testimage::missing_machine_files();
+    assert!(
+        missing.is_empty(),
+        "install Debian's containerd, runc and docker-registry: missing {missing:?}"
+    );
+    let mut phase = Instant::now();
+    let mut done = |what: &str| {
+        eprintln!("phase {what}: {:.1} s", phase.elapsed().as_secs_f64());
+        phase = Instant::now();
+    };
     let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
     let tmp = tempfile::tempdir().unwrap();
-    let ctx = tmp.path().join("ctx");
-    std::fs::create_dir_all(ctx.join("etc")).unwrap();
-    std::fs::write(ctx.join("etc/site.conf"), "offline\n").unwrap();
-    std::fs::write(ctx.join("Kubefile"), "FROM scratch\nCOPY etc etc/\n").unwrap();
-    let store = tmp.path().join("store");
-    let kubefile = ctx.join("Kubefile");
-    seaport_out(
-        &bins,
-        &store,
-        &[
-            "build",
-            "-f",
-            kubefile.to_str().unwrap(),
-            "-t",
-            "site:v1",
-            ctx.to_str().unwrap(),
-        ],
-    );
+    let image =
+        testimage::build_test_image(tmp.path(), &bins.seaport).expect("build the test image");
+    let store = tmp.path().join("seaport-root");
     let bundle = tmp.path().join("site.tar");
     // SEAPORT_BUNDLE_BIN_DIR names other binaries to bundle, e.g. the static
     // ones from packaging/build-static.sh (target/static).
@@ -352,21 +453,46 @@ fn offline_bundle_installs_the_coordinator_and_images_on_a_clean_host() {
             bundled_seaport.to_str().unwrap(),
             "--agent-binary",
             bundled_agent.to_str().unwrap(),
-            "site:v1",
+            testimage::IMAGE_NAME,
         ],
     );
+    done("build binaries, the test image and the bundle");
 
-    let lab = Lab::up(2).expect("bring up a lab of 2 hosts");
-    let (h1, h2) = (lab.host(0), lab.host(1));
-    // Follow the bundle's README on h1.
+    let lab = Lab::up(4).expect("bring up a lab of 4 hosts");
+    let (h1, h2, h3, h4) = (lab.host(0), lab.host(1), lab.host(2), lab.host(3));
+    let cluster_hosts = [h2, h3, h4];
+    // The bundle goes in through the host's namespaces, not the network;
+    // then every host loses its way to the machine.
     h1.copy_in(&bundle, "/root/site.tar", 0o600).unwrap();
+    let probe = std::net::TcpListener::bind((GATEWAY, 0)).unwrap();
+    let probe_port = probe.local_addr().unwrap().port();
+    for h in lab.hosts() {
+        cut_off(h, probe_port);
+    }
+    done("lab up, bundle copied, every host cut off");
+
+    // 1. The coordinator, as the bundle's README says.
     h1.exec_ok(&["tar", "-xf", "/root/site.tar", "-C", "/root"])
         .unwrap();
     let readme = h1
         .exec_ok(&["cat", "/root/seaport-bundle/README.md"])
         .unwrap()
         .stdout;
-    assert!(readme.contains("sh seaport-bundle/install.sh"), "{readme}");
+    for step in [
+        "sh seaport-bundle/install.sh",
+        "seaport images",
+        "seaport token create --uses 3 --ttl 1h",
+        "seaport bootstrap script --token TOKEN --coordinator COORDINATOR_IP:7443",
+        "seaport nodes",
+        "seaport run IMAGE -m MASTER_IPS -n NODE_IPS",
+        "seaport status",
+        "seaport delete --all --prune",
+    ] {
+        assert!(
+            readme.contains(step),
+            "the README does not say `{step}`:\n{readme}"
+        );
+    }
     let install = h1.sh("cd /root && sh seaport-bundle/install.sh").unwrap();
     assert!(
         install.success(),
@@ -376,49 +502,152 @@ fn offline_bundle_installs_the_coordinator_and_images_on_a_clean_host() {
         h1.journal(Some("seaport-coordinator.service"))
             .unwrap_or_default()
     );
-    let active = h1
-        .exec(&["systemctl", "is-active", "seaport-coordinator.service"])
-        .unwrap();
-    assert_eq!(active.stdout.trim(), "active");
-    let images = h1.exec_ok(&["seaport", "images"]).unwrap().stdout;
-    assert!(images.contains("site"), "{images}");
+    assert_eq!(unit_state(h1, "seaport-coordinator.service"), "active");
+    let images = on_coordinator(h1, &["images"]);
+    let repo = testimage::IMAGE_NAME.split(':').next().unwrap();
+    assert!(images.contains(repo), "{images}");
+    done("install.sh on h1");
 
-    // h2 gets its agent from h1 alone.
-    let token = h1
-        .exec_ok(&["seaport", "token", "create", "--json"])
-        .unwrap()
-        .stdout;
+    // 2. h2..h4 get their agent from h1 alone.
+    let token = on_coordinator(
+        h1,
+        &["token", "create", "--uses", "3", "--ttl", "1h", "--json"],
+    );
     let token: seaport::Token = serde_json::from_str(&token).unwrap();
-    let line = h1
-        .exec_ok(&[
-            "seaport",
+    let coordinator = format!("{}:7443", h1.ip());
+    let line = on_coordinator(
+        h1,
+        &[
             "bootstrap",
             "script",
             "--token",
             &token.token,
             "--coordinator",
-            &format!("{}:7443", h1.ip()),
-        ])
-        .unwrap()
-        .stdout;
-    let run = h2.sh(line.trim()).unwrap();
-    assert!(
-        run.success(),
-        "bootstrap from the bundle's coordinator failed: {}",
-        run.stderr
+            &coordinator,
+        ],
     );
-    let deadline = std::time::Instant::now() + EVENTUALLY;
+    for h in cluster_hosts {
+        let run = h.sh(line.trim()).unwrap();
+        assert!(
+            run.success(),
+            "{}: bootstrap from the bundle's coordinator failed: {}",
+            h.name(),
+            run.stderr
+        );
+    }
+    let deadline = Instant::now() + EVENTUALLY;
     loop {
-        let nodes = h1.exec_ok(&["seaport", "nodes", "--json"]).unwrap().stdout;
+        let nodes = on_coordinator(h1, &["nodes", "--json"]);
         let nodes: Vec<Node> = serde_json::from_str(&nodes).unwrap();
-        if status_of(&nodes, h2.name()) == Some("online") {
+        if cluster_hosts
+            .iter()
+            .all(|h| status_of(&nodes, h.name()) == Some("online"))
+        {
+            assert_eq!(nodes.len(), 3, "{nodes:?}");
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
-            "h2 never showed online on the bundle's coordinator: {nodes:?}"
+            Instant::now() < deadline,
+            "h2..h4 never all showed online on the bundle's coordinator: {nodes:?}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    done("agents on h2..h4 from h1's bootstrap endpoint");
+
+    // 3. The cluster: master h2, workers h3 and h4.
+    let master = h2.ip().to_string();
+    let workers = format!("{},{}", h3.ip(), h4.ip());
+    let out = on_coordinator(
+        h1,
+        &["run", testimage::IMAGE_NAME, "-m", &master, "-n", &workers],
+    );
+    assert!(out.contains("cluster my-cluster: succeeded"), "{out}");
+    eprintln!("{out}");
+    done("seaport run on h1");
+
+    for h in cluster_hosts {
+        assert_eq!(
+            unit_state(h, "containerd.service"),
+            "active",
+            "{}",
+            h.name()
+        );
+        let pull = h
+            .exec(&[
+                "ctr",
+                "images",
+                "pull",
+                "--plain-http",
+                "sea.hub:5000/library/seaport-bundled:1.0",
+            ])
+            .unwrap();
+        assert!(
+            pull.success(),
+            "{}: pulling from the cluster's registry failed: {}{}",
+            h.name(),
+            pull.stdout,
+            pull.stderr
+        );
+    }
+    assert_eq!(unit_state(h2, "seaport-registry.service"), "active");
+    for h in [h3, h4] {
+        assert_ne!(
+            unit_state(h, "seaport-registry.service"),
+            "active",
+            "{}: a registry runs on a worker",
+            h.name()
+        );
+    }
+    let status = on_coordinator(h1, &["status"]);
+    let first = status.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("cluster my-cluster ") && first.contains(" succeeded "),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&on_coordinator(h1, &["status", "--json"])).unwrap();
+    let c = &json[0];
+    assert_eq!(c["state"], "succeeded", "{json}");
+    assert_eq!(
+        c["manifest_digest"].as_str(),
+        Some(image.digest.to_string().as_str()),
+        "the cluster is not the bundled image: {json}"
+    );
+    let mut ips: Vec<&str> = c["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["ip"].as_str())
+        .collect();
+    ips.sort_unstable();
+    let mut want = vec![master.clone(), h3.ip().to_string(), h4.ip().to_string()];
+    want.sort_unstable();
+    assert_eq!(ips, want, "{json}");
+    // Still cut off: the whole install ran inside the lab.
+    for h in lab.hosts() {
+        assert_cut_off(h, probe_port);
+    }
+    done("runtime, registry, pulls and status");
+
+    // 4. Taking the cluster off again.
+    let out = on_coordinator(h1, &["delete", "--all", "--prune", "--yes"]);
+    assert!(out.contains("cluster my-cluster: deleted"), "{out}");
+    for h in cluster_hosts {
+        for unit in ["containerd.service", "seaport-registry.service"] {
+            assert_ne!(unit_state(h, unit), "active", "{}: {unit}", h.name());
+        }
+        let data = h
+            .exec(&["test", "-e", "/var/lib/seaport/data/my-cluster"])
+            .unwrap();
+        assert!(!data.success(), "{}: the cluster's data is left", h.name());
+    }
+    let status = on_coordinator(h1, &["status"]);
+    let first = status.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("cluster my-cluster ") && first.contains(" deleted "),
+        "{status}"
+    );
+    done("seaport delete --all --prune");
+    drop(probe);
     lab.down().unwrap();
 }
