@@ -5,10 +5,11 @@
 //! `ctr` on every host through sea.hub:5000 (plain HTTP and through the
 //! hosts.toml mirrors); the kubeadm double ran init on master0 and join on
 //! the others with master0's join data, which the coordinator passed on.
-//! The agent killed in the middle of a step resumes it; a second `seaport
-//! run` changes nothing; an image whose layer escapes its directory is
-//! refused with nothing written; `seaport delete --all --prune` leaves
-//! /etc, /usr and systemd's unit state as they were.
+//! The coordinator killed and restarted in the middle of the install
+//! resumes it, and the agent killed in the middle of a step resumes it; a
+//! second `seaport run` changes nothing; an image whose layer escapes its
+//! directory is refused with nothing written; `seaport delete --all
+//! --prune` leaves /etc, /usr and systemd's unit state as they were.
 //! Needs root, systemd-nspawn, debootstrap and Debian's containerd, runc and
 //! docker-registry on the machine (see docs/lab.md and docs/install.md).
 
@@ -249,6 +250,24 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
             .is_some(),
         "node 2's kubeadm step is not shown running: {s}"
     );
+    // The coordinator dies (kill -9) and comes back: the run resumes from
+    // its journal, and the CLI reconnects.
+    coordinator.kill();
+    coordinator.restart().expect("restart the coordinator");
+    wait::until(
+        "the run to show again after the coordinator's restart",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let (ok, out, err) = seaport_out(&bins, &root, &["status", "--json"]);
+            if ok && out.contains("\"running\"") {
+                Ok(())
+            } else {
+                Err(format!("{out}{err}"))
+            }
+        },
+    )
+    .unwrap();
     let pid = n2
         .exec_ok(&[
             "systemctl",
@@ -266,7 +285,25 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
         &format!("kill -9 {}; kill -9 $(cat /run/kubeadm-double.waiting) 2>/dev/null; rm -f /run/kubeadm-double.hold /run/kubeadm-double.waiting", pid.trim()),
     ])
     .unwrap();
-    let exit = child.wait().unwrap();
+    let exit = wait::until(
+        "seaport run to finish",
+        Duration::from_secs(300),
+        Duration::from_millis(500),
+        || match child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            _ => Err(std::fs::read_to_string(tmp.path().join("run.err")).unwrap_or_default()),
+        },
+    );
+    let exit = match exit {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = child.kill();
+            panic!(
+                "{e}\ncoordinator log: {}",
+                std::fs::read_to_string(coordinator.log()).unwrap_or_default()
+            );
+        }
+    };
     let out = std::fs::read_to_string(&log).unwrap();
     let err = std::fs::read_to_string(tmp.path().join("run.err")).unwrap();
     assert!(
@@ -288,7 +325,9 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
             && lines[2].starts_with("join --config"),
         "node 2 kubeadm calls (join, then reset and join again on resume): {calls}"
     );
-    phases.done("seaport run, with node 2's agent killed in the kubeadm step");
+    phases.done(
+        "seaport run, with the coordinator restarted and node 2's agent killed in the kubeadm step",
+    );
 
     // Runtime and registry; both images pull on every host.
     pulls_work_everywhere(lab.hosts(), &image.listed_domain);

@@ -133,9 +133,8 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
             client.close().await;
             return Ok(());
         }
-        let last = follow(&client, &cluster, generation).await;
         client.close().await;
-        let view = last?;
+        let view = follow(root, args.coordinator.as_deref(), &cluster, generation).await?;
         print_summary(&view);
         match view.state {
             RunState::Succeeded => Ok(()),
@@ -207,7 +206,7 @@ pub fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
         let mut failed = Vec::new();
         for (cluster, generation) in list {
             eprintln!("cluster {cluster}: resetting every host");
-            let view = follow(&client, &cluster, generation).await?;
+            let view = follow(root, args.coordinator.as_deref(), &cluster, generation).await?;
             print_summary(&view);
             if view.state != RunState::Deleted {
                 failed.push(failure(&view));
@@ -245,22 +244,62 @@ fn confirm(chosen: &[&ClusterView], prune: bool) -> anyhow::Result<()> {
     }
 }
 
+/// How long `follow` keeps trying to reach a coordinator that went away
+/// (restarted, or its host rebooted): the run goes on without the CLI.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
 /// Follows a run until it ends, showing progress; returns its last view.
+/// A coordinator that restarts in the middle is reconnected to.
 async fn follow(
-    client: &AdminClient,
+    root: &Path,
+    explicit: Option<&str>,
     cluster: &str,
     generation: u64,
 ) -> anyhow::Result<ClusterView> {
     let mut shown = Progress::new();
     let mut missing_since: Option<Instant> = None;
+    let mut client: Option<AdminClient> = None;
+    let mut unreachable_since: Option<Instant> = None;
     loop {
-        let views = clusters(client).await?;
+        if client.is_none() {
+            match AdminClient::connect_running(root, explicit).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > RECONNECT_FOR {
+                        shown.finish();
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "lost the coordinator; the run goes on there: see `seaport status --cluster {cluster}`"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        let views = match clusters(client.as_ref().expect("connected")).await {
+            Ok(v) => {
+                unreachable_since = None;
+                v
+            }
+            Err(e) => {
+                if unreachable_since.is_none() {
+                    eprintln!("lost the coordinator ({e:#}); reconnecting");
+                }
+                unreachable_since.get_or_insert_with(Instant::now);
+                client = None;
+                continue;
+            }
+        };
         match views.into_iter().find(|v| v.cluster == cluster) {
             Some(v) if v.generation == generation => {
                 missing_since = None;
                 shown.update(&v);
                 if v.state.is_final() {
                     shown.finish();
+                    if let Some(c) = client.take() {
+                        c.close().await;
+                    }
                     return Ok(v);
                 }
             }
