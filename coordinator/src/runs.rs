@@ -223,10 +223,7 @@ pub(crate) async fn start_run(
     let result = {
         let shared2 = shared.clone();
         let req = req.clone();
-        tokio::task::spawn_blocking(move || new_run(&shared2, req))
-            .await
-            .map_err(|e| format!("internal error: {e}"))
-            .and_then(|r| r)
+        blocking(move || new_run(&shared2, req)).await
     };
     audit(
         shared,
@@ -239,6 +236,16 @@ pub(crate) async fn start_run(
     info!(cluster = %cluster.name, generation, "run accepted");
     activate(shared, cluster);
     Ok(generation)
+}
+
+/// Runs blocking state work off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("internal error: {e}"))
+        .and_then(|r| r)
 }
 
 fn previous(shared: &Shared, name: &str) -> Result<Option<Cluster>, String> {
@@ -364,10 +371,7 @@ pub(crate) async fn start_delete(
     );
     let result = {
         let shared2 = shared.clone();
-        tokio::task::spawn_blocking(move || mark_deleting(&shared2, name, prune))
-            .await
-            .map_err(|e| format!("internal error: {e}"))
-            .and_then(|r| r)
+        blocking(move || mark_deleting(&shared2, name, prune)).await
     };
     audit(
         shared,

@@ -70,6 +70,22 @@ fn listing(root: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A host on which no unit is enabled yet.
+fn fresh_host(opts: &ApplyOptions) -> Host {
+    let host = Host {
+        rec: RecordingEffects::default(),
+        root: opts.host_root.clone(),
+    };
+    host.rec.answer(
+        "systemctl is-enabled",
+        CommandOutput {
+            code: Some(1),
+            ..CommandOutput::default()
+        },
+    );
+    host
+}
+
 fn fixture() -> (tempfile::TempDir, ApplyOptions) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -140,17 +156,7 @@ fn fixture() -> (tempfile::TempDir, ApplyOptions) {
 #[test]
 fn a_node_is_installed_rerun_skips_everything_and_reset_restores_the_host() {
     let (_dir, opts) = fixture();
-    let host = Host {
-        rec: RecordingEffects::default(),
-        root: opts.host_root.clone(),
-    };
-    host.rec.answer(
-        "systemctl is-enabled",
-        CommandOutput {
-            code: Some(1),
-            ..CommandOutput::default()
-        },
-    );
+    let host = fresh_host(&opts);
     let before = listing(&opts.host_root);
     let mut events = Vec::new();
     let report = apply(&opts, &host, &mut |e| events.push(e.clone())).unwrap();
@@ -300,17 +306,7 @@ fn joining_without_join_data_says_what_to_give() {
 #[test]
 fn phases_run_their_steps_only_and_in_order() {
     let (_dir, mut opts) = fixture();
-    let host = Host {
-        rec: RecordingEffects::default(),
-        root: opts.host_root.clone(),
-    };
-    host.rec.answer(
-        "systemctl is-enabled",
-        CommandOutput {
-            code: Some(1),
-            ..CommandOutput::default()
-        },
-    );
+    let host = fresh_host(&opts);
     // Before master0 has run kubeadm init there is no join data: the early
     // phases of a worker need only master0's address.
     let join = opts.join_data.take();

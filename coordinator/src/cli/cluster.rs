@@ -356,6 +356,15 @@ fn host_line(h: &HostView) -> String {
     )
 }
 
+/// The host's hostname, or its node id before it reported one.
+fn host_name(h: &HostView) -> &str {
+    if h.hostname.is_empty() {
+        &h.node_id
+    } else {
+        &h.hostname
+    }
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
@@ -452,11 +461,7 @@ fn print_summary(v: &ClusterView) {
             "  {:<15} {:<7} {:<16} {} steps done, {} skipped, {} failed",
             h.ip,
             h.role,
-            if h.hostname.is_empty() {
-                &h.node_id
-            } else {
-                &h.hostname
-            },
+            host_name(h),
             count(|s| matches!(s, StepState::Done { .. })),
             count(|s| matches!(s, StepState::Skipped)),
             count(|s| matches!(s, StepState::Failed { .. })),
@@ -505,11 +510,7 @@ fn print_status(v: &ClusterView) {
             "  {:<15} {:<7} {:<20} {:<7} {:<16} {step}",
             h.ip,
             h.role,
-            if h.hostname.is_empty() {
-                &h.node_id
-            } else {
-                &h.hostname
-            },
+            host_name(h),
             if h.online { "yes" } else { "no" },
             h.phase
         );
