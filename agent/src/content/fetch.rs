@@ -28,7 +28,7 @@ use seaport_shared::transfer::{
 };
 use seaport_shared::wire::{self, StreamKind};
 
-use super::store::{ContentError, Partial, PieceWriter};
+use super::store::{Partial, PieceWriter, VerifiedPiece};
 use super::{peer, Shared};
 use crate::identity::Identity;
 
@@ -77,7 +77,7 @@ struct Done {
     digest: Digest,
     piece: u32,
     source: Source,
-    result: Result<u64, FetchError>,
+    result: Result<(u64, VerifiedPiece), FetchError>,
 }
 
 type PeerSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
@@ -498,13 +498,13 @@ impl Fetcher {
             *n = n.saturating_sub(1);
         }
         match done.result {
-            Ok(bytes) => {
+            Ok((bytes, verified)) => {
                 *self
                     .received
                     .entry(done.source.name().to_string())
                     .or_default() += bytes;
                 if let Some(p) = self.partials.get_mut(&done.digest) {
-                    p.mark(done.piece);
+                    p.mark(verified);
                     let (table, have) = (p.table.clone(), p.have.clone());
                     self.shared.set_partial(&table, &have);
                 }
@@ -569,10 +569,6 @@ impl Fetcher {
                     info!(digest = %d, size, "blob complete and verified");
                     self.shared.set_complete(d, size);
                 }
-                Err(e @ ContentError::Mismatch { .. }) => {
-                    warn!(error = %e, "blob deleted");
-                    self.shared.held().remove(&d);
-                }
                 Err(e) => {
                     warn!(error = %e, "could not finish a blob");
                     self.shared.held().remove(&d);
@@ -626,7 +622,7 @@ async fn fetch_piece(
     piece: u32,
     file: &std::fs::File,
     shared: &Shared,
-) -> Result<u64, FetchError> {
+) -> Result<(u64, VerifiedPiece), FetchError> {
     let conn = match &target {
         Target::Coordinator(c) => c.clone(),
         Target::Peer {
@@ -669,8 +665,6 @@ async fn fetch_piece(
         shared.download.take(want).await;
         writer.write(&buf[..want]).map_err(|e| failed(&e))?;
     }
-    if !writer.verify() {
-        return Err(FetchError::Corrupt);
-    }
-    Ok(len as u64)
+    let verified = writer.verify().ok_or(FetchError::Corrupt)?;
+    Ok((len as u64, verified))
 }

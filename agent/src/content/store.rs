@@ -7,14 +7,21 @@
 //! | `tmp/<hex>.bits` | the pieces of the `.part` verified and synced to disk |
 //! | `images.json` | the images assigned to this node and their blobs |
 //!
-//! A piece's bit is persisted only after the `.part` file's data is synced,
-//! so after a crash or restart the bitmap never claims bytes that are not on
-//! disk. A blob is renamed into `sha256/` only after the whole file hashes to
-//! its digest; a mismatch deletes the partial, which is then fetched again.
+//! A piece's bit is set only when the piece hashed to its digest in the
+//! piece table while it was written ([`PieceWriter`]), and persisted only
+//! after the `.part` file's data is synced, so after a crash or restart the
+//! bitmap never claims bytes that are not on disk. The pieces a persisted
+//! bitmap claims are hashed again when the partial is reopened, so bytes
+//! that changed while the agent was not running are fetched again, never
+//! used.
+//!
+//! A blob is renamed into `sha256/` when every piece is verified. It is not
+//! hashed again as a whole: the coordinator built the piece table from the
+//! blob while checking the blob's digest, so pieces that match the table are
+//! the blob. Every byte is hashed once, as it is written.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,10 +39,8 @@ pub enum ContentError {
         path: String,
         source: std::io::Error,
     },
-    #[error(
-        "blob {expected} fetched completely but hashes to {actual}; deleted, fetching it again"
-    )]
-    Mismatch { expected: Digest, actual: Digest },
+    #[error("blob {0} is not complete: pieces are missing")]
+    Incomplete(Digest),
     #[error("content store: {0}")]
     Pki(#[from] pki::PkiError),
 }
@@ -112,6 +117,15 @@ impl ContentStore {
             have = Bitmap::new(table.count());
             file.set_len(table.size).map_err(io_err("sizing", &part))?;
         }
+        // What the bitmap claims was verified when it was written; check
+        // that it is still what is on disk.
+        let claimed: Vec<u32> = (0..table.count()).filter(|&i| have.get(i)).collect();
+        let mut buf = vec![0u8; if claimed.is_empty() { 0 } else { 256 * 1024 }];
+        for i in claimed {
+            if !piece_on_disk(&table, &file, i, &mut buf) {
+                have.clear(i);
+            }
+        }
         Ok(Partial {
             table,
             file: Arc::new(file),
@@ -173,10 +187,38 @@ pub struct Partial {
     dirty: bool,
 }
 
+/// Whether piece `i` of the file hashes to its digest in the table.
+fn piece_on_disk(table: &PieceTable, file: &File, i: u32, buf: &mut [u8]) -> bool {
+    use sha2::Digest as _;
+    let (offset, len) = table.range(i);
+    let mut hasher = sha2::Sha256::new();
+    let mut done = 0u64;
+    while done < u64::from(len) {
+        let n = (u64::from(len) - done).min(buf.len() as u64) as usize;
+        if file.read_exact_at(&mut buf[..n], offset + done).is_err() {
+            return false;
+        }
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    Digest::from_bytes(hasher.finalize().into()) == table.pieces[i as usize]
+}
+
+/// Proof that a piece hashed to its digest in the table while it was
+/// written: the only way to set a piece's bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedPiece(u32);
+
+impl VerifiedPiece {
+    pub fn index(&self) -> u32 {
+        self.0
+    }
+}
+
 impl Partial {
     /// Records a verified piece (persisted on the next [`Partial::persist`]).
-    pub fn mark(&mut self, i: u32) {
-        self.have.set(i);
+    pub fn mark(&mut self, piece: VerifiedPiece) {
+        self.have.set(piece.0);
         self.dirty = true;
     }
 
@@ -197,21 +239,14 @@ impl Partial {
         Ok(())
     }
 
-    /// Verifies the whole file and moves it into `sha256/`. On a mismatch
-    /// the partial is deleted.
+    /// Moves the blob into `sha256/` once every piece is verified (its data
+    /// synced first).
     pub fn finish(mut self, store: &ContentStore) -> Result<(), ContentError> {
-        self.persist()?;
         let digest = self.table.digest;
-        let mut reader = std::io::BufReader::with_capacity(1024 * 1024, FileAt(&self.file, 0));
-        let (actual, _) = Digest::of_reader(&mut reader).map_err(io_err("reading", &self.part))?;
-        if actual != digest {
-            let _ = fs::remove_file(&self.part);
-            let _ = fs::remove_file(&self.bits);
-            return Err(ContentError::Mismatch {
-                expected: digest,
-                actual,
-            });
+        if !self.have.is_full() {
+            return Err(ContentError::Incomplete(digest));
         }
+        self.persist()?;
         let dest = store.blob_path(&digest);
         fs::rename(&self.part, &dest).map_err(io_err("renaming into place", &dest))?;
         let _ = fs::remove_file(&self.bits);
@@ -225,6 +260,7 @@ impl Partial {
 #[derive(Debug)]
 pub struct PieceWriter<'a> {
     file: &'a File,
+    index: u32,
     offset: u64,
     len: u32,
     done: u32,
@@ -240,6 +276,7 @@ impl<'a> PieceWriter<'a> {
         let (offset, len) = table.range(index);
         PieceWriter {
             file,
+            index,
             offset,
             len,
             done: 0,
@@ -270,21 +307,13 @@ impl<'a> PieceWriter<'a> {
         Ok(())
     }
 
-    /// Whether every byte came and the piece hashes to its digest in the table.
-    pub fn verify(self) -> bool {
+    /// The piece, if every byte came and it hashes to its digest in the
+    /// table.
+    pub fn verify(self) -> Option<VerifiedPiece> {
         use sha2::Digest as _;
-        self.done == self.len && Digest::from_bytes(self.hasher.finalize().into()) == self.expected
-    }
-}
-
-/// Reads a file sequentially through `read_at` (the handle is shared).
-struct FileAt<'a>(&'a File, u64);
-
-impl Read for FileAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.0.read_at(buf, self.1)?;
-        self.1 += n as u64;
-        Ok(n)
+        (self.done == self.len
+            && Digest::from_bytes(self.hasher.finalize().into()) == self.expected)
+            .then_some(VerifiedPiece(self.index))
     }
 }
 
@@ -296,6 +325,12 @@ mod tests {
         Arc::new(PieceTable::compute(Digest::of(data), data, 4).unwrap())
     }
 
+    fn write(p: &Partial, i: u32, bytes: &[u8]) -> Option<VerifiedPiece> {
+        let mut w = PieceWriter::new(&p.table, &p.file, i);
+        w.write(bytes).unwrap();
+        w.verify()
+    }
+
     #[test]
     fn verified_pieces_survive_a_reopen_and_the_blob_lands_verified() {
         let dir = tempfile::tempdir().unwrap();
@@ -303,15 +338,20 @@ mod tests {
         let data = b"0123456789";
         let t = table(data);
         let mut p = store.partial(t.clone()).unwrap();
-        p.file.write_at(&data[0..4], 0).unwrap();
-        p.mark(0);
+        let v = write(&p, 0, &data[0..4]).unwrap();
+        p.mark(v);
         p.persist().unwrap();
         drop(p);
         let mut p = store.partial(t.clone()).unwrap();
         assert!(p.have.get(0) && !p.have.get(1));
-        p.file.write_at(&data[4..], 4).unwrap();
-        p.mark(1);
-        p.mark(2);
+        assert!(matches!(
+            store.partial(t.clone()).unwrap().finish(&store),
+            Err(ContentError::Incomplete(_))
+        ));
+        let v = write(&p, 1, &data[4..8]).unwrap();
+        p.mark(v);
+        let v = write(&p, 2, &data[8..]).unwrap();
+        p.mark(v);
         p.finish(&store).unwrap();
         assert_eq!(fs::read(store.blob_path(&t.digest)).unwrap(), data);
         assert!(fs::read_dir(store.dir().join("tmp"))
@@ -321,20 +361,40 @@ mod tests {
     }
 
     #[test]
-    fn a_mismatching_blob_is_deleted_not_used() {
+    fn wrong_bytes_do_not_verify_and_cannot_be_marked() {
         let dir = tempfile::tempdir().unwrap();
         let store = ContentStore::open(dir.path()).unwrap();
         let t = table(b"0123456789");
-        let mut p = store.partial(t.clone()).unwrap();
-        p.file.write_at(b"XXXXXXXXXX", 0).unwrap();
-        for i in 0..3 {
-            p.mark(i);
-        }
-        let err = p.finish(&store).unwrap_err();
-        assert!(matches!(err, ContentError::Mismatch { .. }), "{err}");
-        assert!(!store.has(&t.digest));
-        let p = store.partial(t).unwrap();
+        let p = store.partial(t.clone()).unwrap();
+        assert!(write(&p, 0, b"XXXX").is_none());
+        // Too few bytes do not verify either, too many are refused.
+        assert!(write(&p, 0, b"012").is_none());
+        let mut w = PieceWriter::new(&p.table, &p.file, 2);
+        assert!(w.write(b"890").is_err());
         assert_eq!(p.have.count(), 0);
+    }
+
+    #[test]
+    fn pieces_changed_on_disk_while_stopped_are_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let data = b"0123456789";
+        let t = table(data);
+        let mut p = store.partial(t.clone()).unwrap();
+        for (i, bytes) in [(0, &data[0..4]), (1, &data[4..8])] {
+            let v = write(&p, i, bytes).unwrap();
+            p.mark(v);
+        }
+        p.persist().unwrap();
+        let part = p.part_path().to_path_buf();
+        drop(p);
+        // Piece 1 is damaged on disk while the agent is not running.
+        let f = OpenOptions::new().write(true).open(&part).unwrap();
+        f.write_at(b"X", 5).unwrap();
+        let p = store.partial(t).unwrap();
+        assert!(p.have.get(0));
+        assert!(!p.have.get(1), "a damaged piece is not trusted");
+        assert_eq!(p.have.count(), 1);
     }
 
     #[test]
