@@ -29,6 +29,7 @@ pub mod bootstrap;
 pub mod bundle;
 pub mod ca;
 pub mod cli;
+pub mod clusterfile;
 pub mod daemon;
 pub mod distribution;
 pub mod plan;
