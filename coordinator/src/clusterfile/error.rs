@@ -63,7 +63,7 @@ pub struct ClusterfileError {
     /// What is wrong.
     pub message: String,
     /// 1-based line and column in the file.
-    pub location: Option<(usize, usize)>,
+    pub location: Option<(u32, u32)>,
 }
 
 impl std::error::Error for ClusterfileError {}
@@ -108,7 +108,7 @@ impl ClusterfileError {
     /// A typed deserialization error, with serde_norway's field path split
     /// off its message so the unknown or missing field ends the path.
     pub(crate) fn from_yaml(err: &serde_norway::Error, doc: &DocRef) -> Self {
-        let location = err.location().map(|l| (l.line(), l.column()));
+        let location = yaml_location(err);
         let mut text = err.to_string();
         if let Some((line, column)) = location {
             let suffix = format!(" at line {line} column {column}");
@@ -146,6 +146,15 @@ impl ClusterfileError {
             location,
         }
     }
+}
+
+/// A serde_norway error's 1-based line and column.
+pub(crate) fn yaml_location(err: &serde_norway::Error) -> Option<(u32, u32)> {
+    let l = err.location()?;
+    Some((
+        u32::try_from(l.line()).unwrap_or(u32::MAX),
+        u32::try_from(l.column()).unwrap_or(u32::MAX),
+    ))
 }
 
 /// serde's own messages, which begin without a path when the error is at the

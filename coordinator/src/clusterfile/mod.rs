@@ -153,7 +153,7 @@ fn heads(text: &str) -> Result<Vec<Option<Head>>, ClusterfileError> {
         let value = Value::deserialize(de).map_err(|e| {
             let mut err = ClusterfileError::new(ErrorKind::Syntax, format!("not valid YAML: {e}"))
                 .in_doc(&at);
-            err.location = e.location().map(|l| (l.line(), l.column()));
+            err.location = error::yaml_location(&e);
             err
         })?;
         if value.is_null() {
