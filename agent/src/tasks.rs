@@ -100,6 +100,13 @@ async fn handle(
         match req {
             TaskRequest::Apply(task) => run_apply(task, settings, tx).await,
             TaskRequest::Reset(task) => run_reset(task, settings, tx).await,
+            other => {
+                let _ = tx.send(TaskEvent::Finished {
+                    ok: false,
+                    error: Some(format!("this agent does not run {other:?} yet")),
+                    join_data: None,
+                });
+            }
         }
     });
     // Forward events while the coordinator listens; the work goes on when

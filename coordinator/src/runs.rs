@@ -652,6 +652,7 @@ fn apply_task(c: &Cluster, t: &plan::Task) -> ApplyTask {
         } else {
             c.join_data.clone()
         },
+        upgrade: false,
     }
 }
 
@@ -813,9 +814,11 @@ async fn run_host_task(
         match one_attempt(shared, record, ip, &conn, &task).await {
             Ok(last) => {
                 let error = match &last {
-                    TaskEvent::Finished { error, .. } | TaskEvent::ResetDone { error, .. } => {
-                        error.clone()
-                    }
+                    TaskEvent::Finished { error, .. }
+                    | TaskEvent::ResetDone { error, .. }
+                    | TaskEvent::Files { error, .. }
+                    | TaskEvent::Written { error }
+                    | TaskEvent::Drift { error, .. } => error.clone(),
                     TaskEvent::Step { .. } => None,
                 };
                 if let Some(h) = lock(record).host_mut(ip) {

@@ -466,6 +466,57 @@ pub enum AdminResponse {
 pub enum TaskRequest {
     Apply(ApplyTask),
     Reset(ResetTask),
+    /// Read files of the cluster's rootfs (answered with `Files`).
+    ReadFiles(ReadFilesTask),
+    /// Write files into the cluster's rootfs (answered with `Written`).
+    WriteFiles(WriteFilesTask),
+    /// Run a shell plugin or command on the host (step events, then
+    /// `Finished`).
+    Shell(ShellTask),
+    /// Check the files the install wrote outside the agent's directories
+    /// (answered with `Drift`).
+    Drift(DriftTask),
+}
+
+/// Files of `<data-root>/<cluster>/rootfs`, by path relative to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadFilesTask {
+    pub cluster: String,
+    pub paths: Vec<String>,
+    /// Directories whose `*.yaml` and `*.yml` files are read too (not
+    /// recursively).
+    pub dirs: Vec<String>,
+}
+
+/// Files to write into the cluster's rootfs (relative paths inside it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteFilesTask {
+    pub cluster: String,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// A shell script run with `bash -c` as root on the host, in the cluster's
+/// rootfs directory, with `env` (and `HostIP`) set. Files it writes under
+/// /etc, /usr and /opt are journaled, so a reset undoes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellTask {
+    pub cluster: String,
+    /// The step name it is reported and journaled under (e.g.
+    /// `plugin:NAME@PreInit`); a done step with the same script is skipped
+    /// unless `always`.
+    pub step: String,
+    pub script: String,
+    pub env: Vec<(String, String)>,
+    pub host_ip: String,
+    pub timeout_secs: u64,
+    /// Run even when a step of this name is done with the same script.
+    pub always: bool,
+}
+
+/// Check the host against what the install wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftTask {
+    pub cluster: String,
 }
 
 /// Run steps of an install on this host. The agent runs the image's steps
@@ -491,6 +542,9 @@ pub struct ApplyTask {
     pub kubeadm_config: Option<String>,
     /// The first master's join data (JSON), for joining hosts. Secret.
     pub join_data: Option<String>,
+    /// The cluster is installed from another image on this host: move it
+    /// to this one (steps whose inputs changed run again; kubeadm does not).
+    pub upgrade: bool,
 }
 
 impl std::fmt::Debug for ApplyTask {
@@ -556,6 +610,22 @@ pub enum TaskEvent {
         warnings: Vec<String>,
         error: Option<String>,
     },
+    /// The files asked for: `None` for one that does not exist.
+    Files {
+        files: Vec<(String, Option<Vec<u8>>)>,
+        error: Option<String>,
+    },
+    Written {
+        error: Option<String>,
+    },
+    /// Host paths the install wrote that differ from what it wrote, or are
+    /// gone; `checked` files in all.
+    Drift {
+        modified: Vec<String>,
+        missing: Vec<String>,
+        checked: u64,
+        error: Option<String>,
+    },
 }
 
 impl std::fmt::Debug for TaskEvent {
@@ -586,6 +656,29 @@ impl std::fmt::Debug for TaskEvent {
                 .field("had_install", had_install)
                 .field("actions", actions)
                 .field("warnings", warnings)
+                .field("error", error)
+                .finish(),
+            TaskEvent::Files { files, error } => f
+                .debug_struct("Files")
+                .field(
+                    "files",
+                    &files.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+                )
+                .field("error", error)
+                .finish(),
+            TaskEvent::Written { error } => {
+                f.debug_struct("Written").field("error", error).finish()
+            }
+            TaskEvent::Drift {
+                modified,
+                missing,
+                checked,
+                error,
+            } => f
+                .debug_struct("Drift")
+                .field("modified", modified)
+                .field("missing", missing)
+                .field("checked", checked)
                 .field("error", error)
                 .finish(),
         }
