@@ -18,7 +18,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::wire::{
-    self, ApplyTask, ResetTask, StepState, StreamKind, TaskEvent, TaskRequest, TASK_FRAME_LIMIT,
+    self, ApplyTask, ReadFilesTask, ResetTask, StepState, StreamKind, TaskEvent, TaskRequest,
+    WriteFilesTask, TASK_FRAME_LIMIT,
 };
 
 use crate::apply::{
@@ -100,6 +101,8 @@ async fn handle(
         match req {
             TaskRequest::Apply(task) => run_apply(task, settings, tx).await,
             TaskRequest::Reset(task) => run_reset(task, settings, tx).await,
+            TaskRequest::ReadFiles(task) => run_read_files(task, settings, tx).await,
+            TaskRequest::WriteFiles(task) => run_write_files(task, settings, tx).await,
             other => {
                 let _ = tx.send(TaskEvent::Finished {
                     ok: false,
@@ -307,4 +310,46 @@ async fn run_reset(task: ResetTask, settings: TaskSettings, tx: mpsc::UnboundedS
         },
     };
     let _ = tx.send(event);
+}
+
+async fn run_read_files(
+    task: ReadFilesTask,
+    settings: TaskSettings,
+    tx: mpsc::UnboundedSender<TaskEvent>,
+) {
+    info!(cluster = %task.cluster, paths = task.paths.len(), dirs = ?task.dirs, "read files task");
+    let result = tokio::task::spawn_blocking(move || {
+        apply::rootfs_files::read_files(&settings.data_root, &task.cluster, &task.paths, &task.dirs)
+    })
+    .await;
+    let event = match result {
+        Ok(Ok(files)) => TaskEvent::Files { files, error: None },
+        Ok(Err(e)) => TaskEvent::Files {
+            files: vec![],
+            error: Some(e.to_string()),
+        },
+        Err(e) => TaskEvent::Files {
+            files: vec![],
+            error: Some(format!("the read files task failed: {e}")),
+        },
+    };
+    let _ = tx.send(event);
+}
+
+async fn run_write_files(
+    task: WriteFilesTask,
+    settings: TaskSettings,
+    tx: mpsc::UnboundedSender<TaskEvent>,
+) {
+    info!(cluster = %task.cluster, files = task.files.len(), "write files task");
+    let result = tokio::task::spawn_blocking(move || {
+        apply::rootfs_files::write_files(&settings.data_root, &task.cluster, &task.files)
+    })
+    .await;
+    let error = match result {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(format!("the write files task failed: {e}")),
+    };
+    let _ = tx.send(TaskEvent::Written { error });
 }

@@ -30,6 +30,8 @@
 //! - [`image`]: the image from an OCI layout; safe, atomic unpack.
 //! - [`images_load`]: `images/*.tar` into the local registry.
 //! - [`reset`](mod@reset): undoing an install.
+//! - [`rootfs_files`]: files of the unpacked rootfs, read and written for
+//!   the coordinator.
 
 pub mod effects;
 pub mod files;
@@ -37,6 +39,7 @@ pub mod image;
 pub mod images_load;
 pub mod journal;
 pub mod reset;
+pub mod rootfs_files;
 mod steps;
 #[cfg(test)]
 mod tests;
@@ -294,18 +297,7 @@ pub fn apply(
     fx: &dyn Effects,
     progress: &mut dyn FnMut(&StepEvent),
 ) -> Result<ApplyReport, ApplyError> {
-    if opts.cluster.is_empty()
-        || !opts
-            .cluster
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        || opts.cluster.starts_with('.')
-    {
-        return Err(ApplyError::Input(format!(
-            "cluster name {:?} must be letters, digits, '-', '_' or '.'",
-            opts.cluster
-        )));
-    }
+    check_cluster_name(&opts.cluster).map_err(ApplyError::Input)?;
     let img = opts
         .image
         .open()
@@ -439,6 +431,22 @@ pub fn apply(
     }
     report.join_data = ctx.read_join_data();
     Ok(report)
+}
+
+/// A cluster name names a directory: letters, digits, `-`, `_` or `.`, not
+/// starting with `.`.
+pub fn check_cluster_name(cluster: &str) -> Result<(), String> {
+    if cluster.is_empty()
+        || !cluster
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        || cluster.starts_with('.')
+    {
+        return Err(format!(
+            "cluster name {cluster:?} must be letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
 }
 
 /// `K=V` pairs into a map, later ones winning.
