@@ -18,12 +18,13 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::wire::{
-    self, ApplyTask, ReadFilesTask, ResetTask, StepState, StreamKind, TaskEvent, TaskRequest,
-    WriteFilesTask, TASK_FRAME_LIMIT,
+    self, ApplyTask, ReadFilesTask, ResetTask, ShellTask, StepState, StreamKind, TaskEvent,
+    TaskRequest, WriteFilesTask, TASK_FRAME_LIMIT,
 };
 
 use crate::apply::{
-    self, ApplyOptions, ImageSource, ResetOptions, Role, StepEvent, SystemEffects, Timeouts,
+    self, ApplyOptions, ImageSource, ResetOptions, Role, ShellOptions, StepEvent, SystemEffects,
+    Timeouts,
 };
 use crate::content::store::ContentStore;
 
@@ -103,6 +104,7 @@ async fn handle(
             TaskRequest::Reset(task) => run_reset(task, settings, tx).await,
             TaskRequest::ReadFiles(task) => run_read_files(task, settings, tx).await,
             TaskRequest::WriteFiles(task) => run_write_files(task, settings, tx).await,
+            TaskRequest::Shell(task) => run_shell(task, settings, tx).await,
             other => {
                 let _ = tx.send(TaskEvent::Finished {
                     ok: false,
@@ -352,4 +354,45 @@ async fn run_write_files(
         Err(e) => Some(format!("the write files task failed: {e}")),
     };
     let _ = tx.send(TaskEvent::Written { error });
+}
+
+/// Longest a shell step may run when the task gives no timeout.
+const SHELL_DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+async fn run_shell(task: ShellTask, settings: TaskSettings, tx: mpsc::UnboundedSender<TaskEvent>) {
+    info!(cluster = %task.cluster, step = %task.step, always = task.always, "shell task");
+    let opts = ShellOptions {
+        cluster: task.cluster,
+        step: task.step,
+        script: task.script,
+        env: task.env,
+        host_ip: task.host_ip,
+        timeout: match task.timeout_secs {
+            0 => SHELL_DEFAULT_TIMEOUT,
+            s => Duration::from_secs(s),
+        },
+        always: task.always,
+        state_dir: settings.state_dir.clone(),
+        data_root: settings.data_root.clone(),
+        host_root: PathBuf::from("/"),
+    };
+    let events = tx.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut progress = |e: &StepEvent| {
+            let (step, state) = step_state(e);
+            let _ = events.send(TaskEvent::Step { step, state });
+        };
+        apply::run_shell(&opts, &SystemEffects, &mut progress)
+    })
+    .await;
+    let error = match result {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(format!("the shell task failed: {e}")),
+    };
+    let _ = tx.send(TaskEvent::Finished {
+        ok: error.is_none(),
+        error,
+        join_data: None,
+    });
 }

@@ -32,6 +32,7 @@
 //! - [`reset`](mod@reset): undoing an install.
 //! - [`rootfs_files`]: files of the unpacked rootfs, read and written for
 //!   the coordinator.
+//! - [`shell`]: shell steps (plugins, commands) on an installed host.
 
 pub mod effects;
 pub mod files;
@@ -40,6 +41,7 @@ pub mod images_load;
 pub mod journal;
 pub mod reset;
 pub mod rootfs_files;
+pub mod shell;
 mod steps;
 #[cfg(test)]
 mod tests;
@@ -52,6 +54,7 @@ pub use effects::{CommandOutput, CommandSpec, Effects, RecordingEffects, SystemE
 pub use journal::{Change, Journal, StepStatus};
 pub use reset::{reset, ResetOptions, ResetReport};
 pub use seaport_rootfs::kubeadm::JoinData;
+pub use shell::{run_shell, ShellOptions, ShellReport};
 
 /// Default root of cluster data on a host.
 pub const DEFAULT_DATA_ROOT: &str = "/var/lib/seaport/data";
