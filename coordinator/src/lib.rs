@@ -32,6 +32,7 @@ pub mod cli;
 pub mod clusterfile;
 pub mod daemon;
 pub mod distribution;
+pub mod converge;
 pub mod plan;
 pub mod runs;
 pub mod state;

@@ -1,25 +1,25 @@
-//! Installing and deleting clusters: the coordinator drives every host's
-//! agent through the plan ([`crate::plan`]), phase by phase.
+//! Operations on clusters: the coordinator drives every host's agent
+//! through the stages of an install, scale up or down, upgrade or delete
+//! ([`crate::converge`]), one stage after another.
 //!
-//! A run is a [`Cluster`] record in the state database, written after every
-//! step event in one committed transaction. It holds the plan, how many
-//! phases are finished, every host's steps and the first master's join
-//! data. A run goes:
-//!
-//! 1. `fetch`: the image is assigned to the cluster's nodes
-//!    ([`crate::distribution`]) and the run waits until each holds every
-//!    blob;
-//! 2. the plan's phases in order; the tasks of a phase run on their hosts
-//!    at once, each sent on a `Task` stream of the host's session;
-//! 3. `succeeded`, or `failed` with the failing host, step and output tail.
+//! An operation is a [`Cluster`] record in the state database, written after
+//! every step event in one committed transaction. It holds the desired
+//! [`Spec`], the stages and how many are finished, every host's steps and
+//! the first master's join data. Stages: `fetch` (the image to the hosts
+//! through [`crate::distribution`]), apply phases (each host's part sent on
+//! a `Task` stream of its session), plugins (the Clusterfile's and the
+//! image's, at the phases sealer runs them), Config files into the rootfs,
+//! labels and taints, node deletion, resets. The record ends `succeeded`,
+//! or `failed` with the failing stage, host, step and output tail.
 //!
 //! The coordinator restarted in the middle resumes every running record at
-//! its first unfinished phase; agents skip the steps their journals say are
+//! its first unfinished stage; agents skip the steps their journals say are
 //! done. A task whose session drops is sent again when the node is back.
-//! Deleting sends a reset task to every host, then drops the image's
-//! assignment so agents collect its blobs.
+//! Deleting resets every host, then drops the image's assignment so agents
+//! collect its blobs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,13 +28,17 @@ use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
 use seaport_shared::codec;
+
 use seaport_shared::wire::{
-    self, ApplyTask, ClusterView, HostView, ResetTask, RunRequest, RunState, StepState, StepView,
-    StreamKind, TaskEvent, TaskRequest, TASK_FRAME_LIMIT,
+    self, ApplyTask, AuditView, ClusterView, DriftTask, HostDrift, HostView, PlannedApply,
+    PlannedHost, ReadFilesTask, ResetTask, RunRequest, RunState, ShellTask, StepState, StepView,
+    StreamKind, TaskEvent, TaskRequest, WriteFilesTask, TASK_FRAME_LIMIT,
 };
 
+use crate::clusterfile::{plugin_runs, Clusterfile, HostFacts, Plugin};
+use crate::converge::{self, Current, DesiredHost, Op, PluginPoint, Spec, StageSpec, Work};
 use crate::daemon::{now_unix, Shared};
-use crate::plan::{self, HostRole, HostSpec, NodeRole, Plan, PlanInput};
+use crate::plan::{self, HostRole, HostSpec, NodeRole, PlanInput};
 
 /// How long a run waits for an offline node before it fails.
 const OFFLINE_LIMIT: Duration = Duration::from_secs(30 * 60);
@@ -57,7 +61,7 @@ pub struct HostRecord {
     pub error: Option<String>,
 }
 
-/// A cluster and its latest run, as stored.
+/// A cluster and its latest operation, as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Cluster {
     pub name: String,
@@ -65,20 +69,23 @@ pub struct Cluster {
     pub manifest_digest: String,
     pub generation: u64,
     pub state: RunState,
-    pub request: RunRequest,
-    pub plan: Plan,
+    /// What the cluster should be.
+    pub spec: Spec,
+    /// The operation's stages, and how many are finished.
+    pub stages: Vec<StageSpec>,
+    pub stages_done: usize,
     pub hosts: Vec<HostRecord>,
-    /// Whether every node holds the image.
-    pub fetched: bool,
-    /// Phases of the plan finished.
-    pub phases_done: usize,
+    /// The image's `plugins/*.yaml` (read from master0's rootfs).
+    #[serde(default)]
+    pub image_plugins: Vec<String>,
     /// The first master's join data (JSON). Secret: never shown.
     pub join_data: Option<String>,
     pub started_at: i64,
     pub finished_at: Option<i64>,
     pub error: Option<String>,
-    /// For a delete: also remove the hosts' data directories.
-    pub prune: bool,
+    /// The image of the last operation that succeeded (what the hosts run).
+    #[serde(default)]
+    pub installed_digest: Option<String>,
 }
 
 impl Cluster {
@@ -86,22 +93,26 @@ impl Cluster {
         self.hosts.iter_mut().find(|h| h.ip == ip)
     }
 
+    fn host(&self, ip: &str) -> Option<&HostRecord> {
+        self.hosts.iter().find(|h| h.ip == ip)
+    }
+
+    fn master0(&self) -> String {
+        self.hosts
+            .iter()
+            .find(|h| h.role == NodeRole::Master0)
+            .map(|h| h.ip.clone())
+            .unwrap_or_default()
+    }
+
     fn current_phase(&self) -> String {
-        match self.state {
-            RunState::Deleting | RunState::Deleted => "reset".into(),
-            _ if !self.fetched => "fetch".into(),
-            _ => self
-                .plan
-                .phases
-                .get(self.phases_done)
-                .map_or_else(|| "done".into(), |p| p.name.clone()),
-        }
+        self.stages
+            .get(self.stages_done)
+            .map_or_else(|| "done".into(), |s| s.name.clone())
     }
 
     /// What `seaport status` shows (no secrets).
     pub fn view(&self, online: impl Fn(&str) -> bool) -> ClusterView {
-        let mut phases = vec!["fetch".to_string()];
-        phases.extend(self.plan.phases.iter().map(|p| p.name.clone()));
         ClusterView {
             cluster: self.name.clone(),
             image: self.image.clone(),
@@ -109,7 +120,7 @@ impl Cluster {
             state: self.state,
             generation: self.generation,
             phase: self.current_phase(),
-            phases,
+            phases: self.stages.iter().map(|s| s.name.clone()).collect(),
             hosts: self
                 .hosts
                 .iter()
@@ -207,35 +218,123 @@ fn audit(shared: &Shared, who: &str, what: String, result: &Result<impl std::fmt
     }
 }
 
-/// Accepts `seaport run`: plans, records and starts the run.
-pub(crate) async fn start_run(
+/// What a request wants the cluster to become.
+#[derive(Clone, Debug)]
+pub(crate) enum Want {
+    /// `seaport run IMAGE -m -n -e`.
+    Run(RunRequest),
+    /// `seaport apply -f Clusterfile`.
+    Clusterfile(String),
+    /// `seaport join`.
+    Join {
+        cluster: String,
+        masters: Vec<String>,
+        nodes: Vec<String>,
+    },
+    /// `seaport delete -m/-n`.
+    Remove { cluster: String, ips: Vec<String> },
+}
+
+impl Want {
+    fn describe(&self) -> String {
+        match self {
+            Want::Run(r) => format!(
+                "run {} on cluster {} (masters {}, nodes {})",
+                r.image,
+                r.cluster,
+                r.masters.join(","),
+                r.nodes.join(",")
+            ),
+            Want::Clusterfile(text) => format!(
+                "apply a Clusterfile ({} bytes, sha256 {})",
+                text.len(),
+                seaport_shared::digest::Digest::of(text.as_bytes()).hex()
+            ),
+            Want::Join {
+                cluster,
+                masters,
+                nodes,
+            } => format!(
+                "join masters [{}] nodes [{}] to cluster {cluster}",
+                masters.join(","),
+                nodes.join(",")
+            ),
+            Want::Remove { cluster, ips } => {
+                format!("remove [{}] from cluster {cluster}", ips.join(","))
+            }
+        }
+    }
+}
+
+/// An operation ready to start (or to show, for a dry run).
+struct Prepared {
+    cluster: Cluster,
+    op: &'static str,
+    warnings: Vec<String>,
+    /// IP to node id of the hosts that have an agent.
+    matched: BTreeMap<String, String>,
+}
+
+/// Accepts a request that changes a cluster: plans, records and starts it.
+pub(crate) async fn start(
     shared: &Arc<Shared>,
     who: &str,
-    req: RunRequest,
-) -> Result<u64, String> {
-    let what = format!(
-        "run {} on cluster {} (masters {}, nodes {})",
-        req.image,
-        req.cluster,
-        req.masters.join(","),
-        req.nodes.join(",")
-    );
+    want: Want,
+) -> Result<(String, u64), String> {
+    let what = want.describe();
     let result = {
         let shared2 = shared.clone();
-        let req = req.clone();
-        blocking(move || new_run(&shared2, req)).await
+        blocking(move || prepare(&shared2, want, false)).await
     };
     audit(
         shared,
         who,
         what,
-        &result.as_ref().map(|c| c.generation).map_err(Clone::clone),
+        &result
+            .as_ref()
+            .map(|p| (p.cluster.name.clone(), p.cluster.generation, p.op))
+            .map_err(Clone::clone),
     );
-    let cluster = result?;
-    let generation = cluster.generation;
-    info!(cluster = %cluster.name, generation, "run accepted");
+    let prepared = result?;
+    let cluster = prepared.cluster;
+    shared
+        .store
+        .put_cluster(&cluster.name, &cluster)
+        .map_err(|e| e.to_string())?;
+    let out = (cluster.name.clone(), cluster.generation);
+    info!(cluster = %out.0, generation = out.1, op = prepared.op, "operation accepted");
     activate(shared, cluster);
-    Ok(generation)
+    Ok(out)
+}
+
+/// What a Clusterfile would do, changing nothing.
+pub(crate) async fn dry_run(shared: &Arc<Shared>, text: String) -> Result<PlannedApply, String> {
+    let shared2 = shared.clone();
+    let p = blocking(move || prepare(&shared2, Want::Clusterfile(text), true)).await?;
+    let c = &p.cluster;
+    let master0 = c.master0();
+    Ok(PlannedApply {
+        cluster: c.name.clone(),
+        image: c.image.clone(),
+        operation: p.op.into(),
+        stages: c.stages.iter().map(|s| s.name.clone()).collect(),
+        hosts: c
+            .hosts
+            .iter()
+            .map(|h| PlannedHost {
+                ip: h.ip.clone(),
+                role: role_name(h.role).into(),
+                node: p.matched.get(&h.ip).cloned(),
+                stages: c
+                    .stages
+                    .iter()
+                    .filter(|s| s.hosts(&master0).contains(&h.ip))
+                    .map(|s| s.name.clone())
+                    .collect(),
+            })
+            .collect(),
+        warnings: p.warnings,
+    })
 }
 
 /// Runs blocking state work off the runtime.
@@ -256,45 +355,123 @@ fn previous(shared: &Shared, name: &str) -> Result<Option<Cluster>, String> {
     Ok(all.into_iter().find(|c| c.name == name))
 }
 
-fn new_run(shared: &Shared, req: RunRequest) -> Result<Cluster, String> {
-    check_cluster_name(&req.cluster)?;
+fn host(ip: &str, role: HostRole) -> DesiredHost {
+    DesiredHost {
+        ip: ip.to_string(),
+        role,
+        roles: vec![match role {
+            HostRole::Master => "master".into(),
+            HostRole::Node => "node".into(),
+        }],
+        env: vec![],
+        labels: BTreeMap::new(),
+        taints: vec![],
+    }
+}
+
+/// The spec a Clusterfile asks for, its cluster name and warnings.
+pub fn spec_of_clusterfile(text: &str) -> Result<(String, Spec, Vec<String>), String> {
+    let file = Clusterfile::parse(text).map_err(|e| format!("Clusterfile: {e}"))?;
+    let resolved = file.resolve().map_err(|e| format!("Clusterfile: {e}"))?;
+    let hosts = resolved
+        .masters()
+        .chain(resolved.nodes())
+        .map(|h| DesiredHost {
+            ip: h.ip.to_string(),
+            role: h.role,
+            roles: h.roles.clone(),
+            env: h.own_env.clone(),
+            labels: h.labels.clone(),
+            taints: h.taints.iter().map(|t| t.to_string()).collect(),
+        })
+        .collect();
+    let spec = Spec {
+        image: resolved.image.clone(),
+        hosts,
+        env: resolved.env.clone(),
+        clusterfile: Some(text.to_string()),
+    };
+    let warnings = file.warnings.iter().map(|w| w.to_string()).collect();
+    Ok((resolved.name.clone(), spec, warnings))
+}
+
+fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, String> {
+    let (name, prev_name) = match &want {
+        Want::Run(r) => (Some(r.cluster.clone()), r.cluster.clone()),
+        Want::Clusterfile(_) => (None, String::new()),
+        Want::Join { cluster, .. } | Want::Remove { cluster, .. } => {
+            (Some(cluster.clone()), cluster.clone())
+        }
+    };
+    let _ = name;
+    let mut warnings = Vec::new();
+    let (name, spec) = match want {
+        Want::Run(r) => {
+            let spec = Spec {
+                image: r.image.clone(),
+                hosts: r
+                    .masters
+                    .iter()
+                    .map(|ip| host(ip, HostRole::Master))
+                    .chain(r.nodes.iter().map(|ip| host(ip, HostRole::Node)))
+                    .collect(),
+                env: r.env.clone(),
+                clusterfile: None,
+            };
+            (prev_name, spec)
+        }
+        Want::Clusterfile(text) => {
+            let (name, spec, w) = spec_of_clusterfile(&text)?;
+            warnings = w;
+            (name, spec)
+        }
+        Want::Join {
+            cluster,
+            masters,
+            nodes,
+        } => {
+            let prev = previous(shared, &cluster)?
+                .filter(|c| c.state != RunState::Deleted)
+                .ok_or_else(|| format!("no cluster named {cluster}: install it with `seaport run` or `seaport apply` first"))?;
+            let mut spec = prev.spec.clone();
+            for (ips, role) in [(&masters, HostRole::Master), (&nodes, HostRole::Node)] {
+                for ip in ips {
+                    if spec.hosts.iter().any(|h| &h.ip == ip) {
+                        return Err(format!("{ip} is already a host of cluster {cluster}"));
+                    }
+                    spec.hosts.push(host(ip, role));
+                }
+            }
+            // Masters stay first.
+            spec.hosts.sort_by_key(|h| h.role);
+            (cluster, spec)
+        }
+        Want::Remove { cluster, ips } => {
+            let prev = previous(shared, &cluster)?
+                .filter(|c| c.state != RunState::Deleted)
+                .ok_or_else(|| format!("no cluster named {cluster}"))?;
+            let mut spec = prev.spec.clone();
+            for ip in &ips {
+                if !spec.hosts.iter().any(|h| &h.ip == ip) {
+                    return Err(format!("{ip} is not a host of cluster {cluster}"));
+                }
+            }
+            spec.hosts.retain(|h| !ips.contains(&h.ip));
+            (cluster, spec)
+        }
+    };
+    check_cluster_name(&name)?;
     let store = seaport_rootfs::store::Store::open(&shared.image_root)
         .map_err(|e| format!("the image store: {e}"))?;
-    let resolved = store.resolve(&req.image).map_err(|e| e.to_string())?;
+    let resolved = store.resolve(&spec.image).map_err(|e| e.to_string())?;
+    let digest = resolved.manifest_digest.to_string();
     let has_launch = resolved
         .manifest
         .annotations
         .get(seaport_rootfs::oci::ANNOTATION_SEALER_EXTENSION)
         .and_then(|t| serde_json::from_str::<seaport_rootfs::oci::ImageExtension>(t).ok())
         .is_some_and(|e| !e.launch.cmds.is_empty() || !e.launch.app_names.is_empty());
-    let hosts: Vec<HostSpec> = req
-        .masters
-        .iter()
-        .map(|ip| HostSpec {
-            ip: ip.clone(),
-            role: HostRole::Master,
-        })
-        .chain(req.nodes.iter().map(|ip| HostSpec {
-            ip: ip.clone(),
-            role: HostRole::Node,
-        }))
-        .collect();
-    let plan = plan::plan(&PlanInput {
-        cluster: req.cluster.clone(),
-        image: resolved.manifest_digest.to_string(),
-        hosts: hosts.clone(),
-        registry_hosts: vec![],
-        has_launch,
-    })
-    .map_err(|e| e.to_string())?;
-    let records = shared.store.nodes().map_err(|e| e.to_string())?;
-    let enrolled: Vec<(String, Vec<String>)> = records
-        .iter()
-        .filter(|r| !r.revoked)
-        .map(|r| (r.node_id.clone(), r.ips.clone()))
-        .collect();
-    let matched = plan::match_nodes(&hosts, &enrolled).map_err(|e| e.to_string())?;
-    let prev = previous(shared, &req.cluster)?;
+    let prev = previous(shared, &name)?;
     if let Some(p) = &prev {
         if p.state == RunState::Deleting {
             return Err(format!(
@@ -303,28 +480,111 @@ fn new_run(shared: &Shared, req: RunRequest) -> Result<Cluster, String> {
             ));
         }
     }
-    let role_of = |ip: &str| {
-        plan.phases
+    // What the hosts run: only a cluster whose last operation succeeded is
+    // planned against; after a failure every step runs again (agents skip
+    // what is done).
+    let installed = prev
+        .as_ref()
+        .filter(|p| p.state == RunState::Succeeded)
+        .and_then(|p| p.installed_digest.clone().map(|d| (p, d)));
+    let current = installed.as_ref().map(|(p, d)| Current {
+        image_digest: d.as_str(),
+        hosts: p.hosts.iter().map(|h| (h.ip.clone(), h.role)).collect(),
+    });
+    let stages = converge::stages(&name, current.as_ref(), &spec, &digest, has_launch)
+        .map_err(|e| e.to_string())?;
+    let op = match &current {
+        None => "install",
+        Some(c) if c.image_digest != digest => "upgrade",
+        Some(c) if c.hosts.iter().any(|(ip, _)| !spec.ips().contains(ip)) => "scale down",
+        Some(c)
+            if spec
+                .ips()
+                .iter()
+                .any(|ip| !c.hosts.iter().any(|(h, _)| h == ip)) =>
+        {
+            "scale up"
+        }
+        Some(_) => "converge",
+    };
+    let records = shared.store.nodes().map_err(|e| e.to_string())?;
+    let enrolled: Vec<(String, Vec<String>)> = records
+        .iter()
+        .filter(|r| !r.revoked)
+        .map(|r| (r.node_id.clone(), r.ips.clone()))
+        .collect();
+    // Hosts leaving stay in the record until the operation forgets them.
+    let mut all_hosts: Vec<(String, NodeRole)> = Vec::new();
+    let plan_roles = plan::plan(&PlanInput {
+        cluster: name.clone(),
+        image: digest.clone(),
+        hosts: spec
+            .hosts
+            .iter()
+            .map(|h| HostSpec {
+                ip: h.ip.clone(),
+                role: h.role,
+            })
+            .collect(),
+        registry_hosts: vec![],
+        has_launch,
+    })
+    .map_err(|e| e.to_string())?;
+    for h in &spec.hosts {
+        let role = plan_roles
+            .phases
             .iter()
             .flat_map(|p| &p.tasks)
-            .find(|t| t.host == ip)
-            .map_or(NodeRole::Node, |t| t.role)
-    };
-    let host_records = hosts
+            .find(|t| t.host == h.ip)
+            .map_or(NodeRole::Node, |t| t.role);
+        all_hosts.push((h.ip.clone(), role));
+    }
+    if let Some((p, _)) = &installed {
+        for h in &p.hosts {
+            if !all_hosts.iter().any(|(ip, _)| *ip == h.ip) {
+                all_hosts.push((h.ip.clone(), h.role));
+            }
+        }
+    }
+    let specs: Vec<HostSpec> = all_hosts
         .iter()
-        .map(|h| {
-            let node_id = matched[&h.ip].clone();
+        .map(|(ip, r)| HostSpec {
+            ip: ip.clone(),
+            role: if *r == NodeRole::Node {
+                HostRole::Node
+            } else {
+                HostRole::Master
+            },
+        })
+        .collect();
+    let matched: BTreeMap<String, String> = if dry_run {
+        specs
+            .iter()
+            .filter_map(|h| {
+                enrolled
+                    .iter()
+                    .find(|(_, ips)| ips.contains(&h.ip))
+                    .map(|(id, _)| (h.ip.clone(), id.clone()))
+            })
+            .collect()
+    } else {
+        plan::match_nodes(&specs, &enrolled).map_err(|e| e.to_string())?
+    };
+    let hosts = all_hosts
+        .iter()
+        .map(|(ip, role)| {
+            let node_id = matched.get(ip).cloned().unwrap_or_default();
             let hostname = records
                 .iter()
                 .find(|r| r.node_id == node_id)
                 .map(|r| r.hostname.clone())
                 .unwrap_or_default();
             HostRecord {
-                ip: h.ip.clone(),
+                ip: ip.clone(),
                 node_id,
                 hostname,
-                role: role_of(&h.ip),
-                phase: "fetch".into(),
+                role: *role,
+                phase: "pending".into(),
                 fetched_bytes: 0,
                 total_bytes: 0,
                 steps: vec![],
@@ -333,27 +593,31 @@ fn new_run(shared: &Shared, req: RunRequest) -> Result<Cluster, String> {
         })
         .collect();
     let cluster = Cluster {
-        name: req.cluster.clone(),
-        image: req.image.clone(),
-        manifest_digest: resolved.manifest_digest.to_string(),
+        name: name.clone(),
+        image: spec.image.clone(),
+        manifest_digest: digest,
         generation: prev.as_ref().map_or(1, |p| p.generation + 1),
         state: RunState::Running,
-        request: req,
-        plan,
-        hosts: host_records,
-        fetched: false,
-        phases_done: 0,
-        join_data: prev.and_then(|p| p.join_data),
+        spec,
+        stages,
+        stages_done: 0,
+        hosts,
+        image_plugins: prev
+            .as_ref()
+            .map(|p| p.image_plugins.clone())
+            .unwrap_or_default(),
+        join_data: prev.as_ref().and_then(|p| p.join_data.clone()),
         started_at: now_unix(),
         finished_at: None,
         error: None,
-        prune: false,
+        installed_digest: prev.and_then(|p| p.installed_digest),
     };
-    shared
-        .store
-        .put_cluster(&cluster.name, &cluster)
-        .map_err(|e| e.to_string())?;
-    Ok(cluster)
+    Ok(Prepared {
+        cluster,
+        op,
+        warnings,
+        matched,
+    })
 }
 
 /// Accepts `seaport delete`: every named cluster (all when `None`) is reset
@@ -414,19 +678,16 @@ fn mark_deleting(
     for mut c in chosen {
         c.generation += 1;
         c.state = RunState::Deleting;
-        c.prune = prune;
         c.error = None;
-        c.join_data = None;
         c.started_at = now_unix();
         c.finished_at = None;
+        let ips: Vec<String> = c.hosts.iter().map(|h| h.ip.clone()).collect();
+        c.stages = converge::uninstall(&ips, prune);
+        c.stages_done = 0;
         for h in &mut c.hosts {
-            h.phase = "reset".into();
+            h.phase = "pending".into();
             h.error = None;
-            h.steps = vec![StepView {
-                step: "reset".into(),
-                state: StepState::Pending,
-                log_tail: String::new(),
-            }];
+            h.steps = vec![];
         }
         shared
             .store
@@ -509,25 +770,30 @@ async fn save(shared: &Arc<Shared>, record: &Record) {
 
 async fn drive(shared: Arc<Shared>, record: Record) {
     let deleting = lock(&record).state == RunState::Deleting;
-    let outcome = if deleting {
-        delete(&shared, &record).await
-    } else {
-        install(&shared, &record).await
-    };
+    let outcome = run_stages(&shared, &record).await;
+    if deleting && outcome.is_ok() {
+        let image = lock(&record).image.clone();
+        let shared2 = shared.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || shared2.dist.cancel(&shared2.store, &image)).await;
+    }
     let remove = {
         let mut c = lock(&record);
         c.finished_at = Some(now_unix());
         match outcome {
             Ok(()) if deleting => {
                 c.state = RunState::Deleted;
+                c.join_data = None;
+                c.installed_digest = None;
                 true
             }
             Ok(()) => {
                 c.state = RunState::Succeeded;
+                c.installed_digest = Some(c.manifest_digest.clone());
                 false
             }
             Err(e) => {
-                warn!(error = %e, "run failed");
+                warn!(error = %e, "operation failed");
                 c.state = RunState::Failed;
                 c.error = Some(e);
                 false
@@ -539,7 +805,7 @@ async fn drive(shared: Arc<Shared>, record: Record) {
         let c = lock(&record);
         (c.name.clone(), c.generation)
     };
-    info!(state = lock(&record).state.as_str(), "run ended");
+    info!(state = lock(&record).state.as_str(), "operation ended");
     if remove {
         // Keep the record a while so `seaport delete` sees it finish.
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -556,84 +822,536 @@ async fn drive(shared: Arc<Shared>, record: Record) {
     }
 }
 
-async fn install(shared: &Arc<Shared>, record: &Record) -> Result<(), String> {
-    if !lock(record).fetched {
-        fetch(shared, record).await?;
-    }
+/// Runs the record's stages from the first unfinished one.
+async fn run_stages(shared: &Arc<Shared>, record: &Record) -> Result<(), String> {
     loop {
-        let (phase, done) = {
+        let (stage, done) = {
             let c = lock(record);
-            (c.plan.phases.get(c.phases_done).cloned(), c.phases_done)
+            (c.stages.get(c.stages_done).cloned(), c.stages_done)
         };
-        let Some(phase) = phase else { return Ok(()) };
-        info!(phase = %phase.name, "phase starts");
-        let mut set = JoinSet::new();
-        for t in &phase.tasks {
-            let task = apply_task(&lock(record), t);
-            let (shared, record, ip) = (shared.clone(), record.clone(), t.host.clone());
-            let phase_name = phase.name.clone();
-            set.spawn(async move {
-                let r = run_host_task(&shared, &record, &ip, &phase_name, TaskRequest::Apply(task))
-                    .await;
-                (ip, r)
-            });
-        }
-        let mut failures = Vec::new();
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok((
-                    ip,
-                    Ok(TaskEvent::Finished {
-                        ok: true,
-                        join_data,
-                        ..
-                    }),
-                )) => {
-                    if let Some(j) = join_data {
-                        lock(record).join_data = Some(j);
-                    }
-                    let _ = ip;
-                }
-                Ok((ip, Ok(TaskEvent::Finished { error, .. }))) => {
-                    failures.push(format!("{ip}: {}", error.unwrap_or_default()))
-                }
-                Ok((ip, Ok(other))) => failures.push(format!("{ip}: unexpected answer {other:?}")),
-                Ok((ip, Err(e))) => failures.push(format!("{ip}: {e}")),
-                Err(e) => failures.push(format!("internal error: {e}")),
-            }
-        }
-        if !failures.is_empty() {
-            return Err(format!(
-                "phase {} failed on {}",
-                phase.name,
-                failures.join("; ")
-            ));
-        }
-        lock(record).phases_done = done + 1;
+        let Some(stage) = stage else { return Ok(()) };
+        info!(stage = %stage.name, "stage starts");
+        run_stage(shared, record, &stage)
+            .await
+            .map_err(|e| format!("{} failed: {e}", stage.name))?;
+        lock(record).stages_done = done + 1;
         save(shared, record).await;
     }
 }
 
-fn apply_task(c: &Cluster, t: &plan::Task) -> ApplyTask {
+async fn run_stage(shared: &Arc<Shared>, record: &Record, stage: &StageSpec) -> Result<(), String> {
+    match &stage.work {
+        Work::Fetch { hosts } => fetch(shared, record, hosts).await,
+        Work::Apply { tasks, upgrade } => {
+            let reqs = tasks
+                .iter()
+                .map(|t| {
+                    let c = lock(record);
+                    (
+                        t.host.clone(),
+                        TaskRequest::Apply(apply_task(&c, t, *upgrade)),
+                    )
+                })
+                .collect();
+            let results = on_hosts(shared, record, &stage.name, reqs).await;
+            for (_, r) in &results {
+                if let Ok(TaskEvent::Finished {
+                    ok: true,
+                    join_data: Some(j),
+                    ..
+                }) = r
+                {
+                    lock(record).join_data = Some(j.clone());
+                }
+            }
+            check(results)
+        }
+        Work::Plugins { op, point, targets } => {
+            plugins_stage(shared, record, &stage.name, *op, *point, targets).await
+        }
+        Work::ImagePlugins => {
+            let (m0, cluster) = {
+                let c = lock(record);
+                (c.master0(), c.name.clone())
+            };
+            let req = TaskRequest::ReadFiles(ReadFilesTask {
+                cluster,
+                paths: vec![],
+                dirs: vec!["plugins".into()],
+            });
+            let mut r = on_hosts(shared, record, &stage.name, vec![(m0, req)]).await;
+            match r.pop() {
+                Some((_, Ok(TaskEvent::Files { files, error: None }))) => {
+                    let texts: Vec<String> = files
+                        .into_iter()
+                        .filter_map(|(_, b)| b.and_then(|b| String::from_utf8(b).ok()))
+                        .collect();
+                    // Checked now, so a broken plugin fails here, named.
+                    for t in &texts {
+                        Clusterfile::parse(t).map_err(|e| format!("the image's plugins/: {e}"))?;
+                    }
+                    lock(record).image_plugins = texts;
+                    Ok(())
+                }
+                Some((ip, Ok(TaskEvent::Files { error: Some(e), .. }))) => {
+                    Err(format!("{ip}: {e}"))
+                }
+                Some((ip, Ok(other))) => Err(format!("{ip}: unexpected answer {other:?}")),
+                Some((ip, Err(e))) => Err(format!("{ip}: {e}")),
+                None => Ok(()),
+            }
+        }
+        Work::Configs { hosts } => configs_stage(shared, record, &stage.name, hosts).await,
+        Work::LabelsTaints { hosts } => {
+            let script = {
+                let c = lock(record);
+                let mut lines = Vec::new();
+                for ip in hosts {
+                    let (Some(want), Some(h)) =
+                        (c.spec.hosts.iter().find(|h| &h.ip == ip), c.host(ip))
+                    else {
+                        continue;
+                    };
+                    let node = shell_quote(&h.hostname);
+                    if !want.labels.is_empty() {
+                        let labels: Vec<String> = want
+                            .labels
+                            .iter()
+                            .map(|(k, v)| shell_quote(&format!("{k}={v}")))
+                            .collect();
+                        lines.push(format!(
+                            "kubectl label node {node} {} --overwrite",
+                            labels.join(" ")
+                        ));
+                    }
+                    for t in &want.taints {
+                        lines.push(format!(
+                            "kubectl taint node {node} {} --overwrite",
+                            shell_quote(t)
+                        ));
+                    }
+                }
+                lines
+            };
+            if script.is_empty() {
+                return Ok(());
+            }
+            master0_shell(shared, record, &stage.name, script.join("\n")).await
+        }
+        Work::DeleteNodes { hosts } => {
+            let script = {
+                let c = lock(record);
+                hosts
+                    .iter()
+                    .filter_map(|ip| c.host(ip))
+                    .map(|h| {
+                        format!(
+                            "kubectl delete node {} --ignore-not-found",
+                            shell_quote(&h.hostname)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            master0_shell(shared, record, &stage.name, script.join("\n")).await
+        }
+        Work::Reset { hosts, prune } => {
+            let cluster = lock(record).name.clone();
+            let reqs = hosts
+                .iter()
+                .map(|ip| {
+                    (
+                        ip.clone(),
+                        TaskRequest::Reset(ResetTask {
+                            cluster: cluster.clone(),
+                            prune: *prune,
+                        }),
+                    )
+                })
+                .collect();
+            check(on_hosts(shared, record, &stage.name, reqs).await)
+        }
+        Work::Forget { hosts } => {
+            lock(record).hosts.retain(|h| !hosts.contains(&h.ip));
+            Ok(())
+        }
+    }
+}
+
+/// Every host's failure, or Ok.
+fn check(results: Vec<(String, Result<TaskEvent, String>)>) -> Result<(), String> {
+    let mut failures = Vec::new();
+    for (ip, r) in results {
+        match r {
+            Ok(TaskEvent::Finished { ok: true, .. })
+            | Ok(TaskEvent::ResetDone { error: None, .. })
+            | Ok(TaskEvent::Written { error: None })
+            | Ok(TaskEvent::Files { error: None, .. })
+            | Ok(TaskEvent::Drift { error: None, .. }) => {}
+            Ok(TaskEvent::Finished { error, .. }) => {
+                failures.push(format!("{ip}: {}", error.unwrap_or_default()))
+            }
+            Ok(
+                TaskEvent::ResetDone { error: Some(e), .. }
+                | TaskEvent::Written { error: Some(e) }
+                | TaskEvent::Files { error: Some(e), .. }
+                | TaskEvent::Drift { error: Some(e), .. },
+            ) => failures.push(format!("{ip}: {e}")),
+            Ok(other) => failures.push(format!("{ip}: unexpected answer {other:?}")),
+            Err(e) => failures.push(format!("{ip}: {e}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+/// Sends each host its task at once and waits for all.
+async fn on_hosts(
+    shared: &Arc<Shared>,
+    record: &Record,
+    stage: &str,
+    reqs: Vec<(String, TaskRequest)>,
+) -> Vec<(String, Result<TaskEvent, String>)> {
+    let mut set = JoinSet::new();
+    for (ip, req) in reqs {
+        let (shared, record, stage) = (shared.clone(), record.clone(), stage.to_string());
+        set.spawn(async move {
+            let r = run_host_task(&shared, &record, &ip, &stage, req).await;
+            (ip, r)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(r) => out.push(r),
+            Err(e) => out.push((String::new(), Err(format!("internal error: {e}")))),
+        }
+    }
+    out
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A shell script on master0, run every time (kubectl against the cluster).
+async fn master0_shell(
+    shared: &Arc<Shared>,
+    record: &Record,
+    stage: &str,
+    script: String,
+) -> Result<(), String> {
+    let (m0, cluster, env) = {
+        let c = lock(record);
+        (c.master0(), c.name.clone(), c.spec.env.clone())
+    };
+    let req = TaskRequest::Shell(ShellTask {
+        cluster,
+        step: stage.to_string(),
+        script,
+        env,
+        host_ip: m0.clone(),
+        timeout_secs: 300,
+        always: true,
+    });
+    check(on_hosts(shared, record, stage, vec![(m0, req)]).await)
+}
+
+/// The plugins of the Clusterfile and the image.
+fn all_plugins(c: &Cluster) -> Result<Vec<Plugin>, String> {
+    let mut out = Vec::new();
+    for t in &c.image_plugins {
+        out.extend(
+            Clusterfile::parse(t)
+                .map_err(|e| format!("the image's plugins/: {e}"))?
+                .plugins,
+        );
+    }
+    if let Some(t) = &c.spec.clusterfile {
+        out.extend(
+            Clusterfile::parse(t)
+                .map_err(|e| format!("Clusterfile: {e}"))?
+                .plugins,
+        );
+    }
+    Ok(out)
+}
+
+async fn plugins_stage(
+    shared: &Arc<Shared>,
+    record: &Record,
+    stage: &str,
+    op: Op,
+    point: PluginPoint,
+    targets: &[String],
+) -> Result<(), String> {
+    use crate::clusterfile::{Operation, PluginData, Stage};
+    let (plugins, spec, cluster) = {
+        let c = lock(record);
+        (all_plugins(&c)?, c.spec.clone(), c.name.clone())
+    };
+    if plugins.is_empty() {
+        return Ok(());
+    }
+    let operation = match op {
+        Op::Install => Operation::Install,
+        Op::ScaleUp => Operation::ScaleUp,
+        Op::ScaleDown => Operation::ScaleDown,
+        Op::Uninstall => Operation::Uninstall,
+        Op::Upgrade => Operation::Upgrade,
+    };
+    let at = match point {
+        PluginPoint::Start => Stage::Start,
+        PluginPoint::HostsReady => Stage::HostsReady,
+        PluginPoint::ClusterReady => Stage::ClusterReady,
+        PluginPoint::Done => Stage::Done,
+    };
+    // Hosts as plugins select them: the spec's, and hosts leaving it.
+    type Owned = (IpAddr, Vec<String>, BTreeMap<String, String>, bool);
+    let mut facts_src: Vec<Owned> = Vec::new();
+    {
+        let c = lock(record);
+        let master0 = c.master0();
+        for h in &c.hosts {
+            let Ok(ip) = h.ip.parse::<IpAddr>() else {
+                continue;
+            };
+            let want = spec.hosts.iter().find(|d| d.ip == h.ip);
+            let roles = want.map(|d| d.roles.clone()).unwrap_or_else(|| {
+                vec![if h.role == NodeRole::Node {
+                    "node"
+                } else {
+                    "master"
+                }
+                .to_string()]
+            });
+            let labels = want.map(|d| d.labels.clone()).unwrap_or_default();
+            facts_src.push((ip, roles, labels, h.ip == master0));
+        }
+    }
+    let facts: Vec<HostFacts<'_>> = facts_src
+        .iter()
+        .map(|(ip, roles, labels, m0)| HostFacts {
+            ip: *ip,
+            roles,
+            labels,
+            master0: *m0,
+        })
+        .collect();
+    let targets: Vec<IpAddr> = targets.iter().filter_map(|t| t.parse().ok()).collect();
+    let runs = plugin_runs(&plugins, operation, at, &facts, &targets);
+    let master0 = lock(record).master0();
+    for run in runs {
+        let step = format!("plugin:{}@{}", run.plugin.name, run.phase.name());
+        let script = match &run.plugin.data {
+            PluginData::Shell(script) => Some(script.clone()),
+            _ => None,
+        };
+        let reqs: Vec<(String, TaskRequest)> = match script {
+            Some(script) => run
+                .hosts
+                .iter()
+                .map(|ip| {
+                    let ip = ip.to_string();
+                    let env = host_env(&spec, &ip);
+                    (
+                        ip.clone(),
+                        TaskRequest::Shell(ShellTask {
+                            cluster: cluster.clone(),
+                            step: step.clone(),
+                            script: script.clone(),
+                            env,
+                            host_ip: ip,
+                            timeout_secs: 600,
+                            always: false,
+                        }),
+                    )
+                })
+                .collect(),
+            None => {
+                let script = kube_plugin_script(record, &run.plugin.data);
+                if script.is_empty() {
+                    continue;
+                }
+                let (on, script) = match &run.plugin.data {
+                    PluginData::Hostnames(_) => (
+                        run.hosts.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                        script,
+                    ),
+                    _ => (vec![master0.clone()], script),
+                };
+                on.into_iter()
+                    .map(|ip| {
+                        let script = if matches!(run.plugin.data, PluginData::Hostnames(_)) {
+                            // Each host sets its own name.
+                            script
+                                .lines()
+                                .filter(|l| l.starts_with(&format!("#{ip} ")))
+                                .map(|l| l.split_once(' ').map_or("", |x| x.1).to_string())
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        } else {
+                            script.clone()
+                        };
+                        (
+                            ip.clone(),
+                            TaskRequest::Shell(ShellTask {
+                                cluster: cluster.clone(),
+                                step: step.clone(),
+                                script,
+                                env: spec.env.clone(),
+                                host_ip: ip,
+                                timeout_secs: 300,
+                                always: true,
+                            }),
+                        )
+                    })
+                    .collect()
+            }
+        };
+        check(on_hosts(shared, record, stage, reqs).await)
+            .map_err(|e| format!("plugin {} at {}: {e}", run.plugin.name, run.phase.name()))?;
+    }
+    Ok(())
+}
+
+/// kubectl (LABEL, TAINT) or hostnamectl (HOSTNAME, one `#IP cmd` line per
+/// host) commands of a non-shell plugin.
+fn kube_plugin_script(record: &Record, data: &crate::clusterfile::PluginData) -> String {
+    use crate::clusterfile::PluginData;
+    let c = lock(record);
+    let node = |ip: &IpAddr| {
+        c.host(&ip.to_string())
+            .map(|h| shell_quote(&h.hostname))
+            .unwrap_or_default()
+    };
+    let mut lines = Vec::new();
+    match data {
+        PluginData::Labels(ls) => {
+            for l in ls {
+                for ip in &l.ips {
+                    let kv: Vec<String> = l
+                        .labels
+                        .iter()
+                        .map(|(k, v)| shell_quote(&format!("{k}={v}")))
+                        .collect();
+                    lines.push(format!(
+                        "kubectl label node {} {} --overwrite",
+                        node(ip),
+                        kv.join(" ")
+                    ));
+                }
+            }
+        }
+        PluginData::Taints(ts) => {
+            for t in ts {
+                for ip in &t.ips {
+                    lines.push(format!(
+                        "kubectl taint node {} {} --overwrite",
+                        node(ip),
+                        shell_quote(&t.taint.to_string())
+                    ));
+                }
+            }
+        }
+        PluginData::Hostnames(hs) => {
+            for (ip, name) in hs {
+                lines.push(format!(
+                    "#{ip} hostnamectl set-hostname {}",
+                    shell_quote(name)
+                ));
+            }
+        }
+        PluginData::Shell(_) => {}
+    }
+    lines.join("\n")
+}
+
+fn host_env(spec: &Spec, ip: &str) -> Vec<(String, String)> {
+    let mut env = spec.env.clone();
+    if let Some(h) = spec.hosts.iter().find(|h| h.ip == ip) {
+        env.extend(h.env.iter().cloned());
+    }
+    env
+}
+
+async fn configs_stage(
+    shared: &Arc<Shared>,
+    record: &Record,
+    stage: &str,
+    hosts: &[String],
+) -> Result<(), String> {
+    let (configs, cluster) = {
+        let c = lock(record);
+        let configs = match &c.spec.clusterfile {
+            Some(t) => {
+                Clusterfile::parse(t)
+                    .map_err(|e| format!("Clusterfile: {e}"))?
+                    .configs
+            }
+            None => vec![],
+        };
+        (configs, c.name.clone())
+    };
+    if configs.is_empty() {
+        return Ok(());
+    }
+    let paths: Vec<String> = configs
+        .iter()
+        .map(|c| c.target_path().to_string_lossy().into_owned())
+        .collect();
+    for ip in hosts {
+        let read = TaskRequest::ReadFiles(ReadFilesTask {
+            cluster: cluster.clone(),
+            paths: paths.clone(),
+            dirs: vec![],
+        });
+        let mut r = on_hosts(shared, record, stage, vec![(ip.clone(), read)]).await;
+        let files = match r.pop() {
+            Some((_, Ok(TaskEvent::Files { files, error: None }))) => files,
+            Some((ip, other)) => return check(vec![(ip, other)]),
+            None => continue,
+        };
+        let mut current: BTreeMap<String, Option<Vec<u8>>> = files.into_iter().collect();
+        let mut out = Vec::new();
+        for (cfg, path) in configs.iter().zip(&paths) {
+            let existing = current.get(path).cloned().flatten();
+            let bytes = cfg.render(existing.as_deref()).map_err(|e| e.to_string())?;
+            current.insert(path.clone(), Some(bytes.clone()));
+            out.push((path.clone(), bytes));
+        }
+        let write = TaskRequest::WriteFiles(WriteFilesTask {
+            cluster: cluster.clone(),
+            files: out,
+        });
+        check(on_hosts(shared, record, stage, vec![(ip.clone(), write)]).await)?;
+    }
+    Ok(())
+}
+
+fn apply_task(c: &Cluster, t: &plan::Task, upgrade: bool) -> ApplyTask {
     let master_ips: Vec<String> = c
         .hosts
         .iter()
         .filter(|h| h.role != NodeRole::Node)
         .map(|h| h.ip.clone())
         .collect();
-    let master0 = c
+    let master0 = c.master0();
+    let kubeadm_config = c
+        .spec
+        .clusterfile
+        .as_ref()
+        .and_then(|t| Clusterfile::parse(t).ok())
+        .and_then(|f| f.kubeadm_yaml());
+    let host_env = c
+        .spec
         .hosts
         .iter()
-        .find(|h| h.role == NodeRole::Master0)
-        .map(|h| h.ip.clone())
+        .find(|h| h.ip == t.host)
+        .map(|h| h.env.clone())
         .unwrap_or_default();
-    let registry = c
-        .plan
-        .phases
-        .iter()
-        .find(|p| p.name == "registry")
-        .and_then(|p| p.tasks.first())
-        .map_or_else(|| master0.clone(), |t| t.host.clone());
     ApplyTask {
         cluster: c.name.clone(),
         image: c.image.clone(),
@@ -641,28 +1359,30 @@ fn apply_task(c: &Cluster, t: &plan::Task) -> ApplyTask {
         role: role_name(t.role).into(),
         steps: t.steps.clone(),
         host_ip: t.host.clone(),
-        master0_ip: master0,
-        registry_ip: registry,
+        master0_ip: master0.clone(),
+        // The registry is on master0 (one registry host).
+        registry_ip: master0,
         master_ips,
-        env: c.request.env.clone(),
-        host_env: vec![],
-        kubeadm_config: None,
+        env: c.spec.env.clone(),
+        host_env,
+        kubeadm_config,
         join_data: if t.role == NodeRole::Master0 {
             None
         } else {
             c.join_data.clone()
         },
-        upgrade: false,
+        upgrade,
     }
 }
 
-async fn fetch(shared: &Arc<Shared>, record: &Record) -> Result<(), String> {
+async fn fetch(shared: &Arc<Shared>, record: &Record, hosts: &[String]) -> Result<(), String> {
     let (image, nodes, digest) = {
         let c = lock(record);
         (
             c.image.clone(),
             c.hosts
                 .iter()
+                .filter(|h| hosts.contains(&h.ip))
                 .map(|h| h.node_id.clone())
                 .collect::<Vec<_>>(),
             c.manifest_digest.clone(),
@@ -701,7 +1421,7 @@ async fn fetch(shared: &Arc<Shared>, record: &Record) -> Result<(), String> {
         let mut sum = 0;
         {
             let mut c = lock(record);
-            for n in &img.nodes {
+            for n in img.nodes.iter().filter(|n| nodes.contains(&n.node_id)) {
                 if let Some(h) = c.hosts.iter_mut().find(|h| h.node_id == n.node_id) {
                     h.fetched_bytes = n.done_bytes;
                     h.total_bytes = n.total_bytes;
@@ -710,12 +1430,8 @@ async fn fetch(shared: &Arc<Shared>, record: &Record) -> Result<(), String> {
                     all &= n.complete;
                 }
             }
-            if all {
-                c.fetched = true;
-            }
         }
         if all {
-            save(shared, record).await;
             return Ok(());
         }
         if sum > last_progress.0 {
@@ -734,46 +1450,74 @@ async fn fetch(shared: &Arc<Shared>, record: &Record) -> Result<(), String> {
     }
 }
 
-async fn delete(shared: &Arc<Shared>, record: &Record) -> Result<(), String> {
-    let (name, prune, hosts, image) = {
-        let c = lock(record);
-        (
-            c.name.clone(),
-            c.prune,
-            c.hosts.iter().map(|h| h.ip.clone()).collect::<Vec<_>>(),
-            c.image.clone(),
-        )
-    };
-    let mut set = JoinSet::new();
-    for ip in hosts {
-        let (shared, record) = (shared.clone(), record.clone());
-        let task = TaskRequest::Reset(ResetTask {
-            cluster: name.clone(),
-            prune,
-        });
-        set.spawn(async move {
-            let r = run_host_task(&shared, &record, &ip, "reset", task).await;
-            (ip, r)
-        });
-    }
-    let mut failures = Vec::new();
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok((_, Ok(TaskEvent::ResetDone { error: None, .. }))) => {}
-            Ok((ip, Ok(TaskEvent::ResetDone { error: Some(e), .. }))) => {
-                failures.push(format!("{ip}: {e}"))
-            }
-            Ok((ip, Ok(other))) => failures.push(format!("{ip}: unexpected answer {other:?}")),
-            Ok((ip, Err(e))) => failures.push(format!("{ip}: {e}")),
-            Err(e) => failures.push(format!("internal error: {e}")),
-        }
-    }
-    if !failures.is_empty() {
-        return Err(format!("reset failed on {}", failures.join("; ")));
-    }
-    let shared2 = shared.clone();
-    let _ = tokio::task::spawn_blocking(move || shared2.dist.cancel(&shared2.store, &image)).await;
-    Ok(())
+/// Asks every host of a cluster for drift.
+pub(crate) async fn drift(shared: &Arc<Shared>, cluster: &str) -> Result<Vec<HostDrift>, String> {
+    let c = previous(shared, cluster)?.ok_or_else(|| format!("no cluster named {cluster}"))?;
+    let record: Record = Arc::new(Mutex::new(c.clone()));
+    let reqs = c
+        .hosts
+        .iter()
+        .map(|h| {
+            (
+                h.ip.clone(),
+                TaskRequest::Drift(DriftTask {
+                    cluster: c.name.clone(),
+                }),
+            )
+        })
+        .collect();
+    let mut out: Vec<HostDrift> = on_hosts(shared, &record, "drift", reqs)
+        .await
+        .into_iter()
+        .map(|(ip, r)| match r {
+            Ok(TaskEvent::Drift {
+                modified,
+                missing,
+                checked,
+                error,
+            }) => HostDrift {
+                ip,
+                modified,
+                missing,
+                checked,
+                error,
+            },
+            Ok(other) => HostDrift {
+                ip,
+                modified: vec![],
+                missing: vec![],
+                checked: 0,
+                error: Some(format!("unexpected answer {other:?}")),
+            },
+            Err(e) => HostDrift {
+                ip,
+                modified: vec![],
+                missing: vec![],
+                checked: 0,
+                error: Some(e),
+            },
+        })
+        .collect();
+    out.sort_by(|a, b| a.ip.cmp(&b.ip));
+    Ok(out)
+}
+
+/// The audit log, newest last.
+pub(crate) fn audit_views(shared: &Shared, limit: u32) -> Result<Vec<AuditView>, String> {
+    let rows: Vec<(u64, AuditEntry)> = shared
+        .store
+        .audit_log(limit as usize)
+        .map_err(|e| e.to_string())?;
+    Ok(rows
+        .into_iter()
+        .map(|(seq, e)| AuditView {
+            seq,
+            at: e.at,
+            who: e.who,
+            what: e.what,
+            result: e.result,
+        })
+        .collect())
 }
 
 /// Sends one task to a host and follows it to its last event, sending it

@@ -337,6 +337,74 @@ pub enum AdminRequest {
         cluster: Option<String>,
         prune: bool,
     },
+    /// Converge a cluster to a Clusterfile (its text). With `dry_run`,
+    /// answered with `Planned` and nothing changes.
+    Apply {
+        clusterfile: String,
+        dry_run: bool,
+    },
+    /// Add hosts to a cluster.
+    Join {
+        cluster: String,
+        masters: Vec<String>,
+        nodes: Vec<String>,
+    },
+    /// Remove hosts from a cluster (cleaned, reset, deleted from it).
+    RemoveHosts {
+        cluster: String,
+        ips: Vec<String>,
+    },
+    /// The last `limit` entries of the audit log.
+    Audit {
+        limit: u32,
+    },
+    /// Ask every host of a cluster to check the files its install wrote.
+    Drift {
+        cluster: String,
+    },
+}
+
+/// What an apply would do, per host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedApply {
+    pub cluster: String,
+    pub image: String,
+    /// `install`, `scale up`, `scale down`, `upgrade`.
+    pub operation: String,
+    pub stages: Vec<String>,
+    pub hosts: Vec<PlannedHost>,
+    /// What the Clusterfile holds that is accepted but ignored.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedHost {
+    pub ip: String,
+    pub role: String,
+    /// The enrolled node, if any (`None`: no agent on that host).
+    pub node: Option<String>,
+    /// The stages that touch this host.
+    pub stages: Vec<String>,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditView {
+    pub seq: u64,
+    pub at: i64,
+    pub who: String,
+    pub what: String,
+    pub result: String,
+}
+
+/// One host's drift report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDrift {
+    pub ip: String,
+    pub modified: Vec<String>,
+    pub missing: Vec<String>,
+    pub checked: u64,
+    pub error: Option<String>,
 }
 
 /// What `seaport run` asks for.
@@ -458,6 +526,9 @@ pub enum AdminResponse {
     Clusters(Vec<ClusterView>),
     /// The clusters being deleted, with their new generations.
     Deleting(Vec<(String, u64)>),
+    Planned(PlannedApply),
+    Audit(Vec<AuditView>),
+    Drift(Vec<HostDrift>),
 }
 
 /// One unit of work for an agent, on its own `Task` stream.

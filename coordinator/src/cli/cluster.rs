@@ -54,7 +54,74 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The Clusterfile (sealer's format).
+    #[arg(short = 'f', long = "file")]
+    pub file: std::path::PathBuf,
+    /// Validate the file and print the plan per host; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask before removing hosts that left the file.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Return once the coordinator has accepted the operation.
+    #[arg(long)]
+    pub detach: bool,
+    /// Coordinator address (HOST:PORT); defaults to the local one.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// Masters to add, comma-separated.
+    #[arg(short = 'm', long, value_delimiter = ',')]
+    pub masters: Vec<String>,
+    /// Workers to add, comma-separated.
+    #[arg(short = 'n', long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// The cluster.
+    #[arg(long, default_value = DEFAULT_CLUSTER)]
+    pub cluster: String,
+    /// Coordinator address (HOST:PORT); defaults to the local one.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The cluster (default: the only one).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Only this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only this step.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Coordinator address (HOST:PORT); defaults to the local one.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// How many entries, the newest last.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Coordinator address (HOST:PORT); defaults to the local one.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct StatusArgs {
+    /// Have every host check the files its install wrote: modified or missing.
+    #[arg(long)]
+    pub drift: bool,
     /// Only this cluster.
     #[arg(long)]
     pub cluster: Option<String>,
@@ -67,14 +134,20 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("which").required(true).args(["all", "cluster"])))]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["all", "cluster", "masters", "nodes"])))]
 pub struct DeleteArgs {
     /// Delete every cluster.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["masters", "nodes"])]
     pub all: bool,
-    /// Delete this cluster.
+    /// Delete this cluster (with -m/-n: the cluster the hosts leave).
     #[arg(long)]
     pub cluster: Option<String>,
+    /// Masters to remove from the cluster, comma-separated.
+    #[arg(short = 'm', long, value_delimiter = ',')]
+    pub masters: Vec<String>,
+    /// Workers to remove from the cluster, comma-separated.
+    #[arg(short = 'n', long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
     /// Also remove the hosts' cluster data (the unpacked rootfs).
     #[arg(long)]
     pub prune: bool,
@@ -143,8 +216,280 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `seaport status --drift`.
+fn drift(root: &Path, args: &StatusArgs) -> anyhow::Result<()> {
+    let drifts = runtime()?.block_on(async {
+        let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
+        let cluster = match &args.cluster {
+            Some(c) => c.clone(),
+            None => only_cluster(&clusters(&client).await?)?,
+        };
+        let resp = client
+            .request(&AdminRequest::Drift {
+                cluster: cluster.clone(),
+            })
+            .await
+            .with_context(|| format!("checking cluster {cluster} for drift"));
+        client.close().await;
+        match resp? {
+            AdminResponse::Drift(d) => Ok(d),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&drifts)?);
+        return Ok(());
+    }
+    let mut clean = true;
+    for d in &drifts {
+        if let Some(e) = &d.error {
+            println!("{}: could not check: {e}", d.ip);
+            clean = false;
+            continue;
+        }
+        if d.modified.is_empty() && d.missing.is_empty() {
+            println!("{}: {} files as installed", d.ip, d.checked);
+        }
+        for p in &d.modified {
+            println!("{}: modified {p}", d.ip);
+            clean = false;
+        }
+        for p in &d.missing {
+            println!("{}: missing {p}", d.ip);
+            clean = false;
+        }
+    }
+    if !clean {
+        anyhow::bail!("drift found");
+    }
+    Ok(())
+}
+
+fn only_cluster(views: &[ClusterView]) -> anyhow::Result<String> {
+    match views {
+        [one] => Ok(one.cluster.clone()),
+        [] => anyhow::bail!("no clusters"),
+        _ => anyhow::bail!(
+            "several clusters ({}): name one with --cluster",
+            views
+                .iter()
+                .map(|v| v.cluster.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// `seaport apply -f Clusterfile`.
+pub fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    // Checked here first, so a broken file never reaches the coordinator.
+    let (name, _, warnings) = crate::runs::spec_of_clusterfile(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    for w in &warnings {
+        eprintln!("warning: {}: {w}", args.file.display());
+    }
+    runtime()?.block_on(async {
+        let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
+        let plan = match client
+            .request(&AdminRequest::Apply {
+                clusterfile: text.clone(),
+                dry_run: true,
+            })
+            .await
+            .with_context(|| format!("planning {}", args.file.display()))?
+        {
+            AdminResponse::Planned(p) => p,
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+        };
+        if args.dry_run {
+            client.close().await;
+            print_plan(&plan);
+            return Ok(());
+        }
+        if plan.operation == "scale down" && !args.yes {
+            let leaving: Vec<&str> = plan
+                .hosts
+                .iter()
+                .filter(|h| h.stages.iter().any(|s| s == "reset"))
+                .map(|h| h.ip.as_str())
+                .collect();
+            confirm_text(&format!(
+                "Remove {} from cluster {name} (clean, reset, delete the nodes)?",
+                leaving.join(", ")
+            ))?;
+        }
+        let resp = client
+            .request(&AdminRequest::Apply {
+                clusterfile: text,
+                dry_run: false,
+            })
+            .await
+            .with_context(|| format!("applying {}", args.file.display()))?;
+        client.close().await;
+        let AdminResponse::RunAccepted {
+            cluster,
+            generation,
+        } = resp
+        else {
+            anyhow::bail!("unexpected answer from the coordinator: {resp:?}");
+        };
+        eprintln!(
+            "cluster {cluster}: {} (operation {generation})",
+            plan.operation
+        );
+        if args.detach {
+            return Ok(());
+        }
+        finish(root, args.coordinator.as_deref(), &cluster, generation).await
+    })
+}
+
+async fn finish(
+    root: &Path,
+    explicit: Option<&str>,
+    cluster: &str,
+    generation: u64,
+) -> anyhow::Result<()> {
+    let view = follow(root, explicit, cluster, generation).await?;
+    print_summary(&view);
+    match view.state {
+        RunState::Succeeded => Ok(()),
+        _ => Err(failure(&view)),
+    }
+}
+
+fn print_plan(p: &seaport_shared::wire::PlannedApply) {
+    println!("cluster {}: {} of {}", p.cluster, p.operation, p.image);
+    for w in &p.warnings {
+        println!("  warning: {w}");
+    }
+    println!("  stages: {}", p.stages.join(", "));
+    for h in &p.hosts {
+        println!(
+            "  {:<15} {:<7} {:<24} {}",
+            h.ip,
+            h.role,
+            h.node.as_deref().unwrap_or("NO AGENT (bootstrap it)"),
+            h.stages.join(", ")
+        );
+    }
+}
+
+/// `seaport join`.
+pub fn join(root: &Path, args: JoinArgs) -> anyhow::Result<()> {
+    if args.masters.is_empty() && args.nodes.is_empty() {
+        anyhow::bail!("name hosts to add with -m and/or -n");
+    }
+    runtime()?.block_on(async {
+        let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
+        let resp = client
+            .request(&AdminRequest::Join {
+                cluster: args.cluster.clone(),
+                masters: args.masters,
+                nodes: args.nodes,
+            })
+            .await
+            .with_context(|| format!("adding hosts to cluster {}", args.cluster))?;
+        client.close().await;
+        let AdminResponse::RunAccepted {
+            cluster,
+            generation,
+        } = resp
+        else {
+            anyhow::bail!("unexpected answer from the coordinator: {resp:?}");
+        };
+        finish(root, args.coordinator.as_deref(), &cluster, generation).await
+    })
+}
+
+/// `seaport logs`.
+pub fn logs(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
+    let views = runtime()?.block_on(async {
+        let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
+        let v = clusters(&client).await;
+        client.close().await;
+        v
+    })?;
+    let name = match &args.cluster {
+        Some(c) => c.clone(),
+        None => only_cluster(&views)?,
+    };
+    let v = views
+        .iter()
+        .find(|v| v.cluster == name)
+        .ok_or_else(|| anyhow::anyhow!("no cluster named {name}"))?;
+    let mut shown = 0;
+    for h in v
+        .hosts
+        .iter()
+        .filter(|h| args.host.as_ref().is_none_or(|x| *x == h.ip))
+    {
+        for s in h
+            .steps
+            .iter()
+            .filter(|s| args.step.as_ref().is_none_or(|x| *x == s.step))
+        {
+            shown += 1;
+            let detail = match &s.state {
+                StepState::Done {
+                    summary,
+                    elapsed_ms,
+                } => {
+                    format!("done in {:.1} s: {summary}", *elapsed_ms as f64 / 1000.0)
+                }
+                StepState::Running { attempt } => format!("running (attempt {attempt})"),
+                StepState::Failed { .. } => "failed".into(),
+                other => other.label().into(),
+            };
+            println!("{} {}: {detail}", h.ip, s.step);
+            for l in s.log_tail.lines() {
+                println!("    {l}");
+            }
+        }
+    }
+    if shown == 0 {
+        anyhow::bail!("no step logs match");
+    }
+    Ok(())
+}
+
+/// `seaport audit`.
+pub fn audit(root: &Path, args: AuditArgs) -> anyhow::Result<()> {
+    let entries = runtime()?.block_on(async {
+        let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
+        let resp = client
+            .request(&AdminRequest::Audit { limit: args.limit })
+            .await;
+        client.close().await;
+        match resp.context("reading the audit log")? {
+            AdminResponse::Audit(a) => Ok(a),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    for e in &entries {
+        let at = time::OffsetDateTime::from_unix_timestamp(e.at)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| e.at.to_string());
+        println!("{:>5} {at} {} | {} | {}", e.seq, e.who, e.what, e.result);
+    }
+    Ok(())
+}
+
 /// `seaport status`.
 pub fn status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
+    if args.drift {
+        return drift(root, &args);
+    }
     let views = runtime()?.block_on(async {
         let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
         let v = clusters(&client).await;
@@ -173,6 +518,38 @@ pub fn status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
 
 /// `seaport delete`.
 pub fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
+    if !args.masters.is_empty() || !args.nodes.is_empty() {
+        let ips: Vec<String> = args.masters.iter().chain(&args.nodes).cloned().collect();
+        return runtime()?.block_on(async {
+            let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
+            let cluster = match &args.cluster {
+                Some(c) => c.clone(),
+                None => only_cluster(&clusters(&client).await?)?,
+            };
+            if !args.yes {
+                confirm_text(&format!(
+                    "Remove {} from cluster {cluster} (clean, reset, delete the nodes)?",
+                    ips.join(", ")
+                ))?;
+            }
+            let resp = client
+                .request(&AdminRequest::RemoveHosts {
+                    cluster: cluster.clone(),
+                    ips,
+                })
+                .await
+                .with_context(|| format!("removing hosts from cluster {cluster}"))?;
+            client.close().await;
+            let AdminResponse::RunAccepted {
+                cluster,
+                generation,
+            } = resp
+            else {
+                anyhow::bail!("unexpected answer from the coordinator: {resp:?}");
+            };
+            finish(root, args.coordinator.as_deref(), &cluster, generation).await
+        });
+    }
     runtime()?.block_on(async {
         let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
         let all = clusters(&client).await?;
@@ -221,19 +598,23 @@ pub fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
 }
 
 fn confirm(chosen: &[&ClusterView], prune: bool) -> anyhow::Result<()> {
-    if !std::io::stdin().is_terminal() {
-        anyhow::bail!("deleting needs confirmation: run it in a terminal or add --yes");
-    }
     let hosts: usize = chosen.iter().map(|v| v.hosts.len()).sum();
-    eprint!(
-        "Reset {} on {hosts} host(s){}? [y/N] ",
+    confirm_text(&format!(
+        "Reset {} on {hosts} host(s){}?",
         chosen
             .iter()
             .map(|v| v.cluster.as_str())
             .collect::<Vec<_>>()
             .join(", "),
         if prune { " and remove their data" } else { "" }
-    );
+    ))
+}
+
+fn confirm_text(question: &str) -> anyhow::Result<()> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("this needs confirmation: run it in a terminal or add --yes");
+    }
+    eprint!("{question} [y/N] ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;

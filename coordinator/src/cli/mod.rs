@@ -71,8 +71,16 @@ pub enum Command {
     Run(cluster::RunArgs),
     /// Clusters and how every host stands: phase, step, errors.
     Status(cluster::StatusArgs),
-    /// Undo a cluster's install on every host.
+    /// Undo a cluster's install on every host, or remove hosts (-m/-n) from it.
     Delete(cluster::DeleteArgs),
+    /// Converge a cluster to a Clusterfile: install, add or remove hosts, upgrade.
+    Apply(cluster::ApplyArgs),
+    /// Add hosts to a cluster.
+    Join(cluster::JoinArgs),
+    /// Step logs of a cluster's hosts.
+    Logs(cluster::LogsArgs),
+    /// The audit log: every operation asked of the coordinator.
+    Audit(cluster::AuditArgs),
     /// What a host runs to get its agent: cloud-init user-data or a shell one-liner.
     #[command(subcommand)]
     Bootstrap(bootstrap::BootstrapCommand),
@@ -116,5 +124,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => cluster::run(&root, args),
         Command::Status(args) => cluster::status(&root, args),
         Command::Delete(args) => cluster::delete(&root, args),
+        Command::Apply(args) => cluster::apply(&root, args),
+        Command::Join(args) => cluster::join(&root, args),
+        Command::Logs(args) => cluster::logs(&root, args),
+        Command::Audit(args) => cluster::audit(&root, args),
     }
 }

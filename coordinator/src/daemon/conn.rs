@@ -25,6 +25,7 @@ use seaport_shared::wire::{
 
 use super::{close, node_infos, now_unix, Shared};
 use crate::ca::{Ca, CaError};
+use crate::runs::Want;
 use crate::state::{Issued, StateError};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -442,14 +443,43 @@ async fn admin_request(shared: &Arc<Shared>, who: &str, req: AdminRequest) -> Ad
     // Runs are driven by tasks of this runtime, not a blocking thread.
     let req = match req {
         AdminRequest::Run(run) => {
-            let cluster = run.cluster.clone();
-            return match crate::runs::start_run(shared, who, run).await {
-                Ok(generation) => AdminResponse::RunAccepted {
-                    cluster,
-                    generation,
-                },
+            return accepted(crate::runs::start(shared, who, Want::Run(run)).await)
+        }
+        AdminRequest::Apply {
+            clusterfile,
+            dry_run: false,
+        } => {
+            return accepted(crate::runs::start(shared, who, Want::Clusterfile(clusterfile)).await)
+        }
+        AdminRequest::Apply {
+            clusterfile,
+            dry_run: true,
+        } => {
+            return match crate::runs::dry_run(shared, clusterfile).await {
+                Ok(p) => AdminResponse::Planned(p),
                 Err(reason) => refused(reason),
+            }
+        }
+        AdminRequest::Join {
+            cluster,
+            masters,
+            nodes,
+        } => {
+            let want = Want::Join {
+                cluster,
+                masters,
+                nodes,
             };
+            return accepted(crate::runs::start(shared, who, want).await);
+        }
+        AdminRequest::RemoveHosts { cluster, ips } => {
+            return accepted(crate::runs::start(shared, who, Want::Remove { cluster, ips }).await)
+        }
+        AdminRequest::Drift { cluster } => {
+            return match crate::runs::drift(shared, &cluster).await {
+                Ok(d) => AdminResponse::Drift(d),
+                Err(reason) => refused(reason),
+            }
         }
         AdminRequest::DeleteCluster { cluster, prune } => {
             return match crate::runs::start_delete(shared, who, cluster, prune).await {
@@ -508,7 +538,16 @@ async fn admin_request(shared: &Arc<Shared>, who: &str, req: AdminRequest) -> Ad
                 Ok(v) => AdminResponse::Clusters(v),
                 Err(reason) => AdminResponse::Refused { reason },
             }),
-            AdminRequest::Run(_) | AdminRequest::DeleteCluster { .. } => {
+            AdminRequest::Audit { limit } => Ok(match crate::runs::audit_views(&shared, limit) {
+                Ok(v) => AdminResponse::Audit(v),
+                Err(reason) => AdminResponse::Refused { reason },
+            }),
+            AdminRequest::Run(_)
+            | AdminRequest::DeleteCluster { .. }
+            | AdminRequest::Apply { .. }
+            | AdminRequest::Join { .. }
+            | AdminRequest::RemoveHosts { .. }
+            | AdminRequest::Drift { .. } => {
                 unreachable!("handled above")
             }
             AdminRequest::CreateToken { ttl_secs, uses } => {
@@ -524,6 +563,16 @@ async fn admin_request(shared: &Arc<Shared>, who: &str, req: AdminRequest) -> Ad
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => refused(e.to_string()),
         Err(e) => refused(format!("internal error: {e}")),
+    }
+}
+
+fn accepted(r: Result<(String, u64), String>) -> AdminResponse {
+    match r {
+        Ok((cluster, generation)) => AdminResponse::RunAccepted {
+            cluster,
+            generation,
+        },
+        Err(reason) => AdminResponse::Refused { reason },
     }
 }
 

@@ -1,0 +1,443 @@
+//! From what a cluster is to what it should be: the stages of one
+//! operation (install, scale up, scale down, upgrade), in order.
+//!
+//! The desired state is a [`Spec`]: the image, the hosts with their roles,
+//! env, labels and taints, the cluster env, and the Clusterfile it came
+//! from (its plugins, configs and kubeadm documents). [`stages`] compares it
+//! with the cluster's current hosts and image and returns the stages; the
+//! coordinator (`crate::runs`) stores them with the cluster and runs them
+//! one after another. Pure: no I/O.
+//!
+//! | operation | when | stages |
+//! | --- | --- | --- |
+//! | install | no cluster yet | fetch, install/start plugins, rootfs, image plugins, configs, runtime, registry, registry access, install/hosts-ready plugins, init, joins, cluster-ready plugins, labels and taints, launch, install/done plugins |
+//! | scale up | new hosts | the same for the new hosts, without init and registry |
+//! | scale down | hosts left the spec | clean plugins, `kubectl delete node`, reset, post-clean plugins, forget |
+//! | upgrade | a new image | fetch, upgrade-host plugins, the host steps again on the new image (not kubeadm), configs, upgrade plugins |
+//!
+//! Labels and taints are applied at the end of every operation (they are
+//! idempotent), so changing them in the Clusterfile and applying is enough.
+//! An apply that both changes the image and the hosts is refused: one
+//! operation at a time keeps each one resumable and its failure clear.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{self, HostRole, HostSpec, NodeRole, PlanInput};
+
+/// A host as the spec wants it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredHost {
+    pub ip: String,
+    pub role: HostRole,
+    /// Roles as written (plugins select on custom ones).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `kubectl taint` arguments (`key=value:Effect`, `key-`).
+    #[serde(default)]
+    pub taints: Vec<String>,
+}
+
+/// What a cluster should be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    pub image: String,
+    /// Masters first, in order (the first is master0), then workers.
+    pub hosts: Vec<DesiredHost>,
+    pub env: Vec<(String, String)>,
+    /// The Clusterfile text it came from, for plugins, configs and kubeadm
+    /// documents.
+    #[serde(default)]
+    pub clusterfile: Option<String>,
+}
+
+impl Spec {
+    pub fn ips(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| h.ip.clone()).collect()
+    }
+
+    pub fn master0(&self) -> Option<&DesiredHost> {
+        self.hosts.iter().find(|h| h.role == HostRole::Master)
+    }
+}
+
+/// Where an operation's plugins run (names of
+/// `crate::clusterfile::Operation` and `Stage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginPoint {
+    Start,
+    HostsReady,
+    ClusterReady,
+    Done,
+}
+
+/// The operation a set of stages performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    Install,
+    ScaleUp,
+    ScaleDown,
+    Uninstall,
+    Upgrade,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Install => "install",
+            Op::ScaleUp => "scale up",
+            Op::ScaleDown => "scale down",
+            Op::Uninstall => "uninstall",
+            Op::Upgrade => "upgrade",
+        }
+    }
+}
+
+/// What one stage does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Work {
+    /// The image to these hosts (layer distribution).
+    Fetch { hosts: Vec<String> },
+    /// Apply steps; `upgrade` moves hosts to a new image.
+    Apply {
+        tasks: Vec<plan::Task>,
+        #[serde(default)]
+        upgrade: bool,
+    },
+    /// The plugins of the Clusterfile and the image that fire here.
+    Plugins {
+        op: Op,
+        point: PluginPoint,
+        targets: Vec<String>,
+    },
+    /// Read the image's `plugins/*.yaml` from master0's rootfs.
+    ImagePlugins,
+    /// The Clusterfile's Config files into these hosts' rootfs.
+    Configs { hosts: Vec<String> },
+    /// Node labels and taints of these hosts, from master0.
+    LabelsTaints { hosts: Vec<String> },
+    /// `kubectl delete node` of these hosts, from master0.
+    DeleteNodes { hosts: Vec<String> },
+    /// Undo the install on these hosts.
+    Reset { hosts: Vec<String>, prune: bool },
+    /// Drop these hosts from the cluster.
+    Forget { hosts: Vec<String> },
+}
+
+/// A stage: a name for status, and its work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageSpec {
+    pub name: String,
+    pub work: Work,
+}
+
+impl StageSpec {
+    /// The hosts a stage touches (for a dry run's per-host view); master0
+    /// for the stages that act from it.
+    pub fn hosts(&self, master0: &str) -> Vec<String> {
+        match &self.work {
+            Work::Fetch { hosts }
+            | Work::Configs { hosts }
+            | Work::Reset { hosts, .. }
+            | Work::Forget { hosts } => hosts.clone(),
+            Work::Apply { tasks, .. } => tasks.iter().map(|t| t.host.clone()).collect(),
+            Work::Plugins { targets, .. } => targets.clone(),
+            Work::ImagePlugins | Work::LabelsTaints { .. } | Work::DeleteNodes { .. } => {
+                vec![master0.to_string()]
+            }
+        }
+    }
+}
+
+/// The cluster as it is, for planning.
+#[derive(Clone, Debug)]
+pub struct Current<'a> {
+    pub image_digest: &'a str,
+    pub hosts: Vec<(String, NodeRole)>,
+}
+
+/// Errors of planning an operation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConvergeError {
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error("the first master is {current}; it cannot change to {wanted} (it holds the cluster's CA and registry): delete the cluster to start over")]
+    Master0Changed { current: String, wanted: String },
+    #[error("this apply changes the image and the hosts at once: apply the new image with the same hosts first, then change the hosts")]
+    ImageAndHosts,
+    #[error(
+        "removing every host: use `seaport delete --all` (or --cluster) to delete the cluster"
+    )]
+    RemovesAll,
+}
+
+fn plan_input(cluster: &str, spec: &Spec, digest: &str, has_launch: bool) -> PlanInput {
+    PlanInput {
+        cluster: cluster.to_string(),
+        image: digest.to_string(),
+        hosts: spec
+            .hosts
+            .iter()
+            .map(|h| HostSpec {
+                ip: h.ip.clone(),
+                role: h.role,
+            })
+            .collect(),
+        registry_hosts: vec![],
+        has_launch,
+    }
+}
+
+fn plugins(op: Op, point: PluginPoint, targets: &[String]) -> StageSpec {
+    let point_name = match point {
+        PluginPoint::Start => "start",
+        PluginPoint::HostsReady => "hosts-ready",
+        PluginPoint::ClusterReady => "cluster-ready",
+        PluginPoint::Done => "done",
+    };
+    StageSpec {
+        name: format!("plugins:{}:{point_name}", op.name().replace(' ', "-")),
+        work: Work::Plugins {
+            op,
+            point,
+            targets: targets.to_vec(),
+        },
+    }
+}
+
+/// The stages that take the cluster from `current` (none: not installed)
+/// to `spec`. `digest` is the spec image's manifest digest.
+pub fn stages(
+    cluster: &str,
+    current: Option<&Current<'_>>,
+    spec: &Spec,
+    digest: &str,
+    has_launch: bool,
+) -> Result<Vec<StageSpec>, ConvergeError> {
+    let plan = plan::plan(&plan_input(cluster, spec, digest, has_launch))?;
+    let all = spec.ips();
+    let Some(current) = current.filter(|c| !c.hosts.is_empty()) else {
+        return Ok(install(plan, &all, Op::Install, &all));
+    };
+    let master0 = spec.master0().map(|h| h.ip.clone()).unwrap_or_default();
+    let current_master0 = current
+        .hosts
+        .iter()
+        .find(|(_, r)| *r == NodeRole::Master0)
+        .map(|(ip, _)| ip.clone())
+        .unwrap_or_default();
+    if master0 != current_master0 {
+        return Err(ConvergeError::Master0Changed {
+            current: current_master0,
+            wanted: master0,
+        });
+    }
+    let added: Vec<String> = all
+        .iter()
+        .filter(|ip| !current.hosts.iter().any(|(c, _)| c == *ip))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = current
+        .hosts
+        .iter()
+        .map(|(ip, _)| ip.clone())
+        .filter(|ip| !all.contains(ip))
+        .collect();
+    let image_changed = current.image_digest != digest;
+    if image_changed && (!added.is_empty() || !removed.is_empty()) {
+        return Err(ConvergeError::ImageAndHosts);
+    }
+    let labels = StageSpec {
+        name: "labels-taints".into(),
+        work: Work::LabelsTaints { hosts: all.clone() },
+    };
+    if image_changed {
+        let mut out = vec![
+            StageSpec {
+                name: "fetch".into(),
+                work: Work::Fetch { hosts: all.clone() },
+            },
+            plugins(Op::Upgrade, PluginPoint::Start, &all),
+        ];
+        for p in plan.phases {
+            if matches!(
+                p.name.as_str(),
+                "rootfs" | "runtime" | "registry" | "registry-access"
+            ) {
+                let name = p.name.clone();
+                out.push(StageSpec {
+                    name: format!("upgrade-{name}"),
+                    work: Work::Apply {
+                        tasks: p.tasks,
+                        upgrade: true,
+                    },
+                });
+                if name == "rootfs" {
+                    out.push(image_plugins());
+                    out.push(configs(&all));
+                }
+            }
+        }
+        out.push(labels);
+        out.push(plugins(Op::Upgrade, PluginPoint::Done, &all));
+        return Ok(out);
+    }
+    let mut out = Vec::new();
+    if !removed.is_empty() {
+        if removed.len() == current.hosts.len() {
+            return Err(ConvergeError::RemovesAll);
+        }
+        out.extend(scale_down(&removed));
+    }
+    if !added.is_empty() {
+        let mut plan = plan;
+        for p in &mut plan.phases {
+            p.tasks.retain(|t| added.contains(&t.host));
+        }
+        plan.phases
+            .retain(|p| !p.tasks.is_empty() && p.name != "registry" && p.name != "launch");
+        out.extend(install(plan, &added, Op::ScaleUp, &all));
+    } else if removed.is_empty() {
+        // Same hosts and image: every step again; agents skip what is done,
+        // so this checks every host and repairs what is missing.
+        return Ok(install(plan, &all, Op::Install, &all));
+    } else {
+        out.push(labels);
+    }
+    Ok(out)
+}
+
+fn image_plugins() -> StageSpec {
+    StageSpec {
+        name: "image-plugins".into(),
+        work: Work::ImagePlugins,
+    }
+}
+
+fn configs(hosts: &[String]) -> StageSpec {
+    StageSpec {
+        name: "configs".into(),
+        work: Work::Configs {
+            hosts: hosts.to_vec(),
+        },
+    }
+}
+
+/// Install (or scale-up) stages for `targets` from the plan's phases.
+fn install(plan: plan::Plan, targets: &[String], op: Op, all: &[String]) -> Vec<StageSpec> {
+    let mut out = vec![
+        StageSpec {
+            name: "fetch".into(),
+            work: Work::Fetch {
+                hosts: targets.to_vec(),
+            },
+        },
+        plugins(op, PluginPoint::Start, targets),
+    ];
+    let mut cluster_ready_done = false;
+    let last_join = plan
+        .phases
+        .iter()
+        .rposition(|p| p.name.starts_with("join-") || p.name == "init-master0");
+    for (i, p) in plan.phases.into_iter().enumerate() {
+        let name = p.name.clone();
+        let hosts_ready_done = out.iter().any(|s| {
+            matches!(
+                &s.work,
+                Work::Plugins {
+                    point: PluginPoint::HostsReady,
+                    ..
+                }
+            )
+        });
+        if is_kubeadm_phase(&name) && !hosts_ready_done {
+            out.push(plugins(op, PluginPoint::HostsReady, targets));
+        }
+        if name == "launch" && !cluster_ready_done {
+            out.push(plugins(op, PluginPoint::ClusterReady, targets));
+            out.push(labels_for(all));
+            cluster_ready_done = true;
+        }
+        out.push(StageSpec {
+            name: name.clone(),
+            work: Work::Apply {
+                tasks: p.tasks,
+                upgrade: false,
+            },
+        });
+        if name == "rootfs" {
+            out.push(image_plugins());
+            out.push(configs(targets));
+        }
+        if Some(i) == last_join && !cluster_ready_done {
+            out.push(plugins(op, PluginPoint::ClusterReady, targets));
+            out.push(labels_for(all));
+            cluster_ready_done = true;
+        }
+    }
+    out.push(plugins(op, PluginPoint::Done, targets));
+    out
+}
+
+fn is_kubeadm_phase(name: &str) -> bool {
+    name == "init-master0" || name.starts_with("join-")
+}
+
+fn labels_for(hosts: &[String]) -> StageSpec {
+    StageSpec {
+        name: "labels-taints".into(),
+        work: Work::LabelsTaints {
+            hosts: hosts.to_vec(),
+        },
+    }
+}
+
+/// Stages that remove `hosts` from a running cluster.
+pub fn scale_down(hosts: &[String]) -> Vec<StageSpec> {
+    vec![
+        plugins(Op::ScaleDown, PluginPoint::Start, hosts),
+        StageSpec {
+            name: "delete-nodes".into(),
+            work: Work::DeleteNodes {
+                hosts: hosts.to_vec(),
+            },
+        },
+        StageSpec {
+            name: "reset".into(),
+            work: Work::Reset {
+                hosts: hosts.to_vec(),
+                prune: true,
+            },
+        },
+        plugins(Op::ScaleDown, PluginPoint::Done, hosts),
+        StageSpec {
+            name: "forget".into(),
+            work: Work::Forget {
+                hosts: hosts.to_vec(),
+            },
+        },
+    ]
+}
+
+/// Stages that delete the whole cluster.
+pub fn uninstall(hosts: &[String], prune: bool) -> Vec<StageSpec> {
+    vec![
+        plugins(Op::Uninstall, PluginPoint::Start, hosts),
+        StageSpec {
+            name: "reset".into(),
+            work: Work::Reset {
+                hosts: hosts.to_vec(),
+                prune,
+            },
+        },
+        plugins(Op::Uninstall, PluginPoint::Done, hosts),
+    ]
+}
