@@ -129,6 +129,7 @@ pub fn run_apply(args: ApplyArgs, state_dir: PathBuf) -> anyhow::Result<()> {
             kubeadm: Duration::from_secs(args.kubeadm_timeout),
             ..Timeouts::default()
         },
+        upgrade: false,
     };
     let mut print = |e: &StepEvent| match e {
         StepEvent::Started { step, attempt } if *attempt > 1 => {

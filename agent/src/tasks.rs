@@ -229,6 +229,7 @@ fn apply_options(
         allow_devices: false,
         allow_setuid: false,
         timeouts: Timeouts::default(),
+        upgrade: task.upgrade,
     })
 }
 

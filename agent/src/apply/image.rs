@@ -187,6 +187,19 @@ impl LayoutImage {
     /// Unpacks the layers into `rootfs` unless it already holds this image.
     /// Returns false when it did.
     pub fn unpack_into(&self, rootfs: &Path, opts: &UnpackOptions) -> Result<bool, ImageError> {
+        self.unpack_replacing(rootfs, opts, None)
+    }
+
+    /// [`Self::unpack_into`], replacing a rootfs of another image atomically
+    /// (the new tree and the old one are exchanged in one rename). The old
+    /// tree is removed, or moved to `keep_old` when that is given and free
+    /// (something still uses it, e.g. the registry's bind mount).
+    pub fn unpack_replacing(
+        &self,
+        rootfs: &Path,
+        opts: &UnpackOptions,
+        keep_old: Option<&Path>,
+    ) -> Result<bool, ImageError> {
         let parent = rootfs.parent().expect("the rootfs has a parent");
         let marker = parent.join(ROOTFS_MARKER);
         if rootfs.is_dir()
@@ -246,14 +259,44 @@ impl LayoutImage {
             })?;
         }
         let _ = fs::remove_file(&marker);
-        if rootfs.exists() {
-            fs::remove_dir_all(rootfs).map_err(io("removing the old", rootfs))?;
-        }
         let kept = tmp.keep();
-        fs::rename(&kept, rootfs).map_err(io("renaming into place", rootfs))?;
+        if fs::symlink_metadata(rootfs).is_ok() {
+            exchange(&kept, rootfs).map_err(io("exchanging the new rootfs with", rootfs))?;
+            // `kept` now holds the old tree.
+            match keep_old {
+                Some(p) if fs::symlink_metadata(p).is_err() => {
+                    fs::rename(&kept, p).map_err(io("moving the old rootfs to", p))?
+                }
+                _ => fs::remove_dir_all(&kept).map_err(io("removing the old rootfs", &kept))?,
+            }
+        } else {
+            fs::rename(&kept, rootfs).map_err(io("renaming into place", rootfs))?;
+        }
         fs::write(&marker, format!("{}\n", self.digest)).map_err(io("writing", &marker))?;
         Ok(true)
     }
+}
+
+/// Swaps the trees at `a` and `b`: in one `renameat2(RENAME_EXCHANGE)` where
+/// the kernel and C library have it, else in three renames (a crash between
+/// them leaves the rootfs missing, and its removed marker makes the next run
+/// unpack again).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        match renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut aside = a.as_os_str().to_owned();
+    aside.push(".exchange");
+    let aside = PathBuf::from(aside);
+    fs::rename(b, &aside)?;
+    fs::rename(a, b)?;
+    fs::rename(&aside, a)
 }
 
 /// `blobs/sha256/<hex>` of a layout.
@@ -362,6 +405,38 @@ pub(crate) mod tests {
             b.append(&h, *data).unwrap();
         }
         b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn another_image_replaces_the_rootfs_and_the_old_tree_goes_or_is_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |n: &str, content: &[u8]| {
+            let layout = dir.path().join(n);
+            layout_with(&layout, n, &[tar_of(&[("etc/v", content, None)])], &[]);
+            LayoutImage::open(&layout, n).unwrap()
+        };
+        let (a, b, c) = (open("a", b"A"), open("b", b"B"), open("c", b"C"));
+        let rootfs = dir.path().join("data/x/rootfs");
+        let aside = dir.path().join("data/x/rootfs.previous");
+        let opts = UnpackOptions::default();
+        assert!(a.unpack_replacing(&rootfs, &opts, Some(&aside)).unwrap());
+        assert!(!aside.exists());
+        assert!(b.unpack_replacing(&rootfs, &opts, Some(&aside)).unwrap());
+        assert_eq!(fs::read(rootfs.join("etc/v")).unwrap(), b"B");
+        assert_eq!(fs::read(aside.join("etc/v")).unwrap(), b"A");
+        // The kept tree is still in use: the replaced one is removed instead.
+        assert!(c.unpack_replacing(&rootfs, &opts, Some(&aside)).unwrap());
+        assert_eq!(fs::read(rootfs.join("etc/v")).unwrap(), b"C");
+        assert_eq!(fs::read(aside.join("etc/v")).unwrap(), b"A");
+        assert!(a.unpack_into(&rootfs, &opts).unwrap());
+        assert_eq!(fs::read(rootfs.join("etc/v")).unwrap(), b"A");
+        let mut names: Vec<String> = fs::read_dir(dir.path().join("data/x"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["rootfs", "rootfs.image", "rootfs.previous"]);
     }
 
     #[test]

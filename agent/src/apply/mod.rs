@@ -216,6 +216,10 @@ pub struct ApplyOptions {
     pub allow_setuid: bool,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Move a cluster installed here from another image to this one: the
+    /// steps whose inputs changed run again (kubeadm never does). Without
+    /// it another image is refused.
+    pub upgrade: bool,
 }
 
 impl ApplyOptions {
@@ -306,12 +310,11 @@ pub fn apply(
         .open()
         .map_err(|e| ApplyError::Input(e.to_string()))?;
     let mut journal = Journal::open(&opts.state_dir, &opts.cluster)?;
-    if !journal.state().image.is_empty() && journal.state().image != img.digest.to_string() {
+    let installed = journal.state().image.clone();
+    if !installed.is_empty() && installed != img.digest.to_string() && !opts.upgrade {
         return Err(ApplyError::Input(format!(
-            "cluster {} is installed from image {} on this host; reset it first to install {}",
-            opts.cluster,
-            journal.state().image,
-            img.digest
+            "cluster {} is installed from image {installed} on this host; reset it first to install {}, or apply {} as an upgrade",
+            opts.cluster, img.digest, img.digest
         )));
     }
     let digest = img.digest.to_string();
@@ -400,7 +403,7 @@ pub fn apply(
             attempt,
         });
         let started = Instant::now();
-        let result = ctx.run_step(step, interrupted);
+        let result = ctx.run_step(step, interrupted, prev.is_some());
         let (status, message) = match &result {
             Ok(summary) => (StepStatus::Done, summary.clone()),
             Err(e) => (StepStatus::Failed, e.clone()),

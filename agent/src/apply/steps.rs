@@ -25,6 +25,8 @@ use super::{ApplyError, ApplyOptions, Role, DEFAULT_REGISTRY_DOMAIN, DEFAULT_REG
 pub(crate) const BIN_DIR: &str = "/usr/bin";
 pub(crate) const UNIT_DIR: &str = "/etc/systemd/system";
 pub(crate) const REGISTRY_UNIT: &str = "seaport-registry.service";
+/// Where a replaced rootfs waits while the registry still serves from it.
+const PREVIOUS_ROOTFS: &str = "rootfs.previous";
 const REGISTRY_BINARIES: &[&str] = &[
     "bin/registry",
     "bin/docker-registry",
@@ -44,6 +46,10 @@ pub(crate) struct Context<'a> {
     pub(crate) master0_ip: String,
     pub(crate) registry_domain: String,
     pub(crate) registry_port: String,
+    /// The step running now has run on this host before (an upgrade, new
+    /// env, or an interrupted or failed attempt): services it starts are
+    /// restarted so they pick up new binaries and configuration.
+    pub(crate) rerun: bool,
 }
 
 type StepResult = Result<String, String>;
@@ -118,6 +124,7 @@ impl<'a> Context<'a> {
             master0_ip,
             registry_domain,
             registry_port,
+            rerun: false,
         })
     }
 
@@ -142,7 +149,8 @@ impl<'a> Context<'a> {
         seaport_shared::digest::Digest::of(h.as_bytes()).hex()[..16].to_string()
     }
 
-    pub(crate) fn run_step(&mut self, step: &str, interrupted: bool) -> StepResult {
+    pub(crate) fn run_step(&mut self, step: &str, interrupted: bool, rerun: bool) -> StepResult {
+        self.rerun = rerun;
         match step {
             "rootfs" => self.step_rootfs(),
             "render" => self.step_render(),
@@ -176,7 +184,14 @@ impl<'a> Context<'a> {
             refuse_devices: !self.opts.allow_devices,
             refuse_setuid: !self.opts.allow_setuid,
         };
-        let did = self.img.unpack_into(&self.rootfs(), &opts).map_err(e2s)?;
+        // While the registry serves from the old tree (its bind mount), that
+        // tree is kept aside until the registry step mounts the new one.
+        let serving = self.fx.is_mounted(&dir.join("registry"));
+        let previous = dir.join(PREVIOUS_ROOTFS);
+        let did = self
+            .img
+            .unpack_replacing(&self.rootfs(), &opts, serving.then_some(previous.as_path()))
+            .map_err(e2s)?;
         Ok(if did {
             format!("{} layers unpacked", self.img.manifest.layers.len())
         } else {
@@ -287,17 +302,20 @@ impl<'a> Context<'a> {
         let fx = self.fx;
         let t = self.opts.timeouts.systemctl;
         let limit = self.opts.timeouts.service;
+        // Run again (an upgrade), containerd restarts onto its new binary
+        // and configuration; running containers keep running (their shims).
+        let verb = if self.rerun { "restart" } else { "start" };
         let started = self.files.tracked(&mut self.journal, "runtime-start", || {
             let out = fx
                 .run(&CommandSpec::new(
                     "systemctl",
-                    &["start", "containerd.service"],
+                    &[verb, "containerd.service"],
                     t,
                 ))
                 .map_err(e2s)?;
             if !out.success() {
                 return Err(format!(
-                    "systemctl start containerd.service exited with {:?}: {}",
+                    "systemctl {verb} containerd.service exited with {:?}: {}",
                     out.code,
                     out.last_lines(20)
                 ));
@@ -364,6 +382,10 @@ impl<'a> Context<'a> {
         fs::create_dir_all(&storage).map_err(|e| format!("creating {}: {e}", storage.display()))?;
         let mount = self.opts.cluster_dir().join("registry");
         fs::create_dir_all(&mount).map_err(|e| format!("creating {}: {e}", mount.display()))?;
+        // Mounted from a replaced rootfs (an upgrade): mount the new one.
+        if self.fx.is_mounted(&mount) && !same_dir(&mount, &storage) {
+            self.fx.unmount(&mount).map_err(e2s)?;
+        }
         if !self.fx.is_mounted(&mount) {
             let target = mount.to_string_lossy().into_owned();
             let known = self
@@ -407,6 +429,14 @@ impl<'a> Context<'a> {
         )?;
         self.systemctl_ok(&["daemon-reload"])?;
         self.enable_unit(REGISTRY_UNIT, true)?;
+        if self.rerun {
+            self.systemctl_ok(&["restart", REGISTRY_UNIT])?;
+        }
+        let previous = self.opts.cluster_dir().join(PREVIOUS_ROOTFS);
+        if previous.exists() {
+            fs::remove_dir_all(&previous)
+                .map_err(|e| format!("removing {}: {e}", previous.display()))?;
+        }
         let port = self.registry_port.clone();
         let waited =
             self.wait_until("the local registry (GET /v2/)", || registry_answers(&port))?;
@@ -545,6 +575,11 @@ impl<'a> Context<'a> {
         for u in &units {
             // kubeadm starts the kubelet; other units start now.
             self.enable_unit(u, u != "kubelet.service")?;
+            if self.rerun {
+                // New binaries and units: restart what runs (kubelet once
+                // kubeadm has started it), start nothing new.
+                self.systemctl_ok(&["try-restart", u])?;
+            }
         }
         Ok(format!(
             "binaries {}; units {}",
@@ -812,6 +847,15 @@ fn check(what: &str, out: &CommandOutput, timeout: Duration) -> Result<(), Strin
         )
     };
     Err(format!("{why}; last output:\n{}", out.last_lines(20)))
+}
+
+/// Whether two paths are the same directory (a bind mount and its source).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 fn is_executable(p: &Path) -> bool {

@@ -24,7 +24,8 @@ impl Effects for Host {
             fs::create_dir_all(r("etc/sysctl.d")).unwrap();
             fs::write(r("etc/sysctl.d/k8s.conf"), "net.ipv4.ip_forward = 1\n").unwrap();
             fs::write(r("etc/existing.conf"), "changed by the hook\n").unwrap();
-            fs::remove_file(r("etc/doomed.conf")).unwrap();
+            // Gone already when the hook runs again (an upgrade).
+            let _ = fs::remove_file(r("etc/doomed.conf"));
         }
         if cmd.program.ends_with("kubeadm") && cmd.args.first().is_some_and(|a| a == "join") {
             fs::create_dir_all(r("etc/kubernetes/pki")).unwrap();
@@ -86,18 +87,9 @@ fn fresh_host(opts: &ApplyOptions) -> Host {
     host
 }
 
-fn fixture() -> (tempfile::TempDir, ApplyOptions) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let host = d.join("host");
-    for p in ["etc", "usr/bin", "opt"] {
-        fs::create_dir_all(host.join(p)).unwrap();
-    }
-    fs::write(host.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
-    fs::write(host.join("etc/existing.conf"), "original\n").unwrap();
-    fs::write(host.join("etc/doomed.conf"), "doomed\n").unwrap();
-    fs::write(host.join("usr/bin/runc"), "old runc\n").unwrap();
-    let layer = tar_of(&[
+/// The test image's files, with `changed` ones replacing or added to them.
+fn image_layout(dir: &Path, name: &str, changed: &[(&str, &[u8])]) {
+    let mut files: Vec<(&str, &[u8], Option<&str>)> = vec![
         ("bin/kubeadm", b"#!/bin/sh\n", None),
         ("cri/runc", b"new runc\n", None),
         ("etc/containerd.toml", b"version = 2\n", None),
@@ -113,13 +105,26 @@ fn fixture() -> (tempfile::TempDir, ApplyOptions) {
             None,
         ),
         ("scripts/init.sh", b"echo init\n", None),
-    ]);
-    layout_with(
-        &d.join("layout"),
-        "docker.io/library/test:1",
-        &[layer],
-        &["pod_cidr=10.1.0.0/16"],
-    );
+    ];
+    for (path, bytes) in changed {
+        files.retain(|(p, _, _)| p != path);
+        files.push((path, bytes, None));
+    }
+    layout_with(dir, name, &[tar_of(&files)], &["pod_cidr=10.1.0.0/16"]);
+}
+
+fn fixture() -> (tempfile::TempDir, ApplyOptions) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let host = d.join("host");
+    for p in ["etc", "usr/bin", "opt"] {
+        fs::create_dir_all(host.join(p)).unwrap();
+    }
+    fs::write(host.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    fs::write(host.join("etc/existing.conf"), "original\n").unwrap();
+    fs::write(host.join("etc/doomed.conf"), "doomed\n").unwrap();
+    fs::write(host.join("usr/bin/runc"), "old runc\n").unwrap();
+    image_layout(&d.join("layout"), "docker.io/library/test:1", &[]);
     let opts = ApplyOptions {
         image: ImageSource::Layout {
             dir: d.join("layout"),
@@ -149,6 +154,7 @@ fn fixture() -> (tempfile::TempDir, ApplyOptions) {
         allow_devices: false,
         allow_setuid: false,
         timeouts: Timeouts::default(),
+        upgrade: false,
     };
     (dir, opts)
 }
@@ -360,4 +366,181 @@ fn phases_run_their_steps_only_and_in_order() {
     opts.only = None;
     let report = apply(&opts, &host, &mut |_| {}).unwrap();
     assert!(report.ran.is_empty(), "{:?}", report.ran);
+}
+
+#[test]
+fn an_upgrade_updates_what_changed_without_kubeadm_and_reset_still_restores_the_host() {
+    let (dir, opts) = fixture();
+    let host = fresh_host(&opts);
+    let before = listing(&opts.host_root);
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    let unit = opts.host_root.join("etc/systemd/system/kubelet.service");
+    assert_eq!(
+        fs::read_to_string(&unit).unwrap(),
+        "[Service]\nExecStart=/usr/bin/kubelet\n"
+    );
+
+    image_layout(
+        &dir.path().join("layout2"),
+        "docker.io/library/test:2",
+        &[(
+            "etc/kubelet.service",
+            b"[Service]\nExecStart=/usr/bin/kubelet --v=2\n",
+        )],
+    );
+    let mut up = opts.clone();
+    up.image = ImageSource::Layout {
+        dir: dir.path().join("layout2"),
+        name: "test:2".into(),
+    };
+    host.rec.clear();
+    let err = apply(&up, &host, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("reset it first") && err.contains("as an upgrade"),
+        "{err}"
+    );
+    assert!(host.rec.calls().is_empty(), "{:?}", host.rec.calls());
+
+    up.upgrade = true;
+    let mut events = Vec::new();
+    let report = apply(&up, &host, &mut |e| events.push(e.clone())).unwrap();
+    let mut expected = steps_for(Role::Node, false);
+    expected.retain(|s| *s != "kubeadm");
+    assert_eq!(report.ran, expected);
+    assert_eq!(report.skipped, ["kubeadm"]);
+    assert_eq!(
+        fs::read_to_string(&unit).unwrap(),
+        "[Service]\nExecStart=/usr/bin/kubelet --v=2\n"
+    );
+    assert!(opts.rootfs().join("etc/motd").is_file());
+    let calls = host.rec.calls();
+    assert!(!calls.iter().any(|c| c.contains("kubeadm")), "{calls:#?}");
+    for want in [
+        "run systemctl restart containerd.service",
+        "run systemctl try-restart kubelet.service",
+    ] {
+        assert!(calls.iter().any(|c| c == want), "{want} not in {calls:#?}");
+    }
+    let j = Journal::open(&opts.state_dir, "c1").unwrap();
+    assert_eq!(j.state().image, up.image.open().unwrap().digest.to_string());
+
+    // The same upgrade again: nothing to do.
+    host.rec.clear();
+    let again = apply(&up, &host, &mut |_| {}).unwrap();
+    assert!(again.ran.is_empty(), "{:?}", again.ran);
+    assert!(host.rec.calls().is_empty(), "{:#?}", host.rec.calls());
+
+    let r = reset(
+        &ResetOptions {
+            cluster: "c1".into(),
+            prune: true,
+            state_dir: opts.state_dir.clone(),
+            data_root: opts.data_root.clone(),
+            host_root: opts.host_root.clone(),
+            timeout: Duration::from_secs(5),
+        },
+        &host,
+    )
+    .unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(listing(&opts.host_root), before);
+    assert!(!opts.cluster_dir().exists());
+}
+
+/// A registry stand-in answering `GET /v2/` on a free local port.
+fn answering_registry() -> u16 {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    port
+}
+
+#[test]
+fn an_upgrade_of_the_registry_host_remounts_the_new_storage_and_restarts_the_registry() {
+    let (dir, mut opts) = fixture();
+    let port = answering_registry().to_string();
+    opts.role = Role::Master0;
+    opts.join_data = None;
+    opts.env = vec![("registry_port".into(), port)];
+    let files: &[(&str, &[u8])] = &[("bin/registry", b"#!/bin/sh\n")];
+    image_layout(
+        &dir.path().join("layout"),
+        "docker.io/library/test:1",
+        files,
+    );
+    opts.image = ImageSource::Layout {
+        dir: dir.path().join("layout"),
+        name: "test:1".into(),
+    };
+    let host = fresh_host(&opts);
+    let phase = |only: &[&str]| Some(only.iter().map(|s| s.to_string()).collect());
+    opts.only = phase(&["rootfs", "render", "runtime", "registry"]);
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    let mount = opts.cluster_dir().join("registry");
+    let storage = opts.rootfs().join("registry");
+    let mount_call = format!("mount {} {}", storage.display(), mount.display());
+    assert!(
+        host.rec.calls().contains(&mount_call),
+        "{:#?}",
+        host.rec.calls()
+    );
+
+    image_layout(
+        &dir.path().join("layout2"),
+        "docker.io/library/test:2",
+        &[("bin/registry", b"#!/bin/sh\n# v2\n")],
+    );
+    let mut up = opts.clone();
+    up.upgrade = true;
+    up.image = ImageSource::Layout {
+        dir: dir.path().join("layout2"),
+        name: "test:2".into(),
+    };
+    // The new rootfs is in place; the registry still serves from the old
+    // tree, kept aside.
+    up.only = phase(&["rootfs", "render"]);
+    apply(&up, &host, &mut |_| {}).unwrap();
+    let previous = opts.cluster_dir().join("rootfs.previous");
+    assert!(previous.join("bin/registry").is_file());
+    assert_eq!(
+        fs::read_to_string(opts.rootfs().join("bin/registry")).unwrap(),
+        "#!/bin/sh\n# v2\n"
+    );
+
+    host.rec.clear();
+    up.only = phase(&["runtime", "registry"]);
+    apply(&up, &host, &mut |_| {}).unwrap();
+    let calls = host.rec.calls();
+    let at = |want: &str| {
+        calls
+            .iter()
+            .position(|c| c == want)
+            .unwrap_or_else(|| panic!("{want} not in {calls:#?}"))
+    };
+    let umount = at(&format!("umount {}", mount.display()));
+    let mount_again = at(&mount_call);
+    let restart = at("run systemctl restart seaport-registry.service");
+    assert!(umount < mount_again && mount_again < restart, "{calls:#?}");
+    assert!(host.rec.is_mounted(&mount));
+    assert!(!previous.exists());
+
+    let r = reset(
+        &ResetOptions {
+            cluster: "c1".into(),
+            prune: true,
+            state_dir: opts.state_dir.clone(),
+            data_root: opts.data_root.clone(),
+            host_root: opts.host_root.clone(),
+            timeout: Duration::from_secs(5),
+        },
+        &host,
+    )
+    .unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert!(!host.rec.is_mounted(&mount));
 }
