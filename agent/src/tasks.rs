@@ -1,4 +1,6 @@
-//! Work the coordinator gives this host: install steps and resets.
+//! Work the coordinator gives this host: install and upgrade steps, resets,
+//! shell steps (plugins), reading and writing files of a cluster's rootfs,
+//! and drift checks.
 //!
 //! The coordinator opens a `Task` stream on the agent's own session (the
 //! connection the agent made and verified against the CA pin), sends one
@@ -18,8 +20,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::wire::{
-    self, ApplyTask, ReadFilesTask, ResetTask, ShellTask, StepState, StreamKind, TaskEvent,
-    TaskRequest, WriteFilesTask, TASK_FRAME_LIMIT,
+    self, ApplyTask, DriftTask, ReadFilesTask, ResetTask, ShellTask, StepState, StreamKind,
+    TaskEvent, TaskRequest, WriteFilesTask, TASK_FRAME_LIMIT,
 };
 
 use crate::apply::{
@@ -105,13 +107,7 @@ async fn handle(
             TaskRequest::ReadFiles(task) => run_read_files(task, settings, tx).await,
             TaskRequest::WriteFiles(task) => run_write_files(task, settings, tx).await,
             TaskRequest::Shell(task) => run_shell(task, settings, tx).await,
-            other => {
-                let _ = tx.send(TaskEvent::Finished {
-                    ok: false,
-                    error: Some(format!("this agent does not run {other:?} yet")),
-                    join_data: None,
-                });
-            }
+            TaskRequest::Drift(task) => run_drift(task, settings, tx).await,
         }
     });
     // Forward events while the coordinator listens; the work goes on when
@@ -396,4 +392,29 @@ async fn run_shell(task: ShellTask, settings: TaskSettings, tx: mpsc::UnboundedS
         error,
         join_data: None,
     });
+}
+
+async fn run_drift(task: DriftTask, settings: TaskSettings, tx: mpsc::UnboundedSender<TaskEvent>) {
+    info!(cluster = %task.cluster, "drift task");
+    let result = tokio::task::spawn_blocking(move || {
+        apply::drift(&settings.state_dir, Path::new("/"), &task.cluster)
+    })
+    .await;
+    let failed = |error: String| TaskEvent::Drift {
+        modified: vec![],
+        missing: vec![],
+        checked: 0,
+        error: Some(error),
+    };
+    let event = match result {
+        Ok(Ok(r)) => TaskEvent::Drift {
+            modified: r.modified,
+            missing: r.missing,
+            checked: r.checked,
+            error: None,
+        },
+        Ok(Err(e)) => failed(e.to_string()),
+        Err(e) => failed(format!("the drift task failed: {e}")),
+    };
+    let _ = tx.send(event);
 }

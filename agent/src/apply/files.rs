@@ -129,6 +129,7 @@ impl HostFiles {
                 && m.permissions().mode() & 0o7777 == mode
                 && fs::read(&path).ok().as_deref() == Some(bytes)
             {
+                note_installed(j, abs, bytes)?;
                 return Ok(false);
             }
         }
@@ -160,6 +161,7 @@ impl HostFiles {
             }
         }
         write_atomic(&path, bytes, mode)?;
+        note_installed(j, abs, bytes)?;
         Ok(true)
     }
 
@@ -191,6 +193,9 @@ impl HostFiles {
             .map(|m| m.permissions().mode() & 0o7777)
             .unwrap_or(0o644);
         write_atomic(&path, new.as_bytes(), mode)?;
+        if j.state().installed.contains_key(abs) {
+            note_installed(j, abs, new.as_bytes())?;
+        }
         Ok(true)
     }
 
@@ -401,6 +406,17 @@ impl HostFiles {
         }
         warnings
     }
+}
+
+/// Journals the sha256 of what the engine wrote at `abs` (for drift checks).
+fn note_installed(j: &mut Journal, abs: &str, bytes: &[u8]) -> Result<(), JournalError> {
+    let sha = seaport_shared::digest::Digest::of(bytes).hex();
+    if j.state().installed.get(abs) == Some(&sha) {
+        return Ok(());
+    }
+    j.update(|s| {
+        s.installed.insert(abs.to_string(), sha);
+    })
 }
 
 fn under(abs: &str, tree: &str) -> bool {

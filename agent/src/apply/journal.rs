@@ -148,6 +148,11 @@ pub struct JournalState {
     pub changes: Vec<Change>,
     /// Counter for backup file names.
     pub next_backup: u64,
+    /// The sha256 (hex) of every file the engine itself wrote outside its
+    /// own directories, as it wrote it (hooks' files are not here: the
+    /// user owns those). A drift check compares the host with it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub installed: BTreeMap<String, String>,
 }
 
 /// The journal of one cluster.

@@ -24,6 +24,7 @@
 //!
 //! # Layout
 //!
+//! - [`drift`]: the host's files against what the install wrote.
 //! - [`effects`]: commands and mounts behind a trait (real and recording).
 //! - [`journal`]: steps and changes on disk.
 //! - [`files`]: journaled file changes, tracked hooks, restore.
@@ -34,6 +35,7 @@
 //!   the coordinator.
 //! - [`shell`]: shell steps (plugins, commands) on an installed host.
 
+pub mod drift;
 pub mod effects;
 pub mod files;
 pub mod image;
@@ -50,6 +52,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use drift::{drift, DriftReport};
 pub use effects::{CommandOutput, CommandSpec, Effects, RecordingEffects, SystemEffects};
 pub use journal::{Change, Journal, StepStatus};
 pub use reset::{reset, ResetOptions, ResetReport};

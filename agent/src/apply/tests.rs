@@ -544,3 +544,61 @@ fn an_upgrade_of_the_registry_host_remounts_the_new_storage_and_restarts_the_reg
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     assert!(!host.rec.is_mounted(&mount));
 }
+
+#[test]
+fn drift_names_installed_files_that_were_modified_or_removed_but_not_hook_files() {
+    let (_dir, opts) = fixture();
+    let host = fresh_host(&opts);
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    let clean = drift(&opts.state_dir, &opts.host_root, "c1").unwrap();
+    assert!(
+        clean.modified.is_empty() && clean.missing.is_empty(),
+        "{clean:?}"
+    );
+    let j = Journal::open(&opts.state_dir, "c1").unwrap();
+    for p in [
+        "/usr/bin/runc",
+        "/usr/bin/kubeadm",
+        "/etc/containerd/config.toml",
+        "/etc/systemd/system/kubelet.service",
+        "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf",
+        "/etc/containerd/certs.d/docker.io/hosts.toml",
+    ] {
+        assert!(j.state().installed.contains_key(p), "{p} not recorded");
+    }
+    // Files hooks wrote are the user's.
+    assert!(!j.state().installed.contains_key("/etc/sysctl.d/k8s.conf"));
+    // Every recorded file, and /etc/hosts for its lines.
+    assert_eq!(clean.checked, j.state().installed.len() as u64 + 1);
+
+    let h = |p: &str| opts.host_root.join(p);
+    fs::write(h("etc/containerd/config.toml"), "version = 3\n").unwrap();
+    fs::remove_file(h("usr/bin/kubeadm")).unwrap();
+    fs::write(h("etc/sysctl.d/k8s.conf"), "tuned by hand\n").unwrap();
+    fs::write(h("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    let r = drift(&opts.state_dir, &opts.host_root, "c1").unwrap();
+    assert_eq!(r.modified, ["/etc/containerd/config.toml", "/etc/hosts"]);
+    assert_eq!(r.missing, ["/usr/bin/kubeadm"]);
+    assert_eq!(r.checked, clean.checked);
+
+    let err = drift(&opts.state_dir, &opts.host_root, "c2")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cluster c2 is not installed"), "{err}");
+}
+
+#[test]
+fn a_journal_written_before_drift_checks_existed_still_reads() {
+    let (_dir, opts) = fixture();
+    let dir = Journal::dir_for(&opts.state_dir, "c1");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("journal.json"),
+        r#"{"cluster":"c1","image":"sha256:00","roles":["node"],"steps":{},"changes":[],"next_backup":0}"#,
+    )
+    .unwrap();
+    let j = Journal::open(&opts.state_dir, "c1").unwrap();
+    assert!(j.state().installed.is_empty());
+    let r = drift(&opts.state_dir, &opts.host_root, "c1").unwrap();
+    assert_eq!(r, DriftReport::default());
+}
