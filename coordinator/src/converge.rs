@@ -10,7 +10,7 @@
 //!
 //! | operation | when | stages |
 //! | --- | --- | --- |
-//! | install | no cluster yet | fetch, install/start plugins, rootfs, image plugins, configs, runtime, registry, registry access, install/hosts-ready plugins, init, joins, cluster-ready plugins, labels and taints, launch, install/done plugins |
+//! | install | no cluster yet | fetch, rootfs, image plugins, install/start plugins, configs, runtime, registry, registry access, install/hosts-ready plugins, init, joins, cluster-ready plugins, labels and taints, launch, install/done plugins |
 //! | scale up | new hosts | the same for the new hosts, without init and registry |
 //! | scale down | hosts left the spec | clean plugins, `kubectl delete node`, reset, post-clean plugins, forget |
 //! | upgrade | a new image | fetch, upgrade-host plugins, the host steps again on the new image (not kubeadm), configs, upgrade plugins |
@@ -333,15 +333,12 @@ fn configs(hosts: &[String]) -> StageSpec {
 
 /// Install (or scale-up) stages for `targets` from the plan's phases.
 fn install(plan: plan::Plan, targets: &[String], op: Op, all: &[String]) -> Vec<StageSpec> {
-    let mut out = vec![
-        StageSpec {
-            name: "fetch".into(),
-            work: Work::Fetch {
-                hosts: targets.to_vec(),
-            },
+    let mut out = vec![StageSpec {
+        name: "fetch".into(),
+        work: Work::Fetch {
+            hosts: targets.to_vec(),
         },
-        plugins(op, PluginPoint::Start, targets),
-    ];
+    }];
     let mut cluster_ready_done = false;
     let last_join = plan
         .phases
@@ -374,7 +371,10 @@ fn install(plan: plan::Plan, targets: &[String], op: Op, all: &[String]) -> Vec<
             },
         });
         if name == "rootfs" {
+            // The start plugins run once the rootfs is on the hosts: they
+            // start in it and are journaled with the install.
             out.push(image_plugins());
+            out.push(plugins(op, PluginPoint::Start, targets));
             out.push(configs(targets));
         }
         if Some(i) == last_join && !cluster_ready_done {
@@ -440,4 +440,149 @@ pub fn uninstall(hosts: &[String], prune: bool) -> Vec<StageSpec> {
         },
         plugins(Op::Uninstall, PluginPoint::Done, hosts),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(masters: &[&str], nodes: &[&str], image: &str) -> Spec {
+        let host = |ip: &&str, role| DesiredHost {
+            ip: ip.to_string(),
+            role,
+            roles: vec![],
+            env: vec![],
+            labels: BTreeMap::new(),
+            taints: vec![],
+        };
+        Spec {
+            image: image.into(),
+            hosts: masters
+                .iter()
+                .map(|ip| host(ip, HostRole::Master))
+                .chain(nodes.iter().map(|ip| host(ip, HostRole::Node)))
+                .collect(),
+            env: vec![],
+            clusterfile: None,
+        }
+    }
+
+    fn names(s: &[StageSpec]) -> Vec<&str> {
+        s.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn an_install_runs_sealers_order_with_plugins_between() {
+        let s = stages(
+            "c",
+            None,
+            &spec(&["10.0.0.1"], &["10.0.0.2"], "i"),
+            "d1",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            names(&s),
+            [
+                "fetch",
+                "rootfs",
+                "image-plugins",
+                "plugins:install:start",
+                "configs",
+                "runtime",
+                "registry",
+                "registry-access",
+                "plugins:install:hosts-ready",
+                "init-master0",
+                "join-nodes",
+                "plugins:install:cluster-ready",
+                "labels-taints",
+                "plugins:install:done",
+            ]
+        );
+    }
+
+    #[test]
+    fn new_hosts_scale_up_leaving_hosts_scale_down_and_a_new_image_upgrades() {
+        let current = Current {
+            image_digest: "d1",
+            hosts: vec![
+                ("10.0.0.1".into(), NodeRole::Master0),
+                ("10.0.0.2".into(), NodeRole::Node),
+            ],
+        };
+        let up = stages(
+            "c",
+            Some(&current),
+            &spec(&["10.0.0.1"], &["10.0.0.2", "10.0.0.3"], "i"),
+            "d1",
+            false,
+        )
+        .unwrap();
+        assert!(!names(&up).contains(&"init-master0") && !names(&up).contains(&"registry"));
+        for s in &up {
+            if let Work::Apply { tasks, .. } = &s.work {
+                assert!(tasks.iter().all(|t| t.host == "10.0.0.3"), "{s:?}");
+            }
+        }
+        assert!(names(&up).contains(&"join-nodes"));
+
+        let down = stages(
+            "c",
+            Some(&current),
+            &spec(&["10.0.0.1"], &[], "i"),
+            "d1",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            names(&down),
+            [
+                "plugins:scale-down:start",
+                "delete-nodes",
+                "reset",
+                "plugins:scale-down:done",
+                "forget",
+                "labels-taints"
+            ]
+        );
+
+        let upgrade = stages(
+            "c",
+            Some(&current),
+            &spec(&["10.0.0.1"], &["10.0.0.2"], "i2"),
+            "d2",
+            false,
+        )
+        .unwrap();
+        assert!(upgrade.iter().all(|s| !matches!(
+            &s.work,
+            Work::Apply { tasks, .. } if tasks.iter().any(|t| t.steps.iter().any(|x| x == "kubeadm"))
+        )));
+        assert!(upgrade
+            .iter()
+            .any(|s| matches!(&s.work, Work::Apply { upgrade: true, .. })));
+
+        assert_eq!(
+            stages(
+                "c",
+                Some(&current),
+                &spec(&["10.0.0.1"], &["10.0.0.3"], "i2"),
+                "d2",
+                false
+            )
+            .unwrap_err(),
+            ConvergeError::ImageAndHosts
+        );
+        assert!(matches!(
+            stages(
+                "c",
+                Some(&current),
+                &spec(&["10.0.0.9"], &["10.0.0.2"], "i"),
+                "d1",
+                false
+            ),
+            Err(ConvergeError::Master0Changed { .. })
+        ));
+    }
 }
