@@ -137,7 +137,9 @@ fn resolve_inside(
 }
 
 /// Reads `paths` and the `*.yaml`/`*.yml` files directly in each of `dirs`
-/// (a missing directory has none), in that order, each once. A missing
+/// (a missing directory has none), in that order, each once. A file asked
+/// for by path is answered under that path as given; one found in a
+/// directory under `DIR/NAME` (the directory's path normalized). A missing
 /// file is `None`. More than [`READ_ANSWER_LIMIT`] bytes in all is an error.
 pub fn read_files(
     data_root: &Path,
@@ -147,7 +149,8 @@ pub fn read_files(
 ) -> Result<Vec<FileAnswer>, RootfsFilesError> {
     let rootfs = rootfs_of(data_root, cluster)?;
     let canon_root = fs::canonicalize(&rootfs).map_err(io("resolving", &rootfs))?;
-    let mut wanted: Vec<String> = Vec::new();
+    // (answered as, relative path)
+    let mut wanted: Vec<(String, PathBuf)> = Vec::new();
     for p in paths {
         let Some(rel) = relative(p)? else {
             return Err(RootfsFilesError::Refused {
@@ -155,7 +158,7 @@ pub fn read_files(
                 reason: "it names the rootfs itself, not a file".into(),
             });
         };
-        wanted.push(rel.to_string_lossy().into_owned());
+        wanted.push((p.clone(), rel));
     }
     for d in dirs {
         let rel = relative(d)?.unwrap_or_default();
@@ -177,16 +180,19 @@ pub fn read_files(
             .collect();
         names.sort();
         for n in names {
-            wanted.push(rel.join(n).to_string_lossy().into_owned());
+            let r = rel.join(n);
+            wanted.push((r.to_string_lossy().into_owned(), r));
         }
     }
     let mut out: Vec<FileAnswer> = Vec::new();
+    let mut seen: Vec<PathBuf> = Vec::new();
     let mut total = 0u64;
-    for rel in wanted {
-        if out.iter().any(|(p, _)| *p == rel) {
+    for (rel, path) in wanted {
+        if seen.contains(&path) {
             continue;
         }
-        let Some(file) = resolve_inside(&canon_root, &rootfs.join(&rel), &rel)? else {
+        seen.push(path.clone());
+        let Some(file) = resolve_inside(&canon_root, &rootfs.join(&path), &rel)? else {
             out.push((rel, None));
             continue;
         };
@@ -323,7 +329,7 @@ mod tests {
             &data(&dir),
             "c1",
             &["etc/kubeadm.yml".into(), "./etc/missing.yaml".into()],
-            &["manifests".into(), "plugins".into()],
+            &["manifests/".into(), "plugins".into(), "etc".into()],
         )
         .unwrap();
         let names: Vec<(&str, Option<&[u8]>)> = got
@@ -337,7 +343,7 @@ mod tests {
                     "etc/kubeadm.yml",
                     Some(&b"kind: ClusterConfiguration\n"[..])
                 ),
-                ("etc/missing.yaml", None),
+                ("./etc/missing.yaml", None),
                 ("manifests/a.yaml", Some(&b"a: 1\n"[..])),
                 ("manifests/b.yml", Some(&b"b: 2\n"[..])),
             ]
