@@ -236,6 +236,17 @@ impl HostFiles {
         let out = f();
         let after = self.snapshot();
         for (abs, st) in &after {
+            // A hook that rewrites a file the engine installed (an image's
+            // containerd.sh writing its own hosts.toml) leaves the file as
+            // the install made it: drift is measured from the hook's bytes.
+            if st.kind == 'f'
+                && j.state().installed.contains_key(abs)
+                && before.get(abs).is_none_or(|old| changed(old, st))
+            {
+                let p = self.host(abs);
+                let bytes = fs::read(&p).map_err(io("reading", &p))?;
+                note_installed(j, abs, &bytes)?;
+            }
             if j.knows_path(abs) {
                 continue;
             }

@@ -24,6 +24,12 @@ impl Effects for Host {
             fs::create_dir_all(r("etc/sysctl.d")).unwrap();
             fs::write(r("etc/sysctl.d/k8s.conf"), "net.ipv4.ip_forward = 1\n").unwrap();
             fs::write(r("etc/existing.conf"), "changed by the hook\n").unwrap();
+            // An image's script rewriting a file the engine installed (the
+            // base image's containerd.sh writes its own hosts.toml).
+            let mirror = r("etc/containerd/certs.d/sea.hub:5000/hosts.toml");
+            if mirror.is_file() {
+                fs::write(mirror, "server = \"rewritten by the image\"\n").unwrap();
+            }
             // Gone already when the hook runs again (an upgrade).
             let _ = fs::remove_file(r("etc/doomed.conf"));
         }
