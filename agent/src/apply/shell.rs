@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::effects::{CommandSpec, Effects};
+use super::effects::{CommandOutput, CommandSpec, Effects};
 use super::files::HostFiles;
 use super::journal::{Journal, StepRecord, StepStatus};
 use super::{ApplyError, Role, StepEvent};
@@ -92,7 +92,61 @@ fn check_step_name(step: &str) -> Result<(), ApplyError> {
     Ok(())
 }
 
-/// Runs a shell step on a host where `opts.cluster` is installed.
+/// The output tail of a command that succeeded, or why it did not.
+fn judge(step: &str, timeout: Duration, out: &CommandOutput) -> Result<String, String> {
+    if out.success() {
+        Ok(out.last_lines(20))
+    } else if out.timed_out {
+        Err(format!(
+            "{step} timed out after {} s; last output:\n{}",
+            timeout.as_secs(),
+            out.last_lines(20)
+        ))
+    } else {
+        Err(format!(
+            "{step} exited with {}; last output:\n{}",
+            out.code.map_or("a signal".to_string(), |c| c.to_string()),
+            out.last_lines(20)
+        ))
+    }
+}
+
+/// Reports the end of a shell step.
+fn finish(
+    step: String,
+    result: Result<String, String>,
+    started: Instant,
+    progress: &mut dyn FnMut(&StepEvent),
+) -> Result<ShellReport, ApplyError> {
+    match result {
+        Ok(output) => {
+            let summary = if output.is_empty() {
+                "exited with 0".to_string()
+            } else {
+                format!("exited with 0; last output:\n{output}")
+            };
+            progress(&StepEvent::Done {
+                step,
+                summary,
+                elapsed: started.elapsed(),
+            });
+            Ok(ShellReport { ran: true, output })
+        }
+        Err(error) => {
+            progress(&StepEvent::Failed {
+                step: step.clone(),
+                error: error.clone(),
+            });
+            Err(ApplyError::Step {
+                step,
+                reason: error,
+            })
+        }
+    }
+}
+
+/// Runs a shell step. Where `opts.cluster` is installed it runs in the
+/// rootfs, journaled and tracked; elsewhere in `/`, untracked.
 /// `progress` sees its events (started, skipped, done, failed).
 pub fn run_shell(
     opts: &ShellOptions,
@@ -103,10 +157,23 @@ pub fn run_shell(
     check_step_name(&opts.step)?;
     let rootfs = opts.data_root.join(&opts.cluster).join("rootfs");
     if !Journal::exists(&opts.state_dir, &opts.cluster) || !rootfs.is_dir() {
-        return Err(ApplyError::Input(format!(
-            "cluster {} is not installed on this host (no journal or no rootfs); install it before running {}",
-            opts.cluster, opts.step
-        )));
+        // The clean phases after a reset (or a host the cluster is gone
+        // from): nothing to journal against, so the script runs in `/`,
+        // untracked, every time.
+        let step = opts.step.clone();
+        progress(&StepEvent::Started {
+            step: step.clone(),
+            attempt: 1,
+        });
+        let started = Instant::now();
+        let mut spec = CommandSpec::new("bash", &["-c", opts.script.as_str()], opts.timeout);
+        spec.cwd = Some(opts.host_root.clone());
+        spec.env = step_env(opts, "", &rootfs);
+        let result = fx
+            .run(&spec)
+            .map_err(|e| e.to_string())
+            .and_then(|out| judge(&step, opts.timeout, &out));
+        return finish(step, result, started, progress);
     }
     let mut journal = Journal::open(&opts.state_dir, &opts.cluster)?;
     let role = journal.state().roles.first().cloned().unwrap_or_default();
@@ -160,23 +227,7 @@ pub fn run_shell(
         .tracked(&mut journal, &key, || fx.run(&spec))
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()))
-        .and_then(|out| {
-            if out.success() {
-                Ok(out.last_lines(20))
-            } else if out.timed_out {
-                Err(format!(
-                    "{step} timed out after {} s; last output:\n{}",
-                    opts.timeout.as_secs(),
-                    out.last_lines(20)
-                ))
-            } else {
-                Err(format!(
-                    "{step} exited with {}; last output:\n{}",
-                    out.code.map_or("a signal".to_string(), |c| c.to_string()),
-                    out.last_lines(20)
-                ))
-            }
-        });
+        .and_then(|out| judge(&step, opts.timeout, &out));
     let (status, message) = match &result {
         Ok(_) => (StepStatus::Done, "exited with 0".to_string()),
         Err(e) => (StepStatus::Failed, e.clone()),
@@ -187,31 +238,7 @@ pub fn run_shell(
             r.message = message;
         }
     })?;
-    match result {
-        Ok(output) => {
-            let summary = if output.is_empty() {
-                "exited with 0".to_string()
-            } else {
-                format!("exited with 0; last output:\n{output}")
-            };
-            progress(&StepEvent::Done {
-                step,
-                summary,
-                elapsed: started.elapsed(),
-            });
-            Ok(ShellReport { ran: true, output })
-        }
-        Err(error) => {
-            progress(&StepEvent::Failed {
-                step: step.clone(),
-                error: error.clone(),
-            });
-            Err(ApplyError::Step {
-                step,
-                reason: error,
-            })
-        }
-    }
+    finish(step, result, started, progress)
 }
 
 #[cfg(test)]
@@ -443,19 +470,9 @@ mod tests {
     }
 
     #[test]
-    fn a_host_without_the_cluster_or_a_step_named_like_an_install_step_is_refused() {
+    fn on_a_host_without_the_cluster_it_runs_in_the_root_untracked_and_install_step_names_are_refused(
+    ) {
         let (_dir, opts, host) = installed();
-        let other = ShellOptions {
-            cluster: "c2".into(),
-            ..opts.clone()
-        };
-        let err = run_shell(&other, &host, &mut |_| {})
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("cluster c2 is not installed on this host"),
-            "{err}"
-        );
         let named = ShellOptions {
             step: "kubeadm".into(),
             ..opts.clone()
@@ -465,6 +482,25 @@ mod tests {
             .to_string();
         assert!(err.contains("name of an install step"), "{err}");
         assert!(host.rec.calls().is_empty(), "{:?}", host.rec.calls());
-        assert!(!Journal::exists(&opts.state_dir, "c2"));
+
+        // A post-clean plugin after the reset: no journal, no rootfs.
+        let other = ShellOptions {
+            cluster: "c2".into(),
+            ..opts.clone()
+        };
+        let mut events = Vec::new();
+        run_shell(&other, &host, &mut |e| events.push(e.clone())).unwrap();
+        assert_eq!(bash_calls(&host), 1);
+        assert!(
+            matches!(events.last(), Some(StepEvent::Done { .. })),
+            "{events:?}"
+        );
+        assert!(
+            !Journal::exists(&opts.state_dir, "c2"),
+            "a journal was made"
+        );
+        // Not journaled, so it runs every time.
+        run_shell(&other, &host, &mut |_| {}).unwrap();
+        assert_eq!(bash_calls(&host), 2);
     }
 }
