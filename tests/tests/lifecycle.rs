@@ -294,10 +294,10 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     let (mut coordinator, _nodes) =
         runs::enroll_all(&lab, &bins, &root).expect("enroll the agents");
     let clog = coordinator.log().to_path_buf();
-    phases.done("lab up, agents enrolled");
+    let before: Vec<String> = lab.hosts().iter().map(snapshot).collect();
+    phases.done("lab up, agents enrolled, hosts' /etc, /usr and units recorded");
     let (h1, h2, h3, h4) = (lab.host(0), lab.host(1), lab.host(2), lab.host(3));
     let ips: Vec<String> = lab.hosts().iter().map(|h| h.ip().to_string()).collect();
-    let before: Vec<String> = lab.hosts().iter().map(snapshot).collect();
     let original_registry_config =
         std::fs::read_to_string(sp::workspace_root().join("rootfs/base/etc/registry_config.yml"))
             .unwrap();
