@@ -86,6 +86,11 @@ pub struct Cluster {
     /// The image of the last operation that succeeded (what the hosts run).
     #[serde(default)]
     pub installed_digest: Option<String>,
+    /// Who asked for the operation, and what it is (for the audit log).
+    #[serde(default)]
+    pub started_by: String,
+    #[serde(default)]
+    pub operation: String,
 }
 
 impl Cluster {
@@ -296,7 +301,9 @@ pub(crate) async fn start(
             .map_err(Clone::clone),
     );
     let prepared = result?;
-    let cluster = prepared.cluster;
+    let mut cluster = prepared.cluster;
+    cluster.started_by = who.to_string();
+    cluster.operation = prepared.op.to_string();
     shared
         .store
         .put_cluster(&cluster.name, &cluster)
@@ -611,6 +618,8 @@ fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, Strin
         finished_at: None,
         error: None,
         installed_digest: prev.and_then(|p| p.installed_digest),
+        started_by: String::new(),
+        operation: String::new(),
     };
     Ok(Prepared {
         cluster,
@@ -634,8 +643,8 @@ pub(crate) async fn start_delete(
         if prune { " --prune" } else { "" }
     );
     let result = {
-        let shared2 = shared.clone();
-        blocking(move || mark_deleting(&shared2, name, prune)).await
+        let (shared2, who) = (shared.clone(), who.to_string());
+        blocking(move || mark_deleting(&shared2, name, prune, &who)).await
     };
     audit(
         shared,
@@ -661,6 +670,7 @@ fn mark_deleting(
     shared: &Shared,
     name: Option<String>,
     prune: bool,
+    who: &str,
 ) -> Result<Vec<Cluster>, String> {
     let stored: Vec<Cluster> = shared.store.clusters().map_err(|e| e.to_string())?;
     let mut chosen = Vec::new();
@@ -683,6 +693,8 @@ fn mark_deleting(
         c.finished_at = None;
         let ips: Vec<String> = c.hosts.iter().map(|h| h.ip.clone()).collect();
         c.stages = converge::uninstall(&ips, prune);
+        c.operation = "uninstall".into();
+        c.started_by = who.to_string();
         c.stages_done = 0;
         for h in &mut c.hosts {
             h.phase = "pending".into();
@@ -805,6 +817,30 @@ async fn drive(shared: Arc<Shared>, record: Record) {
         let c = lock(&record);
         (c.name.clone(), c.generation)
     };
+    {
+        let c = lock(&record).clone();
+        let entry = AuditEntry {
+            at: now_unix(),
+            who: c.started_by.clone(),
+            what: format!(
+                "{} of cluster {} (operation {}) ended",
+                if c.operation.is_empty() {
+                    "operation"
+                } else {
+                    &c.operation
+                },
+                c.name,
+                c.generation
+            ),
+            result: match (&c.state, &c.error) {
+                (_, Some(e)) => format!("{}: {e}", c.state.as_str()),
+                (s, None) => s.as_str().to_string(),
+            },
+        };
+        if let Err(e) = shared.store.audit(&entry) {
+            warn!(error = %e, "could not write the audit log");
+        }
+    }
     info!(state = lock(&record).state.as_str(), "operation ended");
     if remove {
         // Keep the record a while so `seaport delete` sees it finish.

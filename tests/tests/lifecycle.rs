@@ -686,6 +686,30 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
             "{r} (wanted {op})"
         );
     }
+    // And how each ended.
+    let ended: Vec<(&str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["what"].as_str().unwrap_or("").ends_with("ended"))
+        .map(|e| (e["what"].as_str().unwrap(), e["result"].as_str().unwrap()))
+        .collect();
+    for op in ["install", "scale up", "scale down", "upgrade"] {
+        assert!(
+            ended.iter().any(
+                |(w, r)| w.starts_with(&format!("{op} of cluster lifecycle")) && *r == "succeeded"
+            ),
+            "no successful end of the {op} in the audit log: {ended:?}"
+        );
+    }
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["who"].as_str().is_some_and(|w| w.contains("admin"))),
+        "an entry without the admin who asked: {audit:#}"
+    );
     phases.done("audit");
 
     // 8. Delete: every host as before.
