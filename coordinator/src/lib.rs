@@ -9,7 +9,8 @@
 //!   - `cli/coordinator.rs`, `cli/token.rs`, `cli/nodes.rs`: coordinator
 //!     state, join tokens and the node inventory
 //! - [`ca`]: the cluster CA and the coordinator's files under `ROOT/coordinator/`.
-//! - [`state`]: the redb state database (token hashes, nodes, serials).
+//! - [`state`]: the redb state database (token hashes, nodes, serials,
+//!   assignments, clusters, the audit log).
 //! - [`tokens`]: creating join tokens.
 //! - [`daemon`]: `coordinator serve`: the QUIC endpoint, enrollment, node
 //!   sessions, the admin API.
@@ -23,6 +24,12 @@
 //!   holders, and the cloud-init user-data and script hosts run
 //!   (`cli/bootstrap.rs`: `seaport bootstrap`).
 //! - [`bundle`]: the one-file offline bundle (`seaport save --bundle`).
+//! - [`clusterfile`]: sealer's Clusterfile, read and checked (pure).
+//! - [`converge`]: from a cluster's state and a desired spec to the stages of
+//!   one operation (pure).
+//! - [`runs`]: running operations on agents, journaled in the state database
+//!   (`cli/cluster.rs`: `seaport run`, `apply`, `join`, `delete`, `status`,
+//!   `logs`, `audit`).
 
 pub mod admin;
 pub mod bootstrap;
