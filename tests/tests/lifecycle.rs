@@ -485,6 +485,27 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     );
     phases.done("scale down, h4 removed");
 
+    // The same by host list: `seaport join -n` and `seaport delete -n`.
+    let (ok, out, err) = seaport(
+        &bins,
+        &root,
+        &["join", "-n", &ips[3], "--cluster", "lifecycle"],
+    );
+    assert!(ok, "seaport join -n h4: {out}{err}");
+    let c = cluster(&bins, &root);
+    assert_succeeded(&c, &[&ips[0], &ips[1], &ips[2], &ips[3]]);
+    assert!(exists(h4, DATA), "h4 has no {DATA} after seaport join");
+    let (ok, out, err) = seaport(
+        &bins,
+        &root,
+        &["delete", "-n", &ips[3], "--cluster", "lifecycle", "--yes"],
+    );
+    assert!(ok, "seaport delete -n h4: {out}{err}");
+    let c = cluster(&bins, &root);
+    assert_succeeded(&c, &[&ips[0], &ips[1], &ips[2]]);
+    assert!(!exists(h4, DATA), "h4 keeps {DATA} after seaport delete -n");
+    phases.done("join -n and delete -n of h4");
+
     // 5. Drift: one file changed and one removed on h2.
     let (ok, out, err) = seaport(&bins, &root, &["status", "--drift"]);
     assert!(ok, "drift right after an apply: {out}{err}");
