@@ -179,7 +179,8 @@ pub enum ConvergeError {
     RemovesAll,
 }
 
-fn plan_input(cluster: &str, spec: &Spec, digest: &str, has_launch: bool) -> PlanInput {
+/// The planner's input for a spec.
+pub fn plan_input(cluster: &str, spec: &Spec, digest: &str, has_launch: bool) -> PlanInput {
     PlanInput {
         cluster: cluster.to_string(),
         image: digest.to_string(),

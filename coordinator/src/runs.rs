@@ -38,7 +38,7 @@ use seaport_shared::wire::{
 use crate::clusterfile::{plugin_runs, Clusterfile, HostFacts, Plugin};
 use crate::converge::{self, Current, DesiredHost, Op, PluginPoint, Spec, StageSpec, Work};
 use crate::daemon::{now_unix, Shared};
-use crate::plan::{self, HostRole, HostSpec, NodeRole, PlanInput};
+use crate::plan::{self, HostRole, HostSpec, NodeRole};
 
 /// How long a run waits for an offline node before it fails.
 const OFFLINE_LIMIT: Duration = Duration::from_secs(30 * 60);
@@ -522,21 +522,8 @@ fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, Strin
         .collect();
     // Hosts leaving stay in the record until the operation forgets them.
     let mut all_hosts: Vec<(String, NodeRole)> = Vec::new();
-    let plan_roles = plan::plan(&PlanInput {
-        cluster: name.clone(),
-        image: digest.clone(),
-        hosts: spec
-            .hosts
-            .iter()
-            .map(|h| HostSpec {
-                ip: h.ip.clone(),
-                role: h.role,
-            })
-            .collect(),
-        registry_hosts: vec![],
-        has_launch,
-    })
-    .map_err(|e| e.to_string())?;
+    let plan_roles = plan::plan(&converge::plan_input(&name, &spec, &digest, has_launch))
+        .map_err(|e| e.to_string())?;
     for h in &spec.hosts {
         let role = plan_roles
             .phases

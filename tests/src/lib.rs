@@ -41,6 +41,7 @@
 
 pub mod base;
 pub mod cgroups;
+pub mod checks;
 pub mod cleanup;
 pub mod cmd;
 pub mod host;

@@ -16,8 +16,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use seaport_lab::checks::{diff, snapshot, Phases};
 use seaport_lab::seaport::{self as sp, Binaries};
 use seaport_lab::testimage;
 use seaport_lab::{lab, runs, wait, Host};
@@ -32,42 +33,6 @@ const PREINIT_MARK: &str = "/etc/seaport-lifecycle/preinit.ran";
 const POST_INSTALL_MARK: &str = "/etc/seaport-lifecycle/post-install.ran";
 const UPGRADE_HOST_MARK: &str = "/etc/seaport-lifecycle/upgrade-host.ran";
 const UPGRADE_MARK: &str = "/etc/seaport-lifecycle/upgrade.ran";
-
-struct Phases(Instant);
-
-impl Phases {
-    fn done(&mut self, what: &str) {
-        eprintln!("phase {what}: {:.1} s", self.0.elapsed().as_secs_f64());
-        self.0 = Instant::now();
-    }
-}
-
-/// What delete must put back: every path under /etc and /usr with its
-/// type, mode and link target, every file's sha256, and systemd's unit
-/// files and loaded units.
-const SNAPSHOT: &str = r#"set -e
-find /etc /usr -xdev -printf '%p %y %m %u:%g %l\n' | LC_ALL=C sort
-find /etc /usr -xdev -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
-systemctl list-unit-files --no-legend --no-pager | LC_ALL=C sort
-systemctl list-units --all --no-legend --no-pager --plain | grep -v -e '\.scope ' -e '\.mount ' | awk '{print $1, $2, $3}' | LC_ALL=C sort
-"#;
-
-fn snapshot(h: &Host) -> String {
-    h.exec_ok(&["bash", "-c", SNAPSHOT]).unwrap().stdout
-}
-
-fn diff(before: &str, after: &str) -> String {
-    let b: std::collections::BTreeSet<&str> = before.lines().collect();
-    let a: std::collections::BTreeSet<&str> = after.lines().collect();
-    let mut out = String::new();
-    for l in b.difference(&a) {
-        out.push_str(&format!("- {l}\n"));
-    }
-    for l in a.difference(&b) {
-        out.push_str(&format!("+ {l}\n"));
-    }
-    out
-}
 
 /// Runs `seaport ARGS`; returns (success, stdout, stderr).
 fn seaport(bins: &Binaries, root: &Path, args: &[&str]) -> (bool, String, String) {
@@ -284,7 +249,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
         missing.is_empty(),
         "install Debian's containerd, runc and docker-registry: missing {missing:?}"
     );
-    let mut phases = Phases(Instant::now());
+    let mut phases = Phases::start();
     let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
     let tmp = tempfile::tempdir().unwrap();
     testimage::build_test_image(tmp.path(), &bins.seaport).expect("build the test image");

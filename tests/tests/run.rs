@@ -17,47 +17,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use seaport_lab::checks::{diff, snapshot, Phases};
 use seaport_lab::seaport::Binaries;
 use seaport_lab::testimage::{self, LISTED_REPO, LISTED_TAG};
 use seaport_lab::{lab, runs, wait, Host};
 
 const CLUSTER: &str = "lab";
-
-struct Phases(Instant);
-
-impl Phases {
-    fn done(&mut self, what: &str) {
-        eprintln!("phase {what}: {:.1} s", self.0.elapsed().as_secs_f64());
-        self.0 = Instant::now();
-    }
-}
-
-/// What delete must put back: every path under /etc and /usr with its
-/// type, mode and link target, every file's sha256, and systemd's unit
-/// files and loaded units.
-const SNAPSHOT: &str = r#"set -e
-find /etc /usr -xdev -printf '%p %y %m %u:%g %l\n' | LC_ALL=C sort
-find /etc /usr -xdev -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
-systemctl list-unit-files --no-legend --no-pager | LC_ALL=C sort
-systemctl list-units --all --no-legend --no-pager --plain | grep -v -e '\.scope ' -e '\.mount ' | awk '{print $1, $2, $3}' | LC_ALL=C sort
-"#;
-
-fn snapshot(h: &Host) -> String {
-    h.exec_ok(&["bash", "-c", SNAPSHOT]).unwrap().stdout
-}
-
-fn diff(before: &str, after: &str) -> String {
-    let b: std::collections::BTreeSet<&str> = before.lines().collect();
-    let a: std::collections::BTreeSet<&str> = after.lines().collect();
-    let mut out = String::new();
-    for l in b.difference(&a) {
-        out.push_str(&format!("- {l}\n"));
-    }
-    for l in a.difference(&b) {
-        out.push_str(&format!("+ {l}\n"));
-    }
-    out
-}
 
 fn seaport(bins: &Binaries, root: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(&bins.seaport);
@@ -164,7 +129,7 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
         missing.is_empty(),
         "install Debian's containerd, runc and docker-registry: missing {missing:?}"
     );
-    let mut phases = Phases(Instant::now());
+    let mut phases = Phases::start();
     let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
     let tmp = tempfile::tempdir().unwrap();
     let image =
