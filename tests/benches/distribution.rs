@@ -19,8 +19,13 @@
 //! `SEAPORT_BENCH_MIB` (image size, default 1024), `SEAPORT_BENCH_MBIT` (link
 //! rate, default 100), `SEAPORT_BENCH_REPS` (default 3), `SEAPORT_BENCH_HOSTS`
 //! (default `1,2,4,8`), `SEAPORT_BENCH_SCP=0` (Seaport only, for quick
-//! iterations; the ratio against scp is then not printed). Needs root and the
-//! lab (docs/lab.md), and the lab base's openssh-server, which the benchmark
+//! iterations; the ratio against scp is then not printed),
+//! `SEAPORT_BENCH_SCP_REPS` (scp repetitions, default `SEAPORT_BENCH_REPS`:
+//! with the machine's link shared, scp's time is N times one copy's, and
+//! its runs are the long ones),
+//! `SEAPORT_BENCH_TRACE=1` (print the machine's egress every second and the
+//! agents' notable log lines after each Seaport run). Needs root and the lab
+//! (docs/lab.md), and the lab base's openssh-server, which the benchmark
 //! enables.
 
 use std::path::Path;
@@ -112,6 +117,23 @@ fn run_seaport(bins: &Binaries, root: &Path, bridge: &str, image: &str, hosts: &
     // Let the agents' first syncs land.
     std::thread::sleep(Duration::from_secs(2));
     let names: Vec<&str> = hosts.iter().map(|h| h.name()).collect();
+    let trace = env_u64("SEAPORT_BENCH_TRACE", 0) != 0;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tracer = trace.then(|| {
+        let (stop, bridge) = (stop.clone(), bridge.to_string());
+        std::thread::spawn(move || {
+            // Machine egress per second, in Mbit/s.
+            let mut last = seaport::bridge_tx_bytes(&bridge);
+            let mut rates = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                let now = seaport::bridge_tx_bytes(&bridge);
+                rates.push((now - last) * 8 / 1_000_000);
+                last = now;
+            }
+            eprintln!("machine egress Mbit/s per second: {rates:?}");
+        })
+    });
     let before = seaport::bridge_tx_bytes(bridge);
     let start = Instant::now();
     seaport::distribute(bins, root, image, &names).expect("distribute");
@@ -129,6 +151,17 @@ fn run_seaport(bins: &Binaries, root: &Path, bridge: &str, image: &str, hosts: &
     .expect("distribution finished");
     let secs = start.elapsed().as_secs_f64();
     let egress = seaport::bridge_tx_bytes(bridge) - before;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = tracer {
+        let _ = t.join();
+        for h in hosts {
+            let log = h
+                .sh("journalctl -u seaport-agent -o short-precise --no-pager | grep -E 'complete|failed|refused|unreachable|WARN' | tail -n 30")
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            eprintln!("{}:\n{log}", h.name());
+        }
+    }
     let peak_rss_kib = hosts
         .iter()
         .map(|h| agent_peak_rss_kib(h))
@@ -254,6 +287,7 @@ fn main() {
     let mbit = env_u64("SEAPORT_BENCH_MBIT", 100);
     let reps = env_u64("SEAPORT_BENCH_REPS", 3).max(1) as usize;
     let with_scp = env_u64("SEAPORT_BENCH_SCP", 1) != 0;
+    let scp_reps = env_u64("SEAPORT_BENCH_SCP_REPS", reps as u64).max(1) as usize;
     let ns: Vec<usize> = std::env::var("SEAPORT_BENCH_HOSTS")
         .unwrap_or_else(|_| "1,2,4,8".into())
         .split(',')
@@ -324,7 +358,7 @@ fn main() {
                 s.peak_rss_kib
             );
             sp.push(s);
-            if !with_scp {
+            if !with_scp || rep >= scp_reps {
                 continue;
             }
             let c = run_scp(&bridge, &key, &files, &hosts);
@@ -336,6 +370,7 @@ fn main() {
             sc.push(c);
         }
         let (smin, smed, smax) = stats(&sp.iter().map(|s| s.secs).collect::<Vec<_>>());
+        let scp_runs = sc.len();
         if sc.is_empty() {
             sc.push(Sample {
                 secs: f64::NAN,
@@ -361,6 +396,7 @@ fn main() {
                 "image_bytes": size,
                 "link_mbit": mbit,
                 "reps": reps,
+                "scp_reps": scp_runs,
                 "seaport_secs": {"min": smin, "median": smed, "max": smax},
                 "scp_secs": {"min": cmin, "median": cmed, "max": cmax},
                 "scp_over_seaport": cmed / smed,

@@ -44,6 +44,13 @@ const TICK: Duration = Duration::from_millis(100);
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 const AVOID_UNREACHABLE: Duration = Duration::from_secs(15);
 const PER_PEER: usize = 2;
+/// Peers fetched from at once while the coordinator is sending this agent
+/// pieces. Each host's downlink is shared by the coordinator's connection
+/// and those of the peers it fetches from; with a few peers at a time the
+/// coordinator's connection keeps a fair share of it, and with it the
+/// coordinator's own link stays full of pieces nobody has yet. Without
+/// coordinator pieces in flight, every peer may be used.
+const PEERS_AT_ONCE: usize = 3;
 /// Granted pieces fetched from the coordinator at once, besides the peer
 /// requests: what the coordinator grants nobody else has, so these are
 /// never left waiting behind peer transfers.
@@ -378,6 +385,11 @@ impl Fetcher {
         if peer_load >= self.shared.opts.fetch_concurrency {
             return None;
         }
+        let busy_peers = self
+            .per_source
+            .iter()
+            .filter(|(src, load)| matches!(src, Source::Peer { .. }) && **load > 0)
+            .count();
         // Rarest first: (holders, place in this agent's scan order).
         let mut best: Option<((usize, u32), Digest, u32, Source)> = None;
         for d in &digests {
@@ -398,7 +410,12 @@ impl Fetcher {
                     (p, src, load)
                 })
                 .collect();
-            if !peers.iter().any(|(_, _, load)| *load < PER_PEER) {
+            // A peer can take a request if it has room and is one of the
+            // peers fetched from now, or there is room for another peer.
+            let open = |load: usize| {
+                load < PER_PEER && (load > 0 || coordinator_load == 0 || busy_peers < PEERS_AT_ONCE)
+            };
+            if !peers.iter().any(|(_, _, load)| open(*load)) {
                 continue;
             }
             let n = partial.table.count();
@@ -419,7 +436,7 @@ impl Fetcher {
                 }
                 let Some((_, src, _)) = peers
                     .iter()
-                    .filter(|(p, _, load)| *load < PER_PEER && p.have.get(i))
+                    .filter(|(p, _, load)| open(*load) && p.have.get(i))
                     .min_by_key(|(_, _, load)| *load)
                 else {
                     continue;
