@@ -799,7 +799,7 @@ pub(crate) struct RawSpec {
 const IGNORED_TYPES: &[(&str, &str)] = &[
     (
         "CLUSTERCHECK",
-        "Seaport waits for the cluster to be ready before launching apps",
+        "Seaport launches apps after kubeadm init and every join returned, with no separate cluster check",
     ),
     (
         "ETCD",

@@ -448,7 +448,7 @@ fn plugins_of_both_generations_select_hosts_and_run_in_order() {
     let file = Clusterfile::parse(PLUGINS).unwrap();
     assert_eq!(file.plugins.len(), 8);
     assert!(file.warnings.iter().any(|w| w.to_string()
-        == "document 10 (Plugin checkCluster): spec.type: CLUSTERCHECK plugins are ignored: Seaport waits for the cluster to be ready before launching apps"));
+        == "document 10 (Plugin checkCluster): spec.type: CLUSTERCHECK plugins are ignored: Seaport launches apps after kubeadm init and every join returned, with no separate cluster check"));
     let r = file.resolve().unwrap();
     let all = r.ips();
     let names = |runs: &[PluginRun<'_>]| -> Vec<(String, Phase, Vec<IpAddr>)> {
