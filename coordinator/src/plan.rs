@@ -345,11 +345,17 @@ mod tests {
 
     #[test]
     fn each_host_gets_exactly_the_agents_steps_for_its_role() {
-        let p = plan(&input(hosts(&["10.0.0.1", "10.0.0.2"], &["10.0.0.3"]))).unwrap();
+        let mut i = input(hosts(&["10.0.0.1", "10.0.0.2"], &["10.0.0.3"]));
         use seaport_agent::apply::{steps_for, Role};
-        assert_eq!(p.steps_of("10.0.0.1"), steps_for(Role::Master0, true));
+        // The first master's last step launches the image's apps, when it
+        // has any.
+        let master0 = steps_for(Role::Master0, true);
+        let p = plan(&i).unwrap();
+        assert_eq!(p.steps_of("10.0.0.1"), master0[..master0.len() - 1]);
         assert_eq!(p.steps_of("10.0.0.2"), steps_for(Role::Master, false));
         assert_eq!(p.steps_of("10.0.0.3"), steps_for(Role::Node, false));
+        i.has_launch = true;
+        assert_eq!(plan(&i).unwrap().steps_of("10.0.0.1"), master0);
     }
 
     #[test]
