@@ -37,7 +37,8 @@ pub struct ContentOptions {
     pub max_download_rate: u64,
     /// Upload cap to peers in bytes/s (0: none).
     pub max_upload_rate: u64,
-    /// Pieces fetched at once.
+    /// Piece requests to peers in flight at once (up to 3 pieces granted by
+    /// the coordinator come on top).
     pub fetch_concurrency: usize,
     /// Piece requests served to peers at once.
     pub serve_concurrency: usize,
@@ -67,7 +68,8 @@ pub struct ContentArgs {
     /// Upload rate cap to peers in Mbit/s (0: none).
     #[arg(long, env = "SEAPORT_AGENT_MAX_UPLOAD_MBIT", default_value_t = 0)]
     pub max_upload_mbit: u64,
-    /// Pieces fetched at once.
+    /// Piece requests to peers in flight at once (up to 3 pieces granted by
+    /// the coordinator come on top).
     #[arg(long, env = "SEAPORT_AGENT_FETCH_CONCURRENCY", default_value_t = 8)]
     pub fetch_concurrency: usize,
     /// Piece requests served to peers at once.
