@@ -159,6 +159,17 @@ pub struct DeleteArgs {
     pub coordinator: Option<String>,
 }
 
+/// The cluster and generation of an accepted operation.
+fn accepted(resp: AdminResponse) -> anyhow::Result<(String, u64)> {
+    match resp {
+        AdminResponse::RunAccepted {
+            cluster,
+            generation,
+        } => Ok((cluster, generation)),
+        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -191,13 +202,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
             .request(&AdminRequest::Run(req))
             .await
             .with_context(|| format!("installing {} as cluster {}", args.image, args.cluster))?;
-        let AdminResponse::RunAccepted {
-            cluster,
-            generation,
-        } = resp
-        else {
-            anyhow::bail!("unexpected answer from the coordinator: {resp:?}");
-        };
+        let (cluster, generation) = accepted(resp)?;
         eprintln!(
             "cluster {cluster}: installing {} (run {generation})",
             args.image
@@ -328,13 +333,7 @@ pub fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("applying {}", args.file.display()))?;
         client.close().await;
-        let AdminResponse::RunAccepted {
-            cluster,
-            generation,
-        } = resp
-        else {
-            anyhow::bail!("unexpected answer from the coordinator: {resp:?}");
-        };
+        let (cluster, generation) = accepted(resp)?;
         eprintln!(
             "cluster {cluster}: {} (operation {generation})",
             plan.operation
@@ -393,13 +392,7 @@ pub fn join(root: &Path, args: JoinArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("adding hosts to cluster {}", args.cluster))?;
         client.close().await;
-        let AdminResponse::RunAccepted {
-            cluster,
-            generation,
-        } = resp
-        else {
-            anyhow::bail!("unexpected answer from the coordinator: {resp:?}");
-        };
+        let (cluster, generation) = accepted(resp)?;
         finish(root, args.coordinator.as_deref(), &cluster, generation).await
     })
 }
@@ -540,13 +533,7 @@ pub fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("removing hosts from cluster {cluster}"))?;
             client.close().await;
-            let AdminResponse::RunAccepted {
-                cluster,
-                generation,
-            } = resp
-            else {
-                anyhow::bail!("unexpected answer from the coordinator: {resp:?}");
-            };
+            let (cluster, generation) = accepted(resp)?;
             finish(root, args.coordinator.as_deref(), &cluster, generation).await
         });
     }
