@@ -69,8 +69,13 @@ fn assert_gone(rec: &RunRecord) {
 }
 
 // One test, so the two labs do not queue behind each other's lock in turns.
+/// The tests of this file take turns: a lab brought up by one would clean
+/// up the other's deliberately killed run before `down --all` could show it.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn up_status_exec_down_and_down_all_after_a_killed_run() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = lab::preflight() {
         panic!("the lab tests cannot run here: {e}");
     }
@@ -138,6 +143,7 @@ fn up_status_exec_down_and_down_all_after_a_killed_run() {
 // The README's quick start: a lab of 3 hosts with agents enrolled.
 #[test]
 fn up_with_agents_prints_the_coordinator_and_online_nodes() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = lab::preflight() {
         panic!("the lab tests cannot run here: {e}");
     }
