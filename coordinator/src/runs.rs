@@ -403,14 +403,6 @@ pub fn spec_of_clusterfile(text: &str) -> Result<(String, Spec, Vec<String>), St
 }
 
 fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, String> {
-    let (name, prev_name) = match &want {
-        Want::Run(r) => (Some(r.cluster.clone()), r.cluster.clone()),
-        Want::Clusterfile(_) => (None, String::new()),
-        Want::Join { cluster, .. } | Want::Remove { cluster, .. } => {
-            (Some(cluster.clone()), cluster.clone())
-        }
-    };
-    let _ = name;
     let mut warnings = Vec::new();
     let (name, spec) = match want {
         Want::Run(r) => {
@@ -425,7 +417,7 @@ fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, Strin
                 env: r.env.clone(),
                 clusterfile: None,
             };
-            (prev_name, spec)
+            (r.cluster, spec)
         }
         Want::Clusterfile(text) => {
             let (name, spec, w) = spec_of_clusterfile(&text)?;
@@ -866,16 +858,17 @@ async fn run_stage(shared: &Arc<Shared>, record: &Record, stage: &StageSpec) -> 
     match &stage.work {
         Work::Fetch { hosts } => fetch(shared, record, hosts).await,
         Work::Apply { tasks, upgrade } => {
-            let reqs = tasks
-                .iter()
-                .map(|t| {
-                    let c = lock(record);
-                    (
-                        t.host.clone(),
-                        TaskRequest::Apply(apply_task(&c, t, *upgrade)),
-                    )
-                })
-                .collect();
+            let reqs = {
+                let c = lock(record);
+                let kubeadm = clusterfile(&c)?.and_then(|f| f.kubeadm_yaml());
+                tasks
+                    .iter()
+                    .map(|t| {
+                        let task = apply_task(&c, t, *upgrade, kubeadm.clone());
+                        (t.host.clone(), TaskRequest::Apply(task))
+                    })
+                    .collect()
+            };
             let results = on_hosts(shared, record, &stage.name, reqs).await;
             for (_, r) in &results {
                 if let Ok(TaskEvent::Finished {
@@ -1080,6 +1073,15 @@ async fn master0_shell(
         always: true,
     });
     check(on_hosts(shared, record, stage, vec![(m0, req)]).await)
+}
+
+/// The cluster's Clusterfile, parsed (none for `seaport run`).
+fn clusterfile(c: &Cluster) -> Result<Option<Clusterfile>, String> {
+    c.spec
+        .clusterfile
+        .as_deref()
+        .map(|t| Clusterfile::parse(t).map_err(|e| format!("Clusterfile: {e}")))
+        .transpose()
 }
 
 /// The plugins of the Clusterfile and the image.
@@ -1308,14 +1310,7 @@ async fn configs_stage(
 ) -> Result<(), String> {
     let (configs, cluster) = {
         let c = lock(record);
-        let configs = match &c.spec.clusterfile {
-            Some(t) => {
-                Clusterfile::parse(t)
-                    .map_err(|e| format!("Clusterfile: {e}"))?
-                    .configs
-            }
-            None => vec![],
-        };
+        let configs = clusterfile(&c)?.map(|f| f.configs).unwrap_or_default();
         (configs, c.name.clone())
     };
     if configs.is_empty() {
@@ -1354,7 +1349,12 @@ async fn configs_stage(
     Ok(())
 }
 
-fn apply_task(c: &Cluster, t: &plan::Task, upgrade: bool) -> ApplyTask {
+fn apply_task(
+    c: &Cluster,
+    t: &plan::Task,
+    upgrade: bool,
+    kubeadm_config: Option<String>,
+) -> ApplyTask {
     let master_ips: Vec<String> = c
         .hosts
         .iter()
@@ -1362,12 +1362,6 @@ fn apply_task(c: &Cluster, t: &plan::Task, upgrade: bool) -> ApplyTask {
         .map(|h| h.ip.clone())
         .collect();
     let master0 = c.master0();
-    let kubeadm_config = c
-        .spec
-        .clusterfile
-        .as_ref()
-        .and_then(|t| Clusterfile::parse(t).ok())
-        .and_then(|f| f.kubeadm_yaml());
     let host_env = c
         .spec
         .hosts

@@ -77,6 +77,23 @@ fn listing(root: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Resets cluster `c1` with `--prune`; it must warn of nothing.
+fn reset_c1(opts: &ApplyOptions, host: &Host) {
+    let r = reset(
+        &ResetOptions {
+            cluster: "c1".into(),
+            prune: true,
+            state_dir: opts.state_dir.clone(),
+            data_root: opts.data_root.clone(),
+            host_root: opts.host_root.clone(),
+            timeout: Duration::from_secs(5),
+        },
+        host,
+    )
+    .unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+}
+
 /// A host on which no unit is enabled yet.
 fn fresh_host(opts: &ApplyOptions) -> Host {
     let host = Host {
@@ -221,19 +238,7 @@ fn a_node_is_installed_rerun_skips_everything_and_reset_restores_the_host() {
     assert!(again.ran.is_empty(), "{:?}", again.ran);
     assert!(host.rec.calls().is_empty(), "{:#?}", host.rec.calls());
 
-    let r = reset(
-        &ResetOptions {
-            cluster: "c1".into(),
-            prune: true,
-            state_dir: opts.state_dir.clone(),
-            data_root: opts.data_root.clone(),
-            host_root: opts.host_root.clone(),
-            timeout: Duration::from_secs(5),
-        },
-        &host,
-    )
-    .unwrap();
-    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    reset_c1(&opts, &host);
     assert_eq!(listing(&opts.host_root), before);
     assert!(!opts.cluster_dir().exists());
     assert!(!Journal::exists(&opts.state_dir, "c1"));
@@ -436,19 +441,7 @@ fn an_upgrade_updates_what_changed_without_kubeadm_and_reset_still_restores_the_
     assert!(again.ran.is_empty(), "{:?}", again.ran);
     assert!(host.rec.calls().is_empty(), "{:#?}", host.rec.calls());
 
-    let r = reset(
-        &ResetOptions {
-            cluster: "c1".into(),
-            prune: true,
-            state_dir: opts.state_dir.clone(),
-            data_root: opts.data_root.clone(),
-            host_root: opts.host_root.clone(),
-            timeout: Duration::from_secs(5),
-        },
-        &host,
-    )
-    .unwrap();
-    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    reset_c1(&opts, &host);
     assert_eq!(listing(&opts.host_root), before);
     assert!(!opts.cluster_dir().exists());
 }
@@ -535,19 +528,7 @@ fn an_upgrade_of_the_registry_host_remounts_the_new_storage_and_restarts_the_reg
     assert!(host.rec.is_mounted(&mount));
     assert!(!previous.exists());
 
-    let r = reset(
-        &ResetOptions {
-            cluster: "c1".into(),
-            prune: true,
-            state_dir: opts.state_dir.clone(),
-            data_root: opts.data_root.clone(),
-            host_root: opts.host_root.clone(),
-            timeout: Duration::from_secs(5),
-        },
-        &host,
-    )
-    .unwrap();
-    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    reset_c1(&opts, &host);
     assert!(!host.rec.is_mounted(&mount));
 }
 
