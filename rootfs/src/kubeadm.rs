@@ -8,7 +8,10 @@
 //! the image repository is the local registry, the control-plane endpoint and
 //! the certificate SANs name the API server, and join documents carry the
 //! bootstrap token, the CA certificate hash and (for masters) the
-//! certificate key handed over from the first master.
+//! certificate key handed over from the first master. The CRI socket
+//! (`nodeRegistration.criSocket`) names the container runtime the install
+//! set up, and the kubelet's cgroup driver follows docker's, as sealer
+//! does.
 
 use std::collections::BTreeMap;
 
@@ -103,6 +106,12 @@ pub struct Computed {
     pub image_repository: String,
     /// The cluster env, for the pod and service subnets.
     pub env: BTreeMap<String, String>,
+    /// `nodeRegistration.criSocket` of the init and join documents: the
+    /// installed runtime's socket (None: the merged documents' value).
+    pub cri_socket: Option<String>,
+    /// `cgroupDriver` of the KubeletConfiguration, when the runtime decides
+    /// it (docker's `native.cgroupdriver`).
+    pub cgroup_driver: Option<String>,
 }
 
 impl KubeadmConfig {
@@ -201,6 +210,13 @@ impl KubeadmConfig {
             Value::Sequence(vec![Value::Mapping(tok)]),
         );
         set(init, &["certificateKey"], certificate_key.into());
+        if let Some(sock) = &c.cri_socket {
+            set_cri_socket(init, sock);
+        }
+        if let Some(driver) = &c.cgroup_driver {
+            let kubelet = cfg.doc_mut("KubeletConfiguration");
+            set(kubelet, &["cgroupDriver"], driver.clone().into());
+        }
         cfg.write(&[
             "InitConfiguration",
             "ClusterConfiguration",
@@ -213,6 +229,9 @@ impl KubeadmConfig {
     pub fn for_join(&self, c: &Computed, join: &JoinData, master: bool) -> String {
         let mut cfg = self.clone();
         let doc = cfg.doc_mut("JoinConfiguration");
+        if let Some(sock) = &c.cri_socket {
+            set_cri_socket(doc, sock);
+        }
         let endpoint = join.api_server_endpoint.clone();
         set(
             doc,
@@ -310,6 +329,31 @@ impl KubeadmConfig {
     }
 }
 
+/// Sets `nodeRegistration.criSocket` and keeps the kubelet arguments that
+/// name a runtime endpoint in step with it: with the docker shim the
+/// kubelet takes no `container-runtime`/`container-runtime-endpoint`
+/// arguments; with any other socket an endpoint argument names it.
+fn set_cri_socket(doc: &mut Value, sock: &str) {
+    set(doc, &["nodeRegistration", "criSocket"], sock.into());
+    let Some(Value::Mapping(args)) = doc
+        .get_mut("nodeRegistration")
+        .and_then(|r| r.get_mut("kubeletExtraArgs"))
+    else {
+        return;
+    };
+    if sock.ends_with("/dockershim.sock") {
+        args.remove("container-runtime");
+        args.remove("container-runtime-endpoint");
+    } else if args.contains_key("container-runtime-endpoint") {
+        let endpoint = if sock.contains("://") {
+            sock.to_string()
+        } else {
+            format!("unix://{sock}")
+        };
+        args.insert("container-runtime-endpoint".into(), endpoint.into());
+    }
+}
+
 fn merge_value(base: &mut Value, over: Value) {
     match (base, over) {
         (Value::Mapping(b), Value::Mapping(o)) => {
@@ -355,6 +399,8 @@ mod tests {
             master_ips: vec!["198.18.0.11".into()],
             image_repository: "sea.hub:5000".into(),
             env: [("pod_cidr".to_string(), "10.244.0.0/16".to_string())].into(),
+            cri_socket: None,
+            cgroup_driver: None,
         }
     }
 
@@ -445,6 +491,58 @@ mod tests {
         assert_eq!(
             master["controlPlane"]["localAPIEndpoint"]["advertiseAddress"],
             "198.18.0.12"
+        );
+    }
+
+    #[test]
+    fn the_installed_runtime_names_the_cri_socket_and_the_cgroup_driver() {
+        let mut cfg = KubeadmConfig::defaults();
+        // An image written for containerd, installed with docker.
+        cfg.merge(
+            &KubeadmConfig::parse(
+                "kind: InitConfiguration\nnodeRegistration:\n  criSocket: /run/containerd/containerd.sock\n  name: n1\n  kubeletExtraArgs:\n    container-runtime: remote\n    container-runtime-endpoint: unix:///run/containerd/containerd.sock\n    v: '2'\n---\nkind: JoinConfiguration\nnodeRegistration:\n  criSocket: /run/containerd/containerd.sock\n  kubeletExtraArgs:\n    container-runtime-endpoint: unix:///run/containerd/containerd.sock\n",
+                "etc/kubeadm.yml",
+            )
+            .unwrap(),
+        );
+        let mut c = computed();
+        let untouched = cfg.for_init(&c, "abcdef.0123456789abcdef", "k");
+        assert!(
+            untouched.contains("criSocket: /run/containerd/containerd.sock"),
+            "{untouched}"
+        );
+        c.cri_socket = Some("/var/run/dockershim.sock".into());
+        c.cgroup_driver = Some("cgroupfs".into());
+        let docs: Vec<Value> =
+            serde_norway::Deserializer::from_str(&cfg.for_init(&c, "abcdef.0123456789abcdef", "k"))
+                .map(|d| Value::deserialize(d).unwrap())
+                .collect();
+        let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap();
+        let reg = &kind("InitConfiguration")["nodeRegistration"];
+        assert_eq!(reg["criSocket"], "/var/run/dockershim.sock");
+        assert_eq!(reg["name"], "n1");
+        // The kubelet is not pointed at containerd any more.
+        assert_eq!(
+            reg["kubeletExtraArgs"],
+            serde_norway::from_str::<Value>("v: '2'").unwrap()
+        );
+        assert_eq!(kind("KubeletConfiguration")["cgroupDriver"], "cgroupfs");
+        let join = JoinData {
+            api_server_endpoint: "198.18.0.11:6443".into(),
+            master0_ip: "198.18.0.11".into(),
+            token: "abcdef.0123456789abcdef".into(),
+            ca_cert_hashes: vec!["sha256:00ff".into()],
+            certificate_key: "k".into(),
+        };
+        c.cri_socket = Some("unix:///var/run/cri-dockerd.sock".into());
+        let node: Value = serde_norway::from_str(&cfg.for_join(&c, &join, false)).unwrap();
+        assert_eq!(
+            node["nodeRegistration"]["criSocket"],
+            "unix:///var/run/cri-dockerd.sock"
+        );
+        assert_eq!(
+            node["nodeRegistration"]["kubeletExtraArgs"]["container-runtime-endpoint"],
+            "unix:///var/run/cri-dockerd.sock"
         );
     }
 

@@ -109,6 +109,17 @@ pub trait Effects {
     fn unmount(&self, target: &Path) -> Result<(), EffectsError>;
     /// Whether something is mounted on `target`.
     fn is_mounted(&self, target: &Path) -> bool;
+    /// Mount points at or below `dir` (from `/proc/self/mountinfo`).
+    fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
+        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return Vec::new();
+        };
+        info.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|mp| PathBuf::from(unescape_mountinfo(mp)))
+            .filter(|mp| mp.starts_with(dir))
+            .collect()
+    }
 }
 
 /// The real thing.
@@ -323,5 +334,15 @@ impl Effects for RecordingEffects {
             .expect("not poisoned")
             .iter()
             .any(|m| m == target)
+    }
+
+    fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
+        self.mounts
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|m| m.starts_with(dir))
+            .cloned()
+            .collect()
     }
 }

@@ -353,6 +353,18 @@ impl HostFiles {
                         Err(_) => Ok(()),
                     }
                 }
+                Change::CreatedTree { path } => {
+                    let p = self.host(path);
+                    match fs::symlink_metadata(&p) {
+                        Ok(m) if m.is_dir() => {
+                            fs::remove_dir_all(&p).map_err(|e| format!("removing {path}: {e}"))
+                        }
+                        Ok(_) => Err(format!(
+                            "{path} was created by the install as a directory and is no longer one: kept"
+                        )),
+                        Err(_) => Ok(()),
+                    }
+                }
                 Change::CreatedDir { path } => {
                     let p = self.host(path);
                     match fs::remove_dir(&p) {
@@ -409,7 +421,9 @@ impl HostFiles {
                 Change::ChangedUnrestorable { path } => Err(format!(
                     "{path} was changed by a hook outside the backed-up trees and is left as it is"
                 )),
-                Change::UnitEnabled { .. } | Change::Mounted { .. } => Ok(()),
+                Change::UnitEnabled { .. }
+                | Change::Mounted { .. }
+                | Change::CreatedLink { .. } => Ok(()),
             };
             if let Err(w) = r {
                 warnings.push(w);

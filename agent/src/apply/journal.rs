@@ -116,6 +116,17 @@ pub enum Change {
         /// The mount point.
         target: String,
     },
+    /// A directory that did not exist and whose whole contents the install
+    /// owns (a container runtime's data root): removed with its contents.
+    CreatedTree {
+        /// Absolute host path.
+        path: String,
+    },
+    /// A network link a service of the install created (docker's bridge).
+    CreatedLink {
+        /// The link's name.
+        name: String,
+    },
 }
 
 impl Change {
@@ -127,8 +138,11 @@ impl Change {
             | Change::ReplacedFile { path, .. }
             | Change::RemovedFile { path, .. }
             | Change::ChangedUnrestorable { path }
-            | Change::AppendedLine { path, .. } => Some(path),
-            Change::UnitEnabled { .. } | Change::Mounted { .. } => None,
+            | Change::AppendedLine { path, .. }
+            | Change::CreatedTree { path } => Some(path),
+            Change::UnitEnabled { .. } | Change::Mounted { .. } | Change::CreatedLink { .. } => {
+                None
+            }
         }
     }
 }
@@ -153,6 +167,10 @@ pub struct JournalState {
     /// user owns those). A drift check compares the host with it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub installed: BTreeMap<String, String>,
+    /// The container runtime the `runtime` step set up (absent in journals
+    /// of agents that installed only containerd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<super::runtime::RuntimeRecord>,
 }
 
 /// The journal of one cluster.

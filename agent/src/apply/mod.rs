@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | `rootfs` | all | verify and unpack the layers into `<data>/<cluster>/rootfs` |
 //! | `render` | all | render `*.tmpl` and `statics/` with the cluster env |
-//! | `runtime` | all | containerd from `cri/`, its config and unit; wait for `ctr version` |
+//! | `runtime` | all | containerd or docker ([`runtime`] chooses) from `cri/`, its config with the registry mirrors (docker) and unit; wait for `ctr version` / `docker version` |
 //! | `registry` | registry host | bind-mount `registry/`, run the image's registry binary as a unit, load `images/*.tar` |
 //! | `registry-access` | all | `/etc/hosts` names, containerd `hosts.toml` mirrors for every cached domain |
 //! | `kube-binaries` | all | `bin/` into `/usr/bin`, the kubelet unit and drop-in, enable kubelet |
@@ -33,6 +33,7 @@
 //! - [`reset`](mod@reset): undoing an install.
 //! - [`rootfs_files`]: files of the unpacked rootfs, read and written for
 //!   the coordinator.
+//! - [`runtime`]: which container runtime, its mirrors, the CRI socket.
 //! - [`shell`]: shell steps (plugins, commands) on an installed host.
 
 pub mod drift;
@@ -43,6 +44,7 @@ pub mod images_load;
 pub mod journal;
 pub mod reset;
 pub mod rootfs_files;
+pub mod runtime;
 pub mod shell;
 mod steps;
 #[cfg(test)]

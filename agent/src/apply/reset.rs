@@ -1,8 +1,10 @@
 //! Undoing an install on this host, from its journal: `kubeadm reset -f`
 //! where kubeadm was run, the image's `scripts/clean.sh`, the units the
-//! agent enabled stopped and disabled, its mounts unmounted, every journaled
-//! file removed or restored, and with `prune` the cluster's data directory
-//! removed. What cannot be put back is reported, never silently ignored.
+//! agent enabled stopped and disabled, links a runtime created (docker's
+//! bridge) deleted, its mounts unmounted, every journaled file removed or
+//! restored (a runtime's data root with its contents), and with `prune` the
+//! cluster's data directory removed. What cannot be put back is reported,
+//! never silently ignored.
 
 use std::fs;
 use std::path::PathBuf;
@@ -123,6 +125,18 @@ pub fn reset(opts: &ResetOptions, fx: &dyn Effects) -> Result<ResetReport, Journ
         }
         report.actions.push(format!("stopped {unit}"));
     }
+    // Links a runtime created (docker's bridge), once it is stopped.
+    for c in changes.iter().rev() {
+        if let Change::CreatedLink { name } = c {
+            if files.host(&format!("/sys/class/net/{name}")).exists() {
+                run(
+                    format!("deleted link {name}"),
+                    CommandSpec::new("ip", &["link", "delete", name.as_str()], opts.timeout),
+                    &mut report,
+                );
+            }
+        }
+    }
     for c in changes.iter().rev() {
         if let Change::Mounted { target } = c {
             let t = PathBuf::from(target);
@@ -134,6 +148,26 @@ pub fn reset(opts: &ResetOptions, fx: &dyn Effects) -> Result<ResetReport, Journ
             }
         }
     }
+    // A runtime's data root is removed with its contents, never through a
+    // mount left inside it (that would delete another file system's files).
+    let changes: Vec<Change> = changes
+        .into_iter()
+        .filter(|c| {
+            let Change::CreatedTree { path } = c else {
+                return true;
+            };
+            match fx.mounts_under(&files.host(path)).first() {
+                None => true,
+                Some(m) => {
+                    report.warnings.push(format!(
+                        "{path} was created by the install and is kept: {} is mounted inside it; unmount it and remove {path} by hand",
+                        m.display()
+                    ));
+                    false
+                }
+            }
+        })
+        .collect();
     let restored = changes.iter().filter(|c| c.path().is_some()).count();
     report.warnings.extend(files.restore(&changes));
     report

@@ -18,6 +18,7 @@ use super::effects::{CommandOutput, CommandSpec, Effects};
 use super::files::HostFiles;
 use super::image::LayoutImage;
 use super::journal::{Change, Journal};
+use super::runtime::{self, Runtime, RuntimeRecord};
 use super::{ApplyError, ApplyOptions, Role, DEFAULT_REGISTRY_DOMAIN, DEFAULT_REGISTRY_PORT};
 
 /// Where binaries from `bin/` and `cri/` go: the units of sealer's images
@@ -25,6 +26,8 @@ use super::{ApplyError, ApplyOptions, Role, DEFAULT_REGISTRY_DOMAIN, DEFAULT_REG
 pub(crate) const BIN_DIR: &str = "/usr/bin";
 pub(crate) const UNIT_DIR: &str = "/etc/systemd/system";
 pub(crate) const REGISTRY_UNIT: &str = "seaport-registry.service";
+/// Units the `runtime` step owns; `kube-binaries` leaves them alone.
+const RUNTIME_UNITS: &[&str] = &["containerd.service", "docker.service", "cri-docker.service"];
 /// Where a replaced rootfs waits while the registry still serves from it.
 const PREVIOUS_ROOTFS: &str = "rootfs.previous";
 const REGISTRY_BINARIES: &[&str] = &[
@@ -52,9 +55,9 @@ pub(crate) struct Context<'a> {
     pub(crate) rerun: bool,
 }
 
-type StepResult = Result<String, String>;
+pub(crate) type StepResult = Result<String, String>;
 
-fn e2s<E: std::fmt::Display>(e: E) -> String {
+pub(crate) fn e2s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
@@ -128,7 +131,7 @@ impl<'a> Context<'a> {
         })
     }
 
-    fn rootfs(&self) -> PathBuf {
+    pub(crate) fn rootfs(&self) -> PathBuf {
         self.opts.rootfs()
     }
 
@@ -211,7 +214,7 @@ impl<'a> Context<'a> {
         self.fx.run(&spec).map_err(e2s)
     }
 
-    fn systemctl_ok(&self, args: &[&str]) -> Result<(), String> {
+    pub(crate) fn systemctl_ok(&self, args: &[&str]) -> Result<(), String> {
         let out = self.systemctl(args)?;
         if out.success() {
             Ok(())
@@ -226,7 +229,7 @@ impl<'a> Context<'a> {
     }
 
     /// Enables (and with `start`, starts) a unit, journaling it first.
-    fn enable_unit(&mut self, unit: &str, start: bool) -> Result<(), String> {
+    pub(crate) fn enable_unit(&mut self, unit: &str, start: bool) -> Result<(), String> {
         let known = self
             .journal
             .state()
@@ -252,7 +255,12 @@ impl<'a> Context<'a> {
         }
     }
 
-    fn install_file(&mut self, abs: &str, bytes: &[u8], mode: u32) -> Result<bool, String> {
+    pub(crate) fn install_file(
+        &mut self,
+        abs: &str,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<bool, String> {
         self.files
             .install(&mut self.journal, abs, bytes, mode)
             .map_err(e2s)
@@ -266,17 +274,10 @@ impl<'a> Context<'a> {
 
     fn step_runtime(&mut self) -> StepResult {
         let rootfs = self.rootfs();
-        let runtime = self
-            .env
-            .get("container_runtime")
-            .cloned()
-            .unwrap_or_else(|| "containerd".into());
-        if runtime != "containerd" {
-            return Err(format!(
-                "container_runtime={runtime}: only containerd is installed natively; set container_runtime=containerd"
-            ));
-        }
         let bins = self.cri_binaries(&rootfs.join("cri"))?;
+        let names: Vec<String> = bins.iter().map(|(n, _)| n.clone()).collect();
+        let choice = runtime::choose(&self.env, &self.img.config.config.labels, &names)?;
+        self.refuse_runtime_switch(&choice)?;
         let mut installed = 0;
         for (name, path) in &bins {
             let bytes = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
@@ -284,6 +285,55 @@ impl<'a> Context<'a> {
                 installed += 1;
             }
         }
+        match choice.runtime {
+            Runtime::Containerd => self.start_containerd(installed, &choice),
+            Runtime::Docker => self.start_docker(installed, &choice),
+        }
+    }
+
+    /// A host whose install set up one runtime is not switched to the
+    /// other in place: the first one's containers and data would be
+    /// orphaned.
+    fn refuse_runtime_switch(&self, choice: &runtime::Choice) -> Result<(), String> {
+        let state = self.journal.state();
+        let previous = state.runtime.as_ref().map(|r| r.runtime).or_else(|| {
+            // Journals of agents that did not record the runtime: the unit.
+            [Runtime::Containerd, Runtime::Docker]
+                .into_iter()
+                .find(|rt| {
+                    state
+                        .changes
+                        .iter()
+                        .any(|c| matches!(c, Change::UnitEnabled { unit, .. } if unit == rt.unit()))
+                })
+        });
+        match previous {
+            Some(p) if p != choice.runtime => Err(format!(
+                "cluster {} runs {} on this host; this image gets {} ({}): reset the cluster first to change its container runtime",
+                self.opts.cluster,
+                p.name(),
+                choice.runtime.name(),
+                choice.reason
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records `abs` as a directory the install owns entirely, unless it
+    /// exists already (then it is the host's, and kept).
+    pub(crate) fn claim_tree(&mut self, abs: &str) -> Result<(), String> {
+        if fs::symlink_metadata(self.files.host(abs)).is_ok() || self.journal.knows_path(abs) {
+            return Ok(());
+        }
+        self.journal
+            .record(Change::CreatedTree {
+                path: abs.to_string(),
+            })
+            .map_err(e2s)
+    }
+
+    fn start_containerd(&mut self, installed: usize, choice: &runtime::Choice) -> StepResult {
+        let rootfs = self.rootfs();
         let mut config = fs::read_to_string(rootfs.join("etc/containerd.toml"))
             .unwrap_or_else(|_| DEFAULT_CONTAINERD_CONFIG.to_string());
         if !config.contains("config_path") {
@@ -296,6 +346,14 @@ impl<'a> Context<'a> {
             .unwrap_or_else(|_| DEFAULT_CONTAINERD_UNIT.as_bytes().to_vec());
         self.install_file(&format!("{UNIT_DIR}/containerd.service"), &unit, 0o644)?;
         self.systemctl_ok(&["daemon-reload"])?;
+        // Its data and state directories, when containerd makes them now.
+        for (key, default) in [
+            ("root", runtime::CONTAINERD_ROOT),
+            ("state", "/run/containerd"),
+        ] {
+            let dir = runtime::containerd_dir(&config, key, default)?;
+            self.claim_tree(&dir)?;
+        }
         // containerd creates directories of its own in /etc when it starts
         // (the CNI config directory): tracked, so reset removes them.
         self.enable_unit("containerd.service", false)?;
@@ -306,36 +364,38 @@ impl<'a> Context<'a> {
         // and configuration; running containers keep running (their shims).
         let verb = if self.rerun { "restart" } else { "start" };
         let started = self.files.tracked(&mut self.journal, "runtime-start", || {
-            let out = fx
-                .run(&CommandSpec::new(
-                    "systemctl",
-                    &[verb, "containerd.service"],
-                    t,
-                ))
-                .map_err(e2s)?;
-            if !out.success() {
-                return Err(format!(
-                    "systemctl {verb} containerd.service exited with {:?}: {}",
-                    out.code,
-                    out.last_lines(20)
-                ));
-            }
-            wait_until(limit, "containerd (ctr version)", || {
-                fx.run(&CommandSpec::new("ctr", &["version"], t))
-                    .is_ok_and(|o| o.success())
-            })
+            start_and_wait(
+                fx,
+                t,
+                limit,
+                verb,
+                &["containerd.service"],
+                "containerd",
+                "ctr",
+            )
         });
         let waited = started.map_err(e2s)??;
+        self.journal
+            .update(|s| {
+                s.runtime = Some(RuntimeRecord {
+                    runtime: Runtime::Containerd,
+                    cri_socket: runtime::CONTAINERD_SOCKET.into(),
+                    cgroup_driver: None,
+                })
+            })
+            .map_err(e2s)?;
         Ok(format!(
-            "containerd answering after {:.1} s ({} binaries installed)",
+            "containerd answering after {:.1} s ({} binaries installed; {})",
             waited.as_secs_f64(),
-            installed
+            installed,
+            choice.reason
         ))
     }
 
     /// The runtime's binaries: archives in `cri/` are unpacked (safely) into
-    /// `<cluster>/cri`; executables in their `bin/`, `usr/bin/`, `usr/local/bin/`
-    /// or top level, and plain executables in `cri/` itself, are installed.
+    /// `<cluster>/cri`; executables in their `bin/`, `usr/bin/`, `usr/local/bin/`,
+    /// `docker/` or top level, and plain executables in `cri/` itself, are
+    /// installed.
     fn cri_binaries(&self, cri: &Path) -> Result<Vec<(String, PathBuf)>, String> {
         let mut out: BTreeMap<String, PathBuf> = BTreeMap::new();
         let Ok(rd) = fs::read_dir(cri) else {
@@ -359,7 +419,8 @@ impl<'a> Context<'a> {
                 fs::create_dir_all(&dest)
                     .map_err(|e| format!("creating {}: {e}", dest.display()))?;
                 unpack_archive(&p, &dest)?;
-                for sub in ["", "bin", "usr/bin", "usr/local/bin"] {
+                // docker's own static tarballs hold docker/dockerd ...
+                for sub in ["", "bin", "usr/bin", "usr/local/bin", "docker"] {
                     let d = dest.join(sub);
                     for f in fs::read_dir(&d).into_iter().flatten().flatten() {
                         if is_executable(&f.path()) {
@@ -470,14 +531,21 @@ impl<'a> Context<'a> {
             .map_err(e2s)?;
         let local = format!("{}:{}", self.registry_domain, self.registry_port);
         let mirror = format!("http://{local}");
-        let mut domains = vec![local.clone(), "docker.io".to_string()];
-        let cached = seaport_rootfs::imagecache::cached_domains(&self.rootfs().join("registry"))
-            .map_err(e2s)?;
-        for d in cached {
-            if !domains.contains(&d) {
-                domains.push(d);
-            }
+        let rt = self
+            .journal
+            .state()
+            .runtime
+            .as_ref()
+            .map_or(Runtime::Containerd, |r| r.runtime);
+        if rt == Runtime::Docker {
+            // docker's mirrors are in its daemon.json, written before it
+            // started (the runtime step).
+            return Ok(format!(
+                "{} reachable as {local}; docker's mirrors are in /etc/docker/daemon.json",
+                self.registry_ip
+            ));
         }
+        let domains = runtime::mirrored_domains(&local, &self.rootfs().join("registry"))?;
         for d in &domains {
             let text = if *d == local {
                 format!(
@@ -554,7 +622,7 @@ impl<'a> Context<'a> {
                 .to_string_lossy()
                 .into_owned();
             // The runtime step owns the container runtime's units.
-            if name == "containerd.service" || name == "docker.service" {
+            if RUNTIME_UNITS.contains(&name.as_str()) {
                 continue;
             }
             let bytes = fs::read(&p).map_err(|e| format!("reading {}: {e}", p.display()))?;
@@ -592,6 +660,14 @@ impl<'a> Context<'a> {
 
     pub(crate) fn hook_env(&self) -> BTreeMap<String, String> {
         let mut env = self.env.clone();
+        // The runtime the install chose, for scripts that branch on it
+        // (the default rootfs's init.sh).
+        if let Some(r) = &self.journal.state().runtime {
+            for k in ["ContainerRuntime", "container_runtime"] {
+                env.entry(k.to_string())
+                    .or_insert_with(|| r.runtime.name().to_string());
+            }
+        }
         env.insert("SEAPORT_CLUSTER".into(), self.opts.cluster.clone());
         env.insert("SEAPORT_ROLE".into(), self.opts.role.to_string());
         env.insert(
@@ -706,6 +782,62 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// Seaport's defaults, the image's `etc/kubeadm.yml`, the Clusterfile's
+    /// kubeadm documents, merged.
+    pub(crate) fn kubeadm_config(&self) -> Result<KubeadmConfig, String> {
+        let mut cfg = KubeadmConfig::defaults();
+        if let Ok(text) = fs::read_to_string(self.rootfs().join("etc/kubeadm.yml")) {
+            cfg.merge(&KubeadmConfig::parse(&text, "etc/kubeadm.yml").map_err(e2s)?);
+        }
+        if let Some(text) = &self.opts.kubeadm_config {
+            cfg.merge(
+                &KubeadmConfig::parse(text, "the Clusterfile's kubeadm documents").map_err(e2s)?,
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// The Kubernetes version installed: kubeadm's `kubernetesVersion`,
+    /// else the image's KUBEVERSION or sealer version label, else its
+    /// `Metadata`.
+    pub(crate) fn kube_version(&self) -> Result<Option<String>, String> {
+        let cfg = self.kubeadm_config()?;
+        let from_kubeadm = cfg
+            .doc("ClusterConfiguration")
+            .and_then(|d| d.get("kubernetesVersion"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let labels = &self.img.config.config.labels;
+        let metadata = runtime::metadata_version(&self.rootfs());
+        Ok(runtime::kube_version([
+            from_kubeadm.as_deref(),
+            labels
+                .get(seaport_rootfs::oci::LABEL_KUBE_VERSION)
+                .map(String::as_str),
+            labels
+                .get(runtime::LABEL_CLUSTER_RUNTIME_VERSION)
+                .map(String::as_str),
+            metadata.as_deref(),
+        ]))
+    }
+
+    /// The CRI socket kubeadm is given: what an image's CRI script wrote
+    /// into `/etc/sealerio/cri/socket-path` (sealer 0.9+'s contract), else
+    /// the socket of the runtime the `runtime` step set up.
+    fn cri_socket(&self) -> Option<String> {
+        let written = fs::read_to_string(self.files.host(runtime::SOCKET_PATH_FILE))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        written.or_else(|| {
+            self.journal
+                .state()
+                .runtime
+                .as_ref()
+                .map(|r| r.cri_socket.clone())
+        })
+    }
+
     fn step_kubeadm(&mut self, interrupted: bool) -> StepResult {
         let kubeadm = self.kubeadm_bin();
         if interrupted {
@@ -717,15 +849,7 @@ impl<'a> Context<'a> {
                 .files
                 .tracked(&mut self.journal, "kubeadm-reset", || fx.run(&spec));
         }
-        let mut cfg = KubeadmConfig::defaults();
-        if let Ok(text) = fs::read_to_string(self.rootfs().join("etc/kubeadm.yml")) {
-            cfg.merge(&KubeadmConfig::parse(&text, "etc/kubeadm.yml").map_err(e2s)?);
-        }
-        if let Some(text) = &self.opts.kubeadm_config {
-            cfg.merge(
-                &KubeadmConfig::parse(text, "the Clusterfile's kubeadm documents").map_err(e2s)?,
-            );
-        }
+        let cfg = self.kubeadm_config()?;
         let mut masters = self.opts.master_ips.clone();
         for ip in [&self.master0_ip, &self.host_ip] {
             if self.opts.role != Role::Node && !masters.contains(ip) {
@@ -737,6 +861,13 @@ impl<'a> Context<'a> {
             master_ips: masters,
             image_repository: format!("{}:{}", self.registry_domain, self.registry_port),
             env: self.env.clone(),
+            cri_socket: self.cri_socket(),
+            cgroup_driver: self
+                .journal
+                .state()
+                .runtime
+                .as_ref()
+                .and_then(|r| r.cgroup_driver.clone()),
         };
         let config_path = self.opts.cluster_dir().join("kubeadm.yaml");
         let (args, token, key, text) = match (&self.opts.join_data, self.opts.role) {
@@ -815,8 +946,37 @@ impl<'a> Context<'a> {
     }
 }
 
+/// `systemctl VERB UNITS...`, then waits until `CLI version` answers.
+pub(crate) fn start_and_wait(
+    fx: &dyn Effects,
+    systemctl_timeout: Duration,
+    limit: Duration,
+    verb: &str,
+    units: &[&str],
+    what: &str,
+    cli: &str,
+) -> Result<Duration, String> {
+    let mut args = vec![verb];
+    args.extend_from_slice(units);
+    let out = fx
+        .run(&CommandSpec::new("systemctl", &args, systemctl_timeout))
+        .map_err(e2s)?;
+    if !out.success() {
+        return Err(format!(
+            "systemctl {} exited with {:?}: {}",
+            args.join(" "),
+            out.code,
+            out.last_lines(20)
+        ));
+    }
+    wait_until(limit, &format!("{what} ({cli} version)"), || {
+        fx.run(&CommandSpec::new(cli, &["version"], systemctl_timeout))
+            .is_ok_and(|o| o.success())
+    })
+}
+
 /// Polls `ok` every 200 ms until it holds or `limit` passes.
-fn wait_until(
+pub(crate) fn wait_until(
     limit: Duration,
     what: &str,
     mut ok: impl FnMut() -> bool,
@@ -834,7 +994,7 @@ fn wait_until(
     ))
 }
 
-fn check(what: &str, out: &CommandOutput, timeout: Duration) -> Result<(), String> {
+pub(crate) fn check(what: &str, out: &CommandOutput, timeout: Duration) -> Result<(), String> {
     if out.success() {
         return Ok(());
     }
@@ -858,7 +1018,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

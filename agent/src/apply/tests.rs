@@ -10,17 +10,42 @@ use super::effects::{CommandOutput, CommandSpec, Effects, EffectsError, Recordin
 use super::image::tests::{layout_with, tar_of};
 use super::*;
 
-/// Recorded effects, plus what `bash init.sh` and kubeadm would write.
+/// Recorded effects, plus what `bash init.sh`, kubeadm and the container
+/// runtimes would write.
 struct Host {
     rec: RecordingEffects,
     root: PathBuf,
+    /// `ContainerRuntime` as `init.sh` saw it.
+    hook_runtime: std::sync::Mutex<Option<String>>,
 }
 
 impl Effects for Host {
     fn run(&self, cmd: &CommandSpec) -> Result<CommandOutput, EffectsError> {
         let r = |p: &str| self.root.join(p);
+        let starts = |unit: &str| {
+            cmd.program == "systemctl"
+                && matches!(cmd.args[0].as_str(), "start" | "restart")
+                && cmd.args.iter().any(|a| a == unit)
+        };
+        // What the runtimes make when they start: data, state, docker's key
+        // and bridge.
+        if starts("containerd.service") {
+            fs::create_dir_all(r("var/lib/containerd/io.containerd.content.v1.content")).unwrap();
+            fs::create_dir_all(r("run/containerd")).unwrap();
+        }
+        if starts("docker.service") {
+            fs::create_dir_all(r("var/lib/docker/image/vfs")).unwrap();
+            fs::write(r("var/lib/docker/image/vfs/repositories.json"), "{}").unwrap();
+            fs::create_dir_all(r("run/docker/containerd")).unwrap();
+            fs::write(r("etc/docker/key.json"), "{\"kid\":\"k\"}").unwrap();
+            fs::create_dir_all(r("sys/class/net/docker0")).unwrap();
+        }
+        if cmd.program == "ip" && cmd.args == ["link", "delete", "docker0"] {
+            fs::remove_dir_all(r("sys/class/net/docker0")).unwrap();
+        }
         if cmd.program == "bash" && cmd.args == ["init.sh"] {
             assert_eq!(cmd.env.get("HostIP").map(String::as_str), Some("10.0.0.2"));
+            *self.hook_runtime.lock().unwrap() = cmd.env.get("ContainerRuntime").cloned();
             fs::create_dir_all(r("etc/sysctl.d")).unwrap();
             fs::write(r("etc/sysctl.d/k8s.conf"), "net.ipv4.ip_forward = 1\n").unwrap();
             fs::write(r("etc/existing.conf"), "changed by the hook\n").unwrap();
@@ -47,6 +72,9 @@ impl Effects for Host {
     }
     fn is_mounted(&self, t: &Path) -> bool {
         self.rec.is_mounted(t)
+    }
+    fn mounts_under(&self, dir: &Path) -> Vec<PathBuf> {
+        self.rec.mounts_under(dir)
     }
 }
 
@@ -96,10 +124,7 @@ fn reset_c1(opts: &ApplyOptions, host: &Host) {
 
 /// A host on which no unit is enabled yet.
 fn fresh_host(opts: &ApplyOptions) -> Host {
-    let host = Host {
-        rec: RecordingEffects::default(),
-        root: opts.host_root.clone(),
-    };
+    let host = host_for(opts);
     host.rec.answer(
         "systemctl is-enabled",
         CommandOutput {
@@ -136,11 +161,20 @@ fn image_layout(dir: &Path, name: &str, changed: &[(&str, &[u8])]) {
     layout_with(dir, name, &[tar_of(&files)], &["pod_cidr=10.1.0.0/16"]);
 }
 
+/// A host whose systemctl answers success to everything.
+fn host_for(opts: &ApplyOptions) -> Host {
+    Host {
+        rec: RecordingEffects::default(),
+        root: opts.host_root.clone(),
+        hook_runtime: std::sync::Mutex::new(None),
+    }
+}
+
 fn fixture() -> (tempfile::TempDir, ApplyOptions) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let host = d.join("host");
-    for p in ["etc", "usr/bin", "opt"] {
+    for p in ["etc", "usr/bin", "opt", "var/lib", "run", "sys/class/net"] {
         fs::create_dir_all(host.join(p)).unwrap();
     }
     fs::write(host.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
@@ -258,10 +292,7 @@ fn a_node_is_installed_rerun_skips_everything_and_reset_restores_the_host() {
 #[test]
 fn an_interrupted_kubeadm_step_is_reset_before_it_runs_again() {
     let (_dir, opts) = fixture();
-    let host = Host {
-        rec: RecordingEffects::default(),
-        root: opts.host_root.clone(),
-    };
+    let host = host_for(&opts);
     apply(&opts, &host, &mut |_| {}).unwrap();
     // As if the agent died while kubeadm ran.
     let mut j = Journal::open(&opts.state_dir, "c1").unwrap();
@@ -290,10 +321,7 @@ fn an_interrupted_kubeadm_step_is_reset_before_it_runs_again() {
 #[test]
 fn a_failing_hook_fails_its_step_with_the_output_tail_and_a_rerun_retries_it() {
     let (_dir, opts) = fixture();
-    let host = Host {
-        rec: RecordingEffects::default(),
-        root: opts.host_root.clone(),
-    };
+    let host = host_for(&opts);
     host.rec.answer(
         "bash init.sh",
         CommandOutput {
@@ -588,4 +616,306 @@ fn a_journal_written_before_drift_checks_existed_still_reads() {
     assert!(j.state().installed.is_empty());
     let r = drift(&opts.state_dir, &opts.host_root, "c1").unwrap();
     assert_eq!(r, DriftReport::default());
+}
+
+/// The files of an image whose `cri/` ships docker, as sealer's images
+/// before 0.9 do; its kubeadm.yml was written for containerd.
+const DOCKER_FILES: &[(&str, &[u8])] = &[
+    ("cri/dockerd", b"#!/bin/sh\n# dockerd\n"),
+    ("cri/docker", b"#!/bin/sh\n# docker\n"),
+    ("cri/containerd", b"#!/bin/sh\n# docker's containerd\n"),
+    (
+        "etc/daemon.json",
+        br#"{"log-driver": "json-file", "exec-opts": ["native.cgroupdriver=systemd"],
+            "mirror-registries": [{"domain": "*", "mirrors": ["https://sea.hub:5000"]}]}"#,
+    ),
+    (
+        "etc/kubeadm.yml",
+        b"kind: ClusterConfiguration\nkubernetesVersion: v1.19.8\n---\nkind: JoinConfiguration\nnodeRegistration:\n  criSocket: /run/containerd/containerd.sock\n",
+    ),
+    (
+        "registry/seaport-images.json",
+        br#"{"images": [{"name": "quay.io/coreos/etcd:v3.5.0", "domain": "quay.io",
+            "repository": "coreos/etcd", "digest": "sha256:00"}]}"#,
+    ),
+];
+
+/// The fixture with the docker image, `changed` files replacing or added
+/// to [`DOCKER_FILES`].
+fn docker_fixture(changed: &[(&str, &[u8])]) -> (tempfile::TempDir, ApplyOptions) {
+    let (dir, mut opts) = fixture();
+    let mut files: Vec<(&str, &[u8])> = DOCKER_FILES.to_vec();
+    for (path, bytes) in changed {
+        files.retain(|(p, _)| p != path);
+        files.push((path, bytes));
+    }
+    let layout = dir.path().join("docker-layout");
+    image_layout(&layout, "docker.io/library/docker:1", &files);
+    opts.image = ImageSource::Layout {
+        dir: layout,
+        name: "docker:1".into(),
+    };
+    (dir, opts)
+}
+
+fn summary_of(events: &[StepEvent], step: &str) -> String {
+    events
+        .iter()
+        .find_map(|e| match e {
+            StepEvent::Done {
+                step: s, summary, ..
+            } if s == step => Some(summary.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{step} did not finish: {events:#?}"))
+}
+
+#[test]
+fn a_docker_image_gets_docker_with_mirrors_and_the_dockershim_socket_and_reset_removes_it() {
+    let (_dir, opts) = docker_fixture(&[]);
+    let host = fresh_host(&opts);
+    let before = listing(&opts.host_root);
+    let mut events = Vec::new();
+    apply(&opts, &host, &mut |e| events.push(e.clone())).unwrap();
+    let h = |p: &str| opts.host_root.join(p);
+    assert_eq!(
+        fs::read_to_string(h("usr/bin/dockerd")).unwrap(),
+        "#!/bin/sh\n# dockerd\n"
+    );
+    let daemon: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(h("etc/docker/daemon.json")).unwrap()).unwrap();
+    assert_eq!(daemon["log-driver"], "json-file", "{daemon}");
+    assert_eq!(
+        daemon["insecure-registries"],
+        serde_json::json!(["sea.hub:5000"])
+    );
+    assert_eq!(
+        daemon["registry-mirrors"],
+        serde_json::json!(["http://sea.hub:5000"])
+    );
+    // This dockerd does not know sealer's key: it would refuse to start.
+    assert!(daemon.get("mirror-registries").is_none(), "{daemon}");
+    assert!(h("etc/systemd/system/docker.service").is_file());
+    assert!(
+        !h("etc/containerd").exists(),
+        "containerd was configured for a docker image"
+    );
+    let runtime = summary_of(&events, "runtime");
+    for want in [
+        "cri/ ships dockerd",
+        "/var/run/dockershim.sock",
+        "cgroup driver systemd",
+        "quay.io",
+    ] {
+        assert!(runtime.contains(want), "{want} not in {runtime}");
+    }
+    let calls = host.rec.calls();
+    for want in [
+        "run systemctl enable docker.service",
+        "run systemctl start docker.service",
+        "run docker version",
+    ] {
+        assert!(calls.iter().any(|c| c == want), "{want} not in {calls:#?}");
+    }
+    assert!(
+        !calls.iter().any(|c| c.contains("containerd.service")),
+        "{calls:#?}"
+    );
+    // kubeadm is given docker's socket, whatever the image's kubeadm.yml said.
+    let kubeadm_cfg = fs::read_to_string(opts.cluster_dir().join("kubeadm.yaml")).unwrap();
+    assert!(
+        kubeadm_cfg.contains("criSocket: /var/run/dockershim.sock")
+            && !kubeadm_cfg.contains("containerd.sock"),
+        "{kubeadm_cfg}"
+    );
+    assert_eq!(host.hook_runtime.lock().unwrap().as_deref(), Some("docker"));
+    assert!(h("var/lib/docker/image").is_dir() && h("sys/class/net/docker0").exists());
+
+    host.rec.clear();
+    let again = apply(&opts, &host, &mut |_| {}).unwrap();
+    assert!(again.ran.is_empty(), "{:?}", again.ran);
+    assert!(host.rec.calls().is_empty(), "{:#?}", host.rec.calls());
+
+    host.rec.clear();
+    reset_c1(&opts, &host);
+    assert_eq!(listing(&opts.host_root), before);
+    let calls = host.rec.calls();
+    for want in [
+        "run systemctl stop docker.service",
+        "run systemctl disable docker.service",
+        "run ip link delete docker0",
+    ] {
+        assert!(calls.iter().any(|c| c == want), "{want} not in {calls:#?}");
+    }
+}
+
+#[test]
+fn kubernetes_1_24_with_docker_gets_cri_dockerd_and_a_socket_path_written_by_a_hook_wins() {
+    let (_dir, mut opts) = docker_fixture(&[
+        ("cri/cri-dockerd", b"#!/bin/sh\n# cri-dockerd\n"),
+        (
+            "etc/kubeadm.yml",
+            b"kind: ClusterConfiguration\nkubernetesVersion: v1.26.3\n",
+        ),
+        (
+            "registry/seaport-images.json",
+            br#"{"images": [{"name": "registry.k8s.io/pause:3.9", "domain": "registry.k8s.io",
+                "repository": "pause", "digest": "sha256:00"}]}"#,
+        ),
+    ]);
+    let host = fresh_host(&opts);
+    let before = listing(&opts.host_root);
+    opts.only = Some(
+        [
+            "rootfs",
+            "render",
+            "runtime",
+            "registry-access",
+            "kube-binaries",
+            "hook-init",
+            "hook-init-kube",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    let h = |p: &str| opts.host_root.join(p);
+    let service = fs::read_to_string(h("etc/systemd/system/cri-docker.service")).unwrap();
+    assert!(
+        service.contains("ExecStart=/usr/bin/cri-dockerd")
+            && service.contains("--pod-infra-container-image=sea.hub:5000/pause:3.9"),
+        "{service}"
+    );
+    let socket = fs::read_to_string(h("etc/systemd/system/cri-docker.socket")).unwrap();
+    assert!(
+        socket.contains("ListenStream=/var/run/cri-dockerd.sock"),
+        "{socket}"
+    );
+    let calls = host.rec.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c == "run systemctl start docker.service cri-docker.socket cri-docker.service"),
+        "{calls:#?}"
+    );
+    let j = Journal::open(&opts.state_dir, "c1").unwrap();
+    assert_eq!(
+        j.state().runtime.as_ref().unwrap().cri_socket,
+        "unix:///var/run/cri-dockerd.sock"
+    );
+
+    // An image's CRI script named another socket, as sealer 0.9+'s
+    // contract has it: kubeadm gets that one.
+    fs::create_dir_all(h("etc/sealerio/cri")).unwrap();
+    fs::write(
+        h("etc/sealerio/cri/socket-path"),
+        "unix:///run/other.sock\n",
+    )
+    .unwrap();
+    opts.only = Some(vec!["kubeadm".into()]);
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    let kubeadm_cfg = fs::read_to_string(opts.cluster_dir().join("kubeadm.yaml")).unwrap();
+    assert!(
+        kubeadm_cfg.contains("criSocket: unix:///run/other.sock"),
+        "{kubeadm_cfg}"
+    );
+    fs::remove_dir_all(h("etc/sealerio")).unwrap();
+    reset_c1(&opts, &host);
+    assert_eq!(listing(&opts.host_root), before);
+    let calls = host.rec.calls();
+    for unit in ["cri-docker.service", "cri-docker.socket", "docker.service"] {
+        let want = format!("run systemctl stop {unit}");
+        assert!(calls.contains(&want), "{want} not in {calls:#?}");
+    }
+}
+
+#[test]
+fn kubernetes_1_24_with_docker_and_no_cri_dockerd_is_refused_before_anything_starts() {
+    let (_dir, opts) = docker_fixture(&[(
+        "etc/kubeadm.yml",
+        b"kind: ClusterConfiguration\nkubernetesVersion: v1.25.0\n",
+    )]);
+    let host = fresh_host(&opts);
+    let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("step runtime failed")
+            && err.contains("v1.25.0")
+            && err.contains("cri-dockerd"),
+        "{err}"
+    );
+    let calls = host.rec.calls();
+    assert!(
+        !calls.iter().any(|c| c.starts_with("run systemctl start")),
+        "{calls:#?}"
+    );
+}
+
+#[test]
+fn a_host_running_containerd_is_not_switched_to_docker_in_place() {
+    let (dir, opts) = fixture();
+    let host = fresh_host(&opts);
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    let layout = dir.path().join("docker-layout");
+    image_layout(&layout, "docker.io/library/docker:1", DOCKER_FILES);
+    let mut up = opts.clone();
+    up.upgrade = true;
+    up.image = ImageSource::Layout {
+        dir: layout,
+        name: "docker:1".into(),
+    };
+    host.rec.clear();
+    let err = apply(&up, &host, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("runs containerd") && err.contains("reset the cluster first"),
+        "{err}"
+    );
+    assert!(
+        !host
+            .rec
+            .calls()
+            .iter()
+            .any(|c| c.contains("docker.service")),
+        "{:#?}",
+        host.rec.calls()
+    );
+    assert!(!opts.host_root.join("usr/bin/dockerd").exists());
+}
+
+#[test]
+fn reset_keeps_a_runtime_data_root_with_a_mount_inside_it() {
+    let (_dir, opts) = docker_fixture(&[]);
+    let host = fresh_host(&opts);
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    let data = opts.host_root.join("var/lib/docker");
+    // Something still mounted inside docker's data root (a volume of a
+    // container that was not stopped): removing the tree would delete the
+    // mounted file system's files.
+    let volume = data.join("volumes/v1/_data");
+    fs::create_dir_all(&volume).unwrap();
+    fs::write(volume.join("precious"), "data of another file system\n").unwrap();
+    host.bind_mount(Path::new("/srv/elsewhere"), &volume)
+        .unwrap();
+    let r = reset(
+        &ResetOptions {
+            cluster: "c1".into(),
+            prune: true,
+            state_dir: opts.state_dir.clone(),
+            data_root: opts.data_root.clone(),
+            host_root: opts.host_root.clone(),
+            timeout: Duration::from_secs(5),
+        },
+        &host,
+    )
+    .unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("/var/lib/docker") && w.contains("is mounted inside it")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(volume.join("precious").is_file());
+    // The rest is undone.
+    assert!(!opts.host_root.join("usr/bin/dockerd").exists());
+    assert!(!opts.host_root.join("run/docker").exists());
 }
