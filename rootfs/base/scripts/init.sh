@@ -1,13 +1,23 @@
 #!/bin/bash
 # Prepares a host: container runtime, kubelet, kernel settings.
-# Run from the rootfs's scripts/ directory. Environment (from the Clusterfile):
-#   container_runtime  containerd (default) or docker
+# Run from the rootfs's scripts/ directory. Environment (from the Clusterfile;
+# the agent sets ContainerRuntime to the runtime it installed):
+#   ContainerRuntime   containerd or docker (spec.containerRuntime.type)
+#   container_runtime  the same, older name; without either: docker when cri/
+#                      ships a docker tarball, else containerd
 #   registry_domain    the local registry's name (default sea.hub)
 #   registry_port      its port (default 5000)
 set -euo pipefail
 cd "$(dirname "$0")"
 rootfs=$(cd .. && pwd)
-runtime=${container_runtime:-containerd}
+runtime=${ContainerRuntime:-${container_runtime:-}}
+if [ -z "$runtime" ]; then
+  if ls "$rootfs"/cri/docker*.tar.gz >/dev/null 2>&1 || [ -x "$rootfs/cri/dockerd" ]; then
+    runtime=docker
+  else
+    runtime=containerd
+  fi
+fi
 
 # Kernel modules and sysctls kubeadm's preflight checks expect.
 modprobe br_netfilter 2>/dev/null || true
