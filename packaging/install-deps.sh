@@ -9,10 +9,17 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+# docker.io is here for its binaries only (the docker variant of the lab's
+# test image); a dockerd it starts on this machine is not needed.
+had_docker=no
+if dpkg -s docker.io >/dev/null 2>&1; then had_docker=yes; fi
 apt-get update
 apt-get install -y --no-install-recommends \
     ca-certificates curl openssl zstd \
     skopeo docker-registry apache2-utils \
     debootstrap systemd-container iproute2 iptables \
     openssh-server openssh-client \
-    containerd runc
+    containerd runc docker.io
+if [ "$had_docker" = no ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
+fi

@@ -51,6 +51,10 @@ enum Cmd {
     Image {
         /// The run id, when several labs run.
         run: Option<String>,
+        /// The docker variant (seaport-test-docker:v1): this machine's
+        /// docker.io binaries in cri/docker.tar.gz instead of containerd.
+        #[arg(long)]
+        docker: bool,
         /// Image store to build into (default: the lab coordinator's root).
         #[arg(long)]
         root: Option<PathBuf>,
@@ -129,7 +133,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Image { run, root, bin_dir } => {
+        Cmd::Image {
+            run,
+            docker,
+            root,
+            bin_dir,
+        } => {
             let root = match root {
                 Some(r) => r,
                 None => {
@@ -141,11 +150,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let bins = Binaries::in_dir(&bin_dir.unwrap_or_else(Binaries::default_dir))?;
             let work = tempfile::tempdir().context("creating a work directory")?;
-            let img =
-                seaport_lab::testimage::build_test_image_into(work.path(), &bins.seaport, &root)?;
+            let runtime = if docker {
+                seaport_lab::testimage::TestRuntime::Docker
+            } else {
+                seaport_lab::testimage::TestRuntime::Containerd
+            };
+            let img = seaport_lab::testimage::build_test_image_with(
+                work.path(),
+                &bins.seaport,
+                &root,
+                runtime,
+            )?;
             println!(
                 "built {} ({}) into {}",
-                seaport_lab::testimage::IMAGE_NAME,
+                img.name,
                 img.digest,
                 root.display()
             );

@@ -10,6 +10,14 @@
 //! `seaport build` makes it in a temporary Seaport root, caching the listed
 //! image; the result is an OCI image layout (`<root>/images`) and a tar of it
 //! to copy into hosts.
+//!
+//! Its docker variant ([`TestRuntime::Docker`], [`DOCKER_IMAGE_NAME`]) ships
+//! docker instead, as sealer's images before 0.9 do: Debian's `docker.io`
+//! binaries (dockerd, docker, docker-proxy, docker-init) with containerd,
+//! containerd-shim-runc-v2, runc and ctr at the top of `cri/docker.tar.gz`,
+//! and the base's `etc/daemon.json` with `"iptables": false` added: lab
+//! hosts have no iptables (real Kubernetes hosts do), and dockerd with its
+//! default `iptables: true` refuses to start without it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -30,6 +38,8 @@ use crate::seaport::workspace_root;
 
 /// The image's name in the layout.
 pub const IMAGE_NAME: &str = "seaport-test:v1";
+/// The docker variant's name.
+pub const DOCKER_IMAGE_NAME: &str = "seaport-test-docker:v1";
 /// The image in `images/`, as pulled through the local registry.
 pub const BUNDLED_IMAGE: &str = "docker.io/library/seaport-bundled:1.0";
 /// The repository and tag of the image named in `manifests/imageList`.
@@ -48,6 +58,41 @@ const CRI_FILES: &[(&str, &str)] = &[
     ("/usr/sbin/runc", "bin/runc"),
 ];
 const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
+/// Machine files of the docker variant: (source, name in `cri/docker.tar.gz`).
+/// `/usr/bin/docker` is the docker.io package's client (a `docker` earlier
+/// on PATH may be another one).
+const DOCKER_FILES: &[(&str, &str)] = &[
+    ("/usr/sbin/dockerd", "dockerd"),
+    ("/usr/bin/docker", "docker"),
+    ("/usr/sbin/docker-proxy", "docker-proxy"),
+    ("/usr/bin/docker-init", "docker-init"),
+    ("/usr/bin/containerd", "containerd"),
+    (
+        "/usr/bin/containerd-shim-runc-v2",
+        "containerd-shim-runc-v2",
+    ),
+    ("/usr/bin/ctr", "ctr"),
+    ("/usr/sbin/runc", "runc"),
+];
+
+/// The container runtime a test image ships.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestRuntime {
+    /// `cri/containerd.tar.gz` ([`IMAGE_NAME`]).
+    Containerd,
+    /// `cri/docker.tar.gz` ([`DOCKER_IMAGE_NAME`]).
+    Docker,
+}
+
+impl TestRuntime {
+    /// The image's name.
+    pub fn image_name(self) -> &'static str {
+        match self {
+            TestRuntime::Containerd => IMAGE_NAME,
+            TestRuntime::Docker => DOCKER_IMAGE_NAME,
+        }
+    }
+}
 
 /// Errors building the test image.
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +117,23 @@ pub struct TestImage {
     pub digest: Digest,
     /// The domain the listed image came from (`127.0.0.1:PORT`).
     pub listed_domain: String,
+    /// The image's name in the layout.
+    pub name: &'static str,
 }
 
 /// The Debian packages whose files the image copies.
 pub fn missing_machine_files() -> Vec<&'static str> {
     CRI_FILES
+        .iter()
+        .map(|(s, _)| *s)
+        .chain([REGISTRY_BINARY])
+        .filter(|p| !Path::new(p).is_file())
+        .collect()
+}
+
+/// The machine files the docker variant copies that are missing.
+pub fn missing_docker_files() -> Vec<&'static str> {
+    DOCKER_FILES
         .iter()
         .map(|(s, _)| *s)
         .chain([REGISTRY_BINARY])
@@ -96,13 +153,27 @@ pub fn build_test_image_into(
     seaport: &Path,
     root: &Path,
 ) -> Result<TestImage, TestImageError> {
-    let missing = missing_machine_files();
+    build_test_image_with(work, seaport, root, TestRuntime::Containerd)
+}
+
+/// The test image with `runtime` in `cri/`, into the image store at `root`.
+pub fn build_test_image_with(
+    work: &Path,
+    seaport: &Path,
+    root: &Path,
+    runtime: TestRuntime,
+) -> Result<TestImage, TestImageError> {
+    let (missing, packages) = match runtime {
+        TestRuntime::Containerd => (missing_machine_files(), "containerd, runc"),
+        TestRuntime::Docker => (missing_docker_files(), "docker.io, containerd, runc"),
+    };
     if !missing.is_empty() {
         return Err(TestImageError::Step(format!(
-            "{} missing on this machine: install Debian's containerd, runc and docker-registry",
+            "{} missing on this machine: install Debian's {packages} and docker-registry",
             missing.join(", ")
         )));
     }
+    let image_name = runtime.image_name();
     let context = work.join("context");
     let status = Command::new("cp")
         .arg("-a")
@@ -114,23 +185,26 @@ pub fn build_test_image_into(
         return Err(TestImageError::Step("cp -a rootfs/base failed".into()));
     }
     // cri/: the runtime as sealer images ship it, plus the registry binary.
-    let staging = work.join("cri-staging");
-    fs::create_dir_all(staging.join("bin")).map_err(step("creating the cri staging"))?;
-    for (src, dest) in CRI_FILES {
-        fs::copy(src, staging.join(dest)).map_err(step(src))?;
-    }
-    let status = Command::new("tar")
-        .arg("-czf")
-        .arg(context.join("cri/containerd.tar.gz"))
-        .arg("-C")
-        .arg(&staging)
-        .arg("bin")
-        .status()
-        .map_err(step("tar czf cri/containerd.tar.gz"))?;
-    if !status.success() {
-        return Err(TestImageError::Step(
-            "tar czf cri/containerd.tar.gz failed".into(),
-        ));
+    match runtime {
+        TestRuntime::Containerd => {
+            let staging = work.join("cri-staging");
+            fs::create_dir_all(staging.join("bin")).map_err(step("creating the cri staging"))?;
+            for (src, dest) in CRI_FILES {
+                fs::copy(src, staging.join(dest)).map_err(step(src))?;
+            }
+            tar_gz(&context.join("cri/containerd.tar.gz"), &staging, &["bin"])?;
+        }
+        TestRuntime::Docker => {
+            let staging = work.join("cri-staging");
+            fs::create_dir_all(&staging).map_err(step("creating the cri staging"))?;
+            let mut names = Vec::new();
+            for (src, name) in DOCKER_FILES {
+                fs::copy(src, staging.join(name)).map_err(step(src))?;
+                names.push(*name);
+            }
+            tar_gz(&context.join("cri/docker.tar.gz"), &staging, &names)?;
+            lab_daemon_json(&context.join("etc/daemon.json"))?;
+        }
     }
     fs::copy(REGISTRY_BINARY, context.join("cri/docker-registry"))
         .map_err(step(REGISTRY_BINARY))?;
@@ -167,7 +241,7 @@ pub fn build_test_image_into(
     // `seaport build`, caching the listed image from the loopback registry.
     let out = Command::new(seaport)
         .env("SEAPORT_ROOT", root)
-        .args(["build", "-t", IMAGE_NAME, "--insecure-registry", &domain])
+        .args(["build", "-t", image_name, "--insecure-registry", &domain])
         .arg(&context)
         .stdin(Stdio::null())
         .output()
@@ -182,7 +256,7 @@ pub fn build_test_image_into(
     drop(registry);
     let store = seaport_rootfs::store::Store::open(root).map_err(step("opening the store"))?;
     let resolved = store
-        .resolve(IMAGE_NAME)
+        .resolve(image_name)
         .map_err(step("finding the built image"))?;
     let layout = store.dir().to_path_buf();
     let layout_tar = work.join("image-layout.tar");
@@ -202,7 +276,38 @@ pub fn build_test_image_into(
         layout_tar,
         digest: resolved.manifest_digest,
         listed_domain: domain,
+        name: image_name,
     })
+}
+
+/// `tar -czf out -C dir names...`.
+fn tar_gz(out: &Path, dir: &Path, names: &[&str]) -> Result<(), TestImageError> {
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(out)
+        .arg("-C")
+        .arg(dir)
+        .args(names)
+        .status()
+        .map_err(step("running tar czf"))?;
+    if !status.success() {
+        return Err(TestImageError::Step(format!(
+            "tar czf {} failed",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The base's daemon.json with what dockerd needs to start in a lab host:
+/// no iptables (the hosts have none).
+fn lab_daemon_json(path: &Path) -> Result<(), TestImageError> {
+    let text = fs::read_to_string(path).map_err(step("reading etc/daemon.json"))?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(&text).map_err(step("parsing etc/daemon.json"))?;
+    v["iptables"] = serde_json::Value::Bool(false);
+    let text = serde_json::to_string_pretty(&v).expect("JSON serializes") + "\n";
+    fs::write(path, text).map_err(step("writing etc/daemon.json"))
 }
 
 fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TestImageError> {

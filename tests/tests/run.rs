@@ -10,8 +10,18 @@
 //! second `seaport run` changes nothing; an image whose layer escapes its
 //! directory is refused with nothing written; `seaport delete --all
 //! --prune` leaves /etc, /usr and systemd's unit state as they were.
-//! Needs root, systemd-nspawn, debootstrap and Debian's containerd, runc and
-//! docker-registry on the machine (see docs/lab.md and docs/install.md).
+//!
+//! The docker variant of the test image (docker from Debian's `docker.io`
+//! binaries in `cri/docker.tar.gz`) installs on 3 hosts the same way:
+//! dockerd runs on every host, `docker pull` of both images works through
+//! the registry on master0 (by its name and through the Docker Hub
+//! mirror), kubeadm is given docker's CRI socket, and `seaport delete --all
+//! --prune` leaves every host as before (docker's data, bridge and key
+//! included).
+//!
+//! Needs root, systemd-nspawn, debootstrap and Debian's containerd, runc,
+//! docker.io and docker-registry on the machine (see docs/lab.md and
+//! docs/install.md).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use seaport_lab::checks::{diff, snapshot, Phases};
 use seaport_lab::seaport::Binaries;
-use seaport_lab::testimage::{self, LISTED_REPO, LISTED_TAG};
+use seaport_lab::testimage::{self, TestRuntime, BUNDLED_IMAGE, LISTED_REPO, LISTED_TAG};
 use seaport_lab::{lab, runs, wait, Host};
 
 const CLUSTER: &str = "lab";
@@ -444,6 +454,192 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
             .exec(&["test", "-e", "/var/lib/seaport/data/lab"])
             .unwrap();
         assert!(!data.success(), "{}: the data directory is left", h.name());
+    }
+    phases.done("delete --all --prune on every host");
+    coordinator.stop().unwrap();
+}
+
+/// `docker pull` of the image from images/ and the one from
+/// manifests/imageList on every host, through the registry on master0.
+fn docker_pulls_work_everywhere(hosts: &[Host]) {
+    let listed = format!("sea.hub:5000/{LISTED_REPO}:{LISTED_TAG}");
+    let bundled_local = BUNDLED_IMAGE.replace("docker.io/", "sea.hub:5000/");
+    for h in hosts {
+        let active = h
+            .exec(&["systemctl", "is-active", "docker.service"])
+            .unwrap();
+        assert_eq!(active.stdout.trim(), "active", "{}", h.name());
+        for (what, image) in [
+            (
+                "bundled, by the local registry's name",
+                bundled_local.as_str(),
+            ),
+            ("listed, by the local registry's name", listed.as_str()),
+            ("bundled, docker.io through registry-mirrors", BUNDLED_IMAGE),
+        ] {
+            let out = h.exec(&["docker", "pull", image]).unwrap();
+            assert!(
+                out.success(),
+                "{}: docker pull of {what} ({image}) failed: {}{}",
+                h.name(),
+                out.stdout,
+                out.stderr
+            );
+        }
+        let images = h
+            .exec_ok(&["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .unwrap()
+            .stdout;
+        for want in [
+            bundled_local.as_str(),
+            listed.as_str(),
+            "seaport-bundled:1.0",
+        ] {
+            assert!(
+                images.lines().any(|l| l == want),
+                "{}: {want} not in docker images: {images}",
+                h.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn seaport_run_installs_docker_on_three_hosts_and_deletes_cleanly() {
+    if let Err(e) = lab::preflight() {
+        panic!("the lab tests cannot run here: {e}");
+    }
+    let missing = testimage::missing_docker_files();
+    assert!(
+        missing.is_empty(),
+        "install Debian's docker.io, containerd, runc and docker-registry: missing {missing:?}"
+    );
+    let mut phases = Phases::start();
+    let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("seaport-root");
+    let image =
+        testimage::build_test_image_with(tmp.path(), &bins.seaport, &root, TestRuntime::Docker)
+            .expect("build the docker test image");
+    phases.done("build binaries and the docker test image");
+    let lab = seaport_lab::Lab::up(3).expect("bring up a lab of 3 hosts");
+    let (mut coordinator, _nodes) =
+        runs::enroll_all(&lab, &bins, &root).expect("enroll the agents");
+    phases.done("lab up, agents enrolled");
+    let (m0, n1, n2) = (lab.host(0), lab.host(1), lab.host(2));
+    let before: Vec<String> = lab.hosts().iter().map(snapshot).collect();
+    let m0ip = m0.ip().to_string();
+    let workers = format!("{},{}", n1.ip(), n2.ip());
+    let (ok, out, err) = seaport_out(
+        &bins,
+        &root,
+        &[
+            "run",
+            image.name,
+            "-m",
+            &m0ip,
+            "-n",
+            &workers,
+            "--cluster",
+            CLUSTER,
+        ],
+    );
+    assert!(
+        ok,
+        "seaport run of the docker image failed:\n{out}\n{err}\ncoordinator log: {}",
+        coordinator.log().display()
+    );
+    assert!(out.contains("cluster lab: succeeded"), "{out}");
+    phases.done("seaport run");
+
+    for h in lab.hosts() {
+        // docker is the runtime; containerd runs only under dockerd.
+        let system_containerd = h
+            .exec(&["systemctl", "is-active", "containerd.service"])
+            .unwrap();
+        assert_ne!(
+            system_containerd.stdout.trim(),
+            "active",
+            "{}: containerd.service runs beside docker",
+            h.name()
+        );
+        let daemon: serde_json::Value = serde_json::from_str(
+            &h.exec_ok(&["cat", "/etc/docker/daemon.json"])
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        assert_eq!(
+            daemon["insecure-registries"],
+            serde_json::json!(["sea.hub:5000"]),
+            "{}",
+            h.name()
+        );
+        assert_eq!(
+            daemon["registry-mirrors"],
+            serde_json::json!(["http://sea.hub:5000"]),
+            "{}",
+            h.name()
+        );
+        assert_eq!(daemon["iptables"], false, "the image's own setting is kept");
+    }
+    docker_pulls_work_everywhere(lab.hosts());
+    let reg = m0
+        .exec(&["systemctl", "is-active", "seaport-registry.service"])
+        .unwrap();
+    assert_eq!(reg.stdout.trim(), "active");
+    phases.done("docker and pulls on every host");
+
+    // kubeadm got docker's CRI socket (the double's preflight asked docker
+    // itself), and the kubelet follows docker's cgroup driver.
+    let init = m0
+        .exec_ok(&["cat", "/var/lib/kubeadm-double/init.yaml"])
+        .unwrap()
+        .stdout;
+    assert!(
+        init.contains("criSocket: /var/run/dockershim.sock") && !init.contains("containerd.sock"),
+        "{init}"
+    );
+    assert!(init.contains("cgroupDriver: systemd"), "{init}");
+    for h in [n1, n2] {
+        let join = h
+            .exec_ok(&["cat", "/var/lib/kubeadm-double/join.yaml"])
+            .unwrap()
+            .stdout;
+        assert!(
+            join.contains("criSocket: /var/run/dockershim.sock"),
+            "{}: {join}",
+            h.name()
+        );
+    }
+
+    let (ok, out, err) = seaport_out(&bins, &root, &["delete", "--all", "--prune", "--yes"]);
+    assert!(ok, "seaport delete: {out}{err}");
+    assert!(out.contains("cluster lab: deleted"), "{out}");
+    for (i, h) in lab.hosts().iter().enumerate() {
+        let d = diff(&before[i], &snapshot(h));
+        assert!(
+            d.is_empty(),
+            "{}: /etc, /usr or units differ after delete:\n{d}",
+            h.name()
+        );
+        for gone in [
+            vec!["test", "-e", "/var/lib/docker"],
+            vec!["test", "-e", "/run/docker"],
+            vec!["test", "-e", "/var/lib/seaport/data/lab"],
+            vec!["ip", "link", "show", "docker0"],
+            vec!["pgrep", "-x", "dockerd"],
+            vec!["pgrep", "-x", "containerd"],
+        ] {
+            let out = h.exec(&gone).unwrap();
+            assert!(
+                !out.success(),
+                "{}: `{}` after delete: {}",
+                h.name(),
+                gone.join(" "),
+                out.stdout
+            );
+        }
     }
     phases.done("delete --all --prune on every host");
     coordinator.stop().unwrap();
