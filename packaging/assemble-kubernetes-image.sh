@@ -7,8 +7,10 @@
 #
 # DIR must hold kubeadm, kubectl and kubelet for that version and
 # architecture; crictl, conntrack, nerdctl and seautil are copied too when
-# present. CRI.tar.gz (containerd with runc, ctr ...) goes to cri/. The image
-# is built with `seaport build` into the local store (--root/SEAPORT_ROOT).
+# present. CRI.tar.gz (containerd with runc, ctr ...; or docker.tar.gz with
+# dockerd, docker, containerd, runc ..., which makes docker the runtime) goes
+# to cri/. The image is built with `seaport build` into the local store
+# (--root/SEAPORT_ROOT).
 set -euo pipefail
 
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
