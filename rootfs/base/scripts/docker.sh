@@ -14,7 +14,8 @@ if ! command -v dockerd >/dev/null 2>&1; then
     echo "docker.sh: docker is not installed and cri/ has no docker*.tar.gz" >&2
     exit 1
   fi
-  if tar -tzf "$tarball" | grep -q '^docker/'; then
+  listing=$(tar -tzf "$tarball")
+  if grep -q '^docker/' <<<"$listing"; then
     tar -xzf "$tarball" -C /usr/bin --strip-components=1
   else
     tar -xzf "$tarball" -C /usr/bin
