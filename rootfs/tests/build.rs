@@ -1,99 +1,15 @@
 //! Builds real images into a temporary store and checks what a user would
 //! see: the files in the merged rootfs, the recorded config, the errors.
 
+mod build_support;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use seaport_rootfs::build::{build, BuildError, BuildOptions, ImageCache};
+use build_support::{read, setup};
+use seaport_rootfs::build::ImageCache;
 use seaport_rootfs::inspect::inspect;
-use seaport_rootfs::store::Store;
-use seaport_shared::safetar;
-
-struct Ctx {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    ctx: PathBuf,
-    store: Store,
-}
-
-fn setup() -> Ctx {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    let ctx = dir.path().join("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    let store = Store::open(&root).unwrap();
-    Ctx {
-        _dir: dir,
-        root,
-        ctx,
-        store,
-    }
-}
-
-impl Ctx {
-    fn file(&self, rel: &str, content: &str) {
-        let p = self.ctx.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, content).unwrap();
-    }
-
-    fn build(
-        &self,
-        kubefile: &str,
-        tag: &str,
-    ) -> Result<seaport_rootfs::build::BuildReport, BuildError> {
-        self.build_with(kubefile, tag, |_| {})
-    }
-
-    fn build_with<'a>(
-        &self,
-        kubefile: &str,
-        tag: &str,
-        f: impl FnOnce(&mut BuildOptions<'a>),
-    ) -> Result<seaport_rootfs::build::BuildReport, BuildError> {
-        let kf = self
-            .ctx
-            .parent()
-            .unwrap()
-            .join(format!("Kubefile.{}", tag.replace([':', '/'], "_")));
-        fs::write(&kf, kubefile).unwrap();
-        let mut opts: BuildOptions<'a> = BuildOptions::new(&kf, &self.ctx, tag);
-        opts.platform = "linux/amd64".into();
-        f(&mut opts);
-        build(&self.store, &opts)
-    }
-
-    /// The merged rootfs of an image, unpacked into a fresh directory.
-    fn rootfs(&self, name: &str) -> tempfile::TempDir {
-        let out = tempfile::tempdir().unwrap();
-        let image = self.store.resolve(name).unwrap();
-        for l in &image.manifest.layers {
-            let blob = self.store.open_blob(&l.digest).unwrap();
-            let dec = zstd::stream::Decoder::new(blob).unwrap();
-            safetar::unpack(dec, out.path(), &Default::default()).unwrap();
-        }
-        out
-    }
-
-    fn store_listing(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut out = Vec::new();
-        for e in walkdir::WalkDir::new(&self.root).sort_by_file_name() {
-            let e = e.unwrap();
-            let content = if e.file_type().is_file() {
-                fs::read(e.path()).unwrap()
-            } else {
-                Vec::new()
-            };
-            out.push((e.path().to_path_buf(), content));
-        }
-        out
-    }
-}
-
-fn read(dir: &Path, rel: &str) -> String {
-    fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
 
 #[test]
 fn copy_files_dirs_globs_and_arch() {
@@ -120,7 +36,8 @@ fn copy_files_dirs_globs_and_arch() {
     assert_eq!(read(r.path(), "usr/kubeadm-copy/kubeadm"), "amd64 kubeadm");
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
     assert!(
-        report.warnings[0].contains(":4: COPY bin/$ARCH/kubeadm usr/kubeadm-copy: nothing in the Kubefile"),
+        report.warnings[0]
+            .contains(":4: COPY bin/$ARCH/kubeadm usr/kubeadm-copy: nothing in the Kubefile"),
         "{:?}",
         report.warnings
     );
@@ -263,8 +180,14 @@ fn metadata_instructions_are_recorded() {
     assert_eq!(app("setup").kind, "shell");
     assert_eq!(app("chart").kind, "helm");
     assert_eq!(app("calico").role, "cni");
-    assert_eq!(info.labels["cluster.alpha.sealer.io/kube-cni-calico"], "true");
-    assert_eq!(info.labels["cluster.alpha.sealer.io/kube-csi-openebs"], "true");
+    assert_eq!(
+        info.labels["cluster.alpha.sealer.io/kube-cni-calico"],
+        "true"
+    );
+    assert_eq!(
+        info.labels["cluster.alpha.sealer.io/kube-csi-openebs"],
+        "true"
+    );
     assert_eq!(app("openebs").role, "csi");
     let r = c.rootfs("meta:v1");
     assert_eq!(
