@@ -406,6 +406,9 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
                     ));
                 }
             }
+            // A trailing comment is cut off before quotes are read, so an
+            // apostrophe in it is just text (sealer splits on blanks only).
+            let (rest, comment) = split_trailing_comment(rest);
             let mut w = match json_prefix_array(rest)? {
                 Some(list) => list,
                 None => split_words(rest)?,
@@ -414,6 +417,7 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
                 return Err("needs a source and a destination".into());
             }
             ignored.extend(w.split_off(2));
+            ignored.extend(comment.map(str::to_string));
             let dest = w.pop().expect("len 2");
             let source = w.pop().expect("len 1");
             check_local(&source)?;
@@ -689,6 +693,27 @@ fn shell_join(argv: &[String]) -> String {
         .join(" ")
 }
 
+/// `text` up to a `#` that starts a word outside quotes, and the comment
+/// from that `#` on.
+fn split_trailing_comment(text: &str) -> (&str, Option<&str>) {
+    let mut quote = None;
+    let mut escaped = false;
+    let mut prev_blank = true;
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            _ if escaped => escaped = false,
+            (Some('\''), '\'') | (Some('"'), '"') => quote = None,
+            (Some('"'), '\\') | (None, '\\') => escaped = true,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '#') if prev_blank => return (text[..i].trim_end(), Some(&text[i..])),
+            _ => {}
+        }
+        prev_blank = c.is_whitespace();
+    }
+    (text, None)
+}
+
 /// Leading `--flag` words and the rest of the line.
 fn leading_flags(rest: &str) -> (Vec<&str>, &str) {
     let mut flags = Vec::new();
@@ -916,7 +941,7 @@ LAUNCH ["calico", "nginx"]
             InstructionKind::Copy {
                 source: "bin/${ARCH}/kubeadm".into(),
                 dest: "bin/".into(),
-                ignored: vec!["#".into(), "the".into(), "binary".into()],
+                ignored: vec!["# the binary".into()],
             }
         );
         assert_eq!(
@@ -1120,14 +1145,11 @@ LAUNCH ["calico", "nginx"]
     fn copy_reads_a_source_and_a_destination_as_sealer_does() {
         let copy = |line: &str| kinds(&format!("FROM scratch\n{line}\n")).remove(1);
         assert_eq!(
-            copy("COPY ${ARCH}/helm bin # copy binary file,make sure the build context have it"),
+            copy("COPY ${ARCH}/helm bin # copy binary file,make sure the build context's got it"),
             InstructionKind::Copy {
                 source: "${ARCH}/helm".into(),
                 dest: "bin".into(),
-                ignored: "# copy binary file,make sure the build context have it"
-                    .split(' ')
-                    .map(String::from)
-                    .collect(),
+                ignored: vec!["# copy binary file,make sure the build context's got it".into()],
             }
         );
         assert_eq!(
@@ -1136,6 +1158,14 @@ LAUNCH ["calico", "nginx"]
                 source: "my file.yaml".into(),
                 dest: "manifests/".into(),
                 ignored: vec![],
+            }
+        );
+        assert_eq!(
+            copy("COPY 'my #1.yaml' manifests#x #"),
+            InstructionKind::Copy {
+                source: "my #1.yaml".into(),
+                dest: "manifests#x".into(),
+                ignored: vec!["#".into()],
             }
         );
         assert_eq!(
