@@ -1437,6 +1437,14 @@ impl CopyTarget {
     fn place(&self, src: &Source, rules: CopySemantics) -> Result<String, String> {
         let inside = || join_key(&self.key, &src.base);
         Ok(match (rules, src.is_dir) {
+            // buildah refuses a directory over a file; sealer 0.8 replaced
+            // the file by a directory, which no one means.
+            (_, true) if self.is_file => {
+                return Err(format!(
+                    "destination {} is a file in the image, not a directory",
+                    self.key
+                ))
+            }
             // Both generations spread the context itself into DEST.
             (_, true) if src.is_context => self.key.clone(),
             // 0.8: SRC at DEST/SRC, or at DEST when DEST already ends in
@@ -1450,12 +1458,6 @@ impl CopyTarget {
             (CopySemantics::Sealer08, false) => inside(),
             // 0.9+ (buildah): a directory's contents into DEST, a file into
             // a directory DEST or as DEST.
-            (CopySemantics::Sealer09, true) if self.is_file => {
-                return Err(format!(
-                    "destination {} is a file in the image, not a directory",
-                    self.key
-                ))
-            }
             (CopySemantics::Sealer09, true) => self.key.clone(),
             (CopySemantics::Sealer09, false) if self.is_dir || self.several => inside(),
             (CopySemantics::Sealer09, false) => self.key.clone(),

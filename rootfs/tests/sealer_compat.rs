@@ -617,21 +617,20 @@ fn files_land_inside_directories_and_keep_a_new_name_only_in_09() {
         "kind: InitConfiguration # mine".into(),
     );
     assert_eq!(files(c.rootfs("over:v1").path()), want);
-    // sealer 0.9+ refuses a directory over a file, naming the line.
+    // A directory over a file is refused in both, naming the line.
     c.file("dir/x", "x");
-    let err = c
-        .build(
-            "FROM kubernetes:v1.19.8\nLABEL a=b\nCOPY dir etc/kubeadm.yml\n",
-            "bad:v1",
-        )
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(
-            ":3: COPY: destination etc/kubeadm.yml is a file in the image, not a directory"
-        ),
-        "{err}"
-    );
+    for kubefile in [
+        "FROM kubernetes:v1.19.8\nLABEL a=b\nCOPY dir etc/kubeadm.yml\n",
+        "FROM kubernetes:v1.19.8\nCMD x\nCOPY dir etc/kubeadm.yml\n",
+    ] {
+        let err = c.build(kubefile, "bad:v1").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                ":3: COPY: destination etc/kubeadm.yml is a file in the image, not a directory"
+            ),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -938,6 +937,26 @@ fn an_app_without_a_type_needs_appcmds_and_the_error_names_the_line() {
         );
     }
     assert!(c.store.list().unwrap().is_empty());
+    // sealer's Clusterfile documentation: a template rendered at install
+    // time, launched by APPCMDS.
+    c.file(
+        "nginx/nginx.yaml.tmpl",
+        "kind: Deployment\nimage: {{ .ImageName }}\n",
+    );
+    build(
+        &c,
+        "FROM scratch\nAPP app1 local://nginx\nAPPCMDS app1 [\"kubectl apply -f nginx.yaml\"]\nLAUNCH [\"app1\"]\n",
+        "tmpl:v1",
+    );
+    expect(
+        &c,
+        "tmpl:v1",
+        false,
+        &[(
+            "application/apps/app1/nginx.yaml.tmpl",
+            "kind: Deployment\nimage: {{ .ImageName }}\n",
+        )],
+    );
     // With APPCMDS it builds, untyped, launched by its commands.
     build(
         &c,
