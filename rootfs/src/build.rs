@@ -379,8 +379,9 @@ struct Builder<'s, 'o> {
     generation: Generation,
     notes: Vec<String>,
     warnings: Vec<String>,
-    /// Apps this Kubefile declares whose type could not be told, by line.
-    untyped_apps: BTreeMap<String, (usize, String)>,
+    /// Apps this Kubefile declares whose type could not be told: the line,
+    /// the instruction (APP, CNI, CSI) and why.
+    untyped_apps: BTreeMap<String, (usize, &'static str, String)>,
 }
 
 /// Builds the image `opts` describes into `store` and names it `opts.tag`.
@@ -437,7 +438,7 @@ pub fn build(store: &Store, opts: &BuildOptions<'_>) -> Result<BuildReport, Buil
         })?;
     }
     // As sealer: an app whose type cannot be told needs APPCMDS.
-    for (name, (line, why)) in &b.untyped_apps {
+    for (name, (line, keyword, why)) in &b.untyped_apps {
         let has_cmds = b
             .ext
             .applications
@@ -447,7 +448,7 @@ pub fn build(store: &Store, opts: &BuildOptions<'_>) -> Result<BuildReport, Buil
             return Err(BuildError::Instruction {
                 file: b.file.clone(),
                 line: *line,
-                instruction: "APP".into(),
+                instruction: keyword.to_string(),
                 message: format!(
                     "app {name}: {why}, so Seaport cannot tell how to launch it; \
                      give APPCMDS {name} [\"COMMAND\", ...]"
@@ -617,15 +618,15 @@ impl Builder<'_, '_> {
                 self.empty_history(created_by);
             }
             InstructionKind::App { name, sources } => {
-                self.app(ins.line, name, sources, "app", created_by)?
+                self.app(ins, name, sources, "app", created_by)?
             }
             InstructionKind::Cni { name, sources } => {
-                self.app(ins.line, name, sources, "cni", created_by)?;
+                self.app(ins, name, sources, "cni", created_by)?;
                 self.labels
                     .insert(format!("{LABEL_KUBE_CNI_PREFIX}{name}"), "true".into());
             }
             InstructionKind::Csi { name, sources } => {
-                self.app(ins.line, name, sources, "csi", created_by)?;
+                self.app(ins, name, sources, "csi", created_by)?;
                 self.labels
                     .insert(format!("{LABEL_KUBE_CSI_PREFIX}{name}"), "true".into());
             }
@@ -908,7 +909,7 @@ impl Builder<'_, '_> {
 
     fn app(
         &mut self,
-        line: usize,
+        ins: &Instruction,
         name: &str,
         sources: &[String],
         role: &str,
@@ -935,7 +936,8 @@ impl Builder<'_, '_> {
                 (kind.to_string(), files)
             }
             AppType::Unknown(why) => {
-                self.untyped_apps.insert(name.to_string(), (line, why));
+                self.untyped_apps
+                    .insert(name.to_string(), (ins.line, ins.keyword(), why));
                 (String::new(), Vec::new())
             }
         };

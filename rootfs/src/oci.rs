@@ -238,8 +238,9 @@ pub struct Launch {
 pub struct Application {
     /// Unique name within the image.
     pub name: String,
-    /// `helm`, `kube` (YAML manifests) or `shell`.
-    #[serde(rename = "type")]
+    /// `helm`, `kube` (YAML manifests) or `shell`; empty when the files do
+    /// not tell (the app has APPCMDS), which sealer writes by leaving it out.
+    #[serde(rename = "type", default)]
     pub kind: String,
     /// Files (relative to the app directory) that launch it (`files` in
     /// images sealer 0.9.3+ built).

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use build_support::{files, setup, Ctx};
 use seaport_rootfs::build::{BuildReport, CopySemantics};
 use seaport_rootfs::inspect::{inspect, ImageInfo};
-use seaport_rootfs::oci::{ImageExtension, ANNOTATION_SEALER_EXTENSION};
+use seaport_rootfs::oci::ANNOTATION_SEALER_EXTENSION;
 use seaport_rootfs::reference::ImageRef;
 
 /// The files of a sealer 0.8 CloudRootfs base (`kubernetes:v1.19.8`):
@@ -472,14 +472,18 @@ fn the_generation_can_be_forced_and_a_forced_one_is_named() {
     }
 }
 
-/// Rewrites the base's extension as sealer 0.9.3 (buildah) writes it.
+/// Rewrites the base's extension as sealer 0.9.3+ (buildah) writes it,
+/// with an app in sealer's own field names (`files`, `cmds`).
 fn as_built_by_sealer(c: &Ctx, name: &str) {
     let image = c.store.resolve(name).unwrap();
     let mut manifest = image.manifest.clone();
-    let mut ext: ImageExtension =
+    let mut ext: serde_json::Value =
         serde_json::from_str(&manifest.annotations[ANNOTATION_SEALER_EXTENSION]).unwrap();
-    ext.build_client.sealer_version = "v0.9.3".into();
-    ext.build_client.buildah_version = "1.27.1".into();
+    ext["buildClient"] = serde_json::json!({"sealerVersion": "v0.9.3", "buildahVersion": "1.27.1"});
+    ext["applications"] = serde_json::json!([
+        {"name": "calico", "type": "shell", "files": ["calico.sh"], "version": "v1"},
+        {"name": "tools", "files": ["a.txt"], "version": "v1", "cmds": ["bash", "install.sh"]}
+    ]);
     manifest.annotations.insert(
         ANNOTATION_SEALER_EXTENSION.into(),
         serde_json::to_string(&ext).unwrap(),
@@ -520,6 +524,17 @@ fn the_base_decides_the_generation_when_the_kubefile_does_not() {
             ("charts/Chart.yaml", "name: mychart"),
         ],
     );
+    // The base's apps, as sealer recorded them, are inherited.
+    let apps = info(&c, "on09:v1").apps;
+    assert_eq!(
+        (
+            apps[0].name.as_str(),
+            apps[0].kind.as_str(),
+            apps[0].launch_files.clone()
+        ),
+        ("calico", "shell", vec!["calico.sh".to_string()])
+    );
+    assert_eq!(apps[1].launch_cmds, ["bash", "install.sh"]);
     // A base with sealer 0.9+ labels and no Metadata.
     c.build(
         "FROM scratch\nCOPY plain manifests/\nLABEL \"cluster.alpha.sealer.io/cluster-runtime-type\"=\"kubernetes\"\n",
