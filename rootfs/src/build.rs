@@ -852,13 +852,17 @@ impl Builder<'_, '_> {
             globbed |= s.contains(['*', '?', '[']);
             resolved.extend(self.resolve_sources(s)?);
         }
-        let dest_kind = self.path_kind_in_image(&dest_key)?;
+        // The layers below are read (once, indexed) only when the
+        // destination's own spelling does not say it is a directory.
+        let dest_kind =
+            if trailing || dest_key.is_empty() || ROOTFS_DIRS.contains(&dest_key.as_str()) {
+                Some(PathKind::Dir)
+            } else {
+                self.path_kind_in_image(&dest_key)?
+            };
         let target = CopyTarget {
             last: dest_key.rsplit('/').next().unwrap_or_default().to_string(),
-            is_dir: trailing
-                || dest_key.is_empty()
-                || dest_kind == Some(PathKind::Dir)
-                || ROOTFS_DIRS.contains(&dest_key.as_str()),
+            is_dir: dest_kind == Some(PathKind::Dir),
             is_file: dest_kind == Some(PathKind::Other),
             several: resolved.len() > 1 || globbed,
             key: dest_key,
