@@ -271,3 +271,56 @@ fn build_errors_are_clear() {
     let err = env.fails(&["build", "-t", "Bad Name", env.path("ctx").to_str().unwrap()]);
     assert!(err.contains("invalid image name"), "{err}");
 }
+
+#[test]
+fn build_prints_which_sealer_rule_placed_a_directory_and_takes_copy_semantics() {
+    let env = Env::new();
+    let ctx = env.path("charts-ctx");
+    fs::create_dir_all(ctx.join("nginx/templates")).unwrap();
+    fs::write(ctx.join("nginx/Chart.yaml"), "name: nginx").unwrap();
+    fs::write(ctx.join("Kubefile"), "FROM scratch\nCOPY nginx charts\n").unwrap();
+    let ctx = ctx.to_str().unwrap().to_string();
+    let kubefile = format!("{ctx}/Kubefile");
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "-f", &kubefile, "-t", "charts:v1"];
+        args.extend(extra);
+        args.push(&ctx);
+        let out = env.run(&args);
+        (out.status.success(), String::from_utf8(out.stderr).unwrap())
+    };
+    // Nothing tells the generation: a warning naming the line and the flag.
+    let (ok, err) = build(&[]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: ")
+            && err.contains("Kubefile:2: COPY nginx charts: nothing in the Kubefile or its base")
+            && err.contains("charts/nginx/")
+            && err.contains("--copy-semantics 0.8 or 0.9"),
+        "{err}"
+    );
+    let layer_of = |env: &Env| {
+        let info: serde_json::Value =
+            serde_json::from_str(&env.ok(&["inspect", "charts:v1"])).unwrap();
+        info["layers"][0]["digest"].as_str().unwrap().to_string()
+    };
+    let as_08 = layer_of(&env);
+    // Forced: a note saying so, and another layout.
+    let (ok, err) = build(&["--copy-semantics", "0.9"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("note: ")
+            && err.contains("the contents of directory nginx go to charts/ (sealer 0.8 rules: to charts/nginx/): sealer 0.9+ rules, chosen with --copy-semantics"),
+        "{err}"
+    );
+    assert!(!err.contains("warning:"), "{err}");
+    assert_ne!(layer_of(&env), as_08);
+    let (ok, err) = build(&["--copy-semantics", "0.8"]);
+    assert!(ok && err.contains("note: "), "{err}");
+    assert_eq!(layer_of(&env), as_08);
+    // A value that is not a generation is refused by name.
+    let (ok, err) = build(&["--copy-semantics", "1.0"]);
+    assert!(
+        !ok && err.contains("\"1.0\" is not a sealer generation"),
+        "{err}"
+    );
+}

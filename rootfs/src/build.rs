@@ -8,6 +8,12 @@
 //!   context into one layer each. Sources are paths or globs relative to the
 //!   context, with `${ARCH}` and other variables expanded; a source that
 //!   resolves outside the context (through `..` or a symlink) is refused.
+//!   Where a COPY source lands follows the sealer generation the Kubefile
+//!   was written for ([`CopySemantics`]: given by the caller, or decided
+//!   from the Kubefile and its base by [`decide_generation`]); APP, CNI, CSI
+//!   and ADD exist in sealer 0.9+ only and always follow its rules. APP
+//!   tells an application's type from its files as sealer does
+//!   ([`app_type`]).
 //! - RUN runs its command on the build host (`sh -c`, or the exec form's
 //!   argv) with the working directory set to a materialized copy of the
 //!   rootfs so far; what it added, changed or deleted becomes a layer.
@@ -41,14 +47,182 @@ use crate::layer::{self, Entries, EntrySource, LayerEntry, LayerError, LayerOpti
 use crate::oci::{
     Application, Descriptor, History, ImageConfig, ImageExtension, Manifest, RootFs, RuntimeConfig,
     ANNOTATION_LAYER_INSTRUCTION, ANNOTATION_METADATA, ANNOTATION_PLATFORM,
-    ANNOTATION_SEALER_EXTENSION, LABEL_KUBE_VERSION, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP,
-    MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
+    ANNOTATION_SEALER_EXTENSION, LABEL_KUBE_CNI_PREFIX, LABEL_KUBE_CSI_PREFIX, LABEL_KUBE_VERSION,
+    MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
+    MEDIA_TYPE_MANIFEST,
 };
 use crate::reference::{ImageRef, ReferenceError};
 use crate::store::{Store, StoreError};
 
 /// Where APP, CNI and CSI put an application's files in the rootfs.
 pub const APP_ROOT: &str = "application/apps";
+
+/// Top-level directories of a CloudRootfs: a file copied to one of them
+/// lands inside it even when the image does not have it yet.
+pub const ROOTFS_DIRS: &[&str] = &[
+    "bin",
+    "cri",
+    "etc",
+    "images",
+    "plugins",
+    "charts",
+    "manifests",
+    "registry",
+    "scripts",
+    "statics",
+    "applications",
+    "application",
+];
+
+/// Whose COPY rules a build follows: the two sealer generations disagree on
+/// where a directory (and a file with a new name) lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopySemantics {
+    /// sealer 0.8's own copier: SRC lands at `DEST/SRC` (`COPY nginx charts`
+    /// gives `charts/nginx/`; `COPY etc .` gives `etc/`), unless SRC's name
+    /// is DEST's last component or SRC is the context itself.
+    Sealer08,
+    /// sealer 0.9 and later, through buildah (Docker's rules): a directory's
+    /// contents are copied into DEST (`COPY rootfs .` spreads `rootfs/`);
+    /// a file keeps DEST as its name unless DEST is a directory.
+    Sealer09,
+}
+
+impl CopySemantics {
+    /// The value of `--copy-semantics` that selects it.
+    pub fn flag_value(self) -> &'static str {
+        match self {
+            Self::Sealer08 => "0.8",
+            Self::Sealer09 => "0.9",
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::Sealer08 => Self::Sealer09,
+            Self::Sealer09 => Self::Sealer08,
+        }
+    }
+}
+
+impl std::fmt::Display for CopySemantics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sealer08 => "sealer 0.8",
+            Self::Sealer09 => "sealer 0.9+",
+        })
+    }
+}
+
+impl std::str::FromStr for CopySemantics {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim_start_matches('v') {
+            "0.8" => Ok(Self::Sealer08),
+            "0.9" | "0.9+" => Ok(Self::Sealer09),
+            _ => Err(format!(
+                "{s:?} is not a sealer generation: use 0.8 (a directory lands at DEST/NAME) \
+                 or 0.9 (its contents are copied into DEST)"
+            )),
+        }
+    }
+}
+
+/// The generation a build follows and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generation {
+    /// The rules.
+    pub semantics: CopySemantics,
+    /// What decided it; `None` when nothing did and sealer's documented
+    /// examples' rule (0.8's) applies by default.
+    pub reason: Option<String>,
+}
+
+/// What a base image shows about the sealer generation it belongs to.
+#[derive(Clone, Debug, Default)]
+pub struct BaseEvidence {
+    /// The base's name, as written in FROM.
+    pub name: String,
+    /// The `sealerVersion` of the base's `sealer.image.extension` when sealer
+    /// (not Seaport) built it.
+    pub built_by_sealer: Option<String>,
+    /// The base carries a `Metadata` file (sealer 0.8 images do; 0.9+
+    /// images built from sealerio/basefs do not).
+    pub has_metadata: bool,
+    /// A label only sealer 0.9+ writes (`cluster.alpha.sealer.io/...`,
+    /// `app.alpha.sealer.io/...`).
+    pub sealer_09_label: Option<String>,
+}
+
+/// Decides the sealer generation of a build, in this order: the caller's
+/// choice; an instruction only sealer 0.9+ reads; a base built by sealer
+/// 0.9+; a base carrying `Metadata` (sealer 0.8); a base with sealer 0.9+
+/// labels; a CMD (deprecated in 0.9) with nothing of 0.9 around it. With
+/// none of these the result has no reason and follows sealer 0.8's rules,
+/// the rule of sealer's documented build examples.
+pub fn decide_generation(
+    forced: Option<CopySemantics>,
+    instructions: &[Instruction],
+    base: Option<&BaseEvidence>,
+) -> Generation {
+    let decided = |semantics, reason: String| Generation {
+        semantics,
+        reason: Some(reason),
+    };
+    if let Some(s) = forced {
+        return decided(s, "chosen with --copy-semantics".into());
+    }
+    if let Some(i) = instructions.iter().find(|i| i.kind.only_in_sealer_09()) {
+        return decided(
+            CopySemantics::Sealer09,
+            format!(
+                "line {} has {}, which only sealer 0.9+ reads",
+                i.line,
+                i.keyword()
+            ),
+        );
+    }
+    if let Some(b) = base {
+        if let Some(v) = &b.built_by_sealer {
+            return decided(
+                CopySemantics::Sealer09,
+                format!("the base {} was built by sealer {v}", b.name),
+            );
+        }
+        if b.has_metadata {
+            return decided(
+                CopySemantics::Sealer08,
+                format!(
+                    "the base {} carries a Metadata file, as sealer 0.8 images do",
+                    b.name
+                ),
+            );
+        }
+        if let Some(l) = &b.sealer_09_label {
+            return decided(
+                CopySemantics::Sealer09,
+                format!("the base {} has the sealer 0.9+ label {l}", b.name),
+            );
+        }
+    }
+    if let Some(i) = instructions
+        .iter()
+        .find(|i| matches!(i.kind, InstructionKind::Cmd(_)))
+    {
+        return decided(
+            CopySemantics::Sealer08,
+            format!(
+                "line {} has CMD, which sealer 0.9 deprecated, and nothing only 0.9+ reads",
+                i.line
+            ),
+        );
+    }
+    Generation {
+        semantics: CopySemantics::Sealer08,
+        reason: None,
+    }
+}
 
 /// The largest `Metadata` file recorded in the manifest annotation.
 const MAX_METADATA: u64 = 64 * 1024;
@@ -87,6 +261,9 @@ pub struct BuildOptions<'a> {
     pub image_cache: Option<&'a dyn ImageCache>,
     /// Layer compression settings.
     pub layer: LayerOptions,
+    /// Whose COPY rules to follow; `None` decides from the Kubefile and its
+    /// base ([`decide_generation`]).
+    pub copy_semantics: Option<CopySemantics>,
 }
 
 impl<'a> BuildOptions<'a> {
@@ -101,6 +278,7 @@ impl<'a> BuildOptions<'a> {
             platform: default_platform(),
             image_cache: None,
             layer: LayerOptions::default(),
+            copy_semantics: None,
         }
     }
 }
@@ -120,6 +298,15 @@ pub struct BuildReport {
     pub digest: Digest,
     /// How many layers the image has.
     pub layers: usize,
+    /// The sealer generation whose COPY rules the build followed.
+    pub generation: Generation,
+    /// Which rule placed a COPY source where the generations differ,
+    /// `FILE:LINE: COPY ...: ...`.
+    pub notes: Vec<String>,
+    /// What the user should look at: COPY words sealer ignores, and COPY
+    /// lines placed by the default rule because nothing decided the
+    /// generation.
+    pub warnings: Vec<String>,
 }
 
 /// Errors from a build.
@@ -188,6 +375,13 @@ struct Builder<'s, 'o> {
     materialized: Option<(PathBuf, usize)>,
     index: BTreeMap<String, PathKind>,
     indexed: usize,
+    instructions: Vec<Instruction>,
+    generation: Generation,
+    notes: Vec<String>,
+    warnings: Vec<String>,
+    /// Apps this Kubefile declares whose type could not be told: the line,
+    /// the instruction (APP, CNI, CSI) and why.
+    untyped_apps: BTreeMap<String, (usize, &'static str, String)>,
 }
 
 /// Builds the image `opts` describes into `store` and names it `opts.tag`.
@@ -228,6 +422,11 @@ pub fn build(store: &Store, opts: &BuildOptions<'_>) -> Result<BuildReport, Buil
         materialized: None,
         index: BTreeMap::new(),
         indexed: 0,
+        generation: decide_generation(opts.copy_semantics, &instructions, None),
+        instructions: instructions.clone(),
+        notes: Vec::new(),
+        warnings: Vec::new(),
+        untyped_apps: BTreeMap::new(),
     };
     for ins in &instructions {
         tracing::info!(line = ins.line, instruction = %ins.original, "build step");
@@ -237,6 +436,25 @@ pub fn build(store: &Store, opts: &BuildOptions<'_>) -> Result<BuildReport, Buil
             instruction: ins.keyword().to_string(),
             message,
         })?;
+    }
+    // As sealer: an app whose type cannot be told needs APPCMDS.
+    for (name, (line, keyword, why)) in &b.untyped_apps {
+        let has_cmds = b
+            .ext
+            .applications
+            .iter()
+            .any(|a| &a.name == name && !a.launch_cmds.is_empty());
+        if !has_cmds {
+            return Err(BuildError::Instruction {
+                file: b.file.clone(),
+                line: *line,
+                instruction: keyword.to_string(),
+                message: format!(
+                    "app {name}: {why}, so Seaport cannot tell how to launch it; \
+                     give APPCMDS {name} [\"COMMAND\", ...]"
+                ),
+            });
+        }
     }
     for (k, v) in &opts.labels {
         b.labels.insert(k.clone(), v.clone());
@@ -290,9 +508,13 @@ impl Builder<'_, '_> {
                     self.vars.insert("ARCH".into(), arch.clone());
                     (self.os, self.arch, self.variant) = (os, arch, variant);
                 }
-                if image != "scratch" {
-                    self.start_from_image(&image)?;
-                }
+                let base = if image == "scratch" {
+                    None
+                } else {
+                    Some(self.start_from_image(&image)?)
+                };
+                self.generation =
+                    decide_generation(self.opts.copy_semantics, &self.instructions, base.as_ref());
                 self.ext.kind = if self.ext.kind.is_empty() {
                     "kube-installer".into()
                 } else {
@@ -300,14 +522,41 @@ impl Builder<'_, '_> {
                 };
                 self.empty_history(created_by);
             }
-            InstructionKind::Copy { sources, dest } => {
+            InstructionKind::Copy {
+                source,
+                dest,
+                ignored,
+            } => {
+                let words: Vec<&String> = ignored.iter().filter(|w| !w.starts_with("--")).collect();
+                let flags: Vec<&String> = ignored.iter().filter(|w| w.starts_with("--")).collect();
+                if !flags.is_empty() {
+                    self.warn(ins, format!("ignoring {flags:?}, as sealer 0.9+ does: layers are root's, modes are kept"));
+                }
+                if words.first().is_some_and(|w| !w.starts_with('#')) {
+                    self.warn(
+                        ins,
+                        format!(
+                            "ignoring {words:?}: sealer reads a source and a destination only \
+                             (use ADD, or one COPY per source)"
+                        ),
+                    );
+                }
+                let source = self.expand(source)?;
                 let dest = self.expand(dest)?;
                 let mut entries = Entries::new();
+                let semantics = self.generation.semantics;
+                let placed = self.copy_into(&mut entries, &[source], &dest, semantics)?;
+                self.report_placements(ins, &placed);
+                self.add_layer(entries, created_by)?;
+            }
+            InstructionKind::Add { sources, dest } => {
+                let dest = self.expand(dest)?;
                 let mut expanded = Vec::new();
                 for s in sources {
                     expanded.push(self.expand(s)?);
                 }
-                self.copy_into(&mut entries, &expanded, &dest)?;
+                let mut entries = Entries::new();
+                self.copy_into(&mut entries, &expanded, &dest, CopySemantics::Sealer09)?;
                 self.add_layer(entries, created_by)?;
             }
             InstructionKind::Env(kvs) => {
@@ -348,7 +597,7 @@ impl Builder<'_, '_> {
             }
             InstructionKind::Run(cmd) => self.run(cmd, created_by)?,
             InstructionKind::Cmd(c) => {
-                self.ext.launch.cmds.push(c.clone());
+                self.ext.launch.cmds.extend(c.iter().cloned());
                 self.empty_history(created_by);
             }
             InstructionKind::Cmds(cmds) => {
@@ -368,9 +617,19 @@ impl Builder<'_, '_> {
                 self.ext.launch.cmds.clear();
                 self.empty_history(created_by);
             }
-            InstructionKind::App { name, sources } => self.app(name, sources, "app", created_by)?,
-            InstructionKind::Cni { name, sources } => self.app(name, sources, "cni", created_by)?,
-            InstructionKind::Csi { name, sources } => self.app(name, sources, "csi", created_by)?,
+            InstructionKind::App { name, sources } => {
+                self.app(ins, name, sources, "app", created_by)?
+            }
+            InstructionKind::Cni { name, sources } => {
+                self.app(ins, name, sources, "cni", created_by)?;
+                self.labels
+                    .insert(format!("{LABEL_KUBE_CNI_PREFIX}{name}"), "true".into());
+            }
+            InstructionKind::Csi { name, sources } => {
+                self.app(ins, name, sources, "csi", created_by)?;
+                self.labels
+                    .insert(format!("{LABEL_KUBE_CSI_PREFIX}{name}"), "true".into());
+            }
             InstructionKind::AppCmds { name, cmds } => {
                 self.app_mut(name)?.launch_cmds = cmds.clone();
                 self.empty_history(created_by);
@@ -408,7 +667,7 @@ impl Builder<'_, '_> {
         });
     }
 
-    fn start_from_image(&mut self, image: &str) -> Result<(), String> {
+    fn start_from_image(&mut self, image: &str) -> Result<BaseEvidence, String> {
         let base = self.store.resolve(image).map_err(|e| e.to_string())?;
         if base.config.architecture != self.arch || base.config.os != self.os {
             return Err(format!(
@@ -451,7 +710,78 @@ impl Builder<'_, '_> {
             })?;
         }
         self.metadata = base.manifest.annotations.get(ANNOTATION_METADATA).cloned();
-        Ok(())
+        let client = &self.ext.build_client;
+        let built_by_sealer = (!client.buildah_version.is_empty()
+            || (!client.sealer_version.is_empty()
+                && !client.sealer_version.starts_with("seaport")))
+        .then(|| client.sealer_version.clone());
+        let sealer_09_label = self
+            .labels
+            .keys()
+            .find(|k| {
+                k.starts_with("cluster.alpha.sealer.io/") || k.starts_with("app.alpha.sealer.io/")
+            })
+            .cloned();
+        Ok(BaseEvidence {
+            name: image.to_string(),
+            built_by_sealer,
+            has_metadata: self.metadata.is_some(),
+            sealer_09_label,
+        })
+    }
+
+    fn warn(&mut self, ins: &Instruction, message: String) {
+        let text = format!("{}:{}: {}: {message}", self.file, ins.line, ins.keyword());
+        tracing::debug!("{text}");
+        self.warnings.push(text);
+    }
+
+    /// Says, for each COPY source the two generations place differently,
+    /// where it went and by which rule.
+    fn report_placements(&mut self, ins: &Instruction, placed: &[Placement]) {
+        let other = self.generation.semantics.other();
+        for p in placed.iter().filter(|p| p.chosen != p.other) {
+            let what = if p.is_dir {
+                format!(
+                    "the contents of directory {} go to {} ({other} rules: to {})",
+                    p.source,
+                    show_dir(&p.chosen),
+                    show_dir(&p.other)
+                )
+            } else {
+                format!(
+                    "{} is written to {} ({other} rules: to {})",
+                    p.source,
+                    show_file(&p.chosen),
+                    show_file(&p.other)
+                )
+            };
+            let head = format!("{}:{}: {}", self.file, ins.line, ins.original);
+            match &self.generation.reason {
+                Some(reason) => self.notes.push(format!(
+                    "{head}: {what}: {} rules, {reason}",
+                    self.generation.semantics
+                )),
+                None => self.warnings.push(format!(
+                    "{head}: nothing in the Kubefile or its base shows which sealer generation \
+                     it was written for, so sealer's documented rule applies: {what}; \
+                     choose with --copy-semantics {} or {}",
+                    CopySemantics::Sealer08.flag_value(),
+                    CopySemantics::Sealer09.flag_value()
+                )),
+            }
+        }
+        for p in placed.iter().filter(|p| p.replaced_file) {
+            self.notes.push(format!(
+                "{}:{}: {}: {} replaces the file {} (sealer 0.8 would have turned it into a directory holding {})",
+                self.file,
+                ins.line,
+                ins.original,
+                p.source,
+                show_file(&p.chosen),
+                p.source
+            ));
+        }
     }
 
     /// Resolves a source pattern to (name to copy as, path to read).
@@ -506,31 +836,52 @@ impl Builder<'_, '_> {
         Ok(out)
     }
 
+    /// Copies `sources` to `dest` by `rules` into `entries`; returns where
+    /// each source went and where the other generation would have put it.
     fn copy_into(
         &mut self,
         entries: &mut Entries,
         sources: &[String],
         dest: &str,
-    ) -> Result<(), String> {
+        rules: CopySemantics,
+    ) -> Result<Vec<Placement>, String> {
         let (dest_key, trailing) = normalize_dest(dest)?;
         let mut resolved = Vec::new();
+        let mut globbed = false;
         for s in sources {
+            globbed |= s.contains(['*', '?', '[']);
             resolved.extend(self.resolve_sources(s)?);
         }
-        let dest_is_dir = trailing
-            || dest_key.is_empty()
-            || resolved.len() > 1
-            || self.is_dir_in_image(&dest_key)?;
+        // The layers below are read (once, indexed) only when the
+        // destination's own spelling does not say it is a directory.
+        let dest_kind =
+            if trailing || dest_key.is_empty() || ROOTFS_DIRS.contains(&dest_key.as_str()) {
+                Some(PathKind::Dir)
+            } else {
+                self.path_kind_in_image(&dest_key)?
+            };
+        let target = CopyTarget {
+            last: dest_key.rsplit('/').next().unwrap_or_default().to_string(),
+            is_dir: dest_kind == Some(PathKind::Dir),
+            is_file: dest_kind == Some(PathKind::Other),
+            several: resolved.len() > 1 || globbed,
+            key: dest_key,
+        };
+        let mut placed = Vec::new();
         for (base, path) in resolved {
             let meta = fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            if meta.is_dir() {
-                layer::add_tree(entries, &path, &dest_key).map_err(layer_err)?;
+            let source = Source {
+                base,
+                is_dir: meta.is_dir(),
+                is_context: path == self.context,
+            };
+            let chosen = target.place(&source, rules)?;
+            let other = target
+                .place(&source, rules.other())
+                .unwrap_or_else(|_| chosen.clone());
+            if source.is_dir {
+                layer::add_tree(entries, &path, &chosen).map_err(layer_err)?;
             } else {
-                let target = if dest_is_dir {
-                    join_key(&dest_key, &base)
-                } else {
-                    dest_key.clone()
-                };
                 let mut e = layer::entry_for(&path).map_err(layer_err)?;
                 if let EntrySource::Symlink(_) = e.source {
                     // The top-level source was followed by canonicalize; copy the file.
@@ -539,14 +890,30 @@ impl Builder<'_, '_> {
                         mode: e.mode,
                     };
                 }
-                entries.insert(target, e);
+                entries.insert(chosen.clone(), e);
             }
+            placed.push(Placement {
+                source: if source.is_context {
+                    "the build context".into()
+                } else {
+                    source.base.clone()
+                },
+                is_dir: source.is_dir,
+                replaced_file: rules == CopySemantics::Sealer08
+                    && !source.is_dir
+                    && target.is_file
+                    && chosen == target.key
+                    && source.base != target.last,
+                chosen,
+                other,
+            });
         }
-        Ok(())
+        Ok(placed)
     }
 
     fn app(
         &mut self,
+        ins: &Instruction,
         name: &str,
         sources: &[String],
         role: &str,
@@ -557,45 +924,27 @@ impl Builder<'_, '_> {
         for s in sources {
             expanded.push(self.expand(s)?);
         }
-        let mut kinds = Vec::new();
-        let mut launch_files = Vec::new();
+        let mut resolved = Vec::new();
         for s in &expanded {
-            for (base, path) in self.resolve_sources(s)? {
-                if path.is_dir() {
-                    if path.join("Chart.yaml").is_file() {
-                        kinds.push("helm");
-                    } else {
-                        return Err(format!(
-                            "app {name}: directory {s:?} is not a Helm chart (no Chart.yaml); \
-                             list its YAML or shell files instead"
-                        ));
-                    }
-                } else if base.ends_with(".yaml") || base.ends_with(".yml") {
-                    kinds.push("kube");
-                    launch_files.push(base);
-                } else if base.ends_with(".sh") {
-                    kinds.push("shell");
-                    launch_files.push(base);
-                } else {
-                    return Err(format!(
-                        "app {name}: cannot tell the type of {s:?}: use .yaml/.yml files, .sh files or a Helm chart directory"
-                    ));
-                }
+            for (_, path) in self.resolve_sources(s)? {
+                resolved.push((s.clone(), path));
             }
         }
-        kinds.dedup();
-        let kind = match kinds.as_slice() {
-            [k] => k.to_string(),
-            _ => {
-                return Err(format!(
-                    "app {name} mixes {}: one app is one Helm chart, YAML files or shell scripts",
-                    kinds.join(" and ")
-                ))
+        let detected = app_type(name, &resolved)?;
+        let mut entries = Entries::new();
+        self.copy_into(&mut entries, &expanded, &dest, CopySemantics::Sealer09)?;
+        self.add_layer(entries, created_by)?;
+        let (kind, launch_files) = match detected {
+            AppType::Known { kind, files } => {
+                self.untyped_apps.remove(name);
+                (kind.to_string(), files)
+            }
+            AppType::Unknown(why) => {
+                self.untyped_apps
+                    .insert(name.to_string(), (ins.line, ins.keyword(), why));
+                (String::new(), Vec::new())
             }
         };
-        let mut entries = Entries::new();
-        self.copy_into(&mut entries, &expanded, &dest)?;
-        self.add_layer(entries, created_by)?;
         let app = Application {
             name: name.to_string(),
             kind,
@@ -768,9 +1117,10 @@ impl Builder<'_, '_> {
         Ok(root)
     }
 
-    fn is_dir_in_image(&mut self, key: &str) -> Result<bool, String> {
+    /// Whether `key` is a directory or something else in the layers so far.
+    fn path_kind_in_image(&mut self, key: &str) -> Result<Option<PathKind>, String> {
         if key.is_empty() {
-            return Ok(true);
+            return Ok(Some(PathKind::Dir));
         }
         while self.indexed < self.layers.len() {
             let rec = &self.layers[self.indexed];
@@ -841,7 +1191,7 @@ impl Builder<'_, '_> {
             }
             self.indexed += 1;
         }
-        Ok(self.index.get(key) == Some(&PathKind::Dir))
+        Ok(self.index.get(key).copied())
     }
 
     fn commit(mut self, name: &ImageRef) -> Result<BuildReport, BuildError> {
@@ -917,7 +1267,223 @@ impl Builder<'_, '_> {
             name: name.clone(),
             digest,
             layers: self.layers.len(),
+            generation: self.generation.clone(),
+            notes: std::mem::take(&mut self.notes),
+            warnings: std::mem::take(&mut self.warnings),
         })
+    }
+}
+
+/// An application's type, told from its files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppType {
+    /// `helm`, `kube` or `shell`, and the files that launch it (relative to
+    /// the app's directory; `[NAME]` for a chart, as sealer records it).
+    Known {
+        /// The type.
+        kind: &'static str,
+        /// Its launch files.
+        files: Vec<String>,
+    },
+    /// No type: why (the app then needs APPCMDS).
+    Unknown(String),
+}
+
+/// Tells an app's type from its sources (as written, and resolved in the
+/// context) as sealer 0.9+ does:
+///
+/// - `helm` when a source directory holds `Chart.yaml`, `values.yaml` and
+///   `templates`, or the sources' names end in all three;
+/// - otherwise every file (directories walked) by its extension, ignoring
+///   case: `.yaml`/`.yml` files only make a `kube` app launched by each file
+///   in order; `.sh` files only a `shell` app launched by the first
+///   source's files (the others are for it to call);
+/// - anything else (another extension, YAML mixed with shell, no files) has
+///   no type, and needs APPCMDS.
+pub fn app_type(name: &str, sources: &[(String, PathBuf)]) -> Result<AppType, String> {
+    let walk_err = |p: &Path, e: walkdir::Error| format!("reading {}: {e}", p.display());
+    // Helm.
+    let artifact = |s: &str| {
+        if s.ends_with("Chart.yaml") {
+            1
+        } else if s.ends_with("values.yaml") {
+            2
+        } else if s.ends_with("templates") {
+            4
+        } else {
+            0
+        }
+    };
+    let mut bits = 0;
+    for (written, path) in sources {
+        if path.is_dir() {
+            if ["Chart.yaml", "values.yaml", "templates"]
+                .iter()
+                .all(|f| path.join(f).exists())
+            {
+                return Ok(AppType::Known {
+                    kind: "helm",
+                    files: vec![name.to_string()],
+                });
+            }
+            let entries =
+                fs::read_dir(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            for e in entries.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    bits |= artifact(&e.file_name().to_string_lossy());
+                }
+            }
+        } else {
+            bits |= artifact(written);
+        }
+    }
+    if bits == 7 {
+        return Ok(AppType::Known {
+            kind: "helm",
+            files: vec![name.to_string()],
+        });
+    }
+    // By extension.
+    let mut per_source: Vec<Vec<String>> = Vec::new();
+    for (_, path) in sources {
+        let mut files = Vec::new();
+        if path.is_dir() {
+            for item in walkdir::WalkDir::new(path)
+                .follow_links(false)
+                .sort_by_file_name()
+            {
+                let item = item.map_err(|e| walk_err(path, e))?;
+                if item.file_type().is_dir() {
+                    continue;
+                }
+                let rel = item.path().strip_prefix(path).expect("under its root");
+                files.push(rel.to_string_lossy().into_owned());
+            }
+        } else {
+            files.push(
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+        per_source.push(files);
+    }
+    let ext = |f: &str| {
+        Path::new(f)
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    let all: Vec<&String> = per_source.iter().flatten().collect();
+    if let Some(other) = all
+        .iter()
+        .find(|f| !matches!(ext(f).as_str(), "yaml" | "yml" | "sh"))
+    {
+        return Ok(AppType::Unknown(format!(
+            "{other} is neither YAML (.yaml, .yml) nor a shell script (.sh)"
+        )));
+    }
+    let kube = all.iter().any(|f| ext(f) != "sh");
+    let shell = all.iter().any(|f| ext(f) == "sh");
+    Ok(match (kube, shell) {
+        (true, false) => AppType::Known {
+            kind: "kube",
+            files: all.into_iter().cloned().collect(),
+        },
+        (false, true) => AppType::Known {
+            kind: "shell",
+            files: per_source.into_iter().next().unwrap_or_default(),
+        },
+        (true, true) => AppType::Unknown("its files mix YAML and shell scripts".into()),
+        (false, false) => AppType::Unknown("it has no files".into()),
+    })
+}
+
+/// Where one COPY source went.
+struct Placement {
+    /// The source's name as shown to the user.
+    source: String,
+    is_dir: bool,
+    /// The key it was written at (for a directory, the key its contents
+    /// went under).
+    chosen: String,
+    /// Where the other generation's rules would have put it.
+    other: String,
+    /// A file replaced a file of the same path with another name (sealer 0.8
+    /// would have made the path a directory).
+    replaced_file: bool,
+}
+
+/// A COPY destination as the layers below show it.
+struct CopyTarget {
+    /// Normalized, relative to the rootfs (empty: the root).
+    key: String,
+    /// Its last component.
+    last: String,
+    /// It is a directory: written with a trailing `/`, the root, a
+    /// directory in the layers below, or one of [`ROOTFS_DIRS`].
+    is_dir: bool,
+    /// It is a file (or symlink) in the layers below.
+    is_file: bool,
+    /// Several sources, or a glob.
+    several: bool,
+}
+
+/// A COPY source.
+struct Source {
+    base: String,
+    is_dir: bool,
+    /// The build context itself (`COPY . DEST`).
+    is_context: bool,
+}
+
+impl CopyTarget {
+    /// The key `src` lands at under `rules`: for a directory, the key its
+    /// contents go under.
+    fn place(&self, src: &Source, rules: CopySemantics) -> Result<String, String> {
+        let inside = || join_key(&self.key, &src.base);
+        Ok(match (rules, src.is_dir) {
+            // buildah refuses a directory over a file; sealer 0.8 replaced
+            // the file by a directory, which no one means.
+            (_, true) if self.is_file => {
+                return Err(format!(
+                    "destination {} is a file in the image, not a directory",
+                    self.key
+                ))
+            }
+            // Both generations spread the context itself into DEST.
+            (_, true) if src.is_context => self.key.clone(),
+            // 0.8: SRC at DEST/SRC, or at DEST when DEST already ends in
+            // SRC's name.
+            (CopySemantics::Sealer08, true) if src.base == self.last => self.key.clone(),
+            (CopySemantics::Sealer08, true) => inside(),
+            (CopySemantics::Sealer08, false) if self.is_dir => inside(),
+            (CopySemantics::Sealer08, false) if src.base == self.last || self.is_file => {
+                self.key.clone()
+            }
+            (CopySemantics::Sealer08, false) => inside(),
+            // 0.9+ (buildah): a directory's contents into DEST, a file into
+            // a directory DEST or as DEST.
+            (CopySemantics::Sealer09, true) => self.key.clone(),
+            (CopySemantics::Sealer09, false) if self.is_dir || self.several => inside(),
+            (CopySemantics::Sealer09, false) => self.key.clone(),
+        })
+    }
+}
+
+fn show_dir(key: &str) -> String {
+    if key.is_empty() {
+        "/".into()
+    } else {
+        format!("{key}/")
+    }
+}
+
+fn show_file(key: &str) -> String {
+    if key.is_empty() {
+        "/".into()
+    } else {
+        key.to_string()
     }
 }
 

@@ -7,10 +7,18 @@
 //! LAUNCH exclude each other. Variables (`${NAME}`, `$NAME`) are kept as
 //! written; the build expands them with [`expand`].
 //!
-//! Syntax: one instruction per line, keywords case-insensitive, `#` starts a
-//! comment line, a trailing `\` continues the line. Arguments are words
+//! Syntax, as both sealer generations read it: one instruction per line,
+//! keywords case-insensitive, `#` starts a comment line, a trailing `\`
+//! continues the line (the next line is appended as it is, without the
+//! break; empty and comment lines inside a continuation are skipped; a file
+//! that ends inside one ends the instruction there). Arguments are words
 //! (double or single quotes group words; a backslash escapes the next
-//! character) or, for RUN, CMD, CMDS, LAUNCH and APPCMDS, a JSON array.
+//! character) or, for RUN, CMD, CMDS, LAUNCH, APPCMDS and COPY, a JSON array.
+//! Where the JSON does not parse, RUN, CMD and CMDS fall back to the shell
+//! form, as sealer and Docker do; APPCMDS must be JSON, as in sealer.
+//! COPY reads a source and a destination only: sealer ignores every later
+//! word, so a trailing `# comment` is allowed (the words are kept in
+//! [`InstructionKind::Copy`]'s `ignored` for the build to warn about).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -57,8 +65,20 @@ pub enum InstructionKind {
         /// `--platform`, if given.
         platform: Option<String>,
     },
-    /// `COPY SRC... DEST` (and `ADD`, local sources only).
+    /// `COPY SRC DEST`: one source (a path or glob relative to the context)
+    /// and a destination, as sealer reads it.
     Copy {
+        /// A path or glob relative to the context.
+        source: String,
+        /// Destination relative to the rootfs.
+        dest: String,
+        /// Words after the destination and `--chown`/`--chmod` flags, which
+        /// sealer ignores (a trailing comment, or extra sources).
+        ignored: Vec<String>,
+    },
+    /// `ADD SRC... DEST`: Docker's multi-source copy (sealer 0.9+ hands ADD
+    /// to buildah unchanged); local sources only, archives are not unpacked.
+    Add {
         /// Paths or globs relative to the context.
         sources: Vec<String>,
         /// Destination relative to the rootfs.
@@ -77,8 +97,9 @@ pub enum InstructionKind {
     Label(Vec<(String, String)>),
     /// `RUN CMD` (shell form) or `RUN ["ARGV", ...]`.
     Run(Command),
-    /// `CMD CMD`: one command run after the cluster is up.
-    Cmd(String),
+    /// `CMD ...`: commands run after the cluster is up (see [`parse`] for
+    /// the forms).
+    Cmd(Vec<String>),
     /// `CMDS ["CMD", ...]`: commands run after the cluster is up.
     Cmds(Vec<String>),
     /// `LAUNCH ["APP", ...]`: applications run after the cluster is up.
@@ -139,6 +160,7 @@ impl InstructionKind {
         match self {
             Self::From { .. } => "FROM",
             Self::Copy { .. } => "COPY",
+            Self::Add { .. } => "ADD",
             Self::Env(_) => "ENV",
             Self::Arg { .. } => "ARG",
             Self::Label(_) => "LABEL",
@@ -154,6 +176,15 @@ impl InstructionKind {
             Self::KubeVersion(_) => "KUBEVERSION",
             Self::Maintainer(_) => "MAINTAINER",
         }
+    }
+
+    /// Whether only sealer 0.9 and later read this instruction: sealer 0.8
+    /// knows FROM, COPY, RUN, CMD and ARG only.
+    pub fn only_in_sealer_09(&self) -> bool {
+        !matches!(
+            self,
+            Self::From { .. } | Self::Copy { .. } | Self::Run(_) | Self::Cmd(_) | Self::Arg { .. }
+        )
     }
 }
 
@@ -182,42 +213,41 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Instruction>, KubefileError> 
         ));
     }
     let mut out = Vec::new();
-    let mut lines = text.lines().enumerate().peekable();
+    let mut lines = text.lines().enumerate();
     while let Some((idx, raw)) = lines.next() {
         let start = idx + 1;
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
+        let raw = if idx == 0 {
+            raw.trim_start_matches('\u{feff}')
+        } else {
+            raw
+        };
+        let trimmed = raw.trim_start();
+        if is_blank_or_comment(trimmed) {
             continue;
         }
+        // A continued line is joined to the next as it is (no space added,
+        // the next line's indentation kept), as sealer and Docker join them.
         let mut logical = String::new();
-        let mut current = trimmed.to_string();
+        let mut current = trimmed;
         loop {
-            if let Some(stripped) = current.strip_suffix('\\') {
-                logical.push_str(stripped);
-                logical.push(' ');
-                // Comment lines inside a continuation are skipped, as Docker does.
-                let mut next = None;
-                for (_, l) in lines.by_ref() {
-                    let t = l.trim();
-                    if t.starts_with('#') {
-                        continue;
+            match strip_continuation(current) {
+                Some(body) => {
+                    logical.push_str(body);
+                    // Empty and comment lines inside a continuation are
+                    // skipped; the end of the file ends the instruction.
+                    match lines
+                        .by_ref()
+                        .map(|(_, l)| l)
+                        .find(|l| !is_blank_or_comment(l))
+                    {
+                        Some(next) => current = next,
+                        None => break,
                     }
-                    next = Some(t.to_string());
+                }
+                None => {
+                    logical.push_str(current);
                     break;
                 }
-                match next {
-                    Some(n) => current = n,
-                    None => {
-                        return Err(err(
-                            start,
-                            "syntax",
-                            "the file ends inside a line continued with '\\'".into(),
-                        ))
-                    }
-                }
-            } else {
-                logical.push_str(&current);
-                break;
             }
         }
         let logical = logical.trim().to_string();
@@ -236,6 +266,17 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Instruction>, KubefileError> 
     }
     validate(&out).map_err(|(line, kw, m)| err(line, kw, m))?;
     Ok(out)
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim_start();
+    t.trim_end().is_empty() || t.starts_with('#')
+}
+
+/// The line without its continuation backslash (and the blanks after it),
+/// or `None` when it does not continue.
+fn strip_continuation(line: &str) -> Option<&str> {
+    line.trim_end_matches([' ', '\t', '\r']).strip_suffix('\\')
 }
 
 fn keyword_for_error(keyword: &str) -> String {
@@ -343,10 +384,50 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
                 [_, more @ ..] if more.first().is_some_and(|m| m.eq_ignore_ascii_case("as")) => {
                     return Err("multi-stage builds (FROM ... AS ...) are not supported".into())
                 }
+                [_, more @ ..] if more.first().is_some_and(|m| m.starts_with('#')) => {
+                    return Err(
+                        "takes exactly one image name; a comment must be on its own line \
+                         (sealer refuses it here too)"
+                            .into(),
+                    )
+                }
                 _ => return Err("takes exactly one image name".into()),
             }
         }
-        "COPY" | "ADD" => {
+        "COPY" => {
+            let (flags, rest) = leading_flags(rest);
+            let mut ignored = Vec::new();
+            for flag in flags {
+                if flag.starts_with("--chown=") || flag.starts_with("--chmod=") {
+                    ignored.push(flag.to_string());
+                } else {
+                    return Err(format!(
+                        "flag {flag:?} is not supported (only --chown and --chmod, which are ignored)"
+                    ));
+                }
+            }
+            // A trailing comment is cut off before quotes are read, so an
+            // apostrophe in it is just text (sealer splits on blanks only).
+            let (rest, comment) = split_trailing_comment(rest);
+            let mut w = match json_prefix_array(rest)? {
+                Some(list) => list,
+                None => split_words(rest)?,
+            };
+            if w.len() < 2 {
+                return Err("needs a source and a destination".into());
+            }
+            ignored.extend(w.split_off(2));
+            ignored.extend(comment.map(str::to_string));
+            let dest = w.pop().expect("len 2");
+            let source = w.pop().expect("len 1");
+            check_local(&source)?;
+            InstructionKind::Copy {
+                source,
+                dest,
+                ignored,
+            }
+        }
+        "ADD" => {
             let mut w = words()?;
             if let Some(flag) = w.first().filter(|f| f.starts_with("--")) {
                 return Err(format!("flag {flag:?} is not supported"));
@@ -356,13 +437,9 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
             }
             let dest = w.pop().expect("len >= 2");
             for s in &w {
-                if s.contains("://") {
-                    return Err(format!(
-                        "source {s:?} is a URL; download it into the build context and COPY it"
-                    ));
-                }
+                check_local(s)?;
             }
-            InstructionKind::Copy { sources: w, dest }
+            InstructionKind::Add { sources: w, dest }
         }
         "ENV" => InstructionKind::Env(key_values(rest, true)?),
         "LABEL" => InstructionKind::Label(key_values(rest, false)?),
@@ -382,32 +459,40 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
             if rest.is_empty() {
                 return Err("needs a command".into());
             }
-            if rest.starts_with('[') {
-                let argv = json_array(rest)?;
-                if argv.is_empty() {
-                    return Err("the command array is empty".into());
-                }
-                InstructionKind::Run(Command::Exec(argv))
-            } else {
-                InstructionKind::Run(Command::Shell(rest.to_string()))
+            match json_prefix_array(rest)? {
+                Some(argv) if argv.is_empty() => return Err("the command array is empty".into()),
+                Some(argv) => InstructionKind::Run(Command::Exec(argv)),
+                // Not JSON: the shell form, as Docker reads it.
+                None => InstructionKind::Run(Command::Shell(rest.to_string())),
             }
         }
         "CMD" => {
             if rest.is_empty() {
                 return Err("needs a command".into());
             }
-            if rest.starts_with('[') {
-                let argv = json_array(rest)?;
-                if argv.is_empty() {
-                    return Err("the command array is empty".into());
+            let cmds = match json_prefix_array(rest)? {
+                // `CMD ["kubectl apply -f a.yaml", "kubectl apply -f b.yaml"]`
+                // is a list of commands (sealerio/applications writes it so);
+                // `CMD ["kubectl", "apply", "-f", "a.yaml"]` is one argv.
+                Some(list)
+                    if list
+                        .first()
+                        .is_some_and(|c| c.contains(char::is_whitespace)) =>
+                {
+                    list
                 }
-                InstructionKind::Cmd(argv.join(" "))
-            } else {
-                InstructionKind::Cmd(rest.to_string())
-            }
+                Some(argv) if argv.is_empty() => return Err("the command array is empty".into()),
+                Some(argv) => vec![shell_join(&argv)],
+                None => shell_form_commands(rest),
+            };
+            InstructionKind::Cmd(cmds)
         }
         "CMDS" => {
-            let cmds = list_arg(rest)?;
+            let cmds = match json_prefix_array(rest)? {
+                Some(list) => list,
+                None if rest.is_empty() => Vec::new(),
+                None => shell_form_commands(rest),
+            };
             if cmds.is_empty() {
                 return Err("needs at least one command, as [\"CMD\", ...]".into());
             }
@@ -456,7 +541,13 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
                 .split_once(char::is_whitespace)
                 .ok_or("needs an app name and [\"CMD\", ...]")?;
             check_app_name(name)?;
-            let cmds = list_arg(rest.trim())?;
+            // sealer reads the rest as strict JSON.
+            let cmds: Vec<String> = serde_json::from_str(rest.trim()).map_err(|e| {
+                format!(
+                    "the value must be a JSON array of strings, \
+                     APPCMDS {name} [\"executable\", \"param1\", ...] ({e})"
+                )
+            })?;
             if cmds.is_empty() {
                 return Err("needs at least one command".into());
             }
@@ -540,16 +631,108 @@ fn check_app_name(name: &str) -> Result<(), String> {
 
 /// A JSON array of strings, or whitespace-separated words.
 fn list_arg(rest: &str) -> Result<Vec<String>, String> {
-    if rest.starts_with('[') {
-        json_array(rest)
-    } else {
-        split_words(rest)
+    match json_prefix_array(rest)? {
+        Some(list) => Ok(list),
+        None => split_words(rest),
     }
 }
 
-fn json_array(text: &str) -> Result<Vec<String>, String> {
-    serde_json::from_str::<Vec<String>>(text)
-        .map_err(|e| format!("malformed JSON array of strings: {e}"))
+/// `Some` when `text` starts with a JSON array of strings (what follows it
+/// is ignored, as Go's JSON decoder in sealer ignores it); `None` when it is
+/// not JSON, so the caller falls back to its other form; an error when it is
+/// a JSON array of something other than strings (sealer refuses that too).
+fn json_prefix_array(text: &str) -> Result<Option<Vec<String>>, String> {
+    if !text.starts_with('[') {
+        return Ok(None);
+    }
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
+    let Some(Ok(serde_json::Value::Array(items))) = values.next() else {
+        return Ok(None);
+    };
+    items
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => Ok(s),
+            other => Err(format!("the JSON array holds {other}, not only strings")),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The shell form of CMD and CMDS. `[a, b]` that is not JSON (sealer 0.8's
+/// documentation writes `CMD [kubectl apply -f mysql, kubectl apply -f redis]`)
+/// is a list of commands separated by commas; anything else is one command,
+/// run by the shell as written.
+fn shell_form_commands(rest: &str) -> Vec<String> {
+    let t = rest.trim();
+    match t.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+        Some(inner) => inner
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => vec![t.to_string()],
+    }
+}
+
+/// An argv as one shell command line, each word quoted where it needs it.
+fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `text` up to a `#` that starts a word outside quotes, and the comment
+/// from that `#` on.
+fn split_trailing_comment(text: &str) -> (&str, Option<&str>) {
+    let mut quote = None;
+    let mut escaped = false;
+    let mut prev_blank = true;
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            _ if escaped => escaped = false,
+            (Some('\''), '\'') | (Some('"'), '"') => quote = None,
+            (Some('"'), '\\') | (None, '\\') => escaped = true,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '#') if prev_blank => return (text[..i].trim_end(), Some(&text[i..])),
+            _ => {}
+        }
+        prev_blank = c.is_whitespace();
+    }
+    (text, None)
+}
+
+/// Leading `--flag` words and the rest of the line.
+fn leading_flags(rest: &str) -> (Vec<&str>, &str) {
+    let mut flags = Vec::new();
+    let mut rest = rest.trim_start();
+    while rest.starts_with("--") {
+        let (flag, tail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        flags.push(flag);
+        rest = tail.trim_start();
+    }
+    (flags, rest)
+}
+
+fn check_local(source: &str) -> Result<(), String> {
+    if source.contains("://") {
+        return Err(format!(
+            "source {source:?} is a URL; download it into the build context and COPY it"
+        ));
+    }
+    Ok(())
 }
 
 fn key_values(rest: &str, allow_legacy_space: bool) -> Result<Vec<(String, String)>, String> {
@@ -728,8 +911,8 @@ mod tests {
 ARG VERSION=v1.19.8
 FROM --platform=linux/amd64 kubernetes:${VERSION}
 copy bin/${ARCH}/kubeadm \
-     etc/ .
-ADD imageList manifests
+     bin/ # the binary
+ADD imageList kubeadm.yml etc/
 ENV A=1 B="two words"
 ENV LEGACY some value
 LABEL "io.example/x"=y z=1
@@ -756,8 +939,16 @@ LAUNCH ["calico", "nginx"]
         assert_eq!(
             k[2],
             InstructionKind::Copy {
-                sources: vec!["bin/${ARCH}/kubeadm".into(), "etc/".into()],
-                dest: ".".into()
+                source: "bin/${ARCH}/kubeadm".into(),
+                dest: "bin/".into(),
+                ignored: vec!["# the binary".into()],
+            }
+        );
+        assert_eq!(
+            k[3],
+            InstructionKind::Add {
+                sources: vec!["imageList".into(), "kubeadm.yml".into()],
+                dest: "etc/".into(),
             }
         );
         assert_eq!(
@@ -811,7 +1002,7 @@ LAUNCH ["calico", "nginx"]
     fn errors_name_file_line_and_instruction() {
         assert_eq!(
             error("FROM scratch\n\nCOPY onlyone\n"),
-            "Kubefile:3: COPY: needs at least one source and a destination"
+            "Kubefile:3: COPY: needs a source and a destination"
         );
         assert!(error("FROM scratch\nFROBNICATE x\n")
             .starts_with("Kubefile:2: FROBNICATE: unknown instruction"));
@@ -825,23 +1016,49 @@ LAUNCH ["calico", "nginx"]
         assert!(error("FROM scratch\nCMD x\nLAUNCH [\"a\"]\n").contains("exclude each other"));
         assert!(error("FROM scratch\nENV A=\"x\n")
             .starts_with("Kubefile:2: ENV: unterminated double quote"));
-        assert!(error("FROM scratch\nRUN [\"a\",\n").starts_with("Kubefile:2: RUN: malformed JSON"));
+        assert!(error("FROM scratch\nRUN [\"a\", 1]\n")
+            .starts_with("Kubefile:2: RUN: the JSON array holds 1, not only strings"));
         assert!(error("FROM scratch\nAPP x http://a/b.yaml\n").contains("remote"));
         assert!(error("FROM scratch\nKUBEVERSION latest\n").starts_with("Kubefile:2: KUBEVERSION"));
         assert!(error("FROM scratch\nFROM scratch\n").contains("only one FROM"));
-        assert!(error("FROM scratch\nRUN a \\\n").contains("ends inside a line continued"));
+        assert!(error("FROM scratch\nCOPY --from=base a b\n")
+            .contains("\"--from=base\" is not supported"));
+        assert!(error("FROM kubernetes:v1.19.8 # base\n").starts_with(
+            "Kubefile:1: FROM: takes exactly one image name; a comment must be on its own line"
+        ));
+        assert!(
+            error("FROM scratch\nAPP a local://a.yaml\nAPPCMDS a kubectl apply -f a.yaml\n")
+                .starts_with("Kubefile:3: APPCMDS: the value must be a JSON array of strings")
+        );
         assert!(error("").contains("no FROM"));
     }
 
     #[test]
     fn continuation_lines_keep_the_starting_line_number() {
-        let ins = parse("K", "FROM scratch\nRUN a \\\n  # skipped\n  b\nCOPY x y\n").unwrap();
+        let ins = parse(
+            "K",
+            "FROM scratch\nRUN a \\\n  # skipped\n\n  b\nCOPY x y\n",
+        )
+        .unwrap();
         assert_eq!(ins[1].line, 2);
+        // Joined as sealer and Docker join: the next line as it is, no
+        // space added; comment and empty lines inside are skipped.
         assert_eq!(
             ins[1].kind,
-            InstructionKind::Run(Command::Shell("a  b".into()))
+            InstructionKind::Run(Command::Shell("a   b".into()))
         );
-        assert_eq!(ins[2].line, 5);
+        assert_eq!(ins[2].line, 6);
+        let ins = parse("K", "FROM scratch\nRUN echo a\\\nb\n").unwrap();
+        assert_eq!(
+            ins[1].kind,
+            InstructionKind::Run(Command::Shell("echo ab".into()))
+        );
+        // The end of the file ends a continued instruction.
+        let ins = parse("K", "FROM scratch\nRUN a \\").unwrap();
+        assert_eq!(
+            ins[1].kind,
+            InstructionKind::Run(Command::Shell("a".into()))
+        );
     }
 
     #[test]
@@ -866,5 +1083,115 @@ LAUNCH ["calico", "nginx"]
         let w = split_words("'$ARCH' \"$ARCH\"").unwrap();
         assert_eq!(expand(&w[0], &vars).unwrap(), "$ARCH");
         assert_eq!(expand(&w[1], &vars).unwrap(), "amd64");
+    }
+
+    #[test]
+    fn cmd_and_cmds_forms_as_sealer_documents_them() {
+        let cmd = |line: &str| match &kinds(&format!("FROM scratch\n{line}\n"))[1] {
+            InstructionKind::Cmd(c) | InstructionKind::Cmds(c) => c.clone(),
+            other => panic!("{other:?}"),
+        };
+        // Shell form, trailing comment left to the shell (sealer's docs).
+        assert_eq!(
+            cmd("CMD helm list # multi CMD is valid"),
+            ["helm list # multi CMD is valid"]
+        );
+        // sealer 0.8's documentation: a bracketed list that is not JSON.
+        assert_eq!(
+            cmd("CMD [kubectl apply -f mysql, kubectl apply -f redis, kubectl apply -f saas]"),
+            [
+                "kubectl apply -f mysql",
+                "kubectl apply -f redis",
+                "kubectl apply -f saas"
+            ]
+        );
+        // sealerio/applications: a JSON list of whole commands.
+        assert_eq!(
+            cmd(
+                r#"CMD ["kubectl apply -f manifests/bundle.yaml", "kubectl apply -f manifests/cr.yaml"]"#
+            ),
+            [
+                "kubectl apply -f manifests/bundle.yaml",
+                "kubectl apply -f manifests/cr.yaml"
+            ]
+        );
+        // Docker's exec form: one argv, quoted for the shell.
+        assert_eq!(
+            cmd(r#"CMD ["sh", "-c", "kubectl get nodes; echo it's up"]"#),
+            [r#"sh -c 'kubectl get nodes; echo it'\''s up'"#]
+        );
+        // CMDS: JSON (what follows the array is ignored, as Go's decoder
+        // in sealer ignores it), else the shell form.
+        assert_eq!(
+            cmd(r#"CMDS ["kubectl apply -f a.yaml", "echo done"] # two"#),
+            ["kubectl apply -f a.yaml", "echo done"]
+        );
+        assert_eq!(
+            cmd("CMDS kubectl apply -f a.yaml"),
+            ["kubectl apply -f a.yaml"]
+        );
+        assert_eq!(
+            cmd("CMDS [kubectl apply -f a.yaml, echo done]"),
+            ["kubectl apply -f a.yaml", "echo done"]
+        );
+        // RUN: not JSON is the shell form.
+        assert_eq!(
+            kinds("FROM scratch\nRUN [ -d etc ] && echo yes\n")[1],
+            InstructionKind::Run(Command::Shell("[ -d etc ] && echo yes".into()))
+        );
+    }
+
+    #[test]
+    fn copy_reads_a_source_and_a_destination_as_sealer_does() {
+        let copy = |line: &str| kinds(&format!("FROM scratch\n{line}\n")).remove(1);
+        assert_eq!(
+            copy("COPY ${ARCH}/helm bin # copy binary file,make sure the build context's got it"),
+            InstructionKind::Copy {
+                source: "${ARCH}/helm".into(),
+                dest: "bin".into(),
+                ignored: vec!["# copy binary file,make sure the build context's got it".into()],
+            }
+        );
+        assert_eq!(
+            copy(r#"cOpY ["my file.yaml", "manifests/"]"#),
+            InstructionKind::Copy {
+                source: "my file.yaml".into(),
+                dest: "manifests/".into(),
+                ignored: vec![],
+            }
+        );
+        assert_eq!(
+            copy("COPY 'my #1.yaml' manifests#x #"),
+            InstructionKind::Copy {
+                source: "my #1.yaml".into(),
+                dest: "manifests#x".into(),
+                ignored: vec!["#".into()],
+            }
+        );
+        assert_eq!(
+            copy("COPY --chown=1000:1000 a b c"),
+            InstructionKind::Copy {
+                source: "a".into(),
+                dest: "b".into(),
+                ignored: vec!["--chown=1000:1000".into(), "c".into()],
+            }
+        );
+        assert!(
+            error("FROM scratch\nCOPY http://example.com/a.yaml manifests\n")
+                .starts_with("Kubefile:2: COPY: source \"http://example.com/a.yaml\" is a URL")
+        );
+    }
+
+    #[test]
+    fn only_sealer_09_instructions_are_marked() {
+        let ins = kinds(
+            "ARG A=1\nFROM scratch\nCOPY a b\nRUN x\nCMD y\nLABEL k=v\nAPP n local://a.yaml\nCMDS [\"n\"]\n",
+        );
+        let marked: Vec<&str> = ins
+            .iter()
+            .filter(|k| k.only_in_sealer_09())
+            .map(InstructionKind::keyword)
+            .collect();
+        assert_eq!(marked, ["LABEL", "APP", "CMDS"]);
     }
 }

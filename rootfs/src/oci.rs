@@ -36,8 +36,12 @@ pub const ANNOTATION_LAYER_INSTRUCTION: &str = "io.seaport.layer.instruction";
 pub const ANNOTATION_METADATA: &str = "io.seaport.image.metadata";
 /// Manifest annotation: the platform the image was built for (`linux/amd64`).
 pub const ANNOTATION_PLATFORM: &str = "io.seaport.image.platform";
-/// Label recording the `KUBEVERSION` instruction (sealer's label key).
-pub const LABEL_KUBE_VERSION: &str = "cluster.alpha.sealer.io/kube-version";
+/// Label recording the `KUBEVERSION` instruction (sealer 0.9+'s label key).
+pub const LABEL_KUBE_VERSION: &str = "app.alpha.sealer.io/supported-kube-version";
+/// Prefix of the label sealer 0.9+ sets to `"true"` per `CNI` app (`...NAME`).
+pub const LABEL_KUBE_CNI_PREFIX: &str = "cluster.alpha.sealer.io/kube-cni-";
+/// Prefix of the label sealer 0.9+ sets to `"true"` per `CSI` app.
+pub const LABEL_KUBE_CSI_PREFIX: &str = "cluster.alpha.sealer.io/kube-csi-";
 
 /// A content descriptor: what a blob is, its digest and size.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,14 +238,27 @@ pub struct Launch {
 pub struct Application {
     /// Unique name within the image.
     pub name: String,
-    /// `helm`, `kube` (YAML manifests) or `shell`.
-    #[serde(rename = "type")]
+    /// `helm`, `kube` (YAML manifests) or `shell`; empty when the files do
+    /// not tell (the app has APPCMDS), which sealer writes by leaving it out.
+    #[serde(rename = "type", default)]
     pub kind: String,
-    /// Files (relative to the app directory) that launch it.
-    #[serde(rename = "launchfiles", default, skip_serializing_if = "Vec::is_empty")]
+    /// Files (relative to the app directory) that launch it (`files` in
+    /// images sealer 0.9.3+ built).
+    #[serde(
+        rename = "launchfiles",
+        alias = "files",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub launch_files: Vec<String>,
-    /// Commands that replace the default launch (APPCMDS).
-    #[serde(rename = "launchCmds", default, skip_serializing_if = "Vec::is_empty")]
+    /// The APPCMDS words, run as one command in the app's directory
+    /// (`cmds` in images sealer built).
+    #[serde(
+        rename = "launchCmds",
+        alias = "cmds",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub launch_cmds: Vec<String>,
     /// Environment for the app's commands (APPENV).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -1,9 +1,11 @@
 //! The test cluster image: `rootfs/base` plus what the lab can run for real,
 //! taken from the machine (Debian's containerd, runc, ctr and
 //! containerd-shim-runc-v2 as `cri/containerd.tar.gz`, Debian's
-//! docker-registry as `cri/docker-registry`), the kubeadm recording double
-//! `tests/fixtures/kubeadm-double` as `bin/kubeadm` (with small kubelet and
-//! kubectl stand-ins), one container image in `images/` (an OCI archive made
+//! docker-registry as `cri/docker-registry`), the kubeadm and kubectl
+//! recording doubles `tests/fixtures/kubeadm-double` and
+//! `tests/fixtures/kubectl-double` as `bin/kubeadm` and `bin/kubectl`, a
+//! kubelet stand-in that only prints its arguments as `bin/kubelet` (kubeadm
+//! would start it), one container image in `images/` (an OCI archive made
 //! here) and one named in `manifests/imageList`, cached at build time from a
 //! docker-registry started on loopback for the build.
 //!
@@ -214,13 +216,17 @@ pub fn build_test_image_with(
         context.join("bin/kubeadm"),
     )
     .map_err(step("copying the kubeadm double"))?;
-    for (name, text) in [
-        ("kubelet", "#!/bin/sh\n# kubelet stand-in of the test image\necho \"kubelet (test stand-in) $*\"\n"),
-        ("kubectl", "#!/bin/sh\n# kubectl stand-in of the test image\necho \"kubectl (test stand-in) $*\"\n"),
-    ] {
-        write_mode(&context.join("bin").join(name), text.as_bytes(), 0o755)?;
-    }
-    for f in ["bin/kubeadm", "cri/docker-registry"] {
+    fs::copy(
+        workspace_root().join("tests/fixtures/kubectl-double"),
+        context.join("bin/kubectl"),
+    )
+    .map_err(step("copying the kubectl double"))?;
+    write_mode(
+        &context.join("bin/kubelet"),
+        b"#!/bin/sh\n# kubelet stand-in of the test image\necho \"kubelet (test stand-in) $*\"\n",
+        0o755,
+    )?;
+    for f in ["bin/kubeadm", "bin/kubectl", "cri/docker-registry"] {
         set_mode(&context.join(f), 0o755)?;
     }
     // images/: one OCI archive.

@@ -698,10 +698,12 @@ impl<'a> Context<'a> {
     // ---- launch ------------------------------------------------------------
 
     /// The image's CMDS, or the applications LAUNCH names, on the first
-    /// master once the cluster is up. An application runs its APPCMDS when
-    /// it has them; otherwise its launch files by type: `kubectl apply -f`
-    /// for `kube`, `helm install NAME DIR` for `helm`, `bash FILE` for
-    /// `shell`.
+    /// master once the cluster is up, as sealer 0.9+ launches them. Every
+    /// command runs in the rootfs, except an application's APPCMDS: its
+    /// words are one command run in the application's directory. Without
+    /// APPCMDS an application runs by type: `kubectl apply -f` of each
+    /// launch file for `kube`, `helm install NAME DIR` for `helm`, `bash` of
+    /// each launch file for `shell` (paths relative to the rootfs).
     fn step_launch(&mut self) -> StepResult {
         let Some(ext) = self.img.extension() else {
             return Ok("nothing to launch".into());
@@ -721,32 +723,45 @@ impl<'a> Context<'a> {
                     format!("LAUNCH names application {name:?}, which the image does not declare")
                 })?;
             let dir = if app.path.is_empty() {
-                rootfs.join("application/apps").join(&app.name)
+                format!("application/apps/{}", app.name)
             } else {
-                rootfs.join(app.path.trim_start_matches('/'))
+                app.path.trim_matches('/').to_string()
             };
             let mut app_env = env.clone();
             app_env.extend(app.env.clone());
             if !app.launch_cmds.is_empty() {
-                for cmd in &app.launch_cmds {
-                    commands.push((cmd.clone(), dir.clone(), app_env.clone()));
-                }
+                commands.push((app.launch_cmds.join(" "), rootfs.join(&dir), app_env));
                 continue;
             }
-            for file in &app.launch_files {
-                let q = shell_quote(file);
-                let cmd = match app.kind.as_str() {
-                    "kube" => format!("kubectl apply -f {q}"),
-                    "helm" => format!("helm install {} {q}", shell_quote(&app.name)),
-                    "shell" => format!("bash {q}"),
-                    other => {
-                        return Err(format!(
-                            "application {}: unknown type {other:?} (helm, kube or shell)",
-                            app.name
-                        ))
+            let in_app =
+                |file: &str| shell_quote(&format!("{dir}/{}", file.trim_start_matches('/')));
+            match app.kind.as_str() {
+                "kube" => {
+                    for file in &app.launch_files {
+                        let cmd = format!("kubectl apply -f {}", in_app(file));
+                        commands.push((cmd, rootfs.clone(), app_env.clone()));
                     }
-                };
-                commands.push((cmd, dir.clone(), app_env.clone()));
+                }
+                "helm" => {
+                    let cmd = format!(
+                        "helm install {} {}",
+                        shell_quote(&app.name),
+                        shell_quote(&dir)
+                    );
+                    commands.push((cmd, rootfs.clone(), app_env.clone()));
+                }
+                "shell" => {
+                    for file in &app.launch_files {
+                        let cmd = format!("bash {}", in_app(file));
+                        commands.push((cmd, rootfs.clone(), app_env.clone()));
+                    }
+                }
+                other => {
+                    return Err(format!(
+                    "application {}: type {other:?} and no APPCMDS: nothing says how to launch it",
+                    app.name
+                ))
+                }
             }
         }
         if commands.is_empty() {

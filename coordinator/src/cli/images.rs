@@ -58,6 +58,11 @@ pub struct BuildArgs {
     /// Registry (HOST[:PORT]) to reach over plain HTTP when caching images.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,
+    /// Whose COPY rules to follow: sealer 0.8's (`COPY nginx charts` gives
+    /// charts/nginx/) or sealer 0.9+'s (a directory's contents go into DEST).
+    /// Default: decided from the Kubefile and its base (docs/images.md).
+    #[arg(long, value_name = "0.8|0.9")]
+    pub copy_semantics: Option<build::CopySemantics>,
     /// The build context: the directory COPY reads from.
     #[arg(default_value = ".")]
     pub context: PathBuf,
@@ -75,6 +80,7 @@ pub fn build(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
     if let Some(p) = args.platform {
         opts.platform = p;
     }
+    opts.copy_semantics = args.copy_semantics;
     let cache = seaport_rootfs::imagecache::RegistryImageCache::from_flags(
         root,
         args.image_list.as_deref(),
@@ -86,6 +92,12 @@ pub fn build(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
     opts.image_cache = Some(&cache);
     let report =
         build::build(&store, &opts).context("build failed; the image store is unchanged")?;
+    for n in &report.notes {
+        eprintln!("note: {n}");
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     println!("{} {}", report.name, report.digest);
     Ok(())
 }

@@ -50,8 +50,10 @@ pub(crate) struct Meta {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct Doc<S> {
+    /// Checked (or warned about) by the first pass; sealer never reads it.
+    #[serde(default)]
     #[allow(dead_code)]
-    api_version: IgnoredAny,
+    api_version: Option<IgnoredAny>,
     #[allow(dead_code)]
     kind: IgnoredAny,
     #[serde(default)]

@@ -5,10 +5,12 @@
 //! Pure: text in, model out, no I/O. [`Clusterfile::parse`] checks every
 //! document against its schema (unknown kinds and fields are errors that
 //! name the document, the field path, the line and column), and collects
-//! [`Warning`]s for what is accepted but not acted on, such as SSH settings:
-//! Seaport reaches hosts through their enrolled agents. [`Cluster::resolve`]
-//! gives the view the planner needs: hosts with roles, labels and taints,
-//! master0, the cluster env as sealer computes it, the registry.
+//! [`Warning`]s for what is accepted but not acted on, such as SSH settings
+//! (Seaport reaches hosts through their enrolled agents) or an apiVersion
+//! that is missing or not sealer's (documents are read by kind, as sealer
+//! reads them). [`Cluster::resolve`] gives the view the planner needs:
+//! hosts with roles, labels and taints, master0, the cluster env as sealer
+//! computes it, the registry.
 //!
 //! - `cluster`: the `Cluster` kind and its resolved view.
 //! - `config`: the `Config` kind and the content of the file it writes.
@@ -93,7 +95,8 @@ pub struct KubeadmDocument {
     pub document: DocRef,
     /// Its kind.
     pub kind: String,
-    /// Its apiVersion.
+    /// Its apiVersion; empty when it had none or one kubeadm does not read
+    /// for its kind (the merge then keeps the image's).
     pub api_version: String,
     /// The document as YAML (comments dropped).
     pub yaml: String,
@@ -138,9 +141,9 @@ fn known_kinds() -> String {
     kinds.join(", ")
 }
 
-/// First pass: every document as a YAML value, checked for kind and
-/// apiVersion.
-fn heads(text: &str) -> Result<Vec<Option<Head>>, ClusterfileError> {
+/// First pass: every document as a YAML value, checked for kind; an
+/// apiVersion that is missing or not sealer's is a warning.
+fn heads(text: &str, warnings: &mut Vec<Warning>) -> Result<Vec<Option<Head>>, ClusterfileError> {
     let mut out = Vec::new();
     for (i, de) in serde_norway::Deserializer::from_str(text).enumerate() {
         let mut at = DocRef {
@@ -181,13 +184,10 @@ fn heads(text: &str) -> Result<Vec<Option<Head>>, ClusterfileError> {
             return Err(not_object(&at, "the document has no kind"));
         };
         at.kind = Some(kind.clone());
-        let Some(api_version) = value
+        let api_version = value
             .get("apiVersion")
             .and_then(Value::as_str)
-            .map(str::to_string)
-        else {
-            return Err(not_object(&at, "the document has no apiVersion"));
-        };
+            .map(str::to_string);
         let (kind, versions): (Kind, Vec<&str>) = match kind.as_str() {
             "Cluster" => (Kind::Cluster, V2_API_VERSIONS.to_vec()),
             "Application" => (Kind::Application, V2_API_VERSIONS.to_vec()),
@@ -218,24 +218,55 @@ fn heads(text: &str) -> Result<Vec<Option<Head>>, ClusterfileError> {
                 }
             },
         };
-        if !versions.contains(&api_version.as_str()) {
-            let message = if matches!(kind, Kind::Cluster)
-                && V1_API_VERSIONS.contains(&api_version.as_str())
+        let mut value = value;
+        match api_version.as_deref() {
+            Some(v) if versions.contains(&v) => {}
+            // sealer reads every document by its kind and never looks at
+            // apiVersion, so neither does Seaport, beyond saying so; a v1
+            // Cluster keeps its own error (its fields differ).
+            Some(v)
+                if matches!(kind, Kind::Cluster)
+                    && V1_API_VERSIONS.contains(&v)
+                    && ["masters", "nodes", "provider"]
+                        .iter()
+                        .any(|f| value.get("spec").and_then(|s| s.get(f)).is_some()) =>
             {
-                format!(
-                    "{api_version} is sealer's v1 Cluster (masters and nodes), which Seaport does not read: write it as apiVersion sealer.io/v2 with spec.hosts"
+                return Err(ClusterfileError::new(
+                    ErrorKind::UnsupportedApiVersion,
+                    format!(
+                        "{v} is sealer's v1 Cluster (masters and nodes), which Seaport does not read: write it as apiVersion sealer.io/v2 with spec.hosts"
+                    ),
                 )
-            } else {
-                format!(
-                    "unsupported apiVersion {api_version:?}: use one of {}",
-                    versions.join(", ")
-                )
-            };
-            return Err(
-                ClusterfileError::new(ErrorKind::UnsupportedApiVersion, message)
-                    .in_doc(&at)
-                    .at("apiVersion"),
-            );
+                .in_doc(&at)
+                .at("apiVersion"));
+            }
+            found => {
+                let what = match found {
+                    Some(v) => format!(
+                        "apiVersion {v:?} is not one sealer writes for {}",
+                        at.kind.as_deref().unwrap_or_default()
+                    ),
+                    None => "the document has no apiVersion".to_string(),
+                };
+                let then = if matches!(kind, Kind::Kubeadm) {
+                    // kubeadm reads apiVersion: the merged document keeps
+                    // the image's (or the default one).
+                    if let Some(m) = value.as_mapping_mut() {
+                        m.remove("apiVersion");
+                    }
+                    "; it is merged by its kind, with the apiVersion of the image's etc/kubeadm.yml"
+                } else {
+                    ""
+                };
+                warnings.push(Warning {
+                    document: Some(at.clone()),
+                    path: Some("apiVersion".into()),
+                    message: format!(
+                        "{what}; read by its kind, as sealer reads it (expected one of {}){then}",
+                        versions.join(", ")
+                    ),
+                });
+            }
         }
         out.push(Some(Head { at, kind, value }));
     }
@@ -256,8 +287,8 @@ impl Clusterfile {
 
     /// Parses and checks every document.
     pub fn parse(text: &str) -> Result<Self, ClusterfileError> {
-        let heads = heads(text)?;
         let mut file = Clusterfile::default();
+        let heads = heads(text, &mut file.warnings)?;
         // Second pass: each document into its schema, so errors carry the
         // field path and position.
         for (head, de) in heads

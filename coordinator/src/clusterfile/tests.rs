@@ -653,14 +653,33 @@ mode: ipvs
     );
     assert_eq!(cfg.doc("KubeProxyConfiguration").unwrap()["mode"], "ipvs");
 
-    // A kubeadm kind with another group's apiVersion is refused.
-    let bad = text.replace("kubelet.config.k8s.io/v1beta1", "kubeadm.k8s.io/v1beta3");
-    let err = Clusterfile::parse(&bad).unwrap_err();
-    assert_eq!(err.kind, ErrorKind::UnsupportedApiVersion);
-    assert_eq!(
-        err.to_string(),
-        "document 3 (KubeletConfiguration): apiVersion: unsupported apiVersion \"kubeadm.k8s.io/v1beta3\": use one of kubelet.config.k8s.io/v1beta1"
-    );
+    // A kubeadm kind with another group's apiVersion, or none: read by its
+    // kind as sealer reads it, with a warning, and merged with the image's
+    // apiVersion (kubeadm itself reads it).
+    for bad in [
+        text.replace("kubelet.config.k8s.io/v1beta1", "kubeadm.k8s.io/v1beta3"),
+        text.replace("apiVersion: kubelet.config.k8s.io/v1beta1\n", ""),
+    ] {
+        let file = Clusterfile::parse(&bad).unwrap();
+        assert_eq!(file.warnings.len(), 1, "{:?}", file.warnings);
+        let w = file.warnings[0].to_string();
+        assert!(
+            w.starts_with("document 3 (KubeletConfiguration): apiVersion: ")
+                && w.contains("read by its kind, as sealer reads it (expected one of kubelet.config.k8s.io/v1beta1); it is merged by its kind, with the apiVersion of the image's etc/kubeadm.yml"),
+            "{w}"
+        );
+        let mut cfg = seaport_rootfs::kubeadm::KubeadmConfig::defaults();
+        cfg.merge(
+            &seaport_rootfs::kubeadm::KubeadmConfig::parse(
+                &file.kubeadm_yaml().unwrap(),
+                "Clusterfile",
+            )
+            .unwrap(),
+        );
+        let kubelet = cfg.doc("KubeletConfiguration").unwrap();
+        assert_eq!(kubelet["maxPods"], 200);
+        assert_eq!(kubelet["apiVersion"], "kubelet.config.k8s.io/v1beta1");
+    }
     // Two of a kind are refused rather than one silently dropped.
     let twice = format!("{text}---\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\n");
     let err = Clusterfile::parse(&twice).unwrap_err();
@@ -847,7 +866,7 @@ fn broken_plugins_are_refused_with_the_reason() {
 }
 
 #[test]
-fn unknown_kinds_versions_and_non_documents_are_refused() {
+fn unknown_kinds_v1_clusters_and_non_documents_are_refused() {
     let e = err("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n");
     assert_eq!(e.kind, ErrorKind::UnknownKind);
     assert!(e.to_string().starts_with("document 1 (ConfigMap x): kind: unknown kind \"ConfigMap\": a Clusterfile holds Cluster, Config, Plugin, Application, InitConfiguration"), "{e}");
@@ -855,11 +874,6 @@ fn unknown_kinds_versions_and_non_documents_are_refused() {
     let e = err("apiVersion: sealer.aliyun.com/v1alpha1\nkind: Cluster\nmetadata:\n  name: old\nspec:\n  masters:\n    ipList: [10.0.0.2]\n");
     assert_eq!(e.kind, ErrorKind::UnsupportedApiVersion);
     assert!(e.message.contains("sealer's v1 Cluster"), "{e}");
-    let e = err("apiVersion: sealer.io/v3\nkind: Plugin\nmetadata:\n  name: p\n");
-    assert_eq!(e.kind, ErrorKind::UnsupportedApiVersion);
-    // Application is a v2 kind only.
-    let e = err("apiVersion: sealer.io/v1\nkind: Application\nmetadata:\n  name: a\n");
-    assert_eq!(e.kind, ErrorKind::UnsupportedApiVersion);
 
     let e = err("---\n- a\n- b\n");
     assert_eq!(
@@ -871,8 +885,6 @@ fn unknown_kinds_versions_and_non_documents_are_refused() {
     );
     let e = err("apiVersion: sealer.io/v2\nmetadata:\n  name: x\n");
     assert_eq!(e.to_string(), "document 1 (x): the document has no kind");
-    let e = err("kind: Cluster\n");
-    assert_eq!(e.kind, ErrorKind::NotAnObject);
 
     let e = err(&format!("{HEAD}spec:\n  image: k:v1\n---\napiVersion: sealer.io/v2\nkind: Plugin\nmetadata: {{name: [\n"));
     assert_eq!(e.kind, ErrorKind::Syntax);
@@ -946,4 +958,82 @@ fn empty_documents_and_null_fields_are_skipped_as_sealer_does() {
     assert!(cluster.env.is_empty());
     assert!(file.resolve().is_ok());
     assert_eq!(Clusterfile::parse("").unwrap(), Clusterfile::default());
+}
+
+/// sealer's decoder test data (a Config under `sealer.com/v1alpha1`) and
+/// its Clusterfile documentation (an Application without apiVersion) read
+/// by kind, each with a warning naming the document.
+#[test]
+fn documents_without_or_with_other_api_versions_are_read_by_kind() {
+    let text = r#"apiVersion: sealer.com/v1alpha1
+kind: Config
+metadata:
+  name: mysql-config
+spec:
+  path: etc/mysql.yaml
+  data: |
+       mysql-user: root
+       mysql-passwd: xxx
+---
+kind: Application
+metadata:
+  name: my-apps
+spec:
+  launchApps:
+    - app1
+  configs:
+    - name: app1
+      env:
+        - ImageName="docker.io/bitnami/nginx:latest"
+---
+apiVersion: sealer.io/v3
+kind: Plugin
+metadata:
+  name: MyShell
+spec:
+  type: SHELL
+  action: PostInstall
+  data: |
+    kubectl get nodes
+---
+apiVersion: sealer.io/v2
+kind: Cluster
+metadata:
+  name: my-cluster
+spec:
+  image: my-nginx:v1
+  hosts:
+    - ips: [ 172.16.26.162 ]
+      roles: [ master ]
+"#;
+    let file = Clusterfile::parse(text).unwrap();
+    let warnings: Vec<String> = file.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "document 1 (Config mysql-config): apiVersion: apiVersion \"sealer.com/v1alpha1\" is not one sealer writes for Config; read by its kind, as sealer reads it (expected one of sealer.io/v2, sealer.cloud/v2, sealer.aliyun.com/v2alpha1, sealer.io/v1, sealer.cloud/v1, sealer.aliyun.com/v1alpha1, sealer.aliyun.com/v1)",
+            "document 2 (Application my-apps): apiVersion: the document has no apiVersion; read by its kind, as sealer reads it (expected one of sealer.io/v2, sealer.cloud/v2, sealer.aliyun.com/v2alpha1)",
+            "document 3 (Plugin MyShell): apiVersion: apiVersion \"sealer.io/v3\" is not one sealer writes for Plugin; read by its kind, as sealer reads it (expected one of sealer.io/v2, sealer.cloud/v2, sealer.aliyun.com/v2alpha1, sealer.io/v1, sealer.cloud/v1, sealer.aliyun.com/v1alpha1, sealer.aliyun.com/v1)",
+        ]
+    );
+    assert_eq!(file.configs[0].path, "etc/mysql.yaml");
+    let app = file.application.as_ref().unwrap();
+    assert_eq!(app.launch_apps, ["app1"]);
+    assert_eq!(file.plugins[0].name, "MyShell");
+    assert_eq!(file.cluster.as_ref().unwrap().name, "my-cluster");
+
+    // Unknown fields stay errors, with or without apiVersion.
+    let e = err("kind: Application\nmetadata:\n  name: a\nspec:\n  launchApp: [x]\n");
+    assert_eq!(e.kind, ErrorKind::UnknownField);
+    assert!(
+        e.to_string()
+            .starts_with("document 1 (Application a): spec.launchApp: unknown field"),
+        "{e}"
+    );
+    // A kind is still needed, and a Cluster in sealer's v1 schema is still
+    // refused whatever apiVersion it says.
+    let e = err("apiVersion: sealer.io/v2\nmetadata:\n  name: a\n");
+    assert_eq!(e.kind, ErrorKind::NotAnObject);
+    let e = err("apiVersion: sealer.cloud/v1\nkind: Cluster\nmetadata:\n  name: old\nspec:\n  masters:\n    ipList: [10.0.0.2]\n");
+    assert_eq!(e.kind, ErrorKind::UnsupportedApiVersion);
 }
