@@ -257,11 +257,18 @@ pub fn pull_image(
     platform: Option<&Platform>,
 ) -> Result<TransferReport, TransferError> {
     let repo = image.repository();
-    let (top_digest, documents, blobs) = match platform {
+    let Fetched {
+        digest: top_digest,
+        documents,
+        blobs,
+    } = match platform {
         Some(p) => {
             let remote = fetch_image(client, image, p)?;
-            let blobs = remote.blobs();
-            (remote.digest, vec![remote.manifest_bytes], blobs)
+            Fetched {
+                blobs: remote.blobs(),
+                digest: remote.digest,
+                documents: vec![remote.manifest_bytes],
+            }
         }
         None => fetch_all(client, image)?,
     };
@@ -295,13 +302,17 @@ pub fn pull_image(
     })
 }
 
-/// Every manifest `image` names: the one manifest, or every manifest of its
-/// index. Returns the digest the name points at, the documents to store
+/// What a pull stores: the digest the name points at, the documents
 /// (manifests, then the index) and the blobs they need, without duplicates.
-fn fetch_all(
-    client: &RegistryClient,
-    image: &ImageRef,
-) -> Result<(Digest, Vec<Vec<u8>>, Vec<Descriptor>), TransferError> {
+struct Fetched {
+    digest: Digest,
+    documents: Vec<Vec<u8>>,
+    blobs: Vec<Descriptor>,
+}
+
+/// Every manifest `image` names: the one manifest, or every manifest of its
+/// index.
+fn fetch_all(client: &RegistryClient, image: &ImageRef) -> Result<Fetched, TransferError> {
     let reference = match (image.digest(), image.tag()) {
         (Some(d), _) => d.to_string(),
         (None, Some(t)) => t.to_string(),
@@ -323,7 +334,11 @@ fn fetch_all(
     };
     if !crate::media::is_index(&media_type) {
         add(&parse_manifest(&bytes).map_err(bad)?);
-        return Ok((digest, vec![bytes], blobs));
+        return Ok(Fetched {
+            digest,
+            documents: vec![bytes],
+            blobs,
+        });
     }
     let index: Index = serde_json::from_slice(&bytes)
         .map_err(|e| bad(format!("its index does not parse: {e}")))?;
@@ -340,7 +355,11 @@ fn fetch_all(
         documents.push(m_bytes);
     }
     documents.push(bytes);
-    Ok((digest, documents, blobs))
+    Ok(Fetched {
+        digest,
+        documents,
+        blobs,
+    })
 }
 
 /// Maps a store write error to the digest error [`RegistryClient::download_blob`]
