@@ -235,16 +235,24 @@ impl Distribution {
                 let Some(rec) = records.iter().find(|r| &r.node_id == id) else {
                     continue;
                 };
-                let platform = seaport_rootfs::registry::platform::machine_platform(&rec.arch);
-                let m = stored
-                    .for_platform(&platform)
-                    .map_err(|_| DistError::NoPlatform {
-                        image: image.to_string(),
-                        node: format!("{} ({})", rec.hostname, rec.node_id),
-                        platform: seaport_rootfs::registry::platform::platform_string(&platform),
-                        available: stored.platforms().join(", "),
-                    })?;
-                let blobs = stored.blobs_for(m);
+                let blobs = if rec.arch.is_empty() {
+                    // No architecture reported yet: every platform; its
+                    // agent picks its own.
+                    stored.blobs()
+                } else {
+                    let platform = seaport_rootfs::registry::platform::machine_platform(&rec.arch);
+                    let m = stored
+                        .for_platform(&platform)
+                        .map_err(|_| DistError::NoPlatform {
+                            image: image.to_string(),
+                            node: format!("{} ({})", rec.hostname, rec.node_id),
+                            platform: seaport_rootfs::registry::platform::platform_string(
+                                &platform,
+                            ),
+                            available: stored.platforms().join(", "),
+                        })?;
+                    stored.blobs_for(m)
+                };
                 for b in &blobs {
                     if !union.contains(b) {
                         union.push(*b);
