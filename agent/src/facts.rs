@@ -87,6 +87,13 @@ pub struct SystemFacts {
     cpus: u32,
 }
 
+/// This host's platform in OCI's names (`linux/amd64`, `linux/arm/v7`),
+/// from the machine architecture the agent reports in its heartbeats, so
+/// the agent picks the manifest the coordinator planned for it.
+pub fn host_platform() -> seaport_rootfs::oci::Platform {
+    seaport_rootfs::registry::platform::machine_platform(&System::cpu_arch())
+}
+
 impl SystemFacts {
     pub fn new(host: HostIdentity) -> Self {
         let mut sys = System::new();

@@ -174,13 +174,22 @@ async fn wait_for_blobs(store: &ContentStore, manifest: &Digest) -> Result<(), S
     }
 }
 
+/// The blobs of the image `manifest` (a manifest, or a multi-platform
+/// index: then its manifest for this host) not yet on this host.
 fn missing_blobs(store: &ContentStore, manifest: &Digest) -> Result<Vec<Digest>, String> {
     if !store.has(manifest) {
         return Ok(vec![*manifest]);
     }
-    let img =
-        apply::image::LayoutImage::from_blobs(store.dir(), &store.dir().join("sha256"), manifest)
+    let blobs = store.dir().join("sha256");
+    let platform = crate::facts::host_platform();
+    let own =
+        apply::image::LayoutImage::platform_manifest(store.dir(), &blobs, manifest, &platform)
             .map_err(|e| e.to_string())?;
+    if !store.has(&own) {
+        return Ok(vec![own]);
+    }
+    let img = apply::image::LayoutImage::from_blobs_for(store.dir(), &blobs, &own, &platform)
+        .map_err(|e| e.to_string())?;
     Ok(img
         .manifest
         .layers

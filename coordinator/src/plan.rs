@@ -39,6 +39,26 @@ pub enum PlanError {
     /// Hosts without an enrolled agent.
     #[error("no agent is enrolled on {}: bootstrap them first (`seaport token create`, then `seaport bootstrap script --token T` on each host, or cloud-init with `seaport bootstrap cloud-init --token T`), and check `seaport nodes`", .0.join(", "))]
     NoAgent(Vec<String>),
+    /// Hosts whose platform the image has no manifest for.
+    #[error("image {image} has no manifest for the platform of host {}; the image has: {available}", .hosts.join(", "))]
+    NoPlatform {
+        /// The image.
+        image: String,
+        /// Each host as `IP (os/arch)`.
+        hosts: Vec<String>,
+        /// The image's platforms.
+        available: String,
+    },
+    /// The manifest a host would apply cannot be installed.
+    #[error("image {image}, manifest for {platform}: {reason}")]
+    Unusable {
+        /// The image.
+        image: String,
+        /// The platform of that manifest.
+        platform: String,
+        /// Why (e.g. a layer of an unknown media type).
+        reason: String,
+    },
 }
 
 /// A host's role as the user gives it.
@@ -278,6 +298,50 @@ pub fn match_nodes(
     }
 }
 
+/// The manifest each host applies: the image's manifest for the platform
+/// its agent reports (`arch` as `uname -m` names it, e.g. `x86_64` for
+/// `linux/amd64`), matched as a registry pull matches platforms. Every host
+/// whose platform the image lacks is named in one error, with the platforms
+/// the image has. A host whose agent reported no architecture yet is left
+/// to its agent, which refuses a manifest for another platform itself.
+/// Each chosen manifest's layers must be of media types the agents read.
+pub fn host_manifests(
+    image: &seaport_rootfs::store::StoredImage,
+    hosts: &[(String, String)],
+) -> Result<BTreeMap<String, seaport_shared::digest::Digest>, PlanError> {
+    use seaport_rootfs::registry::platform::{machine_platform, platform_string};
+    let mut out = BTreeMap::new();
+    let mut missing = Vec::new();
+    for (ip, arch) in hosts {
+        if arch.is_empty() {
+            continue;
+        }
+        let platform = machine_platform(arch);
+        match image.for_platform(&platform) {
+            Ok(m) => {
+                seaport_rootfs::media::check_layers(&m.manifest.layers).map_err(|e| {
+                    PlanError::Unusable {
+                        image: image.name.to_string(),
+                        platform: platform_string(&platform),
+                        reason: e.to_string(),
+                    }
+                })?;
+                out.insert(ip.clone(), m.manifest_digest);
+            }
+            Err(_) => missing.push(format!("{ip} ({})", platform_string(&platform))),
+        }
+    }
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        Err(PlanError::NoPlatform {
+            image: image.name.to_string(),
+            hosts: missing,
+            available: image.platforms().join(", "),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,5 +466,105 @@ mod tests {
         ];
         let m = match_nodes(&h, &enrolled).unwrap();
         assert_eq!(m["10.0.0.3"], "n3");
+    }
+
+    fn platform_image(arch: &str, layer_type: &str) -> seaport_rootfs::store::PlatformImage {
+        use seaport_rootfs::oci::{Descriptor, ImageConfig, Manifest, Platform};
+        use seaport_shared::digest::Digest;
+        let desc = |media_type: &str, bytes: &[u8]| Descriptor {
+            media_type: media_type.into(),
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+        };
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(seaport_rootfs::oci::MEDIA_TYPE_MANIFEST.into()),
+            config: desc(seaport_rootfs::oci::MEDIA_TYPE_CONFIG, arch.as_bytes()),
+            layers: vec![desc(layer_type, format!("{arch} layer").as_bytes())],
+            annotations: Default::default(),
+        };
+        seaport_rootfs::store::PlatformImage {
+            platform: Platform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: None,
+            },
+            image: seaport_rootfs::store::ResolvedImage {
+                name: seaport_rootfs::reference::ImageRef::parse("k8s:v1").unwrap(),
+                manifest_digest: Digest::of(format!("{arch} manifest").as_bytes()),
+                manifest_size: 1,
+                manifest,
+                config: ImageConfig {
+                    architecture: arch.into(),
+                    os: "linux".into(),
+                    ..ImageConfig::default()
+                },
+            },
+        }
+    }
+
+    fn stored(
+        manifests: Vec<seaport_rootfs::store::PlatformImage>,
+    ) -> seaport_rootfs::store::StoredImage {
+        use seaport_rootfs::oci::{Descriptor, Index};
+        use seaport_shared::digest::Digest;
+        seaport_rootfs::store::StoredImage {
+            name: seaport_rootfs::reference::ImageRef::parse("k8s:v1").unwrap(),
+            descriptor: Descriptor {
+                media_type: seaport_rootfs::oci::MEDIA_TYPE_INDEX.into(),
+                digest: Digest::of(b"index"),
+                size: 5,
+                annotations: Default::default(),
+                platform: None,
+            },
+            index: Some(Index::new()),
+            manifests,
+        }
+    }
+
+    #[test]
+    fn each_host_gets_its_platforms_manifest_and_missing_platforms_name_the_hosts() {
+        use seaport_rootfs::oci::MEDIA_TYPE_LAYER_ZSTD;
+        use seaport_shared::digest::Digest;
+        let both = stored(vec![
+            platform_image("amd64", MEDIA_TYPE_LAYER_ZSTD),
+            platform_image("arm64", "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        ]);
+        let hosts = vec![
+            ("10.0.0.1".to_string(), "x86_64".to_string()),
+            ("10.0.0.2".to_string(), "aarch64".to_string()),
+            // No architecture reported yet: left to its agent.
+            ("10.0.0.3".to_string(), String::new()),
+        ];
+        let m = host_manifests(&both, &hosts).unwrap();
+        assert_eq!(m["10.0.0.1"], Digest::of(b"amd64 manifest"));
+        assert_eq!(m["10.0.0.2"], Digest::of(b"arm64 manifest"));
+        assert!(!m.contains_key("10.0.0.3"));
+
+        let arm_only = stored(vec![platform_image("arm64", MEDIA_TYPE_LAYER_ZSTD)]);
+        let amd_hosts = vec![
+            ("10.0.0.1".to_string(), "x86_64".to_string()),
+            ("10.0.0.2".to_string(), "x86_64".to_string()),
+            ("10.0.0.4".to_string(), "aarch64".to_string()),
+        ];
+        let msg = host_manifests(&arm_only, &amd_hosts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("10.0.0.1 (linux/amd64), 10.0.0.2 (linux/amd64)")
+                && !msg.contains("10.0.0.4")
+                && msg.contains("the image has: linux/arm64")
+                && msg.contains("k8s:v1"),
+            "{msg}"
+        );
+
+        let odd = stored(vec![platform_image("amd64", "application/x-odd")]);
+        let msg = host_manifests(&odd, &hosts[..1]).unwrap_err().to_string();
+        assert!(
+            msg.contains("application/x-odd") && msg.contains("linux/amd64"),
+            "{msg}"
+        );
     }
 }

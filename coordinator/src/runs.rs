@@ -462,14 +462,16 @@ fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, Strin
     check_cluster_name(&name)?;
     let store = seaport_rootfs::store::Store::open(&shared.image_root)
         .map_err(|e| format!("the image store: {e}"))?;
-    let resolved = store.resolve(&spec.image).map_err(|e| e.to_string())?;
-    let digest = resolved.manifest_digest.to_string();
-    let has_launch = resolved
-        .manifest
-        .annotations
-        .get(seaport_rootfs::oci::ANNOTATION_SEALER_EXTENSION)
-        .and_then(|t| serde_json::from_str::<seaport_rootfs::oci::ImageExtension>(t).ok())
-        .is_some_and(|e| !e.launch.cmds.is_empty() || !e.launch.app_names.is_empty());
+    let image = store.image(&spec.image).map_err(|e| e.to_string())?;
+    let digest = image.digest().to_string();
+    let has_launch = image.manifests.iter().any(|m| {
+        m.image
+            .manifest
+            .annotations
+            .get(seaport_rootfs::oci::ANNOTATION_SEALER_EXTENSION)
+            .and_then(|t| serde_json::from_str::<seaport_rootfs::oci::ImageExtension>(t).ok())
+            .is_some_and(|e| !e.launch.cmds.is_empty() || !e.launch.app_names.is_empty())
+    });
     let prev = previous(shared, &name)?;
     if let Some(p) = &prev {
         if p.state == RunState::Deleting {
@@ -556,6 +558,17 @@ fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, Strin
     } else {
         plan::match_nodes(&specs, &enrolled).map_err(|e| e.to_string())?
     };
+    // Every host of the spec must have a manifest of its own platform.
+    let platforms: Vec<(String, String)> = spec
+        .hosts
+        .iter()
+        .filter_map(|h| {
+            let id = matched.get(&h.ip)?;
+            let rec = records.iter().find(|r| &r.node_id == id)?;
+            Some((h.ip.clone(), rec.arch.clone()))
+        })
+        .collect();
+    plan::host_manifests(&image, &platforms).map_err(|e| e.to_string())?;
     let hosts = all_hosts
         .iter()
         .map(|(ip, role)| {

@@ -8,9 +8,12 @@
 //! (`kubernetes:v1.19.8`), so `skopeo copy oci-archive:FILE:kubernetes:v1.19.8
 //! ...` finds it, and `io.containerd.image.name` set to the canonical name.
 //!
+//! A multi-platform image is saved whole: its index (the entry's media type
+//! says so) and every platform's manifest, config and layers.
+//!
 //! `load` streams every blob into a temporary file in the store, hashing it
 //! as it goes, and checks that each named image is complete (manifest,
-//! config, layers). Only then are the blobs moved into place and the names
+//! config, layers; for an index, every manifest it names). Only then are the blobs moved into place and the names
 //! set. A corrupted or truncated archive is refused and the store is left as
 //! it was.
 
@@ -22,10 +25,8 @@ use std::path::{Path, PathBuf};
 use seaport_shared::digest::{Digest, HashingWriter};
 use tempfile::NamedTempFile;
 
-use crate::oci::{
-    Descriptor, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_TYPE_DOCKER_MANIFEST,
-    MEDIA_TYPE_MANIFEST,
-};
+use crate::media;
+use crate::oci::{Descriptor, Index, Manifest, ANNOTATION_REF_NAME};
 use crate::reference::ImageRef;
 use crate::store::{Store, StoreError, MAX_DOCUMENT_SIZE};
 
@@ -72,10 +73,15 @@ pub fn save(store: &Store, names: &[String], out: &Path) -> Result<Vec<String>, 
     let mut blobs = BTreeSet::new();
     let mut written = Vec::new();
     for name in names {
-        let image = store.resolve(name)?;
-        blobs.insert(image.manifest_digest);
-        blobs.insert(image.manifest.config.digest);
-        blobs.extend(image.manifest.layers.iter().map(|l| l.digest));
+        let image = store.image(name)?;
+        if let Some(i) = &image.index {
+            // The archive holds the index whole: every manifest it names.
+            if let Some(missing) = i.manifests.iter().find(|c| !store.has_blob(&c.digest)) {
+                return Err(StoreError::MissingBlob(missing.digest).into());
+            }
+        }
+        blobs.extend(image.blobs().into_iter().map(|(d, _)| d));
+        blobs.insert(image.digest());
         let shown = image.name.to_string();
         let mut annotations = BTreeMap::new();
         annotations.insert(ANNOTATION_REF_NAME.to_string(), shown.clone());
@@ -84,13 +90,9 @@ pub fn save(store: &Store, names: &[String], out: &Path) -> Result<Vec<String>, 
             image.name.canonical(),
         );
         index.manifests.push(Descriptor {
-            media_type: image
-                .manifest
-                .media_type
-                .clone()
-                .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.into()),
-            digest: image.manifest_digest,
-            size: image.manifest_size,
+            media_type: image.descriptor.media_type.clone(),
+            digest: image.digest(),
+            size: image.descriptor.size,
             annotations,
             platform: None,
         });
@@ -157,7 +159,7 @@ fn file_header(size: u64) -> tar::Header {
 pub struct LoadedImage {
     /// Its name.
     pub name: ImageRef,
-    /// Its manifest digest.
+    /// Its manifest digest (its index's, for a multi-platform image).
     pub digest: Digest,
 }
 
@@ -272,10 +274,30 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<LoadedImage>, ArchiveError
     let present = |d: &Digest| staged.contains_key(d) || store.has_blob(d);
     let mut images = Vec::new();
     let mut needed = BTreeSet::new();
+    let need_manifest = |digest: &Digest,
+                         name: &ImageRef,
+                         needed: &mut BTreeSet<Digest>|
+     -> Result<(), ArchiveError> {
+        let manifest: Manifest = serde_json::from_slice(&read_doc(digest)?)
+            .map_err(|e| invalid(format!("manifest {digest}: {e}")))?;
+        needed.insert(*digest);
+        for d in std::iter::once(&manifest.config.digest)
+            .chain(manifest.layers.iter().map(|l| &l.digest))
+        {
+            if !present(d) {
+                return Err(invalid(format!(
+                    "image {name}: blob {d} is missing from the archive"
+                )));
+            }
+            needed.insert(*d);
+        }
+        Ok(())
+    };
     for desc in &index.manifests {
-        if desc.media_type != MEDIA_TYPE_MANIFEST && desc.media_type != MEDIA_TYPE_DOCKER_MANIFEST {
+        let is_index = media::is_index(&desc.media_type);
+        if !is_index && !media::is_manifest(&desc.media_type) {
             return Err(invalid(format!(
-                "index entry {} has media type {}; only single-platform image manifests are supported",
+                "index entry {} has media type {}, not an image manifest or index",
                 desc.digest, desc.media_type
             )));
         }
@@ -290,18 +312,28 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<LoadedImage>, ArchiveError
                 ))
             })?;
         let name = ImageRef::parse(name).map_err(|e| invalid(e.to_string()))?;
-        let manifest: Manifest = serde_json::from_slice(&read_doc(&desc.digest)?)
-            .map_err(|e| invalid(format!("manifest {}: {e}", desc.digest)))?;
-        needed.insert(desc.digest);
-        for d in std::iter::once(&manifest.config.digest)
-            .chain(manifest.layers.iter().map(|l| &l.digest))
-        {
-            if !present(d) {
-                return Err(invalid(format!(
-                    "image {name}: blob {d} is missing from the archive"
-                )));
+        if is_index {
+            // A multi-platform image: every manifest of its index, complete.
+            let platforms: Index = serde_json::from_slice(&read_doc(&desc.digest)?)
+                .map_err(|e| invalid(format!("index {}: {e}", desc.digest)))?;
+            needed.insert(desc.digest);
+            for child in &platforms.manifests {
+                if !media::is_manifest(&child.media_type) {
+                    return Err(invalid(format!(
+                        "image {name}: its index names {} of media type {}, not an image manifest",
+                        child.digest, child.media_type
+                    )));
+                }
+                if !present(&child.digest) {
+                    return Err(invalid(format!(
+                        "image {name}: manifest {} is missing from the archive",
+                        child.digest
+                    )));
+                }
+                need_manifest(&child.digest, &name, &mut needed)?;
             }
-            needed.insert(*d);
+        } else {
+            need_manifest(&desc.digest, &name, &mut needed)?;
         }
         images.push(LoadedImage {
             name,

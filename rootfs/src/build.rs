@@ -34,7 +34,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process;
 
@@ -45,13 +45,13 @@ use tempfile::{NamedTempFile, TempDir};
 use crate::kubefile::{self, Command, Instruction, InstructionKind, KubefileError};
 use crate::layer::{self, Entries, EntrySource, LayerEntry, LayerError, LayerOptions};
 use crate::oci::{
-    Application, Descriptor, History, ImageConfig, ImageExtension, Manifest, RootFs, RuntimeConfig,
-    ANNOTATION_LAYER_INSTRUCTION, ANNOTATION_METADATA, ANNOTATION_PLATFORM,
+    Application, Descriptor, History, ImageConfig, ImageExtension, Index, Manifest, Platform,
+    RootFs, RuntimeConfig, ANNOTATION_LAYER_INSTRUCTION, ANNOTATION_METADATA, ANNOTATION_PLATFORM,
     ANNOTATION_SEALER_EXTENSION, LABEL_KUBE_CNI_PREFIX, LABEL_KUBE_CSI_PREFIX, LABEL_KUBE_VERSION,
-    MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
-    MEDIA_TYPE_MANIFEST,
+    MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_ZSTD, MEDIA_TYPE_MANIFEST,
 };
 use crate::reference::{ImageRef, ReferenceError};
+use crate::registry::platform::{parse_platform, platform_string};
 use crate::store::{Store, StoreError};
 
 /// Where APP, CNI and CSI put an application's files in the rootfs.
@@ -229,17 +229,18 @@ const MAX_METADATA: u64 = 64 * 1024;
 
 /// Build-time caching of container images, plugged into the build.
 ///
-/// Called once, after every Kubefile instruction ran, with the merged rootfs
-/// materialized at `rootfs`. Whatever it writes under `out` (a
-/// `registry/docker/registry/v2/...` tree, paths relative to the rootfs)
-/// becomes one more layer of the image. Returning `Ok(false)` (or writing
-/// nothing) adds no layer.
+/// Called once per platform, after every Kubefile instruction ran, with the
+/// merged rootfs materialized at `rootfs` and the platform being built.
+/// Whatever it writes under `out` (a `registry/docker/registry/v2/...` tree,
+/// paths relative to the rootfs) becomes one more layer of that platform's
+/// image. Returning `Ok(false)` (or writing nothing) adds no layer.
 pub trait ImageCache {
-    /// Caches the images `rootfs` needs into `out`.
+    /// Caches the images `rootfs` needs, for `platform`, into `out`.
     fn cache(
         &self,
         rootfs: &Path,
         out: &Path,
+        platform: &Platform,
     ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>>;
 }
 
@@ -255,7 +256,9 @@ pub struct BuildOptions<'a> {
     pub build_args: BTreeMap<String, String>,
     /// `--label K=V` values, applied after the Kubefile's LABELs.
     pub labels: BTreeMap<String, String>,
-    /// `linux/<arch>[/<variant>]`; sets `${ARCH}`. Default: the build host's.
+    /// `linux/<arch>[/<variant>]`, or several separated by commas for a
+    /// multi-platform image (one image per platform under one index); sets
+    /// `${ARCH}`. Default: the build host's.
     pub platform: String,
     /// Build-time image caching; `None` adds no registry layer.
     pub image_cache: Option<&'a dyn ImageCache>,
@@ -294,18 +297,23 @@ pub fn default_platform() -> String {
 pub struct BuildReport {
     /// The image's name.
     pub name: ImageRef,
-    /// The manifest digest (the image digest).
+    /// The image digest: the manifest's, or the index's when several
+    /// platforms were built.
     pub digest: Digest,
-    /// How many layers the image has.
+    /// How many layers the image has (the first platform's, for several).
     pub layers: usize,
-    /// The sealer generation whose COPY rules the build followed.
+    /// Each platform built: `os/arch[/variant]`, its manifest digest and
+    /// its number of layers.
+    pub platforms: Vec<(String, Digest, usize)>,
+    /// The sealer generation whose COPY rules the build followed (the first
+    /// platform's).
     pub generation: Generation,
     /// Which rule placed a COPY source where the generations differ,
-    /// `FILE:LINE: COPY ...: ...`.
+    /// `FILE:LINE: COPY ...: ...` (each once, over every platform).
     pub notes: Vec<String>,
     /// What the user should look at: COPY words sealer ignores, and COPY
     /// lines placed by the default rule because nothing decided the
-    /// generation.
+    /// generation (each once, over every platform).
     pub warnings: Vec<String>,
 }
 
@@ -385,6 +393,11 @@ struct Builder<'s, 'o> {
 }
 
 /// Builds the image `opts` describes into `store` and names it `opts.tag`.
+///
+/// With several platforms, the Kubefile runs once per platform (`${ARCH}`
+/// and FROM's base resolved for each) and the name points at an OCI index
+/// of the platforms' manifests, in the order given. Nothing enters the
+/// store until every platform's build succeeded.
 pub fn build(store: &Store, opts: &BuildOptions<'_>) -> Result<BuildReport, BuildError> {
     let name = ImageRef::parse(&opts.tag)?;
     let file = opts.kubefile.display().to_string();
@@ -398,15 +411,41 @@ pub fn build(store: &Store, opts: &BuildOptions<'_>) -> Result<BuildReport, Buil
             opts.context.display()
         )));
     }
-    let (os, arch, variant) = parse_platform(&opts.platform)
+    let platforms = parse_platforms(&opts.platform)
         .map_err(|m| BuildError::Other(format!("--platform {:?}: {m}", opts.platform)))?;
+    let mut built = Vec::new();
+    for platform in &platforms {
+        if platforms.len() > 1 {
+            tracing::info!(platform = %platform_string(platform), "building for platform");
+        }
+        built.push(build_platform(
+            store,
+            opts,
+            &file,
+            &context,
+            &instructions,
+            platform,
+        )?);
+    }
+    store_built(store, &name, built)
+}
+
+/// Runs the Kubefile for one platform; the result is staged, not stored.
+fn build_platform(
+    store: &Store,
+    opts: &BuildOptions<'_>,
+    file: &str,
+    context: &Path,
+    instructions: &[Instruction],
+    platform: &Platform,
+) -> Result<Built, BuildError> {
     let mut vars = BTreeMap::new();
-    vars.insert("ARCH".to_string(), arch.clone());
+    vars.insert("ARCH".to_string(), platform.architecture.clone());
     let mut b = Builder {
         store,
         opts,
-        file,
-        context,
+        file: file.to_string(),
+        context: context.to_path_buf(),
         work: store.temp_dir("build-")?,
         layers: Vec::new(),
         history: Vec::new(),
@@ -416,19 +455,19 @@ pub fn build(store: &Store, opts: &BuildOptions<'_>) -> Result<BuildReport, Buil
         vars,
         ext: ImageExtension::default(),
         metadata: None,
-        os,
-        arch,
-        variant,
+        os: platform.os.clone(),
+        arch: platform.architecture.clone(),
+        variant: platform.variant.clone(),
         materialized: None,
         index: BTreeMap::new(),
         indexed: 0,
         generation: decide_generation(opts.copy_semantics, &instructions, None),
-        instructions: instructions.clone(),
+        instructions: instructions.to_vec(),
         notes: Vec::new(),
         warnings: Vec::new(),
         untyped_apps: BTreeMap::new(),
     };
-    for ins in &instructions {
+    for ins in instructions {
         tracing::info!(line = ins.line, instruction = %ins.original, "build step");
         b.step(ins).map_err(|message| BuildError::Instruction {
             file: b.file.clone(),
@@ -462,7 +501,79 @@ pub fn build(store: &Store, opts: &BuildOptions<'_>) -> Result<BuildReport, Buil
     if let Some(cache) = opts.image_cache {
         b.run_image_cache(cache)?;
     }
-    b.commit(&name)
+    Ok(b.finish())
+}
+
+/// One platform's image, ready to enter the store.
+struct Built {
+    platform: Platform,
+    layers: Vec<LayerRec>,
+    config_bytes: Vec<u8>,
+    manifest_bytes: Vec<u8>,
+    generation: Generation,
+    notes: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// Moves the built images' blobs into the store and names the image: the
+/// one manifest, or an index of all of them.
+fn store_built(
+    store: &Store,
+    name: &ImageRef,
+    built: Vec<Built>,
+) -> Result<BuildReport, BuildError> {
+    let _guard = store.write_guard()?;
+    let mut platforms = Vec::new();
+    let mut index = Index::new();
+    let generation = built
+        .first()
+        .map(|b| b.generation.clone())
+        .ok_or_else(|| BuildError::Other("no platform to build".into()))?;
+    let mut notes: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    for mut b in built {
+        for n in b.notes.drain(..) {
+            if !notes.contains(&n) {
+                notes.push(n);
+            }
+        }
+        for w in b.warnings.drain(..) {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+        for rec in &mut b.layers {
+            if let Some(tmp) = rec.staged.take() {
+                store.commit_temp_blob(tmp, &rec.desc.digest)?;
+            } else if !store.has_blob(&rec.desc.digest) {
+                return Err(StoreError::MissingBlob(rec.desc.digest).into());
+            }
+        }
+        store.put_blob(&b.config_bytes)?;
+        let digest = store.put_blob(&b.manifest_bytes)?;
+        platforms.push((platform_string(&b.platform), digest, b.layers.len()));
+        index.manifests.push(Descriptor {
+            media_type: MEDIA_TYPE_MANIFEST.into(),
+            digest,
+            size: b.manifest_bytes.len() as u64,
+            annotations: BTreeMap::new(),
+            platform: Some(b.platform),
+        });
+    }
+    let digest = match platforms.as_slice() {
+        [(_, digest, _)] => *digest,
+        _ => store.put_blob(&serde_json::to_vec(&index).expect("index serializes"))?,
+    };
+    store.set_name(name, &digest)?;
+    Ok(BuildReport {
+        name: name.clone(),
+        digest,
+        layers: platforms.first().map_or(0, |p| p.2),
+        platforms,
+        generation,
+        notes,
+        warnings,
+    })
 }
 
 fn read_kubefile(path: &Path) -> Result<String, BuildError> {
@@ -476,16 +587,20 @@ fn read_kubefile(path: &Path) -> Result<String, BuildError> {
     Ok(text)
 }
 
-fn parse_platform(p: &str) -> Result<(String, String, Option<String>), String> {
-    let parts: Vec<&str> = p.split('/').collect();
-    let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
-    match parts.as_slice() {
-        [os, arch] if ok(os) && ok(arch) => Ok((os.to_string(), arch.to_string(), None)),
-        [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
-            Ok((os.to_string(), arch.to_string(), Some(v.to_string())))
+fn parse_one_platform(p: &str) -> Result<Platform, String> {
+    parse_platform(p).ok_or_else(|| "expected OS/ARCH[/VARIANT], e.g. linux/amd64".to_string())
+}
+
+/// `os/arch[/variant]` values separated by commas, without duplicates.
+fn parse_platforms(list: &str) -> Result<Vec<Platform>, String> {
+    let mut out: Vec<Platform> = Vec::new();
+    for p in list.split(',') {
+        let p = parse_one_platform(p)?;
+        if !out.contains(&p) {
+            out.push(p);
         }
-        _ => Err("expected OS/ARCH[/VARIANT], e.g. linux/amd64".into()),
     }
+    Ok(out)
 }
 
 fn layer_err(e: LayerError) -> String {
@@ -503,10 +618,9 @@ impl Builder<'_, '_> {
             InstructionKind::From { image, platform } => {
                 let image = self.expand(image)?;
                 if let Some(p) = platform {
-                    let p = self.expand(p)?;
-                    let (os, arch, variant) = parse_platform(&p)?;
-                    self.vars.insert("ARCH".into(), arch.clone());
-                    (self.os, self.arch, self.variant) = (os, arch, variant);
+                    let p = parse_one_platform(&self.expand(p)?)?;
+                    self.vars.insert("ARCH".into(), p.architecture.clone());
+                    (self.os, self.arch, self.variant) = (p.os, p.architecture, p.variant);
                 }
                 let base = if image == "scratch" {
                     None
@@ -668,13 +782,25 @@ impl Builder<'_, '_> {
     }
 
     fn start_from_image(&mut self, image: &str) -> Result<BaseEvidence, String> {
-        let base = self.store.resolve(image).map_err(|e| e.to_string())?;
-        if base.config.architecture != self.arch || base.config.os != self.os {
-            return Err(format!(
-                "base image {image} is {}/{}, but this build is for {}/{} (use --platform)",
-                base.config.os, base.config.architecture, self.os, self.arch
-            ));
-        }
+        let stored = self.store.image(image).map_err(|e| e.to_string())?;
+        let wanted = Platform {
+            architecture: self.arch.clone(),
+            os: self.os.clone(),
+            variant: self.variant.clone(),
+        };
+        let base = stored.for_platform(&wanted).map_err(|e| match e {
+            StoreError::NoPlatform { available, .. } if !stored.is_index() => format!(
+                "base image {image} is {available}, but this build is for {} (use --platform)",
+                platform_string(&wanted)
+            ),
+            StoreError::NoPlatform { available, .. } => format!(
+                "base image {image} has no manifest for {} (it has: {available})",
+                platform_string(&wanted)
+            ),
+            other => other.to_string(),
+        })?;
+        crate::media::check_layers(&base.manifest.layers)
+            .map_err(|e| format!("base image {image}: {e}"))?;
         if base.manifest.layers.len() != base.config.rootfs.diff_ids.len() {
             return Err(format!(
                 "base image {image} is malformed: {} layers but {} diff_ids",
@@ -688,8 +814,14 @@ impl Builder<'_, '_> {
             .iter()
             .zip(&base.config.rootfs.diff_ids)
         {
+            // The same bytes under the OCI name of their format: the new
+            // manifest is an OCI manifest even over a Docker base.
+            let mut desc = desc.clone();
+            if let Some(t) = crate::media::oci_layer_media_type(&desc.media_type) {
+                desc.media_type = t.into();
+            }
             self.layers.push(LayerRec {
-                desc: desc.clone(),
+                desc,
                 diff_id: *diff_id,
                 staged: None,
                 paths: None,
@@ -1002,8 +1134,13 @@ impl Builder<'_, '_> {
         let out = self.work.path().join("image-cache");
         fs::create_dir_all(&out)
             .map_err(|e| BuildError::Other(format!("creating {}: {e}", out.display())))?;
+        let platform = Platform {
+            architecture: self.arch.clone(),
+            os: self.os.clone(),
+            variant: self.variant.clone(),
+        };
         let wrote = cache
-            .cache(&root, &out)
+            .cache(&root, &out, &platform)
             .map_err(|e| BuildError::Other(format!("caching container images: {e}")))?;
         let mut entries = Entries::new();
         layer::add_tree(&mut entries, &out, "").map_err(|e| BuildError::Other(e.to_string()))?;
@@ -1079,22 +1216,7 @@ impl Builder<'_, '_> {
                 .open_blob(&rec.desc.digest)
                 .map_err(|e| e.to_string())?,
         };
-        let file = io::BufReader::with_capacity(1 << 20, file);
-        match rec.desc.media_type.as_str() {
-            MEDIA_TYPE_LAYER_ZSTD => Ok(Box::new(
-                zstd::stream::Decoder::with_buffer(file)
-                    .map_err(|e| format!("layer {}: {e}", rec.desc.digest))?,
-            )),
-            MEDIA_TYPE_LAYER_TAR => Ok(Box::new(file)),
-            MEDIA_TYPE_LAYER_GZIP => Err(format!(
-                "layer {} is gzip-compressed; Seaport reads zstd and uncompressed layers only",
-                rec.desc.digest
-            )),
-            other => Err(format!(
-                "layer {} has unsupported media type {other}",
-                rec.desc.digest
-            )),
-        }
+        crate::media::open_layer(&rec.desc, file).map_err(|e| e.to_string())
     }
 
     /// The merged rootfs so far, as a directory.
@@ -1194,7 +1316,9 @@ impl Builder<'_, '_> {
         Ok(self.index.get(key).copied())
     }
 
-    fn commit(mut self, name: &ImageRef) -> Result<BuildReport, BuildError> {
+    /// The config and manifest of the image built so far; its layers stay
+    /// staged until [`store_built`].
+    fn finish(mut self) -> Built {
         let layer_opts = &self.opts.layer;
         let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.dedup();
@@ -1250,27 +1374,19 @@ impl Builder<'_, '_> {
             annotations,
         };
         let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
-
-        // Everything is ready: move it into the store and name it.
-        let _guard = self.store.write_guard()?;
-        for rec in &mut self.layers {
-            if let Some(tmp) = rec.staged.take() {
-                self.store.commit_temp_blob(tmp, &rec.desc.digest)?;
-            } else if !self.store.has_blob(&rec.desc.digest) {
-                return Err(StoreError::MissingBlob(rec.desc.digest).into());
-            }
-        }
-        self.store.put_blob(&config_bytes)?;
-        let digest = self.store.put_blob(&manifest_bytes)?;
-        self.store.set_name(name, &digest)?;
-        Ok(BuildReport {
-            name: name.clone(),
-            digest,
-            layers: self.layers.len(),
+        Built {
+            platform: Platform {
+                architecture: self.arch.clone(),
+                os: self.os.clone(),
+                variant: self.variant.clone(),
+            },
+            layers: std::mem::take(&mut self.layers),
+            config_bytes,
+            manifest_bytes,
             generation: self.generation.clone(),
             notes: std::mem::take(&mut self.notes),
             warnings: std::mem::take(&mut self.warnings),
-        })
+        }
     }
 }
 

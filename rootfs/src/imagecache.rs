@@ -44,7 +44,7 @@ use crate::reference::ImageRef;
 use crate::registry::client::{ClientOptions, RegistryClient, RegistryError};
 use crate::registry::credentials::{CredentialStore, CredentialsError};
 use crate::registry::layout::{LayoutError, RegistryStorage};
-use crate::registry::platform::{host_platform, parse_platform, platform_string};
+use crate::registry::platform::{host_platform, platform_string};
 use crate::registry::transfer::{fetch_image, for_each_parallel, TransferError};
 
 /// The index of cached images, beside `docker/` in `registry/`.
@@ -71,9 +71,6 @@ pub enum CacheError {
         /// What is wrong.
         reason: String,
     },
-    /// The `--platform` value is malformed.
-    #[error("platform {0:?} is not os/arch[/variant]")]
-    BadPlatform(String),
     /// The credentials file could not be read.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
@@ -195,24 +192,20 @@ impl RegistryImageCache {
     }
 
     /// The cache as `seaport build` flags describe it: `root` is the Seaport
-    /// root (for `certs.d`), `platform` the build's `--platform`
-    /// (`os/arch[/variant]`), credentials from the docker config.json.
+    /// root (for `certs.d`), credentials from the docker config.json. The
+    /// build passes each platform it builds (as the build hook); the
+    /// options' platform (this host's) serves direct calls of
+    /// [`Self::cache_into`].
     pub fn from_flags(
         root: &Path,
         image_list: Option<&Path>,
         ignored_image_list: Option<&Path>,
         insecure_registries: &[String],
-        platform: &str,
     ) -> Result<Self, CacheError> {
-        let platform = if platform.is_empty() {
-            host_platform()
-        } else {
-            parse_platform(platform).ok_or_else(|| CacheError::BadPlatform(platform.into()))?
-        };
         Ok(Self::new(ImageCacheOptions {
             image_list: image_list.map(Path::to_path_buf),
             ignored_image_list: ignored_image_list.map(Path::to_path_buf),
-            platform,
+            platform: host_platform(),
             client: ClientOptions {
                 insecure_registries: insecure_registries.to_vec(),
                 certs_dirs: ClientOptions::default_certs_dirs(root),
@@ -428,8 +421,11 @@ impl ImageCache for RegistryImageCache {
         &self,
         rootfs: &Path,
         out: &Path,
+        platform: &Platform,
     ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(self.cache_into(rootfs, out)?)
+        let mut for_platform = self.clone();
+        for_platform.opts.platform = platform.clone();
+        Ok(for_platform.cache_into(rootfs, out)?)
     }
 }
 

@@ -1,16 +1,18 @@
 //! What `seaport inspect` shows: one JSON document per image, gathered from
-//! its manifest, config and the sealer extension annotation.
+//! its manifest, config and the sealer extension annotation; for a
+//! multi-platform image, the index and one such document per platform.
 
 use std::collections::BTreeMap;
 
 use seaport_shared::digest::Digest;
 use serde::Serialize;
 
+use crate::oci::Platform;
 use crate::oci::{
     Application, ImageExtension, Launch, ANNOTATION_LAYER_INSTRUCTION, ANNOTATION_METADATA,
     ANNOTATION_SEALER_EXTENSION,
 };
-use crate::store::{ResolvedImage, Store, StoreError};
+use crate::store::{ResolvedImage, Store, StoreError, StoredImage};
 
 /// One image, as `inspect` prints it.
 #[derive(Clone, Debug, Serialize)]
@@ -19,6 +21,12 @@ pub struct ImageInfo {
     pub name: String,
     /// The manifest digest.
     pub digest: Digest,
+    /// The manifest's media type (OCI, or Docker schema 2).
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    /// The multi-platform index this manifest was picked from, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<Digest>,
     /// `os/arch[/variant]`.
     pub platform: String,
     /// `kube-installer` or `app-installer`.
@@ -63,9 +71,79 @@ pub struct LayerInfo {
     pub instruction: String,
 }
 
-/// Gathers [`ImageInfo`] for `name`.
+/// A multi-platform image, as `inspect` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct IndexInfo {
+    /// The name it was looked up by.
+    pub name: String,
+    /// The index digest (the image digest).
+    pub digest: Digest,
+    /// OCI index or Docker manifest list.
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    /// `os/arch[/variant]` of each manifest, in the index's order.
+    pub platforms: Vec<String>,
+    /// Sum of the compressed layer sizes of every platform, each layer once.
+    pub size: u64,
+    /// Each platform's image.
+    pub manifests: Vec<ImageInfo>,
+}
+
+/// What `inspect` shows for a name.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Inspected {
+    /// One manifest: the image, or the platform asked for.
+    Image(Box<ImageInfo>),
+    /// A multi-platform image.
+    Index(IndexInfo),
+}
+
+/// Gathers [`ImageInfo`] for `name` (an image with one manifest).
 pub fn inspect(store: &Store, name: &str) -> Result<ImageInfo, StoreError> {
     Ok(info(&store.resolve(name)?))
+}
+
+/// What `seaport inspect NAME [--platform P]` shows: the image; for a
+/// multi-platform image every platform, or only `platform`'s manifest.
+pub fn inspect_image(
+    store: &Store,
+    name: &str,
+    platform: Option<&Platform>,
+) -> Result<Inspected, StoreError> {
+    let image = store.image(name)?;
+    let picked = |m: &ResolvedImage| {
+        let mut i = info(m);
+        i.index = image.index.as_ref().map(|_| image.digest());
+        i
+    };
+    if let Some(p) = platform {
+        return Ok(Inspected::Image(Box::new(picked(image.for_platform(p)?))));
+    }
+    if !image.is_index() {
+        return Ok(Inspected::Image(Box::new(info(&image.manifests[0].image))));
+    }
+    Ok(Inspected::Index(IndexInfo {
+        name: image.name.to_string(),
+        digest: image.digest(),
+        media_type: image.descriptor.media_type.clone(),
+        platforms: image.platforms(),
+        size: layers_size(&image),
+        manifests: image.manifests.iter().map(|m| picked(&m.image)).collect(),
+    }))
+}
+
+/// The compressed size of every layer of `image`, each layer once (shared
+/// layers of several platforms count once).
+pub fn layers_size(image: &StoredImage) -> u64 {
+    let mut seen = std::collections::BTreeSet::new();
+    image
+        .manifests
+        .iter()
+        .flat_map(|m| &m.image.manifest.layers)
+        .filter(|l| seen.insert(l.digest))
+        .map(|l| l.size)
+        .sum()
 }
 
 /// Gathers [`ImageInfo`] from a resolved image.
@@ -107,13 +185,16 @@ pub fn info(image: &ResolvedImage) -> ImageInfo {
         None => serde_json::Value::Null,
     };
     let c = &image.config;
-    let platform = match &c.variant {
-        Some(v) => format!("{}/{}/{v}", c.os, c.architecture),
-        None => format!("{}/{}", c.os, c.architecture),
-    };
+    let platform = crate::registry::platform::platform_string(&crate::store::config_platform(c));
     ImageInfo {
         name: image.name.to_string(),
         digest: image.manifest_digest,
+        media_type: image
+            .manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| crate::oci::MEDIA_TYPE_MANIFEST.into()),
+        index: None,
         platform,
         kind: ext.kind.clone(),
         size: layers.iter().map(|l| l.size).sum(),

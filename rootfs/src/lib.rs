@@ -8,6 +8,8 @@
 //! - [`store`]: the local OCI image layout under `<root>/images`.
 //! - [`kubefile`]: the Kubefile parser (sealer's instructions, line numbers).
 //! - [`layer`]: deterministic zstd tar layers and RUN's before/after diff.
+//! - [`media`]: media types of manifests, indexes and layers, and the one
+//!   reader of layer blobs (tar, gzip, zstd; OCI and Docker media types).
 //! - [`build`]: the Kubefile build pipeline and the [`build::ImageCache`] hook.
 //! - [`inspect`]: what `seaport inspect` shows.
 //! - [`archive`]: `save`/`load` of OCI archives, verified before loading.
@@ -24,6 +26,7 @@ pub mod inspect;
 pub mod kubeadm;
 pub mod kubefile;
 pub mod layer;
+pub mod media;
 pub mod oci;
 pub mod reference;
 pub mod registry;

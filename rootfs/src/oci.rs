@@ -8,7 +8,17 @@
 use std::collections::BTreeMap;
 
 use seaport_shared::digest::Digest;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Reads `null` as the default value: Docker's image configs write
+/// `"Env": null`, `"Labels": null` and the like where OCI omits the field.
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
 
 /// Media type of an OCI image manifest.
 pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -22,8 +32,19 @@ pub const MEDIA_TYPE_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+
 pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// Media type of an uncompressed tar layer (accepted when reading).
 pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-/// Docker's manifest media type (accepted when reading an index).
+/// Docker's image manifest, schema 2 (read and kept as it is).
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker's manifest list, the index of a multi-platform image.
+pub const MEDIA_TYPE_DOCKER_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker's image config (same fields as the OCI config).
+pub const MEDIA_TYPE_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// Docker's gzip-compressed tar layer.
+pub const MEDIA_TYPE_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// Docker's zstd-compressed tar layer (containerd and buildkit write it).
+pub const MEDIA_TYPE_DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
+/// Docker's uncompressed tar layer.
+pub const MEDIA_TYPE_DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
 /// Annotation naming an image in an index (OCI image layout convention).
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -54,7 +75,11 @@ pub struct Descriptor {
     /// Its size in bytes.
     pub size: u64,
     /// Free-form annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
     /// The platform, in index entries that carry one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,10 +110,14 @@ pub struct Manifest {
     /// The image config blob.
     pub config: Descriptor,
     /// The layers, bottom first.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub layers: Vec<Descriptor>,
     /// Image-level annotations (sealer extension, Metadata, platform).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -102,7 +131,7 @@ pub struct Index {
     #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
     /// The manifests, each named by an [`ANNOTATION_REF_NAME`] annotation.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub manifests: Vec<Descriptor>,
 }
 
@@ -134,12 +163,16 @@ pub struct ImageConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// Runtime settings: env, cmd, labels.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub config: RuntimeConfig,
     /// The uncompressed layer digests.
     pub rootfs: RootFs,
     /// One entry per instruction.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub history: Vec<History>,
 }
 
@@ -147,13 +180,28 @@ pub struct ImageConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuntimeConfig {
     /// `K=V` entries from ENV, in order of first definition.
-    #[serde(rename = "Env", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "Env",
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub env: Vec<String>,
     /// From CMD and CMDS: commands run after the cluster is up.
-    #[serde(rename = "Cmd", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "Cmd",
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub cmd: Vec<String>,
     /// From LABEL, KUBEVERSION and `--label`.
-    #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        rename = "Labels",
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -164,6 +212,7 @@ pub struct RootFs {
     #[serde(rename = "type")]
     pub kind: String,
     /// sha256 of each uncompressed layer tar, bottom first.
+    #[serde(default, deserialize_with = "null_default")]
     pub diff_ids: Vec<Digest>,
 }
 

@@ -2,12 +2,16 @@
 //!
 //! ```text
 //! <root>/images/oci-layout          {"imageLayoutVersion":"1.0.0"}
-//! <root>/images/index.json          one manifest descriptor per name
+//! <root>/images/index.json          one manifest or index descriptor per name
 //! <root>/images/blobs/sha256/<hex>  manifests, configs, layers
 //! <root>/images/tmp/                temporary files, renamed into blobs/
 //! <root>/images/index.lock          held while index.json is rewritten
 //! <root>/images/gc.lock             shared by writers, exclusive for gc
 //! ```
+//!
+//! A name points at an image manifest (OCI or Docker schema 2) or, for a
+//! multi-platform image, at an index (OCI index or Docker manifest list)
+//! whose manifests carry their platforms; [`Store::image`] reads either.
 //!
 //! Every name in `index.json` carries the `org.opencontainers.image.ref.name`
 //! annotation with the canonical name (`docker.io/library/kubernetes:v1.19.8`),
@@ -30,11 +34,10 @@ use fs4::fs_std::FileExt;
 use seaport_shared::digest::{Digest, DigestError, HashingWriter};
 use tempfile::NamedTempFile;
 
-use crate::oci::{
-    Descriptor, ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_TYPE_DOCKER_MANIFEST,
-    MEDIA_TYPE_MANIFEST,
-};
+use crate::media;
+use crate::oci::{Descriptor, ImageConfig, Index, Manifest, Platform, ANNOTATION_REF_NAME};
 use crate::reference::{ImageRef, ReferenceError};
+use crate::registry::platform::{platform_string, select};
 
 /// Manifests and configs larger than this are refused as corrupt.
 pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
@@ -89,6 +92,32 @@ pub enum StoreError {
     /// A name in the index is not a valid image name.
     #[error(transparent)]
     Reference(#[from] ReferenceError),
+    /// A multi-platform image has no manifest for the platform asked for.
+    #[error("{image} has no manifest for platform {wanted} (it has: {available})")]
+    NoPlatform {
+        /// The image.
+        image: String,
+        /// The platform asked for.
+        wanted: String,
+        /// The platforms it has.
+        available: String,
+    },
+    /// A single manifest was needed and the name is a multi-platform image.
+    #[error("{image} is a multi-platform image ({platforms}); name one platform's manifest by its digest, or pick a platform")]
+    MultiPlatform {
+        /// The image.
+        image: String,
+        /// Its platforms.
+        platforms: String,
+    },
+    /// A blob named as an image is neither an image manifest nor an index.
+    #[error("blob {digest} is not an image manifest or index (media type {media_type})")]
+    NotAnImage {
+        /// The blob.
+        digest: Digest,
+        /// What it claims or seems to be.
+        media_type: String,
+    },
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -122,6 +151,122 @@ pub struct ResolvedImage {
     pub manifest: Manifest,
     /// The parsed image config.
     pub config: ImageConfig,
+}
+
+/// One platform's manifest of a stored image.
+#[derive(Clone, Debug)]
+pub struct PlatformImage {
+    /// Its platform: from the index entry, else from its config.
+    pub platform: Platform,
+    /// The manifest and config.
+    pub image: ResolvedImage,
+}
+
+/// A named image as stored: one image manifest, or an index (OCI index or
+/// Docker manifest list) of one manifest per platform.
+#[derive(Clone, Debug)]
+pub struct StoredImage {
+    /// The name it was looked up by (with the digest filled in when the
+    /// lookup was by digest).
+    pub name: ImageRef,
+    /// What the name points at: media type, digest and size of the manifest
+    /// or index.
+    pub descriptor: Descriptor,
+    /// The index, for a multi-platform image.
+    pub index: Option<Index>,
+    /// The manifests: the one manifest, or the index's image manifests that
+    /// are in the store, in the index's order.
+    pub manifests: Vec<PlatformImage>,
+}
+
+impl StoredImage {
+    /// The digest the name points at (the index's, for a multi-platform image).
+    pub fn digest(&self) -> Digest {
+        self.descriptor.digest
+    }
+
+    /// Whether the name points at an index.
+    pub fn is_index(&self) -> bool {
+        self.index.is_some()
+    }
+
+    /// The platforms, `os/arch[/variant]`, in order.
+    pub fn platforms(&self) -> Vec<String> {
+        self.manifests
+            .iter()
+            .map(|m| platform_string(&m.platform))
+            .collect()
+    }
+
+    /// The manifest for `wanted`, matched as a registry pull matches it (see
+    /// [`select`]). A single-manifest image whose config names no
+    /// architecture serves every platform.
+    pub fn for_platform(&self, wanted: &Platform) -> Result<&ResolvedImage, StoreError> {
+        if let [only] = self.manifests.as_slice() {
+            if only.platform.architecture.is_empty() {
+                return Ok(&only.image);
+            }
+        }
+        select(&self.manifests, |m| Some(&m.platform), wanted)
+            .map(|m| &m.image)
+            .ok_or_else(|| StoreError::NoPlatform {
+                image: self.name.to_string(),
+                wanted: platform_string(wanted),
+                available: self.platforms().join(", "),
+            })
+    }
+
+    /// Every blob of the image with its size, without duplicates: the index
+    /// (if any), then each manifest, its config and its layers.
+    pub fn blobs(&self) -> Vec<(Digest, u64)> {
+        let mut out: Vec<(Digest, u64)> = Vec::new();
+        let mut add = |d: Digest, size: u64| {
+            if !out.iter().any(|(o, _)| *o == d) {
+                out.push((d, size));
+            }
+        };
+        if self.index.is_some() {
+            add(self.descriptor.digest, self.descriptor.size);
+        }
+        for m in &self.manifests {
+            add(m.image.manifest_digest, m.image.manifest_size);
+            add(m.image.manifest.config.digest, m.image.manifest.config.size);
+            for l in &m.image.manifest.layers {
+                add(l.digest, l.size);
+            }
+        }
+        out
+    }
+
+    /// The blobs one platform needs: the index (if any), and that platform's
+    /// manifest, config and layers.
+    pub fn blobs_for(&self, image: &ResolvedImage) -> Vec<(Digest, u64)> {
+        let mut out = Vec::new();
+        if self.index.is_some() {
+            out.push((self.descriptor.digest, self.descriptor.size));
+        }
+        out.push((image.manifest_digest, image.manifest_size));
+        out.push((image.manifest.config.digest, image.manifest.config.size));
+        for l in &image.manifest.layers {
+            if !out.iter().any(|(d, _)| *d == l.digest) {
+                out.push((l.digest, l.size));
+            }
+        }
+        out
+    }
+}
+
+/// The platform an image config describes.
+pub fn config_platform(config: &ImageConfig) -> Platform {
+    Platform {
+        architecture: config.architecture.clone(),
+        os: if config.os.is_empty() {
+            "linux".into()
+        } else {
+            config.os.clone()
+        },
+        variant: config.variant.clone(),
+    }
 }
 
 /// What [`Store::gc`] removed.
@@ -366,39 +511,94 @@ impl Store {
         })
     }
 
-    /// Resolves `name` (a name, or `name@sha256:...`, or a bare
-    /// `sha256:...` manifest digest) to its manifest and config.
-    pub fn resolve(&self, name: &str) -> Result<ResolvedImage, StoreError> {
+    /// Finds the entry of `name` (a name, or `name@sha256:...`, or a bare
+    /// `sha256:...` digest of what a name points at) in `index.json`.
+    pub fn lookup(&self, name: &str) -> Result<ImageEntry, StoreError> {
         let entries = self.list()?;
-        let (image, manifest_digest) = if let Ok(d) = name.parse::<Digest>() {
-            let e = entries
-                .iter()
+        if let Ok(d) = name.parse::<Digest>() {
+            return entries
+                .into_iter()
                 .find(|e| e.manifest.digest == d)
-                .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-            (e.name.clone(), d)
-        } else {
-            let wanted = ImageRef::parse(name)?;
-            match wanted.digest() {
-                Some(d) => {
-                    let e = entries
-                        .iter()
-                        .find(|e| {
-                            e.manifest.digest == *d
-                                && e.name.canonical_repository() == wanted.canonical_repository()
-                        })
-                        .ok_or_else(|| StoreError::NotFound(wanted.to_string()))?;
-                    (e.name.clone(), *d)
-                }
-                None => {
-                    let e = entries
-                        .iter()
-                        .find(|e| e.name == wanted)
-                        .ok_or_else(|| StoreError::NotFound(wanted.to_string()))?;
-                    (e.name.clone(), e.manifest.digest)
-                }
-            }
+                .ok_or_else(|| StoreError::NotFound(name.to_string()));
+        }
+        let wanted = ImageRef::parse(name)?;
+        let found = match wanted.digest() {
+            Some(d) => entries.into_iter().find(|e| {
+                e.manifest.digest == *d
+                    && e.name.canonical_repository() == wanted.canonical_repository()
+            }),
+            None => entries.into_iter().find(|e| e.name == wanted),
         };
-        self.resolve_digest(image, &manifest_digest)
+        found.ok_or_else(|| StoreError::NotFound(wanted.to_string()))
+    }
+
+    /// The image `name` points at, with every manifest of it in the store.
+    pub fn image(&self, name: &str) -> Result<StoredImage, StoreError> {
+        let entry = self.lookup(name)?;
+        let top = entry.manifest;
+        if !media::is_index(&top.media_type) {
+            let image = self.resolve_digest(entry.name.clone(), &top.digest)?;
+            return Ok(StoredImage {
+                name: entry.name,
+                descriptor: top,
+                index: None,
+                manifests: vec![PlatformImage {
+                    platform: config_platform(&image.config),
+                    image,
+                }],
+            });
+        }
+        let index = self.index_blob(&top.digest)?;
+        let mut manifests = Vec::new();
+        for child in &index.manifests {
+            if !media::is_manifest(&child.media_type) || !self.has_blob(&child.digest) {
+                continue;
+            }
+            let image = self.resolve_digest(entry.name.clone(), &child.digest)?;
+            let platform = child
+                .platform
+                .clone()
+                .unwrap_or_else(|| config_platform(&image.config));
+            manifests.push(PlatformImage { platform, image });
+        }
+        if manifests.is_empty() {
+            let first = index.manifests.first().map_or(top.digest, |d| d.digest);
+            return Err(StoreError::MissingBlob(first));
+        }
+        Ok(StoredImage {
+            name: entry.name,
+            descriptor: top,
+            index: Some(index),
+            manifests,
+        })
+    }
+
+    /// Resolves `name` (see [`Store::lookup`]) to its manifest and config.
+    /// A multi-platform image is refused: use [`Store::image`].
+    pub fn resolve(&self, name: &str) -> Result<ResolvedImage, StoreError> {
+        let image = self.image(name)?;
+        if image.is_index() {
+            return Err(StoreError::MultiPlatform {
+                image: image.name.to_string(),
+                platforms: image.platforms().join(", "),
+            });
+        }
+        Ok(image
+            .manifests
+            .into_iter()
+            .next()
+            .expect("a single-manifest image has its manifest")
+            .image)
+    }
+
+    /// Reads and parses an index blob.
+    pub fn index_blob(&self, digest: &Digest) -> Result<Index, StoreError> {
+        let bytes = self.read_blob(digest, "index")?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+            what: "index",
+            digest: digest.to_string(),
+            source,
+        })
     }
 
     /// Loads the manifest `digest` and its config, naming the result `name`.
@@ -421,8 +621,9 @@ impl Store {
         })
     }
 
-    /// Points `name` at the manifest `manifest_digest` (which must be in the
-    /// store), replacing what it pointed at. Returns the previous digest.
+    /// Points `name` at the image manifest or index `manifest_digest`
+    /// (which must be in the store; an index's manifests are not checked),
+    /// replacing what it pointed at. Returns the previous digest.
     pub fn set_name(
         &self,
         name: &ImageRef,
@@ -432,11 +633,24 @@ impl Store {
         let size = fs::metadata(&path)
             .map_err(|_| StoreError::MissingBlob(*manifest_digest))?
             .len();
-        let manifest = self.manifest(manifest_digest)?;
-        let media_type = manifest
-            .media_type
-            .clone()
-            .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.to_string());
+        let bytes = self.read_blob(manifest_digest, "manifest")?;
+        let media_type =
+            media::document_media_type(&bytes).ok_or_else(|| StoreError::NotAnImage {
+                digest: *manifest_digest,
+                media_type: serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("mediaType")
+                            .and_then(|t| t.as_str())
+                            .map(String::from)
+                    })
+                    .unwrap_or_else(|| "unknown".into()),
+            })?;
+        if media::is_index(&media_type) {
+            self.index_blob(manifest_digest)?;
+        } else {
+            self.manifest(manifest_digest)?;
+        }
         let name = name.with_tag(name.tag().unwrap_or(crate::reference::DEFAULT_TAG))?;
         self.update_index(|index| {
             let key = name.canonical();
@@ -468,19 +682,28 @@ impl Store {
         })
     }
 
-    /// Every blob some named image needs: manifests, configs, layers.
+    /// Every blob some named image needs: indexes, manifests, configs,
+    /// layers.
     pub fn referenced_blobs(&self) -> Result<BTreeSet<Digest>, StoreError> {
         let mut keep = BTreeSet::new();
         for desc in self.index()?.manifests {
             keep.insert(desc.digest);
-            if desc.media_type != MEDIA_TYPE_MANIFEST
-                && desc.media_type != MEDIA_TYPE_DOCKER_MANIFEST
-            {
-                continue;
+            let mut manifests = Vec::new();
+            if media::is_index(&desc.media_type) {
+                for child in self.index_blob(&desc.digest)?.manifests {
+                    keep.insert(child.digest);
+                    if media::is_manifest(&child.media_type) && self.has_blob(&child.digest) {
+                        manifests.push(child.digest);
+                    }
+                }
+            } else if media::is_manifest(&desc.media_type) {
+                manifests.push(desc.digest);
             }
-            let manifest = self.manifest(&desc.digest)?;
-            keep.insert(manifest.config.digest);
-            keep.extend(manifest.layers.iter().map(|l| l.digest));
+            for m in manifests {
+                let manifest = self.manifest(&m)?;
+                keep.insert(manifest.config.digest);
+                keep.extend(manifest.layers.iter().map(|l| l.digest));
+            }
         }
         Ok(keep)
     }
@@ -594,6 +817,196 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::{
+        MEDIA_TYPE_DOCKER_LAYER_GZIP, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX,
+        MEDIA_TYPE_MANIFEST,
+    };
+    use crate::registry::platform::{machine_platform, parse_platform};
+
+    /// Stores a one-layer image for `arch` (config, layer, manifest) and
+    /// returns the manifest's descriptor, with `platform` set as an index
+    /// entry carries it.
+    fn put_image(store: &Store, arch: &str, variant: Option<&str>, layer: &[u8]) -> Descriptor {
+        let layer_digest = store.put_blob(layer).unwrap();
+        let config = ImageConfig {
+            architecture: arch.into(),
+            os: "linux".into(),
+            variant: variant.map(Into::into),
+            rootfs: crate::oci::RootFs {
+                kind: "layers".into(),
+                diff_ids: vec![layer_digest],
+            },
+            ..ImageConfig::default()
+        };
+        let config_bytes = serde_json::to_vec(&config).unwrap();
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+            config: Descriptor {
+                media_type: crate::oci::MEDIA_TYPE_CONFIG.into(),
+                digest: store.put_blob(&config_bytes).unwrap(),
+                size: config_bytes.len() as u64,
+                annotations: Default::default(),
+                platform: None,
+            },
+            layers: vec![Descriptor {
+                media_type: crate::oci::MEDIA_TYPE_LAYER_TAR.into(),
+                digest: layer_digest,
+                size: layer.len() as u64,
+                annotations: Default::default(),
+                platform: None,
+            }],
+            annotations: Default::default(),
+        };
+        let bytes = serde_json::to_vec(&manifest).unwrap();
+        Descriptor {
+            media_type: MEDIA_TYPE_MANIFEST.into(),
+            digest: store.put_blob(&bytes).unwrap(),
+            size: bytes.len() as u64,
+            annotations: Default::default(),
+            platform: Some(Platform {
+                architecture: arch.into(),
+                os: "linux".into(),
+                variant: variant.map(Into::into),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_multi_platform_name_resolves_per_platform_and_gc_keeps_every_platform() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let amd = put_image(&store, "amd64", None, b"amd64 layer");
+        let arm = put_image(&store, "arm64", Some("v8"), b"arm64 layer");
+        let mut index = Index::new();
+        index.manifests = vec![amd.clone(), arm.clone()];
+        let index_digest = store
+            .put_blob(&serde_json::to_vec(&index).unwrap())
+            .unwrap();
+        let stray = store.put_blob(b"stray").unwrap();
+        let name = ImageRef::parse("multi:v1").unwrap();
+        store.set_name(&name, &index_digest).unwrap();
+
+        let listed = store.list().unwrap();
+        assert_eq!(listed[0].manifest.media_type, MEDIA_TYPE_INDEX);
+        assert_eq!(listed[0].manifest.digest, index_digest);
+        let image = store.image("multi:v1").unwrap();
+        assert!(image.is_index());
+        assert_eq!(image.digest(), index_digest);
+        assert_eq!(image.platforms(), ["linux/amd64", "linux/arm64/v8"]);
+        let pick = |p: &Platform| image.for_platform(p).map(|m| m.manifest_digest);
+        assert_eq!(pick(&machine_platform("x86_64")).unwrap(), amd.digest);
+        assert_eq!(pick(&machine_platform("aarch64")).unwrap(), arm.digest);
+        assert_eq!(
+            pick(&parse_platform("linux/arm64/v8").unwrap()).unwrap(),
+            arm.digest
+        );
+        let err = pick(&machine_platform("s390x")).unwrap_err().to_string();
+        assert!(
+            err.contains("multi:v1")
+                && err.contains("linux/s390x")
+                && err.contains("linux/amd64, linux/arm64/v8"),
+            "{err}"
+        );
+        // The platform blobs of one platform: the index, then its own.
+        let amd_image = image.for_platform(&machine_platform("x86_64")).unwrap();
+        let only_amd: Vec<Digest> = image
+            .blobs_for(amd_image)
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        assert_eq!(only_amd[0], index_digest);
+        assert!(only_amd.contains(&Digest::of(b"amd64 layer")));
+        assert!(!only_amd.contains(&Digest::of(b"arm64 layer")));
+        assert_eq!(
+            image.blobs().len(),
+            7,
+            "index, 2 manifests, 2 configs, 2 layers"
+        );
+        // One manifest is what `resolve` gives; an index is named as such.
+        let err = store.resolve("multi:v1").unwrap_err().to_string();
+        assert!(err.contains("multi-platform"), "{err}");
+        // By digest, and tagged under another name.
+        assert_eq!(store.image(&index_digest.to_string()).unwrap().name, name);
+        store
+            .set_name(&ImageRef::parse("other:v1").unwrap(), &index_digest)
+            .unwrap();
+
+        let report = store.gc().unwrap();
+        assert_eq!(report.removed, vec![stray]);
+        for d in image.blobs() {
+            assert!(store.has_blob(&d.0), "gc removed {}", d.0);
+        }
+        store.remove_name(&name).unwrap();
+        store
+            .remove_name(&ImageRef::parse("other:v1").unwrap())
+            .unwrap();
+        store.gc().unwrap();
+        assert!(image.blobs().iter().all(|(d, _)| !store.has_blob(d)));
+    }
+
+    #[test]
+    fn a_single_platform_image_matches_its_config_platform() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let arm = put_image(&store, "arm64", None, b"arm only");
+        store
+            .set_name(&ImageRef::parse("arm:v1").unwrap(), &arm.digest)
+            .unwrap();
+        let image = store.image("arm:v1").unwrap();
+        assert!(!image.is_index());
+        assert_eq!(image.platforms(), ["linux/arm64"]);
+        assert!(image.for_platform(&machine_platform("aarch64")).is_ok());
+        let err = image
+            .for_platform(&machine_platform("x86_64"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linux/amd64") && err.contains("linux/arm64"),
+            "{err}"
+        );
+        assert_eq!(store.resolve("arm:v1").unwrap().manifest_digest, arm.digest);
+    }
+
+    #[test]
+    fn docker_schema2_manifests_and_configs_with_nulls_are_read() {
+        // What docker and buildah write: Docker media types, `null` for
+        // empty lists and maps.
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let layer = store.put_blob(b"gzip bytes").unwrap();
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":null,"Cmd":null,"Labels":null}},"rootfs":{{"type":"layers","diff_ids":["{layer}"]}},"history":null,"created":"2023-01-01T00:00:00Z"}}"#
+        );
+        let config_digest = store.put_blob(config.as_bytes()).unwrap();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MEDIA_TYPE_DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":{},"digest":"{config_digest}"}},"layers":[{{"mediaType":"{MEDIA_TYPE_DOCKER_LAYER_GZIP}","size":10,"digest":"{layer}"}}]}}"#,
+            config.len()
+        );
+        let m = store.put_blob(manifest.as_bytes()).unwrap();
+        store
+            .set_name(&ImageRef::parse("sealer:v2s2").unwrap(), &m)
+            .unwrap();
+        assert_eq!(
+            store.list().unwrap()[0].manifest.media_type,
+            MEDIA_TYPE_DOCKER_MANIFEST
+        );
+        let image = store.resolve("sealer:v2s2").unwrap();
+        assert!(image.config.config.env.is_empty());
+        assert_eq!(
+            image.manifest.layers[0].media_type,
+            MEDIA_TYPE_DOCKER_LAYER_GZIP
+        );
+        assert!(store.referenced_blobs().unwrap().contains(&layer));
+        // Something that is no image is not named.
+        let junk = store
+            .put_blob(br#"{"schemaVersion":1,"fsLayers":[]}"#)
+            .unwrap();
+        let err = store
+            .set_name(&ImageRef::parse("junk:v1").unwrap(), &junk)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotAnImage { .. }), "{err}");
+    }
 
     #[test]
     fn blob_round_trip_and_mismatch_leaves_nothing() {

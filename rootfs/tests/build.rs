@@ -333,6 +333,7 @@ impl ImageCache for FakeCache {
         &self,
         rootfs: &Path,
         out: &Path,
+        _platform: &seaport_rootfs::oci::Platform,
     ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
         let list = fs::read_to_string(rootfs.join("manifests/imageList"))?;
         let dir = out.join("registry/docker/registry/v2/repositories");

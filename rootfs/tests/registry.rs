@@ -8,7 +8,6 @@ use std::process::Command;
 
 use registry_support::*;
 use seaport_rootfs::reference::ImageRef;
-use seaport_rootfs::registry::platform::host_platform;
 use seaport_rootfs::registry::{
     pull_image, push_image, ClientOptions, Credentials, RegistryClient, RegistryError,
     TransferError,
@@ -72,7 +71,7 @@ fn tls_and_auth_push_pull_round_trip_skips_blobs_the_registry_has() {
     let dst_root = tempfile::tempdir().unwrap();
     let dst = Store::open(dst_root.path()).unwrap();
     let client = RegistryClient::new(&reg.addr, &opts, creds).unwrap();
-    let pulled = pull_image(&dst, &image, &client, &host_platform()).unwrap();
+    let pulled = pull_image(&dst, &image, &client, None).unwrap();
     assert_eq!(pulled.digest, Some(digest));
     let resolved = dst.resolve(&name).unwrap();
     assert_eq!(resolved.manifest_digest, digest);
@@ -190,13 +189,7 @@ fn a_registry_serving_a_wrong_blob_fails_verification_naming_the_blob() {
 
     let dst_root = tempfile::tempdir().unwrap();
     let dst = Store::open(dst_root.path()).unwrap();
-    let err = pull_image(
-        &dst,
-        &ImageRef::parse(&name).unwrap(),
-        &client,
-        &host_platform(),
-    )
-    .unwrap_err();
+    let err = pull_image(&dst, &ImageRef::parse(&name).unwrap(), &client, None).unwrap_err();
     assert!(
         matches!(
             err,
@@ -220,7 +213,7 @@ fn pulling_a_missing_image_names_it() {
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
     let image = ImageRef::parse(&format!("{}/no/such:v9", reg.addr)).unwrap();
-    let err = pull_image(&store, &image, &client, &host_platform())
+    let err = pull_image(&store, &image, &client, None)
         .unwrap_err()
         .to_string();
     assert!(

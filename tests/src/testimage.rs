@@ -120,7 +120,7 @@ pub struct TestImage {
     /// The domain the listed image came from (`127.0.0.1:PORT`).
     pub listed_domain: String,
     /// The image's name in the layout.
-    pub name: &'static str,
+    pub name: String,
 }
 
 /// The Debian packages whose files the image copies.
@@ -165,6 +165,21 @@ pub fn build_test_image_with(
     root: &Path,
     runtime: TestRuntime,
 ) -> Result<TestImage, TestImageError> {
+    build_test_image_as(work, seaport, root, runtime.image_name(), None, runtime)
+}
+
+/// As [`build_test_image_with`], named `name`, for `platforms` (the
+/// `--platform` value of `seaport build`; several, comma-separated, make a
+/// multi-platform image; the binaries inside are this machine's for every
+/// platform).
+pub fn build_test_image_as(
+    work: &Path,
+    seaport: &Path,
+    root: &Path,
+    name: &str,
+    platforms: Option<&str>,
+    runtime: TestRuntime,
+) -> Result<TestImage, TestImageError> {
     let (missing, packages) = match runtime {
         TestRuntime::Containerd => (missing_machine_files(), "containerd, runc"),
         TestRuntime::Docker => (missing_docker_files(), "docker.io, containerd, runc"),
@@ -175,7 +190,7 @@ pub fn build_test_image_with(
             missing.join(", ")
         )));
     }
-    let image_name = runtime.image_name();
+    fs::create_dir_all(work).map_err(step("creating the work directory"))?;
     let context = work.join("context");
     let status = Command::new("cp")
         .arg("-a")
@@ -235,9 +250,7 @@ pub fn build_test_image_with(
     tar_dir(&oci, &context.join("images/seaport-bundled.tar"))?;
     let _ = bundled;
     // manifests/imageList: an image served by a registry on loopback.
-    let port = free_port()?;
-    let domain = format!("127.0.0.1:{port}");
-    let registry = SourceRegistry::start(&work.join("source-registry"), port)?;
+    let (registry, domain) = LoopbackRegistry::start(&work.join("source-registry"))?;
     let listed = work.join("listed-oci");
     make_oci_layout(&listed, "unused", b"cached from manifests/imageList\n")?;
     push_layout(&listed, &domain, LISTED_REPO, LISTED_TAG)?;
@@ -245,9 +258,14 @@ pub fn build_test_image_with(
     list.push_str(&format!("{domain}/{LISTED_REPO}:{LISTED_TAG}\n"));
     fs::write(context.join("manifests/imageList"), list).map_err(step("writing imageList"))?;
     // `seaport build`, caching the listed image from the loopback registry.
-    let out = Command::new(seaport)
+    let mut build = Command::new(seaport);
+    build
         .env("SEAPORT_ROOT", root)
-        .args(["build", "-t", image_name, "--insecure-registry", &domain])
+        .args(["build", "-t", name, "--insecure-registry", &domain]);
+    if let Some(p) = platforms {
+        build.args(["--platform", p]);
+    }
+    let out = build
         .arg(&context)
         .stdin(Stdio::null())
         .output()
@@ -262,7 +280,7 @@ pub fn build_test_image_with(
     drop(registry);
     let store = seaport_rootfs::store::Store::open(root).map_err(step("opening the store"))?;
     let resolved = store
-        .resolve(image_name)
+        .lookup(name)
         .map_err(step("finding the built image"))?;
     let layout = store.dir().to_path_buf();
     let layout_tar = work.join("image-layout.tar");
@@ -280,9 +298,9 @@ pub fn build_test_image_with(
     Ok(TestImage {
         layout,
         layout_tar,
-        digest: resolved.manifest_digest,
+        digest: resolved.manifest.digest,
         listed_domain: domain,
-        name: image_name,
+        name: name.to_string(),
     })
 }
 
@@ -476,13 +494,21 @@ fn free_port() -> Result<u16, TestImageError> {
     Ok(l.local_addr().map_err(step("finding a free port"))?.port())
 }
 
-/// Debian's docker-registry on loopback, for the build's image cache.
-struct SourceRegistry {
+/// Debian's docker-registry on loopback (plain HTTP), killed by its PID when
+/// dropped.
+pub struct LoopbackRegistry {
     child: Child,
 }
 
-impl SourceRegistry {
-    fn start(dir: &Path, port: u16) -> Result<Self, TestImageError> {
+impl LoopbackRegistry {
+    /// Starts one on a free port with its storage under `dir`; returns it
+    /// and its `127.0.0.1:PORT`.
+    pub fn start(dir: &Path) -> Result<(Self, String), TestImageError> {
+        let port = free_port()?;
+        Ok((Self::start_on(dir, port)?, format!("127.0.0.1:{port}")))
+    }
+
+    fn start_on(dir: &Path, port: u16) -> Result<Self, TestImageError> {
         fs::create_dir_all(dir.join("data")).map_err(step("creating the source registry"))?;
         let config = dir.join("config.yml");
         fs::write(
@@ -500,7 +526,7 @@ impl SourceRegistry {
             .stderr(Stdio::null())
             .spawn()
             .map_err(step("starting docker-registry"))?;
-        let reg = SourceRegistry { child };
+        let reg = LoopbackRegistry { child };
         crate::wait::until(
             "the source registry",
             Duration::from_secs(30),
@@ -516,9 +542,56 @@ impl SourceRegistry {
     }
 }
 
-impl Drop for SourceRegistry {
+impl Drop for LoopbackRegistry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Pushes the image `name` of the OCI layout `layout` to `dest`
+/// (`HOST:PORT/REPO:TAG`, plain HTTP) as sealer's published images are:
+/// a Docker schema 2 manifest with gzip layers, made by skopeo. skopeo 1.9
+/// recompresses zstd layers only between OCI layouts, so it goes through
+/// one under `work` first.
+pub fn push_docker_v2s2_gzip(
+    layout: &Path,
+    name: &str,
+    work: &Path,
+    dest: &str,
+) -> Result<(), TestImageError> {
+    fs::create_dir_all(work).map_err(step("creating the work directory"))?;
+    let gz = work.join("gzip-layout");
+    let run = |args: &[String]| -> Result<(), TestImageError> {
+        let out = Command::new("skopeo")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(step("running skopeo"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(TestImageError::Step(format!(
+                "skopeo {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    };
+    run(&[
+        "copy".into(),
+        "--dest-compress".into(),
+        "--dest-compress-format".into(),
+        "gzip".into(),
+        format!("oci:{}:{name}", layout.display()),
+        format!("oci:{}:v2s2", gz.display()),
+    ])?;
+    run(&[
+        "copy".into(),
+        "--format".into(),
+        "v2s2".into(),
+        "--dest-tls-verify=false".into(),
+        format!("oci:{}:v2s2", gz.display()),
+        format!("docker://{dest}"),
+    ])
 }

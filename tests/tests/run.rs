@@ -535,7 +535,7 @@ fn seaport_run_installs_docker_on_three_hosts_and_deletes_cleanly() {
         &root,
         &[
             "run",
-            image.name,
+            &image.name,
             "-m",
             &m0ip,
             "-n",

@@ -2,6 +2,14 @@
 //! (the agent's content store has the same `blobs/sha256/` shape) and the
 //! merged rootfs unpacked from its layers.
 //!
+//! A multi-platform image (an OCI index or Docker manifest list) resolves to
+//! the manifest of this host's platform, which the agent knows from its
+//! machine architecture (`crate::facts::host_platform`); a single-platform
+//! image must be for this host's platform. Layers are read by
+//! `seaport_rootfs::media::open_layer`, so tar, gzip and zstd layers under
+//! OCI and Docker media types unpack natively; a layer of another media type
+//! is refused, naming it, before anything is unpacked.
+//!
 //! The layers are verified against their digests, then unpacked in order
 //! into a temporary directory beside the rootfs (whiteouts applied, every
 //! entry confined to it, device nodes and setuid files refused unless
@@ -12,11 +20,10 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use seaport_rootfs::oci::{
-    ImageConfig, Index, Manifest, ANNOTATION_REF_NAME, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR,
-};
+use seaport_rootfs::media;
+use seaport_rootfs::oci::{ImageConfig, Index, Manifest, Platform, ANNOTATION_REF_NAME};
+use seaport_rootfs::registry::platform::{platform_string, select_manifest};
 use seaport_shared::digest::{verify_reader, Digest};
 use seaport_shared::safetar::{self, UnpackOptions};
 
@@ -74,6 +81,21 @@ pub enum ImageError {
         /// The refusal.
         source: safetar::SafeTarError,
     },
+    /// A layer's media type is not one the agent reads.
+    #[error("{0}; nothing was installed")]
+    Layer(#[from] media::LayerMediaError),
+    /// The image has no manifest for this host's platform.
+    #[error(
+        "image {image} has no manifest for this host's platform {wanted} (it has: {available})"
+    )]
+    Platform {
+        /// The image (manifest or index digest).
+        image: Digest,
+        /// This host's platform.
+        wanted: String,
+        /// What the image has.
+        available: String,
+    },
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
@@ -102,8 +124,14 @@ pub struct LayoutImage {
 
 impl LayoutImage {
     /// Finds `name` in the layout's `index.json`: by the ref-name annotation
-    /// (full name, or its last path element, or its tag) or by digest.
+    /// (full name, or its last path element, or its tag) or by digest; a
+    /// multi-platform image resolves to this host's platform.
     pub fn open(layout: &Path, name: &str) -> Result<Self, ImageError> {
+        Self::open_for(layout, name, &crate::facts::host_platform())
+    }
+
+    /// [`Self::open`] for `platform`.
+    pub fn open_for(layout: &Path, name: &str, platform: &Platform) -> Result<Self, ImageError> {
         let index_path = layout.join("index.json");
         let bytes = fs::read(&index_path).map_err(io("reading", &index_path))?;
         let index: Index = serde_json::from_slice(&bytes).map_err(|e| ImageError::Document {
@@ -138,13 +166,57 @@ impl LayoutImage {
                 })
             }
         };
-        Self::from_blobs(layout, &layout.join("blobs").join("sha256"), &desc.digest)
+        Self::from_blobs_for(
+            layout,
+            &layout.join("blobs").join("sha256"),
+            &desc.digest,
+            platform,
+        )
     }
 
-    /// The image whose manifest is `digest`, its blobs named by hex digest
-    /// in `blobs` (an agent's content store). `origin` names it in messages.
+    /// The image whose manifest (or multi-platform index) is `digest`, for
+    /// this host's platform, its blobs named by hex digest in `blobs` (an
+    /// agent's content store). `origin` names it in messages.
     pub fn from_blobs(origin: &Path, blobs: &Path, digest: &Digest) -> Result<Self, ImageError> {
+        Self::from_blobs_for(origin, blobs, digest, &crate::facts::host_platform())
+    }
+
+    /// The manifest `digest` stands for on `platform`: itself when it is an
+    /// image manifest, else the index's manifest for the platform.
+    pub fn platform_manifest(
+        origin: &Path,
+        blobs: &Path,
+        digest: &Digest,
+        platform: &Platform,
+    ) -> Result<Digest, ImageError> {
+        let bytes = read_verified(origin, blobs, digest)?;
+        let media_type = media::document_media_type(&bytes).unwrap_or_default();
+        if !media::is_index(&media_type) {
+            return Ok(*digest);
+        }
+        let index: Index = serde_json::from_slice(&bytes).map_err(|e| ImageError::Document {
+            path: blobs.join(digest.hex()),
+            reason: e.to_string(),
+        })?;
+        select_manifest(&index, platform)
+            .map(|d| d.digest)
+            .ok_or_else(|| ImageError::Platform {
+                image: *digest,
+                wanted: platform_string(platform),
+                available: seaport_rootfs::registry::platform::available_platforms(&index)
+                    .join(", "),
+            })
+    }
+
+    /// [`Self::from_blobs`] for `platform`.
+    pub fn from_blobs_for(
+        origin: &Path,
+        blobs: &Path,
+        digest: &Digest,
+        platform: &Platform,
+    ) -> Result<Self, ImageError> {
         let path_of = |d: &Digest| blobs.join(d.hex());
+        let digest = &Self::platform_manifest(origin, blobs, digest, platform)?;
         let manifest: Manifest = serde_json::from_slice(&read_verified(origin, blobs, digest)?)
             .map_err(|e| ImageError::Document {
                 path: path_of(digest),
@@ -156,6 +228,16 @@ impl LayoutImage {
                     path: path_of(&manifest.config.digest),
                     reason: e.to_string(),
                 })?;
+        let own = seaport_rootfs::store::config_platform(&config);
+        if !own.architecture.is_empty()
+            && seaport_rootfs::registry::platform::select(&[&own], |p| Some(*p), platform).is_none()
+        {
+            return Err(ImageError::Platform {
+                image: *digest,
+                wanted: platform_string(platform),
+                available: platform_string(&own),
+            });
+        }
         Ok(Self {
             layout: origin.to_path_buf(),
             blobs: blobs.to_path_buf(),
@@ -208,6 +290,7 @@ impl LayoutImage {
             return Ok(false);
         }
         fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        media::check_layers(&self.manifest.layers)?;
         for desc in &self.manifest.layers {
             let path = self.blobs.join(desc.digest.hex());
             let f = fs::File::open(&path).map_err(io("opening", &path))?;
@@ -224,38 +307,11 @@ impl LayoutImage {
         for desc in &self.manifest.layers {
             let path = self.blobs.join(desc.digest.hex());
             let f = fs::File::open(&path).map_err(io("opening", &path))?;
-            let unpacked = match desc.media_type.as_str() {
-                MEDIA_TYPE_LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => {
-                    safetar::unpack(f, tmp.path(), opts)
+            safetar::unpack(media::open_layer(desc, f)?, tmp.path(), opts).map_err(|source| {
+                ImageError::Unpack {
+                    digest: desc.digest,
+                    source,
                 }
-                m if m == MEDIA_TYPE_LAYER_GZIP || m.ends_with("gzip") => {
-                    let mut child = Command::new("gzip")
-                        .arg("-dc")
-                        .stdin(f)
-                        .stdout(Stdio::piped())
-                        .spawn()
-                        .map_err(io("running gzip -dc on", &path))?;
-                    let mut out = child.stdout.take().expect("piped");
-                    let r = safetar::unpack(&mut out, tmp.path(), opts);
-                    let _ = std::io::copy(&mut out, &mut std::io::sink());
-                    let status = child.wait().map_err(io("running gzip -dc on", &path))?;
-                    if r.is_ok() && !status.success() {
-                        return Err(ImageError::Corrupt {
-                            layout: self.layout.clone(),
-                            digest: desc.digest,
-                            reason: "gzip -dc failed on it".into(),
-                        });
-                    }
-                    r
-                }
-                _ => {
-                    let dec = zstd::Decoder::new(f).map_err(io("decompressing", &path))?;
-                    safetar::unpack(dec, tmp.path(), opts)
-                }
-            };
-            unpacked.map_err(|source| ImageError::Unpack {
-                digest: desc.digest,
-                source,
             })?;
         }
         let _ = fs::remove_file(&marker);
@@ -328,6 +384,24 @@ pub(crate) mod tests {
 
     /// Writes a layout with one image of the given layer tars (uncompressed).
     pub(crate) fn layout_with(dir: &Path, name: &str, layers: &[Vec<u8>], env: &[&str]) -> Digest {
+        let layers: Vec<(&str, Vec<u8>)> = layers
+            .iter()
+            .map(|l| (seaport_rootfs::oci::MEDIA_TYPE_LAYER_TAR, l.clone()))
+            .collect();
+        let (md, size) = image_blobs(dir, &layers, env, "amd64");
+        name_in_layout(dir, name, MEDIA_TYPE_MANIFEST, md, size);
+        md
+    }
+
+    /// Writes the blobs of one image (layer blobs with their media types, a
+    /// config for `arch`, a manifest) into `dir/blobs/sha256`; returns the
+    /// manifest's digest and size.
+    pub(crate) fn image_blobs(
+        dir: &Path,
+        layers: &[(&str, Vec<u8>)],
+        env: &[&str],
+        arch: &str,
+    ) -> (Digest, u64) {
         let blobs = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs).unwrap();
         let put = |bytes: &[u8]| {
@@ -336,9 +410,9 @@ pub(crate) mod tests {
             d
         };
         let mut descs = Vec::new();
-        for l in layers {
+        for (media_type, l) in layers {
             descs.push(Descriptor {
-                media_type: MEDIA_TYPE_LAYER_TAR.into(),
+                media_type: media_type.to_string(),
                 digest: put(l),
                 size: l.len() as u64,
                 annotations: BTreeMap::new(),
@@ -346,7 +420,7 @@ pub(crate) mod tests {
             });
         }
         let mut config = ImageConfig {
-            architecture: "amd64".into(),
+            architecture: arch.into(),
             os: "linux".into(),
             ..ImageConfig::default()
         };
@@ -366,18 +440,27 @@ pub(crate) mod tests {
             annotations: BTreeMap::new(),
         };
         let mbytes = serde_json::to_vec(&manifest).unwrap();
-        let md = put(&mbytes);
+        (put(&mbytes), mbytes.len() as u64)
+    }
+
+    /// Writes `index.json` naming the blob `digest` `name`.
+    pub(crate) fn name_in_layout(
+        dir: &Path,
+        name: &str,
+        media_type: &str,
+        digest: Digest,
+        size: u64,
+    ) {
         let mut index = Index::new();
         index.manifests.push(Descriptor {
-            media_type: MEDIA_TYPE_MANIFEST.into(),
-            digest: md,
-            size: mbytes.len() as u64,
+            media_type: media_type.into(),
+            digest,
+            size,
             annotations: [(ANNOTATION_REF_NAME.to_string(), name.to_string())].into(),
             platform: None,
         });
         fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
         fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        md
     }
 
     pub(crate) fn tar_of(entries: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
@@ -501,5 +584,161 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("does not match"), "{err}");
         let err = LayoutImage::open(&layout, "nope:1").unwrap_err();
         assert!(err.to_string().contains("t:1"), "{err}");
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn gzip_and_zstd_layers_under_docker_and_oci_types_unpack_natively() {
+        use seaport_rootfs::oci::{
+            MEDIA_TYPE_DOCKER_LAYER_GZIP, MEDIA_TYPE_DOCKER_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let first = tar_of(&[("etc/a", b"from gzip", None), ("etc/b", b"B", None)]);
+        let second = tar_of(&[("etc/.wh.b", b"", None), ("etc/c", b"from zstd", None)]);
+        let third = tar_of(&[("etc/d", b"from tar", None)]);
+        let (md, size) = image_blobs(
+            &layout,
+            &[
+                (MEDIA_TYPE_DOCKER_LAYER_GZIP, gzip(&first)),
+                (MEDIA_TYPE_LAYER_ZSTD, zstd_bytes(&second)),
+                (MEDIA_TYPE_DOCKER_LAYER_TAR, third),
+            ],
+            &[],
+            "amd64",
+        );
+        name_in_layout(&layout, "v2s2:1", MEDIA_TYPE_MANIFEST, md, size);
+        let amd64 = seaport_rootfs::registry::platform::machine_platform("x86_64");
+        let img = LayoutImage::open_for(&layout, "v2s2:1", &amd64).unwrap();
+        let rootfs = dir.path().join("data/c/rootfs");
+        assert!(img.unpack_into(&rootfs, &UnpackOptions::default()).unwrap());
+        assert_eq!(fs::read(rootfs.join("etc/a")).unwrap(), b"from gzip");
+        assert!(!rootfs.join("etc/b").exists());
+        assert_eq!(fs::read(rootfs.join("etc/c")).unwrap(), b"from zstd");
+        assert_eq!(fs::read(rootfs.join("etc/d")).unwrap(), b"from tar");
+    }
+
+    fn zstd_bytes(bytes: &[u8]) -> Vec<u8> {
+        zstd::encode_all(bytes, 3).unwrap()
+    }
+
+    #[test]
+    fn an_unknown_layer_media_type_is_refused_naming_it_before_unpacking() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let ok = tar_of(&[("etc/a", b"A", None)]);
+        let odd = b"encrypted bytes".to_vec();
+        let (md, size) = image_blobs(
+            &layout,
+            &[
+                (seaport_rootfs::oci::MEDIA_TYPE_LAYER_TAR, ok),
+                (
+                    "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
+                    odd.clone(),
+                ),
+            ],
+            &[],
+            "amd64",
+        );
+        name_in_layout(&layout, "odd:1", MEDIA_TYPE_MANIFEST, md, size);
+        let amd64 = seaport_rootfs::registry::platform::machine_platform("x86_64");
+        let img = LayoutImage::open_for(&layout, "odd:1", &amd64).unwrap();
+        let rootfs = dir.path().join("data/o/rootfs");
+        let err = img
+            .unpack_into(&rootfs, &UnpackOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&Digest::of(&odd).to_string())
+                && err.contains("application/vnd.oci.image.layer.v1.tar+gzip+encrypted"),
+            "{err}"
+        );
+        assert!(!rootfs.exists());
+        assert!(fs::read_dir(dir.path().join("data/o")).map_or(true, |mut d| d.next().is_none()));
+    }
+
+    #[test]
+    fn a_multi_platform_image_resolves_to_the_hosts_platform() {
+        use seaport_rootfs::oci::{Platform, MEDIA_TYPE_INDEX};
+        use seaport_rootfs::registry::platform::machine_platform;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let mut index = Index::new();
+        for arch in ["amd64", "arm64"] {
+            let layer = tar_of(&[("etc/arch", arch.as_bytes(), None)]);
+            let (md, size) = image_blobs(
+                &layout,
+                &[(seaport_rootfs::oci::MEDIA_TYPE_LAYER_TAR, layer)],
+                &[],
+                arch,
+            );
+            index.manifests.push(Descriptor {
+                media_type: MEDIA_TYPE_MANIFEST.into(),
+                digest: md,
+                size,
+                annotations: BTreeMap::new(),
+                platform: Some(Platform {
+                    architecture: arch.into(),
+                    os: "linux".into(),
+                    variant: None,
+                }),
+            });
+        }
+        let ibytes = serde_json::to_vec(&index).unwrap();
+        let id = Digest::of(&ibytes);
+        fs::write(blob_path(&layout, &id), &ibytes).unwrap();
+        name_in_layout(
+            &layout,
+            "multi:1",
+            MEDIA_TYPE_INDEX,
+            id,
+            ibytes.len() as u64,
+        );
+        for (machine, arch) in [("x86_64", "amd64"), ("aarch64", "arm64")] {
+            let img =
+                LayoutImage::open_for(&layout, "multi:1", &machine_platform(machine)).unwrap();
+            assert_eq!(img.config.architecture, arch);
+            let rootfs = dir.path().join(format!("data/{arch}/rootfs"));
+            img.unpack_into(&rootfs, &UnpackOptions::default()).unwrap();
+            assert_eq!(fs::read(rootfs.join("etc/arch")).unwrap(), arch.as_bytes());
+            // By index digest from the content store, as tasks name it.
+            let blobs = layout.join("blobs/sha256");
+            let from_store =
+                LayoutImage::from_blobs_for(&layout, &blobs, &id, &machine_platform(machine))
+                    .unwrap();
+            assert_eq!(from_store.digest, img.digest);
+        }
+        let err = LayoutImage::open_for(&layout, "multi:1", &machine_platform("s390x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linux/s390x") && err.contains("linux/amd64, linux/arm64"),
+            "{err}"
+        );
+        // A single-platform image for another platform is refused too.
+        let arm_only = dir.path().join("arm-only");
+        let (md, size) = image_blobs(
+            &arm_only,
+            &[(
+                seaport_rootfs::oci::MEDIA_TYPE_LAYER_TAR,
+                tar_of(&[("a", b"A", None)]),
+            )],
+            &[],
+            "arm64",
+        );
+        name_in_layout(&arm_only, "arm:1", MEDIA_TYPE_MANIFEST, md, size);
+        let err = LayoutImage::open_for(&arm_only, "arm:1", &machine_platform("x86_64"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linux/amd64") && err.contains("linux/arm64"),
+            "{err}"
+        );
     }
 }

@@ -1046,28 +1046,16 @@ fn unpack_archive(archive: &Path, dest: &Path) -> Result<(), String> {
         refuse_setuid: true,
         ..UnpackOptions::default()
     };
-    let r = if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
-        let mut child = std::process::Command::new("gzip")
-            .arg("-dc")
-            .stdin(f)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("running gzip -dc on {name}: {e}"))?;
-        let mut out = child.stdout.take().expect("piped");
-        let r = seaport_shared::safetar::unpack(&mut out, dest, &opts);
-        // tar stops at its end marker; gzip must still write the padding.
-        let _ = std::io::copy(&mut out, &mut std::io::sink());
-        let status = child.wait().map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err(format!("{name} is not a valid gzip file"));
-        }
-        r
+    use seaport_rootfs::media::{decompress, Compression};
+    let compression = if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        Compression::Gzip
     } else if name.ends_with(".zst") {
-        let dec = zstd::Decoder::new(f).map_err(|e| format!("{name}: {e}"))?;
-        seaport_shared::safetar::unpack(dec, dest, &opts)
+        Compression::Zstd
     } else {
-        seaport_shared::safetar::unpack(f, dest, &opts)
+        Compression::None
     };
+    let reader = decompress(compression, f).map_err(|e| format!("{name}: {e}"))?;
+    let r = seaport_shared::safetar::unpack(reader, dest, &opts);
     r.map(|_| ()).map_err(|e| format!("{name}: {e}"))
 }
 

@@ -47,6 +47,8 @@ pub struct BuildArgs {
     #[arg(long = "label", value_name = "K=V", value_parser = key_value)]
     pub labels: Vec<(String, String)>,
     /// Target platform OS/ARCH[/VARIANT] (sets ${ARCH}); default: this host's.
+    /// Several, separated by commas (linux/amd64,linux/arm64), build one
+    /// image per platform under one multi-platform index.
     #[arg(long)]
     pub platform: Option<String>,
     /// Extra container images to cache in the image's registry, one per line.
@@ -86,7 +88,6 @@ pub fn build(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
         args.image_list.as_deref(),
         args.ignored_image_list.as_deref(),
         &args.insecure_registry,
-        &opts.platform,
     )
     .context("setting up container image caching")?;
     opts.image_cache = Some(&cache);
@@ -99,6 +100,11 @@ pub fn build(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
         eprintln!("warning: {w}");
     }
     println!("{} {}", report.name, report.digest);
+    if report.platforms.len() > 1 {
+        for (platform, digest, _) in &report.platforms {
+            println!("  {platform} {digest}");
+        }
+    }
     Ok(())
 }
 
@@ -113,8 +119,11 @@ pub struct ImagesArgs {
 #[derive(serde::Serialize)]
 struct ImageRow {
     name: String,
+    /// The manifest's digest, or the index's for a multi-platform image.
     digest: String,
+    /// The platforms, comma-separated.
     platform: String,
+    platforms: Vec<String>,
     size: u64,
 }
 
@@ -123,27 +132,34 @@ pub fn images(root: &Path, args: ImagesArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for entry in store.list()? {
         let image = store
-            .resolve_digest(entry.name.clone(), &entry.manifest.digest)
+            .image(&entry.manifest.digest.to_string())
             .with_context(|| format!("reading image {}", entry.name))?;
-        let info = inspect::info(&image);
+        let platforms = image.platforms();
         rows.push(ImageRow {
             name: entry.name.to_string(),
             digest: entry.manifest.digest.to_string(),
-            platform: info.platform,
-            size: info.size,
+            platform: platforms.join(","),
+            platforms,
+            size: inspect::layers_size(&image),
         });
     }
     if args.json {
         return print_out(&serde_json::to_string_pretty(&rows)?);
     }
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    let pwidth = rows
+        .iter()
+        .map(|r| r.platform.len())
+        .max()
+        .unwrap_or(8)
+        .max(13);
     println!(
-        "{:width$}  {:19}  {:13}  SIZE",
+        "{:width$}  {:19}  {:pwidth$}  SIZE",
         "NAME", "DIGEST", "PLATFORM"
     );
     for r in rows {
         println!(
-            "{:width$}  {:19}  {:13}  {}",
+            "{:width$}  {:19}  {:pwidth$}  {}",
             r.name,
             &r.digest[..19],
             r.platform,
@@ -173,11 +189,22 @@ fn human_size(n: u64) -> String {
 pub struct InspectArgs {
     /// Image name, NAME@sha256:... or a manifest digest.
     pub name: String,
+    /// Show only this platform's manifest of a multi-platform image
+    /// (os/arch[/variant]).
+    #[arg(long)]
+    pub platform: Option<String>,
 }
 
 pub fn inspect(root: &Path, args: InspectArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
-    let info = inspect::inspect(&store, &args.name)?;
+    let platform = match &args.platform {
+        Some(p) => Some(
+            seaport_rootfs::registry::platform::parse_platform(p)
+                .with_context(|| format!("--platform {p:?} is not os/arch[/variant]"))?,
+        ),
+        None => None,
+    };
+    let info = inspect::inspect_image(&store, &args.name, platform.as_ref())?;
     print_out(&serde_json::to_string_pretty(&info)?)?;
     Ok(())
 }
@@ -193,12 +220,12 @@ pub struct TagArgs {
 
 pub fn tag(root: &Path, args: TagArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
-    let image = store.resolve(&args.source)?;
+    let image = store.lookup(&args.source)?;
     let target = ImageRef::parse(&args.target)?;
     if target.digest().is_some() {
         bail!("the new name {} must not contain a digest", args.target);
     }
-    store.set_name(&target, &image.manifest_digest)?;
+    store.set_name(&target, &image.manifest.digest)?;
     Ok(())
 }
 
@@ -213,7 +240,7 @@ pub struct RmiArgs {
 pub fn rmi(root: &Path, args: RmiArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
     for name in &args.names {
-        let image = store.resolve(name)?;
+        let image = store.lookup(name)?;
         store.remove_name(&image.name)?;
         println!("untagged {}", image.name);
     }

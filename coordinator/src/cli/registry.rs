@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use seaport_rootfs::reference::ImageRef;
-use seaport_rootfs::registry::platform::{host_platform, parse_platform, platform_string};
+use seaport_rootfs::registry::platform::{parse_platform, platform_string};
 use seaport_rootfs::registry::{
     pull_image, push_image, ClientOptions, CredentialStore, Credentials, RegistryClient,
 };
@@ -151,7 +151,9 @@ pub fn push(root: &Path, args: PushArgs) -> anyhow::Result<()> {
 pub struct PullArgs {
     /// The image to pull: REGISTRY/REPOSITORY[:TAG|@DIGEST].
     pub name: String,
-    /// The platform to pick from a multi-platform image (os/arch[/variant]).
+    /// Pull only this platform's manifest of a multi-platform image
+    /// (os/arch[/variant]); without it every platform is pulled and the
+    /// index is kept.
     #[arg(long)]
     pub platform: Option<String>,
     #[command(flatten)]
@@ -161,19 +163,21 @@ pub struct PullArgs {
 pub fn pull(root: &Path, args: PullArgs) -> anyhow::Result<()> {
     let image = ImageRef::parse(&args.name)?;
     let platform = match &args.platform {
-        Some(p) => parse_platform(p)
-            .with_context(|| format!("--platform {p:?} is not os/arch[/variant]"))?,
-        None => host_platform(),
+        Some(p) => Some(
+            parse_platform(p)
+                .with_context(|| format!("--platform {p:?} is not os/arch[/variant]"))?,
+        ),
+        None => None,
     };
     let store = Store::open(root)?;
     let client = client_for(root, image.registry(), &args.connection)?;
-    let report = pull_image(&store, &image, &client, &platform).with_context(|| {
-        format!(
-            "pulling {} for {}",
-            image.canonical(),
-            platform_string(&platform)
-        )
-    })?;
+    let report =
+        pull_image(&store, &image, &client, platform.as_ref()).with_context(
+            || match &platform {
+                Some(p) => format!("pulling {} for {}", image.canonical(), platform_string(p)),
+                None => format!("pulling {}", image.canonical()),
+            },
+        )?;
     println!(
         "Pulled {} ({}): {} blobs downloaded ({}), {} already in the local store",
         image.canonical(),

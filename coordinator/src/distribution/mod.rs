@@ -7,7 +7,9 @@
 //! - `serve.rs`: `Blob` streams of node sessions: syncs and piece sends.
 //!
 //! A node may fetch a blob only while an image containing it is assigned to
-//! it, and only over its own mTLS session (revoked nodes have none).
+//! it, and only over its own mTLS session (revoked nodes have none). For a
+//! multi-platform image each node is assigned the index and the blobs of its
+//! own platform's manifest, from the architecture its agent reports.
 
 mod serve;
 pub mod tracker;
@@ -54,6 +56,13 @@ pub enum DistError {
     NoNodes,
     #[error("image {0} is not assigned to any node")]
     NotAssigned(String),
+    #[error("image {image} has no manifest for node {node} ({platform}); it has: {available}")]
+    NoPlatform {
+        image: String,
+        node: String,
+        platform: String,
+        available: String,
+    },
     #[error("piece table cache {path}: {source}")]
     Cache {
         path: String,
@@ -65,11 +74,24 @@ pub enum DistError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Assignment {
     pub image: String,
+    /// What the name points at: the manifest, or a multi-platform index.
     pub manifest_digest: Digest,
-    /// Manifest, config and layers, with their sizes.
+    /// Manifest, config and layers, with their sizes (for an index: the
+    /// index and every assigned platform's blobs).
     pub blobs: Vec<(Digest, u64)>,
     pub nodes: Vec<String>,
     pub created_at: i64,
+    /// For a multi-platform image: what each node fetches (the index and
+    /// its own platform's manifest, config and layers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_blobs: BTreeMap<String, Vec<(Digest, u64)>>,
+}
+
+impl Assignment {
+    /// The blobs `node_id` fetches.
+    pub fn blobs_of(&self, node_id: &str) -> &[(Digest, u64)] {
+        self.node_blobs.get(node_id).unwrap_or(&self.blobs)
+    }
 }
 
 /// The coordinator's distribution state.
@@ -196,32 +218,62 @@ impl Distribution {
             ids.push(rec.node_id.clone());
         }
         let store = seaport_rootfs::store::Store::open(&self.root)?;
-        let resolved = store.resolve(image)?;
-        let mut blobs = vec![(resolved.manifest_digest, resolved.manifest_size)];
-        blobs.push((
-            resolved.manifest.config.digest,
-            resolved.manifest.config.size,
-        ));
-        for l in &resolved.manifest.layers {
-            blobs.push((l.digest, l.size));
-        }
-        for (d, _) in &blobs {
-            self.table(image, d)?;
-        }
+        let stored = store.image(image)?;
         let mut existing: Vec<Assignment> = state.assignments()?;
-        existing.retain(|a| a.image == image && a.manifest_digest == resolved.manifest_digest);
+        existing.retain(|a| a.image == image && a.manifest_digest == stored.digest());
         let mut all: Vec<String> = existing.pop().map(|a| a.nodes).unwrap_or_default();
         for id in ids {
             if !all.contains(&id) {
                 all.push(id);
             }
         }
+        let (blobs, node_blobs) = if stored.is_index() {
+            // Each node gets its own platform's manifest.
+            let mut union: Vec<(Digest, u64)> = Vec::new();
+            let mut per_node = BTreeMap::new();
+            for id in &all {
+                let Some(rec) = records.iter().find(|r| &r.node_id == id) else {
+                    continue;
+                };
+                let blobs = if rec.arch.is_empty() {
+                    // No architecture reported yet: every platform; its
+                    // agent picks its own.
+                    stored.blobs()
+                } else {
+                    let platform = seaport_rootfs::registry::platform::machine_platform(&rec.arch);
+                    let m = stored
+                        .for_platform(&platform)
+                        .map_err(|_| DistError::NoPlatform {
+                            image: image.to_string(),
+                            node: format!("{} ({})", rec.hostname, rec.node_id),
+                            platform: seaport_rootfs::registry::platform::platform_string(
+                                &platform,
+                            ),
+                            available: stored.platforms().join(", "),
+                        })?;
+                    stored.blobs_for(m)
+                };
+                for b in &blobs {
+                    if !union.contains(b) {
+                        union.push(*b);
+                    }
+                }
+                per_node.insert(id.clone(), blobs);
+            }
+            (union, per_node)
+        } else {
+            (stored.blobs(), BTreeMap::new())
+        };
+        for (d, _) in &blobs {
+            self.table(image, d)?;
+        }
         let a = Assignment {
             image: image.to_string(),
-            manifest_digest: resolved.manifest_digest,
+            manifest_digest: stored.digest(),
             blobs,
             nodes: all,
             created_at: now,
+            node_blobs,
         };
         state.put_assignment(image, &a)?;
         self.changed();
@@ -246,7 +298,8 @@ impl Distribution {
         digest: &Digest,
     ) -> Result<bool, DistError> {
         Ok(state.assignments::<Assignment>()?.iter().any(|a| {
-            a.nodes.iter().any(|n| n == node_id) && a.blobs.iter().any(|(d, _)| d == digest)
+            a.nodes.iter().any(|n| n == node_id)
+                && a.blobs_of(node_id).iter().any(|(d, _)| d == digest)
         }))
     }
 
@@ -267,7 +320,7 @@ impl Distribution {
             .collect();
         let mut tables: BTreeMap<Digest, Arc<PieceTable>> = BTreeMap::new();
         for a in &assigned {
-            for (d, _) in &a.blobs {
+            for (d, _) in a.blobs_of(node_id) {
                 if !tables.contains_key(d) {
                     tables.insert(*d, self.table(&a.image, d)?);
                 }
@@ -334,7 +387,7 @@ impl Distribution {
                 .map(|a| ImageAssignment {
                     image: a.image.clone(),
                     manifest_digest: a.manifest_digest,
-                    blobs: a.blobs.iter().map(|(d, _)| *d).collect(),
+                    blobs: a.blobs_of(node_id).iter().map(|(d, _)| *d).collect(),
                 })
                 .collect(),
             blobs,
@@ -364,7 +417,7 @@ impl Distribution {
             let mut nodes = Vec::new();
             for id in &a.nodes {
                 let mut blobs = Vec::new();
-                for (d, size) in &a.blobs {
+                for (d, size) in a.blobs_of(id) {
                     let done = match (tracker.holding(id, d), self.cached_table(d)) {
                         (Some(have), Some(t)) => (0..t.count())
                             .filter(|&i| have.get(i))
@@ -380,6 +433,7 @@ impl Distribution {
                     });
                 }
                 let done: u64 = blobs.iter().map(|b| b.done_bytes).sum();
+                let total: u64 = blobs.iter().map(|b| b.size).sum();
                 let (received, served_to_peers, from_coordinator) = tracker.counters(id);
                 nodes.push(NodeProgress {
                     node_id: id.clone(),
@@ -455,3 +509,160 @@ pub(crate) fn pieces_len(table: &PieceTable, pieces: &[u32]) -> u64 {
 
 /// Re-exported for the piece scheme's constants in messages.
 pub use transfer::DEFAULT_PEER_PORT;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seaport_rootfs::oci::{Descriptor, ImageConfig, Index, Manifest, Platform, RootFs};
+    use seaport_rootfs::reference::ImageRef;
+    use seaport_shared::wire::HostFacts;
+
+    /// Stores a one-layer image for `arch`; returns its manifest descriptor
+    /// as an index entry and its layer's digest.
+    fn put_image(store: &seaport_rootfs::store::Store, arch: &str) -> (Descriptor, Digest) {
+        let layer_bytes = format!("{arch} layer");
+        let layer = store.put_blob(layer_bytes.as_bytes()).unwrap();
+        let config = serde_json::to_vec(&ImageConfig {
+            architecture: arch.into(),
+            os: "linux".into(),
+            rootfs: RootFs {
+                kind: "layers".into(),
+                diff_ids: vec![layer],
+            },
+            ..ImageConfig::default()
+        })
+        .unwrap();
+        let desc = |media_type: &str, digest: Digest, size: usize| Descriptor {
+            media_type: media_type.into(),
+            digest,
+            size: size as u64,
+            annotations: Default::default(),
+            platform: None,
+        };
+        let manifest = serde_json::to_vec(&Manifest {
+            schema_version: 2,
+            media_type: Some(seaport_rootfs::oci::MEDIA_TYPE_MANIFEST.into()),
+            config: desc(
+                seaport_rootfs::oci::MEDIA_TYPE_CONFIG,
+                store.put_blob(&config).unwrap(),
+                config.len(),
+            ),
+            layers: vec![desc(
+                seaport_rootfs::oci::MEDIA_TYPE_LAYER_TAR,
+                layer,
+                layer_bytes.len(),
+            )],
+            annotations: Default::default(),
+        })
+        .unwrap();
+        let mut entry = desc(
+            seaport_rootfs::oci::MEDIA_TYPE_MANIFEST,
+            store.put_blob(&manifest).unwrap(),
+            manifest.len(),
+        );
+        entry.platform = Some(Platform {
+            architecture: arch.into(),
+            os: "linux".into(),
+            variant: None,
+        });
+        (entry, layer)
+    }
+
+    fn name_index(store: &seaport_rootfs::store::Store, name: &str, entries: &[&Descriptor]) {
+        let mut index = Index::new();
+        index.manifests = entries.iter().map(|d| (*d).clone()).collect();
+        let digest = store
+            .put_blob(&serde_json::to_vec(&index).unwrap())
+            .unwrap();
+        store
+            .set_name(&ImageRef::parse(name).unwrap(), &digest)
+            .unwrap();
+    }
+
+    #[test]
+    fn each_node_is_assigned_its_own_platform_of_a_multi_platform_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let images = seaport_rootfs::store::Store::open(&root).unwrap();
+        let (amd, amd_layer) = put_image(&images, "amd64");
+        let (arm, arm_layer) = put_image(&images, "arm64");
+        name_index(&images, "multi:v1", &[&amd, &arm]);
+        name_index(&images, "arm-only:v1", &[&arm]);
+
+        let state = Store::create(&dir.path().join("state.redb")).unwrap();
+        let token = seaport_shared::pki::JoinToken::generate();
+        state.add_token(&token, 100, 600, 2).unwrap();
+        let mut updates = Vec::new();
+        for (id, arch) in [("amd-1", "x86_64"), ("arm-1", "aarch64")] {
+            state
+                .enroll(&token, id, 110, |_| {
+                    Ok(crate::state::Issued {
+                        cert_pem: String::new(),
+                        expires: 1_000_000,
+                    })
+                })
+                .unwrap();
+            let facts = HostFacts {
+                hostname: format!("host-{id}"),
+                arch: arch.into(),
+                ..HostFacts::default()
+            };
+            updates.push((id.to_string(), Some(facts), Some(120)));
+        }
+        state.update_nodes(&updates).unwrap();
+
+        let dist = Distribution::new(&root, &dir.path().join("coordinator"));
+        let a = dist
+            .assign(&state, "multi:v1", &["amd-1".into(), "arm-1".into()], 130)
+            .unwrap();
+        let index_digest = images.lookup("multi:v1").unwrap().manifest.digest;
+        assert_eq!(a.manifest_digest, index_digest);
+        let has = |node: &str, d: &Digest| a.blobs_of(node).iter().any(|(b, _)| b == d);
+        assert!(has("amd-1", &index_digest) && has("arm-1", &index_digest));
+        assert!(has("amd-1", &amd.digest) && has("amd-1", &amd_layer));
+        assert!(!has("amd-1", &arm_layer) && !has("amd-1", &arm.digest));
+        assert!(has("arm-1", &arm_layer) && !has("arm-1", &amd_layer));
+        // Only its own platform's blobs are served to a node.
+        assert!(dist.allowed(&state, "amd-1", &amd_layer).unwrap());
+        assert!(!dist.allowed(&state, "amd-1", &arm_layer).unwrap());
+        assert!(dist.allowed(&state, "arm-1", &arm_layer).unwrap());
+        // And only those are what its syncs tell it to fetch.
+        let sync = dist
+            .sync(
+                &state,
+                &|_| true,
+                "amd-1",
+                None,
+                SyncRequest {
+                    peer_port: 0,
+                    blobs: vec![],
+                    bad_peers: vec![],
+                    received: vec![],
+                    served: 0,
+                },
+            )
+            .unwrap();
+        let fetched: Vec<Digest> = sync.images[0].blobs.clone();
+        assert!(fetched.contains(&amd_layer) && !fetched.contains(&arm_layer));
+        let status = dist.status(&state).unwrap();
+        let amd_total = status.images[0]
+            .nodes
+            .iter()
+            .find(|n| n.node_id == "amd-1")
+            .unwrap()
+            .total_bytes;
+        let own: u64 = a.blobs_of("amd-1").iter().map(|(_, s)| *s).sum();
+        assert_eq!(amd_total, own);
+
+        let err = dist
+            .assign(&state, "arm-only:v1", &["amd-1".into()], 140)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("host-amd-1")
+                && err.contains("linux/amd64")
+                && err.contains("linux/arm64"),
+            "{err}"
+        );
+    }
+}

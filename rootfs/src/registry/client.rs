@@ -40,14 +40,10 @@ pub const MANIFEST_ACCEPT: &[&str] = &[
     MEDIA_TYPE_DOCKER_LIST,
 ];
 /// OCI image manifest.
-pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_TYPE_OCI_MANIFEST: &str = crate::oci::MEDIA_TYPE_MANIFEST;
 /// OCI image index.
-pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// Docker image manifest, schema 2.
-pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker manifest list.
-pub const MEDIA_TYPE_DOCKER_LIST: &str =
-    "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_TYPE_OCI_INDEX: &str = crate::oci::MEDIA_TYPE_INDEX;
+pub use crate::oci::{MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST};
 
 /// The largest manifest accepted (distribution's own limit is 4 MiB).
 pub const MAX_MANIFEST_SIZE: u64 = 8 << 20;
@@ -356,7 +352,7 @@ impl RegistryClient {
             }
             let media_type = header_type
                 .filter(|t| MANIFEST_ACCEPT.contains(&t.as_str()))
-                .or_else(|| media_type_field(&body))
+                .or_else(|| crate::media::document_media_type(&body))
                 .ok_or_else(|| RegistryError::Manifest {
                     what: what.clone(),
                     reason: "it has no known media type (docker schema 1 and other formats are not supported)".into(),
@@ -997,24 +993,6 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_string())
 }
 
-fn media_type_field(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    if let Some(t) = value.get("mediaType").and_then(|t| t.as_str()) {
-        return MANIFEST_ACCEPT.contains(&t).then(|| t.to_string());
-    }
-    // OCI documents may omit mediaType: tell them apart by their fields.
-    if value.get("schemaVersion").and_then(|v| v.as_u64()) != Some(2) {
-        return None;
-    }
-    if value.get("manifests").is_some() {
-        Some(MEDIA_TYPE_OCI_INDEX.into())
-    } else if value.get("config").is_some() {
-        Some(MEDIA_TYPE_OCI_MANIFEST.into())
-    } else {
-        None
-    }
-}
-
 fn read_limited(resp: Response, limit: u64, what: &str) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     resp.take(limit + 1)
@@ -1133,29 +1111,6 @@ mod tests {
         assert_eq!(parse_upload_range("bytes=0-1023"), Some(1024));
         assert_eq!(parse_upload_range("5-9"), None);
         assert_eq!(parse_upload_range("junk"), None);
-    }
-
-    #[test]
-    fn media_type_is_inferred_for_bare_oci_documents() {
-        assert_eq!(
-            media_type_field(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(),
-            Some(MEDIA_TYPE_OCI_INDEX)
-        );
-        assert_eq!(
-            media_type_field(br#"{"schemaVersion":2,"config":{}}"#).as_deref(),
-            Some(MEDIA_TYPE_OCI_MANIFEST)
-        );
-        assert_eq!(
-            media_type_field(br#"{"schemaVersion":1,"fsLayers":[]}"#),
-            None
-        );
-        assert_eq!(
-            media_type_field(
-                br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#
-            )
-            .as_deref(),
-            Some(MEDIA_TYPE_DOCKER_MANIFEST)
-        );
     }
 
     #[test]

@@ -2,21 +2,20 @@
 //!
 //! Push uploads the config and layers the registry does not have yet (HEAD
 //! first), then the manifest, byte for byte as stored, so the image keeps
-//! its digest. Pull fetches the manifest (choosing the target platform when
-//! the name points at an index), downloads the blobs the store lacks,
-//! verifying each while it is written, and names the image last, so an
-//! interrupted pull leaves no half image behind a name. Blobs move several
-//! at a time on scoped threads.
+//! its digest; a multi-platform image sends every platform's manifest (by
+//! digest) and then its index under the tag. Pull fetches the manifest;
+//! when the name points at an index it takes every platform (the index is
+//! kept, byte for byte), or only the manifest of the platform asked for. It
+//! downloads the blobs the store lacks, verifying each while it is written,
+//! and names the image last, so an interrupted pull leaves no half image
+//! behind a name. Blobs move several at a time on scoped threads.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use seaport_shared::digest::{Digest, DigestError};
 
-use super::client::{
-    RegistryClient, RegistryError, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST,
-    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST,
-};
+use super::client::{RegistryClient, RegistryError, MEDIA_TYPE_OCI_MANIFEST};
 use super::platform::{available_platforms, platform_string, select_manifest};
 use crate::oci::{Descriptor, Index, Manifest, Platform};
 use crate::reference::ImageRef;
@@ -97,7 +96,7 @@ pub fn fetch_image(
         image: image.to_string(),
         reason,
     };
-    if media_type == MEDIA_TYPE_OCI_INDEX || media_type == MEDIA_TYPE_DOCKER_LIST {
+    if crate::media::is_index(&media_type) {
         let index: Index = serde_json::from_slice(&bytes)
             .map_err(|e| bad(format!("its index does not parse: {e}")))?;
         let chosen =
@@ -107,7 +106,7 @@ pub fn fetch_image(
                 available: available_platforms(&index).join(", "),
             })?;
         let (m_bytes, m_type, m_digest) = client.get_manifest(repo, &chosen.digest.to_string())?;
-        if m_type != MEDIA_TYPE_OCI_MANIFEST && m_type != MEDIA_TYPE_DOCKER_MANIFEST {
+        if !crate::media::is_manifest(&m_type) {
             return Err(bad(format!(
                 "the index entry for {} is a {m_type}, not an image manifest",
                 platform_string(platform)
@@ -158,36 +157,44 @@ pub struct TransferReport {
 }
 
 /// Pushes the local image `local` to `dest` (registry, repository, tag).
+/// A multi-platform image goes whole: every platform's blobs and manifest,
+/// then the index.
 pub fn push_image(
     store: &Store,
     local: &str,
     dest: &ImageRef,
     client: &RegistryClient,
 ) -> Result<TransferReport, TransferError> {
-    let image = store.resolve(local)?;
-    let manifest_bytes = store.read_blob(&image.manifest_digest, "manifest")?;
-    let media_type = image
-        .manifest
-        .media_type
-        .clone()
-        .unwrap_or_else(|| MEDIA_TYPE_OCI_MANIFEST.to_string());
+    let image = store.image(local)?;
+    if let Some(d) = dest.digest() {
+        if *d != image.digest() {
+            return Err(TransferError::Manifest {
+                image: dest.to_string(),
+                reason: format!("the local image's digest is {}", image.digest()),
+            });
+        }
+    }
+    if let Some(index) = &image.index {
+        // Every manifest an index names must reach the registry, which
+        // refuses an index whose manifests it lacks.
+        for child in &index.manifests {
+            if !store.has_blob(&child.digest) {
+                return Err(StoreError::MissingBlob(child.digest).into());
+            }
+        }
+    }
     let mut blobs: Vec<Descriptor> = Vec::new();
-    for d in std::iter::once(&image.manifest.config).chain(&image.manifest.layers) {
-        if !blobs.iter().any(|o| o.digest == d.digest) {
-            blobs.push(d.clone());
+    for m in &image.manifests {
+        let manifest = &m.image.manifest;
+        for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            if !blobs.iter().any(|o| o.digest == d.digest) {
+                blobs.push(d.clone());
+            }
         }
     }
     for d in &blobs {
         if !store.has_blob(&d.digest) {
             return Err(StoreError::MissingBlob(d.digest).into());
-        }
-    }
-    if let Some(d) = dest.digest() {
-        if *d != image.manifest_digest {
-            return Err(TransferError::Manifest {
-                image: dest.to_string(),
-                reason: format!("the local image's digest is {}", image.manifest_digest),
-            });
         }
     }
     let repo = dest.repository();
@@ -206,7 +213,31 @@ pub fn push_image(
         (None, Some(d)) => d.to_string(),
         (None, None) => crate::reference::DEFAULT_TAG.to_string(),
     };
-    let digest = client.put_manifest(repo, &reference, &media_type, &manifest_bytes)?;
+    let digest = match &image.index {
+        None => {
+            let m = &image.manifests[0].image;
+            let manifest_bytes = store.read_blob(&m.manifest_digest, "manifest")?;
+            let media_type = m
+                .manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| MEDIA_TYPE_OCI_MANIFEST.to_string());
+            client.put_manifest(repo, &reference, &media_type, &manifest_bytes)?
+        }
+        Some(index) => {
+            for child in &index.manifests {
+                let child_bytes = store.read_blob(&child.digest, "manifest")?;
+                client.put_manifest(
+                    repo,
+                    &child.digest.to_string(),
+                    &child.media_type,
+                    &child_bytes,
+                )?;
+            }
+            let index_bytes = store.read_blob(&image.digest(), "index")?;
+            client.put_manifest(repo, &reference, &image.descriptor.media_type, &index_bytes)?
+        }
+    };
     let transferred = transferred.into_inner();
     Ok(TransferReport {
         digest: Some(digest),
@@ -216,19 +247,34 @@ pub fn push_image(
     })
 }
 
-/// Pulls `image` for `platform` into the store and names it there.
+/// Pulls `image` into the store and names it there. When the name points
+/// at an index, `platform` picks one manifest (the name then points at it);
+/// `None` takes every manifest of the index and names the index.
 pub fn pull_image(
     store: &Store,
     image: &ImageRef,
     client: &RegistryClient,
-    platform: &Platform,
+    platform: Option<&Platform>,
 ) -> Result<TransferReport, TransferError> {
-    let remote = fetch_image(client, image, platform)?;
+    let repo = image.repository();
+    let Fetched {
+        digest: top_digest,
+        documents,
+        blobs,
+    } = match platform {
+        Some(p) => {
+            let remote = fetch_image(client, image, p)?;
+            Fetched {
+                blobs: remote.blobs(),
+                digest: remote.digest,
+                documents: vec![remote.manifest_bytes],
+            }
+        }
+        None => fetch_all(client, image)?,
+    };
     let _guard = store.write_guard()?;
-    let blobs = remote.blobs();
     let transferred = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
-    let repo = image.repository();
     for_each_parallel(&blobs, client.options().parallel, |d| {
         if store.has_blob(&d.digest) {
             return Ok(());
@@ -242,15 +288,77 @@ pub fn pull_image(
         bytes.fetch_add(n, Ordering::Relaxed);
         Ok::<_, TransferError>(())
     })?;
-    let stored = store.put_blob(&remote.manifest_bytes)?;
-    debug_assert_eq!(stored, remote.digest);
-    store.set_name(image, &remote.digest)?;
+    // Manifests before the index that names them, the index last.
+    for doc in &documents {
+        store.put_blob(doc)?;
+    }
+    store.set_name(image, &top_digest)?;
     let transferred = transferred.into_inner();
     Ok(TransferReport {
-        digest: Some(remote.digest),
+        digest: Some(top_digest),
         transferred,
         bytes: bytes.into_inner(),
         skipped: blobs.len() - transferred,
+    })
+}
+
+/// What a pull stores: the digest the name points at, the documents
+/// (manifests, then the index) and the blobs they need, without duplicates.
+struct Fetched {
+    digest: Digest,
+    documents: Vec<Vec<u8>>,
+    blobs: Vec<Descriptor>,
+}
+
+/// Every manifest `image` names: the one manifest, or every manifest of its
+/// index.
+fn fetch_all(client: &RegistryClient, image: &ImageRef) -> Result<Fetched, TransferError> {
+    let reference = match (image.digest(), image.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_string(),
+        (None, None) => crate::reference::DEFAULT_TAG.to_string(),
+    };
+    let repo = image.repository();
+    let (bytes, media_type, digest) = client.get_manifest(repo, &reference)?;
+    let bad = |reason: String| TransferError::Manifest {
+        image: image.to_string(),
+        reason,
+    };
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    let mut add = |m: &Manifest| {
+        for d in std::iter::once(&m.config).chain(&m.layers) {
+            if !blobs.iter().any(|o| o.digest == d.digest) {
+                blobs.push(d.clone());
+            }
+        }
+    };
+    if !crate::media::is_index(&media_type) {
+        add(&parse_manifest(&bytes).map_err(bad)?);
+        return Ok(Fetched {
+            digest,
+            documents: vec![bytes],
+            blobs,
+        });
+    }
+    let index: Index = serde_json::from_slice(&bytes)
+        .map_err(|e| bad(format!("its index does not parse: {e}")))?;
+    let mut documents = Vec::new();
+    for child in &index.manifests {
+        if !crate::media::is_manifest(&child.media_type) {
+            return Err(bad(format!(
+                "its index names {} of media type {}, not an image manifest",
+                child.digest, child.media_type
+            )));
+        }
+        let (m_bytes, _, _) = client.get_manifest(repo, &child.digest.to_string())?;
+        add(&parse_manifest(&m_bytes).map_err(bad)?);
+        documents.push(m_bytes);
+    }
+    documents.push(bytes);
+    Ok(Fetched {
+        digest,
+        documents,
+        blobs,
     })
 }
 
