@@ -177,6 +177,7 @@ fn main() {
                     AdminRequest::CreateToken {
                         ttl_secs: 3600,
                         uses: (want * 2) as u32,
+                        node: None,
                     },
                 )
                 .await

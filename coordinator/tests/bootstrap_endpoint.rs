@@ -65,9 +65,9 @@ async fn endpoint_serves_the_agent_only_to_valid_tokens() {
     let store = Arc::new(Store::open(&root.join("coordinator/state.redb")).unwrap());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let valid = JoinToken::generate();
-    store.add_token(&valid, now, 600, 1).unwrap();
+    store.add_token(&valid, now, 600, 1, None).unwrap();
     let expired = JoinToken::generate();
-    store.add_token(&expired, now - 100, 10, 1).unwrap();
+    store.add_token(&expired, now - 100, 10, 1, None).unwrap();
     let checker = {
         let store = store.clone();
         move |t: &JoinToken| {

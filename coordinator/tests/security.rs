@@ -131,6 +131,7 @@ async fn node_certificate_cannot_call_admin_operations() {
         AdminRequest::CreateToken {
             ttl_secs: 60,
             uses: 1,
+            node: None,
         },
         AdminRequest::RemoveNode {
             node: joined.node_id.clone(),

@@ -440,7 +440,12 @@ fn resolve_node<'a>(records: &'a [NodeRecord], want: &str) -> Result<&'a NodeRec
     }
     let by: Vec<&NodeRecord> = records
         .iter()
-        .filter(|r| r.hostname == want || r.ips.iter().any(|ip| ip == want))
+        .filter(|r| {
+            // An IP names a node only when it is bound to it by evidence.
+            r.hostname == want
+                || r.binding(want)
+                    .is_some_and(seaport_shared::wire::IpBinding::is_evidence)
+        })
         .collect();
     match by.as_slice() {
         [one] => Ok(one),

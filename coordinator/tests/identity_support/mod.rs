@@ -89,9 +89,29 @@ impl Coordinator {
 
     pub async fn token(&self, ttl_secs: u64, uses: u32) -> TokenGrant {
         match self
-            .admin(AdminRequest::CreateToken { ttl_secs, uses })
+            .admin(AdminRequest::CreateToken {
+                ttl_secs,
+                uses,
+                node: None,
+            })
             .await
             .expect("create token")
+        {
+            AdminResponse::Token(t) => t,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// A one-use token made for an existing node (`token create --node`).
+    pub async fn token_for(&self, node: &str) -> TokenGrant {
+        match self
+            .admin(AdminRequest::CreateToken {
+                ttl_secs: 600,
+                uses: 1,
+                node: Some(node.to_string()),
+            })
+            .await
+            .expect("create a token for a node")
         {
             AdminResponse::Token(t) => t,
             other => panic!("unexpected answer {other:?}"),
