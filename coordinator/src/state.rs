@@ -69,7 +69,7 @@ pub enum StateError {
     AdminRevoked { serial: u64, name: String },
     #[error("{0} matches several nodes ({1}); use the node id")]
     AmbiguousNode(String, String),
-    #[error("node {0} is revoked; it must join again with a new token")]
+    #[error("node {0} is revoked; it comes back only with a token made for it (`seaport token create --node {0}`)")]
     NodeRevoked(String),
     #[error("certificate serial {serial} of node {node} was superseded; the node must use its newest certificate or join again")]
     StaleCertificate { node: String, serial: u64 },

@@ -35,8 +35,8 @@ pub enum AdminCommand {
     },
     /// Issue an admin certificate for another operator or machine. Its key
     /// is made here and written with the certificate and the CA under
-    /// OUT/coordinator/; use it with `seaport --root OUT --coordinator
-    /// HOST:PORT ...`.
+    /// OUT/coordinator/; use it as `seaport --root OUT COMMAND ...
+    /// --coordinator HOST:PORT`.
     Issue {
         /// Its name (who holds it), e.g. alice or ci@build-1.
         name: String,
@@ -212,7 +212,7 @@ fn issue(
     );
     println!("written to {}", dest.dir.display());
     println!(
-        "use it with: seaport --root {} --coordinator HOST:PORT nodes",
+        "use it with: seaport --root {} nodes --coordinator HOST:PORT",
         out.display()
     );
     Ok(())

@@ -420,7 +420,7 @@ async fn control(
                 let expires = shared.live.cert_expires(me).unwrap_or(info.not_after);
                 if expires <= now {
                     let reason = format!(
-                        "the certificate of node {me} expired; join again with a new token"
+                        "the certificate of node {me} expired; join again with a token made for it (`seaport token create --node {me}`)"
                     );
                     return refuse_and_close(conn, send, reason).await;
                 }
