@@ -1,5 +1,5 @@
 //! Host facts for heartbeats (sysinfo) and the host's identity inputs
-//! (machine-id and hostname, from which the node id is derived).
+//! (machine-id, and the hostname it asks to be enrolled under).
 
 use std::net::IpAddr;
 
@@ -20,7 +20,8 @@ pub enum FactsError {
     NoHostname,
 }
 
-/// What names a host: its node id derives from these two.
+/// What names a host: its machine id (reported in heartbeats) and hostname
+/// (the name it asks to be enrolled under).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostIdentity {
     pub machine_id: String,
@@ -45,8 +46,10 @@ impl HostIdentity {
         })
     }
 
-    pub fn node_id(&self) -> String {
-        pki::derive_node_id(&self.machine_id, &self.hostname)
+    /// The name this host asks for when it joins; the coordinator makes
+    /// the node id from it.
+    pub fn label(&self) -> String {
+        pki::node_label(&self.hostname)
     }
 }
 

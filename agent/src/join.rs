@@ -2,7 +2,10 @@
 //!
 //! The coordinator is trusted only through the CA pin given on the command
 //! line (no trust on first use). The key is made here and only a CSR leaves
-//! the host. Nothing is written unless the whole exchange succeeds.
+//! the host. The CSR asks for a name (the hostname as a label); the node id
+//! is the coordinator's answer (the label and a suffix it draws, or, with a
+//! token made for one node, that node's id). Nothing is written unless the
+//! whole exchange succeeds.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -78,9 +81,9 @@ pub struct Joined {
 pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
     let pin = CaPin::parse(&opts.ca_pin)?;
     let token = JoinToken::parse(&opts.token)?;
-    let node_id = opts.host.node_id();
+    let label = opts.host.label();
     let key = pki::generate_key()?;
-    let csr_der = pki::node_csr(&key, &node_id, &opts.ips)?;
+    let csr_der = pki::node_csr(&key, &label, &opts.ips)?;
 
     let addr = tls::resolve(&opts.coordinator)
         .await
@@ -129,18 +132,18 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
     endpoint.wait_idle().await;
     let resp = result.map_err(|_| JoinError::Timeout(JOIN_TIMEOUT))??;
 
-    let (cert_pem, ca_pem) = match resp {
+    let (node_id, cert_pem, ca_pem) = match resp {
         Some(EnrollResponse::Enrolled {
-            node_id: granted,
+            node_id,
             cert_pem,
             ca_pem,
         }) => {
-            if granted != node_id {
+            if !pki::is_valid_node_id(&node_id) {
                 return Err(JoinError::BadAnswer(format!(
-                    "asked for node id {node_id}, got {granted}"
+                    "{node_id:?} is not a node id"
                 )));
             }
-            (cert_pem, ca_pem)
+            (node_id, cert_pem, ca_pem)
         }
         Some(EnrollResponse::Refused { reason }) => return Err(JoinError::Refused(reason)),
         None => {

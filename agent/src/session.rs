@@ -50,7 +50,7 @@ pub enum SessionError {
     },
     #[error("could not connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
-    #[error("the certificate of node {node} expired at {at}; join again with a new token (seaport token create, then seaport-agent join)")]
+    #[error("the certificate of node {node} expired at {at}; join again with a token made for this node (seaport token create --node {node}, then seaport-agent join)")]
     Expired { node: String, at: String },
     #[error("control stream: {0}")]
     Wire(#[from] WireError),

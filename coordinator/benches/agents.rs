@@ -177,6 +177,7 @@ fn main() {
                     AdminRequest::CreateToken {
                         ttl_secs: 3600,
                         uses: (want * 2) as u32,
+                        node: None,
                     },
                 )
                 .await
@@ -185,7 +186,9 @@ fn main() {
                     other => panic!("unexpected {other:?}"),
                 };
                 let started = Instant::now();
-                let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+                // All from one address: the coordinator serves 4 enrollments
+                // per source at once and queues 8 more.
+                let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
                 let mut joins = Vec::new();
                 for i in enrolled..n {
                     let permit = sem.clone().acquire_owned().await.unwrap();

@@ -136,9 +136,21 @@ impl AdminClient {
                 None => Err(AdminError::NoAnswer),
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        let result = tokio::time::timeout(REQUEST_TIMEOUT, fut)
             .await
-            .map_err(|_| AdminError::Timeout(REQUEST_TIMEOUT))?
+            .map_err(|_| AdminError::Timeout(REQUEST_TIMEOUT))?;
+        // A connection the coordinator closed says why (a revoked
+        // certificate, say): that is the error to show.
+        match (&result, self.conn.close_reason()) {
+            (Err(_), Some(quinn::ConnectionError::ApplicationClosed(c)))
+                if !c.reason.is_empty() =>
+            {
+                Err(AdminError::Refused(
+                    String::from_utf8_lossy(&c.reason).into_owned(),
+                ))
+            }
+            _ => result,
+        }
     }
 
     /// The underlying connection (tests open raw streams on it).

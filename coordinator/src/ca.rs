@@ -4,13 +4,17 @@
 //! | --- | --- |
 //! | `ca.pem`, `ca.key` | the cluster CA (ECDSA P-256, 10 years) |
 //! | `server.pem`, `server.key` | the coordinator's server certificate (`OU=coordinator`) |
-//! | `admin.pem`, `admin.key` | the CLI's client certificate (`OU=admin`) |
+//! | `admin.pem`, `admin.key` | the CLI's client certificate (`OU=admin`, 90 days, renewed by the coordinator) |
 //! | `state.redb` | the state database ([`crate::state`]) |
 //! | `serve.json` | the address `coordinator serve` listens on, while it runs |
 //!
 //! Keys are written 0600, atomically. `init` keeps an existing CA, and
-//! re-issues the server and admin certificates only when missing, issued by
-//! another CA, or within 30 days of expiry.
+//! re-issues the server certificate only when missing, issued by another CA,
+//! or within 30 days of expiry. Admin certificates live months (90 days by
+//! default) and every one is recorded in the state database so it can be
+//! listed and revoked; the coordinator's own is re-issued by `init` and by
+//! the running coordinator when it is missing, revoked, unrecorded, or
+//! within 30 days of expiry ([`ensure_local_admin`]).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +22,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
@@ -26,11 +30,17 @@ use time::OffsetDateTime;
 use seaport_shared::pki::{self, CaPin, CertInfo, PkiError, Role};
 use seaport_shared::wire::COORDINATOR_SERVER_NAME;
 
-use crate::state::{StateError, Store};
+use crate::state::{AdminRecord, StateError, Store};
 
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 const SERVICE_CERT_LIFETIME: Duration = Duration::from_secs(5 * 365 * 86_400);
 const REISSUE_BEFORE: i64 = 30 * 86_400;
+/// Default lifetime of an admin certificate.
+pub const ADMIN_CERT_TTL: Duration = Duration::from_secs(90 * 86_400);
+/// Longest lifetime an admin certificate may be issued for.
+pub const ADMIN_CERT_MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
+/// Name of the coordinator's own admin certificate.
+pub const LOCAL_ADMIN_NAME: &str = "admin";
 
 /// Errors of CA handling.
 #[derive(Debug, thiserror::Error)]
@@ -153,18 +163,14 @@ pub fn init(root: &Path) -> Result<InitReport, CaError> {
     }
     let store = Store::create(&paths.state_db())?;
     let ca = Ca::load(root)?;
-    for (role, cert_path, key_path) in [
-        (Role::Coordinator, paths.server_cert(), paths.server_key()),
-        (Role::Admin, paths.admin_cert(), paths.admin_key()),
-    ] {
-        if created_ca || needs_reissue(&ca, &cert_path) {
-            let key = KeyPair::generate()?;
-            let serial = store.next_serial()?;
-            let pem = ca.issue_service(role, &key, serial)?;
-            pki::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-            pki::write_atomic(&cert_path, pem.as_bytes(), 0o600)?;
-        }
+    if created_ca || needs_reissue(&ca, &paths.server_cert()) {
+        let key = KeyPair::generate()?;
+        let serial = store.next_serial()?;
+        let pem = ca.issue_server(&key, serial)?;
+        pki::write_atomic(&paths.server_key(), key.serialize_pem().as_bytes(), 0o600)?;
+        pki::write_atomic(&paths.server_cert(), pem.as_bytes(), 0o600)?;
     }
+    ensure_local_admin(root, &store, &ca)?;
     Ok(InitReport {
         created_ca,
         ca_pin: ca.pin()?,
@@ -172,27 +178,65 @@ pub fn init(root: &Path) -> Result<InitReport, CaError> {
     })
 }
 
-fn needs_reissue(ca: &Ca, cert_path: &Path) -> bool {
-    let Ok(pem) = pki::read_text(cert_path) else {
-        return true;
-    };
-    let Ok(certs) = pki::certs_from_pem(&pem, "") else {
-        return true;
-    };
-    let Ok(info) = CertInfo::from_der(&certs[0]) else {
-        return true;
-    };
-    if info.not_after - now_unix() < REISSUE_BEFORE {
-        return true;
-    }
+/// The certificate at `cert_path`, if it is one this CA signed.
+fn ours(ca: &Ca, cert_path: &Path) -> Option<CertInfo> {
+    let pem = pki::read_text(cert_path).ok()?;
+    let certs = pki::certs_from_pem(&pem, "").ok()?;
+    let info = CertInfo::from_der(&certs[0]).ok()?;
     // Issued by this CA? Verify the signature chain with x509-parser.
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&certs[0]) else {
-        return true;
-    };
-    let Ok((_, ca_cert)) = x509_parser::parse_x509_certificate(&ca.cert_der) else {
-        return true;
-    };
-    cert.verify_signature(Some(ca_cert.public_key())).is_err()
+    let (_, cert) = x509_parser::parse_x509_certificate(&certs[0]).ok()?;
+    let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca.cert_der).ok()?;
+    cert.verify_signature(Some(ca_cert.public_key()))
+        .is_ok()
+        .then_some(info)
+}
+
+fn needs_reissue(ca: &Ca, cert_path: &Path) -> bool {
+    ours(ca, cert_path).is_none_or(|info| info.not_after - now_unix() < REISSUE_BEFORE)
+}
+
+/// Keeps the coordinator's own admin certificate (`ROOT/coordinator/
+/// admin.pem`, what the CLI on this machine uses) usable: signed by this
+/// CA, recorded in state, not revoked, with more than 30 days left and no
+/// longer than the longest admin lifetime (older installs had 5 years).
+/// Otherwise issues a new one (90 days, a new key) and records it. Returns
+/// whether it issued one.
+pub fn ensure_local_admin(root: &Path, store: &Store, ca: &Ca) -> Result<bool, CaError> {
+    let paths = CoordinatorPaths::new(root);
+    let now = now_unix();
+    let max = i64::try_from(ADMIN_CERT_MAX_TTL.as_secs()).unwrap_or(i64::MAX);
+    if let Some(info) = ours(ca, &paths.admin_cert()) {
+        let left = info.not_after - now;
+        let recorded = store.admin(info.serial)?;
+        let usable = recorded.is_some_and(|r| r.revoked_at.is_none());
+        if usable && info.role == Role::Admin && left >= REISSUE_BEFORE && left <= max {
+            return Ok(false);
+        }
+    }
+    let key = KeyPair::generate()?;
+    let serial = store.next_serial()?;
+    let (pem, expires) = ca.issue_admin(&key, LOCAL_ADMIN_NAME, serial, ADMIN_CERT_TTL)?;
+    store.add_admin(&AdminRecord {
+        serial,
+        name: LOCAL_ADMIN_NAME.to_string(),
+        issued_at: now,
+        expires_at: expires,
+        revoked_at: None,
+        local: true,
+    })?;
+    pki::write_atomic(&paths.admin_key(), key.serialize_pem().as_bytes(), 0o600)?;
+    pki::write_atomic(&paths.admin_cert(), pem.as_bytes(), 0o600)?;
+    Ok(true)
+}
+
+/// Whether `name` may name an admin certificate: 1 to 64 letters, digits,
+/// `.`, `_`, `@` or `-`.
+pub fn valid_admin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))
 }
 
 impl Ca {
@@ -227,26 +271,61 @@ impl Ca {
         Ok(CaPin::of_cert(&self.cert_der)?)
     }
 
-    fn issue_service(&self, role: Role, key: &KeyPair, serial: u64) -> Result<String, CaError> {
+    fn issue_server(&self, key: &KeyPair, serial: u64) -> Result<String, CaError> {
         let mut params = CertificateParams::default();
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::from_secs(3600);
         params.not_after = now + SERVICE_CERT_LIFETIME;
         params.serial_number = Some(serial_number(serial));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        match role {
-            Role::Coordinator => {
-                params.distinguished_name = dn(Some(role), COORDINATOR_SERVER_NAME);
-                params.subject_alt_names =
-                    vec![SanType::DnsName(COORDINATOR_SERVER_NAME.try_into()?)];
-                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-            }
-            Role::Admin | Role::Node => {
-                params.distinguished_name = dn(Some(role), "admin");
-                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            }
-        }
+        params.distinguished_name = dn(Some(Role::Coordinator), COORDINATOR_SERVER_NAME);
+        params.subject_alt_names = vec![SanType::DnsName(COORDINATOR_SERVER_NAME.try_into()?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         Ok(params.signed_by(key, &self.issuer)?.pem())
+    }
+
+    /// Signs an admin certificate (`OU=admin`, clientAuth) named `name` for
+    /// `key`, valid for `lifetime`; returns the PEM and its expiry.
+    pub fn issue_admin(
+        &self,
+        key: &impl PublicKeyData,
+        name: &str,
+        serial: u64,
+        lifetime: Duration,
+    ) -> Result<(String, i64), CaError> {
+        if !valid_admin_name(name) {
+            return Err(CaError::BadRequest(format!(
+                "admin certificate name {name:?}: use 1 to 64 letters, digits, '.', '_', '@' or '-'"
+            )));
+        }
+        if lifetime.is_zero() || lifetime > ADMIN_CERT_MAX_TTL {
+            return Err(CaError::BadRequest(
+                "an admin certificate lives between 1 second and 365 days".into(),
+            ));
+        }
+        let mut params = CertificateParams::default();
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(60).min(lifetime / 10);
+        params.not_after = now + lifetime;
+        params.serial_number = Some(serial_number(serial));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.distinguished_name = dn(Some(Role::Admin), name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(key, &self.issuer)?;
+        Ok((cert.pem(), params.not_after.unix_timestamp()))
+    }
+
+    /// [`Ca::issue_admin`] for the key of a CSR (its names are ignored).
+    pub fn issue_admin_for_csr(
+        &self,
+        csr_der: &[u8],
+        name: &str,
+        serial: u64,
+        lifetime: Duration,
+    ) -> Result<(String, i64), CaError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+            .map_err(|e| CaError::BadRequest(format!("unreadable or badly signed CSR: {e}")))?;
+        self.issue_admin(&csr.public_key, name, serial, lifetime)
     }
 
     /// Signs a node certificate for the public key in `csr_der`. The role,

@@ -6,17 +6,21 @@
 //!   each subcommand is a thin call into the libraries.
 //!   - `cli/images.rs`: build, images, inspect, tag, rmi, save, load
 //!   - `cli/registry.rs`: login, logout, push, pull
-//!   - `cli/coordinator.rs`, `cli/token.rs`, `cli/nodes.rs`: coordinator
-//!     state, join tokens and the node inventory
+//!   - `cli/coordinator.rs`, `cli/token.rs`, `cli/nodes.rs`, `cli/admins.rs`:
+//!     coordinator state, join tokens, the node inventory (and host IP
+//!     approvals), admin certificates
 //! - [`ca`]: the cluster CA and the coordinator's files under `ROOT/coordinator/`.
-//! - [`state`]: the redb state database (token hashes, nodes, serials,
-//!   assignments, clusters, the audit log).
-//! - [`tokens`]: creating join tokens.
+//! - [`state`]: the redb state database (token hashes, nodes and the
+//!   evidence binding their IPs, admin certificates, serials, assignments,
+//!   clusters, the audit log).
+//! - [`tokens`]: creating join tokens and admin certificates.
 //! - [`daemon`]: `coordinator serve`: the QUIC endpoint, enrollment, node
-//!   sessions, the admin API.
+//!   sessions, the admin API, per-source limits on unauthenticated
+//!   connections (`daemon/limits.rs`, also used by the bootstrap endpoint).
 //! - [`admin`]: the CLI's client for the admin API.
 //! - [`plan`]: the install plan: hosts and roles to ordered per-node steps
-//!   in sealer's order (pure), and matching hosts to enrolled nodes.
+//!   in sealer's order (pure), matching hosts to the nodes bound to their
+//!   IPs by evidence, unique hostnames.
 //! - [`distribution`]: layer distribution: assignments, piece tables, the
 //!   piece tracker and seeding policy, `Blob` streams, progress
 //!   (`cli/distribute.rs`: `seaport distribute`).

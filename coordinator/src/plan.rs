@@ -13,13 +13,20 @@
 //! 8. `launch`: the image's apps, from the first master (when it has any).
 //!
 //! Pure: no I/O, deterministic for the same input, so it is persisted and
-//! compared as is. [`match_nodes`] maps host IPs to enrolled nodes and says
-//! how to bootstrap a host that has no agent.
+//! compared as is. [`match_nodes`] maps host IPs to enrolled nodes by
+//! evidence (the node's connection comes from the IP, or an admin approved
+//! it), never by what a node only says, and says how to bootstrap a host
+//! that has no agent; [`check_hostnames`] refuses two hosts of one cluster
+//! with one hostname.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+
+use seaport_shared::wire::IpBinding;
+
+use crate::state::NodeRecord;
 
 /// Errors from planning.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,6 +65,38 @@ pub enum PlanError {
         platform: String,
         /// Why (e.g. a layer of an unknown media type).
         reason: String,
+    },
+    /// Nodes say they have the IP, none proves it.
+    #[error("host {ip} is not bound to any node: {} only claim{} it ({}). A node is bound to a host IP when its connection comes from that IP, or when an admin approves it: if one of them is that host (behind NAT, or connecting through another interface), run `seaport nodes approve NODE --ip {ip}`", .claims.iter().map(|(n, _)| format!("node {n}")).collect::<Vec<_>>().join(" and "), if .claims.len() == 1 { "s" } else { "" }, .claims.iter().map(|(n, from)| format!("{n} connects from {}", from.as_deref().unwrap_or("nowhere yet"))).collect::<Vec<_>>().join(", "))]
+    Unbound {
+        ip: String,
+        /// (node id, where its connection comes from).
+        claims: Vec<(String, Option<String>)>,
+    },
+    /// Two or more nodes are bound to one IP.
+    #[error("host {ip} is bound to more than one node: {}; remove the one that is not that host (`seaport nodes remove NODE`) or withdraw an approval (`seaport nodes unapprove NODE --ip {ip}`)", .nodes.iter().map(|(n, b)| format!("{n} (by {})", b.as_str())).collect::<Vec<_>>().join(", "))]
+    Conflict {
+        ip: String,
+        nodes: Vec<(String, IpBinding)>,
+    },
+    /// The IP belonged to a removed node; a new node connecting from it
+    /// needs an admin's word.
+    #[error("host {ip} belonged to removed node {removed}; node {node} connects from it now: if it is that host, approve it with `seaport nodes approve {node} --ip {ip}`")]
+    Held {
+        ip: String,
+        node: String,
+        removed: String,
+    },
+    /// One node is bound to two hosts of the plan.
+    #[error("node {node} is bound to hosts {} and {}: one node serves one host", .ips.0, .ips.1)]
+    SameNode { node: String, ips: (String, String) },
+    /// Two hosts of one cluster carry the same hostname (the Kubernetes
+    /// node name).
+    #[error("hostname {hostname} is claimed by more than one host of the cluster: {}; hostnames must be unique in a cluster (Kubernetes names nodes by them)", .hosts.iter().map(|(ip, n)| format!("{ip} (node {n})")).collect::<Vec<_>>().join(", "))]
+    SameHostname {
+        hostname: String,
+        /// (host IP, node id).
+        hosts: Vec<(String, String)>,
     },
 }
 
@@ -275,18 +314,73 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     })
 }
 
-/// Maps each host IP to the enrolled node that reports it. `enrolled` is
-/// (node id, its IPs). Every host without one is named in the error.
+/// The node bound to host `ip`, if any node has anything to do with it.
+///
+/// Bound means evidence: the node's latest connection comes from the IP
+/// and it reports the IP, or an admin approved the IP for it. What a node
+/// only claims binds nothing: claims alone give [`PlanError::Unbound`]
+/// (naming every claimant); two bound nodes give [`PlanError::Conflict`]
+/// (never "the first wins"). An IP a removed node was bound to is held:
+/// a new node bound only by its connection needs an approval
+/// ([`PlanError::Held`]). `Ok(None)`: no node claims it.
+pub fn bind_host(ip: &str, nodes: &[NodeRecord]) -> Result<Option<String>, PlanError> {
+    let with = |revoked: bool| -> Vec<(&NodeRecord, IpBinding)> {
+        nodes
+            .iter()
+            .filter(|n| n.revoked == revoked)
+            .filter_map(|n| n.binding(ip).map(|b| (n, b)))
+            .collect()
+    };
+    let live = with(false);
+    let bound: Vec<&(&NodeRecord, IpBinding)> =
+        live.iter().filter(|(_, b)| b.is_evidence()).collect();
+    match bound.as_slice() {
+        [] if live.is_empty() => Ok(None),
+        [] => Err(PlanError::Unbound {
+            ip: ip.to_string(),
+            claims: live
+                .iter()
+                .map(|(n, _)| (n.node_id.clone(), n.observed_ip.clone()))
+                .collect(),
+        }),
+        [(node, binding)] => {
+            if *binding == IpBinding::Connection {
+                if let Some((removed, _)) = with(true).into_iter().find(|(_, b)| b.is_evidence()) {
+                    return Err(PlanError::Held {
+                        ip: ip.to_string(),
+                        node: node.node_id.clone(),
+                        removed: removed.node_id.clone(),
+                    });
+                }
+            }
+            Ok(Some(node.node_id.clone()))
+        }
+        many => Err(PlanError::Conflict {
+            ip: ip.to_string(),
+            nodes: many.iter().map(|(n, b)| (n.node_id.clone(), *b)).collect(),
+        }),
+    }
+}
+
+/// Maps each host IP to the node bound to it ([`bind_host`]). Every host
+/// without any node is named in one error; any other binding problem is
+/// returned as it is found.
 pub fn match_nodes(
     hosts: &[HostSpec],
-    enrolled: &[(String, Vec<String>)],
+    nodes: &[NodeRecord],
 ) -> Result<BTreeMap<String, String>, PlanError> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
     let mut missing = Vec::new();
     for h in hosts {
-        match enrolled.iter().find(|(_, ips)| ips.contains(&h.ip)) {
-            Some((id, _)) => {
-                out.insert(h.ip.clone(), id.clone());
+        match bind_host(&h.ip, nodes)? {
+            Some(id) => {
+                if let Some((other, _)) = out.iter().find(|(_, n)| **n == id) {
+                    return Err(PlanError::SameNode {
+                        node: id,
+                        ips: (other.clone(), h.ip.clone()),
+                    });
+                }
+                out.insert(h.ip.clone(), id);
             }
             None => missing.push(h.ip.clone()),
         }
@@ -339,6 +433,26 @@ pub fn host_manifests(
             hosts: missing,
             available: image.platforms().join(", "),
         })
+    }
+}
+
+/// Refuses two hosts with one hostname (compared as Kubernetes does, in
+/// lowercase). `hosts` is (IP, node id, hostname); empty hostnames (a node
+/// that never reported) are not compared.
+pub fn check_hostnames(hosts: &[(String, String, String)]) -> Result<(), PlanError> {
+    let mut by_name: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (ip, node, hostname) in hosts {
+        if hostname.is_empty() {
+            continue;
+        }
+        by_name
+            .entry(hostname.to_ascii_lowercase())
+            .or_default()
+            .push((ip.clone(), node.clone()));
+    }
+    match by_name.into_iter().find(|(_, hosts)| hosts.len() > 1) {
+        Some((hostname, hosts)) => Err(PlanError::SameHostname { hostname, hosts }),
+        None => Ok(()),
     }
 }
 
@@ -446,13 +560,19 @@ mod tests {
         assert!(matches!(plan(&i), Err(PlanError::UnknownRegistryHost(_))));
     }
 
+    fn node(id: &str, claims: &[&str], from: Option<&str>) -> NodeRecord {
+        NodeRecord {
+            node_id: id.into(),
+            ips: claims.iter().map(|s| s.to_string()).collect(),
+            observed_ip: from.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn hosts_without_an_agent_are_named_with_how_to_bootstrap_them() {
         let h = hosts(&["10.0.0.1"], &["10.0.0.2", "10.0.0.3"]);
-        let enrolled = vec![(
-            "n1".to_string(),
-            vec!["10.0.0.1".to_string(), "192.168.1.1".to_string()],
-        )];
+        let enrolled = vec![node("n1", &["10.0.0.1", "192.168.1.1"], Some("10.0.0.1"))];
         let err = match_nodes(&h, &enrolled).unwrap_err();
         let msg = err.to_string();
         assert!(
@@ -460,9 +580,9 @@ mod tests {
             "{msg}"
         );
         let enrolled = vec![
-            ("n1".to_string(), vec!["10.0.0.1".to_string()]),
-            ("n2".to_string(), vec!["10.0.0.2".to_string()]),
-            ("n3".to_string(), vec!["10.0.0.3".to_string()]),
+            node("n1", &["10.0.0.1"], Some("10.0.0.1")),
+            node("n2", &["10.0.0.2"], Some("10.0.0.2")),
+            node("n3", &["10.0.0.3"], Some("10.0.0.3")),
         ];
         let m = match_nodes(&h, &enrolled).unwrap();
         assert_eq!(m["10.0.0.3"], "n3");
@@ -564,6 +684,104 @@ mod tests {
         let msg = host_manifests(&odd, &hosts[..1]).unwrap_err().to_string();
         assert!(
             msg.contains("application/x-odd") && msg.contains("linux/amd64"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_claim_without_evidence_binds_nothing() {
+        let h = hosts(&["10.0.0.1"], &[]);
+        // The real host, and a node that also reports its IP but connects
+        // from elsewhere: listed first, so "the first wins" would pick it.
+        let real = node("b-real", &["10.0.0.1"], Some("10.0.0.1"));
+        let liar = node("a-liar", &["10.0.0.1", "10.0.0.7"], Some("10.0.0.7"));
+        let m = match_nodes(&h, &[liar.clone(), real.clone()]).unwrap();
+        assert_eq!(m["10.0.0.1"], "b-real");
+        // Without the real host, the claim is named, not obeyed.
+        let err = match_nodes(&h, std::slice::from_ref(&liar)).unwrap_err();
+        assert!(
+            matches!(&err, PlanError::Unbound { claims, .. } if claims[0].0 == "a-liar"),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("connects from 10.0.0.7") && msg.contains("seaport nodes approve"),
+            "{msg}"
+        );
+        // An admin's approval is evidence.
+        let mut approved = liar.clone();
+        approved.approved_ips = vec!["10.0.0.1".into()];
+        assert_eq!(
+            match_nodes(&h, std::slice::from_ref(&approved)).unwrap()["10.0.0.1"],
+            "a-liar"
+        );
+    }
+
+    #[test]
+    fn two_bound_nodes_are_an_error_naming_both() {
+        let h = hosts(&["10.0.0.1"], &[]);
+        let a = node("a", &["10.0.0.1"], Some("10.0.0.1"));
+        let mut b = node("b", &["10.0.0.2"], Some("10.0.0.2"));
+        b.approved_ips = vec!["10.0.0.1".into()];
+        let err = match_nodes(&h, &[a, b]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("a (by connection)") && msg.contains("b (by approved)"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_removed_nodes_ip_needs_an_approval_for_a_new_node() {
+        let h = hosts(&["10.0.0.1"], &[]);
+        let mut old = node("old", &["10.0.0.1"], Some("10.0.0.1"));
+        old.revoked = true;
+        let new = node("new", &["10.0.0.1"], Some("10.0.0.1"));
+        let err = match_nodes(&h, &[old.clone(), new.clone()]).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::Held {
+                ip: "10.0.0.1".into(),
+                node: "new".into(),
+                removed: "old".into()
+            }
+        );
+        let mut approved = new;
+        approved.approved_ips = vec!["10.0.0.1".into()];
+        assert_eq!(
+            match_nodes(&h, &[old, approved]).unwrap()["10.0.0.1"],
+            "new"
+        );
+    }
+
+    #[test]
+    fn one_node_serves_one_host() {
+        let h = hosts(&["10.0.0.1"], &["10.0.0.2"]);
+        let mut a = node("a", &["10.0.0.1"], Some("10.0.0.1"));
+        a.approved_ips = vec!["10.0.0.2".into()];
+        assert!(matches!(
+            match_nodes(&h, &[a]),
+            Err(PlanError::SameNode { .. })
+        ));
+    }
+
+    #[test]
+    fn hostnames_are_unique_in_a_cluster() {
+        let ok = vec![
+            ("10.0.0.1".into(), "a".into(), "master".into()),
+            ("10.0.0.2".into(), "b".into(), "worker".into()),
+            ("10.0.0.3".into(), "c".into(), String::new()),
+            ("10.0.0.4".into(), "d".into(), String::new()),
+        ];
+        check_hostnames(&ok).unwrap();
+        let mut bad = ok;
+        bad.push(("10.0.0.5".into(), "e".into(), "MASTER".into()));
+        let err = check_hostnames(&bad).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("hostname master")
+                && msg.contains("10.0.0.1 (node a)")
+                && msg.contains("10.0.0.5 (node e)"),
             "{msg}"
         );
     }

@@ -509,11 +509,6 @@ fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, Strin
         Some(_) => "converge",
     };
     let records = shared.store.nodes().map_err(|e| e.to_string())?;
-    let enrolled: Vec<(String, Vec<String>)> = records
-        .iter()
-        .filter(|r| !r.revoked)
-        .map(|r| (r.node_id.clone(), r.ips.clone()))
-        .collect();
     // Hosts leaving stay in the record until the operation forgets them.
     let mut all_hosts: Vec<(String, NodeRole)> = Vec::new();
     let plan_roles = plan::plan(&converge::plan_input(&name, &spec, &digest, has_launch))
@@ -545,18 +540,22 @@ fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, Strin
             },
         })
         .collect();
+    // Hosts go to the nodes bound to their IPs by evidence; a dry run shows
+    // what it can and names the rest among its warnings.
     let matched: BTreeMap<String, String> = if dry_run {
-        specs
-            .iter()
-            .filter_map(|h| {
-                enrolled
-                    .iter()
-                    .find(|(_, ips)| ips.contains(&h.ip))
-                    .map(|(id, _)| (h.ip.clone(), id.clone()))
-            })
-            .collect()
+        let mut m = BTreeMap::new();
+        for h in &specs {
+            match plan::bind_host(&h.ip, &records) {
+                Ok(Some(id)) => {
+                    m.insert(h.ip.clone(), id);
+                }
+                Ok(None) => {}
+                Err(e) => warnings.push(e.to_string()),
+            }
+        }
+        m
     } else {
-        plan::match_nodes(&specs, &enrolled).map_err(|e| e.to_string())?
+        plan::match_nodes(&specs, &records).map_err(|e| e.to_string())?
     };
     // Every host of the spec must have a manifest of its own platform.
     let platforms: Vec<(String, String)> = spec
@@ -569,15 +568,31 @@ fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, Strin
         })
         .collect();
     plan::host_manifests(&image, &platforms).map_err(|e| e.to_string())?;
+    let hostname_of = |node_id: &str| {
+        records
+            .iter()
+            .find(|r| r.node_id == node_id)
+            .map(|r| r.hostname.clone())
+            .unwrap_or_default()
+    };
+    // Kubernetes names nodes by hostname, and removing a host deletes the
+    // node of its name: two hosts of one cluster must not share one.
+    let named: Vec<(String, String, String)> = matched
+        .iter()
+        .map(|(ip, id)| (ip.clone(), id.clone(), hostname_of(id)))
+        .collect();
+    if let Err(e) = plan::check_hostnames(&named) {
+        if dry_run {
+            warnings.push(e.to_string());
+        } else {
+            return Err(e.to_string());
+        }
+    }
     let hosts = all_hosts
         .iter()
         .map(|(ip, role)| {
             let node_id = matched.get(ip).cloned().unwrap_or_default();
-            let hostname = records
-                .iter()
-                .find(|r| r.node_id == node_id)
-                .map(|r| r.hostname.clone())
-                .unwrap_or_default();
+            let hostname = hostname_of(&node_id);
             HostRecord {
                 ip: ip.clone(),
                 node_id,

@@ -1,5 +1,6 @@
 //! The coordinator's persistent state in one redb database: join tokens
-//! (hashes only), enrolled nodes, the certificate serial counter.
+//! (hashes only), enrolled nodes, admin certificates, the certificate serial
+//! counter.
 //!
 //! Every change is one write transaction, so a token's use count and the
 //! certificate it pays for are committed together or not at all. Values are
@@ -13,8 +14,8 @@ use std::path::Path;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use seaport_shared::pki::JoinToken;
-use seaport_shared::wire::HostFacts;
+use seaport_shared::pki::{self, JoinToken};
+use seaport_shared::wire::{AdminCertInfo, HostFacts, IpBinding, NodeAddress};
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
@@ -25,6 +26,8 @@ const ASSIGNMENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("assi
 const CLUSTERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("clusters");
 /// The audit log, by sequence number.
 const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
+/// Admin certificates issued, by serial.
+const ADMINS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("admins");
 const NEXT_SERIAL: &str = "next_serial";
 
 /// Errors of the state database.
@@ -50,9 +53,23 @@ pub enum StateError {
     TokenUsedUp(String),
     #[error("no node named {0}")]
     NoSuchNode(String),
+    #[error("node {0} is enrolled already: enrolling under an existing node id needs a token made for it (`seaport token create --node {0}`)")]
+    NodeExists(String),
+    #[error("the node this join token was made for, {0}, no longer exists")]
+    BoundNodeGone(String),
+    #[error("{0:?} is not an IP address")]
+    BadIp(String),
+    #[error("no admin certificate {0}")]
+    NoSuchAdmin(String),
+    #[error("{0} names several admin certificates (serials {1}); use the serial")]
+    AmbiguousAdmin(String, String),
+    #[error("admin certificate serial {0} was not issued by this coordinator (or predates its records); use one from `seaport admin issue`")]
+    UnknownAdmin(u64),
+    #[error("admin certificate serial {serial} ({name}) was revoked")]
+    AdminRevoked { serial: u64, name: String },
     #[error("{0} matches several nodes ({1}); use the node id")]
     AmbiguousNode(String, String),
-    #[error("node {0} is revoked; it must join again with a new token")]
+    #[error("node {0} is revoked; it comes back only with a token made for it (`seaport token create --node {0}`)")]
     NodeRevoked(String),
     #[error("certificate serial {serial} of node {node} was superseded; the node must use its newest certificate or join again")]
     StaleCertificate { node: String, serial: u64 },
@@ -73,10 +90,57 @@ pub struct TokenRecord {
     pub created_at: i64,
     pub expires_at: i64,
     pub uses_left: u32,
+    /// The existing node this token re-enrolls (`token create --node`);
+    /// `None`: it enrolls new nodes only.
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
+/// A stored admin certificate (never its key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminRecord {
+    pub serial: u64,
+    pub name: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    /// The coordinator's own, under `ROOT/coordinator/`.
+    pub local: bool,
+}
+
+impl AdminRecord {
+    pub fn info(&self) -> AdminCertInfo {
+        AdminCertInfo {
+            serial: self.serial,
+            name: self.name.clone(),
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            local: self.local,
+        }
+    }
+}
+
+/// Whether two textual IPs are the same address (`::ffff:a.b.c.d` is
+/// `a.b.c.d`); text that is not an IP equals only itself.
+pub fn same_ip(a: &str, b: &str) -> bool {
+    match (a.parse::<std::net::IpAddr>(), b.parse::<std::net::IpAddr>()) {
+        (Ok(x), Ok(y)) => x.to_canonical() == y.to_canonical(),
+        _ => a == b,
+    }
+}
+
+/// An IP in its canonical text (IPv4-mapped IPv6 as IPv4).
+pub fn canonical_ip(s: &str) -> Result<String, StateError> {
+    s.trim()
+        .parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_canonical().to_string())
+        .map_err(|_| StateError::BadIp(s.to_string()))
 }
 
 /// A stored node.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NodeRecord {
     pub node_id: String,
     pub hostname: String,
@@ -97,9 +161,48 @@ pub struct NodeRecord {
     pub revoked: bool,
     pub revoked_at: Option<i64>,
     pub last_seen: Option<i64>,
+    /// The source address of the node's latest authenticated connection,
+    /// as the coordinator saw it (evidence, unlike `ips`).
+    pub observed_ip: Option<String>,
+    pub observed_at: Option<i64>,
+    /// Host IPs an admin bound to this node (`seaport nodes approve`).
+    pub approved_ips: Vec<String>,
 }
 
 impl NodeRecord {
+    /// What ties `ip` to this node, if anything: an admin's approval, the
+    /// node's own connection coming from an address it reports, or only its
+    /// report.
+    pub fn binding(&self, ip: &str) -> Option<IpBinding> {
+        let claimed = self.ips.iter().any(|c| same_ip(c, ip));
+        if self.approved_ips.iter().any(|a| same_ip(a, ip)) {
+            Some(IpBinding::Approved)
+        } else if claimed && self.observed_ip.as_deref().is_some_and(|o| same_ip(o, ip)) {
+            Some(IpBinding::Connection)
+        } else if claimed {
+            Some(IpBinding::Claimed)
+        } else {
+            None
+        }
+    }
+
+    /// Every address claimed or approved, with its binding.
+    pub fn addresses(&self) -> Vec<NodeAddress> {
+        let mut out: Vec<NodeAddress> = Vec::new();
+        for ip in self.ips.iter().chain(&self.approved_ips) {
+            if out.iter().any(|a| same_ip(&a.ip, ip)) {
+                continue;
+            }
+            if let Some(binding) = self.binding(ip) {
+                out.push(NodeAddress {
+                    ip: ip.clone(),
+                    binding,
+                });
+            }
+        }
+        out
+    }
+
     /// Copies the slowly changing facts; returns whether anything changed.
     pub fn apply_facts(&mut self, f: &HostFacts) -> bool {
         let changed = self.hostname != f.hostname
@@ -194,6 +297,7 @@ impl Store {
             db_err!(txn.open_table(ASSIGNMENTS))?;
             db_err!(txn.open_table(CLUSTERS))?;
             db_err!(txn.open_table(AUDIT))?;
+            db_err!(txn.open_table(ADMINS))?;
         }
         db_err!(txn.commit())?;
         Ok(Store { db })
@@ -222,22 +326,31 @@ impl Store {
         Ok(serial)
     }
 
-    /// Stores a new token's hash.
+    /// Stores a new token's hash. With `node` (an existing node id), the
+    /// token re-enrolls exactly that node.
     pub fn add_token(
         &self,
         token: &JoinToken,
         now: i64,
         ttl_secs: u64,
         uses: u32,
+        node: Option<&str>,
     ) -> Result<TokenRecord, StateError> {
         let rec = TokenRecord {
             secret_hash: token.secret_hash(),
             created_at: now,
             expires_at: now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX)),
             uses_left: uses,
+            node_id: node.map(str::to_string),
         };
         let txn = db_err!(self.db.begin_write())?;
         {
+            if let Some(node) = node {
+                let nodes = db_err!(txn.open_table(NODES))?;
+                if db_err!(nodes.get(node))?.is_none() {
+                    return Err(StateError::NoSuchNode(node.to_string()));
+                }
+            }
             let mut t = db_err!(txn.open_table(TOKENS))?;
             // Expired tokens are of no use to anyone: prune them here.
             let stale: Vec<String> = db_err!(t.iter())?
@@ -270,18 +383,26 @@ impl Store {
         Ok(rec)
     }
 
-    /// Spends one use of `token` and records the node it enrolls, atomically.
-    /// `sign` gets the certificate serial and returns the signed certificate;
-    /// if it fails, nothing is committed.
+    /// Spends one use of `token` and records the node it enrolls, atomically;
+    /// returns the node id and the certificate.
+    ///
+    /// The node id is the coordinator's: a token bound to a node
+    /// (`token create --node`) enrolls exactly that node again (a new key,
+    /// older certificates refused, a revoked node restored); any other token
+    /// enrolls a new node named `requested` (the host's label) and a suffix
+    /// drawn here, never an existing one. A request naming an existing node
+    /// id with an ordinary token is refused, so no token takes over a node.
+    /// `sign` gets the node id and certificate serial and returns the signed
+    /// certificate; if anything fails, nothing is committed.
     pub fn enroll(
         &self,
         token: &JoinToken,
-        node_id: &str,
+        requested: &str,
         now: i64,
-        sign: impl FnOnce(u64) -> Result<Issued, StateError>,
-    ) -> Result<Issued, StateError> {
+        sign: impl FnOnce(&str, u64) -> Result<Issued, StateError>,
+    ) -> Result<(String, Issued), StateError> {
         let txn = db_err!(self.db.begin_write())?;
-        let issued = {
+        let out = {
             let mut tokens = db_err!(txn.open_table(TOKENS))?;
             let mut rec: TokenRecord = match db_err!(tokens.get(token.id.as_str()))? {
                 Some(v) => from_json("tokens", &token.id, v.value())?,
@@ -291,32 +412,65 @@ impl Store {
             rec.uses_left -= 1;
             db_err!(tokens.insert(token.id.as_str(), to_json(&rec).as_slice()))?;
 
+            let mut nodes = db_err!(txn.open_table(NODES))?;
+            let existing = |id: &str| -> Result<Option<NodeRecord>, StateError> {
+                match db_err!(nodes.get(id))? {
+                    Some(v) => Ok(Some(from_json("nodes", id, v.value())?)),
+                    None => Ok(None),
+                }
+            };
+            let (node_id, mut node) = match &rec.node_id {
+                Some(bound) => match existing(bound)? {
+                    Some(node) => (bound.clone(), node),
+                    None => return Err(StateError::BoundNodeGone(bound.clone())),
+                },
+                None => {
+                    if existing(requested)?.is_some() {
+                        return Err(StateError::NodeExists(requested.to_string()));
+                    }
+                    let label = requested.get(..pki::NODE_LABEL_MAX).unwrap_or(requested);
+                    let label = label.trim_end_matches('-');
+                    let mut id = None;
+                    for _ in 0..32 {
+                        let candidate = format!("{label}-{:08x}", rand::random::<u32>());
+                        if existing(&candidate)?.is_none() {
+                            id = Some(candidate);
+                            break;
+                        }
+                    }
+                    let Some(id) = id else {
+                        return Err(StateError::Issue(format!("no free node id for {label}")));
+                    };
+                    let node = NodeRecord {
+                        node_id: id.clone(),
+                        ..Default::default()
+                    };
+                    (id, node)
+                }
+            };
+
             let mut meta = db_err!(txn.open_table(META))?;
             let serial = db_err!(meta.get(NEXT_SERIAL))?
                 .map(|v| v.value())
                 .unwrap_or(1);
             db_err!(meta.insert(NEXT_SERIAL, serial + 1))?;
 
-            let issued = sign(serial)?;
-            let mut nodes = db_err!(txn.open_table(NODES))?;
-            let mut node: NodeRecord = match db_err!(nodes.get(node_id))? {
-                Some(v) => from_json("nodes", node_id, v.value())?,
-                None => NodeRecord {
-                    node_id: node_id.to_string(),
-                    ..Default::default()
-                },
-            };
+            let issued = sign(&node_id, serial)?;
             node.enrolled_at = now;
             node.cert_serial = serial;
             node.cert_expires = issued.expires;
             node.min_serial = serial;
             node.revoked = false;
             node.revoked_at = None;
-            db_err!(nodes.insert(node_id, to_json(&node).as_slice()))?;
-            issued
+            // A new key on a host that may have moved: the address is seen
+            // again when it connects.
+            node.observed_ip = None;
+            node.observed_at = None;
+            db_err!(nodes.insert(node_id.as_str(), to_json(&node).as_slice()))?;
+            (node_id, issued)
         };
         db_err!(txn.commit())?;
-        Ok(issued)
+        Ok(out)
     }
 
     /// Issues a renewed certificate for a node that is still in good standing.
@@ -454,6 +608,166 @@ impl Store {
         db_err!(txn.commit())?;
         Ok(node_id)
     }
+
+    /// Changes one node record in a transaction of its own.
+    fn modify_node<T>(
+        &self,
+        node_id: &str,
+        f: impl FnOnce(&mut NodeRecord) -> T,
+    ) -> Result<T, StateError> {
+        let txn = db_err!(self.db.begin_write())?;
+        let out = {
+            let mut nodes = db_err!(txn.open_table(NODES))?;
+            let mut node: NodeRecord = match db_err!(nodes.get(node_id))? {
+                Some(v) => from_json("nodes", node_id, v.value())?,
+                None => return Err(StateError::NoSuchNode(node_id.to_string())),
+            };
+            let out = f(&mut node);
+            db_err!(nodes.insert(node_id, to_json(&node).as_slice()))?;
+            out
+        };
+        db_err!(txn.commit())?;
+        Ok(out)
+    }
+
+    /// Records the source address of a node's new authenticated connection.
+    pub fn observe(&self, node_id: &str, ip: &str, now: i64) -> Result<(), StateError> {
+        let ip = canonical_ip(ip)?;
+        self.modify_node(node_id, |n| {
+            n.observed_ip = Some(ip);
+            n.observed_at = Some(now);
+        })
+    }
+
+    /// Adds (or with `approve == false` withdraws) admin approvals of host
+    /// IPs for a node named by id or hostname; returns the node id and its
+    /// approved IPs.
+    pub fn approve_ips(
+        &self,
+        name: &str,
+        ips: &[String],
+        approve: bool,
+    ) -> Result<(String, Vec<String>), StateError> {
+        let ips: Vec<String> = ips
+            .iter()
+            .map(|ip| canonical_ip(ip))
+            .collect::<Result<_, _>>()?;
+        let node_id = self.resolve_node(name)?;
+        let approved = self.modify_node(&node_id, |n| {
+            for ip in ips {
+                let has = n.approved_ips.iter().any(|a| same_ip(a, &ip));
+                if approve && !has {
+                    n.approved_ips.push(ip);
+                } else if !approve {
+                    n.approved_ips.retain(|a| !same_ip(a, &ip));
+                }
+            }
+            n.approved_ips.clone()
+        })?;
+        Ok((node_id, approved))
+    }
+}
+
+/// Admin certificates: every one the coordinator issued, so a connection
+/// with one is checked against its record (revocation).
+impl Store {
+    /// Records an admin certificate just issued.
+    pub fn add_admin(&self, rec: &AdminRecord) -> Result<(), StateError> {
+        let txn = db_err!(self.db.begin_write())?;
+        {
+            let mut t = db_err!(txn.open_table(ADMINS))?;
+            db_err!(t.insert(rec.serial, to_json(rec).as_slice()))?;
+        }
+        db_err!(txn.commit())?;
+        Ok(())
+    }
+
+    /// Every admin certificate issued, by serial.
+    pub fn admins(&self) -> Result<Vec<AdminRecord>, StateError> {
+        let txn = db_err!(self.db.begin_read())?;
+        let table = match txn.open_table(ADMINS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StateError::Db(e.into())),
+        };
+        let mut out = Vec::new();
+        for row in db_err!(table.iter())? {
+            let (k, v) = db_err!(row)?;
+            out.push(from_json("admins", &k.value().to_string(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn admin(&self, serial: u64) -> Result<Option<AdminRecord>, StateError> {
+        let txn = db_err!(self.db.begin_read())?;
+        let table = match txn.open_table(ADMINS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(StateError::Db(e.into())),
+        };
+        match db_err!(table.get(serial))? {
+            Some(v) => Ok(Some(from_json("admins", &serial.to_string(), v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether an admin certificate may be used: issued by this coordinator
+    /// (recorded) and not revoked.
+    pub fn check_admin(&self, serial: u64) -> Result<AdminRecord, StateError> {
+        let rec = self
+            .admin(serial)?
+            .ok_or(StateError::UnknownAdmin(serial))?;
+        if rec.revoked_at.is_some() {
+            return Err(StateError::AdminRevoked {
+                serial,
+                name: rec.name,
+            });
+        }
+        Ok(rec)
+    }
+
+    /// Finds an admin certificate by serial, or by a name only one
+    /// unrevoked certificate carries.
+    pub fn resolve_admin(&self, cert: &str) -> Result<AdminRecord, StateError> {
+        let all = self.admins()?;
+        if let Ok(serial) = cert.parse::<u64>() {
+            if let Some(r) = all.iter().find(|r| r.serial == serial) {
+                return Ok(r.clone());
+            }
+        }
+        let named: Vec<&AdminRecord> = all
+            .iter()
+            .filter(|r| r.name == cert && r.revoked_at.is_none())
+            .collect();
+        match named.as_slice() {
+            [] => Err(StateError::NoSuchAdmin(cert.to_string())),
+            [one] => Ok((*one).clone()),
+            many => Err(StateError::AmbiguousAdmin(
+                cert.to_string(),
+                many.iter()
+                    .map(|r| r.serial.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
+    /// Marks an admin certificate revoked (kept revoked if it was).
+    pub fn revoke_admin(&self, serial: u64, now: i64) -> Result<AdminRecord, StateError> {
+        let txn = db_err!(self.db.begin_write())?;
+        let rec = {
+            let mut t = db_err!(txn.open_table(ADMINS))?;
+            let mut rec: AdminRecord = match db_err!(t.get(serial))? {
+                Some(v) => from_json("admins", &serial.to_string(), v.value())?,
+                None => return Err(StateError::NoSuchAdmin(serial.to_string())),
+            };
+            rec.revoked_at.get_or_insert(now);
+            db_err!(t.insert(serial, to_json(&rec).as_slice()))?;
+            rec
+        };
+        db_err!(txn.commit())?;
+        Ok(rec)
+    }
 }
 
 /// Image assignments and clusters, kept as JSON values by name; their
@@ -584,7 +898,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn issued(serial: u64) -> Result<Issued, StateError> {
+    fn issued(_node: &str, serial: u64) -> Result<Issued, StateError> {
         Ok(Issued {
             cert_pem: format!("cert {serial}"),
             expires: 1_000_000,
@@ -596,17 +910,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(&dir.path().join("state.redb")).unwrap();
         let token = JoinToken::generate();
-        store.add_token(&token, 100, 60, 2).unwrap();
-        store.enroll(&token, "a-1", 110, issued).unwrap();
-        store.enroll(&token, "b-1", 110, issued).unwrap();
+        store.add_token(&token, 100, 60, 2, None).unwrap();
+        store.enroll(&token, "a", 110, issued).unwrap();
+        store.enroll(&token, "b", 110, issued).unwrap();
         assert!(matches!(
-            store.enroll(&token, "c-1", 110, issued),
+            store.enroll(&token, "c", 110, issued),
             Err(StateError::TokenUsedUp(_))
         ));
         let late = JoinToken::generate();
-        store.add_token(&late, 100, 60, 5).unwrap();
+        store.add_token(&late, 100, 60, 5, None).unwrap();
         assert!(matches!(
-            store.enroll(&late, "d-1", 160, issued),
+            store.enroll(&late, "d", 160, issued),
             Err(StateError::TokenExpired(_))
         ));
         let forged = JoinToken {
@@ -614,39 +928,175 @@ mod tests {
             secret: "aaaaaaaaaaaaaaaa".into(),
         };
         assert!(matches!(
-            store.enroll(&forged, "d-1", 110, issued),
+            store.enroll(&forged, "d", 110, issued),
             Err(StateError::TokenInvalid)
         ));
         // A failed signature leaves the token unspent.
         let one = JoinToken::generate();
-        store.add_token(&one, 100, 60, 1).unwrap();
+        store.add_token(&one, 100, 60, 1, None).unwrap();
         assert!(store
-            .enroll(&one, "e-1", 110, |_| Err(StateError::Issue("boom".into())))
+            .enroll(&one, "e", 110, |_, _| Err(StateError::Issue("boom".into())))
             .is_err());
-        store.enroll(&one, "e-1", 110, issued).unwrap();
+        store.enroll(&one, "e", 110, issued).unwrap();
         assert_eq!(store.nodes().unwrap().len(), 3);
     }
 
     #[test]
-    fn revocation_and_reenrollment_follow_serials() {
+    fn node_ids_are_drawn_by_the_coordinator_and_never_reused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(&dir.path().join("state.redb")).unwrap();
         let token = JoinToken::generate();
-        store.add_token(&token, 100, 60, 2).unwrap();
-        store.enroll(&token, "a-1", 110, issued).unwrap();
-        let first = store.node("a-1").unwrap().unwrap().cert_serial;
-        store.check_node_cert("a-1", first).unwrap();
-        store.revoke("a-1", 120).unwrap();
+        store.add_token(&token, 100, 600, 10, None).unwrap();
+        let (a, _) = store.enroll(&token, "web", 110, issued).unwrap();
+        let (b, _) = store.enroll(&token, "web", 110, issued).unwrap();
+        assert!(a.starts_with("web-") && b.starts_with("web-"), "{a} {b}");
+        assert_eq!(a.len(), "web-".len() + 8);
+        assert_ne!(a, b, "one name asked twice is two nodes");
+        assert!(pki::is_valid_node_id(&a));
+        // Asking for an existing id with an ordinary token: refused, and
+        // the node is as it was.
+        let before = store.node(&a).unwrap().unwrap();
         assert!(matches!(
-            store.check_node_cert("a-1", first),
+            store.enroll(&token, &a, 120, issued),
+            Err(StateError::NodeExists(_))
+        ));
+        let after = store.node(&a).unwrap().unwrap();
+        assert_eq!(after.cert_serial, before.cert_serial);
+        assert_eq!(after.min_serial, before.min_serial);
+        assert_eq!(after.enrolled_at, before.enrolled_at);
+    }
+
+    #[test]
+    fn revoked_nodes_come_back_only_with_a_token_made_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("state.redb")).unwrap();
+        let token = JoinToken::generate();
+        store.add_token(&token, 100, 600, 5, None).unwrap();
+        let (a, _) = store.enroll(&token, "a", 110, issued).unwrap();
+        let first = store.node(&a).unwrap().unwrap().cert_serial;
+        store.check_node_cert(&a, first).unwrap();
+        store.observe(&a, "10.0.0.1", 111).unwrap();
+        store.revoke(&a, 120).unwrap();
+        assert!(matches!(
+            store.check_node_cert(&a, first),
             Err(StateError::NodeRevoked(_))
         ));
-        store.enroll(&token, "a-1", 130, issued).unwrap();
-        let second = store.node("a-1").unwrap().unwrap().cert_serial;
-        store.check_node_cert("a-1", second).unwrap();
+        // The multi-use token cannot bring it back under its id.
         assert!(matches!(
-            store.check_node_cert("a-1", first),
+            store.enroll(&token, &a, 125, issued),
+            Err(StateError::NodeExists(_))
+        ));
+        assert!(store.node(&a).unwrap().unwrap().revoked);
+        // A token bound to a node that does not exist cannot be made.
+        assert!(matches!(
+            store.add_token(&JoinToken::generate(), 100, 60, 1, Some("ghost-00000000")),
+            Err(StateError::NoSuchNode(_))
+        ));
+        // The admin's token for exactly that node does, whatever name the
+        // host asks for.
+        let bound = JoinToken::generate();
+        store.add_token(&bound, 100, 600, 1, Some(&a)).unwrap();
+        let (again, _) = store.enroll(&bound, "anything", 130, issued).unwrap();
+        assert_eq!(again, a);
+        let node = store.node(&a).unwrap().unwrap();
+        assert!(!node.revoked);
+        assert_eq!(node.observed_ip, None, "the new key's address is seen anew");
+        let second = node.cert_serial;
+        store.check_node_cert(&a, second).unwrap();
+        assert!(matches!(
+            store.check_node_cert(&a, first),
             Err(StateError::StaleCertificate { .. })
         ));
+        assert!(matches!(
+            store.enroll(&bound, "anything", 131, issued),
+            Err(StateError::TokenUsedUp(_))
+        ));
+    }
+
+    #[test]
+    fn ip_bindings_need_evidence() {
+        let mut n = NodeRecord {
+            node_id: "n-1".into(),
+            ips: vec!["10.0.0.1".into(), "10.0.0.2".into()],
+            ..Default::default()
+        };
+        assert_eq!(n.binding("10.0.0.1"), Some(IpBinding::Claimed));
+        n.observed_ip = Some("10.0.0.1".into());
+        assert_eq!(n.binding("10.0.0.1"), Some(IpBinding::Connection));
+        assert_eq!(n.binding("::ffff:10.0.0.1"), Some(IpBinding::Connection));
+        assert_eq!(n.binding("10.0.0.2"), Some(IpBinding::Claimed));
+        // Connecting from an address it does not report binds nothing (NAT).
+        n.observed_ip = Some("192.0.2.7".into());
+        assert_eq!(n.binding("192.0.2.7"), None);
+        assert_eq!(n.binding("10.0.0.1"), Some(IpBinding::Claimed));
+        n.approved_ips = vec!["10.0.0.9".into()];
+        assert_eq!(n.binding("10.0.0.9"), Some(IpBinding::Approved));
+        let shown: Vec<(String, IpBinding)> = n
+            .addresses()
+            .into_iter()
+            .map(|a| (a.ip, a.binding))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("10.0.0.1".to_string(), IpBinding::Claimed),
+                ("10.0.0.2".to_string(), IpBinding::Claimed),
+                ("10.0.0.9".to_string(), IpBinding::Approved),
+            ]
+        );
+    }
+
+    #[test]
+    fn approvals_are_stored_canonical_and_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("state.redb")).unwrap();
+        let token = JoinToken::generate();
+        store.add_token(&token, 100, 600, 1, None).unwrap();
+        let (a, _) = store.enroll(&token, "a", 110, issued).unwrap();
+        let (_, ips) = store
+            .approve_ips(&a, &["::ffff:10.0.0.5".into(), "10.0.0.6".into()], true)
+            .unwrap();
+        assert_eq!(ips, ["10.0.0.5", "10.0.0.6"]);
+        assert!(matches!(
+            store.approve_ips(&a, &["10.0.0.300".into()], true),
+            Err(StateError::BadIp(_))
+        ));
+        let (_, ips) = store.approve_ips(&a, &["10.0.0.5".into()], false).unwrap();
+        assert_eq!(ips, ["10.0.0.6"]);
+    }
+
+    #[test]
+    fn admin_certificates_are_checked_against_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("state.redb")).unwrap();
+        for (serial, name) in [(7, "alice"), (8, "bob")] {
+            store
+                .add_admin(&AdminRecord {
+                    serial,
+                    name: name.into(),
+                    issued_at: 1,
+                    expires_at: 2,
+                    revoked_at: None,
+                    local: false,
+                })
+                .unwrap();
+        }
+        store.check_admin(7).unwrap();
+        assert!(matches!(
+            store.check_admin(9),
+            Err(StateError::UnknownAdmin(9))
+        ));
+        let r = store.resolve_admin("bob").unwrap();
+        store.revoke_admin(r.serial, 50).unwrap();
+        assert!(matches!(
+            store.check_admin(8),
+            Err(StateError::AdminRevoked { serial: 8, .. })
+        ));
+        store.check_admin(7).unwrap();
+        assert!(matches!(
+            store.resolve_admin("bob"),
+            Err(StateError::NoSuchAdmin(_))
+        ));
+        assert_eq!(store.resolve_admin("8").unwrap().revoked_at, Some(50));
     }
 }

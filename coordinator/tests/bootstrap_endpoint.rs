@@ -65,9 +65,9 @@ async fn endpoint_serves_the_agent_only_to_valid_tokens() {
     let store = Arc::new(Store::open(&root.join("coordinator/state.redb")).unwrap());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let valid = JoinToken::generate();
-    store.add_token(&valid, now, 600, 1).unwrap();
+    store.add_token(&valid, now, 600, 1, None).unwrap();
     let expired = JoinToken::generate();
-    store.add_token(&expired, now - 100, 10, 1).unwrap();
+    store.add_token(&expired, now - 100, 10, 1, None).unwrap();
     let checker = {
         let store = store.clone();
         move |t: &JoinToken| {
@@ -131,6 +131,95 @@ async fn endpoint_serves_the_agent_only_to_valid_tokens() {
     })
     .await
     .unwrap();
+    let _ = stop.send(true);
+    task.await.unwrap();
+}
+
+/// Opens `count` TCP connections to the endpoint from `from` and never
+/// sends a byte on them (the slowest possible clients).
+async fn idle_connections(
+    from: std::net::IpAddr,
+    port: u16,
+    count: usize,
+) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind((from, 0).into()).unwrap();
+        out.push(s.connect(([127, 0, 0, 1], port).into()).await.unwrap());
+    }
+    out
+}
+
+/// How many of `conns` the server has not closed.
+fn still_open(conns: &[tokio::net::TcpStream]) -> usize {
+    let mut buf = [0u8; 1];
+    conns
+        .iter()
+        .filter(|c| match c.try_read(&mut buf) {
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            Ok(_) => false,
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_source_do_not_stop_an_honest_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    seaport::ca::init(&root).unwrap();
+    let agent = tmp.path().join("seaport-agent");
+    std::fs::write(&agent, b"#!/bin/sh\necho pretend agent\n").unwrap();
+    let want_sha = bootstrap::sha256_hex(&std::fs::read(&agent).unwrap());
+    let store = Arc::new(Store::open(&root.join("coordinator/state.redb")).unwrap());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let valid = JoinToken::generate();
+    store.add_token(&valid, now, 600, 1, None).unwrap();
+    let checker = {
+        let store = store.clone();
+        move |t: &JoinToken| {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            store.check_token(t, now).map(|_| ())
+        }
+    };
+    let server = bootstrap::bind(&root, "127.0.0.1:0".parse().unwrap(), &agent, 7443, checker)
+        .await
+        .unwrap();
+    let port = server.local_addr().port();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+
+    // Someone without a token opens 200 connections from 127.0.0.2 and
+    // sends nothing. The endpoint keeps a few of them (4 served, 8
+    // waiting, a few more while the endpoint takes them from the kernel on
+    // a busy machine) and closes the rest without any TLS work.
+    let attacker: std::net::IpAddr = [127, 0, 0, 2].into();
+    let flood = idle_connections(attacker, port, 200).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let open = still_open(&flood);
+    assert!(
+        open <= 16,
+        "{open} idle connections of one source kept open"
+    );
+
+    // An honest host elsewhere downloads the agent meanwhile, while the
+    // attacker keeps its connections and opens more.
+    let more = idle_connections(attacker, port, 100).await;
+    let root2 = root.clone();
+    let token = valid.to_string();
+    let got = tokio::task::spawn_blocking(move || fetch(&root2, port, "/v1/agent", Some(&token)))
+        .await
+        .unwrap();
+    assert_eq!(got.code, "200");
+    assert_eq!(bootstrap::sha256_hex(&got.body), want_sha);
+
+    // The idle ones it served are closed after the 5 s request deadline.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let open = still_open(&flood) + still_open(&more);
+    assert!(open <= 16, "{open} idle connections still open after 7 s");
+    drop((flood, more));
     let _ = stop.send(true);
     task.await.unwrap();
 }

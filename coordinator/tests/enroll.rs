@@ -1,5 +1,5 @@
 //! The life of a node on loopback: join, sessions, renewal, expiry and
-//! rejoin, coordinator restarts.
+//! rejoin (with a token made for the node), coordinator restarts.
 
 mod identity_support;
 
@@ -126,8 +126,20 @@ async fn expired_node_shows_expired_and_must_join_again() {
         SessionEnd::Lost(e) => assert!(e.to_string().contains("certificate expired"), "{e}"),
         other => panic!("an expired certificate got a session: {other:?}"),
     }
-    // Joining again with a new token brings it back.
-    let rejoined = coord.join_host(&state, host).await;
+    // An ordinary token enrolls a new node, never the existing id; the
+    // expired one stays as it was.
+    let other = dir.path().join("other");
+    let fresh = coord.join_host(&other, host.clone()).await;
+    assert_ne!(fresh.node_id, joined.node_id);
+    assert_eq!(
+        coord.node(&joined.node_id).await.unwrap().status,
+        NodeStatus::Expired
+    );
+    // A token made for the node brings it back under its id.
+    let grant = coord.token_for(&joined.node_id).await;
+    let mut opts = coord.join_options(&grant, &state, "sleeper");
+    opts.host = host;
+    let rejoined = seaport_agent::join(&opts).await.unwrap();
     assert_eq!(rejoined.node_id, joined.node_id);
     let agent = Agent::spawn(&state, "sleeper");
     wait_until(WAIT, "the rejoined node online", || async {

@@ -187,25 +187,32 @@ impl std::fmt::Debug for JoinToken {
     }
 }
 
-/// A node id from the host's machine-id and hostname: the hostname (made
-/// DNS-label safe, at most 40 characters) and 8 hex digits of a hash of both,
-/// so two hosts with the same name still differ and a reinstalled host (new
-/// machine-id) is a new node.
-pub fn derive_node_id(machine_id: &str, hostname: &str) -> String {
-    let mut label: String = hostname
+/// Longest name a host may ask for; the coordinator appends a dash and 8
+/// hex digits of its own choosing to make the node id.
+pub const NODE_LABEL_MAX: usize = 40;
+
+/// The name a host asks to be known by: its hostname made DNS-label safe
+/// (lowercase letters, digits and dashes, at most [`NODE_LABEL_MAX`]
+/// characters). It is only a request: the coordinator makes the node id
+/// from it and a suffix it draws itself, so no host can choose, predict or
+/// reuse another node's id.
+pub fn node_label(hostname: &str) -> String {
+    let label: String = hostname
         .to_ascii_lowercase()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    label = label.trim_matches('-').chars().take(40).collect();
+    let label: String = label
+        .trim_matches('-')
+        .chars()
+        .take(NODE_LABEL_MAX)
+        .collect();
     let label = label.trim_end_matches('-');
-    let label = if label.is_empty() { "node" } else { label };
-    let mut h = Sha256::new();
-    h.update(machine_id.trim().as_bytes());
-    h.update(b"\n");
-    h.update(hostname.as_bytes());
-    let digest = hex::encode(h.finalize());
-    format!("{label}-{}", &digest[..8])
+    if label.is_empty() {
+        "node".to_string()
+    } else {
+        label.to_string()
+    }
 }
 
 /// Whether `s` is shaped like a node id (what the coordinator accepts in a CSR).
@@ -291,12 +298,13 @@ pub fn generate_key() -> Result<rcgen::KeyPair, PkiError> {
     Ok(rcgen::KeyPair::generate()?)
 }
 
-/// A certificate signing request naming `node_id`, with `ips` as SANs. The
-/// coordinator decides the role and lifetime; the CSR only proves the key.
-pub fn node_csr(key: &rcgen::KeyPair, node_id: &str, ips: &[IpAddr]) -> Result<Vec<u8>, PkiError> {
+/// A certificate signing request with common name `name` (the name a host
+/// asks for, or an admin certificate's name) and `ips` as SANs. The
+/// coordinator decides the node id, role and lifetime; the CSR proves the key.
+pub fn node_csr(key: &rcgen::KeyPair, name: &str, ips: &[IpAddr]) -> Result<Vec<u8>, PkiError> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, node_id);
+    dn.push(rcgen::DnType::CommonName, name);
     params.distinguished_name = dn;
     params.subject_alt_names = ips
         .iter()
@@ -411,13 +419,16 @@ mod tests {
     }
 
     #[test]
-    fn node_ids_are_stable_safe_and_distinct() {
-        let a = derive_node_id("0123", "Web_01.example.com");
-        assert_eq!(a, derive_node_id("0123", "Web_01.example.com"));
-        assert!(a.starts_with("web-01-example-com-"), "{a}");
+    fn node_labels_are_safe() {
+        let a = node_label("Web_01.example.com");
+        assert_eq!(a, "web-01-example-com");
         assert!(is_valid_node_id(&a));
-        assert_ne!(a, derive_node_id("4567", "Web_01.example.com"));
-        assert!(is_valid_node_id(&derive_node_id("x", "---")));
+        assert_eq!(node_label("---"), "node");
+        assert_eq!(node_label(&"x".repeat(80)).len(), NODE_LABEL_MAX);
+        assert!(is_valid_node_id(&node_label(&format!(
+            "{}-y",
+            "x".repeat(39)
+        ))));
         assert!(!is_valid_node_id("Bad/Name"));
     }
 

@@ -311,9 +311,35 @@ pub enum AdminRequest {
     RemoveNode {
         node: String,
     },
+    /// A join token. With `node`, it enrolls exactly that existing node
+    /// (re-enrollment of a reinstalled or removed host), once.
     CreateToken {
         ttl_secs: u64,
         uses: u32,
+        node: Option<String>,
+    },
+    /// Bind host IPs to a node on the admin's word (for addresses its
+    /// connection does not come from: NAT, a second interface).
+    ApproveIps {
+        node: String,
+        ips: Vec<String>,
+    },
+    /// Withdraw approvals given with `ApproveIps`.
+    UnapproveIps {
+        node: String,
+        ips: Vec<String>,
+    },
+    /// Every admin certificate the coordinator issued.
+    ListAdmins,
+    /// Sign an admin certificate for the key in `csr_der`, named `name`.
+    IssueAdmin {
+        name: String,
+        csr_der: Vec<u8>,
+        ttl_secs: u64,
+    },
+    /// Revoke an admin certificate, by serial or (unique) name.
+    RevokeAdmin {
+        cert: String,
     },
     /// Assign an image of the coordinator's store to nodes (by node id,
     /// hostname or IP): they fetch its blobs.
@@ -505,6 +531,18 @@ pub enum AdminResponse {
         node_id: String,
     },
     Token(TokenGrant),
+    /// The node's approved IPs after an approval change.
+    Approved {
+        node_id: String,
+        approved_ips: Vec<String>,
+    },
+    Admins(Vec<AdminCertInfo>),
+    AdminIssued {
+        info: AdminCertInfo,
+        cert_pem: String,
+        ca_pem: String,
+    },
+    AdminRevoked(AdminCertInfo),
     Refused {
         reason: String,
     },
@@ -761,7 +799,13 @@ impl std::fmt::Debug for TaskEvent {
 pub struct NodeInfo {
     pub node_id: String,
     pub hostname: String,
+    /// The addresses the node reports (claims).
     pub ips: Vec<String>,
+    /// Every address claimed or approved, and what binds it to the node.
+    pub addresses: Vec<NodeAddress>,
+    /// The source address of the node's latest session, as the coordinator
+    /// saw it.
+    pub connects_from: Option<String>,
     pub status: NodeStatus,
     /// Unix seconds of the last heartbeat, if any.
     pub last_seen: Option<i64>,
@@ -774,6 +818,54 @@ pub struct NodeInfo {
     pub arch: String,
     pub cpus: u32,
     pub memory_total: u64,
+}
+
+/// An address of a node and what binds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddress {
+    pub ip: String,
+    pub binding: IpBinding,
+}
+
+/// What ties a host IP to a node. Only `Connection` and `Approved` are
+/// evidence: a plan places a host's tasks on a node only through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpBinding {
+    /// The node reports it and its session connects from it.
+    Connection,
+    /// An admin approved it (`seaport nodes approve`).
+    Approved,
+    /// Only the node says so.
+    Claimed,
+}
+
+impl IpBinding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpBinding::Connection => "connection",
+            IpBinding::Approved => "approved",
+            IpBinding::Claimed => "claimed",
+        }
+    }
+
+    /// Whether it is evidence (not only the node's word).
+    pub fn is_evidence(self) -> bool {
+        !matches!(self, IpBinding::Claimed)
+    }
+}
+
+/// An admin certificate as `seaport admin list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCertInfo {
+    pub serial: u64,
+    pub name: String,
+    /// Unix seconds.
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    /// The coordinator's own (`ROOT/coordinator/admin.pem`), renewed by it.
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -804,6 +896,8 @@ pub struct TokenGrant {
     /// Unix seconds.
     pub expires_at: i64,
     pub uses: u32,
+    /// The existing node it re-enrolls, if it is bound to one.
+    pub node: Option<String>,
 }
 
 #[cfg(test)]

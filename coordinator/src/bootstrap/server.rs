@@ -10,7 +10,10 @@
 //! still enroll (known, not expired, uses left); checking does not spend a
 //! use. Refusals say why in the body. Requests are logged with the peer,
 //! path and status, never the token. Everything is bounded: request head
-//! size, time to send it, connections at once.
+//! size, time to send it (5 s for the handshake and head together),
+//! connections at once, and connections per source (a few at once, a few
+//! more queued briefly, the rest closed without any TLS work), so idle or
+//! slow connections from one address do not keep others out.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,16 +29,24 @@ use seaport_shared::pki::JoinToken;
 use seaport_shared::tls;
 
 use super::{render_script, BootstrapError, ScriptParams};
+use crate::daemon::limits::SourceLimiter;
 use crate::state::StateError;
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 /// Time a client has to complete the handshake and send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time to send a response (the agent is a few MiB).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Connections served at once.
-const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once, from all sources together.
+const MAX_CONNECTIONS: usize = 256;
+/// Connections one source may have served at once, how many more may wait
+/// for one of those, and how long.
+const PER_SOURCE: usize = 4;
+const WAITING_PER_SOURCE: usize = 8;
+const SOURCE_WAIT: Duration = Duration::from_secs(10);
+/// Sources tracked at once.
+const MAX_SOURCES: usize = 4096;
 
 /// Decides whether a join token may fetch the agent.
 pub trait TokenValidator: Send + Sync + 'static {
@@ -63,7 +74,8 @@ struct Served {
     agent_sha256: String,
     ca_pem: String,
     quic_port: u16,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
+    sources: Arc<SourceLimiter>,
 }
 
 /// A bound, not yet running bootstrap endpoint.
@@ -124,7 +136,8 @@ impl BootstrapServer {
                 agent_sha256: cfg.agent_sha256,
                 ca_pem: cfg.ca_pem,
                 quic_port: cfg.quic_port,
-                slots: Semaphore::new(MAX_CONNECTIONS),
+                slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+                sources: SourceLimiter::new(PER_SOURCE, WAITING_PER_SOURCE, MAX_SOURCES),
             }),
         })
     }
@@ -156,17 +169,21 @@ impl BootstrapServer {
                             continue;
                         }
                     };
-                    let Ok(permit) = self.served.slots.try_acquire() else {
-                        warn!(%remote, "bootstrap endpoint busy: connection dropped");
-                        continue;
-                    };
-                    permit.forget();
                     let served = self.served.clone();
                     let acceptor = self.acceptor.clone();
                     tokio::spawn(
                         async move {
+                            let Some(_source) =
+                                served.sources.acquire(remote.ip(), SOURCE_WAIT).await
+                            else {
+                                info!("too many connections from this source: closed");
+                                return;
+                            };
+                            let Ok(_slot) = served.slots.clone().try_acquire_owned() else {
+                                warn!("bootstrap endpoint busy: connection dropped");
+                                return;
+                            };
                             handle(&served, acceptor, stream).await;
-                            served.slots.add_permits(1);
                         }
                         .instrument(info_span!("bootstrap", %remote)),
                     );

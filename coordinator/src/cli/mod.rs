@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod admins;
 mod bootstrap;
 mod cluster;
 mod coordinator;
@@ -63,8 +64,10 @@ pub enum Command {
     /// Join tokens for enrolling agents.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// The enrolled nodes: list, or remove (revoke) one.
+    /// The enrolled nodes: list, remove (revoke) one, approve host IPs.
     Nodes(nodes::NodesArgs),
+    /// Admin certificates: list, issue, revoke.
+    Admin(admins::AdminArgs),
     /// Send an image's layers to nodes (peer-to-peer), and show progress.
     Distribute(distribute::DistributeArgs),
     /// Install a cluster image on hosts: -m masters, -n workers (by IP).
@@ -119,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Coordinator(cmd) => coordinator::run(&root, cmd),
         Command::Token(cmd) => token::run(&root, cmd),
         Command::Nodes(args) => nodes::run(&root, args),
+        Command::Admin(args) => admins::run(&root, args),
         Command::Distribute(args) => distribute::run(&root, args),
         Command::Bootstrap(cmd) => bootstrap::run(&root, cmd),
         Command::Run(args) => cluster::run(&root, args),

@@ -1,4 +1,5 @@
-//! `seaport nodes [--json]` and `seaport nodes remove NODE`.
+//! `seaport nodes [--json]`, `seaport nodes remove NODE`, and
+//! `seaport nodes approve|unapprove NODE --ip IP`.
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use crate::admin::{self, AdminClient, AdminError};
 use crate::ca::CoordinatorPaths;
 use crate::daemon;
 use crate::state::{StateError, Store};
-use seaport_shared::wire::{AdminRequest, AdminResponse, NodeInfo};
+use seaport_shared::wire::{AdminRequest, AdminResponse, NodeAddress, NodeInfo};
 
 #[derive(Debug, clap::Args)]
 pub struct NodesArgs {
@@ -26,10 +27,29 @@ pub struct NodesArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum NodesCommand {
-    /// Revoke a node (by node id or hostname): its certificate is refused from now on.
+    /// Revoke a node (by node id or hostname): its certificate is refused
+    /// from now on, and it comes back only with `seaport token create --node`.
     Remove {
         /// Node id or hostname.
         node: String,
+    },
+    /// Bind host IPs to a node on your word, for addresses its connection
+    /// does not come from (NAT, another interface). Plans place a host's
+    /// tasks on a node only for IPs bound by its connection or approved.
+    Approve {
+        /// Node id or hostname.
+        node: String,
+        /// Host IP to bind (repeat, or comma-separated).
+        #[arg(long = "ip", required = true, value_delimiter = ',')]
+        ips: Vec<String>,
+    },
+    /// Withdraw approvals given with `seaport nodes approve`.
+    Unapprove {
+        /// Node id or hostname.
+        node: String,
+        /// Host IP (repeat, or comma-separated).
+        #[arg(long = "ip", required = true, value_delimiter = ',')]
+        ips: Vec<String>,
     },
 }
 
@@ -38,7 +58,12 @@ pub enum NodesCommand {
 struct NodeView {
     node_id: String,
     hostname: String,
+    /// What the node reports.
     ips: Vec<String>,
+    /// Claimed and approved addresses with what binds each: `connection`
+    /// (its session comes from it), `approved`, or `claimed` (only its word).
+    addresses: Vec<NodeAddress>,
+    connects_from: Option<String>,
     status: &'static str,
     last_seen: Option<String>,
     agent_version: String,
@@ -63,9 +88,16 @@ pub(crate) fn rfc3339(t: i64) -> String {
 }
 
 pub fn run(root: &Path, args: NodesArgs) -> anyhow::Result<()> {
+    let explicit = args.coordinator.as_deref();
     match args.command {
-        None => list(root, args.json, args.coordinator.as_deref()),
-        Some(NodesCommand::Remove { ref node }) => remove(root, node, args.coordinator.as_deref()),
+        None => list(root, args.json, explicit),
+        Some(NodesCommand::Remove { ref node }) => remove(root, node, explicit),
+        Some(NodesCommand::Approve { ref node, ref ips }) => {
+            approve(root, node, ips, true, explicit)
+        }
+        Some(NodesCommand::Unapprove { ref node, ref ips }) => {
+            approve(root, node, ips, false, explicit)
+        }
     }
 }
 
@@ -84,7 +116,7 @@ async fn ask(root: &Path, addr: &str, req: AdminRequest) -> Result<AdminResponse
 
 /// Runs `req` against the running coordinator, or `offline` on the state
 /// database when no coordinator runs (the database is then not locked).
-fn with_coordinator<T>(
+pub(super) fn with_coordinator<T>(
     root: &Path,
     explicit: Option<&str>,
     req: AdminRequest,
@@ -152,6 +184,8 @@ fn view(n: NodeInfo) -> NodeView {
         node_id: n.node_id,
         hostname: n.hostname,
         ips: n.ips,
+        addresses: n.addresses,
+        connects_from: n.connects_from,
         agent_version: n.agent_version,
         os: n.os,
         kernel: n.kernel,
@@ -161,6 +195,19 @@ fn view(n: NodeInfo) -> NodeView {
     }
 }
 
+/// `IP (binding)` for each address: only `connection` and `approved` bind
+/// a host IP to the node.
+fn addresses_cell(addresses: &[NodeAddress]) -> String {
+    if addresses.is_empty() {
+        return "-".into();
+    }
+    addresses
+        .iter()
+        .map(|a| format!("{} ({})", a.ip, a.binding.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn print_table(nodes: &[NodeInfo]) {
     let rows: Vec<[String; 7]> = nodes
         .iter()
@@ -168,7 +215,7 @@ fn print_table(nodes: &[NodeInfo]) {
             [
                 n.node_id.clone(),
                 n.hostname.clone(),
-                n.ips.join(","),
+                addresses_cell(&n.addresses),
                 n.status.as_str().to_string(),
                 n.last_seen.map(rfc3339).unwrap_or_else(|| "never".into()),
                 n.agent_version.clone(),
@@ -223,5 +270,46 @@ fn remove(root: &Path, node: &str, explicit: Option<&str>) -> anyhow::Result<()>
     )
     .with_context(|| format!("removing node {node}"))?;
     println!("revoked node {node_id}: its certificate is refused from now on");
+    Ok(())
+}
+
+fn approve(
+    root: &Path,
+    node: &str,
+    ips: &[String],
+    approve: bool,
+    explicit: Option<&str>,
+) -> anyhow::Result<()> {
+    let req = if approve {
+        AdminRequest::ApproveIps {
+            node: node.to_string(),
+            ips: ips.to_vec(),
+        }
+    } else {
+        AdminRequest::UnapproveIps {
+            node: node.to_string(),
+            ips: ips.to_vec(),
+        }
+    };
+    let (node_id, approved) = with_coordinator(
+        root,
+        explicit,
+        req,
+        |resp| match resp {
+            AdminResponse::Approved {
+                node_id,
+                approved_ips,
+            } => Ok((node_id, approved_ips)),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+        },
+        |store| Ok(store.approve_ips(node, ips, approve)?),
+    )
+    .with_context(|| format!("changing the approved IPs of node {node}"))?;
+    let list = if approved.is_empty() {
+        "none".to_string()
+    } else {
+        approved.join(", ")
+    };
+    println!("node {node_id}: approved IPs {list}");
     Ok(())
 }

@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::admin::{self, AdminClient};
-use crate::ca::{Ca, CoordinatorPaths};
+use crate::ca::Ca;
 use crate::daemon::read_serve_info;
-use crate::state::{StateError, Store};
 use crate::tokens;
 use seaport_shared::wire::{AdminRequest, AdminResponse, TokenGrant};
 
@@ -26,6 +24,11 @@ pub struct CreateArgs {
     /// How many agents may join with it.
     #[arg(long, default_value_t = 1)]
     pub uses: u32,
+    /// Make the token for one existing node (id or hostname): it enrolls
+    /// exactly that node again, once (a reinstalled or removed host). No
+    /// other token enrolls under an existing node id.
+    #[arg(long)]
+    pub node: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -43,15 +46,30 @@ pub fn run(root: &Path, cmd: TokenCommand) -> anyhow::Result<()> {
 
 fn create(root: &Path, args: CreateArgs) -> anyhow::Result<()> {
     let ttl_secs = args.ttl.as_secs();
-    let paths = CoordinatorPaths::new(root);
-    let grant = match Store::open(&paths.state_db()) {
-        Ok(store) => {
+    let grant = super::nodes::with_coordinator(
+        root,
+        args.coordinator.as_deref(),
+        AdminRequest::CreateToken {
+            ttl_secs,
+            uses: args.uses,
+            node: args.node.clone(),
+        },
+        |resp| match resp {
+            AdminResponse::Token(grant) => Ok(grant),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+        },
+        |store| {
             let ca = Ca::load(root)?;
-            tokens::create(&store, &ca, ttl_secs, args.uses)?
-        }
-        Err(StateError::Busy(_)) => via_coordinator(root, &args, ttl_secs)?,
-        Err(e) => return Err(e.into()),
-    };
+            Ok(tokens::create(
+                store,
+                &ca,
+                ttl_secs,
+                args.uses,
+                args.node.as_deref(),
+            )?)
+        },
+    )
+    .context("creating a join token")?;
     let expires = super::nodes::rfc3339(grant.expires_at);
     if args.json {
         let out = serde_json::json!({
@@ -59,6 +77,7 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<()> {
             "ca_pin": grant.ca_pin,
             "expires_at": expires,
             "uses": grant.uses,
+            "node": grant.node,
             "join_command": join_command(root, &args, &grant),
         });
         println!("{out}");
@@ -66,34 +85,16 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<()> {
         println!("token:   {}", grant.token);
         println!("ca pin:  {}", grant.ca_pin);
         println!("expires: {expires} ({} use(s))", grant.uses);
+        if let Some(node) = &grant.node {
+            println!(
+                "enrolls: node {node} again (its older certificates are refused from then on)"
+            );
+        }
         println!();
         println!("join a host with:");
         println!("  {}", join_command(root, &args, &grant));
     }
     Ok(())
-}
-
-fn via_coordinator(root: &Path, args: &CreateArgs, ttl_secs: u64) -> anyhow::Result<TokenGrant> {
-    let addr = admin::coordinator_addr(root, args.coordinator.as_deref())?.context(
-        "the state database is in use but no running coordinator address was found; pass --coordinator",
-    )?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let client = AdminClient::connect(root, &addr).await?;
-        let resp = client
-            .request(&AdminRequest::CreateToken {
-                ttl_secs,
-                uses: args.uses,
-            })
-            .await;
-        client.close().await;
-        match resp? {
-            AdminResponse::Token(grant) => Ok(grant),
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
-        }
-    })
 }
 
 fn join_command(root: &Path, args: &CreateArgs, grant: &TokenGrant) -> String {

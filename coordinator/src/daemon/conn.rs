@@ -1,9 +1,14 @@
 //! One connection: who the peer is (from its verified certificate, never
 //! from a message) decides what it may do.
 //!
-//! - no client certificate: one `Enroll` stream, then the connection ends;
+//! - no client certificate: one `Enroll` stream, then the connection ends
+//!   (bounded per source, one short deadline for the whole exchange);
 //! - `OU=node`: one `Control` stream at a time, reporting only as itself;
-//! - `OU=admin`: any number of `Admin` streams, one request each.
+//!   the connection's source address is recorded as evidence of the host
+//!   IP the node serves;
+//! - `OU=admin`: any number of `Admin` streams, one request each, while
+//!   the certificate is recorded and not revoked (checked at connection and
+//!   at every request).
 //!
 //! Any framing or decoding error closes the whole connection (code
 //! `PROTOCOL`), other connections are not affected.
@@ -19,21 +24,31 @@ use seaport_shared::codec::{self, CodecError};
 use seaport_shared::pki::{self, CertInfo, JoinToken, Role};
 use seaport_shared::tls;
 use seaport_shared::wire::{
-    self, AdminRequest, AdminResponse, AgentMessage, CoordinatorMessage, EnrollRequest,
-    EnrollResponse, StreamKind, TokenGrant, WireError, CONTROL_FRAME_LIMIT, ENROLL_FRAME_LIMIT,
+    self, AdminCertInfo, AdminRequest, AdminResponse, AgentMessage, CoordinatorMessage,
+    EnrollRequest, EnrollResponse, StreamKind, TokenGrant, WireError, CONTROL_FRAME_LIMIT,
+    ENROLL_FRAME_LIMIT,
 };
 
+use super::limits::SourceSlot;
 use super::{close, node_infos, now_unix, Shared};
-use crate::ca::{Ca, CaError};
+use crate::ca::{self, Ca, CaError};
 use crate::runs::Want;
-use crate::state::{Issued, StateError};
+use crate::state::{AdminRecord, Issued, StateError};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// An unauthenticated connection must open its stream, say hello and send
+/// its enrollment request within this, all together.
+const ENROLL_DEADLINE: Duration = Duration::from_secs(5);
+/// How long an unauthenticated connection may wait for a slot.
+const ANONYMOUS_SLOT_WAIT: Duration = Duration::from_secs(3);
 
-/// Handles one incoming connection to its end.
-pub(super) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
-    let conn = match timeout(HANDSHAKE_TIMEOUT, incoming).await {
+/// Handles one incoming connection to its end. `handshake` is the
+/// source's handshake slot, given back once the handshake is over.
+pub(super) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming, handshake: SourceSlot) {
+    let accepted = timeout(HANDSHAKE_TIMEOUT, incoming).await;
+    drop(handshake);
+    let conn = match accepted {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
@@ -61,10 +76,31 @@ pub(super) async fn handle(shared: Arc<Shared>, incoming: quinn::Incoming) {
             node(shared, conn, info).instrument(span).await
         }
         Role::Admin => {
+            let check = {
+                let shared = shared.clone();
+                let serial = info.serial;
+                tokio::task::spawn_blocking(move || shared.store.check_admin(serial)).await
+            };
+            match check {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    info!(error = %e, "admin certificate refused");
+                    let reason = e.to_string();
+                    conn.close(close::REFUSED.into(), reason.as_bytes());
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "admin certificate check failed");
+                    conn.close(close::REFUSED.into(), b"internal error");
+                    return;
+                }
+            }
+            shared.admins.register(info.serial, &conn);
             let who = format!("{} (admin certificate serial {})", info.name, info.serial);
-            admin(shared, conn, who)
+            admin(shared.clone(), conn.clone(), who, info.serial)
                 .instrument(info_span!("admin"))
-                .await
+                .await;
+            shared.admins.unregister(info.serial, &conn);
         }
         Role::Coordinator => conn.close(
             close::REFUSED.into(),
@@ -125,44 +161,72 @@ async fn accept_stream(
     }
 }
 
-/// A connection without a client certificate: enrollment only.
+/// A connection without a client certificate: enrollment only. Each source
+/// holds a few such connections at once (more wait briefly, or are turned
+/// away), and the whole request must arrive within a few seconds, so idle
+/// or slow connections from one address cost little and block no one else.
 async fn anonymous(shared: Arc<Shared>, conn: quinn::Connection) {
-    // Bounded: past the limit, wait a little for a slot before refusing.
-    let Ok(Ok(_permit)) = timeout(STREAM_TIMEOUT, shared.anonymous.acquire()).await else {
+    let source = conn.remote_address().ip();
+    let Some(_source_slot) = shared
+        .anonymous_sources
+        .acquire(source, ANONYMOUS_SLOT_WAIT)
+        .await
+    else {
+        debug!("too many unauthenticated connections from this source");
+        conn.close(
+            close::REFUSED.into(),
+            b"too many enrollments from this address at once; retry",
+        );
+        return;
+    };
+    let Ok(Ok(_permit)) = timeout(ANONYMOUS_SLOT_WAIT, shared.anonymous.acquire()).await else {
         conn.close(
             close::REFUSED.into(),
             b"too many enrollments at once; retry",
         );
         return;
     };
-    let (mut send, mut recv) = match timeout(STREAM_TIMEOUT, conn.accept_bi()).await {
-        Ok(Ok(s)) => s,
-        _ => {
+    let exchange = timeout(ENROLL_DEADLINE, async {
+        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
             conn.close(close::PROTOCOL.into(), b"no enrollment stream");
-            return;
+            return None;
+        };
+        let kind = accept_stream(&conn, &mut send, &mut recv, |kind| match kind {
+            StreamKind::Enroll => Ok(()),
+            _ => Err(
+                "this connection has no client certificate: only enrollment is allowed".to_string(),
+            ),
+        })
+        .await;
+        if kind.is_none() {
+            return Some(None);
         }
-    };
-    let kind = accept_stream(&conn, &mut send, &mut recv, |kind| match kind {
-        StreamKind::Enroll => Ok(()),
-        _ => {
-            Err("this connection has no client certificate: only enrollment is allowed".to_string())
+        match codec::read_msg::<_, EnrollRequest>(&mut recv, ENROLL_FRAME_LIMIT).await {
+            Ok(Some(req)) => Some(Some((send, req))),
+            Ok(None) => None,
+            Err(e) => {
+                protocol_error(&conn, &e);
+                None
+            }
         }
     })
     .await;
-    if kind.is_none() {
-        let _ = timeout(Duration::from_secs(2), conn.closed()).await;
-        return;
-    }
-    let req: EnrollRequest = match timeout(
-        STREAM_TIMEOUT,
-        codec::read_msg(&mut recv, ENROLL_FRAME_LIMIT),
-    )
-    .await
-    {
-        Ok(Ok(Some(req))) => req,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => return protocol_error(&conn, &e),
-        Err(_) => return protocol_error(&conn, &"no enrollment request within 10 s"),
+    let (mut send, req) = match exchange {
+        Ok(Some(Some(got))) => got,
+        Ok(Some(None)) => {
+            let _ = timeout(Duration::from_secs(2), conn.closed()).await;
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            return protocol_error(
+                &conn,
+                &format!(
+                    "no enrollment request within {}s",
+                    ENROLL_DEADLINE.as_secs()
+                ),
+            )
+        }
     };
     let response = enroll(&shared, req).await;
     if let EnrollResponse::Refused { reason } = &response {
@@ -181,26 +245,33 @@ async fn enroll(shared: &Arc<Shared>, req: EnrollRequest) -> EnrollResponse {
     let Ok(token) = JoinToken::parse(&req.token) else {
         return refused(StateError::TokenInvalid.to_string());
     };
-    let node_id = match Ca::csr_common_name(&req.csr_der) {
-        Ok(id) if pki::is_valid_node_id(&id) => id,
-        Ok(id) => return refused(format!("CSR names {id:?}, which is not a valid node id")),
+    // The name the host asks for: a label the coordinator makes a new node
+    // id from (or, if it is an existing node id, a request the store
+    // refuses unless the token was made for that node).
+    let requested = match Ca::csr_common_name(&req.csr_der) {
+        Ok(name) if pki::is_valid_node_id(&name) => name,
+        Ok(name) => {
+            return refused(format!(
+                "CSR names {name:?}, which is not a valid node name"
+            ))
+        }
         Err(e) => return refused(e.to_string()),
     };
     let task_shared = shared.clone();
-    let task_node = node_id.clone();
     let result = tokio::task::spawn_blocking(move || {
         let shared = task_shared;
         shared
             .store
-            .enroll(&token, &task_node, now_unix(), |serial| {
-                sign(&shared, &req.csr_der, &task_node, serial)
+            .enroll(&token, &requested, now_unix(), |node_id, serial| {
+                sign(&shared, &req.csr_der, node_id, serial)
             })
     })
     .await;
     match result {
-        Ok(Ok(issued)) => {
+        Ok(Ok((node_id, issued))) => {
             info!(node = %node_id, expires = issued.expires, "node enrolled");
-            // A node enrolling again replaces its old session.
+            // A node enrolled again (with a token made for it) replaces its
+            // old session.
             shared
                 .live
                 .close(&node_id, close::REPLACED, "node enrolled again");
@@ -230,8 +301,8 @@ async fn node(shared: Arc<Shared>, conn: quinn::Connection, info: CertInfo) {
         let (name, serial) = (info.name.clone(), info.serial);
         tokio::task::spawn_blocking(move || shared.store.check_node_cert(&name, serial)).await
     };
-    match check {
-        Ok(Ok(_)) => {}
+    let record = match check {
+        Ok(Ok(record)) => record,
         Ok(Err(e)) => {
             info!(error = %e, "node certificate refused");
             let reason = e.to_string();
@@ -242,6 +313,20 @@ async fn node(shared: Arc<Shared>, conn: quinn::Connection, info: CertInfo) {
             warn!(error = %e, "certificate check failed");
             conn.close(close::REFUSED.into(), b"internal error");
             return;
+        }
+    };
+    // Where this session comes from is the coordinator's own observation,
+    // not the node's word: it binds the host IP the node serves.
+    let source = conn.remote_address().ip().to_canonical().to_string();
+    if record.observed_ip.as_deref() != Some(source.as_str()) {
+        let shared = shared.clone();
+        let name = info.name.clone();
+        let src = source.clone();
+        let res =
+            tokio::task::spawn_blocking(move || shared.store.observe(&name, &src, now_unix()))
+                .await;
+        if let Ok(Err(e)) = res {
+            warn!(error = %e, "could not record the node's address");
         }
     }
     if let Some(old) = shared
@@ -335,7 +420,7 @@ async fn control(
                 let expires = shared.live.cert_expires(me).unwrap_or(info.not_after);
                 if expires <= now {
                     let reason = format!(
-                        "the certificate of node {me} expired; join again with a new token"
+                        "the certificate of node {me} expired; join again with a token made for it (`seaport token create --node {me}`)"
                     );
                     return refuse_and_close(conn, send, reason).await;
                 }
@@ -398,8 +483,9 @@ async fn refuse_and_close(conn: &quinn::Connection, mut send: quinn::SendStream,
     conn.close(close::REFUSED.into(), reason.as_bytes());
 }
 
-/// An admin connection: one request per stream.
-async fn admin(shared: Arc<Shared>, conn: quinn::Connection, who: String) {
+/// An admin connection: one request per stream, each checked against the
+/// certificate's record (revoked while connected: refused and closed).
+async fn admin(shared: Arc<Shared>, conn: quinn::Connection, who: String, serial: u64) {
     let who = Arc::new(who);
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
@@ -428,7 +514,28 @@ async fn admin(shared: Arc<Shared>, conn: quinn::Connection, who: String) {
                     Ok(Err(e)) => return protocol_error(&conn, &e),
                     Err(_) => return protocol_error(&conn, &"no admin request within 10 s"),
                 };
-                let resp = admin_request(&shared, &who, req).await;
+                let check = {
+                    let shared = shared.clone();
+                    tokio::task::spawn_blocking(move || shared.store.check_admin(serial)).await
+                };
+                let resp = match check {
+                    Ok(Ok(_)) => admin_request(&shared, &who, serial, req).await,
+                    Ok(Err(e)) => {
+                        let reason = e.to_string();
+                        let resp = AdminResponse::Refused {
+                            reason: reason.clone(),
+                        };
+                        if codec::write_msg(&mut send, &resp).await.is_ok() {
+                            let _ = send.finish();
+                            let _ = timeout(Duration::from_secs(2), send.stopped()).await;
+                        }
+                        conn.close(close::REFUSED.into(), reason.as_bytes());
+                        return;
+                    }
+                    Err(e) => AdminResponse::Refused {
+                        reason: format!("internal error: {e}"),
+                    },
+                };
                 if codec::write_msg(&mut send, &resp).await.is_ok() {
                     let _ = send.finish();
                 }
@@ -438,7 +545,12 @@ async fn admin(shared: Arc<Shared>, conn: quinn::Connection, who: String) {
     }
 }
 
-async fn admin_request(shared: &Arc<Shared>, who: &str, req: AdminRequest) -> AdminResponse {
+async fn admin_request(
+    shared: &Arc<Shared>,
+    who: &str,
+    serial: u64,
+    req: AdminRequest,
+) -> AdminResponse {
     let refused = |reason: String| AdminResponse::Refused { reason };
     // Runs are driven by tasks of this runtime, not a blocking thread.
     let req = match req {
@@ -550,12 +662,59 @@ async fn admin_request(shared: &Arc<Shared>, who: &str, req: AdminRequest) -> Ad
             | AdminRequest::Drift { .. } => {
                 unreachable!("handled above")
             }
-            AdminRequest::CreateToken { ttl_secs, uses } => {
-                Ok(match create_token(&shared, ttl_secs, uses) {
+            AdminRequest::CreateToken {
+                ttl_secs,
+                uses,
+                node,
+            } => Ok(
+                match create_token(&shared, ttl_secs, uses, node.as_deref()) {
                     Ok(grant) => AdminResponse::Token(grant),
                     Err(reason) => AdminResponse::Refused { reason },
-                })
-            }
+                },
+            ),
+            AdminRequest::ApproveIps { node, ips } => shared
+                .store
+                .approve_ips(&node, &ips, true)
+                .map(|(node_id, approved_ips)| {
+                    info!(node = %node_id, ?ips, "host IPs approved");
+                    AdminResponse::Approved {
+                        node_id,
+                        approved_ips,
+                    }
+                }),
+            AdminRequest::UnapproveIps { node, ips } => shared
+                .store
+                .approve_ips(&node, &ips, false)
+                .map(|(node_id, approved_ips)| {
+                    info!(node = %node_id, ?ips, "host IP approvals withdrawn");
+                    AdminResponse::Approved {
+                        node_id,
+                        approved_ips,
+                    }
+                }),
+            AdminRequest::ListAdmins => shared
+                .store
+                .admins()
+                .map(|list| AdminResponse::Admins(list.iter().map(AdminRecord::info).collect())),
+            AdminRequest::IssueAdmin {
+                name,
+                csr_der,
+                ttl_secs,
+            } => Ok(match issue_admin(&shared, &name, &csr_der, ttl_secs) {
+                Ok((info, cert_pem)) => {
+                    info!(serial = info.serial, name = %info.name, "admin certificate issued");
+                    AdminResponse::AdminIssued {
+                        info,
+                        cert_pem,
+                        ca_pem: shared.ca.cert_pem().to_string(),
+                    }
+                }
+                Err(reason) => AdminResponse::Refused { reason },
+            }),
+            AdminRequest::RevokeAdmin { cert } => Ok(match revoke_admin(&shared, &cert, serial) {
+                Ok(info) => AdminResponse::AdminRevoked(info),
+                Err(reason) => AdminResponse::Refused { reason },
+            }),
         }
     })
     .await;
@@ -576,6 +735,54 @@ fn accepted(r: Result<(String, u64), String>) -> AdminResponse {
     }
 }
 
-fn create_token(shared: &Shared, ttl_secs: u64, uses: u32) -> Result<TokenGrant, String> {
-    crate::tokens::create(&shared.store, &shared.ca, ttl_secs, uses).map_err(|e| e.to_string())
+fn create_token(
+    shared: &Shared,
+    ttl_secs: u64,
+    uses: u32,
+    node: Option<&str>,
+) -> Result<TokenGrant, String> {
+    crate::tokens::create(&shared.store, &shared.ca, ttl_secs, uses, node)
+        .map_err(|e| e.to_string())
+}
+
+fn issue_admin(
+    shared: &Shared,
+    name: &str,
+    csr_der: &[u8],
+    ttl_secs: u64,
+) -> Result<(AdminCertInfo, String), String> {
+    crate::tokens::issue_admin(&shared.store, &shared.ca, name, csr_der, ttl_secs)
+        .map_err(|e| e.to_string())
+}
+
+/// Revokes an admin certificate (not the one asking) and closes its open
+/// connections; the coordinator's own is then re-issued at once.
+fn revoke_admin(shared: &Shared, cert: &str, asking: u64) -> Result<AdminCertInfo, String> {
+    let rec = shared
+        .store
+        .resolve_admin(cert)
+        .map_err(|e| e.to_string())?;
+    if rec.serial == asking {
+        return Err(format!(
+            "admin certificate serial {} is the one making this request: issue another (`seaport admin issue`) and revoke this one with it",
+            rec.serial
+        ));
+    }
+    let rec = shared
+        .store
+        .revoke_admin(rec.serial, now_unix())
+        .map_err(|e| e.to_string())?;
+    let closed = shared.admins.close(
+        rec.serial,
+        close::REFUSED,
+        &format!("admin certificate serial {} was revoked", rec.serial),
+    );
+    info!(serial = rec.serial, name = %rec.name, closed, "admin certificate revoked");
+    if rec.local {
+        match ca::ensure_local_admin(&shared.root, &shared.store, &shared.ca) {
+            Ok(_) => info!("issued a new local admin certificate"),
+            Err(e) => warn!(error = %e, "could not re-issue the local admin certificate"),
+        }
+    }
+    Ok(rec.info())
 }

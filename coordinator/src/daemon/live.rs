@@ -5,6 +5,42 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// Open admin connections by certificate serial, so revoking a
+/// certificate closes the connections that use it.
+#[derive(Default)]
+pub(crate) struct AdminSessions {
+    inner: Mutex<HashMap<u64, Vec<quinn::Connection>>>,
+}
+
+impl AdminSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<quinn::Connection>>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register(&self, serial: u64, conn: &quinn::Connection) {
+        self.lock().entry(serial).or_default().push(conn.clone());
+    }
+
+    pub(crate) fn unregister(&self, serial: u64, conn: &quinn::Connection) {
+        let mut inner = self.lock();
+        if let Some(list) = inner.get_mut(&serial) {
+            list.retain(|c| c.stable_id() != conn.stable_id());
+            if list.is_empty() {
+                inner.remove(&serial);
+            }
+        }
+    }
+
+    /// Closes every connection of a certificate; returns how many.
+    pub(crate) fn close(&self, serial: u64, code: u32, reason: &str) -> usize {
+        let conns = self.lock().remove(&serial).unwrap_or_default();
+        for c in &conns {
+            c.close(code.into(), reason.as_bytes());
+        }
+        conns.len()
+    }
+}
+
 use seaport_shared::wire::HostFacts;
 
 struct LiveEntry {

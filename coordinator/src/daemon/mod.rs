@@ -5,9 +5,12 @@
 //!   then closes every session, flushes live state and returns.
 //! - `conn.rs`: one task per connection; the peer's role comes from its
 //!   verified certificate (none: enrollment only).
-//! - `live.rs`: the sessions currently connected, their last heartbeat.
+//! - `live.rs`: the sessions currently connected, their last heartbeat;
+//!   open admin connections by certificate serial.
+//! - `limits.rs`: per-source limits on what needs no credentials.
 
 mod conn;
+pub mod limits;
 mod live;
 
 use std::future::Future;
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use seaport_shared::pki::{self, PkiError};
 use seaport_shared::tls;
@@ -27,15 +30,31 @@ use seaport_shared::wire::{NodeInfo, NodeStatus, OFFLINE_AFTER};
 use crate::ca::{self, Ca, CaError, CoordinatorPaths};
 use crate::distribution::Distribution;
 use crate::state::{NodeRecord, StateError, Store};
+use limits::SourceLimiter;
 
 pub use live::LiveSessions;
 
 /// Default node certificate lifetime.
 pub const DEFAULT_NODE_CERT_TTL: Duration = Duration::from_secs(30 * 86_400);
-/// Unauthenticated connections (enrollments) handled at once.
-const MAX_ANONYMOUS: usize = 64;
+/// Unauthenticated connections (enrollments) handled at once, from all
+/// sources together.
+const MAX_ANONYMOUS: usize = 256;
+/// Unauthenticated connections one source may hold at once, and how many
+/// more of its connections may wait for one of those.
+const ANONYMOUS_PER_SOURCE: usize = 4;
+const ANONYMOUS_WAITING_PER_SOURCE: usize = 8;
+/// Handshakes one source may have in progress at once.
+const HANDSHAKES_PER_SOURCE: usize = 64;
+/// Sources tracked at once by each limit.
+const MAX_SOURCES: usize = 4096;
+/// Past this many sources with handshakes in progress, a client whose
+/// address QUIC has not validated gets a stateless retry first (spoofed
+/// sources then cost no state).
+const RETRY_ABOVE_SOURCES: usize = 256;
 /// How often live last-seen times are written to the state database.
 const FLUSH_EVERY: Duration = Duration::from_secs(60);
+/// How often the coordinator checks its own admin certificate.
+const LOCAL_ADMIN_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
 
 /// QUIC application close codes.
 pub(crate) mod close {
@@ -87,6 +106,14 @@ pub(crate) struct Shared {
     pub(crate) live: LiveSessions,
     pub(crate) node_cert_ttl: Duration,
     pub(crate) anonymous: Semaphore,
+    /// Per-source limits: handshakes in progress, unauthenticated
+    /// connections.
+    pub(crate) handshakes: Arc<SourceLimiter>,
+    pub(crate) anonymous_sources: Arc<SourceLimiter>,
+    /// Open admin connections, to close when their certificate is revoked.
+    pub(crate) admins: live::AdminSessions,
+    /// Root of the coordinator's files (`--root`).
+    pub(crate) root: PathBuf,
     pub(crate) dist: Distribution,
     pub(crate) runs: crate::runs::Runs,
     /// Root of the image store (`--root`).
@@ -131,6 +158,11 @@ impl Daemon {
         let paths = CoordinatorPaths::new(root);
         let ca = Ca::load(root)?;
         let store = Store::open(&paths.state_db())?;
+        // The CLI on this machine needs a current, recorded admin
+        // certificate (installs from before admin records get a new one).
+        if ca::ensure_local_admin(root, &store, &ca)? {
+            info!("issued a new local admin certificate");
+        }
         let id = ca::server_identity(root)?;
         let mut chain = id.chain;
         chain.push(id.ca.clone());
@@ -149,6 +181,14 @@ impl Daemon {
                 live: LiveSessions::default(),
                 node_cert_ttl: opts.node_cert_ttl,
                 anonymous: Semaphore::new(MAX_ANONYMOUS),
+                handshakes: SourceLimiter::new(HANDSHAKES_PER_SOURCE, 0, MAX_SOURCES),
+                anonymous_sources: SourceLimiter::new(
+                    ANONYMOUS_PER_SOURCE,
+                    ANONYMOUS_WAITING_PER_SOURCE,
+                    MAX_SOURCES,
+                ),
+                admins: live::AdminSessions::default(),
+                root: root.to_path_buf(),
                 dist: Distribution::new(root, &paths.dir),
                 runs: crate::runs::Runs::default(),
                 image_root: root.to_path_buf(),
@@ -195,6 +235,20 @@ impl Daemon {
                 .instrument(info_span!("flush")),
             )
         };
+        let admin_renewer = {
+            let shared = self.shared.clone();
+            tokio::spawn(
+                async move {
+                    let mut tick = tokio::time::interval(LOCAL_ADMIN_CHECK_EVERY);
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
+                        renew_local_admin(&shared).await;
+                    }
+                }
+                .instrument(info_span!("local_admin")),
+            )
+        };
 
         tokio::pin!(shutdown);
         loop {
@@ -202,9 +256,23 @@ impl Daemon {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let remote = incoming.remote_address();
+                    if !incoming.remote_address_validated()
+                        && self.shared.handshakes.sources() > RETRY_ABOVE_SOURCES
+                    {
+                        if let Err(e) = incoming.retry() {
+                            e.into_incoming().ignore();
+                        }
+                        continue;
+                    }
+                    let Some(slot) = self.shared.handshakes.try_acquire(remote.ip()) else {
+                        debug!(%remote, "too many handshakes from this source: refused");
+                        incoming.refuse();
+                        continue;
+                    };
                     let shared = self.shared.clone();
                     tokio::spawn(
-                        conn::handle(shared, incoming).instrument(info_span!("conn", %remote)),
+                        conn::handle(shared, incoming, slot)
+                            .instrument(info_span!("conn", %remote)),
                     );
                 }
                 () = &mut shutdown => break,
@@ -213,6 +281,7 @@ impl Daemon {
 
         info!("shutting down: closing sessions");
         flusher.abort();
+        admin_renewer.abort();
         self.endpoint
             .close(close::SHUTDOWN.into(), b"coordinator shutting down");
         flush(&self.shared).await;
@@ -220,6 +289,21 @@ impl Daemon {
         let _ = std::fs::remove_file(self.paths.serve_info());
         info!("coordinator stopped");
         Ok(())
+    }
+}
+
+/// Re-issues the coordinator's own admin certificate when it needs it.
+pub(crate) async fn renew_local_admin(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        ca::ensure_local_admin(&shared.root, &shared.store, &shared.ca)
+    })
+    .await;
+    match res {
+        Ok(Ok(true)) => info!("issued a new local admin certificate"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => warn!(error = %e, "could not renew the local admin certificate"),
+        Err(e) => warn!(error = %e, "local admin certificate check failed"),
     }
 }
 
@@ -280,10 +364,13 @@ pub fn node_info(mut rec: NodeRecord, live: Option<live::LiveView>, now: i64) ->
     } else {
         NodeStatus::Offline
     };
+    let addresses = rec.addresses();
     NodeInfo {
         node_id: rec.node_id,
         hostname: rec.hostname,
         ips: rec.ips,
+        addresses,
+        connects_from: rec.observed_ip,
         status,
         last_seen: rec.last_seen,
         agent_version: rec.agent_version,

@@ -494,7 +494,12 @@ fn resolve_node<'a>(records: &'a [NodeRecord], want: &str) -> Result<&'a NodeRec
     }
     let by: Vec<&NodeRecord> = records
         .iter()
-        .filter(|r| r.hostname == want || r.ips.iter().any(|ip| ip == want))
+        .filter(|r| {
+            // An IP names a node only when it is bound to it by evidence.
+            r.hostname == want
+                || r.binding(want)
+                    .is_some_and(seaport_shared::wire::IpBinding::is_evidence)
+        })
         .collect();
     match by.as_slice() {
         [one] => Ok(one),
@@ -591,11 +596,12 @@ mod tests {
 
         let state = Store::create(&dir.path().join("state.redb")).unwrap();
         let token = seaport_shared::pki::JoinToken::generate();
-        state.add_token(&token, 100, 600, 2).unwrap();
+        state.add_token(&token, 100, 600, 2, None).unwrap();
         let mut updates = Vec::new();
-        for (id, arch) in [("amd-1", "x86_64"), ("arm-1", "aarch64")] {
-            state
-                .enroll(&token, id, 110, |_| {
+        let mut ids = Vec::new();
+        for (label, arch) in [("amd", "x86_64"), ("arm", "aarch64")] {
+            let (id, _) = state
+                .enroll(&token, label, 110, |_, _| {
                     Ok(crate::state::Issued {
                         cert_pem: String::new(),
                         expires: 1_000_000,
@@ -603,35 +609,37 @@ mod tests {
                 })
                 .unwrap();
             let facts = HostFacts {
-                hostname: format!("host-{id}"),
+                hostname: format!("host-{label}"),
                 arch: arch.into(),
                 ..HostFacts::default()
             };
-            updates.push((id.to_string(), Some(facts), Some(120)));
+            updates.push((id.clone(), Some(facts), Some(120)));
+            ids.push(id);
         }
+        let (amd_id, arm_id) = (ids[0].as_str(), ids[1].as_str());
         state.update_nodes(&updates).unwrap();
 
         let dist = Distribution::new(&root, &dir.path().join("coordinator"));
         let a = dist
-            .assign(&state, "multi:v1", &["amd-1".into(), "arm-1".into()], 130)
+            .assign(&state, "multi:v1", &[amd_id.into(), arm_id.into()], 130)
             .unwrap();
         let index_digest = images.lookup("multi:v1").unwrap().manifest.digest;
         assert_eq!(a.manifest_digest, index_digest);
         let has = |node: &str, d: &Digest| a.blobs_of(node).iter().any(|(b, _)| b == d);
-        assert!(has("amd-1", &index_digest) && has("arm-1", &index_digest));
-        assert!(has("amd-1", &amd.digest) && has("amd-1", &amd_layer));
-        assert!(!has("amd-1", &arm_layer) && !has("amd-1", &arm.digest));
-        assert!(has("arm-1", &arm_layer) && !has("arm-1", &amd_layer));
+        assert!(has(amd_id, &index_digest) && has(arm_id, &index_digest));
+        assert!(has(amd_id, &amd.digest) && has(amd_id, &amd_layer));
+        assert!(!has(amd_id, &arm_layer) && !has(amd_id, &arm.digest));
+        assert!(has(arm_id, &arm_layer) && !has(arm_id, &amd_layer));
         // Only its own platform's blobs are served to a node.
-        assert!(dist.allowed(&state, "amd-1", &amd_layer).unwrap());
-        assert!(!dist.allowed(&state, "amd-1", &arm_layer).unwrap());
-        assert!(dist.allowed(&state, "arm-1", &arm_layer).unwrap());
+        assert!(dist.allowed(&state, amd_id, &amd_layer).unwrap());
+        assert!(!dist.allowed(&state, amd_id, &arm_layer).unwrap());
+        assert!(dist.allowed(&state, arm_id, &arm_layer).unwrap());
         // And only those are what its syncs tell it to fetch.
         let sync = dist
             .sync(
                 &state,
                 &|_| true,
-                "amd-1",
+                amd_id,
                 None,
                 SyncRequest {
                     peer_port: 0,
@@ -648,14 +656,14 @@ mod tests {
         let amd_total = status.images[0]
             .nodes
             .iter()
-            .find(|n| n.node_id == "amd-1")
+            .find(|n| n.node_id == amd_id)
             .unwrap()
             .total_bytes;
-        let own: u64 = a.blobs_of("amd-1").iter().map(|(_, s)| *s).sum();
+        let own: u64 = a.blobs_of(amd_id).iter().map(|(_, s)| *s).sum();
         assert_eq!(amd_total, own);
 
         let err = dist
-            .assign(&state, "arm-only:v1", &["amd-1".into()], 140)
+            .assign(&state, "arm-only:v1", &[amd_id.into()], 140)
             .unwrap_err()
             .to_string();
         assert!(

@@ -27,14 +27,26 @@ impl Coordinator {
     /// Initializes `root` (keeping an existing CA) and serves on `listen`.
     pub async fn start(root: &Path, listen: SocketAddr, node_cert_ttl: Duration) -> Coordinator {
         seaport::ca::init(root).expect("coordinator init");
-        let daemon = Daemon::bind(
-            root,
-            ServeOptions {
-                listen,
-                node_cert_ttl,
-            },
-        )
-        .expect("coordinator bind");
+        // After a restart in the same process, connection tasks of the
+        // stopped coordinator may hold its socket for a few more seconds.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let daemon = loop {
+            match Daemon::bind(
+                root,
+                ServeOptions {
+                    listen,
+                    node_cert_ttl,
+                },
+            ) {
+                Ok(d) => break d,
+                Err(seaport::daemon::DaemonError::Bind { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => panic!("coordinator bind: {e}"),
+            }
+        };
         let addr = daemon.local_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -89,9 +101,29 @@ impl Coordinator {
 
     pub async fn token(&self, ttl_secs: u64, uses: u32) -> TokenGrant {
         match self
-            .admin(AdminRequest::CreateToken { ttl_secs, uses })
+            .admin(AdminRequest::CreateToken {
+                ttl_secs,
+                uses,
+                node: None,
+            })
             .await
             .expect("create token")
+        {
+            AdminResponse::Token(t) => t,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// A one-use token made for an existing node (`token create --node`).
+    pub async fn token_for(&self, node: &str) -> TokenGrant {
+        match self
+            .admin(AdminRequest::CreateToken {
+                ttl_secs: 600,
+                uses: 1,
+                node: Some(node.to_string()),
+            })
+            .await
+            .expect("create a token for a node")
         {
             AdminResponse::Token(t) => t,
             other => panic!("unexpected answer {other:?}"),
@@ -231,4 +263,187 @@ pub async fn closed_by_peer(conn: &quinn::Connection, limit: Duration) -> quinn:
     tokio::time::timeout(limit, conn.closed())
         .await
         .expect("the coordinator should have closed the connection")
+}
+
+impl Coordinator {
+    /// Stops it and starts it again on the same root and address (a
+    /// restart in the middle of an attack).
+    pub async fn restart(self, node_cert_ttl: Duration) -> Coordinator {
+        let (root, addr) = (self.root.clone(), self.addr);
+        self.stop().await;
+        Coordinator::start(&root, addr, node_cert_ttl).await
+    }
+
+    /// One enrollment as a modified agent would send it: any CSR, any
+    /// token, from any local address.
+    pub async fn enroll_raw(
+        &self,
+        from: std::net::IpAddr,
+        token: &str,
+        csr_der: Vec<u8>,
+    ) -> seaport_shared::wire::EnrollResponse {
+        use seaport_shared::wire::{self, EnrollRequest, EnrollResponse, StreamKind};
+        let pin = seaport_shared::pki::CaPin::of_cert(
+            &seaport::ca::Ca::load(&self.root).unwrap().cert_der()[..],
+        )
+        .unwrap();
+        let endpoint = quinn::Endpoint::client((from, 0).into()).unwrap();
+        let conn = endpoint
+            .connect_with(
+                seaport_shared::tls::enroll_client(pin).unwrap(),
+                self.addr,
+                wire::COORDINATOR_SERVER_NAME,
+            )
+            .unwrap()
+            .await
+            .expect("enrollment connection");
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        wire::client_handshake(&mut recv, &mut send, StreamKind::Enroll)
+            .await
+            .unwrap();
+        seaport_shared::codec::write_msg(
+            &mut send,
+            &EnrollRequest {
+                token: token.to_string(),
+                csr_der,
+            },
+        )
+        .await
+        .unwrap();
+        let _ = send.finish();
+        let resp: Option<EnrollResponse> =
+            seaport_shared::codec::read_msg(&mut recv, wire::ENROLL_FRAME_LIMIT)
+                .await
+                .unwrap();
+        conn.close(0u32.into(), b"done");
+        resp.expect("an answer to the enrollment")
+    }
+
+    /// The clusters the coordinator knows.
+    pub async fn clusters(&self) -> Vec<seaport_shared::wire::ClusterView> {
+        match self
+            .admin(AdminRequest::Clusters)
+            .await
+            .expect("list clusters")
+        {
+            AdminResponse::Clusters(c) => c,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+}
+
+/// A node session driven by hand from a chosen local address, reporting
+/// whatever facts it is given (what a root user on an enrolled host can
+/// make its agent say). It counts the task streams the coordinator opens
+/// to it.
+pub struct Impostor {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<usize>,
+}
+
+impl Impostor {
+    pub fn start(
+        coordinator: SocketAddr,
+        state_dir: &Path,
+        from: std::net::IpAddr,
+        facts: HostFacts,
+    ) -> Impostor {
+        use seaport_shared::wire::{self, AgentMessage, StreamKind};
+        let identity = seaport_agent::Identity::load(state_dir).expect("impostor identity");
+        let (tx, mut rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut tasks_seen = 0usize;
+            let endpoint = quinn::Endpoint::client((from, 0).into()).unwrap();
+            while !*rx.borrow() {
+                let session = async {
+                    let conn = endpoint
+                        .connect_with(
+                            identity.client_config().unwrap(),
+                            coordinator,
+                            wire::COORDINATOR_SERVER_NAME,
+                        )
+                        .ok()?
+                        .await
+                        .ok()?;
+                    let (mut send, mut recv) = conn.open_bi().await.ok()?;
+                    wire::client_handshake(&mut recv, &mut send, StreamKind::Control)
+                        .await
+                        .ok()?;
+                    let mut tick = tokio::time::interval(Duration::from_millis(500));
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {
+                                let hb = AgentMessage::Heartbeat {
+                                    node_id: identity.node_id.clone(),
+                                    facts: facts.clone(),
+                                };
+                                seaport_shared::codec::write_msg(&mut send, &hb).await.ok()?;
+                                let _: Option<wire::CoordinatorMessage> =
+                                    seaport_shared::codec::read_msg(
+                                        &mut recv,
+                                        wire::CONTROL_FRAME_LIMIT,
+                                    )
+                                    .await
+                                    .ok()?;
+                            }
+                            s = conn.accept_bi() => {
+                                s.ok()?;
+                                tasks_seen += 1;
+                            }
+                            _ = rx.changed() => return Some(()),
+                        }
+                    }
+                };
+                let _ = session.await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            tasks_seen
+        });
+        Impostor { stop: tx, task }
+    }
+
+    /// Stops it; returns how many task streams it was sent.
+    pub async fn stop(self) -> usize {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("impostor stops")
+            .expect("impostor task")
+    }
+}
+
+/// Builds a one-layer image named `name` into the store under `root`.
+pub fn build_image(root: &Path, name: &str) {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(ctx.path().join("etc")).unwrap();
+    std::fs::write(ctx.path().join("etc/hello.conf"), "hello\n").unwrap();
+    std::fs::write(ctx.path().join("Kubefile"), "FROM scratch\nCOPY etc etc\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_seaport"))
+        .arg("--root")
+        .arg(root)
+        .args(["build", "-f"])
+        .arg(ctx.path().join("Kubefile"))
+        .args(["-t", name])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "seaport build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Clusterfile for `image` with one master and the given workers.
+pub fn clusterfile(name: &str, image: &str, master: &str, nodes: &[&str]) -> String {
+    let mut text = format!(
+        "apiVersion: sealer.cloud/v2\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n  hosts:\n  - ips: [{master}]\n    roles: [master]\n"
+    );
+    if !nodes.is_empty() {
+        text.push_str(&format!(
+            "  - ips: [{}]\n    roles: [node]\n",
+            nodes.join(", ")
+        ));
+    }
+    text
 }
