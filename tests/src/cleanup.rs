@@ -1,5 +1,5 @@
 //! Removing what a run left behind (`down --all`, and the start of every
-//! lab, which holds the machine lock and so knows no other lab is live):
+//! lab), and nothing of a live lab (one whose slot lock is held):
 //! nspawn processes found by their recorded pids or by command lines naming
 //! our run directories, mounts and directories under the runs directory,
 //! and interfaces carrying the lab prefix. Nothing else is touched.
@@ -10,8 +10,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::cgroups;
+use crate::lock;
 use crate::mounts::{self, MountError};
-use crate::names::{LabPaths, RunId, PREFIX};
+use crate::names::{LabPaths, RunId, Slot, PREFIX};
 use crate::net::{self, NetError};
 use crate::procs;
 use crate::state::{self, RunRecord};
@@ -37,6 +38,13 @@ pub struct Removed {
 }
 
 impl Removed {
+    /// Adds what `other` removed.
+    pub fn absorb(&mut self, other: Removed) {
+        self.processes.extend(other.processes);
+        self.runs.extend(other.runs);
+        self.interfaces.extend(other.interfaces);
+    }
+
     /// True when nothing was left over.
     pub fn is_empty(&self) -> bool {
         self.processes.is_empty() && self.runs.is_empty() && self.interfaces.is_empty()
@@ -114,41 +122,74 @@ pub fn remove_run(paths: &LabPaths, id: &RunId, removed: &mut Removed) -> Result
     Ok(())
 }
 
-/// Removes every run and every lab interface except the run `keep`. Call it
-/// only while holding the machine lock, or after stopping live runs' owners.
-pub fn remove_leftovers(paths: &LabPaths, keep: Option<&RunId>) -> Result<Removed, CleanupError> {
+/// The run id a lab name starts with: `spl-1a2b3c` of `spl-1a2b3c-h2`.
+fn run_of(name: &str) -> Option<RunId> {
+    name.get(..RUN_ID_LEN).and_then(|id| RunId::parse(id).ok())
+}
+
+/// Length of a run id, `spl-` and 6 hex digits.
+const RUN_ID_LEN: usize = PREFIX.len() + 6;
+
+/// Removes what dead runs left behind, and nothing of a live lab.
+///
+/// A run is live while some process holds the lock of its slot. `held` is
+/// the slot this process has locked and not yet made a run in: runs
+/// recorded there are leftovers. Every other free slot is locked here for
+/// the whole cleanup, so no lab can start in it meanwhile; runs recorded in
+/// a slot someone else holds are left alone, and so are their bridges,
+/// nspawn processes and cgroups. A bridge, process or cgroup whose run has
+/// no record any more is a leftover (a lab writes its record before it
+/// creates any of them).
+pub fn remove_leftovers(paths: &LabPaths, held: Option<Slot>) -> Result<Removed, CleanupError> {
+    let mut ours: Vec<Slot> = held.into_iter().collect();
+    let mut guards = Vec::new();
+    for slot in Slot::all().filter(|s| Some(*s) != held) {
+        if let Ok(Some(g)) = lock::try_exclusive(&paths.slot_lock(slot)) {
+            guards.push(g);
+            ours.push(slot);
+        }
+    }
+    // A run may go when its record is gone or names a slot held here.
+    let removable = |id: &RunId| match RunRecord::load(&paths.run_dir(id)) {
+        Ok(rec) => ours.contains(&rec.slot),
+        Err(_) => true,
+    };
     let mut removed = Removed::default();
     for (id, _) in state::run_dirs(paths) {
-        if Some(&id) != keep {
+        if removable(&id) {
             remove_run(paths, &id, &mut removed)?;
         }
     }
     // nspawn processes of runs whose directory is already gone.
     for pid in nspawn_processes_under(&paths.runs) {
         let line = procs::cmdline(pid).unwrap_or_default();
-        if keep.is_some_and(|k| line.contains(&format!("/{k}/"))) {
-            continue;
+        let run = line.split('/').find_map(|part| RunId::parse(part).ok());
+        if run.as_ref().is_none_or(&removable) {
+            stop_nspawn(pid, &mut removed);
         }
-        stop_nspawn(pid, &mut removed);
     }
     for g in cgroups::lab_cgroups() {
-        if keep.is_some_and(|k| g.to_string_lossy().contains(k.as_str())) {
-            continue;
+        let name = g.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name
+            .as_deref()
+            .and_then(run_of)
+            .as_ref()
+            .is_none_or(&removable)
+        {
+            cgroups::remove(&g);
         }
-        cgroups::remove(&g);
     }
     for iface in net::lab_bridges()? {
-        if keep.is_some_and(|k| iface == k.bridge()) {
+        if run_of(&iface).as_ref().is_some_and(|r| !removable(r)) {
             continue;
         }
-        if iface.starts_with(PREFIX) {
-            for port in net::ports_of(&iface)? {
-                net::delete_link(&port)?;
-                removed.interfaces.push(port);
-            }
-            net::delete_link(&iface)?;
-            removed.interfaces.push(iface);
+        for port in net::ports_of(&iface)? {
+            net::delete_link(&port)?;
+            removed.interfaces.push(port);
         }
+        net::delete_link(&iface)?;
+        removed.interfaces.push(iface);
     }
+    drop(guards);
     Ok(removed)
 }

@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 
 use crate::cgroups;
 use crate::cmd::{self, CmdError, ExecOutput};
-use crate::names::{self, GATEWAY, PREFIX_LEN};
+use crate::names::{self, PREFIX_LEN};
 use crate::net::{self, NetError, Shape};
 use crate::procs;
 use crate::state::{HostRecord, RunRecord};
@@ -84,6 +84,8 @@ pub struct HostLayout {
     pub name: String,
     /// Address on the bridge.
     pub ip: Ipv4Addr,
+    /// The machine side of the bridge.
+    pub gateway: Ipv4Addr,
     /// The host's directory.
     pub dir: PathBuf,
 }
@@ -143,7 +145,7 @@ pub fn prepare_root(
         std::fs::write(&path, contents).map_err(io(&path))
     };
     write("etc/hostname", &format!("{}\n", layout.name))?;
-    let mut hosts = format!("127.0.0.1\tlocalhost\n{GATEWAY}\tlab-gateway\n");
+    let mut hosts = format!("127.0.0.1\tlocalhost\n{}\tlab-gateway\n", layout.gateway);
     for (name, ip) in peers {
         hosts.push_str(&format!("{ip}\t{name}\n"));
     }

@@ -1,11 +1,14 @@
 //! The lab itself: `Lab::up(n)` or `Lab::builder()` brings up a bridge and N
 //! booted hosts and returns a guard that tears everything down when dropped,
-//! also while a test panics. One lab at a time owns 198.18.0.0/24: a
-//! machine-wide flock held for the guard's lifetime makes others wait.
+//! also while a test panics. Each lab holds one slot of 198.18.0.0/24 (a
+//! /26 block: its own gateway and host addresses) by a machine-wide flock
+//! for the guard's lifetime, so labs of different processes (a demo lab
+//! kept by `seaport-lab up` and the test suite, say) run side by side. One
+//! process runs one lab at a time: tests of one binary take turns.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::base::{self, BaseError, BaseSpec};
@@ -14,7 +17,7 @@ use crate::cmd;
 use crate::host::{self, Host, HostError, HostLayout, HostOptions, RunShared};
 use crate::lock::{self, LockError, LockGuard};
 use crate::mounts::{self, MountError};
-use crate::names::{self, LabPaths, NameError, RunId, GATEWAY, MAX_HOSTS};
+use crate::names::{LabPaths, NameError, RunId, Slot, MAX_HOSTS, SLOTS};
 use crate::net::{self, NetError};
 use crate::state::{HostRecord, RunRecord, StateError};
 
@@ -71,6 +74,11 @@ pub enum LabError {
     NoSuchHost(String),
     #[error("tearing the lab down left things behind: {0}")]
     Teardown(String),
+    #[error(
+        "gave up after {waited:?} waiting for a free slot of 198.18.0.0/24 \
+         (all {SLOTS} are held{holders}); end a lab with `seaport-lab down`"
+    )]
+    NoSlot { waited: Duration, holders: String },
 }
 
 /// Fails with a message saying what to do unless the lab can run here:
@@ -87,13 +95,13 @@ pub fn preflight() -> Result<(), LabError> {
     Ok(())
 }
 
-/// Who holds the lab network, for the waiting message: the live runs.
+/// Who holds the slots, for the waiting message: the live runs.
 fn lab_holders(paths: &LabPaths) -> String {
     let live: Vec<String> = crate::state::run_dirs(paths)
         .into_iter()
         .filter_map(|(_, d)| RunRecord::load(&d).ok())
         .filter(|r| crate::procs::alive(r.owner_pid))
-        .map(|r| format!("{} (pid {})", r.id, r.owner_pid))
+        .map(|r| format!("{} in slot {} (pid {})", r.id, r.slot, r.owner_pid))
         .collect();
     if live.is_empty() {
         String::new()
@@ -105,6 +113,71 @@ fn lab_holders(paths: &LabPaths) -> String {
     }
 }
 
+/// This process's turn to run a lab: one at a time per process, so the
+/// tests of one binary take turns instead of loading the machine at once.
+#[derive(Debug)]
+struct ProcessTurn;
+
+static TURN_TAKEN: Mutex<bool> = Mutex::new(false);
+static TURN_FREED: Condvar = Condvar::new();
+
+impl ProcessTurn {
+    fn take() -> ProcessTurn {
+        let mut taken = TURN_TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+        while *taken {
+            taken = TURN_FREED.wait(taken).unwrap_or_else(|p| p.into_inner());
+        }
+        *taken = true;
+        ProcessTurn
+    }
+}
+
+impl Drop for ProcessTurn {
+    fn drop(&mut self) {
+        *TURN_TAKEN.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        TURN_FREED.notify_one();
+    }
+}
+
+/// Takes the first free slot, or waits (saying at once for whom) until one
+/// frees, giving up after `timeout`.
+fn take_slot(paths: &LabPaths, timeout: Duration) -> Result<(Slot, LockGuard), LabError> {
+    let started = Instant::now();
+    let mut announced = false;
+    loop {
+        for slot in Slot::all() {
+            if let Some(guard) = lock::try_exclusive(&paths.slot_lock(slot))? {
+                return Ok((slot, guard));
+            }
+        }
+        if !announced {
+            eprintln!(
+                "seaport-lab: waiting for a free slot: all {SLOTS} slots of 198.18.0.0/24 \
+                 are held{}",
+                lab_holders(paths)
+            );
+            announced = true;
+        }
+        if started.elapsed() >= timeout {
+            return Err(LabError::NoSlot {
+                waited: timeout,
+                holders: lab_holders(paths),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Makes the hosts' cloud-init user-data once the lab's gateway is known.
+#[derive(Clone)]
+struct UserDataFor(Arc<dyn Fn(Ipv4Addr) -> String + Send + Sync>);
+
+impl std::fmt::Debug for UserDataFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserDataFor(..)")
+    }
+}
+
 /// How to bring a lab up.
 #[derive(Debug, Clone)]
 pub struct LabBuilder {
@@ -112,6 +185,7 @@ pub struct LabBuilder {
     base: BaseSpec,
     paths: LabPaths,
     options: HostOptions,
+    user_data_for: Option<UserDataFor>,
     boot_timeout: Duration,
     lock_timeout: Duration,
     run_id: Option<RunId>,
@@ -124,6 +198,7 @@ impl Default for LabBuilder {
             base: BaseSpec::default(),
             paths: LabPaths::from_env(),
             options: HostOptions::default(),
+            user_data_for: None,
             boot_timeout: Duration::from_secs(120),
             lock_timeout: Duration::from_secs(30 * 60),
             run_id: None,
@@ -145,6 +220,17 @@ impl LabBuilder {
         self
     }
 
+    /// Like [`LabBuilder::cloud_init_user_data`], made by `f` from the
+    /// lab's gateway address (known once the lab has its slot), for
+    /// user-data that names a coordinator listening there.
+    pub fn cloud_init_user_data_for(
+        mut self,
+        f: impl Fn(Ipv4Addr) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.user_data_for = Some(UserDataFor(Arc::new(f)));
+        self
+    }
+
     /// Another base package list.
     pub fn base(mut self, spec: BaseSpec) -> Self {
         self.base = spec;
@@ -163,7 +249,8 @@ impl LabBuilder {
         self
     }
 
-    /// How long to wait for another lab to finish (default 30 min).
+    /// How long to wait for a free slot when every slot is held (default
+    /// 30 min).
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
         self
@@ -175,24 +262,29 @@ impl LabBuilder {
         self
     }
 
-    /// Builds the base if needed, waits for the machine lock, removes
-    /// leftovers of killed runs, then creates the bridge and boots the hosts.
+    /// Builds the base if needed, waits for this process's turn and a free
+    /// slot, removes leftovers of killed runs, then creates the bridge and
+    /// boots the hosts.
     pub fn up(self) -> Result<Lab, LabError> {
         preflight()?;
         if self.hosts == 0 || self.hosts > MAX_HOSTS {
             return Err(LabError::HostCount(self.hosts));
         }
         let base_dir = base::ensure(&self.base, &self.paths.cache)?;
+        let turn = ProcessTurn::take();
         let paths = self.paths.clone();
-        let lock = lock::exclusive_within(
-            &self.paths.machine_lock(),
-            "another lab to finish (one lab at a time owns 198.18.0.0/24)",
+        let network = lock::shared_within(
+            &self.paths.network_lock(),
+            "a lab of an older seaport-lab, which takes the whole network, to finish",
             self.lock_timeout,
             move || lab_holders(&paths),
         )?;
-        // Holding the lock, no other lab is live: whatever carries our
-        // prefix is a leftover of a killed run.
-        let removed = cleanup::remove_leftovers(&self.paths, None)?;
+        let (slot, lock) = take_slot(&self.paths, self.lock_timeout)?;
+        let mut options = self.options.clone();
+        if let Some(f) = &self.user_data_for {
+            options.cloud_init_user_data = Some((f.0)(slot.gateway()));
+        }
+        let removed = cleanup::remove_leftovers(&self.paths, Some(slot))?;
         if !removed.is_empty() {
             eprintln!("seaport-lab: removed leftovers of a killed run: {removed:?}");
         }
@@ -200,21 +292,27 @@ impl LabBuilder {
             Some(id) => id,
             None => RunId::generate()?,
         };
-        let run_dir = self.paths.run_dir(&id);
-        std::fs::create_dir_all(&run_dir).map_err(|source| LabError::Dir {
-            path: run_dir.clone(),
-            source,
-        })?;
         let record = RunRecord {
             id: id.clone(),
             owner_pid: std::process::id(),
             bridge: id.bridge(),
-            gateway: GATEWAY,
+            slot,
+            gateway: slot.gateway(),
             base: base_dir.clone(),
             hosts: Vec::new(),
             coordinator: None,
         };
-        record.save(&run_dir)?;
+        // The directory appears with its record in it, so another lab's
+        // cleanup never sees a run without one.
+        let run_dir = self.paths.run_dir(&id);
+        let staging = self.paths.runs.join(format!(".{id}.new"));
+        let dir_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LabError::Dir { path, source }
+        };
+        std::fs::create_dir_all(&staging).map_err(dir_err(&staging))?;
+        record.save(&staging)?;
+        std::fs::rename(&staging, &run_dir).map_err(dir_err(&run_dir))?;
         let mut lab = Lab {
             id: id.clone(),
             paths: self.paths.clone(),
@@ -223,18 +321,22 @@ impl LabBuilder {
                 record: Mutex::new(record),
             }),
             hosts: Vec::new(),
+            slot,
             lock: Some(lock),
+            network: Some(network),
+            turn: Some(turn),
             down: false,
         };
         // From here on, dropping `lab` on an error removes what was made.
-        net::create_bridge(&id.bridge())?;
+        net::create_bridge(&id.bridge(), slot.gateway())?;
         let peers: Vec<(String, Ipv4Addr)> = (0..self.hosts)
-            .map(|i| (id.host_name(i), names::host_ip(i)))
+            .map(|i| (id.host_name(i), slot.host_ip(i)))
             .collect();
         for (i, (name, ip)) in peers.iter().enumerate() {
             let layout = HostLayout {
                 name: name.clone(),
                 ip: *ip,
+                gateway: slot.gateway(),
                 dir: run_dir.join(format!("h{}", i + 1)),
             };
             // Record the directory before mounting, so cleanup finds it.
@@ -249,7 +351,7 @@ impl LabBuilder {
                     boots: 0,
                 })
             });
-            let (root, overlay) = host::prepare_root(&base_dir, &layout, &peers, &self.options)?;
+            let (root, overlay) = host::prepare_root(&base_dir, &layout, &peers, &options)?;
             lab.shared.update(|r| {
                 r.hosts[i].root = root.clone();
                 r.hosts[i].overlay = overlay;
@@ -298,7 +400,10 @@ pub struct Lab {
     paths: LabPaths,
     shared: Arc<RunShared>,
     hosts: Vec<Host>,
+    slot: Slot,
     lock: Option<LockGuard>,
+    network: Option<LockGuard>,
+    turn: Option<ProcessTurn>,
     down: bool,
 }
 
@@ -326,7 +431,12 @@ impl Lab {
 
     /// The machine's address on the bridge, where a coordinator listens.
     pub fn gateway(&self) -> Ipv4Addr {
-        GATEWAY
+        self.slot.gateway()
+    }
+
+    /// The slot of 198.18.0.0/24 the lab holds.
+    pub fn slot(&self) -> Slot {
+        self.slot
     }
 
     /// The run's directory (state.json, host roots, console logs).
@@ -394,6 +504,8 @@ impl Lab {
             problems.push(e.to_string());
         }
         self.lock = None;
+        self.network = None;
+        self.turn = None;
         if problems.is_empty() {
             Ok(())
         } else {

@@ -2,9 +2,11 @@
 //! and benchmarks.
 //!
 //! A host is a systemd-nspawn container booted with real systemd from a
-//! Debian base made by debootstrap, on a bridge in 198.18.0.0/24: the machine
-//! side of the bridge is 198.18.0.1 (where a coordinator listens), hosts are
-//! 198.18.0.11, .12, ... Everything the lab creates carries the `spl-` prefix
+//! Debian base made by debootstrap, on a bridge of its lab. Each lab holds
+//! one of 4 slots of 198.18.0.0/24 (a /26 block), so up to 4 labs of
+//! different processes run side by side: in slot 0 the machine side of the
+//! bridge is 198.18.0.1 (where a coordinator listens) and hosts are
+//! 198.18.0.11, .12, ...; in slot 1 they are .65 and .75, .76, ... Everything the lab creates carries the `spl-` prefix
 //! and a per-run id, and is removed when the [`Lab`] guard is dropped (also
 //! while a test panics) or by `seaport-lab down --all` after a killed run.
 //! See docs/lab.md for the decisions behind it.

@@ -72,10 +72,31 @@ pub fn exclusive_within(
     timeout: std::time::Duration,
     holder: impl Fn() -> String,
 ) -> Result<LockGuard, LockError> {
+    within(path, what, timeout, holder, FlockArg::LockExclusiveNonblock)
+}
+
+/// A shared lock on `path` (any number of shared holders, no exclusive
+/// one), waiting at most `timeout` for an exclusive holder to let go.
+pub fn shared_within(
+    path: &Path,
+    what: &str,
+    timeout: std::time::Duration,
+    holder: impl Fn() -> String,
+) -> Result<LockGuard, LockError> {
+    within(path, what, timeout, holder, FlockArg::LockSharedNonblock)
+}
+
+fn within(
+    path: &Path,
+    what: &str,
+    timeout: std::time::Duration,
+    holder: impl Fn() -> String,
+    kind: FlockArg,
+) -> Result<LockGuard, LockError> {
     let started = std::time::Instant::now();
     let mut announced = false;
     loop {
-        if let Some(guard) = try_exclusive(path)? {
+        if let Some(guard) = try_lock(path, kind)? {
             return Ok(guard);
         }
         if !announced {
@@ -100,8 +121,12 @@ pub fn exclusive_within(
 
 /// Takes an exclusive lock on `path` if nobody holds it; `None` otherwise.
 pub fn try_exclusive(path: &Path) -> Result<Option<LockGuard>, LockError> {
+    try_lock(path, FlockArg::LockExclusiveNonblock)
+}
+
+fn try_lock(path: &Path, kind: FlockArg) -> Result<Option<LockGuard>, LockError> {
     let file = open(path)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+    match Flock::lock(file, kind) {
         Ok(lock) => Ok(Some(LockGuard {
             _lock: lock,
             path: path.to_path_buf(),
@@ -156,5 +181,19 @@ mod tests {
         );
         drop(first);
         assert!(try_exclusive(&path).unwrap().is_some());
+    }
+
+    #[test]
+    fn shared_locks_coexist_and_keep_an_exclusive_one_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let short = std::time::Duration::from_millis(50);
+        let a = shared_within(&path, "a", short, String::new).unwrap();
+        let b = shared_within(&path, "b", short, String::new).unwrap();
+        assert!(try_exclusive(&path).unwrap().is_none());
+        drop((a, b));
+        let only = try_exclusive(&path).unwrap().expect("free again");
+        assert!(shared_within(&path, "c", short, String::new).is_err());
+        drop(only);
     }
 }

@@ -13,7 +13,8 @@ use seaport_lab::seaport::{Binaries, Node};
 use seaport_lab::Lab;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Real systemd hosts on one machine, on the bridge 198.18.0.0/24.
+/// Real systemd hosts on one machine, each lab on a bridge of its own in
+/// 198.18.0.0/24.
 #[derive(Debug, Parser)]
 #[command(name = "seaport-lab", version, about)]
 struct Cli {
@@ -41,9 +42,12 @@ enum Cmd {
     Down {
         /// The run id (spl-xxxxxx), when several labs run.
         run: Option<String>,
-        /// Every lab, and leftovers of killed runs.
-        #[arg(long, conflicts_with = "run")]
+        /// Every lab `up` keeps, and leftovers of killed runs.
+        #[arg(long, conflicts_with_all = ["run", "leftovers"])]
         all: bool,
+        /// Only what killed runs left behind; every live lab stays.
+        #[arg(long, conflicts_with = "run")]
+        leftovers: bool,
     },
     /// Build the lab's example cluster image (the default CloudRootfs with
     /// this machine's containerd, runc and registry, and the recording
@@ -83,7 +87,7 @@ struct UpArgs {
     /// Number of hosts.
     #[arg(long, default_value_t = 3)]
     hosts: usize,
-    /// Also run a coordinator on 198.18.0.1:7443 and enroll an agent in
+    /// Also run a coordinator on the lab's gateway (port 7443) and enroll an agent in
     /// every host (as systemd services), and print the nodes.
     #[arg(long)]
     agents: bool,
@@ -185,9 +189,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             std::io::stderr().write_all(out.stderr.as_bytes())?;
             Ok(ExitCode::from(out.code.clamp(0, 255) as u8))
         }
-        Cmd::Down { run, all } => {
+        Cmd::Down {
+            run,
+            all,
+            leftovers,
+        } => {
             let removed = if all {
                 runs::down_all(&paths)?
+            } else if leftovers {
+                runs::down_leftovers(&paths)?
             } else {
                 let rec = runs::find_run(&paths, run.as_deref())?;
                 runs::down(&paths, &rec.id)?
@@ -217,10 +227,12 @@ fn print_status(runs: &[RunStatus]) {
     }
     for r in runs {
         println!(
-            "{}  bridge {} {}/24  owner pid {}{}",
+            "{}  slot {}  bridge {} {}/{}  owner pid {}{}",
             r.record.id,
+            r.record.slot.index(),
             r.record.bridge,
             r.record.gateway,
+            seaport_lab::names::PREFIX_LEN,
             r.record.owner_pid,
             if r.owner_alive {
                 ""

@@ -7,14 +7,17 @@ use std::path::PathBuf;
 
 /// Prefix of every bridge, host, directory and mount the lab creates.
 pub const PREFIX: &str = "spl-";
-/// The machine side of the lab bridge, where the coordinator listens.
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-/// Prefix length of the lab network 198.18.0.0/24.
-pub const PREFIX_LEN: u8 = 24;
-/// Last octet of the first host's address.
-pub const FIRST_HOST_OCTET: u8 = 11;
-/// Most hosts one lab can have (198.18.0.11 to 198.18.0.250).
-pub const MAX_HOSTS: usize = 240;
+/// How many labs can run at once: 198.18.0.0/24 is cut into this many
+/// blocks, one per lab.
+pub const SLOTS: u8 = 4;
+/// Prefix length of one lab's block (a quarter of 198.18.0.0/24).
+pub const PREFIX_LEN: u8 = 26;
+/// Addresses in one block.
+const SLOT_SIZE: u8 = 64;
+/// Offset in its block of the first host's address.
+pub const FIRST_HOST_OFFSET: u8 = 11;
+/// Most hosts one lab can have (offsets .11 to .60 of its block).
+pub const MAX_HOSTS: usize = 50;
 /// Linux interface names are at most 15 bytes.
 pub const IFNAMSIZ_MAX: usize = 15;
 
@@ -82,10 +85,62 @@ impl std::fmt::Display for RunId {
     }
 }
 
-/// Address of host number `index` (0-based): 198.18.0.11, .12, ...
-pub fn host_ip(index: usize) -> Ipv4Addr {
-    assert!(index < MAX_HOSTS, "host index {index} out of range");
-    Ipv4Addr::new(198, 18, 0, FIRST_HOST_OCTET + index as u8)
+/// One lab's block of 198.18.0.0/24: slot `k` is 198.18.0.(64k)/26, its
+/// machine side (the gateway, where a coordinator listens) is .64k+1 and its
+/// hosts are .64k+11, .64k+12, ... Labs in different slots coexist: their
+/// bridges, addresses and names never meet.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Slot(u8);
+
+impl Slot {
+    /// Slot `index`, if there is one.
+    pub fn new(index: u8) -> Option<Slot> {
+        (index < SLOTS).then_some(Slot(index))
+    }
+
+    /// Every slot, in the order labs take them.
+    pub fn all() -> impl Iterator<Item = Slot> {
+        (0..SLOTS).map(Slot)
+    }
+
+    /// The slot's number.
+    pub fn index(self) -> u8 {
+        self.0
+    }
+
+    fn at(self, offset: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, 0, self.0 * SLOT_SIZE + offset)
+    }
+
+    /// The machine side of the slot's bridge, where a coordinator listens.
+    pub fn gateway(self) -> Ipv4Addr {
+        self.at(1)
+    }
+
+    /// Address of host number `index` (0-based).
+    pub fn host_ip(self, index: usize) -> Ipv4Addr {
+        assert!(index < MAX_HOSTS, "host index {index} out of range");
+        self.at(FIRST_HOST_OFFSET + index as u8)
+    }
+
+    /// An address of the slot that no host is ever given (for tests of
+    /// what happens with a host that does not exist).
+    pub fn unused_ip(self) -> Ipv4Addr {
+        self.at(FIRST_HOST_OFFSET + MAX_HOSTS as u8)
+    }
+
+    /// The slot's block, `198.18.0.X/26`.
+    pub fn network(self) -> String {
+        format!("{}/{PREFIX_LEN}", self.at(0))
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.0, self.network())
+    }
 }
 
 /// `n` random bytes from the kernel.
@@ -124,9 +179,18 @@ impl LabPaths {
         self.runs.join(id.as_str())
     }
 
-    /// The file whose flock makes one lab at a time own 198.18.0.0/24.
-    pub fn machine_lock(&self) -> PathBuf {
+    /// The file every live lab holds a shared flock on, for its lifetime.
+    /// Labs of older versions of this code held it exclusively (one lab per
+    /// machine): holding it shared keeps new and old labs apart.
+    pub fn network_lock(&self) -> PathBuf {
         self.cache.join("network.lock")
+    }
+
+    /// The file whose flock gives one lab at a time a slot of
+    /// 198.18.0.0/24.
+    pub fn slot_lock(&self, slot: Slot) -> PathBuf {
+        self.cache
+            .join(format!("network-slot-{}.lock", slot.index()))
     }
 }
 
@@ -157,9 +221,26 @@ mod tests {
     }
 
     #[test]
-    fn hosts_start_at_eleven() {
-        assert_eq!(host_ip(0), Ipv4Addr::new(198, 18, 0, 11));
-        assert_eq!(host_ip(2), Ipv4Addr::new(198, 18, 0, 13));
+    fn hosts_start_at_eleven_in_their_slots_block() {
+        let first = Slot::new(0).unwrap();
+        assert_eq!(first.gateway(), Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(first.host_ip(0), Ipv4Addr::new(198, 18, 0, 11));
+        assert_eq!(first.host_ip(2), Ipv4Addr::new(198, 18, 0, 13));
+        let last = Slot::new(SLOTS - 1).unwrap();
+        assert_eq!(last.gateway(), Ipv4Addr::new(198, 18, 0, 193));
+        assert_eq!(last.host_ip(MAX_HOSTS - 1), Ipv4Addr::new(198, 18, 0, 252));
+        assert_eq!(last.unused_ip(), Ipv4Addr::new(198, 18, 0, 253));
+        assert_eq!(last.network(), "198.18.0.192/26");
+        assert!(Slot::new(SLOTS).is_none());
+        // No two slots share an address.
+        let mut seen = std::collections::HashSet::new();
+        for s in Slot::all() {
+            assert!(seen.insert(s.gateway()));
+            assert!(seen.insert(s.unused_ip()));
+            for i in 0..MAX_HOSTS {
+                assert!(seen.insert(s.host_ip(i)));
+            }
+        }
         assert_eq!(
             RunId::parse("spl-00ff00").unwrap().host_name(1),
             "spl-00ff00-h2"

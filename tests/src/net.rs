@@ -1,4 +1,4 @@
-//! The lab network on the machine side: the bridge with 198.18.0.1/24, the
+//! The lab network on the machine side: the bridge with its slot's gateway, the
 //! veths systemd-nspawn attaches to it, cutting and restoring a host's link,
 //! and shaping a link's rate with tc tbf (netem is not available here, so
 //! there is no added delay or loss: cut the link to simulate loss).
@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use crate::cmd::{self, CmdError};
-use crate::names::{GATEWAY, PREFIX, PREFIX_LEN};
+use crate::names::{PREFIX, PREFIX_LEN};
 
 /// Errors of the lab network.
 #[derive(Debug, thiserror::Error)]
@@ -16,10 +16,10 @@ pub enum NetError {
     #[error("cannot parse `ip -j` output: {0}")]
     Json(#[from] serde_json::Error),
     #[error(
-        "address {GATEWAY} is already on interface {iface}, which is not this lab's bridge; \
+        "address {gateway} is already on interface {iface}, which is not this lab's bridge; \
          remove it (or run `seaport-lab down --all` if it is a leftover lab bridge)"
     )]
-    GatewayTaken { iface: String },
+    GatewayTaken { gateway: Ipv4Addr, iface: String },
     #[error("no interface with index {0} on the machine (is the host running?)")]
     NoSuchIndex(u32),
     #[error("invalid shaping {0}: rate must be positive")]
@@ -94,16 +94,16 @@ pub fn interface_with_address(addr: Ipv4Addr) -> Result<Option<String>, NetError
         .map(|e| e.ifname))
 }
 
-/// Creates `bridge` with the gateway address and brings it up.
-pub fn create_bridge(bridge: &str) -> Result<(), NetError> {
-    if let Some(iface) = interface_with_address(GATEWAY)? {
-        return Err(NetError::GatewayTaken { iface });
+/// Creates `bridge` with the `gateway` address and brings it up.
+pub fn create_bridge(bridge: &str, gateway: Ipv4Addr) -> Result<(), NetError> {
+    if let Some(iface) = interface_with_address(gateway)? {
+        return Err(NetError::GatewayTaken { gateway, iface });
     }
     cmd::run(&mut cmd::command(
         "ip",
         ["link", "add", "name", bridge, "type", "bridge"],
     ))?;
-    let cidr = format!("{GATEWAY}/{PREFIX_LEN}");
+    let cidr = format!("{gateway}/{PREFIX_LEN}");
     let setup = cmd::run(&mut cmd::command(
         "ip",
         ["addr", "add", &cidr, "dev", bridge],

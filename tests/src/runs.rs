@@ -10,7 +10,7 @@ use crate::cmd::ExecOutput;
 use crate::host::{self, HostError};
 use crate::lab::Lab;
 use crate::lock::{self, LockError};
-use crate::names::{LabPaths, RunId, GATEWAY};
+use crate::names::{LabPaths, RunId};
 use crate::procs;
 use crate::seaport::{self, Binaries, Coordinator, Node, SeaportError, COORDINATOR_PORT};
 use crate::state::{self, CoordinatorRecord, RunRecord, StateError};
@@ -91,7 +91,8 @@ pub fn status(paths: &LabPaths) -> Vec<RunStatus> {
         .collect()
 }
 
-/// The run named `id`, or the only one.
+/// The run named `id`; without one, the only run, or else the only one
+/// kept by `seaport-lab up` (the test suite's labs run beside it).
 pub fn find_run(paths: &LabPaths, id: Option<&str>) -> Result<RunRecord, RunsError> {
     let runs = state::run_dirs(paths);
     match id {
@@ -102,16 +103,29 @@ pub fn find_run(paths: &LabPaths, id: Option<&str>) -> Result<RunRecord, RunsErr
                 .ok_or_else(|| RunsError::NoSuchRun(id.to_string()))?;
             Ok(RunRecord::load(dir)?)
         }
-        None => match runs.as_slice() {
-            [] => Err(RunsError::NoRuns(paths.runs.display().to_string())),
-            [(_, dir)] => Ok(RunRecord::load(dir)?),
-            many => Err(RunsError::Ambiguous(
-                many.iter()
-                    .map(|(r, _)| r.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )),
-        },
+        None => {
+            let records: Vec<RunRecord> = runs
+                .iter()
+                .filter_map(|(_, dir)| RunRecord::load(dir).ok())
+                .collect();
+            let kept: Vec<&RunRecord> = records
+                .iter()
+                .filter(|r| is_keeper(r.owner_pid, &r.id))
+                .collect();
+            if runs.is_empty() {
+                return Err(RunsError::NoRuns(paths.runs.display().to_string()));
+            }
+            match (records.as_slice(), kept.as_slice()) {
+                ([only], _) => Ok(only.clone()),
+                (_, [only]) => Ok((*only).clone()),
+                _ => Err(RunsError::Ambiguous(
+                    runs.iter()
+                        .map(|(r, _)| r.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )),
+            }
+        }
     }
 }
 
@@ -128,8 +142,9 @@ pub fn exec(paths: &LabPaths, host: &str, argv: &[String]) -> Result<ExecOutput,
         .find(|h| h.name == host);
     let found = match exact {
         Some(h) => Some(h.clone()),
-        None if records.len() == 1 => records[0].find_host(host).cloned(),
-        None => None,
+        None => find_run(paths, None)
+            .ok()
+            .and_then(|r| r.find_host(host).cloned()),
     };
     let Some(h) = found else {
         return Err(RunsError::NoSuchHost {
@@ -170,25 +185,19 @@ pub fn down(paths: &LabPaths, id: &RunId) -> Result<Removed, RunsError> {
     Ok(removed)
 }
 
-/// Takes every lab down: the kept ones through their keepers, then (holding
-/// the machine lock, so after any running test's lab) every leftover.
+/// Takes every lab down: the kept ones through their keepers, then every
+/// leftover of a killed run. Labs of running processes (tests) are left
+/// alone: they hold their slots and clean up after themselves.
 pub fn down_all(paths: &LabPaths) -> Result<Removed, RunsError> {
     let mut removed = Removed::default();
     for (id, dir) in state::run_dirs(paths) {
         if let Ok(rec) = RunRecord::load(&dir) {
             if is_keeper(rec.owner_pid, &id) {
-                let r = down(paths, &id)?;
-                removed.processes.extend(r.processes);
-                removed.runs.extend(r.runs);
-                removed.interfaces.extend(r.interfaces);
+                removed.absorb(down(paths, &id)?);
             }
         }
     }
-    let _guard = lock::exclusive(&paths.machine_lock(), "a running lab to finish")?;
-    let r = cleanup::remove_leftovers(paths, None)?;
-    removed.processes.extend(r.processes);
-    removed.runs.extend(r.runs);
-    removed.interfaces.extend(r.interfaces);
+    removed.absorb(down_leftovers(paths)?);
     if let Ok(entries) = std::fs::read_dir(&paths.runs) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -202,6 +211,18 @@ pub fn down_all(paths: &LabPaths) -> Result<Removed, RunsError> {
     Ok(removed)
 }
 
+/// Removes what killed runs left behind; labs that are live (kept by `up`
+/// or run by a test) are left alone.
+pub fn down_leftovers(paths: &LabPaths) -> Result<Removed, RunsError> {
+    let _network = lock::shared_within(
+        &paths.network_lock(),
+        "a lab of an older seaport-lab, which takes the whole network, to finish",
+        Duration::from_secs(30 * 60),
+        String::new,
+    )?;
+    Ok(cleanup::remove_leftovers(paths, None)?)
+}
+
 /// A coordinator on the bridge and the agent enrolled in every host of
 /// `lab`, all online: what the README's quick start shows.
 pub fn enroll_all(
@@ -210,7 +231,7 @@ pub fn enroll_all(
     coordinator_root: &Path,
 ) -> Result<(Coordinator, Vec<Node>), SeaportError> {
     Coordinator::init(bins, coordinator_root)?;
-    let listen = format!("{GATEWAY}:{COORDINATOR_PORT}");
+    let listen = format!("{}:{COORDINATOR_PORT}", lab.gateway());
     let coordinator = Coordinator::start(bins, coordinator_root, &listen)?;
     lab.record_coordinator(Some(CoordinatorRecord {
         root: coordinator_root.to_path_buf(),

@@ -70,6 +70,10 @@ pub struct RunRecord {
     pub owner_pid: u32,
     /// Bridge on the machine side.
     pub bridge: String,
+    /// The slot of 198.18.0.0/24 the run holds (records of older runs have
+    /// none: slot 0).
+    #[serde(default)]
+    pub slot: crate::names::Slot,
     /// Address of the bridge.
     pub gateway: Ipv4Addr,
     /// The cached base the hosts boot from.
@@ -140,12 +144,13 @@ mod tests {
         RunRecord {
             owner_pid: 42,
             bridge: id.bridge(),
-            gateway: crate::names::GATEWAY,
+            slot: crate::names::Slot::default(),
+            gateway: crate::names::Slot::default().gateway(),
             base: PathBuf::from("/var/cache/seaport-lab/base-x"),
             hosts: (0..2)
                 .map(|i| HostRecord {
                     name: id.host_name(i),
-                    ip: crate::names::host_ip(i),
+                    ip: crate::names::Slot::default().host_ip(i),
                     dir: PathBuf::from(format!("/r/h{}", i + 1)),
                     root: PathBuf::from(format!("/r/h{}/root", i + 1)),
                     overlay: true,

@@ -13,6 +13,7 @@
 //! Needs root, systemd-nspawn and debootstrap (see docs/lab.md); the bundle
 //! test also Debian's containerd, runc and docker-registry on the machine.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,7 +23,6 @@ use seaport_lab::{lab, testimage, Host, Lab};
 
 /// Cloud-init boots are slow (python); everything else is quicker.
 const EVENTUALLY: Duration = Duration::from_secs(240);
-const GATEWAY: &str = "198.18.0.1";
 const AGENT: &str = "/usr/local/bin/seaport-agent";
 
 fn free_port() -> u16 {
@@ -105,25 +105,32 @@ fn cloud_init_user_data_enrolls_a_fresh_host_at_first_boot() {
     .expect("start the coordinator");
     wait_bootstrap_endpoint(&root);
     let token = seaport::create_token(&bins, &root, "15m", 1).unwrap();
-    let user_data = seaport_out(
-        &bins,
-        &root,
-        &[
-            "bootstrap",
-            "cloud-init",
-            "--token",
-            &token.token,
-            "--coordinator",
-            &format!("{GATEWAY}:{quic}"),
-        ],
-    );
-    assert!(user_data.starts_with("#cloud-config\n"), "{user_data}");
-
+    // The user-data names the coordinator at the lab's gateway, known once
+    // the lab has its slot.
+    let user_data_for = {
+        let (bins, root, token) = (bins.clone(), root.clone(), token.token.clone());
+        move |gateway: Ipv4Addr| {
+            seaport_out(
+                &bins,
+                &root,
+                &[
+                    "bootstrap",
+                    "cloud-init",
+                    "--token",
+                    &token,
+                    "--coordinator",
+                    &format!("{gateway}:{quic}"),
+                ],
+            )
+        }
+    };
     let lab = Lab::builder()
         .hosts(1)
-        .cloud_init_user_data(user_data.clone())
+        .cloud_init_user_data_for(user_data_for.clone())
         .up()
         .expect("bring up a lab host with cloud-init");
+    let user_data = user_data_for(lab.gateway());
+    assert!(user_data.starts_with("#cloud-config\n"), "{user_data}");
     let h = lab.host(0);
     let nodes = seaport::wait_for_nodes(
         &bins,
@@ -200,7 +207,8 @@ fn bootstrap_script_enrolls_and_refuses_expired_tokens_and_tampered_binaries() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("coordinator");
     Coordinator::init(&bins, &root).unwrap();
-    let quic = format!("{GATEWAY}:{}", seaport::COORDINATOR_PORT);
+    let gateway = lab.gateway();
+    let quic = format!("{gateway}:{}", seaport::COORDINATOR_PORT);
     let agent = bins.agent.to_string_lossy().to_string();
     let _coordinator = Coordinator::start_with(
         &bins,
@@ -208,7 +216,7 @@ fn bootstrap_script_enrolls_and_refuses_expired_tokens_and_tampered_binaries() {
         &quic,
         &[
             "--bootstrap-listen",
-            &format!("{GATEWAY}:7444"),
+            &format!("{gateway}:7444"),
             "--agent-binary",
             &agent,
         ],
@@ -310,27 +318,27 @@ fn bootstrap_script_enrolls_and_refuses_expired_tokens_and_tampered_binaries() {
 /// off on the host's link (no link-local way to the machine either), and
 /// there is no default route. `probe` is a TCP port open on the machine
 /// side: reachable before the cut, proving the check can fail.
-fn cut_off(h: &Host, probe: u16) {
-    let reach = h.sh(&reach_gateway(probe)).unwrap();
+fn cut_off(h: &Host, gateway: Ipv4Addr, probe: u16) {
+    let reach = h.sh(&reach_gateway(gateway, probe)).unwrap();
     assert!(
         reach.success(),
         "{}: the machine side is not reachable before the cut, so the cut proves nothing: {}",
         h.name(),
         reach.stderr
     );
-    h.exec_ok(&["ip", "route", "add", "blackhole", &format!("{GATEWAY}/32")])
+    h.exec_ok(&["ip", "route", "add", "blackhole", &format!("{gateway}/32")])
         .unwrap();
     h.sh("echo 1 > /proc/sys/net/ipv6/conf/host0/disable_ipv6")
         .unwrap();
-    assert_cut_off(h, probe);
+    assert_cut_off(h, gateway, probe);
 }
 
-fn reach_gateway(probe: u16) -> String {
-    format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{GATEWAY}/{probe}'")
+fn reach_gateway(gateway: Ipv4Addr, probe: u16) -> String {
+    format!("timeout 5 bash -c 'exec 3<>/dev/tcp/{gateway}/{probe}'")
 }
 
 /// `h` reaches no address outside the lab's hosts.
-fn assert_cut_off(h: &Host, probe: u16) {
+fn assert_cut_off(h: &Host, gateway: Ipv4Addr, probe: u16) {
     for family in ["-4", "-6"] {
         let default = h
             .exec_ok(&["ip", family, "route", "show", "default"])
@@ -356,11 +364,11 @@ fn assert_cut_off(h: &Host, probe: u16) {
         .unwrap()
         .stdout;
     assert!(
-        route.contains(GATEWAY),
+        route.contains(&gateway.to_string()),
         "{}: no blackhole for the machine side: {route}",
         h.name()
     );
-    let reach = h.sh(&reach_gateway(probe)).unwrap();
+    let reach = h.sh(&reach_gateway(gateway, probe)).unwrap();
     assert!(
         !reach.success(),
         "{}: the machine side is reachable after the cut",
@@ -464,10 +472,11 @@ fn offline_bundle_installs_a_three_host_cluster_in_a_lab_cut_off_from_the_machin
     // The bundle goes in through the host's namespaces, not the network;
     // then every host loses its way to the machine.
     h1.copy_in(&bundle, "/root/site.tar", 0o600).unwrap();
-    let probe = std::net::TcpListener::bind((GATEWAY, 0)).unwrap();
+    let gateway = lab.gateway();
+    let probe = std::net::TcpListener::bind((gateway, 0)).unwrap();
     let probe_port = probe.local_addr().unwrap().port();
     for h in lab.hosts() {
-        cut_off(h, probe_port);
+        cut_off(h, gateway, probe_port);
     }
     done("lab up, bundle copied, every host cut off");
 
@@ -625,7 +634,7 @@ fn offline_bundle_installs_a_three_host_cluster_in_a_lab_cut_off_from_the_machin
     assert_eq!(ips, want, "{json}");
     // Still cut off: the whole install ran inside the lab.
     for h in lab.hosts() {
-        assert_cut_off(h, probe_port);
+        assert_cut_off(h, gateway, probe_port);
     }
     done("runtime, registry, pulls and status");
 

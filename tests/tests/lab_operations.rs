@@ -19,8 +19,8 @@ fn require_lab() {
 }
 
 /// A tiny HTTP server on the bridge address, answering `body`.
-fn serve_on_gateway(body: &'static str) -> (u16, Arc<AtomicBool>) {
-    let listener = TcpListener::bind("198.18.0.1:0").expect("bind on the lab bridge");
+fn serve_on_gateway(gateway: std::net::Ipv4Addr, body: &'static str) -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind((gateway, 0)).expect("bind on the lab bridge");
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -100,7 +100,11 @@ fn hosts_boot_and_every_operation_works() {
     let (h1, h2) = (lab.host(0), lab.host(1));
 
     // Real systemd, own names and addresses on the bridge.
-    for (h, ip) in [(h1, "198.18.0.11"), (h2, "198.18.0.12")] {
+    let (ip1, ip2) = (
+        lab.slot().host_ip(0).to_string(),
+        lab.slot().host_ip(1).to_string(),
+    );
+    for (h, ip) in [(h1, ip1.as_str()), (h2, ip2.as_str())] {
         let state = h.exec_ok(&["systemctl", "is-system-running"]).unwrap();
         assert_eq!(
             state.stdout.trim(),
@@ -113,7 +117,8 @@ fn hosts_boot_and_every_operation_works() {
         let addr = h
             .exec_ok(&["ip", "-4", "-o", "addr", "show", "host0"])
             .unwrap();
-        assert!(addr.stdout.contains(&format!("{ip}/24")), "{}", addr.stdout);
+        let cidr = format!("{ip}/{}", seaport_lab::names::PREFIX_LEN);
+        assert!(addr.stdout.contains(&cidr), "{}", addr.stdout);
         assert_eq!(h.ip().to_string(), ip);
         // cloud-init is installed but disabled unless asked for; sshd is not enabled.
         assert!(h
@@ -186,12 +191,16 @@ fn hosts_boot_and_every_operation_works() {
     .unwrap();
 
     // Hosts reach the machine side of the bridge, and each other.
-    let (port, stop) = serve_on_gateway("hello from the machine");
-    let url = format!("http://198.18.0.1:{port}/");
+    let (port, stop) = serve_on_gateway(lab.gateway(), "hello from the machine");
+    let url = format!("http://{}:{port}/", lab.gateway());
     let fetch = |h: &seaport_lab::Host| h.exec(&["curl", "-sS", "--max-time", "3", &url]).unwrap();
     assert_eq!(fetch(h1).stdout, "hello from the machine");
     let neighbour = h1
-        .exec(&["bash", "-c", "exec 3<>/dev/tcp/198.18.0.12/9; echo reached"])
+        .exec(&[
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{ip2}/9; echo reached"),
+        ])
         .unwrap();
     // Port 9 is closed on h2: a refused connection proves h2 answered.
     assert!(
@@ -266,7 +275,12 @@ fn hosts_boot_and_every_operation_works() {
     let addr = h2
         .exec_ok(&["ip", "-4", "-o", "addr", "show", "host0"])
         .unwrap();
-    assert!(addr.stdout.contains("198.18.0.12/24"), "{}", addr.stdout);
+    assert!(
+        addr.stdout
+            .contains(&format!("{ip2}/{}", seaport_lab::names::PREFIX_LEN)),
+        "{}",
+        addr.stdout
+    );
 
     // What is running, as the record shows it.
     let rec = lab.record();

@@ -173,6 +173,7 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
     ];
 
     // A host without an agent is a clear error.
+    let absent = lab.slot().unused_ip().to_string();
     let (ok, _, err) = seaport_out(
         &bins,
         &root,
@@ -180,13 +181,13 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
             "run",
             testimage::IMAGE_NAME,
             "-m",
-            "198.18.0.250",
+            &absent,
             "--cluster",
             "x",
         ],
     );
     assert!(
-        !ok && err.contains("no agent is enrolled on 198.18.0.250")
+        !ok && err.contains(&format!("no agent is enrolled on {absent}"))
             && err.contains("seaport bootstrap"),
         "{err}"
     );

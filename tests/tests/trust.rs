@@ -25,7 +25,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use seaport_lab::checks::Phases;
-use seaport_lab::names::GATEWAY;
 use seaport_lab::seaport::{self as sp, Binaries, Coordinator, AGENT_BIN_PATH, COORDINATOR_PORT};
 use seaport_lab::state::CoordinatorRecord;
 use seaport_lab::{lab, testimage, wait, Host, Lab};
@@ -146,7 +145,7 @@ fn a_token_holder_on_another_host_cannot_take_a_nodes_id_ip_or_hostname() {
         h3.ip().to_string(),
     );
     Coordinator::init(&bins, &root).unwrap();
-    let listen = format!("{GATEWAY}:{COORDINATOR_PORT}");
+    let listen = format!("{}:{COORDINATOR_PORT}", lab.gateway());
     let coordinator = Coordinator::start(&bins, &root, &listen).unwrap();
     lab.record_coordinator(Some(CoordinatorRecord {
         root: root.clone(),
