@@ -309,16 +309,12 @@ impl Coordinator {
             command: cmd::describe(&c),
             source,
         })?;
+        let pid = child.id();
         self.child = Some(child);
-        let port = self
-            .listen
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-            .unwrap_or(COORDINATOR_PORT);
         let listen = self.listen.clone();
         let log = self.log.clone();
         let child = self.child.as_mut().expect("just spawned");
+        let serve_info = self.root.join("coordinator/serve.json");
         let mut exited = None;
         let waited = wait::until(
             &format!("the coordinator to listen on {listen}"),
@@ -329,7 +325,13 @@ impl Coordinator {
                     exited = Some(status);
                     return Ok(());
                 }
-                if udp_port_bound(port) {
+                // The coordinator writes its serve info once it listens:
+                // a port check would also see another lab's coordinator.
+                let serving = std::fs::read(&serve_info)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(pid)));
+                if serving {
                     Ok(())
                 } else {
                     Err("not listening yet".into())
