@@ -158,6 +158,27 @@ impl Meta {
     }
 }
 
+/// What [`Dir::read_entry`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A regular file.
+    File {
+        /// Its bytes.
+        bytes: Vec<u8>,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A symlink.
+    Symlink {
+        /// Where it points (not followed).
+        target: OsString,
+    },
+    /// A directory.
+    Dir,
+    /// A device node, FIFO or socket.
+    Other,
+}
+
 /// An open directory; everything resolved through it stays beneath it.
 #[derive(Debug)]
 pub struct Dir {
@@ -408,6 +429,39 @@ impl Dir {
         }
     }
 
+    /// What `rel` is, read without following symlinks: a regular file's
+    /// bytes and mode, a symlink's target; `None` when it is missing.
+    pub fn read_entry(&self, rel: &Path) -> Result<Option<Entry>, ConfinedError> {
+        let (dir, name) = match self.parent_of(rel, false) {
+            Ok(p) => p,
+            Err(e) if e.io_kind() == Some(io::ErrorKind::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(meta) = dir.stat(name)? else {
+            return Ok(None);
+        };
+        Ok(Some(match meta.kind {
+            Kind::File => {
+                let mut f = dir.open_file(name)?;
+                let mut bytes = Vec::with_capacity(meta.size as usize);
+                io::Read::read_to_end(&mut f, &mut bytes).map_err(|source| ConfinedError::Io {
+                    action: "reading",
+                    path: dir.at(name),
+                    source,
+                })?;
+                Entry::File {
+                    bytes,
+                    mode: meta.mode,
+                }
+            }
+            Kind::Symlink => Entry::Symlink {
+                target: dir.read_link(name)?,
+            },
+            Kind::Dir => Entry::Dir,
+            Kind::Other => Entry::Other,
+        }))
+    }
+
     /// Sets the mode of `name` on an open handle, refusing a symlink.
     /// Returns its metadata from before.
     pub fn set_mode(&self, name: &OsStr, mode: u32) -> Result<Meta, ConfinedError> {
@@ -480,6 +534,34 @@ impl Dir {
     /// Creates the symlink `name` pointing at `target` (stored as is).
     pub fn symlink(&self, target: &OsStr, name: &OsStr) -> Result<(), ConfinedError> {
         symlinkat(target, self.fd(), name).map_err(io_at("creating the symlink", self.at(name)))
+    }
+
+    /// Replaces `name` with a symlink to `target` atomically (created at a
+    /// random temporary name, renamed over `name`).
+    pub fn replace_with_symlink(&self, target: &OsStr, name: &OsStr) -> Result<(), ConfinedError> {
+        for _ in 0..16 {
+            let tmp = OsString::from(format!(
+                ".{}.{:016x}.tmp",
+                name.to_string_lossy(),
+                rand::random::<u64>()
+            ));
+            match symlinkat(target, self.fd(), tmp.as_os_str()) {
+                Ok(()) => {
+                    let r = self.rename(&tmp, name);
+                    if r.is_err() {
+                        let _ = self.unlink(&tmp);
+                    }
+                    return r;
+                }
+                Err(Errno::EEXIST) => continue,
+                Err(e) => return Err(io_at("creating the symlink", self.at(&tmp))(e)),
+            }
+        }
+        Err(ConfinedError::Io {
+            action: "creating a temporary symlink in",
+            path: self.path.clone(),
+            source: io::Error::from(io::ErrorKind::AlreadyExists),
+        })
     }
 
     /// The target of the symlink `name`.

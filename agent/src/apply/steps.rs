@@ -97,6 +97,14 @@ impl<'a> Context<'a> {
             .or_else(|| env.get("RegistryPort"))
             .cloned()
             .unwrap_or_else(|| DEFAULT_REGISTRY_PORT.to_string());
+        // The domain names a directory on the host (containerd's
+        // certs.d/DOMAIN:PORT/), and may come from the image's ENV.
+        seaport_rootfs::reference::validate_registry(&format!("{registry_domain}:{registry_port}"))
+            .map_err(|reason| {
+                ApplyError::Input(format!(
+                    "registry_domain and registry_port (from the image's ENV or the cluster env): {reason}"
+                ))
+            })?;
         let computed = [
             ("RegistryDomain", registry_domain.clone()),
             ("RegistryPort", registry_port.clone()),
@@ -379,7 +387,11 @@ impl<'a> Context<'a> {
     fn step_registry(&mut self) -> StepResult {
         let rootfs = self.rootfs();
         let storage = rootfs.join("registry");
-        fs::create_dir_all(&storage).map_err(|e| format!("creating {}: {e}", storage.display()))?;
+        // Bind-mounted and served: a real directory of the rootfs, never a
+        // symlink the image planted.
+        seaport_shared::confined::Dir::open(&rootfs)
+            .and_then(|r| r.create_dirs(Path::new("registry")))
+            .map_err(e2s)?;
         let mount = self.opts.cluster_dir().join("registry");
         fs::create_dir_all(&mount).map_err(|e| format!("creating {}: {e}", mount.display()))?;
         // Mounted from a replaced rootfs (an upgrade): mount the new one.
