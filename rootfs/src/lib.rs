@@ -10,6 +10,8 @@
 //! - [`layer`]: deterministic zstd tar layers and RUN's before/after diff.
 //! - [`build`]: the Kubefile build pipeline and the [`build::ImageCache`] hook.
 //! - [`inspect`]: what `seaport inspect` shows.
+//! - [`contents`]: files of a stored image read from its layers (what the
+//!   coordinator hands to hosts comes from its own copy).
 //! - [`archive`]: `save`/`load` of OCI archives, verified before loading.
 //! - [`registry`]: OCI distribution registries: client, auth, credentials,
 //!   push and pull, distribution's storage layout.
@@ -19,6 +21,7 @@
 
 pub mod archive;
 pub mod build;
+pub mod contents;
 pub mod imagecache;
 pub mod inspect;
 pub mod kubeadm;
