@@ -279,8 +279,9 @@ impl Distribution {
             .filter(|b| b.complete)
             .map(|b| b.digest)
             .collect();
-        // Bitmaps for blobs not (or no longer) assigned here are still
-        // recorded: the agent serves them to peers until it collects them.
+        // Only blobs of images assigned to this node are recorded: what a
+        // node was not given is ignored, so its reports cannot grow the
+        // tracker (peers are offered, and serve, assigned blobs only).
         let holdings: Vec<_> = req
             .blobs
             .into_iter()
@@ -288,13 +289,14 @@ impl Distribution {
                 b.have.is_valid()
                     && tables
                         .get(&b.digest)
-                        .is_none_or(|t| t.count() == b.have.len())
+                        .is_some_and(|t| t.count() == b.have.len())
             })
             .map(|b| (b.digest, b.have))
             .collect();
         let bad = req
             .bad_peers
             .into_iter()
+            .take(tracker::MAX_BAD_PEERS)
             .map(|b| (b.node_id, b.reason))
             .collect();
         let mut tracker = self.tracker();
@@ -340,6 +342,11 @@ impl Distribution {
             blobs,
             revoked,
         })
+    }
+
+    /// How much the tracker holds (bounded whatever nodes report).
+    pub fn tracker_size(&self) -> tracker::TrackerSize {
+        self.tracker().size()
     }
 
     /// Forgets a node's holdings (it was revoked).
