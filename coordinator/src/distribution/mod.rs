@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use seaport_shared::digest::Digest;
 use seaport_shared::transfer::{
-    self, BlobPlan, BlobProgress, DistributionStatus, ImageAssignment, ImageProgress, NodeProgress,
-    PieceTable, SyncRequest, SyncResponse, TransferError, PIECE_SIZE,
+    self, BlobPlan, BlobProgress, DistributionStatus, ImageAssignment, ImageProgress, NamedNode,
+    NodeProgress, PieceTable, SyncRequest, SyncResponse, TransferError, PIECE_SIZE,
 };
 
 use crate::state::{NodeRecord, StateError, Store};
@@ -260,10 +260,11 @@ impl Distribution {
         req: SyncRequest,
     ) -> Result<SyncResponse, DistError> {
         let now = Instant::now();
-        let assigned: Vec<Assignment> = state
-            .assignments::<Assignment>()?
-            .into_iter()
+        let all: Vec<Assignment> = state.assignments::<Assignment>()?;
+        let assigned: Vec<Assignment> = all
+            .iter()
             .filter(|a| a.nodes.iter().any(|n| n == node_id))
+            .cloned()
             .collect();
         let mut tables: BTreeMap<Digest, Arc<PieceTable>> = BTreeMap::new();
         for a in &assigned {
@@ -324,11 +325,42 @@ impl Distribution {
             });
         }
         drop(tracker);
-        let revoked = state
-            .nodes()?
-            .into_iter()
+        let records = state.nodes()?;
+        let revoked = records
+            .iter()
             .filter(|n| n.revoked)
-            .map(|n| n.node_id)
+            .map(|n| n.node_id.clone())
+            .collect();
+        // The peers this node may serve: the nodes named with each image,
+        // with the lowest certificate serial each may present.
+        let named = |a: &Assignment| -> Vec<NamedNode> {
+            a.nodes
+                .iter()
+                .filter_map(|id| records.iter().find(|r| &r.node_id == id && !r.revoked))
+                .map(|r| NamedNode {
+                    node_id: r.node_id.clone(),
+                    min_serial: r.min_serial,
+                })
+                .collect()
+        };
+        let mine: HashSet<Digest> = tables.keys().copied().collect();
+        let sharing = all
+            .iter()
+            .filter(|a| !a.nodes.iter().any(|n| n == node_id))
+            .filter_map(|a| {
+                let shared: Vec<Digest> = a
+                    .blobs
+                    .iter()
+                    .map(|(d, _)| *d)
+                    .filter(|d| mine.contains(d))
+                    .collect();
+                (!shared.is_empty()).then(|| ImageAssignment {
+                    image: a.image.clone(),
+                    manifest_digest: a.manifest_digest,
+                    blobs: shared,
+                    nodes: named(a),
+                })
+            })
             .collect();
         Ok(SyncResponse {
             images: assigned
@@ -337,10 +369,12 @@ impl Distribution {
                     image: a.image.clone(),
                     manifest_digest: a.manifest_digest,
                     blobs: a.blobs.iter().map(|(d, _)| *d).collect(),
+                    nodes: named(a),
                 })
                 .collect(),
             blobs,
             revoked,
+            sharing,
         })
     }
 
