@@ -462,30 +462,6 @@ impl Dir {
         }))
     }
 
-    /// Sets the mode of `name` on an open handle, refusing a symlink.
-    /// Returns its metadata from before.
-    pub fn set_mode(&self, name: &OsStr, mode: u32) -> Result<Meta, ConfinedError> {
-        let fd = openat(
-            self.fd(),
-            name,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            Errno::ELOOP => ConfinedError::Symlink {
-                path: self.at(name),
-                root: self.root.clone(),
-            },
-            e => io_at("opening", self.at(name))(e),
-        })?;
-        let before = fstat(&fd)
-            .map(|st| Meta::of(&st))
-            .map_err(io_at("reading the metadata of", self.at(name)))?;
-        fchmod(&fd, Mode::from_bits_truncate(mode & 0o7777))
-            .map_err(io_at("setting the mode of", self.at(name)))?;
-        Ok(before)
-    }
-
     /// Sets the mode of the directory `rel` when it is still the directory
     /// `expect` (device and inode) and no component is a symlink; anything
     /// else is left alone. Returns whether it was set.
@@ -800,10 +776,6 @@ mod tests {
         assert!(!dir
             .set_dir_mode_if(Path::new("d"), (m.dev, m.ino), 0o777)
             .unwrap());
-        assert!(matches!(
-            dir.set_mode(OsStr::new("d"), 0o777),
-            Err(ConfinedError::Symlink { .. })
-        ));
         assert_eq!(mode(&sentinel), 0o700);
         // A directory recreated at the same path is another inode.
         fs::remove_file(r.join("d")).unwrap();

@@ -848,3 +848,64 @@ fn registry_domains_named_by_the_image_must_be_host_and_port() {
     );
     assert!(!d.join("outside/hosts.toml").exists());
 }
+
+#[test]
+fn host_files_are_never_written_through_a_symlinked_directory_on_the_host() {
+    let (dir, opts) = fixture();
+    let d = dir.path();
+    let out = sentinels(d);
+    // Something (a hook of an earlier install, say) left /etc/containerd
+    // as a link to a directory outside the host root.
+    std::os::unix::fs::symlink(out.join("open"), opts.host_root.join("etc/containerd")).unwrap();
+    let before = sentinel_snapshot(&out);
+    let host = fresh_host(&opts);
+    let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("runtime") && err.contains("etc/containerd is a symlink"),
+        "{err}"
+    );
+    assert_eq!(
+        sentinel_snapshot(&out),
+        before,
+        "the install wrote through the link"
+    );
+}
+
+#[test]
+fn image_links_to_host_files_are_not_copied_onto_the_host() {
+    use tar::EntryType::{Regular as F, Symlink as S};
+    let (dir, mut opts) = fixture();
+    let d = dir.path();
+    let out = sentinels(d);
+    let secret = out.join("victim").display().to_string();
+    for (rel, expect) in [
+        ("bin/peek", "bin/peek resolves to"),
+        ("etc/containerd.toml", "etc/containerd.toml resolves to"),
+    ] {
+        let layer = crafted_tar(&[
+            ("bin/kubeadm", F, 0o755, b"#!/bin/sh\n", None),
+            ("cri/runc", F, 0o755, b"runc\n", None),
+            (rel, S, 0o777, b"", Some(&secret)),
+        ]);
+        let layout = d.join(format!("evil-{}", rel.replace('/', "-")));
+        layout_with(&layout, "evil:1", &[layer], &[]);
+        opts.image = ImageSource::Layout {
+            dir: layout,
+            name: "evil:1".into(),
+        };
+        let host = fresh_host(&opts);
+        let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains(expect) && err.contains("outside"), "{err}");
+        for f in walkdir::WalkDir::new(&opts.host_root).into_iter().flatten() {
+            if f.file_type().is_file() {
+                let text = fs::read_to_string(f.path()).unwrap_or_default();
+                assert!(
+                    !text.contains("untouched"),
+                    "{} got the host file",
+                    f.path().display()
+                );
+            }
+        }
+        reset_c1(&opts, &host);
+    }
+}
