@@ -518,7 +518,7 @@ impl Dir {
         for _ in 0..16 {
             let tmp = OsString::from(format!(
                 ".{}.{:016x}.tmp",
-                name.to_string_lossy(),
+                temp_prefix(name),
                 rand::random::<u64>()
             ));
             match symlinkat(target, self.fd(), tmp.as_os_str()) {
@@ -616,8 +616,7 @@ impl Dir {
     /// Writes `bytes` to `name` here atomically with exactly `mode`: a new
     /// temporary file (`O_EXCL | O_NOFOLLOW`), fsync, rename over `name`.
     pub fn write_file(&self, name: &OsStr, bytes: &[u8], mode: u32) -> Result<(), ConfinedError> {
-        let prefix = name.to_string_lossy();
-        let (mut f, tmp) = self.create_temp(&prefix, mode)?;
+        let (mut f, tmp) = self.create_temp(&temp_prefix(name), mode)?;
         let result = (|| {
             f.write_all(bytes).map_err(|source| ConfinedError::Io {
                 action: "writing",
@@ -669,6 +668,12 @@ impl Dir {
             let _ = File::from(fd).sync_all();
         }
     }
+}
+
+/// The start of a temporary name for `name`: short enough that the whole
+/// name stays within the 255 bytes a file name may have.
+fn temp_prefix(name: &OsStr) -> String {
+    name.to_string_lossy().chars().take(64).collect()
 }
 
 /// Writes `bytes` to `path` atomically with exactly `mode`, in a directory
