@@ -118,7 +118,7 @@ pub enum Work {
         point: PluginPoint,
         targets: Vec<String>,
     },
-    /// Read the image's `plugins/*.yaml` from master0's rootfs.
+    /// Read the image's `plugins/*.yaml` from the coordinator's copy.
     ImagePlugins,
     /// The Clusterfile's Config files into these hosts' rootfs.
     Configs { hosts: Vec<String> },

@@ -8,7 +8,8 @@
 //! the first master's join data. Stages: `fetch` (the image to the hosts
 //! through [`crate::distribution`]), apply phases (each host's part sent on
 //! a `Task` stream of its session), plugins (the Clusterfile's and the
-//! image's, at the phases sealer runs them), Config files into the rootfs,
+//! image's, at the phases sealer runs them; the image's read from the
+//! coordinator's own copy of it), Config files into the rootfs,
 //! labels and taints, node deletion, resets. The record ends `succeeded`,
 //! or `failed` with the failing stage, host, step and output tail.
 //!
@@ -75,7 +76,7 @@ pub struct Cluster {
     pub stages: Vec<StageSpec>,
     pub stages_done: usize,
     pub hosts: Vec<HostRecord>,
-    /// The image's `plugins/*.yaml` (read from master0's rootfs).
+    /// The image's `plugins/*.yaml` (read from the coordinator's copy).
     #[serde(default)]
     pub image_plugins: Vec<String>,
     /// The first master's join data (JSON). Secret: never shown.
@@ -897,15 +898,40 @@ async fn run_stage(shared: &Arc<Shared>, record: &Record, stage: &StageSpec) -> 
                     })
                     .collect()
             };
+            // Join data is taken from the one task that produces it: the
+            // first master's kubeadm init. Anything else is a claim.
+            let init_host = tasks
+                .iter()
+                .find(|t| t.role == NodeRole::Master0 && t.steps.iter().any(|s| s == "kubeadm"))
+                .map(|t| t.host.clone());
             let results = on_hosts(shared, record, &stage.name, reqs).await;
-            for (_, r) in &results {
+            for (ip, r) in &results {
                 if let Ok(TaskEvent::Finished {
                     ok: true,
                     join_data: Some(j),
                     ..
                 }) = r
                 {
-                    lock(record).join_data = Some(j.clone());
+                    let mut c = lock(record);
+                    if init_host.as_ref() != Some(ip) {
+                        // The first master repeats its join data after
+                        // every task; from any other host it is a forgery.
+                        if *ip == c.master0() {
+                            continue;
+                        }
+                        warn!(host = %ip, "join data from a host that did not run kubeadm init: ignored");
+                        if let Some(h) = c.host_mut(ip) {
+                            h.error = Some(
+                                "reported join data although it did not run kubeadm init; ignored"
+                                    .into(),
+                            );
+                        }
+                        continue;
+                    }
+                    let master0 = c.master0();
+                    c.join_data = Some(checked_join_data(j, &master0).map_err(|e| {
+                        format!("{ip}: the join data kubeadm init reported is refused: {e}")
+                    })?);
                 }
             }
             check(results)
@@ -914,36 +940,19 @@ async fn run_stage(shared: &Arc<Shared>, record: &Record, stage: &StageSpec) -> 
             plugins_stage(shared, record, &stage.name, *op, *point, targets).await
         }
         Work::ImagePlugins => {
-            let (m0, cluster) = {
-                let c = lock(record);
-                (c.master0(), c.name.clone())
-            };
-            let req = TaskRequest::ReadFiles(ReadFilesTask {
-                cluster,
-                paths: vec![],
-                dirs: vec!["plugins".into()],
-            });
-            let mut r = on_hosts(shared, record, &stage.name, vec![(m0, req)]).await;
-            match r.pop() {
-                Some((_, Ok(TaskEvent::Files { files, error: None }))) => {
-                    let texts: Vec<String> = files
-                        .into_iter()
-                        .filter_map(|(_, b)| b.and_then(|b| String::from_utf8(b).ok()))
-                        .collect();
-                    // Checked now, so a broken plugin fails here, named.
-                    for t in &texts {
-                        Clusterfile::parse(t).map_err(|e| format!("the image's plugins/: {e}"))?;
-                    }
-                    lock(record).image_plugins = texts;
-                    Ok(())
-                }
-                Some((ip, Ok(TaskEvent::Files { error: Some(e), .. }))) => {
-                    Err(format!("{ip}: {e}"))
-                }
-                Some((ip, Ok(other))) => Err(format!("{ip}: unexpected answer {other:?}")),
-                Some((ip, Err(e))) => Err(format!("{ip}: {e}")),
-                None => Ok(()),
+            // From the coordinator's own copy of the image, never from what
+            // a host reports: these run as root on every host.
+            let digest = lock(record).manifest_digest.clone();
+            let root = shared.image_root.clone();
+            let texts = tokio::task::spawn_blocking(move || image_plugins(&root, &digest))
+                .await
+                .map_err(|e| format!("internal error: {e}"))??;
+            // Checked now, so a broken plugin fails here, named.
+            for t in &texts {
+                Clusterfile::parse(t).map_err(|e| format!("the image's plugins/: {e}"))?;
             }
+            lock(record).image_plugins = texts;
+            Ok(())
         }
         Work::Configs { hosts } => configs_stage(shared, record, &stage.name, hosts).await,
         Work::LabelsTaints { hosts } => {
@@ -1019,6 +1028,32 @@ async fn run_stage(shared: &Arc<Shared>, record: &Record, stage: &StageSpec) -> 
             Ok(())
         }
     }
+}
+
+/// The image's `plugins/*.yaml` and `*.yml` (text), read from the layers in
+/// the coordinator's store.
+fn image_plugins(image_root: &std::path::Path, digest: &str) -> Result<Vec<String>, String> {
+    let store = seaport_rootfs::store::Store::open(image_root)
+        .map_err(|e| format!("the image store: {e}"))?;
+    let digest: seaport_shared::digest::Digest = digest
+        .parse()
+        .map_err(|e| format!("the image digest: {e}"))?;
+    let files = seaport_rootfs::contents::files_in_dir(&store, &digest, "plugins", |n| {
+        n.ends_with(".yaml") || n.ends_with(".yml")
+    })
+    .map_err(|e| format!("reading the image's plugins/: {e}"))?;
+    Ok(files
+        .into_iter()
+        .filter_map(|(_, b)| String::from_utf8(b).ok())
+        .collect())
+}
+
+/// Join data as the first master reported it, checked and re-encoded.
+fn checked_join_data(text: &str, master0: &str) -> Result<String, String> {
+    let j: seaport_rootfs::kubeadm::JoinData =
+        serde_json::from_str(text).map_err(|e| format!("it is not join data: {e}"))?;
+    j.check(master0)?;
+    Ok(serde_json::to_string(&j).expect("join data serializes"))
 }
 
 /// Every host's failure, or Ok.

@@ -130,17 +130,29 @@ pub struct ImageIndex {
 }
 
 impl ImageIndex {
-    /// Reads the index in `registry_dir` (empty when there is none).
+    /// Reads the index in `registry_dir` (empty when there is none). Every
+    /// domain must be `HOST[:PORT]`: the index comes with the image, and
+    /// each domain becomes a directory on hosts (containerd's
+    /// `certs.d/DOMAIN/hosts.toml`).
     pub fn load(registry_dir: &Path) -> Result<Self, CacheError> {
         let path = registry_dir.join(IMAGE_INDEX_FILE);
-        match fs::read(&path) {
+        let index: Self = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CacheError::Index {
-                path,
+                path: path.clone(),
                 reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(CacheError::Read { path, source }),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(CacheError::Read { path, source }),
+        };
+        for image in &index.images {
+            crate::reference::validate_registry(&image.domain).map_err(|reason| {
+                CacheError::Index {
+                    path: path.clone(),
+                    reason: format!("image {:?}: {reason}", image.name),
+                }
+            })?;
         }
+        Ok(index)
     }
 
     /// The registry domains present, sorted: the mirrors the cluster's

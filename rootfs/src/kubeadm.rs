@@ -95,6 +95,63 @@ pub struct JoinData {
     pub certificate_key: String,
 }
 
+impl JoinData {
+    /// Checks the shape of join data the first master reported: a bootstrap
+    /// token `[a-z0-9]{6}.[a-z0-9]{16}`, CA hashes `sha256:` and 64 hex
+    /// digits, a certificate key of 64 hex digits, and the API server at
+    /// `master0_ip` (the first master's address as the cluster knows it).
+    pub fn check(&self, master0_ip: &str) -> Result<(), String> {
+        let lower_alnum = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        };
+        let hex = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        match self.token.split_once('.') {
+            Some((id, secret)) if lower_alnum(id, 6) && lower_alnum(secret, 16) => {}
+            _ => {
+                return Err(
+                    "the token is not a kubeadm bootstrap token ([a-z0-9]{6}.[a-z0-9]{16})".into(),
+                )
+            }
+        }
+        if self.ca_cert_hashes.is_empty() {
+            return Err("there is no CA certificate hash".into());
+        }
+        for h in &self.ca_cert_hashes {
+            if !h.strip_prefix("sha256:").is_some_and(|x| hex(x, 64)) {
+                return Err(format!(
+                    "CA certificate hash {:?} is not sha256: and 64 hex digits",
+                    h.chars().take(80).collect::<String>()
+                ));
+            }
+        }
+        if !hex(&self.certificate_key, 64) {
+            return Err("the certificate key is not 64 hex digits".into());
+        }
+        if self.master0_ip != master0_ip {
+            return Err(format!(
+                "it names {:?} as the first master, which is {master0_ip}",
+                self.master0_ip.chars().take(80).collect::<String>()
+            ));
+        }
+        match self.api_server_endpoint.rsplit_once(':') {
+            Some((host, port)) if host == master0_ip && port.parse::<u16>().is_ok() => Ok(()),
+            _ => Err(format!(
+                "the API server endpoint {:?} is not the first master's ({master0_ip}:PORT)",
+                self.api_server_endpoint
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
+            )),
+        }
+    }
+}
+
 /// What the install computes for one host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Computed {
@@ -391,6 +448,41 @@ fn set(v: &mut Value, path: &[&str], value: Value) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn join_data_of_the_wrong_shape_or_for_another_master_is_refused() {
+        let good = JoinData {
+            api_server_endpoint: "10.0.0.1:6443".into(),
+            master0_ip: "10.0.0.1".into(),
+            token: "abcdef.0123456789abcdef".into(),
+            ca_cert_hashes: vec![format!("sha256:{}", "ab".repeat(32))],
+            certificate_key: "0f".repeat(32),
+        };
+        good.check("10.0.0.1").unwrap();
+        let bad = |f: &dyn Fn(&mut JoinData), want: &str| {
+            let mut j = good.clone();
+            f(&mut j);
+            let err = j.check("10.0.0.1").unwrap_err();
+            assert!(err.contains(want), "{want}: {err}");
+        };
+        bad(
+            &|j| j.token = "ABCDEF.0123456789abcdef".into(),
+            "bootstrap token",
+        );
+        bad(
+            &|j| j.token = "abcdef0123456789abcdef".into(),
+            "bootstrap token",
+        );
+        bad(&|j| j.ca_cert_hashes = vec![], "no CA");
+        bad(&|j| j.ca_cert_hashes = vec!["sha256:00".into()], "64 hex");
+        bad(&|j| j.certificate_key = "k".into(), "certificate key");
+        bad(&|j| j.master0_ip = "10.0.0.9".into(), "first master");
+        bad(
+            &|j| j.api_server_endpoint = "10.0.0.9:6443".into(),
+            "API server",
+        );
+        bad(&|j| j.api_server_endpoint = "10.0.0.1".into(), "API server");
+    }
     use super::*;
 
     fn computed() -> Computed {

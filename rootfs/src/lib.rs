@@ -12,6 +12,8 @@
 //!   reader of layer blobs (tar, gzip, zstd; OCI and Docker media types).
 //! - [`build`]: the Kubefile build pipeline and the [`build::ImageCache`] hook.
 //! - [`inspect`]: what `seaport inspect` shows.
+//! - [`contents`]: files of a stored image read from its layers (what the
+//!   coordinator hands to hosts comes from its own copy).
 //! - [`archive`]: `save`/`load` of OCI archives, verified before loading.
 //! - [`registry`]: OCI distribution registries: client, auth, credentials,
 //!   push and pull, distribution's storage layout.
@@ -21,6 +23,7 @@
 
 pub mod archive;
 pub mod build;
+pub mod contents;
 pub mod imagecache;
 pub mod inspect;
 pub mod kubeadm;

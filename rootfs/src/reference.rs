@@ -202,7 +202,11 @@ fn validate_tag(tag: &str) -> Result<(), String> {
     }
 }
 
-fn validate_registry(host: &str) -> Result<(), String> {
+/// Checks that `host` is a registry host: `HOST[:PORT]`, the host made of
+/// dot-separated labels of letters, digits and `-`, the port a number. A
+/// registry domain names directories (containerd's `certs.d/DOMAIN/`), so
+/// nothing else (no `/`, no `..`, no empty label) may pass.
+pub fn validate_registry(host: &str) -> Result<(), String> {
     let (name, port) = match host.rsplit_once(':') {
         Some((n, p)) => (n, Some(p)),
         None => (host, None),

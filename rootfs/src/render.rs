@@ -9,7 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use seaport_shared::confined::{ConfinedError, Dir, Entry};
 
 /// Errors from rendering.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,14 @@ pub enum RenderError {
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// Writing a rendered file was refused (a symlink in the way) or failed.
+    #[error("rendering {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: ConfinedError,
     },
 }
 
@@ -110,11 +121,20 @@ pub struct RenderReport {
 /// Renders every `*.tmpl` file of `rootfs` (outside `registry/` and
 /// `images/`) to the same path without `.tmpl`, and every file under
 /// `statics/` in place. Idempotent: a rendered file has no template left.
+///
+/// Rendered files are written beneath the rootfs without following any
+/// symlink ([`seaport_shared::confined`]): a symlink the image planted at
+/// an output path is replaced, not written through, and the temporary file
+/// is created with `O_EXCL | O_NOFOLLOW` under a random name.
 pub fn render_rootfs(
     rootfs: &Path,
     env: &BTreeMap<String, String>,
 ) -> Result<RenderReport, RenderError> {
     let mut report = RenderReport::default();
+    let root = Dir::open(rootfs).map_err(|e| RenderError::Write {
+        path: rootfs.to_path_buf(),
+        source: e,
+    })?;
     let walker = walkdir::WalkDir::new(rootfs)
         .sort_by_file_name()
         .into_iter()
@@ -147,12 +167,18 @@ pub fn render_rootfs(
         } else {
             path.to_path_buf()
         };
-        if fs::read_to_string(&dest).ok().as_deref() != Some(out.as_str()) {
-            let mode = fs::metadata(path).map_err(io)?.permissions();
-            let tmp = dest.with_extension("render-tmp");
-            fs::write(&tmp, out.as_bytes()).map_err(io)?;
-            fs::set_permissions(&tmp, mode).map_err(io)?;
-            fs::rename(&tmp, &dest).map_err(io)?;
+        let dest_rel = dest.strip_prefix(rootfs).unwrap_or(&dest);
+        let current = match root.read_entry(dest_rel) {
+            Ok(Some(Entry::File { bytes, .. })) => Some(bytes),
+            _ => None,
+        };
+        if current.as_deref() != Some(out.as_bytes()) {
+            let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o7777;
+            root.write_atomic(dest_rel, out.as_bytes(), mode)
+                .map_err(|e| RenderError::Write {
+                    path: dest.clone(),
+                    source: e,
+                })?;
         }
         report
             .rendered

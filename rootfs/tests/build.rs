@@ -10,6 +10,7 @@ use std::path::Path;
 use build_support::{read, setup};
 use seaport_rootfs::build::ImageCache;
 use seaport_rootfs::inspect::inspect;
+use seaport_rootfs::store::Store;
 
 #[test]
 fn copy_files_dirs_globs_and_arch() {
@@ -363,4 +364,231 @@ fn the_image_cache_hook_adds_one_layer() {
         ),
         "busybox:1.35\n"
     );
+}
+
+// ---- a malicious base image against the build host ----------------------
+
+/// One entry of a crafted layer: path, kind, mode, bytes, link target.
+type Crafted<'a> = (&'a str, tar::EntryType, u32, &'a [u8], Option<&'a str>);
+
+/// A layer tar exactly as given, hostile names and modes included.
+fn crafted_layer(entries: &[Crafted<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, mode, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(*mode);
+        h.set_size(data.len() as u64);
+        let name = path.as_bytes();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Puts an image of `layers` (uncompressed tars, stored zstd-compressed)
+/// into the store under `name`, as a third party's image arrives there
+/// with `seaport pull` or `seaport load`.
+fn put_image(store: &Store, name: &str, layers: &[Vec<u8>]) {
+    use seaport_rootfs::oci::{
+        Descriptor, ImageConfig, Manifest, RootFs, MEDIA_TYPE_CONFIG, MEDIA_TYPE_LAYER_ZSTD,
+        MEDIA_TYPE_MANIFEST,
+    };
+    use seaport_shared::digest::Digest;
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for tar in layers {
+        let z = zstd::encode_all(&tar[..], 3).unwrap();
+        descs.push(Descriptor {
+            media_type: MEDIA_TYPE_LAYER_ZSTD.into(),
+            digest: store.put_blob(&z).unwrap(),
+            size: z.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+        });
+        diff_ids.push(Digest::of(tar));
+    }
+    let config = ImageConfig {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids,
+        },
+        ..Default::default()
+    };
+    let config = serde_json::to_vec(&config).unwrap();
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+        config: Descriptor {
+            media_type: MEDIA_TYPE_CONFIG.into(),
+            digest: store.put_blob(&config).unwrap(),
+            size: config.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+        },
+        layers: descs,
+        annotations: Default::default(),
+    };
+    let m = store
+        .put_blob(&serde_json::to_vec(&manifest).unwrap())
+        .unwrap();
+    let name = seaport_rootfs::reference::ImageRef::parse(name).unwrap();
+    store.set_name(&name, &m).unwrap();
+}
+
+/// Every path under `dir` with its mode and content or target.
+fn snapshot_modes(dir: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            let what = if m.file_type().is_symlink() {
+                format!("-> {}", fs::read_link(e.path()).unwrap().display())
+            } else if m.is_file() {
+                fs::read_to_string(e.path()).unwrap_or_default()
+            } else {
+                "<dir>".into()
+            };
+            (
+                e.path().display().to_string(),
+                format!("{:o} {}:{} {what}", m.mode(), m.uid(), m.gid()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_base_image_cannot_chmod_the_build_host_through_a_directory_it_replaced_with_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    use tar::EntryType::{Directory as D, Symlink as S};
+    let c = setup();
+    let outside = tempfile::tempdir().unwrap();
+    for sub in ["suid", "open", "nested/b"] {
+        let p = outside.path().join(sub);
+        fs::create_dir_all(&p).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let before = snapshot_modes(outside.path());
+    let at = |s: &str| outside.path().join(s).display().to_string();
+    let (suid, open, nested) = (at("suid"), at("open"), at("nested"));
+    put_image(
+        &c.store,
+        "evil-base:v1",
+        &[crafted_layer(&[
+            ("x/", D, 0o4755, b"", None),
+            ("y/", D, 0o777, b"", None),
+            ("a/", D, 0o755, b"", None),
+            ("a/b/", D, 0o777, b"", None),
+            ("x", S, 0o777, b"", Some(&suid)),
+            ("y", S, 0o777, b"", Some(&open)),
+            ("a", S, 0o777, b"", Some(&nested)),
+        ])],
+    );
+    // RUN materializes the base's rootfs on the build host.
+    c.build("FROM evil-base:v1\nRUN touch built\n", "on-evil:v1")
+        .unwrap();
+    assert_eq!(
+        snapshot_modes(outside.path()),
+        before,
+        "materializing the base changed the build host"
+    );
+    let r = c.rootfs("on-evil:v1");
+    assert!(r.path().join("built").is_file());
+    assert!(fs::symlink_metadata(r.path().join("x"))
+        .unwrap()
+        .is_symlink());
+}
+
+#[test]
+fn registry_domains_with_dot_dot_are_refused_naming_where_they_came_from() {
+    use seaport_rootfs::imagecache::{ImageCacheOptions, RegistryImageCache};
+    use tar::EntryType::{Directory as D, Regular as F};
+    let c = setup();
+    let outside = tempfile::tempdir().unwrap();
+    let before = snapshot_modes(outside.path());
+    let cache = RegistryImageCache::new(ImageCacheOptions {
+        image_list: None,
+        ignored_image_list: None,
+        platform: seaport_rootfs::oci::Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        },
+        client: Default::default(),
+        credentials: None,
+    });
+    // An imageList and a manifest naming domains that climb out.
+    c.file("manifests/imageList", "busybox:1.36\n../../../etc/x:1\n");
+    let err = c
+        .build_with("FROM scratch\nCOPY manifests manifests\n", "dots:v1", |o| {
+            o.image_cache = Some(&cache)
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("manifests/imageList:2") && err.contains("../../../etc/x:1"),
+        "{err}"
+    );
+    fs::remove_file(c.ctx.join("manifests/imageList")).unwrap();
+    c.file(
+        "manifests/app.yaml",
+        "kind: Pod\nspec:\n  containers:\n  - image: reg..istry.io/x:1\n",
+    );
+    let err = c
+        .build_with("FROM scratch\nCOPY manifests manifests\n", "dots:v2", |o| {
+            o.image_cache = Some(&cache)
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("manifests/app.yaml") && err.contains("reg..istry.io"),
+        "{err}"
+    );
+    // A base image whose own index of cached images names such a domain.
+    let index = serde_json::json!({"images": [{
+        "name": "evil.io/x:1",
+        "domain": format!("../../..{}", outside.path().display()),
+        "repository": "x",
+        "digest": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    }]})
+    .to_string();
+    put_image(
+        &c.store,
+        "evil-index:v1",
+        &[crafted_layer(&[
+            ("registry/", D, 0o755, b"", None),
+            (
+                "registry/seaport-images.json",
+                F,
+                0o644,
+                index.as_bytes(),
+                None,
+            ),
+        ])],
+    );
+    fs::remove_file(c.ctx.join("manifests/app.yaml")).unwrap();
+    c.file("manifests/imageList", "busybox:1.36\n");
+    let err = c
+        .build_with(
+            "FROM evil-index:v1\nCOPY manifests manifests\n",
+            "dots:v3",
+            |o| o.image_cache = Some(&cache),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("seaport-images.json") && err.contains("HOST[:PORT]"),
+        "{err}"
+    );
+    assert_eq!(snapshot_modes(outside.path()), before);
+    assert!(c.store.resolve("dots:v3").is_err());
 }

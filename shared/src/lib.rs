@@ -7,10 +7,13 @@
 //! - [`pki`]: roles, CA pins, join tokens, node ids, certificate inspection,
 //!   keys and CSRs, private files.
 //! - [`tls`]: rustls and quinn configurations (pinned enrollment, mTLS).
+//! - [`confined`]: files beneath a root, never through a symlink (the one
+//!   writer for places an image or another party may have planted links).
 //! - [`safetar`]: tar unpacking confined to a target root.
 //! - [`transfer`]: layer distribution: pieces, piece tables, `Blob` stream messages.
 
 pub mod codec;
+pub mod confined;
 pub mod digest;
 pub mod pki;
 pub mod safetar;

@@ -7,9 +7,8 @@
 //! never from a message.
 
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use rand::Rng;
@@ -338,37 +337,17 @@ pub fn read_text(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-/// Writes a file atomically (temporary file in the same directory, fsync,
-/// rename, fsync of the directory) with the given mode.
+/// Writes a file atomically (a temporary file created with
+/// `O_EXCL | O_NOFOLLOW` in the same directory, fsync, rename, fsync of the
+/// directory) with the given mode: [`crate::confined::write_atomic`].
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let err = |source| PkiError::Write {
+    crate::confined::write_atomic(path, bytes, mode).map_err(|e| PkiError::Write {
         path: path.display().to_string(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The mode given at creation is masked by the umask; set it exactly.
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+        source: match e {
+            crate::confined::ConfinedError::Io { source, .. } => source,
+            e => std::io::Error::other(e.to_string()),
+        },
+    })
 }
 
 /// Creates a directory (and parents) with mode 0700 for the last component.

@@ -306,6 +306,10 @@ pub struct SyncResponse {
     pub blobs: Vec<BlobPlan>,
     /// Node ids whose certificates peers must refuse.
     pub revoked: Vec<String>,
+    /// Images assigned to other nodes that share blobs with this node's
+    /// (`blobs` holds only the shared ones): their nodes may fetch those
+    /// blobs from this one too.
+    pub sharing: Vec<ImageAssignment>,
 }
 
 /// An image assigned to a node and the blobs it is made of.
@@ -315,6 +319,18 @@ pub struct ImageAssignment {
     pub manifest_digest: Digest,
     /// Manifest, config and layers.
     pub blobs: Vec<Digest>,
+    /// Every node the image is assigned to: the only peers its blobs are
+    /// served to.
+    #[serde(default)]
+    pub nodes: Vec<NamedNode>,
+}
+
+/// A node the coordinator named, and the lowest certificate serial it may
+/// present (certificates issued before its latest enrollment are stale).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedNode {
+    pub node_id: String,
+    pub min_serial: u64,
 }
 
 /// How one blob is fetched now.

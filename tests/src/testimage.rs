@@ -394,6 +394,36 @@ pub fn escaping_layer() -> Result<Vec<u8>, TestImageError> {
     b.into_inner().map_err(step("tar"))
 }
 
+/// A layer that tries to change modes on the host through symlinks: the
+/// directories `x` (mode 04755) and `y` (mode 0777), then the same names
+/// as symlinks to `/usr/bin/bash` and `/etc`. Directory modes are applied
+/// at the end of a layer, by then at paths that are links out of the root.
+pub fn chmod_through_symlink_layer() -> Result<Vec<u8>, TestImageError> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, mode) in [("x/", 0o4755), ("y/", 0o777)] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_path(name).map_err(step("tar header"))?;
+        h.set_mode(mode);
+        h.set_size(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append(&h, &[][..]).map_err(step("tar"))?;
+    }
+    for (name, target) in [("x", "/usr/bin/bash"), ("y", "/etc")] {
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_path(name).map_err(step("tar header"))?;
+        l.set_link_name(target).map_err(step("tar header"))?;
+        l.set_mode(0o777);
+        l.set_size(0);
+        l.set_mtime(0);
+        l.set_cksum();
+        b.append(&l, &[][..]).map_err(step("tar"))?;
+    }
+    b.into_inner().map_err(step("tar"))
+}
+
 /// A one-layer image of `layer_bytes` (an uncompressed tar) as an OCI
 /// layout in `dir`.
 pub fn make_oci_layout_with_layer(

@@ -8,7 +8,9 @@
 //! The coordinator killed and restarted in the middle of the install
 //! resumes it, and the agent killed in the middle of a step resumes it; a
 //! second `seaport run` changes nothing; an image whose layer escapes its
-//! directory is refused with nothing written; `seaport delete --all
+//! directory is refused with nothing written; an image whose layer gives
+//! directories modes and then turns them into symlinks to /usr/bin/bash and
+//! /etc changes no mode on the host; `seaport delete --all
 //! --prune` leaves /etc, /usr and systemd's unit state as they were.
 //!
 //! The docker variant of the test image (docker from Debian's `docker.io`
@@ -439,6 +441,52 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
     );
     assert!(ok, "delete evil: {out}{err}");
     phases.done("escaping image refused");
+
+    // An image whose layer gives directories modes and then replaces them
+    // with symlinks to /usr/bin/bash and /etc: installing it changes no mode
+    // on the host.
+    let modes = |h: &Host| {
+        h.exec(&["stat", "-c", "%n %a %U:%G", "/usr/bin/bash", "/etc"])
+            .unwrap()
+            .stdout
+    };
+    let before_modes = modes(m0);
+    let chmod = tmp.path().join("chmod-layout");
+    testimage::make_oci_layout_with_layer(
+        &chmod,
+        "chmod:v1",
+        &testimage::chmod_through_symlink_layer().unwrap(),
+    )
+    .unwrap();
+    let chmod_tar = tmp.path().join("chmod.tar");
+    testimage::tar_dir(&chmod, &chmod_tar).unwrap();
+    let (ok, _, err) = seaport_out(&bins, &root, &["load", "-i", chmod_tar.to_str().unwrap()]);
+    assert!(ok, "load: {err}");
+    // The image is no cluster (no runtime): the run fails after its rootfs
+    // step, which is the one that unpacks the layer.
+    let (_, out, err) = seaport_out(
+        &bins,
+        &root,
+        &["run", "chmod:v1", "-m", &m0ip, "--cluster", "chmod"],
+    );
+    assert!(
+        m0.exec(&["test", "-L", "/var/lib/seaport/data/chmod/rootfs/x"])
+            .unwrap()
+            .success(),
+        "the layer was not unpacked: {out}{err}"
+    );
+    assert_eq!(
+        modes(m0),
+        before_modes,
+        "installing the image changed modes on the host"
+    );
+    let (ok, out, err) = seaport_out(
+        &bins,
+        &root,
+        &["delete", "--cluster", "chmod", "--prune", "--yes"],
+    );
+    assert!(ok, "delete chmod: {out}{err}");
+    phases.done("image chmod-ing through symlinks changes nothing");
 
     // Delete: every host as before.
     let (ok, out, err) = seaport_out(&bins, &root, &["delete", "--all", "--prune", "--yes"]);

@@ -9,13 +9,20 @@
 //! changed and removed files there can be restored, and journals the
 //! difference. The "before" snapshot is kept on disk until the command
 //! finishes, so a hook interrupted by a crash is still accounted for.
+//!
+//! Every change under the host root goes through
+//! [`seaport_shared::confined`]: paths are resolved beneath the root without
+//! following a symlink in any component (a planted link is an error naming
+//! it), temporary files are created with `O_EXCL | O_NOFOLLOW`, modes are
+//! set on the open handle, and a symlink at a file's own path is replaced,
+//! never written through.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use seaport_shared::confined::{self, ConfinedError, Dir, Entry, Kind};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Change, Journal, JournalError};
@@ -43,6 +50,9 @@ pub enum FilesError {
     /// The journal could not be written.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// A path under the host root is refused or could not be changed.
+    #[error(transparent)]
+    Confined(#[from] ConfinedError),
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FilesError {
@@ -88,28 +98,22 @@ impl HostFiles {
         self.root.join(abs.trim_start_matches('/'))
     }
 
+    /// The host root, opened: everything below is resolved without
+    /// following symlinks.
+    fn dir(&self) -> Result<Dir, FilesError> {
+        Ok(Dir::open(&self.root)?)
+    }
+
     /// Creates `abs` and missing parents, journaling the ones created.
     pub fn ensure_dir(&self, j: &mut Journal, abs: &str) -> Result<(), FilesError> {
-        let mut missing = Vec::new();
-        let mut cur = Path::new(abs);
-        while !self.host(&cur.to_string_lossy()).exists() {
-            missing.push(cur.to_string_lossy().into_owned());
-            match cur.parent() {
-                Some(p) => cur = p,
-                None => break,
-            }
-        }
-        for dir in missing.into_iter().rev() {
+        let root = self.dir()?;
+        for rel in root.missing_dirs(Path::new(abs))? {
+            let dir = format!("/{}", rel.display());
             if !j.knows_path(&dir) {
-                j.record(Change::CreatedDir { path: dir.clone() })?;
-            }
-            let p = self.host(&dir);
-            match fs::create_dir(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io("creating", &p)(e)),
+                j.record(Change::CreatedDir { path: dir })?;
             }
         }
+        root.create_dirs(Path::new(abs))?;
         Ok(())
     }
 
@@ -122,37 +126,39 @@ impl HostFiles {
         bytes: &[u8],
         mode: u32,
     ) -> Result<bool, FilesError> {
-        let path = self.host(abs);
-        let existing = fs::symlink_metadata(&path).ok();
-        if let Some(m) = &existing {
-            if m.is_file()
-                && m.permissions().mode() & 0o7777 == mode
-                && fs::read(&path).ok().as_deref() == Some(bytes)
-            {
+        let root = self.dir()?;
+        let rel = Path::new(abs);
+        let existing = root.read_entry(rel)?;
+        if let Some(Entry::File {
+            bytes: old,
+            mode: m,
+        }) = &existing
+        {
+            if *m == mode && old.as_slice() == bytes {
                 note_installed(j, abs, bytes)?;
                 return Ok(false);
             }
         }
-        if let Some(parent) = Path::new(abs).parent() {
+        if let Some(parent) = rel.parent() {
             self.ensure_dir(j, &parent.to_string_lossy())?;
         }
         if !j.knows_path(abs) {
-            match &existing {
+            match existing {
                 None => j.record(Change::CreatedFile {
                     path: abs.to_string(),
                 })?,
-                Some(m) if m.is_dir() => {
+                Some(Entry::Dir) => {
                     return Err(FilesError::Io {
                         action: "replacing",
-                        path,
+                        path: self.host(abs),
                         source: std::io::Error::other(
                             "a directory is there; move it away or remove it first",
                         ),
                     })
                 }
-                Some(_) => {
+                Some(entry) => {
                     let backup = j.backup_path()?;
-                    copy_preserving(&path, &backup)?;
+                    save_copy(&entry, &self.host(abs), &backup)?;
                     j.record(Change::ReplacedFile {
                         path: abs.to_string(),
                         backup: backup.to_string_lossy().into_owned(),
@@ -160,21 +166,29 @@ impl HostFiles {
                 }
             }
         }
-        write_atomic(&path, bytes, mode)?;
+        root.write_atomic(rel, bytes, mode)?;
         note_installed(j, abs, bytes)?;
         Ok(true)
     }
 
     /// Appends `line` to `abs` unless a line equal to it is there.
     pub fn append_line(&self, j: &mut Journal, abs: &str, line: &str) -> Result<bool, FilesError> {
-        let path = self.host(abs);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let root = self.dir()?;
+        let (text, mode) = match root.read_entry(Path::new(abs))? {
+            None => {
                 self.install(j, abs, format!("{line}\n").as_bytes(), 0o644)?;
                 return Ok(true);
             }
-            Err(e) => return Err(io("reading", &path)(e)),
+            Some(Entry::File { bytes, mode }) => {
+                (String::from_utf8_lossy(&bytes).into_owned(), mode)
+            }
+            Some(_) => {
+                return Err(FilesError::Io {
+                    action: "appending to",
+                    path: self.host(abs),
+                    source: std::io::Error::other("it is not a regular file"),
+                })
+            }
         };
         if text.lines().any(|l| l == line) {
             return Ok(false);
@@ -189,10 +203,7 @@ impl HostFiles {
         }
         new.push_str(line);
         new.push('\n');
-        let mode = fs::metadata(&path)
-            .map(|m| m.permissions().mode() & 0o7777)
-            .unwrap_or(0o644);
-        write_atomic(&path, new.as_bytes(), mode)?;
+        root.write_atomic(Path::new(abs), new.as_bytes(), mode)?;
         if j.state().installed.contains_key(abs) {
             note_installed(j, abs, new.as_bytes())?;
         }
@@ -210,6 +221,7 @@ impl HostFiles {
     ) -> Result<T, FilesError> {
         let track_dir = j.dir().join("track").join(key);
         let before_file = track_dir.join("before.json");
+        let root = self.dir()?;
         let before: BTreeMap<String, Stat> = match fs::read(&before_file) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             Err(_) => {
@@ -225,7 +237,9 @@ impl HostFiles {
                         if let Some(p) = dest.parent() {
                             fs::create_dir_all(p).map_err(io("creating", p))?;
                         }
-                        copy_preserving(&self.host(abs), &dest)?;
+                        if let Some(entry) = root.read_entry(Path::new(abs))? {
+                            save_copy(&entry, &self.host(abs), &dest)?;
+                        }
                     }
                 }
                 let bytes = serde_json::to_vec(&snap).expect("snapshots serialize");
@@ -243,9 +257,9 @@ impl HostFiles {
                 && j.state().installed.contains_key(abs)
                 && before.get(abs).is_none_or(|old| changed(old, st))
             {
-                let p = self.host(abs);
-                let bytes = fs::read(&p).map_err(io("reading", &p))?;
-                note_installed(j, abs, &bytes)?;
+                if let Some(Entry::File { bytes, .. }) = root.read_entry(Path::new(abs))? {
+                    note_installed(j, abs, &bytes)?;
+                }
             }
             if j.knows_path(abs) {
                 continue;
@@ -339,85 +353,43 @@ impl HostFiles {
     /// (what could not be put back).
     pub fn restore(&self, changes: &[Change]) -> Vec<String> {
         let mut warnings = Vec::new();
+        let root = match self.dir() {
+            Ok(r) => r,
+            Err(e) => return vec![e.to_string()],
+        };
         for c in changes.iter().rev() {
             let r: Result<(), String> = match c {
-                Change::CreatedFile { path } => {
-                    let p = self.host(path);
-                    match fs::symlink_metadata(&p) {
-                        Ok(m) if !m.is_dir() => {
-                            fs::remove_file(&p).map_err(|e| format!("removing {path}: {e}"))
-                        }
-                        Ok(_) => {
-                            fs::remove_dir_all(&p).map_err(|e| format!("removing {path}: {e}"))
-                        }
-                        Err(_) => Ok(()),
-                    }
-                }
-                Change::CreatedTree { path } => {
-                    let p = self.host(path);
-                    match fs::symlink_metadata(&p) {
-                        Ok(m) if m.is_dir() => {
-                            fs::remove_dir_all(&p).map_err(|e| format!("removing {path}: {e}"))
-                        }
-                        Ok(_) => Err(format!(
-                            "{path} was created by the install as a directory and is no longer one: kept"
-                        )),
-                        Err(_) => Ok(()),
-                    }
-                }
-                Change::CreatedDir { path } => {
-                    let p = self.host(path);
-                    match fs::remove_dir(&p) {
-                        Ok(()) => Ok(()),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                        Err(e) => Err(format!(
-                            "{path} was created by the install and is kept: {e} (something else put files there)"
-                        )),
-                    }
-                }
+                Change::CreatedFile { path } => remove_created(&root, path, Created::File),
+                Change::CreatedTree { path } => remove_created(&root, path, Created::Tree),
+                Change::CreatedDir { path } => remove_created(&root, path, Created::Dir),
                 Change::ReplacedFile { path, backup } | Change::RemovedFile { path, backup } => {
-                    let p = self.host(path);
-                    (|| -> Result<(), FilesError> {
-                        if let Some(parent) = p.parent() {
-                            fs::create_dir_all(parent).map_err(io("creating", parent))?;
-                        }
-                        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                            fs::remove_dir_all(&p).map_err(io("removing", &p))?;
-                        }
-                        let tmp = p.with_extension("seaport-restore");
-                        copy_preserving(Path::new(backup), &tmp)?;
-                        fs::rename(&tmp, &p).map_err(io("restoring", &p))
-                    })()
-                    .map_err(|e| e.to_string())
+                    restore_copy(&root, path, Path::new(backup)).map_err(|e| e.to_string())
                 }
-                Change::AppendedLine { path, line } => {
-                    let p = self.host(path);
-                    match fs::read_to_string(&p) {
-                        Ok(text) => {
-                            let mut removed = false;
-                            let kept: Vec<&str> = text
-                                .lines()
-                                .filter(|l| {
-                                    if !removed && *l == line {
-                                        removed = true;
-                                        false
-                                    } else {
-                                        true
-                                    }
-                                })
-                                .collect();
-                            let mut new = kept.join("\n");
-                            if !new.is_empty() {
-                                new.push('\n');
-                            }
-                            let mode = fs::metadata(&p)
-                                .map(|m| m.permissions().mode() & 0o7777)
-                                .unwrap_or(0o644);
-                            write_atomic(&p, new.as_bytes(), mode).map_err(|e| e.to_string())
+                Change::AppendedLine { path, line } => match root.read_entry(Path::new(path)) {
+                    Ok(Some(Entry::File { bytes, mode })) => {
+                        let text = String::from_utf8_lossy(&bytes);
+                        let mut removed = false;
+                        let kept: Vec<&str> = text
+                            .lines()
+                            .filter(|l| {
+                                if !removed && *l == line {
+                                    removed = true;
+                                    false
+                                } else {
+                                    true
+                                }
+                            })
+                            .collect();
+                        let mut new = kept.join("\n");
+                        if !new.is_empty() {
+                            new.push('\n');
                         }
-                        Err(_) => Ok(()),
+                        root.write_atomic(Path::new(path), new.as_bytes(), mode)
+                            .map_err(|e| e.to_string())
                     }
-                }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
                 Change::ChangedUnrestorable { path } => Err(format!(
                     "{path} was changed by a hook outside the backed-up trees and is left as it is"
                 )),
@@ -430,6 +402,83 @@ impl HostFiles {
             }
         }
         warnings
+    }
+}
+
+/// Removes what the install created at `abs`, never through a symlink.
+/// What the install created at a path, for removing it again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Created {
+    /// A file (or anything: whatever is there now goes).
+    File,
+    /// An empty directory: removed only while it stays empty.
+    Dir,
+    /// A directory the install owns with everything in it.
+    Tree,
+}
+
+fn remove_created(root: &Dir, abs: &str, created: Created) -> Result<(), String> {
+    let (parent, name) = match root.parent_of(Path::new(abs), false) {
+        Ok(p) => p,
+        Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => return Ok(()),
+        Err(ConfinedError::NotADirectory { .. }) => return Ok(()),
+        Err(e) => return Err(format!("removing {abs}: {e}")),
+    };
+    if created == Created::Dir {
+        return match parent.rmdir(name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => Ok(()),
+            Err(e) => Err(format!(
+                "{abs} was created by the install and is kept: {e} (something else put files there)"
+            )),
+        };
+    }
+    match parent.stat(name) {
+        Ok(None) => Ok(()),
+        Ok(Some(m)) if created == Created::Tree && m.kind != Kind::Dir => Err(format!(
+            "{abs} was created by the install as a directory and is no longer one: kept"
+        )),
+        Ok(Some(_)) => parent
+            .remove_all(name)
+            .map_err(|e| format!("removing {abs}: {e}")),
+        Err(e) => Err(format!("removing {abs}: {e}")),
+    }
+}
+
+/// Puts the backup copy `backup` back at `abs` under the host root.
+fn restore_copy(root: &Dir, abs: &str, backup: &Path) -> Result<(), FilesError> {
+    let (parent, name) = root.parent_of(Path::new(abs), true)?;
+    if parent.stat(name)?.is_some_and(|m| m.kind == Kind::Dir) {
+        parent.remove_all(name)?;
+    }
+    let m = fs::symlink_metadata(backup).map_err(io("reading", backup))?;
+    if m.file_type().is_symlink() {
+        let target = fs::read_link(backup).map_err(io("reading", backup))?;
+        parent.replace_with_symlink(target.as_os_str(), name)?;
+    } else {
+        let bytes = fs::read(backup).map_err(io("reading", backup))?;
+        parent.write_file(name, &bytes, m.permissions().mode() & 0o7777)?;
+    }
+    Ok(())
+}
+
+/// Keeps a copy of `entry` (read from `from` on the host) at `to`, in the
+/// agent's own directories.
+fn save_copy(entry: &Entry, from: &Path, to: &Path) -> Result<(), FilesError> {
+    if let Some(p) = to.parent() {
+        fs::create_dir_all(p).map_err(io("creating", p))?;
+    }
+    match entry {
+        Entry::File { bytes, mode } => write_atomic(to, bytes, *mode),
+        Entry::Symlink { target } => {
+            let _ = fs::remove_file(to);
+            std::os::unix::fs::symlink(target, to).map_err(io("copying", from))
+        }
+        Entry::Dir | Entry::Other => Err(FilesError::Io {
+            action: "copying",
+            path: from.to_path_buf(),
+            source: std::io::Error::other("it is not a regular file or symlink"),
+        }),
     }
 }
 
@@ -459,35 +508,9 @@ fn changed(a: &Stat, b: &Stat) -> bool {
     }
 }
 
-fn copy_preserving(from: &Path, to: &Path) -> Result<(), FilesError> {
-    let m = fs::symlink_metadata(from).map_err(io("reading", from))?;
-    if m.file_type().is_symlink() {
-        let target = fs::read_link(from).map_err(io("reading", from))?;
-        let _ = fs::remove_file(to);
-        std::os::unix::fs::symlink(target, to).map_err(io("copying", to))?;
-    } else {
-        fs::copy(from, to).map_err(io("copying", from))?;
-    }
-    Ok(())
-}
-
-/// Writes a file atomically: temporary file beside it, fsync, rename.
+/// Writes a file atomically in one of the agent's own directories
+/// ([`confined::write_atomic`]: a temporary file created with
+/// `O_EXCL | O_NOFOLLOW`, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FilesError> {
-    let tmp = path.with_extension(format!(
-        "{}seaport-tmp",
-        path.extension()
-            .map(|e| format!("{}.", e.to_string_lossy()))
-            .unwrap_or_default()
-    ));
-    let mut f = fs::File::create(&tmp).map_err(io("writing", &tmp))?;
-    f.write_all(bytes).map_err(io("writing", &tmp))?;
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io("setting the mode of", &tmp))?;
-    f.sync_all().map_err(io("syncing", &tmp))?;
-    drop(f);
-    if fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) {
-        fs::remove_file(path).map_err(io("replacing", path))?;
-    }
-    fs::rename(&tmp, path).map_err(io("renaming", path))?;
-    Ok(())
+    Ok(confined::write_atomic(path, bytes, mode)?)
 }

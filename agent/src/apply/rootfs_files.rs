@@ -6,15 +6,16 @@
 //! Paths are relative to the rootfs and confined to it as layer entries are
 //! (`shared/src/safetar.rs`): absolute paths and `..` are refused. A read
 //! may follow a symlink only when it resolves inside the rootfs; a write
-//! never goes through a symlinked directory (a symlink at the file's own
-//! path is replaced, not followed), creates missing parent directories, and
-//! replaces the file atomically (temporary file, fsync, rename).
+//! goes through [`seaport_shared::confined`]: never through a symlinked
+//! directory (a symlink at the file's own path is replaced, not followed),
+//! missing parent directories created, the file replaced atomically (a
+//! temporary file created with `O_EXCL | O_NOFOLLOW`, fsync, rename).
 
 use std::fs;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
-use super::files::write_atomic;
+use seaport_shared::confined::{ConfinedError, Dir, Kind};
 
 /// Most file bytes one answer carries: well under the task frame limit
 /// (`wire::TASK_FRAME_LIMIT`, 1 MiB), leaving room for paths and framing.
@@ -74,6 +75,25 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Rootf
         action,
         path,
         source,
+    }
+}
+
+/// A confined write refused (a symlink or file in the way) or failed.
+fn confined_err(shown: &str, e: ConfinedError) -> RootfsFilesError {
+    match e {
+        ConfinedError::Io {
+            action,
+            path,
+            source,
+        } => RootfsFilesError::Io {
+            action,
+            path,
+            source,
+        },
+        e => RootfsFilesError::Refused {
+            path: shown.to_string(),
+            reason: e.to_string(),
+        },
     }
 }
 
@@ -249,50 +269,23 @@ pub fn write_files(
             }
         }
     }
+    let root = Dir::open(&rootfs).map_err(|e| confined_err("", e))?;
     for ((shown, bytes), rel) in files.iter().zip(&rels) {
-        let refused = |reason: String| RootfsFilesError::Refused {
-            path: shown.clone(),
-            reason,
-        };
-        let mut cur = rootfs.clone();
-        if let Some(parent) = rel.parent() {
-            for c in parent.components() {
-                cur.push(c);
-                match fs::symlink_metadata(&cur) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        return Err(refused(format!(
-                            "{} is a symlink; writing through it could leave the rootfs",
-                            cur.display()
-                        )))
-                    }
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        return Err(refused(format!(
-                            "{} is a file, not a directory",
-                            cur.display()
-                        )))
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        fs::create_dir(&cur).map_err(io("creating", &cur))?;
-                    }
-                    Err(e) => return Err(io("reading", &cur)(e)),
-                }
+        let (dir, name) = root
+            .parent_of(rel, true)
+            .map_err(|e| confined_err(shown, e))?;
+        let mode = match dir.stat(name).map_err(|e| confined_err(shown, e))? {
+            Some(m) if m.kind == Kind::Dir => {
+                return Err(RootfsFilesError::Refused {
+                    path: shown.clone(),
+                    reason: "a directory is there".into(),
+                })
             }
-        }
-        let path = rootfs.join(rel);
-        let mode = match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => return Err(refused("a directory is there".into())),
-            Ok(m) if m.is_file() => {
-                use std::os::unix::fs::PermissionsExt;
-                m.permissions().mode() & 0o7777
-            }
+            Some(m) if m.kind == Kind::File => m.mode,
             _ => 0o644,
         };
-        write_atomic(&path, bytes, mode).map_err(|e| RootfsFilesError::Io {
-            action: "writing",
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        dir.write_file(name, bytes, mode)
+            .map_err(|e| confined_err(shown, e))?;
     }
     Ok(files.len())
 }

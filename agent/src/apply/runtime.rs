@@ -26,7 +26,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::journal::Change;
-use super::steps::{e2s, is_executable, start_and_wait, Context, StepResult, BIN_DIR, UNIT_DIR};
+use super::steps::{
+    e2s, is_executable, read_inside, read_text_inside, start_and_wait, Context, StepResult,
+    BIN_DIR, UNIT_DIR,
+};
 
 /// The label sealer 0.9+ images name their container runtime with.
 pub const LABEL_CONTAINER_RUNTIME: &str = "cluster.alpha.sealer.io/container-runtime-type";
@@ -545,8 +548,7 @@ impl Context<'_> {
         let shipped_cri_dockerd = rootfs.join("bin/cri-dockerd");
         let mut changed = installed > 0;
         if is_executable(&shipped_cri_dockerd) {
-            let bytes = fs::read(&shipped_cri_dockerd)
-                .map_err(|e| format!("reading {}: {e}", shipped_cri_dockerd.display()))?;
+            let bytes = read_inside(&rootfs, &shipped_cri_dockerd)?.unwrap_or_default();
             changed |= self.install_file(&format!("{BIN_DIR}/cri-dockerd"), &bytes, 0o755)?;
         }
         let has_cri_dockerd = is_executable(&self.files.host(&format!("{BIN_DIR}/cri-dockerd")));
@@ -555,7 +557,7 @@ impl Context<'_> {
 
         let local = format!("{}:{}", self.registry_domain, self.registry_port);
         let domains = mirrored_domains(&local, &rootfs.join("registry"))?;
-        let image_json = fs::read_to_string(rootfs.join("etc/daemon.json")).ok();
+        let image_json = read_text_inside(&rootfs, "etc/daemon.json")?;
         let daemon = docker_daemon_json(
             image_json.as_deref(),
             &local,
@@ -563,19 +565,20 @@ impl Context<'_> {
             dockerd_knows_mirror_registries(&dockerd),
         )?;
         changed |= self.install_file("/etc/docker/daemon.json", daemon.text.as_bytes(), 0o644)?;
-        let unit = fs::read(rootfs.join("etc/docker.service"))
-            .unwrap_or_else(|_| DEFAULT_DOCKER_UNIT.as_bytes().to_vec());
+        let unit = read_inside(&rootfs, &rootfs.join("etc/docker.service"))?
+            .unwrap_or_else(|| DEFAULT_DOCKER_UNIT.as_bytes().to_vec());
         changed |= self.install_file(&format!("{UNIT_DIR}/docker.service"), &unit, 0o644)?;
         let mut units = vec!["docker.service"];
         if cri == DockerCri::CriDockerd {
-            let socket = fs::read(rootfs.join("etc/cri-docker.socket"))
-                .unwrap_or_else(|_| DEFAULT_CRI_DOCKER_SOCKET.as_bytes().to_vec());
-            let service = fs::read(rootfs.join("etc/cri-docker.service")).unwrap_or_else(|_| {
-                default_cri_docker_service(
-                    cached_pause_image(&rootfs.join("registry"), &local).as_deref(),
-                )
-                .into_bytes()
-            });
+            let socket = read_inside(&rootfs, &rootfs.join("etc/cri-docker.socket"))?
+                .unwrap_or_else(|| DEFAULT_CRI_DOCKER_SOCKET.as_bytes().to_vec());
+            let service = read_inside(&rootfs, &rootfs.join("etc/cri-docker.service"))?
+                .unwrap_or_else(|| {
+                    default_cri_docker_service(
+                        cached_pause_image(&rootfs.join("registry"), &local).as_deref(),
+                    )
+                    .into_bytes()
+                });
             changed |=
                 self.install_file(&format!("{UNIT_DIR}/cri-docker.socket"), &socket, 0o644)?;
             changed |=

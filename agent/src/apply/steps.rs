@@ -100,6 +100,14 @@ impl<'a> Context<'a> {
             .or_else(|| env.get("RegistryPort"))
             .cloned()
             .unwrap_or_else(|| DEFAULT_REGISTRY_PORT.to_string());
+        // The domain names a directory on the host (containerd's
+        // certs.d/DOMAIN:PORT/), and may come from the image's ENV.
+        seaport_rootfs::reference::validate_registry(&format!("{registry_domain}:{registry_port}"))
+            .map_err(|reason| {
+                ApplyError::Input(format!(
+                    "registry_domain and registry_port (from the image's ENV or the cluster env): {reason}"
+                ))
+            })?;
         let computed = [
             ("RegistryDomain", registry_domain.clone()),
             ("RegistryPort", registry_port.clone()),
@@ -278,9 +286,15 @@ impl<'a> Context<'a> {
         let names: Vec<String> = bins.iter().map(|(n, _)| n.clone()).collect();
         let choice = runtime::choose(&self.env, &self.img.config.config.labels, &names)?;
         self.refuse_runtime_switch(&choice)?;
+        let staging = self.opts.cluster_dir().join("cri");
         let mut installed = 0;
         for (name, path) in &bins {
-            let bytes = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let within = if path.starts_with(&staging) {
+                &staging
+            } else {
+                &rootfs
+            };
+            let bytes = read_inside(within, path)?.unwrap_or_default();
             if self.install_file(&format!("{BIN_DIR}/{name}"), &bytes, 0o755)? {
                 installed += 1;
             }
@@ -334,16 +348,16 @@ impl<'a> Context<'a> {
 
     fn start_containerd(&mut self, installed: usize, choice: &runtime::Choice) -> StepResult {
         let rootfs = self.rootfs();
-        let mut config = fs::read_to_string(rootfs.join("etc/containerd.toml"))
-            .unwrap_or_else(|_| DEFAULT_CONTAINERD_CONFIG.to_string());
+        let mut config = read_text_inside(&rootfs, "etc/containerd.toml")?
+            .unwrap_or_else(|| DEFAULT_CONTAINERD_CONFIG.to_string());
         if !config.contains("config_path") {
             config.push_str(
                 "\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n",
             );
         }
         self.install_file("/etc/containerd/config.toml", config.as_bytes(), 0o644)?;
-        let unit = fs::read(rootfs.join("etc/containerd.service"))
-            .unwrap_or_else(|_| DEFAULT_CONTAINERD_UNIT.as_bytes().to_vec());
+        let unit = read_inside(&rootfs, &rootfs.join("etc/containerd.service"))?
+            .unwrap_or_else(|| DEFAULT_CONTAINERD_UNIT.as_bytes().to_vec());
         self.install_file(&format!("{UNIT_DIR}/containerd.service"), &unit, 0o644)?;
         self.systemctl_ok(&["daemon-reload"])?;
         // Its data and state directories, when containerd makes them now.
@@ -440,7 +454,11 @@ impl<'a> Context<'a> {
     fn step_registry(&mut self) -> StepResult {
         let rootfs = self.rootfs();
         let storage = rootfs.join("registry");
-        fs::create_dir_all(&storage).map_err(|e| format!("creating {}: {e}", storage.display()))?;
+        // Bind-mounted and served: a real directory of the rootfs, never a
+        // symlink the image planted.
+        seaport_shared::confined::Dir::open(&rootfs)
+            .and_then(|r| r.create_dirs(Path::new("registry")))
+            .map_err(e2s)?;
         let mount = self.opts.cluster_dir().join("registry");
         fs::create_dir_all(&mount).map_err(|e| format!("creating {}: {e}", mount.display()))?;
         // Mounted from a replaced rootfs (an upgrade): mount the new one.
@@ -472,8 +490,8 @@ impl<'a> Context<'a> {
                     REGISTRY_BINARIES.join(", ")
                 )
             })?;
-        let base = fs::read_to_string(rootfs.join("etc/registry_config.yml"))
-            .unwrap_or_else(|_| DEFAULT_REGISTRY_CONFIG.to_string());
+        let base = read_text_inside(&rootfs, "etc/registry_config.yml")?
+            .unwrap_or_else(|| DEFAULT_REGISTRY_CONFIG.to_string());
         let config = registry_config(&base, &mount, &self.registry_port);
         let config_path = self.opts.cluster_dir().join("registry.yml");
         super::files::write_atomic(&config_path, config.as_bytes(), 0o644).map_err(e2s)?;
@@ -598,12 +616,12 @@ impl<'a> Context<'a> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            let bytes = fs::read(&p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+            let bytes = read_inside(&rootfs, &p)?.unwrap_or_default();
             self.install_file(&format!("{BIN_DIR}/{name}"), &bytes, 0o755)?;
             names.push(name);
         }
         let pre = rootfs.join("scripts/kubelet-pre-start.sh");
-        if let Ok(bytes) = fs::read(&pre) {
+        if let Some(bytes) = read_inside(&rootfs, &pre)? {
             self.install_file(&format!("{BIN_DIR}/kubelet-pre-start.sh"), &bytes, 0o755)?;
         }
         let mut units = Vec::new();
@@ -625,18 +643,18 @@ impl<'a> Context<'a> {
             if RUNTIME_UNITS.contains(&name.as_str()) {
                 continue;
             }
-            let bytes = fs::read(&p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+            let bytes = read_inside(&rootfs, &p)?.unwrap_or_default();
             self.install_file(&format!("{UNIT_DIR}/{name}"), &bytes, 0o644)?;
             units.push(name);
         }
-        if let Ok(bytes) = fs::read(rootfs.join("etc/10-kubeadm.conf")) {
+        if let Some(bytes) = read_inside(&rootfs, &rootfs.join("etc/10-kubeadm.conf"))? {
             self.install_file(
                 &format!("{UNIT_DIR}/kubelet.service.d/10-kubeadm.conf"),
                 &bytes,
                 0o644,
             )?;
         }
-        if let Ok(bytes) = fs::read(rootfs.join("statics/audit-policy.yml")) {
+        if let Some(bytes) = read_inside(&rootfs, &rootfs.join("statics/audit-policy.yml"))? {
             self.install_file("/etc/kubernetes/audit-policy.yml", &bytes, 0o644)?;
         }
         self.systemctl_ok(&["daemon-reload"])?;
@@ -801,7 +819,7 @@ impl<'a> Context<'a> {
     /// kubeadm documents, merged.
     pub(crate) fn kubeadm_config(&self) -> Result<KubeadmConfig, String> {
         let mut cfg = KubeadmConfig::defaults();
-        if let Ok(text) = fs::read_to_string(self.rootfs().join("etc/kubeadm.yml")) {
+        if let Some(text) = read_text_inside(&self.rootfs(), "etc/kubeadm.yml")? {
             cfg.merge(&KubeadmConfig::parse(&text, "etc/kubeadm.yml").map_err(e2s)?);
         }
         if let Some(text) = &self.opts.kubeadm_config {
@@ -1031,6 +1049,38 @@ fn same_dir(a: &Path, b: &Path) -> bool {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
     }
+}
+
+/// The bytes of `path`, a file the image shipped under `root`: a symlink is
+/// followed only while it resolves inside `root` (an image's link to a host
+/// file, `bin/x -> /etc/shadow`, is refused rather than copied onto the
+/// host); `None` when it does not exist.
+pub(crate) fn read_inside(root: &Path, path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let canon_root =
+        fs::canonicalize(root).map_err(|e| format!("resolving {}: {e}", root.display()))?;
+    match fs::canonicalize(path) {
+        Ok(c) if c.starts_with(&canon_root) => fs::read(&c)
+            .map(Some)
+            .map_err(|e| format!("reading {}: {e}", path.display())),
+        Ok(c) => Err(format!(
+            "{} resolves to {}, outside {} (through a symlink); refusing to read it",
+            path.display(),
+            c.display(),
+            root.display()
+        )),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.kind() == std::io::ErrorKind::NotADirectory =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(format!("reading {}: {e}", path.display())),
+    }
+}
+
+/// [`read_inside`] of `rel` in the rootfs, as text.
+pub(crate) fn read_text_inside(rootfs: &Path, rel: &str) -> Result<Option<String>, String> {
+    Ok(read_inside(rootfs, &rootfs.join(rel))?.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
 pub(crate) fn is_executable(p: &Path) -> bool {

@@ -919,3 +919,323 @@ fn reset_keeps_a_runtime_data_root_with_a_mount_inside_it() {
     assert!(!opts.host_root.join("usr/bin/dockerd").exists());
     assert!(!opts.host_root.join("run/docker").exists());
 }
+
+// ---- a malicious image against the host ---------------------------------
+
+/// One entry of a crafted layer: path, kind, mode, bytes, link target.
+type Crafted<'a> = (&'a str, tar::EntryType, u32, &'a [u8], Option<&'a str>);
+
+/// A layer tar exactly as given, hostile names and modes included.
+fn crafted_tar(entries: &[Crafted<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, mode, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(*mode);
+        h.set_size(data.len() as u64);
+        let name = path.as_bytes();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Every path under `dir` with its mode, owner and content or target.
+fn sentinel_snapshot(dir: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            let what = if m.file_type().is_symlink() {
+                format!("-> {}", fs::read_link(e.path()).unwrap().display())
+            } else if m.is_file() {
+                fs::read_to_string(e.path()).unwrap_or_default()
+            } else {
+                "<dir>".into()
+            };
+            (
+                e.path().display().to_string(),
+                format!("{:o} {}:{} {what}", m.mode(), m.uid(), m.gid()),
+            )
+        })
+        .collect()
+}
+
+/// A sentinel tree beside the host root: directories and files of known
+/// modes an image must not reach.
+fn sentinels(d: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let out = d.join("outside");
+    for sub in ["suid", "open", "nested/b"] {
+        fs::create_dir_all(out.join(sub)).unwrap();
+        fs::set_permissions(out.join(sub), fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    for f in ["victim", "suid/bash"] {
+        fs::write(out.join(f), "untouched\n").unwrap();
+        fs::set_permissions(out.join(f), fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    out
+}
+
+#[test]
+fn a_layer_cannot_chmod_host_directories_through_a_directory_it_replaced_with_a_symlink() {
+    use tar::EntryType::{Directory as D, Regular as F, Symlink as S};
+    let (dir, mut opts) = fixture();
+    let d = dir.path();
+    let out = sentinels(d);
+    let before = sentinel_snapshot(&out);
+    let suid = out.join("suid").display().to_string();
+    let open = out.join("open").display().to_string();
+    let nested = out.join("nested").display().to_string();
+    // Directories with modes, then the same names as symlinks out of the
+    // root, in one layer: the directory modes are applied at the end.
+    let evil = crafted_tar(&[
+        ("bin/kubeadm", F, 0o755, b"#!/bin/sh\n", None),
+        ("x/", D, 0o4755, b"", None),
+        ("y/", D, 0o777, b"", None),
+        ("a/", D, 0o755, b"", None),
+        ("a/b/", D, 0o777, b"", None),
+        ("x", S, 0o777, b"", Some(&suid)),
+        ("y", S, 0o777, b"", Some(&open)),
+        ("a", S, 0o777, b"", Some(&nested)),
+    ]);
+    layout_with(&d.join("evil"), "evil:1", &[evil], &[]);
+    opts.image = ImageSource::Layout {
+        dir: d.join("evil"),
+        name: "evil:1".into(),
+    };
+    opts.only = Some(vec!["rootfs".into()]);
+    let host = fresh_host(&opts);
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    let rootfs = opts.rootfs();
+    assert!(fs::symlink_metadata(rootfs.join("x")).unwrap().is_symlink());
+    assert_eq!(
+        sentinel_snapshot(&out),
+        before,
+        "the layer changed files outside the root"
+    );
+}
+
+#[test]
+fn an_image_archive_under_images_cannot_chmod_host_directories_through_a_symlink() {
+    use tar::EntryType::{Directory as D, Regular as F, Symlink as S};
+    let (dir, mut opts) = fixture();
+    let d = dir.path();
+    let out = sentinels(d);
+    let before = sentinel_snapshot(&out);
+    let suid = out.join("suid").display().to_string();
+    let open = out.join("open").display().to_string();
+    // The same inside an image the registry step loads (images/*.tar).
+    let archive = crafted_tar(&[
+        ("x/", D, 0o4755, b"", None),
+        ("x", S, 0o777, b"", Some(&suid)),
+        ("y/", D, 0o777, b"", None),
+        ("y", S, 0o777, b"", Some(&open)),
+    ]);
+    let files = crafted_tar(&[
+        ("images/", D, 0o755, b"", None),
+        ("images/evil.tar", F, 0o644, &archive, None),
+    ]);
+    layout_with(&d.join("evil"), "evil:1", &[files], &[]);
+    opts.image = ImageSource::Layout {
+        dir: d.join("evil"),
+        name: "evil:1".into(),
+    };
+    opts.only = Some(vec!["rootfs".into()]);
+    apply(&opts, &fresh_host(&opts), &mut |_| {}).unwrap();
+    // What the registry step does with images/*.tar, up to the push.
+    let scratch = opts.cluster_dir().join("tmp/images");
+    let err = images_load::load_images(&opts.rootfs().join("images"), "127.0.0.1:1", &scratch)
+        .unwrap_err();
+    assert!(err.to_string().contains("evil.tar"), "{err}");
+    assert_eq!(
+        sentinel_snapshot(&out),
+        before,
+        "images/evil.tar changed files outside"
+    );
+}
+
+#[test]
+fn templates_and_config_files_are_never_written_through_symlinks_the_image_planted() {
+    use tar::EntryType::{Directory as D, Regular as F, Symlink as S};
+    let (dir, mut opts) = fixture();
+    let d = dir.path();
+    let out = sentinels(d);
+    let before = sentinel_snapshot(&out);
+    let victim = out.join("victim").display().to_string();
+    let layer = crafted_tar(&[
+        ("bin/kubeadm", F, 0o755, b"#!/bin/sh\n", None),
+        ("etc/", D, 0o755, b"", None),
+        // A template whose output path is a symlink out of the root.
+        (
+            "etc/motd.tmpl",
+            F,
+            0o644,
+            b"cluster {{ .ClusterName }}\n",
+            None,
+        ),
+        ("etc/motd", S, 0o777, b"", Some(&victim)),
+        // Templates whose temporary names are planted symlinks.
+        ("etc/kube.tmpl", F, 0o644, b"host {{ .HostIP }}\n", None),
+        ("etc/kube.render-tmp", S, 0o777, b"", Some(&victim)),
+        ("statics/", D, 0o755, b"", None),
+        ("statics/audit.yml", F, 0o644, b"at {{ .HostIP }}\n", None),
+        ("statics/audit.render-tmp", S, 0o777, b"", Some(&victim)),
+        // The temporary name a Config document written here would use.
+        (
+            "etc/kubeadm.yml",
+            F,
+            0o644,
+            b"kind: ClusterConfiguration\n",
+            None,
+        ),
+        ("etc/kubeadm.yml.seaport-tmp", S, 0o777, b"", Some(&victim)),
+        ("etc/kubeadm.yml.render-tmp", S, 0o777, b"", Some(&victim)),
+    ]);
+    layout_with(&d.join("evil"), "evil:1", &[layer], &[]);
+    opts.image = ImageSource::Layout {
+        dir: d.join("evil"),
+        name: "evil:1".into(),
+    };
+    opts.only = Some(vec!["rootfs".into(), "render".into()]);
+    let host = fresh_host(&opts);
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    let rootfs = opts.rootfs();
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/motd")).unwrap(),
+        "cluster c1\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/kube")).unwrap(),
+        "host 10.0.0.2\n"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("statics/audit.yml")).unwrap(),
+        "at 10.0.0.2\n"
+    );
+    // A Config document of the Clusterfile written into the rootfs.
+    rootfs_files::write_files(
+        &opts.data_root,
+        "c1",
+        &[(
+            "etc/kubeadm.yml".into(),
+            b"kind: InitConfiguration\n".to_vec(),
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/kubeadm.yml")).unwrap(),
+        "kind: InitConfiguration\n"
+    );
+    assert_eq!(
+        sentinel_snapshot(&out),
+        before,
+        "a write went through a planted symlink"
+    );
+}
+
+#[test]
+fn registry_domains_named_by_the_image_must_be_host_and_port() {
+    let (dir, mut opts) = fixture();
+    let d = dir.path();
+    let out = sentinels(d);
+    let before = sentinel_snapshot(&out);
+    let index = serde_json::json!({"images": [{
+        "name": "evil.io/x:1",
+        "domain": "../../../../outside",
+        "repository": "x",
+        "digest": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+    }]})
+    .to_string();
+    image_layout(
+        &d.join("layout"),
+        "docker.io/library/test:1",
+        &[("registry/seaport-images.json", index.as_bytes())],
+    );
+    opts.image = ImageSource::Layout {
+        dir: d.join("layout"),
+        name: "test:1".into(),
+    };
+    let host = fresh_host(&opts);
+    let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("registry-access")
+            && err.contains("../../../../outside")
+            && err.contains("HOST[:PORT]"),
+        "{err}"
+    );
+    assert_eq!(
+        sentinel_snapshot(&out),
+        before,
+        "a mirror config landed outside the root"
+    );
+    assert!(!d.join("outside/hosts.toml").exists());
+}
+
+#[test]
+fn host_files_are_never_written_through_a_symlinked_directory_on_the_host() {
+    let (dir, opts) = fixture();
+    let d = dir.path();
+    let out = sentinels(d);
+    // Something (a hook of an earlier install, say) left /etc/containerd
+    // as a link to a directory outside the host root.
+    std::os::unix::fs::symlink(out.join("open"), opts.host_root.join("etc/containerd")).unwrap();
+    let before = sentinel_snapshot(&out);
+    let host = fresh_host(&opts);
+    let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
+    assert!(
+        err.contains("runtime") && err.contains("etc/containerd is a symlink"),
+        "{err}"
+    );
+    assert_eq!(
+        sentinel_snapshot(&out),
+        before,
+        "the install wrote through the link"
+    );
+}
+
+#[test]
+fn image_links_to_host_files_are_not_copied_onto_the_host() {
+    use tar::EntryType::{Regular as F, Symlink as S};
+    let (dir, mut opts) = fixture();
+    let d = dir.path();
+    let out = sentinels(d);
+    let secret = out.join("victim").display().to_string();
+    for (rel, expect) in [
+        ("bin/peek", "bin/peek resolves to"),
+        ("etc/containerd.toml", "etc/containerd.toml resolves to"),
+    ] {
+        let layer = crafted_tar(&[
+            ("bin/kubeadm", F, 0o755, b"#!/bin/sh\n", None),
+            ("cri/runc", F, 0o755, b"runc\n", None),
+            (rel, S, 0o777, b"", Some(&secret)),
+        ]);
+        let layout = d.join(format!("evil-{}", rel.replace('/', "-")));
+        layout_with(&layout, "evil:1", &[layer], &[]);
+        opts.image = ImageSource::Layout {
+            dir: layout,
+            name: "evil:1".into(),
+        };
+        let host = fresh_host(&opts);
+        let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains(expect) && err.contains("outside"), "{err}");
+        for f in walkdir::WalkDir::new(&opts.host_root).into_iter().flatten() {
+            if f.file_type().is_file() {
+                let text = fs::read_to_string(f.path()).unwrap_or_default();
+                assert!(
+                    !text.contains("untouched"),
+                    "{} got the host file",
+                    f.path().display()
+                );
+            }
+        }
+        reset_c1(&opts, &host);
+    }
+}

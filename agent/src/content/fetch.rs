@@ -29,7 +29,7 @@ use seaport_shared::transfer::{
 use seaport_shared::wire::{self, StreamKind};
 
 use super::store::{Partial, PieceWriter, VerifiedPiece};
-use super::{peer, Shared};
+use super::{peer, PeerPolicy, Shared};
 use crate::identity::Identity;
 
 const COORDINATOR: &str = "coordinator";
@@ -299,11 +299,15 @@ impl Fetcher {
     }
 
     fn apply(&mut self, resp: SyncResponse) {
-        *self
-            .shared
-            .revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = resp.revoked.into_iter().collect();
+        let policy = PeerPolicy::from_sync(&resp);
+        self.shared.peers.send_if_modified(|cur| {
+            if cur.as_deref() == Some(&policy) {
+                false
+            } else {
+                *cur = Some(Arc::new(policy));
+                true
+            }
+        });
         let keep: HashSet<Digest> = resp
             .images
             .iter()

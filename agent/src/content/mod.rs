@@ -6,7 +6,8 @@
 //!   session's connection, fetch pieces from peers first and from the
 //!   coordinator where it grants them, verify each piece while writing.
 //! - `peer.rs`: the peer server: serves verified pieces (of complete blobs
-//!   and of blobs still downloading) to other nodes of the same CA.
+//!   and of blobs still downloading) to the nodes the coordinator named
+//!   for the image, with current certificates.
 //!
 //! [`ContentService::run`] runs both for as long as the agent runs; the
 //! session hands it each new coordinator connection through a watch channel.
@@ -15,13 +16,15 @@ mod fetch;
 mod peer;
 pub mod store;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Semaphore};
+
+pub(crate) use peer::PeerPolicy;
 
 use seaport_shared::digest::Digest;
 use seaport_shared::transfer::{self, Bitmap, BlobReport, PieceTable, PIECE_SIZE};
@@ -146,7 +149,10 @@ pub(crate) struct Shared {
     pub(crate) store: ContentStore,
     pub(crate) state_dir: PathBuf,
     pub(crate) held: Mutex<HashMap<Digest, Held>>,
-    pub(crate) revoked: Mutex<HashSet<String>>,
+    /// Whom the peer server serves what: from the last sync, `None` before
+    /// the first (nothing is served then). Open peer connections re-check
+    /// when it changes.
+    pub(crate) peers: watch::Sender<Option<Arc<PeerPolicy>>>,
     pub(crate) served: AtomicU64,
     pub(crate) download: RateLimit,
     pub(crate) upload: RateLimit,
@@ -228,7 +234,7 @@ impl ContentService {
             store: store.clone(),
             state_dir: state_dir.to_path_buf(),
             held: Mutex::new(HashMap::new()),
-            revoked: Mutex::new(HashSet::new()),
+            peers: watch::channel(None).0,
             served: AtomicU64::new(0),
             download: RateLimit::new(opts.max_download_rate),
             upload: RateLimit::new(opts.max_upload_rate),

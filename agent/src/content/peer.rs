@@ -1,10 +1,16 @@
 //! The peer server: other nodes fetch verified pieces from this one.
 //!
 //! Clients must present a node certificate of the cluster CA (the TLS layer
-//! enforces the CA; the role and the coordinator's revocation list are
-//! checked here). Only pieces whose bit is set are served: verified here,
+//! enforces the CA). The rest comes from the coordinator's last sync
+//! ([`PeerPolicy`]): nothing is served before the first one; a client must
+//! be a node the coordinator named for an image assigned here, not revoked,
+//! with a certificate no older than its latest enrollment (serial); and it
+//! gets only blobs of the images it was named for. Open connections are
+//! checked again whenever a sync changes that, and closed when they no
+//! longer pass. Only pieces whose bit is set are served: verified here,
 //! whether the blob is complete or still downloading.
 
+use std::collections::{HashMap, HashSet};
 use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -16,10 +22,11 @@ use tokio::time::timeout;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use seaport_shared::codec;
+use seaport_shared::digest::Digest;
 use seaport_shared::pki::{self, CertInfo, Role};
 use seaport_shared::tls;
 use seaport_shared::transfer::{
-    self, BlobRequest, BlobResponse, BLOB_FRAME_LIMIT, MAX_PIECES_PER_REQUEST,
+    self, BlobRequest, BlobResponse, SyncResponse, BLOB_FRAME_LIMIT, MAX_PIECES_PER_REQUEST,
 };
 use seaport_shared::wire::{self, StreamKind};
 
@@ -28,6 +35,65 @@ use crate::identity::Identity;
 
 const CHUNK: usize = 256 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whom the peer server serves, from the coordinator's last sync.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct PeerPolicy {
+    /// Nodes named for the images assigned here (and for other images
+    /// sharing their blobs): the lowest serial each may present, and the
+    /// blobs each may fetch.
+    named: HashMap<String, (u64, HashSet<Digest>)>,
+    revoked: HashSet<String>,
+}
+
+impl PeerPolicy {
+    pub(crate) fn from_sync(resp: &SyncResponse) -> PeerPolicy {
+        let mut named: HashMap<String, (u64, HashSet<Digest>)> = HashMap::new();
+        for a in resp.images.iter().chain(&resp.sharing) {
+            for n in &a.nodes {
+                let e = named.entry(n.node_id.clone()).or_default();
+                e.0 = e.0.max(n.min_serial);
+                e.1.extend(a.blobs.iter().copied());
+            }
+        }
+        PeerPolicy {
+            named,
+            revoked: resp.revoked.iter().cloned().collect(),
+        }
+    }
+
+    /// Whether the node `node` presenting certificate `serial` may fetch
+    /// from here at all.
+    pub(crate) fn admits(&self, node: &str, serial: u64) -> Result<(), &'static str> {
+        if self.revoked.contains(node) {
+            return Err("node revoked");
+        }
+        match self.named.get(node) {
+            None => Err("node not named for any image assigned here"),
+            Some((min, _)) if serial < *min => {
+                Err("stale certificate: issued before the node's latest enrollment")
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Whether `node` may fetch `digest` from here.
+    pub(crate) fn may_fetch(&self, node: &str, digest: &Digest) -> bool {
+        !self.revoked.contains(node)
+            && self
+                .named
+                .get(node)
+                .is_some_and(|(_, blobs)| blobs.contains(digest))
+    }
+}
+
+/// Whether a client may keep (or open) a connection, by the current policy.
+fn verdict(policy: Option<&PeerPolicy>, peer: &CertInfo) -> Result<(), &'static str> {
+    match policy {
+        None => Err("this node has not synced with the coordinator yet"),
+        Some(p) => p.admits(&peer.name, peer.serial),
+    }
+}
 
 /// The client configuration for dialing the peer server of `node_id`.
 pub(crate) fn client_for(
@@ -77,17 +143,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     conn.close(2u32.into(), b"only nodes fetch pieces from nodes");
                     return;
                 }
-                let revoked = shared
-                    .revoked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&info.name);
-                if revoked {
-                    info!(peer = %info.name, "refused a revoked node");
-                    conn.close(2u32.into(), b"node revoked");
+                let now = verdict(shared.peers.borrow().as_deref(), &info);
+                if let Err(reason) = now {
+                    info!(peer = %info.name, serial = info.serial, %reason, "refused a peer");
+                    conn.close(2u32.into(), reason.as_bytes());
                     return;
                 }
-                peer_conn(shared, conn, info.name)
+                peer_conn(shared, conn, info)
                     .instrument(info_span!("peer", %remote))
                     .await;
             }
@@ -96,10 +158,27 @@ pub(crate) async fn serve(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     }
 }
 
-async fn peer_conn(shared: Arc<Shared>, conn: quinn::Connection, peer: String) {
+async fn peer_conn(shared: Arc<Shared>, conn: quinn::Connection, info: CertInfo) {
+    let mut policy = shared.peers.subscribe();
+    let peer = info.name.clone();
     loop {
-        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-            return;
+        let (mut send, mut recv) = tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            changed = policy.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = verdict(policy.borrow_and_update().as_deref(), &info);
+                if let Err(reason) = now {
+                    info!(%peer, %reason, "closing a peer connection");
+                    conn.close(2u32.into(), reason.as_bytes());
+                    return;
+                }
+                continue;
+            }
         };
         let shared = shared.clone();
         let peer = peer.clone();
@@ -136,6 +215,25 @@ async fn peer_conn(shared: Arc<Shared>, conn: quinn::Connection, peer: String) {
                 let _ = send.finish();
                 return;
             };
+            let allowed = shared
+                .peers
+                .borrow()
+                .as_ref()
+                .is_some_and(|p| p.may_fetch(&peer, &digest));
+            if !allowed {
+                info!(%peer, %digest, "refused a blob the coordinator did not name this peer for");
+                let _ = codec::write_msg(
+                    &mut send,
+                    &BlobResponse::Refused {
+                        reason: format!(
+                            "blob {digest} is not part of an image the coordinator assigned to node {peer}"
+                        ),
+                    },
+                )
+                .await;
+                let _ = send.finish();
+                return;
+            }
             let Ok(_permit) = shared.uploads.acquire().await else {
                 return;
             };
@@ -153,7 +251,7 @@ async fn peer_conn(shared: Arc<Shared>, conn: quinn::Connection, peer: String) {
 
 async fn send_pieces(
     shared: &Shared,
-    digest: &seaport_shared::digest::Digest,
+    digest: &Digest,
     pieces: &[u32],
     send: &mut quinn::SendStream,
 ) -> Result<u64, String> {
@@ -199,4 +297,72 @@ async fn send_pieces(
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seaport_shared::transfer::{ImageAssignment, NamedNode};
+
+    fn cert(name: &str, serial: u64) -> CertInfo {
+        CertInfo {
+            role: Role::Node,
+            name: name.into(),
+            serial,
+            not_before: 0,
+            not_after: i64::MAX,
+            ips: vec![],
+        }
+    }
+
+    #[test]
+    fn nothing_is_served_before_the_first_sync_and_only_what_was_named_after() {
+        let layer = Digest::of(b"layer");
+        let other = Digest::of(b"other");
+        assert!(verdict(None, &cert("a", 9))
+            .unwrap_err()
+            .contains("not synced"));
+        let resp = SyncResponse {
+            images: vec![ImageAssignment {
+                image: "x:1".into(),
+                manifest_digest: Digest::of(b"m"),
+                blobs: vec![layer],
+                nodes: vec![NamedNode {
+                    node_id: "a".into(),
+                    min_serial: 5,
+                }],
+            }],
+            revoked: vec!["r".into()],
+            sharing: vec![ImageAssignment {
+                image: "y:1".into(),
+                manifest_digest: Digest::of(b"n"),
+                blobs: vec![other],
+                nodes: vec![
+                    NamedNode {
+                        node_id: "b".into(),
+                        min_serial: 1,
+                    },
+                    NamedNode {
+                        node_id: "r".into(),
+                        min_serial: 1,
+                    },
+                ],
+            }],
+            ..SyncResponse::default()
+        };
+        let p = PeerPolicy::from_sync(&resp);
+        verdict(Some(&p), &cert("a", 5)).unwrap();
+        assert!(verdict(Some(&p), &cert("a", 4))
+            .unwrap_err()
+            .contains("stale"));
+        assert!(verdict(Some(&p), &cert("z", 9))
+            .unwrap_err()
+            .contains("not named"));
+        assert!(verdict(Some(&p), &cert("r", 9))
+            .unwrap_err()
+            .contains("revoked"));
+        assert!(p.may_fetch("a", &layer) && !p.may_fetch("a", &other));
+        assert!(p.may_fetch("b", &other) && !p.may_fetch("b", &layer));
+        assert!(!p.may_fetch("r", &other));
+    }
 }

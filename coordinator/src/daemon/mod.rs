@@ -120,6 +120,18 @@ pub(crate) struct Shared {
     pub(crate) image_root: PathBuf,
 }
 
+/// A view of a running coordinator's in-memory tables, to check that they
+/// stay bounded whatever nodes send.
+#[derive(Clone)]
+pub struct Probe(Arc<Shared>);
+
+impl Probe {
+    /// The size of the distribution tracker.
+    pub fn tracker_size(&self) -> crate::distribution::tracker::TrackerSize {
+        self.0.dist.tracker_size()
+    }
+}
+
 /// A bound, not yet running coordinator.
 pub struct Daemon {
     endpoint: quinn::Endpoint,
@@ -148,6 +160,11 @@ impl TokenCheck {
 }
 
 impl Daemon {
+    /// A view of this daemon's in-memory tables.
+    pub fn probe(&self) -> Probe {
+        Probe(self.shared.clone())
+    }
+
     /// A token checker sharing this daemon's state.
     pub fn token_check(&self) -> TokenCheck {
         TokenCheck(self.shared.clone())

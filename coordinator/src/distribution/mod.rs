@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use seaport_shared::digest::Digest;
 use seaport_shared::transfer::{
-    self, BlobPlan, BlobProgress, DistributionStatus, ImageAssignment, ImageProgress, NodeProgress,
-    PieceTable, SyncRequest, SyncResponse, TransferError, PIECE_SIZE,
+    self, BlobPlan, BlobProgress, DistributionStatus, ImageAssignment, ImageProgress, NamedNode,
+    NodeProgress, PieceTable, SyncRequest, SyncResponse, TransferError, PIECE_SIZE,
 };
 
 use crate::state::{NodeRecord, StateError, Store};
@@ -313,10 +313,11 @@ impl Distribution {
         req: SyncRequest,
     ) -> Result<SyncResponse, DistError> {
         let now = Instant::now();
-        let assigned: Vec<Assignment> = state
-            .assignments::<Assignment>()?
-            .into_iter()
+        let all: Vec<Assignment> = state.assignments::<Assignment>()?;
+        let assigned: Vec<Assignment> = all
+            .iter()
             .filter(|a| a.nodes.iter().any(|n| n == node_id))
+            .cloned()
             .collect();
         let mut tables: BTreeMap<Digest, Arc<PieceTable>> = BTreeMap::new();
         for a in &assigned {
@@ -332,8 +333,9 @@ impl Distribution {
             .filter(|b| b.complete)
             .map(|b| b.digest)
             .collect();
-        // Bitmaps for blobs not (or no longer) assigned here are still
-        // recorded: the agent serves them to peers until it collects them.
+        // Only blobs of images assigned to this node are recorded: what a
+        // node was not given is ignored, so its reports cannot grow the
+        // tracker (peers are offered, and serve, assigned blobs only).
         let holdings: Vec<_> = req
             .blobs
             .into_iter()
@@ -341,13 +343,14 @@ impl Distribution {
                 b.have.is_valid()
                     && tables
                         .get(&b.digest)
-                        .is_none_or(|t| t.count() == b.have.len())
+                        .is_some_and(|t| t.count() == b.have.len())
             })
             .map(|b| (b.digest, b.have))
             .collect();
         let bad = req
             .bad_peers
             .into_iter()
+            .take(tracker::MAX_BAD_PEERS)
             .map(|b| (b.node_id, b.reason))
             .collect();
         let mut tracker = self.tracker();
@@ -375,11 +378,42 @@ impl Distribution {
             });
         }
         drop(tracker);
-        let revoked = state
-            .nodes()?
-            .into_iter()
+        let records = state.nodes()?;
+        let revoked = records
+            .iter()
             .filter(|n| n.revoked)
-            .map(|n| n.node_id)
+            .map(|n| n.node_id.clone())
+            .collect();
+        // The peers this node may serve: the nodes named with each image,
+        // with the lowest certificate serial each may present.
+        let named = |a: &Assignment| -> Vec<NamedNode> {
+            a.nodes
+                .iter()
+                .filter_map(|id| records.iter().find(|r| &r.node_id == id && !r.revoked))
+                .map(|r| NamedNode {
+                    node_id: r.node_id.clone(),
+                    min_serial: r.min_serial,
+                })
+                .collect()
+        };
+        let mine: HashSet<Digest> = tables.keys().copied().collect();
+        let sharing = all
+            .iter()
+            .filter(|a| !a.nodes.iter().any(|n| n == node_id))
+            .filter_map(|a| {
+                let shared: Vec<Digest> = a
+                    .blobs
+                    .iter()
+                    .map(|(d, _)| *d)
+                    .filter(|d| mine.contains(d))
+                    .collect();
+                (!shared.is_empty()).then(|| ImageAssignment {
+                    image: a.image.clone(),
+                    manifest_digest: a.manifest_digest,
+                    blobs: shared,
+                    nodes: named(a),
+                })
+            })
             .collect();
         Ok(SyncResponse {
             images: assigned
@@ -388,11 +422,18 @@ impl Distribution {
                     image: a.image.clone(),
                     manifest_digest: a.manifest_digest,
                     blobs: a.blobs_of(node_id).iter().map(|(d, _)| *d).collect(),
+                    nodes: named(a),
                 })
                 .collect(),
             blobs,
             revoked,
+            sharing,
         })
+    }
+
+    /// How much the tracker holds (bounded whatever nodes report).
+    pub fn tracker_size(&self) -> tracker::TrackerSize {
+        self.tracker().size()
     }
 
     /// Forgets a node's holdings (it was revoked).

@@ -12,6 +12,13 @@
 //! something new to offer its peers all along. A grant lapses after
 //! [`GRANT_TTL`] or when its agent goes quiet, so a stalled or cut agent does
 //! not hold pieces hostage.
+//!
+//! Everything here is keyed by what nodes report, so every table is bounded
+//! per node: bitmaps only for blobs of images assigned to the node (the
+//! caller filters them), bad-peer reports only about nodes the tracker
+//! knows (that synced themselves) and at most [`MAX_BAD_PEERS`] of them,
+//! byte counters for at most [`MAX_SOURCES`] sources. A name no node has
+//! synced under never gets an entry, whoever reports it.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -29,6 +36,13 @@ pub const GRANT_TTL: Duration = Duration::from_secs(20);
 pub const QUIET_AFTER: Duration = Duration::from_secs(8);
 /// How long an unreachable peer is avoided by the agent that reported it.
 pub const UNREACHABLE_FOR: Duration = Duration::from_secs(15);
+/// Bad-peer reports kept per node.
+pub const MAX_BAD_PEERS: usize = 256;
+/// Sources of received bytes kept per node.
+pub const MAX_SOURCES: usize = 64;
+
+/// The name of the coordinator among the sources of received bytes.
+pub const COORDINATOR_SOURCE: &str = "coordinator";
 
 #[derive(Debug, Clone, Copy)]
 struct Grant {
@@ -69,6 +83,23 @@ pub struct NodeReport {
     pub served: u64,
 }
 
+/// How much the tracker holds: what stays bounded however nodes report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrackerSize {
+    /// Nodes known (each synced at least once).
+    pub nodes: usize,
+    /// Blobs with holders or grants.
+    pub blobs: usize,
+    /// Bitmaps held, over all blobs.
+    pub holdings: usize,
+    /// Grants outstanding, over all blobs.
+    pub grants: usize,
+    /// Bad-peer reports kept, over all nodes.
+    pub bad_peers: usize,
+    /// Received-byte counters kept, over all nodes.
+    pub sources: usize,
+}
+
 /// The coordinator's in-memory view of transfers. Rebuilt from agents'
 /// reports after a restart (they send their whole bitmaps on every sync).
 #[derive(Debug, Default)]
@@ -107,6 +138,11 @@ impl Tracker {
             served,
         } = report;
         let n = self.node(node_id);
+        let received: Vec<(String, u64)> = received
+            .into_iter()
+            .filter(|(src, _)| src == COORDINATOR_SOURCE || self.index.contains_key(src))
+            .take(MAX_SOURCES)
+            .collect();
         {
             let st = &mut self.nodes[n];
             st.peer_addr = peer_addr;
@@ -115,8 +151,18 @@ impl Tracker {
             st.served = served;
         }
         for (peer, reason) in bad {
-            let p = self.node(&peer);
-            let entry = self.nodes[n].bad.entry(p).or_insert((reason, now));
+            // Only nodes that synced themselves: a made-up name gets nothing.
+            let Some(&p) = self.index.get(&peer) else {
+                continue;
+            };
+            if p == n {
+                continue;
+            }
+            let bad = &mut self.nodes[n].bad;
+            if bad.len() >= MAX_BAD_PEERS && !bad.contains_key(&p) {
+                continue;
+            }
+            let entry = bad.entry(p).or_insert((reason, now));
             // Corrupt sticks; an unreachable report refreshes its time.
             if entry.0 != BadPeerReason::Corrupt {
                 *entry = (reason, now);
@@ -135,6 +181,20 @@ impl Tracker {
             blob.grants
                 .retain(|piece, g| !(g.node == n && have.get(*piece)));
             blob.holders.insert(n, have);
+        }
+        self.blobs
+            .retain(|_, b| !b.holders.is_empty() || !b.grants.is_empty());
+    }
+
+    /// How much the tracker holds.
+    pub fn size(&self) -> TrackerSize {
+        TrackerSize {
+            nodes: self.nodes.len(),
+            blobs: self.blobs.len(),
+            holdings: self.blobs.values().map(|b| b.holders.len()).sum(),
+            grants: self.blobs.values().map(|b| b.grants.len()).sum(),
+            bad_peers: self.nodes.iter().map(|n| n.bad.len()).sum(),
+            sources: self.nodes.iter().map(|n| n.received.len()).sum(),
         }
     }
 
@@ -499,5 +559,36 @@ mod tests {
         report(&mut t, "a", &Bitmap::full(4), later);
         let (_, peers) = t.plan("b", &d(), 4, later, &|n: &str| n != "a");
         assert!(peers.is_empty());
+    }
+
+    #[test]
+    fn reports_about_unknown_names_add_nothing() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        report(&mut t, "a", &Bitmap::new(4), now);
+        report(&mut t, "b", &Bitmap::new(4), now);
+        let before = t.size();
+        let flood = NodeReport {
+            peer_addr: Some("b:7444".into()),
+            holdings: vec![(d(), Bitmap::new(4))],
+            bad: (0..1000)
+                .map(|i| (format!("nobody-{i}"), BadPeerReason::Corrupt))
+                .chain([
+                    ("a".to_string(), BadPeerReason::Corrupt),
+                    ("b".to_string(), BadPeerReason::Corrupt),
+                ])
+                .collect(),
+            received: (0..1000)
+                .map(|i| (format!("nobody-{i}"), 1))
+                .chain([("coordinator".to_string(), 5)])
+                .collect(),
+            ..Default::default()
+        };
+        t.report("b", flood, now);
+        let after = t.size();
+        assert_eq!(after.nodes, before.nodes);
+        assert_eq!(after.bad_peers, 1, "only the known peer a, not b itself");
+        assert_eq!(after.sources, 1);
+        assert_eq!(t.corrupt_peers("b"), vec!["a".to_string()]);
     }
 }
