@@ -31,9 +31,12 @@
 //! - [`clusterfile`]: sealer's Clusterfile, read and checked (pure).
 //! - [`converge`]: from a cluster's state and a desired spec to the stages of
 //!   one operation (pure).
-//! - [`runs`]: running operations on agents, journaled in the state database
-//!   (`cli/cluster.rs`: `seaport run`, `apply`, `join`, `delete`, `status`,
-//!   `logs`, `audit`).
+//! - [`operations`]: operations on clusters: the record, a pure `prepare`,
+//!   `drive`, one file per kind of stage, over two traits (`Agents`,
+//!   `ClusterStore`) (`cli/cluster.rs`: `seaport run`, `apply`, `join`,
+//!   `delete`, `status`, `logs`, `audit`).
+//! - [`records`]: what is kept about nodes, tokens, admin certificates and
+//!   image assignments (plain data).
 
 pub mod admin;
 pub mod bootstrap;
@@ -44,7 +47,8 @@ pub mod clusterfile;
 pub mod converge;
 pub mod daemon;
 pub mod distribution;
+pub mod operations;
 pub mod plan;
-pub mod runs;
+pub mod records;
 pub mod state;
 pub mod tokens;

@@ -15,14 +15,18 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use seaport_shared::pki::{self, JoinToken};
-use seaport_shared::wire::{AdminCertInfo, HostFacts, IpBinding, NodeAddress};
+use seaport_shared::wire::HostFacts;
+
+use crate::operations::{AuditEntry, Cluster, ClusterStore, StoreError};
+pub use crate::records::{same_ip, AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
+use seaport_shared::cluster::ClusterName;
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
 /// Image distribution assignments, by image name (see `crate::distribution`).
 const ASSIGNMENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("assignments");
-/// Clusters and their runs, by cluster name (see `crate::runs`).
+/// Clusters and their operations, by cluster name (see `crate::operations`).
 const CLUSTERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("clusters");
 /// The audit log, by sequence number.
 const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
@@ -83,157 +87,12 @@ macro_rules! db_err {
     };
 }
 
-/// A stored join token (never the secret).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub secret_hash: String,
-    pub created_at: i64,
-    pub expires_at: i64,
-    pub uses_left: u32,
-    /// The existing node this token re-enrolls (`token create --node`);
-    /// `None`: it enrolls new nodes only.
-    #[serde(default)]
-    pub node_id: Option<String>,
-}
-
-/// A stored admin certificate (never its key).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AdminRecord {
-    pub serial: u64,
-    pub name: String,
-    pub issued_at: i64,
-    pub expires_at: i64,
-    pub revoked_at: Option<i64>,
-    /// The coordinator's own, under `ROOT/coordinator/`.
-    pub local: bool,
-}
-
-impl AdminRecord {
-    pub fn info(&self) -> AdminCertInfo {
-        AdminCertInfo {
-            serial: self.serial,
-            name: self.name.clone(),
-            issued_at: self.issued_at,
-            expires_at: self.expires_at,
-            revoked_at: self.revoked_at,
-            local: self.local,
-        }
-    }
-}
-
-/// Whether two textual IPs are the same address (`::ffff:a.b.c.d` is
-/// `a.b.c.d`); text that is not an IP equals only itself.
-pub fn same_ip(a: &str, b: &str) -> bool {
-    match (a.parse::<std::net::IpAddr>(), b.parse::<std::net::IpAddr>()) {
-        (Ok(x), Ok(y)) => x.to_canonical() == y.to_canonical(),
-        _ => a == b,
-    }
-}
-
 /// An IP in its canonical text (IPv4-mapped IPv6 as IPv4).
 pub fn canonical_ip(s: &str) -> Result<String, StateError> {
     s.trim()
         .parse::<std::net::IpAddr>()
         .map(|ip| ip.to_canonical().to_string())
         .map_err(|_| StateError::BadIp(s.to_string()))
-}
-
-/// A stored node.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NodeRecord {
-    pub node_id: String,
-    pub hostname: String,
-    pub ips: Vec<String>,
-    pub os: String,
-    pub kernel: String,
-    pub arch: String,
-    pub cpus: u32,
-    pub memory_total: u64,
-    pub machine_id: String,
-    pub agent_version: String,
-    pub enrolled_at: i64,
-    pub cert_serial: u64,
-    pub cert_expires: i64,
-    /// Certificates of this node with a lower serial are refused (issued
-    /// before its latest enrollment).
-    pub min_serial: u64,
-    pub revoked: bool,
-    pub revoked_at: Option<i64>,
-    pub last_seen: Option<i64>,
-    /// The source address of the node's latest authenticated connection,
-    /// as the coordinator saw it (evidence, unlike `ips`).
-    pub observed_ip: Option<String>,
-    pub observed_at: Option<i64>,
-    /// Host IPs an admin bound to this node (`seaport nodes approve`).
-    pub approved_ips: Vec<String>,
-}
-
-impl NodeRecord {
-    /// What ties `ip` to this node, if anything: an admin's approval, the
-    /// node's own connection coming from an address it reports, or only its
-    /// report.
-    pub fn binding(&self, ip: &str) -> Option<IpBinding> {
-        let claimed = self.ips.iter().any(|c| same_ip(c, ip));
-        if self.approved_ips.iter().any(|a| same_ip(a, ip)) {
-            Some(IpBinding::Approved)
-        } else if claimed && self.observed_ip.as_deref().is_some_and(|o| same_ip(o, ip)) {
-            Some(IpBinding::Connection)
-        } else if claimed {
-            Some(IpBinding::Claimed)
-        } else {
-            None
-        }
-    }
-
-    /// Every address claimed or approved, with its binding.
-    pub fn addresses(&self) -> Vec<NodeAddress> {
-        let mut out: Vec<NodeAddress> = Vec::new();
-        for ip in self.ips.iter().chain(&self.approved_ips) {
-            if out.iter().any(|a| same_ip(&a.ip, ip)) {
-                continue;
-            }
-            if let Some(binding) = self.binding(ip) {
-                out.push(NodeAddress {
-                    ip: ip.clone(),
-                    binding,
-                });
-            }
-        }
-        out
-    }
-
-    /// Copies the slowly changing facts; returns whether anything changed.
-    pub fn apply_facts(&mut self, f: &HostFacts) -> bool {
-        let changed = self.hostname != f.hostname
-            || self.ips != f.ips
-            || self.os != f.os
-            || self.kernel != f.kernel
-            || self.arch != f.arch
-            || self.cpus != f.cpus
-            || self.memory_total != f.memory_total
-            || self.machine_id != f.machine_id
-            || self.agent_version != f.agent_version;
-        if changed {
-            self.hostname = f.hostname.clone();
-            self.ips = f.ips.clone();
-            self.os = f.os.clone();
-            self.kernel = f.kernel.clone();
-            self.arch = f.arch.clone();
-            self.cpus = f.cpus;
-            self.memory_total = f.memory_total;
-            self.machine_id = f.machine_id.clone();
-            self.agent_version = f.agent_version.clone();
-        }
-        changed
-    }
-}
-
-/// A certificate just signed inside an enrollment or renewal transaction.
-#[derive(Debug, Clone)]
-pub struct Issued {
-    pub cert_pem: String,
-    pub expires: i64,
 }
 
 /// The state database.
@@ -770,8 +629,7 @@ impl Store {
     }
 }
 
-/// Image assignments and clusters, kept as JSON values by name; their
-/// shapes are `crate::distribution::Assignment` and `crate::runs::Cluster`.
+/// Image assignments and cluster records, kept as JSON values by name.
 impl Store {
     fn json_rows<T: for<'de> Deserialize<'de>>(
         &self,
@@ -824,41 +682,25 @@ impl Store {
     }
 
     /// Every stored assignment.
-    pub fn assignments<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StateError> {
+    pub fn assignments(&self) -> Result<Vec<Assignment>, StateError> {
         self.json_rows(ASSIGNMENTS, "assignments")
     }
 
     /// Stores (replaces) an assignment.
-    pub fn put_assignment<T: Serialize>(&self, image: &str, value: &T) -> Result<(), StateError> {
-        self.put_json(ASSIGNMENTS, image, value)
+    pub fn put_assignment(&self, a: &Assignment) -> Result<(), StateError> {
+        self.put_json(ASSIGNMENTS, &a.image, a)
     }
 
     /// Removes an assignment; returns whether there was one.
     pub fn remove_assignment(&self, image: &str) -> Result<bool, StateError> {
         self.remove_key(ASSIGNMENTS, image)
     }
-
-    /// Every stored cluster.
-    pub fn clusters<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>, StateError> {
-        self.json_rows(CLUSTERS, "clusters")
-    }
-
-    /// Stores (replaces) a cluster: one committed transaction, so a crash
-    /// leaves the previous or the new record, never half of one.
-    pub fn put_cluster<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
-        self.put_json(CLUSTERS, name, value)
-    }
-
-    /// Removes a cluster; returns whether there was one.
-    pub fn remove_cluster(&self, name: &str) -> Result<bool, StateError> {
-        self.remove_key(CLUSTERS, name)
-    }
 }
 
 /// The audit log: every operation asked of the coordinator, in order.
 impl Store {
     /// Appends an entry; returns its sequence number.
-    pub fn audit<T: Serialize>(&self, entry: &T) -> Result<u64, StateError> {
+    pub fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StateError> {
         let txn = db_err!(self.db.begin_write())?;
         let seq = {
             let mut table = db_err!(txn.open_table(AUDIT))?;
@@ -871,10 +713,7 @@ impl Store {
     }
 
     /// The last `limit` entries, oldest first.
-    pub fn audit_log<T: for<'de> Deserialize<'de>>(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(u64, T)>, StateError> {
+    pub fn read_audit(&self, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StateError> {
         let txn = db_err!(self.db.begin_read())?;
         let table = match txn.open_table(AUDIT) {
             Ok(t) => t,
@@ -1014,39 +853,6 @@ mod tests {
     }
 
     #[test]
-    fn ip_bindings_need_evidence() {
-        let mut n = NodeRecord {
-            node_id: "n-1".into(),
-            ips: vec!["10.0.0.1".into(), "10.0.0.2".into()],
-            ..Default::default()
-        };
-        assert_eq!(n.binding("10.0.0.1"), Some(IpBinding::Claimed));
-        n.observed_ip = Some("10.0.0.1".into());
-        assert_eq!(n.binding("10.0.0.1"), Some(IpBinding::Connection));
-        assert_eq!(n.binding("::ffff:10.0.0.1"), Some(IpBinding::Connection));
-        assert_eq!(n.binding("10.0.0.2"), Some(IpBinding::Claimed));
-        // Connecting from an address it does not report binds nothing (NAT).
-        n.observed_ip = Some("192.0.2.7".into());
-        assert_eq!(n.binding("192.0.2.7"), None);
-        assert_eq!(n.binding("10.0.0.1"), Some(IpBinding::Claimed));
-        n.approved_ips = vec!["10.0.0.9".into()];
-        assert_eq!(n.binding("10.0.0.9"), Some(IpBinding::Approved));
-        let shown: Vec<(String, IpBinding)> = n
-            .addresses()
-            .into_iter()
-            .map(|a| (a.ip, a.binding))
-            .collect();
-        assert_eq!(
-            shown,
-            [
-                ("10.0.0.1".to_string(), IpBinding::Claimed),
-                ("10.0.0.2".to_string(), IpBinding::Claimed),
-                ("10.0.0.9".to_string(), IpBinding::Approved),
-            ]
-        );
-    }
-
-    #[test]
     fn approvals_are_stored_canonical_and_withdrawn() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(&dir.path().join("state.redb")).unwrap();
@@ -1098,5 +904,47 @@ mod tests {
             Err(StateError::NoSuchAdmin(_))
         ));
         assert_eq!(store.resolve_admin("8").unwrap().revoked_at, Some(50));
+    }
+}
+
+/// Cluster records and the audit log, for [`crate::operations`]: every
+/// save is one committed transaction.
+impl ClusterStore for Store {
+    fn cluster(&self, name: &ClusterName) -> Result<Option<Cluster>, StoreError> {
+        let txn = db_err!(self.db.begin_read()).map_err(StoreError::new)?;
+        let table = match txn.open_table(CLUSTERS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(StoreError::new(StateError::Db(e.into()))),
+        };
+        match db_err!(table.get(name.as_str())).map_err(StoreError::new)? {
+            Some(v) => Ok(Some(
+                from_json("clusters", name.as_str(), v.value()).map_err(StoreError::new)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn clusters(&self) -> Result<Vec<Cluster>, StoreError> {
+        self.json_rows(CLUSTERS, "clusters")
+            .map_err(StoreError::new)
+    }
+
+    fn save_cluster(&self, cluster: &Cluster) -> Result<(), StoreError> {
+        self.put_json(CLUSTERS, cluster.name.as_str(), cluster)
+            .map_err(StoreError::new)
+    }
+
+    fn remove_cluster(&self, name: &ClusterName) -> Result<bool, StoreError> {
+        self.remove_key(CLUSTERS, name.as_str())
+            .map_err(StoreError::new)
+    }
+
+    fn audit(&self, entry: &AuditEntry) -> Result<u64, StoreError> {
+        self.append_audit(entry).map_err(StoreError::new)
+    }
+
+    fn audit_log(&self, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+        self.read_audit(limit).map_err(StoreError::new)
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use node_support::{sync, Node, Running, Script};
 use seaport::distribution::tracker::{MAX_BAD_PEERS, MAX_SOURCES};
 use seaport_shared::digest::Digest;
-use seaport_shared::transfer::{BadPeer, BadPeerReason, Bitmap, BlobReport, SyncRequest};
+use seaport_shared::distribution::{BadPeer, BadPeerReason, Bitmap, BlobReport, SyncRequest};
 use seaport_shared::wire::{AdminRequest, AdminResponse};
 
 const ROUNDS: usize = 40;

@@ -15,12 +15,12 @@ use std::time::Duration;
 use identity_support::{facts, wait_until};
 use node_support::{Node, Running, Script};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use seaport_agent::content::{ContentOptions, ContentService};
+use seaport_agent::distribution::{DistributionOptions, DistributionService};
 use seaport_agent::{session, Identity};
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
+use seaport_shared::distribution::{peer_client, BlobRequest, BlobResponse, BLOB_FRAME_LIMIT};
 use seaport_shared::pki;
-use seaport_shared::transfer::{self, BlobRequest, BlobResponse, BLOB_FRAME_LIMIT};
 use seaport_shared::wire::{self, AdminRequest, AdminResponse, StreamKind};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -65,7 +65,7 @@ async fn ask(
     cert: &Cert,
     digest: Digest,
 ) -> (Result<(), String>, quinn::Connection, quinn::Endpoint) {
-    let config = transfer::peer_client(&cert.ca, cert.chain.clone(), cert.key(), server).unwrap();
+    let config = peer_client(&cert.ca, cert.chain.clone(), cert.key(), server).unwrap();
     let endpoint = quinn::Endpoint::client(format!("{from}:0").parse().unwrap()).unwrap();
     let conn = endpoint
         .connect_with(config, addr, &addr.ip().to_string())
@@ -139,11 +139,11 @@ async fn blobs_go_only_to_named_current_nodes_and_a_revoked_node_is_cut_off() {
     let port = free_udp_port();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let (link, link_rx) = tokio::sync::watch::channel(None);
-    let service = ContentService::open(
+    let service = DistributionService::open(
         &holder_dir,
-        ContentOptions {
+        DistributionOptions {
             peer_port: port,
-            ..ContentOptions::default()
+            ..DistributionOptions::default()
         },
     )
     .unwrap();

@@ -85,7 +85,7 @@ async fn join_data_forged_by_a_worker_is_refused_and_later_joins_get_master0s() 
     let generation = run(
         &c,
         AdminRequest::Run(RunRequest {
-            cluster: "c1".into(),
+            cluster: "c1".parse().unwrap(),
             image: "relay:v1".into(),
             masters: vec![m0.ip.to_string()],
             nodes: vec![evil.ip.to_string()],
@@ -101,7 +101,7 @@ async fn join_data_forged_by_a_worker_is_refused_and_later_joins_get_master0s() 
     let generation = run(
         &c,
         AdminRequest::Join {
-            cluster: "c1".into(),
+            cluster: "c1".parse().unwrap(),
             masters: vec![],
             nodes: vec![late.ip.to_string()],
         },
@@ -161,7 +161,7 @@ async fn plugins_run_on_hosts_are_the_images_own_not_master0s_report() {
     let generation = run(
         &c,
         AdminRequest::Run(RunRequest {
-            cluster: "c1".into(),
+            cluster: "c1".parse().unwrap(),
             image: "plugins:v1".into(),
             masters: vec![m0.ip.to_string()],
             nodes: vec![n1.ip.to_string()],

@@ -571,7 +571,7 @@ async fn a_node_reporting_another_hosts_ip_is_not_given_that_host() {
     assert_eq!(p.hosts[0].node.as_deref(), Some(victim.as_str()), "{p:?}");
     // A host only the attacker claims: refused, naming it; nothing recorded.
     let run = AdminRequest::Run(wire::RunRequest {
-        cluster: "c2".into(),
+        cluster: "c2".parse().unwrap(),
         image: "trust:1".into(),
         masters: vec!["127.0.0.3".into()],
         nodes: vec![],
@@ -628,7 +628,7 @@ async fn a_node_claiming_another_nodes_hostname_is_refused_at_plan_time() {
     })
     .await;
     let run = AdminRequest::Run(wire::RunRequest {
-        cluster: "c".into(),
+        cluster: "c".parse().unwrap(),
         image: "trust:1".into(),
         masters: vec!["127.0.0.1".into()],
         nodes: vec!["127.0.0.2".into()],

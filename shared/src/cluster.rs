@@ -30,7 +30,9 @@ pub enum VocabularyError {
     #[error("unknown phase {0:?}")]
     Phase(String),
     /// Not an operation kind.
-    #[error("unknown operation {0:?} (install, scale up, scale down, upgrade, uninstall or converge)")]
+    #[error(
+        "unknown operation {0:?} (install, scale up, scale down, upgrade, uninstall or converge)"
+    )]
     Operation(String),
     /// A cluster name breaking the rule of [`ClusterName`].
     #[error("cluster name {0:?} must be 1 to {max} letters, digits, '-', '_' or '.', starting with a letter or digit", max = ClusterName::MAX_LEN)]
@@ -42,7 +44,7 @@ macro_rules! text_serde {
     ($ty:ty) => {
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.as_str())
+                f.pad(&self.as_str())
             }
         }
 
@@ -508,7 +510,11 @@ mod tests {
         for r in [Role::Master0, Role::Master, Role::Node] {
             assert_eq!(r.to_string().parse::<Role>().unwrap(), r);
         }
-        for p in [Phase::JoinMaster(12), Phase::InitMaster0, Phase::RegistryAccess] {
+        for p in [
+            Phase::JoinMaster(12),
+            Phase::InitMaster0,
+            Phase::RegistryAccess,
+        ] {
             assert_eq!(p.to_string().parse::<Phase>().unwrap(), p);
         }
         assert!("join-master-0".parse::<Phase>().is_err());
@@ -538,7 +544,10 @@ mod tests {
             &"a".repeat(253),
         ] {
             let err = ClusterName::parse(bad).unwrap_err().to_string();
-            assert!(err.contains("cluster name") && err.contains("1 to 63"), "{err}");
+            assert!(
+                err.contains("cluster name") && err.contains("1 to 63"),
+                "{err}"
+            );
         }
     }
 

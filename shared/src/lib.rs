@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`clock`]: Unix seconds and RFC 3339.
 //! - [`cluster`]: the vocabulary of an install: roles, steps, phases,
 //!   [`cluster::steps_for`], cluster names (one rule), operation kinds, image
 //!   digests.
@@ -15,16 +16,17 @@
 //!   writer for places an image or another party may have planted links).
 //! - [`safetar`]: tar unpacking confined to a target root.
 //! - [`shell`]: quoting for POSIX shell scripts.
-//! - [`transfer`]: layer distribution: pieces, piece tables, `Blob` stream messages.
+//! - [`distribution`]: layer distribution on the wire: pieces, piece tables, `Blob` stream messages.
 
+pub mod clock;
 pub mod cluster;
 pub mod codec;
 pub mod confined;
 pub mod digest;
+pub mod distribution;
 pub mod env;
 pub mod pki;
 pub mod safetar;
 pub mod shell;
 pub mod tls;
-pub mod transfer;
 pub mod wire;

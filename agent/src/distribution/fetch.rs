@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
-use seaport_shared::transfer::{
+use seaport_shared::distribution::{
     BadPeer, BadPeerReason, BlobPlan, BlobRequest, BlobResponse, PeerHolding, PieceTable,
     SyncRequest, SyncResponse, BLOB_FRAME_LIMIT, PEER_CONNECT_TIMEOUT,
 };

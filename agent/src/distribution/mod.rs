@@ -9,7 +9,7 @@
 //!   and of blobs still downloading) to the nodes the coordinator named
 //!   for the image, with current certificates.
 //!
-//! [`ContentService::run`] runs both for as long as the agent runs; the
+//! [`DistributionService::run`] runs both for as long as the agent runs; the
 //! session hands it each new coordinator connection through a watch channel.
 
 mod fetch;
@@ -27,13 +27,15 @@ use tokio::sync::{watch, Semaphore};
 pub(crate) use peer::PeerPolicy;
 
 use seaport_shared::digest::Digest;
-use seaport_shared::transfer::{self, Bitmap, BlobReport, PieceTable, PIECE_SIZE};
+use seaport_shared::distribution::{
+    piece_count, Bitmap, BlobReport, PieceTable, DEFAULT_PEER_PORT, PIECE_SIZE,
+};
 
-pub use store::{ContentError, ContentStore};
+pub use store::{BlobStore, BlobStoreError};
 
-/// Settings of the content service (flags of `seaport-agent run`).
+/// Settings of the distribution service (flags of `seaport-agent run`).
 #[derive(Debug, Clone)]
-pub struct ContentOptions {
+pub struct DistributionOptions {
     /// UDP port of the peer server; 0 disables serving peers.
     pub peer_port: u16,
     /// Download cap in bytes/s (0: none).
@@ -47,10 +49,10 @@ pub struct ContentOptions {
     pub serve_concurrency: usize,
 }
 
-impl Default for ContentOptions {
+impl Default for DistributionOptions {
     fn default() -> Self {
-        ContentOptions {
-            peer_port: transfer::DEFAULT_PEER_PORT,
+        DistributionOptions {
+            peer_port: DEFAULT_PEER_PORT,
             max_download_rate: 0,
             max_upload_rate: 0,
             fetch_concurrency: 8,
@@ -61,9 +63,9 @@ impl Default for ContentOptions {
 
 /// Flags of `seaport-agent run` for layer distribution.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ContentArgs {
+pub struct DistributionArgs {
     /// UDP port to serve pieces to peer nodes on (0: do not serve).
-    #[arg(long, env = "SEAPORT_AGENT_PEER_PORT", default_value_t = transfer::DEFAULT_PEER_PORT)]
+    #[arg(long, env = "SEAPORT_AGENT_PEER_PORT", default_value_t = DEFAULT_PEER_PORT)]
     pub peer_port: u16,
     /// Download rate cap in Mbit/s (0: none).
     #[arg(long, env = "SEAPORT_AGENT_MAX_DOWNLOAD_MBIT", default_value_t = 0)]
@@ -80,9 +82,9 @@ pub struct ContentArgs {
     pub serve_concurrency: usize,
 }
 
-impl ContentArgs {
-    pub fn options(&self) -> ContentOptions {
-        ContentOptions {
+impl DistributionArgs {
+    pub fn options(&self) -> DistributionOptions {
+        DistributionOptions {
             peer_port: self.peer_port,
             max_download_rate: self.max_download_mbit * 1_000_000 / 8,
             max_upload_rate: self.max_upload_mbit * 1_000_000 / 8,
@@ -146,7 +148,7 @@ pub(crate) struct Held {
 
 /// State shared by the fetcher and the peer server.
 pub(crate) struct Shared {
-    pub(crate) store: ContentStore,
+    pub(crate) store: BlobStore,
     pub(crate) state_dir: PathBuf,
     pub(crate) held: Mutex<HashMap<Digest, Held>>,
     /// Whom the peer server serves what: from the last sync, `None` before
@@ -157,7 +159,7 @@ pub(crate) struct Shared {
     pub(crate) download: RateLimit,
     pub(crate) upload: RateLimit,
     pub(crate) uploads: Semaphore,
-    pub(crate) opts: ContentOptions,
+    pub(crate) opts: DistributionOptions,
 }
 
 impl Shared {
@@ -209,7 +211,7 @@ impl Shared {
     }
 
     pub(crate) fn set_complete(&self, digest: Digest, size: u64) {
-        let count = transfer::piece_count(size, PIECE_SIZE);
+        let count = piece_count(size, PIECE_SIZE);
         self.held().insert(
             digest,
             Held {
@@ -221,15 +223,18 @@ impl Shared {
     }
 }
 
-/// The content service of a running agent.
-pub struct ContentService {
+/// The distribution service of a running agent.
+pub struct DistributionService {
     shared: Arc<Shared>,
 }
 
-impl ContentService {
-    /// Opens the content store under `state_dir` and indexes what it holds.
-    pub fn open(state_dir: &Path, opts: ContentOptions) -> Result<ContentService, ContentError> {
-        let store = ContentStore::open(state_dir)?;
+impl DistributionService {
+    /// Opens the blob store under `state_dir` and indexes what it holds.
+    pub fn open(
+        state_dir: &Path,
+        opts: DistributionOptions,
+    ) -> Result<DistributionService, BlobStoreError> {
+        let store = BlobStore::open(state_dir)?;
         let shared = Arc::new(Shared {
             store: store.clone(),
             state_dir: state_dir.to_path_buf(),
@@ -249,7 +254,7 @@ impl ContentService {
                 }
             }
         }
-        Ok(ContentService { shared })
+        Ok(DistributionService { shared })
     }
 
     /// Bytes served to peers since the start.

@@ -23,11 +23,12 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
+use seaport_shared::distribution::{
+    peer_client, peer_server, BlobRequest, BlobResponse, SyncResponse, BLOB_FRAME_LIMIT,
+    MAX_PIECES_PER_REQUEST,
+};
 use seaport_shared::pki::{self, CertInfo, Role};
 use seaport_shared::tls;
-use seaport_shared::transfer::{
-    self, BlobRequest, BlobResponse, SyncResponse, BLOB_FRAME_LIMIT, MAX_PIECES_PER_REQUEST,
-};
 use seaport_shared::wire::{self, StreamKind};
 
 use super::Shared;
@@ -101,8 +102,7 @@ pub(crate) fn client_for(
     node_id: &str,
 ) -> Result<quinn::ClientConfig, String> {
     let key = pki::key_from_pem(&identity.key_pem, "node.key").map_err(|e| e.to_string())?;
-    transfer::peer_client(&identity.ca, identity.cert_chain.clone(), key, node_id)
-        .map_err(|e| e.to_string())
+    peer_client(&identity.ca, identity.cert_chain.clone(), key, node_id).map_err(|e| e.to_string())
 }
 
 /// Binds the peer endpoint (serving on the peer port unless it is 0).
@@ -113,7 +113,7 @@ pub(crate) fn endpoint(shared: &Shared, identity: &Identity) -> Result<quinn::En
         quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into())
             .map_err(|e| e.to_string())?
     } else {
-        let server = transfer::peer_server(&identity.ca, identity.cert_chain.clone(), key()?)
+        let server = peer_server(&identity.ca, identity.cert_chain.clone(), key()?)
             .map_err(|e| e.to_string())?;
         let addr: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, port).into();
         quinn::Endpoint::server(server, addr)
@@ -302,7 +302,7 @@ async fn send_pieces(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seaport_shared::transfer::{ImageAssignment, NamedNode};
+    use seaport_shared::distribution::{ImageAssignment, NamedNode};
 
     fn cert(name: &str, serial: u64) -> CertInfo {
         CertInfo {

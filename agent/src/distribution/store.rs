@@ -1,4 +1,4 @@
-//! The agent's content store under `STATE_DIR/content/`:
+//! The agent's blob store under `STATE_DIR/content/`:
 //!
 //! | path | what |
 //! | --- | --- |
@@ -27,13 +27,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use seaport_shared::digest::Digest;
+use seaport_shared::distribution::{Bitmap, ImageAssignment, PieceTable};
 use seaport_shared::pki;
-use seaport_shared::transfer::{Bitmap, ImageAssignment, PieceTable};
 
-/// Errors of the content store.
+/// Errors of the blob store.
 #[derive(Debug, thiserror::Error)]
-pub enum ContentError {
-    #[error("content store: {what} {path}: {source}")]
+pub enum BlobStoreError {
+    #[error("blob store: {what} {path}: {source}")]
     Io {
         what: &'static str,
         path: String,
@@ -41,15 +41,15 @@ pub enum ContentError {
     },
     #[error("blob {0} is not complete: pieces are missing")]
     Incomplete(Digest),
-    #[error("content store: {0}")]
+    #[error("blob store: {0}")]
     Pki(#[from] pki::PkiError),
 }
 
 fn io_err<'a>(
     what: &'static str,
     path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> ContentError + 'a {
-    move |source| ContentError::Io {
+) -> impl FnOnce(std::io::Error) -> BlobStoreError + 'a {
+    move |source| BlobStoreError::Io {
         what,
         path: path.display().to_string(),
         source,
@@ -58,19 +58,19 @@ fn io_err<'a>(
 
 /// `STATE_DIR/content`.
 #[derive(Debug, Clone)]
-pub struct ContentStore {
+pub struct BlobStore {
     dir: PathBuf,
 }
 
-impl ContentStore {
+impl BlobStore {
     /// Opens (creating) the store under an agent state directory.
-    pub fn open(state_dir: &Path) -> Result<ContentStore, ContentError> {
+    pub fn open(state_dir: &Path) -> Result<BlobStore, BlobStoreError> {
         let dir = state_dir.join("content");
         for sub in ["sha256", "tmp"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
-        Ok(ContentStore { dir })
+        Ok(BlobStore { dir })
     }
 
     pub fn dir(&self) -> &Path {
@@ -97,7 +97,7 @@ impl ContentStore {
 
     /// Opens or creates the partial file of a blob, with the pieces already
     /// verified (from its persisted bitmap).
-    pub fn partial(&self, table: Arc<PieceTable>) -> Result<Partial, ContentError> {
+    pub fn partial(&self, table: Arc<PieceTable>) -> Result<Partial, BlobStoreError> {
         let part = self.part_path(&table.digest);
         let bits = self.bits_path(&table.digest);
         let file = OpenOptions::new()
@@ -145,7 +145,7 @@ impl ContentStore {
     }
 
     /// Records the images assigned to this node.
-    pub fn set_images(&self, images: &[ImageAssignment]) -> Result<(), ContentError> {
+    pub fn set_images(&self, images: &[ImageAssignment]) -> Result<(), BlobStoreError> {
         pki::write_atomic(
             &self.dir.join("images.json"),
             &serde_json::to_vec_pretty(images).expect("images serialize"),
@@ -227,7 +227,7 @@ impl Partial {
     }
 
     /// Syncs the data, then writes the bitmap atomically.
-    pub fn persist(&mut self) -> Result<(), ContentError> {
+    pub fn persist(&mut self) -> Result<(), BlobStoreError> {
         if !self.dirty {
             return Ok(());
         }
@@ -241,10 +241,10 @@ impl Partial {
 
     /// Moves the blob into `sha256/` once every piece is verified (its data
     /// synced first).
-    pub fn finish(mut self, store: &ContentStore) -> Result<(), ContentError> {
+    pub fn finish(mut self, store: &BlobStore) -> Result<(), BlobStoreError> {
         let digest = self.table.digest;
         if !self.have.is_full() {
-            return Err(ContentError::Incomplete(digest));
+            return Err(BlobStoreError::Incomplete(digest));
         }
         self.persist()?;
         let dest = store.blob_path(&digest);
@@ -334,7 +334,7 @@ mod tests {
     #[test]
     fn verified_pieces_survive_a_reopen_and_the_blob_lands_verified() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
         let data = b"0123456789";
         let t = table(data);
         let mut p = store.partial(t.clone()).unwrap();
@@ -346,7 +346,7 @@ mod tests {
         assert!(p.have.get(0) && !p.have.get(1));
         assert!(matches!(
             store.partial(t.clone()).unwrap().finish(&store),
-            Err(ContentError::Incomplete(_))
+            Err(BlobStoreError::Incomplete(_))
         ));
         let v = write(&p, 1, &data[4..8]).unwrap();
         p.mark(v);
@@ -363,7 +363,7 @@ mod tests {
     #[test]
     fn wrong_bytes_do_not_verify_and_cannot_be_marked() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
         let t = table(b"0123456789");
         let p = store.partial(t.clone()).unwrap();
         assert!(write(&p, 0, b"XXXX").is_none());
@@ -377,7 +377,7 @@ mod tests {
     #[test]
     fn pieces_changed_on_disk_while_stopped_are_fetched_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
         let data = b"0123456789";
         let t = table(data);
         let mut p = store.partial(t.clone()).unwrap();
@@ -400,7 +400,7 @@ mod tests {
     #[test]
     fn gc_keeps_only_referenced_blobs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
         let a = Digest::of(b"a");
         let b = Digest::of(b"b");
         fs::write(store.blob_path(&a), b"a").unwrap();

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use seaport_shared::cluster::{ClusterName, OperationKind};
+use seaport_shared::env::key_value;
 use seaport_shared::wire::{
     AdminRequest, AdminResponse, ClusterView, HostView, RunRequest, RunState, StepState,
 };
@@ -21,13 +23,6 @@ use crate::admin::AdminClient;
 
 /// The cluster name when none is given (sealer's default).
 pub const DEFAULT_CLUSTER: &str = "my-cluster";
-
-fn key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
-    }
-}
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -44,7 +39,7 @@ pub struct RunArgs {
     pub env: Vec<(String, String)>,
     /// The cluster's name.
     #[arg(long, default_value = DEFAULT_CLUSTER)]
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// Return once the coordinator has accepted the run.
     #[arg(long)]
     pub detach: bool,
@@ -82,7 +77,7 @@ pub struct JoinArgs {
     pub nodes: Vec<String>,
     /// The cluster.
     #[arg(long, default_value = DEFAULT_CLUSTER)]
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// Coordinator address (HOST:PORT); defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
@@ -92,7 +87,7 @@ pub struct JoinArgs {
 pub struct LogsArgs {
     /// The cluster (default: the only one).
     #[arg(long)]
-    pub cluster: Option<String>,
+    pub cluster: Option<ClusterName>,
     /// Only this host.
     #[arg(long)]
     pub host: Option<String>,
@@ -124,7 +119,7 @@ pub struct StatusArgs {
     pub drift: bool,
     /// Only this cluster.
     #[arg(long)]
-    pub cluster: Option<String>,
+    pub cluster: Option<ClusterName>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -141,7 +136,7 @@ pub struct DeleteArgs {
     pub all: bool,
     /// Delete this cluster (with -m/-n: the cluster the hosts leave).
     #[arg(long)]
-    pub cluster: Option<String>,
+    pub cluster: Option<ClusterName>,
     /// Masters to remove from the cluster, comma-separated.
     #[arg(short = 'm', long, value_delimiter = ',')]
     pub masters: Vec<String>,
@@ -160,7 +155,7 @@ pub struct DeleteArgs {
 }
 
 /// The cluster and generation of an accepted operation.
-fn accepted(resp: AdminResponse) -> anyhow::Result<(String, u64)> {
+fn accepted(resp: AdminResponse) -> anyhow::Result<(ClusterName, u64)> {
     match resp {
         AdminResponse::RunAccepted {
             cluster,
@@ -270,7 +265,7 @@ fn drift(root: &Path, args: &StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn only_cluster(views: &[ClusterView]) -> anyhow::Result<String> {
+fn only_cluster(views: &[ClusterView]) -> anyhow::Result<ClusterName> {
     match views {
         [one] => Ok(one.cluster.clone()),
         [] => anyhow::bail!("no clusters"),
@@ -290,9 +285,10 @@ pub fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     // Checked here first, so a broken file never reaches the coordinator.
-    let (name, _, warnings) = crate::runs::spec_of_clusterfile(&text)
+    let desired = crate::operations::spec_of_clusterfile(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
-    for w in &warnings {
+    let name = desired.name;
+    for w in &desired.warnings {
         eprintln!("warning: {}: {w}", args.file.display());
     }
     runtime()?.block_on(async {
@@ -313,7 +309,7 @@ pub fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
             print_plan(&plan);
             return Ok(());
         }
-        if plan.operation == "scale down" && !args.yes {
+        if plan.operation == OperationKind::ScaleDown && !args.yes {
             let leaving: Vec<&str> = plan
                 .hosts
                 .iter()
@@ -348,7 +344,7 @@ pub fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
 async fn finish(
     root: &Path,
     explicit: Option<&str>,
-    cluster: &str,
+    cluster: &ClusterName,
     generation: u64,
 ) -> anyhow::Result<()> {
     let view = follow(root, explicit, cluster, generation).await?;
@@ -621,7 +617,7 @@ const RECONNECT_FOR: Duration = Duration::from_secs(120);
 async fn follow(
     root: &Path,
     explicit: Option<&str>,
-    cluster: &str,
+    cluster: &ClusterName,
     generation: u64,
 ) -> anyhow::Result<ClusterView> {
     let mut shown = Progress::new();
@@ -659,7 +655,7 @@ async fn follow(
                 continue;
             }
         };
-        match views.into_iter().find(|v| v.cluster == cluster) {
+        match views.into_iter().find(|v| v.cluster == *cluster) {
             Some(v) if v.generation == generation => {
                 missing_since = None;
                 shown.update(&v);

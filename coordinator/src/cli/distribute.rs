@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::admin::{self, AdminClient};
-use seaport_shared::transfer::DistributionStatus;
+use seaport_shared::distribution::DistributionStatus;
 use seaport_shared::wire::{AdminRequest, AdminResponse};
 
 #[derive(Debug, clap::Args)]

@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Deserialize;
 use serde_norway::Value;
 
+use seaport_shared::cluster::ClusterName;
+
 use super::error::{ClusterfileError, DocRef, ErrorKind, Warning};
 use super::fields::{env_list, ip_list, string_list, string_map, taint_list, Doc};
 use super::plugin::TaintOp;
@@ -410,7 +412,7 @@ pub(crate) fn from_doc(
 
     let name = doc.metadata.name;
     if !name.is_empty() {
-        check_cluster_name(&name).map_err(|m| invalid("metadata.name".into(), m))?;
+        ClusterName::parse(&name).map_err(|e| invalid("metadata.name".into(), e.to_string()))?;
     }
     Ok(Cluster {
         document: Some(at.clone()),
@@ -428,23 +430,6 @@ pub(crate) fn from_doc(
         container_runtime: non_empty(spec.container_runtime.and_then(|r| r.kind)),
         data_root: non_empty(spec.data_root),
     })
-}
-
-/// The cluster's name names directories on every host: keep it to one safe
-/// path component.
-fn check_cluster_name(name: &str) -> Result<(), String> {
-    let ok = name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid cluster name: use letters, digits, '-', '_' and '.', starting with a letter or digit"
-        ))
-    }
 }
 
 // ---- resolved ---------------------------------------------------------
@@ -515,7 +500,7 @@ pub struct ResolvedLocalRegistry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvedCluster {
     /// The cluster's name.
-    pub name: String,
+    pub name: ClusterName,
     /// The cluster image.
     pub image: String,
     /// Every host, in Clusterfile order.
@@ -586,8 +571,8 @@ impl Cluster {
                 "the cluster needs a name".into(),
             ));
         }
-        check_cluster_name(&self.name)
-            .map_err(|m| err(ErrorKind::InvalidValue, "metadata.name", m))?;
+        let name = ClusterName::parse(&self.name)
+            .map_err(|e| err(ErrorKind::InvalidValue, "metadata.name", e.to_string()))?;
         if self.image.trim().is_empty() {
             return Err(err(
                 ErrorKind::MissingField,
@@ -698,7 +683,7 @@ impl Cluster {
             }
         };
         Ok(ResolvedCluster {
-            name: self.name.clone(),
+            name,
             image: self.image.clone(),
             hosts,
             master0,

@@ -20,15 +20,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
+use seaport_shared::cluster::ImageDigest;
 use seaport_shared::digest::Digest;
-use seaport_shared::transfer::{
-    self, BlobPlan, BlobProgress, DistributionStatus, ImageAssignment, ImageProgress, NamedNode,
-    NodeProgress, PieceTable, SyncRequest, SyncResponse, TransferError, PIECE_SIZE,
+use seaport_shared::distribution::{
+    BlobPlan, BlobProgress, DistributionError, DistributionStatus, ImageAssignment, ImageProgress,
+    NamedNode, NodeProgress, PieceTable, SyncRequest, SyncResponse, PIECE_SIZE,
 };
 
-use crate::state::{NodeRecord, StateError, Store};
+pub use crate::records::Assignment;
+use crate::records::NodeRecord;
+use crate::state::{StateError, Store};
 pub(crate) use serve::handle_blob_stream;
 use tracker::Tracker;
 
@@ -40,7 +41,7 @@ pub enum DistError {
     #[error("image store: {0}")]
     Images(#[from] seaport_rootfs::store::StoreError),
     #[error("{0}")]
-    Transfer(#[from] TransferError),
+    Transfer(#[from] DistributionError),
     #[error("blob {digest} of image {image} is not in the coordinator's store ({path}): {source}")]
     MissingBlob {
         image: String,
@@ -70,32 +71,9 @@ pub enum DistError {
     },
 }
 
-/// An image assigned to nodes, as stored in the state database.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Assignment {
-    pub image: String,
-    /// What the name points at: the manifest, or a multi-platform index.
-    pub manifest_digest: Digest,
-    /// Manifest, config and layers, with their sizes (for an index: the
-    /// index and every assigned platform's blobs).
-    pub blobs: Vec<(Digest, u64)>,
-    pub nodes: Vec<String>,
-    pub created_at: i64,
-    /// For a multi-platform image: what each node fetches (the index and
-    /// its own platform's manifest, config and layers).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub node_blobs: BTreeMap<String, Vec<(Digest, u64)>>,
-}
-
-impl Assignment {
-    /// The blobs `node_id` fetches.
-    pub fn blobs_of(&self, node_id: &str) -> &[(Digest, u64)] {
-        self.node_blobs.get(node_id).unwrap_or(&self.blobs)
-    }
-}
-
 /// The coordinator's distribution state.
 pub struct Distribution {
+    state: Arc<Store>,
     root: PathBuf,
     cache_dir: PathBuf,
     tables: Mutex<HashMap<Digest, Arc<PieceTable>>>,
@@ -106,9 +84,11 @@ pub struct Distribution {
 }
 
 impl Distribution {
-    /// `root` is the Seaport root (image store under `root/images`).
-    pub fn new(root: &Path, coordinator_dir: &Path) -> Distribution {
+    /// `root` is the Seaport root (image store under `root/images`);
+    /// assignments are kept in `state`.
+    pub fn new(root: &Path, coordinator_dir: &Path, state: Arc<Store>) -> Distribution {
         Distribution {
+            state,
             root: root.to_path_buf(),
             cache_dir: coordinator_dir.join("pieces"),
             tables: Mutex::new(HashMap::new()),
@@ -136,7 +116,7 @@ impl Distribution {
         self.served.load(Ordering::Relaxed)
     }
 
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("images/blobs/sha256").join(digest.hex())
     }
 
@@ -196,15 +176,23 @@ impl Distribution {
         Ok(table)
     }
 
-    /// Assigns `image` (a name in the store) to `nodes` (ids, hostnames or
-    /// IPs), adding to the nodes it already has. Blocking: hashes new blobs.
+    /// What the image name `image` points at in the coordinator's store.
+    pub fn resolve(&self, image: &str) -> Result<ImageDigest, DistError> {
+        let store = seaport_rootfs::store::Store::open(&self.root)?;
+        Ok(store.lookup(image)?.manifest.digest.into())
+    }
+
+    /// Assigns `image`, resolved to `digest`, to `nodes` (ids, hostnames
+    /// or IPs), adding to the nodes it already has. Blocking: hashes new
+    /// blobs.
     pub fn assign(
         &self,
-        state: &Store,
         image: &str,
+        digest: ImageDigest,
         nodes: &[String],
         now: i64,
     ) -> Result<Assignment, DistError> {
+        let state = &*self.state;
         if nodes.is_empty() {
             return Err(DistError::NoNodes);
         }
@@ -218,9 +206,9 @@ impl Distribution {
             ids.push(rec.node_id.clone());
         }
         let store = seaport_rootfs::store::Store::open(&self.root)?;
-        let stored = store.image(image)?;
+        let stored = store.image(&digest.to_string())?;
         let mut existing: Vec<Assignment> = state.assignments()?;
-        existing.retain(|a| a.image == image && a.manifest_digest == stored.digest());
+        existing.retain(|a| a.image == image && a.manifest_digest == digest);
         let mut all: Vec<String> = existing.pop().map(|a| a.nodes).unwrap_or_default();
         for id in ids {
             if !all.contains(&id) {
@@ -269,20 +257,20 @@ impl Distribution {
         }
         let a = Assignment {
             image: image.to_string(),
-            manifest_digest: stored.digest(),
+            manifest_digest: digest,
             blobs,
             nodes: all,
             created_at: now,
             node_blobs,
         };
-        state.put_assignment(image, &a)?;
+        state.put_assignment(&a)?;
         self.changed();
         Ok(a)
     }
 
     /// Drops an image's assignment.
-    pub fn cancel(&self, state: &Store, image: &str) -> Result<(), DistError> {
-        if state.remove_assignment(image)? {
+    pub fn cancel(&self, image: &str) -> Result<(), DistError> {
+        if self.state.remove_assignment(image)? {
             self.changed();
             Ok(())
         } else {
@@ -291,13 +279,8 @@ impl Distribution {
     }
 
     /// Whether `digest` belongs to an image assigned to `node_id`.
-    pub fn allowed(
-        &self,
-        state: &Store,
-        node_id: &str,
-        digest: &Digest,
-    ) -> Result<bool, DistError> {
-        Ok(state.assignments::<Assignment>()?.iter().any(|a| {
+    pub fn allowed(&self, node_id: &str, digest: &Digest) -> Result<bool, DistError> {
+        Ok(self.state.assignments()?.iter().any(|a| {
             a.nodes.iter().any(|n| n == node_id)
                 && a.blobs_of(node_id).iter().any(|(d, _)| d == digest)
         }))
@@ -306,14 +289,14 @@ impl Distribution {
     /// Handles a node's sync. Blocking (state reads, maybe hashing).
     pub fn sync(
         &self,
-        state: &Store,
         live: &dyn Fn(&str) -> bool,
         node_id: &str,
         peer_addr: Option<String>,
         req: SyncRequest,
     ) -> Result<SyncResponse, DistError> {
+        let state = &*self.state;
         let now = Instant::now();
-        let all: Vec<Assignment> = state.assignments::<Assignment>()?;
+        let all: Vec<Assignment> = state.assignments()?;
         let assigned: Vec<Assignment> = all
             .iter()
             .filter(|a| a.nodes.iter().any(|n| n == node_id))
@@ -409,7 +392,7 @@ impl Distribution {
                     .collect();
                 (!shared.is_empty()).then(|| ImageAssignment {
                     image: a.image.clone(),
-                    manifest_digest: a.manifest_digest,
+                    manifest_digest: a.manifest_digest.digest(),
                     blobs: shared,
                     nodes: named(a),
                 })
@@ -420,7 +403,7 @@ impl Distribution {
                 .iter()
                 .map(|a| ImageAssignment {
                     image: a.image.clone(),
-                    manifest_digest: a.manifest_digest,
+                    manifest_digest: a.manifest_digest.digest(),
                     blobs: a.blobs_of(node_id).iter().map(|(d, _)| *d).collect(),
                     nodes: named(a),
                 })
@@ -442,7 +425,8 @@ impl Distribution {
     }
 
     /// Progress of every assignment. Blocking (state reads).
-    pub fn status(&self, state: &Store) -> Result<DistributionStatus, DistError> {
+    pub fn status(&self) -> Result<DistributionStatus, DistError> {
+        let state = &*self.state;
         let now = Instant::now();
         let records: HashMap<String, NodeRecord> = state
             .nodes()?
@@ -451,7 +435,7 @@ impl Distribution {
             .collect();
         let tracker = self.tracker();
         let mut images = Vec::new();
-        let mut assigned = state.assignments::<Assignment>()?;
+        let mut assigned = state.assignments()?;
         assigned.sort_by(|a, b| a.image.cmp(&b.image));
         for a in assigned {
             let total: u64 = a.blobs.iter().map(|(_, s)| *s).sum();
@@ -495,7 +479,7 @@ impl Distribution {
             }
             images.push(ImageProgress {
                 image: a.image,
-                manifest_digest: a.manifest_digest,
+                manifest_digest: a.manifest_digest.digest(),
                 total_bytes: total,
                 nodes,
             });
@@ -506,7 +490,7 @@ impl Distribution {
         })
     }
 
-    fn cached_table(&self, digest: &Digest) -> Option<Arc<PieceTable>> {
+    pub(crate) fn cached_table(&self, digest: &Digest) -> Option<Arc<PieceTable>> {
         self.tables
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -516,14 +500,14 @@ impl Distribution {
 
     /// Whether the coordinator may send these pieces to the node now, and
     /// if so records the bytes.
-    fn may_send(&self, node_id: &str, table: &PieceTable, pieces: &[u32]) -> bool {
+    pub(crate) fn may_send(&self, node_id: &str, table: &PieceTable, pieces: &[u32]) -> bool {
         let tracker = self.tracker();
         pieces
             .iter()
             .all(|&i| i < table.count() && tracker.may_send(node_id, &table.digest, i))
     }
 
-    fn count_sent(&self, node_id: &str, bytes: u64) {
+    pub(crate) fn count_sent(&self, node_id: &str, bytes: u64) {
         self.served.fetch_add(bytes, Ordering::Relaxed);
         self.tracker().sent(node_id, bytes);
     }
@@ -554,7 +538,7 @@ pub(crate) fn pieces_len(table: &PieceTable, pieces: &[u32]) -> u64 {
 }
 
 /// Re-exported for the piece scheme's constants in messages.
-pub use transfer::DEFAULT_PEER_PORT;
+pub use seaport_shared::distribution::DEFAULT_PEER_PORT;
 
 #[cfg(test)]
 mod tests {
@@ -635,7 +619,7 @@ mod tests {
         name_index(&images, "multi:v1", &[&amd, &arm]);
         name_index(&images, "arm-only:v1", &[&arm]);
 
-        let state = Store::create(&dir.path().join("state.redb")).unwrap();
+        let state = Arc::new(Store::create(&dir.path().join("state.redb")).unwrap());
         let token = seaport_shared::pki::JoinToken::generate();
         state.add_token(&token, 100, 600, 2, None).unwrap();
         let mut updates = Vec::new();
@@ -660,25 +644,25 @@ mod tests {
         let (amd_id, arm_id) = (ids[0].as_str(), ids[1].as_str());
         state.update_nodes(&updates).unwrap();
 
-        let dist = Distribution::new(&root, &dir.path().join("coordinator"));
+        let dist = Distribution::new(&root, &dir.path().join("coordinator"), state.clone());
+        let multi = dist.resolve("multi:v1").unwrap();
         let a = dist
-            .assign(&state, "multi:v1", &[amd_id.into(), arm_id.into()], 130)
+            .assign("multi:v1", multi, &[amd_id.into(), arm_id.into()], 130)
             .unwrap();
         let index_digest = images.lookup("multi:v1").unwrap().manifest.digest;
-        assert_eq!(a.manifest_digest, index_digest);
+        assert_eq!(a.manifest_digest.digest(), index_digest);
         let has = |node: &str, d: &Digest| a.blobs_of(node).iter().any(|(b, _)| b == d);
         assert!(has(amd_id, &index_digest) && has(arm_id, &index_digest));
         assert!(has(amd_id, &amd.digest) && has(amd_id, &amd_layer));
         assert!(!has(amd_id, &arm_layer) && !has(amd_id, &arm.digest));
         assert!(has(arm_id, &arm_layer) && !has(arm_id, &amd_layer));
         // Only its own platform's blobs are served to a node.
-        assert!(dist.allowed(&state, amd_id, &amd_layer).unwrap());
-        assert!(!dist.allowed(&state, amd_id, &arm_layer).unwrap());
-        assert!(dist.allowed(&state, arm_id, &arm_layer).unwrap());
+        assert!(dist.allowed(amd_id, &amd_layer).unwrap());
+        assert!(!dist.allowed(amd_id, &arm_layer).unwrap());
+        assert!(dist.allowed(arm_id, &arm_layer).unwrap());
         // And only those are what its syncs tell it to fetch.
         let sync = dist
             .sync(
-                &state,
                 &|_| true,
                 amd_id,
                 None,
@@ -693,7 +677,7 @@ mod tests {
             .unwrap();
         let fetched: Vec<Digest> = sync.images[0].blobs.clone();
         assert!(fetched.contains(&amd_layer) && !fetched.contains(&arm_layer));
-        let status = dist.status(&state).unwrap();
+        let status = dist.status().unwrap();
         let amd_total = status.images[0]
             .nodes
             .iter()
@@ -703,8 +687,9 @@ mod tests {
         let own: u64 = a.blobs_of(amd_id).iter().map(|(_, s)| *s).sum();
         assert_eq!(amd_total, own);
 
+        let arm_only = dist.resolve("arm-only:v1").unwrap();
         let err = dist
-            .assign(&state, "arm-only:v1", &[amd_id.into()], 140)
+            .assign("arm-only:v1", arm_only, &[amd_id.into()], 140)
             .unwrap_err()
             .to_string();
         assert!(

@@ -10,12 +10,15 @@ use tracing::{debug, info, warn};
 
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
-use seaport_shared::transfer::{
+use seaport_shared::distribution::{
     BlobRequest, BlobResponse, SyncRequest, BLOB_FRAME_LIMIT, MAX_PIECES_PER_REQUEST,
 };
+use seaport_shared::wire::close;
 
-use super::pieces_len;
-use crate::daemon::Shared;
+use super::{pieces_len, DistError, Distribution};
+
+/// Whether a node is connected now (its peers are offered while it is).
+pub(crate) type Online = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CHUNK: usize = 256 * 1024;
@@ -25,7 +28,8 @@ const HOLD_IDLE_SYNC: Duration = Duration::from_millis(2500);
 
 /// Serves one `Blob` stream of node `node_id` (hello already accepted).
 pub(crate) async fn handle_blob_stream(
-    shared: Arc<Shared>,
+    dist: Arc<Distribution>,
+    online: Online,
     conn: quinn::Connection,
     node_id: String,
     mut send: quinn::SendStream,
@@ -41,7 +45,7 @@ pub(crate) async fn handle_blob_stream(
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             debug!(error = %e, "bad blob request");
-            conn.close(crate::daemon::close::PROTOCOL.into(), b"bad blob request");
+            conn.close(close::PROTOCOL.into(), b"bad blob request");
             return;
         }
         Err(_) => return,
@@ -51,14 +55,15 @@ pub(crate) async fn handle_blob_stream(
             let peer_addr = (sync.peer_port != 0)
                 .then(|| std::net::SocketAddr::new(conn.remote_address().ip(), sync.peer_port))
                 .map(|a| a.to_string());
-            let mut changes = shared.dist.subscribe();
-            let mut resp = answer_sync(&shared, &node_id, peer_addr.clone(), sync.clone()).await;
+            let mut changes = dist.subscribe();
+            let mut resp =
+                answer_sync(&dist, &online, &node_id, peer_addr.clone(), sync.clone()).await;
             // Nothing to fetch: hold the answer for a while, so an image
             // assigned meanwhile reaches the agent at once rather than at
             // its next idle sync.
             let idle = matches!(&resp, BlobResponse::Sync(r) if r.blobs.is_empty());
             if idle && matches!(timeout(HOLD_IDLE_SYNC, changes.changed()).await, Ok(Ok(()))) {
-                resp = answer_sync(&shared, &node_id, peer_addr, sync).await;
+                resp = answer_sync(&dist, &online, &node_id, peer_addr, sync).await;
             }
             // Ahead of the piece data queued on the same connection: an
             // agent waits for this answer to learn what it may fetch next.
@@ -68,7 +73,7 @@ pub(crate) async fn handle_blob_stream(
             }
         }
         BlobRequest::Pieces { digest, pieces } => {
-            if let Err(reason) = send_pieces(&shared, &node_id, digest, &pieces, &mut send).await {
+            if let Err(reason) = send_pieces(&dist, &node_id, digest, &pieces, &mut send).await {
                 debug!(%reason, %digest, "piece request refused");
                 let _ = codec::write_msg(&mut send, &BlobResponse::Refused { reason }).await;
             }
@@ -79,16 +84,17 @@ pub(crate) async fn handle_blob_stream(
 
 /// The answer to a sync: the tracker records the report and plans.
 async fn answer_sync(
-    shared: &Arc<Shared>,
+    dist: &Arc<Distribution>,
+    online: &Online,
     node_id: &str,
     peer_addr: Option<String>,
     sync: SyncRequest,
 ) -> BlobResponse {
-    let task = shared.clone();
+    let (dist, online) = (dist.clone(), online.clone());
     let node = node_id.to_string();
     let res = tokio::task::spawn_blocking(move || {
-        let live = |n: &str| task.live.get(n).is_some();
-        task.dist.sync(&task.store, &live, &node, peer_addr, sync)
+        let live = |n: &str| online(n);
+        dist.sync(&live, &node, peer_addr, sync)
     })
     .await;
     match res {
@@ -106,7 +112,7 @@ async fn answer_sync(
 }
 
 async fn send_pieces(
-    shared: &Arc<Shared>,
+    dist: &Arc<Distribution>,
     node_id: &str,
     digest: Digest,
     pieces: &[u32],
@@ -117,11 +123,11 @@ async fn send_pieces(
             "ask for 1 to {MAX_PIECES_PER_REQUEST} pieces per request"
         ));
     }
-    let task = shared.clone();
+    let task = dist.clone();
     let node = node_id.to_string();
     let allowed = tokio::task::spawn_blocking(move || {
-        let ok = task.dist.allowed(&task.store, &node, &digest)?;
-        Ok::<_, super::DistError>(ok.then(|| task.dist.cached_table(&digest)).flatten())
+        let ok = task.allowed(&node, &digest)?;
+        Ok::<_, DistError>(ok.then(|| task.cached_table(&digest)).flatten())
     })
     .await
     .map_err(|e| e.to_string())?
@@ -131,13 +137,13 @@ async fn send_pieces(
             "blob {digest} is not part of an image assigned to node {node_id}"
         ));
     };
-    if !shared.dist.may_send(node_id, &table, pieces) {
+    if !dist.may_send(node_id, &table, pieces) {
         return Err("pieces not granted to this node now: sync again and fetch from peers".into());
     }
     let bytes = pieces_len(&table, pieces);
     info!(%digest, pieces = ?pieces, bytes, "serving pieces");
-    shared.dist.count_sent(node_id, bytes);
-    let path = shared.dist.blob_path(&digest);
+    dist.count_sent(node_id, bytes);
+    let path = dist.blob_path(&digest);
     let mut file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| format!("opening {}: {e}", path.display()))?;

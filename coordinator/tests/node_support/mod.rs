@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use seaport::daemon::{Daemon, Probe, ServeOptions};
 use seaport_agent::{Identity, JoinOptions};
+use seaport_shared::cluster::{Role, Step};
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
-use seaport_shared::transfer::{
+use seaport_shared::distribution::{
     Bitmap, BlobReport, BlobRequest, BlobResponse, SyncRequest, SyncResponse, BLOB_FRAME_LIMIT,
 };
 use seaport_shared::wire::{
@@ -300,7 +301,7 @@ async fn answer_task(
     let event = match &req {
         TaskRequest::Apply(t) => {
             let mut init = initialized.lock().unwrap();
-            if t.role == "master0" && t.steps.iter().any(|s| s == "kubeadm") {
+            if t.role == Role::Master0 && t.steps.contains(&Step::Kubeadm) {
                 *init = true;
             }
             let join_data = if script.forged_join_data.is_some() {

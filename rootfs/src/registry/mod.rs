@@ -11,20 +11,20 @@
 //!   token scopes.
 //! - [`credentials`]: the docker-compatible `config.json` that `login` writes.
 //! - [`platform`]: target platforms and choosing a manifest from an index.
-//! - [`transfer`]: `push`/`pull` between the local store and a registry.
+//! - [`copy`]: `push`/`pull` between the local store and a registry.
 //! - [`layout`]: distribution's `docker/registry/v2` storage tree, written
 //!   directly at build time (see `crate::imagecache`).
 //! - [`progress`]: progress bars for long transfers.
 
 pub mod auth;
 pub mod client;
+pub mod copy;
 pub mod credentials;
 pub mod layout;
 pub mod platform;
 pub mod progress;
-pub mod transfer;
 
 pub use client::{ClientOptions, RegistryClient, RegistryError};
+pub use copy::{pull_image, push_image, CopyError, CopyReport};
 pub use credentials::{CredentialStore, Credentials, CredentialsError};
 pub use layout::RegistryStorage;
-pub use transfer::{pull_image, push_image, TransferError, TransferReport};

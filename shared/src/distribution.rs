@@ -48,7 +48,7 @@ pub struct PieceTable {
 
 /// Errors building or checking piece tables.
 #[derive(Debug, thiserror::Error)]
-pub enum TransferError {
+pub enum DistributionError {
     #[error("piece table of {digest}: {reason}")]
     BadTable { digest: Digest, reason: String },
     #[error("reading blob {digest} to build its piece table: {source}")]
@@ -69,9 +69,9 @@ impl PieceTable {
         digest: Digest,
         mut reader: impl std::io::Read,
         piece_size: u32,
-    ) -> Result<PieceTable, TransferError> {
+    ) -> Result<PieceTable, DistributionError> {
         use sha2::Digest as _;
-        let read_err = |source| TransferError::Read { digest, source };
+        let read_err = |source| DistributionError::Read { digest, source };
         let mut whole = sha2::Sha256::new();
         let mut pieces = Vec::new();
         let mut buf = vec![0u8; 256 * 1024];
@@ -104,7 +104,7 @@ impl PieceTable {
         }
         let actual = Digest::from_bytes(whole.finalize().into());
         if actual != digest {
-            return Err(TransferError::Corrupt {
+            return Err(DistributionError::Corrupt {
                 expected: digest,
                 actual,
             });
@@ -118,8 +118,8 @@ impl PieceTable {
     }
 
     /// Checks that the table is consistent with its size.
-    pub fn check(&self) -> Result<(), TransferError> {
-        let bad = |reason: String| TransferError::BadTable {
+    pub fn check(&self) -> Result<(), DistributionError> {
+        let bad = |reason: String| DistributionError::BadTable {
             digest: self.digest,
             reason,
         };
@@ -431,8 +431,8 @@ pub fn peer_server(
     ca: &rustls_pki_types::CertificateDer<'static>,
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
-) -> Result<quinn::ServerConfig, TransferError> {
-    let tls_err = |e: &dyn std::fmt::Display| TransferError::Tls(e.to_string());
+) -> Result<quinn::ServerConfig, DistributionError> {
+    let tls_err = |e: &dyn std::fmt::Display| DistributionError::Tls(e.to_string());
     let provider = crate::tls::provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).map_err(|e| tls_err(&e))?;
@@ -466,8 +466,8 @@ pub fn peer_client(
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
     expected: &str,
-) -> Result<quinn::ClientConfig, TransferError> {
-    let tls_err = |e: &dyn std::fmt::Display| TransferError::Tls(e.to_string());
+) -> Result<quinn::ClientConfig, DistributionError> {
+    let tls_err = |e: &dyn std::fmt::Display| DistributionError::Tls(e.to_string());
     let provider = crate::tls::provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).map_err(|e| tls_err(&e))?;
@@ -576,7 +576,7 @@ mod tests {
         let wrong = Digest::of(b"other");
         assert!(matches!(
             PieceTable::compute(wrong, &data[..], 4096),
-            Err(TransferError::Corrupt { .. })
+            Err(DistributionError::Corrupt { .. })
         ));
         let mut bad = table.clone();
         bad.pieces.pop();

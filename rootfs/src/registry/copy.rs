@@ -23,7 +23,7 @@ use crate::store::{Store, StoreError};
 
 /// Errors from push and pull.
 #[derive(Debug, thiserror::Error)]
-pub enum TransferError {
+pub enum CopyError {
     /// Talking to the registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -84,7 +84,7 @@ pub fn fetch_image(
     client: &RegistryClient,
     image: &ImageRef,
     platform: &Platform,
-) -> Result<RemoteImage, TransferError> {
+) -> Result<RemoteImage, CopyError> {
     let reference = match (image.digest(), image.tag()) {
         (Some(d), _) => d.to_string(),
         (None, Some(t)) => t.to_string(),
@@ -92,19 +92,18 @@ pub fn fetch_image(
     };
     let repo = image.repository();
     let (bytes, media_type, digest) = client.get_manifest(repo, &reference)?;
-    let bad = |reason: String| TransferError::Manifest {
+    let bad = |reason: String| CopyError::Manifest {
         image: image.to_string(),
         reason,
     };
     if crate::media::is_index(&media_type) {
         let index: Index = serde_json::from_slice(&bytes)
             .map_err(|e| bad(format!("its index does not parse: {e}")))?;
-        let chosen =
-            select_manifest(&index, platform).ok_or_else(|| TransferError::NoPlatform {
-                image: image.to_string(),
-                wanted: platform_string(platform),
-                available: available_platforms(&index).join(", "),
-            })?;
+        let chosen = select_manifest(&index, platform).ok_or_else(|| CopyError::NoPlatform {
+            image: image.to_string(),
+            wanted: platform_string(platform),
+            available: available_platforms(&index).join(", "),
+        })?;
         let (m_bytes, m_type, m_digest) = client.get_manifest(repo, &chosen.digest.to_string())?;
         if !crate::media::is_manifest(&m_type) {
             return Err(bad(format!(
@@ -145,7 +144,7 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
 
 /// What a push or pull moved.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TransferReport {
+pub struct CopyReport {
     /// The manifest digest.
     pub digest: Option<Digest>,
     /// Blobs transferred.
@@ -164,11 +163,11 @@ pub fn push_image(
     local: &str,
     dest: &ImageRef,
     client: &RegistryClient,
-) -> Result<TransferReport, TransferError> {
+) -> Result<CopyReport, CopyError> {
     let image = store.image(local)?;
     if let Some(d) = dest.digest() {
         if *d != image.digest() {
-            return Err(TransferError::Manifest {
+            return Err(CopyError::Manifest {
                 image: dest.to_string(),
                 reason: format!("the local image's digest is {}", image.digest()),
             });
@@ -206,7 +205,7 @@ pub fn push_image(
             transferred.fetch_add(1, Ordering::Relaxed);
             bytes.fetch_add(d.size, Ordering::Relaxed);
         }
-        Ok::<_, TransferError>(())
+        Ok::<_, CopyError>(())
     })?;
     let reference = match (dest.tag(), dest.digest()) {
         (Some(t), _) => t.to_string(),
@@ -239,7 +238,7 @@ pub fn push_image(
         }
     };
     let transferred = transferred.into_inner();
-    Ok(TransferReport {
+    Ok(CopyReport {
         digest: Some(digest),
         transferred,
         bytes: bytes.into_inner(),
@@ -255,7 +254,7 @@ pub fn pull_image(
     image: &ImageRef,
     client: &RegistryClient,
     platform: Option<&Platform>,
-) -> Result<TransferReport, TransferError> {
+) -> Result<CopyReport, CopyError> {
     let repo = image.repository();
     let Fetched {
         digest: top_digest,
@@ -286,7 +285,7 @@ pub fn pull_image(
         })?;
         transferred.fetch_add(1, Ordering::Relaxed);
         bytes.fetch_add(n, Ordering::Relaxed);
-        Ok::<_, TransferError>(())
+        Ok::<_, CopyError>(())
     })?;
     // Manifests before the index that names them, the index last.
     for doc in &documents {
@@ -294,7 +293,7 @@ pub fn pull_image(
     }
     store.set_name(image, &top_digest)?;
     let transferred = transferred.into_inner();
-    Ok(TransferReport {
+    Ok(CopyReport {
         digest: Some(top_digest),
         transferred,
         bytes: bytes.into_inner(),
@@ -312,7 +311,7 @@ struct Fetched {
 
 /// Every manifest `image` names: the one manifest, or every manifest of its
 /// index.
-fn fetch_all(client: &RegistryClient, image: &ImageRef) -> Result<Fetched, TransferError> {
+fn fetch_all(client: &RegistryClient, image: &ImageRef) -> Result<Fetched, CopyError> {
     let reference = match (image.digest(), image.tag()) {
         (Some(d), _) => d.to_string(),
         (None, Some(t)) => t.to_string(),
@@ -320,7 +319,7 @@ fn fetch_all(client: &RegistryClient, image: &ImageRef) -> Result<Fetched, Trans
     };
     let repo = image.repository();
     let (bytes, media_type, digest) = client.get_manifest(repo, &reference)?;
-    let bad = |reason: String| TransferError::Manifest {
+    let bad = |reason: String| CopyError::Manifest {
         image: image.to_string(),
         reason,
     };

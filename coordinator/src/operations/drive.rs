@@ -1,0 +1,321 @@
+//! Driving an operation: its stages one after another from the first
+//! unfinished one, each host's part sent to its agent, every step event
+//! written to the record (one transaction each), a task whose session drops
+//! sent again when the node is back.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use seaport_shared::wire::{RunState, ShellTask, StepState, TaskEvent, TaskRequest};
+
+use super::agents::{Agents, AgentsError, TaskEvents};
+use super::error::StageError;
+use super::record::{Cluster, LiveRecord};
+use super::stages::run_stage;
+use super::store::ClusterStore;
+use crate::clusterfile::{Clusterfile, Plugin};
+
+/// How long a run waits for an offline node before it fails.
+const OFFLINE_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+/// What a stage works with: the agents, the store, the coordinator's image
+/// store, and the record being driven.
+#[derive(Clone)]
+pub(crate) struct Driver {
+    pub(crate) agents: Arc<dyn Agents>,
+    pub(crate) store: Arc<dyn ClusterStore>,
+    pub(crate) image_root: PathBuf,
+    pub(crate) record: LiveRecord,
+}
+
+/// How an operation ended.
+pub(crate) enum Outcome {
+    Succeeded,
+    Deleted,
+    Failed,
+}
+
+impl Driver {
+    /// Runs the record's stages from the first unfinished one and records
+    /// how the operation ended.
+    pub(crate) async fn drive(&self) -> Outcome {
+        let deleting = self.record.read(|c| c.state == RunState::Deleting);
+        let outcome = self.run_stages().await;
+        if deleting && outcome.is_ok() {
+            let image = self.record.read(|c| c.image.clone());
+            let agents = self.agents.clone();
+            let _ = tokio::task::spawn_blocking(move || agents.release(&image)).await;
+        }
+        let now = seaport_shared::clock::now_unix();
+        let ended = self.record.write(|c| {
+            c.finished_at = Some(now);
+            match outcome {
+                Ok(()) if deleting => {
+                    c.state = RunState::Deleted;
+                    c.join_data = None;
+                    c.installed_digest = None;
+                    Outcome::Deleted
+                }
+                Ok(()) => {
+                    c.state = RunState::Succeeded;
+                    c.installed_digest = Some(c.manifest_digest);
+                    Outcome::Succeeded
+                }
+                Err(e) => {
+                    warn!(error = %e, "operation failed");
+                    c.state = RunState::Failed;
+                    c.error = Some(e);
+                    Outcome::Failed
+                }
+            }
+        });
+        self.save().await;
+        let entry = self.record.read(|c| c.ended_entry(now));
+        if let Err(e) = self.store.audit(&entry) {
+            warn!(error = %e, "could not write the audit log");
+        }
+        info!(
+            state = self.record.read(|c| c.state.as_str()),
+            "operation ended"
+        );
+        ended
+    }
+
+    async fn run_stages(&self) -> Result<(), String> {
+        loop {
+            let (stage, done) = self
+                .record
+                .read(|c| (c.stages.get(c.stages_done).cloned(), c.stages_done));
+            let Some(stage) = stage else { return Ok(()) };
+            info!(stage = %stage.name, "stage starts");
+            run_stage(self, &stage)
+                .await
+                .map_err(|e| format!("{} failed: {e}", stage.name))?;
+            self.record.write(|c| c.stages_done = done + 1);
+            self.save().await;
+        }
+    }
+
+    /// Writes the record (one transaction).
+    pub(crate) async fn save(&self) {
+        let snapshot = self.record.snapshot();
+        let store = self.store.clone();
+        let res = tokio::task::spawn_blocking(move || store.save_cluster(&snapshot)).await;
+        if !matches!(res, Ok(Ok(()))) {
+            warn!("could not record the run's progress");
+        }
+    }
+
+    /// Sends each host its task at once and waits for all.
+    pub(crate) async fn on_hosts(
+        &self,
+        stage: &str,
+        reqs: Vec<(String, TaskRequest)>,
+    ) -> Vec<(String, Result<TaskEvent, String>)> {
+        let mut set = JoinSet::new();
+        for (ip, req) in reqs {
+            let (me, stage) = (self.clone(), stage.to_string());
+            set.spawn(async move {
+                let r = me.run_host_task(&ip, &stage, req).await;
+                (ip, r)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok(r) => out.push(r),
+                Err(e) => out.push((String::new(), Err(format!("internal error: {e}")))),
+            }
+        }
+        out
+    }
+
+    /// Sends one task to a host and follows it to its last event, sending
+    /// it again when the session drops. Step events update the record.
+    async fn run_host_task(
+        &self,
+        ip: &str,
+        phase: &str,
+        task: TaskRequest,
+    ) -> Result<TaskEvent, String> {
+        let node_id = self
+            .record
+            .host(ip, |h| {
+                h.phase = phase.to_string();
+                h.error = None;
+                h.node_id.clone()
+            })
+            .ok_or_else(|| format!("{ip} is not a host of the cluster"))?;
+        let mut offline_since: Option<Instant> = None;
+        loop {
+            let attempt = match self.agents.run_task(&node_id, task.clone()) {
+                Ok(events) => self.follow(ip, events).await,
+                Err(AgentsError::NotConnected(_)) => {
+                    let since = *offline_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > OFFLINE_LIMIT {
+                        return Err(format!(
+                            "node {node_id} has been offline for {} minutes",
+                            OFFLINE_LIMIT.as_secs() / 60
+                        ));
+                    }
+                    self.record.host(ip, |h| {
+                        h.error = Some(format!("waiting for node {node_id} to come online"));
+                    });
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
+            offline_since = None;
+            match attempt {
+                Ok(last) => {
+                    self.record.host(ip, |h| {
+                        h.error = answer_error(&last);
+                        if let TaskEvent::ResetDone {
+                            warnings, actions, ..
+                        } = &last
+                        {
+                            let tail = actions
+                                .iter()
+                                .chain(warnings.iter())
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join("\n");
+                            let summary = if warnings.is_empty() {
+                                format!("{} actions", actions.len())
+                            } else {
+                                format!("{} actions, {} warnings", actions.len(), warnings.len())
+                            };
+                            h.set_step(
+                                "reset",
+                                StepState::Done {
+                                    summary,
+                                    elapsed_ms: 0,
+                                },
+                                &tail,
+                            );
+                        }
+                    });
+                    self.save().await;
+                    return Ok(last);
+                }
+                Err(e) => {
+                    info!(host = %ip, error = %e, "task interrupted; sending it again");
+                    self.record.host(ip, |h| {
+                        h.error = Some(format!("interrupted ({e}); retrying"));
+                    });
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Follows one attempt of a task: step events go to the record, the
+    /// last event is returned.
+    async fn follow(&self, ip: &str, mut events: TaskEvents) -> Result<TaskEvent, AgentsError> {
+        loop {
+            match events.next().await? {
+                TaskEvent::Step { step, state } => {
+                    let log = match &state {
+                        StepState::Failed { error } => error.clone(),
+                        _ => String::new(),
+                    };
+                    self.record.host(ip, |h| h.set_step(&step, state, &log));
+                    self.save().await;
+                }
+                last => return Ok(last),
+            }
+        }
+    }
+
+    /// A shell script on master0, run every time (kubectl against the
+    /// cluster).
+    pub(crate) async fn master0_shell(
+        &self,
+        stage: &str,
+        script: String,
+    ) -> Result<(), StageError> {
+        let (m0, cluster, env) = self
+            .record
+            .read(|c| (c.master0(), c.name.clone(), c.spec.env.clone()));
+        let req = TaskRequest::Shell(ShellTask {
+            cluster,
+            step: stage.to_string(),
+            script,
+            env,
+            host_ip: m0.clone(),
+            timeout_secs: 300,
+            always: true,
+        });
+        check(self.on_hosts(stage, vec![(m0, req)]).await)
+    }
+}
+
+/// The error a task's last event carries, if any.
+fn answer_error(last: &TaskEvent) -> Option<String> {
+    match last {
+        TaskEvent::Finished { error, .. }
+        | TaskEvent::ResetDone { error, .. }
+        | TaskEvent::Files { error, .. }
+        | TaskEvent::Written { error }
+        | TaskEvent::Drift { error, .. } => error.clone(),
+        TaskEvent::Step { .. } => None,
+    }
+}
+
+/// Every host's failure, or Ok.
+pub(crate) fn check(results: Vec<(String, Result<TaskEvent, String>)>) -> Result<(), StageError> {
+    let mut failures = Vec::new();
+    for (ip, r) in results {
+        match r {
+            Ok(TaskEvent::Finished { ok: true, .. })
+            | Ok(TaskEvent::ResetDone { error: None, .. })
+            | Ok(TaskEvent::Written { error: None })
+            | Ok(TaskEvent::Files { error: None, .. })
+            | Ok(TaskEvent::Drift { error: None, .. }) => {}
+            Ok(TaskEvent::Finished { error, .. }) => failures.push((ip, error.unwrap_or_default())),
+            Ok(
+                TaskEvent::ResetDone { error: Some(e), .. }
+                | TaskEvent::Written { error: Some(e) }
+                | TaskEvent::Files { error: Some(e), .. }
+                | TaskEvent::Drift { error: Some(e), .. },
+            ) => failures.push((ip, e)),
+            Ok(other) => failures.push((ip, format!("unexpected answer {other:?}"))),
+            Err(e) => failures.push((ip, e)),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(StageError::Hosts(failures))
+    }
+}
+
+/// The cluster's Clusterfile, parsed (none for `seaport run`).
+pub(crate) fn clusterfile(c: &Cluster) -> Result<Option<Clusterfile>, StageError> {
+    c.spec
+        .clusterfile
+        .as_deref()
+        .map(|t| Clusterfile::parse(t).map_err(StageError::Clusterfile))
+        .transpose()
+}
+
+/// The plugins of the image and the Clusterfile.
+pub(crate) fn all_plugins(c: &Cluster) -> Result<Vec<Plugin>, StageError> {
+    let mut out = Vec::new();
+    for t in &c.image_plugins {
+        out.extend(
+            Clusterfile::parse(t)
+                .map_err(StageError::ImagePlugins)?
+                .plugins,
+        );
+    }
+    if let Some(f) = clusterfile(c)? {
+        out.extend(f.plugins);
+    }
+    Ok(out)
+}
