@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 use seaport_shared::pki::{self, CaPin, CertInfo, PkiError, Role};
 use seaport_shared::wire::COORDINATOR_SERVER_NAME;
 
-use crate::state::{AdminRecord, StateError, Store};
+use crate::state::{self, AdminRecord, StateError, StateStore};
 
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 const SERVICE_CERT_LIFETIME: Duration = Duration::from_secs(5 * 365 * 86_400);
@@ -161,7 +161,7 @@ pub fn init(root: &Path) -> Result<InitReport, CaError> {
         pki::write_atomic(&paths.ca_key(), key.serialize_pem().as_bytes(), 0o600)?;
         pki::write_atomic(&paths.ca_cert(), cert.pem().as_bytes(), 0o644)?;
     }
-    let store = Store::create(&paths.state_db())?;
+    let store = state::create(&paths.dir)?;
     let ca = Ca::load(root)?;
     if created_ca || needs_reissue(&ca, &paths.server_cert()) {
         let key = KeyPair::generate()?;
@@ -201,7 +201,7 @@ fn needs_reissue(ca: &Ca, cert_path: &Path) -> bool {
 /// longer than the longest admin lifetime (older installs had 5 years).
 /// Otherwise issues a new one (90 days, a new key) and records it. Returns
 /// whether it issued one.
-pub fn ensure_local_admin(root: &Path, store: &Store, ca: &Ca) -> Result<bool, CaError> {
+pub fn ensure_local_admin(root: &Path, store: &dyn StateStore, ca: &Ca) -> Result<bool, CaError> {
     let paths = CoordinatorPaths::new(root);
     let now = now_unix();
     let max = i64::try_from(ADMIN_CERT_MAX_TTL.as_secs()).unwrap_or(i64::MAX);

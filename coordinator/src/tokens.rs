@@ -8,7 +8,7 @@ use seaport_shared::pki::JoinToken;
 use seaport_shared::wire::{AdminCertInfo, TokenGrant};
 
 use crate::ca::{Ca, CaError, ADMIN_CERT_MAX_TTL};
-use crate::state::{AdminRecord, StateError, Store};
+use crate::state::{AdminRecord, StateError, StateStore};
 
 /// Longest token lifetime accepted: one year.
 pub const MAX_TTL_SECS: u64 = 365 * 86_400;
@@ -36,7 +36,7 @@ fn now_unix() -> i64 {
 /// its hash. With `node` (an existing node id or a hostname naming one),
 /// the token re-enrolls exactly that node, once.
 pub fn create(
-    store: &Store,
+    store: &dyn StateStore,
     ca: &Ca,
     ttl_secs: u64,
     uses: u32,
@@ -66,7 +66,7 @@ pub fn create(
 /// Signs and records an admin certificate named `name` for the key of
 /// `csr_der`, valid `ttl_secs` (at most 365 days).
 pub fn issue_admin(
-    store: &Store,
+    store: &dyn StateStore,
     ca: &Ca,
     name: &str,
     csr_der: &[u8],

@@ -139,7 +139,7 @@ pub fn apply(
                 });
                 return Err(ApplyError::Step {
                     step: step.to_string(),
-                    error,
+                    error: Box::new(error),
                 });
             }
         }

@@ -18,7 +18,7 @@ pub enum ApplyError {
         /// The step (an install step, or a shell step's name).
         step: String,
         /// What went wrong, with the output tail of a failed command.
-        error: StepError,
+        error: Box<StepError>,
     },
     /// The image could not be opened.
     #[error(transparent)]

@@ -136,7 +136,10 @@ fn finish(
                 step: step.clone(),
                 error: error.to_string(),
             });
-            Err(ApplyError::Step { step, error })
+            Err(ApplyError::Step {
+                step,
+                error: Box::new(error),
+            })
         }
     }
 }

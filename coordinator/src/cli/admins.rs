@@ -13,7 +13,8 @@ use crate::tokens;
 use seaport_shared::pki::{self, CertInfo};
 use seaport_shared::wire::{AdminCertInfo, AdminRequest, AdminResponse};
 
-use super::nodes::{rfc3339, with_coordinator};
+use super::access::{with_coordinator, Offline};
+use seaport_shared::clock::rfc3339;
 
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
@@ -102,6 +103,7 @@ fn list(root: &Path, json: bool, explicit: Option<&str>) -> anyhow::Result<()> {
         root,
         explicit,
         AdminRequest::ListAdmins,
+        Offline::Read,
         |resp| match resp {
             AdminResponse::Admins(list) => Ok(list),
             other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
@@ -185,6 +187,7 @@ fn issue(
             csr_der: csr_der.clone(),
             ttl_secs,
         },
+        Offline::Write,
         |resp| match resp {
             AdminResponse::AdminIssued {
                 info,
@@ -225,6 +228,7 @@ fn revoke(root: &Path, cert: &str, explicit: Option<&str>) -> anyhow::Result<()>
         AdminRequest::RevokeAdmin {
             cert: cert.to_string(),
         },
+        Offline::Write,
         |resp| match resp {
             AdminResponse::AdminRevoked(info) => Ok(info),
             other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),

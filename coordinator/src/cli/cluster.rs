@@ -19,6 +19,7 @@ use seaport_shared::wire::{
     AdminRequest, AdminResponse, ClusterView, HostView, RunRequest, RunState, StepState,
 };
 
+use super::access::runtime;
 use crate::admin::AdminClient;
 
 /// The cluster name when none is given (sealer's default).
@@ -163,12 +164,6 @@ fn accepted(resp: AdminResponse) -> anyhow::Result<(ClusterName, u64)> {
         } => Ok((cluster, generation)),
         other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
     }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
 }
 
 async fn clusters(client: &AdminClient) -> anyhow::Result<Vec<ClusterView>> {

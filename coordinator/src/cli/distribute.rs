@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::access::runtime;
 use crate::admin::{self, AdminClient};
 use seaport_shared::distribution::DistributionStatus;
 use seaport_shared::wire::{AdminRequest, AdminResponse};
@@ -46,12 +47,6 @@ pub enum DistributeCommand {
         /// Image name.
         image: String,
     },
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
 }
 
 fn ask(root: &Path, explicit: Option<&str>, req: AdminRequest) -> anyhow::Result<AdminResponse> {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod access;
 mod admins;
 mod bootstrap;
 mod cluster;

@@ -212,7 +212,7 @@ fn create_token(
     uses: u32,
     node: Option<&str>,
 ) -> Result<TokenGrant, String> {
-    crate::tokens::create(&shared.store, &shared.ca, ttl_secs, uses, node)
+    crate::tokens::create(&*shared.store, &shared.ca, ttl_secs, uses, node)
         .map_err(|e| e.to_string())
 }
 
@@ -222,7 +222,7 @@ fn issue_admin(
     csr_der: &[u8],
     ttl_secs: u64,
 ) -> Result<(AdminCertInfo, String), String> {
-    crate::tokens::issue_admin(&shared.store, &shared.ca, name, csr_der, ttl_secs)
+    crate::tokens::issue_admin(&*shared.store, &shared.ca, name, csr_der, ttl_secs)
         .map_err(|e| e.to_string())
 }
 
@@ -250,7 +250,7 @@ fn revoke_admin(shared: &Shared, cert: &str, asking: u64) -> Result<AdminCertInf
     );
     info!(serial = rec.serial, name = %rec.name, closed, "admin certificate revoked");
     if rec.local {
-        match ca::ensure_local_admin(&shared.root, &shared.store, &shared.ca) {
+        match ca::ensure_local_admin(&shared.root, &*shared.store, &shared.ca) {
             Ok(_) => info!("issued a new local admin certificate"),
             Err(e) => warn!(error = %e, "could not re-issue the local admin certificate"),
         }

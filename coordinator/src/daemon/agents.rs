@@ -17,11 +17,11 @@ use super::live::LiveSessions;
 use crate::distribution::Distribution;
 use crate::operations::{Agents, AgentsError, Fetched, TaskEvents};
 use crate::records::NodeRecord;
-use crate::state::Store;
+use crate::state::StateStore;
 
 /// The agents of this coordinator's nodes.
 pub(crate) struct SessionAgents {
-    pub(crate) store: Arc<Store>,
+    pub(crate) store: Arc<dyn StateStore>,
     pub(crate) live: Arc<LiveSessions>,
     pub(crate) dist: Arc<Distribution>,
 }

@@ -264,7 +264,7 @@ async fn enroll(shared: &Arc<Shared>, req: EnrollRequest) -> EnrollResponse {
         let shared = task_shared;
         shared
             .store
-            .enroll(&token, &requested, now_unix(), |node_id, serial| {
+            .enroll(&token, &requested, now_unix(), &mut |node_id, serial| {
                 sign(&shared, &req.csr_der, node_id, serial)
             })
     })
@@ -455,9 +455,9 @@ async fn control(
                 let node_id = me.to_string();
                 let res = tokio::task::spawn_blocking(move || {
                     let shared = task_shared;
-                    shared
-                        .store
-                        .renew(&node_id, |serial| sign(&shared, &csr_der, &node_id, serial))
+                    shared.store.renew(&node_id, &mut |serial| {
+                        sign(&shared, &csr_der, &node_id, serial)
+                    })
                 })
                 .await;
                 match res {

@@ -37,8 +37,8 @@ use seaport_shared::wire::close;
 
 use crate::ca::{self, Ca, CaError, CoordinatorPaths};
 use crate::distribution::Distribution;
-use crate::operations::Operations;
-use crate::state::{StateError, Store};
+use crate::operations::{ClusterStore, Operations};
+use crate::state::{self, StateError, StateStore};
 use agents::SessionAgents;
 use limits::SourceLimiter;
 use shared::Shared;
@@ -152,10 +152,12 @@ impl Daemon {
     pub fn bind(root: &Path, opts: ServeOptions) -> Result<Daemon, DaemonError> {
         let paths = CoordinatorPaths::new(root);
         let ca = Ca::load(root)?;
-        let store = Arc::new(Store::open(&paths.state_db())?);
+        let redb = Arc::new(state::open_for_coordinator(&paths.dir, state::STORE_WAIT)?);
+        let store: Arc<dyn StateStore> = redb.clone();
+        let records: Arc<dyn ClusterStore> = redb;
         // The CLI on this machine needs a current, recorded admin
         // certificate (installs from before admin records get a new one).
-        if ca::ensure_local_admin(root, &store, &ca)? {
+        if ca::ensure_local_admin(root, &*store, &ca)? {
             info!("issued a new local admin certificate");
         }
         let id = ca::server_identity(root)?;
@@ -175,7 +177,7 @@ impl Daemon {
             live: live.clone(),
             dist: dist.clone(),
         });
-        let ops = Operations::new(agents, store.clone(), root.to_path_buf());
+        let ops = Operations::new(agents, records, root.to_path_buf());
         Ok(Daemon {
             endpoint,
             shared: Arc::new(Shared {
@@ -298,7 +300,7 @@ impl Daemon {
 pub(crate) async fn renew_local_admin(shared: &Arc<Shared>) {
     let shared = shared.clone();
     let res = tokio::task::spawn_blocking(move || {
-        ca::ensure_local_admin(&shared.root, &shared.store, &shared.ca)
+        ca::ensure_local_admin(&shared.root, &*shared.store, &shared.ca)
     })
     .await;
     match res {

@@ -16,11 +16,11 @@ use crate::ca::Ca;
 use crate::distribution::Distribution;
 use crate::operations::Operations;
 use crate::records::NodeRecord;
-use crate::state::{StateError, Store};
+use crate::state::{StateError, StateStore};
 
 /// State shared by every connection task.
 pub(crate) struct Shared {
-    pub(crate) store: Arc<Store>,
+    pub(crate) store: Arc<dyn StateStore>,
     pub(crate) ca: Ca,
     pub(crate) live: Arc<LiveSessions>,
     pub(crate) node_cert_ttl: Duration,

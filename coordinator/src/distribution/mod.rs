@@ -29,7 +29,7 @@ use seaport_shared::distribution::{
 
 pub use crate::records::Assignment;
 use crate::records::NodeRecord;
-use crate::state::{StateError, Store};
+use crate::state::{StateError, StateStore};
 pub(crate) use serve::handle_blob_stream;
 use tracker::Tracker;
 
@@ -73,7 +73,7 @@ pub enum DistError {
 
 /// The coordinator's distribution state.
 pub struct Distribution {
-    state: Arc<Store>,
+    state: Arc<dyn StateStore>,
     root: PathBuf,
     cache_dir: PathBuf,
     tables: Mutex<HashMap<Digest, Arc<PieceTable>>>,
@@ -86,7 +86,7 @@ pub struct Distribution {
 impl Distribution {
     /// `root` is the Seaport root (image store under `root/images`);
     /// assignments are kept in `state`.
-    pub fn new(root: &Path, coordinator_dir: &Path, state: Arc<Store>) -> Distribution {
+    pub fn new(root: &Path, coordinator_dir: &Path, state: Arc<dyn StateStore>) -> Distribution {
         Distribution {
             state,
             root: root.to_path_buf(),
@@ -619,14 +619,15 @@ mod tests {
         name_index(&images, "multi:v1", &[&amd, &arm]);
         name_index(&images, "arm-only:v1", &[&arm]);
 
-        let state = Arc::new(Store::create(&dir.path().join("state.redb")).unwrap());
+        let state =
+            Arc::new(crate::state::RedbStore::create(&dir.path().join("state.redb")).unwrap());
         let token = seaport_shared::pki::JoinToken::generate();
         state.add_token(&token, 100, 600, 2, None).unwrap();
         let mut updates = Vec::new();
         let mut ids = Vec::new();
         for (label, arch) in [("amd", "x86_64"), ("arm", "aarch64")] {
             let (id, _) = state
-                .enroll(&token, label, 110, |_, _| {
+                .enroll(&token, label, 110, &mut |_, _| {
                     Ok(crate::state::Issued {
                         cert_pem: String::new(),
                         expires: 1_000_000,

@@ -1,15 +1,11 @@
-//! The coordinator's persistent state in one redb database: join tokens
-//! (hashes only), enrolled nodes, admin certificates, the certificate serial
-//! counter.
+//! The embedded backend of the coordinator's state: one redb database.
 //!
 //! Every change is one write transaction, so a token's use count and the
 //! certificate it pays for are committed together or not at all. Values are
 //! JSON so the file stays inspectable and fields can be added.
-//!
-//! redb locks the file: while `seaport coordinator serve` runs, the CLI goes
-//! through the coordinator's admin API instead ([`StateError::Busy`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -17,9 +13,13 @@ use serde::{Deserialize, Serialize};
 use seaport_shared::pki::{self, JoinToken};
 use seaport_shared::wire::HostFacts;
 
-use crate::operations::{AuditEntry, Cluster, ClusterStore, StoreError};
-pub use crate::records::{same_ip, AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
 use seaport_shared::cluster::ClusterName;
+
+use super::error::StateError;
+use super::lock::{self, CoordinatorLock};
+use super::StateStore;
+use crate::operations::{AuditEntry, Cluster, ClusterStore, StoreError};
+use crate::records::{same_ip, AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
@@ -33,53 +33,6 @@ const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
 /// Admin certificates issued, by serial.
 const ADMINS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("admins");
 const NEXT_SERIAL: &str = "next_serial";
-
-/// Errors of the state database.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("the state database {0} is in use by a running coordinator")]
-    Busy(String),
-    #[error("no coordinator state at {0}: run `seaport coordinator init` first")]
-    Missing(String),
-    #[error("state database: {0}")]
-    Db(#[from] redb::Error),
-    #[error("corrupt record {key} in table {table}: {source}")]
-    Corrupt {
-        table: &'static str,
-        key: String,
-        source: serde_json::Error,
-    },
-    #[error("join token is not valid")]
-    TokenInvalid,
-    #[error("join token {0} expired; create a new one with `seaport token create`")]
-    TokenExpired(String),
-    #[error("join token {0} has no uses left; create a new one with `seaport token create`")]
-    TokenUsedUp(String),
-    #[error("no node named {0}")]
-    NoSuchNode(String),
-    #[error("node {0} is enrolled already: enrolling under an existing node id needs a token made for it (`seaport token create --node {0}`)")]
-    NodeExists(String),
-    #[error("the node this join token was made for, {0}, no longer exists")]
-    BoundNodeGone(String),
-    #[error("{0:?} is not an IP address")]
-    BadIp(String),
-    #[error("no admin certificate {0}")]
-    NoSuchAdmin(String),
-    #[error("{0} names several admin certificates (serials {1}); use the serial")]
-    AmbiguousAdmin(String, String),
-    #[error("admin certificate serial {0} was not issued by this coordinator (or predates its records); use one from `seaport admin issue`")]
-    UnknownAdmin(u64),
-    #[error("admin certificate serial {serial} ({name}) was revoked")]
-    AdminRevoked { serial: u64, name: String },
-    #[error("{0} matches several nodes ({1}); use the node id")]
-    AmbiguousNode(String, String),
-    #[error("node {0} is revoked; it comes back only with a token made for it (`seaport token create --node {0}`)")]
-    NodeRevoked(String),
-    #[error("certificate serial {serial} of node {node} was superseded; the node must use its newest certificate or join again")]
-    StaleCertificate { node: String, serial: u64 },
-    #[error("could not issue certificate: {0}")]
-    Issue(String),
-}
 
 macro_rules! db_err {
     ($e:expr) => {
@@ -95,14 +48,24 @@ pub fn canonical_ip(s: &str) -> Result<String, StateError> {
         .map_err(|_| StateError::BadIp(s.to_string()))
 }
 
-/// The state database.
-pub struct Store {
-    db: redb::Database,
+/// The database, as this process opened it.
+enum Db {
+    ReadWrite(redb::Database),
+    ReadOnly(redb::ReadOnlyDatabase),
 }
 
-impl std::fmt::Debug for Store {
+/// The state in a redb database.
+pub struct RedbStore {
+    db: Db,
+    path: PathBuf,
+    /// A coordinator's lock, held while the store is open (released after
+    /// the database, fields drop in order).
+    _lock: Option<CoordinatorLock>,
+}
+
+impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
+        write!(f, "RedbStore({})", self.path.display())
     }
 }
 
@@ -138,14 +101,34 @@ fn from_json<T: for<'de> Deserialize<'de>>(
     })
 }
 
-impl Store {
-    /// Creates the database (or opens an existing one) and its tables.
-    pub fn create(path: &Path) -> Result<Store, StateError> {
+impl RedbStore {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StateError> {
+        match &self.db {
+            Db::ReadWrite(db) => db_err!(db.begin_read()),
+            Db::ReadOnly(db) => db_err!(db.begin_read()),
+        }
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StateError> {
+        match &self.db {
+            Db::ReadWrite(db) => db_err!(db.begin_write()),
+            Db::ReadOnly(_) => Err(StateError::ReadOnly(self.path.display().to_string())),
+        }
+    }
+
+    fn busy(path: &Path) -> StateError {
+        StateError::Busy {
+            path: path.display().to_string(),
+            holders: lock::holders(path),
+        }
+    }
+
+    /// Creates the database (or opens an existing one) and its tables, for
+    /// this process alone.
+    pub fn create(path: &Path) -> Result<RedbStore, StateError> {
         let db = match redb::Database::create(path) {
             Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StateError::Busy(path.display().to_string()))
-            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(Self::busy(path)),
             Err(e) => return Err(StateError::Db(e.into())),
         };
         let txn = db_err!(db.begin_write())?;
@@ -159,20 +142,62 @@ impl Store {
             db_err!(txn.open_table(ADMINS))?;
         }
         db_err!(txn.commit())?;
-        Ok(Store { db })
+        Ok(RedbStore {
+            db: Db::ReadWrite(db),
+            path: path.to_path_buf(),
+            _lock: None,
+        })
     }
 
-    /// Opens an existing database.
-    pub fn open(path: &Path) -> Result<Store, StateError> {
+    /// Opens an existing database for this process alone.
+    pub fn open(path: &Path) -> Result<RedbStore, StateError> {
         if !path.exists() {
             return Err(StateError::Missing(path.display().to_string()));
         }
-        Store::create(path)
+        RedbStore::create(path)
     }
 
+    /// Opens the database for a coordinator holding `lock`: a CLI that
+    /// has it open for a moment is waited for, up to `wait`; past that the
+    /// error names the processes holding it.
+    pub fn open_for_coordinator(
+        path: &Path,
+        lock: CoordinatorLock,
+        wait: Duration,
+    ) -> Result<RedbStore, StateError> {
+        let mut store = lock::retry_while(
+            wait,
+            |e| matches!(e, StateError::Busy { .. }),
+            || RedbStore::open(path),
+        )?;
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
+    /// Opens the database to read it, beside other readers; one that was
+    /// not closed cleanly (its coordinator was killed) is opened for
+    /// writing instead, which repairs it.
+    pub fn open_read_only(path: &Path) -> Result<RedbStore, StateError> {
+        if !path.exists() {
+            return Err(StateError::Missing(path.display().to_string()));
+        }
+        match redb::ReadOnlyDatabase::open(path) {
+            Ok(db) => Ok(RedbStore {
+                db: Db::ReadOnly(db),
+                path: path.to_path_buf(),
+                _lock: None,
+            }),
+            Err(redb::DatabaseError::RepairAborted) => RedbStore::open(path),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Self::busy(path)),
+            Err(e) => Err(StateError::Db(e.into())),
+        }
+    }
+}
+
+impl StateStore for RedbStore {
     /// Hands out the next certificate serial (starting at 1).
-    pub fn next_serial(&self) -> Result<u64, StateError> {
-        let txn = db_err!(self.db.begin_write())?;
+    fn next_serial(&self) -> Result<u64, StateError> {
+        let txn = self.begin_write()?;
         let serial = {
             let mut meta = db_err!(txn.open_table(META))?;
             let serial = db_err!(meta.get(NEXT_SERIAL))?
@@ -187,7 +212,7 @@ impl Store {
 
     /// Stores a new token's hash. With `node` (an existing node id), the
     /// token re-enrolls exactly that node.
-    pub fn add_token(
+    fn add_token(
         &self,
         token: &JoinToken,
         now: i64,
@@ -202,7 +227,7 @@ impl Store {
             uses_left: uses,
             node_id: node.map(str::to_string),
         };
-        let txn = db_err!(self.db.begin_write())?;
+        let txn = self.begin_write()?;
         {
             if let Some(node) = node {
                 let nodes = db_err!(txn.open_table(NODES))?;
@@ -231,8 +256,8 @@ impl Store {
     /// Checks a token as enrollment would (known, secret matches, not
     /// expired, uses left) without spending a use: the bootstrap endpoint
     /// serves the agent only to holders of a token that can still enroll.
-    pub fn check_token(&self, token: &JoinToken, now: i64) -> Result<TokenRecord, StateError> {
-        let txn = db_err!(self.db.begin_read())?;
+    fn check_token(&self, token: &JoinToken, now: i64) -> Result<TokenRecord, StateError> {
+        let txn = self.begin_read()?;
         let tokens = db_err!(txn.open_table(TOKENS))?;
         let rec: TokenRecord = match db_err!(tokens.get(token.id.as_str()))? {
             Some(v) => from_json("tokens", &token.id, v.value())?,
@@ -253,14 +278,14 @@ impl Store {
     /// id with an ordinary token is refused, so no token takes over a node.
     /// `sign` gets the node id and certificate serial and returns the signed
     /// certificate; if anything fails, nothing is committed.
-    pub fn enroll(
+    fn enroll(
         &self,
         token: &JoinToken,
         requested: &str,
         now: i64,
-        sign: impl FnOnce(&str, u64) -> Result<Issued, StateError>,
+        sign: &mut dyn FnMut(&str, u64) -> Result<Issued, StateError>,
     ) -> Result<(String, Issued), StateError> {
-        let txn = db_err!(self.db.begin_write())?;
+        let txn = self.begin_write()?;
         let out = {
             let mut tokens = db_err!(txn.open_table(TOKENS))?;
             let mut rec: TokenRecord = match db_err!(tokens.get(token.id.as_str()))? {
@@ -333,12 +358,12 @@ impl Store {
     }
 
     /// Issues a renewed certificate for a node that is still in good standing.
-    pub fn renew(
+    fn renew(
         &self,
         node_id: &str,
-        sign: impl FnOnce(u64) -> Result<Issued, StateError>,
+        sign: &mut dyn FnMut(u64) -> Result<Issued, StateError>,
     ) -> Result<Issued, StateError> {
-        let txn = db_err!(self.db.begin_write())?;
+        let txn = self.begin_write()?;
         let issued = {
             let mut nodes = db_err!(txn.open_table(NODES))?;
             let mut node: NodeRecord = match db_err!(nodes.get(node_id))? {
@@ -365,7 +390,7 @@ impl Store {
 
     /// Whether a node certificate may be used: the node exists, is not
     /// revoked, and the certificate is not older than its latest enrollment.
-    pub fn check_node_cert(&self, node_id: &str, serial: u64) -> Result<NodeRecord, StateError> {
+    fn check_node_cert(&self, node_id: &str, serial: u64) -> Result<NodeRecord, StateError> {
         let node = self
             .node(node_id)?
             .ok_or_else(|| StateError::NoSuchNode(node_id.to_string()))?;
@@ -381,8 +406,8 @@ impl Store {
         Ok(node)
     }
 
-    pub fn node(&self, node_id: &str) -> Result<Option<NodeRecord>, StateError> {
-        let txn = db_err!(self.db.begin_read())?;
+    fn node(&self, node_id: &str) -> Result<Option<NodeRecord>, StateError> {
+        let txn = self.begin_read()?;
         let nodes = db_err!(txn.open_table(NODES))?;
         match db_err!(nodes.get(node_id))? {
             Some(v) => Ok(Some(from_json("nodes", node_id, v.value())?)),
@@ -390,8 +415,8 @@ impl Store {
         }
     }
 
-    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StateError> {
-        let txn = db_err!(self.db.begin_read())?;
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StateError> {
+        let txn = self.begin_read()?;
         let nodes = db_err!(txn.open_table(NODES))?;
         let mut out = Vec::new();
         for entry in db_err!(nodes.iter())? {
@@ -402,14 +427,14 @@ impl Store {
     }
 
     /// Updates facts and last-seen times of several nodes in one transaction.
-    pub fn update_nodes(
+    fn update_nodes(
         &self,
         updates: &[(String, Option<HostFacts>, Option<i64>)],
     ) -> Result<(), StateError> {
         if updates.is_empty() {
             return Ok(());
         }
-        let txn = db_err!(self.db.begin_write())?;
+        let txn = self.begin_write()?;
         {
             let mut nodes = db_err!(txn.open_table(NODES))?;
             for (node_id, facts, last_seen) in updates {
@@ -431,7 +456,7 @@ impl Store {
     }
 
     /// Finds a node by id or (unique) hostname.
-    pub fn resolve_node(&self, name: &str) -> Result<String, StateError> {
+    fn resolve_node(&self, name: &str) -> Result<String, StateError> {
         let nodes = self.nodes()?;
         if nodes.iter().any(|n| n.node_id == name) {
             return Ok(name.to_string());
@@ -451,9 +476,9 @@ impl Store {
     }
 
     /// Marks a node revoked; its certificates are refused from now on.
-    pub fn revoke(&self, name: &str, now: i64) -> Result<String, StateError> {
+    fn revoke(&self, name: &str, now: i64) -> Result<String, StateError> {
         let node_id = self.resolve_node(name)?;
-        let txn = db_err!(self.db.begin_write())?;
+        let txn = self.begin_write()?;
         {
             let mut nodes = db_err!(txn.open_table(NODES))?;
             let mut node: NodeRecord = match db_err!(nodes.get(node_id.as_str()))? {
@@ -468,29 +493,8 @@ impl Store {
         Ok(node_id)
     }
 
-    /// Changes one node record in a transaction of its own.
-    fn modify_node<T>(
-        &self,
-        node_id: &str,
-        f: impl FnOnce(&mut NodeRecord) -> T,
-    ) -> Result<T, StateError> {
-        let txn = db_err!(self.db.begin_write())?;
-        let out = {
-            let mut nodes = db_err!(txn.open_table(NODES))?;
-            let mut node: NodeRecord = match db_err!(nodes.get(node_id))? {
-                Some(v) => from_json("nodes", node_id, v.value())?,
-                None => return Err(StateError::NoSuchNode(node_id.to_string())),
-            };
-            let out = f(&mut node);
-            db_err!(nodes.insert(node_id, to_json(&node).as_slice()))?;
-            out
-        };
-        db_err!(txn.commit())?;
-        Ok(out)
-    }
-
     /// Records the source address of a node's new authenticated connection.
-    pub fn observe(&self, node_id: &str, ip: &str, now: i64) -> Result<(), StateError> {
+    fn observe(&self, node_id: &str, ip: &str, now: i64) -> Result<(), StateError> {
         let ip = canonical_ip(ip)?;
         self.modify_node(node_id, |n| {
             n.observed_ip = Some(ip);
@@ -501,7 +505,7 @@ impl Store {
     /// Adds (or with `approve == false` withdraws) admin approvals of host
     /// IPs for a node named by id or hostname; returns the node id and its
     /// approved IPs.
-    pub fn approve_ips(
+    fn approve_ips(
         &self,
         name: &str,
         ips: &[String],
@@ -525,14 +529,10 @@ impl Store {
         })?;
         Ok((node_id, approved))
     }
-}
 
-/// Admin certificates: every one the coordinator issued, so a connection
-/// with one is checked against its record (revocation).
-impl Store {
     /// Records an admin certificate just issued.
-    pub fn add_admin(&self, rec: &AdminRecord) -> Result<(), StateError> {
-        let txn = db_err!(self.db.begin_write())?;
+    fn add_admin(&self, rec: &AdminRecord) -> Result<(), StateError> {
+        let txn = self.begin_write()?;
         {
             let mut t = db_err!(txn.open_table(ADMINS))?;
             db_err!(t.insert(rec.serial, to_json(rec).as_slice()))?;
@@ -542,8 +542,8 @@ impl Store {
     }
 
     /// Every admin certificate issued, by serial.
-    pub fn admins(&self) -> Result<Vec<AdminRecord>, StateError> {
-        let txn = db_err!(self.db.begin_read())?;
+    fn admins(&self) -> Result<Vec<AdminRecord>, StateError> {
+        let txn = self.begin_read()?;
         let table = match txn.open_table(ADMINS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -557,8 +557,8 @@ impl Store {
         Ok(out)
     }
 
-    pub fn admin(&self, serial: u64) -> Result<Option<AdminRecord>, StateError> {
-        let txn = db_err!(self.db.begin_read())?;
+    fn admin(&self, serial: u64) -> Result<Option<AdminRecord>, StateError> {
+        let txn = self.begin_read()?;
         let table = match txn.open_table(ADMINS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -572,7 +572,7 @@ impl Store {
 
     /// Whether an admin certificate may be used: issued by this coordinator
     /// (recorded) and not revoked.
-    pub fn check_admin(&self, serial: u64) -> Result<AdminRecord, StateError> {
+    fn check_admin(&self, serial: u64) -> Result<AdminRecord, StateError> {
         let rec = self
             .admin(serial)?
             .ok_or(StateError::UnknownAdmin(serial))?;
@@ -587,7 +587,7 @@ impl Store {
 
     /// Finds an admin certificate by serial, or by a name only one
     /// unrevoked certificate carries.
-    pub fn resolve_admin(&self, cert: &str) -> Result<AdminRecord, StateError> {
+    fn resolve_admin(&self, cert: &str) -> Result<AdminRecord, StateError> {
         let all = self.admins()?;
         if let Ok(serial) = cert.parse::<u64>() {
             if let Some(r) = all.iter().find(|r| r.serial == serial) {
@@ -612,8 +612,8 @@ impl Store {
     }
 
     /// Marks an admin certificate revoked (kept revoked if it was).
-    pub fn revoke_admin(&self, serial: u64, now: i64) -> Result<AdminRecord, StateError> {
-        let txn = db_err!(self.db.begin_write())?;
+    fn revoke_admin(&self, serial: u64, now: i64) -> Result<AdminRecord, StateError> {
+        let txn = self.begin_write()?;
         let rec = {
             let mut t = db_err!(txn.open_table(ADMINS))?;
             let mut rec: AdminRecord = match db_err!(t.get(serial))? {
@@ -627,16 +627,52 @@ impl Store {
         db_err!(txn.commit())?;
         Ok(rec)
     }
+
+    /// Every stored assignment.
+    fn assignments(&self) -> Result<Vec<Assignment>, StateError> {
+        self.json_rows(ASSIGNMENTS, "assignments")
+    }
+
+    /// Stores (replaces) an assignment.
+    fn put_assignment(&self, a: &Assignment) -> Result<(), StateError> {
+        self.put_json(ASSIGNMENTS, &a.image, a)
+    }
+
+    /// Removes an assignment; returns whether there was one.
+    fn remove_assignment(&self, image: &str) -> Result<bool, StateError> {
+        self.remove_key(ASSIGNMENTS, image)
+    }
 }
 
-/// Image assignments and cluster records, kept as JSON values by name.
-impl Store {
+/// Helpers of the tables.
+impl RedbStore {
+    /// Changes one node record in a transaction of its own.
+    fn modify_node<T>(
+        &self,
+        node_id: &str,
+        f: impl FnOnce(&mut NodeRecord) -> T,
+    ) -> Result<T, StateError> {
+        let txn = self.begin_write()?;
+        let out = {
+            let mut nodes = db_err!(txn.open_table(NODES))?;
+            let mut node: NodeRecord = match db_err!(nodes.get(node_id))? {
+                Some(v) => from_json("nodes", node_id, v.value())?,
+                None => return Err(StateError::NoSuchNode(node_id.to_string())),
+            };
+            let out = f(&mut node);
+            db_err!(nodes.insert(node_id, to_json(&node).as_slice()))?;
+            out
+        };
+        db_err!(txn.commit())?;
+        Ok(out)
+    }
+
     fn json_rows<T: for<'de> Deserialize<'de>>(
         &self,
         def: TableDefinition<'static, &'static str, &'static [u8]>,
         what: &'static str,
     ) -> Result<Vec<T>, StateError> {
-        let txn = db_err!(self.db.begin_read())?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(def) {
             Ok(t) => t,
             // A database from before the table existed.
@@ -657,7 +693,7 @@ impl Store {
         key: &str,
         value: &T,
     ) -> Result<(), StateError> {
-        let txn = db_err!(self.db.begin_write())?;
+        let txn = self.begin_write()?;
         {
             let mut table = db_err!(txn.open_table(def))?;
             db_err!(table.insert(key, to_json(value).as_slice()))?;
@@ -671,7 +707,7 @@ impl Store {
         def: TableDefinition<'static, &'static str, &'static [u8]>,
         key: &str,
     ) -> Result<bool, StateError> {
-        let txn = db_err!(self.db.begin_write())?;
+        let txn = self.begin_write()?;
         let existed = {
             let mut table = db_err!(txn.open_table(def))?;
             let old = db_err!(table.remove(key))?;
@@ -681,27 +717,9 @@ impl Store {
         Ok(existed)
     }
 
-    /// Every stored assignment.
-    pub fn assignments(&self) -> Result<Vec<Assignment>, StateError> {
-        self.json_rows(ASSIGNMENTS, "assignments")
-    }
-
-    /// Stores (replaces) an assignment.
-    pub fn put_assignment(&self, a: &Assignment) -> Result<(), StateError> {
-        self.put_json(ASSIGNMENTS, &a.image, a)
-    }
-
-    /// Removes an assignment; returns whether there was one.
-    pub fn remove_assignment(&self, image: &str) -> Result<bool, StateError> {
-        self.remove_key(ASSIGNMENTS, image)
-    }
-}
-
-/// The audit log: every operation asked of the coordinator, in order.
-impl Store {
     /// Appends an entry; returns its sequence number.
-    pub fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StateError> {
-        let txn = db_err!(self.db.begin_write())?;
+    fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StateError> {
+        let txn = self.begin_write()?;
         let seq = {
             let mut table = db_err!(txn.open_table(AUDIT))?;
             let next = db_err!(table.last())?.map_or(1, |(k, _)| k.value() + 1);
@@ -713,8 +731,8 @@ impl Store {
     }
 
     /// The last `limit` entries, oldest first.
-    pub fn read_audit(&self, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StateError> {
-        let txn = db_err!(self.db.begin_read())?;
+    fn read_audit(&self, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StateError> {
+        let txn = self.begin_read()?;
         let table = match txn.open_table(AUDIT) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -733,185 +751,11 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn issued(_node: &str, serial: u64) -> Result<Issued, StateError> {
-        Ok(Issued {
-            cert_pem: format!("cert {serial}"),
-            expires: 1_000_000,
-        })
-    }
-
-    #[test]
-    fn token_uses_are_counted_and_expiry_enforced() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("state.redb")).unwrap();
-        let token = JoinToken::generate();
-        store.add_token(&token, 100, 60, 2, None).unwrap();
-        store.enroll(&token, "a", 110, issued).unwrap();
-        store.enroll(&token, "b", 110, issued).unwrap();
-        assert!(matches!(
-            store.enroll(&token, "c", 110, issued),
-            Err(StateError::TokenUsedUp(_))
-        ));
-        let late = JoinToken::generate();
-        store.add_token(&late, 100, 60, 5, None).unwrap();
-        assert!(matches!(
-            store.enroll(&late, "d", 160, issued),
-            Err(StateError::TokenExpired(_))
-        ));
-        let forged = JoinToken {
-            id: late.id.clone(),
-            secret: "aaaaaaaaaaaaaaaa".into(),
-        };
-        assert!(matches!(
-            store.enroll(&forged, "d", 110, issued),
-            Err(StateError::TokenInvalid)
-        ));
-        // A failed signature leaves the token unspent.
-        let one = JoinToken::generate();
-        store.add_token(&one, 100, 60, 1, None).unwrap();
-        assert!(store
-            .enroll(&one, "e", 110, |_, _| Err(StateError::Issue("boom".into())))
-            .is_err());
-        store.enroll(&one, "e", 110, issued).unwrap();
-        assert_eq!(store.nodes().unwrap().len(), 3);
-    }
-
-    #[test]
-    fn node_ids_are_drawn_by_the_coordinator_and_never_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("state.redb")).unwrap();
-        let token = JoinToken::generate();
-        store.add_token(&token, 100, 600, 10, None).unwrap();
-        let (a, _) = store.enroll(&token, "web", 110, issued).unwrap();
-        let (b, _) = store.enroll(&token, "web", 110, issued).unwrap();
-        assert!(a.starts_with("web-") && b.starts_with("web-"), "{a} {b}");
-        assert_eq!(a.len(), "web-".len() + 8);
-        assert_ne!(a, b, "one name asked twice is two nodes");
-        assert!(pki::is_valid_node_id(&a));
-        // Asking for an existing id with an ordinary token: refused, and
-        // the node is as it was.
-        let before = store.node(&a).unwrap().unwrap();
-        assert!(matches!(
-            store.enroll(&token, &a, 120, issued),
-            Err(StateError::NodeExists(_))
-        ));
-        let after = store.node(&a).unwrap().unwrap();
-        assert_eq!(after.cert_serial, before.cert_serial);
-        assert_eq!(after.min_serial, before.min_serial);
-        assert_eq!(after.enrolled_at, before.enrolled_at);
-    }
-
-    #[test]
-    fn revoked_nodes_come_back_only_with_a_token_made_for_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("state.redb")).unwrap();
-        let token = JoinToken::generate();
-        store.add_token(&token, 100, 600, 5, None).unwrap();
-        let (a, _) = store.enroll(&token, "a", 110, issued).unwrap();
-        let first = store.node(&a).unwrap().unwrap().cert_serial;
-        store.check_node_cert(&a, first).unwrap();
-        store.observe(&a, "10.0.0.1", 111).unwrap();
-        store.revoke(&a, 120).unwrap();
-        assert!(matches!(
-            store.check_node_cert(&a, first),
-            Err(StateError::NodeRevoked(_))
-        ));
-        // The multi-use token cannot bring it back under its id.
-        assert!(matches!(
-            store.enroll(&token, &a, 125, issued),
-            Err(StateError::NodeExists(_))
-        ));
-        assert!(store.node(&a).unwrap().unwrap().revoked);
-        // A token bound to a node that does not exist cannot be made.
-        assert!(matches!(
-            store.add_token(&JoinToken::generate(), 100, 60, 1, Some("ghost-00000000")),
-            Err(StateError::NoSuchNode(_))
-        ));
-        // The admin's token for exactly that node does, whatever name the
-        // host asks for.
-        let bound = JoinToken::generate();
-        store.add_token(&bound, 100, 600, 1, Some(&a)).unwrap();
-        let (again, _) = store.enroll(&bound, "anything", 130, issued).unwrap();
-        assert_eq!(again, a);
-        let node = store.node(&a).unwrap().unwrap();
-        assert!(!node.revoked);
-        assert_eq!(node.observed_ip, None, "the new key's address is seen anew");
-        let second = node.cert_serial;
-        store.check_node_cert(&a, second).unwrap();
-        assert!(matches!(
-            store.check_node_cert(&a, first),
-            Err(StateError::StaleCertificate { .. })
-        ));
-        assert!(matches!(
-            store.enroll(&bound, "anything", 131, issued),
-            Err(StateError::TokenUsedUp(_))
-        ));
-    }
-
-    #[test]
-    fn approvals_are_stored_canonical_and_withdrawn() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("state.redb")).unwrap();
-        let token = JoinToken::generate();
-        store.add_token(&token, 100, 600, 1, None).unwrap();
-        let (a, _) = store.enroll(&token, "a", 110, issued).unwrap();
-        let (_, ips) = store
-            .approve_ips(&a, &["::ffff:10.0.0.5".into(), "10.0.0.6".into()], true)
-            .unwrap();
-        assert_eq!(ips, ["10.0.0.5", "10.0.0.6"]);
-        assert!(matches!(
-            store.approve_ips(&a, &["10.0.0.300".into()], true),
-            Err(StateError::BadIp(_))
-        ));
-        let (_, ips) = store.approve_ips(&a, &["10.0.0.5".into()], false).unwrap();
-        assert_eq!(ips, ["10.0.0.6"]);
-    }
-
-    #[test]
-    fn admin_certificates_are_checked_against_their_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("state.redb")).unwrap();
-        for (serial, name) in [(7, "alice"), (8, "bob")] {
-            store
-                .add_admin(&AdminRecord {
-                    serial,
-                    name: name.into(),
-                    issued_at: 1,
-                    expires_at: 2,
-                    revoked_at: None,
-                    local: false,
-                })
-                .unwrap();
-        }
-        store.check_admin(7).unwrap();
-        assert!(matches!(
-            store.check_admin(9),
-            Err(StateError::UnknownAdmin(9))
-        ));
-        let r = store.resolve_admin("bob").unwrap();
-        store.revoke_admin(r.serial, 50).unwrap();
-        assert!(matches!(
-            store.check_admin(8),
-            Err(StateError::AdminRevoked { serial: 8, .. })
-        ));
-        store.check_admin(7).unwrap();
-        assert!(matches!(
-            store.resolve_admin("bob"),
-            Err(StateError::NoSuchAdmin(_))
-        ));
-        assert_eq!(store.resolve_admin("8").unwrap().revoked_at, Some(50));
-    }
-}
-
 /// Cluster records and the audit log, for [`crate::operations`]: every
 /// save is one committed transaction.
-impl ClusterStore for Store {
+impl ClusterStore for RedbStore {
     fn cluster(&self, name: &ClusterName) -> Result<Option<Cluster>, StoreError> {
-        let txn = db_err!(self.db.begin_read()).map_err(StoreError::new)?;
+        let txn = self.begin_read().map_err(StoreError::new)?;
         let table = match txn.open_table(CLUSTERS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -946,5 +790,182 @@ impl ClusterStore for Store {
 
     fn audit_log(&self, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
         self.read_audit(limit).map_err(StoreError::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateStore;
+
+    fn issued(_node: &str, serial: u64) -> Result<Issued, StateError> {
+        Ok(Issued {
+            cert_pem: format!("cert {serial}"),
+            expires: 1_000_000,
+        })
+    }
+
+    #[test]
+    fn token_uses_are_counted_and_expiry_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::create(&dir.path().join("state.redb")).unwrap();
+        let token = JoinToken::generate();
+        store.add_token(&token, 100, 60, 2, None).unwrap();
+        store.enroll(&token, "a", 110, &mut issued).unwrap();
+        store.enroll(&token, "b", 110, &mut issued).unwrap();
+        assert!(matches!(
+            store.enroll(&token, "c", 110, &mut issued),
+            Err(StateError::TokenUsedUp(_))
+        ));
+        let late = JoinToken::generate();
+        store.add_token(&late, 100, 60, 5, None).unwrap();
+        assert!(matches!(
+            store.enroll(&late, "d", 160, &mut issued),
+            Err(StateError::TokenExpired(_))
+        ));
+        let forged = JoinToken {
+            id: late.id.clone(),
+            secret: "aaaaaaaaaaaaaaaa".into(),
+        };
+        assert!(matches!(
+            store.enroll(&forged, "d", 110, &mut issued),
+            Err(StateError::TokenInvalid)
+        ));
+        // A failed signature leaves the token unspent.
+        let one = JoinToken::generate();
+        store.add_token(&one, 100, 60, 1, None).unwrap();
+        assert!(store
+            .enroll(&one, "e", 110, &mut |_, _| Err(StateError::Issue(
+                "boom".into()
+            )))
+            .is_err());
+        store.enroll(&one, "e", 110, &mut issued).unwrap();
+        assert_eq!(store.nodes().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn node_ids_are_drawn_by_the_coordinator_and_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::create(&dir.path().join("state.redb")).unwrap();
+        let token = JoinToken::generate();
+        store.add_token(&token, 100, 600, 10, None).unwrap();
+        let (a, _) = store.enroll(&token, "web", 110, &mut issued).unwrap();
+        let (b, _) = store.enroll(&token, "web", 110, &mut issued).unwrap();
+        assert!(a.starts_with("web-") && b.starts_with("web-"), "{a} {b}");
+        assert_eq!(a.len(), "web-".len() + 8);
+        assert_ne!(a, b, "one name asked twice is two nodes");
+        assert!(pki::is_valid_node_id(&a));
+        // Asking for an existing id with an ordinary token: refused, and
+        // the node is as it was.
+        let before = store.node(&a).unwrap().unwrap();
+        assert!(matches!(
+            store.enroll(&token, &a, 120, &mut issued),
+            Err(StateError::NodeExists(_))
+        ));
+        let after = store.node(&a).unwrap().unwrap();
+        assert_eq!(after.cert_serial, before.cert_serial);
+        assert_eq!(after.min_serial, before.min_serial);
+        assert_eq!(after.enrolled_at, before.enrolled_at);
+    }
+
+    #[test]
+    fn revoked_nodes_come_back_only_with_a_token_made_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::create(&dir.path().join("state.redb")).unwrap();
+        let token = JoinToken::generate();
+        store.add_token(&token, 100, 600, 5, None).unwrap();
+        let (a, _) = store.enroll(&token, "a", 110, &mut issued).unwrap();
+        let first = store.node(&a).unwrap().unwrap().cert_serial;
+        store.check_node_cert(&a, first).unwrap();
+        store.observe(&a, "10.0.0.1", 111).unwrap();
+        store.revoke(&a, 120).unwrap();
+        assert!(matches!(
+            store.check_node_cert(&a, first),
+            Err(StateError::NodeRevoked(_))
+        ));
+        // The multi-use token cannot bring it back under its id.
+        assert!(matches!(
+            store.enroll(&token, &a, 125, &mut issued),
+            Err(StateError::NodeExists(_))
+        ));
+        assert!(store.node(&a).unwrap().unwrap().revoked);
+        // A token bound to a node that does not exist cannot be made.
+        assert!(matches!(
+            store.add_token(&JoinToken::generate(), 100, 60, 1, Some("ghost-00000000")),
+            Err(StateError::NoSuchNode(_))
+        ));
+        // The admin's token for exactly that node does, whatever name the
+        // host asks for.
+        let bound = JoinToken::generate();
+        store.add_token(&bound, 100, 600, 1, Some(&a)).unwrap();
+        let (again, _) = store.enroll(&bound, "anything", 130, &mut issued).unwrap();
+        assert_eq!(again, a);
+        let node = store.node(&a).unwrap().unwrap();
+        assert!(!node.revoked);
+        assert_eq!(node.observed_ip, None, "the new key's address is seen anew");
+        let second = node.cert_serial;
+        store.check_node_cert(&a, second).unwrap();
+        assert!(matches!(
+            store.check_node_cert(&a, first),
+            Err(StateError::StaleCertificate { .. })
+        ));
+        assert!(matches!(
+            store.enroll(&bound, "anything", 131, &mut issued),
+            Err(StateError::TokenUsedUp(_))
+        ));
+    }
+
+    #[test]
+    fn approvals_are_stored_canonical_and_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::create(&dir.path().join("state.redb")).unwrap();
+        let token = JoinToken::generate();
+        store.add_token(&token, 100, 600, 1, None).unwrap();
+        let (a, _) = store.enroll(&token, "a", 110, &mut issued).unwrap();
+        let (_, ips) = store
+            .approve_ips(&a, &["::ffff:10.0.0.5".into(), "10.0.0.6".into()], true)
+            .unwrap();
+        assert_eq!(ips, ["10.0.0.5", "10.0.0.6"]);
+        assert!(matches!(
+            store.approve_ips(&a, &["10.0.0.300".into()], true),
+            Err(StateError::BadIp(_))
+        ));
+        let (_, ips) = store.approve_ips(&a, &["10.0.0.5".into()], false).unwrap();
+        assert_eq!(ips, ["10.0.0.6"]);
+    }
+
+    #[test]
+    fn admin_certificates_are_checked_against_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::create(&dir.path().join("state.redb")).unwrap();
+        for (serial, name) in [(7, "alice"), (8, "bob")] {
+            store
+                .add_admin(&AdminRecord {
+                    serial,
+                    name: name.into(),
+                    issued_at: 1,
+                    expires_at: 2,
+                    revoked_at: None,
+                    local: false,
+                })
+                .unwrap();
+        }
+        store.check_admin(7).unwrap();
+        assert!(matches!(
+            store.check_admin(9),
+            Err(StateError::UnknownAdmin(9))
+        ));
+        let r = store.resolve_admin("bob").unwrap();
+        store.revoke_admin(r.serial, 50).unwrap();
+        assert!(matches!(
+            store.check_admin(8),
+            Err(StateError::AdminRevoked { serial: 8, .. })
+        ));
+        store.check_admin(7).unwrap();
+        assert!(matches!(
+            store.resolve_admin("bob"),
+            Err(StateError::NoSuchAdmin(_))
+        ));
+        assert_eq!(store.resolve_admin("8").unwrap().revoked_at, Some(50));
     }
 }
