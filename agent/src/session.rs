@@ -243,7 +243,7 @@ async fn session_linked(
         Err(e) => return lost(e.into()),
     };
     // Blobs travel on this connection too: LAN-sized flow-control windows.
-    config.transport_config(seaport_shared::distribution::lan_transport());
+    config.transport_config(tls::lan_transport());
     let connect_err = |reason: String| SessionError::Connect {
         addr: addr.to_string(),
         reason,

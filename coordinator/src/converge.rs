@@ -5,7 +5,7 @@
 //! env, labels and taints, the cluster env, and the Clusterfile it came
 //! from (its plugins, configs and kubeadm documents). [`stages`] compares it
 //! with the cluster's current hosts and image and returns the stages; the
-//! coordinator (`crate::runs`) stores them with the cluster and runs them
+//! coordinator (`crate::operations`) stores them with the cluster and runs them
 //! one after another. Pure: no I/O.
 //!
 //! | operation | when | stages |

@@ -16,8 +16,7 @@
 //! After `Sending` the bytes are not framed: the receiver knows every piece's
 //! length from the table and hashes while it writes.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,8 +57,6 @@ pub enum DistributionError {
     },
     #[error("blob {expected} hashes to {actual}: the stored blob is corrupt")]
     Corrupt { expected: Digest, actual: Digest },
-    #[error("tls for peer transfers: {0}")]
-    Tls(String),
 }
 
 impl PieceTable {
@@ -398,166 +395,126 @@ pub struct BlobProgress {
     pub complete: bool,
 }
 
-/// QUIC transport for blob transfers on a LAN: flow-control windows large
-/// enough that a shaped link (tbf queueing adds tens of ms) stays full.
-pub fn lan_transport() -> Arc<quinn::TransportConfig> {
-    let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(crate::wire::IDLE_TIMEOUT).expect("idle timeout fits"),
-    ));
-    t.keep_alive_interval(Some(crate::wire::KEEP_ALIVE));
-    t.max_concurrent_bidi_streams(64u32.into());
-    t.max_concurrent_uni_streams(0u32.into());
-    // What an agent buffers is bounded by these windows, per connection,
-    // and an agent talks to every other host at N = 8. A piece request is
-    // one stream and an agent keeps at most two in flight per peer, so
-    // 2 MiB per stream and 4 MiB per connection still cover 200 Mbit/s
-    // with the 50 ms a tc queue adds (1.25 MB in flight).
-    t.stream_receive_window((2u32 * 1024 * 1024).into());
-    t.receive_window((4u32 * 1024 * 1024).into());
-    // Unacknowledged and unsent bytes a sender buffers per connection: an
-    // agent serving seven peers holds up to this much for each of them.
-    t.send_window(2 * 1024 * 1024);
-    Arc::new(t)
+/// Where the bytes of one piece are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PieceSource {
+    /// The file (a whole blob, or one still downloading).
+    pub path: PathBuf,
+    /// The piece's offset in it.
+    pub offset: u64,
+    /// The piece's length.
+    pub len: u32,
 }
 
-/// How long a peer connection may take to establish.
-pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Why pieces could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The request asks for no pieces or too many.
+    #[error("ask for 1 to {MAX_PIECES_PER_REQUEST} pieces per request")]
+    Count,
+    /// A piece's file could not be opened or read.
+    #[error("{action} {}: {source}", .path.display())]
+    File {
+        /// `opening`, `reading`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The stream broke.
+    #[error(transparent)]
+    Stream(#[from] crate::codec::CodecError),
+    /// The stream broke while piece bytes were written.
+    #[error("sending piece bytes: {0}")]
+    Write(std::io::Error),
+}
 
-/// Server configuration of an agent's peer server: its node certificate, and
-/// clients must present a certificate of the same CA (the caller checks the
-/// node role and revocations).
-pub fn peer_server(
-    ca: &rustls_pki_types::CertificateDer<'static>,
-    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
-    key: rustls_pki_types::PrivateKeyDer<'static>,
-) -> Result<quinn::ServerConfig, DistributionError> {
-    let tls_err = |e: &dyn std::fmt::Display| DistributionError::Tls(e.to_string());
-    let provider = crate::tls::provider();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).map_err(|e| tls_err(&e))?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
+/// Whether a piece request asks for a number of pieces one answer may
+/// carry.
+pub fn check_piece_count(pieces: &[u32]) -> Result<(), SendError> {
+    if pieces.is_empty() || pieces.len() > MAX_PIECES_PER_REQUEST {
+        Err(SendError::Count)
+    } else {
+        Ok(())
+    }
+}
+
+/// Bytes read and written at a time.
+const SEND_CHUNK: usize = 256 * 1024;
+
+/// The answer to a `Pieces` request: [`BlobResponse::Sending`], then the
+/// bytes of `sources` (one per piece of `pieces`, in order), a chunk at a
+/// time; `pace` is awaited before each chunk with its length (rate limits,
+/// counters). Returns the bytes sent.
+pub async fn send_pieces<W, P, F>(
+    send: &mut W,
+    pieces: &[u32],
+    sources: &[PieceSource],
+    mut pace: P,
+) -> Result<u64, SendError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    P: FnMut(usize) -> F,
+    F: std::future::Future<Output = ()>,
+{
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+    check_piece_count(pieces)?;
+    // The first file is opened before the answer starts, so a blob that is
+    // not there is refused rather than cut short.
+    let mut open: Option<(&Path, tokio::fs::File)> = match sources.first() {
+        Some(src) => Some((
+            src.path.as_path(),
+            tokio::fs::File::open(&src.path)
+                .await
+                .map_err(|source| SendError::File {
+                    action: "opening",
+                    path: src.path.clone(),
+                    source,
+                })?,
+        )),
+        None => None,
+    };
+    crate::codec::write_msg(
+        send,
+        &BlobResponse::Sending {
+            pieces: pieces.to_vec(),
+        },
     )
-    .build()
-    .map_err(|e| tls_err(&e))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| tls_err(&e))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| tls_err(&e))?;
-    cfg.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg).map_err(|e| tls_err(&e))?;
-    let mut s = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    s.transport_config(lan_transport());
-    Ok(s)
-}
-
-/// Client configuration for dialing the peer server of node `expected`.
-///
-/// Node certificates are client certificates (extended key usage
-/// `clientAuth` only), so the peer's chain is checked as a client
-/// certificate of the cluster CA would be, and its common name must be the
-/// node id the coordinator announced for that address.
-pub fn peer_client(
-    ca: &rustls_pki_types::CertificateDer<'static>,
-    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
-    key: rustls_pki_types::PrivateKeyDer<'static>,
-    expected: &str,
-) -> Result<quinn::ClientConfig, DistributionError> {
-    let tls_err = |e: &dyn std::fmt::Display| DistributionError::Tls(e.to_string());
-    let provider = crate::tls::provider();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).map_err(|e| tls_err(&e))?;
-    let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| tls_err(&e))?;
-    let verifier = Arc::new(PeerVerifier {
-        inner,
-        expected: expected.to_string(),
-        provider: provider.clone(),
-    });
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| tls_err(&e))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| tls_err(&e))?;
-    cfg.alpn_protocols = vec![crate::wire::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).map_err(|e| tls_err(&e))?;
-    let mut c = quinn::ClientConfig::new(Arc::new(quic));
-    c.transport_config(lan_transport());
-    Ok(c)
-}
-
-#[derive(Debug)]
-struct PeerVerifier {
-    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
-    expected: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for PeerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls_pki_types::CertificateDer<'_>,
-        intermediates: &[rustls_pki_types::CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let info = crate::pki::CertInfo::from_der(end_entity)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        if info.role != crate::pki::Role::Node || info.name != self.expected {
-            return Err(rustls::Error::General(format!(
-                "peer presented the certificate of {} ({:?}), expected node {}",
-                info.name, info.role, self.expected
-            )));
+    .await?;
+    let mut buf = vec![0u8; SEND_CHUNK];
+    let mut total = 0u64;
+    for src in sources {
+        let file_err = |action, source| SendError::File {
+            action,
+            path: src.path.clone(),
+            source,
+        };
+        let file = match &mut open {
+            Some((path, file)) if *path == src.path.as_path() => file,
+            _ => {
+                let f = tokio::fs::File::open(&src.path)
+                    .await
+                    .map_err(|e| file_err("opening", e))?;
+                &mut open.insert((src.path.as_path(), f)).1
+            }
+        };
+        file.seek(std::io::SeekFrom::Start(src.offset))
+            .await
+            .map_err(|e| file_err("reading", e))?;
+        let mut left = src.len as usize;
+        while left > 0 {
+            let n = left.min(SEND_CHUNK);
+            file.read_exact(&mut buf[..n])
+                .await
+                .map_err(|e| file_err("reading", e))?;
+            pace(n).await;
+            send.write_all(&buf[..n]).await.map_err(SendError::Write)?;
+            total += n as u64;
+            left -= n;
         }
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -606,5 +563,46 @@ mod tests {
         };
         let body = crate::codec::encode(&req).unwrap();
         assert_eq!(crate::codec::decode::<BlobRequest>(&body).unwrap(), req);
+    }
+
+    #[tokio::test]
+    async fn pieces_are_sent_after_their_header_in_order_and_paced() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, (0..=255u8).cycle().take(700_000).collect::<Vec<u8>>()).unwrap();
+        let sources = [
+            PieceSource {
+                path: a.clone(),
+                offset: 600_000,
+                len: 100_000,
+            },
+            PieceSource {
+                path: a.clone(),
+                offset: 0,
+                len: 300_000,
+            },
+        ];
+        let mut out = Vec::new();
+        let mut paced = Vec::new();
+        let sent = send_pieces(&mut out, &[6, 0], &sources, |n| {
+            paced.push(n);
+            std::future::ready(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(sent, 400_000);
+        assert_eq!(paced.iter().sum::<usize>(), 400_000);
+        let mut dec = crate::codec::FrameDecoder::new(BLOB_FRAME_LIMIT);
+        dec.push(&out);
+        let head: BlobResponse = crate::codec::decode(&dec.next_frame().unwrap().unwrap()).unwrap();
+        assert_eq!(head, BlobResponse::Sending { pieces: vec![6, 0] });
+        let body = &out[out.len() - 400_000..];
+        let file = std::fs::read(&a).unwrap();
+        assert_eq!(&body[..100_000], &file[600_000..]);
+        assert_eq!(&body[100_000..], &file[..300_000]);
+        assert!(matches!(
+            send_pieces(&mut Vec::new(), &[], &[], |_| std::future::ready(())).await,
+            Err(SendError::Count)
+        ));
     }
 }

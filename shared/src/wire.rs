@@ -23,8 +23,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::cluster::{ClusterName, ImageDigest, OperationKind, Role, Step};
 
-/// ALPN protocol id of every Seaport QUIC connection.
-pub const ALPN: &[u8] = b"seaport/1";
 /// Version carried in every [`StreamHello`].
 pub const PROTOCOL_VERSION: u16 = 1;
 /// TLS server name the coordinator's certificate carries and clients ask for.
@@ -36,10 +34,6 @@ pub const COORDINATOR_SERVER_NAME: &str = "coordinator.seaport";
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
 /// A node with no heartbeat for this long is shown offline.
 pub const OFFLINE_AFTER: Duration = Duration::from_secs(10);
-/// QUIC idle timeout on both ends: a cut link ends the connection after this.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// QUIC keep-alive from agents, below the idle timeout.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 /// Frame limit on the unauthenticated enrollment stream.
 pub const ENROLL_FRAME_LIMIT: u32 = 64 * 1024;

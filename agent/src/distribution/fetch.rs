@@ -24,8 +24,9 @@ use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::distribution::{
     BadPeer, BadPeerReason, BlobPlan, BlobRequest, BlobResponse, PeerHolding, PieceTable,
-    SyncRequest, SyncResponse, BLOB_FRAME_LIMIT, PEER_CONNECT_TIMEOUT,
+    SyncRequest, SyncResponse, BLOB_FRAME_LIMIT,
 };
+use seaport_shared::tls::PEER_CONNECT_TIMEOUT;
 use seaport_shared::wire::{self, StreamKind};
 
 use super::store::{Partial, PieceWriter, VerifiedPiece};

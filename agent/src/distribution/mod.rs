@@ -28,7 +28,7 @@ pub(crate) use peer::PeerPolicy;
 
 use seaport_shared::digest::Digest;
 use seaport_shared::distribution::{
-    piece_count, Bitmap, BlobReport, PieceTable, DEFAULT_PEER_PORT, PIECE_SIZE,
+    piece_count, Bitmap, BlobReport, PieceSource, PieceTable, DEFAULT_PEER_PORT, PIECE_SIZE,
 };
 
 pub use store::{BlobStore, BlobStoreError};
@@ -168,7 +168,7 @@ impl Shared {
     }
 
     /// The file and byte range of piece `i` of `digest`, if it is verified here.
-    pub(crate) fn piece_source(&self, digest: &Digest, i: u32) -> Option<(PathBuf, u64, u32)> {
+    pub(crate) fn piece_source(&self, digest: &Digest, i: u32) -> Option<PieceSource> {
         let held = self.held();
         let h = held.get(digest)?;
         if !h.have.get(i) {
@@ -184,7 +184,7 @@ impl Shared {
                 .join("tmp")
                 .join(format!("{}.part", digest.hex()))
         };
-        Some((path, offset, len))
+        Some(PieceSource { path, offset, len })
     }
 
     /// The report of everything held, for a sync.

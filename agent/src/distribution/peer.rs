@@ -11,30 +11,27 @@
 //! whether the blob is complete or still downloading.
 
 use std::collections::{HashMap, HashSet};
-use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::time::timeout;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::distribution::{
-    peer_client, peer_server, BlobRequest, BlobResponse, SyncResponse, BLOB_FRAME_LIMIT,
-    MAX_PIECES_PER_REQUEST,
+    self as distribution, check_piece_count, BlobRequest, BlobResponse, SendError, SyncResponse,
+    BLOB_FRAME_LIMIT,
 };
 use seaport_shared::pki::{self, CertInfo, Role};
-use seaport_shared::tls;
+use seaport_shared::tls::{self, peer_client, peer_server};
 use seaport_shared::wire::{self, StreamKind};
 
 use super::Shared;
 use crate::identity::Identity;
 
-const CHUNK: usize = 256 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whom the peer server serves, from the coordinator's last sync.
@@ -255,9 +252,7 @@ async fn send_pieces(
     pieces: &[u32],
     send: &mut quinn::SendStream,
 ) -> Result<u64, String> {
-    if pieces.is_empty() || pieces.len() > MAX_PIECES_PER_REQUEST {
-        return Err(format!("ask for 1 to {MAX_PIECES_PER_REQUEST} pieces"));
-    }
+    check_piece_count(pieces).map_err(|e| e.to_string())?;
     let mut sources = Vec::new();
     for &i in pieces {
         match shared.piece_source(digest, i) {
@@ -265,38 +260,17 @@ async fn send_pieces(
             None => return Err(format!("piece {i} of {digest} is not held here")),
         }
     }
-    codec::write_msg(
-        send,
-        &BlobResponse::Sending {
-            pieces: pieces.to_vec(),
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    for (path, offset, len) in sources {
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| format!("opening {}: {e}", path.display()))?;
-        file.seek(SeekFrom::Start(offset))
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut left = len as usize;
-        while left > 0 {
-            let n = left.min(CHUNK);
-            file.read_exact(&mut buf[..n]).await.map_err(|e| {
-                warn!(path = %path.display(), error = %e, "reading a piece to serve");
-                e.to_string()
-            })?;
-            shared.upload.take(n).await;
-            send.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
-            shared.served.fetch_add(n as u64, Ordering::Relaxed);
-            total += n as u64;
-            left -= n;
+    let sent = distribution::send_pieces(send, pieces, &sources, |n| async move {
+        shared.upload.take(n).await;
+        shared.served.fetch_add(n as u64, Ordering::Relaxed);
+    })
+    .await;
+    sent.map_err(|e| {
+        if let SendError::File { path, .. } = &e {
+            warn!(path = %path.display(), error = %e, "reading a piece to serve");
         }
-    }
-    Ok(total)
+        e.to_string()
+    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `seaport run`, `seaport status` and `seaport delete`: install a cluster
 //! image on hosts through their agents, show how every host stands, and put
 //! the hosts back as they were. The coordinator drives the work
-//! (`crate::runs`); these commands ask for it and follow it, so an
+//! (`crate::operations`); these commands ask for it and follow it, so an
 //! interrupted `seaport run` loses nothing: `seaport status` shows the run
 //! going on, and running the same command again continues it.
 

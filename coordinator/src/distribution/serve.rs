@@ -1,17 +1,16 @@
 //! `Blob` streams of a node session: one request each, a sync or a piece send.
 
-use std::io::SeekFrom;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::distribution::{
-    BlobRequest, BlobResponse, SyncRequest, BLOB_FRAME_LIMIT, MAX_PIECES_PER_REQUEST,
+    self as distribution, check_piece_count, BlobRequest, BlobResponse, PieceSource, SyncRequest,
+    BLOB_FRAME_LIMIT,
 };
 use seaport_shared::wire::close;
 
@@ -21,7 +20,6 @@ use super::{pieces_len, DistError, Distribution};
 pub(crate) type Online = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-const CHUNK: usize = 256 * 1024;
 /// How long the answer to an idle agent's sync waits for an assignment
 /// (agents sync every 3 s when idle, and give a sync 10 s).
 const HOLD_IDLE_SYNC: Duration = Duration::from_millis(2500);
@@ -118,11 +116,7 @@ async fn send_pieces(
     pieces: &[u32],
     send: &mut quinn::SendStream,
 ) -> Result<(), String> {
-    if pieces.is_empty() || pieces.len() > MAX_PIECES_PER_REQUEST {
-        return Err(format!(
-            "ask for 1 to {MAX_PIECES_PER_REQUEST} pieces per request"
-        ));
-    }
+    check_piece_count(pieces).map_err(|e| e.to_string())?;
     let task = dist.clone();
     let node = node_id.to_string();
     let allowed = tokio::task::spawn_blocking(move || {
@@ -144,32 +138,19 @@ async fn send_pieces(
     info!(%digest, pieces = ?pieces, bytes, "serving pieces");
     dist.count_sent(node_id, bytes);
     let path = dist.blob_path(&digest);
-    let mut file = tokio::fs::File::open(&path)
+    let sources: Vec<PieceSource> = pieces
+        .iter()
+        .map(|&i| {
+            let (offset, len) = table.range(i);
+            PieceSource {
+                path: path.clone(),
+                offset,
+                len,
+            }
+        })
+        .collect();
+    distribution::send_pieces(send, pieces, &sources, |_| std::future::ready(()))
         .await
-        .map_err(|e| format!("opening {}: {e}", path.display()))?;
-    codec::write_msg(
-        send,
-        &BlobResponse::Sending {
-            pieces: pieces.to_vec(),
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; CHUNK];
-    for &i in pieces {
-        let (offset, len) = table.range(i);
-        file.seek(SeekFrom::Start(offset))
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut left = len as usize;
-        while left > 0 {
-            let n = left.min(CHUNK);
-            file.read_exact(&mut buf[..n])
-                .await
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            send.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
-            left -= n;
-        }
-    }
-    Ok(())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

@@ -1,6 +1,6 @@
 //! Coordinator footprint with N connected agents heartbeating.
 //!
-//! `cargo bench -p seaport --bench agents`
+//! `cargo bench -p seaport-lab --bench agents`
 //!
 //! Starts `seaport coordinator serve` as a child process on loopback,
 //! enrolls N simulated agents (each its own key, certificate, QUIC endpoint
@@ -52,7 +52,10 @@ impl Drop for Coordinator {
 // The child is waited for by `Coordinator`'s Drop, or here when it fails to start.
 #[allow(clippy::zombie_processes)]
 fn start_coordinator(root: &Path) -> Coordinator {
-    let bin = env!("CARGO_BIN_EXE_seaport");
+    let bin = seaport_lab::seaport::Binaries::build_for_tests()
+        .expect("build seaport")
+        .seaport;
+    let bin = bin.as_path();
     let ok = Command::new(bin)
         .arg("--root")
         .arg(root)

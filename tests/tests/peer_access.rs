@@ -19,8 +19,9 @@ use seaport_agent::distribution::{DistributionOptions, DistributionService};
 use seaport_agent::{session, Identity};
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
-use seaport_shared::distribution::{peer_client, BlobRequest, BlobResponse, BLOB_FRAME_LIMIT};
+use seaport_shared::distribution::{BlobRequest, BlobResponse, BLOB_FRAME_LIMIT};
 use seaport_shared::pki;
+use seaport_shared::tls::peer_client;
 use seaport_shared::wire::{self, AdminRequest, AdminResponse, StreamKind};
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -418,7 +418,7 @@ pub fn build_image(root: &Path, name: &str) {
     std::fs::create_dir_all(ctx.path().join("etc")).unwrap();
     std::fs::write(ctx.path().join("etc/hello.conf"), "hello\n").unwrap();
     std::fs::write(ctx.path().join("Kubefile"), "FROM scratch\nCOPY etc etc\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_seaport"))
+    let out = std::process::Command::new(seaport_bin())
         .arg("--root")
         .arg(root)
         .args(["build", "-f"])
@@ -446,4 +446,15 @@ pub fn clusterfile(name: &str, image: &str, master: &str, nodes: &[&str]) -> Str
         ));
     }
     text
+}
+
+/// The `seaport` binary, built once for these tests.
+pub fn seaport_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        seaport_lab::seaport::Binaries::build_for_tests()
+            .expect("build seaport")
+            .seaport
+    })
+    .clone()
 }
