@@ -2,6 +2,7 @@
 //! secret exists outside the agent that uses it) and what is shown to the
 //! operator.
 
+use seaport_shared::clock::now_unix;
 use std::time::Duration;
 
 use seaport_shared::pki::JoinToken;
@@ -26,10 +27,6 @@ pub enum TokenError {
     State(#[from] StateError),
     #[error("{0}")]
     Ca(#[from] CaError),
-}
-
-fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Creates a token valid for `ttl_secs` and `uses` enrollments; stores only

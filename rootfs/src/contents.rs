@@ -11,13 +11,12 @@
 //! image is read as it was built, and a link could name anything).
 
 use std::collections::BTreeMap;
-use std::io::{self, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::io::{self, Read};
 
 use seaport_shared::digest::Digest;
 use seaport_shared::safetar::{normalize_entry_path, WHITEOUT_OPAQUE, WHITEOUT_PREFIX};
 
-use crate::oci::{MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD};
+use crate::media::{self, LayerMediaError};
 use crate::store::{Store, StoreError};
 
 /// Most bytes of one file read this way.
@@ -29,6 +28,9 @@ pub enum ContentsError {
     /// The image or a blob is not usable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A layer's media type is not one Seaport reads.
+    #[error(transparent)]
+    Media(#[from] LayerMediaError),
     /// A layer could not be read.
     #[error("reading layer {digest}: {source}")]
     Layer {
@@ -60,12 +62,13 @@ pub fn files_in_dir(
 ) -> Result<Vec<(String, Vec<u8>)>, ContentsError> {
     let manifest = store.manifest(manifest_digest)?;
     let dir = dir.trim_matches('/');
-    // name -> bytes; a link is kept as an error to give if it survives.
-    let mut files: BTreeMap<String, Result<Vec<u8>, String>> = BTreeMap::new();
+    // name -> bytes; a link is kept (as the layer holding it) to refuse
+    // if it survives.
+    let mut files: BTreeMap<String, Result<Vec<u8>, Digest>> = BTreeMap::new();
     for layer in &manifest.layers {
         let digest = layer.digest;
         let layer_err = |source| ContentsError::Layer { digest, source };
-        let mut reader = open_layer(store, &digest, &layer.media_type)?;
+        let mut reader = media::open_layer(layer, store.open_blob(&digest)?)?;
         let mut archive = tar::Archive::new(&mut reader);
         for entry in archive.entries().map_err(layer_err)? {
             let mut entry = entry.map_err(layer_err)?;
@@ -129,19 +132,14 @@ pub fn files_in_dir(
                     files.remove(&name);
                 }
                 tar::EntryType::Symlink | tar::EntryType::Link => {
-                    files.insert(
-                        name,
-                        Err(format!(
-                            "it is a link (in layer {digest}); files here must be regular files"
-                        )),
-                    );
+                    files.insert(name, Err(digest));
                 }
                 _ => {
                     files.remove(&name);
                 }
             }
         }
-        // Read to the end: a gzip child must finish writing.
+        // Read to the end: a layer that does not decompress is an error.
         io::copy(&mut reader, &mut io::sink()).map_err(layer_err)?;
     }
     files
@@ -149,69 +147,15 @@ pub fn files_in_dir(
         .map(|(name, r)| {
             let path = format!("{dir}/{name}");
             r.map(|b| (path.clone(), b))
-                .map_err(|reason| ContentsError::Unusable {
+                .map_err(|layer| ContentsError::Unusable {
                     path,
                     digest: *manifest_digest,
-                    reason,
+                    reason: format!(
+                        "it is a link (in layer {layer}); files here must be regular files"
+                    ),
                 })
         })
         .collect()
-}
-
-/// A layer blob of the store, decompressed.
-fn open_layer(
-    store: &Store,
-    digest: &Digest,
-    media_type: &str,
-) -> Result<Box<dyn Read>, ContentsError> {
-    let file = BufReader::with_capacity(1 << 20, store.open_blob(digest)?);
-    let layer_err = |source| ContentsError::Layer {
-        digest: *digest,
-        source,
-    };
-    Ok(match media_type {
-        MEDIA_TYPE_LAYER_ZSTD => {
-            Box::new(zstd::stream::Decoder::with_buffer(file).map_err(layer_err)?)
-        }
-        MEDIA_TYPE_LAYER_TAR | "application/vnd.docker.image.rootfs.diff.tar" => Box::new(file),
-        m if m == MEDIA_TYPE_LAYER_GZIP || m.ends_with("gzip") => {
-            let mut child = Command::new("gzip")
-                .arg("-dc")
-                .stdin(Stdio::from(store.open_blob(digest)?))
-                .stdout(Stdio::piped())
-                .spawn()
-                .map_err(layer_err)?;
-            let out = child.stdout.take().expect("piped");
-            Box::new(GzipChild { child, out })
-        }
-        _ => Box::new(zstd::stream::Decoder::with_buffer(file).map_err(layer_err)?),
-    })
-}
-
-/// The output of `gzip -dc`; its exit status is checked at the end.
-struct GzipChild {
-    child: std::process::Child,
-    out: std::process::ChildStdout,
-}
-
-impl Read for GzipChild {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.out.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            let status = self.child.wait()?;
-            if !status.success() {
-                return Err(io::Error::other(format!("gzip -dc failed ({status})")));
-            }
-        }
-        Ok(n)
-    }
-}
-
-impl Drop for GzipChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[cfg(test)]

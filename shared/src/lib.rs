@@ -9,6 +9,7 @@
 //! - [`digest`]: sha256 digests (`sha256:<hex>`), verifying readers and writers.
 //! - [`codec`], [`wire`]: the framed, versioned wire protocol (bincode 2.0.1).
 //! - [`env`]: `KEY=VALUE` pairs of the command lines.
+//! - [`logging`]: the binaries' log output.
 //! - [`pki`]: roles, CA pins, join tokens, node ids, certificate inspection,
 //!   keys and CSRs, private files.
 //! - [`tls`]: rustls and quinn configurations (pinned enrollment, mTLS).
@@ -25,6 +26,7 @@ pub mod confined;
 pub mod digest;
 pub mod distribution;
 pub mod env;
+pub mod logging;
 pub mod pki;
 pub mod safetar;
 pub mod shell;

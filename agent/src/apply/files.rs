@@ -243,7 +243,7 @@ impl HostFiles {
                     }
                 }
                 let bytes = serde_json::to_vec(&snap).expect("snapshots serialize");
-                write_atomic(&before_file, &bytes, 0o600)?;
+                confined::write_atomic(&before_file, &bytes, 0o600)?;
                 snap
             }
         };
@@ -469,7 +469,7 @@ fn save_copy(entry: &Entry, from: &Path, to: &Path) -> Result<(), FilesError> {
         fs::create_dir_all(p).map_err(io("creating", p))?;
     }
     match entry {
-        Entry::File { bytes, mode } => write_atomic(to, bytes, *mode),
+        Entry::File { bytes, mode } => Ok(confined::write_atomic(to, bytes, *mode)?),
         Entry::Symlink { target } => {
             let _ = fs::remove_file(to);
             std::os::unix::fs::symlink(target, to).map_err(io("copying", from))
@@ -506,11 +506,4 @@ fn changed(a: &Stat, b: &Stat) -> bool {
         'l' => a.target != b.target,
         _ => a.size != b.size || a.mtime != b.mtime || a.mtime_ns != b.mtime_ns || a.ino != b.ino,
     }
-}
-
-/// Writes a file atomically in one of the agent's own directories
-/// ([`confined::write_atomic`]: a temporary file created with
-/// `O_EXCL | O_NOFOLLOW`, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FilesError> {
-    Ok(confined::write_atomic(path, bytes, mode)?)
 }

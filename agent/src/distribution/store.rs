@@ -26,9 +26,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use seaport_shared::confined::{self, ConfinedError};
 use seaport_shared::digest::Digest;
 use seaport_shared::distribution::{Bitmap, ImageAssignment, PieceTable};
-use seaport_shared::pki;
 
 /// Errors of the blob store.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ pub enum BlobStoreError {
     #[error("blob {0} is not complete: pieces are missing")]
     Incomplete(Digest),
     #[error("blob store: {0}")]
-    Pki(#[from] pki::PkiError),
+    Write(#[from] ConfinedError),
 }
 
 fn io_err<'a>(
@@ -146,7 +146,7 @@ impl BlobStore {
 
     /// Records the images assigned to this node.
     pub fn set_images(&self, images: &[ImageAssignment]) -> Result<(), BlobStoreError> {
-        pki::write_atomic(
+        confined::write_atomic(
             &self.dir.join("images.json"),
             &serde_json::to_vec_pretty(images).expect("images serialize"),
             0o644,
@@ -234,7 +234,7 @@ impl Partial {
         self.file
             .sync_data()
             .map_err(io_err("syncing", &self.part))?;
-        pki::write_atomic(&self.bits, self.have.as_bytes(), 0o644)?;
+        confined::write_atomic(&self.bits, self.have.as_bytes(), 0o644)?;
         self.dirty = false;
         Ok(())
     }

@@ -27,8 +27,7 @@ use seaport_shared::pki::PkiError;
 use crate::ca::CoordinatorPaths;
 
 pub use script::{
-    render_cloud_init, render_one_liner, render_script, shell_quote, ScriptParams, AGENT_UNIT,
-    HOST_SCRIPT_PATH,
+    render_cloud_init, render_one_liner, render_script, ScriptParams, AGENT_UNIT, HOST_SCRIPT_PATH,
 };
 pub use server::{BootstrapServer, TokenValidator};
 
@@ -46,6 +45,8 @@ pub enum BootstrapError {
     BadSha256(String),
     #[error("{0}")]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Write(#[from] seaport_shared::confined::ConfinedError),
     #[error("could not read the agent binary {path}: {source}; build it (packaging/build-static.sh) or pass --agent-binary")]
     AgentBinary {
         path: String,
@@ -138,7 +139,7 @@ pub async fn bind(
 
 /// Writes `bootstrap.json` for a bound endpoint.
 pub fn write_info(root: &Path, info: &BootstrapInfo) -> Result<(), BootstrapError> {
-    seaport_shared::pki::write_atomic(
+    seaport_shared::confined::write_atomic(
         &info_path(root),
         serde_json::to_string_pretty(info)
             .expect("bootstrap info serializes")

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::ca::{self, Ca, CoordinatorPaths};
 use crate::state::AdminRecord;
 use crate::tokens;
+use seaport_shared::confined;
 use seaport_shared::pki::{self, CertInfo};
 use seaport_shared::wire::{AdminCertInfo, AdminRequest, AdminResponse};
 
@@ -204,9 +205,9 @@ fn issue(
     )
     .with_context(|| format!("issuing admin certificate {name}"))?;
     pki::create_private_dir(&dest.dir)?;
-    pki::write_atomic(&dest.ca_cert(), ca_pem.as_bytes(), 0o644)?;
-    pki::write_atomic(&dest.admin_key(), key.serialize_pem().as_bytes(), 0o600)?;
-    pki::write_atomic(&dest.admin_cert(), cert_pem.as_bytes(), 0o600)?;
+    confined::write_atomic(&dest.ca_cert(), ca_pem.as_bytes(), 0o644)?;
+    confined::write_atomic(&dest.admin_key(), key.serialize_pem().as_bytes(), 0o600)?;
+    confined::write_atomic(&dest.admin_cert(), cert_pem.as_bytes(), 0o600)?;
     println!(
         "issued admin certificate serial {} ({}) valid until {}",
         info.serial,

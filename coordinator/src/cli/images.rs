@@ -1,6 +1,7 @@
 //! `seaport build | images | inspect | tag | rmi | save | load`: thin calls
 //! into `seaport_rootfs`.
 
+use seaport_shared::env::key_value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -21,13 +22,6 @@ fn print_out(text: &str) -> anyhow::Result<()> {
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to stdout"),
-    }
-}
-
-fn key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
 }
 

@@ -77,6 +77,8 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error("{0}")]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Write(#[from] seaport_shared::confined::ConfinedError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
     #[error("could not listen on {addr} (udp): {source}")]
@@ -215,7 +217,7 @@ impl Daemon {
             listen: addr,
             pid: std::process::id(),
         };
-        pki::write_atomic(
+        seaport_shared::confined::write_atomic(
             &self.paths.serve_info(),
             serde_json::to_string_pretty(&info)
                 .expect("serve info serializes")

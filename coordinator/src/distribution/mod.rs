@@ -156,7 +156,7 @@ impl Distribution {
                     source,
                 };
                 std::fs::create_dir_all(&self.cache_dir).map_err(cache_err)?;
-                seaport_shared::pki::write_atomic(
+                seaport_shared::confined::write_atomic(
                     &cache,
                     &serde_json::to_vec(&t).expect("tables serialize"),
                     0o644,

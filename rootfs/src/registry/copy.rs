@@ -15,8 +15,9 @@ use std::sync::Mutex;
 
 use seaport_shared::digest::{Digest, DigestError};
 
-use super::client::{RegistryClient, RegistryError, MEDIA_TYPE_OCI_MANIFEST};
+use super::client::{RegistryClient, RegistryError};
 use super::platform::{available_platforms, platform_string, select_manifest};
+use crate::oci::MEDIA_TYPE_MANIFEST;
 use crate::oci::{Descriptor, Index, Manifest, Platform};
 use crate::reference::ImageRef;
 use crate::store::{Store, StoreError};
@@ -220,7 +221,7 @@ pub fn push_image(
                 .manifest
                 .media_type
                 .clone()
-                .unwrap_or_else(|| MEDIA_TYPE_OCI_MANIFEST.to_string());
+                .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.to_string());
             client.put_manifest(repo, &reference, &media_type, &manifest_bytes)?
         }
         Some(index) => {

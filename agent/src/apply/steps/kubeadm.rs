@@ -8,9 +8,9 @@ use std::fs;
 use rand::Rng;
 use seaport_rootfs::kubeadm::{Computed, JoinData, APISERVER_PORT};
 use seaport_shared::cluster::{Role, Step};
+use seaport_shared::confined::write_atomic;
 
 use super::super::effects::CommandSpec;
-use super::super::files::write_atomic;
 use super::super::join_data::{ca_cert_hash, read_join_data};
 use super::super::options::ApplyOptions;
 use super::super::runtime::SOCKET_PATH_FILE;

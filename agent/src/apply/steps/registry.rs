@@ -64,7 +64,7 @@ impl HostStep for Registry {
             .unwrap_or_else(|| DEFAULT_REGISTRY_CONFIG.to_string());
         let config = registry_config(&base, &mount, &cx.registry_port);
         let config_path = cx.opts.cluster_dir().join("registry.yml");
-        super::super::files::write_atomic(&config_path, config.as_bytes(), 0o644)?;
+        seaport_shared::confined::write_atomic(&config_path, config.as_bytes(), 0o644)?;
         let unit = format!(
             "[Unit]\nDescription=Local registry of cluster {cluster}\nAfter=network.target\n\n[Service]\nExecStart={bin} serve {config}\nRestart=always\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n",
             cluster = cx.opts.cluster,
