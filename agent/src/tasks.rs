@@ -153,21 +153,33 @@ fn step_state(e: &StepEvent) -> (String, StepState) {
 
 type Events = mpsc::UnboundedSender<TaskEvent>;
 
+/// Why a task's work did not succeed.
+#[derive(Debug, thiserror::Error)]
+enum WorkError<E> {
+    #[error(transparent)]
+    Failed(E),
+    #[error("the {what} task failed: {source}")]
+    Panicked {
+        what: &'static str,
+        source: tokio::task::JoinError,
+    },
+}
+
 /// Runs `work` on a blocking thread and sends the event `event` makes of
-/// its outcome: the error as text, a panic as `the WHAT task failed: ...`.
+/// its outcome (as the agent reports it: the error's text).
 async fn finish_blocking<T, E>(
     tx: &Events,
-    what: &str,
+    what: &'static str,
     work: impl FnOnce() -> Result<T, E> + Send + 'static,
-    event: impl FnOnce(Result<T, String>) -> TaskEvent,
+    event: impl FnOnce(Result<T, WorkError<E>>) -> TaskEvent,
 ) where
     T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    E: std::error::Error + Send + 'static,
 {
     let outcome = match tokio::task::spawn_blocking(work).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("the {what} task failed: {e}")),
+        Ok(Err(e)) => Err(WorkError::Failed(e)),
+        Err(source) => Err(WorkError::Panicked { what, source }),
     };
     let _ = tx.send(event(outcome));
 }
@@ -295,7 +307,7 @@ async fn run_apply(task: ApplyTask, settings: TaskSettings, tx: Events) {
                 .join_data
                 .map(|j| serde_json::to_string(&j).expect("join data serializes")),
         },
-        Err(e) => failed(e),
+        Err(e) => failed(e.to_string()),
     })
     .await;
 }
@@ -322,7 +334,7 @@ async fn run_reset(task: ResetTask, settings: TaskSettings, tx: Events) {
             had_install: true,
             actions: vec![],
             warnings: vec![],
-            error: Some(e),
+            error: Some(e.to_string()),
         },
     })
     .await;
@@ -337,7 +349,7 @@ async fn run_read_files(task: ReadFilesTask, settings: TaskSettings, tx: Events)
         Ok(files) => TaskEvent::Files { files, error: None },
         Err(e) => TaskEvent::Files {
             files: vec![],
-            error: Some(e),
+            error: Some(e.to_string()),
         },
     })
     .await;
@@ -348,7 +360,7 @@ async fn run_write_files(task: WriteFilesTask, settings: TaskSettings, tx: Event
     let work =
         move || apply::rootfs_files::write_files(&settings.data_root, &task.cluster, &task.files);
     finish_blocking(&tx, "write files", work, |r| TaskEvent::Written {
-        error: r.err(),
+        error: r.err().map(|e| e.to_string()),
     })
     .await;
 }
@@ -376,7 +388,7 @@ async fn run_shell(task: ShellTask, settings: TaskSettings, tx: Events) {
     let mut progress = forward(tx.clone());
     let work = move || apply::run_shell(&opts, &SystemEffects, &mut progress);
     finish_blocking(&tx, "shell", work, |r| {
-        let error = r.err();
+        let error = r.err().map(|e| e.to_string());
         TaskEvent::Finished {
             ok: error.is_none(),
             error,
@@ -400,7 +412,7 @@ async fn run_drift(task: DriftTask, settings: TaskSettings, tx: Events) {
             modified: vec![],
             missing: vec![],
             checked: 0,
-            error: Some(e),
+            error: Some(e.to_string()),
         },
     })
     .await;

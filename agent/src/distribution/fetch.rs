@@ -488,7 +488,7 @@ impl Fetcher {
                             config,
                             addr: addr.clone(),
                         },
-                        Err(e) => Target::Unavailable(e),
+                        Err(e) => Target::Unavailable(e.to_string()),
                     },
                     None => Target::Unavailable("no peer endpoint".into()),
                 }

@@ -93,28 +93,52 @@ fn verdict(policy: Option<&PeerPolicy>, peer: &CertInfo) -> Result<(), &'static 
     }
 }
 
+/// Why peer transfers cannot be set up, or a piece request not served.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerError {
+    #[error(transparent)]
+    Key(#[from] pki::PkiError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("could not bind a UDP socket for peer transfers: {0}")]
+    Socket(std::io::Error),
+    #[error("could not listen for peers on {addr} (udp): {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("piece {piece} of {digest} is not held here")]
+    NotHeld { piece: u32, digest: Digest },
+    #[error(transparent)]
+    Send(#[from] SendError),
+}
+
 /// The client configuration for dialing the peer server of `node_id`.
 pub(crate) fn client_for(
     identity: &Identity,
     node_id: &str,
-) -> Result<quinn::ClientConfig, String> {
-    let key = pki::key_from_pem(&identity.key_pem, "node.key").map_err(|e| e.to_string())?;
-    peer_client(&identity.ca, identity.cert_chain.clone(), key, node_id).map_err(|e| e.to_string())
+) -> Result<quinn::ClientConfig, PeerError> {
+    let key = pki::key_from_pem(&identity.key_pem, "node.key")?;
+    Ok(peer_client(
+        &identity.ca,
+        identity.cert_chain.clone(),
+        key,
+        node_id,
+    )?)
 }
 
 /// Binds the peer endpoint (serving on the peer port unless it is 0).
-pub(crate) fn endpoint(shared: &Shared, identity: &Identity) -> Result<quinn::Endpoint, String> {
-    let key = || pki::key_from_pem(&identity.key_pem, "node.key").map_err(|e| e.to_string());
+pub(crate) fn endpoint(shared: &Shared, identity: &Identity) -> Result<quinn::Endpoint, PeerError> {
     let port = shared.opts.peer_port;
     let endpoint = if port == 0 {
         quinn::Endpoint::client((std::net::Ipv4Addr::UNSPECIFIED, 0).into())
-            .map_err(|e| e.to_string())?
+            .map_err(PeerError::Socket)?
     } else {
-        let server = peer_server(&identity.ca, identity.cert_chain.clone(), key()?)
-            .map_err(|e| e.to_string())?;
+        let key = pki::key_from_pem(&identity.key_pem, "node.key")?;
+        let server = peer_server(&identity.ca, identity.cert_chain.clone(), key)?;
         let addr: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, port).into();
         quinn::Endpoint::server(server, addr)
-            .map_err(|e| format!("could not listen for peers on {addr} (udp): {e}"))?
+            .map_err(|source| PeerError::Listen { addr, source })?
     };
     Ok(endpoint)
 }
@@ -236,7 +260,8 @@ async fn peer_conn(shared: Arc<Shared>, conn: quinn::Connection, info: CertInfo)
             };
             match send_pieces(&shared, &digest, &pieces, &mut send).await {
                 Ok(bytes) => debug!(%peer, %digest, bytes, "served pieces"),
-                Err(reason) => {
+                Err(e) => {
+                    let reason = e.to_string();
                     debug!(%peer, %digest, %reason, "piece request not served");
                     let _ = codec::write_msg(&mut send, &BlobResponse::Refused { reason }).await;
                 }
@@ -251,13 +276,18 @@ async fn send_pieces(
     digest: &Digest,
     pieces: &[u32],
     send: &mut quinn::SendStream,
-) -> Result<u64, String> {
-    check_piece_count(pieces).map_err(|e| e.to_string())?;
+) -> Result<u64, PeerError> {
+    check_piece_count(pieces)?;
     let mut sources = Vec::new();
-    for &i in pieces {
-        match shared.piece_source(digest, i) {
+    for &piece in pieces {
+        match shared.piece_source(digest, piece) {
             Some(s) => sources.push(s),
-            None => return Err(format!("piece {i} of {digest} is not held here")),
+            None => {
+                return Err(PeerError::NotHeld {
+                    piece,
+                    digest: *digest,
+                })
+            }
         }
     }
     let sent = distribution::send_pieces(send, pieces, &sources, |n| async move {
@@ -269,7 +299,7 @@ async fn send_pieces(
         if let SendError::File { path, .. } = &e {
             warn!(path = %path.display(), error = %e, "reading a piece to serve");
         }
-        e.to_string()
+        e.into()
     })
 }
 

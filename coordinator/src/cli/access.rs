@@ -16,6 +16,8 @@ use crate::state::{self, StateError, StateStore};
 /// How long a command waits for a coordinator that is starting or
 /// stopping (its lock held, its address not answering yet).
 const WAIT_FOR_COORDINATOR: Duration = Duration::from_secs(30);
+/// How long a coordinator that cut a request off may take to go away.
+const STOPPING_FOR: Duration = Duration::from_secs(10);
 
 /// A runtime for one command's requests.
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -73,7 +75,22 @@ pub(super) fn with_coordinator<T>(
                 match answer {
                     Some(Ok(resp)) => return online(resp),
                     Some(Err(e @ AdminError::Unreachable { .. })) => unreachable = Some(e),
-                    Some(Err(e)) if !still_there(root, &dir, &addr) => unreachable = Some(e),
+                    // Cut off: a coordinator stopping goes away within
+                    // seconds, and the request goes to what comes next.
+                    Some(Err(
+                        e @ (AdminError::ShuttingDown
+                        | AdminError::Wire(_)
+                        | AdminError::Codec(_)
+                        | AdminError::NoAnswer),
+                    )) => {
+                        let went = rt.block_on(async {
+                            tokio::time::timeout(STOPPING_FOR, gone(root, &dir, &addr)).await
+                        });
+                        if went.is_err() {
+                            return Err(e.into());
+                        }
+                        unreachable = Some(e);
+                    }
                     Some(Err(e)) => return Err(e.into()),
                     None => {}
                 }

@@ -11,7 +11,7 @@ use seaport_shared::cluster::ClusterName;
 
 use super::error::{ClusterfileError, DocRef, ErrorKind, Warning};
 use super::fields::{env_list, ip_list, string_list, string_map, taint_list, Doc};
-use super::plugin::TaintOp;
+use super::taint::TaintOp;
 use crate::plan::{HostRole, HostSpec};
 
 /// sealer's default local registry domain.
@@ -786,9 +786,25 @@ fn registry_url(domain: &str, port: Option<u16>) -> String {
 }
 
 /// The address `index` after a CIDR's network address, if inside it.
-fn index_ip(cidr: &str, index: u128) -> Result<IpAddr, String> {
+/// A CIDR that does not hold the address asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// Not a CIDR.
+    #[error("{0:?} is not a CIDR such as 10.96.0.0/16")]
+    NotACidr(String),
+    /// Too small.
+    #[error("{cidr:?} is too small to hold address number {index}")]
+    TooSmall {
+        /// The CIDR.
+        cidr: String,
+        /// The index.
+        index: u128,
+    },
+}
+
+fn index_ip(cidr: &str, index: u128) -> Result<IpAddr, CidrError> {
     let cidr = cidr.trim();
-    let bad = || format!("{cidr:?} is not a CIDR such as 10.96.0.0/16");
+    let bad = || CidrError::NotACidr(cidr.to_string());
     let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
     let addr: IpAddr = addr.parse().map_err(|_| bad())?;
     let len: u32 = len.parse().map_err(|_| bad())?;
@@ -808,9 +824,10 @@ fn index_ip(cidr: &str, index: u128) -> Result<IpAddr, String> {
     };
     let size_ok = host_bits >= 128 || index < (1u128 << host_bits);
     if !size_ok {
-        return Err(format!(
-            "{cidr:?} is too small to hold address number {index}"
-        ));
+        return Err(CidrError::TooSmall {
+            cidr: cidr.to_string(),
+            index,
+        });
     }
     let n = network + index;
     Ok(match addr {
@@ -845,6 +862,7 @@ mod tests {
         );
         assert!(index_ip("10.96.0.0/29", 10)
             .unwrap_err()
+            .to_string()
             .contains("too small"));
         assert!(index_ip("10.96.0.0", 1).is_err());
         assert!(index_ip("10.96.0.0/33", 1).is_err());

@@ -8,12 +8,12 @@ use tracing::{info, warn};
 
 use seaport_shared::clock::now_unix;
 use seaport_shared::cluster::ClusterName;
-use seaport_shared::wire::{close, AdminCertInfo, AdminRequest, AdminResponse, TokenGrant};
+use seaport_shared::wire::{close, AdminCertInfo, AdminRequest, AdminResponse};
 
 use super::shared::{node_infos, Shared};
 use crate::ca;
 use crate::operations::{OperationError, Want};
-use crate::state::AdminRecord;
+use crate::state::{AdminRecord, StateError};
 
 pub(super) async fn admin_request(
     shared: &Arc<Shared>,
@@ -136,9 +136,9 @@ pub(super) async fn admin_request(
                 uses,
                 node,
             } => Ok(
-                match create_token(&shared, ttl_secs, uses, node.as_deref()) {
+                match crate::tokens::create(&*shared.store, &shared.ca, ttl_secs, uses, node.as_deref()) {
                     Ok(grant) => AdminResponse::Token(grant),
-                    Err(reason) => AdminResponse::Refused { reason },
+                    Err(e) => refused(e.to_string()),
                 },
             ),
             AdminRequest::ApproveIps { node, ips } => shared
@@ -169,7 +169,7 @@ pub(super) async fn admin_request(
                 name,
                 csr_der,
                 ttl_secs,
-            } => Ok(match issue_admin(&shared, &name, &csr_der, ttl_secs) {
+            } => Ok(match crate::tokens::issue_admin(&*shared.store, &shared.ca, &name, &csr_der, ttl_secs) {
                 Ok((info, cert_pem)) => {
                     info!(serial = info.serial, name = %info.name, "admin certificate issued");
                     AdminResponse::AdminIssued {
@@ -178,11 +178,11 @@ pub(super) async fn admin_request(
                         ca_pem: shared.ca.cert_pem().to_string(),
                     }
                 }
-                Err(reason) => AdminResponse::Refused { reason },
+                Err(e) => refused(e.to_string()),
             }),
             AdminRequest::RevokeAdmin { cert } => Ok(match revoke_admin(&shared, &cert, serial) {
                 Ok(info) => AdminResponse::AdminRevoked(info),
-                Err(reason) => AdminResponse::Refused { reason },
+                Err(e) => refused(e.to_string()),
             }),
         }
     })
@@ -206,43 +206,23 @@ fn accepted(r: Result<(ClusterName, u64), OperationError>) -> AdminResponse {
     }
 }
 
-fn create_token(
-    shared: &Shared,
-    ttl_secs: u64,
-    uses: u32,
-    node: Option<&str>,
-) -> Result<TokenGrant, String> {
-    crate::tokens::create(&*shared.store, &shared.ca, ttl_secs, uses, node)
-        .map_err(|e| e.to_string())
-}
-
-fn issue_admin(
-    shared: &Shared,
-    name: &str,
-    csr_der: &[u8],
-    ttl_secs: u64,
-) -> Result<(AdminCertInfo, String), String> {
-    crate::tokens::issue_admin(&*shared.store, &shared.ca, name, csr_der, ttl_secs)
-        .map_err(|e| e.to_string())
+/// Why an admin certificate is not revoked.
+#[derive(Debug, thiserror::Error)]
+enum RevokeError {
+    #[error("admin certificate serial {0} is the one making this request: issue another (`seaport admin issue`) and revoke this one with it")]
+    OwnCertificate(u64),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// Revokes an admin certificate (not the one asking) and closes its open
 /// connections; the coordinator's own is then re-issued at once.
-fn revoke_admin(shared: &Shared, cert: &str, asking: u64) -> Result<AdminCertInfo, String> {
-    let rec = shared
-        .store
-        .resolve_admin(cert)
-        .map_err(|e| e.to_string())?;
+fn revoke_admin(shared: &Shared, cert: &str, asking: u64) -> Result<AdminCertInfo, RevokeError> {
+    let rec = shared.store.resolve_admin(cert)?;
     if rec.serial == asking {
-        return Err(format!(
-            "admin certificate serial {} is the one making this request: issue another (`seaport admin issue`) and revoke this one with it",
-            rec.serial
-        ));
+        return Err(RevokeError::OwnCertificate(rec.serial));
     }
-    let rec = shared
-        .store
-        .revoke_admin(rec.serial, now_unix())
-        .map_err(|e| e.to_string())?;
+    let rec = shared.store.revoke_admin(rec.serial, now_unix())?;
     let closed = shared.admins.close(
         rec.serial,
         close::REFUSED,

@@ -120,13 +120,32 @@ fn protocol_error(conn: &quinn::Connection, what: &dyn std::fmt::Display) {
     );
 }
 
+/// Why a stream is refused (told to the peer in the hello reply).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error("{0}")]
+    Version(WireError),
+    #[error("this connection has no client certificate: only enrollment is allowed")]
+    EnrollmentOnly,
+    #[error("this session already has a control stream")]
+    SecondControl,
+    #[error("permission denied: admin operations need the admin certificate, not node {0}'s")]
+    NodeIsNotAdmin(String),
+    #[error("already enrolled: enrollment is for connections without a certificate")]
+    AlreadyEnrolled,
+    #[error("task streams go from the coordinator to agents")]
+    TasksGoToAgents,
+    #[error("the admin certificate is for admin streams only")]
+    AdminStreamsOnly,
+}
+
 /// Reads a stream's hello. A wrong version or a kind the caller refuses gets
 /// a refusal on the stream; garbage closes the connection.
 async fn accept_stream(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-    allowed: impl Fn(StreamKind) -> Result<(), String>,
+    allowed: impl Fn(StreamKind) -> Result<(), Refusal>,
 ) -> Option<StreamKind> {
     let hello = match timeout(STREAM_TIMEOUT, wire::read_hello(recv)).await {
         Ok(Ok(h)) => h,
@@ -145,7 +164,7 @@ async fn accept_stream(
     };
     let verdict = hello
         .check_version()
-        .map_err(|e| e.to_string())
+        .map_err(Refusal::Version)
         .and_then(|()| allowed(hello.kind));
     match verdict {
         Ok(()) => {
@@ -154,7 +173,8 @@ async fn accept_stream(
             }
             Some(hello.kind)
         }
-        Err(reason) => {
+        Err(refusal) => {
+            let reason = refusal.to_string();
             info!(%reason, kind = ?hello.kind, "stream refused");
             let _ = wire::refuse_hello(send, &reason).await;
             let _ = send.finish();
@@ -195,9 +215,7 @@ async fn anonymous(shared: Arc<Shared>, conn: quinn::Connection) {
         };
         let kind = accept_stream(&conn, &mut send, &mut recv, |kind| match kind {
             StreamKind::Enroll => Ok(()),
-            _ => Err(
-                "this connection has no client certificate: only enrollment is allowed".to_string(),
-            ),
+            _ => Err(Refusal::EnrollmentOnly),
         })
         .await;
         if kind.is_none() {
@@ -362,18 +380,15 @@ async fn node(shared: Arc<Shared>, conn: quinn::Connection, info: CertInfo) {
                 let kind = accept_stream(&conn, &mut send, &mut recv, |kind| match kind {
                     StreamKind::Control => {
                         if control_active.swap(true, Ordering::SeqCst) {
-                            Err("this session already has a control stream".into())
+                            Err(Refusal::SecondControl)
                         } else {
                             Ok(())
                         }
                     }
-                    StreamKind::Admin => Err(format!(
-                        "permission denied: admin operations need the admin certificate, not node {}'s",
-                        info.name
-                    )),
-                    StreamKind::Enroll => Err("already enrolled: enrollment is for connections without a certificate".into()),
+                    StreamKind::Admin => Err(Refusal::NodeIsNotAdmin(info.name.clone())),
+                    StreamKind::Enroll => Err(Refusal::AlreadyEnrolled),
                     StreamKind::Blob => Ok(()),
-                    StreamKind::Task => Err("task streams go from the coordinator to agents".into()),
+                    StreamKind::Task => Err(Refusal::TasksGoToAgents),
                 })
                 .await;
                 if kind == Some(StreamKind::Control) {
@@ -509,7 +524,7 @@ async fn admin(shared: Arc<Shared>, conn: quinn::Connection, who: String, serial
             async move {
                 let kind = accept_stream(&conn, &mut send, &mut recv, |kind| match kind {
                     StreamKind::Admin => Ok(()),
-                    _ => Err("the admin certificate is for admin streams only".into()),
+                    _ => Err(Refusal::AdminStreamsOnly),
                 })
                 .await;
                 if kind.is_none() {

@@ -9,7 +9,8 @@ use tracing::{debug, info, warn};
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::distribution::{
-    self as distribution, check_piece_count, BlobRequest, BlobResponse, PieceSource, SyncRequest,
+    self as distribution, check_piece_count, BlobRequest, BlobResponse, PieceSource, SendError,
+    SyncRequest,
     BLOB_FRAME_LIMIT,
 };
 use seaport_shared::wire::close;
@@ -71,7 +72,8 @@ pub(crate) async fn handle_blob_stream(
             }
         }
         BlobRequest::Pieces { digest, pieces } => {
-            if let Err(reason) = send_pieces(&dist, &node_id, digest, &pieces, &mut send).await {
+            if let Err(e) = send_pieces(&dist, &node_id, digest, &pieces, &mut send).await {
+                let reason = e.to_string();
                 debug!(%reason, %digest, "piece request refused");
                 let _ = codec::write_msg(&mut send, &BlobResponse::Refused { reason }).await;
             }
@@ -109,14 +111,29 @@ async fn answer_sync(
     }
 }
 
+/// Why a piece request of a node is not served.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("blob {digest} is not part of an image assigned to node {node}")]
+    NotAssigned { digest: Digest, node: String },
+    #[error("pieces not granted to this node now: sync again and fetch from peers")]
+    NotGranted,
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error(transparent)]
+    Distribution(#[from] DistError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
 async fn send_pieces(
     dist: &Arc<Distribution>,
     node_id: &str,
     digest: Digest,
     pieces: &[u32],
     send: &mut quinn::SendStream,
-) -> Result<(), String> {
-    check_piece_count(pieces).map_err(|e| e.to_string())?;
+) -> Result<(), Refusal> {
+    check_piece_count(pieces)?;
     let task = dist.clone();
     let node = node_id.to_string();
     let allowed = tokio::task::spawn_blocking(move || {
@@ -124,15 +141,15 @@ async fn send_pieces(
         Ok::<_, DistError>(ok.then(|| task.cached_table(&digest)).flatten())
     })
     .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| Refusal::Internal(e.to_string()))??;
     let Some(table) = allowed else {
-        return Err(format!(
-            "blob {digest} is not part of an image assigned to node {node_id}"
-        ));
+        return Err(Refusal::NotAssigned {
+            digest,
+            node: node_id.to_string(),
+        });
     };
     if !dist.may_send(node_id, &table, pieces) {
-        return Err("pieces not granted to this node now: sync again and fetch from peers".into());
+        return Err(Refusal::NotGranted);
     }
     let bytes = pieces_len(&table, pieces);
     info!(%digest, pieces = ?pieces, bytes, "serving pieces");
@@ -149,8 +166,6 @@ async fn send_pieces(
             }
         })
         .collect();
-    distribution::send_pieces(send, pieces, &sources, |_| std::future::ready(()))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    distribution::send_pieces(send, pieces, &sources, |_| std::future::ready(())).await?;
+    Ok(())
 }

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use seaport_shared::wire::{RunState, ShellTask, StepState, TaskEvent, TaskRequest};
 
 use super::agents::{Agents, AgentsError, TaskEvents};
-use super::error::StageError;
+use super::error::{HostTaskError, StageError, StageFailed};
 use super::record::{Cluster, LiveRecord};
 use super::stages::run_stage;
 use super::store::ClusterStore;
@@ -68,7 +68,7 @@ impl Driver {
                 Err(e) => {
                     warn!(error = %e, "operation failed");
                     c.state = RunState::Failed;
-                    c.error = Some(e);
+                    c.error = Some(e.to_string());
                     Outcome::Failed
                 }
             }
@@ -85,7 +85,7 @@ impl Driver {
         ended
     }
 
-    async fn run_stages(&self) -> Result<(), String> {
+    async fn run_stages(&self) -> Result<(), StageFailed> {
         loop {
             let (stage, done) = self
                 .record
@@ -94,7 +94,10 @@ impl Driver {
             info!(stage = %stage.name, "stage starts");
             run_stage(self, &stage)
                 .await
-                .map_err(|e| format!("{} failed: {e}", stage.name))?;
+                .map_err(|source| StageFailed {
+                    stage: stage.name.clone(),
+                    source,
+                })?;
             self.record.write(|c| c.stages_done = done + 1);
             self.save().await;
         }
@@ -115,7 +118,7 @@ impl Driver {
         &self,
         stage: &str,
         reqs: Vec<(String, TaskRequest)>,
-    ) -> Vec<(String, Result<TaskEvent, String>)> {
+    ) -> Vec<(String, Result<TaskEvent, HostTaskError>)> {
         let mut set = JoinSet::new();
         for (ip, req) in reqs {
             let (me, stage) = (self.clone(), stage.to_string());
@@ -128,7 +131,7 @@ impl Driver {
         while let Some(joined) = set.join_next().await {
             match joined {
                 Ok(r) => out.push(r),
-                Err(e) => out.push((String::new(), Err(format!("internal error: {e}")))),
+                Err(e) => out.push((String::new(), Err(HostTaskError::Internal(e.to_string())))),
             }
         }
         out
@@ -141,7 +144,7 @@ impl Driver {
         ip: &str,
         phase: &str,
         task: TaskRequest,
-    ) -> Result<TaskEvent, String> {
+    ) -> Result<TaskEvent, HostTaskError> {
         let node_id = self
             .record
             .host(ip, |h| {
@@ -149,7 +152,7 @@ impl Driver {
                 h.error = None;
                 h.node_id.clone()
             })
-            .ok_or_else(|| format!("{ip} is not a host of the cluster"))?;
+            .ok_or_else(|| HostTaskError::NotAHost(ip.to_string()))?;
         let mut offline_since: Option<Instant> = None;
         loop {
             let attempt = match self.agents.run_task(&node_id, task.clone()) {
@@ -157,10 +160,10 @@ impl Driver {
                 Err(AgentsError::NotConnected(_)) => {
                     let since = *offline_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > OFFLINE_LIMIT {
-                        return Err(format!(
-                            "node {node_id} has been offline for {} minutes",
-                            OFFLINE_LIMIT.as_secs() / 60
-                        ));
+                        return Err(HostTaskError::Offline {
+                            node: node_id,
+                            minutes: OFFLINE_LIMIT.as_secs() / 60,
+                        });
                     }
                     self.record.host(ip, |h| {
                         h.error = Some(format!("waiting for node {node_id} to come online"));
@@ -268,7 +271,9 @@ fn answer_error(last: &TaskEvent) -> Option<String> {
 }
 
 /// Every host's failure, or Ok.
-pub(crate) fn check(results: Vec<(String, Result<TaskEvent, String>)>) -> Result<(), StageError> {
+pub(crate) fn check(
+    results: Vec<(String, Result<TaskEvent, HostTaskError>)>,
+) -> Result<(), StageError> {
     let mut failures = Vec::new();
     for (ip, r) in results {
         match r {
@@ -285,7 +290,7 @@ pub(crate) fn check(results: Vec<(String, Result<TaskEvent, String>)>) -> Result
                 | TaskEvent::Drift { error: Some(e), .. },
             ) => failures.push((ip, e)),
             Ok(other) => failures.push((ip, format!("unexpected answer {other:?}"))),
-            Err(e) => failures.push((ip, e)),
+            Err(e) => failures.push((ip, e.to_string())),
         }
     }
     if failures.is_empty() {

@@ -65,6 +65,46 @@ pub enum OperationError {
     Internal(String),
 }
 
+/// Why join data a first master reported is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinDataRefusal {
+    /// Not JSON of join data.
+    #[error("it is not join data: {0}")]
+    NotJoinData(serde_json::Error),
+    /// Of the wrong shape, or naming another master.
+    #[error(transparent)]
+    Shape(#[from] seaport_rootfs::kubeadm::JoinDataError),
+}
+
+/// Why a host's task has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HostTaskError {
+    /// The IP is not in the record.
+    #[error("{0} is not a host of the cluster")]
+    NotAHost(String),
+    /// The node stayed away.
+    #[error("node {node} has been offline for {minutes} minutes")]
+    Offline {
+        /// The node.
+        node: String,
+        /// For how long.
+        minutes: u64,
+    },
+    /// A background task of the coordinator failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A stage that failed, as the record keeps it.
+#[derive(Debug, thiserror::Error)]
+#[error("{stage} failed: {source}")]
+pub struct StageFailed {
+    /// The stage.
+    pub stage: String,
+    /// Why.
+    pub source: StageError,
+}
+
 /// Why a stage failed; recorded with the operation and shown by
 /// `seaport status`.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +132,12 @@ pub enum StageError {
         minutes: u64,
     },
     /// The first master's join data is refused.
-    #[error("{ip}: the join data kubeadm init reported is refused: {reason}")]
+    #[error("{ip}: the join data kubeadm init reported is refused: {source}")]
     JoinData {
         /// The first master.
         ip: String,
         /// Why.
-        reason: String,
+        source: JoinDataRefusal,
     },
     /// A plugin failed.
     #[error("plugin {name} at {phase}: {source}")]

@@ -45,7 +45,7 @@ mod stages;
 mod store;
 
 pub use agents::{Agents, AgentsError, Fetched, TaskEvents};
-pub use error::{OperationError, StageError};
+pub use error::{HostTaskError, JoinDataRefusal, OperationError, StageError, StageFailed};
 pub use prepare::{
     desired, prepare, spec_of_clusterfile, Desired, Operation, PrepareInput, Prepared,
     ResolvedImage, Want,

@@ -76,15 +76,14 @@ impl Operations {
         Ok(self.store.cluster(name)?)
     }
 
-    fn audit(&self, who: &str, what: String, result: Result<String, String>) {
+    /// Records a request and how it was taken (`accepted: ...`,
+    /// `refused: ...`).
+    fn audit(&self, who: &str, what: String, result: String) {
         let entry = AuditEntry {
             at: now_unix(),
             who: who.to_string(),
             what,
-            result: match result {
-                Ok(v) => format!("accepted: {v}"),
-                Err(e) => format!("refused: {e}"),
-            },
+            result,
         };
         if let Err(e) = self.store.audit(&entry) {
             warn!(error = %e, "could not write the audit log");
@@ -135,15 +134,15 @@ impl Operations {
             who,
             what,
             match &result {
-                Ok(p) => Ok(format!(
-                    "{:?}",
+                Ok(p) => format!(
+                    "accepted: {:?}",
                     (
                         p.cluster.name.to_string(),
                         p.cluster.generation,
                         p.operation.kind.as_str()
                     )
-                )),
-                Err(e) => Err(e.to_string()),
+                ),
+                Err(e) => format!("refused: {e}"),
             },
         );
         let mut cluster = result?.cluster;
@@ -184,11 +183,11 @@ impl Operations {
             who,
             what,
             match &result {
-                Ok(cs) => Ok(format!(
-                    "{:?}",
+                Ok(cs) => format!(
+                    "accepted: {:?}",
                     cs.iter().map(|c| c.name.to_string()).collect::<Vec<_>>()
-                )),
-                Err(e) => Err(e.to_string()),
+                ),
+                Err(e) => format!("refused: {e}"),
             },
         );
         let clusters = result?;
@@ -291,7 +290,7 @@ impl Operations {
                     error,
                 },
                 Ok(other) => failed(ip, format!("unexpected answer {other:?}")),
-                Err(e) => failed(ip, e),
+                Err(e) => failed(ip, e.to_string()),
             })
             .collect();
         out.sort_by(|a, b| a.ip.cmp(&b.ip));

@@ -112,7 +112,7 @@ pub fn fetch_image(
                 platform_string(platform)
             )));
         }
-        let manifest = parse_manifest(&m_bytes).map_err(bad)?;
+        let manifest = parse_manifest(&m_bytes).map_err(|e| bad(e.to_string()))?;
         return Ok(RemoteImage {
             index: Some((bytes, media_type, digest)),
             manifest_bytes: m_bytes,
@@ -121,7 +121,7 @@ pub fn fetch_image(
             manifest,
         });
     }
-    let manifest = parse_manifest(&bytes).map_err(bad)?;
+    let manifest = parse_manifest(&bytes).map_err(|e| bad(e.to_string()))?;
     Ok(RemoteImage {
         index: None,
         manifest_bytes: bytes,
@@ -131,14 +131,21 @@ pub fn fetch_image(
     })
 }
 
-fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
-    let m: Manifest =
-        serde_json::from_slice(bytes).map_err(|e| format!("its manifest does not parse: {e}"))?;
+/// What is wrong with a manifest a registry sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not JSON of a manifest.
+    #[error("its manifest does not parse: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// Another schema.
+    #[error("manifest schema version {0} is not supported (only 2)")]
+    Schema(u32),
+}
+
+fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    let m: Manifest = serde_json::from_slice(bytes)?;
     if m.schema_version != 2 {
-        return Err(format!(
-            "manifest schema version {} is not supported (only 2)",
-            m.schema_version
-        ));
+        return Err(ManifestError::Schema(m.schema_version));
     }
     Ok(m)
 }
@@ -333,7 +340,7 @@ fn fetch_all(client: &RegistryClient, image: &ImageRef) -> Result<Fetched, CopyE
         }
     };
     if !crate::media::is_index(&media_type) {
-        add(&parse_manifest(&bytes).map_err(bad)?);
+        add(&parse_manifest(&bytes).map_err(|e| bad(e.to_string()))?);
         return Ok(Fetched {
             digest,
             documents: vec![bytes],
@@ -351,7 +358,7 @@ fn fetch_all(client: &RegistryClient, image: &ImageRef) -> Result<Fetched, CopyE
             )));
         }
         let (m_bytes, _, _) = client.get_manifest(repo, &child.digest.to_string())?;
-        add(&parse_manifest(&m_bytes).map_err(bad)?);
+        add(&parse_manifest(&m_bytes).map_err(|e| bad(e.to_string()))?);
         documents.push(m_bytes);
     }
     documents.push(bytes);

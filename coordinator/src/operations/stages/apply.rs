@@ -7,7 +7,7 @@ use seaport_shared::wire::{ApplyTask, TaskEvent, TaskRequest};
 use tracing::warn;
 
 use super::super::drive::{check, clusterfile, Driver};
-use super::super::error::StageError;
+use super::super::error::{JoinDataRefusal, StageError};
 use super::super::record::Cluster;
 use crate::plan::Task;
 
@@ -59,9 +59,9 @@ pub(super) async fn run(
             let master0 = c.master0();
             c.join_data =
                 Some(
-                    checked_join_data(j, &master0).map_err(|reason| StageError::JoinData {
+                    checked_join_data(j, &master0).map_err(|source| StageError::JoinData {
                         ip: ip.clone(),
-                        reason,
+                        source,
                     })?,
                 );
             Ok(())
@@ -71,10 +71,10 @@ pub(super) async fn run(
 }
 
 /// Join data as the first master reported it, checked and re-encoded.
-fn checked_join_data(text: &str, master0: &str) -> Result<String, String> {
+fn checked_join_data(text: &str, master0: &str) -> Result<String, JoinDataRefusal> {
     let j: seaport_rootfs::kubeadm::JoinData =
-        serde_json::from_str(text).map_err(|e| format!("it is not join data: {e}"))?;
-    j.check(master0).map_err(|e| e.to_string())?;
+        serde_json::from_str(text).map_err(JoinDataRefusal::NotJoinData)?;
+    j.check(master0)?;
     Ok(serde_json::to_string(&j).expect("join data serializes"))
 }
 
