@@ -667,9 +667,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("host-amd")
-                && err.contains("linux/amd64")
-                && err.contains("linux/arm64"),
+            err.contains("host-amd") && err.contains("linux/amd64") && err.contains("linux/arm64"),
             "{err}"
         );
     }
