@@ -414,7 +414,13 @@ pub fn write_key_pair(
     key: &SigningKey,
     passphrase: &[u8],
 ) -> Result<(PathBuf, PathBuf), SigningError> {
-    let (private, public) = key_pair_paths(name);
+    // A bare file name is in the working directory (the atomic write syncs
+    // the parent directory, which must be named).
+    let name = match name.parent() {
+        Some(p) if !p.as_os_str().is_empty() => name.to_path_buf(),
+        _ => Path::new(".").join(name),
+    };
+    let (private, public) = key_pair_paths(&name);
     for p in [&private, &public] {
         if fs::symlink_metadata(p).is_ok() {
             return Err(SigningError::Exists(p.clone()));
@@ -864,6 +870,66 @@ pub fn verify(subject: &Digest, signatures: Option<&Signatures>, keys: &TrustedK
         };
     }
     Verdict::Invalid(reasons)
+}
+
+/// One signature as `seaport inspect` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SignatureInfo {
+    /// The digest its payload signs.
+    pub signs: String,
+    /// The fingerprint of the key that made it: the trusted key it verifies
+    /// with, else the one it names (not verified).
+    pub key: Option<String>,
+    /// Whether it verifies with a trusted key and signs this image.
+    pub verified: bool,
+    /// The repository the payload names.
+    #[serde(rename = "dockerReference")]
+    pub docker_reference: Option<String>,
+    /// Why it is not verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Describes each signature of the image `subject` against `keys`.
+pub fn describe(subject: &Digest, sigs: &Signatures, keys: &TrustedKeys) -> Vec<SignatureInfo> {
+    sigs.signatures
+        .iter()
+        .map(|s| {
+            let payload = s.parsed().ok();
+            let signs = payload
+                .as_ref()
+                .map(|p| p.critical.image.docker_manifest_digest.clone())
+                .unwrap_or_default();
+            let raw = s
+                .base64()
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .unwrap_or_default();
+            let by = keys.keys().iter().find(|k| k.verifies(&s.payload, &raw));
+            let problem = match (by, &payload) {
+                (None, _) if keys.is_empty() => {
+                    Some("not checked: no trusted keys given (--trusted-keys DIR)".to_string())
+                }
+                (None, _) => Some("does not verify with any trusted key".to_string()),
+                (Some(_), None) => Some("its payload does not parse".to_string()),
+                (Some(_), Some(p)) if p.critical.kind != SIGNATURE_TYPE => {
+                    Some(format!("its type is {:?}", p.critical.kind))
+                }
+                (Some(_), Some(_)) if signs != subject.to_string() => {
+                    Some("it signs another digest".to_string())
+                }
+                (Some(_), Some(_)) => None,
+            };
+            SignatureInfo {
+                signs,
+                key: by
+                    .map(PublicKey::fingerprint)
+                    .or_else(|| s.claimed_signer().map(str::to_string)),
+                verified: problem.is_none(),
+                docker_reference: payload.map(|p| p.critical.identity.docker_reference),
+                problem,
+            }
+        })
+        .collect()
 }
 
 /// Which images are accepted: signed by one of `keys`, and whether an
