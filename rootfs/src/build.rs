@@ -461,7 +461,7 @@ fn build_platform(
         materialized: None,
         index: BTreeMap::new(),
         indexed: 0,
-        generation: decide_generation(opts.copy_semantics, &instructions, None),
+        generation: decide_generation(opts.copy_semantics, instructions, None),
         instructions: instructions.to_vec(),
         notes: Vec::new(),
         warnings: Vec::new(),
