@@ -47,6 +47,8 @@ enum Command {
         /// Root of cluster data (each cluster's rootfs is unpacked under it).
         #[arg(long, env = "SEAPORT_DATA_ROOT", default_value = seaport_agent::apply::DEFAULT_DATA_ROOT)]
         data_root: PathBuf,
+        #[command(flatten)]
+        trust: seaport_agent::trust::TrustArgs,
     },
     /// Install a cluster image on this host from a local OCI layout.
     Apply {
@@ -138,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             content,
             data_root,
+            trust,
         } => rt.block_on(async {
             let host = HostIdentity::from_system()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -167,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     seaport_agent::tasks::TaskSettings {
                         state_dir: state_dir.clone(),
                         data_root,
+                        trust: trust.local(),
                     },
                     link.subscribe(),
                     rx.clone(),

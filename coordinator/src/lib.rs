@@ -31,6 +31,9 @@
 //! - [`clusterfile`]: sealer's Clusterfile, read and checked (pure).
 //! - [`converge`]: from a cluster's state and a desired spec to the stages of
 //!   one operation (pure).
+//! - [`trust`]: the image signature policy (`--trusted-keys`,
+//!   `--require-signed`, a Clusterfile's `spec.imagePolicy`): checked when
+//!   an operation is planned, given to agents.
 //! - [`runs`]: running operations on agents, journaled in the state database
 //!   (`cli/cluster.rs`: `seaport run`, `apply`, `join`, `delete`, `status`,
 //!   `logs`, `audit`).
@@ -48,3 +51,4 @@ pub mod plan;
 pub mod runs;
 pub mod state;
 pub mod tokens;
+pub mod trust;

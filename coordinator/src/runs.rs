@@ -405,6 +405,8 @@ pub fn spec_of_clusterfile(text: &str) -> Result<(String, Spec, Vec<String>), St
 
 fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, String> {
     let mut warnings = Vec::new();
+    // Removing hosts installs nothing: no image to check.
+    let installs = !matches!(want, Want::Remove { .. });
     let (name, spec) = match want {
         Want::Run(r) => {
             let spec = Spec {
@@ -465,6 +467,17 @@ fn prepare(shared: &Shared, want: Want, dry_run: bool) -> Result<Prepared, Strin
         .map_err(|e| format!("the image store: {e}"))?;
     let image = store.image(&spec.image).map_err(|e| e.to_string())?;
     let digest = image.digest().to_string();
+    if installs {
+        // The image signature policy, before anything is recorded.
+        let policy = shared
+            .trust
+            .union(&crate::trust::cluster_policy(spec.clusterfile.as_deref())?);
+        match crate::trust::check(&shared.image_root, &policy, &spec.image, &image.digest()) {
+            Ok(accepted) => info!(image = %spec.image, "{accepted}"),
+            Err(e) if dry_run => warnings.push(e),
+            Err(e) => return Err(e),
+        }
+    }
     let has_launch = image.manifests.iter().any(|m| {
         m.image
             .manifest
@@ -887,13 +900,29 @@ async fn run_stage(shared: &Arc<Shared>, record: &Record, stage: &StageSpec) -> 
     match &stage.work {
         Work::Fetch { hosts } => fetch(shared, record, hosts).await,
         Work::Apply { tasks, upgrade } => {
+            // The image's signatures and the cluster's part of the policy go
+            // with every task: each agent checks them for itself.
+            let (digest, text) = {
+                let c = lock(record);
+                (c.manifest_digest.clone(), c.spec.clusterfile.clone())
+            };
+            let subject = digest
+                .parse()
+                .map_err(|e| format!("the recorded digest {digest}: {e}"))?;
+            let root = shared.image_root.clone();
+            let signatures =
+                blocking(move || crate::trust::task_signatures(&root, &subject)).await?;
+            let cluster_trust =
+                crate::trust::to_wire(&crate::trust::cluster_policy(text.as_deref())?);
             let reqs = {
                 let c = lock(record);
                 let kubeadm = clusterfile(&c)?.and_then(|f| f.kubeadm_yaml());
                 tasks
                     .iter()
                     .map(|t| {
-                        let task = apply_task(&c, t, *upgrade, kubeadm.clone());
+                        let mut task = apply_task(&c, t, *upgrade, kubeadm.clone());
+                        task.signatures = signatures.clone();
+                        task.cluster_trust = cluster_trust.clone();
                         (t.host.clone(), TaskRequest::Apply(task))
                     })
                     .collect()
@@ -1452,6 +1481,8 @@ fn apply_task(
             c.join_data.clone()
         },
         upgrade,
+        signatures: None,
+        cluster_trust: Default::default(),
     }
 }
 

@@ -408,6 +408,14 @@ impl Coordinator {
         self.stop()?;
         self.spawn()
     }
+
+    /// Starts it again with other `coordinator serve` flags (kept for later
+    /// restarts).
+    pub fn restart_with(&mut self, extra_args: &[&str]) -> Result<(), SeaportError> {
+        self.stop()?;
+        self.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        self.spawn()
+    }
 }
 
 impl Drop for Coordinator {

@@ -12,6 +12,7 @@ mod distribute;
 mod images;
 mod nodes;
 mod registry;
+mod signing;
 mod token;
 
 /// Default root of Seaport's local state (image store, coordinator state).
@@ -58,6 +59,11 @@ pub enum Command {
     Push(registry::PushArgs),
     /// Pull a cluster image from an OCI distribution registry.
     Pull(registry::PullArgs),
+    /// Signing keys: generate a key pair.
+    #[command(subcommand)]
+    Key(signing::KeyCommand),
+    /// Sign an image of the local store with a private key.
+    Sign(signing::SignArgs),
     /// Create and run the coordinator (CA, state, QUIC endpoint).
     #[command(subcommand)]
     Coordinator(coordinator::CoordinatorCommand),
@@ -119,6 +125,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout(args) => registry::logout(&root, args),
         Command::Push(args) => registry::push(&root, args),
         Command::Pull(args) => registry::pull(&root, args),
+        Command::Key(cmd) => signing::key(cmd),
+        Command::Sign(args) => signing::sign(&root, args),
         Command::Coordinator(cmd) => coordinator::run(&root, cmd),
         Command::Token(cmd) => token::run(&root, cmd),
         Command::Nodes(args) => nodes::run(&root, args),

@@ -39,8 +39,8 @@ use serde_norway::Value;
 
 pub use application::{AppConfig, AppFile, Application};
 pub use cluster::{
-    Cluster, Host, HostAlias, LocalRegistry, Registry, RegistryEndpoint, ResolvedCluster,
-    ResolvedHost, ResolvedLocalRegistry, ResolvedRegistry, COMPUTED_ENV_KEYS,
+    Cluster, Host, HostAlias, ImagePolicy, LocalRegistry, Registry, RegistryEndpoint,
+    ResolvedCluster, ResolvedHost, ResolvedLocalRegistry, ResolvedRegistry, COMPUTED_ENV_KEYS,
     DEFAULT_REGISTRY_DOMAIN, DEFAULT_REGISTRY_PORT,
 };
 pub use config::{Config, ConfigError, Processor, Strategy, APP_ROOT};

@@ -90,6 +90,8 @@ pub enum DaemonError {
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub node_cert_ttl: Duration,
+    /// The image signature policy for every cluster (and its agents).
+    pub trust: seaport_rootfs::signing::Policy,
 }
 
 /// What `serve` writes under the root so the CLI can find it.
@@ -118,6 +120,8 @@ pub(crate) struct Shared {
     pub(crate) runs: crate::runs::Runs,
     /// Root of the image store (`--root`).
     pub(crate) image_root: PathBuf,
+    /// The image signature policy (`crate::trust`).
+    pub(crate) trust: seaport_rootfs::signing::Policy,
 }
 
 /// A view of a running coordinator's in-memory tables, to check that they
@@ -209,6 +213,7 @@ impl Daemon {
                 dist: Distribution::new(root, &paths.dir),
                 runs: crate::runs::Runs::default(),
                 image_root: root.to_path_buf(),
+                trust: opts.trust,
             }),
             paths,
         })

@@ -59,6 +59,7 @@ impl Running {
                 ServeOptions {
                     listen,
                     node_cert_ttl: Duration::from_secs(3600),
+                    trust: Default::default(),
                 },
             ) {
                 Ok(d) => break d,
