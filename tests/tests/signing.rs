@@ -22,7 +22,6 @@
 //! docker-registry and openssl on the machine (see docs/lab.md).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use seaport_lab::checks::Phases;
 use seaport_lab::seaport::Binaries;
@@ -37,19 +36,7 @@ const DROP_IN: &str = "/etc/systemd/system/seaport-agent.service.d/signing.conf"
 const HOST_KEYS: &str = "/etc/seaport/trusted-keys";
 
 fn seaport_out(bins: &Binaries, root: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(&bins.seaport)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env("SEAPORT_KEY_PASSWORD", PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    bins.seaport_env(root, args, &[("SEAPORT_KEY_PASSWORD", PASSWORD)])
 }
 
 fn seaport_ok(bins: &Binaries, root: &Path, args: &[&str]) -> String {
