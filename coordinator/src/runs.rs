@@ -971,11 +971,31 @@ async fn run_stage(shared: &Arc<Shared>, record: &Record, stage: &StageSpec) -> 
         Work::ImagePlugins => {
             // From the coordinator's own copy of the image, never from what
             // a host reports: these run as root on every host.
-            let digest = lock(record).manifest_digest.clone();
+            // A multi-platform image's plugins are those of master0's platform.
+            let (digest, master0_node) = {
+                let c = lock(record);
+                let node = c
+                    .hosts
+                    .iter()
+                    .find(|h| h.role == NodeRole::Master0)
+                    .map(|h| h.node_id.clone());
+                (c.manifest_digest.clone(), node)
+            };
+            let platform = match master0_node {
+                Some(id) => shared
+                    .store
+                    .node(&id)
+                    .map_err(|e| e.to_string())?
+                    .filter(|n| !n.arch.is_empty())
+                    .map(|n| seaport_rootfs::registry::platform::machine_platform(&n.arch)),
+                None => None,
+            };
             let root = shared.image_root.clone();
-            let texts = tokio::task::spawn_blocking(move || image_plugins(&root, &digest))
-                .await
-                .map_err(|e| format!("internal error: {e}"))??;
+            let texts = tokio::task::spawn_blocking(move || {
+                image_plugins(&root, &digest, platform.as_ref())
+            })
+            .await
+            .map_err(|e| format!("internal error: {e}"))??;
             // Checked now, so a broken plugin fails here, named.
             for t in &texts {
                 Clusterfile::parse(t).map_err(|e| format!("the image's plugins/: {e}"))?;
@@ -1061,13 +1081,17 @@ async fn run_stage(shared: &Arc<Shared>, record: &Record, stage: &StageSpec) -> 
 
 /// The image's `plugins/*.yaml` and `*.yml` (text), read from the layers in
 /// the coordinator's store.
-fn image_plugins(image_root: &std::path::Path, digest: &str) -> Result<Vec<String>, String> {
+fn image_plugins(
+    image_root: &std::path::Path,
+    digest: &str,
+    platform: Option<&seaport_rootfs::oci::Platform>,
+) -> Result<Vec<String>, String> {
     let store = seaport_rootfs::store::Store::open(image_root)
         .map_err(|e| format!("the image store: {e}"))?;
     let digest: seaport_shared::digest::Digest = digest
         .parse()
         .map_err(|e| format!("the image digest: {e}"))?;
-    let files = seaport_rootfs::contents::files_in_dir(&store, &digest, "plugins", |n| {
+    let files = seaport_rootfs::contents::files_in_dir(&store, &digest, platform, "plugins", |n| {
         n.ends_with(".yaml") || n.ends_with(".yml")
     })
     .map_err(|e| format!("reading the image's plugins/: {e}"))?;
