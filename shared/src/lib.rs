@@ -11,7 +11,10 @@
 //!   writer for places an image or another party may have planted links).
 //! - [`safetar`]: tar unpacking confined to a target root.
 //! - [`transfer`]: layer distribution: pieces, piece tables, `Blob` stream messages.
+//! - [`cli_docs`]: version and commit, shell completions and man pages of
+//!   both binaries.
 
+pub mod cli_docs;
 pub mod codec;
 pub mod confined;
 pub mod digest;
