@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quick start on a fresh Debian 12 machine, as root, from the repository root:
 # installs what Seaport needs, builds it, builds the example Kubefile image and
-# inspects it, brings up a lab of 3 real systemd hosts with their agents
-# enrolled with a coordinator, builds the lab's cluster image into the
+# inspects it, makes a signing key and signs the image, brings up a lab of 3
+# real systemd hosts with their agents enrolled with a coordinator that
+# requires signed images, builds and signs the lab's cluster image in the
 # coordinator's store and installs it on the 3 hosts with `seaport run`.
 #
 # kubeadm and the Kubernetes binaries cannot be obtained on the machines this
@@ -27,18 +28,29 @@ cargo build -p seaport -p seaport-agent -p seaport-lab
 bin=$PWD/target/debug
 export SEAPORT_ROOT=${SEAPORT_ROOT:-/var/lib/seaport}
 
-step "building the example cluster image into $SEAPORT_ROOT"
-"$bin/seaport" build -f packaging/examples/hello/Kubefile -t hello:v1 .
-"$bin/seaport" images
-"$bin/seaport" inspect hello:v1
+# A signing key for this run only (target/quickstart-keys/site.key and
+# site.pub); its passphrase is random and lives in this shell.
+keys=$PWD/target/quickstart-keys
+rm -rf "$keys"
+mkdir -p "$keys/trusted"
+export SEAPORT_KEY_PASSWORD=${SEAPORT_KEY_PASSWORD:-$(head -c 18 /dev/urandom | base64)}
 
-step "bringing up 3 lab hosts with agents enrolled (the first run builds the Debian base, about a minute)"
-"$bin/seaport-lab" up --hosts 3 --agents
+step "making a signing key: $keys/site.key (encrypted, 0600) and site.pub"
+"$bin/seaport" key generate -o "$keys/site"
+cp "$keys/site.pub" "$keys/trusted/"
+
+step "building and signing the example cluster image into $SEAPORT_ROOT"
+"$bin/seaport" build -f packaging/examples/hello/Kubefile -t hello:v1 --sign-key "$keys/site.key" .
+"$bin/seaport" images
+"$bin/seaport" inspect hello:v1 --trusted-keys "$keys/trusted"
+
+step "bringing up 3 lab hosts with agents enrolled, the coordinator requiring signed images (the first run builds the Debian base, about a minute)"
+"$bin/seaport-lab" up --hosts 3 --agents --trusted-keys "$keys/trusted" --require-signed
 eval "$("$bin/seaport-lab" env)"
 export SEAPORT_ROOT
 
-step "building the lab's cluster image into the coordinator's store ($SEAPORT_ROOT)"
-"$bin/seaport-lab" image
+step "building and signing the lab's cluster image in the coordinator's store ($SEAPORT_ROOT)"
+"$bin/seaport-lab" image --sign-key "$keys/site.key"
 
 step "installing it: master $LAB_H1, nodes $LAB_H2 and $LAB_H3"
 "$bin/seaport" run seaport-test:v1 -m "$LAB_H1" -n "$LAB_H2,$LAB_H3"

@@ -22,6 +22,8 @@ pub struct ApplyArgs {
     /// The image's name in the layout.
     #[arg(long)]
     pub image: String,
+    #[command(flatten)]
+    pub trust: crate::trust::TrustArgs,
     /// Cluster name.
     #[arg(long)]
     pub cluster: ClusterName,
@@ -88,6 +90,22 @@ pub struct ResetArgs {
 
 /// Runs `apply`.
 pub fn run_apply(args: ApplyArgs, state_dir: PathBuf) -> anyhow::Result<()> {
+    // The image's signatures are checked before anything is written, as
+    // for an apply the coordinator sends.
+    let subject = apply::image::LayoutImage::entry(&args.image_layout, &args.image)?.digest;
+    let sigs = seaport_rootfs::signing::from_layout(&args.image_layout, &subject)?;
+    let accepted = crate::trust::check(
+        &state_dir,
+        &args.trust.local(),
+        &seaport_shared::wire::ImageTrust::default(),
+        &args.image,
+        &subject,
+        sigs.as_ref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    if accepted != seaport_rootfs::signing::Accepted::NotChecked {
+        println!("{:<16} {accepted}", crate::tasks::SIGNATURE_STEP);
+    }
     let join_data = match &args.join_data {
         Some(p) => Some(apply::read_join_data(p)?),
         None => None,

@@ -132,18 +132,19 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
     endpoint.wait_idle().await;
     let resp = result.map_err(|_| JoinError::Timeout(JOIN_TIMEOUT))??;
 
-    let (node_id, cert_pem, ca_pem) = match resp {
+    let (node_id, cert_pem, ca_pem, trust) = match resp {
         Some(EnrollResponse::Enrolled {
             node_id,
             cert_pem,
             ca_pem,
+            trust,
         }) => {
             if !pki::is_valid_node_id(&node_id) {
                 return Err(JoinError::BadAnswer(format!(
                     "{node_id:?} is not a node id"
                 )));
             }
-            (node_id, cert_pem, ca_pem)
+            (node_id, cert_pem, ca_pem, trust)
         }
         Some(EnrollResponse::Refused { reason }) => return Err(JoinError::Refused(reason)),
         None => {
@@ -166,6 +167,10 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
             "the certificate is not a node certificate for this host's key".into(),
         ));
     }
+    // The image signature policy comes with the identity (before it: a
+    // host whose node.pem exists has both).
+    crate::trust::store(&opts.state_dir, &trust)
+        .map_err(|e| JoinError::BadAnswer(format!("the image signature policy: {e}")))?;
     Identity::store_new(
         &opts.state_dir,
         &opts.coordinator,

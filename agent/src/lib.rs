@@ -17,6 +17,8 @@
 //!   cluster image on this host natively, and reset.
 //! - [`cli_apply`]: `seaport-agent apply` and `seaport-agent reset` (local runs).
 //! - [`tasks`]: install and reset tasks the coordinator sends on the session.
+//! - [`trust`]: which images this host accepts (trusted keys, signatures
+//!   required) and the signature check before every apply.
 
 pub mod apply;
 pub mod cli_apply;
@@ -26,6 +28,7 @@ pub mod identity;
 pub mod join;
 pub mod session;
 pub mod tasks;
+pub mod trust;
 
 pub use facts::{FactsSource, HostIdentity, SystemFacts};
 pub use identity::Identity;

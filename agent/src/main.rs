@@ -47,6 +47,8 @@ enum Command {
         /// Root of cluster data (each cluster's rootfs is unpacked under it).
         #[arg(long, env = "SEAPORT_DATA_ROOT", default_value = seaport_agent::apply::DEFAULT_DATA_ROOT)]
         data_root: PathBuf,
+        #[command(flatten)]
+        trust: seaport_agent::trust::TrustArgs,
     },
     /// Install a cluster image on this host from a local OCI layout.
     Apply {
@@ -64,6 +66,20 @@ enum Command {
         #[arg(long, env = "SEAPORT_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Print the version and the commit it was built from.
+    Version,
+    /// Print a shell completion script: `source <(seaport-agent completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: seaport_shared::cli_docs::Shell,
+    },
+    /// Write man pages (seaport-agent.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// The directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,8 +95,24 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use seaport_shared::cli_docs;
     // apply and reset are synchronous (blocking HTTP to the local registry).
     let command = match cli.command {
+        Command::Version => {
+            println!("{}", cli_docs::version_line("seaport-agent"));
+            return Ok(());
+        }
+        Command::Completion { shell } => {
+            cli_docs::completions(Cli::command(), shell, &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { out } => {
+            for page in cli_docs::man_pages(Cli::command(), &out)? {
+                println!("{}", page.display());
+            }
+            return Ok(());
+        }
         Command::Apply { args, state_dir } => {
             return seaport_agent::cli_apply::run_apply(*args, state_dir)
         }
@@ -123,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             distribution,
             data_root,
+            trust,
         } => rt.block_on(async {
             let host = HostIdentity::from_system()?;
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -154,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     seaport_agent::tasks::TaskSettings {
                         state_dir: state_dir.clone(),
                         data_root,
+                        trust: trust.local(),
                     },
                     link.subscribe(),
                     rx.clone(),
@@ -167,7 +201,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tasks.abort();
             Ok(())
         }),
-        Command::Apply { .. } | Command::Reset { .. } => unreachable!("handled above"),
+        Command::Apply { .. }
+        | Command::Reset { .. }
+        | Command::Version
+        | Command::Completion { .. }
+        | Command::Man { .. } => unreachable!("handled above"),
     }
 }
 

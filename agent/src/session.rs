@@ -322,6 +322,16 @@ async fn session_linked(
             }
             msg = rx.recv() => match msg {
                 Some(Ok(CoordinatorMessage::HeartbeatAck { .. })) => {}
+                Some(Ok(CoordinatorMessage::Trust(trust))) => {
+                    match crate::trust::store(&state_dir, &trust) {
+                        Ok(()) => info!(
+                            keys = trust.keys.len(),
+                            require_signed = trust.require_signed,
+                            "image signature policy stored"
+                        ),
+                        Err(e) => warn!(error = %e, "image signature policy not stored"),
+                    }
+                }
                 Some(Ok(CoordinatorMessage::Renewed { cert_pem })) => {
                     match accept_renewed(&identity, &state_dir, &cert_pem) {
                         Ok(info) => {

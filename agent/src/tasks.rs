@@ -40,6 +40,8 @@ pub struct TaskSettings {
     pub state_dir: PathBuf,
     /// Root of cluster data.
     pub data_root: PathBuf,
+    /// What this host asks of images beside the coordinator's policy.
+    pub trust: crate::trust::LocalTrust,
 }
 
 /// Accepts task streams on every session the agent has, until shutdown.
@@ -278,6 +280,46 @@ fn apply_options(
     })
 }
 
+/// The name under which the signature check is reported.
+pub const SIGNATURE_STEP: &str = "signature";
+
+/// Checks the task's image against this host's policy; reports the signer.
+fn check_signature(
+    task: &ApplyTask,
+    settings: &TaskSettings,
+    tx: &Events,
+) -> Result<(), crate::trust::ImageRefused> {
+    let sigs = match &task.signatures {
+        Some(docs) => Some(crate::trust::signatures_of(docs).map_err(|source| {
+            crate::trust::ImageRefused::Unreadable {
+                image: task.image.clone(),
+                digest: task.manifest_digest.digest(),
+                source,
+            }
+        })?),
+        None => None,
+    };
+    let accepted = crate::trust::check(
+        &settings.state_dir,
+        &settings.trust,
+        &task.cluster_trust,
+        &task.image,
+        &task.manifest_digest.digest(),
+        sigs.as_ref(),
+    )?;
+    info!(image = %task.image, "{accepted}");
+    if accepted != seaport_rootfs::signing::Accepted::NotChecked {
+        let _ = tx.send(TaskEvent::Step {
+            step: SIGNATURE_STEP.into(),
+            state: StepState::Done {
+                summary: accepted.to_string(),
+                elapsed_ms: 0,
+            },
+        });
+    }
+    Ok(())
+}
+
 async fn run_apply(task: ApplyTask, settings: TaskSettings, tx: Events) {
     info!(cluster = %task.cluster, steps = ?task.steps, "apply task");
     let failed = |error: String| TaskEvent::Finished {
@@ -285,6 +327,17 @@ async fn run_apply(task: ApplyTask, settings: TaskSettings, tx: Events) {
         error: Some(error),
         join_data: None,
     };
+    // The signature check comes before anything else: a refused image
+    // leaves the host as it was.
+    if let Err(e) = check_signature(&task, &settings, &tx) {
+        let e = e.to_string();
+        let _ = tx.send(TaskEvent::Step {
+            step: SIGNATURE_STEP.into(),
+            state: StepState::Failed { error: e.clone() },
+        });
+        let _ = tx.send(failed(e));
+        return;
+    }
     let prepared = async {
         let store = BlobStore::open(&settings.state_dir)?;
         wait_for_blobs(&store, &task.manifest_digest.digest()).await?;
@@ -416,4 +469,94 @@ async fn run_drift(task: DriftTask, settings: TaskSettings, tx: Events) {
         },
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seaport_rootfs::signing::{sign, SigningKey};
+    use seaport_shared::wire::{ImageSignatures, ImageTrust};
+
+    fn task(subject: Digest, signatures: Option<ImageSignatures>) -> ApplyTask {
+        ApplyTask {
+            cluster: seaport_shared::cluster::ClusterName::parse("c1").unwrap(),
+            image: "site/kube:v1".into(),
+            manifest_digest: subject.into(),
+            role: seaport_shared::cluster::Role::Master0,
+            steps: vec![seaport_shared::cluster::Step::Rootfs],
+            host_ip: "198.18.0.11".into(),
+            master0_ip: "198.18.0.11".into(),
+            registry_ip: "198.18.0.11".into(),
+            master_ips: vec!["198.18.0.11".into()],
+            env: vec![],
+            host_env: vec![],
+            kubeadm_config: None,
+            join_data: None,
+            upgrade: false,
+            signatures,
+            cluster_trust: ImageTrust::default(),
+        }
+    }
+
+    async fn events(task: ApplyTask, settings: TaskSettings) -> Vec<TaskEvent> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        run_apply(task, settings, tx).await;
+        let mut out = Vec::new();
+        while let Some(e) = rx.recv().await {
+            out.push(e);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn an_image_the_policy_refuses_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = TaskSettings {
+            state_dir: dir.path().join("state"),
+            data_root: dir.path().join("data"),
+            trust: Default::default(),
+        };
+        let key = SigningKey::generate().unwrap();
+        let fp = key.public_key().fingerprint();
+        crate::trust::store(
+            &settings.state_dir,
+            &ImageTrust {
+                keys: vec![key.public_key().to_pem()],
+                require_signed: true,
+            },
+        )
+        .unwrap();
+        let signed = Digest::of(b"the manifest that was signed");
+        let changed = Digest::of(b"the manifest changed after signing");
+        let sigs = sign(&key, "site/kube", &signed, None).unwrap();
+        let docs = ImageSignatures {
+            manifest: sigs.manifest_bytes.clone(),
+            blobs: sigs.blobs().into_iter().map(<[u8]>::to_vec).collect(),
+        };
+        for (subject, signatures, reason) in [
+            (changed, Some(docs), "changed after it was signed"),
+            (signed, None, "no signature"),
+        ] {
+            let got = events(task(subject, signatures), settings.clone()).await;
+            let Some(TaskEvent::Finished {
+                ok: false,
+                error: Some(error),
+                ..
+            }) = got.last()
+            else {
+                panic!("not refused: {got:?}")
+            };
+            for part in ["site/kube:v1", &subject.to_string(), &fp, reason] {
+                assert!(error.contains(part), "{part:?} missing from: {error}");
+            }
+            assert!(got.iter().any(|e| matches!(
+                e,
+                TaskEvent::Step { step, state: StepState::Failed { .. } } if step == SIGNATURE_STEP
+            )));
+            // Nothing written: no rootfs, no journal, not even the content store.
+            assert!(!settings.data_root.exists());
+            assert!(!settings.state_dir.join("journal").exists());
+            assert!(!settings.state_dir.join("content").exists());
+        }
+    }
 }

@@ -31,6 +31,9 @@
 //! - [`clusterfile`]: sealer's Clusterfile, read and checked (pure).
 //! - [`converge`]: from a cluster's state and a desired spec to the stages of
 //!   one operation (pure).
+//! - [`trust`]: the image signature policy (`--trusted-keys`,
+//!   `--require-signed`, a Clusterfile's `spec.imagePolicy`): checked when
+//!   an operation is planned, given to agents.
 //! - [`operations`]: operations on clusters: the record, a pure `prepare`,
 //!   `drive`, one file per kind of stage, over two traits (`Agents`,
 //!   `ClusterStore`) (`cli/cluster.rs`: `seaport run`, `apply`, `join`,
@@ -52,3 +55,4 @@ pub mod plan;
 pub mod records;
 pub mod state;
 pub mod tokens;
+pub mod trust;

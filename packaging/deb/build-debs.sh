@@ -2,10 +2,13 @@
 # Builds Debian packages of the static binaries with dpkg-deb:
 #   seaport_VERSION_ARCH.deb        /usr/bin/seaport, the coordinator unit
 #   seaport-agent_VERSION_ARCH.deb  /usr/bin/seaport-agent, the agent unit
+# each with its man pages (made by the binary from its own flags) and its
+# bash, zsh and fish completions.
 #
 #   packaging/deb/build-debs.sh [BIN_DIR] [OUT_DIR]
 #     BIN_DIR: static binaries from packaging/build-static.sh (default target/static)
 #     OUT_DIR: default target/deb
+#   DEB_COMPRESSION=xz|zstd|gzip|none (default xz, dpkg-deb's -Z)
 #
 # The units shipped in packages run /usr/bin/...; neither package starts a
 # service on install: the coordinator needs `seaport coordinator init`
@@ -28,6 +31,14 @@ build() {
     install -m 0755 "$bins/$bin" "$stage/usr/bin/$bin"
     sed 's#/usr/local/bin/#/usr/bin/#g' "packaging/systemd/$unit" > "$stage/lib/systemd/system/$unit"
     chmod 0644 "$stage/lib/systemd/system/$unit"
+    install -d "$stage/usr/share/man/man1" "$stage/usr/share/bash-completion/completions" \
+        "$stage/usr/share/zsh/vendor-completions" "$stage/usr/share/fish/vendor_completions.d"
+    "$bins/$bin" man --out "$stage/usr/share/man/man1" >/dev/null
+    gzip -9n "$stage"/usr/share/man/man1/*.1
+    "$bins/$bin" completion bash > "$stage/usr/share/bash-completion/completions/$bin"
+    "$bins/$bin" completion zsh > "$stage/usr/share/zsh/vendor-completions/_$bin"
+    "$bins/$bin" completion fish > "$stage/usr/share/fish/vendor_completions.d/$bin.fish"
+    chmod -R u=rwX,go=rX "$stage/usr/share"
     install -m 0644 docs/bootstrap.md "$stage/usr/share/doc/$pkg/bootstrap.md"
     install -m 0644 docs/identity.md "$stage/usr/share/doc/$pkg/identity.md"
     size=$(du -sk "$stage" | cut -f1)
@@ -47,7 +58,7 @@ set -e
 if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
 POSTINST
     chmod 0755 "$stage/DEBIAN/postinst"
-    dpkg-deb --root-owner-group --build "$stage" "$out/${pkg}_${version}_${arch}.deb" >&2
+    dpkg-deb --root-owner-group "-Z${DEB_COMPRESSION:-xz}" --build "$stage" "$out/${pkg}_${version}_${arch}.deb" >&2
     rm -rf "$stage"
     trap - EXIT
 }

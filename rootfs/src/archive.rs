@@ -11,6 +11,13 @@
 //! A multi-platform image is saved whole: its index (the entry's media type
 //! says so) and every platform's manifest, config and layers.
 //!
+//! An image's signatures (`crate::signing`) travel with it: their signature
+//! image is one more entry, named `REPOSITORY:sha256-<hex>.sig` as in a
+//! registry (so skopeo can copy it out too) and carrying
+//! [`ANNOTATION_SIGNATURE_SUBJECT`]. `load` stores such entries (and any
+//! entry named `...:sha256-<hex>.sig` whose layers are signature payloads)
+//! as signatures, merged with those the store has, not as images.
+//!
 //! `load` streams every blob into a temporary file in the store, hashing it
 //! as it goes, and checks that each named image is complete (manifest,
 //! config, layers; for an index, every manifest it names). Only then are the blobs moved into place and the names
@@ -26,8 +33,12 @@ use seaport_shared::digest::{Digest, HashingWriter};
 use tempfile::NamedTempFile;
 
 use crate::media;
-use crate::oci::{Descriptor, Index, Manifest, ANNOTATION_REF_NAME};
+use crate::oci::{
+    Descriptor, Index, Manifest, ANNOTATION_REF_NAME, ANNOTATION_SIGNATURE_SUBJECT,
+    MEDIA_TYPE_MANIFEST,
+};
 use crate::reference::ImageRef;
+use crate::signing::{self, Signatures, SigningError};
 use crate::store::{Store, StoreError, MAX_DOCUMENT_SIZE};
 
 /// Index annotation with the canonical image name (containerd's key).
@@ -49,6 +60,9 @@ pub enum ArchiveError {
         /// The error.
         source: io::Error,
     },
+    /// A signature image in the store or the archive is not usable.
+    #[error(transparent)]
+    Signing(#[from] SigningError),
     /// The archive is not a valid, complete OCI archive.
     #[error("refusing archive {path}: {reason}; nothing was loaded")]
     Invalid {
@@ -97,6 +111,31 @@ pub fn save(store: &Store, names: &[String], out: &Path) -> Result<Vec<String>, 
             platform: None,
         });
         written.push(shown);
+        let subject = image.digest();
+        let already = index
+            .manifests
+            .iter()
+            .any(|d| signing::entry_subject(d) == Some(subject));
+        if let (Some(sigs), false) = (signing::stored(store, &subject)?, already) {
+            let tag = signing::signature_tag(&subject);
+            let named = image.name.with_tag(&tag).map_err(StoreError::from)?;
+            blobs.insert(sigs.digest());
+            blobs.extend(sigs.blobs().into_iter().map(Digest::of));
+            let mut annotations = BTreeMap::new();
+            annotations.insert(ANNOTATION_REF_NAME.to_string(), named.to_string());
+            annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), named.canonical());
+            annotations.insert(
+                ANNOTATION_SIGNATURE_SUBJECT.to_string(),
+                subject.to_string(),
+            );
+            index.manifests.push(Descriptor {
+                media_type: MEDIA_TYPE_MANIFEST.into(),
+                digest: sigs.digest(),
+                size: sigs.manifest_bytes.len() as u64,
+                annotations,
+                platform: None,
+            });
+        }
     }
     let dir = out
         .parent()
@@ -293,7 +332,25 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<LoadedImage>, ArchiveError
         }
         Ok(())
     };
+    let mut signatures: Vec<(Digest, Signatures)> = Vec::new();
     for desc in &index.manifests {
+        if let Some(subject) = signing::entry_subject(desc) {
+            let bytes = read_doc(&desc.digest)?;
+            let sigs = Signatures::parse(&desc.digest.to_string(), &bytes, |d| {
+                if staged.contains_key(d) || store.has_blob(d) {
+                    read_doc(d).ok()
+                } else {
+                    None
+                }
+            })
+            .map_err(|e| invalid(e.to_string()))?;
+            if !sigs.signatures.is_empty() {
+                needed.insert(desc.digest);
+                needed.extend(sigs.blobs().into_iter().map(Digest::of));
+                signatures.push((subject, sigs));
+                continue;
+            }
+        }
         let is_index = media::is_index(&desc.media_type);
         if !is_index && !media::is_manifest(&desc.media_type) {
             return Err(invalid(format!(
@@ -351,6 +408,10 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<LoadedImage>, ArchiveError
     }
     for img in &images {
         store.set_name(&img.name, &img.digest)?;
+    }
+    drop(_guard);
+    for (subject, sigs) in &signatures {
+        signing::store(store, subject, sigs)?;
     }
     Ok(images)
 }

@@ -1108,12 +1108,11 @@ impl Builder<'_, '_> {
         };
         let mut out = Vec::new();
         for c in candidates {
-            let canon = fs::canonicalize(&c)
-                .map_err(|source| InstructionError::SourceIo {
-                    pattern: pattern.to_string(),
-                    path: c.clone(),
-                    source,
-                })?;
+            let canon = fs::canonicalize(&c).map_err(|source| InstructionError::SourceIo {
+                pattern: pattern.to_string(),
+                path: c.clone(),
+                source,
+            })?;
             if !canon.starts_with(&self.context) {
                 return Err(InstructionError::OutsideContext {
                     pattern: pattern.to_string(),
@@ -1312,16 +1311,14 @@ impl Builder<'_, '_> {
             self.add_layer(
                 entries,
                 "seaport: cached container images (registry/)".into(),
-            )
-?;
+            )?;
         }
         Ok(())
     }
 
     fn add_layer(&mut self, entries: Entries, created_by: String) -> Result<(), InstructionError> {
         let mut tmp = self.store.temp_file()?;
-        let written =
-            layer::write_layer(&entries, tmp.as_file_mut(), &self.opts.layer)?;
+        let written = layer::write_layer(&entries, tmp.as_file_mut(), &self.opts.layer)?;
         // Track the rootfs's Metadata file for the manifest annotation.
         match entries.get("Metadata").map(|e| &e.source) {
             Some(EntrySource::File(p)) => {
@@ -1398,11 +1395,12 @@ impl Builder<'_, '_> {
         };
         for rec in &self.layers[applied..] {
             let reader = self.open_layer(rec)?;
-            safetar::unpack(reader, &root, &safetar::UnpackOptions::default())
-                .map_err(|source| InstructionError::Materialize {
+            safetar::unpack(reader, &root, &safetar::UnpackOptions::default()).map_err(
+                |source| InstructionError::Materialize {
                     layer: rec.desc.digest,
                     source,
-                })?;
+                },
+            )?;
         }
         self.materialized = Some((root.clone(), self.layers.len()));
         Ok(root)

@@ -17,6 +17,8 @@ use seaport_shared::digest::Digest;
 use seaport_shared::safetar::{normalize_entry_path, WHITEOUT_OPAQUE, WHITEOUT_PREFIX};
 
 use crate::media::{self, LayerMediaError};
+use crate::oci::Platform;
+use crate::registry::platform::{platform_string, select_manifest};
 use crate::store::{Store, StoreError};
 
 /// Most bytes of one file read this way.
@@ -28,9 +30,17 @@ pub enum ContentsError {
     /// The image or a blob is not usable.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A layer's media type is not one Seaport reads.
+    /// A layer is of a format Seaport does not read.
     #[error(transparent)]
     Media(#[from] LayerMediaError),
+    /// A multi-platform image has no manifest for the platform asked for.
+    #[error("image {digest} has no manifest for {platform}")]
+    NoPlatform {
+        /// The index.
+        digest: Digest,
+        /// The platform asked for.
+        platform: String,
+    },
     /// A layer could not be read.
     #[error("reading layer {digest}: {source}")]
     Layer {
@@ -52,14 +62,17 @@ pub enum ContentsError {
 }
 
 /// The files directly in `dir` (relative to the rootfs, e.g. `plugins`)
-/// whose names `wanted` accepts, of the image `manifest_digest`, in name
-/// order, as `(DIR/NAME, bytes)`.
+/// whose names `wanted` accepts, of the image `digest`, in name order, as
+/// `(DIR/NAME, bytes)`. For a multi-platform image (an index), the files of
+/// its manifest for `platform` (the first manifest when none is given).
 pub fn files_in_dir(
     store: &Store,
-    manifest_digest: &Digest,
+    digest: &Digest,
+    platform: Option<&Platform>,
     dir: &str,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<(String, Vec<u8>)>, ContentsError> {
+    let manifest_digest = &platform_manifest(store, digest, platform)?;
     let manifest = store.manifest(manifest_digest)?;
     let dir = dir.trim_matches('/');
     // name -> bytes; a link is kept (as the layer holding it) to refuse
@@ -68,7 +81,7 @@ pub fn files_in_dir(
     for layer in &manifest.layers {
         let digest = layer.digest;
         let layer_err = |source| ContentsError::Layer { digest, source };
-        let mut reader = media::open_layer(layer, store.open_blob(&digest)?)?;
+        let mut reader = media::open_layer(layer, io::BufReader::new(store.open_blob(&digest)?))?;
         let mut archive = tar::Archive::new(&mut reader);
         for entry in archive.entries().map_err(layer_err)? {
             let mut entry = entry.map_err(layer_err)?;
@@ -139,7 +152,7 @@ pub fn files_in_dir(
                 }
             }
         }
-        // Read to the end: a layer that does not decompress is an error.
+        // Read to the end, so a damaged end of the layer is an error too.
         io::copy(&mut reader, &mut io::sink()).map_err(layer_err)?;
     }
     files
@@ -156,6 +169,31 @@ pub fn files_in_dir(
                 })
         })
         .collect()
+}
+
+/// The manifest of `digest` for `platform`: `digest` itself unless it is an
+/// index.
+fn platform_manifest(
+    store: &Store,
+    digest: &Digest,
+    platform: Option<&Platform>,
+) -> Result<Digest, ContentsError> {
+    let bytes = store.read_blob(digest, "manifest")?;
+    if !media::document_media_type(&bytes).is_some_and(|t| media::is_index(&t)) {
+        return Ok(*digest);
+    }
+    let index = store.index_blob(digest)?;
+    let chosen = match platform {
+        Some(p) => select_manifest(&index, p).ok_or_else(|| ContentsError::NoPlatform {
+            digest: *digest,
+            platform: platform_string(p),
+        })?,
+        None => index.manifests.first().ok_or(ContentsError::NoPlatform {
+            digest: *digest,
+            platform: "any platform".into(),
+        })?,
+    };
+    Ok(chosen.digest)
 }
 
 #[cfg(test)]
@@ -195,15 +233,15 @@ mod tests {
             "FROM base:v1\nRUN rm plugins/a.yaml && mkdir plugins/d.yaml.d\nCOPY new-b.yml plugins/b.yml\nRUN rm plugins/d.yaml && mkdir plugins/d.yaml\n",
             "top:v1",
         );
-        let got = files_in_dir(&store, &top, "plugins", yaml).unwrap();
+        let got = files_in_dir(&store, &top, None, "plugins", yaml).unwrap();
         assert_eq!(got, vec![("plugins/b.yml".to_string(), b"b2".to_vec())]);
         let base = store.resolve("base:v1").unwrap().manifest_digest;
-        let got = files_in_dir(&store, &base, "plugins/", yaml).unwrap();
+        let got = files_in_dir(&store, &base, None, "plugins/", yaml).unwrap();
         let names: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(names, ["plugins/a.yaml", "plugins/b.yml", "plugins/d.yaml"]);
         // The whole directory removed.
         let gone = run("FROM base:v1\nRUN rm -r plugins\n", "gone:v1");
-        assert!(files_in_dir(&store, &gone, "plugins", yaml)
+        assert!(files_in_dir(&store, &gone, None, "plugins", yaml)
             .unwrap()
             .is_empty());
         // A link among the files is named.
@@ -211,10 +249,34 @@ mod tests {
             "FROM base:v1\nRUN ln -s /etc/passwd plugins/x.yaml\n",
             "link:v1",
         );
-        let err = files_in_dir(&store, &linked, "plugins", yaml).unwrap_err();
+        let err = files_in_dir(&store, &linked, None, "plugins", yaml).unwrap_err();
         assert!(
             err.to_string().contains("plugins/x.yaml") && err.to_string().contains("link"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_multi_platform_image_is_read_for_the_platform_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("root")).unwrap();
+        let ctx = dir.path().join("ctx");
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(ctx.join("amd64.yaml"), "for amd64").unwrap();
+        fs::write(ctx.join("arm64.yaml"), "for arm64").unwrap();
+        let kubefile = dir.path().join("Kubefile");
+        fs::write(&kubefile, "FROM scratch\nCOPY ${ARCH}.yaml plugins/\n").unwrap();
+        let mut opts = BuildOptions::new(&kubefile, &ctx, "multi:v1");
+        opts.platform = "linux/amd64,linux/arm64".into();
+        let index = build(&store, &opts).unwrap().digest;
+        for (arch, want) in [("arm64", "for arm64"), ("amd64", "for amd64")] {
+            let p = crate::registry::platform::machine_platform(arch);
+            let got = files_in_dir(&store, &index, Some(&p), "plugins", yaml).unwrap();
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!(got[0].1, want.as_bytes(), "{arch}");
+        }
+        let s390x = crate::registry::platform::machine_platform("s390x");
+        let err = files_in_dir(&store, &index, Some(&s390x), "plugins", yaml).unwrap_err();
+        assert!(err.to_string().contains("linux/s390x"), "{err}");
     }
 }

@@ -146,9 +146,7 @@ impl JoinData {
         };
         match self.token.split_once('.') {
             Some((id, secret)) if lower_alnum(id, 6) && lower_alnum(secret, 16) => {}
-            _ => {
-                return Err(JoinDataError::Token)
-            }
+            _ => return Err(JoinDataError::Token),
         }
         if self.ca_cert_hashes.is_empty() {
             return Err(JoinDataError::NoCaHash);

@@ -448,7 +448,9 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Synta
                 },
                 [] => return Err(SyntaxError::Usage("needs an image name (or scratch)")),
                 [_, more @ ..] if more.first().is_some_and(|m| m.eq_ignore_ascii_case("as")) => {
-                    return Err(SyntaxError::Usage("multi-stage builds (FROM ... AS ...) are not supported"))
+                    return Err(SyntaxError::Usage(
+                        "multi-stage builds (FROM ... AS ...) are not supported",
+                    ))
                 }
                 [_, more @ ..] if more.first().is_some_and(|m| m.starts_with('#')) => {
                     return Err(SyntaxError::Usage(
@@ -496,7 +498,9 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Synta
                 return Err(SyntaxError::Flag(flag.to_string()));
             }
             if w.len() < 2 {
-                return Err(SyntaxError::Usage("needs at least one source and a destination"));
+                return Err(SyntaxError::Usage(
+                    "needs at least one source and a destination",
+                ));
             }
             let dest = w.pop().expect("len >= 2");
             for s in &w {
@@ -523,7 +527,9 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Synta
                 return Err(SyntaxError::Usage("needs a command"));
             }
             match json_prefix_array(rest)? {
-                Some(argv) if argv.is_empty() => return Err(SyntaxError::Usage("the command array is empty")),
+                Some(argv) if argv.is_empty() => {
+                    return Err(SyntaxError::Usage("the command array is empty"))
+                }
                 Some(argv) => InstructionKind::Run(Command::Exec(argv)),
                 // Not JSON: the shell form, as Docker reads it.
                 None => InstructionKind::Run(Command::Shell(rest.to_string())),
@@ -544,7 +550,9 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Synta
                 {
                     list
                 }
-                Some(argv) if argv.is_empty() => return Err(SyntaxError::Usage("the command array is empty")),
+                Some(argv) if argv.is_empty() => {
+                    return Err(SyntaxError::Usage("the command array is empty"))
+                }
                 Some(argv) => vec![shell_join(&argv)],
                 None => shell_form_commands(rest),
             };
@@ -557,14 +565,18 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Synta
                 None => shell_form_commands(rest),
             };
             if cmds.is_empty() {
-                return Err(SyntaxError::Usage("needs at least one command, as [\"CMD\", ...]"));
+                return Err(SyntaxError::Usage(
+                    "needs at least one command, as [\"CMD\", ...]",
+                ));
             }
             InstructionKind::Cmds(cmds)
         }
         "LAUNCH" => {
             let apps = list_arg(rest)?;
             if apps.is_empty() {
-                return Err(SyntaxError::Usage("needs at least one application name, as [\"APP\", ...]"));
+                return Err(SyntaxError::Usage(
+                    "needs at least one application name, as [\"APP\", ...]",
+                ));
             }
             for a in &apps {
                 check_app_name(a)?;
@@ -574,7 +586,9 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Synta
         "APP" | "CNI" | "CSI" => {
             let w = words()?;
             let Some((name, srcs)) = w.split_first() else {
-                return Err(SyntaxError::Usage("needs a name and at least one local://PATH"));
+                return Err(SyntaxError::Usage(
+                    "needs a name and at least one local://PATH",
+                ));
             };
             check_app_name(name)?;
             if srcs.is_empty() {

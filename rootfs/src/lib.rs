@@ -20,6 +20,8 @@
 //! - [`imagecache`]: build-time caching of container images into `registry/`.
 //! - [`render`]: rendering `*.tmpl` and `statics/` with the cluster env.
 //! - [`kubeadm`]: merging kubeadm documents and the fields an install computes.
+//! - [`signing`]: signing keys, cosign's key-based signature layout,
+//!   verification against trusted keys, signatures in the store.
 
 pub mod archive;
 pub mod build;
@@ -34,4 +36,5 @@ pub mod oci;
 pub mod reference;
 pub mod registry;
 pub mod render;
+pub mod signing;
 pub mod store;

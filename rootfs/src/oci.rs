@@ -57,6 +57,9 @@ pub const ANNOTATION_LAYER_INSTRUCTION: &str = "io.seaport.layer.instruction";
 pub const ANNOTATION_METADATA: &str = "io.seaport.image.metadata";
 /// Manifest annotation: the platform the image was built for (`linux/amd64`).
 pub const ANNOTATION_PLATFORM: &str = "io.seaport.image.platform";
+/// Annotation on an `index.json` entry (local store, archives) holding the
+/// signatures of an image: the digest they sign (see `crate::signing`).
+pub const ANNOTATION_SIGNATURE_SUBJECT: &str = "io.seaport.signature.subject";
 /// Label recording the `KUBEVERSION` instruction (sealer 0.9+'s label key).
 pub const LABEL_KUBE_VERSION: &str = "app.alpha.sealer.io/supported-kube-version";
 /// Prefix of the label sealer 0.9+ sets to `"true"` per `CNI` app (`...NAME`).

@@ -17,6 +17,11 @@
 //! annotation with the canonical name (`docker.io/library/kubernetes:v1.19.8`),
 //! so skopeo and other OCI tools can read the directory as it is.
 //!
+//! An image's signatures (a cosign signature image, `crate::signing`) are
+//! an `index.json` entry without a name, carrying
+//! [`ANNOTATION_SIGNATURE_SUBJECT`]: the digest they sign. They live as
+//! long as some name points at that digest (or at an index naming it).
+//!
 //! Writes are atomic: a blob is written to a temporary file in `tmp/`, hashed
 //! while written, fsynced and renamed into place only when its digest
 //! matches; `index.json` is rewritten to a temporary file and renamed under an
@@ -35,7 +40,10 @@ use seaport_shared::digest::{Digest, DigestError, HashingWriter};
 use tempfile::NamedTempFile;
 
 use crate::media;
-use crate::oci::{Descriptor, ImageConfig, Index, Manifest, Platform, ANNOTATION_REF_NAME};
+use crate::oci::{
+    Descriptor, ImageConfig, Index, Manifest, Platform, ANNOTATION_REF_NAME,
+    ANNOTATION_SIGNATURE_SUBJECT, MEDIA_TYPE_MANIFEST,
+};
 use crate::reference::{ImageRef, ReferenceError};
 use crate::registry::platform::{platform_string, select};
 
@@ -685,11 +693,72 @@ impl Store {
         })
     }
 
+    /// The entry holding the signatures of `subject`, if the store has one.
+    pub fn signature_entry(&self, subject: &Digest) -> Result<Option<Descriptor>, StoreError> {
+        let key = subject.to_string();
+        Ok(self
+            .index()?
+            .manifests
+            .into_iter()
+            .find(|d| d.annotations.get(ANNOTATION_SIGNATURE_SUBJECT) == Some(&key)))
+    }
+
+    /// Records the manifest `manifest` (in the store, with its blobs) as the
+    /// signatures of `subject`, replacing what was recorded.
+    pub fn set_signature_entry(
+        &self,
+        subject: &Digest,
+        manifest: &Digest,
+    ) -> Result<(), StoreError> {
+        let size = fs::metadata(self.blob_path(manifest))
+            .map_err(|_| StoreError::MissingBlob(*manifest))?
+            .len();
+        let key = subject.to_string();
+        self.update_index(|index| {
+            index
+                .manifests
+                .retain(|d| d.annotations.get(ANNOTATION_SIGNATURE_SUBJECT) != Some(&key));
+            let mut desc = Descriptor {
+                media_type: MEDIA_TYPE_MANIFEST.into(),
+                digest: *manifest,
+                size,
+                annotations: Default::default(),
+                platform: None,
+            };
+            desc.annotations
+                .insert(ANNOTATION_SIGNATURE_SUBJECT.into(), key.clone());
+            index.manifests.push(desc);
+            Ok(())
+        })
+    }
+
     /// Every blob some named image needs: indexes, manifests, configs,
-    /// layers.
+    /// layers, and the signatures of what they name.
     pub fn referenced_blobs(&self) -> Result<BTreeSet<Digest>, StoreError> {
+        let index = self.index()?;
+        let mut keep = self.named_blobs(&index)?;
+        for desc in &index.manifests {
+            let Some(subject) = signature_subject(desc) else {
+                continue;
+            };
+            if !keep.contains(&subject) || !self.has_blob(&desc.digest) {
+                continue;
+            }
+            keep.insert(desc.digest);
+            let manifest = self.manifest(&desc.digest)?;
+            keep.insert(manifest.config.digest);
+            keep.extend(manifest.layers.iter().map(|l| l.digest));
+        }
+        Ok(keep)
+    }
+
+    /// The blobs of the named images of `index`.
+    fn named_blobs(&self, index: &Index) -> Result<BTreeSet<Digest>, StoreError> {
         let mut keep = BTreeSet::new();
-        for desc in self.index()?.manifests {
+        for desc in index.manifests.iter().cloned() {
+            if signature_subject(&desc).is_some() {
+                continue;
+            }
             keep.insert(desc.digest);
             let mut manifests = Vec::new();
             if media::is_index(&desc.media_type) {
@@ -717,6 +786,16 @@ impl Store {
         let _gc = self.lock("gc.lock", true)?;
         let _index = self.lock("index.lock", true)?;
         let keep = self.referenced_blobs()?;
+        // Signatures of images no name points at any more go with them.
+        let mut index = self.index()?;
+        let before = index.manifests.len();
+        index
+            .manifests
+            .retain(|d| signature_subject(d).is_none_or(|s| keep.contains(&s)));
+        if index.manifests.len() != before {
+            let bytes = serde_json::to_vec(&index).expect("index serializes");
+            self.write_file_atomic(&self.dir.join("index.json"), &bytes)?;
+        }
         let mut report = GcReport::default();
         let blobs = self.dir.join("blobs").join("sha256");
         for entry in fs::read_dir(&blobs).map_err(io_err("listing", &blobs))? {
@@ -780,6 +859,13 @@ impl Store {
     fn write_file_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         write_file_atomic(path, bytes)
     }
+}
+
+/// The digest an entry's signatures sign, if the entry holds signatures.
+fn signature_subject(desc: &Descriptor) -> Option<Digest> {
+    desc.annotations
+        .get(ANNOTATION_SIGNATURE_SUBJECT)
+        .and_then(|s| s.parse().ok())
 }
 
 fn remove_named(index: &mut Index, key: &str) -> Option<Digest> {

@@ -18,7 +18,10 @@
 //! - [`safetar`]: tar unpacking confined to a target root.
 //! - [`shell`]: quoting for POSIX shell scripts.
 //! - [`distribution`]: layer distribution on the wire: pieces, piece tables, `Blob` stream messages.
+//! - [`cli_docs`]: version and commit, shell completions and man pages of
+//!   both binaries.
 
+pub mod cli_docs;
 pub mod clock;
 pub mod cluster;
 pub mod codec;

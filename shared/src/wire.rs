@@ -263,6 +263,8 @@ pub enum EnrollResponse {
         node_id: String,
         cert_pem: String,
         ca_pem: String,
+        /// The image signature policy, stored with the identity.
+        trust: ImageTrust,
     },
     Refused {
         reason: String,
@@ -298,9 +300,31 @@ pub enum AgentMessage {
     Renew { csr_der: Vec<u8> },
 }
 
+/// Which cluster images an agent accepts: signed by one of `keys` (PEM
+/// public keys, ECDSA P-256), and whether unsigned ones are refused. The
+/// coordinator gives it to agents with their identity (at enrollment) and
+/// at the start of every session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageTrust {
+    pub keys: Vec<String>,
+    pub require_signed: bool,
+}
+
+/// An image's signatures: the signature image (cosign's key-based layout)
+/// of the digest an [`ApplyTask`] names, its manifest and the blobs the
+/// manifest names (config and payloads). The agent checks every blob
+/// against its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSignatures {
+    pub manifest: Vec<u8>,
+    pub blobs: Vec<Vec<u8>>,
+}
+
 /// Coordinator to agent, on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoordinatorMessage {
+    /// The image signature policy; sent first on every control stream.
+    Trust(ImageTrust),
     HeartbeatAck {
         server_time: i64,
     },
@@ -662,6 +686,11 @@ pub struct ApplyTask {
     /// The cluster is installed from another image on this host: move it
     /// to this one (steps whose inputs changed run again; kubeadm does not).
     pub upgrade: bool,
+    /// The signatures of `manifest_digest`, if the image has any.
+    pub signatures: Option<ImageSignatures>,
+    /// What the cluster's Clusterfile adds to the policy the agent holds:
+    /// more trusted keys, and whether signatures are required.
+    pub cluster_trust: ImageTrust,
 }
 
 impl std::fmt::Debug for ApplyTask {

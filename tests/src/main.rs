@@ -62,6 +62,10 @@ enum Cmd {
         /// Image store to build into (default: the lab coordinator's root).
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Sign the image with this private key (`seaport sign`; the
+        /// passphrase from SEAPORT_KEY_PASSWORD or the terminal).
+        #[arg(long, value_name = "NAME.key")]
+        sign_key: Option<PathBuf>,
         /// Directory holding the seaport binary (default: beside this program).
         #[arg(long, env = "SEAPORT_BIN_DIR")]
         bin_dir: Option<PathBuf>,
@@ -95,6 +99,13 @@ struct UpArgs {
     /// beside this program).
     #[arg(long, env = "SEAPORT_BIN_DIR")]
     bin_dir: Option<PathBuf>,
+    /// With --agents: the coordinator trusts images signed by the public
+    /// keys in DIR (`coordinator serve --trusted-keys`).
+    #[arg(long, value_name = "DIR", requires = "agents")]
+    trusted_keys: Option<PathBuf>,
+    /// With --trusted-keys: unsigned images are refused.
+    #[arg(long, requires = "trusted_keys")]
+    require_signed: bool,
 }
 
 /// What the keeper tells `up` once the lab is ready (one JSON line).
@@ -135,6 +146,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             run,
             docker,
             root,
+            sign_key,
             bin_dir,
         } => {
             let root = match root {
@@ -165,6 +177,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 img.digest,
                 root.display()
             );
+            if let Some(key) = sign_key {
+                let status = Command::new(&bins.seaport)
+                    .arg("--root")
+                    .arg(&root)
+                    .arg("sign")
+                    .arg("--key")
+                    .arg(&key)
+                    .arg(&img.name)
+                    .status()
+                    .context("running seaport sign")?;
+                if !status.success() {
+                    bail!("seaport sign --key {} {} failed", key.display(), img.name);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Env { run } => {
@@ -272,6 +298,12 @@ fn up(paths: &LabPaths, args: UpArgs) -> Result<ExitCode> {
     if args.agents {
         c.arg("--agents");
     }
+    if let Some(d) = &args.trusted_keys {
+        c.arg("--trusted-keys").arg(d);
+    }
+    if args.require_signed {
+        c.arg("--require-signed");
+    }
     if let Some(d) = &args.bin_dir {
         c.arg("--bin-dir").arg(d);
     }
@@ -376,7 +408,17 @@ fn keep(paths: &LabPaths, run_id: &str, args: UpArgs) -> Result<ExitCode> {
         let dir = args.bin_dir.clone().unwrap_or_else(Binaries::default_dir);
         let bins = Binaries::in_dir(&dir)?;
         let root = lab.run_dir().join("coordinator");
-        let (c, nodes) = runs::enroll_all(&lab, &bins, &root)?;
+        let mut serve_args: Vec<String> = Vec::new();
+        if let Some(d) = &args.trusted_keys {
+            let d = std::path::absolute(d).context("the --trusted-keys directory")?;
+            serve_args.push("--trusted-keys".into());
+            serve_args.push(d.display().to_string());
+        }
+        if args.require_signed {
+            serve_args.push("--require-signed".into());
+        }
+        let serve_args: Vec<&str> = serve_args.iter().map(String::as_str).collect();
+        let (c, nodes) = runs::enroll_all_with(&lab, &bins, &root, &serve_args)?;
         Ok((lab, Some(c), nodes))
     })();
     let (lab, coordinator, nodes) = match result {

@@ -82,6 +82,47 @@ pub fn workspace_root() -> PathBuf {
 }
 
 impl Binaries {
+    /// `seaport --root ROOT ARGS` as a user runs it, with `envs` set:
+    /// (success, stdout, stderr).
+    pub fn seaport_env(
+        &self,
+        root: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> (bool, String, String) {
+        let out = Command::new(&self.seaport)
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", self.seaport.display()));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `seaport --root ROOT ARGS`: (success, stdout, stderr).
+    pub fn seaport_out(&self, root: &Path, args: &[&str]) -> (bool, String, String) {
+        self.seaport_env(root, args, &[])
+    }
+
+    /// `seaport --root ROOT ARGS`, which must succeed; its stdout.
+    pub fn seaport_ok(&self, root: &Path, args: &[&str]) -> String {
+        let (ok, out, err) = self.seaport_out(root, args);
+        assert!(ok, "seaport {args:?} failed: {out}{err}");
+        out
+    }
+
+    /// `seaport --root ROOT ARGS`, which must succeed, its stdout as JSON.
+    pub fn seaport_json(&self, root: &Path, args: &[&str]) -> serde_json::Value {
+        let out = self.seaport_ok(root, args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("seaport {args:?}: {e}: {out}"))
+    }
+
     /// The binaries in `dir` and the unit from the workspace's packaging/.
     pub fn in_dir(dir: &Path) -> Result<Self, SeaportError> {
         let b = Binaries {
@@ -406,6 +447,14 @@ impl Coordinator {
     /// Starts it again after `stop`, with the same root and address.
     pub fn restart(&mut self) -> Result<(), SeaportError> {
         self.stop()?;
+        self.spawn()
+    }
+
+    /// Starts it again with other `coordinator serve` flags (kept for later
+    /// restarts).
+    pub fn restart_with(&mut self, extra_args: &[&str]) -> Result<(), SeaportError> {
+        self.stop()?;
+        self.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         self.spawn()
     }
 }

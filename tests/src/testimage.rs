@@ -123,6 +123,50 @@ pub struct TestImage {
     pub name: String,
 }
 
+/// Panics, saying what to install, unless the lab runs here and the test
+/// image's machine files are present: the start of every lab test that
+/// installs the test image.
+pub fn require_machine() {
+    if let Err(e) = crate::lab::preflight() {
+        panic!("the lab tests cannot run here: {e}");
+    }
+    let missing = missing_machine_files();
+    assert!(
+        missing.is_empty(),
+        "install Debian's containerd, runc and docker-registry: missing {missing:?}"
+    );
+}
+
+/// What a lab test that installs the test image starts from.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The built binaries.
+    pub bins: crate::seaport::Binaries,
+    /// The test's temporary directory (removed when dropped).
+    pub tmp: tempfile::TempDir,
+    /// The test image.
+    pub image: TestImage,
+    /// The store the image was built in: the root a coordinator serves from.
+    pub root: PathBuf,
+}
+
+/// Checks the machine ([`require_machine`]), builds the binaries, and the
+/// test image into a fresh store in a temporary directory.
+pub fn prepare() -> Prepared {
+    require_machine();
+    let bins =
+        crate::seaport::Binaries::build_for_tests().expect("build seaport and seaport-agent");
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let image = build_test_image(tmp.path(), &bins.seaport).expect("build the test image");
+    let root = tmp.path().join("seaport-root");
+    Prepared {
+        bins,
+        tmp,
+        image,
+        root,
+    }
+}
+
 /// The Debian packages whose files the image copies.
 pub fn missing_machine_files() -> Vec<&'static str> {
     CRI_FILES

@@ -15,7 +15,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use seaport_lab::seaport::{self, status_of, Binaries, Coordinator, Node};
@@ -49,21 +48,6 @@ fn wait_bootstrap_endpoint(root: &Path) {
         "the bootstrap endpoint did not start ({} missing)",
         path.display()
     );
-}
-
-fn seaport_out(bins: &Binaries, root: &Path, args: &[&str]) -> String {
-    let out = Command::new(&bins.seaport)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "seaport {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn online(name: &str) -> impl Fn(&[Node]) -> bool + '_ {
@@ -110,8 +94,7 @@ fn cloud_init_user_data_enrolls_a_fresh_host_at_first_boot() {
     let user_data_for = {
         let (bins, root, token) = (bins.clone(), root.clone(), token.token.clone());
         move |gateway: Ipv4Addr| {
-            seaport_out(
-                &bins,
+            bins.seaport_ok(
                 &root,
                 &[
                     "bootstrap",
@@ -226,7 +209,7 @@ fn bootstrap_script_enrolls_and_refuses_expired_tokens_and_tampered_binaries() {
     let script_for = |token: &str, extra: &[&str]| {
         let mut args = vec!["bootstrap", "script", "--token", token];
         args.extend_from_slice(extra);
-        let line = seaport_out(&bins, &root, &args);
+        let line = bins.seaport_ok(&root, &args);
         assert_eq!(line.trim().lines().count(), 1, "not one line: {line}");
         line.trim().to_string()
     };
@@ -421,14 +404,7 @@ fn unit_state(h: &Host, unit: &str) -> String {
 /// `seaport delete --all --prune` takes it off again.
 #[test]
 fn offline_bundle_installs_a_three_host_cluster_in_a_lab_cut_off_from_the_machine() {
-    if let Err(e) = lab::preflight() {
-        panic!("the lab tests cannot run here: {e}");
-    }
-    let missing = testimage::missing_machine_files();
-    assert!(
-        missing.is_empty(),
-        "install Debian's containerd, runc and docker-registry: missing {missing:?}"
-    );
+    testimage::require_machine();
     let mut phase = Instant::now();
     let mut done = |what: &str| {
         eprintln!("phase {what}: {:.1} s", phase.elapsed().as_secs_f64());
@@ -449,8 +425,7 @@ fn offline_bundle_installs_a_three_host_cluster_in_a_lab_cut_off_from_the_machin
         }
         None => (bins.seaport.clone(), bins.agent.clone()),
     };
-    seaport_out(
-        &bins,
+    bins.seaport_ok(
         &store,
         &[
             "save",

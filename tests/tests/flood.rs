@@ -1,7 +1,8 @@
 //! A compromised node flooding the coordinator's distribution tracker: a
 //! real enrolled node (its own certificate, its own session) sends syncs
 //! full of blobs it was never given, made-up bad peers and byte counters.
-//! The tracker stays bounded and an honest neighbour keeps being served.
+//! The tracker stays bounded and an honest neighbour keeps being served,
+//! also across a restart of the coordinator in the middle of the flood.
 //! Fails if the bounds are removed.
 
 mod identity_support;
@@ -78,7 +79,7 @@ async fn complete(c: &Running, image: &str, node: &str) -> bool {
 async fn a_node_flooding_syncs_cannot_grow_the_tracker_and_a_neighbour_keeps_fetching() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let c = Running::start(&root).await;
+    let mut c = Running::start(&root).await;
     let ctx = dir.path().join("ctx");
     fs::create_dir_all(&ctx).unwrap();
     fs::write(ctx.join("motd"), "hi\n").unwrap();
@@ -93,8 +94,8 @@ async fn a_node_flooding_syncs_cannot_grow_the_tracker_and_a_neighbour_keeps_fet
         no_sync: true,
         ..Script::default()
     };
-    let attacker = Node::start(&c.coord, dir.path(), "flooder", "127.0.0.2", script).await;
-    let neighbour = Node::start(
+    let mut attacker = Node::start(&c.coord, dir.path(), "flooder", "127.0.0.2", script).await;
+    let mut neighbour = Node::start(
         &c.coord,
         dir.path(),
         "neighbour",
@@ -125,7 +126,9 @@ async fn a_node_flooding_syncs_cannot_grow_the_tracker_and_a_neighbour_keeps_fet
             sent += 1;
         }
         if round == ROUNDS / 2 {
-            // Meanwhile, the neighbour is given the image.
+            // Meanwhile, the neighbour is given the image; then the
+            // coordinator restarts, both nodes reconnect, and the flood
+            // goes on against the restarted coordinator.
             c.coord
                 .admin(AdminRequest::Distribute {
                     image: "flood:v1".into(),
@@ -133,6 +136,9 @@ async fn a_node_flooding_syncs_cannot_grow_the_tracker_and_a_neighbour_keeps_fet
                 })
                 .await
                 .unwrap();
+            c = c.restart().await;
+            attacker.reconnect(&c.coord).await;
+            neighbour.reconnect(&c.coord).await;
         }
     }
     let size = c.probe.tracker_size();

@@ -16,34 +16,11 @@
 //! Needs root, systemd-nspawn, debootstrap, skopeo and Debian's containerd,
 //! runc and docker-registry on the machine (docs/lab.md).
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use seaport_lab::runs;
 use seaport_lab::seaport::Binaries;
 use seaport_lab::testimage::{self, LoopbackRegistry};
-use seaport_lab::{lab, runs};
-
-fn seaport_out(bins: &Binaries, root: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(&bins.seaport)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env("DOCKER_CONFIG", root.join("docker-config"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn seaport_ok(bins: &Binaries, root: &Path, args: &[&str]) -> String {
-    let (ok, out, err) = seaport_out(bins, root, args);
-    assert!(ok, "seaport {}: {out}{err}", args.join(" "));
-    out
-}
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
@@ -64,14 +41,7 @@ fn skopeo_raw(reference: &str) -> serde_json::Value {
 
 #[test]
 fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
-    if let Err(e) = lab::preflight() {
-        panic!("the lab tests cannot run here: {e}");
-    }
-    let missing = testimage::missing_machine_files();
-    assert!(
-        missing.is_empty(),
-        "install Debian's containerd, runc and docker-registry: missing {missing:?}"
-    );
+    testimage::require_machine();
     let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
     let tmp = tempfile::tempdir().unwrap();
     let test_image =
@@ -100,8 +70,8 @@ fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
             "application/vnd.docker.image.rootfs.diff.tar.gzip"
         );
     }
-    seaport_ok(&bins, &root, &["pull", "--insecure", &remote]);
-    let pulled = json(&seaport_ok(&bins, &root, &["inspect", &remote]));
+    bins.seaport_ok(&root, &["pull", "--insecure", &remote]);
+    let pulled = json(&bins.seaport_ok(&root, &["inspect", &remote]));
     assert_eq!(
         pulled["mediaType"],
         "application/vnd.docker.distribution.manifest.v2+json"
@@ -121,24 +91,22 @@ fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
         ),
     )
     .unwrap();
-    seaport_ok(
-        &bins,
+    bins.seaport_ok(
         &root,
         &["build", "-t", "v2s2-derived:v1", ctx.to_str().unwrap()],
     );
     // Saved, removed and loaded back.
     let archive = tmp.path().join("v2s2-derived.tar");
-    seaport_ok(
-        &bins,
+    bins.seaport_ok(
         &root,
         &["save", "-o", archive.to_str().unwrap(), "v2s2-derived:v1"],
     );
-    let before_rmi = json(&seaport_ok(&bins, &root, &["inspect", "v2s2-derived:v1"]));
-    seaport_ok(&bins, &root, &["rmi", "v2s2-derived:v1"]);
-    let (ok, _, _) = seaport_out(&bins, &root, &["inspect", "v2s2-derived:v1"]);
+    let before_rmi = json(&bins.seaport_ok(&root, &["inspect", "v2s2-derived:v1"]));
+    bins.seaport_ok(&root, &["rmi", "v2s2-derived:v1"]);
+    let (ok, _, _) = bins.seaport_out(&root, &["inspect", "v2s2-derived:v1"]);
     assert!(!ok, "the image is still there after rmi");
-    seaport_ok(&bins, &root, &["load", "-i", archive.to_str().unwrap()]);
-    let derived = json(&seaport_ok(&bins, &root, &["inspect", "v2s2-derived:v1"]));
+    bins.seaport_ok(&root, &["load", "-i", archive.to_str().unwrap()]);
+    let derived = json(&bins.seaport_ok(&root, &["inspect", "v2s2-derived:v1"]));
     assert_eq!(derived["digest"], before_rmi["digest"]);
     let derived_digest = derived["digest"].as_str().unwrap().to_string();
 
@@ -152,7 +120,7 @@ fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
         testimage::TestRuntime::Containerd,
     )
     .expect("build the 2-platform test image");
-    let shown = json(&seaport_ok(&bins, &root, &["inspect", "seaport-multi:v1"]));
+    let shown = json(&bins.seaport_ok(&root, &["inspect", "seaport-multi:v1"]));
     assert_eq!(
         shown["platforms"],
         serde_json::json!(["linux/amd64", "linux/arm64"])
@@ -165,7 +133,7 @@ fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
         .as_str()
         .unwrap()
         .to_string();
-    let listed = json(&seaport_ok(&bins, &root, &["images", "--json"]));
+    let listed = json(&bins.seaport_ok(&root, &["images", "--json"]));
     let row = listed
         .as_array()
         .unwrap()
@@ -180,8 +148,7 @@ fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
     std::fs::create_dir_all(arm_ctx.join("etc")).unwrap();
     std::fs::write(arm_ctx.join("etc/arm-only"), "arm64\n").unwrap();
     std::fs::write(arm_ctx.join("Kubefile"), "FROM scratch\nCOPY etc etc\n").unwrap();
-    seaport_ok(
-        &bins,
+    bins.seaport_ok(
         &root,
         &[
             "build",
@@ -201,8 +168,7 @@ fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
     let (m0ip, n1ip) = (m0.ip().to_string(), n1.ip().to_string());
 
     // The image derived from the Docker v2s2 gzip image installs.
-    let out = seaport_ok(
-        &bins,
+    let out = bins.seaport_ok(
         &root,
         &[
             "run",
@@ -241,11 +207,10 @@ fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
         .unwrap()
         .stdout;
     assert!(calls.starts_with("init --config"), "{calls}");
-    seaport_ok(&bins, &root, &["delete", "--all", "--prune", "--yes"]);
+    bins.seaport_ok(&root, &["delete", "--all", "--prune", "--yes"]);
 
     // The 2-platform image: every host applies the amd64 manifest.
-    let out = seaport_ok(
-        &bins,
+    let out = bins.seaport_ok(
         &root,
         &[
             "run",
@@ -259,7 +224,7 @@ fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
         ],
     );
     assert!(out.contains("cluster multi: succeeded"), "{out}");
-    let status = json(&seaport_ok(&bins, &root, &["status", "--json"]));
+    let status = json(&bins.seaport_ok(&root, &["status", "--json"]));
     let c = status
         .as_array()
         .unwrap()
@@ -293,8 +258,7 @@ fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
     }
 
     // Only arm64: refused before anything starts, naming the hosts.
-    let (ok, out, err) = seaport_out(
-        &bins,
+    let (ok, out, err) = bins.seaport_out(
         &root,
         &[
             "run",
@@ -317,7 +281,7 @@ fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
             && err.contains("the image has: linux/arm64"),
         "{err}"
     );
-    let status = json(&seaport_ok(&bins, &root, &["status", "--json"]));
+    let status = json(&bins.seaport_ok(&root, &["status", "--json"]));
     assert!(
         !status
             .as_array()
@@ -336,6 +300,6 @@ fn docker_v2s2_gzip_and_multi_platform_images_install_on_lab_hosts() {
         );
     }
 
-    seaport_ok(&bins, &root, &["delete", "--all", "--prune", "--yes"]);
+    bins.seaport_ok(&root, &["delete", "--all", "--prune", "--yes"]);
     coordinator.stop().unwrap();
 }

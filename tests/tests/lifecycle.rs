@@ -15,13 +15,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use seaport_lab::checks::{diff, snapshot, Phases};
 use seaport_lab::seaport::{self as sp, Binaries};
 use seaport_lab::testimage;
-use seaport_lab::{lab, runs, wait, Host};
+use seaport_lab::{runs, wait, Host};
 
 const CLUSTER: &str = "lifecycle";
 const DATA: &str = "/var/lib/seaport/data/lifecycle";
@@ -34,30 +33,8 @@ const POST_INSTALL_MARK: &str = "/etc/seaport-lifecycle/post-install.ran";
 const UPGRADE_HOST_MARK: &str = "/etc/seaport-lifecycle/upgrade-host.ran";
 const UPGRADE_MARK: &str = "/etc/seaport-lifecycle/upgrade.ran";
 
-/// Runs `seaport ARGS`; returns (success, stdout, stderr).
-fn seaport(bins: &Binaries, root: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(&bins.seaport)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json(bins: &Binaries, root: &Path, args: &[&str]) -> serde_json::Value {
-    let (ok, out, err) = seaport(bins, root, args);
-    assert!(ok, "seaport {}: {out}{err}", args.join(" "));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("seaport {}: {e}: {out}", args.join(" ")))
-}
-
 fn cluster(bins: &Binaries, root: &Path) -> serde_json::Value {
-    let s = json(bins, root, &["status", "--json"]);
+    let s = bins.seaport_json(root, &["status", "--json"]);
     s.as_array()
         .unwrap()
         .iter()
@@ -181,7 +158,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 fn apply_ok(bins: &Binaries, root: &Path, log: &Path, args: &[&str]) -> String {
     let mut argv = vec!["apply"];
     argv.extend_from_slice(args);
-    let (ok, out, err) = seaport(bins, root, &argv);
+    let (ok, out, err) = bins.seaport_out(root, &argv);
     assert!(
         ok,
         "seaport {} failed:\n{out}\n{err}\ncoordinator log: {}",
@@ -241,19 +218,13 @@ fn received(dist: &serde_json::Value) -> BTreeMap<String, u64> {
 
 #[test]
 fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
-    if let Err(e) = lab::preflight() {
-        panic!("the lab tests cannot run here: {e}");
-    }
-    let missing = testimage::missing_machine_files();
-    assert!(
-        missing.is_empty(),
-        "install Debian's containerd, runc and docker-registry: missing {missing:?}"
-    );
     let mut phases = Phases::start();
-    let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
-    let tmp = tempfile::tempdir().unwrap();
-    testimage::build_test_image(tmp.path(), &bins.seaport).expect("build the test image");
-    let root = tmp.path().join("seaport-root");
+    let testimage::Prepared {
+        bins,
+        tmp,
+        image: _,
+        root,
+    } = testimage::prepare();
     phases.done("build binaries and the test image");
     let lab = seaport_lab::Lab::up(4).expect("bring up a lab of 4 hosts");
     let (mut coordinator, _nodes) =
@@ -274,7 +245,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     );
 
     // 1. Dry run: every host with its stages, nothing changed anywhere.
-    let (ok, out, err) = seaport(&bins, &root, &["apply", "-f", &file, "--dry-run"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["apply", "-f", &file, "--dry-run"]);
     assert!(ok, "apply --dry-run: {out}{err}");
     eprintln!("{out}");
     assert!(
@@ -305,7 +276,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     for h in lab.hosts() {
         assert!(!exists(h, DATA), "{}: the dry run wrote {DATA}", h.name());
     }
-    let s = json(&bins, &root, &["status", "--json"]);
+    let s = bins.seaport_json(&root, &["status", "--json"]);
     assert!(
         s.as_array().unwrap().is_empty(),
         "the dry run made a cluster: {s}"
@@ -316,7 +287,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     let mut broken = clusterfile(testimage::IMAGE_NAME, &ips, &[], false);
     broken = broken.replacen("    roles: [master]", "    rolez: [master]", 1);
     let bad = write(dir, "Clusterfile.rolez", &broken);
-    let (ok, out, err) = seaport(&bins, &root, &["apply", "-f", &bad, "--dry-run"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["apply", "-f", &bad, "--dry-run"]);
     assert!(
         !ok,
         "a Clusterfile with spec.hosts[0].rolez was accepted: {out}"
@@ -332,7 +303,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
         clusterfile(testimage::IMAGE_NAME, &ips, &[], false)
     );
     let bad = write(dir, "Clusterfile.kind", &unknown_kind);
-    let (ok, out, err) = seaport(&bins, &root, &["apply", "-f", &bad, "--dry-run"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["apply", "-f", &bad, "--dry-run"]);
     assert!(!ok, "a Clusterfile with kind Clustre was accepted: {out}");
     assert!(
         err.contains("document 5") && err.contains("kind") && err.contains("Clustre"),
@@ -388,7 +359,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
             h.name()
         );
     }
-    let (ok, out, err) = seaport(&bins, &root, &["logs", "--step", "labels-taints"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["logs", "--step", "labels-taints"]);
     assert!(ok, "seaport logs --step labels-taints: {out}{err}");
     assert!(
         out.contains("label node") && out.contains("disk=ssd") && out.contains(h2.name()),
@@ -407,7 +378,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
         "Clusterfile.h4",
         &clusterfile(testimage::IMAGE_NAME, &ips, &ips[3..], false),
     );
-    let (ok, out, err) = seaport(&bins, &root, &["apply", "-f", &file4, "--dry-run"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["apply", "-f", &file4, "--dry-run"]);
     assert!(ok && out.contains("scale up"), "{out}{err}");
     apply_ok(&bins, &root, &clog, &["-f", &file4]);
     let c = cluster(&bins, &root);
@@ -429,7 +400,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     phases.done("scale up to h4");
 
     // 4. Scale down: h4 leaves again.
-    let (ok, out, err) = seaport(&bins, &root, &["apply", "-f", &file]);
+    let (ok, out, err) = bins.seaport_out(&root, &["apply", "-f", &file]);
     assert!(
         !ok && err.contains("--yes"),
         "removing a host without --yes and no terminal: {out}{err}"
@@ -442,7 +413,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
         .exec(&["systemctl", "is-active", "containerd.service"])
         .unwrap();
     assert_ne!(active.stdout.trim(), "active", "containerd runs on h4");
-    let (ok, out, err) = seaport(&bins, &root, &["logs", "--step", "delete-nodes"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["logs", "--step", "delete-nodes"]);
     assert!(ok, "seaport logs --step delete-nodes: {out}{err}");
     assert!(
         out.contains("delete node") && out.contains(h4.name()),
@@ -451,17 +422,13 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     phases.done("scale down, h4 removed");
 
     // The same by host list: `seaport join -n` and `seaport delete -n`.
-    let (ok, out, err) = seaport(
-        &bins,
-        &root,
-        &["join", "-n", &ips[3], "--cluster", "lifecycle"],
-    );
+    let (ok, out, err) =
+        bins.seaport_out(&root, &["join", "-n", &ips[3], "--cluster", "lifecycle"]);
     assert!(ok, "seaport join -n h4: {out}{err}");
     let c = cluster(&bins, &root);
     assert_succeeded(&c, &[&ips[0], &ips[1], &ips[2], &ips[3]]);
     assert!(exists(h4, DATA), "h4 has no {DATA} after seaport join");
-    let (ok, out, err) = seaport(
-        &bins,
+    let (ok, out, err) = bins.seaport_out(
         &root,
         &["delete", "-n", &ips[3], "--cluster", "lifecycle", "--yes"],
     );
@@ -472,7 +439,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     phases.done("join -n and delete -n of h4");
 
     // 5. Drift: one file changed and one removed on h2.
-    let (ok, out, err) = seaport(&bins, &root, &["status", "--drift"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["status", "--drift"]);
     assert!(ok, "drift right after an apply: {out}{err}");
     let hosts_toml = h2
         .exec_ok(&[
@@ -493,7 +460,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
         &format!("echo '# changed by hand' >> /etc/containerd/config.toml && rm {hosts_toml}"),
     ])
     .unwrap();
-    let (ok, out, err) = seaport(&bins, &root, &["status", "--drift"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["status", "--drift"]);
     eprintln!("{out}{err}");
     assert!(!ok, "drift not reported: {out}");
     assert!(
@@ -519,7 +486,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     .unwrap();
     h2.write_file(&hosts_toml, hosts_toml_text.as_bytes(), 0o644)
         .unwrap();
-    let (ok, out, err) = seaport(&bins, &root, &["status", "--drift"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["status", "--drift"]);
     assert!(ok, "drift after putting the files back: {out}{err}");
     phases.done("drift");
 
@@ -533,8 +500,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     )
     .unwrap();
     let kubefile = ctx.join("Kubefile");
-    let (ok, out, err) = seaport(
-        &bins,
+    let (ok, out, err) = bins.seaport_out(
         &root,
         &[
             "build",
@@ -546,24 +512,24 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
         ],
     );
     assert!(ok, "seaport build {IMAGE_V2}: {out}{err}");
-    let inspect = json(&bins, &root, &["inspect", IMAGE_V2]);
+    let inspect = bins.seaport_json(&root, &["inspect", IMAGE_V2]);
     let layers = inspect["layers"].as_array().unwrap();
     let total: u64 = layers.iter().map(|l| l["size"].as_u64().unwrap()).sum();
     let new_layer = layers.last().unwrap()["size"].as_u64().unwrap();
-    let v1 = json(&bins, &root, &["inspect", testimage::IMAGE_NAME]);
+    let v1 = bins.seaport_json(&root, &["inspect", testimage::IMAGE_NAME]);
     assert_eq!(
         v1["layers"].as_array().unwrap().len() + 1,
         layers.len(),
         "{IMAGE_V2} is not {} plus one layer",
         testimage::IMAGE_NAME
     );
-    let dist_before = json(&bins, &root, &["distribute", "status", "--json"]);
+    let dist_before = bins.seaport_json(&root, &["distribute", "status", "--json"]);
     let upgrade_file = write(
         dir,
         "Clusterfile.v2",
         &clusterfile(IMAGE_V2, &ips, &[], true),
     );
-    let (ok, out, err) = seaport(&bins, &root, &["apply", "-f", &upgrade_file, "--dry-run"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["apply", "-f", &upgrade_file, "--dry-run"]);
     assert!(ok && out.contains("upgrade"), "{out}{err}");
     let out = apply_ok(&bins, &root, &clog, &["-f", &upgrade_file]);
     assert!(
@@ -629,7 +595,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
         Duration::from_secs(30),
         Duration::from_millis(500),
         || {
-            let d = json(&bins, &root, &["distribute", "status", "--json"]);
+            let d = bins.seaport_json(&root, &["distribute", "status", "--json"]);
             if moved(&d) >= 3 * new_layer {
                 Ok(d)
             } else {
@@ -650,7 +616,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     phases.done("upgrade to v2");
 
     // 7. The audit log: every apply, what it was and how it was taken.
-    let audit = json(&bins, &root, &["audit", "--json"]);
+    let audit = bins.seaport_json(&root, &["audit", "--json"]);
     let applies: Vec<&serde_json::Value> = audit
         .as_array()
         .unwrap()
@@ -699,7 +665,7 @@ fn clusterfile_apply_plugins_scale_drift_upgrade_and_delete() {
     phases.done("audit");
 
     // 8. Delete: every host as before.
-    let (ok, out, err) = seaport(&bins, &root, &["delete", "--all", "--prune", "--yes"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["delete", "--all", "--prune", "--yes"]);
     assert!(ok, "seaport delete: {out}{err}");
     assert!(
         out.contains(&format!("cluster {CLUSTER}: deleted")),

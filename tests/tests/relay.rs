@@ -54,11 +54,11 @@ fn join_data_given(n: &Node) -> Vec<serde_json::Value> {
 async fn join_data_forged_by_a_worker_is_refused_and_later_joins_get_master0s() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let c = Running::start(&root).await;
+    let mut c = Running::start(&root).await;
     build_image(&root, dir.path(), "relay:v1", &[("etc/motd", "hi\n")]);
     let real = join_data_json("127.0.0.2", "127.0.0.2", "abcdef.0123456789abcdef");
     let forged = join_data_json("127.0.0.2", "127.0.0.3", "evil00.0123456789abcdef");
-    let m0 = Node::start(
+    let mut m0 = Node::start(
         &c.coord,
         dir.path(),
         "m0",
@@ -71,7 +71,7 @@ async fn join_data_forged_by_a_worker_is_refused_and_later_joins_get_master0s() 
     .await;
     // The compromised worker reports its own join data (its API server, its
     // token) with every task it finishes.
-    let evil = Node::start(
+    let mut evil = Node::start(
         &c.coord,
         dir.path(),
         "evil",
@@ -95,6 +95,12 @@ async fn join_data_forged_by_a_worker_is_refused_and_later_joins_get_master0s() 
     .await;
     let view = c.wait_cluster("c1", generation).await;
     assert_eq!(view.state, RunState::Succeeded, "{view:?}");
+
+    // The coordinator restarts (what it keeps of the install comes from its
+    // database now), the hosts reconnect, and the worker keeps forging.
+    c = c.restart().await;
+    m0.reconnect(&c.coord).await;
+    evil.reconnect(&c.coord).await;
 
     // A host joining later gets master0's join data, not the worker's.
     let late = Node::start(&c.coord, dir.path(), "late", "127.0.0.4", Script::default()).await;

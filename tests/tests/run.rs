@@ -42,18 +42,8 @@ fn seaport(bins: &Binaries, root: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// Runs `seaport ARGS`; returns (success, stdout, stderr).
-fn seaport_out(bins: &Binaries, root: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = seaport(bins, root, args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn status(bins: &Binaries, root: &Path) -> serde_json::Value {
-    let (ok, out, err) = seaport_out(bins, root, &["status", "--json"]);
+    let (ok, out, err) = bins.seaport_out(root, &["status", "--json"]);
     assert!(ok, "seaport status: {err}");
     serde_json::from_str(&out).unwrap()
 }
@@ -133,21 +123,13 @@ fn pulls_work_everywhere(hosts: &[Host], listed_domain: &str) {
 
 #[test]
 fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
-    if let Err(e) = lab::preflight() {
-        panic!("the lab tests cannot run here: {e}");
-    }
-    let missing = testimage::missing_machine_files();
-    assert!(
-        missing.is_empty(),
-        "install Debian's containerd, runc and docker-registry: missing {missing:?}"
-    );
     let mut phases = Phases::start();
-    let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
-    let tmp = tempfile::tempdir().unwrap();
-    let image =
-        testimage::build_test_image(tmp.path(), &bins.seaport).expect("build the test image");
-    // The coordinator's root is the store the image was built in.
-    let root = tmp.path().join("seaport-root");
+    let testimage::Prepared {
+        bins,
+        tmp,
+        image,
+        root,
+    } = testimage::prepare();
     phases.done("build binaries and the test image");
     let lab = seaport_lab::Lab::up(3).expect("bring up a lab of 3 hosts");
     let (mut coordinator, _nodes) =
@@ -176,8 +158,7 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
 
     // A host without an agent is a clear error.
     let absent = lab.slot().unused_ip().to_string();
-    let (ok, _, err) = seaport_out(
-        &bins,
+    let (ok, _, err) = bins.seaport_out(
         &root,
         &[
             "run",
@@ -237,7 +218,7 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
         Duration::from_secs(60),
         Duration::from_millis(500),
         || {
-            let (ok, out, err) = seaport_out(&bins, &root, &["status", "--json"]);
+            let (ok, out, err) = bins.seaport_out(&root, &["status", "--json"]);
             if ok && out.contains("\"running\"") {
                 Ok(())
             } else {
@@ -374,7 +355,7 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
 
     // Again: every step is skipped on every host.
     let t = Instant::now();
-    let (ok, out, err) = seaport_out(&bins, &root, &run_args);
+    let (ok, out, err) = bins.seaport_out(&root, &run_args);
     let again = t.elapsed();
     assert!(ok, "second seaport run: {out}{err}");
     let s = status(&bins, &root);
@@ -406,13 +387,10 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
         .unwrap();
     let evil_tar = tmp.path().join("evil.tar");
     testimage::tar_dir(&evil, &evil_tar).unwrap();
-    let (ok, _, err) = seaport_out(&bins, &root, &["load", "-i", evil_tar.to_str().unwrap()]);
+    let (ok, _, err) = bins.seaport_out(&root, &["load", "-i", evil_tar.to_str().unwrap()]);
     assert!(ok, "load: {err}");
-    let (ok, out, err) = seaport_out(
-        &bins,
-        &root,
-        &["run", "evil:v1", "-m", &m0ip, "--cluster", "evil"],
-    );
+    let (ok, out, err) =
+        bins.seaport_out(&root, &["run", "evil:v1", "-m", &m0ip, "--cluster", "evil"]);
     assert!(!ok, "an escaping image installed: {out}");
     assert!(
         err.contains("rootfs") && err.contains(".."),
@@ -434,11 +412,8 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
             .success(),
         "a half-written rootfs is left"
     );
-    let (ok, out, err) = seaport_out(
-        &bins,
-        &root,
-        &["delete", "--cluster", "evil", "--prune", "--yes"],
-    );
+    let (ok, out, err) =
+        bins.seaport_out(&root, &["delete", "--cluster", "evil", "--prune", "--yes"]);
     assert!(ok, "delete evil: {out}{err}");
     phases.done("escaping image refused");
 
@@ -460,12 +435,11 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
     .unwrap();
     let chmod_tar = tmp.path().join("chmod.tar");
     testimage::tar_dir(&chmod, &chmod_tar).unwrap();
-    let (ok, _, err) = seaport_out(&bins, &root, &["load", "-i", chmod_tar.to_str().unwrap()]);
+    let (ok, _, err) = bins.seaport_out(&root, &["load", "-i", chmod_tar.to_str().unwrap()]);
     assert!(ok, "load: {err}");
     // The image is no cluster (no runtime): the run fails after its rootfs
     // step, which is the one that unpacks the layer.
-    let (_, out, err) = seaport_out(
-        &bins,
+    let (_, out, err) = bins.seaport_out(
         &root,
         &["run", "chmod:v1", "-m", &m0ip, "--cluster", "chmod"],
     );
@@ -480,16 +454,13 @@ fn seaport_run_installs_three_hosts_resumes_reruns_and_deletes_cleanly() {
         before_modes,
         "installing the image changed modes on the host"
     );
-    let (ok, out, err) = seaport_out(
-        &bins,
-        &root,
-        &["delete", "--cluster", "chmod", "--prune", "--yes"],
-    );
+    let (ok, out, err) =
+        bins.seaport_out(&root, &["delete", "--cluster", "chmod", "--prune", "--yes"]);
     assert!(ok, "delete chmod: {out}{err}");
     phases.done("image chmod-ing through symlinks changes nothing");
 
     // Delete: every host as before.
-    let (ok, out, err) = seaport_out(&bins, &root, &["delete", "--all", "--prune", "--yes"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["delete", "--all", "--prune", "--yes"]);
     assert!(ok, "seaport delete: {out}{err}");
     assert!(out.contains("cluster lab: deleted"), "{out}");
     for (i, h) in lab.hosts().iter().enumerate() {
@@ -579,8 +550,7 @@ fn seaport_run_installs_docker_on_three_hosts_and_deletes_cleanly() {
     let before: Vec<String> = lab.hosts().iter().map(snapshot).collect();
     let m0ip = m0.ip().to_string();
     let workers = format!("{},{}", n1.ip(), n2.ip());
-    let (ok, out, err) = seaport_out(
-        &bins,
+    let (ok, out, err) = bins.seaport_out(
         &root,
         &[
             "run",
@@ -662,7 +632,7 @@ fn seaport_run_installs_docker_on_three_hosts_and_deletes_cleanly() {
         );
     }
 
-    let (ok, out, err) = seaport_out(&bins, &root, &["delete", "--all", "--prune", "--yes"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["delete", "--all", "--prune", "--yes"]);
     assert!(ok, "seaport delete: {out}{err}");
     assert!(out.contains("cluster lab: deleted"), "{out}");
     for (i, h) in lab.hosts().iter().enumerate() {

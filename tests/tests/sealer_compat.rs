@@ -18,27 +18,10 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use seaport_lab::checks::Phases;
 use seaport_lab::seaport::Binaries;
-use seaport_lab::{lab, runs, testimage};
-
-/// Runs `seaport ARGS`; returns (success, stdout, stderr).
-fn seaport(bins: &Binaries, root: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(&bins.seaport)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use seaport_lab::{runs, testimage};
 
 fn write(dir: &Path, files: &[(&str, &str)]) {
     for (p, v) in files {
@@ -64,26 +47,20 @@ fn build(
 ) -> String {
     write(dir, files);
     fs::write(dir.join("Kubefile"), kubefile).unwrap();
-    let (ok, out, err) = seaport(bins, root, &["build", "-t", tag, dir.to_str().unwrap()]);
+    let (ok, out, err) = bins.seaport_out(root, &["build", "-t", tag, dir.to_str().unwrap()]);
     assert!(ok, "seaport build {tag}: {out}{err}");
     err
 }
 
 #[test]
 fn sealer_08_and_09_app_images_install_and_launch() {
-    if let Err(e) = lab::preflight() {
-        panic!("the lab tests cannot run here: {e}");
-    }
-    let missing = testimage::missing_machine_files();
-    assert!(
-        missing.is_empty(),
-        "install Debian's containerd, runc and docker-registry: missing {missing:?}"
-    );
     let mut phases = Phases::start();
-    let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
-    let tmp = tempfile::tempdir().unwrap();
-    testimage::build_test_image(tmp.path(), &bins.seaport).expect("build the test image");
-    let root = tmp.path().join("seaport-root");
+    let testimage::Prepared {
+        bins,
+        tmp,
+        image: _,
+        root,
+    } = testimage::prepare();
     let base = testimage::IMAGE_NAME;
 
     // sealer 0.8: the base carries Metadata, the Kubefile has CMD.
@@ -148,11 +125,8 @@ fn sealer_08_and_09_app_images_install_and_launch() {
 
     for (image, host, cluster) in [("app08:v1", h1, "c08"), ("app09:v1", h2, "c09")] {
         let ip = host.ip().to_string();
-        let (ok, out, err) = seaport(
-            &bins,
-            &root,
-            &["run", image, "-m", &ip, "--cluster", cluster],
-        );
+        let (ok, out, err) =
+            bins.seaport_out(&root, &["run", image, "-m", &ip, "--cluster", cluster]);
         assert!(
             ok && out.contains(&format!("cluster {cluster}: succeeded")),
             "seaport run {image}: {out}{err}\ncoordinator log: {}",
@@ -197,7 +171,7 @@ fn sealer_08_and_09_app_images_install_and_launch() {
     );
     phases.done("launch commands checked from the kubectl double's record");
 
-    let (ok, out, err) = seaport(&bins, &root, &["delete", "--all", "--prune", "--yes"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["delete", "--all", "--prune", "--yes"]);
     assert!(ok, "seaport delete: {out}{err}");
     coordinator.stop().unwrap();
 }

@@ -21,40 +21,17 @@
 //! and docker-registry on the machine (see docs/lab.md and docs/install.md).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use seaport_lab::checks::Phases;
 use seaport_lab::seaport::{self as sp, Binaries, Coordinator, AGENT_BIN_PATH, COORDINATOR_PORT};
 use seaport_lab::state::CoordinatorRecord;
-use seaport_lab::{lab, testimage, wait, Host, Lab};
+use seaport_lab::{testimage, wait, Host, Lab};
 
 const CLUSTER: &str = "trust";
 
-/// Runs `seaport ARGS`; returns (success, stdout, stderr).
-fn seaport_out(bins: &Binaries, root: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(&bins.seaport)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json(bins: &Binaries, root: &Path, args: &[&str]) -> serde_json::Value {
-    let (ok, out, err) = seaport_out(bins, root, args);
-    assert!(ok, "seaport {args:?}: {err}");
-    serde_json::from_str(&out).unwrap()
-}
-
 fn nodes(bins: &Binaries, root: &Path) -> Vec<serde_json::Value> {
-    json(bins, root, &["nodes", "--json"])
+    bins.seaport_json(root, &["nodes", "--json"])
         .as_array()
         .unwrap()
         .clone()
@@ -122,19 +99,13 @@ fn has_no_cluster(h: &Host) {
 
 #[test]
 fn a_token_holder_on_another_host_cannot_take_a_nodes_id_ip_or_hostname() {
-    if let Err(e) = lab::preflight() {
-        panic!("the lab tests cannot run here: {e}");
-    }
-    let missing = testimage::missing_machine_files();
-    assert!(
-        missing.is_empty(),
-        "install Debian's containerd, runc and docker-registry: missing {missing:?}"
-    );
     let mut phases = Phases::start();
-    let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
-    let tmp = tempfile::tempdir().unwrap();
-    testimage::build_test_image(tmp.path(), &bins.seaport).expect("build the test image");
-    let root = tmp.path().join("seaport-root");
+    let testimage::Prepared {
+        bins,
+        tmp: _tmp,
+        image: _,
+        root,
+    } = testimage::prepare();
     phases.done("build binaries and the test image");
 
     let lab = Lab::up(3).expect("bring up a lab of 3 hosts");
@@ -256,11 +227,10 @@ fn a_token_holder_on_another_host_cannot_take_a_nodes_id_ip_or_hostname() {
     assert_eq!(binding(&attacker, &ip1).as_deref(), Some("claimed"));
     assert_eq!(binding(&attacker, &ip3).as_deref(), Some("connection"));
     assert_eq!(attacker["connects_from"], ip3.as_str());
-    let (ok, table, _) = seaport_out(&bins, &root, &["nodes"]);
+    let (ok, table, _) = bins.seaport_out(&root, &["nodes"]);
     assert!(ok && table.contains(&format!("{ip1} (claimed)")), "{table}");
 
-    let (ok, out, err) = seaport_out(
-        &bins,
+    let (ok, out, err) = bins.seaport_out(
         &root,
         &[
             "run",
@@ -277,7 +247,7 @@ fn a_token_holder_on_another_host_cannot_take_a_nodes_id_ip_or_hostname() {
         ok && out.contains(&format!("cluster {CLUSTER}: succeeded")),
         "{out}{err}"
     );
-    let status = json(&bins, &root, &["status", "--json"]);
+    let status = bins.seaport_json(&root, &["status", "--json"]);
     let cluster = status
         .as_array()
         .unwrap()
@@ -320,14 +290,14 @@ fn a_token_holder_on_another_host_cannot_take_a_nodes_id_ip_or_hostname() {
         },
     )
     .unwrap();
-    let (ok, out, err) = seaport_out(&bins, &root, &["join", "-n", &ip3, "--cluster", CLUSTER]);
+    let (ok, out, err) = bins.seaport_out(&root, &["join", "-n", &ip3, "--cluster", CLUSTER]);
     assert!(
         !ok && err.contains(&format!("hostname {}", h1.name()))
             && err.contains(&format!("{ip1} (node {victim})"))
             && err.contains(&format!("{ip3} (node {attacker_id})")),
         "{out}{err}"
     );
-    let status = json(&bins, &root, &["status", "--json"]);
+    let status = bins.seaport_json(&root, &["status", "--json"]);
     let cluster = status
         .as_array()
         .unwrap()

@@ -421,15 +421,11 @@ enum Created {
 #[derive(Debug, thiserror::Error)]
 enum RestoreWarning {
     #[error("removing {path}: {source}")]
-    Remove {
-        path: String,
-        source: ConfinedError,
-    },
-    #[error("{path} was created by the install and is kept: {source} (something else put files there)")]
-    NotEmpty {
-        path: String,
-        source: ConfinedError,
-    },
+    Remove { path: String, source: ConfinedError },
+    #[error(
+        "{path} was created by the install and is kept: {source} (something else put files there)"
+    )]
+    NotEmpty { path: String, source: ConfinedError },
     #[error("{0} was created by the install as a directory and is no longer one: kept")]
     NoLongerADirectory(String),
     #[error("{0} was changed by a hook outside the backed-up trees and is left as it is")]

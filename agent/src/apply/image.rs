@@ -132,6 +132,18 @@ impl LayoutImage {
 
     /// [`Self::open`] for `platform`.
     pub fn open_for(layout: &Path, name: &str, platform: &Platform) -> Result<Self, ImageError> {
+        let desc = Self::entry(layout, name)?;
+        Self::from_blobs_for(
+            layout,
+            &layout.join("blobs").join("sha256"),
+            &desc.digest,
+            platform,
+        )
+    }
+
+    /// The `index.json` entry `name` picks in the layout (see [`Self::open`]):
+    /// the manifest or multi-platform index the name points at.
+    pub fn entry(layout: &Path, name: &str) -> Result<seaport_rootfs::oci::Descriptor, ImageError> {
         let index_path = layout.join("index.json");
         let bytes = fs::read(&index_path).map_err(io("reading", &index_path))?;
         let index: Index = serde_json::from_slice(&bytes).map_err(|e| ImageError::Document {
@@ -155,23 +167,15 @@ impl LayoutImage {
                             .is_ok_and(|r| r.canonical() == wanted)
                 })
         });
-        let desc = match (found, index.manifests.len()) {
-            (Some(d), _) => d,
-            (None, 1) if name.is_empty() => &index.manifests[0],
-            _ => {
-                return Err(ImageError::NotFound {
-                    layout: layout.to_path_buf(),
-                    name: name.to_string(),
-                    known: names.join(", "),
-                })
-            }
-        };
-        Self::from_blobs_for(
-            layout,
-            &layout.join("blobs").join("sha256"),
-            &desc.digest,
-            platform,
-        )
+        match (found, index.manifests.len()) {
+            (Some(d), _) => Ok(d.clone()),
+            (None, 1) if name.is_empty() => Ok(index.manifests[0].clone()),
+            _ => Err(ImageError::NotFound {
+                layout: layout.to_path_buf(),
+                name: name.to_string(),
+                known: names.join(", "),
+            }),
+        }
     }
 
     /// The image whose manifest (or multi-platform index) is `digest`, for

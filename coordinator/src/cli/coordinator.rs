@@ -34,6 +34,14 @@ pub struct ServeArgs {
     /// beside this executable.
     #[arg(long)]
     pub agent_binary: Option<std::path::PathBuf>,
+    /// Trust cluster images signed by these public keys (*.pub, *.pem files
+    /// in DIR): a signed image must verify with one of them, on the
+    /// coordinator and on every agent.
+    #[arg(long, value_name = "DIR")]
+    pub trusted_keys: Option<std::path::PathBuf>,
+    /// Refuse cluster images without a good signature (needs --trusted-keys).
+    #[arg(long, requires = "trusted_keys")]
+    pub require_signed: bool,
 }
 
 pub fn run(root: &Path, cmd: CoordinatorCommand) -> anyhow::Result<()> {
@@ -65,6 +73,24 @@ fn serve(root: &Path, args: ServeArgs) -> anyhow::Result<()> {
     if args.node_cert_ttl < Duration::from_secs(3) {
         anyhow::bail!("--node-cert-ttl must be at least 3s");
     }
+    let trust = seaport_rootfs::signing::Policy {
+        keys: match &args.trusted_keys {
+            Some(dir) => super::signing::trusted_keys(dir)?,
+            None => seaport_rootfs::signing::TrustedKeys::new(),
+        },
+        require_signed: args.require_signed,
+    };
+    if !trust.is_off() {
+        println!(
+            "image signatures: trusted keys {}; unsigned images {}",
+            trust.keys.fingerprints().join(", "),
+            if trust.require_signed {
+                "refused"
+            } else {
+                "accepted"
+            }
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -76,6 +102,7 @@ fn serve(root: &Path, args: ServeArgs) -> anyhow::Result<()> {
             ServeOptions {
                 listen: args.listen,
                 node_cert_ttl: args.node_cert_ttl,
+                trust,
             },
         )
         .with_context(|| {

@@ -59,6 +59,9 @@ pub struct BuildArgs {
     /// Default: decided from the Kubefile and its base (docs/images.md).
     #[arg(long, value_name = "0.8|0.9")]
     pub copy_semantics: Option<build::CopySemantics>,
+    /// Sign the image once built with this private key (as `seaport sign`).
+    #[arg(long, value_name = "NAME.key")]
+    pub sign_key: Option<PathBuf>,
     /// The build context: the directory COPY reads from.
     #[arg(default_value = ".")]
     pub context: PathBuf,
@@ -66,6 +69,11 @@ pub struct BuildArgs {
 
 pub fn build(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
+    // The key opens before the build, so a wrong passphrase costs nothing.
+    let sign_key = match &args.sign_key {
+        Some(path) => Some(super::signing::load_key(path)?),
+        None => None,
+    };
     let kubefile = args
         .file
         .clone()
@@ -98,6 +106,9 @@ pub fn build(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
         for (platform, digest, _) in &report.platforms {
             println!("  {platform} {digest}");
         }
+    }
+    if let Some(key) = sign_key {
+        super::signing::sign_image(&store, &key, &report.digest.to_string())?;
     }
     Ok(())
 }
@@ -187,6 +198,10 @@ pub struct InspectArgs {
     /// (os/arch[/variant]).
     #[arg(long)]
     pub platform: Option<String>,
+    /// Check the image's signatures against the public keys (*.pub, *.pem)
+    /// in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub trusted_keys: Option<PathBuf>,
 }
 
 pub fn inspect(root: &Path, args: InspectArgs) -> anyhow::Result<()> {
@@ -198,8 +213,23 @@ pub fn inspect(root: &Path, args: InspectArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let keys = match &args.trusted_keys {
+        Some(dir) => super::signing::trusted_keys(dir)?,
+        None => seaport_rootfs::signing::TrustedKeys::new(),
+    };
     let info = inspect::inspect_image(&store, &args.name, platform.as_ref())?;
-    print_out(&serde_json::to_string_pretty(&info)?)?;
+    let mut json = serde_json::to_value(&info)?;
+    // The signatures of what the name points at (the index, for a
+    // multi-platform image): who signed it.
+    let subject = store.image(&args.name)?.digest();
+    let signatures = match seaport_rootfs::signing::stored(&store, &subject)? {
+        Some(sigs) => seaport_rootfs::signing::describe(&subject, &sigs, &keys),
+        None => vec![],
+    };
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert("signatures".into(), serde_json::to_value(signatures)?);
+    }
+    print_out(&serde_json::to_string_pretty(&json)?)?;
     Ok(())
 }
 

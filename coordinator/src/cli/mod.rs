@@ -13,6 +13,7 @@ mod distribute;
 mod images;
 mod nodes;
 mod registry;
+mod signing;
 mod token;
 
 /// Default root of Seaport's local state (image store, coordinator state).
@@ -59,6 +60,11 @@ pub enum Command {
     Push(registry::PushArgs),
     /// Pull a cluster image from an OCI distribution registry.
     Pull(registry::PullArgs),
+    /// Signing keys: generate a key pair.
+    #[command(subcommand)]
+    Key(signing::KeyCommand),
+    /// Sign an image of the local store with a private key.
+    Sign(signing::SignArgs),
     /// Create and run the coordinator (CA, state, QUIC endpoint).
     #[command(subcommand)]
     Coordinator(coordinator::CoordinatorCommand),
@@ -88,6 +94,20 @@ pub enum Command {
     /// What a host runs to get its agent: cloud-init user-data or a shell one-liner.
     #[command(subcommand)]
     Bootstrap(bootstrap::BootstrapCommand),
+    /// Print the version and the commit it was built from.
+    Version,
+    /// Print a shell completion script: `source <(seaport completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: seaport_shared::cli_docs::Shell,
+    },
+    /// Write man pages (seaport.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// The directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Runs one parsed command line.
@@ -105,12 +125,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout(args) => registry::logout(&root, args),
         Command::Push(args) => registry::push(&root, args),
         Command::Pull(args) => registry::pull(&root, args),
+        Command::Key(cmd) => signing::key(cmd),
+        Command::Sign(args) => signing::sign(&root, args),
         Command::Coordinator(cmd) => coordinator::run(&root, cmd),
         Command::Token(cmd) => token::run(&root, cmd),
         Command::Nodes(args) => nodes::run(&root, args),
         Command::Admin(args) => admins::run(&root, args),
         Command::Distribute(args) => distribute::run(&root, args),
         Command::Bootstrap(cmd) => bootstrap::run(&root, cmd),
+        Command::Version => {
+            println!("{}", seaport_shared::cli_docs::version_line("seaport"));
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            seaport_shared::cli_docs::completions(Cli::command(), shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => {
+            use clap::CommandFactory;
+            for page in seaport_shared::cli_docs::man_pages(Cli::command(), &out)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
         Command::Run(args) => cluster::run(&root, args),
         Command::Status(args) => cluster::status(&root, args),
         Command::Delete(args) => cluster::delete(&root, args),

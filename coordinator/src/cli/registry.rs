@@ -144,6 +144,16 @@ pub fn push(root: &Path, args: PushArgs) -> anyhow::Result<()> {
         human_bytes(report.bytes),
         report.skipped
     );
+    if report.signatures > 0 {
+        if let Some(d) = report.digest {
+            println!(
+                "Pushed its signatures: {} in {}:{}",
+                report.signatures,
+                image.canonical_repository(),
+                seaport_rootfs::signing::signature_tag(&d)
+            );
+        }
+    }
     Ok(())
 }
 
@@ -186,6 +196,9 @@ pub fn pull(root: &Path, args: PullArgs) -> anyhow::Result<()> {
         human_bytes(report.bytes),
         report.skipped
     );
+    if report.signatures > 0 {
+        println!("Pulled its signatures: {}", report.signatures);
+    }
     Ok(())
 }
 

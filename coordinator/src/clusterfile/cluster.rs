@@ -67,6 +67,20 @@ pub struct Cluster {
     pub container_runtime: Option<String>,
     /// `spec.dataRoot`.
     pub data_root: Option<String>,
+    /// `spec.imagePolicy`: Seaport's image signature policy for this
+    /// cluster, added to the coordinator's.
+    pub image_policy: ImagePolicy,
+}
+
+/// `spec.imagePolicy` (Seaport's, not sealer's): images of this cluster
+/// must be signed by one of these keys, on top of the coordinator's
+/// `--trusted-keys`, and are refused unsigned when `requireSigned`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImagePolicy {
+    /// `requireSigned`.
+    pub require_signed: bool,
+    /// `trustedKeys`: PEM public keys (ECDSA P-256), checked when read.
+    pub trusted_keys: Vec<String>,
 }
 
 /// One `spec.hosts` entry: IPs sharing roles, env, labels and taints.
@@ -164,6 +178,17 @@ pub(crate) struct RawSpec {
     registry: Option<RawRegistry>,
     #[serde(default)]
     data_root: Option<String>,
+    #[serde(default)]
+    image_policy: Option<RawImagePolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawImagePolicy {
+    #[serde(default)]
+    require_signed: Option<bool>,
+    #[serde(default, deserialize_with = "string_list")]
+    trusted_keys: Vec<String>,
 }
 
 /// sealer's SSH settings: accepted so existing files parse, never used.
@@ -410,6 +435,16 @@ pub(crate) fn from_doc(
         }
     });
 
+    let raw_policy = spec.image_policy.unwrap_or_default();
+    for (i, key) in raw_policy.trusted_keys.iter().enumerate() {
+        seaport_rootfs::signing::PublicKey::from_pem(key)
+            .map_err(|e| invalid(format!("spec.imagePolicy.trustedKeys[{i}]"), e.to_string()))?;
+    }
+    let image_policy = ImagePolicy {
+        require_signed: raw_policy.require_signed.unwrap_or(false),
+        trusted_keys: raw_policy.trusted_keys,
+    };
+
     let name = doc.metadata.name;
     if !name.is_empty() {
         ClusterName::parse(&name).map_err(|e| invalid("metadata.name".into(), e.to_string()))?;
@@ -429,6 +464,7 @@ pub(crate) fn from_doc(
         registry: Registry { local, external },
         container_runtime: non_empty(spec.container_runtime.and_then(|r| r.kind)),
         data_root: non_empty(spec.data_root),
+        image_policy,
     })
 }
 

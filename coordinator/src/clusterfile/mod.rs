@@ -40,18 +40,18 @@ use serde_norway::Value;
 
 pub use application::{AppConfig, AppFile, Application};
 pub use cluster::{
-    Cluster, Host, HostAlias, LocalRegistry, Registry, RegistryEndpoint, ResolvedCluster,
-    ResolvedHost, ResolvedLocalRegistry, ResolvedRegistry, COMPUTED_ENV_KEYS,
+    Cluster, Host, HostAlias, ImagePolicy, LocalRegistry, Registry, RegistryEndpoint,
+    ResolvedCluster, ResolvedHost, ResolvedLocalRegistry, ResolvedRegistry, COMPUTED_ENV_KEYS,
     DEFAULT_REGISTRY_DOMAIN, DEFAULT_REGISTRY_PORT,
 };
 pub use config::{Config, ConfigError, Processor, Strategy, APP_ROOT};
 pub use error::{ClusterfileError, DocRef, ErrorKind, Warning};
-pub use taint::{parse_taint, BadKey, TaintEffect, TaintError, TaintOp};
 pub use plugin::{
     phases_at, plugin_runs, DataError, DataLineError, Generation, HostFacts, HostSelector,
     LabelLine, Operation, Phase, PhaseTarget, Plugin, PluginData, PluginRun, PluginType,
     SelectorError, ShellDir, Stage, TaintLine,
 };
+pub use taint::{parse_taint, BadKey, TaintEffect, TaintError, TaintOp};
 
 use fields::Doc;
 

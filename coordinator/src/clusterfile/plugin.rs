@@ -521,7 +521,10 @@ pub struct DataError {
     pub error: DataLineError,
 }
 
-fn two_fields<'a>(fields: &[&'a str], form: &'static str) -> Result<(&'a str, &'a str), DataLineError> {
+fn two_fields<'a>(
+    fields: &[&'a str],
+    form: &'static str,
+) -> Result<(&'a str, &'a str), DataLineError> {
     match fields {
         [a, b] => Ok((a, b)),
         _ => Err(DataLineError::Fields {
@@ -851,10 +854,8 @@ pub(crate) fn from_doc(
                 "give either spec.on or spec.scope, not both".into(),
             ))
         }
-        (false, true) => {
-            HostSelector::parse_on(&on)
-                .map_err(|e| err(ErrorKind::InvalidValue, "spec.on", e.to_string()))?
-        }
+        (false, true) => HostSelector::parse_on(&on)
+            .map_err(|e| err(ErrorKind::InvalidValue, "spec.on", e.to_string()))?,
         (true, false) => HostSelector::Roles(split_roles(&scope)),
         (true, true) => HostSelector::All,
     };

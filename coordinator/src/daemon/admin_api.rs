@@ -136,7 +136,13 @@ pub(super) async fn admin_request(
                 uses,
                 node,
             } => Ok(
-                match crate::tokens::create(&*shared.store, &shared.ca, ttl_secs, uses, node.as_deref()) {
+                match crate::tokens::create(
+                    &*shared.store,
+                    &shared.ca,
+                    ttl_secs,
+                    uses,
+                    node.as_deref(),
+                ) {
                     Ok(grant) => AdminResponse::Token(grant),
                     Err(e) => refused(e.to_string()),
                 },
@@ -169,17 +175,25 @@ pub(super) async fn admin_request(
                 name,
                 csr_der,
                 ttl_secs,
-            } => Ok(match crate::tokens::issue_admin(&*shared.store, &shared.ca, &name, &csr_der, ttl_secs) {
-                Ok((info, cert_pem)) => {
-                    info!(serial = info.serial, name = %info.name, "admin certificate issued");
-                    AdminResponse::AdminIssued {
-                        info,
-                        cert_pem,
-                        ca_pem: shared.ca.cert_pem().to_string(),
+            } => Ok(
+                match crate::tokens::issue_admin(
+                    &*shared.store,
+                    &shared.ca,
+                    &name,
+                    &csr_der,
+                    ttl_secs,
+                ) {
+                    Ok((info, cert_pem)) => {
+                        info!(serial = info.serial, name = %info.name, "admin certificate issued");
+                        AdminResponse::AdminIssued {
+                            info,
+                            cert_pem,
+                            ca_pem: shared.ca.cert_pem().to_string(),
+                        }
                     }
-                }
-                Err(e) => refused(e.to_string()),
-            }),
+                    Err(e) => refused(e.to_string()),
+                },
+            ),
             AdminRequest::RevokeAdmin { cert } => Ok(match revoke_admin(&shared, &cert, serial) {
                 Ok(info) => AdminResponse::AdminRevoked(info),
                 Err(e) => refused(e.to_string()),

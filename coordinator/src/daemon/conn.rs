@@ -299,6 +299,7 @@ async fn enroll(shared: &Arc<Shared>, req: EnrollRequest) -> EnrollResponse {
                 node_id,
                 cert_pem: issued.cert_pem,
                 ca_pem: shared.ca.cert_pem().to_string(),
+                trust: crate::trust::to_wire(&shared.trust),
             }
         }
         Ok(Err(e)) => refused(e.to_string()),
@@ -424,6 +425,12 @@ async fn control(
     mut recv: quinn::RecvStream,
 ) {
     let me = info.name.as_str();
+    // The image signature policy first: the agent keeps it with its identity.
+    let trust = CoordinatorMessage::Trust(crate::trust::to_wire(&shared.trust));
+    if let Err(e) = codec::write_msg(&mut send, &trust).await {
+        debug!(error = %e, "could not send the image signature policy");
+        return;
+    }
     loop {
         let msg: AgentMessage = match codec::read_msg(&mut recv, CONTROL_FRAME_LIMIT).await {
             Ok(Some(m)) => m,

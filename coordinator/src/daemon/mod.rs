@@ -95,6 +95,8 @@ pub enum DaemonError {
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub node_cert_ttl: Duration,
+    /// The image signature policy for every cluster (and its agents).
+    pub trust: seaport_rootfs::signing::Policy,
 }
 
 /// What `serve` writes under the root so the CLI can find it.
@@ -179,7 +181,7 @@ impl Daemon {
             live: live.clone(),
             dist: dist.clone(),
         });
-        let ops = Operations::new(agents, records, root.to_path_buf());
+        let ops = Operations::new(agents, records, root.to_path_buf(), opts.trust.clone());
         Ok(Daemon {
             endpoint,
             shared: Arc::new(Shared {
@@ -198,6 +200,7 @@ impl Daemon {
                 root: root.to_path_buf(),
                 dist,
                 ops,
+                trust: opts.trust,
             }),
             paths,
         })

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) root: PathBuf,
     pub(crate) dist: Arc<Distribution>,
     pub(crate) ops: Arc<Operations>,
+    /// The image signature policy (`crate::trust`).
+    pub(crate) trust: seaport_rootfs::signing::Policy,
 }
 
 /// The inventory as the CLI shows it, statuses computed now.

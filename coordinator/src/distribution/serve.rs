@@ -10,8 +10,7 @@ use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::distribution::{
     self as distribution, check_piece_count, BlobRequest, BlobResponse, PieceSource, SendError,
-    SyncRequest,
-    BLOB_FRAME_LIMIT,
+    SyncRequest, BLOB_FRAME_LIMIT,
 };
 use seaport_shared::wire::close;
 

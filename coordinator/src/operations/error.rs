@@ -48,6 +48,9 @@ pub enum OperationError {
     /// The image is not in the coordinator's store (or unusable).
     #[error(transparent)]
     Image(seaport_rootfs::store::StoreError),
+    /// The image's signatures cannot be checked, or the policy refuses it.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
     /// The hosts cannot be planned.
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -152,6 +155,10 @@ pub enum StageError {
     /// The cluster's Clusterfile, stored with it, no longer parses.
     #[error("Clusterfile: {0}")]
     Clusterfile(ClusterfileError),
+    /// The image's signatures cannot be read, or the cluster's policy
+    /// does not parse.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
     /// The image's `plugins/` do not parse.
     #[error("the image's plugins/: {0}")]
     ImagePlugins(ClusterfileError),

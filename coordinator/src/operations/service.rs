@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tracing::{info, info_span, warn, Instrument};
 
+use seaport_rootfs::signing::Policy;
+
 use seaport_shared::clock::now_unix;
 use seaport_shared::cluster::ClusterName;
 use seaport_shared::wire::{
@@ -35,6 +37,8 @@ pub struct Operations {
     store: Arc<dyn ClusterStore>,
     /// The Seaport root of the coordinator's image store.
     image_root: PathBuf,
+    /// The coordinator's image signature policy (`crate::trust`).
+    trust: Policy,
     active: Mutex<HashMap<ClusterName, Active>>,
 }
 
@@ -50,16 +54,18 @@ async fn blocking<T: Send + 'static>(
 
 impl Operations {
     /// Operations on the agents `agents`, recorded in `store`, with images
-    /// from the store under `image_root`.
+    /// from the store under `image_root`, checked against `trust`.
     pub fn new(
         agents: Arc<dyn Agents>,
         store: Arc<dyn ClusterStore>,
         image_root: PathBuf,
+        trust: Policy,
     ) -> Arc<Operations> {
         Arc::new(Operations {
             agents,
             store,
             image_root,
+            trust,
             active: Mutex::new(HashMap::new()),
         })
     }
@@ -92,11 +98,13 @@ impl Operations {
 
     /// Reads what [`prepare::prepare`] needs and plans `want`. Blocking.
     fn plan(&self, want: Want, dry_run: bool) -> Result<Prepared, OperationError> {
+        // Removing hosts installs nothing: no image to check.
+        let installs = !matches!(want, Want::Remove { .. });
         let previous = match want.existing_cluster() {
             Some(name) => self.previous(name)?,
             None => None,
         };
-        let desired = prepare::desired(want, previous.as_ref())?;
+        let mut desired = prepare::desired(want, previous.as_ref())?;
         let previous = match &previous {
             Some(p) if p.name == desired.name => previous,
             _ => self.previous(&desired.name)?,
@@ -106,6 +114,18 @@ impl Operations {
         let stored = images
             .image(&desired.spec.image)
             .map_err(OperationError::Image)?;
+        if installs {
+            // The image signature policy, before anything is recorded.
+            let policy = self.trust.union(&crate::trust::cluster_policy(
+                desired.spec.clusterfile.as_deref(),
+            )?);
+            let (name, digest) = (&desired.spec.image, stored.digest());
+            match crate::trust::check(&self.image_root, &policy, name, &digest) {
+                Ok(accepted) => info!(image = %name, "{accepted}"),
+                Err(e) if dry_run => desired.warnings.push(e.to_string()),
+                Err(e) => return Err(e.into()),
+            }
+        }
         let image = ResolvedImage::new(&desired.spec.image, stored);
         let nodes = self.agents.nodes()?;
         prepare::prepare(PrepareInput {

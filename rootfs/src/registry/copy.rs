@@ -8,7 +8,8 @@
 //! kept, byte for byte), or only the manifest of the platform asked for. It
 //! downloads the blobs the store lacks, verifying each while it is written,
 //! and names the image last, so an interrupted pull leaves no half image
-//! behind a name. Blobs move several at a time on scoped threads.
+//! behind a name. Blobs move several at a time on scoped threads. The
+//! image's signatures move with it (`super::signatures`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -161,6 +162,8 @@ pub struct CopyReport {
     pub bytes: u64,
     /// Blobs skipped because the other side had them.
     pub skipped: usize,
+    /// Signatures of the image the destination holds after the transfer.
+    pub signatures: usize,
 }
 
 /// Pushes the local image `local` to `dest` (registry, repository, tag).
@@ -245,12 +248,14 @@ pub fn push_image(
             client.put_manifest(repo, &reference, &image.descriptor.media_type, &index_bytes)?
         }
     };
+    let signatures = super::signatures::push(store, client, repo, &image.digest())?;
     let transferred = transferred.into_inner();
     Ok(CopyReport {
         digest: Some(digest),
         transferred,
         bytes: bytes.into_inner(),
         skipped: blobs.len() - transferred,
+        signatures,
     })
 }
 
@@ -300,12 +305,15 @@ pub fn pull_image(
         store.put_blob(doc)?;
     }
     store.set_name(image, &top_digest)?;
+    drop(_guard);
+    let signatures = super::signatures::pull(store, client, repo, &top_digest)?;
     let transferred = transferred.into_inner();
     Ok(CopyReport {
         digest: Some(top_digest),
         transferred,
         bytes: bytes.into_inner(),
         skipped: blobs.len() - transferred,
+        signatures,
     })
 }
 

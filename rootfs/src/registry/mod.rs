@@ -12,6 +12,8 @@
 //! - [`credentials`]: the docker-compatible `config.json` that `login` writes.
 //! - [`platform`]: target platforms and choosing a manifest from an index.
 //! - [`copy`]: `push`/`pull` between the local store and a registry.
+//! - [`signatures`]: an image's signature image (`sha256-<hex>.sig`) moving
+//!   with it on push and pull.
 //! - [`layout`]: distribution's `docker/registry/v2` storage tree, written
 //!   directly at build time (see `crate::imagecache`).
 //! - [`progress`]: progress bars for long transfers.
@@ -23,6 +25,7 @@ pub mod credentials;
 pub mod layout;
 pub mod platform;
 pub mod progress;
+pub mod signatures;
 
 pub use client::{ClientOptions, RegistryClient, RegistryError};
 pub use copy::{pull_image, push_image, CopyError, CopyReport};

@@ -36,6 +36,7 @@ impl Coordinator {
                 ServeOptions {
                     listen,
                     node_cert_ttl,
+                    trust: Default::default(),
                 },
             ) {
                 Ok(d) => break d,

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use crate::identity_support::{facts, host_identity, Coordinator};
 pub struct Running {
     pub coord: Coordinator,
     pub probe: Probe,
+    root: PathBuf,
     stop: tokio::sync::oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -38,14 +39,38 @@ pub struct Running {
 impl Running {
     pub async fn start(root: &Path) -> Running {
         seaport::ca::init(root).expect("coordinator init");
-        let daemon = Daemon::bind(
-            root,
-            ServeOptions {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                node_cert_ttl: Duration::from_secs(3600),
-            },
-        )
-        .expect("coordinator bind");
+        Self::serve(root, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Stops the coordinator and starts it again on the same root and
+    /// address, as a restart (or a crash and a restart) of the service
+    /// does; sessions are lost and nodes must reconnect.
+    pub async fn restart(self) -> Running {
+        let (root, addr) = (self.root.clone(), self.coord.addr);
+        self.stop().await;
+        Self::serve(&root, addr).await
+    }
+
+    async fn serve(root: &Path, listen: SocketAddr) -> Running {
+        // The old endpoint may hold the port for a moment after it stops.
+        let mut tries = 0;
+        let daemon = loop {
+            match Daemon::bind(
+                root,
+                ServeOptions {
+                    listen,
+                    node_cert_ttl: Duration::from_secs(3600),
+                    trust: Default::default(),
+                },
+            ) {
+                Ok(d) => break d,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("coordinator bind on {listen}: {e}"),
+            }
+        };
         let probe = daemon.probe();
         let addr = daemon.local_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -60,6 +85,7 @@ impl Running {
         Running {
             coord: Coordinator::attach(root, addr),
             probe,
+            root: root.to_path_buf(),
             stop: tx,
             task,
         }
@@ -115,6 +141,16 @@ pub struct Node {
     pub endpoint: quinn::Endpoint,
     pub conn: quinn::Connection,
     handles: Vec<JoinHandle<()>>,
+    identity: Identity,
+    script: Script,
+}
+
+/// One session of a scripted node: its connection and the tasks that
+/// heartbeat, sync and answer on it.
+struct Session {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    handles: Vec<JoinHandle<()>>,
 }
 
 impl Node {
@@ -141,110 +177,50 @@ impl Node {
         .await
         .expect("join");
         let identity = Identity::load(&state).unwrap();
-        let endpoint = quinn::Endpoint::client(SocketAddr::new(ip, 0)).unwrap();
-        let conn = endpoint
-            .connect_with(
-                identity.client_config().unwrap(),
-                coord.addr,
-                COORDINATOR_SERVER_NAME,
-            )
-            .unwrap()
-            .await
-            .expect("session");
-        let mut handles = Vec::new();
-        // Heartbeats on the control stream.
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        wire::client_handshake(&mut recv, &mut send, StreamKind::Control)
-            .await
-            .unwrap();
-        let mut f = facts(hostname);
-        f.ips = vec![ip.to_string()];
-        let node_id = joined.node_id.clone();
-        let hb_node = node_id.clone();
-        handles.push(tokio::spawn(async move {
-            loop {
-                let msg = AgentMessage::Heartbeat {
-                    node_id: hb_node.clone(),
-                    facts: f.clone(),
-                };
-                if codec::write_msg(&mut send, &msg).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }));
-        handles.push(tokio::spawn(async move {
-            while let Ok(Some(_)) =
-                codec::read_msg::<_, wire::CoordinatorMessage>(&mut recv, wire::CONTROL_FRAME_LIMIT)
-                    .await
-            {}
-        }));
-        // Syncs: whatever is assigned is reported complete at the next one.
-        let sync_conn = conn.clone();
-        let no_sync = script.no_sync;
-        handles.push(tokio::spawn(async move {
-            if no_sync {
-                return;
-            }
-            let mut held: BTreeMap<Digest, Bitmap> = BTreeMap::new();
-            loop {
-                let req = SyncRequest {
-                    peer_port: 0,
-                    blobs: held
-                        .iter()
-                        .map(|(d, b)| BlobReport {
-                            digest: *d,
-                            have: b.clone(),
-                            complete: true,
-                        })
-                        .collect(),
-                    bad_peers: vec![],
-                    received: vec![],
-                    served: 0,
-                };
-                if let Ok(resp) = sync(&sync_conn, req).await {
-                    for plan in resp.blobs {
-                        held.insert(plan.table.digest, Bitmap::full(plan.table.count()));
-                    }
-                }
-                if sync_conn.close_reason().is_some() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }));
-        // Tasks, answered by the script.
         let tasks = Arc::new(Mutex::new(Vec::new()));
-        let (task_conn, seen) = (conn.clone(), tasks.clone());
-        handles.push(tokio::spawn(async move {
-            let initialized = Arc::new(Mutex::new(false));
-            while let Ok((send, recv)) = task_conn.accept_bi().await {
-                let (seen, script, init) = (seen.clone(), script.clone(), initialized.clone());
-                tokio::spawn(answer_task(send, recv, seen, script, init));
-            }
-        }));
-        // Online, with its address known, before anything is planned on it.
-        let want = ip.to_string();
-        crate::identity_support::wait_until(Duration::from_secs(20), "the node online", || {
-            let want = want.clone();
-            let id = joined.node_id.clone();
-            async move {
-                coord
-                    .node(&id)
-                    .await
-                    .is_some_and(|n| n.ips.contains(&want) && n.status == wire::NodeStatus::Online)
-            }
-        })
+        let session = connect(
+            coord,
+            &identity,
+            &joined.node_id,
+            hostname,
+            ip,
+            &script,
+            &tasks,
+        )
         .await;
         Node {
             node_id: joined.node_id,
             ip,
             hostname: hostname.to_string(),
             tasks,
-            endpoint,
-            conn,
-            handles,
+            endpoint: session.endpoint,
+            conn: session.conn,
+            handles: session.handles,
+            identity,
+            script,
         }
+    }
+
+    /// Opens a new session with the same identity and script (after the
+    /// coordinator restarted), once the old one is gone.
+    pub async fn reconnect(&mut self, coord: &Coordinator) {
+        for h in self.handles.drain(..) {
+            h.abort();
+        }
+        self.conn.close(0u32.into(), b"reconnecting");
+        let session = connect(
+            coord,
+            &self.identity,
+            &self.node_id,
+            &self.hostname,
+            self.ip,
+            &self.script,
+            &self.tasks,
+        )
+        .await;
+        self.endpoint = session.endpoint;
+        self.conn = session.conn;
+        self.handles = session.handles;
     }
 
     /// The tasks received so far.
@@ -259,6 +235,120 @@ impl Drop for Node {
             h.abort();
         }
         self.conn.close(0u32.into(), b"test over");
+    }
+}
+
+/// Opens `node_id`'s session from `ip`: heartbeats on the control stream,
+/// syncs (unless the script sends its own), tasks answered by the script;
+/// returns once the coordinator shows the node online from that address.
+async fn connect(
+    coord: &Coordinator,
+    identity: &Identity,
+    node_id: &str,
+    hostname: &str,
+    ip: IpAddr,
+    script: &Script,
+    tasks: &Arc<Mutex<Vec<TaskRequest>>>,
+) -> Session {
+    let script = script.clone();
+    let endpoint = quinn::Endpoint::client(SocketAddr::new(ip, 0)).unwrap();
+    let conn = endpoint
+        .connect_with(
+            identity.client_config().unwrap(),
+            coord.addr,
+            COORDINATOR_SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .expect("session");
+    let mut handles = Vec::new();
+    // Heartbeats on the control stream.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    wire::client_handshake(&mut recv, &mut send, StreamKind::Control)
+        .await
+        .unwrap();
+    let mut f = facts(hostname);
+    f.ips = vec![ip.to_string()];
+    let node_id = node_id.to_string();
+    let hb_node = node_id.clone();
+    handles.push(tokio::spawn(async move {
+        loop {
+            let msg = AgentMessage::Heartbeat {
+                node_id: hb_node.clone(),
+                facts: f.clone(),
+            };
+            if codec::write_msg(&mut send, &msg).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }));
+    handles.push(tokio::spawn(async move {
+        while let Ok(Some(_)) =
+            codec::read_msg::<_, wire::CoordinatorMessage>(&mut recv, wire::CONTROL_FRAME_LIMIT)
+                .await
+        {}
+    }));
+    // Syncs: whatever is assigned is reported complete at the next one.
+    let sync_conn = conn.clone();
+    let no_sync = script.no_sync;
+    handles.push(tokio::spawn(async move {
+        if no_sync {
+            return;
+        }
+        let mut held: BTreeMap<Digest, Bitmap> = BTreeMap::new();
+        loop {
+            let req = SyncRequest {
+                peer_port: 0,
+                blobs: held
+                    .iter()
+                    .map(|(d, b)| BlobReport {
+                        digest: *d,
+                        have: b.clone(),
+                        complete: true,
+                    })
+                    .collect(),
+                bad_peers: vec![],
+                received: vec![],
+                served: 0,
+            };
+            if let Ok(resp) = sync(&sync_conn, req).await {
+                for plan in resp.blobs {
+                    held.insert(plan.table.digest, Bitmap::full(plan.table.count()));
+                }
+            }
+            if sync_conn.close_reason().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }));
+    // Tasks, answered by the script.
+    let (task_conn, seen) = (conn.clone(), tasks.clone());
+    handles.push(tokio::spawn(async move {
+        let initialized = Arc::new(Mutex::new(false));
+        while let Ok((send, recv)) = task_conn.accept_bi().await {
+            let (seen, script, init) = (seen.clone(), script.clone(), initialized.clone());
+            tokio::spawn(answer_task(send, recv, seen, script, init));
+        }
+    }));
+    // Online, with its address known, before anything is planned on it.
+    let want = ip.to_string();
+    crate::identity_support::wait_until(Duration::from_secs(20), "the node online", || {
+        let want = want.clone();
+        let id = node_id.clone();
+        async move {
+            coord
+                .node(&id)
+                .await
+                .is_some_and(|n| n.ips.contains(&want) && n.status == wire::NodeStatus::Online)
+        }
+    })
+    .await;
+    Session {
+        endpoint,
+        conn,
+        handles,
     }
 }
 

@@ -17,12 +17,25 @@ pub(super) async fn run(
     tasks: &[Task],
     upgrade: bool,
 ) -> Result<(), StageError> {
+    // The image's signatures and the cluster's part of the policy go with
+    // every task: each agent checks them for itself.
+    let (digest, text) = driver
+        .record
+        .read(|c| (c.manifest_digest, c.spec.clusterfile.clone()));
+    let root = driver.image_root.clone();
+    let signatures =
+        tokio::task::spawn_blocking(move || crate::trust::task_signatures(&root, &digest.digest()))
+            .await
+            .map_err(|e| StageError::Internal(e.to_string()))??;
+    let cluster_trust = crate::trust::to_wire(&crate::trust::cluster_policy(text.as_deref())?);
     let reqs = driver.record.read(|c| -> Result<_, StageError> {
         let kubeadm = clusterfile(c)?.and_then(|f| f.kubeadm_yaml());
         Ok(tasks
             .iter()
             .map(|t| {
-                let task = apply_task(c, t, upgrade, kubeadm.clone());
+                let mut task = apply_task(c, t, upgrade, kubeadm.clone());
+                task.signatures = signatures.clone();
+                task.cluster_trust = cluster_trust.clone();
                 (t.host.clone(), TaskRequest::Apply(task))
             })
             .collect())
@@ -113,5 +126,7 @@ fn apply_task(c: &Cluster, t: &Task, upgrade: bool, kubeadm_config: Option<Strin
             c.join_data.clone()
         },
         upgrade,
+        signatures: None,
+        cluster_trust: Default::default(),
     }
 }
