@@ -294,7 +294,7 @@ fn check_signature(
             crate::trust::ImageRefused::Unreadable {
                 image: task.image.clone(),
                 digest: task.manifest_digest.digest(),
-                source,
+                source: Box::new(source),
             }
         })?),
         None => None,

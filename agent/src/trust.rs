@@ -73,11 +73,11 @@ pub enum ImageRefused {
         /// Its digest.
         digest: Digest,
         /// What is wrong.
-        source: seaport_rootfs::signing::SigningError,
+        source: Box<seaport_rootfs::signing::SigningError>,
     },
     /// The policy refuses the image.
     #[error("{0}; nothing was installed")]
-    Refused(seaport_rootfs::signing::Refused),
+    Refused(Box<seaport_rootfs::signing::Refused>),
 }
 
 /// What the host itself asks for, beside the coordinator's policy.
@@ -198,7 +198,7 @@ pub fn check(
     let policy = policy(state_dir, local, cluster).map_err(ImageRefused::Policy)?;
     policy
         .check(image, subject, signatures)
-        .map_err(ImageRefused::Refused)
+        .map_err(|e| ImageRefused::Refused(Box::new(e)))
 }
 
 #[cfg(test)]

@@ -36,11 +36,17 @@ pub enum TrustError {
         /// The image (`image NAME (DIGEST)`, or its digest).
         what: String,
         /// Why.
-        source: signing::SigningError,
+        source: Box<signing::SigningError>,
     },
     /// The policy refuses the image.
     #[error("{0}; nothing was started")]
-    Refused(#[from] signing::Refused),
+    Refused(Box<signing::Refused>),
+}
+
+impl From<signing::Refused> for TrustError {
+    fn from(e: signing::Refused) -> Self {
+        TrustError::Refused(Box::new(e))
+    }
 }
 
 /// The policy as agents receive it.
@@ -85,7 +91,7 @@ pub fn check(
     let store = Store::open(root).map_err(TrustError::ImageStore)?;
     let sigs = signing::stored(&store, subject).map_err(|source| TrustError::Stored {
         what: format!("image {name} ({subject})"),
-        source,
+        source: Box::new(source),
     })?;
     Ok(policy.check(name, subject, sigs.as_ref())?)
 }
@@ -99,7 +105,7 @@ pub fn task_signatures(
     let store = Store::open(root).map_err(TrustError::ImageStore)?;
     let sigs = signing::stored(&store, subject).map_err(|source| TrustError::Stored {
         what: subject.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(sigs.map(|s| ImageSignatures {
         blobs: s.blobs().into_iter().map(<[u8]>::to_vec).collect(),

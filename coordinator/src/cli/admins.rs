@@ -90,7 +90,7 @@ fn own_serial(root: &Path) -> Option<u64> {
     CertInfo::from_der(&certs[0]).ok().map(|i| i.serial)
 }
 
-pub fn run(root: &Path, args: AdminArgs) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, args: AdminArgs) -> anyhow::Result<()> {
     let explicit = args.coordinator.as_deref();
     match args.command {
         AdminCommand::List { json } => list(root, json, explicit),

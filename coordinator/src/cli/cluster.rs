@@ -23,7 +23,7 @@ use super::access::runtime;
 use crate::admin::AdminClient;
 
 /// The cluster name when none is given (sealer's default).
-pub const DEFAULT_CLUSTER: &str = "my-cluster";
+pub(super) const DEFAULT_CLUSTER: &str = "my-cluster";
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -178,7 +178,7 @@ async fn clusters(client: &AdminClient) -> anyhow::Result<Vec<ClusterView>> {
 }
 
 /// `seaport run`.
-pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
     let req = RunRequest {
         cluster: args.cluster.clone(),
         image: args.image.clone(),
@@ -276,7 +276,7 @@ fn only_cluster(views: &[ClusterView]) -> anyhow::Result<ClusterName> {
 }
 
 /// `seaport apply -f Clusterfile`.
-pub fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
+pub(super) fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     // Checked here first, so a broken file never reaches the coordinator.
@@ -368,7 +368,7 @@ fn print_plan(p: &seaport_shared::wire::PlannedApply) {
 }
 
 /// `seaport join`.
-pub fn join(root: &Path, args: JoinArgs) -> anyhow::Result<()> {
+pub(super) fn join(root: &Path, args: JoinArgs) -> anyhow::Result<()> {
     if args.masters.is_empty() && args.nodes.is_empty() {
         anyhow::bail!("name hosts to add with -m and/or -n");
     }
@@ -389,7 +389,7 @@ pub fn join(root: &Path, args: JoinArgs) -> anyhow::Result<()> {
 }
 
 /// `seaport logs`.
-pub fn logs(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
+pub(super) fn logs(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
     let views = runtime()?.block_on(async {
         let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
         let v = clusters(&client).await;
@@ -440,7 +440,7 @@ pub fn logs(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
 }
 
 /// `seaport audit`.
-pub fn audit(root: &Path, args: AuditArgs) -> anyhow::Result<()> {
+pub(super) fn audit(root: &Path, args: AuditArgs) -> anyhow::Result<()> {
     let entries = runtime()?.block_on(async {
         let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
         let resp = client
@@ -470,7 +470,7 @@ pub fn audit(root: &Path, args: AuditArgs) -> anyhow::Result<()> {
 }
 
 /// `seaport status`.
-pub fn status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
+pub(super) fn status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
     if args.drift {
         return drift(root, &args);
     }
@@ -501,7 +501,7 @@ pub fn status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
 }
 
 /// `seaport delete`.
-pub fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
+pub(super) fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
     if !args.masters.is_empty() || !args.nodes.is_empty() {
         let ips: Vec<String> = args.masters.iter().chain(&args.nodes).cloned().collect();
         return runtime()?.block_on(async {

@@ -64,7 +64,7 @@ fn ask(root: &Path, explicit: Option<&str>, req: AdminRequest) -> anyhow::Result
     })
 }
 
-pub fn run(root: &Path, args: DistributeArgs) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, args: DistributeArgs) -> anyhow::Result<()> {
     let explicit = args.coordinator.as_deref();
     match args.command {
         Some(DistributeCommand::Status { json }) => {

@@ -75,7 +75,7 @@ struct NodeView {
     memory_total: u64,
 }
 
-pub fn run(root: &Path, args: NodesArgs) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, args: NodesArgs) -> anyhow::Result<()> {
     let explicit = args.coordinator.as_deref();
     match args.command {
         None => list(root, args.json, explicit),

@@ -40,7 +40,7 @@ pub struct CreateArgs {
     pub coordinator: Option<String>,
 }
 
-pub fn run(root: &Path, cmd: TokenCommand) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create(args) => create(root, args),
     }

@@ -824,7 +824,7 @@ fn registry_url(domain: &str, port: Option<u16>) -> String {
 /// The address `index` after a CIDR's network address, if inside it.
 /// A CIDR that does not hold the address asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CidrError {
+pub(super) enum CidrError {
     /// Not a CIDR.
     #[error("{0:?} is not a CIDR such as 10.96.0.0/16")]
     NotACidr(String),

@@ -458,7 +458,7 @@ pub fn prepare(input: PrepareInput<'_>) -> Result<Prepared, OperationError> {
 }
 
 /// Marks `c` for deletion: a new generation whose stages reset every host.
-pub fn deleting(mut c: Cluster, prune: bool, who: &str, now: i64) -> Cluster {
+pub(super) fn deleting(mut c: Cluster, prune: bool, who: &str, now: i64) -> Cluster {
     c.generation += 1;
     c.state = RunState::Deleting;
     c.error = None;

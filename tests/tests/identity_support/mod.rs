@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// A running coordinator.
-pub struct Coordinator {
+pub(crate) struct Coordinator {
     pub root: PathBuf,
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -25,7 +25,11 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// Initializes `root` (keeping an existing CA) and serves on `listen`.
-    pub async fn start(root: &Path, listen: SocketAddr, node_cert_ttl: Duration) -> Coordinator {
+    pub(crate) async fn start(
+        root: &Path,
+        listen: SocketAddr,
+        node_cert_ttl: Duration,
+    ) -> Coordinator {
         seaport::ca::init(root).expect("coordinator init");
         // After a restart in the same process, connection tasks of the
         // stopped coordinator may hold its socket for a few more seconds.
@@ -66,12 +70,12 @@ impl Coordinator {
         }
     }
 
-    pub async fn start_loopback(root: &Path, node_cert_ttl: Duration) -> Coordinator {
+    pub(crate) async fn start_loopback(root: &Path, node_cert_ttl: Duration) -> Coordinator {
         Coordinator::start(root, "127.0.0.1:0".parse().unwrap(), node_cert_ttl).await
     }
 
     /// A handle on a coordinator started elsewhere (admin calls only).
-    pub fn attach(root: &Path, addr: SocketAddr) -> Coordinator {
+    pub(crate) fn attach(root: &Path, addr: SocketAddr) -> Coordinator {
         Coordinator {
             root: root.to_path_buf(),
             addr,
@@ -81,7 +85,7 @@ impl Coordinator {
     }
 
     /// Stops it the way SIGTERM does, and waits until it has.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -90,7 +94,7 @@ impl Coordinator {
         }
     }
 
-    pub async fn admin(
+    pub(crate) async fn admin(
         &self,
         req: AdminRequest,
     ) -> Result<AdminResponse, seaport::admin::AdminError> {
@@ -100,7 +104,7 @@ impl Coordinator {
         resp
     }
 
-    pub async fn token(&self, ttl_secs: u64, uses: u32) -> TokenGrant {
+    pub(crate) async fn token(&self, ttl_secs: u64, uses: u32) -> TokenGrant {
         match self
             .admin(AdminRequest::CreateToken {
                 ttl_secs,
@@ -116,7 +120,7 @@ impl Coordinator {
     }
 
     /// A one-use token made for an existing node (`token create --node`).
-    pub async fn token_for(&self, node: &str) -> TokenGrant {
+    pub(crate) async fn token_for(&self, node: &str) -> TokenGrant {
         match self
             .admin(AdminRequest::CreateToken {
                 ttl_secs: 600,
@@ -131,7 +135,7 @@ impl Coordinator {
         }
     }
 
-    pub async fn nodes(&self) -> Vec<NodeInfo> {
+    pub(crate) async fn nodes(&self) -> Vec<NodeInfo> {
         match self
             .admin(AdminRequest::ListNodes)
             .await
@@ -142,14 +146,19 @@ impl Coordinator {
         }
     }
 
-    pub async fn node(&self, node_id: &str) -> Option<NodeInfo> {
+    pub(crate) async fn node(&self, node_id: &str) -> Option<NodeInfo> {
         self.nodes()
             .await
             .into_iter()
             .find(|n| n.node_id == node_id)
     }
 
-    pub fn join_options(&self, grant: &TokenGrant, state_dir: &Path, host: &str) -> JoinOptions {
+    pub(crate) fn join_options(
+        &self,
+        grant: &TokenGrant,
+        state_dir: &Path,
+        host: &str,
+    ) -> JoinOptions {
         JoinOptions {
             coordinator: self.addr.to_string(),
             token: grant.token.clone(),
@@ -161,12 +170,12 @@ impl Coordinator {
     }
 
     /// Makes a token and joins one simulated host with it.
-    pub async fn join(&self, state_dir: &Path, host: &str) -> Joined {
+    pub(crate) async fn join(&self, state_dir: &Path, host: &str) -> Joined {
         self.join_host(state_dir, host_identity(host)).await
     }
 
     /// Makes a token and joins the given host identity with it.
-    pub async fn join_host(&self, state_dir: &Path, host: HostIdentity) -> Joined {
+    pub(crate) async fn join_host(&self, state_dir: &Path, host: HostIdentity) -> Joined {
         let grant = self.token(600, 1).await;
         let mut opts = self.join_options(&grant, state_dir, &host.hostname);
         opts.host = host;
@@ -175,7 +184,7 @@ impl Coordinator {
 }
 
 /// A host identity unique to a test host name.
-pub fn host_identity(host: &str) -> HostIdentity {
+pub(crate) fn host_identity(host: &str) -> HostIdentity {
     HostIdentity {
         machine_id: format!("{:032x}", rand_u128()),
         hostname: host.to_string(),
@@ -193,7 +202,7 @@ fn rand_u128() -> u128 {
     (u128::from(a) << 64) | u128::from(b)
 }
 
-pub fn facts(host: &str) -> HostFacts {
+pub(crate) fn facts(host: &str) -> HostFacts {
     HostFacts {
         hostname: host.to_string(),
         os: "Debian GNU/Linux 12".into(),
@@ -208,13 +217,13 @@ pub fn facts(host: &str) -> HostFacts {
 }
 
 /// A running agent service (the library loop the binary runs).
-pub struct Agent {
+pub(crate) struct Agent {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl Agent {
-    pub fn spawn(state_dir: &Path, host: &str) -> Agent {
+    pub(crate) fn spawn(state_dir: &Path, host: &str) -> Agent {
         let (tx, rx) = watch::channel(false);
         let dir = state_dir.to_path_buf();
         let f = facts(host);
@@ -222,14 +231,14 @@ impl Agent {
         Agent { stop: tx, task }
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
 }
 
 /// Polls `check` every 100 ms until it returns true or `limit` passes.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+pub(crate) async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -247,7 +256,7 @@ where
 }
 
 /// A client endpoint connected with `config`, or the connection error.
-pub async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     config: quinn::ClientConfig,
 ) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
@@ -260,7 +269,10 @@ pub async fn connect(
 }
 
 /// Waits for the peer to close `conn`; returns the close reason.
-pub async fn closed_by_peer(conn: &quinn::Connection, limit: Duration) -> quinn::ConnectionError {
+pub(crate) async fn closed_by_peer(
+    conn: &quinn::Connection,
+    limit: Duration,
+) -> quinn::ConnectionError {
     tokio::time::timeout(limit, conn.closed())
         .await
         .expect("the coordinator should have closed the connection")
@@ -269,7 +281,7 @@ pub async fn closed_by_peer(conn: &quinn::Connection, limit: Duration) -> quinn:
 impl Coordinator {
     /// Stops it and starts it again on the same root and address (a
     /// restart in the middle of an attack).
-    pub async fn restart(self, node_cert_ttl: Duration) -> Coordinator {
+    pub(crate) async fn restart(self, node_cert_ttl: Duration) -> Coordinator {
         let (root, addr) = (self.root.clone(), self.addr);
         self.stop().await;
         Coordinator::start(&root, addr, node_cert_ttl).await
@@ -277,7 +289,7 @@ impl Coordinator {
 
     /// One enrollment as a modified agent would send it: any CSR, any
     /// token, from any local address.
-    pub async fn enroll_raw(
+    pub(crate) async fn enroll_raw(
         &self,
         from: std::net::IpAddr,
         token: &str,
@@ -321,7 +333,7 @@ impl Coordinator {
     }
 
     /// The clusters the coordinator knows.
-    pub async fn clusters(&self) -> Vec<seaport_shared::wire::ClusterView> {
+    pub(crate) async fn clusters(&self) -> Vec<seaport_shared::wire::ClusterView> {
         match self
             .admin(AdminRequest::Clusters)
             .await
@@ -337,13 +349,13 @@ impl Coordinator {
 /// whatever facts it is given (what a root user on an enrolled host can
 /// make its agent say). It counts the task streams the coordinator opens
 /// to it.
-pub struct Impostor {
+pub(crate) struct Impostor {
     stop: watch::Sender<bool>,
     task: JoinHandle<usize>,
 }
 
 impl Impostor {
-    pub fn start(
+    pub(crate) fn start(
         coordinator: SocketAddr,
         state_dir: &Path,
         from: std::net::IpAddr,
@@ -404,7 +416,7 @@ impl Impostor {
     }
 
     /// Stops it; returns how many task streams it was sent.
-    pub async fn stop(self) -> usize {
+    pub(crate) async fn stop(self) -> usize {
         let _ = self.stop.send(true);
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
@@ -414,7 +426,7 @@ impl Impostor {
 }
 
 /// Builds a one-layer image named `name` into the store under `root`.
-pub fn build_image(root: &Path, name: &str) {
+pub(crate) fn build_image(root: &Path, name: &str) {
     let ctx = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(ctx.path().join("etc")).unwrap();
     std::fs::write(ctx.path().join("etc/hello.conf"), "hello\n").unwrap();
@@ -436,7 +448,7 @@ pub fn build_image(root: &Path, name: &str) {
 }
 
 /// A Clusterfile for `image` with one master and the given workers.
-pub fn clusterfile(name: &str, image: &str, master: &str, nodes: &[&str]) -> String {
+pub(crate) fn clusterfile(name: &str, image: &str, master: &str, nodes: &[&str]) -> String {
     let mut text = format!(
         "apiVersion: sealer.cloud/v2\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n  hosts:\n  - ips: [{master}]\n    roles: [master]\n"
     );
@@ -450,7 +462,7 @@ pub fn clusterfile(name: &str, image: &str, master: &str, nodes: &[&str]) -> Str
 }
 
 /// The `seaport` binary, built once for these tests.
-pub fn seaport_bin() -> PathBuf {
+pub(crate) fn seaport_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         seaport_lab::seaport::Binaries::build_for_tests()

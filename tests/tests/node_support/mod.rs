@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use crate::identity_support::{facts, host_identity, Coordinator};
 
 /// A coordinator in-process, with a probe on its tables.
-pub struct Running {
+pub(crate) struct Running {
     pub coord: Coordinator,
     pub probe: Probe,
     root: PathBuf,
@@ -37,7 +37,7 @@ pub struct Running {
 }
 
 impl Running {
-    pub async fn start(root: &Path) -> Running {
+    pub(crate) async fn start(root: &Path) -> Running {
         seaport::ca::init(root).expect("coordinator init");
         Self::serve(root, "127.0.0.1:0".parse().unwrap()).await
     }
@@ -45,7 +45,7 @@ impl Running {
     /// Stops the coordinator and starts it again on the same root and
     /// address, as a restart (or a crash and a restart) of the service
     /// does; sessions are lost and nodes must reconnect.
-    pub async fn restart(self) -> Running {
+    pub(crate) async fn restart(self) -> Running {
         let (root, addr) = (self.root.clone(), self.coord.addr);
         self.stop().await;
         Self::serve(&root, addr).await
@@ -91,13 +91,13 @@ impl Running {
         }
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
 
     /// The cluster's view, once its operation has ended.
-    pub async fn wait_cluster(&self, name: &str, generation: u64) -> ClusterView {
+    pub(crate) async fn wait_cluster(&self, name: &str, generation: u64) -> ClusterView {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(AdminResponse::Clusters(cs)) = self.coord.admin(AdminRequest::Clusters).await
@@ -119,7 +119,7 @@ impl Running {
 
 /// How a scripted node answers.
 #[derive(Clone, Default)]
-pub struct Script {
+pub(crate) struct Script {
     /// Join data (JSON) in the `Finished` of a master0 kubeadm task, and of
     /// every apply task after it (as a real first master reports it).
     pub init_join_data: Option<String>,
@@ -132,7 +132,7 @@ pub struct Script {
 }
 
 /// A scripted node with a live session.
-pub struct Node {
+pub(crate) struct Node {
     pub node_id: String,
     pub ip: IpAddr,
     pub hostname: String,
@@ -156,7 +156,7 @@ struct Session {
 impl Node {
     /// Enrolls `hostname` with a fresh token and opens its session from
     /// `ip` (a loopback address), heartbeating and syncing until dropped.
-    pub async fn start(
+    pub(crate) async fn start(
         coord: &Coordinator,
         dir: &Path,
         hostname: &str,
@@ -203,7 +203,7 @@ impl Node {
 
     /// Opens a new session with the same identity and script (after the
     /// coordinator restarted), once the old one is gone.
-    pub async fn reconnect(&mut self, coord: &Coordinator) {
+    pub(crate) async fn reconnect(&mut self, coord: &Coordinator) {
         for h in self.handles.drain(..) {
             h.abort();
         }
@@ -224,7 +224,7 @@ impl Node {
     }
 
     /// The tasks received so far.
-    pub fn tasks(&self) -> Vec<TaskRequest> {
+    pub(crate) fn tasks(&self) -> Vec<TaskRequest> {
         self.tasks.lock().unwrap().clone()
     }
 }
@@ -353,7 +353,10 @@ async fn connect(
 }
 
 /// One sync on a `Blob` stream of `conn`.
-pub async fn sync(conn: &quinn::Connection, req: SyncRequest) -> Result<SyncResponse, String> {
+pub(crate) async fn sync(
+    conn: &quinn::Connection,
+    req: SyncRequest,
+) -> Result<SyncResponse, String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     wire::client_handshake(&mut recv, &mut send, StreamKind::Blob)
         .await
@@ -445,7 +448,7 @@ async fn answer_task(
 }
 
 /// Join data of the right shape, naming `api` as the API server.
-pub fn join_data_json(master0: &str, api: &str, token: &str) -> String {
+pub(crate) fn join_data_json(master0: &str, api: &str, token: &str) -> String {
     serde_json::json!({
         "api_server_endpoint": format!("{api}:6443"),
         "master0_ip": master0,
@@ -457,6 +460,6 @@ pub fn join_data_json(master0: &str, api: &str, token: &str) -> String {
 }
 
 /// Whether a run state is final.
-pub fn finished(state: RunState) -> bool {
+pub(crate) fn finished(state: RunState) -> bool {
     state.is_final()
 }
