@@ -415,7 +415,7 @@ pub fn check_hostnames(hosts: &[(String, String, String)]) -> Result<(), PlanErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn hosts(masters: &[&str], nodes: &[&str]) -> Vec<HostSpec> {
@@ -546,7 +546,10 @@ mod tests {
         assert_eq!(m["10.0.0.3"], "n3");
     }
 
-    fn platform_image(arch: &str, layer_type: &str) -> seaport_rootfs::store::PlatformImage {
+    pub(crate) fn platform_image(
+        arch: &str,
+        layer_type: &str,
+    ) -> seaport_rootfs::store::PlatformImage {
         use seaport_rootfs::oci::{Descriptor, ImageConfig, Manifest, Platform};
         use seaport_shared::digest::Digest;
         let desc = |media_type: &str, bytes: &[u8]| Descriptor {

@@ -133,21 +133,7 @@ pub fn server(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let provider = provider();
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(client_verifier)
-        .with_single_cert(chain, key)?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
-        .map_err(|e| TlsError::Quic(e.to_string()))?;
-    let mut s = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    s.transport_config(transport(false));
-    Ok(s)
+    server_config(ca, chain, key, true, transport(false))
 }
 
 /// The client certificate chain the peer presented, if any.
@@ -335,8 +321,24 @@ pub fn peer_server(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<quinn::ServerConfig, TlsError> {
+    server_config(ca, chain, key, false, lan_transport())
+}
+
+/// A TLS 1.3 QUIC server presenting `chain`, verifying client certificates
+/// against `ca` (optional when `anonymous_clients`).
+fn server_config(
+    ca: &CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    anonymous_clients: bool,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone())
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone());
+    if anonymous_clients {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -347,7 +349,7 @@ pub fn peer_server(
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut s = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    s.transport_config(lan_transport());
+    s.transport_config(transport);
     Ok(s)
 }
 

@@ -7,7 +7,10 @@ use seaport_shared::cluster::{ClusterName, Role, Step};
 
 use super::image::ImageError;
 use super::journal::JournalError;
-use super::steps::StepError;
+use super::steps::error::StepError;
+
+/// Longest step name accepted.
+pub(crate) const MAX_STEP_NAME: usize = 200;
 
 /// Errors from applying.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +75,7 @@ pub enum ApplyError {
     #[error("registry_domain and registry_port (from the image's ENV or the cluster env): {0}")]
     Registry(String),
     /// A shell step's name is unusable.
-    #[error("shell step name {0:?} must be 1 to {max} printable characters", max = super::shell::MAX_STEP_NAME)]
+    #[error("shell step name {0:?} must be 1 to {max} printable characters", max = MAX_STEP_NAME)]
     ShellStepName(String),
     /// A shell step named like an install step.
     #[error("shell step name {0:?} is the name of an install step; name it differently (e.g. plugin:NAME@PHASE)")]

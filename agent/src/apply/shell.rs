@@ -20,11 +20,8 @@ use super::effects::{CommandOutput, CommandSpec, Effects};
 use super::files::HostFiles;
 use super::journal::{Journal, StepRecord, StepStatus};
 use super::options::env_map;
-use super::outcome::{ApplyError, StepEvent};
-use super::steps::StepError;
-
-/// Longest step name accepted.
-pub(crate) const MAX_STEP_NAME: usize = 200;
+use super::outcome::{ApplyError, StepEvent, MAX_STEP_NAME};
+use super::steps::error::StepError;
 
 /// One shell step.
 #[derive(Clone, Debug)]

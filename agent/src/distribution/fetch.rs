@@ -29,8 +29,9 @@ use seaport_shared::distribution::{
 use seaport_shared::tls::PEER_CONNECT_TIMEOUT;
 use seaport_shared::wire::{self, StreamKind};
 
+use super::peer;
+use super::shared::{PeerPolicy, Shared};
 use super::store::{Partial, PieceWriter, VerifiedPiece};
-use super::{peer, PeerPolicy, Shared};
 use crate::identity::Identity;
 
 const COORDINATOR: &str = "coordinator";

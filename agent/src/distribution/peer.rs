@@ -10,7 +10,6 @@
 //! longer pass. Only pieces whose bit is set are served: verified here,
 //! whether the blob is complete or still downloading.
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,68 +21,16 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::distribution::{
-    self as distribution, check_piece_count, BlobRequest, BlobResponse, SendError, SyncResponse,
-    BLOB_FRAME_LIMIT,
+    self as distribution, check_piece_count, BlobRequest, BlobResponse, SendError, BLOB_FRAME_LIMIT,
 };
 use seaport_shared::pki::{self, CertInfo, Role};
 use seaport_shared::tls::{self, peer_client, peer_server};
 use seaport_shared::wire::{self, StreamKind};
 
-use super::Shared;
+use super::shared::{PeerPolicy, Shared};
 use crate::identity::Identity;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Whom the peer server serves, from the coordinator's last sync.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct PeerPolicy {
-    /// Nodes named for the images assigned here (and for other images
-    /// sharing their blobs): the lowest serial each may present, and the
-    /// blobs each may fetch.
-    named: HashMap<String, (u64, HashSet<Digest>)>,
-    revoked: HashSet<String>,
-}
-
-impl PeerPolicy {
-    pub(crate) fn from_sync(resp: &SyncResponse) -> PeerPolicy {
-        let mut named: HashMap<String, (u64, HashSet<Digest>)> = HashMap::new();
-        for a in resp.images.iter().chain(&resp.sharing) {
-            for n in &a.nodes {
-                let e = named.entry(n.node_id.clone()).or_default();
-                e.0 = e.0.max(n.min_serial);
-                e.1.extend(a.blobs.iter().copied());
-            }
-        }
-        PeerPolicy {
-            named,
-            revoked: resp.revoked.iter().cloned().collect(),
-        }
-    }
-
-    /// Whether the node `node` presenting certificate `serial` may fetch
-    /// from here at all.
-    pub(crate) fn admits(&self, node: &str, serial: u64) -> Result<(), &'static str> {
-        if self.revoked.contains(node) {
-            return Err("node revoked");
-        }
-        match self.named.get(node) {
-            None => Err("node not named for any image assigned here"),
-            Some((min, _)) if serial < *min => {
-                Err("stale certificate: issued before the node's latest enrollment")
-            }
-            Some(_) => Ok(()),
-        }
-    }
-
-    /// Whether `node` may fetch `digest` from here.
-    pub(crate) fn may_fetch(&self, node: &str, digest: &Digest) -> bool {
-        !self.revoked.contains(node)
-            && self
-                .named
-                .get(node)
-                .is_some_and(|(_, blobs)| blobs.contains(digest))
-    }
-}
 
 /// Whether a client may keep (or open) a connection, by the current policy.
 fn verdict(policy: Option<&PeerPolicy>, peer: &CertInfo) -> Result<(), &'static str> {
@@ -306,7 +253,7 @@ async fn send_pieces(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seaport_shared::distribution::{ImageAssignment, NamedNode};
+    use seaport_shared::distribution::{ImageAssignment, NamedNode, SyncResponse};
 
     fn cert(name: &str, serial: u64) -> CertInfo {
         CertInfo {

@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use seaport_rootfs::oci::{Descriptor, ImageConfig, Manifest, Platform};
-use seaport_rootfs::store::{PlatformImage, ResolvedImage as StoreImage, StoredImage};
+use seaport_rootfs::oci::Descriptor;
+use seaport_rootfs::store::StoredImage;
 use seaport_shared::cluster::{ClusterName, ImageDigest, OperationKind, Role, Step};
 use seaport_shared::digest::Digest;
 use seaport_shared::wire::{RunRequest, RunState, StepState, TaskEvent, TaskRequest};
@@ -18,39 +18,19 @@ use super::OperationError;
 use crate::records::NodeRecord;
 
 fn image() -> ResolvedImage {
-    let desc = |media_type: &str, bytes: &[u8]| Descriptor {
-        media_type: media_type.into(),
-        digest: Digest::of(bytes),
-        size: bytes.len() as u64,
-        annotations: Default::default(),
-        platform: None,
-    };
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(seaport_rootfs::oci::MEDIA_TYPE_MANIFEST.into()),
-        config: desc(seaport_rootfs::oci::MEDIA_TYPE_CONFIG, b"config"),
-        layers: vec![desc(seaport_rootfs::oci::MEDIA_TYPE_LAYER_ZSTD, b"layer")],
-        annotations: Default::default(),
-    };
-    let name = seaport_rootfs::reference::ImageRef::parse("k8s:v1").unwrap();
+    let platform =
+        crate::plan::tests::platform_image("amd64", seaport_rootfs::oci::MEDIA_TYPE_LAYER_ZSTD);
     let stored = StoredImage {
-        name: name.clone(),
-        descriptor: desc(seaport_rootfs::oci::MEDIA_TYPE_MANIFEST, b"manifest"),
+        name: platform.image.name.clone(),
+        descriptor: Descriptor {
+            media_type: seaport_rootfs::oci::MEDIA_TYPE_MANIFEST.into(),
+            digest: platform.image.manifest_digest,
+            size: platform.image.manifest_size,
+            annotations: Default::default(),
+            platform: None,
+        },
         index: None,
-        manifests: vec![PlatformImage {
-            platform: Platform {
-                architecture: "amd64".into(),
-                os: "linux".into(),
-                variant: None,
-            },
-            image: StoreImage {
-                name,
-                manifest_digest: Digest::of(b"manifest"),
-                manifest_size: 8,
-                manifest,
-                config: ImageConfig::default(),
-            },
-        }],
+        manifests: vec![platform],
     };
     ResolvedImage::new("k8s:v1", stored)
 }
@@ -94,7 +74,7 @@ fn prepared(want: Want, nodes: &[NodeRecord]) -> Result<super::Prepared, Operati
 fn prepare_plans_an_install_once_with_typed_roles_and_the_resolved_digest() {
     let p = prepared(run(&["10.0.0.1", "10.0.0.2"], &["10.0.0.3"]), &nodes(3)).unwrap();
     assert_eq!(p.operation.kind, OperationKind::Install);
-    let digest: ImageDigest = Digest::of(b"manifest").into();
+    let digest: ImageDigest = Digest::of(b"amd64 manifest").into();
     assert_eq!(p.operation.image.digest, digest);
     assert_eq!(p.cluster.manifest_digest, digest);
     assert_eq!(

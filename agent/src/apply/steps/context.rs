@@ -17,7 +17,7 @@ use super::super::options::{
 };
 use super::super::outcome::ApplyError;
 use super::super::runtime;
-use super::StepError;
+use super::error::StepError;
 
 /// One host's apply in progress: the options, the image, the journal and
 /// what is computed from them once (addresses, env, the registry's name).
@@ -401,4 +401,19 @@ pub(crate) fn is_executable(p: &Path) -> bool {
 /// `s` quoted for a POSIX shell.
 pub(crate) fn shell_quote(s: &str) -> String {
     seaport_shared::shell::quote(s)
+}
+
+/// One step of the engine.
+pub(crate) trait HostStep: Sync {
+    /// Which step it is.
+    fn step(&self) -> Step;
+
+    /// Runs the step; returns what it did, in a few words.
+    fn run(&self, cx: &mut StepContext<'_>) -> Result<String, StepError>;
+
+    /// Whether a done step runs again when its inputs changed (kubeadm does
+    /// not: a host joins once).
+    fn reruns_on_change(&self) -> bool {
+        true
+    }
 }

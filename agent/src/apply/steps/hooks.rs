@@ -5,7 +5,8 @@
 use seaport_shared::cluster::Step;
 
 use super::super::effects::CommandSpec;
-use super::{HostStep, StepContext, StepError};
+use super::context::{HostStep, StepContext};
+use super::error::StepError;
 
 /// A hook step: the script it runs.
 pub(super) struct Hook {

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use seaport_shared::cluster::Step;
 
 use super::context::read_inside;
-use super::{HostStep, StepContext, StepError, BIN_DIR, UNIT_DIR};
+use super::context::{HostStep, StepContext};
+use super::error::StepError;
+use super::paths::{BIN_DIR, UNIT_DIR};
 
 pub(super) struct KubeBinaries;
 

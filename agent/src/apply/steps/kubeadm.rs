@@ -14,7 +14,9 @@ use super::super::effects::CommandSpec;
 use super::super::join_data::{ca_cert_hash, read_join_data};
 use super::super::options::ApplyOptions;
 use super::super::runtime::SOCKET_PATH_FILE;
-use super::{HostStep, StepContext, StepError, BIN_DIR};
+use super::context::{HostStep, StepContext};
+use super::error::StepError;
+use super::paths::BIN_DIR;
 
 pub(super) struct Kubeadm;
 

@@ -13,7 +13,8 @@ use seaport_shared::cluster::Step;
 
 use super::super::effects::CommandSpec;
 use super::context::shell_quote;
-use super::{HostStep, StepContext, StepError};
+use super::context::{HostStep, StepContext};
+use super::error::StepError;
 
 pub(super) struct Launch;
 

@@ -12,9 +12,9 @@ use seaport_shared::cluster::Step;
 
 use super::super::journal::Change;
 use super::context::{is_executable, read_text_inside};
-use super::{
-    HostStep, StepContext, StepError, PREVIOUS_ROOTFS, REGISTRY_BINARIES, REGISTRY_UNIT, UNIT_DIR,
-};
+use super::context::{HostStep, StepContext};
+use super::error::StepError;
+use super::paths::{PREVIOUS_ROOTFS, REGISTRY_BINARIES, REGISTRY_UNIT, UNIT_DIR};
 
 pub(super) struct Registry;
 

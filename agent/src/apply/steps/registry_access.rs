@@ -6,7 +6,8 @@ use seaport_rootfs::kubeadm::APISERVER_DOMAIN;
 use seaport_shared::cluster::Step;
 
 use super::super::runtime::{self as rt, Runtime};
-use super::{HostStep, StepContext, StepError};
+use super::context::{HostStep, StepContext};
+use super::error::StepError;
 
 pub(super) struct RegistryAccess;
 

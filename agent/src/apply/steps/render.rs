@@ -3,7 +3,8 @@
 
 use seaport_shared::cluster::Step;
 
-use super::{HostStep, StepContext, StepError};
+use super::context::{HostStep, StepContext};
+use super::error::StepError;
 
 pub(super) struct Render;
 

@@ -5,7 +5,9 @@ use std::fs;
 use seaport_shared::cluster::Step;
 use seaport_shared::safetar::UnpackOptions;
 
-use super::{HostStep, StepContext, StepError, PREVIOUS_ROOTFS};
+use super::context::{HostStep, StepContext};
+use super::error::StepError;
+use super::paths::PREVIOUS_ROOTFS;
 
 pub(super) struct Rootfs;
 

@@ -15,7 +15,9 @@ use super::super::runtime::{
     DOCKER_BRIDGE,
 };
 use super::context::{is_executable, read_inside, read_text_inside, start_and_wait};
-use super::{HostStep, StepContext, StepError, BIN_DIR, REGISTRY_BINARIES, UNIT_DIR};
+use super::context::{HostStep, StepContext};
+use super::error::StepError;
+use super::paths::{BIN_DIR, REGISTRY_BINARIES, UNIT_DIR};
 
 pub(super) struct RuntimeStep;
 
