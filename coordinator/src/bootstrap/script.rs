@@ -11,7 +11,7 @@
 use seaport_shared::pki::{self, CaPin, JoinToken};
 use seaport_shared::shell::quote;
 
-use super::BootstrapError;
+use super::error::BootstrapError;
 
 /// The script template; `@NAME@` placeholders are filled by [`render_script`].
 const TEMPLATE: &str = include_str!("bootstrap.sh");

@@ -14,7 +14,7 @@ use seaport_shared::distribution::{
 };
 use seaport_shared::wire::close;
 
-use super::{pieces_len, DistError, Distribution};
+use super::assignments::{pieces_len, DistError, Distribution};
 
 /// Whether a node is connected now (its peers are offered while it is).
 pub(crate) type Online = Arc<dyn Fn(&str) -> bool + Send + Sync>;

@@ -30,7 +30,8 @@
 //! - `agents.rs`, `store.rs`: the two traits.
 //! - `record.rs`: the record ([`Cluster`]) and the audit entry.
 //! - `prepare.rs`: from a request to an operation and its record, pure.
-//! - `drive.rs`: the stages in order, tasks to hosts and their events.
+//! - `run.rs`: the stages in order, and how the operation ended.
+//! - `drive.rs`: what stages work with: tasks to hosts and their events.
 //! - `stages/`: one file per kind of stage.
 //! - `service.rs`: [`Operations`], what the daemon calls.
 //! - `error.rs`: [`OperationError`], [`StageError`].
@@ -40,6 +41,7 @@ mod drive;
 mod error;
 mod prepare;
 mod record;
+mod run;
 mod service;
 mod stages;
 mod store;

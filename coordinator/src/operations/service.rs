@@ -19,10 +19,11 @@ use seaport_shared::wire::{
 };
 
 use super::agents::Agents;
-use super::drive::{Driver, Outcome};
+use super::drive::Driver;
 use super::error::OperationError;
 use super::prepare::{self, PrepareInput, Prepared, ResolvedImage, Want};
 use super::record::{AuditEntry, Cluster, LiveRecord};
+use super::run::Outcome;
 use super::store::ClusterStore;
 
 struct Active {

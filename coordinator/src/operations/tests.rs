@@ -10,9 +10,10 @@ use seaport_shared::digest::Digest;
 use seaport_shared::wire::{RunRequest, RunState, StepState, TaskEvent, TaskRequest};
 
 use super::agents::{Agents, AgentsError, Fetched, TaskEvents};
-use super::drive::{Driver, Outcome};
+use super::drive::Driver;
 use super::prepare::{desired, prepare, PrepareInput, ResolvedImage, Want};
 use super::record::LiveRecord;
+use super::run::Outcome;
 use super::store::{ClusterStore, MemoryStore};
 use super::OperationError;
 use crate::records::NodeRecord;

@@ -17,7 +17,7 @@ use seaport_shared::cluster::ClusterName;
 
 use super::error::StateError;
 use super::lock::{self, CoordinatorLock};
-use super::StateStore;
+use super::store::StateStore;
 use crate::operations::{AuditEntry, Cluster, ClusterStore, StoreError};
 use crate::records::{same_ip, AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
 

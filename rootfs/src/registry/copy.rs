@@ -14,43 +14,16 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use seaport_shared::digest::{Digest, DigestError};
+use seaport_shared::digest::Digest;
 
-use super::client::{RegistryClient, RegistryError};
+use super::client::RegistryClient;
+use super::copy_error::store_to_digest_error;
+pub use super::copy_error::CopyError;
 use super::platform::{available_platforms, platform_string, select_manifest};
 use crate::oci::MEDIA_TYPE_MANIFEST;
 use crate::oci::{Descriptor, Index, Manifest, Platform};
 use crate::reference::ImageRef;
 use crate::store::{Store, StoreError};
-
-/// Errors from push and pull.
-#[derive(Debug, thiserror::Error)]
-pub enum CopyError {
-    /// Talking to the registry failed.
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    /// The local store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A manifest is not usable.
-    #[error("{image}: {reason}")]
-    Manifest {
-        /// The image.
-        image: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// An index has no manifest for the target platform.
-    #[error("{image} has no manifest for platform {wanted} (it has: {available}); choose one with --platform")]
-    NoPlatform {
-        /// The image.
-        image: String,
-        /// The platform asked for.
-        wanted: String,
-        /// What the index offers.
-        available: String,
-    },
-}
 
 /// A manifest fetched from a registry, resolved to one platform.
 #[derive(Clone, Debug)]
@@ -375,15 +348,6 @@ fn fetch_all(client: &RegistryClient, image: &ImageRef) -> Result<Fetched, CopyE
         documents,
         blobs,
     })
-}
-
-/// Maps a store write error to the digest error [`RegistryClient::download_blob`]
-/// understands: mismatches stay mismatches, everything else is I/O.
-pub(crate) fn store_to_digest_error(e: StoreError) -> DigestError {
-    match e {
-        StoreError::Verify { source, .. } => source,
-        other => DigestError::Io(std::io::Error::other(other.to_string())),
-    }
 }
 
 /// Runs `f` on every item, `parallel` at a time; stops at the first error.

@@ -21,6 +21,7 @@
 pub mod auth;
 pub mod client;
 pub mod copy;
+mod copy_error;
 pub mod credentials;
 pub mod layout;
 pub mod platform;

@@ -9,7 +9,7 @@
 use seaport_shared::digest::Digest;
 
 use super::client::{RegistryClient, RegistryError};
-use super::copy::{store_to_digest_error, CopyError};
+use super::copy_error::{store_to_digest_error, CopyError};
 use crate::oci::{Manifest, MEDIA_TYPE_MANIFEST};
 use crate::signing::{self, Signatures};
 use crate::store::Store;
