@@ -10,9 +10,10 @@
 //!     coordinator state, join tokens, the node inventory (and host IP
 //!     approvals), admin certificates
 //! - [`ca`]: the cluster CA and the coordinator's files under `ROOT/coordinator/`.
-//! - [`state`]: the redb state database (token hashes, nodes and the
-//!   evidence binding their IPs, admin certificates, serials, assignments,
-//!   clusters, the audit log).
+//! - [`state`]: all the coordinator keeps behind the `StateStore` trait
+//!   (token hashes, nodes and the evidence binding their IPs, admin
+//!   certificates, serials, assignments, clusters, the audit log), redb
+//!   the embedded backend, opened by the coordinator only.
 //! - [`tokens`]: creating join tokens and admin certificates.
 //! - [`daemon`]: `coordinator serve`: the QUIC endpoint, enrollment, node
 //!   sessions, the admin API, per-source limits on unauthenticated
@@ -35,7 +36,7 @@
 //!   `--require-signed`, a Clusterfile's `spec.imagePolicy`): checked when
 //!   an operation is planned, given to agents.
 //! - [`operations`]: operations on clusters: the record, a pure `prepare`,
-//!   `drive`, one file per kind of stage, over two traits (`Agents`,
+//!   `run` and `drive`, one file per kind of stage, over two traits (`Agents`,
 //!   `ClusterStore`) (`cli/cluster.rs`: `seaport run`, `apply`, `join`,
 //!   `delete`, `status`, `logs`, `audit`).
 //! - [`records`]: what is kept about nodes, tokens, admin certificates and
