@@ -71,15 +71,15 @@ const LOCAL_ADMIN_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
 /// Errors of the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("{0}")]
+    #[error(transparent)]
     Ca(#[from] CaError),
-    #[error("{0}")]
+    #[error(transparent)]
     State(#[from] StateError),
-    #[error("{0}")]
+    #[error(transparent)]
     Pki(#[from] PkiError),
     #[error(transparent)]
     Write(#[from] seaport_shared::confined::ConfinedError),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("could not listen on {addr} (udp): {source}")]
     Bind {
