@@ -299,6 +299,11 @@ impl<'a> Context<'a> {
                 installed += 1;
             }
         }
+        // The registry's names go into /etc/hosts before the runtime starts:
+        // Go daemons (containerd, dockerd) cache /etc/hosts for a few
+        // seconds, so names added after their first lookup may stay unknown
+        // to them for that long after the install ends.
+        self.name_registry_hosts()?;
         match choice.runtime {
             Runtime::Containerd => self.start_containerd(installed, &choice),
             Runtime::Docker => self.start_docker(installed, &choice),
@@ -538,15 +543,23 @@ impl<'a> Context<'a> {
         ))
     }
 
-    fn step_registry_access(&mut self) -> StepResult {
+    /// The local registry's and the API server's names in `/etc/hosts`
+    /// (each line once).
+    fn name_registry_hosts(&mut self) -> Result<(), String> {
         let hosts_line = format!("{} {}", self.registry_ip, self.registry_domain);
         let api_line = format!("{} {APISERVER_DOMAIN}", self.master0_ip);
-        self.files
-            .append_line(&mut self.journal, "/etc/hosts", &hosts_line)
-            .map_err(e2s)?;
-        self.files
-            .append_line(&mut self.journal, "/etc/hosts", &api_line)
-            .map_err(e2s)?;
+        for line in [hosts_line, api_line] {
+            self.files
+                .append_line(&mut self.journal, "/etc/hosts", &line)
+                .map_err(e2s)?;
+        }
+        Ok(())
+    }
+
+    fn step_registry_access(&mut self) -> StepResult {
+        // Written by the runtime step already; again here for journals of
+        // installs whose runtime step ran before it did.
+        self.name_registry_hosts()?;
         let local = format!("{}:{}", self.registry_domain, self.registry_port);
         let mirror = format!("http://{local}");
         let rt = self
