@@ -110,6 +110,8 @@ pub fn remove_run(paths: &LabPaths, id: &RunId, removed: &mut Removed) -> Result
         mounts::remove_tree(&dir)?;
         removed.runs.push(id.to_string());
     }
+    // The log of a killed keeper goes with its run.
+    let _ = std::fs::remove_file(paths.keeper_log(id));
     let bridge = id.bridge();
     if net::lab_bridges()?.contains(&bridge) {
         for port in net::ports_of(&bridge)? {

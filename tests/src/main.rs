@@ -283,7 +283,7 @@ fn up(paths: &LabPaths, args: UpArgs) -> Result<ExitCode> {
     let id = RunId::generate()?;
     std::fs::create_dir_all(&paths.runs)
         .with_context(|| format!("creating {}", paths.runs.display()))?;
-    let log_path = runs::keeper_log(paths, &id);
+    let log_path = paths.keeper_log(&id);
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
     let exe = std::env::current_exe().context("finding this program")?;

@@ -179,6 +179,12 @@ impl LabPaths {
         self.runs.join(id.as_str())
     }
 
+    /// The log of the process keeping run `id` (`seaport-lab up`), beside
+    /// the run's directory.
+    pub fn keeper_log(&self, id: &RunId) -> PathBuf {
+        self.runs.join(format!("{id}.log"))
+    }
+
     /// The file every live lab holds a shared flock on, for its lifetime.
     /// Labs of older versions of this code held it exclusively (one lab per
     /// machine): holding it shared keeps new and old labs apart.

@@ -160,11 +160,6 @@ pub fn exec(paths: &LabPaths, host: &str, argv: &[String]) -> Result<ExecOutput,
     Ok(host::exec_in(leader, argv, None)?)
 }
 
-/// The log file of the process keeping run `id` (`seaport-lab up`).
-pub fn keeper_log(paths: &LabPaths, id: &RunId) -> std::path::PathBuf {
-    paths.runs.join(format!("{id}.log"))
-}
-
 /// True when `pid` is the `seaport-lab keep` process of run `id`.
 pub fn is_keeper(pid: u32, id: &RunId) -> bool {
     procs::is_ours(pid, &["seaport-lab", "keep", id.as_str()])
@@ -181,7 +176,6 @@ pub fn down(paths: &LabPaths, id: &RunId) -> Result<Removed, RunsError> {
         }
     }
     cleanup::remove_run(paths, id, &mut removed)?;
-    let _ = std::fs::remove_file(keeper_log(paths, id));
     Ok(removed)
 }
 

@@ -56,9 +56,11 @@ fn assert_gone(rec: &RunRecord) {
         "bridge {} remains",
         rec.bridge
     );
+    let paths = LabPaths::from_env();
+    assert!(!paths.run_dir(&rec.id).exists(), "run dir remains");
     assert!(
-        !LabPaths::from_env().run_dir(&rec.id).exists(),
-        "run dir remains"
+        !paths.keeper_log(&rec.id).exists(),
+        "the keeper's log remains"
     );
     for h in &rec.hosts {
         if let Some(pid) = h.nspawn_pid {

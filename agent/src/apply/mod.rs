@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | `rootfs` | all | verify and unpack the layers into `<data>/<cluster>/rootfs` |
 //! | `render` | all | render `*.tmpl` and `statics/` with the cluster env |
-//! | `runtime` | all | containerd or docker ([`runtime`] chooses) from `cri/`, its config with the registry mirrors (docker) and unit; wait for `ctr version` / `docker version` |
+//! | `runtime` | all | the registry's and API server's names in `/etc/hosts` (before the runtime starts), containerd or docker ([`runtime`] chooses) from `cri/`, its config with the registry mirrors (docker) and unit; wait for `ctr version` / `docker version` |
 //! | `registry` | registry host | bind-mount `registry/`, run the image's registry binary as a unit, load `images/*.tar` |
 //! | `registry-access` | all | `/etc/hosts` names, containerd `hosts.toml` mirrors for every cached domain |
 //! | `kube-binaries` | all | `bin/` into `/usr/bin`, the kubelet unit and drop-in, enable kubelet |

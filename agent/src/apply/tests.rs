@@ -390,6 +390,9 @@ fn phases_run_their_steps_only_and_in_order() {
         .calls()
         .iter()
         .any(|c| c == "run systemctl start containerd.service"));
+    // The registry's name is known before the runtime's first lookup.
+    let hosts = || fs::read_to_string(opts.host_root.join("etc/hosts")).unwrap();
+    assert!(hosts().contains("10.0.0.1 sea.hub\n"), "{}", hosts());
 
     // kubeadm without join data: a clear error.
     opts.only = Some(vec![
@@ -399,6 +402,7 @@ fn phases_run_their_steps_only_and_in_order() {
         step("hook-init-kube"),
     ]);
     apply(&opts, &host, &mut |_| {}).unwrap();
+    assert_eq!(hosts().matches("sea.hub").count(), 1, "{}", hosts());
     opts.only = Some(vec![step("kubeadm")]);
     let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("join data"), "{err}");

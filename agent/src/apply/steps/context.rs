@@ -115,6 +115,18 @@ impl<'a> StepContext<'a> {
         })
     }
 
+    /// The local registry's and the API server's names in `/etc/hosts`
+    /// (each line once).
+    pub(crate) fn name_registry_hosts(&mut self) -> Result<(), StepError> {
+        let hosts_line = format!("{} {}", self.registry_ip, self.registry_domain);
+        let api_line = format!("{} {APISERVER_DOMAIN}", self.master0_ip);
+        for line in [hosts_line, api_line] {
+            self.files
+                .append_line(&mut self.journal, "/etc/hosts", &line)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn rootfs(&self) -> PathBuf {
         self.opts.rootfs()
     }

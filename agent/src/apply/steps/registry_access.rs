@@ -2,7 +2,6 @@
 //! server, and containerd `hosts.toml` mirrors for every cached domain
 //! (docker's mirrors are in its `daemon.json`, written by `runtime`).
 
-use seaport_rootfs::kubeadm::APISERVER_DOMAIN;
 use seaport_shared::cluster::Step;
 
 use super::super::runtime::{self as rt, Runtime};
@@ -17,12 +16,9 @@ impl HostStep for RegistryAccess {
     }
 
     fn run(&self, cx: &mut StepContext<'_>) -> Result<String, StepError> {
-        let hosts_line = format!("{} {}", cx.registry_ip, cx.registry_domain);
-        let api_line = format!("{} {APISERVER_DOMAIN}", cx.master0_ip);
-        cx.files
-            .append_line(&mut cx.journal, "/etc/hosts", &hosts_line)?;
-        cx.files
-            .append_line(&mut cx.journal, "/etc/hosts", &api_line)?;
+        // Written by the runtime step already; again here for journals of
+        // installs whose runtime step ran before it did.
+        cx.name_registry_hosts()?;
         let local = cx.local_registry();
         let mirror = format!("http://{local}");
         let runtime = cx

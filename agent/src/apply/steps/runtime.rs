@@ -49,6 +49,11 @@ impl HostStep for RuntimeStep {
                 installed += 1;
             }
         }
+        // The registry's names go into /etc/hosts before the runtime starts:
+        // Go daemons (containerd, dockerd) cache /etc/hosts for a few
+        // seconds, so names added after their first lookup may stay unknown
+        // to them for that long after the install ends.
+        cx.name_registry_hosts()?;
         match choice.runtime {
             Runtime::Containerd => start_containerd(cx, installed, &choice),
             Runtime::Docker => start_docker(cx, installed, &choice),
