@@ -1,7 +1,7 @@
 //! Verify a blob while writing it (BENCH.md), side by side with
 //! `openssl dgst -sha256` of the same file.
 //!
-//! Seaport's side is the agent content store's path for a fetched blob:
+//! Seaport's side is the agent blob store's path for a fetched blob:
 //! every piece goes through [`PieceWriter`] (hashed while it is written at
 //! its offset in the partial file, checked against the piece table), its bit
 //! is set, and the finished partial is moved into `sha256/` by
@@ -29,9 +29,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seaport_agent::content::store::{ContentStore, PieceWriter};
+use seaport_agent::distribution::store::{BlobStore, PieceWriter};
 use seaport_shared::digest::Digest;
-use seaport_shared::transfer::{PieceTable, PIECE_SIZE};
+use seaport_shared::distribution::{PieceTable, PIECE_SIZE};
 
 const MIB: u64 = 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
@@ -96,7 +96,7 @@ struct SeaportRun {
 
 fn seaport(source: &Path, table: &Arc<PieceTable>, state: &Path) -> SeaportRun {
     let _ = fs::remove_dir_all(state);
-    let store = ContentStore::open(state).unwrap();
+    let store = BlobStore::open(state).unwrap();
     let src = File::open(source).unwrap();
     let mut buf = vec![0u8; CHUNK];
     let start = Instant::now();

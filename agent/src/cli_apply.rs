@@ -8,14 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::apply::{self, ApplyOptions, ImageSource, Role, StepEvent, SystemEffects, Timeouts};
+use seaport_shared::cluster::{ClusterName, Role};
+use seaport_shared::env::key_value;
 
-fn key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
-    }
-}
+use crate::apply::{self, ApplyOptions, ImageSource, StepEvent, SystemEffects, Timeouts};
 
 /// Install a cluster image on this host.
 #[derive(Debug, clap::Args)]
@@ -30,7 +26,7 @@ pub struct ApplyArgs {
     pub trust: crate::trust::TrustArgs,
     /// Cluster name.
     #[arg(long)]
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// This host's role: master0, master or node.
     #[arg(long)]
     pub role: Role,
@@ -80,7 +76,7 @@ pub struct ApplyArgs {
 pub struct ResetArgs {
     /// Cluster name.
     #[arg(long)]
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// Also remove the cluster's data directory (its rootfs).
     #[arg(long)]
     pub prune: bool,
@@ -111,7 +107,7 @@ pub fn run_apply(args: ApplyArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         println!("{:<16} {accepted}", crate::tasks::SIGNATURE_STEP);
     }
     let join_data = match &args.join_data {
-        Some(p) => Some(apply::read_join_data(p).map_err(anyhow::Error::msg)?),
+        Some(p) => Some(apply::read_join_data(p)?),
         None => None,
     };
     let kubeadm_config = match &args.kubeadm_config {

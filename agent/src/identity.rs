@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use rustls_pki_types::CertificateDer;
 
+use seaport_shared::confined;
 use seaport_shared::pki::{self, CertInfo, PkiError, Role};
 use seaport_shared::tls::{self, TlsError};
 
@@ -25,6 +26,8 @@ pub enum IdentityError {
     NotJoined(String),
     #[error("{0}")]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Write(#[from] confined::ConfinedError),
     #[error("bad key in {path}: {source}")]
     Key { path: String, source: rcgen::Error },
     #[error("{path} is not a node certificate (role {role:?})")]
@@ -125,21 +128,21 @@ impl Identity {
     ) -> Result<(), IdentityError> {
         let p = StatePaths::new(state_dir);
         pki::create_private_dir(&p.identity_dir())?;
-        pki::write_atomic(&p.key(), key_pem.as_bytes(), 0o600)?;
-        pki::write_atomic(&p.ca(), ca_pem.as_bytes(), 0o600)?;
-        pki::write_atomic(
+        confined::write_atomic(&p.key(), key_pem.as_bytes(), 0o600)?;
+        confined::write_atomic(&p.ca(), ca_pem.as_bytes(), 0o600)?;
+        confined::write_atomic(
             &p.coordinator(),
             format!("{coordinator}\n").as_bytes(),
             0o600,
         )?;
-        pki::write_atomic(&p.cert(), cert_pem.as_bytes(), 0o600)?;
+        confined::write_atomic(&p.cert(), cert_pem.as_bytes(), 0o600)?;
         Ok(())
     }
 
     /// Replaces the certificate (after renewal; the key stays).
     pub fn store_cert(state_dir: &Path, cert_pem: &str) -> Result<(), IdentityError> {
         let p = StatePaths::new(state_dir);
-        pki::write_atomic(&p.cert(), cert_pem.as_bytes(), 0o600)?;
+        confined::write_atomic(&p.cert(), cert_pem.as_bytes(), 0o600)?;
         Ok(())
     }
 

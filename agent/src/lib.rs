@@ -11,7 +11,7 @@
 //! - [`facts`]: machine-id, hostname and the host facts of heartbeats (sysinfo).
 //! - [`join`]: enrollment against a pinned CA, with a join token and a CSR.
 //! - [`session`]: the service loop: session, heartbeats, renewal, backoff.
-//! - [`content`]: layer distribution: the content store, the piece fetcher
+//! - [`distribution`]: layer distribution: the blob store, the piece fetcher
 //!   (peers first, the coordinator where it grants), the peer server.
 //! - [`apply`]: the apply engine: journaled, idempotent steps that install a
 //!   cluster image on this host natively, and reset.
@@ -22,7 +22,7 @@
 
 pub mod apply;
 pub mod cli_apply;
-pub mod content;
+pub mod distribution;
 pub mod facts;
 pub mod identity;
 pub mod join;

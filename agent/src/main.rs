@@ -43,7 +43,7 @@ enum Command {
         #[arg(long, env = "SEAPORT_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         #[command(flatten)]
-        content: seaport_agent::content::ContentArgs,
+        distribution: seaport_agent::distribution::DistributionArgs,
         /// Root of cluster data (each cluster's rootfs is unpacked under it).
         #[arg(long, env = "SEAPORT_DATA_ROOT", default_value = seaport_agent::apply::DEFAULT_DATA_ROOT)]
         data_root: PathBuf,
@@ -82,24 +82,9 @@ enum Command {
     },
 }
 
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    seaport_shared::logging::init("info", cli.verbose);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -168,7 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Run {
             state_dir,
-            content,
+            distribution,
             data_root,
             trust,
         } => rt.block_on(async {
@@ -183,18 +168,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .instrument(tracing::info_span!("signals")),
             );
             let (link, link_rx) = tokio::sync::watch::channel(None);
-            let content_task =
-                match seaport_agent::content::ContentService::open(&state_dir, content.options()) {
-                    Ok(service) => Some(tokio::spawn(
-                        service
-                            .run(link_rx, rx.clone())
-                            .instrument(tracing::info_span!("content")),
-                    )),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "layer distribution disabled");
-                        None
-                    }
-                };
+            let distribution_task = match seaport_agent::distribution::DistributionService::open(
+                &state_dir,
+                distribution.options(),
+            ) {
+                Ok(service) => Some(tokio::spawn(
+                    service
+                        .run(link_rx, rx.clone())
+                        .instrument(tracing::info_span!("distribution")),
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, "layer distribution disabled");
+                    None
+                }
+            };
             let tasks = tokio::spawn(
                 seaport_agent::tasks::serve(
                     seaport_agent::tasks::TaskSettings {
@@ -208,7 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .instrument(tracing::info_span!("tasks")),
             );
             session::run_linked(&state_dir, SystemFacts::new(host), rx, Some(link)).await;
-            if let Some(task) = content_task {
+            if let Some(task) = distribution_task {
                 let _ = task.await;
             }
             tasks.abort();

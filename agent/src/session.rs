@@ -112,7 +112,7 @@ pub async fn run(state_dir: &Path, facts: impl FactsSource, shutdown: watch::Rec
 }
 
 /// The connection of the current session, `None` between sessions (the
-/// content service fetches blobs over it).
+/// distribution service fetches blobs over it).
 pub type SessionLink = watch::Sender<Option<quinn::Connection>>;
 
 /// [`run`], publishing each session's connection on `link`.
@@ -177,7 +177,7 @@ async fn attempt(
     if identity.cert.not_after <= now {
         return SessionEnd::Lost(SessionError::Expired {
             node: identity.node_id.clone(),
-            at: rfc3339(identity.cert.not_after),
+            at: seaport_shared::clock::rfc3339(identity.cert.not_after),
         });
     }
     let addr = match tls::resolve(&identity.coordinator).await {
@@ -216,16 +216,6 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
-}
-
 /// One session: connect, open the control stream, heartbeat until it ends.
 pub async fn session(
     endpoint: &quinn::Endpoint,
@@ -253,7 +243,7 @@ async fn session_linked(
         Err(e) => return lost(e.into()),
     };
     // Blobs travel on this connection too: LAN-sized flow-control windows.
-    config.transport_config(seaport_shared::transfer::lan_transport());
+    config.transport_config(tls::lan_transport());
     let connect_err = |reason: String| SessionError::Connect {
         addr: addr.to_string(),
         reason,
@@ -345,7 +335,7 @@ async fn session_linked(
                 Some(Ok(CoordinatorMessage::Renewed { cert_pem })) => {
                     match accept_renewed(&identity, &state_dir, &cert_pem) {
                         Ok(info) => {
-                            info!(expires = %rfc3339(info.not_after), "certificate renewed");
+                            info!(expires = %seaport_shared::clock::rfc3339(info.not_after), "certificate renewed");
                             identity.cert = info;
                             renew.as_mut().reset(renew_deadline(&identity.cert));
                         }

@@ -25,19 +25,18 @@ use seaport_shared::wire::{
 };
 
 use crate::apply::{
-    self, ApplyOptions, ImageSource, ResetOptions, Role, ShellOptions, StepEvent, SystemEffects,
-    Timeouts,
+    self, ApplyOptions, ImageSource, ResetOptions, ShellOptions, StepEvent, SystemEffects, Timeouts,
 };
-use crate::content::store::ContentStore;
+use crate::distribution::store::{BlobStore, BlobStoreError};
 
 /// How long an apply waits for the image's blobs to be complete in the
-/// content store (the fetch phase finishes just before).
+/// blob store (the fetch phase finishes just before).
 const BLOB_WAIT: Duration = Duration::from_secs(120);
 
 /// Where tasks run.
 #[derive(Clone, Debug)]
 pub struct TaskSettings {
-    /// The agent's state directory (journals, content store).
+    /// The agent's state directory (journals, blob store).
     pub state_dir: PathBuf,
     /// Root of cluster data.
     pub data_root: PathBuf,
@@ -154,22 +153,68 @@ fn step_state(e: &StepEvent) -> (String, StepState) {
     }
 }
 
-/// Waits until every blob of the image is verified in the content store.
-async fn wait_for_blobs(store: &ContentStore, manifest: &Digest) -> Result<(), String> {
+type Events = mpsc::UnboundedSender<TaskEvent>;
+
+/// Why a task's work did not succeed.
+#[derive(Debug, thiserror::Error)]
+enum WorkError<E> {
+    #[error(transparent)]
+    Failed(E),
+    #[error("the {what} task failed: {source}")]
+    Panicked {
+        what: &'static str,
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Runs `work` on a blocking thread and sends the event `event` makes of
+/// its outcome (as the agent reports it: the error's text).
+async fn finish_blocking<T, E>(
+    tx: &Events,
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+    event: impl FnOnce(Result<T, WorkError<E>>) -> TaskEvent,
+) where
+    T: Send + 'static,
+    E: std::error::Error + Send + 'static,
+{
+    let outcome = match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(WorkError::Failed(e)),
+        Err(source) => Err(WorkError::Panicked { what, source }),
+    };
+    let _ = tx.send(event(outcome));
+}
+
+/// A progress callback that sends each step event on `tx`.
+fn forward(tx: Events) -> impl FnMut(&StepEvent) {
+    move |e: &StepEvent| {
+        let (step, state) = step_state(e);
+        let _ = tx.send(TaskEvent::Step { step, state });
+    }
+}
+
+/// Why an apply task cannot start.
+#[derive(Debug, thiserror::Error)]
+enum TaskError {
+    #[error("the blob store: {0}")]
+    Store(#[from] BlobStoreError),
+    #[error("the image's blobs {} are not on this host; distribute the image first", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
+    MissingBlobs(Vec<Digest>),
+    #[error(transparent)]
+    Image(#[from] apply::image::ImageError),
+    #[error("the join data is not usable: {0}")]
+    JoinData(serde_json::Error),
+}
+
+/// Waits until every blob of the image is verified in the blob store.
+async fn wait_for_blobs(store: &BlobStore, manifest: &Digest) -> Result<(), TaskError> {
     let started = Instant::now();
     loop {
         let missing = missing_blobs(store, manifest);
         match missing {
             Ok(m) if m.is_empty() => return Ok(()),
-            Ok(m) if started.elapsed() > BLOB_WAIT => {
-                return Err(format!(
-                    "the image's blobs {} are not on this host; distribute the image first",
-                    m.iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            }
+            Ok(m) if started.elapsed() > BLOB_WAIT => return Err(TaskError::MissingBlobs(m)),
             Err(e) if started.elapsed() > BLOB_WAIT => return Err(e),
             _ => tokio::time::sleep(Duration::from_millis(300)).await,
         }
@@ -178,20 +223,18 @@ async fn wait_for_blobs(store: &ContentStore, manifest: &Digest) -> Result<(), S
 
 /// The blobs of the image `manifest` (a manifest, or a multi-platform
 /// index: then its manifest for this host) not yet on this host.
-fn missing_blobs(store: &ContentStore, manifest: &Digest) -> Result<Vec<Digest>, String> {
+fn missing_blobs(store: &BlobStore, manifest: &Digest) -> Result<Vec<Digest>, TaskError> {
     if !store.has(manifest) {
         return Ok(vec![*manifest]);
     }
     let blobs = store.dir().join("sha256");
     let platform = crate::facts::host_platform();
     let own =
-        apply::image::LayoutImage::platform_manifest(store.dir(), &blobs, manifest, &platform)
-            .map_err(|e| e.to_string())?;
+        apply::image::LayoutImage::platform_manifest(store.dir(), &blobs, manifest, &platform)?;
     if !store.has(&own) {
         return Ok(vec![own]);
     }
-    let img = apply::image::LayoutImage::from_blobs_for(store.dir(), &blobs, &own, &platform)
-        .map_err(|e| e.to_string())?;
+    let img = apply::image::LayoutImage::from_blobs_for(store.dir(), &blobs, &own, &platform)?;
     Ok(img
         .manifest
         .layers
@@ -205,23 +248,20 @@ fn apply_options(
     task: &ApplyTask,
     settings: &TaskSettings,
     blobs: &Path,
-) -> Result<ApplyOptions, String> {
-    let role: Role = task.role.parse()?;
+) -> Result<ApplyOptions, TaskError> {
     let join_data = match &task.join_data {
-        Some(text) => Some(
-            serde_json::from_str(text).map_err(|e| format!("the join data is not usable: {e}"))?,
-        ),
+        Some(text) => Some(serde_json::from_str(text).map_err(TaskError::JoinData)?),
         None => None,
     };
     Ok(ApplyOptions {
         image: ImageSource::Blobs {
             dir: blobs.to_path_buf(),
-            manifest: task.manifest_digest,
+            manifest: task.manifest_digest.digest(),
         },
         only: Some(task.steps.clone()),
         master0_ip: Some(task.master0_ip.clone()),
         cluster: task.cluster.clone(),
-        role,
+        role: task.role,
         host_ip: Some(task.host_ip.clone()),
         registry_ip: Some(task.registry_ip.clone()),
         master_ips: task.master_ips.clone(),
@@ -247,14 +287,15 @@ pub const SIGNATURE_STEP: &str = "signature";
 fn check_signature(
     task: &ApplyTask,
     settings: &TaskSettings,
-    tx: &mpsc::UnboundedSender<TaskEvent>,
-) -> Result<(), String> {
+    tx: &Events,
+) -> Result<(), crate::trust::ImageRefused> {
     let sigs = match &task.signatures {
-        Some(docs) => Some(crate::trust::signatures_of(docs).map_err(|e| {
-            format!(
-                "image {} ({}) is refused: its signatures are unreadable: {e}; nothing was installed",
-                task.image, task.manifest_digest
-            )
+        Some(docs) => Some(crate::trust::signatures_of(docs).map_err(|source| {
+            crate::trust::ImageRefused::Unreadable {
+                image: task.image.clone(),
+                digest: task.manifest_digest.digest(),
+                source: Box::new(source),
+            }
         })?),
         None => None,
     };
@@ -263,7 +304,7 @@ fn check_signature(
         &settings.trust,
         &task.cluster_trust,
         &task.image,
-        &task.manifest_digest,
+        &task.manifest_digest.digest(),
         sigs.as_ref(),
     )?;
     info!(image = %task.image, "{accepted}");
@@ -279,7 +320,7 @@ fn check_signature(
     Ok(())
 }
 
-async fn run_apply(task: ApplyTask, settings: TaskSettings, tx: mpsc::UnboundedSender<TaskEvent>) {
+async fn run_apply(task: ApplyTask, settings: TaskSettings, tx: Events) {
     info!(cluster = %task.cluster, steps = ?task.steps, "apply task");
     let failed = |error: String| TaskEvent::Finished {
         ok: false,
@@ -289,6 +330,7 @@ async fn run_apply(task: ApplyTask, settings: TaskSettings, tx: mpsc::UnboundedS
     // The signature check comes before anything else: a refused image
     // leaves the host as it was.
     if let Err(e) = check_signature(&task, &settings, &tx) {
+        let e = e.to_string();
         let _ = tx.send(TaskEvent::Step {
             step: SIGNATURE_STEP.into(),
             state: StepState::Failed { error: e.clone() },
@@ -296,48 +338,34 @@ async fn run_apply(task: ApplyTask, settings: TaskSettings, tx: mpsc::UnboundedS
         let _ = tx.send(failed(e));
         return;
     }
-    let store = match ContentStore::open(&settings.state_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = tx.send(failed(format!("the content store: {e}")));
-            return;
-        }
+    let prepared = async {
+        let store = BlobStore::open(&settings.state_dir)?;
+        wait_for_blobs(&store, &task.manifest_digest.digest()).await?;
+        apply_options(&task, &settings, &store.dir().join("sha256"))
     };
-    if let Err(e) = wait_for_blobs(&store, &task.manifest_digest).await {
-        let _ = tx.send(failed(e));
-        return;
-    }
-    let opts = match apply_options(&task, &settings, &store.dir().join("sha256")) {
+    let opts = match prepared.await {
         Ok(o) => o,
         Err(e) => {
-            let _ = tx.send(failed(e));
+            let _ = tx.send(failed(e.to_string()));
             return;
         }
     };
-    let events = tx.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut progress = |e: &StepEvent| {
-            let (step, state) = step_state(e);
-            let _ = events.send(TaskEvent::Step { step, state });
-        };
-        apply::apply(&opts, &SystemEffects, &mut progress)
-    })
-    .await;
-    let event = match result {
-        Ok(Ok(report)) => TaskEvent::Finished {
+    let mut progress = forward(tx.clone());
+    let work = move || apply::apply(&opts, &SystemEffects, &mut progress);
+    finish_blocking(&tx, "apply", work, |r| match r {
+        Ok(report) => TaskEvent::Finished {
             ok: true,
             error: None,
             join_data: report
                 .join_data
                 .map(|j| serde_json::to_string(&j).expect("join data serializes")),
         },
-        Ok(Err(e)) => failed(e.to_string()),
-        Err(e) => failed(format!("the apply task failed: {e}")),
-    };
-    let _ = tx.send(event);
+        Err(e) => failed(e.to_string()),
+    })
+    .await;
 }
 
-async fn run_reset(task: ResetTask, settings: TaskSettings, tx: mpsc::UnboundedSender<TaskEvent>) {
+async fn run_reset(task: ResetTask, settings: TaskSettings, tx: Events) {
     info!(cluster = %task.cluster, prune = task.prune, "reset task");
     let opts = ResetOptions {
         cluster: task.cluster.clone(),
@@ -347,76 +375,53 @@ async fn run_reset(task: ResetTask, settings: TaskSettings, tx: mpsc::UnboundedS
         host_root: PathBuf::from("/"),
         timeout: Duration::from_secs(300),
     };
-    let result = tokio::task::spawn_blocking(move || apply::reset(&opts, &SystemEffects)).await;
-    let event = match result {
-        Ok(Ok(r)) => TaskEvent::ResetDone {
+    let work = move || apply::reset(&opts, &SystemEffects);
+    finish_blocking(&tx, "reset", work, |r| match r {
+        Ok(r) => TaskEvent::ResetDone {
             had_install: r.had_journal,
             actions: r.actions,
             warnings: r.warnings,
             error: None,
         },
-        Ok(Err(e)) => TaskEvent::ResetDone {
-            had_install: true,
-            actions: vec![],
-            warnings: vec![],
-            error: Some(e.to_string()),
-        },
         Err(e) => TaskEvent::ResetDone {
             had_install: true,
             actions: vec![],
             warnings: vec![],
-            error: Some(format!("the reset task failed: {e}")),
+            error: Some(e.to_string()),
         },
-    };
-    let _ = tx.send(event);
-}
-
-async fn run_read_files(
-    task: ReadFilesTask,
-    settings: TaskSettings,
-    tx: mpsc::UnboundedSender<TaskEvent>,
-) {
-    info!(cluster = %task.cluster, paths = task.paths.len(), dirs = ?task.dirs, "read files task");
-    let result = tokio::task::spawn_blocking(move || {
-        apply::rootfs_files::read_files(&settings.data_root, &task.cluster, &task.paths, &task.dirs)
     })
     .await;
-    let event = match result {
-        Ok(Ok(files)) => TaskEvent::Files { files, error: None },
-        Ok(Err(e)) => TaskEvent::Files {
+}
+
+async fn run_read_files(task: ReadFilesTask, settings: TaskSettings, tx: Events) {
+    info!(cluster = %task.cluster, paths = task.paths.len(), dirs = ?task.dirs, "read files task");
+    let work = move || {
+        apply::rootfs_files::read_files(&settings.data_root, &task.cluster, &task.paths, &task.dirs)
+    };
+    finish_blocking(&tx, "read files", work, |r| match r {
+        Ok(files) => TaskEvent::Files { files, error: None },
+        Err(e) => TaskEvent::Files {
             files: vec![],
             error: Some(e.to_string()),
         },
-        Err(e) => TaskEvent::Files {
-            files: vec![],
-            error: Some(format!("the read files task failed: {e}")),
-        },
-    };
-    let _ = tx.send(event);
-}
-
-async fn run_write_files(
-    task: WriteFilesTask,
-    settings: TaskSettings,
-    tx: mpsc::UnboundedSender<TaskEvent>,
-) {
-    info!(cluster = %task.cluster, files = task.files.len(), "write files task");
-    let result = tokio::task::spawn_blocking(move || {
-        apply::rootfs_files::write_files(&settings.data_root, &task.cluster, &task.files)
     })
     .await;
-    let error = match result {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(e) => Some(format!("the write files task failed: {e}")),
-    };
-    let _ = tx.send(TaskEvent::Written { error });
+}
+
+async fn run_write_files(task: WriteFilesTask, settings: TaskSettings, tx: Events) {
+    info!(cluster = %task.cluster, files = task.files.len(), "write files task");
+    let work =
+        move || apply::rootfs_files::write_files(&settings.data_root, &task.cluster, &task.files);
+    finish_blocking(&tx, "write files", work, |r| TaskEvent::Written {
+        error: r.err().map(|e| e.to_string()),
+    })
+    .await;
 }
 
 /// Longest a shell step may run when the task gives no timeout.
 const SHELL_DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
-async fn run_shell(task: ShellTask, settings: TaskSettings, tx: mpsc::UnboundedSender<TaskEvent>) {
+async fn run_shell(task: ShellTask, settings: TaskSettings, tx: Events) {
     info!(cluster = %task.cluster, step = %task.step, always = task.always, "shell task");
     let opts = ShellOptions {
         cluster: task.cluster,
@@ -433,50 +438,37 @@ async fn run_shell(task: ShellTask, settings: TaskSettings, tx: mpsc::UnboundedS
         data_root: settings.data_root.clone(),
         host_root: PathBuf::from("/"),
     };
-    let events = tx.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut progress = |e: &StepEvent| {
-            let (step, state) = step_state(e);
-            let _ = events.send(TaskEvent::Step { step, state });
-        };
-        apply::run_shell(&opts, &SystemEffects, &mut progress)
+    let mut progress = forward(tx.clone());
+    let work = move || apply::run_shell(&opts, &SystemEffects, &mut progress);
+    finish_blocking(&tx, "shell", work, |r| {
+        let error = r.err().map(|e| e.to_string());
+        TaskEvent::Finished {
+            ok: error.is_none(),
+            error,
+            join_data: None,
+        }
     })
     .await;
-    let error = match result {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(e) => Some(format!("the shell task failed: {e}")),
-    };
-    let _ = tx.send(TaskEvent::Finished {
-        ok: error.is_none(),
-        error,
-        join_data: None,
-    });
 }
 
-async fn run_drift(task: DriftTask, settings: TaskSettings, tx: mpsc::UnboundedSender<TaskEvent>) {
+async fn run_drift(task: DriftTask, settings: TaskSettings, tx: Events) {
     info!(cluster = %task.cluster, "drift task");
-    let result = tokio::task::spawn_blocking(move || {
-        apply::drift(&settings.state_dir, Path::new("/"), &task.cluster)
-    })
-    .await;
-    let failed = |error: String| TaskEvent::Drift {
-        modified: vec![],
-        missing: vec![],
-        checked: 0,
-        error: Some(error),
-    };
-    let event = match result {
-        Ok(Ok(r)) => TaskEvent::Drift {
+    let work = move || apply::drift(&settings.state_dir, Path::new("/"), &task.cluster);
+    finish_blocking(&tx, "drift", work, |r| match r {
+        Ok(r) => TaskEvent::Drift {
             modified: r.modified,
             missing: r.missing,
             checked: r.checked,
             error: None,
         },
-        Ok(Err(e)) => failed(e.to_string()),
-        Err(e) => failed(format!("the drift task failed: {e}")),
-    };
-    let _ = tx.send(event);
+        Err(e) => TaskEvent::Drift {
+            modified: vec![],
+            missing: vec![],
+            checked: 0,
+            error: Some(e.to_string()),
+        },
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -487,11 +479,11 @@ mod tests {
 
     fn task(subject: Digest, signatures: Option<ImageSignatures>) -> ApplyTask {
         ApplyTask {
-            cluster: "c1".into(),
+            cluster: seaport_shared::cluster::ClusterName::parse("c1").unwrap(),
             image: "site/kube:v1".into(),
-            manifest_digest: subject,
-            role: "master0".into(),
-            steps: vec!["rootfs".into()],
+            manifest_digest: subject.into(),
+            role: seaport_shared::cluster::Role::Master0,
+            steps: vec![seaport_shared::cluster::Step::Rootfs],
             host_ip: "198.18.0.11".into(),
             master0_ip: "198.18.0.11".into(),
             registry_ip: "198.18.0.11".into(),

@@ -49,9 +49,35 @@ pub enum TrustError {
     /// Writing failed.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// Writing the file failed.
+    #[error(transparent)]
+    Write(#[from] seaport_shared::confined::ConfinedError),
     /// A local keys directory is not usable.
     #[error(transparent)]
     Keys(#[from] seaport_rootfs::signing::SigningError),
+}
+
+/// Why an apply task's image is not accepted on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageRefused {
+    /// The host's policy cannot be read or does not parse.
+    #[error("the image signature policy of this host is not usable: {0}")]
+    Policy(TrustError),
+    /// The signatures the task carries do not parse.
+    #[error(
+        "image {image} ({digest}) is refused: its signatures are unreadable: {source}; nothing was installed"
+    )]
+    Unreadable {
+        /// The image's name.
+        image: String,
+        /// Its digest.
+        digest: Digest,
+        /// What is wrong.
+        source: Box<seaport_rootfs::signing::SigningError>,
+    },
+    /// The policy refuses the image.
+    #[error("{0}; nothing was installed")]
+    Refused(Box<seaport_rootfs::signing::Refused>),
 }
 
 /// What the host itself asks for, beside the coordinator's policy.
@@ -98,10 +124,10 @@ pub fn trust_path(state_dir: &Path) -> PathBuf {
 }
 
 fn keys_of(what: &str, trust: &ImageTrust) -> Result<TrustedKeys, TrustError> {
-    TrustedKeys::from_pems(what, trust.keys.iter().map(String::as_str)).map_err(|reason| {
+    TrustedKeys::from_pems(what, trust.keys.iter().map(String::as_str)).map_err(|e| {
         TrustError::Bad {
             what: what.to_string(),
-            reason,
+            reason: e.to_string(),
         }
     })
 }
@@ -112,7 +138,7 @@ pub fn store(state_dir: &Path, trust: &ImageTrust) -> Result<(), TrustError> {
     let path = trust_path(state_dir);
     pki::create_private_dir(path.parent().expect("the identity directory"))?;
     let bytes = serde_json::to_vec_pretty(trust).expect("the policy serializes");
-    pki::write_atomic(&path, &bytes, 0o644)?;
+    seaport_shared::confined::write_atomic(&path, &bytes, 0o644)?;
     Ok(())
 }
 
@@ -151,11 +177,12 @@ pub fn policy(
 
 /// Reads the signature image a task carries (each blob checked against its
 /// digest).
-pub fn signatures_of(docs: &ImageSignatures) -> Result<Signatures, String> {
+pub fn signatures_of(
+    docs: &ImageSignatures,
+) -> Result<Signatures, seaport_rootfs::signing::SigningError> {
     Signatures::parse("sent with the task", &docs.manifest, |d| {
         docs.blobs.iter().find(|b| Digest::of(b) == *d).cloned()
     })
-    .map_err(|e| e.to_string())
 }
 
 /// Checks the image `image` (digest `subject`, with `signatures`) against
@@ -167,12 +194,11 @@ pub fn check(
     image: &str,
     subject: &Digest,
     signatures: Option<&Signatures>,
-) -> Result<Accepted, String> {
-    let policy = policy(state_dir, local, cluster)
-        .map_err(|e| format!("the image signature policy of this host is not usable: {e}"))?;
+) -> Result<Accepted, ImageRefused> {
+    let policy = policy(state_dir, local, cluster).map_err(ImageRefused::Policy)?;
     policy
         .check(image, subject, signatures)
-        .map_err(|e| format!("{e}; nothing was installed"))
+        .map_err(|e| ImageRefused::Refused(Box::new(e)))
 }
 
 #[cfg(test)]
@@ -195,8 +221,8 @@ mod tests {
 
         // Nothing stored: nothing checked.
         assert_eq!(
-            check(state, &none, &no_cluster, "x", &subject, None),
-            Ok(Accepted::NotChecked)
+            check(state, &none, &no_cluster, "x", &subject, None).unwrap(),
+            Accepted::NotChecked
         );
         store(
             state,
@@ -217,15 +243,17 @@ mod tests {
             Ok(Accepted::Signed { .. })
         ));
         assert_eq!(
-            check(state, &none, &no_cluster, "x", &subject, None),
-            Ok(Accepted::Unsigned)
+            check(state, &none, &no_cluster, "x", &subject, None).unwrap(),
+            Accepted::Unsigned
         );
         // The host requires signatures on its own.
         let strict = LocalTrust {
             keys_dir: None,
             require_signed: true,
         };
-        let err = check(state, &strict, &no_cluster, "x:v1", &subject, None).unwrap_err();
+        let err = check(state, &strict, &no_cluster, "x:v1", &subject, None)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("x:v1")
                 && err.contains(&site.public_key().fingerprint())

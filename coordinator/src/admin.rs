@@ -39,6 +39,8 @@ pub enum AdminError {
     Timeout(Duration),
     #[error("coordinator refused: {0}")]
     Refused(String),
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
     #[error("no running coordinator found under {0}: start `seaport coordinator serve` or pass --coordinator HOST:PORT")]
     NotRunning(String),
 }
@@ -142,6 +144,11 @@ impl AdminClient {
         // A connection the coordinator closed says why (a revoked
         // certificate, say): that is the error to show.
         match (&result, self.conn.close_reason()) {
+            (Err(_), Some(quinn::ConnectionError::ApplicationClosed(c)))
+                if c.error_code == wire::close::SHUTDOWN.into() =>
+            {
+                Err(AdminError::ShuttingDown)
+            }
             (Err(_), Some(quinn::ConnectionError::ApplicationClosed(c)))
                 if !c.reason.is_empty() =>
             {

@@ -16,6 +16,7 @@
 //! the running coordinator when it is missing, revoked, unrecorded, or
 //! within 30 days of expiry ([`ensure_local_admin`]).
 
+use seaport_shared::clock::now_unix;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,10 +28,11 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
+use seaport_shared::confined;
 use seaport_shared::pki::{self, CaPin, CertInfo, PkiError, Role};
 use seaport_shared::wire::COORDINATOR_SERVER_NAME;
 
-use crate::state::{AdminRecord, StateError, Store};
+use crate::state::{self, AdminRecord, StateError, StateStore};
 
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 const SERVICE_CERT_LIFETIME: Duration = Duration::from_secs(5 * 365 * 86_400);
@@ -47,6 +49,8 @@ pub const LOCAL_ADMIN_NAME: &str = "admin";
 pub enum CaError {
     #[error("{0}")]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Write(#[from] confined::ConfinedError),
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("{0}")]
@@ -116,10 +120,6 @@ impl std::fmt::Debug for Ca {
     }
 }
 
-fn now_unix() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
-}
-
 fn serial_number(serial: u64) -> SerialNumber {
     // Minimal big-endian bytes; DER INTEGERs must not carry leading zeros.
     let bytes = serial.to_be_bytes();
@@ -158,17 +158,17 @@ pub fn init(root: &Path) -> Result<InitReport, CaError> {
         params.not_after = now + CA_LIFETIME;
         params.serial_number = Some(serial_number(rand::random::<u64>() >> 1));
         let cert = params.self_signed(&key)?;
-        pki::write_atomic(&paths.ca_key(), key.serialize_pem().as_bytes(), 0o600)?;
-        pki::write_atomic(&paths.ca_cert(), cert.pem().as_bytes(), 0o644)?;
+        confined::write_atomic(&paths.ca_key(), key.serialize_pem().as_bytes(), 0o600)?;
+        confined::write_atomic(&paths.ca_cert(), cert.pem().as_bytes(), 0o644)?;
     }
-    let store = Store::create(&paths.state_db())?;
+    let store = state::create(&paths.dir)?;
     let ca = Ca::load(root)?;
     if created_ca || needs_reissue(&ca, &paths.server_cert()) {
         let key = KeyPair::generate()?;
         let serial = store.next_serial()?;
         let pem = ca.issue_server(&key, serial)?;
-        pki::write_atomic(&paths.server_key(), key.serialize_pem().as_bytes(), 0o600)?;
-        pki::write_atomic(&paths.server_cert(), pem.as_bytes(), 0o600)?;
+        confined::write_atomic(&paths.server_key(), key.serialize_pem().as_bytes(), 0o600)?;
+        confined::write_atomic(&paths.server_cert(), pem.as_bytes(), 0o600)?;
     }
     ensure_local_admin(root, &store, &ca)?;
     Ok(InitReport {
@@ -201,7 +201,7 @@ fn needs_reissue(ca: &Ca, cert_path: &Path) -> bool {
 /// longer than the longest admin lifetime (older installs had 5 years).
 /// Otherwise issues a new one (90 days, a new key) and records it. Returns
 /// whether it issued one.
-pub fn ensure_local_admin(root: &Path, store: &Store, ca: &Ca) -> Result<bool, CaError> {
+pub fn ensure_local_admin(root: &Path, store: &dyn StateStore, ca: &Ca) -> Result<bool, CaError> {
     let paths = CoordinatorPaths::new(root);
     let now = now_unix();
     let max = i64::try_from(ADMIN_CERT_MAX_TTL.as_secs()).unwrap_or(i64::MAX);
@@ -224,8 +224,8 @@ pub fn ensure_local_admin(root: &Path, store: &Store, ca: &Ca) -> Result<bool, C
         revoked_at: None,
         local: true,
     })?;
-    pki::write_atomic(&paths.admin_key(), key.serialize_pem().as_bytes(), 0o600)?;
-    pki::write_atomic(&paths.admin_cert(), pem.as_bytes(), 0o600)?;
+    confined::write_atomic(&paths.admin_key(), key.serialize_pem().as_bytes(), 0o600)?;
+    confined::write_atomic(&paths.admin_cert(), pem.as_bytes(), 0o600)?;
     Ok(true)
 }
 

@@ -5,7 +5,7 @@
 //! env, labels and taints, the cluster env, and the Clusterfile it came
 //! from (its plugins, configs and kubeadm documents). [`stages`] compares it
 //! with the cluster's current hosts and image and returns the stages; the
-//! coordinator (`crate::runs`) stores them with the cluster and runs them
+//! coordinator (`crate::operations`) stores them with the cluster and runs them
 //! one after another. Pure: no I/O.
 //!
 //! | operation | when | stages |
@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{self, HostRole, HostSpec, NodeRole, PlanInput};
+use seaport_shared::cluster::{ClusterName, ImageDigest, OperationKind, Phase, Role};
+
+use crate::plan::{self, HostRole, HostSpec, PlanInput};
 
 /// A host as the spec wants it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,29 +79,6 @@ pub enum PluginPoint {
     Done,
 }
 
-/// The operation a set of stages performs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Op {
-    Install,
-    ScaleUp,
-    ScaleDown,
-    Uninstall,
-    Upgrade,
-}
-
-impl Op {
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Install => "install",
-            Op::ScaleUp => "scale up",
-            Op::ScaleDown => "scale down",
-            Op::Uninstall => "uninstall",
-            Op::Upgrade => "upgrade",
-        }
-    }
-}
-
 /// What one stage does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -114,7 +93,7 @@ pub enum Work {
     },
     /// The plugins of the Clusterfile and the image that fire here.
     Plugins {
-        op: Op,
+        op: OperationKind,
         point: PluginPoint,
         targets: Vec<String>,
     },
@@ -159,9 +138,19 @@ impl StageSpec {
 
 /// The cluster as it is, for planning.
 #[derive(Clone, Debug)]
-pub struct Current<'a> {
-    pub image_digest: &'a str,
-    pub hosts: Vec<(String, NodeRole)>,
+pub struct Current {
+    /// The image its hosts run.
+    pub image_digest: ImageDigest,
+    pub hosts: Vec<(String, Role)>,
+}
+
+/// One operation, planned once: what it is, its stages, and every host of
+/// the spec with the role the plan gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Converged {
+    pub kind: OperationKind,
+    pub stages: Vec<StageSpec>,
+    pub roles: Vec<(String, Role)>,
 }
 
 /// Errors of planning an operation.
@@ -180,10 +169,15 @@ pub enum ConvergeError {
 }
 
 /// The planner's input for a spec.
-pub fn plan_input(cluster: &str, spec: &Spec, digest: &str, has_launch: bool) -> PlanInput {
+pub fn plan_input(
+    cluster: &ClusterName,
+    spec: &Spec,
+    digest: ImageDigest,
+    has_launch: bool,
+) -> PlanInput {
     PlanInput {
-        cluster: cluster.to_string(),
-        image: digest.to_string(),
+        cluster: cluster.clone(),
+        image: digest,
         hosts: spec
             .hosts
             .iter()
@@ -197,7 +191,7 @@ pub fn plan_input(cluster: &str, spec: &Spec, digest: &str, has_launch: bool) ->
     }
 }
 
-fn plugins(op: Op, point: PluginPoint, targets: &[String]) -> StageSpec {
+fn plugins(op: OperationKind, point: PluginPoint, targets: &[String]) -> StageSpec {
     let point_name = match point {
         PluginPoint::Start => "start",
         PluginPoint::HostsReady => "hosts-ready",
@@ -205,7 +199,7 @@ fn plugins(op: Op, point: PluginPoint, targets: &[String]) -> StageSpec {
         PluginPoint::Done => "done",
     };
     StageSpec {
-        name: format!("plugins:{}:{point_name}", op.name().replace(' ', "-")),
+        name: format!("plugins:{}:{point_name}", op.slug()),
         work: Work::Plugins {
             op,
             point,
@@ -214,25 +208,55 @@ fn plugins(op: Op, point: PluginPoint, targets: &[String]) -> StageSpec {
     }
 }
 
-/// The stages that take the cluster from `current` (none: not installed)
-/// to `spec`. `digest` is the spec image's manifest digest.
+/// The operation that takes the cluster from `current` (none: not
+/// installed) to `spec`, whose image resolved to `digest`.
 pub fn stages(
-    cluster: &str,
-    current: Option<&Current<'_>>,
+    cluster: &ClusterName,
+    current: Option<&Current>,
     spec: &Spec,
-    digest: &str,
+    digest: ImageDigest,
     has_launch: bool,
-) -> Result<Vec<StageSpec>, ConvergeError> {
+) -> Result<Converged, ConvergeError> {
     let plan = plan::plan(&plan_input(cluster, spec, digest, has_launch))?;
+    let roles: Vec<(String, Role)> = spec
+        .hosts
+        .iter()
+        .map(|h| {
+            let role = plan
+                .phases
+                .iter()
+                .flat_map(|p| &p.tasks)
+                .find(|t| t.host == h.ip)
+                .map_or(Role::Node, |t| t.role);
+            (h.ip.clone(), role)
+        })
+        .collect();
+    let (kind, stages) = operation(plan, current, spec, digest)?;
+    Ok(Converged {
+        kind,
+        stages,
+        roles,
+    })
+}
+
+fn operation(
+    plan: plan::Plan,
+    current: Option<&Current>,
+    spec: &Spec,
+    digest: ImageDigest,
+) -> Result<(OperationKind, Vec<StageSpec>), ConvergeError> {
     let all = spec.ips();
     let Some(current) = current.filter(|c| !c.hosts.is_empty()) else {
-        return Ok(install(plan, &all, Op::Install, &all));
+        return Ok((
+            OperationKind::Install,
+            install(plan, &all, OperationKind::Install, &all),
+        ));
     };
     let master0 = spec.master0().map(|h| h.ip.clone()).unwrap_or_default();
     let current_master0 = current
         .hosts
         .iter()
-        .find(|(_, r)| *r == NodeRole::Master0)
+        .find(|(_, r)| *r == Role::Master0)
         .map(|(ip, _)| ip.clone())
         .unwrap_or_default();
     if master0 != current_master0 {
@@ -266,32 +290,39 @@ pub fn stages(
                 name: "fetch".into(),
                 work: Work::Fetch { hosts: all.clone() },
             },
-            plugins(Op::Upgrade, PluginPoint::Start, &all),
+            plugins(OperationKind::Upgrade, PluginPoint::Start, &all),
         ];
         for p in plan.phases {
             if matches!(
-                p.name.as_str(),
-                "rootfs" | "runtime" | "registry" | "registry-access"
+                p.phase,
+                Phase::Rootfs | Phase::Runtime | Phase::Registry | Phase::RegistryAccess
             ) {
-                let name = p.name.clone();
+                let phase = p.phase;
                 out.push(StageSpec {
-                    name: format!("upgrade-{name}"),
+                    name: format!("upgrade-{phase}"),
                     work: Work::Apply {
                         tasks: p.tasks,
                         upgrade: true,
                     },
                 });
-                if name == "rootfs" {
+                if phase == Phase::Rootfs {
                     out.push(image_plugins());
                     out.push(configs(&all));
                 }
             }
         }
         out.push(labels);
-        out.push(plugins(Op::Upgrade, PluginPoint::Done, &all));
-        return Ok(out);
+        out.push(plugins(OperationKind::Upgrade, PluginPoint::Done, &all));
+        return Ok((OperationKind::Upgrade, out));
     }
     let mut out = Vec::new();
+    let kind = if !removed.is_empty() {
+        OperationKind::ScaleDown
+    } else if !added.is_empty() {
+        OperationKind::ScaleUp
+    } else {
+        OperationKind::Converge
+    };
     if !removed.is_empty() {
         if removed.len() == current.hosts.len() {
             return Err(ConvergeError::RemovesAll);
@@ -303,17 +334,18 @@ pub fn stages(
         for p in &mut plan.phases {
             p.tasks.retain(|t| added.contains(&t.host));
         }
-        plan.phases
-            .retain(|p| !p.tasks.is_empty() && p.name != "registry" && p.name != "launch");
-        out.extend(install(plan, &added, Op::ScaleUp, &all));
+        plan.phases.retain(|p| {
+            !p.tasks.is_empty() && p.phase != Phase::Registry && p.phase != Phase::Launch
+        });
+        out.extend(install(plan, &added, OperationKind::ScaleUp, &all));
     } else if removed.is_empty() {
         // Same hosts and image: every step again; agents skip what is done,
         // so this checks every host and repairs what is missing.
-        return Ok(install(plan, &all, Op::Install, &all));
+        return Ok((kind, install(plan, &all, OperationKind::Install, &all)));
     } else {
         out.push(labels);
     }
-    Ok(out)
+    Ok((kind, out))
 }
 
 fn image_plugins() -> StageSpec {
@@ -333,7 +365,12 @@ fn configs(hosts: &[String]) -> StageSpec {
 }
 
 /// Install (or scale-up) stages for `targets` from the plan's phases.
-fn install(plan: plan::Plan, targets: &[String], op: Op, all: &[String]) -> Vec<StageSpec> {
+fn install(
+    plan: plan::Plan,
+    targets: &[String],
+    op: OperationKind,
+    all: &[String],
+) -> Vec<StageSpec> {
     let mut out = vec![StageSpec {
         name: "fetch".into(),
         work: Work::Fetch {
@@ -341,12 +378,10 @@ fn install(plan: plan::Plan, targets: &[String], op: Op, all: &[String]) -> Vec<
         },
     }];
     let mut cluster_ready_done = false;
-    let last_join = plan
-        .phases
-        .iter()
-        .rposition(|p| p.name.starts_with("join-") || p.name == "init-master0");
+    let last_join = plan.phases.iter().rposition(|p| p.phase.is_kubeadm());
     for (i, p) in plan.phases.into_iter().enumerate() {
-        let name = p.name.clone();
+        let phase = p.phase;
+        let name = phase.to_string();
         let hosts_ready_done = out.iter().any(|s| {
             matches!(
                 &s.work,
@@ -356,10 +391,10 @@ fn install(plan: plan::Plan, targets: &[String], op: Op, all: &[String]) -> Vec<
                 }
             )
         });
-        if is_kubeadm_phase(&name) && !hosts_ready_done {
+        if phase.is_kubeadm() && !hosts_ready_done {
             out.push(plugins(op, PluginPoint::HostsReady, targets));
         }
-        if name == "launch" && !cluster_ready_done {
+        if phase == Phase::Launch && !cluster_ready_done {
             out.push(plugins(op, PluginPoint::ClusterReady, targets));
             out.push(labels_for(all));
             cluster_ready_done = true;
@@ -371,7 +406,7 @@ fn install(plan: plan::Plan, targets: &[String], op: Op, all: &[String]) -> Vec<
                 upgrade: false,
             },
         });
-        if name == "rootfs" {
+        if phase == Phase::Rootfs {
             // The start plugins run once the rootfs is on the hosts: they
             // start in it and are journaled with the install.
             out.push(image_plugins());
@@ -388,10 +423,6 @@ fn install(plan: plan::Plan, targets: &[String], op: Op, all: &[String]) -> Vec<
     out
 }
 
-fn is_kubeadm_phase(name: &str) -> bool {
-    name == "init-master0" || name.starts_with("join-")
-}
-
 fn labels_for(hosts: &[String]) -> StageSpec {
     StageSpec {
         name: "labels-taints".into(),
@@ -404,7 +435,7 @@ fn labels_for(hosts: &[String]) -> StageSpec {
 /// Stages that remove `hosts` from a running cluster.
 pub fn scale_down(hosts: &[String]) -> Vec<StageSpec> {
     vec![
-        plugins(Op::ScaleDown, PluginPoint::Start, hosts),
+        plugins(OperationKind::ScaleDown, PluginPoint::Start, hosts),
         StageSpec {
             name: "delete-nodes".into(),
             work: Work::DeleteNodes {
@@ -418,7 +449,7 @@ pub fn scale_down(hosts: &[String]) -> Vec<StageSpec> {
                 prune: true,
             },
         },
-        plugins(Op::ScaleDown, PluginPoint::Done, hosts),
+        plugins(OperationKind::ScaleDown, PluginPoint::Done, hosts),
         StageSpec {
             name: "forget".into(),
             work: Work::Forget {
@@ -431,7 +462,7 @@ pub fn scale_down(hosts: &[String]) -> Vec<StageSpec> {
 /// Stages that delete the whole cluster.
 pub fn uninstall(hosts: &[String], prune: bool) -> Vec<StageSpec> {
     vec![
-        plugins(Op::Uninstall, PluginPoint::Start, hosts),
+        plugins(OperationKind::Uninstall, PluginPoint::Start, hosts),
         StageSpec {
             name: "reset".into(),
             work: Work::Reset {
@@ -439,13 +470,22 @@ pub fn uninstall(hosts: &[String], prune: bool) -> Vec<StageSpec> {
                 prune,
             },
         },
-        plugins(Op::Uninstall, PluginPoint::Done, hosts),
+        plugins(OperationKind::Uninstall, PluginPoint::Done, hosts),
     ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use seaport_shared::cluster::Step;
+
+    fn c() -> ClusterName {
+        ClusterName::parse("c").unwrap()
+    }
+
+    fn d(s: &str) -> ImageDigest {
+        seaport_shared::digest::Digest::of(s.as_bytes()).into()
+    }
 
     fn spec(masters: &[&str], nodes: &[&str], image: &str) -> Spec {
         let host = |ip: &&str, role| DesiredHost {
@@ -475,13 +515,14 @@ mod tests {
     #[test]
     fn an_install_runs_sealers_order_with_plugins_between() {
         let s = stages(
-            "c",
+            &c(),
             None,
             &spec(&["10.0.0.1"], &["10.0.0.2"], "i"),
-            "d1",
+            d("d1"),
             false,
         )
-        .unwrap();
+        .unwrap()
+        .stages;
         assert_eq!(
             names(&s),
             [
@@ -506,20 +547,21 @@ mod tests {
     #[test]
     fn new_hosts_scale_up_leaving_hosts_scale_down_and_a_new_image_upgrades() {
         let current = Current {
-            image_digest: "d1",
+            image_digest: d("d1"),
             hosts: vec![
-                ("10.0.0.1".into(), NodeRole::Master0),
-                ("10.0.0.2".into(), NodeRole::Node),
+                ("10.0.0.1".into(), Role::Master0),
+                ("10.0.0.2".into(), Role::Node),
             ],
         };
         let up = stages(
-            "c",
+            &c(),
             Some(&current),
             &spec(&["10.0.0.1"], &["10.0.0.2", "10.0.0.3"], "i"),
-            "d1",
+            d("d1"),
             false,
         )
-        .unwrap();
+        .unwrap()
+        .stages;
         assert!(!names(&up).contains(&"init-master0") && !names(&up).contains(&"registry"));
         for s in &up {
             if let Work::Apply { tasks, .. } = &s.work {
@@ -529,13 +571,14 @@ mod tests {
         assert!(names(&up).contains(&"join-nodes"));
 
         let down = stages(
-            "c",
+            &c(),
             Some(&current),
             &spec(&["10.0.0.1"], &[], "i"),
-            "d1",
+            d("d1"),
             false,
         )
-        .unwrap();
+        .unwrap()
+        .stages;
         assert_eq!(
             names(&down),
             [
@@ -549,16 +592,17 @@ mod tests {
         );
 
         let upgrade = stages(
-            "c",
+            &c(),
             Some(&current),
             &spec(&["10.0.0.1"], &["10.0.0.2"], "i2"),
-            "d2",
+            d("d2"),
             false,
         )
-        .unwrap();
+        .unwrap()
+        .stages;
         assert!(upgrade.iter().all(|s| !matches!(
             &s.work,
-            Work::Apply { tasks, .. } if tasks.iter().any(|t| t.steps.iter().any(|x| x == "kubeadm"))
+            Work::Apply { tasks, .. } if tasks.iter().any(|t| t.steps.contains(&Step::Kubeadm))
         )));
         assert!(upgrade
             .iter()
@@ -566,10 +610,10 @@ mod tests {
 
         assert_eq!(
             stages(
-                "c",
+                &c(),
                 Some(&current),
                 &spec(&["10.0.0.1"], &["10.0.0.3"], "i2"),
-                "d2",
+                d("d2"),
                 false
             )
             .unwrap_err(),
@@ -577,10 +621,10 @@ mod tests {
         );
         assert!(matches!(
             stages(
-                "c",
+                &c(),
                 Some(&current),
                 &spec(&["10.0.0.9"], &["10.0.0.2"], "i"),
-                "d1",
+                d("d1"),
                 false
             ),
             Err(ConvergeError::Master0Changed { .. })

@@ -10,9 +10,10 @@
 //!     coordinator state, join tokens, the node inventory (and host IP
 //!     approvals), admin certificates
 //! - [`ca`]: the cluster CA and the coordinator's files under `ROOT/coordinator/`.
-//! - [`state`]: the redb state database (token hashes, nodes and the
-//!   evidence binding their IPs, admin certificates, serials, assignments,
-//!   clusters, the audit log).
+//! - [`state`]: all the coordinator keeps behind the `StateStore` trait
+//!   (token hashes, nodes and the evidence binding their IPs, admin
+//!   certificates, serials, assignments, clusters, the audit log), redb
+//!   the embedded backend, opened by the coordinator only.
 //! - [`tokens`]: creating join tokens and admin certificates.
 //! - [`daemon`]: `coordinator serve`: the QUIC endpoint, enrollment, node
 //!   sessions, the admin API, per-source limits on unauthenticated
@@ -34,9 +35,12 @@
 //! - [`trust`]: the image signature policy (`--trusted-keys`,
 //!   `--require-signed`, a Clusterfile's `spec.imagePolicy`): checked when
 //!   an operation is planned, given to agents.
-//! - [`runs`]: running operations on agents, journaled in the state database
-//!   (`cli/cluster.rs`: `seaport run`, `apply`, `join`, `delete`, `status`,
-//!   `logs`, `audit`).
+//! - [`operations`]: operations on clusters: the record, a pure `prepare`,
+//!   `run` and `drive`, one file per kind of stage, over two traits (`Agents`,
+//!   `ClusterStore`) (`cli/cluster.rs`: `seaport run`, `apply`, `join`,
+//!   `delete`, `status`, `logs`, `audit`).
+//! - [`records`]: what is kept about nodes, tokens, admin certificates and
+//!   image assignments (plain data).
 
 pub mod admin;
 pub mod bootstrap;
@@ -47,8 +51,9 @@ pub mod clusterfile;
 pub mod converge;
 pub mod daemon;
 pub mod distribution;
+pub mod operations;
 pub mod plan;
-pub mod runs;
+pub mod records;
 pub mod state;
 pub mod tokens;
 pub mod trust;

@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = seaport::cli::Cli::parse();
-    seaport::cli::init_tracing(cli.verbose);
+    seaport_shared::logging::init("warn", cli.verbose);
     match seaport::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -24,9 +24,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use seaport_shared::cluster::{ClusterName, ImageDigest, Phase, Role, Step};
 use seaport_shared::wire::IpBinding;
 
-use crate::state::NodeRecord;
+use crate::records::NodeRecord;
 
 /// Errors from planning.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -123,9 +124,9 @@ pub struct HostSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanInput {
     /// The cluster's name.
-    pub cluster: String,
-    /// The image's manifest digest.
-    pub image: String,
+    pub cluster: ClusterName,
+    /// What the image resolved to.
+    pub image: ImageDigest,
     /// The hosts, masters first in the order given (the first is master0).
     pub hosts: Vec<HostSpec>,
     /// Registry hosts; empty means the first master.
@@ -134,34 +135,23 @@ pub struct PlanInput {
     pub has_launch: bool,
 }
 
-/// The role a node plays in the plan (the agent's `--role`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeRole {
-    /// The first master.
-    Master0,
-    /// Another master.
-    Master,
-    /// A worker.
-    Node,
-}
-
 /// Work for one host in one phase.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     /// The host.
     pub host: String,
     /// Its role.
-    pub role: NodeRole,
+    pub role: Role,
     /// The agent steps, in order.
-    pub steps: Vec<String>,
+    pub steps: Vec<Step>,
 }
 
-/// A phase: its tasks run in parallel; phases run one after another.
+/// A phase of the plan with its tasks: the tasks run in parallel, phases
+/// one after another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Phase {
-    /// e.g. `runtime`, `join-master-1`.
-    pub name: String,
+pub struct PlannedPhase {
+    /// Which phase (`runtime`, `join-master-1` ...).
+    pub phase: Phase,
     /// The tasks.
     pub tasks: Vec<Task>,
 }
@@ -170,16 +160,16 @@ pub struct Phase {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// The cluster.
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// The image.
-    pub image: String,
+    pub image: ImageDigest,
     /// The phases, in order.
-    pub phases: Vec<Phase>,
+    pub phases: Vec<PlannedPhase>,
 }
 
 impl Plan {
     /// Every step of `host`, in the order it runs.
-    pub fn steps_of(&self, host: &str) -> Vec<String> {
+    pub fn steps_of(&self, host: &str) -> Vec<Step> {
         self.phases
             .iter()
             .flat_map(|p| p.tasks.iter().filter(|t| t.host == host))
@@ -220,96 +210,64 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
         input.registry_hosts.clone()
     };
     let role_of = |h: &HostSpec| match h.role {
-        HostRole::Master if h.ip == master0.ip => NodeRole::Master0,
-        HostRole::Master => NodeRole::Master,
-        HostRole::Node => NodeRole::Node,
+        HostRole::Master if h.ip == master0.ip => Role::Master0,
+        HostRole::Master => Role::Master,
+        HostRole::Node => Role::Node,
     };
     let ordered: Vec<&HostSpec> = masters.iter().chain(nodes.iter()).copied().collect();
-    let all = |steps: &[&str]| -> Vec<Task> {
-        ordered
-            .iter()
-            .map(|h| Task {
-                host: h.ip.clone(),
-                role: role_of(h),
-                steps: steps.iter().map(|s| s.to_string()).collect(),
-            })
-            .collect()
+    let task = |h: &HostSpec, role: Role, phase: Phase| Task {
+        host: h.ip.clone(),
+        role,
+        steps: phase.steps().to_vec(),
+    };
+    let all = |phase: Phase| -> PlannedPhase {
+        PlannedPhase {
+            phase,
+            tasks: ordered.iter().map(|h| task(h, role_of(h), phase)).collect(),
+        }
     };
     let mut phases = vec![
-        Phase {
-            name: "rootfs".into(),
-            tasks: all(&["rootfs", "render"]),
-        },
-        Phase {
-            name: "runtime".into(),
-            tasks: all(&["runtime"]),
-        },
-        Phase {
-            name: "registry".into(),
+        all(Phase::Rootfs),
+        all(Phase::Runtime),
+        PlannedPhase {
+            phase: Phase::Registry,
             tasks: ordered
                 .iter()
                 .filter(|h| registry_hosts.contains(&h.ip))
-                .map(|h| Task {
-                    host: h.ip.clone(),
-                    role: role_of(h),
-                    steps: vec!["registry".into()],
-                })
+                .map(|h| task(h, role_of(h), Phase::Registry))
                 .collect(),
         },
-        Phase {
-            name: "registry-access".into(),
-            tasks: all(&[
-                "registry-access",
-                "kube-binaries",
-                "hook-init",
-                "hook-init-kube",
-            ]),
-        },
-        Phase {
-            name: "init-master0".into(),
-            tasks: vec![Task {
-                host: master0.ip.clone(),
-                role: NodeRole::Master0,
-                steps: vec!["kubeadm".into()],
-            }],
+        all(Phase::RegistryAccess),
+        PlannedPhase {
+            phase: Phase::InitMaster0,
+            tasks: vec![task(master0, Role::Master0, Phase::InitMaster0)],
         },
     ];
     for (i, m) in masters.iter().enumerate().skip(1) {
-        phases.push(Phase {
-            name: format!("join-master-{i}"),
-            tasks: vec![Task {
-                host: m.ip.clone(),
-                role: NodeRole::Master,
-                steps: vec!["kubeadm".into()],
-            }],
+        let phase = Phase::JoinMaster(i as u32);
+        phases.push(PlannedPhase {
+            phase,
+            tasks: vec![task(m, Role::Master, phase)],
         });
     }
     if !nodes.is_empty() {
-        phases.push(Phase {
-            name: "join-nodes".into(),
+        phases.push(PlannedPhase {
+            phase: Phase::JoinNodes,
             tasks: nodes
                 .iter()
-                .map(|n| Task {
-                    host: n.ip.clone(),
-                    role: NodeRole::Node,
-                    steps: vec!["kubeadm".into()],
-                })
+                .map(|n| task(n, Role::Node, Phase::JoinNodes))
                 .collect(),
         });
     }
     if input.has_launch {
-        phases.push(Phase {
-            name: "launch".into(),
-            tasks: vec![Task {
-                host: master0.ip.clone(),
-                role: NodeRole::Master0,
-                steps: vec!["launch".into()],
-            }],
+        phases.push(PlannedPhase {
+            phase: Phase::Launch,
+            tasks: vec![task(master0, Role::Master0, Phase::Launch)],
         });
     }
     Ok(Plan {
         cluster: input.cluster.clone(),
-        image: input.image.clone(),
+        image: input.image,
         phases,
     })
 }
@@ -457,7 +415,7 @@ pub fn check_hostnames(hosts: &[(String, String, String)]) -> Result<(), PlanErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn hosts(masters: &[&str], nodes: &[&str]) -> Vec<HostSpec> {
@@ -476,8 +434,8 @@ mod tests {
 
     fn input(h: Vec<HostSpec>) -> PlanInput {
         PlanInput {
-            cluster: "c".into(),
-            image: "sha256:00".into(),
+            cluster: ClusterName::parse("c").unwrap(),
+            image: seaport_shared::digest::Digest::of(b"image").into(),
             hosts: h,
             registry_hosts: vec![],
             has_launch: false,
@@ -491,7 +449,7 @@ mod tests {
             &["10.0.0.4", "10.0.0.5"],
         )))
         .unwrap();
-        let names: Vec<&str> = p.phases.iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<String> = p.phases.iter().map(|p| p.phase.to_string()).collect();
         assert_eq!(
             names,
             [
@@ -510,7 +468,7 @@ mod tests {
         assert_eq!(p.phases[2].tasks[0].host, "10.0.0.1");
         let joins: Vec<&str> = p.phases[7].tasks.iter().map(|t| t.host.as_str()).collect();
         assert_eq!(joins, ["10.0.0.4", "10.0.0.5"]);
-        assert_eq!(p.phases[5].tasks[0].role, NodeRole::Master);
+        assert_eq!(p.phases[5].tasks[0].role, Role::Master);
         assert_eq!(
             p,
             plan(&input(hosts(
@@ -524,14 +482,14 @@ mod tests {
     #[test]
     fn each_host_gets_exactly_the_agents_steps_for_its_role() {
         let mut i = input(hosts(&["10.0.0.1", "10.0.0.2"], &["10.0.0.3"]));
-        use seaport_agent::apply::{steps_for, Role};
+        use seaport_shared::cluster::steps_for;
         // The first master's last step launches the image's apps, when it
         // has any.
-        let master0 = steps_for(Role::Master0, true);
+        let master0 = steps_for(Role::Master0, true, true);
         let p = plan(&i).unwrap();
         assert_eq!(p.steps_of("10.0.0.1"), master0[..master0.len() - 1]);
-        assert_eq!(p.steps_of("10.0.0.2"), steps_for(Role::Master, false));
-        assert_eq!(p.steps_of("10.0.0.3"), steps_for(Role::Node, false));
+        assert_eq!(p.steps_of("10.0.0.2"), steps_for(Role::Master, false, true));
+        assert_eq!(p.steps_of("10.0.0.3"), steps_for(Role::Node, false, true));
         i.has_launch = true;
         assert_eq!(plan(&i).unwrap().steps_of("10.0.0.1"), master0);
     }
@@ -543,7 +501,7 @@ mod tests {
         i.has_launch = true;
         let p = plan(&i).unwrap();
         assert_eq!(p.phases[2].tasks[0].host, "10.0.0.2");
-        assert_eq!(p.phases.last().unwrap().name, "launch");
+        assert_eq!(p.phases.last().unwrap().phase, Phase::Launch);
         assert_eq!(
             plan(&input(hosts(&[], &["10.0.0.2"]))),
             Err(PlanError::NoMaster)
@@ -588,7 +546,10 @@ mod tests {
         assert_eq!(m["10.0.0.3"], "n3");
     }
 
-    fn platform_image(arch: &str, layer_type: &str) -> seaport_rootfs::store::PlatformImage {
+    pub(crate) fn platform_image(
+        arch: &str,
+        layer_type: &str,
+    ) -> seaport_rootfs::store::PlatformImage {
         use seaport_rootfs::oci::{Descriptor, ImageConfig, Manifest, Platform};
         use seaport_shared::digest::Digest;
         let desc = |media_type: &str, bytes: &[u8]| Descriptor {

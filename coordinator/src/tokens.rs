@@ -2,13 +2,14 @@
 //! secret exists outside the agent that uses it) and what is shown to the
 //! operator.
 
+use seaport_shared::clock::now_unix;
 use std::time::Duration;
 
 use seaport_shared::pki::JoinToken;
 use seaport_shared::wire::{AdminCertInfo, TokenGrant};
 
 use crate::ca::{Ca, CaError, ADMIN_CERT_MAX_TTL};
-use crate::state::{AdminRecord, StateError, Store};
+use crate::state::{AdminRecord, StateError, StateStore};
 
 /// Longest token lifetime accepted: one year.
 pub const MAX_TTL_SECS: u64 = 365 * 86_400;
@@ -28,15 +29,11 @@ pub enum TokenError {
     Ca(#[from] CaError),
 }
 
-fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 /// Creates a token valid for `ttl_secs` and `uses` enrollments; stores only
 /// its hash. With `node` (an existing node id or a hostname naming one),
 /// the token re-enrolls exactly that node, once.
 pub fn create(
-    store: &Store,
+    store: &dyn StateStore,
     ca: &Ca,
     ttl_secs: u64,
     uses: u32,
@@ -66,7 +63,7 @@ pub fn create(
 /// Signs and records an admin certificate named `name` for the key of
 /// `csr_der`, valid `ttl_secs` (at most 365 days).
 pub fn issue_admin(
-    store: &Store,
+    store: &dyn StateStore,
     ca: &Ca,
     name: &str,
     csr_der: &[u8],

@@ -16,7 +16,38 @@ use seaport_rootfs::store::Store;
 use seaport_shared::digest::Digest;
 use seaport_shared::wire::{ImageSignatures, ImageTrust};
 
-use crate::clusterfile::Clusterfile;
+use crate::clusterfile::{Clusterfile, ClusterfileError};
+
+/// Why an image's signatures cannot be checked, or why it is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The Clusterfile holding the cluster's policy does not parse.
+    #[error("Clusterfile: {0}")]
+    Clusterfile(#[from] ClusterfileError),
+    /// A key of `spec.imagePolicy.trustedKeys` is not usable.
+    #[error(transparent)]
+    Keys(#[from] signing::KeyListError),
+    /// The coordinator's image store cannot be opened.
+    #[error("the image store: {0}")]
+    ImageStore(seaport_rootfs::store::StoreError),
+    /// The stored signatures of an image cannot be read.
+    #[error("the signatures of {what}: {source}")]
+    Stored {
+        /// The image (`image NAME (DIGEST)`, or its digest).
+        what: String,
+        /// Why.
+        source: Box<signing::SigningError>,
+    },
+    /// The policy refuses the image.
+    #[error("{0}; nothing was started")]
+    Refused(Box<signing::Refused>),
+}
+
+impl From<signing::Refused> for TrustError {
+    fn from(e: signing::Refused) -> Self {
+        TrustError::Refused(Box::new(e))
+    }
+}
 
 /// The policy as agents receive it.
 pub fn to_wire(policy: &Policy) -> ImageTrust {
@@ -28,11 +59,11 @@ pub fn to_wire(policy: &Policy) -> ImageTrust {
 
 /// The policy a Clusterfile text asks for (`spec.imagePolicy`); none for
 /// `seaport run`.
-pub fn cluster_policy(clusterfile: Option<&str>) -> Result<Policy, String> {
+pub fn cluster_policy(clusterfile: Option<&str>) -> Result<Policy, TrustError> {
     let Some(text) = clusterfile else {
         return Ok(Policy::default());
     };
-    let file = Clusterfile::parse(text).map_err(|e| format!("Clusterfile: {e}"))?;
+    let file = Clusterfile::parse(text)?;
     let Some(cluster) = file.cluster else {
         return Ok(Policy::default());
     };
@@ -53,24 +84,29 @@ pub fn check(
     policy: &Policy,
     name: &str,
     subject: &Digest,
-) -> Result<Accepted, String> {
+) -> Result<Accepted, TrustError> {
     if policy.is_off() {
         return Ok(Accepted::NotChecked);
     }
-    let store = Store::open(root).map_err(|e| format!("the image store: {e}"))?;
-    let sigs = signing::stored(&store, subject)
-        .map_err(|e| format!("the signatures of image {name} ({subject}): {e}"))?;
-    policy
-        .check(name, subject, sigs.as_ref())
-        .map_err(|e| format!("{e}; nothing was started"))
+    let store = Store::open(root).map_err(TrustError::ImageStore)?;
+    let sigs = signing::stored(&store, subject).map_err(|source| TrustError::Stored {
+        what: format!("image {name} ({subject})"),
+        source: Box::new(source),
+    })?;
+    Ok(policy.check(name, subject, sigs.as_ref())?)
 }
 
 /// The signatures of `subject` in the store under `root`, as an apply task
 /// carries them.
-pub fn task_signatures(root: &Path, subject: &Digest) -> Result<Option<ImageSignatures>, String> {
-    let store = Store::open(root).map_err(|e| format!("the image store: {e}"))?;
-    let sigs = signing::stored(&store, subject)
-        .map_err(|e| format!("the signatures of {subject}: {e}"))?;
+pub fn task_signatures(
+    root: &Path,
+    subject: &Digest,
+) -> Result<Option<ImageSignatures>, TrustError> {
+    let store = Store::open(root).map_err(TrustError::ImageStore)?;
+    let sigs = signing::stored(&store, subject).map_err(|source| TrustError::Stored {
+        what: subject.to_string(),
+        source: Box::new(source),
+    })?;
     Ok(sigs.map(|s| ImageSignatures {
         blobs: s.blobs().into_iter().map(<[u8]>::to_vec).collect(),
         manifest: s.manifest_bytes,
@@ -97,7 +133,7 @@ mod tests {
         assert_eq!(site.union(&p), p);
         assert_eq!(cluster_policy(None).unwrap(), Policy::default());
         let bad = text.replace("MFkw", "XXXX");
-        let err = cluster_policy(Some(&bad)).unwrap_err();
+        let err = cluster_policy(Some(&bad)).unwrap_err().to_string();
         assert!(err.contains("spec.imagePolicy.trustedKeys[0]"), "{err}");
         assert_eq!(to_wire(&p).keys, vec![pem]);
     }

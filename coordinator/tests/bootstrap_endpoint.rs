@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use seaport::bootstrap;
-use seaport::state::Store;
+use seaport::state::{RedbStore, StateStore};
 use seaport_shared::pki::JoinToken;
 
 struct Answer {
@@ -62,7 +62,7 @@ async fn endpoint_serves_the_agent_only_to_valid_tokens() {
     std::fs::write(&agent, b"#!/bin/sh\necho pretend agent\n").unwrap();
     let want_sha = bootstrap::sha256_hex(&std::fs::read(&agent).unwrap());
 
-    let store = Arc::new(Store::open(&root.join("coordinator/state.redb")).unwrap());
+    let store = Arc::new(RedbStore::open(&root.join("coordinator/state.redb")).unwrap());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let valid = JoinToken::generate();
     store.add_token(&valid, now, 600, 1, None).unwrap();
@@ -171,7 +171,7 @@ async fn idle_connections_from_one_source_do_not_stop_an_honest_download() {
     let agent = tmp.path().join("seaport-agent");
     std::fs::write(&agent, b"#!/bin/sh\necho pretend agent\n").unwrap();
     let want_sha = bootstrap::sha256_hex(&std::fs::read(&agent).unwrap());
-    let store = Arc::new(Store::open(&root.join("coordinator/state.redb")).unwrap());
+    let store = Arc::new(RedbStore::open(&root.join("coordinator/state.redb")).unwrap());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let valid = JoinToken::generate();
     store.add_token(&valid, now, 600, 1, None).unwrap();

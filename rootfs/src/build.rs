@@ -42,7 +42,7 @@ use seaport_shared::digest::Digest;
 use seaport_shared::safetar;
 use tempfile::{NamedTempFile, TempDir};
 
-use crate::kubefile::{self, Command, Instruction, InstructionKind, KubefileError};
+use crate::kubefile::{self, Command, Instruction, InstructionKind, KubefileError, SyntaxError};
 use crate::layer::{self, Entries, EntrySource, LayerEntry, LayerError, LayerOptions};
 use crate::oci::{
     Application, Descriptor, History, ImageConfig, ImageExtension, Index, Manifest, Platform,
@@ -114,17 +114,19 @@ impl std::fmt::Display for CopySemantics {
     }
 }
 
-impl std::str::FromStr for CopySemantics {
-    type Err = String;
+/// Not a sealer generation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a sealer generation: use 0.8 (a directory lands at DEST/NAME) or 0.9 (its contents are copied into DEST)")]
+pub struct UnknownGeneration(String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for CopySemantics {
+    type Err = UnknownGeneration;
+
+    fn from_str(s: &str) -> Result<Self, UnknownGeneration> {
         match s.trim_start_matches('v') {
             "0.8" => Ok(Self::Sealer08),
             "0.9" | "0.9+" => Ok(Self::Sealer09),
-            _ => Err(format!(
-                "{s:?} is not a sealer generation: use 0.8 (a directory lands at DEST/NAME) \
-                 or 0.9 (its contents are copied into DEST)"
-            )),
+            _ => Err(UnknownGeneration(s.to_string())),
         }
     }
 }
@@ -317,6 +319,159 @@ pub struct BuildReport {
     pub warnings: Vec<String>,
 }
 
+/// Why one instruction of a build failed (shown with the Kubefile, line and
+/// instruction in [`BuildError::Instruction`]).
+#[derive(Debug, thiserror::Error)]
+pub enum InstructionError {
+    /// Its arguments do not parse (after variables are expanded).
+    #[error(transparent)]
+    Syntax(#[from] SyntaxError),
+    /// A layer could not be made or read.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A layer's media type is not one Seaport reads.
+    #[error(transparent)]
+    Media(#[from] crate::media::LayerMediaError),
+    /// A file operation failed.
+    #[error("{action}{}: {source}", .path.display())]
+    Io {
+        /// What was done (`reading `), or nothing.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A layer of the image does not read as a tar stream.
+    #[error(transparent)]
+    Tar(std::io::Error),
+    /// A staged layer cannot be read again.
+    #[error("reopening a staged layer: {0}")]
+    Reopen(std::io::Error),
+    /// A layer does not unpack.
+    #[error("materializing layer {layer}: {source}")]
+    Materialize {
+        /// The layer.
+        layer: Digest,
+        /// Why.
+        source: safetar::SafeTarError,
+    },
+    /// Walking a source directory failed.
+    #[error("reading {}: {source}", .path.display())]
+    Walk {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: walkdir::Error,
+    },
+    /// Not `os/arch[/variant]`.
+    #[error("expected OS/ARCH[/VARIANT], e.g. linux/amd64")]
+    Platform,
+    /// LAUNCH or APPENV names an app that was not declared.
+    #[error("application {0:?} does not exist in the image (declare it with APP first)")]
+    NoApplication(String),
+    /// A one-platform base image of another platform.
+    #[error("base image {image} is {available}, but this build is for {wanted} (use --platform)")]
+    BaseIsOther {
+        /// The base image.
+        image: String,
+        /// Its platform.
+        available: String,
+        /// The build's.
+        wanted: String,
+    },
+    /// A multi-platform base image without the build's platform.
+    #[error("base image {image} has no manifest for {wanted} (it has: {available})")]
+    BaseLacks {
+        /// The base image.
+        image: String,
+        /// The build's platform.
+        wanted: String,
+        /// Its platforms.
+        available: String,
+    },
+    /// A base image whose layers Seaport does not read.
+    #[error("base image {image}: {source}")]
+    BaseMedia {
+        /// The base image.
+        image: String,
+        /// Why.
+        source: crate::media::LayerMediaError,
+    },
+    /// A base image whose layers and config disagree.
+    #[error("base image {image} is malformed: {layers} layers but {diff_ids} diff_ids")]
+    BaseMalformed {
+        /// The base image.
+        image: String,
+        /// Its layers.
+        layers: usize,
+        /// Its config's diff ids.
+        diff_ids: usize,
+    },
+    /// A base image with a broken sealer extension.
+    #[error("base image {image}: malformed {ANNOTATION_SEALER_EXTENSION}: {source}")]
+    BaseExtension {
+        /// The base image.
+        image: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// A bad glob.
+    #[error("source pattern {pattern:?}: {source}")]
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        source: glob::PatternError,
+    },
+    /// A glob matching nothing.
+    #[error("source {0:?} matches nothing in the build context")]
+    NoMatch(String),
+    /// A source that does not exist.
+    #[error("source {pattern:?} does not exist in the build context {}", .context.display())]
+    NoSource {
+        /// The source.
+        pattern: String,
+        /// The context.
+        context: PathBuf,
+    },
+    /// A source that cannot be resolved.
+    #[error("source {pattern:?}: {}: {source}", .path.display())]
+    SourceIo {
+        /// The source.
+        pattern: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A source leading out of the context.
+    #[error("source {pattern:?} resolves to {}, outside the build context {}; COPY only reads from the context", .resolved.display(), .context.display())]
+    OutsideContext {
+        /// The source.
+        pattern: String,
+        /// Where it leads.
+        resolved: PathBuf,
+        /// The context.
+        context: PathBuf,
+    },
+    /// RUN could not start its command.
+    #[error("starting the command: {0}")]
+    Start(std::io::Error),
+    /// RUN's command failed.
+    #[error("the command failed ({0})")]
+    CommandFailed(process::ExitStatus),
+    /// A directory copied over a file of the image.
+    #[error("destination {0} is a file in the image, not a directory")]
+    DestinationIsFile(String),
+    /// A destination climbing out of the rootfs.
+    #[error("destination {0:?} leaves the rootfs")]
+    DestinationLeaves(String),
+}
+
 /// Errors from a build.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -338,6 +493,9 @@ pub enum BuildError {
     /// Something outside any one instruction failed.
     #[error("{0}")]
     Other(String),
+    /// A step outside any one instruction failed.
+    #[error(transparent)]
+    Step(#[from] InstructionError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -469,11 +627,11 @@ fn build_platform(
     };
     for ins in instructions {
         tracing::info!(line = ins.line, instruction = %ins.original, "build step");
-        b.step(ins).map_err(|message| BuildError::Instruction {
+        b.step(ins).map_err(|e| BuildError::Instruction {
             file: b.file.clone(),
             line: ins.line,
             instruction: ins.keyword().to_string(),
-            message,
+            message: e.to_string(),
         })?;
     }
     // As sealer: an app whose type cannot be told needs APPCMDS.
@@ -587,12 +745,12 @@ fn read_kubefile(path: &Path) -> Result<String, BuildError> {
     Ok(text)
 }
 
-fn parse_one_platform(p: &str) -> Result<Platform, String> {
-    parse_platform(p).ok_or_else(|| "expected OS/ARCH[/VARIANT], e.g. linux/amd64".to_string())
+fn parse_one_platform(p: &str) -> Result<Platform, InstructionError> {
+    parse_platform(p).ok_or(InstructionError::Platform)
 }
 
 /// `os/arch[/variant]` values separated by commas, without duplicates.
-fn parse_platforms(list: &str) -> Result<Vec<Platform>, String> {
+fn parse_platforms(list: &str) -> Result<Vec<Platform>, InstructionError> {
     let mut out: Vec<Platform> = Vec::new();
     for p in list.split(',') {
         let p = parse_one_platform(p)?;
@@ -603,16 +761,12 @@ fn parse_platforms(list: &str) -> Result<Vec<Platform>, String> {
     Ok(out)
 }
 
-fn layer_err(e: LayerError) -> String {
-    e.to_string()
-}
-
 impl Builder<'_, '_> {
-    fn expand(&self, s: &str) -> Result<String, String> {
-        kubefile::expand(s, &self.vars)
+    fn expand(&self, s: &str) -> Result<String, InstructionError> {
+        Ok(kubefile::expand(s, &self.vars)?)
     }
 
-    fn step(&mut self, ins: &Instruction) -> Result<(), String> {
+    fn step(&mut self, ins: &Instruction) -> Result<(), InstructionError> {
         let created_by = ins.original.clone();
         match &ins.kind {
             InstructionKind::From { image, platform } => {
@@ -722,9 +876,7 @@ impl Builder<'_, '_> {
             InstructionKind::Launch(apps) => {
                 for a in apps {
                     if !self.ext.applications.iter().any(|x| &x.name == a) {
-                        return Err(format!(
-                            "application {a:?} does not exist in the image (declare it with APP first)"
-                        ));
+                        return Err(InstructionError::NoApplication(a.clone()));
                     }
                 }
                 self.ext.launch.app_names = apps.clone();
@@ -761,16 +913,12 @@ impl Builder<'_, '_> {
         Ok(())
     }
 
-    fn app_mut(&mut self, name: &str) -> Result<&mut Application, String> {
+    fn app_mut(&mut self, name: &str) -> Result<&mut Application, InstructionError> {
         self.ext
             .applications
             .iter_mut()
             .find(|a| a.name == name)
-            .ok_or_else(|| {
-                format!(
-                    "application {name:?} does not exist in the image (declare it with APP first)"
-                )
-            })
+            .ok_or_else(|| InstructionError::NoApplication(name.to_string()))
     }
 
     fn empty_history(&mut self, created_by: String) {
@@ -781,32 +929,40 @@ impl Builder<'_, '_> {
         });
     }
 
-    fn start_from_image(&mut self, image: &str) -> Result<BaseEvidence, String> {
-        let stored = self.store.image(image).map_err(|e| e.to_string())?;
+    fn start_from_image(&mut self, image: &str) -> Result<BaseEvidence, InstructionError> {
+        let stored = self.store.image(image)?;
         let wanted = Platform {
             architecture: self.arch.clone(),
             os: self.os.clone(),
             variant: self.variant.clone(),
         };
         let base = stored.for_platform(&wanted).map_err(|e| match e {
-            StoreError::NoPlatform { available, .. } if !stored.is_index() => format!(
-                "base image {image} is {available}, but this build is for {} (use --platform)",
-                platform_string(&wanted)
-            ),
-            StoreError::NoPlatform { available, .. } => format!(
-                "base image {image} has no manifest for {} (it has: {available})",
-                platform_string(&wanted)
-            ),
-            other => other.to_string(),
+            StoreError::NoPlatform { available, .. } if !stored.is_index() => {
+                InstructionError::BaseIsOther {
+                    image: image.to_string(),
+                    available,
+                    wanted: platform_string(&wanted),
+                }
+            }
+            StoreError::NoPlatform { available, .. } => InstructionError::BaseLacks {
+                image: image.to_string(),
+                wanted: platform_string(&wanted),
+                available,
+            },
+            other => other.into(),
         })?;
-        crate::media::check_layers(&base.manifest.layers)
-            .map_err(|e| format!("base image {image}: {e}"))?;
+        crate::media::check_layers(&base.manifest.layers).map_err(|source| {
+            InstructionError::BaseMedia {
+                image: image.to_string(),
+                source,
+            }
+        })?;
         if base.manifest.layers.len() != base.config.rootfs.diff_ids.len() {
-            return Err(format!(
-                "base image {image} is malformed: {} layers but {} diff_ids",
-                base.manifest.layers.len(),
-                base.config.rootfs.diff_ids.len()
-            ));
+            return Err(InstructionError::BaseMalformed {
+                image: image.to_string(),
+                layers: base.manifest.layers.len(),
+                diff_ids: base.config.rootfs.diff_ids.len(),
+            });
         }
         for (desc, diff_id) in base
             .manifest
@@ -837,9 +993,11 @@ impl Builder<'_, '_> {
         self.labels = base.config.config.labels.clone();
         self.author = base.config.author.clone();
         if let Some(ext) = base.manifest.annotations.get(ANNOTATION_SEALER_EXTENSION) {
-            self.ext = serde_json::from_str(ext).map_err(|e| {
-                format!("base image {image}: malformed {ANNOTATION_SEALER_EXTENSION}: {e}")
-            })?;
+            self.ext =
+                serde_json::from_str(ext).map_err(|source| InstructionError::BaseExtension {
+                    image: image.to_string(),
+                    source,
+                })?;
         }
         self.metadata = base.manifest.annotations.get(ANNOTATION_METADATA).cloned();
         let client = &self.ext.build_client;
@@ -917,7 +1075,7 @@ impl Builder<'_, '_> {
     }
 
     /// Resolves a source pattern to (name to copy as, path to read).
-    fn resolve_sources(&self, pattern: &str) -> Result<Vec<(String, PathBuf)>, String> {
+    fn resolve_sources(&self, pattern: &str) -> Result<Vec<(String, PathBuf)>, InstructionError> {
         let rel = pattern.trim_start_matches('/');
         let has_glob = rel.contains(['*', '?', '[']);
         let candidates: Vec<PathBuf> = if has_glob {
@@ -927,37 +1085,40 @@ impl Builder<'_, '_> {
                 rel
             );
             let mut found: Vec<PathBuf> = glob::glob(&full)
-                .map_err(|e| format!("source pattern {pattern:?}: {e}"))?
+                .map_err(|source| InstructionError::Pattern {
+                    pattern: pattern.to_string(),
+                    source,
+                })?
                 .filter_map(Result::ok)
                 .collect();
             found.sort();
             if found.is_empty() {
-                return Err(format!(
-                    "source {pattern:?} matches nothing in the build context"
-                ));
+                return Err(InstructionError::NoMatch(pattern.to_string()));
             }
             found
         } else {
             let p = self.context.join(if rel.is_empty() { "." } else { rel });
             if fs::symlink_metadata(&p).is_err() {
-                return Err(format!(
-                    "source {pattern:?} does not exist in the build context {}",
-                    self.context.display()
-                ));
+                return Err(InstructionError::NoSource {
+                    pattern: pattern.to_string(),
+                    context: self.context.clone(),
+                });
             }
             vec![p]
         };
         let mut out = Vec::new();
         for c in candidates {
-            let canon = fs::canonicalize(&c)
-                .map_err(|e| format!("source {pattern:?}: {}: {e}", c.display()))?;
+            let canon = fs::canonicalize(&c).map_err(|source| InstructionError::SourceIo {
+                pattern: pattern.to_string(),
+                path: c.clone(),
+                source,
+            })?;
             if !canon.starts_with(&self.context) {
-                return Err(format!(
-                    "source {pattern:?} resolves to {}, outside the build context {}; \
-                     COPY only reads from the context",
-                    canon.display(),
-                    self.context.display()
-                ));
+                return Err(InstructionError::OutsideContext {
+                    pattern: pattern.to_string(),
+                    resolved: canon,
+                    context: self.context.clone(),
+                });
             }
             let base = c
                 .file_name()
@@ -976,7 +1137,7 @@ impl Builder<'_, '_> {
         sources: &[String],
         dest: &str,
         rules: CopySemantics,
-    ) -> Result<Vec<Placement>, String> {
+    ) -> Result<Vec<Placement>, InstructionError> {
         let (dest_key, trailing) = normalize_dest(dest)?;
         let mut resolved = Vec::new();
         let mut globbed = false;
@@ -1001,7 +1162,11 @@ impl Builder<'_, '_> {
         };
         let mut placed = Vec::new();
         for (base, path) in resolved {
-            let meta = fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let meta = fs::metadata(&path).map_err(|source| InstructionError::Io {
+                action: "",
+                path: path.clone(),
+                source,
+            })?;
             let source = Source {
                 base,
                 is_dir: meta.is_dir(),
@@ -1012,9 +1177,9 @@ impl Builder<'_, '_> {
                 .place(&source, rules.other())
                 .unwrap_or_else(|_| chosen.clone());
             if source.is_dir {
-                layer::add_tree(entries, &path, &chosen).map_err(layer_err)?;
+                layer::add_tree(entries, &path, &chosen)?;
             } else {
-                let mut e = layer::entry_for(&path).map_err(layer_err)?;
+                let mut e = layer::entry_for(&path)?;
                 if let EntrySource::Symlink(_) = e.source {
                     // The top-level source was followed by canonicalize; copy the file.
                     e = LayerEntry {
@@ -1050,7 +1215,7 @@ impl Builder<'_, '_> {
         sources: &[String],
         role: &str,
         created_by: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), InstructionError> {
         let dest = format!("{APP_ROOT}/{name}/");
         let mut expanded = Vec::new();
         for s in sources {
@@ -1093,9 +1258,9 @@ impl Builder<'_, '_> {
         Ok(())
     }
 
-    fn run(&mut self, cmd: &Command, created_by: String) -> Result<(), String> {
+    fn run(&mut self, cmd: &Command, created_by: String) -> Result<(), InstructionError> {
         let root = self.materialize()?;
-        let before = layer::Snapshot::take(&root).map_err(layer_err)?;
+        let before = layer::Snapshot::take(&root)?;
         let mut command = match cmd {
             Command::Shell(s) => {
                 let mut c = process::Command::new("sh");
@@ -1112,13 +1277,11 @@ impl Builder<'_, '_> {
         for (k, v) in &self.vars {
             command.env(k, v);
         }
-        let status = command
-            .status()
-            .map_err(|e| format!("starting the command: {e}"))?;
+        let status = command.status().map_err(InstructionError::Start)?;
         if !status.success() {
-            return Err(format!("the command failed ({status})"));
+            return Err(InstructionError::CommandFailed(status));
         }
-        let entries = before.diff(&root).map_err(layer_err)?;
+        let entries = before.diff(&root)?;
         if entries.is_empty() {
             self.empty_history(created_by);
             return Ok(());
@@ -1130,7 +1293,7 @@ impl Builder<'_, '_> {
     }
 
     fn run_image_cache(&mut self, cache: &dyn ImageCache) -> Result<(), BuildError> {
-        let root = self.materialize().map_err(BuildError::Other)?;
+        let root = self.materialize()?;
         let out = self.work.path().join("image-cache");
         fs::create_dir_all(&out)
             .map_err(|e| BuildError::Other(format!("creating {}: {e}", out.display())))?;
@@ -1148,23 +1311,25 @@ impl Builder<'_, '_> {
             self.add_layer(
                 entries,
                 "seaport: cached container images (registry/)".into(),
-            )
-            .map_err(BuildError::Other)?;
+            )?;
         }
         Ok(())
     }
 
-    fn add_layer(&mut self, entries: Entries, created_by: String) -> Result<(), String> {
-        let mut tmp = self.store.temp_file().map_err(|e| e.to_string())?;
-        let written =
-            layer::write_layer(&entries, tmp.as_file_mut(), &self.opts.layer).map_err(layer_err)?;
+    fn add_layer(&mut self, entries: Entries, created_by: String) -> Result<(), InstructionError> {
+        let mut tmp = self.store.temp_file()?;
+        let written = layer::write_layer(&entries, tmp.as_file_mut(), &self.opts.layer)?;
         // Track the rootfs's Metadata file for the manifest annotation.
         match entries.get("Metadata").map(|e| &e.source) {
             Some(EntrySource::File(p)) => {
                 let mut text = String::new();
                 File::open(p)
                     .and_then(|f| f.take(MAX_METADATA).read_to_string(&mut text))
-                    .map_err(|e| format!("reading {}: {e}", p.display()))?;
+                    .map_err(|source| InstructionError::Io {
+                        action: "reading ",
+                        path: p.clone(),
+                        source,
+                    })?;
                 self.metadata = Some(text);
             }
             Some(_) => self.metadata = None,
@@ -1206,41 +1371,43 @@ impl Builder<'_, '_> {
         Ok(())
     }
 
-    fn open_layer(&self, rec: &LayerRec) -> Result<Box<dyn Read + '_>, String> {
+    fn open_layer(&self, rec: &LayerRec) -> Result<Box<dyn Read + '_>, InstructionError> {
         let file = match &rec.staged {
-            Some(t) => t
-                .reopen()
-                .map_err(|e| format!("reopening a staged layer: {e}"))?,
-            None => self
-                .store
-                .open_blob(&rec.desc.digest)
-                .map_err(|e| e.to_string())?,
+            Some(t) => t.reopen().map_err(InstructionError::Reopen)?,
+            None => self.store.open_blob(&rec.desc.digest)?,
         };
-        crate::media::open_layer(&rec.desc, file).map_err(|e| e.to_string())
+        Ok(crate::media::open_layer(&rec.desc, file)?)
     }
 
     /// The merged rootfs so far, as a directory.
-    fn materialize(&mut self) -> Result<PathBuf, String> {
+    fn materialize(&mut self) -> Result<PathBuf, InstructionError> {
         let (root, applied) = match self.materialized.take() {
             Some(m) => m,
             None => {
                 let root = self.work.path().join("rootfs");
-                fs::create_dir_all(&root)
-                    .map_err(|e| format!("creating {}: {e}", root.display()))?;
+                fs::create_dir_all(&root).map_err(|source| InstructionError::Io {
+                    action: "creating ",
+                    path: root.clone(),
+                    source,
+                })?;
                 (root, 0)
             }
         };
         for rec in &self.layers[applied..] {
             let reader = self.open_layer(rec)?;
-            safetar::unpack(reader, &root, &safetar::UnpackOptions::default())
-                .map_err(|e| format!("materializing layer {}: {e}", rec.desc.digest))?;
+            safetar::unpack(reader, &root, &safetar::UnpackOptions::default()).map_err(
+                |source| InstructionError::Materialize {
+                    layer: rec.desc.digest,
+                    source,
+                },
+            )?;
         }
         self.materialized = Some((root.clone(), self.layers.len()));
         Ok(root)
     }
 
     /// Whether `key` is a directory or something else in the layers so far.
-    fn path_kind_in_image(&mut self, key: &str) -> Result<Option<PathKind>, String> {
+    fn path_kind_in_image(&mut self, key: &str) -> Result<Option<PathKind>, InstructionError> {
         if key.is_empty() {
             return Ok(Some(PathKind::Dir));
         }
@@ -1252,9 +1419,9 @@ impl Builder<'_, '_> {
                     let mut out = Vec::new();
                     let reader = self.open_layer(rec)?;
                     let mut archive = tar::Archive::new(reader);
-                    for entry in archive.entries().map_err(|e| e.to_string())? {
-                        let entry = entry.map_err(|e| e.to_string())?;
-                        let path = entry.path().map_err(|e| e.to_string())?;
+                    for entry in archive.entries().map_err(InstructionError::Tar)? {
+                        let entry = entry.map_err(InstructionError::Tar)?;
+                        let path = entry.path().map_err(InstructionError::Tar)?;
                         let Ok(Some(norm)) = safetar::normalize_entry_path(&path) else {
                             continue;
                         };
@@ -1416,8 +1583,11 @@ pub enum AppType {
 ///   source's files (the others are for it to call);
 /// - anything else (another extension, YAML mixed with shell, no files) has
 ///   no type, and needs APPCMDS.
-pub fn app_type(name: &str, sources: &[(String, PathBuf)]) -> Result<AppType, String> {
-    let walk_err = |p: &Path, e: walkdir::Error| format!("reading {}: {e}", p.display());
+pub fn app_type(name: &str, sources: &[(String, PathBuf)]) -> Result<AppType, InstructionError> {
+    let walk_err = |p: &Path, e: walkdir::Error| InstructionError::Walk {
+        path: p.to_path_buf(),
+        source: e,
+    };
     // Helm.
     let artifact = |s: &str| {
         if s.ends_with("Chart.yaml") {
@@ -1442,8 +1612,11 @@ pub fn app_type(name: &str, sources: &[(String, PathBuf)]) -> Result<AppType, St
                     files: vec![name.to_string()],
                 });
             }
-            let entries =
-                fs::read_dir(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let entries = fs::read_dir(path).map_err(|source| InstructionError::Io {
+                action: "reading ",
+                path: path.clone(),
+                source,
+            })?;
             for e in entries.flatten() {
                 if !e.file_type().is_ok_and(|t| t.is_dir()) {
                     bits |= artifact(&e.file_name().to_string_lossy());
@@ -1556,16 +1729,13 @@ struct Source {
 impl CopyTarget {
     /// The key `src` lands at under `rules`: for a directory, the key its
     /// contents go under.
-    fn place(&self, src: &Source, rules: CopySemantics) -> Result<String, String> {
+    fn place(&self, src: &Source, rules: CopySemantics) -> Result<String, InstructionError> {
         let inside = || join_key(&self.key, &src.base);
         Ok(match (rules, src.is_dir) {
             // buildah refuses a directory over a file; sealer 0.8 replaced
             // the file by a directory, which no one means.
             (_, true) if self.is_file => {
-                return Err(format!(
-                    "destination {} is a file in the image, not a directory",
-                    self.key
-                ))
+                return Err(InstructionError::DestinationIsFile(self.key.clone()))
             }
             // Both generations spread the context itself into DEST.
             (_, true) if src.is_context => self.key.clone(),
@@ -1603,7 +1773,7 @@ fn show_file(key: &str) -> String {
     }
 }
 
-fn normalize_dest(dest: &str) -> Result<(String, bool), String> {
+fn normalize_dest(dest: &str) -> Result<(String, bool), InstructionError> {
     let trailing = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
     let mut parts: Vec<&str> = Vec::new();
     for c in dest.split('/') {
@@ -1611,7 +1781,7 @@ fn normalize_dest(dest: &str) -> Result<(String, bool), String> {
             "" | "." => {}
             ".." => {
                 if parts.pop().is_none() {
-                    return Err(format!("destination {dest:?} leaves the rootfs"));
+                    return Err(InstructionError::DestinationLeaves(dest.to_string()));
                 }
             }
             p => parts.push(p),
@@ -1634,24 +1804,7 @@ fn created_stamp(opts: &LayerOptions) -> Option<String> {
 
 /// Formats seconds since the epoch as RFC 3339 UTC.
 fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    seaport_shared::clock::rfc3339(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

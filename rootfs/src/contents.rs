@@ -75,8 +75,9 @@ pub fn files_in_dir(
     let manifest_digest = &platform_manifest(store, digest, platform)?;
     let manifest = store.manifest(manifest_digest)?;
     let dir = dir.trim_matches('/');
-    // name -> bytes; a link is kept as an error to give if it survives.
-    let mut files: BTreeMap<String, Result<Vec<u8>, String>> = BTreeMap::new();
+    // name -> bytes; a link is kept (as the layer holding it) to refuse
+    // if it survives.
+    let mut files: BTreeMap<String, Result<Vec<u8>, Digest>> = BTreeMap::new();
     for layer in &manifest.layers {
         let digest = layer.digest;
         let layer_err = |source| ContentsError::Layer { digest, source };
@@ -144,12 +145,7 @@ pub fn files_in_dir(
                     files.remove(&name);
                 }
                 tar::EntryType::Symlink | tar::EntryType::Link => {
-                    files.insert(
-                        name,
-                        Err(format!(
-                            "it is a link (in layer {digest}); files here must be regular files"
-                        )),
-                    );
+                    files.insert(name, Err(digest));
                 }
                 _ => {
                     files.remove(&name);
@@ -164,10 +160,12 @@ pub fn files_in_dir(
         .map(|(name, r)| {
             let path = format!("{dir}/{name}");
             r.map(|b| (path.clone(), b))
-                .map_err(|reason| ContentsError::Unusable {
+                .map_err(|layer| ContentsError::Unusable {
                     path,
                     digest: *manifest_digest,
-                    reason,
+                    reason: format!(
+                        "it is a link (in layer {layer}); files here must be regular files"
+                    ),
                 })
         })
         .collect()

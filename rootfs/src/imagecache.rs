@@ -42,10 +42,10 @@ use crate::build::ImageCache;
 use crate::oci::Platform;
 use crate::reference::ImageRef;
 use crate::registry::client::{ClientOptions, RegistryClient, RegistryError};
+use crate::registry::copy::{fetch_image, for_each_parallel, CopyError};
 use crate::registry::credentials::{CredentialStore, CredentialsError};
 use crate::registry::layout::{LayoutError, RegistryStorage};
 use crate::registry::platform::{host_platform, platform_string};
-use crate::registry::transfer::{fetch_image, for_each_parallel, TransferError};
 
 /// The index of cached images, beside `docker/` in `registry/`.
 pub const IMAGE_INDEX_FILE: &str = "seaport-images.json";
@@ -84,7 +84,7 @@ pub enum CacheError {
         /// The platform.
         platform: String,
         /// The cause.
-        source: Box<TransferError>,
+        source: Box<CopyError>,
     },
     /// Two domains would share a repository path in the registry.
     #[error("container images {first} and {second} would both be stored as repository {repository}; images from different registries cannot share a repository path (drop one with --ignored-image-list)")]
@@ -359,10 +359,10 @@ impl RegistryImageCache {
         Ok(wrote)
     }
 
-    fn client(&self, registry: &str) -> Result<RegistryClient, TransferError> {
+    fn client(&self, registry: &str) -> Result<RegistryClient, CopyError> {
         let credentials = match &self.opts.credentials {
             Some(store) => store.get(registry).map_err(|e| {
-                TransferError::Registry(RegistryError::Client {
+                CopyError::Registry(RegistryError::Client {
                     registry: registry.to_string(),
                     reason: e.to_string(),
                 })
@@ -383,11 +383,11 @@ impl RegistryImageCache {
         image: &ImageRef,
         base: &RegistryStorage,
         target: &RegistryStorage,
-    ) -> Result<String, TransferError> {
+    ) -> Result<String, CopyError> {
         let remote = fetch_image(client, image, &self.opts.platform)?;
         let repo = image.repository();
         let layout = |e: LayoutError| {
-            TransferError::Registry(RegistryError::Io {
+            CopyError::Registry(RegistryError::Io {
                 what: "writing the registry layer".into(),
                 source: std::io::Error::other(e.to_string()),
             })
@@ -405,7 +405,7 @@ impl RegistryImageCache {
                 })?;
             }
             target.link_layer(repo, &d.digest).map_err(layout)?;
-            Ok::<_, TransferError>(())
+            Ok::<_, CopyError>(())
         })?;
         target
             .write_blob_bytes(&remote.manifest_bytes)

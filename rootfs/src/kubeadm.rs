@@ -95,12 +95,45 @@ pub struct JoinData {
     pub certificate_key: String,
 }
 
+/// What is wrong with join data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinDataError {
+    /// Not a bootstrap token.
+    #[error("the token is not a kubeadm bootstrap token ([a-z0-9]{{6}}.[a-z0-9]{{16}})")]
+    Token,
+    /// No CA hash.
+    #[error("there is no CA certificate hash")]
+    NoCaHash,
+    /// A CA hash of another shape.
+    #[error("CA certificate hash {0:?} is not sha256: and 64 hex digits")]
+    CaHash(String),
+    /// A certificate key of another shape.
+    #[error("the certificate key is not 64 hex digits")]
+    CertificateKey,
+    /// Another first master.
+    #[error("it names {named:?} as the first master, which is {master0}")]
+    Master0 {
+        /// What it names.
+        named: String,
+        /// The first master.
+        master0: String,
+    },
+    /// An API server that is not the first master.
+    #[error("the API server endpoint {endpoint:?} is not the first master's ({master0}:PORT)")]
+    ApiServer {
+        /// What it names.
+        endpoint: String,
+        /// The first master.
+        master0: String,
+    },
+}
+
 impl JoinData {
     /// Checks the shape of join data the first master reported: a bootstrap
     /// token `[a-z0-9]{6}.[a-z0-9]{16}`, CA hashes `sha256:` and 64 hex
     /// digits, a certificate key of 64 hex digits, and the API server at
     /// `master0_ip` (the first master's address as the cluster knows it).
-    pub fn check(&self, master0_ip: &str) -> Result<(), String> {
+    pub fn check(&self, master0_ip: &str) -> Result<(), JoinDataError> {
         let lower_alnum = |s: &str, n: usize| {
             s.len() == n
                 && s.bytes()
@@ -113,41 +146,31 @@ impl JoinData {
         };
         match self.token.split_once('.') {
             Some((id, secret)) if lower_alnum(id, 6) && lower_alnum(secret, 16) => {}
-            _ => {
-                return Err(
-                    "the token is not a kubeadm bootstrap token ([a-z0-9]{6}.[a-z0-9]{16})".into(),
-                )
-            }
+            _ => return Err(JoinDataError::Token),
         }
         if self.ca_cert_hashes.is_empty() {
-            return Err("there is no CA certificate hash".into());
+            return Err(JoinDataError::NoCaHash);
         }
         for h in &self.ca_cert_hashes {
             if !h.strip_prefix("sha256:").is_some_and(|x| hex(x, 64)) {
-                return Err(format!(
-                    "CA certificate hash {:?} is not sha256: and 64 hex digits",
-                    h.chars().take(80).collect::<String>()
-                ));
+                return Err(JoinDataError::CaHash(h.chars().take(80).collect()));
             }
         }
         if !hex(&self.certificate_key, 64) {
-            return Err("the certificate key is not 64 hex digits".into());
+            return Err(JoinDataError::CertificateKey);
         }
         if self.master0_ip != master0_ip {
-            return Err(format!(
-                "it names {:?} as the first master, which is {master0_ip}",
-                self.master0_ip.chars().take(80).collect::<String>()
-            ));
+            return Err(JoinDataError::Master0 {
+                named: self.master0_ip.chars().take(80).collect(),
+                master0: master0_ip.to_string(),
+            });
         }
         match self.api_server_endpoint.rsplit_once(':') {
             Some((host, port)) if host == master0_ip && port.parse::<u16>().is_ok() => Ok(()),
-            _ => Err(format!(
-                "the API server endpoint {:?} is not the first master's ({master0_ip}:PORT)",
-                self.api_server_endpoint
-                    .chars()
-                    .take(80)
-                    .collect::<String>()
-            )),
+            _ => Err(JoinDataError::ApiServer {
+                endpoint: self.api_server_endpoint.chars().take(80).collect(),
+                master0: master0_ip.to_string(),
+            }),
         }
     }
 }
@@ -462,7 +485,7 @@ mod tests {
         let bad = |f: &dyn Fn(&mut JoinData), want: &str| {
             let mut j = good.clone();
             f(&mut j);
-            let err = j.check("10.0.0.1").unwrap_err();
+            let err = j.check("10.0.0.1").unwrap_err().to_string();
             assert!(err.contains(want), "{want}: {err}");
         };
         bad(

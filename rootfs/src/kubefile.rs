@@ -257,7 +257,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Instruction>, KubefileError> 
         };
         let keyword = word.to_ascii_uppercase();
         let kind = parse_instruction(&keyword, rest)
-            .map_err(|m| err(start, &keyword_for_error(&keyword), m))?;
+            .map_err(|e| err(start, &keyword_for_error(&keyword), e.to_string()))?;
         out.push(Instruction {
             line: start,
             original: logical.clone(),
@@ -362,7 +362,73 @@ fn validate(ins: &[Instruction]) -> Result<(), (usize, &'static str, String)> {
     Ok(())
 }
 
-fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, String> {
+/// What is wrong with the arguments of one instruction.
+#[derive(Debug, thiserror::Error)]
+pub enum SyntaxError {
+    /// What the instruction needs or takes.
+    #[error("{0}")]
+    Usage(&'static str),
+    /// A FROM flag other than `--platform`.
+    #[error("unknown flag {0:?} (only --platform=OS/ARCH)")]
+    FromFlag(String),
+    /// A COPY flag other than `--chown` and `--chmod`.
+    #[error("flag {0:?} is not supported (only --chown and --chmod, which are ignored)")]
+    CopyFlag(String),
+    /// A flag the instruction does not take.
+    #[error("flag {0:?} is not supported")]
+    Flag(String),
+    /// An app without sources.
+    #[error("app {0:?} needs at least one local://PATH")]
+    AppWithoutSource(String),
+    /// An app source on the network.
+    #[error("source {0:?} is remote; download it into the build context and use local://PATH")]
+    RemoteSource(String),
+    /// An app source not written `local://PATH`.
+    #[error("source {0:?} must be written local://PATH")]
+    Source(String),
+    /// A COPY source that is a URL.
+    #[error("source {0:?} is a URL; download it into the build context and COPY it")]
+    UrlSource(String),
+    /// A Kubernetes version of another form.
+    #[error("version {0:?} is not vMAJOR.MINOR[.PATCH]")]
+    Version(String),
+    /// A variable name of another form.
+    #[error("{0:?} is not a valid variable name")]
+    VarName(String),
+    /// An app name of another form.
+    #[error("app name {0:?} must be letters, digits, '-', '_' or '.', not starting with '.'")]
+    AppName(String),
+    /// A JSON array holding something else than strings.
+    #[error("the JSON array holds {0}, not only strings")]
+    JsonNotStrings(String),
+    /// APPCMDS that are not a JSON array of strings.
+    #[error("the value must be a JSON array of strings, APPCMDS {name} [\"executable\", \"param1\", ...] ({source})")]
+    AppCmds {
+        /// The app.
+        name: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// A word that is not `KEY=VALUE`.
+    #[error("{0:?} is not KEY=VALUE")]
+    NotKeyValue(String),
+    /// `=VALUE`.
+    #[error("{0:?} has an empty key")]
+    EmptyKey(String),
+    /// `${` without `}`.
+    #[error("unterminated ${{ in {0:?}")]
+    UnterminatedVariable(String),
+    /// A bad name inside `${...}`.
+    #[error("in ${{{inner}}}: {source}")]
+    InVariable {
+        /// What the braces hold.
+        inner: String,
+        /// What is wrong with it.
+        source: Box<SyntaxError>,
+    },
+}
+
+fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, SyntaxError> {
     let words = || split_words(rest);
     Ok(match keyword {
         "FROM" => {
@@ -372,7 +438,7 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
                 let flag = w.remove(0);
                 match flag.strip_prefix("--platform=") {
                     Some(p) if !p.is_empty() => platform = Some(p.to_string()),
-                    _ => return Err(format!("unknown flag {flag:?} (only --platform=OS/ARCH)")),
+                    _ => return Err(SyntaxError::FromFlag(flag.to_string())),
                 }
             }
             match w.as_slice() {
@@ -380,18 +446,19 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
                     image: image.clone(),
                     platform,
                 },
-                [] => return Err("needs an image name (or scratch)".into()),
+                [] => return Err(SyntaxError::Usage("needs an image name (or scratch)")),
                 [_, more @ ..] if more.first().is_some_and(|m| m.eq_ignore_ascii_case("as")) => {
-                    return Err("multi-stage builds (FROM ... AS ...) are not supported".into())
+                    return Err(SyntaxError::Usage(
+                        "multi-stage builds (FROM ... AS ...) are not supported",
+                    ))
                 }
                 [_, more @ ..] if more.first().is_some_and(|m| m.starts_with('#')) => {
-                    return Err(
+                    return Err(SyntaxError::Usage(
                         "takes exactly one image name; a comment must be on its own line \
-                         (sealer refuses it here too)"
-                            .into(),
-                    )
+                         (sealer refuses it here too)",
+                    ))
                 }
-                _ => return Err("takes exactly one image name".into()),
+                _ => return Err(SyntaxError::Usage("takes exactly one image name")),
             }
         }
         "COPY" => {
@@ -401,9 +468,7 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
                 if flag.starts_with("--chown=") || flag.starts_with("--chmod=") {
                     ignored.push(flag.to_string());
                 } else {
-                    return Err(format!(
-                        "flag {flag:?} is not supported (only --chown and --chmod, which are ignored)"
-                    ));
+                    return Err(SyntaxError::CopyFlag(flag.to_string()));
                 }
             }
             // A trailing comment is cut off before quotes are read, so an
@@ -414,7 +479,7 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
                 None => split_words(rest)?,
             };
             if w.len() < 2 {
-                return Err("needs a source and a destination".into());
+                return Err(SyntaxError::Usage("needs a source and a destination"));
             }
             ignored.extend(w.split_off(2));
             ignored.extend(comment.map(str::to_string));
@@ -430,10 +495,12 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
         "ADD" => {
             let mut w = words()?;
             if let Some(flag) = w.first().filter(|f| f.starts_with("--")) {
-                return Err(format!("flag {flag:?} is not supported"));
+                return Err(SyntaxError::Flag(flag.to_string()));
             }
             if w.len() < 2 {
-                return Err("needs at least one source and a destination".into());
+                return Err(SyntaxError::Usage(
+                    "needs at least one source and a destination",
+                ));
             }
             let dest = w.pop().expect("len >= 2");
             for s in &w {
@@ -446,7 +513,7 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
         "ARG" => {
             let w = words()?;
             let [one] = w.as_slice() else {
-                return Err("takes one NAME or NAME=DEFAULT".into());
+                return Err(SyntaxError::Usage("takes one NAME or NAME=DEFAULT"));
             };
             let (name, default) = match one.split_once('=') {
                 Some((n, d)) => (n.to_string(), Some(d.to_string())),
@@ -457,10 +524,12 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
         }
         "RUN" => {
             if rest.is_empty() {
-                return Err("needs a command".into());
+                return Err(SyntaxError::Usage("needs a command"));
             }
             match json_prefix_array(rest)? {
-                Some(argv) if argv.is_empty() => return Err("the command array is empty".into()),
+                Some(argv) if argv.is_empty() => {
+                    return Err(SyntaxError::Usage("the command array is empty"))
+                }
                 Some(argv) => InstructionKind::Run(Command::Exec(argv)),
                 // Not JSON: the shell form, as Docker reads it.
                 None => InstructionKind::Run(Command::Shell(rest.to_string())),
@@ -468,7 +537,7 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
         }
         "CMD" => {
             if rest.is_empty() {
-                return Err("needs a command".into());
+                return Err(SyntaxError::Usage("needs a command"));
             }
             let cmds = match json_prefix_array(rest)? {
                 // `CMD ["kubectl apply -f a.yaml", "kubectl apply -f b.yaml"]`
@@ -481,7 +550,9 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
                 {
                     list
                 }
-                Some(argv) if argv.is_empty() => return Err("the command array is empty".into()),
+                Some(argv) if argv.is_empty() => {
+                    return Err(SyntaxError::Usage("the command array is empty"))
+                }
                 Some(argv) => vec![shell_join(&argv)],
                 None => shell_form_commands(rest),
             };
@@ -494,14 +565,18 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
                 None => shell_form_commands(rest),
             };
             if cmds.is_empty() {
-                return Err("needs at least one command, as [\"CMD\", ...]".into());
+                return Err(SyntaxError::Usage(
+                    "needs at least one command, as [\"CMD\", ...]",
+                ));
             }
             InstructionKind::Cmds(cmds)
         }
         "LAUNCH" => {
             let apps = list_arg(rest)?;
             if apps.is_empty() {
-                return Err("needs at least one application name, as [\"APP\", ...]".into());
+                return Err(SyntaxError::Usage(
+                    "needs at least one application name, as [\"APP\", ...]",
+                ));
             }
             for a in &apps {
                 check_app_name(a)?;
@@ -511,22 +586,22 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
         "APP" | "CNI" | "CSI" => {
             let w = words()?;
             let Some((name, srcs)) = w.split_first() else {
-                return Err("needs a name and at least one local://PATH".into());
+                return Err(SyntaxError::Usage(
+                    "needs a name and at least one local://PATH",
+                ));
             };
             check_app_name(name)?;
             if srcs.is_empty() {
-                return Err(format!("app {name:?} needs at least one local://PATH"));
+                return Err(SyntaxError::AppWithoutSource(name.to_string()));
             }
             let mut sources = Vec::new();
             for s in srcs {
                 match s.strip_prefix("local://") {
                     Some(p) if !p.is_empty() => sources.push(p.to_string()),
                     _ if s.starts_with("http://") || s.starts_with("https://") => {
-                        return Err(format!(
-                            "source {s:?} is remote; download it into the build context and use local://PATH"
-                        ))
+                        return Err(SyntaxError::RemoteSource(s.to_string()))
                     }
-                    _ => return Err(format!("source {s:?} must be written local://PATH")),
+                    _ => return Err(SyntaxError::Source(s.to_string())),
                 }
             }
             let name = name.clone();
@@ -539,17 +614,16 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
         "APPCMDS" => {
             let (name, rest) = rest
                 .split_once(char::is_whitespace)
-                .ok_or("needs an app name and [\"CMD\", ...]")?;
+                .ok_or(SyntaxError::Usage("needs an app name and [\"CMD\", ...]"))?;
             check_app_name(name)?;
             // sealer reads the rest as strict JSON.
-            let cmds: Vec<String> = serde_json::from_str(rest.trim()).map_err(|e| {
-                format!(
-                    "the value must be a JSON array of strings, \
-                     APPCMDS {name} [\"executable\", \"param1\", ...] ({e})"
-                )
-            })?;
+            let cmds: Vec<String> =
+                serde_json::from_str(rest.trim()).map_err(|source| SyntaxError::AppCmds {
+                    name: name.to_string(),
+                    source,
+                })?;
             if cmds.is_empty() {
-                return Err("needs at least one command".into());
+                return Err(SyntaxError::Usage("needs at least one command"));
             }
             InstructionKind::AppCmds {
                 name: name.to_string(),
@@ -559,7 +633,7 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
         "APPENV" => {
             let (name, rest) = rest
                 .split_once(char::is_whitespace)
-                .ok_or("needs an app name and KEY=VALUE...")?;
+                .ok_or(SyntaxError::Usage("needs an app name and KEY=VALUE..."))?;
             check_app_name(name)?;
             InstructionKind::AppEnv {
                 name: name.to_string(),
@@ -569,7 +643,7 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
         "KUBEVERSION" => {
             let w = words()?;
             let [v] = w.as_slice() else {
-                return Err("takes one version, e.g. v1.22.15".into());
+                return Err(SyntaxError::Usage("takes one version, e.g. v1.22.15"));
             };
             let digits = v.strip_prefix('v').unwrap_or(v);
             let parts: Vec<&str> = digits.split('.').collect();
@@ -579,28 +653,27 @@ fn parse_instruction(keyword: &str, rest: &str) -> Result<InstructionKind, Strin
                     .iter()
                     .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
             {
-                return Err(format!("version {v:?} is not vMAJOR.MINOR[.PATCH]"));
+                return Err(SyntaxError::Version(v.to_string()));
             }
             InstructionKind::KubeVersion(v.clone())
         }
         "MAINTAINER" => {
             if rest.is_empty() {
-                return Err("needs a name".into());
+                return Err(SyntaxError::Usage("needs a name"));
             }
             InstructionKind::Maintainer(rest.to_string())
         }
-        "" => return Err("empty instruction".into()),
+        "" => return Err(SyntaxError::Usage("empty instruction")),
         _ => {
-            return Err(
+            return Err(SyntaxError::Usage(
                 "unknown instruction; known: FROM COPY ADD ENV ARG LABEL RUN CMD CMDS LAUNCH \
-                 APP APPCMDS APPENV CNI CSI KUBEVERSION MAINTAINER"
-                    .into(),
-            )
+                 APP APPCMDS APPENV CNI CSI KUBEVERSION MAINTAINER",
+            ))
         }
     })
 }
 
-fn check_var_name(name: &str) -> Result<(), String> {
+fn check_var_name(name: &str) -> Result<(), SyntaxError> {
     let ok = name
         .bytes()
         .next()
@@ -609,11 +682,11 @@ fn check_var_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{name:?} is not a valid variable name"))
+        Err(SyntaxError::VarName(name.to_string()))
     }
 }
 
-fn check_app_name(name: &str) -> Result<(), String> {
+fn check_app_name(name: &str) -> Result<(), SyntaxError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
@@ -623,14 +696,12 @@ fn check_app_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "app name {name:?} must be letters, digits, '-', '_' or '.', not starting with '.'"
-        ))
+        Err(SyntaxError::AppName(name.to_string()))
     }
 }
 
 /// A JSON array of strings, or whitespace-separated words.
-fn list_arg(rest: &str) -> Result<Vec<String>, String> {
+fn list_arg(rest: &str) -> Result<Vec<String>, SyntaxError> {
     match json_prefix_array(rest)? {
         Some(list) => Ok(list),
         None => split_words(rest),
@@ -641,7 +712,7 @@ fn list_arg(rest: &str) -> Result<Vec<String>, String> {
 /// is ignored, as Go's JSON decoder in sealer ignores it); `None` when it is
 /// not JSON, so the caller falls back to its other form; an error when it is
 /// a JSON array of something other than strings (sealer refuses that too).
-fn json_prefix_array(text: &str) -> Result<Option<Vec<String>>, String> {
+fn json_prefix_array(text: &str) -> Result<Option<Vec<String>>, SyntaxError> {
     if !text.starts_with('[') {
         return Ok(None);
     }
@@ -653,7 +724,7 @@ fn json_prefix_array(text: &str) -> Result<Option<Vec<String>>, String> {
         .into_iter()
         .map(|v| match v {
             serde_json::Value::String(s) => Ok(s),
-            other => Err(format!("the JSON array holds {other}, not only strings")),
+            other => Err(SyntaxError::JsonNotStrings(other.to_string())),
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
@@ -726,25 +797,23 @@ fn leading_flags(rest: &str) -> (Vec<&str>, &str) {
     (flags, rest)
 }
 
-fn check_local(source: &str) -> Result<(), String> {
+fn check_local(source: &str) -> Result<(), SyntaxError> {
     if source.contains("://") {
-        return Err(format!(
-            "source {source:?} is a URL; download it into the build context and COPY it"
-        ));
+        return Err(SyntaxError::UrlSource(source.to_string()));
     }
     Ok(())
 }
 
-fn key_values(rest: &str, allow_legacy_space: bool) -> Result<Vec<(String, String)>, String> {
+fn key_values(rest: &str, allow_legacy_space: bool) -> Result<Vec<(String, String)>, SyntaxError> {
     if rest.is_empty() {
-        return Err("needs KEY=VALUE".into());
+        return Err(SyntaxError::Usage("needs KEY=VALUE"));
     }
     let words = split_words(rest)?;
     if allow_legacy_space && !words[0].contains('=') {
         // `ENV KEY value with spaces`
         let (k, v) = rest
             .split_once(char::is_whitespace)
-            .ok_or("needs KEY=VALUE or KEY VALUE")?;
+            .ok_or(SyntaxError::Usage("needs KEY=VALUE or KEY VALUE"))?;
         check_var_name(k)?;
         return Ok(vec![(k.to_string(), v.trim().to_string())]);
     }
@@ -752,9 +821,9 @@ fn key_values(rest: &str, allow_legacy_space: bool) -> Result<Vec<(String, Strin
     for w in words {
         let (k, v) = w
             .split_once('=')
-            .ok_or_else(|| format!("{w:?} is not KEY=VALUE"))?;
+            .ok_or_else(|| SyntaxError::NotKeyValue(w.to_string()))?;
         if k.is_empty() {
-            return Err(format!("{w:?} has an empty key"));
+            return Err(SyntaxError::EmptyKey(w.to_string()));
         }
         if allow_legacy_space {
             check_var_name(k)?;
@@ -768,7 +837,7 @@ fn key_values(rest: &str, allow_legacy_space: bool) -> Result<Vec<(String, Strin
 /// character (outside single quotes). Quotes and escapes are removed, but a
 /// `$` stays so variables can be expanded later (inside single quotes it is
 /// escaped as `\$` so [`expand`] leaves it alone).
-fn split_words(text: &str) -> Result<Vec<String>, String> {
+fn split_words(text: &str) -> Result<Vec<String>, SyntaxError> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -785,10 +854,10 @@ fn split_words(text: &str) -> Result<Vec<String>, String> {
                 in_word = true;
                 loop {
                     match chars.next() {
-                        None => return Err("unterminated double quote".into()),
+                        None => return Err(SyntaxError::Usage("unterminated double quote")),
                         Some('"') => break,
                         Some('\\') => match chars.next() {
-                            None => return Err("unterminated double quote".into()),
+                            None => return Err(SyntaxError::Usage("unterminated double quote")),
                             Some('$') => cur.push_str("\\$"),
                             Some(e) => cur.push(e),
                         },
@@ -800,7 +869,7 @@ fn split_words(text: &str) -> Result<Vec<String>, String> {
                 in_word = true;
                 loop {
                     match chars.next() {
-                        None => return Err("unterminated single quote".into()),
+                        None => return Err(SyntaxError::Usage("unterminated single quote")),
                         Some('\'') => break,
                         Some('$') => cur.push_str("\\$"),
                         Some('\\') => cur.push_str("\\\\"),
@@ -831,7 +900,7 @@ fn split_words(text: &str) -> Result<Vec<String>, String> {
 /// Expands `$NAME`, `${NAME}`, `${NAME:-default}` and `${NAME:+alt}` from
 /// `vars`; an unknown variable expands to the empty string, as in Docker.
 /// `\$` yields a literal `$`.
-pub fn expand(text: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+pub fn expand(text: &str, vars: &BTreeMap<String, String>) -> Result<String, SyntaxError> {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.char_indices().peekable();
     while let Some((_, c)) = chars.next() {
@@ -852,13 +921,16 @@ pub fn expand(text: &str, vars: &BTreeMap<String, String>) -> Result<String, Str
                         inner.push(n);
                     }
                     if !closed {
-                        return Err(format!("unterminated ${{ in {text:?}"));
+                        return Err(SyntaxError::UnterminatedVariable(text.to_string()));
                     }
                     let (name, op) = match inner.find(":-").or_else(|| inner.find(":+")) {
                         Some(i) => (&inner[..i], Some((&inner[i..i + 2], &inner[i + 2..]))),
                         None => (inner.as_str(), None),
                     };
-                    check_var_name(name).map_err(|e| format!("in ${{{inner}}}: {e}"))?;
+                    check_var_name(name).map_err(|e| SyntaxError::InVariable {
+                        inner: inner.clone(),
+                        source: Box::new(e),
+                    })?;
                     let value = vars.get(name).filter(|v| !v.is_empty());
                     match (op, value) {
                         (None, v) => out.push_str(v.map_or("", String::as_str)),

@@ -68,13 +68,13 @@ impl ImageRef {
             None => (rest, None),
         };
         if let Some(tag) = tag {
-            validate_tag(tag).map_err(|r| invalid(&r))?;
+            validate_tag(tag).map_err(|r| invalid(&r.to_string()))?;
         }
         let (registry, repository) = match path.split_once('/') {
             Some((first, remainder))
                 if first.contains('.') || first.contains(':') || first == "localhost" =>
             {
-                validate_registry(first).map_err(|r| invalid(&r))?;
+                validate_registry(first).map_err(|r| invalid(&r.to_string()))?;
                 (first.to_string(), remainder.to_string())
             }
             _ => {
@@ -86,7 +86,7 @@ impl ImageRef {
                 (DEFAULT_REGISTRY.to_string(), repo)
             }
         };
-        validate_repository(&repository).map_err(|r| invalid(&r))?;
+        validate_repository(&repository).map_err(|r| invalid(&r.to_string()))?;
         let tag = match (tag, digest) {
             (Some(t), _) => Some(t.to_string()),
             (None, Some(_)) => None,
@@ -124,7 +124,7 @@ impl ImageRef {
     pub fn with_tag(&self, tag: &str) -> Result<Self, ReferenceError> {
         validate_tag(tag).map_err(|reason| ReferenceError::Invalid {
             name: format!("{}:{tag}", self.short_repository()),
-            reason,
+            reason: reason.to_string(),
         })?;
         Ok(Self {
             tag: Some(tag.to_string()),
@@ -183,7 +183,24 @@ impl FromStr for ImageRef {
     }
 }
 
-fn validate_tag(tag: &str) -> Result<(), String> {
+/// What is wrong with a part of an image name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NamePartError {
+    /// A tag outside the allowed characters or length.
+    #[error("tag {0:?} must be 1 to 128 of [A-Za-z0-9_.-], not starting with . or -")]
+    Tag(String),
+    /// Not `HOST[:PORT]`.
+    #[error("registry host {0:?} is not HOST[:PORT]")]
+    Registry(String),
+    /// No repository.
+    #[error("the repository is empty")]
+    EmptyRepository,
+    /// A repository component outside the allowed characters.
+    #[error("repository component {0:?} must be lowercase letters and digits, separated by single '.', '-' or '_'")]
+    RepositoryComponent(String),
+}
+
+fn validate_tag(tag: &str) -> Result<(), NamePartError> {
     let ok = !tag.is_empty()
         && tag.len() <= 128
         && tag
@@ -196,9 +213,7 @@ fn validate_tag(tag: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "tag {tag:?} must be 1 to 128 of [A-Za-z0-9_.-], not starting with . or -"
-        ))
+        Err(NamePartError::Tag(tag.to_string()))
     }
 }
 
@@ -206,7 +221,7 @@ fn validate_tag(tag: &str) -> Result<(), String> {
 /// dot-separated labels of letters, digits and `-`, the port a number. A
 /// registry domain names directories (containerd's `certs.d/DOMAIN/`), so
 /// nothing else (no `/`, no `..`, no empty label) may pass.
-pub fn validate_registry(host: &str) -> Result<(), String> {
+pub fn validate_registry(host: &str) -> Result<(), NamePartError> {
     let (name, port) = match host.rsplit_once(':') {
         Some((n, p)) => (n, Some(p)),
         None => (host, None),
@@ -219,13 +234,13 @@ pub fn validate_registry(host: &str) -> Result<(), String> {
     if name_ok && port_ok {
         Ok(())
     } else {
-        Err(format!("registry host {host:?} is not HOST[:PORT]"))
+        Err(NamePartError::Registry(host.to_string()))
     }
 }
 
-fn validate_repository(repo: &str) -> Result<(), String> {
+fn validate_repository(repo: &str) -> Result<(), NamePartError> {
     if repo.is_empty() {
-        return Err("the repository is empty".into());
+        return Err(NamePartError::EmptyRepository);
     }
     for component in repo.split('/') {
         let bytes = component.as_bytes();
@@ -239,10 +254,7 @@ fn validate_repository(repo: &str) -> Result<(), String> {
             && !component.contains("..")
             && !component.contains("___");
         if !ok {
-            return Err(format!(
-                "repository component {component:?} must be lowercase letters and digits, \
-                 separated by single '.', '-' or '_'"
-            ));
+            return Err(NamePartError::RepositoryComponent(component.to_string()));
         }
     }
     Ok(())

@@ -71,7 +71,7 @@ pub fn render(
             .trim_start_matches('-')
             .trim_end_matches('-')
             .trim();
-        out.push_str(&eval(expr, env).map_err(err)?);
+        out.push_str(&eval(expr, env).map_err(|e| err(e.to_string()))?);
         let used = start + 2 + end + 2;
         consumed += used;
         rest = &rest[used..];
@@ -80,7 +80,21 @@ pub fn render(
     Ok(out)
 }
 
-fn eval(expr: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
+/// What is wrong with one `{{ }}` expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExpressionError {
+    /// A filter other than `default`.
+    #[error("unsupported filter {0:?} (only `default \"value\"` is known)")]
+    Filter(String),
+    /// Not `.Name`.
+    #[error("unsupported template expression {{{{ {0} }}}} (use {{{{ .Name }}}})")]
+    Expression(String),
+    /// A name the env does not set.
+    #[error("{0} is not set; give it with -e {0}=VALUE or in the Clusterfile env")]
+    Unset(String),
+}
+
+fn eval(expr: &str, env: &BTreeMap<String, String>) -> Result<String, ExpressionError> {
     let (name, default) = match expr.split_once('|') {
         Some((name, filter)) => {
             let filter = filter.trim();
@@ -89,9 +103,7 @@ fn eval(expr: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
                 .map(str::trim)
                 .and_then(|l| l.strip_prefix('"'))
                 .and_then(|l| l.strip_suffix('"'))
-                .ok_or_else(|| {
-                    format!("unsupported filter {filter:?} (only `default \"value\"` is known)")
-                })?;
+                .ok_or_else(|| ExpressionError::Filter(filter.to_string()))?;
             (name.trim(), Some(lit))
         }
         None => (expr, None),
@@ -99,15 +111,11 @@ fn eval(expr: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
     let key = name
         .strip_prefix('.')
         .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        .ok_or_else(|| {
-            format!("unsupported template expression {{{{ {expr} }}}} (use {{{{ .Name }}}})")
-        })?;
+        .ok_or_else(|| ExpressionError::Expression(expr.to_string()))?;
     match (env.get(key), default) {
         (Some(v), _) => Ok(v.clone()),
         (None, Some(d)) => Ok(d.to_string()),
-        (None, None) => Err(format!(
-            "{key} is not set; give it with -e {key}=VALUE or in the Clusterfile env"
-        )),
+        (None, None) => Err(ExpressionError::Unset(key.to_string())),
     }
 }
 

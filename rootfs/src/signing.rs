@@ -111,6 +111,37 @@ pub enum SigningError {
     Store(#[from] StoreError),
 }
 
+/// Why a text or DER is not a usable public key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Not PEM.
+    #[error("not a PEM public key: {0}")]
+    NotPem(String),
+    /// A PEM block of another kind.
+    #[error("a PEM block labelled {0:?}, not {PUBLIC_KEY_LABEL:?}")]
+    Label(String),
+    /// Not a P-256 SubjectPublicKeyInfo.
+    #[error("not an ECDSA P-256 public key (SubjectPublicKeyInfo)")]
+    NotP256,
+}
+
+/// One of a list of PEM keys is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}[{index}]: {source}")]
+pub struct KeyListError {
+    /// Where the list came from.
+    pub what: String,
+    /// The key's index in it.
+    pub index: usize,
+    /// What is wrong with it.
+    pub source: KeyError,
+}
+
+/// A signature's payload does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("its payload does not parse: {0}")]
+pub struct PayloadError(#[from] serde_json::Error);
+
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SigningError {
     let path = path.to_path_buf();
     move |source| SigningError::Io {
@@ -135,19 +166,16 @@ impl std::fmt::Debug for PublicKey {
 
 impl PublicKey {
     /// Reads a `PUBLIC KEY` PEM block holding a P-256 key.
-    pub fn from_pem(text: &str) -> Result<Self, String> {
-        let block = pem::parse(text.trim()).map_err(|e| format!("not a PEM public key: {e}"))?;
+    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
+        let block = pem::parse(text.trim()).map_err(|e| KeyError::NotPem(e.to_string()))?;
         if block.tag() != PUBLIC_KEY_LABEL {
-            return Err(format!(
-                "a PEM block labelled {:?}, not {PUBLIC_KEY_LABEL:?}",
-                block.tag()
-            ));
+            return Err(KeyError::Label(block.tag().to_string()));
         }
         Self::from_der(block.contents())
     }
 
     /// A SubjectPublicKeyInfo DER holding a P-256 key.
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+    pub fn from_der(der: &[u8]) -> Result<Self, KeyError> {
         // A SEQUENCE (SubjectPublicKeyInfo), not a bare EC point, that the
         // verifier takes as a P-256 key.
         let spki = der.first() == Some(&0x30);
@@ -156,7 +184,7 @@ impl PublicKey {
                 .parse()
                 .is_err()
         {
-            return Err("not an ECDSA P-256 public key (SubjectPublicKeyInfo)".into());
+            return Err(KeyError::NotP256);
         }
         Ok(PublicKey { der: der.to_vec() })
     }
@@ -234,11 +262,11 @@ mod b64 {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         base64::engine::general_purpose::STANDARD
             .decode(text)
@@ -252,11 +280,12 @@ fn scrypt_key(
     log_n: u8,
     r: u32,
     p: u32,
-) -> Result<[u8; 32], String> {
-    let params =
-        scrypt::Params::new(log_n, r, p, 32).map_err(|e| format!("scrypt parameters: {e}"))?;
+) -> Result<[u8; 32], SigningError> {
+    let params = scrypt::Params::new(log_n, r, p, 32)
+        .map_err(|e| SigningError::Crypto(format!("scrypt parameters: {e}")))?;
     let mut key = [0u8; 32];
-    scrypt::scrypt(passphrase, salt, &params, &mut key).map_err(|e| format!("scrypt: {e}"))?;
+    scrypt::scrypt(passphrase, salt, &params, &mut key)
+        .map_err(|e| SigningError::Crypto(format!("scrypt: {e}")))?;
     Ok(key)
 }
 
@@ -293,7 +322,8 @@ fn open_envelope(json: &[u8], passphrase: &[u8]) -> Result<Vec<u8>, Option<Strin
         .try_into()
         .map_err(|_| Some("the nonce is not 24 bytes".to_string()))?;
     let log_n = p.n.trailing_zeros() as u8;
-    let key = scrypt_key(passphrase, &envelope.kdf.salt, log_n, p.r, p.p).map_err(Some)?;
+    let key = scrypt_key(passphrase, &envelope.kdf.salt, log_n, p.r, p.p)
+        .map_err(|e| Some(e.to_string()))?;
     crypto_secretbox::XSalsa20Poly1305::new(&key.into())
         .decrypt(&nonce.into(), envelope.ciphertext.as_slice())
         .map_err(|_| None)
@@ -338,8 +368,7 @@ impl SigningKey {
             .map_err(|_| SigningError::Crypto("could not encode the private key".into()))?;
         let salt = random::<32>()?;
         let nonce = random::<24>()?;
-        let key = scrypt_key(passphrase, &salt, SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P)
-            .map_err(SigningError::Crypto)?;
+        let key = scrypt_key(passphrase, &salt, SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P)?;
         let ciphertext = crypto_secretbox::XSalsa20Poly1305::new(&key.into())
             .encrypt(&nonce.into(), pkcs8.as_ref())
             .map_err(|_| SigningError::Crypto("could not encrypt the private key".into()))?;
@@ -428,7 +457,7 @@ pub fn write_key_pair(
     }
     let sealed = key.to_encrypted_pem(passphrase)?;
     let write = |path: &Path, bytes: &[u8], mode| {
-        seaport_shared::pki::write_atomic(path, bytes, mode).map_err(|e| SigningError::Key {
+        seaport_shared::confined::write_atomic(path, bytes, mode).map_err(|e| SigningError::Key {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })
@@ -465,9 +494,9 @@ impl TrustedKeys {
         files.sort();
         for path in files {
             let text = fs::read_to_string(&path).map_err(io_err("reading", &path))?;
-            let key = PublicKey::from_pem(&text).map_err(|reason| SigningError::Key {
+            let key = PublicKey::from_pem(&text).map_err(|e| SigningError::Key {
                 path: path.clone(),
-                reason,
+                reason: e.to_string(),
             })?;
             out.add(key);
         }
@@ -484,10 +513,14 @@ impl TrustedKeys {
     pub fn from_pems<'a>(
         what: &str,
         pems: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KeyListError> {
         let mut out = TrustedKeys::new();
-        for (i, text) in pems.into_iter().enumerate() {
-            out.add(PublicKey::from_pem(text).map_err(|e| format!("{what}[{i}]: {e}"))?);
+        for (index, text) in pems.into_iter().enumerate() {
+            out.add(PublicKey::from_pem(text).map_err(|source| KeyListError {
+                what: what.to_string(),
+                index,
+                source,
+            })?);
         }
         Ok(out)
     }
@@ -614,9 +647,8 @@ impl Signature {
     }
 
     /// The payload parsed, if it parses.
-    pub fn parsed(&self) -> Result<Payload, String> {
-        serde_json::from_slice(&self.payload)
-            .map_err(|e| format!("its payload does not parse: {e}"))
+    pub fn parsed(&self) -> Result<Payload, PayloadError> {
+        Ok(serde_json::from_slice(&self.payload)?)
     }
 }
 

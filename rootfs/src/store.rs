@@ -126,6 +126,9 @@ pub enum StoreError {
         /// What it claims or seems to be.
         media_type: String,
     },
+    /// A file of the store could not be written in place.
+    #[error(transparent)]
+    Write(#[from] seaport_shared::confined::ConfinedError),
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -873,24 +876,10 @@ fn remove_named(index: &mut Index, key: &str) -> Option<Digest> {
     Some(index.manifests.remove(pos).digest)
 }
 
-/// Writes `bytes` to `path` atomically: temporary file beside it, fsync,
-/// rename, fsync of the directory.
+/// Writes `bytes` to `path` atomically, mode 0600
+/// ([`seaport_shared::confined::write_atomic`]).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io_err("creating a temporary file in", dir))?;
-    tmp.write_all(bytes)
-        .map_err(io_err("writing", tmp.path()))?;
-    tmp.as_file().sync_all().map_err(io_err("syncing", path))?;
-    tmp.persist(path).map_err(|e| StoreError::Io {
-        action: "renaming a temporary file to",
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    sync_dir(dir);
-    Ok(())
+    Ok(seaport_shared::confined::write_atomic(path, bytes, 0o600)?)
 }
 
 fn sync_dir(dir: &Path) {

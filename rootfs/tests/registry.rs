@@ -9,8 +9,7 @@ use std::process::Command;
 use registry_support::*;
 use seaport_rootfs::reference::ImageRef;
 use seaport_rootfs::registry::{
-    pull_image, push_image, ClientOptions, Credentials, RegistryClient, RegistryError,
-    TransferError,
+    pull_image, push_image, ClientOptions, CopyError, Credentials, RegistryClient, RegistryError,
 };
 use seaport_rootfs::store::Store;
 use seaport_shared::digest::Digest;
@@ -193,7 +192,7 @@ fn a_registry_serving_a_wrong_blob_fails_verification_naming_the_blob() {
     assert!(
         matches!(
             err,
-            TransferError::Registry(RegistryError::DigestMismatch { .. })
+            CopyError::Registry(RegistryError::DigestMismatch { .. })
         ),
         "{err:?}"
     );

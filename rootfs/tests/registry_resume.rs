@@ -21,7 +21,7 @@ use std::thread;
 use registry_support::*;
 use seaport_rootfs::reference::ImageRef;
 use seaport_rootfs::registry::{
-    pull_image, push_image, ClientOptions, RegistryClient, RegistryError, TransferError,
+    pull_image, push_image, ClientOptions, CopyError, RegistryClient, RegistryError,
 };
 use seaport_rootfs::store::Store;
 use seaport_shared::digest::Digest;
@@ -427,7 +427,7 @@ fn content_changed_after_the_resume_point_fails_verification() {
     assert!(
         matches!(
             err,
-            TransferError::Registry(RegistryError::DigestMismatch { .. })
+            CopyError::Registry(RegistryError::DigestMismatch { .. })
         ),
         "{err:?}"
     );

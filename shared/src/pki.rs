@@ -337,19 +337,6 @@ pub fn read_text(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-/// Writes a file atomically (a temporary file created with
-/// `O_EXCL | O_NOFOLLOW` in the same directory, fsync, rename, fsync of the
-/// directory) with the given mode: [`crate::confined::write_atomic`].
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    crate::confined::write_atomic(path, bytes, mode).map_err(|e| PkiError::Write {
-        path: path.display().to_string(),
-        source: match e {
-            crate::confined::ConfinedError::Io { source, .. } => source,
-            e => std::io::Error::other(e.to_string()),
-        },
-    })
-}
-
 /// Creates a directory (and parents) with mode 0700 for the last component.
 pub fn create_private_dir(path: &Path) -> Result<(), PkiError> {
     let err = |source| PkiError::Write {
@@ -435,7 +422,7 @@ mod tests {
     fn atomic_write_sets_mode() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("key.pem");
-        write_atomic(&p, b"secret", 0o600).unwrap();
+        crate::confined::write_atomic(&p, b"secret", 0o600).unwrap();
         let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(fs::read(&p).unwrap(), b"secret");

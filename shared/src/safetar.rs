@@ -81,16 +81,27 @@ pub struct UnpackReport {
     pub skipped: u64,
 }
 
+/// Why an entry path is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EntryPathError {
+    /// It climbs out.
+    #[error("the path contains '..'")]
+    ParentDir,
+    /// A Windows prefix.
+    #[error("the path has a prefix")]
+    Prefix,
+}
+
 /// Normalizes an entry path to a relative path without `.` components.
 /// Refuses `..` and empty results are reported as `None` (the root itself).
-pub fn normalize_entry_path(path: &Path) -> Result<Option<PathBuf>, String> {
+pub fn normalize_entry_path(path: &Path) -> Result<Option<PathBuf>, EntryPathError> {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
             Component::Normal(p) => out.push(p),
             Component::CurDir | Component::RootDir => {}
-            Component::ParentDir => return Err("the path contains '..'".into()),
-            Component::Prefix(_) => return Err("the path has a prefix".into()),
+            Component::ParentDir => return Err(EntryPathError::ParentDir),
+            Component::Prefix(_) => return Err(EntryPathError::Prefix),
         }
     }
     Ok(if out.as_os_str().is_empty() {
@@ -151,7 +162,7 @@ pub fn unpack(
             ));
         }
         let raw = entry.path().map_err(io_err(&shown))?.into_owned();
-        let Some(rel) = normalize_entry_path(&raw).map_err(unsafe_err)? else {
+        let Some(rel) = normalize_entry_path(&raw).map_err(|e| unsafe_err(e.to_string()))? else {
             // The root directory itself: only its mode matters, skip it.
             continue;
         };

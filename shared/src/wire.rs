@@ -13,7 +13,7 @@
 //! | `Enroll` | agent without a client certificate | [`EnrollRequest`] then [`EnrollResponse`] |
 //! | `Control` | agent with its node certificate, one per session | [`AgentMessage`] and [`CoordinatorMessage`] |
 //! | `Admin` | CLI with the admin certificate, one per request | [`AdminRequest`] then [`AdminResponse`] |
-//! | `Blob` | agent to coordinator or agent to agent, one request per stream | [`crate::transfer::BlobRequest`] then [`crate::transfer::BlobResponse`] (and piece bytes) |
+//! | `Blob` | agent to coordinator or agent to agent, one request per stream | [`crate::distribution::BlobRequest`] then [`crate::distribution::BlobResponse`] (and piece bytes) |
 //! | `Task` | coordinator to agent, on the agent's session, one task per stream | [`TaskRequest`] then [`TaskEvent`]s, the last a `Finished` or `ResetDone` |
 
 use std::time::Duration;
@@ -21,8 +21,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// ALPN protocol id of every Seaport QUIC connection.
-pub const ALPN: &[u8] = b"seaport/1";
+use crate::cluster::{ClusterName, ImageDigest, OperationKind, Role, Step};
+
 /// Version carried in every [`StreamHello`].
 pub const PROTOCOL_VERSION: u16 = 1;
 /// TLS server name the coordinator's certificate carries and clients ask for.
@@ -34,10 +34,6 @@ pub const COORDINATOR_SERVER_NAME: &str = "coordinator.seaport";
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
 /// A node with no heartbeat for this long is shown offline.
 pub const OFFLINE_AFTER: Duration = Duration::from_secs(10);
-/// QUIC idle timeout on both ends: a cut link ends the connection after this.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// QUIC keep-alive from agents, below the idle timeout.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 /// Frame limit on the unauthenticated enrollment stream.
 pub const ENROLL_FRAME_LIMIT: u32 = 64 * 1024;
@@ -47,6 +43,20 @@ pub const CONTROL_FRAME_LIMIT: u32 = 1024 * 1024;
 pub const TASK_FRAME_LIMIT: u32 = 1024 * 1024;
 /// Frame limit on admin streams (node listings can be long).
 pub const ADMIN_FRAME_LIMIT: u32 = crate::codec::MAX_FRAME_LEN;
+
+/// QUIC application close codes.
+pub mod close {
+    /// The coordinator shuts down.
+    pub const SHUTDOWN: u32 = 0;
+    /// A framing or decoding error.
+    pub const PROTOCOL: u32 = 1;
+    /// The peer's certificate or request is refused.
+    pub const REFUSED: u32 = 2;
+    /// A newer session of the same node replaced this one.
+    pub const REPLACED: u32 = 3;
+    /// The exchange (enrollment) is over.
+    pub const DONE: u32 = 4;
+}
 
 const MAGIC: &[u8; 4] = b"SPRT";
 const HELLO_LEN: usize = 7;
@@ -384,7 +394,7 @@ pub enum AdminRequest {
     Clusters,
     /// Undo a cluster's install on every host (all clusters when `None`).
     DeleteCluster {
-        cluster: Option<String>,
+        cluster: Option<ClusterName>,
         prune: bool,
     },
     /// Converge a cluster to a Clusterfile (its text). With `dry_run`,
@@ -395,13 +405,13 @@ pub enum AdminRequest {
     },
     /// Add hosts to a cluster.
     Join {
-        cluster: String,
+        cluster: ClusterName,
         masters: Vec<String>,
         nodes: Vec<String>,
     },
     /// Remove hosts from a cluster (cleaned, reset, deleted from it).
     RemoveHosts {
-        cluster: String,
+        cluster: ClusterName,
         ips: Vec<String>,
     },
     /// The last `limit` entries of the audit log.
@@ -410,17 +420,16 @@ pub enum AdminRequest {
     },
     /// Ask every host of a cluster to check the files its install wrote.
     Drift {
-        cluster: String,
+        cluster: ClusterName,
     },
 }
 
 /// What an apply would do, per host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedApply {
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub image: String,
-    /// `install`, `scale up`, `scale down`, `upgrade`.
-    pub operation: String,
+    pub operation: OperationKind,
     pub stages: Vec<String>,
     pub hosts: Vec<PlannedHost>,
     /// What the Clusterfile holds that is accepted but ignored.
@@ -430,7 +439,7 @@ pub struct PlannedApply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedHost {
     pub ip: String,
-    pub role: String,
+    pub role: Role,
     /// The enrolled node, if any (`None`: no agent on that host).
     pub node: Option<String>,
     /// The stages that touch this host.
@@ -460,7 +469,7 @@ pub struct HostDrift {
 /// What `seaport run` asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRequest {
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// An image of the coordinator's store.
     pub image: String,
     /// Master IPs; the first is master0.
@@ -486,8 +495,7 @@ pub struct HostView {
     pub ip: String,
     pub node_id: String,
     pub hostname: String,
-    /// `master0`, `master` or `node`.
-    pub role: String,
+    pub role: Role,
     /// The phase the host is in (or last finished), e.g. `fetch`, `runtime`.
     pub phase: String,
     /// Layer bytes on the host and in total (the fetch phase).
@@ -532,9 +540,9 @@ impl RunState {
 /// A cluster as `seaport status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub image: String,
-    pub manifest_digest: String,
+    pub manifest_digest: ImageDigest,
     pub state: RunState,
     /// Increases with every `run` and `delete` of this cluster.
     pub generation: u64,
@@ -576,18 +584,18 @@ pub enum AdminResponse {
         manifest_digest: String,
         nodes: Vec<String>,
     },
-    DistributionStatus(crate::transfer::DistributionStatus),
+    DistributionStatus(crate::distribution::DistributionStatus),
     Cancelled {
         image: String,
     },
     /// The run was accepted and goes on in the coordinator.
     RunAccepted {
-        cluster: String,
+        cluster: ClusterName,
         generation: u64,
     },
     Clusters(Vec<ClusterView>),
     /// The clusters being deleted, with their new generations.
-    Deleting(Vec<(String, u64)>),
+    Deleting(Vec<(ClusterName, u64)>),
     Planned(PlannedApply),
     Audit(Vec<AuditView>),
     Drift(Vec<HostDrift>),
@@ -614,7 +622,7 @@ pub enum TaskRequest {
 /// Files of `<data-root>/<cluster>/rootfs`, by path relative to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadFilesTask {
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub paths: Vec<String>,
     /// Directories whose `*.yaml` and `*.yml` files are read too (not
     /// recursively).
@@ -624,7 +632,7 @@ pub struct ReadFilesTask {
 /// Files to write into the cluster's rootfs (relative paths inside it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteFilesTask {
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub files: Vec<(String, Vec<u8>)>,
 }
 
@@ -633,7 +641,7 @@ pub struct WriteFilesTask {
 /// /etc, /usr and /opt are journaled, so a reset undoes them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShellTask {
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// The step name it is reported and journaled under (e.g.
     /// `plugin:NAME@PreInit`); a done step with the same script is skipped
     /// unless `always`.
@@ -649,7 +657,7 @@ pub struct ShellTask {
 /// Check the host against what the install wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DriftTask {
-    pub cluster: String,
+    pub cluster: ClusterName,
 }
 
 /// Run steps of an install on this host. The agent runs the image's steps
@@ -657,14 +665,14 @@ pub struct DriftTask {
 /// journal says is done with the same inputs.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyTask {
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// The image's name (for messages).
     pub image: String,
-    /// Its manifest: the agent reads the image from its content store.
-    pub manifest_digest: crate::digest::Digest,
-    /// `master0`, `master` or `node`.
-    pub role: String,
-    pub steps: Vec<String>,
+    /// What the name resolved to when the operation was planned: the agent
+    /// reads the image from its blob store by it.
+    pub manifest_digest: ImageDigest,
+    pub role: Role,
+    pub steps: Vec<Step>,
     pub host_ip: String,
     pub master0_ip: String,
     pub registry_ip: String,
@@ -701,7 +709,7 @@ impl std::fmt::Debug for ApplyTask {
 /// Undo a cluster's install on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResetTask {
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub prune: bool,
 }
 

@@ -68,7 +68,7 @@ fn sh(host: &Host, script: &str) -> String {
     out.stdout
 }
 
-/// Fresh agent: empty content store, restarted (so VmHWM is this run's).
+/// Fresh agent: empty blob store, restarted (so VmHWM is this run's).
 fn reset_agent(host: &Host) {
     sh(
         host,

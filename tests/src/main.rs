@@ -117,13 +117,7 @@ struct Ready {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    seaport_shared::logging::init("warn", 0);
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -375,7 +375,7 @@ impl Coordinator {
                 if serving {
                     Ok(())
                 } else {
-                    Err("not listening yet".into())
+                    Err("not listening yet")
                 }
             },
         );
@@ -423,7 +423,7 @@ impl Coordinator {
             Duration::from_millis(50),
             || match child.try_wait() {
                 Ok(Some(s)) => Ok(s),
-                _ => Err("still running".into()),
+                _ => Err("still running"),
             },
         );
         match status {

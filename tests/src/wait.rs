@@ -14,13 +14,13 @@ pub enum WaitError {
 }
 
 /// Calls `check` every `interval` until it returns `Ok(value)` or `timeout`
-/// passes. `check` returns `Err(description)` while the condition does not
-/// hold yet; the last description goes into the timeout error.
-pub fn until<T>(
+/// passes. `check` returns `Err(what it saw)` while the condition does not
+/// hold yet; the last one goes into the timeout error.
+pub fn until<T, E: std::fmt::Display>(
     what: &str,
     timeout: Duration,
     interval: Duration,
-    mut check: impl FnMut() -> Result<T, String>,
+    mut check: impl FnMut() -> Result<T, E>,
 ) -> Result<T, WaitError> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -31,7 +31,7 @@ pub fn until<T>(
                     return Err(WaitError::Timeout {
                         what: what.to_string(),
                         timeout,
-                        last,
+                        last: last.to_string(),
                     });
                 }
             }
@@ -66,11 +66,11 @@ mod tests {
 
     #[test]
     fn timeout_names_what_and_the_last_state() {
-        let err = until::<()>(
+        let err = until::<(), &str>(
             "never",
             Duration::from_millis(20),
             Duration::from_millis(5),
-            || Err("still no".into()),
+            || Err("still no"),
         )
         .unwrap_err()
         .to_string();

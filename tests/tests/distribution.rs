@@ -48,7 +48,7 @@ fn blob_hexes(status: &serde_json::Value, image: &str, host: &str) -> Vec<(Strin
         .collect()
 }
 
-/// Every blob of the image is in the host's content store and hashes to its name.
+/// Every blob of the image is in the host's blob store and hashes to its name.
 fn assert_blobs_verified(host: &Host, blobs: &[(String, u64)]) {
     for (hex, _) in blobs {
         let out = host

@@ -15,7 +15,9 @@ use std::path::Path;
 
 use super::files::HostFiles;
 use super::journal::{Change, Journal};
-use super::ApplyError;
+use seaport_shared::cluster::ClusterName;
+
+use super::outcome::ApplyError;
 
 /// What a drift check found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,14 +31,15 @@ pub struct DriftReport {
 }
 
 /// Checks the files `cluster`'s install wrote under `host_root`.
-pub fn drift(state_dir: &Path, host_root: &Path, cluster: &str) -> Result<DriftReport, ApplyError> {
-    super::check_cluster_name(cluster).map_err(ApplyError::Input)?;
-    if !Journal::exists(state_dir, cluster) {
-        return Err(ApplyError::Input(format!(
-            "cluster {cluster} is not installed on this host (it has no journal)"
-        )));
+pub fn drift(
+    state_dir: &Path,
+    host_root: &Path,
+    cluster: &ClusterName,
+) -> Result<DriftReport, ApplyError> {
+    if !Journal::exists(state_dir, cluster.as_str()) {
+        return Err(ApplyError::NotInstalled(cluster.clone()));
     }
-    let journal = Journal::open(state_dir, cluster)?;
+    let journal = Journal::open(state_dir, cluster.as_str())?;
     let files = HostFiles::new(host_root);
     let mut modified = BTreeSet::new();
     let mut missing = BTreeSet::new();

@@ -243,7 +243,7 @@ impl HostFiles {
                     }
                 }
                 let bytes = serde_json::to_vec(&snap).expect("snapshots serialize");
-                write_atomic(&before_file, &bytes, 0o600)?;
+                confined::write_atomic(&before_file, &bytes, 0o600)?;
                 snap
             }
         };
@@ -358,12 +358,12 @@ impl HostFiles {
             Err(e) => return vec![e.to_string()],
         };
         for c in changes.iter().rev() {
-            let r: Result<(), String> = match c {
+            let r: Result<(), RestoreWarning> = match c {
                 Change::CreatedFile { path } => remove_created(&root, path, Created::File),
                 Change::CreatedTree { path } => remove_created(&root, path, Created::Tree),
                 Change::CreatedDir { path } => remove_created(&root, path, Created::Dir),
                 Change::ReplacedFile { path, backup } | Change::RemovedFile { path, backup } => {
-                    restore_copy(&root, path, Path::new(backup)).map_err(|e| e.to_string())
+                    restore_copy(&root, path, Path::new(backup)).map_err(RestoreWarning::from)
                 }
                 Change::AppendedLine { path, line } => match root.read_entry(Path::new(path)) {
                     Ok(Some(Entry::File { bytes, mode })) => {
@@ -385,20 +385,20 @@ impl HostFiles {
                             new.push('\n');
                         }
                         root.write_atomic(Path::new(path), new.as_bytes(), mode)
-                            .map_err(|e| e.to_string())
+                            .map_err(RestoreWarning::from)
                     }
                     Ok(_) => Ok(()),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e.into()),
                 },
-                Change::ChangedUnrestorable { path } => Err(format!(
-                    "{path} was changed by a hook outside the backed-up trees and is left as it is"
-                )),
+                Change::ChangedUnrestorable { path } => {
+                    Err(RestoreWarning::Unrestorable(path.clone()))
+                }
                 Change::UnitEnabled { .. }
                 | Change::Mounted { .. }
                 | Change::CreatedLink { .. } => Ok(()),
             };
             if let Err(w) = r {
-                warnings.push(w);
+                warnings.push(w.to_string());
             }
         }
         warnings
@@ -417,31 +417,53 @@ enum Created {
     Tree,
 }
 
-fn remove_created(root: &Dir, abs: &str, created: Created) -> Result<(), String> {
+/// What a restore could not put back, as the reset reports it.
+#[derive(Debug, thiserror::Error)]
+enum RestoreWarning {
+    #[error("removing {path}: {source}")]
+    Remove { path: String, source: ConfinedError },
+    #[error(
+        "{path} was created by the install and is kept: {source} (something else put files there)"
+    )]
+    NotEmpty { path: String, source: ConfinedError },
+    #[error("{0} was created by the install as a directory and is no longer one: kept")]
+    NoLongerADirectory(String),
+    #[error("{0} was changed by a hook outside the backed-up trees and is left as it is")]
+    Unrestorable(String),
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error(transparent)]
+    Confined(#[from] ConfinedError),
+}
+
+fn remove_created(root: &Dir, abs: &str, created: Created) -> Result<(), RestoreWarning> {
+    let removing = |source| RestoreWarning::Remove {
+        path: abs.to_string(),
+        source,
+    };
     let (parent, name) = match root.parent_of(Path::new(abs), false) {
         Ok(p) => p,
         Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => return Ok(()),
         Err(ConfinedError::NotADirectory { .. }) => return Ok(()),
-        Err(e) => return Err(format!("removing {abs}: {e}")),
+        Err(e) => return Err(removing(e)),
     };
     if created == Created::Dir {
         return match parent.rmdir(name) {
             Ok(()) => Ok(()),
             Err(e) if e.io_kind() == Some(std::io::ErrorKind::NotFound) => Ok(()),
-            Err(e) => Err(format!(
-                "{abs} was created by the install and is kept: {e} (something else put files there)"
-            )),
+            Err(source) => Err(RestoreWarning::NotEmpty {
+                path: abs.to_string(),
+                source,
+            }),
         };
     }
     match parent.stat(name) {
         Ok(None) => Ok(()),
-        Ok(Some(m)) if created == Created::Tree && m.kind != Kind::Dir => Err(format!(
-            "{abs} was created by the install as a directory and is no longer one: kept"
-        )),
-        Ok(Some(_)) => parent
-            .remove_all(name)
-            .map_err(|e| format!("removing {abs}: {e}")),
-        Err(e) => Err(format!("removing {abs}: {e}")),
+        Ok(Some(m)) if created == Created::Tree && m.kind != Kind::Dir => {
+            Err(RestoreWarning::NoLongerADirectory(abs.to_string()))
+        }
+        Ok(Some(_)) => parent.remove_all(name).map_err(removing),
+        Err(e) => Err(removing(e)),
     }
 }
 
@@ -469,7 +491,7 @@ fn save_copy(entry: &Entry, from: &Path, to: &Path) -> Result<(), FilesError> {
         fs::create_dir_all(p).map_err(io("creating", p))?;
     }
     match entry {
-        Entry::File { bytes, mode } => write_atomic(to, bytes, *mode),
+        Entry::File { bytes, mode } => Ok(confined::write_atomic(to, bytes, *mode)?),
         Entry::Symlink { target } => {
             let _ = fs::remove_file(to);
             std::os::unix::fs::symlink(target, to).map_err(io("copying", from))
@@ -506,11 +528,4 @@ fn changed(a: &Stat, b: &Stat) -> bool {
         'l' => a.target != b.target,
         _ => a.size != b.size || a.mtime != b.mtime || a.mtime_ns != b.mtime_ns || a.ino != b.ino,
     }
-}
-
-/// Writes a file atomically in one of the agent's own directories
-/// ([`confined::write_atomic`]: a temporary file created with
-/// `O_EXCL | O_NOFOLLOW`, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FilesError> {
-    Ok(confined::write_atomic(path, bytes, mode)?)
 }

@@ -1,5 +1,5 @@
 //! The cluster image on the host: its documents from an OCI image layout
-//! (the agent's content store has the same `blobs/sha256/` shape) and the
+//! (the agent's blob store has the same `blobs/sha256/` shape) and the
 //! merged rootfs unpacked from its layers.
 //!
 //! A multi-platform image (an OCI index or Docker manifest list) resolves to
@@ -110,7 +110,7 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Image
 /// An image in a layout directory.
 #[derive(Clone, Debug)]
 pub struct LayoutImage {
-    /// The layout directory (or content store), for messages.
+    /// The layout directory (or blob store), for messages.
     pub layout: PathBuf,
     /// The directory holding the blobs by hex digest.
     pub blobs: PathBuf,
@@ -180,7 +180,7 @@ impl LayoutImage {
 
     /// The image whose manifest (or multi-platform index) is `digest`, for
     /// this host's platform, its blobs named by hex digest in `blobs` (an
-    /// agent's content store). `origin` names it in messages.
+    /// agent's blob store). `origin` names it in messages.
     pub fn from_blobs(origin: &Path, blobs: &Path, digest: &Digest) -> Result<Self, ImageError> {
         Self::from_blobs_for(origin, blobs, digest, &crate::facts::host_platform())
     }
@@ -711,7 +711,7 @@ pub(crate) mod tests {
             let rootfs = dir.path().join(format!("data/{arch}/rootfs"));
             img.unpack_into(&rootfs, &UnpackOptions::default()).unwrap();
             assert_eq!(fs::read(rootfs.join("etc/arch")).unwrap(), arch.as_bytes());
-            // By index digest from the content store, as tasks name it.
+            // By index digest from the blob store, as tasks name it.
             let blobs = layout.join("blobs/sha256");
             let from_store =
                 LayoutImage::from_blobs_for(&layout, &blobs, &id, &machine_platform(machine))

@@ -14,12 +14,13 @@ use super::effects::{CommandSpec, Effects};
 use super::files::HostFiles;
 use super::journal::{Change, Journal, JournalError};
 use super::steps::{BIN_DIR, UNIT_DIR};
+use seaport_shared::cluster::ClusterName;
 
 /// What to reset.
 #[derive(Clone, Debug)]
 pub struct ResetOptions {
     /// The cluster.
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// Also remove `<data-root>/<cluster>`.
     pub prune: bool,
     /// The agent's state directory.
@@ -49,9 +50,9 @@ pub fn reset(opts: &ResetOptions, fx: &dyn Effects) -> Result<ResetReport, Journ
     let files = HostFiles::new(&opts.host_root);
     let cluster_dir = opts.data_root.join(&opts.cluster);
     let rootfs = cluster_dir.join("rootfs");
-    let had = Journal::exists(&opts.state_dir, &opts.cluster);
+    let had = Journal::exists(&opts.state_dir, opts.cluster.as_str());
     report.had_journal = had;
-    let journal = Journal::open(&opts.state_dir, &opts.cluster)?;
+    let journal = Journal::open(&opts.state_dir, opts.cluster.as_str())?;
     let changes = journal.state().changes.clone();
     let ran_kubeadm = journal.state().steps.contains_key("kubeadm");
     let run = |what: String, spec: CommandSpec, report: &mut ResetReport| match fx.run(&spec) {
@@ -84,7 +85,7 @@ pub fn reset(opts: &ResetOptions, fx: &dyn Effects) -> Result<ResetReport, Journ
         let mut spec = CommandSpec::new("bash", &["clean.sh"], opts.timeout);
         spec.cwd = Some(rootfs.join("scripts"));
         spec.env
-            .insert("SEAPORT_CLUSTER".into(), opts.cluster.clone());
+            .insert("SEAPORT_CLUSTER".into(), opts.cluster.to_string());
         spec.env.insert(
             "SEAPORT_ROOTFS".into(),
             rootfs.to_string_lossy().into_owned(),

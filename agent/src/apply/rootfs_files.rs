@@ -15,6 +15,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
+use seaport_shared::cluster::ClusterName;
 use seaport_shared::confined::{ConfinedError, Dir, Kind};
 
 /// Most file bytes one answer carries: well under the task frame limit
@@ -28,9 +29,6 @@ pub type FileAnswer = (String, Option<Vec<u8>>);
 /// Errors reading or writing rootfs files.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsFilesError {
-    /// The cluster name cannot name a directory.
-    #[error("{0}")]
-    Cluster(String),
     /// The cluster has no unpacked rootfs here.
     #[error("cluster {cluster} has no rootfs on this host ({path} is missing); install it first")]
     NoRootfs {
@@ -98,8 +96,7 @@ fn confined_err(shown: &str, e: ConfinedError) -> RootfsFilesError {
 }
 
 /// The rootfs of `cluster` under `data_root`, which must exist.
-pub fn rootfs_of(data_root: &Path, cluster: &str) -> Result<PathBuf, RootfsFilesError> {
-    super::check_cluster_name(cluster).map_err(RootfsFilesError::Cluster)?;
+pub fn rootfs_of(data_root: &Path, cluster: &ClusterName) -> Result<PathBuf, RootfsFilesError> {
     let rootfs = data_root.join(cluster).join("rootfs");
     if !rootfs.is_dir() {
         return Err(RootfsFilesError::NoRootfs {
@@ -163,7 +160,7 @@ fn resolve_inside(
 /// file is `None`. More than [`READ_ANSWER_LIMIT`] bytes in all is an error.
 pub fn read_files(
     data_root: &Path,
-    cluster: &str,
+    cluster: &ClusterName,
     paths: &[String],
     dirs: &[String],
 ) -> Result<Vec<FileAnswer>, RootfsFilesError> {
@@ -253,7 +250,7 @@ pub fn read_files(
 /// before anything is written.
 pub fn write_files(
     data_root: &Path,
-    cluster: &str,
+    cluster: &ClusterName,
     files: &[(String, Vec<u8>)],
 ) -> Result<usize, RootfsFilesError> {
     let rootfs = rootfs_of(data_root, cluster)?;
@@ -294,6 +291,10 @@ pub fn write_files(
 mod tests {
     use super::*;
 
+    fn name(n: &str) -> ClusterName {
+        ClusterName::parse(n).unwrap()
+    }
+
     fn cluster() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("data/c1/rootfs");
@@ -320,7 +321,7 @@ mod tests {
         let (dir, _) = cluster();
         let got = read_files(
             &data(&dir),
-            "c1",
+            &name("c1"),
             &["etc/kubeadm.yml".into(), "./etc/missing.yaml".into()],
             &["manifests/".into(), "plugins".into(), "etc".into()],
         )
@@ -351,7 +352,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, rootfs.join("etc/escape.yaml")).unwrap();
         std::os::unix::fs::symlink(dir.path(), rootfs.join("up")).unwrap();
         std::os::unix::fs::symlink("kubeadm.yml", rootfs.join("etc/inside.yml")).unwrap();
-        let read = |p: &str| read_files(&data(&dir), "c1", &[p.into()], &[]);
+        let read = |p: &str| read_files(&data(&dir), &name("c1"), &[p.into()], &[]);
         for bad in [
             "/etc/passwd",
             "../secret",
@@ -363,7 +364,7 @@ mod tests {
             assert!(err.contains("refusing rootfs path"), "{bad}: {err}");
         }
         // A directory listing meeting an escaping link fails too.
-        let err = read_files(&data(&dir), "c1", &[], &["etc".into()])
+        let err = read_files(&data(&dir), &name("c1"), &[], &["etc".into()])
             .unwrap_err()
             .to_string();
         assert!(err.contains("outside the rootfs"), "{err}");
@@ -374,7 +375,7 @@ mod tests {
             Some(&b"kind: ClusterConfiguration\n"[..])
         );
 
-        let write = |p: &str| write_files(&data(&dir), "c1", &[(p.into(), b"x".to_vec())]);
+        let write = |p: &str| write_files(&data(&dir), &name("c1"), &[(p.into(), b"x".to_vec())]);
         for bad in ["/etc/x", "../x", "up/x", ""] {
             let err = write(bad).unwrap_err().to_string();
             assert!(err.contains("refusing rootfs path"), "{bad}: {err}");
@@ -390,13 +391,12 @@ mod tests {
     #[test]
     fn a_missing_rootfs_or_a_bad_cluster_name_is_an_error() {
         let (dir, _) = cluster();
-        let err = read_files(&data(&dir), "c2", &["etc/kubeadm.yml".into()], &[])
+        let err = read_files(&data(&dir), &name("c2"), &["etc/kubeadm.yml".into()], &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("cluster c2 has no rootfs"), "{err}");
-        let err = write_files(&data(&dir), "../c1", &[])
-            .unwrap_err()
-            .to_string();
+        // A name that cannot name a directory is refused where it enters.
+        let err = ClusterName::parse("../c1").unwrap_err().to_string();
         assert!(err.contains("cluster name"), "{err}");
     }
 
@@ -406,8 +406,8 @@ mod tests {
         let half = vec![b'x'; (READ_ANSWER_LIMIT / 2 + 1) as usize];
         fs::write(rootfs.join("etc/one.yaml"), &half).unwrap();
         fs::write(rootfs.join("etc/two.yaml"), &half).unwrap();
-        read_files(&data(&dir), "c1", &["etc/one.yaml".into()], &[]).unwrap();
-        let err = read_files(&data(&dir), "c1", &[], &["etc".into()])
+        read_files(&data(&dir), &name("c1"), &["etc/one.yaml".into()], &[]).unwrap();
+        let err = read_files(&data(&dir), &name("c1"), &[], &["etc".into()])
             .unwrap_err()
             .to_string();
         assert!(
@@ -427,7 +427,7 @@ mod tests {
         .unwrap();
         let n = write_files(
             &data(&dir),
-            "c1",
+            &name("c1"),
             &[
                 (
                     "etc/kubeadm.yml".into(),
@@ -460,7 +460,7 @@ mod tests {
         // One refused path: nothing written.
         let err = write_files(
             &data(&dir),
-            "c1",
+            &name("c1"),
             &[
                 ("etc/first.yaml".into(), b"1".to_vec()),
                 ("../second.yaml".into(), b"2".to_vec()),

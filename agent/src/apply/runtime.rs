@@ -25,11 +25,65 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::journal::Change;
-use super::steps::{
-    e2s, is_executable, read_inside, read_text_inside, start_and_wait, Context, StepResult,
-    BIN_DIR, UNIT_DIR,
-};
+/// Errors choosing and configuring the container runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The env or a label names no runtime the agent knows.
+    #[error("{from}={value}: unknown container runtime (containerd or docker)")]
+    Unknown {
+        /// What named it.
+        from: &'static str,
+        /// What it said.
+        value: String,
+    },
+    /// Kubernetes without a docker shim and no cri-dockerd.
+    #[error("Kubernetes {0} has no docker shim (removed in v1.24): an image with docker as its runtime must ship cri-dockerd in cri/ or bin/, or use containerd")]
+    NoDockerShim(String),
+    /// A configuration file of the image is unusable.
+    #[error("{file}: {problem}")]
+    Config {
+        /// The file (`etc/daemon.json`).
+        file: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A directory setting is unusable.
+    #[error("{file}: {key} {value:?}: {problem}")]
+    Dir {
+        /// The file.
+        file: &'static str,
+        /// The setting.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        problem: DirProblem,
+    },
+    /// The image's cached registry cannot be read.
+    #[error(transparent)]
+    Cache(#[from] seaport_rootfs::imagecache::CacheError),
+}
+
+/// What is wrong with a directory setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DirProblem {
+    /// Relative.
+    #[error("not an absolute path")]
+    NotAbsolute,
+    /// `.` or `..` in it.
+    #[error("has . or .. components")]
+    DotComponents,
+    /// `/` itself.
+    #[error("is the root directory")]
+    Root,
+}
+
+fn daemon_json(problem: impl Into<String>) -> RuntimeError {
+    RuntimeError::Config {
+        file: "etc/daemon.json",
+        problem: problem.into(),
+    }
+}
 
 /// The label sealer 0.9+ images name their container runtime with.
 pub const LABEL_CONTAINER_RUNTIME: &str = "cluster.alpha.sealer.io/container-runtime-type";
@@ -122,7 +176,7 @@ pub fn choose(
     env: &BTreeMap<String, String>,
     labels: &BTreeMap<String, String>,
     cri_executables: &[String],
-) -> Result<Choice, String> {
+) -> Result<Choice, RuntimeError> {
     let explicit = [
         ("env ContainerRuntime", env.get("ContainerRuntime")),
         ("env container_runtime", env.get("container_runtime")),
@@ -140,8 +194,9 @@ pub fn choose(
                 runtime,
                 reason: format!("{source}={value}"),
             })
-            .ok_or_else(|| {
-                format!("{source}={value}: unknown container runtime (containerd or docker)")
+            .ok_or_else(|| RuntimeError::Unknown {
+                from: source,
+                value: value.clone(),
             });
     }
     if cri_executables.iter().any(|n| n == "dockerd") {
@@ -159,10 +214,9 @@ pub fn choose(
 /// The domains the runtime mirrors to the local registry `local`
 /// (`domain:port`): the local registry itself, `docker.io`, then every
 /// domain cached in the image's `registry/` directory.
-pub fn mirrored_domains(local: &str, registry_dir: &Path) -> Result<Vec<String>, String> {
+pub fn mirrored_domains(local: &str, registry_dir: &Path) -> Result<Vec<String>, RuntimeError> {
     let mut domains = vec![local.to_string(), "docker.io".to_string()];
-    let cached =
-        seaport_rootfs::imagecache::cached_domains(registry_dir).map_err(|e| e.to_string())?;
+    let cached = seaport_rootfs::imagecache::cached_domains(registry_dir)?;
     for d in cached {
         if !domains.contains(&d) {
             domains.push(d);
@@ -223,15 +277,14 @@ impl DockerCri {
 /// ships cri-dockerd or not: dockershim before v1.24, as sealer gives it;
 /// cri-dockerd from v1.24 (the kubelet has no shim any more) and when the
 /// version is unknown.
-pub fn docker_cri(version: Option<&str>, has_cri_dockerd: bool) -> Result<DockerCri, String> {
+pub fn docker_cri(version: Option<&str>, has_cri_dockerd: bool) -> Result<DockerCri, RuntimeError> {
     let modern = version.and_then(parse_version).map(|v| v >= (1, 24));
     match (modern, has_cri_dockerd) {
         (Some(false), _) => Ok(DockerCri::Dockershim),
         (_, true) => Ok(DockerCri::CriDockerd),
         (None, false) => Ok(DockerCri::Dockershim),
-        (Some(true), false) => Err(format!(
-            "Kubernetes {} has no docker shim (removed in v1.24): an image with docker as its runtime must ship cri-dockerd in cri/ or bin/, or use containerd",
-            version.unwrap_or_default()
+        (Some(true), false) => Err(RuntimeError::NoDockerShim(
+            version.unwrap_or_default().to_string(),
         )),
     }
 }
@@ -303,13 +356,13 @@ pub fn docker_daemon_json(
     local: &str,
     domains: &[String],
     knows_mirror_registries: bool,
-) -> Result<DaemonJson, String> {
+) -> Result<DaemonJson, RuntimeError> {
     let mut cfg: Map<String, Value> = match image.map(str::trim).filter(|t| !t.is_empty()) {
         None => Map::new(),
         Some(text) => match serde_json::from_str(text) {
             Ok(Value::Object(m)) => m,
-            Ok(_) => return Err("etc/daemon.json: not a JSON object".into()),
-            Err(e) => return Err(format!("etc/daemon.json: not valid JSON: {e}")),
+            Ok(_) => return Err(daemon_json("not a JSON object")),
+            Err(e) => return Err(daemon_json(format!("not valid JSON: {e}"))),
         },
     };
     let mut notes = Vec::new();
@@ -321,7 +374,7 @@ pub fn docker_daemon_json(
             .trim_end_matches('/');
         host == local
     };
-    let strings = |v: Option<&Value>, key: &str| -> Result<Vec<String>, String> {
+    let strings = |v: Option<&Value>, key: &str| -> Result<Vec<String>, RuntimeError> {
         match v {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Array(a)) => a
@@ -329,10 +382,10 @@ pub fn docker_daemon_json(
                 .map(|x| {
                     x.as_str()
                         .map(str::to_string)
-                        .ok_or_else(|| format!("etc/daemon.json: {key}: not a list of strings"))
+                        .ok_or_else(|| daemon_json(format!("{key}: not a list of strings")))
                 })
                 .collect(),
-            Some(_) => Err(format!("etc/daemon.json: {key}: not a list")),
+            Some(_) => Err(daemon_json(format!("{key}: not a list"))),
         }
     };
     let mut insecure = strings(cfg.get("insecure-registries"), "insecure-registries")?;
@@ -353,7 +406,7 @@ pub fn docker_daemon_json(
         let mut entries = match cfg.remove(MIRROR_REGISTRIES) {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a,
-            Some(_) => return Err(format!("etc/daemon.json: {MIRROR_REGISTRIES}: not a list")),
+            Some(_) => return Err(daemon_json(format!("{MIRROR_REGISTRIES}: not a list"))),
         };
         for e in entries.iter_mut() {
             let Some(list) = e.get_mut("mirrors").and_then(Value::as_array_mut) else {
@@ -446,21 +499,30 @@ fn json_strings(v: &[String]) -> Value {
 }
 
 /// An absolute, normalized directory setting (`data-root`, `exec-root`).
-fn root_setting(cfg: &Map<String, Value>, key: &str, default: &str) -> Result<String, String> {
+fn root_setting(
+    cfg: &Map<String, Value>,
+    key: &str,
+    default: &str,
+) -> Result<String, RuntimeError> {
     let Some(v) = cfg.get(key) else {
         return Ok(default.to_string());
     };
     let s = v
         .as_str()
-        .ok_or_else(|| format!("etc/daemon.json: {key}: not a string"))?;
-    check_abs_dir(s).map_err(|why| format!("etc/daemon.json: {key} {s:?}: {why}"))
+        .ok_or_else(|| daemon_json(format!("{key}: not a string")))?;
+    check_abs_dir(s).map_err(|problem| RuntimeError::Dir {
+        file: "etc/daemon.json",
+        key: key.to_string(),
+        value: s.to_string(),
+        problem,
+    })
 }
 
 /// An absolute path without `..` or `.` components, without a trailing `/`.
-pub fn check_abs_dir(s: &str) -> Result<String, String> {
+pub fn check_abs_dir(s: &str) -> Result<String, DirProblem> {
     let p = Path::new(s);
     if !p.is_absolute() {
-        return Err("not an absolute path".into());
+        return Err(DirProblem::NotAbsolute);
     }
     if p.components().any(|c| {
         matches!(
@@ -468,18 +530,18 @@ pub fn check_abs_dir(s: &str) -> Result<String, String> {
             std::path::Component::ParentDir | std::path::Component::CurDir
         )
     }) {
-        return Err("has . or .. components".into());
+        return Err(DirProblem::DotComponents);
     }
     let t = s.trim_end_matches('/');
     if t.is_empty() {
-        return Err("is the root directory".into());
+        return Err(DirProblem::Root);
     }
     Ok(t.to_string())
 }
 
 /// A top-level directory setting of containerd's configuration (`root`,
 /// `state`), or `default`.
-pub fn containerd_dir(config: &str, key: &str, default: &str) -> Result<String, String> {
+pub fn containerd_dir(config: &str, key: &str, default: &str) -> Result<String, RuntimeError> {
     for line in config.lines() {
         let t = line.trim();
         if t.starts_with('[') {
@@ -490,8 +552,12 @@ pub fn containerd_dir(config: &str, key: &str, default: &str) -> Result<String, 
         };
         if k.trim() == key {
             let v = v.trim().trim_matches('"');
-            return check_abs_dir(v)
-                .map_err(|why| format!("etc/containerd.toml: {key} {v:?}: {why}"));
+            return check_abs_dir(v).map_err(|problem| RuntimeError::Dir {
+                file: "etc/containerd.toml",
+                key: key.to_string(),
+                value: v.to_string(),
+                problem,
+            });
         }
     }
     Ok(default.to_string())
@@ -527,126 +593,6 @@ pub fn default_cri_docker_service(pause: Option<&str>) -> String {
     format!(
         "[Unit]\nDescription=CRI interface for docker (cri-dockerd)\nAfter=network-online.target docker.service cri-docker.socket\nRequires=docker.service cri-docker.socket\n\n[Service]\nType=notify\nExecStart=/usr/bin/cri-dockerd --container-runtime-endpoint fd:// --network-plugin=cni{pause}\nRestart=always\nRestartSec=2\nDelegate=yes\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n"
     )
-}
-
-// ---- the docker part of the `runtime` step --------------------------------
-
-impl Context<'_> {
-    /// Installs docker: its `daemon.json` with the registry mirrors, its
-    /// unit (and cri-dockerd's where kubelet needs it), then starts it and
-    /// waits until `docker version` answers. The binaries are installed.
-    pub(crate) fn start_docker(&mut self, installed: usize, choice: &Choice) -> StepResult {
-        let rootfs = self.rootfs();
-        let dockerd = self.files.host(&format!("{BIN_DIR}/dockerd"));
-        if !is_executable(&dockerd) {
-            return Err(format!(
-                "the container runtime is docker ({}), but neither the image's cri/ nor this host has {BIN_DIR}/dockerd",
-                choice.reason
-            ));
-        }
-        // cri-dockerd: in cri/ (installed with the runtime) or in bin/.
-        let shipped_cri_dockerd = rootfs.join("bin/cri-dockerd");
-        let mut changed = installed > 0;
-        if is_executable(&shipped_cri_dockerd) {
-            let bytes = read_inside(&rootfs, &shipped_cri_dockerd)?.unwrap_or_default();
-            changed |= self.install_file(&format!("{BIN_DIR}/cri-dockerd"), &bytes, 0o755)?;
-        }
-        let has_cri_dockerd = is_executable(&self.files.host(&format!("{BIN_DIR}/cri-dockerd")));
-        let version = self.kube_version()?;
-        let cri = docker_cri(version.as_deref(), has_cri_dockerd)?;
-
-        let local = format!("{}:{}", self.registry_domain, self.registry_port);
-        let domains = mirrored_domains(&local, &rootfs.join("registry"))?;
-        let image_json = read_text_inside(&rootfs, "etc/daemon.json")?;
-        let daemon = docker_daemon_json(
-            image_json.as_deref(),
-            &local,
-            &domains,
-            dockerd_knows_mirror_registries(&dockerd),
-        )?;
-        changed |= self.install_file("/etc/docker/daemon.json", daemon.text.as_bytes(), 0o644)?;
-        let unit = read_inside(&rootfs, &rootfs.join("etc/docker.service"))?
-            .unwrap_or_else(|| DEFAULT_DOCKER_UNIT.as_bytes().to_vec());
-        changed |= self.install_file(&format!("{UNIT_DIR}/docker.service"), &unit, 0o644)?;
-        let mut units = vec!["docker.service"];
-        if cri == DockerCri::CriDockerd {
-            let socket = read_inside(&rootfs, &rootfs.join("etc/cri-docker.socket"))?
-                .unwrap_or_else(|| DEFAULT_CRI_DOCKER_SOCKET.as_bytes().to_vec());
-            let service = read_inside(&rootfs, &rootfs.join("etc/cri-docker.service"))?
-                .unwrap_or_else(|| {
-                    default_cri_docker_service(
-                        cached_pause_image(&rootfs.join("registry"), &local).as_deref(),
-                    )
-                    .into_bytes()
-                });
-            changed |=
-                self.install_file(&format!("{UNIT_DIR}/cri-docker.socket"), &socket, 0o644)?;
-            changed |=
-                self.install_file(&format!("{UNIT_DIR}/cri-docker.service"), &service, 0o644)?;
-            units.extend(["cri-docker.socket", "cri-docker.service"]);
-        }
-        self.systemctl_ok(&["daemon-reload"])?;
-        // What dockerd makes when it starts, journaled first: its data and
-        // exec roots and its bridge, when they are not there yet.
-        self.claim_tree(&daemon.data_root)?;
-        self.claim_tree(&daemon.exec_root)?;
-        let bridge = format!("/sys/class/net/{DOCKER_BRIDGE}");
-        let known = self
-            .journal
-            .state()
-            .changes
-            .iter()
-            .any(|c| matches!(c, Change::CreatedLink { name } if name == DOCKER_BRIDGE));
-        if !known && !self.files.host(&bridge).exists() {
-            self.journal
-                .record(Change::CreatedLink {
-                    name: DOCKER_BRIDGE.into(),
-                })
-                .map_err(e2s)?;
-        }
-        for u in &units {
-            self.enable_unit(u, false)?;
-        }
-        let fx = self.fx;
-        let t = self.opts.timeouts.systemctl;
-        let limit = self.opts.timeouts.service;
-        // Restarting docker stops its containers (unless live-restore): a
-        // rerun restarts it only when its binaries or configuration changed.
-        let verb = if self.rerun && changed {
-            "restart"
-        } else {
-            "start"
-        };
-        // dockerd writes its key into /etc/docker when it starts: tracked.
-        let started = self.files.tracked(&mut self.journal, "runtime-start", || {
-            start_and_wait(fx, t, limit, verb, &units, "docker", "docker")
-        });
-        let waited = started.map_err(e2s)??;
-        let record = RuntimeRecord {
-            runtime: Runtime::Docker,
-            cri_socket: cri.socket().to_string(),
-            cgroup_driver: Some(daemon.cgroup_driver.clone()),
-        };
-        self.journal
-            .update(|s| s.runtime = Some(record))
-            .map_err(e2s)?;
-        let mut summary = format!(
-            "docker answering after {:.1} s ({installed} binaries installed; {}); kubeadm gets {} ({}), cgroup driver {}",
-            waited.as_secs_f64(),
-            choice.reason,
-            cri.socket(),
-            match cri {
-                DockerCri::Dockershim => "the kubelet's docker shim".to_string(),
-                DockerCri::CriDockerd => "cri-dockerd".to_string(),
-            },
-            daemon.cgroup_driver
-        );
-        for n in &daemon.notes {
-            summary.push_str("; ");
-            summary.push_str(n);
-        }
-        Ok(summary)
-    }
 }
 
 #[cfg(test)]
@@ -695,7 +641,9 @@ mod tests {
         let c = choose(&env, &none, &containerd_cri).unwrap();
         assert_eq!(c.runtime, Runtime::Docker);
 
-        let err = choose(&map(&[("ContainerRuntime", "crio")]), &none, &[]).unwrap_err();
+        let err = choose(&map(&[("ContainerRuntime", "crio")]), &none, &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("ContainerRuntime=crio") && err.contains("containerd or docker"),
             "{err}"
@@ -718,7 +666,7 @@ mod tests {
         );
         assert_eq!(docker_cri(None, true).unwrap(), DockerCri::CriDockerd);
         assert_eq!(docker_cri(None, false).unwrap(), DockerCri::Dockershim);
-        let err = docker_cri(Some("v1.26.3"), false).unwrap_err();
+        let err = docker_cri(Some("v1.26.3"), false).unwrap_err().to_string();
         assert!(
             err.contains("v1.26.3") && err.contains("cri-dockerd"),
             "{err}"
@@ -850,7 +798,9 @@ mod tests {
             (r#"{"data-root": "/var/lib/../../etc"}"#, ".. components"),
             (r#"{"exec-root": "/"}"#, "root directory"),
         ] {
-            let err = docker_daemon_json(Some(text), "sea.hub:5000", &domains, false).unwrap_err();
+            let err = docker_daemon_json(Some(text), "sea.hub:5000", &domains, false)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
     }
@@ -886,7 +836,9 @@ mod tests {
             containerd_dir(cfg, "state", "/run/containerd").unwrap(),
             "/run/containerd"
         );
-        let err = containerd_dir("root = \"relative\"\n", "root", CONTAINERD_ROOT).unwrap_err();
+        let err = containerd_dir("root = \"relative\"\n", "root", CONTAINERD_ROOT)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("etc/containerd.toml: root"), "{err}");
     }
 }

@@ -14,19 +14,20 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use seaport_shared::cluster::{ClusterName, Step};
+
 use super::effects::{CommandOutput, CommandSpec, Effects};
 use super::files::HostFiles;
 use super::journal::{Journal, StepRecord, StepStatus};
-use super::{ApplyError, Role, StepEvent};
-
-/// Longest step name accepted.
-const MAX_STEP_NAME: usize = 200;
+use super::options::env_map;
+use super::outcome::{ApplyError, StepEvent, MAX_STEP_NAME};
+use super::steps::error::StepError;
 
 /// One shell step.
 #[derive(Clone, Debug)]
 pub struct ShellOptions {
     /// The cluster (installed on this host).
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// The step name it is journaled and reported under.
     pub step: String,
     /// The script, run with `bash -c`.
@@ -58,9 +59,9 @@ pub struct ShellReport {
 
 /// The env of the step: `env`, then `HostIP` and the hooks' variables.
 fn step_env(opts: &ShellOptions, role: &str, rootfs: &std::path::Path) -> BTreeMap<String, String> {
-    let mut env = super::env_map([opts.env.as_slice()]);
+    let mut env = env_map([opts.env.as_slice()]);
     env.insert("HostIP".into(), opts.host_ip.clone());
-    env.insert("SEAPORT_CLUSTER".into(), opts.cluster.clone());
+    env.insert("SEAPORT_CLUSTER".into(), opts.cluster.to_string());
     env.insert("SEAPORT_ROLE".into(), role.to_string());
     env.insert(
         "SEAPORT_ROOTFS".into(),
@@ -78,43 +79,38 @@ fn fingerprint(script: &str, env: &BTreeMap<String, String>) -> String {
 }
 
 fn check_step_name(step: &str) -> Result<(), ApplyError> {
-    let engine = super::steps_for(Role::Master0, true);
     if step.is_empty() || step.len() > MAX_STEP_NAME || step.chars().any(char::is_control) {
-        return Err(ApplyError::Input(format!(
-            "shell step name {step:?} must be 1 to {MAX_STEP_NAME} printable characters"
-        )));
+        return Err(ApplyError::ShellStepName(step.to_string()));
     }
-    if engine.contains(&step) {
-        return Err(ApplyError::Input(format!(
-            "shell step name {step:?} is the name of an install step; name it differently (e.g. plugin:NAME@PHASE)"
-        )));
+    if step.parse::<Step>().is_ok() {
+        return Err(ApplyError::ShellStepReserved(step.to_string()));
     }
     Ok(())
 }
 
 /// The output tail of a command that succeeded, or why it did not.
-fn judge(step: &str, timeout: Duration, out: &CommandOutput) -> Result<String, String> {
+fn judge(step: &str, timeout: Duration, out: &CommandOutput) -> Result<String, StepError> {
     if out.success() {
         Ok(out.last_lines(20))
     } else if out.timed_out {
-        Err(format!(
-            "{step} timed out after {} s; last output:\n{}",
-            timeout.as_secs(),
-            out.last_lines(20)
-        ))
+        Err(StepError::TimedOut {
+            what: step.to_string(),
+            timeout,
+            output: out.last_lines(20),
+        })
     } else {
-        Err(format!(
-            "{step} exited with {}; last output:\n{}",
-            out.code.map_or("a signal".to_string(), |c| c.to_string()),
-            out.last_lines(20)
-        ))
+        Err(StepError::Exited {
+            what: step.to_string(),
+            status: out.code.map_or("a signal".to_string(), |c| c.to_string()),
+            output: out.last_lines(20),
+        })
     }
 }
 
 /// Reports the end of a shell step.
 fn finish(
     step: String,
-    result: Result<String, String>,
+    result: Result<String, StepError>,
     started: Instant,
     progress: &mut dyn FnMut(&StepEvent),
 ) -> Result<ShellReport, ApplyError> {
@@ -135,11 +131,11 @@ fn finish(
         Err(error) => {
             progress(&StepEvent::Failed {
                 step: step.clone(),
-                error: error.clone(),
+                error: error.to_string(),
             });
             Err(ApplyError::Step {
                 step,
-                reason: error,
+                error: Box::new(error),
             })
         }
     }
@@ -153,10 +149,9 @@ pub fn run_shell(
     fx: &dyn Effects,
     progress: &mut dyn FnMut(&StepEvent),
 ) -> Result<ShellReport, ApplyError> {
-    super::check_cluster_name(&opts.cluster).map_err(ApplyError::Input)?;
     check_step_name(&opts.step)?;
     let rootfs = opts.data_root.join(&opts.cluster).join("rootfs");
-    if !Journal::exists(&opts.state_dir, &opts.cluster) || !rootfs.is_dir() {
+    if !Journal::exists(&opts.state_dir, opts.cluster.as_str()) || !rootfs.is_dir() {
         // The clean phases after a reset (or a host the cluster is gone
         // from): nothing to journal against, so the script runs in `/`,
         // untracked, every time.
@@ -171,11 +166,11 @@ pub fn run_shell(
         spec.env = step_env(opts, "", &rootfs);
         let result = fx
             .run(&spec)
-            .map_err(|e| e.to_string())
+            .map_err(StepError::from)
             .and_then(|out| judge(&step, opts.timeout, &out));
         return finish(step, result, started, progress);
     }
-    let mut journal = Journal::open(&opts.state_dir, &opts.cluster)?;
+    let mut journal = Journal::open(&opts.state_dir, opts.cluster.as_str())?;
     let role = journal.state().roles.first().cloned().unwrap_or_default();
     let env = step_env(opts, &role, &rootfs);
     let fp = fingerprint(&opts.script, &env);
@@ -225,12 +220,12 @@ pub fn run_shell(
     );
     let result = files
         .tracked(&mut journal, &key, || fx.run(&spec))
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(StepError::from)
+        .and_then(|r| r.map_err(StepError::from))
         .and_then(|out| judge(&step, opts.timeout, &out));
     let (status, message) = match &result {
         Ok(_) => (StepStatus::Done, "exited with 0".to_string()),
-        Err(e) => (StepStatus::Failed, e.clone()),
+        Err(e) => (StepStatus::Failed, e.to_string()),
     };
     journal.update(|s| {
         if let Some(r) = s.steps.get_mut(&step) {
@@ -282,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let opts = ShellOptions {
-            cluster: "c1".into(),
+            cluster: ClusterName::parse("c1").unwrap(),
             step: "plugin:sysctl@PreInit".into(),
             script: "echo tuning; sysctl -p".into(),
             env: vec![
@@ -382,7 +377,7 @@ mod tests {
 
         let r = reset(
             &ResetOptions {
-                cluster: "c1".into(),
+                cluster: ClusterName::parse("c1").unwrap(),
                 prune: false,
                 state_dir: opts.state_dir.clone(),
                 data_root: opts.data_root.clone(),
@@ -485,7 +480,7 @@ mod tests {
 
         // A post-clean plugin after the reset: no journal, no rootfs.
         let other = ShellOptions {
-            cluster: "c2".into(),
+            cluster: ClusterName::parse("c2").unwrap(),
             ..opts.clone()
         };
         let mut events = Vec::new();

@@ -9,6 +9,19 @@ use std::time::Duration;
 use super::effects::{CommandOutput, CommandSpec, Effects, EffectsError, RecordingEffects};
 use super::image::tests::{layout_with, tar_of};
 use super::*;
+use seaport_shared::cluster::{steps_for, ClusterName, Role, Step};
+
+fn name(n: &str) -> ClusterName {
+    ClusterName::parse(n).unwrap()
+}
+
+fn step(s: &str) -> Step {
+    s.parse().unwrap()
+}
+
+fn steps(s: &[&str]) -> Vec<Step> {
+    s.iter().map(|x| step(x)).collect()
+}
 
 /// Recorded effects, plus what `bash init.sh`, kubeadm and the container
 /// runtimes would write.
@@ -109,7 +122,7 @@ fn listing(root: &Path) -> BTreeMap<String, String> {
 fn reset_c1(opts: &ApplyOptions, host: &Host) {
     let r = reset(
         &ResetOptions {
-            cluster: "c1".into(),
+            cluster: name("c1"),
             prune: true,
             state_dir: opts.state_dir.clone(),
             data_root: opts.data_root.clone(),
@@ -189,7 +202,7 @@ fn fixture() -> (tempfile::TempDir, ApplyOptions) {
         },
         only: None,
         master0_ip: None,
-        cluster: "c1".into(),
+        cluster: name("c1"),
         role: Role::Node,
         host_ip: Some("10.0.0.2".into()),
         registry_ip: None,
@@ -223,7 +236,7 @@ fn a_node_is_installed_rerun_skips_everything_and_reset_restores_the_host() {
     let before = listing(&opts.host_root);
     let mut events = Vec::new();
     let report = apply(&opts, &host, &mut |e| events.push(e.clone())).unwrap();
-    assert_eq!(report.ran, steps_for(Role::Node, false));
+    assert_eq!(report.ran, steps_for(Role::Node, false, true));
     let h = |p: &str| opts.host_root.join(p);
     assert_eq!(fs::read_to_string(h("usr/bin/runc")).unwrap(), "new runc\n");
     assert!(h("usr/bin/kubeadm").is_file());
@@ -301,7 +314,7 @@ fn an_interrupted_kubeadm_step_is_reset_before_it_runs_again() {
     host.rec.clear();
     let mut events = Vec::new();
     let report = apply(&opts, &host, &mut |e| events.push(e.clone())).unwrap();
-    assert_eq!(report.ran, vec!["kubeadm".to_string()]);
+    assert_eq!(report.ran, steps(&["kubeadm"]));
     assert!(events.contains(&StepEvent::Started {
         step: "kubeadm".into(),
         attempt: 2
@@ -358,20 +371,20 @@ fn phases_run_their_steps_only_and_in_order() {
     opts.master0_ip = Some("10.0.0.1".into());
 
     // A later phase before an earlier one: refused, nothing run.
-    opts.only = Some(vec!["runtime".into()]);
+    opts.only = Some(vec![step("runtime")]);
     let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("step rootfs has not run"), "{err}");
     assert!(host.rec.calls().is_empty(), "{:?}", host.rec.calls());
 
-    opts.only = Some(vec!["rootfs".into(), "render".into()]);
+    opts.only = Some(vec![step("rootfs"), step("render")]);
     let report = apply(&opts, &host, &mut |_| {}).unwrap();
-    assert_eq!(report.ran, ["rootfs", "render"]);
+    assert_eq!(report.ran, steps(&["rootfs", "render"]));
     assert!(opts.rootfs().join("etc/motd").is_file());
     assert!(host.rec.calls().is_empty(), "{:?}", host.rec.calls());
 
-    opts.only = Some(vec!["runtime".into()]);
+    opts.only = Some(vec![step("runtime")]);
     let report = apply(&opts, &host, &mut |_| {}).unwrap();
-    assert_eq!(report.ran, ["runtime"]);
+    assert_eq!(report.ran, steps(&["runtime"]));
     assert!(host
         .rec
         .calls()
@@ -383,22 +396,22 @@ fn phases_run_their_steps_only_and_in_order() {
 
     // kubeadm without join data: a clear error.
     opts.only = Some(vec![
-        "registry-access".into(),
-        "kube-binaries".into(),
-        "hook-init".into(),
-        "hook-init-kube".into(),
+        step("registry-access"),
+        step("kube-binaries"),
+        step("hook-init"),
+        step("hook-init-kube"),
     ]);
     apply(&opts, &host, &mut |_| {}).unwrap();
     assert_eq!(hosts().matches("sea.hub").count(), 1, "{}", hosts());
-    opts.only = Some(vec!["kubeadm".into()]);
+    opts.only = Some(vec![step("kubeadm")]);
     let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("join data"), "{err}");
     opts.join_data = join;
     let report = apply(&opts, &host, &mut |_| {}).unwrap();
-    assert_eq!(report.ran, ["kubeadm"]);
+    assert_eq!(report.ran, steps(&["kubeadm"]));
 
     // Unknown steps are named.
-    opts.only = Some(vec!["registry".into()]);
+    opts.only = Some(vec![step("registry")]);
     let err = apply(&opts, &host, &mut |_| {}).unwrap_err().to_string();
     assert!(
         err.contains("\"registry\" is not a step of a node"),
@@ -447,10 +460,10 @@ fn an_upgrade_updates_what_changed_without_kubeadm_and_reset_still_restores_the_
     up.upgrade = true;
     let mut events = Vec::new();
     let report = apply(&up, &host, &mut |e| events.push(e.clone())).unwrap();
-    let mut expected = steps_for(Role::Node, false);
-    expected.retain(|s| *s != "kubeadm");
+    let mut expected = steps_for(Role::Node, false, true);
+    expected.retain(|s| *s != Step::Kubeadm);
     assert_eq!(report.ran, expected);
-    assert_eq!(report.skipped, ["kubeadm"]);
+    assert_eq!(report.skipped, steps(&["kubeadm"]));
     assert_eq!(
         fs::read_to_string(&unit).unwrap(),
         "[Service]\nExecStart=/usr/bin/kubelet --v=2\n"
@@ -509,7 +522,7 @@ fn an_upgrade_of_the_registry_host_remounts_the_new_storage_and_restarts_the_reg
         name: "test:1".into(),
     };
     let host = fresh_host(&opts);
-    let phase = |only: &[&str]| Some(only.iter().map(|s| s.to_string()).collect());
+    let phase = |only: &[&str]| Some(steps(only));
     opts.only = phase(&["rootfs", "render", "runtime", "registry"]);
     apply(&opts, &host, &mut |_| {}).unwrap();
     let mount = opts.cluster_dir().join("registry");
@@ -569,7 +582,7 @@ fn drift_names_installed_files_that_were_modified_or_removed_but_not_hook_files(
     let (_dir, opts) = fixture();
     let host = fresh_host(&opts);
     apply(&opts, &host, &mut |_| {}).unwrap();
-    let clean = drift(&opts.state_dir, &opts.host_root, "c1").unwrap();
+    let clean = drift(&opts.state_dir, &opts.host_root, &name("c1")).unwrap();
     assert!(
         clean.modified.is_empty() && clean.missing.is_empty(),
         "{clean:?}"
@@ -595,12 +608,12 @@ fn drift_names_installed_files_that_were_modified_or_removed_but_not_hook_files(
     fs::remove_file(h("usr/bin/kubeadm")).unwrap();
     fs::write(h("etc/sysctl.d/k8s.conf"), "tuned by hand\n").unwrap();
     fs::write(h("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
-    let r = drift(&opts.state_dir, &opts.host_root, "c1").unwrap();
+    let r = drift(&opts.state_dir, &opts.host_root, &name("c1")).unwrap();
     assert_eq!(r.modified, ["/etc/containerd/config.toml", "/etc/hosts"]);
     assert_eq!(r.missing, ["/usr/bin/kubeadm"]);
     assert_eq!(r.checked, clean.checked);
 
-    let err = drift(&opts.state_dir, &opts.host_root, "c2")
+    let err = drift(&opts.state_dir, &opts.host_root, &name("c2"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("cluster c2 is not installed"), "{err}");
@@ -618,7 +631,7 @@ fn a_journal_written_before_drift_checks_existed_still_reads() {
     .unwrap();
     let j = Journal::open(&opts.state_dir, "c1").unwrap();
     assert!(j.state().installed.is_empty());
-    let r = drift(&opts.state_dir, &opts.host_root, "c1").unwrap();
+    let r = drift(&opts.state_dir, &opts.host_root, &name("c1")).unwrap();
     assert_eq!(r, DriftReport::default());
 }
 
@@ -779,7 +792,7 @@ fn kubernetes_1_24_with_docker_gets_cri_dockerd_and_a_socket_path_written_by_a_h
             "hook-init",
             "hook-init-kube",
         ]
-        .map(String::from)
+        .map(step)
         .to_vec(),
     );
     apply(&opts, &host, &mut |_| {}).unwrap();
@@ -816,7 +829,7 @@ fn kubernetes_1_24_with_docker_gets_cri_dockerd_and_a_socket_path_written_by_a_h
         "unix:///run/other.sock\n",
     )
     .unwrap();
-    opts.only = Some(vec!["kubeadm".into()]);
+    opts.only = Some(vec![step("kubeadm")]);
     apply(&opts, &host, &mut |_| {}).unwrap();
     let kubeadm_cfg = fs::read_to_string(opts.cluster_dir().join("kubeadm.yaml")).unwrap();
     assert!(
@@ -901,7 +914,7 @@ fn reset_keeps_a_runtime_data_root_with_a_mount_inside_it() {
         .unwrap();
     let r = reset(
         &ResetOptions {
-            cluster: "c1".into(),
+            cluster: name("c1"),
             prune: true,
             state_dir: opts.state_dir.clone(),
             data_root: opts.data_root.clone(),
@@ -1015,7 +1028,7 @@ fn a_layer_cannot_chmod_host_directories_through_a_directory_it_replaced_with_a_
         dir: d.join("evil"),
         name: "evil:1".into(),
     };
-    opts.only = Some(vec!["rootfs".into()]);
+    opts.only = Some(vec![step("rootfs")]);
     let host = fresh_host(&opts);
     apply(&opts, &host, &mut |_| {}).unwrap();
     let rootfs = opts.rootfs();
@@ -1052,7 +1065,7 @@ fn an_image_archive_under_images_cannot_chmod_host_directories_through_a_symlink
         dir: d.join("evil"),
         name: "evil:1".into(),
     };
-    opts.only = Some(vec!["rootfs".into()]);
+    opts.only = Some(vec![step("rootfs")]);
     apply(&opts, &fresh_host(&opts), &mut |_| {}).unwrap();
     // What the registry step does with images/*.tar, up to the push.
     let scratch = opts.cluster_dir().join("tmp/images");
@@ -1108,7 +1121,7 @@ fn templates_and_config_files_are_never_written_through_symlinks_the_image_plant
         dir: d.join("evil"),
         name: "evil:1".into(),
     };
-    opts.only = Some(vec!["rootfs".into(), "render".into()]);
+    opts.only = Some(vec![step("rootfs"), step("render")]);
     let host = fresh_host(&opts);
     apply(&opts, &host, &mut |_| {}).unwrap();
     let rootfs = opts.rootfs();
@@ -1127,7 +1140,7 @@ fn templates_and_config_files_are_never_written_through_symlinks_the_image_plant
     // A Config document of the Clusterfile written into the rootfs.
     rootfs_files::write_files(
         &opts.data_root,
-        "c1",
+        &name("c1"),
         &[(
             "etc/kubeadm.yml".into(),
             b"kind: InitConfiguration\n".to_vec(),

@@ -13,8 +13,11 @@
 //! `ROOT/coordinator/bootstrap.json` ([`BootstrapInfo`]), which
 //! `seaport bootstrap` reads for the port and the sha256 to pin.
 
+mod error;
 mod script;
 mod server;
+
+pub use error::BootstrapError;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,43 +25,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use seaport_shared::pki::PkiError;
-
 use crate::ca::CoordinatorPaths;
 
 pub use script::{
-    render_cloud_init, render_one_liner, render_script, shell_quote, ScriptParams, AGENT_UNIT,
-    HOST_SCRIPT_PATH,
+    render_cloud_init, render_one_liner, render_script, ScriptParams, AGENT_UNIT, HOST_SCRIPT_PATH,
 };
 pub use server::{BootstrapServer, TokenValidator};
 
 /// Default TCP port of the bootstrap endpoint.
 pub const DEFAULT_PORT: u16 = 7444;
-
-/// Errors of the bootstrap endpoint and of generating bootstrap text.
-#[derive(Debug, thiserror::Error)]
-pub enum BootstrapError {
-    #[error("bad {what} address {addr:?}: expected HOST:PORT")]
-    BadAddress { what: &'static str, addr: String },
-    #[error("the CA certificate holds something other than PEM certificates")]
-    BadCa,
-    #[error("bad agent sha256 {0:?}: expected 64 hex digits")]
-    BadSha256(String),
-    #[error("{0}")]
-    Pki(#[from] PkiError),
-    #[error("could not read the agent binary {path}: {source}; build it (packaging/build-static.sh) or pass --agent-binary")]
-    AgentBinary {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("could not listen on {addr} (tcp) for the bootstrap endpoint: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("bootstrap endpoint tls configuration: {0}")]
-    Tls(String),
-}
 
 /// What a running bootstrap endpoint writes under the root.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -138,7 +113,7 @@ pub async fn bind(
 
 /// Writes `bootstrap.json` for a bound endpoint.
 pub fn write_info(root: &Path, info: &BootstrapInfo) -> Result<(), BootstrapError> {
-    seaport_shared::pki::write_atomic(
+    seaport_shared::confined::write_atomic(
         &info_path(root),
         serde_json::to_string_pretty(info)
             .expect("bootstrap info serializes")

@@ -9,8 +9,9 @@
 //! the middle can substitute neither the server nor the binary.
 
 use seaport_shared::pki::{self, CaPin, JoinToken};
+use seaport_shared::shell::quote;
 
-use super::BootstrapError;
+use super::error::BootstrapError;
 
 /// The script template; `@NAME@` placeholders are filled by [`render_script`].
 const TEMPLATE: &str = include_str!("bootstrap.sh");
@@ -35,11 +36,6 @@ pub struct ScriptParams {
     /// The join token to embed; `None`: the host passes it in
     /// `SEAPORT_JOIN_TOKEN`.
     pub token: Option<JoinToken>,
-}
-
-/// Quotes `s` for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 fn check_addr(what: &'static str, addr: &str) -> Result<(), BootstrapError> {
@@ -93,12 +89,12 @@ pub fn render_script(p: &ScriptParams) -> Result<String, BootstrapError> {
         .map(ToString::to_string)
         .unwrap_or_default();
     let out = TEMPLATE
-        .replace("@COORDINATOR@", &shell_quote(&p.coordinator))
-        .replace("@BOOTSTRAP@", &shell_quote(&p.bootstrap))
-        .replace("@CA_PIN@", &shell_quote(&pin.to_string()))
+        .replace("@COORDINATOR@", &quote(&p.coordinator))
+        .replace("@BOOTSTRAP@", &quote(&p.bootstrap))
+        .replace("@CA_PIN@", &quote(&pin.to_string()))
         .replace(
             "@AGENT_SHA256@",
-            &shell_quote(&p.agent_sha256.clone().unwrap_or_default().to_lowercase()),
+            &quote(&p.agent_sha256.clone().unwrap_or_default().to_lowercase()),
         )
         .replace(
             "@PREINSTALLED@",
@@ -108,7 +104,7 @@ pub fn render_script(p: &ScriptParams) -> Result<String, BootstrapError> {
                 "no"
             },
         )
-        .replace("@TOKEN@", &shell_quote(&token))
+        .replace("@TOKEN@", &quote(&token))
         .replace("@CA_PEM@", p.ca_pem.trim_end())
         .replace("@UNIT@", AGENT_UNIT.trim_end());
     Ok(out)
@@ -283,6 +279,6 @@ mod tests {
 
     #[test]
     fn quoting_survives_single_quotes() {
-        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+        assert_eq!(quote("a'b"), r"'a'\''b'");
     }
 }

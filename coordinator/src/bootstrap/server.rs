@@ -28,7 +28,8 @@ use tracing::{info, info_span, warn, Instrument};
 use seaport_shared::pki::JoinToken;
 use seaport_shared::tls;
 
-use super::{render_script, BootstrapError, ScriptParams};
+use super::error::BootstrapError;
+use super::script::{render_script, ScriptParams};
 use crate::daemon::limits::SourceLimiter;
 use crate::state::StateError;
 

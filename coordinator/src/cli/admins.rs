@@ -10,10 +10,12 @@ use serde::Serialize;
 use crate::ca::{self, Ca, CoordinatorPaths};
 use crate::state::AdminRecord;
 use crate::tokens;
+use seaport_shared::confined;
 use seaport_shared::pki::{self, CertInfo};
 use seaport_shared::wire::{AdminCertInfo, AdminRequest, AdminResponse};
 
-use super::nodes::{rfc3339, with_coordinator};
+use super::access::{with_coordinator, Offline};
+use seaport_shared::clock::rfc3339;
 
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
@@ -88,7 +90,7 @@ fn own_serial(root: &Path) -> Option<u64> {
     CertInfo::from_der(&certs[0]).ok().map(|i| i.serial)
 }
 
-pub fn run(root: &Path, args: AdminArgs) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, args: AdminArgs) -> anyhow::Result<()> {
     let explicit = args.coordinator.as_deref();
     match args.command {
         AdminCommand::List { json } => list(root, json, explicit),
@@ -102,6 +104,7 @@ fn list(root: &Path, json: bool, explicit: Option<&str>) -> anyhow::Result<()> {
         root,
         explicit,
         AdminRequest::ListAdmins,
+        Offline::Read,
         |resp| match resp {
             AdminResponse::Admins(list) => Ok(list),
             other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
@@ -185,6 +188,7 @@ fn issue(
             csr_der: csr_der.clone(),
             ttl_secs,
         },
+        Offline::Write,
         |resp| match resp {
             AdminResponse::AdminIssued {
                 info,
@@ -201,9 +205,9 @@ fn issue(
     )
     .with_context(|| format!("issuing admin certificate {name}"))?;
     pki::create_private_dir(&dest.dir)?;
-    pki::write_atomic(&dest.ca_cert(), ca_pem.as_bytes(), 0o644)?;
-    pki::write_atomic(&dest.admin_key(), key.serialize_pem().as_bytes(), 0o600)?;
-    pki::write_atomic(&dest.admin_cert(), cert_pem.as_bytes(), 0o600)?;
+    confined::write_atomic(&dest.ca_cert(), ca_pem.as_bytes(), 0o644)?;
+    confined::write_atomic(&dest.admin_key(), key.serialize_pem().as_bytes(), 0o600)?;
+    confined::write_atomic(&dest.admin_cert(), cert_pem.as_bytes(), 0o600)?;
     println!(
         "issued admin certificate serial {} ({}) valid until {}",
         info.serial,
@@ -225,6 +229,7 @@ fn revoke(root: &Path, cert: &str, explicit: Option<&str>) -> anyhow::Result<()>
         AdminRequest::RevokeAdmin {
             cert: cert.to_string(),
         },
+        Offline::Write,
         |resp| match resp {
             AdminResponse::AdminRevoked(info) => Ok(info),
             other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),

@@ -43,7 +43,7 @@ pub struct BootstrapArgs {
     pub agent_binary: Option<PathBuf>,
 }
 
-pub fn run(root: &Path, cmd: BootstrapCommand) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, cmd: BootstrapCommand) -> anyhow::Result<()> {
     let (args, cloud_init) = match cmd {
         BootstrapCommand::CloudInit(a) => (a, true),
         BootstrapCommand::Script(a) => (a, false),

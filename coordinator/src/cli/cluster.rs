@@ -1,7 +1,7 @@
 //! `seaport run`, `seaport status` and `seaport delete`: install a cluster
 //! image on hosts through their agents, show how every host stands, and put
 //! the hosts back as they were. The coordinator drives the work
-//! (`crate::runs`); these commands ask for it and follow it, so an
+//! (`crate::operations`); these commands ask for it and follow it, so an
 //! interrupted `seaport run` loses nothing: `seaport status` shows the run
 //! going on, and running the same command again continues it.
 
@@ -13,21 +13,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use seaport_shared::cluster::{ClusterName, OperationKind};
+use seaport_shared::env::key_value;
 use seaport_shared::wire::{
     AdminRequest, AdminResponse, ClusterView, HostView, RunRequest, RunState, StepState,
 };
 
+use super::access::runtime;
 use crate::admin::AdminClient;
 
 /// The cluster name when none is given (sealer's default).
-pub const DEFAULT_CLUSTER: &str = "my-cluster";
-
-fn key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
-    }
-}
+pub(super) const DEFAULT_CLUSTER: &str = "my-cluster";
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -44,7 +40,7 @@ pub struct RunArgs {
     pub env: Vec<(String, String)>,
     /// The cluster's name.
     #[arg(long, default_value = DEFAULT_CLUSTER)]
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// Return once the coordinator has accepted the run.
     #[arg(long)]
     pub detach: bool,
@@ -82,7 +78,7 @@ pub struct JoinArgs {
     pub nodes: Vec<String>,
     /// The cluster.
     #[arg(long, default_value = DEFAULT_CLUSTER)]
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// Coordinator address (HOST:PORT); defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
@@ -92,7 +88,7 @@ pub struct JoinArgs {
 pub struct LogsArgs {
     /// The cluster (default: the only one).
     #[arg(long)]
-    pub cluster: Option<String>,
+    pub cluster: Option<ClusterName>,
     /// Only this host.
     #[arg(long)]
     pub host: Option<String>,
@@ -124,7 +120,7 @@ pub struct StatusArgs {
     pub drift: bool,
     /// Only this cluster.
     #[arg(long)]
-    pub cluster: Option<String>,
+    pub cluster: Option<ClusterName>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -141,7 +137,7 @@ pub struct DeleteArgs {
     pub all: bool,
     /// Delete this cluster (with -m/-n: the cluster the hosts leave).
     #[arg(long)]
-    pub cluster: Option<String>,
+    pub cluster: Option<ClusterName>,
     /// Masters to remove from the cluster, comma-separated.
     #[arg(short = 'm', long, value_delimiter = ',')]
     pub masters: Vec<String>,
@@ -160,7 +156,7 @@ pub struct DeleteArgs {
 }
 
 /// The cluster and generation of an accepted operation.
-fn accepted(resp: AdminResponse) -> anyhow::Result<(String, u64)> {
+fn accepted(resp: AdminResponse) -> anyhow::Result<(ClusterName, u64)> {
     match resp {
         AdminResponse::RunAccepted {
             cluster,
@@ -168,12 +164,6 @@ fn accepted(resp: AdminResponse) -> anyhow::Result<(String, u64)> {
         } => Ok((cluster, generation)),
         other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
     }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
 }
 
 async fn clusters(client: &AdminClient) -> anyhow::Result<Vec<ClusterView>> {
@@ -188,7 +178,7 @@ async fn clusters(client: &AdminClient) -> anyhow::Result<Vec<ClusterView>> {
 }
 
 /// `seaport run`.
-pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
     let req = RunRequest {
         cluster: args.cluster.clone(),
         image: args.image.clone(),
@@ -270,7 +260,7 @@ fn drift(root: &Path, args: &StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn only_cluster(views: &[ClusterView]) -> anyhow::Result<String> {
+fn only_cluster(views: &[ClusterView]) -> anyhow::Result<ClusterName> {
     match views {
         [one] => Ok(one.cluster.clone()),
         [] => anyhow::bail!("no clusters"),
@@ -286,13 +276,14 @@ fn only_cluster(views: &[ClusterView]) -> anyhow::Result<String> {
 }
 
 /// `seaport apply -f Clusterfile`.
-pub fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
+pub(super) fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     // Checked here first, so a broken file never reaches the coordinator.
-    let (name, _, warnings) = crate::runs::spec_of_clusterfile(&text)
+    let desired = crate::operations::spec_of_clusterfile(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
-    for w in &warnings {
+    let name = desired.name;
+    for w in &desired.warnings {
         eprintln!("warning: {}: {w}", args.file.display());
     }
     runtime()?.block_on(async {
@@ -313,7 +304,7 @@ pub fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
             print_plan(&plan);
             return Ok(());
         }
-        if plan.operation == "scale down" && !args.yes {
+        if plan.operation == OperationKind::ScaleDown && !args.yes {
             let leaving: Vec<&str> = plan
                 .hosts
                 .iter()
@@ -348,7 +339,7 @@ pub fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
 async fn finish(
     root: &Path,
     explicit: Option<&str>,
-    cluster: &str,
+    cluster: &ClusterName,
     generation: u64,
 ) -> anyhow::Result<()> {
     let view = follow(root, explicit, cluster, generation).await?;
@@ -377,7 +368,7 @@ fn print_plan(p: &seaport_shared::wire::PlannedApply) {
 }
 
 /// `seaport join`.
-pub fn join(root: &Path, args: JoinArgs) -> anyhow::Result<()> {
+pub(super) fn join(root: &Path, args: JoinArgs) -> anyhow::Result<()> {
     if args.masters.is_empty() && args.nodes.is_empty() {
         anyhow::bail!("name hosts to add with -m and/or -n");
     }
@@ -398,7 +389,7 @@ pub fn join(root: &Path, args: JoinArgs) -> anyhow::Result<()> {
 }
 
 /// `seaport logs`.
-pub fn logs(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
+pub(super) fn logs(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
     let views = runtime()?.block_on(async {
         let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
         let v = clusters(&client).await;
@@ -449,7 +440,7 @@ pub fn logs(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
 }
 
 /// `seaport audit`.
-pub fn audit(root: &Path, args: AuditArgs) -> anyhow::Result<()> {
+pub(super) fn audit(root: &Path, args: AuditArgs) -> anyhow::Result<()> {
     let entries = runtime()?.block_on(async {
         let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
         let resp = client
@@ -479,7 +470,7 @@ pub fn audit(root: &Path, args: AuditArgs) -> anyhow::Result<()> {
 }
 
 /// `seaport status`.
-pub fn status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
+pub(super) fn status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
     if args.drift {
         return drift(root, &args);
     }
@@ -510,7 +501,7 @@ pub fn status(root: &Path, args: StatusArgs) -> anyhow::Result<()> {
 }
 
 /// `seaport delete`.
-pub fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
+pub(super) fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
     if !args.masters.is_empty() || !args.nodes.is_empty() {
         let ips: Vec<String> = args.masters.iter().chain(&args.nodes).cloned().collect();
         return runtime()?.block_on(async {
@@ -621,7 +612,7 @@ const RECONNECT_FOR: Duration = Duration::from_secs(120);
 async fn follow(
     root: &Path,
     explicit: Option<&str>,
-    cluster: &str,
+    cluster: &ClusterName,
     generation: u64,
 ) -> anyhow::Result<ClusterView> {
     let mut shown = Progress::new();
@@ -659,7 +650,7 @@ async fn follow(
                 continue;
             }
         };
-        match views.into_iter().find(|v| v.cluster == cluster) {
+        match views.into_iter().find(|v| v.cluster == *cluster) {
             Some(v) if v.generation == generation => {
                 missing_since = None;
                 shown.update(&v);

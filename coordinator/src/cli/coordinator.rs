@@ -44,7 +44,7 @@ pub struct ServeArgs {
     pub require_signed: bool,
 }
 
-pub fn run(root: &Path, cmd: CoordinatorCommand) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, cmd: CoordinatorCommand) -> anyhow::Result<()> {
     match cmd {
         CoordinatorCommand::Init => init(root),
         CoordinatorCommand::Serve(args) => serve(root, args),

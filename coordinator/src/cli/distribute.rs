@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::access::runtime;
 use crate::admin::{self, AdminClient};
-use seaport_shared::transfer::DistributionStatus;
+use seaport_shared::distribution::DistributionStatus;
 use seaport_shared::wire::{AdminRequest, AdminResponse};
 
 #[derive(Debug, clap::Args)]
@@ -48,12 +49,6 @@ pub enum DistributeCommand {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 fn ask(root: &Path, explicit: Option<&str>, req: AdminRequest) -> anyhow::Result<AdminResponse> {
     let Some(addr) = admin::coordinator_addr(root, explicit)? else {
         anyhow::bail!(
@@ -69,7 +64,7 @@ fn ask(root: &Path, explicit: Option<&str>, req: AdminRequest) -> anyhow::Result
     })
 }
 
-pub fn run(root: &Path, args: DistributeArgs) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, args: DistributeArgs) -> anyhow::Result<()> {
     let explicit = args.coordinator.as_deref();
     match args.command {
         Some(DistributeCommand::Status { json }) => {

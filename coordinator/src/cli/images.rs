@@ -1,6 +1,7 @@
 //! `seaport build | images | inspect | tag | rmi | save | load`: thin calls
 //! into `seaport_rootfs`.
 
+use seaport_shared::env::key_value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -21,13 +22,6 @@ fn print_out(text: &str) -> anyhow::Result<()> {
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to stdout"),
-    }
-}
-
-fn key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
 }
 
@@ -73,7 +67,7 @@ pub struct BuildArgs {
     pub context: PathBuf,
 }
 
-pub fn build(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
+pub(super) fn build(root: &Path, args: BuildArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
     // The key opens before the build, so a wrong passphrase costs nothing.
     let sign_key = match &args.sign_key {
@@ -138,7 +132,7 @@ struct ImageRow {
     size: u64,
 }
 
-pub fn images(root: &Path, args: ImagesArgs) -> anyhow::Result<()> {
+pub(super) fn images(root: &Path, args: ImagesArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
     let mut rows = Vec::new();
     for entry in store.list()? {
@@ -210,7 +204,7 @@ pub struct InspectArgs {
     pub trusted_keys: Option<PathBuf>,
 }
 
-pub fn inspect(root: &Path, args: InspectArgs) -> anyhow::Result<()> {
+pub(super) fn inspect(root: &Path, args: InspectArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
     let platform = match &args.platform {
         Some(p) => Some(
@@ -248,7 +242,7 @@ pub struct TagArgs {
     pub target: String,
 }
 
-pub fn tag(root: &Path, args: TagArgs) -> anyhow::Result<()> {
+pub(super) fn tag(root: &Path, args: TagArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
     let image = store.lookup(&args.source)?;
     let target = ImageRef::parse(&args.target)?;
@@ -267,7 +261,7 @@ pub struct RmiArgs {
     pub names: Vec<String>,
 }
 
-pub fn rmi(root: &Path, args: RmiArgs) -> anyhow::Result<()> {
+pub(super) fn rmi(root: &Path, args: RmiArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
     for name in &args.names {
         let image = store.lookup(name)?;
@@ -305,7 +299,7 @@ pub struct SaveArgs {
     pub agent_binary: Option<PathBuf>,
 }
 
-pub fn save(root: &Path, args: SaveArgs) -> anyhow::Result<()> {
+pub(super) fn save(root: &Path, args: SaveArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
     if args.bundle {
         let mut bins = crate::bundle::BundleBinaries::beside_current_exe();
@@ -344,7 +338,7 @@ pub struct LoadArgs {
     pub input: PathBuf,
 }
 
-pub fn load(root: &Path, args: LoadArgs) -> anyhow::Result<()> {
+pub(super) fn load(root: &Path, args: LoadArgs) -> anyhow::Result<()> {
     let store = open_store(root)?;
     let loaded = archive::load(&store, &args.input)?;
     for img in loaded {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod access;
 mod admins;
 mod bootstrap;
 mod cluster;
@@ -107,21 +108,6 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-}
-
-/// Sets up logging to stderr: warnings by default, more with `-v`.
-pub fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Runs one parsed command line.

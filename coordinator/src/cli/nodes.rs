@@ -6,10 +6,9 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::admin::{self, AdminClient, AdminError};
-use crate::ca::CoordinatorPaths;
+use super::access::{with_coordinator, Offline};
 use crate::daemon;
-use crate::state::{StateError, Store};
+use seaport_shared::clock::rfc3339;
 use seaport_shared::wire::{AdminRequest, AdminResponse, NodeAddress, NodeInfo};
 
 #[derive(Debug, clap::Args)]
@@ -76,18 +75,7 @@ struct NodeView {
     memory_total: u64,
 }
 
-/// Unix seconds as RFC 3339 (UTC).
-pub(crate) fn rfc3339(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
-}
-
-pub fn run(root: &Path, args: NodesArgs) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, args: NodesArgs) -> anyhow::Result<()> {
     let explicit = args.coordinator.as_deref();
     match args.command {
         None => list(root, args.json, explicit),
@@ -101,57 +89,12 @@ pub fn run(root: &Path, args: NodesArgs) -> anyhow::Result<()> {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
-async fn ask(root: &Path, addr: &str, req: AdminRequest) -> Result<AdminResponse, AdminError> {
-    let client = AdminClient::connect(root, addr).await?;
-    let resp = client.request(&req).await;
-    client.close().await;
-    resp
-}
-
-/// Runs `req` against the running coordinator, or `offline` on the state
-/// database when no coordinator runs (the database is then not locked).
-pub(super) fn with_coordinator<T>(
-    root: &Path,
-    explicit: Option<&str>,
-    req: AdminRequest,
-    online: impl FnOnce(AdminResponse) -> anyhow::Result<T>,
-    offline: impl FnOnce(&Store) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let db = CoordinatorPaths::new(root).state_db();
-    if let Some(addr) = admin::coordinator_addr(root, explicit)? {
-        match runtime()?.block_on(ask(root, &addr, req)) {
-            Ok(resp) => return online(resp),
-            Err(err @ AdminError::Unreachable { .. }) if explicit.is_none() => {
-                // A coordinator that died leaves its address behind; its
-                // database is unlocked then.
-                match Store::open(&db) {
-                    Ok(store) => return offline(&store),
-                    Err(_) => return Err(err.into()),
-                }
-            }
-            Err(err) => return Err(err.into()),
-        }
-    }
-    match Store::open(&db) {
-        Ok(store) => offline(&store),
-        Err(StateError::Busy(_)) => anyhow::bail!(
-            "the coordinator is running but its address is unknown; pass --coordinator HOST:PORT"
-        ),
-        Err(e) => Err(e.into()),
-    }
-}
-
 fn list(root: &Path, json: bool, explicit: Option<&str>) -> anyhow::Result<()> {
     let nodes = with_coordinator(
         root,
         explicit,
         AdminRequest::ListNodes,
+        Offline::Read,
         |resp| match resp {
             AdminResponse::Nodes(n) => Ok(n),
             other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
@@ -259,6 +202,7 @@ fn remove(root: &Path, node: &str, explicit: Option<&str>) -> anyhow::Result<()>
         AdminRequest::RemoveNode {
             node: node.to_string(),
         },
+        Offline::Write,
         |resp| match resp {
             AdminResponse::Removed { node_id } => Ok(node_id),
             other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
@@ -295,6 +239,7 @@ fn approve(
         root,
         explicit,
         req,
+        Offline::Write,
         |resp| match resp {
             AdminResponse::Approved {
                 node_id,

@@ -72,7 +72,7 @@ pub struct LoginArgs {
     pub connection: ConnectionArgs,
 }
 
-pub fn login(root: &Path, args: LoginArgs) -> anyhow::Result<()> {
+pub(super) fn login(root: &Path, args: LoginArgs) -> anyhow::Result<()> {
     let password = match (args.password, args.password_stdin) {
         (Some(p), _) => p,
         (None, true) => {
@@ -112,7 +112,7 @@ pub struct LogoutArgs {
     pub registry: String,
 }
 
-pub fn logout(_root: &Path, args: LogoutArgs) -> anyhow::Result<()> {
+pub(super) fn logout(_root: &Path, args: LogoutArgs) -> anyhow::Result<()> {
     let store = credential_store()?;
     if store.remove(&args.registry)? {
         println!("Removed the credentials for {}", args.registry);
@@ -130,7 +130,7 @@ pub struct PushArgs {
     pub connection: ConnectionArgs,
 }
 
-pub fn push(root: &Path, args: PushArgs) -> anyhow::Result<()> {
+pub(super) fn push(root: &Path, args: PushArgs) -> anyhow::Result<()> {
     let image = ImageRef::parse(&args.name)?;
     let store = Store::open(root)?;
     let client = client_for(root, image.registry(), &args.connection)?;
@@ -170,7 +170,7 @@ pub struct PullArgs {
     pub connection: ConnectionArgs,
 }
 
-pub fn pull(root: &Path, args: PullArgs) -> anyhow::Result<()> {
+pub(super) fn pull(root: &Path, args: PullArgs) -> anyhow::Result<()> {
     let image = ImageRef::parse(&args.name)?;
     let platform = match &args.platform {
         Some(p) => Some(

@@ -12,7 +12,7 @@ use seaport_rootfs::signing::{self, SigningKey, TrustedKeys};
 use seaport_rootfs::store::Store;
 
 /// The environment variable holding a private key's passphrase.
-pub const PASSWORD_ENV: &str = "SEAPORT_KEY_PASSWORD";
+pub(super) const PASSWORD_ENV: &str = "SEAPORT_KEY_PASSWORD";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum KeyCommand {
@@ -25,7 +25,7 @@ pub enum KeyCommand {
     },
 }
 
-pub fn key(cmd: KeyCommand) -> anyhow::Result<()> {
+pub(super) fn key(cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
         KeyCommand::Generate { output } => {
             let (private, _) = signing::key_pair_paths(&output);
@@ -50,14 +50,14 @@ pub struct SignArgs {
     pub image: String,
 }
 
-pub fn sign(root: &Path, args: SignArgs) -> anyhow::Result<()> {
+pub(super) fn sign(root: &Path, args: SignArgs) -> anyhow::Result<()> {
     let key = load_key(&args.key)?;
     let store = Store::open(root)?;
     sign_image(&store, &key, &args.image)
 }
 
 /// Opens a private key, asking for its passphrase.
-pub fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
+pub(super) fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
     if !path.is_file() {
         bail!("{}: no such key file", path.display());
     }
@@ -66,7 +66,7 @@ pub fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
 }
 
 /// Signs the image `name` of `store` with `key` and prints what it signed.
-pub fn sign_image(store: &Store, key: &SigningKey, name: &str) -> anyhow::Result<()> {
+pub(super) fn sign_image(store: &Store, key: &SigningKey, name: &str) -> anyhow::Result<()> {
     let image = store.image(name)?;
     let subject = image.digest();
     let existing = signing::stored(store, &subject)?;
@@ -87,7 +87,7 @@ pub fn sign_image(store: &Store, key: &SigningKey, name: &str) -> anyhow::Result
 }
 
 /// Reads `--trusted-keys DIR`, naming the flag in errors.
-pub fn trusted_keys(dir: &Path) -> anyhow::Result<TrustedKeys> {
+pub(super) fn trusted_keys(dir: &Path) -> anyhow::Result<TrustedKeys> {
     TrustedKeys::load_dir(dir).with_context(|| format!("--trusted-keys {}", dir.display()))
 }
 

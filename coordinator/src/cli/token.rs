@@ -10,6 +10,8 @@ use crate::daemon::read_serve_info;
 use crate::tokens;
 use seaport_shared::wire::{AdminRequest, AdminResponse, TokenGrant};
 
+use super::access::{with_coordinator, Offline};
+
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {
     /// Create a join token and print it with the CA pin.
@@ -38,7 +40,7 @@ pub struct CreateArgs {
     pub coordinator: Option<String>,
 }
 
-pub fn run(root: &Path, cmd: TokenCommand) -> anyhow::Result<()> {
+pub(super) fn run(root: &Path, cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::Create(args) => create(root, args),
     }
@@ -46,7 +48,7 @@ pub fn run(root: &Path, cmd: TokenCommand) -> anyhow::Result<()> {
 
 fn create(root: &Path, args: CreateArgs) -> anyhow::Result<()> {
     let ttl_secs = args.ttl.as_secs();
-    let grant = super::nodes::with_coordinator(
+    let grant = with_coordinator(
         root,
         args.coordinator.as_deref(),
         AdminRequest::CreateToken {
@@ -54,6 +56,7 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<()> {
             uses: args.uses,
             node: args.node.clone(),
         },
+        Offline::Write,
         |resp| match resp {
             AdminResponse::Token(grant) => Ok(grant),
             other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
@@ -70,7 +73,7 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<()> {
         },
     )
     .context("creating a join token")?;
-    let expires = super::nodes::rfc3339(grant.expires_at);
+    let expires = seaport_shared::clock::rfc3339(grant.expires_at);
     if args.json {
         let out = serde_json::json!({
             "token": grant.token,

@@ -7,9 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Deserialize;
 use serde_norway::Value;
 
+use seaport_shared::cluster::ClusterName;
+
 use super::error::{ClusterfileError, DocRef, ErrorKind, Warning};
 use super::fields::{env_list, ip_list, string_list, string_map, taint_list, Doc};
-use super::plugin::TaintOp;
+use super::taint::TaintOp;
 use crate::plan::{HostRole, HostSpec};
 
 /// sealer's default local registry domain.
@@ -436,7 +438,7 @@ pub(crate) fn from_doc(
     let raw_policy = spec.image_policy.unwrap_or_default();
     for (i, key) in raw_policy.trusted_keys.iter().enumerate() {
         seaport_rootfs::signing::PublicKey::from_pem(key)
-            .map_err(|m| invalid(format!("spec.imagePolicy.trustedKeys[{i}]"), m))?;
+            .map_err(|e| invalid(format!("spec.imagePolicy.trustedKeys[{i}]"), e.to_string()))?;
     }
     let image_policy = ImagePolicy {
         require_signed: raw_policy.require_signed.unwrap_or(false),
@@ -445,7 +447,7 @@ pub(crate) fn from_doc(
 
     let name = doc.metadata.name;
     if !name.is_empty() {
-        check_cluster_name(&name).map_err(|m| invalid("metadata.name".into(), m))?;
+        ClusterName::parse(&name).map_err(|e| invalid("metadata.name".into(), e.to_string()))?;
     }
     Ok(Cluster {
         document: Some(at.clone()),
@@ -464,23 +466,6 @@ pub(crate) fn from_doc(
         data_root: non_empty(spec.data_root),
         image_policy,
     })
-}
-
-/// The cluster's name names directories on every host: keep it to one safe
-/// path component.
-fn check_cluster_name(name: &str) -> Result<(), String> {
-    let ok = name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid cluster name: use letters, digits, '-', '_' and '.', starting with a letter or digit"
-        ))
-    }
 }
 
 // ---- resolved ---------------------------------------------------------
@@ -551,7 +536,7 @@ pub struct ResolvedLocalRegistry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvedCluster {
     /// The cluster's name.
-    pub name: String,
+    pub name: ClusterName,
     /// The cluster image.
     pub image: String,
     /// Every host, in Clusterfile order.
@@ -622,8 +607,8 @@ impl Cluster {
                 "the cluster needs a name".into(),
             ));
         }
-        check_cluster_name(&self.name)
-            .map_err(|m| err(ErrorKind::InvalidValue, "metadata.name", m))?;
+        let name = ClusterName::parse(&self.name)
+            .map_err(|e| err(ErrorKind::InvalidValue, "metadata.name", e.to_string()))?;
         if self.image.trim().is_empty() {
             return Err(err(
                 ErrorKind::MissingField,
@@ -734,7 +719,7 @@ impl Cluster {
             }
         };
         Ok(ResolvedCluster {
-            name: self.name.clone(),
+            name,
             image: self.image.clone(),
             hosts,
             master0,
@@ -837,9 +822,25 @@ fn registry_url(domain: &str, port: Option<u16>) -> String {
 }
 
 /// The address `index` after a CIDR's network address, if inside it.
-fn index_ip(cidr: &str, index: u128) -> Result<IpAddr, String> {
+/// A CIDR that does not hold the address asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum CidrError {
+    /// Not a CIDR.
+    #[error("{0:?} is not a CIDR such as 10.96.0.0/16")]
+    NotACidr(String),
+    /// Too small.
+    #[error("{cidr:?} is too small to hold address number {index}")]
+    TooSmall {
+        /// The CIDR.
+        cidr: String,
+        /// The index.
+        index: u128,
+    },
+}
+
+fn index_ip(cidr: &str, index: u128) -> Result<IpAddr, CidrError> {
     let cidr = cidr.trim();
-    let bad = || format!("{cidr:?} is not a CIDR such as 10.96.0.0/16");
+    let bad = || CidrError::NotACidr(cidr.to_string());
     let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
     let addr: IpAddr = addr.parse().map_err(|_| bad())?;
     let len: u32 = len.parse().map_err(|_| bad())?;
@@ -859,9 +860,10 @@ fn index_ip(cidr: &str, index: u128) -> Result<IpAddr, String> {
     };
     let size_ok = host_bits >= 128 || index < (1u128 << host_bits);
     if !size_ok {
-        return Err(format!(
-            "{cidr:?} is too small to hold address number {index}"
-        ));
+        return Err(CidrError::TooSmall {
+            cidr: cidr.to_string(),
+            index,
+        });
     }
     let n = network + index;
     Ok(match addr {
@@ -896,6 +898,7 @@ mod tests {
         );
         assert!(index_ip("10.96.0.0/29", 10)
             .unwrap_err()
+            .to_string()
             .contains("too small"));
         assert!(index_ip("10.96.0.0", 1).is_err());
         assert!(index_ip("10.96.0.0/33", 1).is_err());

@@ -136,13 +136,14 @@ impl Config {
                 }
                 Processor::ToSecret => continue,
                 Processor::ToJson if per_value => self.each_value(&data, "toJson", |v| {
-                    yaml_to_json(v).map_err(|e| ("YAML convertible to JSON", e))
+                    yaml_to_json(v).map_err(|e| ("YAML convertible to JSON", e.to_string()))
                 })?,
                 Processor::ToJson => {
                     let value: Value = serde_norway::from_str(&data)
                         .map_err(|e| self.data_err("toJson", "YAML", e.to_string()))?;
-                    yaml_to_json(&value)
-                        .map_err(|e| self.data_err("toJson", "YAML convertible to JSON", e))?
+                    yaml_to_json(&value).map_err(|e| {
+                        self.data_err("toJson", "YAML convertible to JSON", e.to_string())
+                    })?
                 }
                 Processor::ToBase64 if per_value => self.each_value(&data, "toBase64", |v| {
                     scalar_text(v)
@@ -335,9 +336,18 @@ fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
+/// YAML that has no JSON form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NoJson {
+    #[error("{0} has no JSON form")]
+    Number(String),
+    #[error("a mapping key is not a scalar")]
+    Key,
+}
+
 /// YAML to compact JSON with sorted keys, as sealer's YAMLToJSON writes it.
-fn yaml_to_json(v: &Value) -> Result<String, String> {
-    fn convert(v: &Value) -> Result<serde_json::Value, String> {
+fn yaml_to_json(v: &Value) -> Result<String, NoJson> {
+    fn convert(v: &Value) -> Result<serde_json::Value, NoJson> {
         Ok(match v {
             Value::Null => serde_json::Value::Null,
             Value::Bool(b) => serde_json::Value::Bool(*b),
@@ -350,7 +360,7 @@ fn yaml_to_json(v: &Value) -> Result<String, String> {
                     let f = n.as_f64().unwrap_or(f64::NAN);
                     serde_json::Number::from_f64(f)
                         .map(serde_json::Value::Number)
-                        .ok_or_else(|| format!("{n} has no JSON form"))?
+                        .ok_or_else(|| NoJson::Number(n.to_string()))?
                 }
             }
             Value::String(s) => serde_json::Value::String(s.clone()),
@@ -360,7 +370,7 @@ fn yaml_to_json(v: &Value) -> Result<String, String> {
             Value::Mapping(m) => {
                 let mut entries = Vec::new();
                 for (k, v) in m {
-                    let key = scalar_text(k).ok_or("a mapping key is not a scalar")?;
+                    let key = scalar_text(k).ok_or(NoJson::Key)?;
                     entries.push((key, convert(v)?));
                 }
                 entries.sort_by(|a, b| a.0.cmp(&b.0));
@@ -381,15 +391,24 @@ fn relative(path: &str) -> PathBuf {
         .collect()
 }
 
-fn check_path(path: &str) -> Result<(), String> {
+/// A Config path that names no file of the rootfs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum BadPath {
+    #[error("{0:?} leaves the rootfs: '..' is not allowed")]
+    Leaves(String),
+    #[error("{0:?} names no file")]
+    NoFile(String),
+}
+
+fn check_path(path: &str) -> Result<(), BadPath> {
     if Path::new(path)
         .components()
         .any(|c| matches!(c, Component::ParentDir))
     {
-        return Err(format!("{path:?} leaves the rootfs: '..' is not allowed"));
+        return Err(BadPath::Leaves(path.to_string()));
     }
     if relative(path).as_os_str().is_empty() {
-        return Err(format!("{path:?} names no file"));
+        return Err(BadPath::NoFile(path.to_string()));
     }
     Ok(())
 }
@@ -427,7 +446,7 @@ pub(crate) fn from_doc(
             "a config needs the path of the file it writes".into(),
         ));
     }
-    check_path(&path).map_err(|m| err(ErrorKind::InvalidValue, "spec.path", m))?;
+    check_path(&path).map_err(|e| err(ErrorKind::InvalidValue, "spec.path", e.to_string()))?;
     let data = spec.data.unwrap_or_default();
     if data.is_empty() {
         return Err(err(

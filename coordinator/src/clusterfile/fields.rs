@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 use serde_norway::Value;
 
 use super::ip;
-use super::plugin::{parse_taint, TaintOp};
+use super::taint::{parse_taint, TaintOp};
 
 /// A document's `metadata` (Kubernetes ObjectMeta). Seaport keeps the name,
 /// labels and annotations; the other standard fields, which sealer writes
@@ -94,20 +94,25 @@ pub(crate) fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// An env entry that is not `KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("env entry {0:?} is not KEY=VALUE")]
+pub(crate) struct EnvEntryError(String);
+
 /// Splits one `KEY=VALUE` env entry (the value may contain `=`).
-pub(crate) fn parse_env(entry: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_env(entry: &str) -> Result<(String, String), EnvEntryError> {
     match entry.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("env entry {entry:?} is not KEY=VALUE")),
+        _ => Err(EnvEntryError(entry.to_string())),
     }
 }
 
 /// Deserializes a string through `parse`. The error is raised while the
 /// parser is on the string itself, so it carries that entry's path
 /// (`spec.hosts[0].ips[1]`) and position.
-struct StrWith<T>(fn(&str) -> Result<T, String>);
+struct StrWith<T, P>(fn(&str) -> Result<T, P>);
 
-impl<'de, T> de::Visitor<'de> for StrWith<T> {
+impl<'de, T, P: fmt::Display> de::Visitor<'de> for StrWith<T, P> {
     type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -131,9 +136,7 @@ struct IpEntry(Vec<IpAddr>);
 
 impl<'de> Deserialize<'de> for IpEntry {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(StrWith(|s| {
-            ip::expand_entry(s).map(IpEntry).map_err(|e| e.to_string())
-        }))
+        d.deserialize_str(StrWith(|s| ip::expand_entry(s).map(IpEntry)))
     }
 }
 

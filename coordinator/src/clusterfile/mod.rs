@@ -29,6 +29,7 @@ mod error;
 mod fields;
 pub mod ip;
 mod plugin;
+mod taint;
 #[cfg(test)]
 mod tests;
 
@@ -46,10 +47,11 @@ pub use cluster::{
 pub use config::{Config, ConfigError, Processor, Strategy, APP_ROOT};
 pub use error::{ClusterfileError, DocRef, ErrorKind, Warning};
 pub use plugin::{
-    parse_taint, phases_at, plugin_runs, Generation, HostFacts, HostSelector, LabelLine, Operation,
-    Phase, PhaseTarget, Plugin, PluginData, PluginRun, PluginType, ShellDir, Stage, TaintEffect,
-    TaintLine, TaintOp,
+    phases_at, plugin_runs, DataError, DataLineError, Generation, HostFacts, HostSelector,
+    LabelLine, Operation, Phase, PhaseTarget, Plugin, PluginData, PluginRun, PluginType,
+    SelectorError, ShellDir, Stage, TaintLine,
 };
+pub use taint::{parse_taint, BadKey, TaintEffect, TaintError, TaintOp};
 
 use fields::Doc;
 

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use super::error::{ClusterfileError, DocRef, ErrorKind, Warning};
 use super::fields::Doc;
 use super::ip;
+use super::taint::{check_key, parse_taint, BadKey, TaintError, TaintOp};
 
 /// What a plugin does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -389,7 +390,7 @@ impl HostSelector {
     }
 
     /// sealer 0.8's `spec.on`.
-    fn parse_on(on: &str) -> Result<Self, String> {
+    fn parse_on(on: &str) -> Result<Self, SelectorError> {
         let on = on.trim();
         if on.is_empty() {
             return Ok(HostSelector::All);
@@ -401,7 +402,7 @@ impl HostSelector {
                     Some((k, v)) if !k.trim().is_empty() && !v.contains('=') => {
                         labels.push((k.trim().to_string(), v.trim().to_string()))
                     }
-                    _ => return Err(format!("{part:?} is not a label selector KEY=VALUE")),
+                    _ => return Err(SelectorError::Label(part.to_string())),
                 }
             }
             return Ok(HostSelector::Labels(labels));
@@ -410,9 +411,7 @@ impl HostSelector {
             return Ok(HostSelector::Master0);
         }
         if on.starts_with(|c: char| c.is_ascii_digit()) || on.contains(':') {
-            return ip::expand_list(on)
-                .map(HostSelector::Ips)
-                .map_err(|e| e.to_string());
+            return Ok(HostSelector::Ips(ip::expand_list(on)?));
         }
         Ok(HostSelector::Roles(split_roles(on)))
     }
@@ -424,129 +423,6 @@ fn split_roles(s: &str) -> Vec<String> {
         .filter(|r| !r.is_empty())
         .map(str::to_string)
         .collect()
-}
-
-// ---- taints -----------------------------------------------------------
-
-/// A taint's effect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TaintEffect {
-    /// `NoSchedule`.
-    NoSchedule,
-    /// `PreferNoSchedule`.
-    PreferNoSchedule,
-    /// `NoExecute`.
-    NoExecute,
-}
-
-impl TaintEffect {
-    fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "NoSchedule" => Ok(TaintEffect::NoSchedule),
-            "PreferNoSchedule" => Ok(TaintEffect::PreferNoSchedule),
-            "NoExecute" => Ok(TaintEffect::NoExecute),
-            _ => Err(format!(
-                "taint effect {s:?} is not NoSchedule, PreferNoSchedule or NoExecute"
-            )),
-        }
-    }
-
-    /// The name Kubernetes uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            TaintEffect::NoSchedule => "NoSchedule",
-            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
-            TaintEffect::NoExecute => "NoExecute",
-        }
-    }
-}
-
-/// A taint to add or remove, in `kubectl taint` syntax.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TaintOp {
-    /// `key=value:Effect` or `key:Effect`.
-    Add {
-        /// Key.
-        key: String,
-        /// Value (may be empty).
-        value: String,
-        /// Effect.
-        effect: TaintEffect,
-    },
-    /// `key:Effect-` (that effect only) or `key-` (every effect).
-    Remove {
-        /// Key.
-        key: String,
-        /// The effect, or every one.
-        effect: Option<TaintEffect>,
-    },
-}
-
-impl fmt::Display for TaintOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TaintOp::Add { key, value, effect } if value.is_empty() => {
-                write!(f, "{key}:{}", effect.name())
-            }
-            TaintOp::Add { key, value, effect } => write!(f, "{key}={value}:{}", effect.name()),
-            TaintOp::Remove {
-                key,
-                effect: Some(e),
-            } => write!(f, "{key}:{}-", e.name()),
-            TaintOp::Remove { key, effect: None } => write!(f, "{key}-"),
-        }
-    }
-}
-
-fn check_key(key: &str, what: &str) -> Result<(), String> {
-    if key.is_empty() || key.contains(|c: char| c.is_whitespace() || matches!(c, '=' | ':' | ',')) {
-        Err(format!(
-            "{what} key {key:?} is empty or contains whitespace, '=', ':' or ','"
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-/// Parses one taint as sealer and `kubectl taint` write it:
-/// `key=value:Effect`, `key:Effect`, `key=:Effect`, `key:Effect-`, `key-`.
-pub fn parse_taint(s: &str) -> Result<TaintOp, String> {
-    let s = s.trim();
-    if let Some(rest) = s.strip_suffix('-') {
-        return match rest.split_once(':') {
-            Some((kv, effect)) => {
-                let key = kv.split_once('=').map_or(kv, |(k, _)| k);
-                check_key(key, "taint")?;
-                Ok(TaintOp::Remove {
-                    key: key.to_string(),
-                    effect: Some(TaintEffect::parse(effect)?),
-                })
-            }
-            None if rest.contains('=') => Err(format!(
-                "taint {s:?}: to remove a taint write KEY- or KEY:EFFECT-"
-            )),
-            None => {
-                check_key(rest, "taint")?;
-                Ok(TaintOp::Remove {
-                    key: rest.to_string(),
-                    effect: None,
-                })
-            }
-        };
-    }
-    let (kv, effect) = s
-        .split_once(':')
-        .ok_or_else(|| format!("taint {s:?} is not KEY=VALUE:EFFECT"))?;
-    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
-    check_key(key, "taint")?;
-    if value.contains(|c: char| c.is_whitespace() || matches!(c, '=' | ':')) {
-        return Err(format!("taint {s:?} has an invalid value {value:?}"));
-    }
-    Ok(TaintOp::Add {
-        key: key.to_string(),
-        value: value.to_string(),
-        effect: TaintEffect::parse(effect)?,
-    })
 }
 
 // ---- data -------------------------------------------------------------
@@ -590,17 +466,75 @@ fn data_lines(data: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
     })
 }
 
-fn two_fields<'a>(n: usize, fields: &[&'a str], form: &str) -> Result<(&'a str, &'a str), String> {
+/// Why `spec.on` selects nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    /// Not `KEY=VALUE`.
+    #[error("{0:?} is not a label selector KEY=VALUE")]
+    Label(String),
+    /// Not IPs.
+    #[error(transparent)]
+    Ip(#[from] ip::IpError),
+}
+
+/// What is wrong with a line of a LABEL, TAINT or HOSTNAME plugin's data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataLineError {
+    /// Not two fields.
+    #[error("expected `{form}`, got {got:?}")]
+    Fields {
+        /// The form wanted.
+        form: &'static str,
+        /// The line.
+        got: String,
+    },
+    /// Not IPs.
+    #[error(transparent)]
+    Ip(#[from] ip::IpError),
+    /// A label that is not `KEY=VALUE`.
+    #[error("label {0:?} is not KEY=VALUE")]
+    Label(String),
+    /// A bad label key.
+    #[error(transparent)]
+    Key(#[from] BadKey),
+    /// A bad taint.
+    #[error(transparent)]
+    Taint(#[from] TaintError),
+    /// Not one IP.
+    #[error("{0:?} is not an IP address")]
+    NotAnIp(String),
+    /// Not a host name.
+    #[error("{0:?} is not a valid host name")]
+    Hostname(String),
+    /// One host named twice.
+    #[error("{0} is given a name twice")]
+    Twice(IpAddr),
+}
+
+/// A line of plugin data that is wrong, and its number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {error}")]
+pub struct DataError {
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong.
+    pub error: DataLineError,
+}
+
+fn two_fields<'a>(
+    fields: &[&'a str],
+    form: &'static str,
+) -> Result<(&'a str, &'a str), DataLineError> {
     match fields {
         [a, b] => Ok((a, b)),
-        _ => Err(format!(
-            "line {n}: expected `{form}`, got {:?}",
-            fields.join(" ")
-        )),
+        _ => Err(DataLineError::Fields {
+            form,
+            got: fields.join(" "),
+        }),
     }
 }
 
-fn check_hostname(name: &str) -> Result<(), String> {
+fn check_hostname(name: &str) -> Result<(), DataLineError> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
@@ -613,12 +547,44 @@ fn check_hostname(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{name:?} is not a valid host name"))
+        Err(DataLineError::Hostname(name.to_string()))
     }
 }
 
+fn label_line(fields: &[&str]) -> Result<LabelLine, DataLineError> {
+    let (ips, labels) = two_fields(fields, "IPS KEY=VALUE,KEY=VALUE")?;
+    let ips = ip::expand_list(ips)?;
+    let mut kvs = Vec::new();
+    for kv in labels.split(',').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| DataLineError::Label(kv.to_string()))?;
+        check_key(k, "label")?;
+        kvs.push((k.to_string(), v.to_string()));
+    }
+    Ok(LabelLine { ips, labels: kvs })
+}
+
+fn taint_line(fields: &[&str]) -> Result<TaintLine, DataLineError> {
+    let (ips, taint) = two_fields(fields, "IPS KEY=VALUE:EFFECT")?;
+    Ok(TaintLine {
+        ips: ip::expand_list(ips)?,
+        taint: parse_taint(taint)?,
+    })
+}
+
+fn hostname_line(fields: &[&str]) -> Result<(IpAddr, String), DataLineError> {
+    let (ip, name) = two_fields(fields, "IP HOSTNAME")?;
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| DataLineError::NotAnIp(ip.to_string()))?;
+    check_hostname(name)?;
+    Ok((ip, name.to_string()))
+}
+
 impl PluginData {
-    fn parse(kind: PluginType, data: &str) -> Result<Self, String> {
+    fn parse(kind: PluginType, data: &str) -> Result<Self, DataError> {
+        let at = |line| move |error| DataError { line, error };
         match kind {
             PluginType::Shell => Ok(PluginData::Shell(
                 data.strip_suffix('\n').unwrap_or(data).to_string(),
@@ -626,43 +592,25 @@ impl PluginData {
             PluginType::Label => {
                 let mut lines = Vec::new();
                 for (n, fields) in data_lines(data) {
-                    let (ips, labels) = two_fields(n, &fields, "IPS KEY=VALUE,KEY=VALUE")?;
-                    let ips = ip::expand_list(ips).map_err(|e| format!("line {n}: {e}"))?;
-                    let mut kvs = Vec::new();
-                    for kv in labels.split(',').filter(|kv| !kv.is_empty()) {
-                        let (k, v) = kv
-                            .split_once('=')
-                            .ok_or_else(|| format!("line {n}: label {kv:?} is not KEY=VALUE"))?;
-                        check_key(k, "label").map_err(|e| format!("line {n}: {e}"))?;
-                        kvs.push((k.to_string(), v.to_string()));
-                    }
-                    lines.push(LabelLine { ips, labels: kvs });
+                    lines.push(label_line(&fields).map_err(at(n))?);
                 }
                 Ok(PluginData::Labels(lines))
             }
             PluginType::Taint => {
                 let mut lines = Vec::new();
                 for (n, fields) in data_lines(data) {
-                    let (ips, taint) = two_fields(n, &fields, "IPS KEY=VALUE:EFFECT")?;
-                    lines.push(TaintLine {
-                        ips: ip::expand_list(ips).map_err(|e| format!("line {n}: {e}"))?,
-                        taint: parse_taint(taint).map_err(|e| format!("line {n}: {e}"))?,
-                    });
+                    lines.push(taint_line(&fields).map_err(at(n))?);
                 }
                 Ok(PluginData::Taints(lines))
             }
             PluginType::Hostname => {
                 let mut names: Vec<(IpAddr, String)> = Vec::new();
                 for (n, fields) in data_lines(data) {
-                    let (ip, name) = two_fields(n, &fields, "IP HOSTNAME")?;
-                    let ip: IpAddr = ip
-                        .parse()
-                        .map_err(|_| format!("line {n}: {ip:?} is not an IP address"))?;
-                    check_hostname(name).map_err(|e| format!("line {n}: {e}"))?;
+                    let (ip, name) = hostname_line(&fields).map_err(at(n))?;
                     if names.iter().any(|(seen, _)| *seen == ip) {
-                        return Err(format!("line {n}: {ip} is given a name twice"));
+                        return Err(at(n)(DataLineError::Twice(ip)));
                     }
-                    names.push((ip, name.to_string()));
+                    names.push((ip, name));
                 }
                 Ok(PluginData::Hostnames(names))
             }
@@ -906,9 +854,8 @@ pub(crate) fn from_doc(
                 "give either spec.on or spec.scope, not both".into(),
             ))
         }
-        (false, true) => {
-            HostSelector::parse_on(&on).map_err(|m| err(ErrorKind::InvalidValue, "spec.on", m))?
-        }
+        (false, true) => HostSelector::parse_on(&on)
+            .map_err(|e| err(ErrorKind::InvalidValue, "spec.on", e.to_string()))?,
         (true, false) => HostSelector::Roles(split_roles(&scope)),
         (true, true) => HostSelector::All,
     };
@@ -929,7 +876,7 @@ pub(crate) fn from_doc(
 
     let data_text = spec.data.unwrap_or_default();
     let data = PluginData::parse(kind, &data_text)
-        .map_err(|m| err(ErrorKind::InvalidValue, "spec.data", m))?;
+        .map_err(|e| err(ErrorKind::InvalidValue, "spec.data", e.to_string()))?;
     if data_text.trim().is_empty() {
         warn(
             warnings,
@@ -950,65 +897,6 @@ pub(crate) fn from_doc(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn taints_in_every_form_sealer_accepts() {
-        let add = |k: &str, v: &str, e| TaintOp::Add {
-            key: k.into(),
-            value: v.into(),
-            effect: e,
-        };
-        assert_eq!(
-            parse_taint("key1=value1:NoSchedule").unwrap(),
-            add("key1", "value1", TaintEffect::NoSchedule)
-        );
-        assert_eq!(
-            parse_taint("key3:NoExecute").unwrap(),
-            add("key3", "", TaintEffect::NoExecute)
-        );
-        assert_eq!(
-            parse_taint("key5=:PreferNoSchedule").unwrap(),
-            add("key5", "", TaintEffect::PreferNoSchedule)
-        );
-        assert_eq!(
-            parse_taint("node-role.kubernetes.io/master:NoSchedule-").unwrap(),
-            TaintOp::Remove {
-                key: "node-role.kubernetes.io/master".into(),
-                effect: Some(TaintEffect::NoSchedule)
-            }
-        );
-        assert_eq!(
-            parse_taint("key2=value2:NoSchedule-").unwrap(),
-            TaintOp::Remove {
-                key: "key2".into(),
-                effect: Some(TaintEffect::NoSchedule)
-            }
-        );
-        assert_eq!(
-            parse_taint("key7-").unwrap(),
-            TaintOp::Remove {
-                key: "key7".into(),
-                effect: None
-            }
-        );
-        for (text, shown) in [
-            ("k=v:NoSchedule", "k=v:NoSchedule"),
-            ("k:NoExecute-", "k:NoExecute-"),
-            ("k-", "k-"),
-            ("k=:NoSchedule", "k:NoSchedule"),
-        ] {
-            assert_eq!(parse_taint(text).unwrap().to_string(), shown);
-        }
-        assert!(parse_taint("key1=value1:Sometimes")
-            .unwrap_err()
-            .contains("NoSchedule, PreferNoSchedule or NoExecute"));
-        assert!(parse_taint("key1=value1")
-            .unwrap_err()
-            .contains("KEY=VALUE:EFFECT"));
-        assert!(parse_taint(":NoSchedule").is_err());
-        assert!(parse_taint("a=b=c:NoSchedule").is_err());
-        assert!(parse_taint("a=b-").is_err());
-    }
 
     #[test]
     fn every_phase_name_round_trips_and_knows_its_generation() {

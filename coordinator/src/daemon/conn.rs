@@ -24,16 +24,18 @@ use seaport_shared::codec::{self, CodecError};
 use seaport_shared::pki::{self, CertInfo, JoinToken, Role};
 use seaport_shared::tls;
 use seaport_shared::wire::{
-    self, AdminCertInfo, AdminRequest, AdminResponse, AgentMessage, CoordinatorMessage,
-    EnrollRequest, EnrollResponse, StreamKind, TokenGrant, WireError, CONTROL_FRAME_LIMIT,
-    ENROLL_FRAME_LIMIT,
+    self, AdminRequest, AdminResponse, AgentMessage, CoordinatorMessage, EnrollRequest,
+    EnrollResponse, StreamKind, WireError, CONTROL_FRAME_LIMIT, ENROLL_FRAME_LIMIT,
 };
 
+use seaport_shared::clock::now_unix;
+use seaport_shared::wire::close;
+
+use super::admin_api::admin_request;
 use super::limits::SourceSlot;
-use super::{close, node_infos, now_unix, Shared};
-use crate::ca::{self, Ca, CaError};
-use crate::runs::Want;
-use crate::state::{AdminRecord, Issued, StateError};
+use super::shared::Shared;
+use crate::ca::{Ca, CaError};
+use crate::state::{Issued, StateError};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,13 +120,32 @@ fn protocol_error(conn: &quinn::Connection, what: &dyn std::fmt::Display) {
     );
 }
 
+/// Why a stream is refused (told to the peer in the hello reply).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error("{0}")]
+    Version(WireError),
+    #[error("this connection has no client certificate: only enrollment is allowed")]
+    EnrollmentOnly,
+    #[error("this session already has a control stream")]
+    SecondControl,
+    #[error("permission denied: admin operations need the admin certificate, not node {0}'s")]
+    NodeIsNotAdmin(String),
+    #[error("already enrolled: enrollment is for connections without a certificate")]
+    AlreadyEnrolled,
+    #[error("task streams go from the coordinator to agents")]
+    TasksGoToAgents,
+    #[error("the admin certificate is for admin streams only")]
+    AdminStreamsOnly,
+}
+
 /// Reads a stream's hello. A wrong version or a kind the caller refuses gets
 /// a refusal on the stream; garbage closes the connection.
 async fn accept_stream(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
-    allowed: impl Fn(StreamKind) -> Result<(), String>,
+    allowed: impl Fn(StreamKind) -> Result<(), Refusal>,
 ) -> Option<StreamKind> {
     let hello = match timeout(STREAM_TIMEOUT, wire::read_hello(recv)).await {
         Ok(Ok(h)) => h,
@@ -143,7 +164,7 @@ async fn accept_stream(
     };
     let verdict = hello
         .check_version()
-        .map_err(|e| e.to_string())
+        .map_err(Refusal::Version)
         .and_then(|()| allowed(hello.kind));
     match verdict {
         Ok(()) => {
@@ -152,7 +173,8 @@ async fn accept_stream(
             }
             Some(hello.kind)
         }
-        Err(reason) => {
+        Err(refusal) => {
+            let reason = refusal.to_string();
             info!(%reason, kind = ?hello.kind, "stream refused");
             let _ = wire::refuse_hello(send, &reason).await;
             let _ = send.finish();
@@ -193,9 +215,7 @@ async fn anonymous(shared: Arc<Shared>, conn: quinn::Connection) {
         };
         let kind = accept_stream(&conn, &mut send, &mut recv, |kind| match kind {
             StreamKind::Enroll => Ok(()),
-            _ => Err(
-                "this connection has no client certificate: only enrollment is allowed".to_string(),
-            ),
+            _ => Err(Refusal::EnrollmentOnly),
         })
         .await;
         if kind.is_none() {
@@ -262,7 +282,7 @@ async fn enroll(shared: &Arc<Shared>, req: EnrollRequest) -> EnrollResponse {
         let shared = task_shared;
         shared
             .store
-            .enroll(&token, &requested, now_unix(), |node_id, serial| {
+            .enroll(&token, &requested, now_unix(), &mut |node_id, serial| {
                 sign(&shared, &req.csr_der, node_id, serial)
             })
     })
@@ -361,18 +381,15 @@ async fn node(shared: Arc<Shared>, conn: quinn::Connection, info: CertInfo) {
                 let kind = accept_stream(&conn, &mut send, &mut recv, |kind| match kind {
                     StreamKind::Control => {
                         if control_active.swap(true, Ordering::SeqCst) {
-                            Err("this session already has a control stream".into())
+                            Err(Refusal::SecondControl)
                         } else {
                             Ok(())
                         }
                     }
-                    StreamKind::Admin => Err(format!(
-                        "permission denied: admin operations need the admin certificate, not node {}'s",
-                        info.name
-                    )),
-                    StreamKind::Enroll => Err("already enrolled: enrollment is for connections without a certificate".into()),
+                    StreamKind::Admin => Err(Refusal::NodeIsNotAdmin(info.name.clone())),
+                    StreamKind::Enroll => Err(Refusal::AlreadyEnrolled),
                     StreamKind::Blob => Ok(()),
-                    StreamKind::Task => Err("task streams go from the coordinator to agents".into()),
+                    StreamKind::Task => Err(Refusal::TasksGoToAgents),
                 })
                 .await;
                 if kind == Some(StreamKind::Control) {
@@ -380,7 +397,17 @@ async fn node(shared: Arc<Shared>, conn: quinn::Connection, info: CertInfo) {
                     control_active.store(false, Ordering::SeqCst);
                 } else if kind == Some(StreamKind::Blob) {
                     let node = info.name.clone();
-                    crate::distribution::handle_blob_stream(shared, conn, node, send, recv).await;
+                    let live = shared.live.clone();
+                    let online = Arc::new(move |n: &str| live.get(n).is_some());
+                    crate::distribution::handle_blob_stream(
+                        shared.dist.clone(),
+                        online,
+                        conn,
+                        node,
+                        send,
+                        recv,
+                    )
+                    .await;
                 }
             }
             .instrument(info_span!("stream")),
@@ -450,9 +477,9 @@ async fn control(
                 let node_id = me.to_string();
                 let res = tokio::task::spawn_blocking(move || {
                     let shared = task_shared;
-                    shared
-                        .store
-                        .renew(&node_id, |serial| sign(&shared, &csr_der, &node_id, serial))
+                    shared.store.renew(&node_id, &mut |serial| {
+                        sign(&shared, &csr_der, &node_id, serial)
+                    })
                 })
                 .await;
                 match res {
@@ -504,7 +531,7 @@ async fn admin(shared: Arc<Shared>, conn: quinn::Connection, who: String, serial
             async move {
                 let kind = accept_stream(&conn, &mut send, &mut recv, |kind| match kind {
                     StreamKind::Admin => Ok(()),
-                    _ => Err("the admin certificate is for admin streams only".into()),
+                    _ => Err(Refusal::AdminStreamsOnly),
                 })
                 .await;
                 if kind.is_none() {
@@ -550,246 +577,4 @@ async fn admin(shared: Arc<Shared>, conn: quinn::Connection, who: String, serial
             .instrument(info_span!("admin_stream")),
         );
     }
-}
-
-async fn admin_request(
-    shared: &Arc<Shared>,
-    who: &str,
-    serial: u64,
-    req: AdminRequest,
-) -> AdminResponse {
-    let refused = |reason: String| AdminResponse::Refused { reason };
-    // Runs are driven by tasks of this runtime, not a blocking thread.
-    let req = match req {
-        AdminRequest::Run(run) => {
-            return accepted(crate::runs::start(shared, who, Want::Run(run)).await)
-        }
-        AdminRequest::Apply {
-            clusterfile,
-            dry_run: false,
-        } => {
-            return accepted(crate::runs::start(shared, who, Want::Clusterfile(clusterfile)).await)
-        }
-        AdminRequest::Apply {
-            clusterfile,
-            dry_run: true,
-        } => {
-            return match crate::runs::dry_run(shared, clusterfile).await {
-                Ok(p) => AdminResponse::Planned(p),
-                Err(reason) => refused(reason),
-            }
-        }
-        AdminRequest::Join {
-            cluster,
-            masters,
-            nodes,
-        } => {
-            let want = Want::Join {
-                cluster,
-                masters,
-                nodes,
-            };
-            return accepted(crate::runs::start(shared, who, want).await);
-        }
-        AdminRequest::RemoveHosts { cluster, ips } => {
-            return accepted(crate::runs::start(shared, who, Want::Remove { cluster, ips }).await)
-        }
-        AdminRequest::Drift { cluster } => {
-            return match crate::runs::drift(shared, &cluster).await {
-                Ok(d) => AdminResponse::Drift(d),
-                Err(reason) => refused(reason),
-            }
-        }
-        AdminRequest::DeleteCluster { cluster, prune } => {
-            return match crate::runs::start_delete(shared, who, cluster, prune).await {
-                Ok(list) => AdminResponse::Deleting(list),
-                Err(reason) => refused(reason),
-            };
-        }
-        other => other,
-    };
-    let task_shared = shared.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        let shared = task_shared;
-        match req {
-            AdminRequest::ListNodes => node_infos(&shared).map(AdminResponse::Nodes),
-            AdminRequest::RemoveNode { node } => {
-                shared.store.revoke(&node, now_unix()).map(|node_id| {
-                    info!(node = %node_id, "node revoked");
-                    shared.dist.forget(&node_id);
-                    shared.live.close(&node_id, close::REFUSED, "node revoked");
-                    AdminResponse::Removed { node_id }
-                })
-            }
-            AdminRequest::Distribute { image, nodes } => Ok(
-                match shared
-                    .dist
-                    .assign(&shared.store, &image, &nodes, now_unix())
-                {
-                    Ok(a) => {
-                        info!(image = %a.image, nodes = ?a.nodes, "image assigned");
-                        AdminResponse::Distributing {
-                            image: a.image,
-                            manifest_digest: a.manifest_digest.to_string(),
-                            nodes: a.nodes,
-                        }
-                    }
-                    Err(e) => AdminResponse::Refused {
-                        reason: e.to_string(),
-                    },
-                },
-            ),
-            AdminRequest::DistributionStatus => Ok(match shared.dist.status(&shared.store) {
-                Ok(s) => AdminResponse::DistributionStatus(s),
-                Err(e) => AdminResponse::Refused {
-                    reason: e.to_string(),
-                },
-            }),
-            AdminRequest::CancelDistribution { image } => {
-                Ok(match shared.dist.cancel(&shared.store, &image) {
-                    Ok(()) => AdminResponse::Cancelled { image },
-                    Err(e) => AdminResponse::Refused {
-                        reason: e.to_string(),
-                    },
-                })
-            }
-            AdminRequest::Clusters => Ok(match crate::runs::views(&shared) {
-                Ok(v) => AdminResponse::Clusters(v),
-                Err(reason) => AdminResponse::Refused { reason },
-            }),
-            AdminRequest::Audit { limit } => Ok(match crate::runs::audit_views(&shared, limit) {
-                Ok(v) => AdminResponse::Audit(v),
-                Err(reason) => AdminResponse::Refused { reason },
-            }),
-            AdminRequest::Run(_)
-            | AdminRequest::DeleteCluster { .. }
-            | AdminRequest::Apply { .. }
-            | AdminRequest::Join { .. }
-            | AdminRequest::RemoveHosts { .. }
-            | AdminRequest::Drift { .. } => {
-                unreachable!("handled above")
-            }
-            AdminRequest::CreateToken {
-                ttl_secs,
-                uses,
-                node,
-            } => Ok(
-                match create_token(&shared, ttl_secs, uses, node.as_deref()) {
-                    Ok(grant) => AdminResponse::Token(grant),
-                    Err(reason) => AdminResponse::Refused { reason },
-                },
-            ),
-            AdminRequest::ApproveIps { node, ips } => shared
-                .store
-                .approve_ips(&node, &ips, true)
-                .map(|(node_id, approved_ips)| {
-                    info!(node = %node_id, ?ips, "host IPs approved");
-                    AdminResponse::Approved {
-                        node_id,
-                        approved_ips,
-                    }
-                }),
-            AdminRequest::UnapproveIps { node, ips } => shared
-                .store
-                .approve_ips(&node, &ips, false)
-                .map(|(node_id, approved_ips)| {
-                    info!(node = %node_id, ?ips, "host IP approvals withdrawn");
-                    AdminResponse::Approved {
-                        node_id,
-                        approved_ips,
-                    }
-                }),
-            AdminRequest::ListAdmins => shared
-                .store
-                .admins()
-                .map(|list| AdminResponse::Admins(list.iter().map(AdminRecord::info).collect())),
-            AdminRequest::IssueAdmin {
-                name,
-                csr_der,
-                ttl_secs,
-            } => Ok(match issue_admin(&shared, &name, &csr_der, ttl_secs) {
-                Ok((info, cert_pem)) => {
-                    info!(serial = info.serial, name = %info.name, "admin certificate issued");
-                    AdminResponse::AdminIssued {
-                        info,
-                        cert_pem,
-                        ca_pem: shared.ca.cert_pem().to_string(),
-                    }
-                }
-                Err(reason) => AdminResponse::Refused { reason },
-            }),
-            AdminRequest::RevokeAdmin { cert } => Ok(match revoke_admin(&shared, &cert, serial) {
-                Ok(info) => AdminResponse::AdminRevoked(info),
-                Err(reason) => AdminResponse::Refused { reason },
-            }),
-        }
-    })
-    .await;
-    match res {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => refused(e.to_string()),
-        Err(e) => refused(format!("internal error: {e}")),
-    }
-}
-
-fn accepted(r: Result<(String, u64), String>) -> AdminResponse {
-    match r {
-        Ok((cluster, generation)) => AdminResponse::RunAccepted {
-            cluster,
-            generation,
-        },
-        Err(reason) => AdminResponse::Refused { reason },
-    }
-}
-
-fn create_token(
-    shared: &Shared,
-    ttl_secs: u64,
-    uses: u32,
-    node: Option<&str>,
-) -> Result<TokenGrant, String> {
-    crate::tokens::create(&shared.store, &shared.ca, ttl_secs, uses, node)
-        .map_err(|e| e.to_string())
-}
-
-fn issue_admin(
-    shared: &Shared,
-    name: &str,
-    csr_der: &[u8],
-    ttl_secs: u64,
-) -> Result<(AdminCertInfo, String), String> {
-    crate::tokens::issue_admin(&shared.store, &shared.ca, name, csr_der, ttl_secs)
-        .map_err(|e| e.to_string())
-}
-
-/// Revokes an admin certificate (not the one asking) and closes its open
-/// connections; the coordinator's own is then re-issued at once.
-fn revoke_admin(shared: &Shared, cert: &str, asking: u64) -> Result<AdminCertInfo, String> {
-    let rec = shared
-        .store
-        .resolve_admin(cert)
-        .map_err(|e| e.to_string())?;
-    if rec.serial == asking {
-        return Err(format!(
-            "admin certificate serial {} is the one making this request: issue another (`seaport admin issue`) and revoke this one with it",
-            rec.serial
-        ));
-    }
-    let rec = shared
-        .store
-        .revoke_admin(rec.serial, now_unix())
-        .map_err(|e| e.to_string())?;
-    let closed = shared.admins.close(
-        rec.serial,
-        close::REFUSED,
-        &format!("admin certificate serial {} was revoked", rec.serial),
-    );
-    info!(serial = rec.serial, name = %rec.name, closed, "admin certificate revoked");
-    if rec.local {
-        match ca::ensure_local_admin(&shared.root, &shared.store, &shared.ca) {
-            Ok(_) => info!("issued a new local admin certificate"),
-            Err(e) => warn!(error = %e, "could not re-issue the local admin certificate"),
-        }
-    }
-    Ok(rec.info())
 }

@@ -5,13 +5,20 @@
 //!   then closes every session, flushes live state and returns.
 //! - `conn.rs`: one task per connection; the peer's role comes from its
 //!   verified certificate (none: enrollment only).
+//! - `admin_api.rs`: the admin requests of the CLI.
+//! - `agents.rs`: the operations' view of the agents (tasks on the nodes'
+//!   sessions, images through distribution).
+//! - `shared.rs`: what every connection task shares; the inventory view.
 //! - `live.rs`: the sessions currently connected, their last heartbeat;
 //!   open admin connections by certificate serial.
 //! - `limits.rs`: per-source limits on what needs no credentials.
 
+mod admin_api;
+mod agents;
 mod conn;
 pub mod limits;
 mod live;
+mod shared;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,16 +30,21 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use seaport_shared::clock::now_unix;
 use seaport_shared::pki::{self, PkiError};
 use seaport_shared::tls;
-use seaport_shared::wire::{NodeInfo, NodeStatus, OFFLINE_AFTER};
+use seaport_shared::wire::close;
 
 use crate::ca::{self, Ca, CaError, CoordinatorPaths};
 use crate::distribution::Distribution;
-use crate::state::{NodeRecord, StateError, Store};
+use crate::operations::{ClusterStore, Operations};
+use crate::state::{self, StateError, StateStore};
+use agents::SessionAgents;
 use limits::SourceLimiter;
+use shared::Shared;
 
 pub use live::LiveSessions;
+pub use shared::node_info;
 
 /// Default node certificate lifetime.
 pub const DEFAULT_NODE_CERT_TTL: Duration = Duration::from_secs(30 * 86_400);
@@ -56,25 +68,18 @@ const FLUSH_EVERY: Duration = Duration::from_secs(60);
 /// How often the coordinator checks its own admin certificate.
 const LOCAL_ADMIN_CHECK_EVERY: Duration = Duration::from_secs(6 * 3600);
 
-/// QUIC application close codes.
-pub(crate) mod close {
-    pub const SHUTDOWN: u32 = 0;
-    pub const PROTOCOL: u32 = 1;
-    pub const REFUSED: u32 = 2;
-    pub const REPLACED: u32 = 3;
-    pub const DONE: u32 = 4;
-}
-
 /// Errors of the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("{0}")]
+    #[error(transparent)]
     Ca(#[from] CaError),
-    #[error("{0}")]
+    #[error(transparent)]
     State(#[from] StateError),
-    #[error("{0}")]
+    #[error(transparent)]
     Pki(#[from] PkiError),
-    #[error("{0}")]
+    #[error(transparent)]
+    Write(#[from] seaport_shared::confined::ConfinedError),
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("could not listen on {addr} (udp): {source}")]
     Bind {
@@ -101,29 +106,6 @@ pub struct ServeInfo {
     pub pid: u32,
 }
 
-/// State shared by every connection task.
-pub(crate) struct Shared {
-    pub(crate) store: Store,
-    pub(crate) ca: Ca,
-    pub(crate) live: LiveSessions,
-    pub(crate) node_cert_ttl: Duration,
-    pub(crate) anonymous: Semaphore,
-    /// Per-source limits: handshakes in progress, unauthenticated
-    /// connections.
-    pub(crate) handshakes: Arc<SourceLimiter>,
-    pub(crate) anonymous_sources: Arc<SourceLimiter>,
-    /// Open admin connections, to close when their certificate is revoked.
-    pub(crate) admins: live::AdminSessions,
-    /// Root of the coordinator's files (`--root`).
-    pub(crate) root: PathBuf,
-    pub(crate) dist: Distribution,
-    pub(crate) runs: crate::runs::Runs,
-    /// Root of the image store (`--root`).
-    pub(crate) image_root: PathBuf,
-    /// The image signature policy (`crate::trust`).
-    pub(crate) trust: seaport_rootfs::signing::Policy,
-}
-
 /// A view of a running coordinator's in-memory tables, to check that they
 /// stay bounded whatever nodes send.
 #[derive(Clone)]
@@ -141,10 +123,6 @@ pub struct Daemon {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     paths: CoordinatorPaths,
-}
-
-pub(crate) fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// Checks join tokens against the running coordinator's state without
@@ -178,10 +156,12 @@ impl Daemon {
     pub fn bind(root: &Path, opts: ServeOptions) -> Result<Daemon, DaemonError> {
         let paths = CoordinatorPaths::new(root);
         let ca = Ca::load(root)?;
-        let store = Store::open(&paths.state_db())?;
+        let redb = Arc::new(state::open_for_coordinator(&paths.dir, state::STORE_WAIT)?);
+        let store: Arc<dyn StateStore> = redb.clone();
+        let records: Arc<dyn ClusterStore> = redb;
         // The CLI on this machine needs a current, recorded admin
         // certificate (installs from before admin records get a new one).
-        if ca::ensure_local_admin(root, &store, &ca)? {
+        if ca::ensure_local_admin(root, &*store, &ca)? {
             info!("issued a new local admin certificate");
         }
         let id = ca::server_identity(root)?;
@@ -194,12 +174,20 @@ impl Daemon {
                 source,
             }
         })?;
+        let live = Arc::new(LiveSessions::default());
+        let dist = Arc::new(Distribution::new(root, &paths.dir, store.clone()));
+        let agents = Arc::new(SessionAgents {
+            store: store.clone(),
+            live: live.clone(),
+            dist: dist.clone(),
+        });
+        let ops = Operations::new(agents, records, root.to_path_buf(), opts.trust.clone());
         Ok(Daemon {
             endpoint,
             shared: Arc::new(Shared {
                 store,
                 ca,
-                live: LiveSessions::default(),
+                live,
                 node_cert_ttl: opts.node_cert_ttl,
                 anonymous: Semaphore::new(MAX_ANONYMOUS),
                 handshakes: SourceLimiter::new(HANDSHAKES_PER_SOURCE, 0, MAX_SOURCES),
@@ -210,9 +198,8 @@ impl Daemon {
                 ),
                 admins: live::AdminSessions::default(),
                 root: root.to_path_buf(),
-                dist: Distribution::new(root, &paths.dir),
-                runs: crate::runs::Runs::default(),
-                image_root: root.to_path_buf(),
+                dist,
+                ops,
                 trust: opts.trust,
             }),
             paths,
@@ -233,7 +220,7 @@ impl Daemon {
             listen: addr,
             pid: std::process::id(),
         };
-        pki::write_atomic(
+        seaport_shared::confined::write_atomic(
             &self.paths.serve_info(),
             serde_json::to_string_pretty(&info)
                 .expect("serve info serializes")
@@ -241,7 +228,7 @@ impl Daemon {
             0o644,
         )?;
         info!(%addr, "coordinator listening");
-        crate::runs::resume_all(&self.shared);
+        self.shared.ops.resume_all();
 
         let flusher = {
             let shared = self.shared.clone();
@@ -318,7 +305,7 @@ impl Daemon {
 pub(crate) async fn renew_local_admin(shared: &Arc<Shared>) {
     let shared = shared.clone();
     let res = tokio::task::spawn_blocking(move || {
-        ca::ensure_local_admin(&shared.root, &shared.store, &shared.ca)
+        ca::ensure_local_admin(&shared.root, &*shared.store, &shared.ca)
     })
     .await;
     match res {
@@ -341,68 +328,6 @@ async fn flush(shared: &Arc<Shared>) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "could not write node state"),
         Err(e) => warn!(error = %e, "node state writer failed"),
-    }
-}
-
-/// The inventory as the CLI shows it, statuses computed now.
-pub(crate) fn node_infos(shared: &Shared) -> Result<Vec<NodeInfo>, StateError> {
-    let now = now_unix();
-    let mut out: Vec<NodeInfo> = shared
-        .store
-        .nodes()?
-        .into_iter()
-        .map(|rec| {
-            let live = shared.live.get(&rec.node_id);
-            node_info(rec, live, now)
-        })
-        .collect();
-    out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-    Ok(out)
-}
-
-/// A node's listing from its record and, if connected, its live session.
-pub fn node_info(mut rec: NodeRecord, live: Option<live::LiveView>, now: i64) -> NodeInfo {
-    let mut online = false;
-    if let Some(live) = &live {
-        if let Some(facts) = &live.facts {
-            rec.apply_facts(facts);
-        }
-        if live.last_seen.is_some() {
-            rec.last_seen = live.last_seen;
-        }
-        if live.cert_expires > rec.cert_expires {
-            rec.cert_expires = live.cert_expires;
-        }
-        online = live
-            .last_seen
-            .is_some_and(|t| now - t <= OFFLINE_AFTER.as_secs() as i64);
-    }
-    let status = if rec.revoked {
-        NodeStatus::Revoked
-    } else if rec.cert_expires <= now {
-        NodeStatus::Expired
-    } else if online {
-        NodeStatus::Online
-    } else {
-        NodeStatus::Offline
-    };
-    let addresses = rec.addresses();
-    NodeInfo {
-        node_id: rec.node_id,
-        hostname: rec.hostname,
-        ips: rec.ips,
-        addresses,
-        connects_from: rec.observed_ip,
-        status,
-        last_seen: rec.last_seen,
-        agent_version: rec.agent_version,
-        cert_expires: rec.cert_expires,
-        enrolled_at: rec.enrolled_at,
-        os: rec.os,
-        kernel: rec.kernel,
-        arch: rec.arch,
-        cpus: rec.cpus,
-        memory_total: rec.memory_total,
     }
 }
 

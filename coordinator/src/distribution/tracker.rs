@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use seaport_shared::digest::Digest;
-use seaport_shared::transfer::{BadPeerReason, Bitmap, PeerHolding};
+use seaport_shared::distribution::{BadPeerReason, Bitmap, PeerHolding};
 
 /// Pieces the coordinator grants one agent at a time (over all blobs):
 /// what the agent fetches at once from the coordinator, and a few more so it

@@ -131,8 +131,8 @@ pub fn token_url(
     service: Option<&str>,
     scope: &Scope,
     account: Option<&str>,
-) -> Result<reqwest::Url, String> {
-    let mut url = reqwest::Url::parse(realm).map_err(|e| e.to_string())?;
+) -> Result<reqwest::Url, url::ParseError> {
+    let mut url = reqwest::Url::parse(realm)?;
     {
         let mut q = url.query_pairs_mut();
         if let Some(service) = service {

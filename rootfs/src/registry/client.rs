@@ -34,16 +34,14 @@ use super::progress::Progress;
 
 /// Manifest media types Seaport accepts, most preferred first.
 pub const MANIFEST_ACCEPT: &[&str] = &[
-    MEDIA_TYPE_OCI_MANIFEST,
-    MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_MANIFEST,
+    MEDIA_TYPE_INDEX,
     MEDIA_TYPE_DOCKER_MANIFEST,
     MEDIA_TYPE_DOCKER_LIST,
 ];
-/// OCI image manifest.
-pub const MEDIA_TYPE_OCI_MANIFEST: &str = crate::oci::MEDIA_TYPE_MANIFEST;
-/// OCI image index.
-pub const MEDIA_TYPE_OCI_INDEX: &str = crate::oci::MEDIA_TYPE_INDEX;
-pub use crate::oci::{MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST};
+use crate::oci::{
+    MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
+};
 
 /// The largest manifest accepted (distribution's own limit is 4 MiB).
 pub const MAX_MANIFEST_SIZE: u64 = 8 << 20;

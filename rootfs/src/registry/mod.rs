@@ -11,7 +11,7 @@
 //!   token scopes.
 //! - [`credentials`]: the docker-compatible `config.json` that `login` writes.
 //! - [`platform`]: target platforms and choosing a manifest from an index.
-//! - [`transfer`]: `push`/`pull` between the local store and a registry.
+//! - [`copy`]: `push`/`pull` between the local store and a registry.
 //! - [`signatures`]: an image's signature image (`sha256-<hex>.sig`) moving
 //!   with it on push and pull.
 //! - [`layout`]: distribution's `docker/registry/v2` storage tree, written
@@ -20,14 +20,15 @@
 
 pub mod auth;
 pub mod client;
+pub mod copy;
+mod copy_error;
 pub mod credentials;
 pub mod layout;
 pub mod platform;
 pub mod progress;
 pub mod signatures;
-pub mod transfer;
 
 pub use client::{ClientOptions, RegistryClient, RegistryError};
+pub use copy::{pull_image, push_image, CopyError, CopyReport};
 pub use credentials::{CredentialStore, Credentials, CredentialsError};
 pub use layout::RegistryStorage;
-pub use transfer::{pull_image, push_image, TransferError, TransferReport};

@@ -134,7 +134,7 @@ mod tests {
 
     fn entry(n: &[u8], os: &str, arch: &str, variant: Option<&str>) -> Descriptor {
         Descriptor {
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            media_type: crate::oci::MEDIA_TYPE_MANIFEST.into(),
             digest: Digest::of(n),
             size: 1,
             annotations: Default::default(),

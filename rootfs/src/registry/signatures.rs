@@ -9,7 +9,7 @@
 use seaport_shared::digest::Digest;
 
 use super::client::{RegistryClient, RegistryError};
-use super::transfer::{store_to_digest_error, TransferError};
+use super::copy_error::{store_to_digest_error, CopyError};
 use crate::oci::{Manifest, MEDIA_TYPE_MANIFEST};
 use crate::signing::{self, Signatures};
 use crate::store::Store;
@@ -25,7 +25,7 @@ pub fn fetch(
     client: &RegistryClient,
     repo: &str,
     subject: &Digest,
-) -> Result<Option<Signatures>, TransferError> {
+) -> Result<Option<Signatures>, CopyError> {
     let tag = signing::signature_tag(subject);
     let bytes = match client.get_manifest(repo, &tag) {
         Ok((bytes, _, _)) => bytes,
@@ -33,18 +33,17 @@ pub fn fetch(
         Err(e) => return Err(e.into()),
     };
     let what = format!("{}/{repo}:{tag}", client.host());
-    let manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| TransferError::Manifest {
-            image: what.clone(),
-            reason: format!("its manifest does not parse: {e}"),
-        })?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| CopyError::Manifest {
+        image: what.clone(),
+        reason: format!("its manifest does not parse: {e}"),
+    })?;
     for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
         if d.media_type != signing::MEDIA_TYPE_SIMPLE_SIGNING && d.digest != manifest.config.digest
         {
             continue;
         }
         if d.size > MAX_SIGNATURE_BLOB {
-            return Err(TransferError::Manifest {
+            return Err(CopyError::Manifest {
                 image: what,
                 reason: format!(
                     "blob {} is {} bytes, too large for a signature",
@@ -62,7 +61,7 @@ pub fn fetch(
         })?;
     }
     let sigs = Signatures::parse(&what, &bytes, |d| store.read_blob(d, "signature blob").ok())
-        .map_err(|e| TransferError::Manifest {
+        .map_err(|e| CopyError::Manifest {
             image: what,
             reason: e.to_string(),
         })?;
@@ -77,7 +76,7 @@ pub fn push(
     client: &RegistryClient,
     repo: &str,
     subject: &Digest,
-) -> Result<usize, TransferError> {
+) -> Result<usize, CopyError> {
     let Some(local) = signing::stored(store, subject).map_err(signing_err)? else {
         return Ok(0);
     };
@@ -105,7 +104,7 @@ pub fn pull(
     client: &RegistryClient,
     repo: &str,
     subject: &Digest,
-) -> Result<usize, TransferError> {
+) -> Result<usize, CopyError> {
     match fetch(store, client, repo, subject)? {
         Some(remote) => Ok(signing::store(store, subject, &remote)
             .map_err(signing_err)?
@@ -115,10 +114,10 @@ pub fn pull(
     }
 }
 
-fn signing_err(e: signing::SigningError) -> TransferError {
+fn signing_err(e: signing::SigningError) -> CopyError {
     match e {
-        signing::SigningError::Store(s) => TransferError::Store(s),
-        other => TransferError::Manifest {
+        signing::SigningError::Store(s) => CopyError::Store(s),
+        other => CopyError::Manifest {
             image: "signatures".into(),
             reason: other.to_string(),
         },

@@ -11,14 +11,14 @@ use seaport_rootfs::build::{build, BuildError, BuildOptions};
 use seaport_rootfs::store::Store;
 use seaport_shared::safetar;
 
-pub struct Ctx {
+pub(crate) struct Ctx {
     _dir: tempfile::TempDir,
     pub root: PathBuf,
     pub ctx: PathBuf,
     pub store: Store,
 }
 
-pub fn setup() -> Ctx {
+pub(crate) fn setup() -> Ctx {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let ctx = dir.path().join("ctx");
@@ -33,13 +33,13 @@ pub fn setup() -> Ctx {
 }
 
 impl Ctx {
-    pub fn file(&self, rel: &str, content: &str) {
+    pub(crate) fn file(&self, rel: &str, content: &str) {
         let p = self.ctx.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, content).unwrap();
     }
 
-    pub fn build(
+    pub(crate) fn build(
         &self,
         kubefile: &str,
         tag: &str,
@@ -47,7 +47,7 @@ impl Ctx {
         self.build_with(kubefile, tag, |_| {})
     }
 
-    pub fn build_with<'a>(
+    pub(crate) fn build_with<'a>(
         &self,
         kubefile: &str,
         tag: &str,
@@ -66,7 +66,7 @@ impl Ctx {
     }
 
     /// The merged rootfs of an image, unpacked into a fresh directory.
-    pub fn rootfs(&self, name: &str) -> tempfile::TempDir {
+    pub(crate) fn rootfs(&self, name: &str) -> tempfile::TempDir {
         let out = tempfile::tempdir().unwrap();
         let image = self.store.resolve(name).unwrap();
         for l in &image.manifest.layers {
@@ -77,7 +77,7 @@ impl Ctx {
         out
     }
 
-    pub fn store_listing(&self) -> Vec<(PathBuf, Vec<u8>)> {
+    pub(crate) fn store_listing(&self) -> Vec<(PathBuf, Vec<u8>)> {
         let mut out = Vec::new();
         for e in walkdir::WalkDir::new(&self.root).sort_by_file_name() {
             let e = e.unwrap();
@@ -92,13 +92,13 @@ impl Ctx {
     }
 }
 
-pub fn read(dir: &Path, rel: &str) -> String {
+pub(crate) fn read(dir: &Path, rel: &str) -> String {
     fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 /// Every file (and symlink) under `dir`, relative, with its content (a
 /// symlink as `-> TARGET`); directories are implied by the paths.
-pub fn files(dir: &Path) -> BTreeMap<String, String> {
+pub(crate) fn files(dir: &Path) -> BTreeMap<String, String> {
     walkdir::WalkDir::new(dir)
         .min_depth(1)
         .into_iter()

@@ -4,7 +4,7 @@
 
 #[path = "server.rs"]
 mod server;
-pub use server::*;
+pub(crate) use server::*;
 
 use std::fs;
 use std::io::Write;
@@ -18,7 +18,7 @@ use seaport_rootfs::store::Store;
 use seaport_shared::digest::Digest;
 
 /// Deterministic pseudo-random bytes (incompressible enough for tests).
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
@@ -33,7 +33,7 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 
 /// Stores an image made of `layers` in `store` under `name`; returns the
 /// manifest digest.
-pub fn make_store_image(store: &Store, name: &str, layers: &[Vec<u8>]) -> Digest {
+pub(crate) fn make_store_image(store: &Store, name: &str, layers: &[Vec<u8>]) -> Digest {
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     for layer in layers {
@@ -77,7 +77,7 @@ pub fn make_store_image(store: &Store, name: &str, layers: &[Vec<u8>]) -> Digest
 }
 
 /// A tar archive holding one file.
-pub fn tar_with(path: &str, content: &[u8]) -> Vec<u8> {
+pub(crate) fn tar_with(path: &str, content: &[u8]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(content.len() as u64);
@@ -89,7 +89,7 @@ pub fn tar_with(path: &str, content: &[u8]) -> Vec<u8> {
 
 /// Writes an OCI image layout at `dir` with one image tagged `tag` made of
 /// one tar layer; returns the manifest digest.
-pub fn make_oci_layout(dir: &Path, tag: &str, layer: &[u8]) -> Digest {
+pub(crate) fn make_oci_layout(dir: &Path, tag: &str, layer: &[u8]) -> Digest {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
     let put = |bytes: &[u8]| {
@@ -118,7 +118,7 @@ pub fn make_oci_layout(dir: &Path, tag: &str, layer: &[u8]) -> Digest {
 }
 
 /// Writes a docker config.json with credentials for `registry`.
-pub fn write_docker_config(dir: &Path, registry: &str, user: &str, pass: &str) -> PathBuf {
+pub(crate) fn write_docker_config(dir: &Path, registry: &str, user: &str, pass: &str) -> PathBuf {
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
     let path = dir.join("config.json");

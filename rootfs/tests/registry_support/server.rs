@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const USER: &str = "seaport";
-pub const PASSWORD: &str = "s3cret-pass";
+pub(crate) const USER: &str = "seaport";
+pub(crate) const PASSWORD: &str = "s3cret-pass";
 
 /// A running registry, killed (by its PID) when dropped, also on panic.
-pub struct TestRegistry {
+pub(crate) struct TestRegistry {
     pub addr: String,
     pub storage: PathBuf,
     /// The CA that signed the server certificate (TLS registries only).
@@ -41,12 +41,12 @@ fn free_port() -> u16 {
 
 impl TestRegistry {
     /// Plain HTTP, no auth, serving `storage`.
-    pub fn plain(storage: &Path) -> Self {
+    pub(crate) fn plain(storage: &Path) -> Self {
         Self::start(storage, false)
     }
 
     /// TLS (test CA) and htpasswd auth ([`USER`]/[`PASSWORD`]).
-    pub fn tls_auth(storage: &Path) -> Self {
+    pub(crate) fn tls_auth(storage: &Path) -> Self {
         Self::start(storage, true)
     }
 
@@ -128,7 +128,7 @@ impl TestRegistry {
 
 /// A CA and a server certificate for 127.0.0.1/localhost, made with the
 /// openssl command: (ca, cert, key) PEM.
-pub fn test_ca() -> (String, String, String) {
+pub(crate) fn test_ca() -> (String, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let ec = [
@@ -192,7 +192,7 @@ pub fn test_ca() -> (String, String, String) {
 }
 
 /// Runs a command, panicking with its output unless it succeeds; returns stdout.
-pub fn run_ok(cmd: &mut Command) -> String {
+pub(crate) fn run_ok(cmd: &mut Command) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));

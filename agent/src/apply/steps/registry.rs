@@ -1,0 +1,177 @@
+//! `registry`: the local registry on a registry host: `registry/` of the
+//! rootfs bind-mounted, the image's registry binary run as a unit, the
+//! image's `images/*.tar` loaded into it.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use seaport_shared::cluster::Step;
+
+use super::super::journal::Change;
+use super::context::{is_executable, read_text_inside};
+use super::context::{HostStep, StepContext};
+use super::error::StepError;
+use super::paths::{PREVIOUS_ROOTFS, REGISTRY_BINARIES, REGISTRY_UNIT, UNIT_DIR};
+
+pub(super) struct Registry;
+
+const DEFAULT_REGISTRY_CONFIG: &str = "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n";
+
+impl HostStep for Registry {
+    fn step(&self) -> Step {
+        Step::Registry
+    }
+
+    fn run(&self, cx: &mut StepContext<'_>) -> Result<String, StepError> {
+        let rootfs = cx.rootfs();
+        let storage = rootfs.join("registry");
+        // Bind-mounted and served: a real directory of the rootfs, never a
+        // symlink the image planted.
+        seaport_shared::confined::Dir::open(&rootfs)
+            .and_then(|r| r.create_dirs(Path::new("registry")))?;
+        let mount = cx.opts.cluster_dir().join("registry");
+        fs::create_dir_all(&mount).map_err(|source| StepError::Io {
+            action: "creating",
+            path: mount.clone(),
+            source,
+        })?;
+        // Mounted from a replaced rootfs (an upgrade): mount the new one.
+        if cx.fx.is_mounted(&mount) && !same_dir(&mount, &storage) {
+            cx.fx.unmount(&mount)?;
+        }
+        if !cx.fx.is_mounted(&mount) {
+            let target = mount.to_string_lossy().into_owned();
+            let known = cx
+                .journal
+                .state()
+                .changes
+                .iter()
+                .any(|c| matches!(c, Change::Mounted { target: t } if *t == target));
+            if !known {
+                cx.journal.record(Change::Mounted { target })?;
+            }
+            cx.fx.bind_mount(&storage, &mount)?;
+        }
+        let bin = REGISTRY_BINARIES
+            .iter()
+            .map(|r| rootfs.join(r))
+            .find(|p| is_executable(p))
+            .ok_or(StepError::NoRegistryBinary)?;
+        let base = read_text_inside(&rootfs, "etc/registry_config.yml")?
+            .unwrap_or_else(|| DEFAULT_REGISTRY_CONFIG.to_string());
+        let config = registry_config(&base, &mount, &cx.registry_port);
+        let config_path = cx.opts.cluster_dir().join("registry.yml");
+        seaport_shared::confined::write_atomic(&config_path, config.as_bytes(), 0o644)?;
+        let unit = format!(
+            "[Unit]\nDescription=Local registry of cluster {cluster}\nAfter=network.target\n\n[Service]\nExecStart={bin} serve {config}\nRestart=always\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n",
+            cluster = cx.opts.cluster,
+            bin = bin.display(),
+            config = config_path.display(),
+        );
+        cx.install_file(
+            &format!("{UNIT_DIR}/{REGISTRY_UNIT}"),
+            unit.as_bytes(),
+            0o644,
+        )?;
+        cx.systemctl_ok(&["daemon-reload"])?;
+        cx.enable_unit(REGISTRY_UNIT, true)?;
+        if cx.rerun {
+            cx.systemctl_ok(&["restart", REGISTRY_UNIT])?;
+        }
+        let previous = cx.opts.cluster_dir().join(PREVIOUS_ROOTFS);
+        if previous.exists() {
+            fs::remove_dir_all(&previous).map_err(|source| StepError::Io {
+                action: "removing",
+                path: previous.clone(),
+                source,
+            })?;
+        }
+        let port = cx.registry_port.clone();
+        let waited = cx.wait_until("the local registry (GET /v2/)", || registry_answers(&port))?;
+        let scratch = cx.opts.cluster_dir().join("tmp/images");
+        let loaded = super::super::images_load::load_images(
+            &rootfs.join("images"),
+            &format!("127.0.0.1:{}", cx.registry_port),
+            &scratch,
+        )?;
+        let _ = fs::remove_dir_all(cx.opts.cluster_dir().join("tmp"));
+        Ok(format!(
+            "registry answering after {:.1} s; loaded {}",
+            waited.as_secs_f64(),
+            if loaded.is_empty() {
+                "no images".to_string()
+            } else {
+                loaded.join(", ")
+            }
+        ))
+    }
+}
+
+/// Whether two paths are the same directory (a bind mount and its source).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// The image's registry config with the storage and port of this install.
+fn registry_config(base: &str, storage: &Path, port: &str) -> String {
+    base.lines()
+        .map(|l| {
+            let indent = &l[..l.len() - l.trim_start().len()];
+            let t = l.trim_start();
+            if t.starts_with("rootdirectory:") {
+                format!("{indent}rootdirectory: {}", storage.display())
+            } else if t.starts_with("addr:") {
+                format!("{indent}addr: :{port}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn registry_answers(port: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}")
+            .parse()
+            .expect("a socket address"),
+        Duration::from_secs(1),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.starts_with("HTTP/1.") && (head.contains(" 200") || head.contains(" 401"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_config_points_at_the_mount_and_port() {
+        let base =
+            "storage:\n  filesystem:\n    rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\n";
+        let out = registry_config(base, Path::new("/data/c/registry"), "5001");
+        assert!(
+            out.contains("    rootdirectory: /data/c/registry\n"),
+            "{out}"
+        );
+        assert!(out.contains("  addr: :5001\n"), "{out}");
+    }
+}

@@ -1,0 +1,339 @@
+//! `prepare` without a coordinator, and `drive` over recording doubles of
+//! the agents and an in-memory store.
+
+use std::sync::{Arc, Mutex};
+
+use seaport_rootfs::oci::Descriptor;
+use seaport_rootfs::store::StoredImage;
+use seaport_shared::cluster::{ClusterName, ImageDigest, OperationKind, Role, Step};
+use seaport_shared::digest::Digest;
+use seaport_shared::wire::{RunRequest, RunState, StepState, TaskEvent, TaskRequest};
+
+use super::agents::{Agents, AgentsError, Fetched, TaskEvents};
+use super::drive::Driver;
+use super::prepare::{desired, prepare, PrepareInput, ResolvedImage, Want};
+use super::record::LiveRecord;
+use super::run::Outcome;
+use super::store::{ClusterStore, MemoryStore};
+use super::OperationError;
+use crate::records::NodeRecord;
+
+fn image() -> ResolvedImage {
+    let platform =
+        crate::plan::tests::platform_image("amd64", seaport_rootfs::oci::MEDIA_TYPE_LAYER_ZSTD);
+    let stored = StoredImage {
+        name: platform.image.name.clone(),
+        descriptor: Descriptor {
+            media_type: seaport_rootfs::oci::MEDIA_TYPE_MANIFEST.into(),
+            digest: platform.image.manifest_digest,
+            size: platform.image.manifest_size,
+            annotations: Default::default(),
+            platform: None,
+        },
+        index: None,
+        manifests: vec![platform],
+    };
+    ResolvedImage::new("k8s:v1", stored)
+}
+
+/// Nodes bound to 10.0.0.1 .. by their connections.
+fn nodes(n: usize) -> Vec<NodeRecord> {
+    (1..=n)
+        .map(|i| NodeRecord {
+            node_id: format!("n{i}"),
+            hostname: format!("host{i}"),
+            ips: vec![format!("10.0.0.{i}")],
+            observed_ip: Some(format!("10.0.0.{i}")),
+            arch: "x86_64".into(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn run(masters: &[&str], workers: &[&str]) -> Want {
+    Want::Run(RunRequest {
+        cluster: ClusterName::parse("c").unwrap(),
+        image: "k8s:v1".into(),
+        masters: masters.iter().map(|s| s.to_string()).collect(),
+        nodes: workers.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+    })
+}
+
+fn prepared(want: Want, nodes: &[NodeRecord]) -> Result<super::Prepared, OperationError> {
+    prepare(PrepareInput {
+        desired: desired(want, None)?,
+        previous: None,
+        nodes,
+        image: image(),
+        dry_run: false,
+        now: 100,
+    })
+}
+
+#[test]
+fn prepare_plans_an_install_once_with_typed_roles_and_the_resolved_digest() {
+    let p = prepared(run(&["10.0.0.1", "10.0.0.2"], &["10.0.0.3"]), &nodes(3)).unwrap();
+    assert_eq!(p.operation.kind, OperationKind::Install);
+    let digest: ImageDigest = Digest::of(b"amd64 manifest").into();
+    assert_eq!(p.operation.image.digest, digest);
+    assert_eq!(p.cluster.manifest_digest, digest);
+    assert_eq!(
+        p.operation.roles,
+        [
+            ("10.0.0.1".to_string(), Role::Master0),
+            ("10.0.0.2".to_string(), Role::Master),
+            ("10.0.0.3".to_string(), Role::Node)
+        ]
+    );
+    let placed: Vec<(&str, &str, Role)> = p
+        .cluster
+        .hosts
+        .iter()
+        .map(|h| (h.ip.as_str(), h.node_id.as_str(), h.role))
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            ("10.0.0.1", "n1", Role::Master0),
+            ("10.0.0.2", "n2", Role::Master),
+            ("10.0.0.3", "n3", Role::Node)
+        ]
+    );
+    assert_eq!(p.cluster.operation, Some(OperationKind::Install));
+    assert_eq!(p.cluster.generation, 1);
+    assert_eq!(p.cluster.stages.first().unwrap().name, "fetch");
+    assert_eq!(p.planned().operation, OperationKind::Install);
+}
+
+#[test]
+fn prepare_refuses_hosts_without_an_agent_and_clusters_being_deleted() {
+    let err = prepared(run(&["10.0.0.1"], &["10.0.0.9"]), &nodes(1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("10.0.0.9") && err.contains("bootstrap"),
+        "{err}"
+    );
+
+    let mut previous = prepared(run(&["10.0.0.1"], &[]), &nodes(1))
+        .unwrap()
+        .cluster;
+    previous.state = RunState::Deleting;
+    let err = prepare(PrepareInput {
+        desired: desired(run(&["10.0.0.1"], &[]), None).unwrap(),
+        previous: Some(&previous),
+        nodes: &nodes(1),
+        image: image(),
+        dry_run: false,
+        now: 100,
+    })
+    .unwrap_err();
+    assert!(matches!(err, OperationError::BeingDeleted(_)), "{err}");
+
+    let join = Want::Join {
+        cluster: ClusterName::parse("other").unwrap(),
+        masters: vec![],
+        nodes: vec!["10.0.0.2".into()],
+    };
+    let err = desired(join, Some(&previous)).unwrap_err().to_string();
+    assert!(err.contains("no cluster named other"), "{err}");
+}
+
+#[test]
+fn a_second_apply_of_the_same_spec_converges_and_new_hosts_scale_up() {
+    let mut installed = prepared(run(&["10.0.0.1"], &["10.0.0.2"]), &nodes(3))
+        .unwrap()
+        .cluster;
+    installed.state = RunState::Succeeded;
+    installed.installed_digest = Some(installed.manifest_digest);
+    let again = |want| {
+        prepare(PrepareInput {
+            desired: desired(want, Some(&installed)).unwrap(),
+            previous: Some(&installed),
+            nodes: &nodes(3),
+            image: image(),
+            dry_run: false,
+            now: 200,
+        })
+        .unwrap()
+    };
+    let same = again(run(&["10.0.0.1"], &["10.0.0.2"]));
+    assert_eq!(same.operation.kind, OperationKind::Converge);
+    assert_eq!(same.cluster.generation, 2);
+    let up = again(Want::Join {
+        cluster: ClusterName::parse("c").unwrap(),
+        masters: vec![],
+        nodes: vec!["10.0.0.3".into()],
+    });
+    assert_eq!(up.operation.kind, OperationKind::ScaleUp);
+}
+
+/// Agents that answer every task at once and have every image fetched.
+#[derive(Default)]
+struct Answering {
+    sent: Mutex<Vec<(String, TaskRequest)>>,
+    distributed: Mutex<Vec<(String, ImageDigest, Vec<String>)>>,
+}
+
+const JOIN_DATA: &str = r#"{"api_server_endpoint":"10.0.0.1:6443","master0_ip":"10.0.0.1","token":"abcdef.0123456789abcdef","ca_cert_hashes":["sha256:abababababababababababababababababababababababababababababababab"],"certificate_key":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}"#;
+
+impl Agents for Answering {
+    fn nodes(&self) -> Result<Vec<NodeRecord>, AgentsError> {
+        Ok(nodes(3))
+    }
+
+    fn online(&self, _: &str) -> bool {
+        true
+    }
+
+    fn run_task(&self, node_id: &str, task: TaskRequest) -> Result<TaskEvents, AgentsError> {
+        self.sent
+            .lock()
+            .unwrap()
+            .push((node_id.to_string(), task.clone()));
+        let (tx, events) = TaskEvents::channel();
+        let mut answer = vec![];
+        let last = match &task {
+            TaskRequest::Apply(a) => {
+                for s in &a.steps {
+                    answer.push(TaskEvent::Step {
+                        step: s.to_string(),
+                        state: StepState::Done {
+                            summary: "ok".into(),
+                            elapsed_ms: 1,
+                        },
+                    });
+                }
+                let init = a.role == Role::Master0 && a.steps.contains(&Step::Kubeadm);
+                TaskEvent::Finished {
+                    ok: true,
+                    error: None,
+                    join_data: init.then(|| JOIN_DATA.to_string()),
+                }
+            }
+            _ => TaskEvent::Finished {
+                ok: true,
+                error: None,
+                join_data: None,
+            },
+        };
+        answer.push(last);
+        tokio::spawn(async move {
+            for e in answer {
+                let _ = tx.send(Ok(e)).await;
+            }
+        });
+        Ok(events)
+    }
+
+    fn distribute(
+        &self,
+        image: &str,
+        digest: ImageDigest,
+        nodes: &[String],
+    ) -> Result<(), AgentsError> {
+        self.distributed
+            .lock()
+            .unwrap()
+            .push((image.to_string(), digest, nodes.to_vec()));
+        Ok(())
+    }
+
+    fn fetch_progress(&self, _: &str, _: ImageDigest) -> Result<Option<Vec<Fetched>>, AgentsError> {
+        Ok(Some(
+            nodes(3)
+                .iter()
+                .map(|n| Fetched {
+                    node_id: n.node_id.clone(),
+                    done_bytes: 10,
+                    total_bytes: 10,
+                    complete: true,
+                })
+                .collect(),
+        ))
+    }
+
+    fn release(&self, _: &str) -> Result<(), AgentsError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn drive_sends_each_host_its_phases_in_order_and_records_the_end() {
+    let agents = Arc::new(Answering::default());
+    let store = Arc::new(MemoryStore::default());
+    let cluster = prepared(run(&["10.0.0.1"], &["10.0.0.2"]), &nodes(3))
+        .unwrap()
+        .cluster;
+    let digest = cluster.manifest_digest;
+    let driver = Driver {
+        agents: agents.clone(),
+        store: store.clone(),
+        image_root: std::path::PathBuf::from("/nonexistent"),
+        record: LiveRecord::new(cluster),
+    };
+    // The image's plugins come from the coordinator's copy: none here, so
+    // that stage is skipped for this test.
+    driver
+        .record
+        .write(|c| c.stages.retain(|s| s.name != "image-plugins"));
+    assert!(matches!(driver.drive().await, Outcome::Succeeded));
+    let stored = store
+        .cluster(&ClusterName::parse("c").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state, RunState::Succeeded);
+    assert_eq!(stored.stages_done, stored.stages.len());
+    assert_eq!(stored.installed_digest, Some(digest));
+    assert!(
+        stored.join_data.is_some(),
+        "join data from kubeadm init kept"
+    );
+    // The image went by its digest to both nodes.
+    let distributed = agents.distributed.lock().unwrap().clone();
+    assert_eq!(
+        distributed,
+        [(
+            "k8s:v1".to_string(),
+            digest,
+            vec!["n1".to_string(), "n2".to_string()]
+        )]
+    );
+    // Each node's apply tasks, in order, carry its steps.
+    let sent = agents.sent.lock().unwrap().clone();
+    let steps_of = |node: &str| -> Vec<Step> {
+        sent.iter()
+            .filter(|(n, _)| n == node)
+            .filter_map(|(_, t)| match t {
+                TaskRequest::Apply(a) => Some(a.steps.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    assert_eq!(
+        steps_of("n1"),
+        seaport_shared::cluster::steps_for(Role::Master0, true, false)
+    );
+    assert_eq!(
+        steps_of("n2"),
+        seaport_shared::cluster::steps_for(Role::Node, false, false)
+    );
+    // The worker got the first master's join data, checked.
+    let worker_join = sent.iter().find_map(|(n, t)| match t {
+        TaskRequest::Apply(a) if n == "n2" && a.steps.contains(&Step::Kubeadm) => {
+            a.join_data.clone()
+        }
+        _ => None,
+    });
+    assert!(worker_join.is_some_and(|j| j.contains("abcdef.0123456789abcdef")));
+    let ended = store.audit_log(10).unwrap();
+    assert!(
+        ended.iter().any(
+            |(_, e)| e.what == "install of cluster c (operation 1) ended"
+                && e.result == "succeeded"
+        ),
+        "{ended:?}"
+    );
+}

@@ -1,0 +1,971 @@
+//! The embedded backend of the coordinator's state: one redb database.
+//!
+//! Every change is one write transaction, so a token's use count and the
+//! certificate it pays for are committed together or not at all. Values are
+//! JSON so the file stays inspectable and fields can be added.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use seaport_shared::pki::{self, JoinToken};
+use seaport_shared::wire::HostFacts;
+
+use seaport_shared::cluster::ClusterName;
+
+use super::error::StateError;
+use super::lock::{self, CoordinatorLock};
+use super::store::StateStore;
+use crate::operations::{AuditEntry, Cluster, ClusterStore, StoreError};
+use crate::records::{same_ip, AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
+
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
+const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
+/// Image distribution assignments, by image name (see `crate::distribution`).
+const ASSIGNMENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("assignments");
+/// Clusters and their operations, by cluster name (see `crate::operations`).
+const CLUSTERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("clusters");
+/// The audit log, by sequence number.
+const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
+/// Admin certificates issued, by serial.
+const ADMINS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("admins");
+const NEXT_SERIAL: &str = "next_serial";
+
+macro_rules! db_err {
+    ($e:expr) => {
+        $e.map_err(|e| StateError::Db(e.into()))
+    };
+}
+
+/// An IP in its canonical text (IPv4-mapped IPv6 as IPv4).
+pub fn canonical_ip(s: &str) -> Result<String, StateError> {
+    s.trim()
+        .parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_canonical().to_string())
+        .map_err(|_| StateError::BadIp(s.to_string()))
+}
+
+/// The database, as this process opened it.
+enum Db {
+    ReadWrite(redb::Database),
+    ReadOnly(redb::ReadOnlyDatabase),
+}
+
+/// The state in a redb database.
+pub struct RedbStore {
+    db: Db,
+    path: PathBuf,
+    /// A coordinator's lock, held while the store is open (released after
+    /// the database, fields drop in order).
+    _lock: Option<CoordinatorLock>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedbStore({})", self.path.display())
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("state records serialize")
+}
+
+/// Whether `token` may enroll now: its secret matches the stored hash, it
+/// has not expired and it has uses left. Enrollment and the bootstrap
+/// endpoint's check share this, so they cannot disagree.
+fn usable_token(token: &JoinToken, rec: &TokenRecord, now: i64) -> Result<(), StateError> {
+    if !token.matches_hash(&rec.secret_hash) {
+        return Err(StateError::TokenInvalid);
+    }
+    if rec.expires_at <= now {
+        return Err(StateError::TokenExpired(token.id.clone()));
+    }
+    if rec.uses_left == 0 {
+        return Err(StateError::TokenUsedUp(token.id.clone()));
+    }
+    Ok(())
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(
+    table: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StateError> {
+    serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
+        table,
+        key: key.to_string(),
+        source,
+    })
+}
+
+impl RedbStore {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StateError> {
+        match &self.db {
+            Db::ReadWrite(db) => db_err!(db.begin_read()),
+            Db::ReadOnly(db) => db_err!(db.begin_read()),
+        }
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StateError> {
+        match &self.db {
+            Db::ReadWrite(db) => db_err!(db.begin_write()),
+            Db::ReadOnly(_) => Err(StateError::ReadOnly(self.path.display().to_string())),
+        }
+    }
+
+    fn busy(path: &Path) -> StateError {
+        StateError::Busy {
+            path: path.display().to_string(),
+            holders: lock::holders(path),
+        }
+    }
+
+    /// Creates the database (or opens an existing one) and its tables, for
+    /// this process alone.
+    pub fn create(path: &Path) -> Result<RedbStore, StateError> {
+        let db = match redb::Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(Self::busy(path)),
+            Err(e) => return Err(StateError::Db(e.into())),
+        };
+        let txn = db_err!(db.begin_write())?;
+        {
+            db_err!(txn.open_table(META))?;
+            db_err!(txn.open_table(TOKENS))?;
+            db_err!(txn.open_table(NODES))?;
+            db_err!(txn.open_table(ASSIGNMENTS))?;
+            db_err!(txn.open_table(CLUSTERS))?;
+            db_err!(txn.open_table(AUDIT))?;
+            db_err!(txn.open_table(ADMINS))?;
+        }
+        db_err!(txn.commit())?;
+        Ok(RedbStore {
+            db: Db::ReadWrite(db),
+            path: path.to_path_buf(),
+            _lock: None,
+        })
+    }
+
+    /// Opens an existing database for this process alone.
+    pub fn open(path: &Path) -> Result<RedbStore, StateError> {
+        if !path.exists() {
+            return Err(StateError::Missing(path.display().to_string()));
+        }
+        RedbStore::create(path)
+    }
+
+    /// Opens the database for a coordinator holding `lock`: a CLI that
+    /// has it open for a moment is waited for, up to `wait`; past that the
+    /// error names the processes holding it.
+    pub fn open_for_coordinator(
+        path: &Path,
+        lock: CoordinatorLock,
+        wait: Duration,
+    ) -> Result<RedbStore, StateError> {
+        let mut store = lock::retry_while(
+            wait,
+            |e| matches!(e, StateError::Busy { .. }),
+            || RedbStore::open(path),
+        )?;
+        store._lock = Some(lock);
+        Ok(store)
+    }
+
+    /// Opens the database to read it, beside other readers; one that was
+    /// not closed cleanly (its coordinator was killed) is opened for
+    /// writing instead, which repairs it.
+    pub fn open_read_only(path: &Path) -> Result<RedbStore, StateError> {
+        if !path.exists() {
+            return Err(StateError::Missing(path.display().to_string()));
+        }
+        match redb::ReadOnlyDatabase::open(path) {
+            Ok(db) => Ok(RedbStore {
+                db: Db::ReadOnly(db),
+                path: path.to_path_buf(),
+                _lock: None,
+            }),
+            Err(redb::DatabaseError::RepairAborted) => RedbStore::open(path),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Self::busy(path)),
+            Err(e) => Err(StateError::Db(e.into())),
+        }
+    }
+}
+
+impl StateStore for RedbStore {
+    /// Hands out the next certificate serial (starting at 1).
+    fn next_serial(&self) -> Result<u64, StateError> {
+        let txn = self.begin_write()?;
+        let serial = {
+            let mut meta = db_err!(txn.open_table(META))?;
+            let serial = db_err!(meta.get(NEXT_SERIAL))?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            db_err!(meta.insert(NEXT_SERIAL, serial + 1))?;
+            serial
+        };
+        db_err!(txn.commit())?;
+        Ok(serial)
+    }
+
+    /// Stores a new token's hash. With `node` (an existing node id), the
+    /// token re-enrolls exactly that node.
+    fn add_token(
+        &self,
+        token: &JoinToken,
+        now: i64,
+        ttl_secs: u64,
+        uses: u32,
+        node: Option<&str>,
+    ) -> Result<TokenRecord, StateError> {
+        let rec = TokenRecord {
+            secret_hash: token.secret_hash(),
+            created_at: now,
+            expires_at: now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX)),
+            uses_left: uses,
+            node_id: node.map(str::to_string),
+        };
+        let txn = self.begin_write()?;
+        {
+            if let Some(node) = node {
+                let nodes = db_err!(txn.open_table(NODES))?;
+                if db_err!(nodes.get(node))?.is_none() {
+                    return Err(StateError::NoSuchNode(node.to_string()));
+                }
+            }
+            let mut t = db_err!(txn.open_table(TOKENS))?;
+            // Expired tokens are of no use to anyone: prune them here.
+            let stale: Vec<String> = db_err!(t.iter())?
+                .filter_map(Result::ok)
+                .filter_map(|(k, v)| {
+                    let r: TokenRecord = serde_json::from_slice(v.value()).ok()?;
+                    (r.expires_at < now - 86_400).then(|| k.value().to_string())
+                })
+                .collect();
+            for k in stale {
+                db_err!(t.remove(k.as_str()))?;
+            }
+            db_err!(t.insert(token.id.as_str(), to_json(&rec).as_slice()))?;
+        }
+        db_err!(txn.commit())?;
+        Ok(rec)
+    }
+
+    /// Checks a token as enrollment would (known, secret matches, not
+    /// expired, uses left) without spending a use: the bootstrap endpoint
+    /// serves the agent only to holders of a token that can still enroll.
+    fn check_token(&self, token: &JoinToken, now: i64) -> Result<TokenRecord, StateError> {
+        let txn = self.begin_read()?;
+        let tokens = db_err!(txn.open_table(TOKENS))?;
+        let rec: TokenRecord = match db_err!(tokens.get(token.id.as_str()))? {
+            Some(v) => from_json("tokens", &token.id, v.value())?,
+            None => return Err(StateError::TokenInvalid),
+        };
+        usable_token(token, &rec, now)?;
+        Ok(rec)
+    }
+
+    /// Spends one use of `token` and records the node it enrolls, atomically;
+    /// returns the node id and the certificate.
+    ///
+    /// The node id is the coordinator's: a token bound to a node
+    /// (`token create --node`) enrolls exactly that node again (a new key,
+    /// older certificates refused, a revoked node restored); any other token
+    /// enrolls a new node named `requested` (the host's label) and a suffix
+    /// drawn here, never an existing one. A request naming an existing node
+    /// id with an ordinary token is refused, so no token takes over a node.
+    /// `sign` gets the node id and certificate serial and returns the signed
+    /// certificate; if anything fails, nothing is committed.
+    fn enroll(
+        &self,
+        token: &JoinToken,
+        requested: &str,
+        now: i64,
+        sign: &mut dyn FnMut(&str, u64) -> Result<Issued, StateError>,
+    ) -> Result<(String, Issued), StateError> {
+        let txn = self.begin_write()?;
+        let out = {
+            let mut tokens = db_err!(txn.open_table(TOKENS))?;
+            let mut rec: TokenRecord = match db_err!(tokens.get(token.id.as_str()))? {
+                Some(v) => from_json("tokens", &token.id, v.value())?,
+                None => return Err(StateError::TokenInvalid),
+            };
+            usable_token(token, &rec, now)?;
+            rec.uses_left -= 1;
+            db_err!(tokens.insert(token.id.as_str(), to_json(&rec).as_slice()))?;
+
+            let mut nodes = db_err!(txn.open_table(NODES))?;
+            let existing = |id: &str| -> Result<Option<NodeRecord>, StateError> {
+                match db_err!(nodes.get(id))? {
+                    Some(v) => Ok(Some(from_json("nodes", id, v.value())?)),
+                    None => Ok(None),
+                }
+            };
+            let (node_id, mut node) = match &rec.node_id {
+                Some(bound) => match existing(bound)? {
+                    Some(node) => (bound.clone(), node),
+                    None => return Err(StateError::BoundNodeGone(bound.clone())),
+                },
+                None => {
+                    if existing(requested)?.is_some() {
+                        return Err(StateError::NodeExists(requested.to_string()));
+                    }
+                    let label = requested.get(..pki::NODE_LABEL_MAX).unwrap_or(requested);
+                    let label = label.trim_end_matches('-');
+                    let mut id = None;
+                    for _ in 0..32 {
+                        let candidate = format!("{label}-{:08x}", rand::random::<u32>());
+                        if existing(&candidate)?.is_none() {
+                            id = Some(candidate);
+                            break;
+                        }
+                    }
+                    let Some(id) = id else {
+                        return Err(StateError::Issue(format!("no free node id for {label}")));
+                    };
+                    let node = NodeRecord {
+                        node_id: id.clone(),
+                        ..Default::default()
+                    };
+                    (id, node)
+                }
+            };
+
+            let mut meta = db_err!(txn.open_table(META))?;
+            let serial = db_err!(meta.get(NEXT_SERIAL))?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            db_err!(meta.insert(NEXT_SERIAL, serial + 1))?;
+
+            let issued = sign(&node_id, serial)?;
+            node.enrolled_at = now;
+            node.cert_serial = serial;
+            node.cert_expires = issued.expires;
+            node.min_serial = serial;
+            node.revoked = false;
+            node.revoked_at = None;
+            // A new key on a host that may have moved: the address is seen
+            // again when it connects.
+            node.observed_ip = None;
+            node.observed_at = None;
+            db_err!(nodes.insert(node_id.as_str(), to_json(&node).as_slice()))?;
+            (node_id, issued)
+        };
+        db_err!(txn.commit())?;
+        Ok(out)
+    }
+
+    /// Issues a renewed certificate for a node that is still in good standing.
+    fn renew(
+        &self,
+        node_id: &str,
+        sign: &mut dyn FnMut(u64) -> Result<Issued, StateError>,
+    ) -> Result<Issued, StateError> {
+        let txn = self.begin_write()?;
+        let issued = {
+            let mut nodes = db_err!(txn.open_table(NODES))?;
+            let mut node: NodeRecord = match db_err!(nodes.get(node_id))? {
+                Some(v) => from_json("nodes", node_id, v.value())?,
+                None => return Err(StateError::NoSuchNode(node_id.to_string())),
+            };
+            if node.revoked {
+                return Err(StateError::NodeRevoked(node_id.to_string()));
+            }
+            let mut meta = db_err!(txn.open_table(META))?;
+            let serial = db_err!(meta.get(NEXT_SERIAL))?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            db_err!(meta.insert(NEXT_SERIAL, serial + 1))?;
+            let issued = sign(serial)?;
+            node.cert_serial = serial;
+            node.cert_expires = issued.expires;
+            db_err!(nodes.insert(node_id, to_json(&node).as_slice()))?;
+            issued
+        };
+        db_err!(txn.commit())?;
+        Ok(issued)
+    }
+
+    /// Whether a node certificate may be used: the node exists, is not
+    /// revoked, and the certificate is not older than its latest enrollment.
+    fn check_node_cert(&self, node_id: &str, serial: u64) -> Result<NodeRecord, StateError> {
+        let node = self
+            .node(node_id)?
+            .ok_or_else(|| StateError::NoSuchNode(node_id.to_string()))?;
+        if node.revoked {
+            return Err(StateError::NodeRevoked(node_id.to_string()));
+        }
+        if serial < node.min_serial {
+            return Err(StateError::StaleCertificate {
+                node: node_id.to_string(),
+                serial,
+            });
+        }
+        Ok(node)
+    }
+
+    fn node(&self, node_id: &str) -> Result<Option<NodeRecord>, StateError> {
+        let txn = self.begin_read()?;
+        let nodes = db_err!(txn.open_table(NODES))?;
+        match db_err!(nodes.get(node_id))? {
+            Some(v) => Ok(Some(from_json("nodes", node_id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StateError> {
+        let txn = self.begin_read()?;
+        let nodes = db_err!(txn.open_table(NODES))?;
+        let mut out = Vec::new();
+        for entry in db_err!(nodes.iter())? {
+            let (k, v) = db_err!(entry)?;
+            out.push(from_json("nodes", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Updates facts and last-seen times of several nodes in one transaction.
+    fn update_nodes(
+        &self,
+        updates: &[(String, Option<HostFacts>, Option<i64>)],
+    ) -> Result<(), StateError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let txn = self.begin_write()?;
+        {
+            let mut nodes = db_err!(txn.open_table(NODES))?;
+            for (node_id, facts, last_seen) in updates {
+                let mut node: NodeRecord = match db_err!(nodes.get(node_id.as_str()))? {
+                    Some(v) => from_json("nodes", node_id, v.value())?,
+                    None => continue,
+                };
+                if let Some(f) = facts {
+                    node.apply_facts(f);
+                }
+                if last_seen.is_some() {
+                    node.last_seen = *last_seen;
+                }
+                db_err!(nodes.insert(node_id.as_str(), to_json(&node).as_slice()))?;
+            }
+        }
+        db_err!(txn.commit())?;
+        Ok(())
+    }
+
+    /// Finds a node by id or (unique) hostname.
+    fn resolve_node(&self, name: &str) -> Result<String, StateError> {
+        let nodes = self.nodes()?;
+        if nodes.iter().any(|n| n.node_id == name) {
+            return Ok(name.to_string());
+        }
+        let by_host: Vec<&NodeRecord> = nodes.iter().filter(|n| n.hostname == name).collect();
+        match by_host.as_slice() {
+            [] => Err(StateError::NoSuchNode(name.to_string())),
+            [one] => Ok(one.node_id.clone()),
+            many => Err(StateError::AmbiguousNode(
+                name.to_string(),
+                many.iter()
+                    .map(|n| n.node_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
+    /// Marks a node revoked; its certificates are refused from now on.
+    fn revoke(&self, name: &str, now: i64) -> Result<String, StateError> {
+        let node_id = self.resolve_node(name)?;
+        let txn = self.begin_write()?;
+        {
+            let mut nodes = db_err!(txn.open_table(NODES))?;
+            let mut node: NodeRecord = match db_err!(nodes.get(node_id.as_str()))? {
+                Some(v) => from_json("nodes", &node_id, v.value())?,
+                None => return Err(StateError::NoSuchNode(name.to_string())),
+            };
+            node.revoked = true;
+            node.revoked_at = Some(now);
+            db_err!(nodes.insert(node_id.as_str(), to_json(&node).as_slice()))?;
+        }
+        db_err!(txn.commit())?;
+        Ok(node_id)
+    }
+
+    /// Records the source address of a node's new authenticated connection.
+    fn observe(&self, node_id: &str, ip: &str, now: i64) -> Result<(), StateError> {
+        let ip = canonical_ip(ip)?;
+        self.modify_node(node_id, |n| {
+            n.observed_ip = Some(ip);
+            n.observed_at = Some(now);
+        })
+    }
+
+    /// Adds (or with `approve == false` withdraws) admin approvals of host
+    /// IPs for a node named by id or hostname; returns the node id and its
+    /// approved IPs.
+    fn approve_ips(
+        &self,
+        name: &str,
+        ips: &[String],
+        approve: bool,
+    ) -> Result<(String, Vec<String>), StateError> {
+        let ips: Vec<String> = ips
+            .iter()
+            .map(|ip| canonical_ip(ip))
+            .collect::<Result<_, _>>()?;
+        let node_id = self.resolve_node(name)?;
+        let approved = self.modify_node(&node_id, |n| {
+            for ip in ips {
+                let has = n.approved_ips.iter().any(|a| same_ip(a, &ip));
+                if approve && !has {
+                    n.approved_ips.push(ip);
+                } else if !approve {
+                    n.approved_ips.retain(|a| !same_ip(a, &ip));
+                }
+            }
+            n.approved_ips.clone()
+        })?;
+        Ok((node_id, approved))
+    }
+
+    /// Records an admin certificate just issued.
+    fn add_admin(&self, rec: &AdminRecord) -> Result<(), StateError> {
+        let txn = self.begin_write()?;
+        {
+            let mut t = db_err!(txn.open_table(ADMINS))?;
+            db_err!(t.insert(rec.serial, to_json(rec).as_slice()))?;
+        }
+        db_err!(txn.commit())?;
+        Ok(())
+    }
+
+    /// Every admin certificate issued, by serial.
+    fn admins(&self) -> Result<Vec<AdminRecord>, StateError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(ADMINS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StateError::Db(e.into())),
+        };
+        let mut out = Vec::new();
+        for row in db_err!(table.iter())? {
+            let (k, v) = db_err!(row)?;
+            out.push(from_json("admins", &k.value().to_string(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn admin(&self, serial: u64) -> Result<Option<AdminRecord>, StateError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(ADMINS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(StateError::Db(e.into())),
+        };
+        match db_err!(table.get(serial))? {
+            Some(v) => Ok(Some(from_json("admins", &serial.to_string(), v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether an admin certificate may be used: issued by this coordinator
+    /// (recorded) and not revoked.
+    fn check_admin(&self, serial: u64) -> Result<AdminRecord, StateError> {
+        let rec = self
+            .admin(serial)?
+            .ok_or(StateError::UnknownAdmin(serial))?;
+        if rec.revoked_at.is_some() {
+            return Err(StateError::AdminRevoked {
+                serial,
+                name: rec.name,
+            });
+        }
+        Ok(rec)
+    }
+
+    /// Finds an admin certificate by serial, or by a name only one
+    /// unrevoked certificate carries.
+    fn resolve_admin(&self, cert: &str) -> Result<AdminRecord, StateError> {
+        let all = self.admins()?;
+        if let Ok(serial) = cert.parse::<u64>() {
+            if let Some(r) = all.iter().find(|r| r.serial == serial) {
+                return Ok(r.clone());
+            }
+        }
+        let named: Vec<&AdminRecord> = all
+            .iter()
+            .filter(|r| r.name == cert && r.revoked_at.is_none())
+            .collect();
+        match named.as_slice() {
+            [] => Err(StateError::NoSuchAdmin(cert.to_string())),
+            [one] => Ok((*one).clone()),
+            many => Err(StateError::AmbiguousAdmin(
+                cert.to_string(),
+                many.iter()
+                    .map(|r| r.serial.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
+    /// Marks an admin certificate revoked (kept revoked if it was).
+    fn revoke_admin(&self, serial: u64, now: i64) -> Result<AdminRecord, StateError> {
+        let txn = self.begin_write()?;
+        let rec = {
+            let mut t = db_err!(txn.open_table(ADMINS))?;
+            let mut rec: AdminRecord = match db_err!(t.get(serial))? {
+                Some(v) => from_json("admins", &serial.to_string(), v.value())?,
+                None => return Err(StateError::NoSuchAdmin(serial.to_string())),
+            };
+            rec.revoked_at.get_or_insert(now);
+            db_err!(t.insert(serial, to_json(&rec).as_slice()))?;
+            rec
+        };
+        db_err!(txn.commit())?;
+        Ok(rec)
+    }
+
+    /// Every stored assignment.
+    fn assignments(&self) -> Result<Vec<Assignment>, StateError> {
+        self.json_rows(ASSIGNMENTS, "assignments")
+    }
+
+    /// Stores (replaces) an assignment.
+    fn put_assignment(&self, a: &Assignment) -> Result<(), StateError> {
+        self.put_json(ASSIGNMENTS, &a.image, a)
+    }
+
+    /// Removes an assignment; returns whether there was one.
+    fn remove_assignment(&self, image: &str) -> Result<bool, StateError> {
+        self.remove_key(ASSIGNMENTS, image)
+    }
+}
+
+/// Helpers of the tables.
+impl RedbStore {
+    /// Changes one node record in a transaction of its own.
+    fn modify_node<T>(
+        &self,
+        node_id: &str,
+        f: impl FnOnce(&mut NodeRecord) -> T,
+    ) -> Result<T, StateError> {
+        let txn = self.begin_write()?;
+        let out = {
+            let mut nodes = db_err!(txn.open_table(NODES))?;
+            let mut node: NodeRecord = match db_err!(nodes.get(node_id))? {
+                Some(v) => from_json("nodes", node_id, v.value())?,
+                None => return Err(StateError::NoSuchNode(node_id.to_string())),
+            };
+            let out = f(&mut node);
+            db_err!(nodes.insert(node_id, to_json(&node).as_slice()))?;
+            out
+        };
+        db_err!(txn.commit())?;
+        Ok(out)
+    }
+
+    fn json_rows<T: for<'de> Deserialize<'de>>(
+        &self,
+        def: TableDefinition<'static, &'static str, &'static [u8]>,
+        what: &'static str,
+    ) -> Result<Vec<T>, StateError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(def) {
+            Ok(t) => t,
+            // A database from before the table existed.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StateError::Db(e.into())),
+        };
+        let mut out = Vec::new();
+        for row in db_err!(table.iter())? {
+            let (k, v) = db_err!(row)?;
+            out.push(from_json(what, k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put_json<T: Serialize>(
+        &self,
+        def: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let txn = self.begin_write()?;
+        {
+            let mut table = db_err!(txn.open_table(def))?;
+            db_err!(table.insert(key, to_json(value).as_slice()))?;
+        }
+        db_err!(txn.commit())?;
+        Ok(())
+    }
+
+    fn remove_key(
+        &self,
+        def: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: &str,
+    ) -> Result<bool, StateError> {
+        let txn = self.begin_write()?;
+        let existed = {
+            let mut table = db_err!(txn.open_table(def))?;
+            let old = db_err!(table.remove(key))?;
+            old.is_some()
+        };
+        db_err!(txn.commit())?;
+        Ok(existed)
+    }
+
+    /// Appends an entry; returns its sequence number.
+    fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StateError> {
+        let txn = self.begin_write()?;
+        let seq = {
+            let mut table = db_err!(txn.open_table(AUDIT))?;
+            let next = db_err!(table.last())?.map_or(1, |(k, _)| k.value() + 1);
+            db_err!(table.insert(next, to_json(entry).as_slice()))?;
+            next
+        };
+        db_err!(txn.commit())?;
+        Ok(seq)
+    }
+
+    /// The last `limit` entries, oldest first.
+    fn read_audit(&self, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StateError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(AUDIT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(StateError::Db(e.into())),
+        };
+        let mut out = Vec::new();
+        for row in db_err!(table.iter())?.rev().take(limit) {
+            let (k, v) = db_err!(row)?;
+            out.push((
+                k.value(),
+                from_json("audit", &k.value().to_string(), v.value())?,
+            ));
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+/// Cluster records and the audit log, for [`crate::operations`]: every
+/// save is one committed transaction.
+impl ClusterStore for RedbStore {
+    fn cluster(&self, name: &ClusterName) -> Result<Option<Cluster>, StoreError> {
+        let txn = self.begin_read().map_err(StoreError::new)?;
+        let table = match txn.open_table(CLUSTERS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(StoreError::new(StateError::Db(e.into()))),
+        };
+        match db_err!(table.get(name.as_str())).map_err(StoreError::new)? {
+            Some(v) => Ok(Some(
+                from_json("clusters", name.as_str(), v.value()).map_err(StoreError::new)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn clusters(&self) -> Result<Vec<Cluster>, StoreError> {
+        self.json_rows(CLUSTERS, "clusters")
+            .map_err(StoreError::new)
+    }
+
+    fn save_cluster(&self, cluster: &Cluster) -> Result<(), StoreError> {
+        self.put_json(CLUSTERS, cluster.name.as_str(), cluster)
+            .map_err(StoreError::new)
+    }
+
+    fn remove_cluster(&self, name: &ClusterName) -> Result<bool, StoreError> {
+        self.remove_key(CLUSTERS, name.as_str())
+            .map_err(StoreError::new)
+    }
+
+    fn audit(&self, entry: &AuditEntry) -> Result<u64, StoreError> {
+        self.append_audit(entry).map_err(StoreError::new)
+    }
+
+    fn audit_log(&self, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+        self.read_audit(limit).map_err(StoreError::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateStore;
+
+    fn issued(_node: &str, serial: u64) -> Result<Issued, StateError> {
+        Ok(Issued {
+            cert_pem: format!("cert {serial}"),
+            expires: 1_000_000,
+        })
+    }
+
+    #[test]
+    fn token_uses_are_counted_and_expiry_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::create(&dir.path().join("state.redb")).unwrap();
+        let token = JoinToken::generate();
+        store.add_token(&token, 100, 60, 2, None).unwrap();
+        store.enroll(&token, "a", 110, &mut issued).unwrap();
+        store.enroll(&token, "b", 110, &mut issued).unwrap();
+        assert!(matches!(
+            store.enroll(&token, "c", 110, &mut issued),
+            Err(StateError::TokenUsedUp(_))
+        ));
+        let late = JoinToken::generate();
+        store.add_token(&late, 100, 60, 5, None).unwrap();
+        assert!(matches!(
+            store.enroll(&late, "d", 160, &mut issued),
+            Err(StateError::TokenExpired(_))
+        ));
+        let forged = JoinToken {
+            id: late.id.clone(),
+            secret: "aaaaaaaaaaaaaaaa".into(),
+        };
+        assert!(matches!(
+            store.enroll(&forged, "d", 110, &mut issued),
+            Err(StateError::TokenInvalid)
+        ));
+        // A failed signature leaves the token unspent.
+        let one = JoinToken::generate();
+        store.add_token(&one, 100, 60, 1, None).unwrap();
+        assert!(store
+            .enroll(&one, "e", 110, &mut |_, _| Err(StateError::Issue(
+                "boom".into()
+            )))
+            .is_err());
+        store.enroll(&one, "e", 110, &mut issued).unwrap();
+        assert_eq!(store.nodes().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn node_ids_are_drawn_by_the_coordinator_and_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::create(&dir.path().join("state.redb")).unwrap();
+        let token = JoinToken::generate();
+        store.add_token(&token, 100, 600, 10, None).unwrap();
+        let (a, _) = store.enroll(&token, "web", 110, &mut issued).unwrap();
+        let (b, _) = store.enroll(&token, "web", 110, &mut issued).unwrap();
+        assert!(a.starts_with("web-") && b.starts_with("web-"), "{a} {b}");
+        assert_eq!(a.len(), "web-".len() + 8);
+        assert_ne!(a, b, "one name asked twice is two nodes");
+        assert!(pki::is_valid_node_id(&a));
+        // Asking for an existing id with an ordinary token: refused, and
+        // the node is as it was.
+        let before = store.node(&a).unwrap().unwrap();
+        assert!(matches!(
+            store.enroll(&token, &a, 120, &mut issued),
+            Err(StateError::NodeExists(_))
+        ));
+        let after = store.node(&a).unwrap().unwrap();
+        assert_eq!(after.cert_serial, before.cert_serial);
+        assert_eq!(after.min_serial, before.min_serial);
+        assert_eq!(after.enrolled_at, before.enrolled_at);
+    }
+
+    #[test]
+    fn revoked_nodes_come_back_only_with_a_token_made_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::create(&dir.path().join("state.redb")).unwrap();
+        let token = JoinToken::generate();
+        store.add_token(&token, 100, 600, 5, None).unwrap();
+        let (a, _) = store.enroll(&token, "a", 110, &mut issued).unwrap();
+        let first = store.node(&a).unwrap().unwrap().cert_serial;
+        store.check_node_cert(&a, first).unwrap();
+        store.observe(&a, "10.0.0.1", 111).unwrap();
+        store.revoke(&a, 120).unwrap();
+        assert!(matches!(
+            store.check_node_cert(&a, first),
+            Err(StateError::NodeRevoked(_))
+        ));
+        // The multi-use token cannot bring it back under its id.
+        assert!(matches!(
+            store.enroll(&token, &a, 125, &mut issued),
+            Err(StateError::NodeExists(_))
+        ));
+        assert!(store.node(&a).unwrap().unwrap().revoked);
+        // A token bound to a node that does not exist cannot be made.
+        assert!(matches!(
+            store.add_token(&JoinToken::generate(), 100, 60, 1, Some("ghost-00000000")),
+            Err(StateError::NoSuchNode(_))
+        ));
+        // The admin's token for exactly that node does, whatever name the
+        // host asks for.
+        let bound = JoinToken::generate();
+        store.add_token(&bound, 100, 600, 1, Some(&a)).unwrap();
+        let (again, _) = store.enroll(&bound, "anything", 130, &mut issued).unwrap();
+        assert_eq!(again, a);
+        let node = store.node(&a).unwrap().unwrap();
+        assert!(!node.revoked);
+        assert_eq!(node.observed_ip, None, "the new key's address is seen anew");
+        let second = node.cert_serial;
+        store.check_node_cert(&a, second).unwrap();
+        assert!(matches!(
+            store.check_node_cert(&a, first),
+            Err(StateError::StaleCertificate { .. })
+        ));
+        assert!(matches!(
+            store.enroll(&bound, "anything", 131, &mut issued),
+            Err(StateError::TokenUsedUp(_))
+        ));
+    }
+
+    #[test]
+    fn approvals_are_stored_canonical_and_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::create(&dir.path().join("state.redb")).unwrap();
+        let token = JoinToken::generate();
+        store.add_token(&token, 100, 600, 1, None).unwrap();
+        let (a, _) = store.enroll(&token, "a", 110, &mut issued).unwrap();
+        let (_, ips) = store
+            .approve_ips(&a, &["::ffff:10.0.0.5".into(), "10.0.0.6".into()], true)
+            .unwrap();
+        assert_eq!(ips, ["10.0.0.5", "10.0.0.6"]);
+        assert!(matches!(
+            store.approve_ips(&a, &["10.0.0.300".into()], true),
+            Err(StateError::BadIp(_))
+        ));
+        let (_, ips) = store.approve_ips(&a, &["10.0.0.5".into()], false).unwrap();
+        assert_eq!(ips, ["10.0.0.6"]);
+    }
+
+    #[test]
+    fn admin_certificates_are_checked_against_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::create(&dir.path().join("state.redb")).unwrap();
+        for (serial, name) in [(7, "alice"), (8, "bob")] {
+            store
+                .add_admin(&AdminRecord {
+                    serial,
+                    name: name.into(),
+                    issued_at: 1,
+                    expires_at: 2,
+                    revoked_at: None,
+                    local: false,
+                })
+                .unwrap();
+        }
+        store.check_admin(7).unwrap();
+        assert!(matches!(
+            store.check_admin(9),
+            Err(StateError::UnknownAdmin(9))
+        ));
+        let r = store.resolve_admin("bob").unwrap();
+        store.revoke_admin(r.serial, 50).unwrap();
+        assert!(matches!(
+            store.check_admin(8),
+            Err(StateError::AdminRevoked { serial: 8, .. })
+        ));
+        store.check_admin(7).unwrap();
+        assert!(matches!(
+            store.resolve_admin("bob"),
+            Err(StateError::NoSuchAdmin(_))
+        ));
+        assert_eq!(store.resolve_admin("8").unwrap().revoked_at, Some(50));
+    }
+}

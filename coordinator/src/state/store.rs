@@ -1,0 +1,111 @@
+//! [`StateStore`]: everything the coordinator keeps, whatever the backend.
+
+use seaport_shared::pki::JoinToken;
+use seaport_shared::wire::HostFacts;
+
+use super::error::StateError;
+use crate::operations::ClusterStore;
+use crate::records::{AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
+
+/// Everything the coordinator keeps. Methods may block (disk, network):
+/// call them off the async runtime.
+pub trait StateStore: ClusterStore {
+    /// Hands out the next certificate serial (starting at 1).
+    fn next_serial(&self) -> Result<u64, StateError>;
+
+    /// Stores a new token's hash. With `node` (an existing node id), the
+    /// token re-enrolls exactly that node.
+    fn add_token(
+        &self,
+        token: &JoinToken,
+        now: i64,
+        ttl_secs: u64,
+        uses: u32,
+        node: Option<&str>,
+    ) -> Result<TokenRecord, StateError>;
+
+    /// Checks a token as enrollment would (known, secret matches, not
+    /// expired, uses left) without spending a use.
+    fn check_token(&self, token: &JoinToken, now: i64) -> Result<TokenRecord, StateError>;
+
+    /// Spends one use of `token` and records the node it enrolls, in one
+    /// transaction; `sign` gets the node id and certificate serial and
+    /// returns the signed certificate; if anything fails, nothing is
+    /// committed. See [`RedbStore`] for how node ids are drawn.
+    fn enroll(
+        &self,
+        token: &JoinToken,
+        requested: &str,
+        now: i64,
+        sign: &mut dyn FnMut(&str, u64) -> Result<Issued, StateError>,
+    ) -> Result<(String, Issued), StateError>;
+
+    /// Issues a renewed certificate for a node still in good standing, in
+    /// one transaction with its serial.
+    fn renew(
+        &self,
+        node_id: &str,
+        sign: &mut dyn FnMut(u64) -> Result<Issued, StateError>,
+    ) -> Result<Issued, StateError>;
+
+    /// Whether a node certificate may be used: the node exists, is not
+    /// revoked, and the certificate is not older than its latest enrollment.
+    fn check_node_cert(&self, node_id: &str, serial: u64) -> Result<NodeRecord, StateError>;
+
+    fn node(&self, node_id: &str) -> Result<Option<NodeRecord>, StateError>;
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StateError>;
+
+    /// Updates facts and last-seen times of several nodes in one transaction.
+    fn update_nodes(
+        &self,
+        updates: &[(String, Option<HostFacts>, Option<i64>)],
+    ) -> Result<(), StateError>;
+
+    /// Finds a node by id or (unique) hostname.
+    fn resolve_node(&self, name: &str) -> Result<String, StateError>;
+
+    /// Marks a node revoked; its certificates are refused from now on.
+    fn revoke(&self, name: &str, now: i64) -> Result<String, StateError>;
+
+    /// Records the source address of a node's new authenticated connection.
+    fn observe(&self, node_id: &str, ip: &str, now: i64) -> Result<(), StateError>;
+
+    /// Adds (or with `approve == false` withdraws) admin approvals of host
+    /// IPs for a node named by id or hostname; returns the node id and its
+    /// approved IPs.
+    fn approve_ips(
+        &self,
+        name: &str,
+        ips: &[String],
+        approve: bool,
+    ) -> Result<(String, Vec<String>), StateError>;
+
+    /// Records an admin certificate just issued.
+    fn add_admin(&self, rec: &AdminRecord) -> Result<(), StateError>;
+
+    /// Every admin certificate issued, by serial.
+    fn admins(&self) -> Result<Vec<AdminRecord>, StateError>;
+
+    fn admin(&self, serial: u64) -> Result<Option<AdminRecord>, StateError>;
+
+    /// Whether an admin certificate may be used: issued by this coordinator
+    /// (recorded) and not revoked.
+    fn check_admin(&self, serial: u64) -> Result<AdminRecord, StateError>;
+
+    /// Finds an admin certificate by serial, or by a name only one
+    /// unrevoked certificate carries.
+    fn resolve_admin(&self, cert: &str) -> Result<AdminRecord, StateError>;
+
+    /// Marks an admin certificate revoked (kept revoked if it was).
+    fn revoke_admin(&self, serial: u64, now: i64) -> Result<AdminRecord, StateError>;
+
+    /// Every image assignment.
+    fn assignments(&self) -> Result<Vec<Assignment>, StateError>;
+
+    /// Stores (replaces) an assignment.
+    fn put_assignment(&self, a: &Assignment) -> Result<(), StateError>;
+
+    /// Removes an assignment; returns whether there was one.
+    fn remove_assignment(&self, image: &str) -> Result<bool, StateError>;
+}
