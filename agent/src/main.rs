@@ -66,20 +66,8 @@ enum Command {
         #[arg(long, env = "SEAPORT_AGENT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
-    /// Print the version and the commit it was built from.
-    Version,
-    /// Print a shell completion script: `source <(seaport-agent completion bash)`.
-    Completion {
-        /// bash, zsh, fish, elvish or powershell.
-        shell: seaport_shared::cli_docs::Shell,
-    },
-    /// Write man pages (seaport-agent.1 and one per subcommand) into a directory.
-    #[command(hide = true)]
-    Man {
-        /// The directory (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-    },
+    #[command(flatten)]
+    About(seaport_shared::cli_docs::About),
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,23 +84,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     use clap::CommandFactory;
-    use seaport_shared::cli_docs;
     // apply and reset are synchronous (blocking HTTP to the local registry).
     let command = match cli.command {
-        Command::Version => {
-            println!("{}", cli_docs::version_line("seaport-agent"));
-            return Ok(());
-        }
-        Command::Completion { shell } => {
-            cli_docs::completions(Cli::command(), shell, &mut std::io::stdout());
-            return Ok(());
-        }
-        Command::Man { out } => {
-            for page in cli_docs::man_pages(Cli::command(), &out)? {
-                println!("{}", page.display());
-            }
-            return Ok(());
-        }
+        Command::About(about) => return Ok(about.run(Cli::command())?),
         Command::Apply { args, state_dir } => {
             return seaport_agent::cli_apply::run_apply(*args, state_dir)
         }
@@ -201,11 +175,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tasks.abort();
             Ok(())
         }),
-        Command::Apply { .. }
-        | Command::Reset { .. }
-        | Command::Version
-        | Command::Completion { .. }
-        | Command::Man { .. } => unreachable!("handled above"),
+        Command::Apply { .. } | Command::Reset { .. } | Command::About(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -18,6 +18,43 @@ pub fn version_line(name: &str) -> String {
     format!("{name} {VERSION} (commit {COMMIT})")
 }
 
+/// The subcommands both binaries have for describing themselves; flattened
+/// into each binary's own subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum About {
+    /// Print the version and the commit it was built from.
+    Version,
+    /// Print a shell completion script (bash: `source <(PROGRAM completion bash)`).
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: Shell,
+    },
+    /// Write man pages (PROGRAM.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// The directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+impl About {
+    /// Does what the subcommand asks for `cmd` (the binary's whole clap
+    /// definition), printing to standard output.
+    pub fn run(self, cmd: Command) -> Result<(), ManPageError> {
+        match self {
+            About::Version => println!("{}", version_line(cmd.get_name())),
+            About::Completion { shell } => completions(cmd, shell, &mut std::io::stdout()),
+            About::Man { out } => {
+                for page in man_pages(cmd, &out)? {
+                    println!("{}", page.display());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Errors writing man pages.
 #[derive(Debug, thiserror::Error)]
 #[error("writing the man page {path}: {source}")]

@@ -94,20 +94,8 @@ pub enum Command {
     /// What a host runs to get its agent: cloud-init user-data or a shell one-liner.
     #[command(subcommand)]
     Bootstrap(bootstrap::BootstrapCommand),
-    /// Print the version and the commit it was built from.
-    Version,
-    /// Print a shell completion script: `source <(seaport completion bash)`.
-    Completion {
-        /// bash, zsh, fish, elvish or powershell.
-        shell: seaport_shared::cli_docs::Shell,
-    },
-    /// Write man pages (seaport.1 and one per subcommand) into a directory.
-    #[command(hide = true)]
-    Man {
-        /// The directory (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-    },
+    #[command(flatten)]
+    About(seaport_shared::cli_docs::About),
 }
 
 /// Runs one parsed command line.
@@ -133,21 +121,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(args) => admins::run(&root, args),
         Command::Distribute(args) => distribute::run(&root, args),
         Command::Bootstrap(cmd) => bootstrap::run(&root, cmd),
-        Command::Version => {
-            println!("{}", seaport_shared::cli_docs::version_line("seaport"));
-            Ok(())
-        }
-        Command::Completion { shell } => {
+        Command::About(about) => {
             use clap::CommandFactory;
-            seaport_shared::cli_docs::completions(Cli::command(), shell, &mut std::io::stdout());
-            Ok(())
-        }
-        Command::Man { out } => {
-            use clap::CommandFactory;
-            for page in seaport_shared::cli_docs::man_pages(Cli::command(), &out)? {
-                println!("{}", page.display());
-            }
-            Ok(())
+            Ok(about.run(Cli::command())?)
         }
         Command::Run(args) => cluster::run(&root, args),
         Command::Status(args) => cluster::status(&root, args),
