@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! - [`bench`]: what every benchmark prints about its run (machine, load,
+//!   CPU time, min / median / max).
 //! - [`digest`]: sha256 digests (`sha256:<hex>`), verifying readers and writers.
 //! - [`codec`], [`wire`]: the framed, versioned wire protocol (bincode 2.0.1).
 //! - [`pki`]: roles, CA pins, join tokens, node ids, certificate inspection,
@@ -12,6 +14,7 @@
 //! - [`safetar`]: tar unpacking confined to a target root.
 //! - [`transfer`]: layer distribution: pieces, piece tables, `Blob` stream messages.
 
+pub mod bench;
 pub mod codec;
 pub mod confined;
 pub mod digest;
