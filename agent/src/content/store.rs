@@ -654,9 +654,10 @@ fn write_direct(
 /// hint: an error is not one the data would suffer from (the `fdatasync`
 /// reports real write errors).
 fn start_writeback(file: &File, offset: u64, len: u32) {
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+    let Ok(offset) = i64::try_from(offset) else {
         return;
     };
+    let len = i64::from(len);
     let _ = nix::fcntl::posix_fadvise(
         file,
         offset,
