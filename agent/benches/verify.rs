@@ -6,8 +6,10 @@
 //! chunk hashed on the receiving thread and written at its offset in the
 //! partial file by the partial's writer thread, the piece checked against
 //! the piece table), with 3 pieces in flight at once as the fetcher has
-//! (its coordinator slots; more with peers), each on its own thread as the
-//! fetcher's tasks are; its bit is set, the bitmap is persisted every
+//! (its coordinator slots; more with peers), each a task of a
+//! single-threaded async runtime as the agent's, hashing on the runtime's
+//! blocking threads as the fetcher does; its bit is set, the bitmap is
+//! persisted every
 //! [`PERSIST_EVERY`] after the data is synced, as the fetcher does, and the
 //! finished partial is synced and moved into `sha256/` by
 //! [`Partial::finish`]. The bytes come from the same file openssl reads, in
@@ -167,13 +169,18 @@ fn seaport(source: &Path, table: &Arc<PieceTable>, state: &Path, in_flight: usiz
     let mut partial: Partial = store.partial(table.clone()).unwrap();
     let writer = partial.writer().unwrap();
     // `in_flight` pieces at once, as the fetcher receives them from its
-    // sources (each its own task); the bits are set and persisted here, as
-    // the fetcher's loop does.
-    let (verified_tx, verified_rx) = std::sync::mpsc::channel();
-    std::thread::scope(|scope| {
+    // sources: each a task of a single-threaded runtime (as the agent's),
+    // hashing off the runtime's thread as the fetcher does; the bits are
+    // set and persisted by one loop, as the fetcher's.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (verified_tx, mut verified_rx) = tokio::sync::mpsc::unbounded_channel();
         for t in 0..in_flight {
             let (writer, verified_tx) = (writer.clone(), verified_tx.clone());
-            scope.spawn(move || {
+            let (source, table) = (source.to_path_buf(), table.clone());
+            tokio::spawn(async move {
                 let src = File::open(source).unwrap();
                 let mut buf = writer.buffer(CHUNK);
                 for i in (t as u32..table.count()).step_by(in_flight) {
@@ -183,18 +190,21 @@ fn seaport(source: &Path, table: &Arc<PieceTable>, state: &Path, in_flight: usiz
                     while w.remaining() > 0 {
                         let n = w.remaining().min(CHUNK);
                         buf.resize(n);
+                        // The page cache stands in for the network.
                         src.read_exact_at(&mut buf, at).unwrap();
-                        buf = w.write(buf).unwrap();
+                        let (next, written) = w.write_off_thread(buf).await;
+                        w = next;
+                        buf = written.unwrap();
                         at += n as u64;
                     }
-                    let verified = w.verify().unwrap().expect("piece verifies");
-                    verified_tx.send(verified).unwrap();
+                    let verified = w.verify_off_thread().await.unwrap();
+                    verified_tx.send(verified.expect("piece verifies")).unwrap();
                 }
             });
         }
         drop(verified_tx);
         let mut persisted = Instant::now();
-        for verified in verified_rx {
+        while let Some(verified) = verified_rx.recv().await {
             partial.mark(verified);
             if persisted.elapsed() >= PERSIST_EVERY {
                 partial.persist().unwrap();

@@ -680,7 +680,8 @@ async fn fetch_piece(
         Ok(other) => return Err(failed(&format!("unexpected answer {other:?}"))),
         Err(e) => return Err(failed(&e)),
     }
-    // Each chunk is hashed here and written by the partial's writer thread
+    // Each chunk is hashed on a blocking thread (pieces in flight are hashed
+    // on several cores at once) and written by the partial's writer thread
     // while the next one arrives.
     let mut writer = sink.piece(piece);
     let len = writer.remaining();
@@ -690,10 +691,13 @@ async fn fetch_piece(
         buf.resize(want);
         recv.read_exact(&mut buf).await.map_err(|e| failed(&e))?;
         shared.download.take(want).await;
-        buf = writer.write(buf).map_err(|e| failed(&e))?;
+        let (w, written) = writer.write_off_thread(buf).await;
+        writer = w;
+        buf = written.map_err(|e| failed(&e))?;
     }
     let verified = writer
-        .verify()
+        .verify_off_thread()
+        .await
         .map_err(|e| failed(&format!("writing the piece: {e}")))?
         .ok_or(FetchError::Corrupt)?;
     Ok((len as u64, verified))

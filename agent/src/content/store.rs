@@ -21,9 +21,10 @@
 //! the blob. Every byte is hashed once, as it is written.
 //!
 //! Hashing and writing overlap: [`PieceWriter`] hashes a chunk on the
-//! caller's thread and hands it to the partial's writer thread, which
-//! writes it at its offset while the caller receives and hashes the next
-//! one. A piece verifies only once every chunk of it is written (its write
+//! caller's thread (for the fetcher, one of the async runtime's blocking
+//! threads: [`PieceWriter::write_off_thread`]) and hands it to the
+//! partial's writer thread, which writes it at its offset while the caller
+//! receives and hashes the next one. A piece verifies only once every chunk of it is written (its write
 //! errors are reported then, apart from a digest mismatch), so a set bit
 //! always means verified bytes in the `.part` file. When a piece's last
 //! chunk is written, the writer thread starts the disk writeback of the
@@ -734,6 +735,33 @@ impl PieceWriter {
                 && Digest::from_bytes(hasher.finalize().into()) == self.expected)
                 .then_some(VerifiedPiece(self.index)),
         )
+    }
+}
+
+impl PieceWriter {
+    /// [`PieceWriter::write`] on the async runtime's blocking threads: the
+    /// runtime's own thread (the agent runs one) goes on receiving while the
+    /// chunk is hashed, and pieces in flight from several sources are hashed
+    /// on several cores at once.
+    pub async fn write_off_thread(self, chunk: ChunkBuf) -> (PieceWriter, io::Result<ChunkBuf>) {
+        let job = tokio::task::spawn_blocking(move || {
+            let mut w = self;
+            let result = w.write(chunk);
+            (w, result)
+        });
+        match job.await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// [`PieceWriter::verify`] on the async runtime's blocking threads (it
+    /// waits for the piece's chunks to be written).
+    pub async fn verify_off_thread(self) -> io::Result<Option<VerifiedPiece>> {
+        match tokio::task::spawn_blocking(move || self.verify()).await {
+            Ok(done) => done,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 }
 
