@@ -280,8 +280,8 @@ fn write_tar(entries: &Entries, mtime: u64, stream: &mut TarStream) -> Result<()
 /// ([`frame`]), so the bytes depend on the chunk alone, never on how many
 /// threads compress: `options.threads` workers compress chunks at once
 /// while this thread hashes and writes the finished frames in order. The
-/// frames of a layer are one zstd stream (decoders read concatenated
-/// frames as one content), the same as `zstd -T0` would write in layout.
+/// frames of a layer are one zstd stream: decoders read concatenated
+/// frames as one content.
 fn compress(
     full: std::sync::mpsc::Receiver<Chunk>,
     free: std::sync::mpsc::Sender<Vec<u8>>,
