@@ -1,25 +1,46 @@
 //! Verify a blob while writing it (BENCH.md), side by side with
 //! `openssl dgst -sha256` of the same file.
 //!
-//! Seaport's side is the agent blob store's path for a fetched blob:
-//! every piece goes through [`PieceWriter`] (hashed while it is written at
-//! its offset in the partial file, checked against the piece table), its bit
-//! is set, and the finished partial is moved into `sha256/` by
+//! Seaport's side is the agent blob store's path for a fetched blob,
+//! fdatasync included: every piece goes through a [`PieceWriter`] (each
+//! chunk hashed on the receiving thread and written at its offset in the
+//! partial file by the partial's writer thread, the piece checked against
+//! the piece table), with 3 pieces in flight at once as the fetcher has
+//! (its coordinator slots; more with peers), each a task of a
+//! single-threaded async runtime as the agent's, hashing on the runtime's
+//! blocking threads as the fetcher does; its bit is set, the bitmap is
+//! persisted every
+//! [`PERSIST_EVERY`] after the data is synced, as the fetcher does, and the
+//! finished partial is synced and moved into `sha256/` by
 //! [`Partial::finish`]. The bytes come from the same file openssl reads, in
 //! the 256 KiB chunks the fetcher receives them in, so both sides read the
-//! file from the page cache (one untimed warm-up read first). The partial
-//! file's `fdatasync` (which the fetcher spreads over the transfer, once a
-//! second) measures the disk rather than verification: it is timed
-//! separately, printed as `fsync_s`, and not part of the ratio.
+//! file from the page cache (one untimed warm-up read first).
 //!
-//! Each repetition runs both in alternating order. Prints every
-//! repetition, min / median / max of wall time and throughput per case, one
-//! JSON line per case, and the ratio of median throughputs (target: Seaport
-//! / openssl >= 0.9).
+//! Beside them, in the same repetitions, for what limits the ratio:
+//! - `seaport-1`: the same path with one piece at a time;
+//! - `dd if=BLOB of=OUT bs=4M conv=fdatasync` and `oflag=direct`: how fast
+//!   this machine's disk takes the same bytes, synced (the fetch cannot be
+//!   much faster than the disk: `conv=fdatasync` writes everything into the
+//!   page cache first and then waits for the disk, `oflag=direct` writes
+//!   4 MiB at a time straight to the disk);
+//! - hashing alone, the same chunks, with the `sha2` crate (which the store
+//!   uses) and with aws-lc-rs's SHA-256.
+//!
+//! Each repetition runs the cases in rotating order; before each case the
+//! store's directory is emptied and its file system synced, untimed (on a
+//! file system mounted with `discard`, the blocks the previous case freed
+//! are discarded at the next journal commit, which would otherwise slow
+//! whichever case comes next). Prints the machine,
+//! the load average during the run, every repetition, min / median / max of
+//! wall time and throughput per case, one JSON line per case, and the ratio
+//! of median throughputs (target: Seaport / openssl >= 0.9).
 //!
 //! `cargo bench -p seaport-agent --bench verify`; `SEAPORT_BENCH_MIB`
 //! changes the blob size (default 1024), `SEAPORT_BENCH_REPS` the
-//! repetitions (default 3).
+//! repetitions (default 3), `SEAPORT_BENCH_IN_FLIGHT` the pieces in
+//! flight (default 3), `SEAPORT_BENCH_DIR` where the blob and the
+//! store are written (default the system's temporary directory: the disk
+//! the fetch would write to should be the one measured).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -29,7 +50,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seaport_agent::distribution::store::{BlobStore, PieceWriter};
+use seaport_agent::distribution::store::{BlobStore, Partial, PieceWriter, PERSIST_EVERY};
+use seaport_shared::bench::{machine, stats, LoadWatch};
 use seaport_shared::digest::Digest;
 use seaport_shared::distribution::{PieceTable, PIECE_SIZE};
 
@@ -85,54 +107,132 @@ fn openssl(path: &Path, digest: &Digest) -> Duration {
     took
 }
 
-struct SeaportRun {
-    /// Pieces hashed while written, bits set, blob moved into place.
-    total: Duration,
-    /// Of which: `Partial::finish` (after the data was synced).
-    finish: Duration,
-    /// The partial file's fdatasync, not part of `total`.
-    fsync: Duration,
+/// `dd` of the blob into the store's directory, with `flag`
+/// (`conv=fdatasync` or `oflag=direct`).
+fn dd(source: &Path, dir: &Path, flag: &str) -> Duration {
+    let out = dir.join("dd.out");
+    let start = Instant::now();
+    let status = Command::new("dd")
+        .arg(format!("if={}", source.display()))
+        .arg(format!("of={}", out.display()))
+        .args(["bs=4M", flag, "status=none"])
+        .status()
+        .expect("run dd");
+    let took = start.elapsed();
+    assert!(status.success(), "dd failed");
+    fs::remove_file(&out).unwrap();
+    took
 }
 
-fn seaport(source: &Path, table: &Arc<PieceTable>, state: &Path) -> SeaportRun {
-    let _ = fs::remove_dir_all(state);
-    let store = BlobStore::open(state).unwrap();
+/// Hashing alone: the blob read in the fetcher's chunks and given to `hash`.
+fn hash_only(source: &Path, size: u64, hash: &mut dyn FnMut(&[u8])) -> Duration {
     let src = File::open(source).unwrap();
     let mut buf = vec![0u8; CHUNK];
     let start = Instant::now();
-    let mut partial = store.partial(table.clone()).unwrap();
-    for i in 0..table.count() {
-        let (offset, _) = table.range(i);
-        let mut w = PieceWriter::new(table, &partial.file, i);
-        let mut at = offset;
-        while w.remaining() > 0 {
-            let n = w.remaining().min(CHUNK);
-            src.read_exact_at(&mut buf[..n], at).unwrap();
-            w.write(&buf[..n]).unwrap();
-            at += n as u64;
-        }
-        let verified = w.verify().expect("piece verifies");
-        partial.mark(verified);
+    let mut at = 0;
+    while at < size {
+        let n = (size - at).min(CHUNK as u64) as usize;
+        src.read_exact_at(&mut buf[..n], at).unwrap();
+        hash(&buf[..n]);
+        at += n as u64;
     }
-    let written = start.elapsed();
-    let t = Instant::now();
-    partial.persist().unwrap();
-    let fsync = t.elapsed();
+    start.elapsed()
+}
+
+fn sha2_only(source: &Path, size: u64) -> Duration {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let took = hash_only(source, size, &mut |b| h.update(b));
+    std::hint::black_box(h.finalize());
+    took
+}
+
+fn aws_lc_only(source: &Path, size: u64) -> Duration {
+    let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let took = hash_only(source, size, &mut |b| h.update(b));
+    std::hint::black_box(h.finish());
+    took
+}
+
+struct SeaportRun {
+    /// Pieces hashed while written, bits set and persisted, data synced,
+    /// blob moved into place.
+    total: Duration,
+    /// Of which: the last sync and `Partial::finish`.
+    finish: Duration,
+}
+
+fn seaport(source: &Path, table: &Arc<PieceTable>, state: &Path, in_flight: usize) -> SeaportRun {
+    let _ = fs::remove_dir_all(state);
+    let store = BlobStore::open(state).unwrap();
+    let start = Instant::now();
+    let mut partial: Partial = store.partial(table.clone()).unwrap();
+    let writer = partial.writer().unwrap();
+    // `in_flight` pieces at once, as the fetcher receives them from its
+    // sources: each a task of a single-threaded runtime (as the agent's),
+    // hashing off the runtime's thread as the fetcher does; the bits are
+    // set and persisted by one loop, as the fetcher's.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (verified_tx, mut verified_rx) = tokio::sync::mpsc::unbounded_channel();
+        for t in 0..in_flight {
+            let (writer, verified_tx) = (writer.clone(), verified_tx.clone());
+            let (source, table) = (source.to_path_buf(), table.clone());
+            tokio::spawn(async move {
+                let src = File::open(source).unwrap();
+                let mut buf = writer.buffer(CHUNK);
+                for i in (t as u32..table.count()).step_by(in_flight) {
+                    let (offset, _) = table.range(i);
+                    let mut w: PieceWriter = writer.piece(i);
+                    let mut at = offset;
+                    while w.remaining() > 0 {
+                        let n = w.remaining().min(CHUNK);
+                        buf.resize(n);
+                        // The page cache stands in for the network.
+                        src.read_exact_at(&mut buf, at).unwrap();
+                        let (next, written) = w.write_off_thread(buf).await;
+                        w = next;
+                        buf = written.unwrap();
+                        at += n as u64;
+                    }
+                    let verified = w.verify_off_thread().await.unwrap();
+                    verified_tx.send(verified.expect("piece verifies")).unwrap();
+                }
+            });
+        }
+        drop(verified_tx);
+        let mut persisted = Instant::now();
+        while let Some(verified) = verified_rx.recv().await {
+            partial.mark(verified);
+            if persisted.elapsed() >= PERSIST_EVERY {
+                partial.persist().unwrap();
+                persisted = Instant::now();
+            }
+        }
+    });
+    drop(writer);
     let t = Instant::now();
     partial.finish(&store).unwrap();
     let finish = t.elapsed();
+    let total = start.elapsed();
     assert!(store.has(&table.digest));
-    SeaportRun {
-        total: written + finish,
-        finish,
-        fsync,
-    }
+    SeaportRun { total, finish }
 }
 
-fn stats(v: &[f64]) -> (f64, f64, f64) {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (s[0], s[s.len() / 2], s[s.len() - 1])
+/// Empties the store's directory and syncs its file system, untimed: on a
+/// file system mounted with `discard`, freeing a gigabyte costs the next
+/// writer time it would be charged for otherwise.
+fn settle(state: &Path) {
+    let _ = fs::remove_dir_all(state);
+    fs::create_dir_all(state).unwrap();
+    let status = Command::new("sync")
+        .arg("-f")
+        .arg(state)
+        .status()
+        .expect("run sync");
+    assert!(status.success(), "sync -f failed");
 }
 
 fn main() {
@@ -143,10 +243,14 @@ fn main() {
     }
     let mib = env_usize("SEAPORT_BENCH_MIB", 1024).max(1) as u64;
     let reps = env_usize("SEAPORT_BENCH_REPS", 3).max(1);
-    let work = tempfile::Builder::new()
-        .prefix("seaport-bench-")
-        .tempdir()
-        .unwrap();
+    let in_flight = env_usize("SEAPORT_BENCH_IN_FLIGHT", 3).max(1);
+    let mut work = tempfile::Builder::new();
+    work.prefix("seaport-bench-");
+    let work = match std::env::var_os("SEAPORT_BENCH_DIR") {
+        Some(dir) => work.tempdir_in(dir),
+        None => work.tempdir(),
+    }
+    .unwrap();
     let source = work.path().join("blob");
     let bytes = mib * MIB;
     make_blob(&source, bytes);
@@ -155,62 +259,93 @@ fn main() {
     let table =
         Arc::new(PieceTable::compute(digest, File::open(&source).unwrap(), PIECE_SIZE).unwrap());
     let state = work.path().join("state");
-    eprintln!(
-        "blob {mib} MiB, {} pieces, {reps} repetitions",
-        table.count()
+    fs::create_dir_all(&state).unwrap();
+    println!("machine: {}", machine());
+    println!(
+        "blob {mib} MiB, {} pieces, {in_flight} in flight, {reps} repetitions, in {}",
+        table.count(),
+        work.path().display()
     );
 
-    let mut peer = Vec::new();
-    let mut ours = Vec::new();
+    const CASES: [&str; 7] = [
+        "openssl",
+        "seaport",
+        "seaport-1",
+        "dd-fdatasync",
+        "dd-direct",
+        "sha2",
+        "aws-lc-rs",
+    ];
+    let mut samples: [Vec<f64>; 7] = Default::default();
+    let mut finish = Vec::new();
+    let load = LoadWatch::start();
     for rep in 0..reps {
-        let (p, s) = if rep % 2 == 0 {
-            let p = openssl(&source, &digest);
-            (p, seaport(&source, &table, &state))
-        } else {
-            let s = seaport(&source, &table, &state);
-            (openssl(&source, &digest), s)
-        };
-        eprintln!(
-            "rep {rep}: openssl {:.3} s; seaport {:.3} s (finish {:.3} s), fsync {:.3} s",
-            p.as_secs_f64(),
-            s.total.as_secs_f64(),
-            s.finish.as_secs_f64(),
-            s.fsync.as_secs_f64()
-        );
-        peer.push(p);
-        ours.push(s);
-        let _ = fs::remove_dir_all(&state);
-    }
-    let mb = bytes as f64 / 1e6;
-    let p_secs: Vec<f64> = peer.iter().map(Duration::as_secs_f64).collect();
-    let s_secs: Vec<f64> = ours.iter().map(|r| r.total.as_secs_f64()).collect();
-    let f_secs: Vec<f64> = ours.iter().map(|r| r.finish.as_secs_f64()).collect();
-    let y_secs: Vec<f64> = ours.iter().map(|r| r.fsync.as_secs_f64()).collect();
-    let (pmin, pmed, pmax) = stats(&p_secs);
-    let (smin, smed, smax) = stats(&s_secs);
-    let ratio = (mb / smed) / (mb / pmed);
-    for (case, (min, med, max)) in [
-        ("openssl", (pmin, pmed, pmax)),
-        ("seaport", (smin, smed, smax)),
-    ] {
+        let mut line = format!("rep {}:", rep + 1);
+        for k in 0..CASES.len() {
+            let case = (rep + k) % CASES.len();
+            settle(&state);
+            let secs = match case {
+                0 => openssl(&source, &digest),
+                1 => {
+                    let run = seaport(&source, &table, &state, in_flight);
+                    finish.push(run.finish.as_secs_f64());
+                    run.total
+                }
+                2 => seaport(&source, &table, &state, 1).total,
+                3 => dd(&source, &state, "conv=fdatasync"),
+                4 => dd(&source, &state, "oflag=direct"),
+                5 => sha2_only(&source, bytes),
+                _ => aws_lc_only(&source, bytes),
+            }
+            .as_secs_f64();
+            samples[case].push(secs);
+            line.push_str(&format!(" {} {secs:.3} s;", CASES[case]));
+        }
         println!(
-            "{case}: min/median/max {min:.3}/{med:.3}/{max:.3} s, median {:.0} MB/s",
-            mb / med
+            "{line} (seaport's last sync and rename {:.3} s)",
+            finish[rep]
         );
-        let mut line = serde_json::json!({
+    }
+    let load = load.stop();
+    println!("{load}");
+    let mb = bytes as f64 / 1e6;
+    let openssl_median = stats(&samples[0]).median;
+    for (case, s) in CASES.iter().zip(&samples) {
+        let st = stats(s);
+        let of_openssl = openssl_median / st.median;
+        println!(
+            "{case:13} min/median/max {:.3}/{:.3}/{:.3} s, median {:.0} MB/s, {of_openssl:.2} of openssl's throughput",
+            st.min,
+            st.median,
+            st.max,
+            mb / st.median
+        );
+        let mut json = serde_json::json!({
             "bench": "verify",
             "case": case,
             "bytes": bytes,
             "reps": reps,
-            "secs": {"min": min, "median": med, "max": max},
-            "mb_per_s_median": mb / med,
+            "secs": s,
+            "min": st.min,
+            "median": st.median,
+            "max": st.max,
+            "mb_per_s_median": mb / st.median,
+            "throughput_over_openssl": of_openssl,
+            "machine": machine(),
+            "load": load.json(),
         });
-        if case == "seaport" {
-            line["finish_secs_median"] = stats(&f_secs).1.into();
-            line["fsync_secs_median"] = stats(&y_secs).1.into();
-            line["throughput_over_openssl"] = ratio.into();
+        if *case == "seaport" {
+            json["pieces_in_flight"] = in_flight.into();
+            json["last_sync_and_rename_secs"] = finish.clone().into();
         }
-        println!("{line}");
+        println!("{json}");
     }
-    println!("target: seaport / openssl throughput = {ratio:.2} (>= 0.9)");
+    let ratio = openssl_median / stats(&samples[1]).median;
+    let serial = openssl_median / stats(&samples[2]).median;
+    let disk = openssl_median / stats(&samples[3]).median;
+    let direct = openssl_median / stats(&samples[4]).median;
+    println!(
+        "target: seaport ({in_flight} pieces in flight) / openssl throughput = {ratio:.2} (>= 0.9: {}); one piece at a time: {serial:.2}; the disk / openssl: {disk:.2} (dd conv=fdatasync), {direct:.2} (dd oflag=direct)",
+        if ratio >= 0.9 { "met" } else { "missed" }
+    );
 }

@@ -553,7 +553,7 @@ mod tests {
                 e,
                 TaskEvent::Step { step, state: StepState::Failed { .. } } if step == SIGNATURE_STEP
             )));
-            // Nothing written: no rootfs, no journal, not even the content store.
+            // Nothing written: no rootfs, no journal, not even the blob store.
             assert!(!settings.data_root.exists());
             assert!(!settings.state_dir.join("journal").exists());
             assert!(!settings.state_dir.join("content").exists());

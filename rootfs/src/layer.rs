@@ -12,10 +12,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use seaport_shared::aligned::AlignedBuf;
 use seaport_shared::digest::{Digest, HashingWriter};
 use seaport_shared::safetar::WHITEOUT_PREFIX;
 
@@ -87,7 +88,8 @@ pub struct WrittenLayer {
 pub struct LayerOptions {
     /// mtime of every entry (seconds since the epoch).
     pub mtime: u64,
-    /// zstd worker threads; 0 compresses on the calling thread.
+    /// Compressing threads; 0 compresses on the calling thread. The layer's
+    /// bytes are the same for any number.
     pub threads: u32,
 }
 
@@ -105,7 +107,7 @@ pub fn source_date_epoch() -> Option<u64> {
     std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
 }
 
-/// One zstd worker per available core.
+/// One compressing thread per available core.
 pub fn default_threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
@@ -121,12 +123,13 @@ const IN_FLIGHT: usize = 4;
 
 /// Writes `entries` as a zstd-compressed tar to `out`.
 ///
-/// Two stages run at once, like `tar -c | zstd`: a reading thread walks the
-/// entries, reads each file straight into large buffers that hold the tar
-/// stream, and hashes that stream (the `diff_id`); the calling thread feeds
-/// the buffers to zstd (whose own workers compress) and hashes and writes
-/// the compressed bytes (the digest). The bytes are the same as one thread
-/// writing the tar into the encoder would produce.
+/// The stages run at once, like `tar -c | zstd -T0`: a reading thread walks
+/// the entries, reads each file straight into large buffers that hold the
+/// tar stream, and hashes that stream (the `diff_id`); compressing threads
+/// turn each buffer into a zstd frame (see [`compress`]); the calling
+/// thread hashes and writes the compressed bytes (the digest). The two
+/// digests are computed on separate threads. The bytes depend only on the
+/// entries, never on the number of threads.
 pub fn write_layer(
     entries: &Entries,
     out: &mut File,
@@ -273,6 +276,13 @@ fn write_tar(entries: &Entries, mtime: u64, stream: &mut TarStream) -> Result<()
 
 /// Compresses the chunks arriving on `full` into `out`, hashing the
 /// compressed bytes; returns their digest and size.
+///
+/// Each chunk of the tar stream becomes one zstd frame of its own
+/// ([`frame`]), so the bytes depend on the chunk alone, never on how many
+/// threads compress: `options.threads` workers compress chunks at once
+/// while this thread hashes and writes the finished frames in order. The
+/// frames of a layer are one zstd stream: decoders read concatenated
+/// frames as one content.
 fn compress(
     full: std::sync::mpsc::Receiver<Chunk>,
     free: std::sync::mpsc::Sender<Vec<u8>>,
@@ -280,107 +290,353 @@ fn compress(
     options: &LayerOptions,
 ) -> Result<(Digest, u64), LayerError> {
     let out_path = PathBuf::from("<layer>");
-    let writeback = Writeback::new(out).map_err(io_err("preparing", &out_path))?;
-    let compressed = HashingWriter::new(BufWriter::with_capacity(1 << 20, writeback));
-    let mut encoder = zstd::stream::Encoder::new(compressed, ZSTD_LEVEL)
-        .map_err(io_err("starting zstd for", &out_path))?;
-    if options.threads > 0 {
-        encoder
-            .multithread(options.threads)
-            .map_err(io_err("enabling zstd threads for", &out_path))?;
-    }
-    for chunk in full {
-        encoder
-            .write_all(&chunk.buf[..chunk.len])
+    let layer_file = LayerFile::new(out).map_err(io_err("preparing", &out_path))?;
+    let mut sink = HashingWriter::new(layer_file);
+    let workers = options.threads as usize;
+    if workers == 0 {
+        let mut compressor =
+            FrameCompressor::new().map_err(io_err("starting zstd for", &out_path))?;
+        for chunk in full {
+            let data = &chunk.buf[..chunk.len];
+            let frame = compressor
+                .frame(data)
+                .map_err(io_err("compressing", &out_path))?;
+            frame
+                .write_to(data, &mut sink)
+                .map_err(io_err("writing", &out_path))?;
+            let _ = free.send(chunk.buf);
+        }
+    } else {
+        compress_parallel(full, &free, &mut sink, workers)
             .map_err(io_err("compressing", &out_path))?;
-        // The reader may have finished already: then nobody needs the buffer.
-        let _ = free.send(chunk.buf);
     }
-    let compressed = encoder
+    let (layer_file, digest, size) = sink.finish();
+    layer_file
         .finish()
-        .map_err(io_err("finishing zstd for", &out_path))?;
-    let (buf, digest, size) = compressed.finish();
-    let writeback = buf.into_inner().map_err(|e| LayerError::Io {
-        action: "flushing",
-        path: out_path.clone(),
-        source: e.into_error(),
-    })?;
-    writeback.finish().map_err(io_err("syncing", &out_path))?;
+        .map_err(io_err("writing and syncing", &out_path))?;
     Ok((digest, size))
 }
 
-/// Bytes written between two background `fdatasync` calls.
-const WRITEBACK_CHUNK: u64 = 64 * 1024 * 1024;
+/// A compressed chunk on its way back to the writing thread.
+type Compressed = io::Result<(Chunk, Frame)>;
 
-/// A file writer that flushes to disk in a background thread while the
-/// layer is still being compressed, so the fsync before the blob is renamed
-/// into the store finds little left to write.
-struct Writeback<'f> {
-    file: &'f mut File,
-    written: u64,
-    last_tick: u64,
-    tick: Option<std::sync::mpsc::SyncSender<()>>,
-    syncer: Option<std::thread::JoinHandle<io::Result<()>>>,
+/// `workers` threads compress chunks; a feeding thread hands them out in
+/// order and queues, in the same order, where each one's frame will come
+/// back; this thread writes the frames in that order. At most
+/// `2 * workers` chunks are being compressed or waiting to be written.
+fn compress_parallel(
+    full: std::sync::mpsc::Receiver<Chunk>,
+    free: &std::sync::mpsc::Sender<Vec<u8>>,
+    sink: &mut impl Write,
+    workers: usize,
+) -> io::Result<()> {
+    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+    type Job = (Chunk, SyncSender<Compressed>);
+    let (jobs_tx, jobs_rx) = sync_channel::<Job>(workers);
+    let jobs_rx = std::sync::Arc::new(std::sync::Mutex::new(jobs_rx));
+    let (order_tx, order_rx) = sync_channel::<Receiver<Compressed>>(2 * workers);
+    std::thread::scope(|scope| {
+        // The feeder first: if a worker cannot start, the feeder's end of
+        // the queues goes with it and nothing waits forever.
+        std::thread::Builder::new()
+            .name("layer-feed".into())
+            .spawn_scoped(scope, move || {
+                for chunk in full {
+                    let (done, back) = sync_channel(1);
+                    // Either side gone means the writer stopped: stop too.
+                    if order_tx.send(back).is_err() || jobs_tx.send((chunk, done)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        for _ in 0..workers {
+            let jobs = jobs_rx.clone();
+            std::thread::Builder::new()
+                .name("layer-zstd".into())
+                .spawn_scoped(scope, move || {
+                    let mut compressor = FrameCompressor::new();
+                    loop {
+                        let next = jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((chunk, done)) = next else { break };
+                        let result = match &mut compressor {
+                            Ok(c) => c.frame(&chunk.buf[..chunk.len]).map(|f| (chunk, f)),
+                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        };
+                        let _ = done.send(result);
+                    }
+                })?;
+        }
+        for back in order_rx {
+            let (chunk, frame) = back
+                .recv()
+                .map_err(|_| io::Error::other("a compressing thread stopped"))??;
+            frame.write_to(&chunk.buf[..chunk.len], sink)?;
+            // The reader may have finished already: then nobody needs it.
+            let _ = free.send(chunk.buf);
+        }
+        Ok(())
+    })
 }
 
-impl<'f> Writeback<'f> {
+/// zstd's magic number, which starts every frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// The largest block of a frame (zstd's `Block_Maximum_Size`).
+const ZSTD_BLOCK: usize = 128 * 1024;
+
+/// What a chunk's frame holds.
+enum Frame {
+    /// The chunk stored as it is, in raw blocks: it does not compress.
+    Raw,
+    /// A zstd frame of the chunk compressed at [`ZSTD_LEVEL`].
+    Compressed(Vec<u8>),
+}
+
+impl Frame {
+    /// Writes the frame of `data`.
+    fn write_to(&self, data: &[u8], out: &mut impl Write) -> io::Result<()> {
+        match self {
+            Frame::Compressed(bytes) => out.write_all(bytes),
+            Frame::Raw => write_raw_frame(data, out),
+        }
+    }
+}
+
+/// Writes `data` as one zstd frame of raw (stored) blocks: the frame
+/// header (single segment, its content size in 4 bytes, no checksum), then
+/// blocks of up to [`ZSTD_BLOCK`] bytes, each after its 3-byte header
+/// (last-block bit, type 0 = raw, size). Any zstd decoder reads it back as
+/// `data`.
+fn write_raw_frame(data: &[u8], out: &mut impl Write) -> io::Result<()> {
+    let size =
+        u32::try_from(data.len()).map_err(|_| io::Error::other("a chunk larger than 4 GiB"))?;
+    let mut header = [0u8; 9];
+    header[..4].copy_from_slice(&ZSTD_MAGIC);
+    // Frame_Content_Size_flag 2 (4 bytes), Single_Segment_flag.
+    header[4] = 0b1010_0000;
+    header[5..].copy_from_slice(&size.to_le_bytes());
+    out.write_all(&header)?;
+    let mut blocks = data.chunks(ZSTD_BLOCK).peekable();
+    if blocks.peek().is_none() {
+        // An empty frame still has its one (last, empty) block.
+        return out.write_all(&[1, 0, 0]);
+    }
+    while let Some(block) = blocks.next() {
+        let last = u32::from(blocks.peek().is_none());
+        let head = ((block.len() as u32) << 3) | last;
+        out.write_all(&head.to_le_bytes()[..3])?;
+        out.write_all(block)?;
+    }
+    Ok(())
+}
+
+/// The size of [`write_raw_frame`]'s frame of `len` bytes.
+fn raw_frame_len(len: usize) -> usize {
+    9 + 3 * len.div_ceil(ZSTD_BLOCK).max(1) + len
+}
+
+/// Bytes of a chunk compressed to tell whether it compresses: this many
+/// from each of [`SAMPLES`] places spread over it.
+const SAMPLE: usize = 16 * 1024;
+const SAMPLES: usize = 4;
+
+/// Samples that shrink to no less than this share of their size mark a
+/// chunk that does not compress (already compressed files, image layers).
+const INCOMPRESSIBLE: f64 = 0.97;
+
+/// Compresses chunks into frames, one thread's zstd context.
+struct FrameCompressor {
+    zstd: zstd::bulk::Compressor<'static>,
+}
+
+impl FrameCompressor {
+    fn new() -> io::Result<FrameCompressor> {
+        Ok(FrameCompressor {
+            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
+        })
+    }
+
+    /// The frame of `data`: stored as it is when a sample of it does not
+    /// compress (compressing it would cost time and save nothing) or when
+    /// compressing it did not make it smaller; compressed otherwise. Which
+    /// it is depends on the bytes alone.
+    fn frame(&mut self, data: &[u8]) -> io::Result<Frame> {
+        if !self.compresses(data)? {
+            return Ok(Frame::Raw);
+        }
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+        self.zstd.compress_to_buffer(data, &mut out)?;
+        Ok(if out.len() < raw_frame_len(data.len()) {
+            Frame::Compressed(out)
+        } else {
+            Frame::Raw
+        })
+    }
+
+    /// Whether [`SAMPLES`] pieces of [`SAMPLE`] bytes spread over `data`
+    /// (all of it when it is that small) compress.
+    fn compresses(&mut self, data: &[u8]) -> io::Result<bool> {
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(SAMPLE));
+        let (mut taken, mut compressed) = (0usize, 0usize);
+        let pieces: Vec<&[u8]> = if data.len() <= SAMPLE * SAMPLES {
+            data.chunks(SAMPLE).collect()
+        } else {
+            let step = (data.len() - SAMPLE) / (SAMPLES - 1);
+            (0..SAMPLES)
+                .map(|i| &data[i * step..i * step + SAMPLE])
+                .collect()
+        };
+        for piece in pieces {
+            out.clear();
+            self.zstd.compress_to_buffer(piece, &mut out)?;
+            taken += piece.len();
+            compressed += out.len();
+        }
+        Ok((compressed as f64) < taken as f64 * INCOMPRESSIBLE)
+    }
+}
+
+/// Bytes of one write of the layer file: large writes keep the disk busy
+/// with few requests.
+const WRITE_BLOCK: usize = 1 << 20;
+
+/// Blocks filled or being written at once.
+const WRITE_BLOCKS: usize = 4;
+
+/// Bytes written through the page cache between two background
+/// `fdatasync` calls, where direct writes are not available.
+const WRITEBACK_CHUNK: u64 = 64 * 1024 * 1024;
+
+/// Writes the layer file while the layer is still being compressed, so
+/// that the fsync before the blob is renamed into the store finds little
+/// left to do.
+///
+/// Bytes are gathered into aligned [`WRITE_BLOCK`]s, which a writing thread
+/// puts on the disk: with direct I/O (`O_DIRECT`) where the file system
+/// allows it, so the final `fdatasync` has no page cache to flush and the
+/// kernel's throttling of buffered writeback (which on some disks writes
+/// dirty pages at a fraction of the disk's speed) does not apply; through
+/// the page cache otherwise, with an `fdatasync` every [`WRITEBACK_CHUNK`].
+/// The last, partial block goes through the page cache.
+struct LayerFile<'f> {
+    file: &'f mut File,
+    fill: AlignedBuf,
+    len: usize,
+    /// Bytes handed to the writing thread.
+    offset: u64,
+    full: Option<std::sync::mpsc::SyncSender<(u64, AlignedBuf)>>,
+    free: std::sync::mpsc::Receiver<AlignedBuf>,
+    writer: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl<'f> LayerFile<'f> {
     fn new(file: &'f mut File) -> io::Result<Self> {
-        let clone = file.try_clone()?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let syncer = std::thread::Builder::new()
-            .name("layer-writeback".into())
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let buffered = file.try_clone()?;
+        let mut direct = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .ok();
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(u64, AlignedBuf)>(WRITE_BLOCKS);
+        let (free_tx, free_rx) = std::sync::mpsc::channel::<AlignedBuf>();
+        for _ in 1..WRITE_BLOCKS {
+            let _ = free_tx.send(AlignedBuf::new(WRITE_BLOCK));
+        }
+        let writer = std::thread::Builder::new()
+            .name("layer-write".into())
             .spawn(move || {
-                for () in rx {
-                    clone.sync_data()?;
+                let mut synced = 0u64;
+                for (offset, block) in full_rx {
+                    let bytes = &block[..];
+                    let done = direct
+                        .as_ref()
+                        .is_some_and(|d| d.write_at(bytes, offset).ok() == Some(bytes.len()));
+                    if !done {
+                        // Refused or cut short: the page cache from now on.
+                        direct = None;
+                        buffered.write_all_at(bytes, offset)?;
+                        let end = offset + bytes.len() as u64;
+                        if end - synced >= WRITEBACK_CHUNK {
+                            buffered.sync_data()?;
+                            synced = end;
+                        }
+                    }
+                    // The compressing side may be gone already (an error).
+                    let _ = free_tx.send(block);
                 }
                 Ok(())
             })?;
         Ok(Self {
             file,
-            written: 0,
-            last_tick: 0,
-            tick: Some(tx),
-            syncer: Some(syncer),
+            fill: AlignedBuf::new(WRITE_BLOCK),
+            len: 0,
+            offset: 0,
+            full: Some(full_tx),
+            free: free_rx,
+            writer: Some(writer),
         })
     }
 
-    fn finish(mut self) -> io::Result<()> {
-        self.stop()
-    }
-
+    /// Waits for the writing thread; its first error.
     fn stop(&mut self) -> io::Result<()> {
-        self.tick.take();
-        match self.syncer.take() {
+        self.full.take();
+        match self.writer.take() {
             Some(h) => h
                 .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the writeback thread panicked"))),
+                .unwrap_or_else(|_| Err(io::Error::other("the layer's writing thread panicked"))),
             None => Ok(()),
         }
     }
+
+    /// Writes what is left and syncs the file.
+    fn finish(mut self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.stop()?;
+        self.file
+            .write_all_at(&self.fill[..self.len], self.offset)?;
+        self.file.sync_data()
+    }
 }
 
-impl Drop for Writeback<'_> {
+impl Drop for LayerFile<'_> {
     fn drop(&mut self) {
         let _ = self.stop();
     }
 }
 
-impl Write for Writeback<'_> {
+impl Write for LayerFile<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.last_tick >= WRITEBACK_CHUNK {
-            self.last_tick = self.written;
-            if let Some(tx) = &self.tick {
-                // A sync still running covers this chunk too: skip, never block.
-                let _ = tx.try_send(());
+        let n = buf.len().min(WRITE_BLOCK - self.len);
+        self.fill[self.len..self.len + n].copy_from_slice(&buf[..n]);
+        self.len += n;
+        if self.len == WRITE_BLOCK {
+            let stopped = |this: &mut Self| {
+                // It stopped on an error: report that one.
+                this.stop()
+                    .err()
+                    .unwrap_or_else(|| io::Error::other("the layer's writing thread stopped"))
+            };
+            let Ok(next) = self.free.recv() else {
+                return Err(stopped(self));
+            };
+            let block = std::mem::replace(&mut self.fill, next);
+            let sent = self
+                .full
+                .as_ref()
+                .is_some_and(|full| full.send((self.offset, block)).is_ok());
+            if !sent {
+                return Err(stopped(self));
             }
+            self.offset += WRITE_BLOCK as u64;
+            self.len = 0;
         }
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        Ok(())
     }
 }
 
@@ -639,6 +895,103 @@ mod tests {
             .map(|e| e.unwrap().path().unwrap().display().to_string())
             .collect();
         assert_eq!(names, ["etc/", "etc/a", "etc/l", ".wh.gone"]);
+    }
+
+    /// Pseudo-random bytes that do not compress.
+    fn noise(len: usize, mut x: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    #[test]
+    fn incompressible_chunks_are_stored_and_the_bytes_do_not_depend_on_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        // 9 MiB of noise (three tar chunks), text that compresses, an
+        // empty file and a small one.
+        let random = noise(9 << 20, 7);
+        fs::write(dir.path().join("image.tar"), &random).unwrap();
+        let text = "kind: Pod\nmetadata:\n  name: a\n".repeat(100_000);
+        fs::write(dir.path().join("pods.yaml"), &text).unwrap();
+        fs::write(dir.path().join("empty"), b"").unwrap();
+        fs::write(dir.path().join("small"), b"x").unwrap();
+        let mut entries = Entries::new();
+        add_tree(&mut entries, dir.path(), "").unwrap();
+        let write = |threads| {
+            let mut f = tempfile::tempfile().unwrap();
+            let opts = LayerOptions { mtime: 0, threads };
+            let w = write_layer(&entries, &mut f, &opts).unwrap();
+            use std::io::{Read, Seek};
+            f.rewind().unwrap();
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).unwrap();
+            (w, bytes)
+        };
+        let (one, bytes) = write(0);
+        for threads in [1, 2, 3] {
+            let (w, b) = write(threads);
+            assert_eq!(
+                (w.digest, w.diff_id, w.size),
+                (one.digest, one.diff_id, one.size)
+            );
+            assert_eq!(b, bytes, "{threads} threads");
+        }
+        assert_eq!(Digest::of(&bytes), one.digest);
+        // The noise is stored (a few bytes of headers per 128 KiB), the
+        // text compressed: the layer is barely larger than the noise.
+        let stored = raw_frame_len(random.len()) as u64;
+        assert!(one.size > random.len() as u64, "{}", one.size);
+        assert!(one.size < stored + text.len() as u64 / 10, "{}", one.size);
+        // zstd (the program) reads the frames back as the tar.
+        let mut zstd = std::process::Command::new("zstd")
+            .args(["-d", "-c", "-q"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = zstd.stdin.take().unwrap();
+        let input = bytes.clone();
+        let feeder = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+        let out = zstd.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        assert!(out.status.success());
+        assert_eq!(Digest::of(&out.stdout), one.diff_id);
+        // And so does the zstd library, as every reader of layers here.
+        let tar = zstd::decode_all(&bytes[..]).unwrap();
+        assert_eq!(tar, out.stdout);
+        let mut archive = tar::Archive::new(&tar[..]);
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            let mut content = Vec::new();
+            io::Read::read_to_end(&mut e, &mut content).unwrap();
+            let expected = fs::read(dir.path().join(&name)).unwrap();
+            assert!(content == expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn raw_frames_of_any_size_decode() {
+        for len in [
+            0,
+            1,
+            ZSTD_BLOCK - 1,
+            ZSTD_BLOCK,
+            ZSTD_BLOCK + 1,
+            3 * ZSTD_BLOCK,
+        ] {
+            let data = noise(len, 3);
+            let mut frame = Vec::new();
+            write_raw_frame(&data, &mut frame).unwrap();
+            assert_eq!(frame.len(), raw_frame_len(len));
+            assert_eq!(zstd::decode_all(&frame[..]).unwrap(), data, "{len}");
+        }
     }
 
     #[test]

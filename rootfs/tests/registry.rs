@@ -220,3 +220,58 @@ fn pulling_a_missing_image_names_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_corrupt_blob_in_the_store_is_not_pushed() {
+    // One layer large enough for a chunked upload (1 MiB chunks), one sent
+    // in a single request: both are hashed as they are read, and the
+    // upload is not completed when the bytes do not match the digest.
+    for (i, layer) in layers().into_iter().enumerate() {
+        let storage = tempfile::tempdir().unwrap();
+        let reg = TestRegistry::plain(storage.path());
+        let name = format!("{}/team/corrupt{i}:v1", reg.addr);
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        make_store_image(&store, &name, std::slice::from_ref(&layer));
+        let d = Digest::of(&layer);
+        // The local copy changes on disk, keeping its size.
+        let path = store.blob_path(&d);
+        let mut bad = layer.clone();
+        bad[layer.len() - 10] ^= 0xff;
+        let mut perms = fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        fs::set_permissions(&path, perms).unwrap();
+        fs::write(&path, &bad).unwrap();
+
+        let opts = ClientOptions {
+            chunk_size: 1024 * 1024,
+            ..plain_options()
+        };
+        let client = RegistryClient::new(&reg.addr, &opts, None).unwrap();
+        let err = push_image(&store, &name, &ImageRef::parse(&name).unwrap(), &client).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CopyError::Registry(RegistryError::CorruptLocalBlob { expected, actual, .. })
+                    if expected == d && actual == Digest::of(&bad)
+            ),
+            "layer {i}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&d.to_string()) && text.contains("corrupt"),
+            "{text}"
+        );
+        // The registry holds neither the blob nor a manifest naming it.
+        let blobs = storage.path().join("docker/registry/v2/blobs/sha256");
+        assert!(
+            !blobs.join(&d.hex()[..2]).join(d.hex()).exists(),
+            "layer {i}"
+        );
+        let manifests = storage.path().join(format!(
+            "docker/registry/v2/repositories/team/corrupt{i}/_manifests"
+        ));
+        assert!(!manifests.exists(), "layer {i}: a manifest was pushed");
+    }
+}

@@ -2,6 +2,9 @@
 //!
 //! # Layout
 //!
+//! - [`aligned`]: byte buffers aligned for direct I/O.
+//! - [`bench`]: what every benchmark prints about its run (machine, load,
+//!   CPU time, min / median / max).
 //! - [`clock`]: Unix seconds and RFC 3339.
 //! - [`cluster`]: the vocabulary of an install: roles, steps, phases,
 //!   [`cluster::steps_for`], cluster names (one rule), operation kinds, image
@@ -21,6 +24,8 @@
 //! - [`cli_docs`]: version and commit, shell completions and man pages of
 //!   both binaries.
 
+pub mod aligned;
+pub mod bench;
 pub mod cli_docs;
 pub mod clock;
 pub mod cluster;

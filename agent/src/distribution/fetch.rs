@@ -31,7 +31,7 @@ use seaport_shared::wire::{self, StreamKind};
 
 use super::peer;
 use super::shared::{PeerPolicy, Shared};
-use super::store::{Partial, PieceWriter, VerifiedPiece};
+use super::store::{Partial, PartialWriter, VerifiedPiece, PERSIST_EVERY};
 use crate::identity::Identity;
 
 const COORDINATOR: &str = "coordinator";
@@ -43,7 +43,6 @@ const SYNC_IDLE_EVERY: Duration = Duration::from_secs(3);
 /// With nothing in flight, sync again this soon.
 const SYNC_STARVED: Duration = Duration::from_millis(100);
 const TICK: Duration = Duration::from_millis(100);
-const PERSIST_EVERY: Duration = Duration::from_secs(1);
 const AVOID_UNREACHABLE: Duration = Duration::from_secs(15);
 const PER_PEER: usize = 2;
 /// Peers fetched from at once while the coordinator is sending this agent
@@ -473,7 +472,13 @@ impl Fetcher {
             return;
         };
         let table = partial.table.clone();
-        let file = partial.file.clone();
+        let writer = match partial.writer() {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot write a partial blob");
+                return;
+            }
+        };
         let shared = self.shared.clone();
         self.in_flight.insert((digest, piece));
         *self.per_source.entry(source.clone()).or_default() += 1;
@@ -498,7 +503,7 @@ impl Fetcher {
         tasks.spawn(async move {
             let result = match timeout(
                 PIECE_TIMEOUT,
-                fetch_piece(target, &table, piece, &file, &shared),
+                fetch_piece(target, &table, piece, &writer, &shared),
             )
             .await
             {
@@ -643,7 +648,7 @@ async fn fetch_piece(
     target: Target,
     table: &PieceTable,
     piece: u32,
-    file: &std::fs::File,
+    sink: &PartialWriter,
     shared: &Shared,
 ) -> Result<(u64, VerifiedPiece), FetchError> {
     let conn = match &target {
@@ -677,17 +682,25 @@ async fn fetch_piece(
         Ok(other) => return Err(failed(&format!("unexpected answer {other:?}"))),
         Err(e) => return Err(failed(&e)),
     }
-    let mut writer = PieceWriter::new(table, file, piece);
+    // Each chunk is hashed on a blocking thread (pieces in flight are hashed
+    // on several cores at once) and written by the partial's writer thread
+    // while the next one arrives.
+    let mut writer = sink.piece(piece);
     let len = writer.remaining();
-    let mut buf = vec![0u8; CHUNK.min(len)];
+    let mut buf = sink.buffer(CHUNK.min(len));
     while writer.remaining() > 0 {
         let want = writer.remaining().min(CHUNK);
-        recv.read_exact(&mut buf[..want])
-            .await
-            .map_err(|e| failed(&e))?;
+        buf.resize(want);
+        recv.read_exact(&mut buf).await.map_err(|e| failed(&e))?;
         shared.download.take(want).await;
-        writer.write(&buf[..want]).map_err(|e| failed(&e))?;
+        let (w, written) = writer.write_off_thread(buf).await;
+        writer = w;
+        buf = written.map_err(|e| failed(&e))?;
     }
-    let verified = writer.verify().ok_or(FetchError::Corrupt)?;
+    let verified = writer
+        .verify_off_thread()
+        .await
+        .map_err(|e| failed(&format!("writing the piece: {e}")))?
+        .ok_or(FetchError::Corrupt)?;
     Ok((len as u64, verified))
 }

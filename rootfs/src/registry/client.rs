@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::blocking::{Body, Client, RequestBuilder, Response};
@@ -109,6 +109,17 @@ pub enum RegistryError {
         /// The digest it should have.
         expected: Digest,
         /// The digest it had.
+        actual: Digest,
+    },
+    /// A blob in the local store did not hash to its digest while it was
+    /// pushed; the upload was not completed.
+    #[error("blob {expected} in the store ({path}) hashes to {actual}: the local copy is corrupt, so it was not pushed (pull or build the image again)")]
+    CorruptLocalBlob {
+        /// The blob's file.
+        path: PathBuf,
+        /// The digest it is stored under.
+        expected: Digest,
+        /// The digest its bytes have.
         actual: Digest,
     },
     /// A manifest could not be used.
@@ -504,6 +515,7 @@ impl RegistryClient {
         }
         let what = format!("uploading blob {digest} to {}/{repo}", self.host);
         let bar = self.progress.bar(&short(digest), Some(size));
+        let check = Arc::new(UploadCheck::new(path, *digest, size));
         let mut location: Option<Url> = None;
         let mut failures = 0;
         let result = loop {
@@ -520,14 +532,21 @@ impl RegistryClient {
                 bar.set_position(offset);
                 location = Some(loc.clone());
                 if size <= self.options.chunk_size && offset == 0 {
-                    self.put_whole(&scope, loc, digest, size, path, &bar)?;
+                    self.put_whole(&scope, loc, digest, size, &check, &bar)?;
                 } else {
                     let loc =
-                        self.patch_chunks(&scope, loc, offset, size, path, &bar, &mut location)?;
+                        self.patch_chunks(&scope, loc, offset, size, &check, &bar, &mut location)?;
                     self.finish_upload(&scope, loc, digest)?;
                 }
                 Ok(())
             })();
+            if let Some(actual) = check.mismatch() {
+                break Err(RegistryError::CorruptLocalBlob {
+                    path: path.to_path_buf(),
+                    expected: *digest,
+                    actual,
+                });
+            }
             match attempt {
                 Ok(()) => break Ok(true),
                 Err(e) if e.is_transient() && failures < self.options.retries => {
@@ -603,7 +622,7 @@ impl RegistryClient {
         mut loc: Url,
         digest: &Digest,
         size: u64,
-        path: &Path,
+        check: &Arc<UploadCheck>,
         bar: &indicatif::ProgressBar,
     ) -> Result<()> {
         loc.query_pairs_mut()
@@ -611,7 +630,7 @@ impl RegistryClient {
         let what = format!("PUT {}", redact_query(&loc));
         let resp = self.send(scope, &|| {
             bar.set_position(0);
-            let body = file_body(path, 0, size, bar)?;
+            let body = check.body(0, size, bar)?;
             Ok(self
                 .http
                 .put(loc.clone())
@@ -632,7 +651,7 @@ impl RegistryClient {
         mut loc: Url,
         mut offset: u64,
         size: u64,
-        path: &Path,
+        check: &Arc<UploadCheck>,
         bar: &indicatif::ProgressBar,
         latest: &mut Option<Url>,
     ) -> Result<Url> {
@@ -642,7 +661,7 @@ impl RegistryClient {
             let start = offset;
             let resp = self.send(scope, &|| {
                 bar.set_position(start);
-                let body = file_body(path, start, len, bar)?;
+                let body = check.body(start, len, bar)?;
                 Ok(self
                     .http
                     .patch(loc.clone())
@@ -944,15 +963,131 @@ impl BlobReader<'_> {
     }
 }
 
-fn file_body(path: &Path, offset: u64, len: u64, bar: &indicatif::ProgressBar) -> Result<Body> {
-    let io_err = |source| RegistryError::Io {
-        what: format!("reading {}", path.display()),
-        source,
-    };
-    let mut file = fs::File::open(path).map_err(io_err)?;
-    file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
-    let reader = bar.wrap_read(file.take(len));
-    Ok(Body::sized(reader, len))
+/// What a push reads of a blob from the store, hashed as it is read (as
+/// skopeo verifies every blob it reads from a layout): the bytes sent must
+/// hash to the blob's digest, or the upload is not completed. The hash
+/// runs over the bytes in order across an upload's requests; a request
+/// that starts elsewhere than where the hash stopped (a retried or resumed
+/// chunk) first hashes the blob's bytes before it again, from the file.
+struct UploadCheck {
+    path: PathBuf,
+    expected: Digest,
+    size: u64,
+    state: Mutex<UploadHash>,
+}
+
+struct UploadHash {
+    hasher: sha2::Sha256,
+    /// Bytes hashed so far (the blob's first `at`).
+    at: u64,
+    /// Set when the whole blob was read and hashed to something else.
+    mismatch: Option<Digest>,
+}
+
+impl UploadCheck {
+    fn new(path: &Path, expected: Digest, size: u64) -> UploadCheck {
+        use sha2::Digest as _;
+        UploadCheck {
+            path: path.to_path_buf(),
+            expected,
+            size,
+            state: Mutex::new(UploadHash {
+                hasher: sha2::Sha256::new(),
+                at: 0,
+                mismatch: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, UploadHash> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The digest the blob's bytes had, if not the expected one.
+    fn mismatch(&self) -> Option<Digest> {
+        self.lock().mismatch
+    }
+
+    /// A request body of `len` bytes of the blob from `offset`.
+    fn body(self: &Arc<Self>, offset: u64, len: u64, bar: &indicatif::ProgressBar) -> Result<Body> {
+        let io_err = |source| RegistryError::Io {
+            what: format!("reading {}", self.path.display()),
+            source,
+        };
+        let mut file = fs::File::open(&self.path).map_err(io_err)?;
+        file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+        let reader = VerifyingRead {
+            file: file.take(len),
+            at: offset,
+            check: self.clone(),
+        };
+        Ok(Body::sized(bar.wrap_read(reader), len))
+    }
+
+    /// Hashes `data`, the blob's bytes at `offset`. Fails (so that the
+    /// request carrying them fails before its last byte) when they end the
+    /// blob and the blob does not hash to its digest.
+    fn feed(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        use sha2::Digest as _;
+        let mut st = self.lock();
+        if st.at != offset {
+            st.hasher = sha2::Sha256::new();
+            let mut prefix = fs::File::open(&self.path)?.take(offset);
+            let copied = io::copy(&mut prefix, &mut HashInto(&mut st.hasher))?;
+            if copied != offset {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} shrank while it was pushed", self.path.display()),
+                ));
+            }
+            st.at = offset;
+        }
+        st.hasher.update(data);
+        st.at += data.len() as u64;
+        if st.at == self.size {
+            let actual = Digest::from_bytes(st.hasher.clone().finalize().into());
+            if actual != self.expected {
+                st.mismatch = Some(actual);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("blob {} in the store hashes to {actual}", self.expected),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Feeds what is written to a hasher.
+struct HashInto<'a>(&'a mut sha2::Sha256);
+
+impl io::Write for HashInto<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        sha2::Digest::update(self.0, buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A request body's bytes of a blob, each checked by an [`UploadCheck`].
+struct VerifyingRead {
+    file: io::Take<fs::File>,
+    at: u64,
+    check: Arc<UploadCheck>,
+}
+
+impl Read for VerifyingRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        if n > 0 || self.file.limit() == 0 {
+            self.check.feed(self.at, &buf[..n])?;
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 fn load_pem_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>> {
