@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Return once the coordinator has accepted the run.
     #[arg(long)]
     pub detach: bool,
+    /// Preflight checks whose errors do not stop it, comma-separated
+    /// (swap, port-6443, ports, ip-forward, hostname, runtime, disk, ..., all).
+    #[arg(long, value_delimiter = ',', value_name = "CHECK", value_parser = super::check::check_name)]
+    pub ignore_preflight: Vec<String>,
     /// Coordinator address (HOST:PORT); defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
@@ -63,6 +67,10 @@ pub struct ApplyArgs {
     /// Return once the coordinator has accepted the operation.
     #[arg(long)]
     pub detach: bool,
+    /// Preflight checks whose errors do not stop it, comma-separated
+    /// (swap, port-6443, ports, ip-forward, hostname, runtime, disk, ..., all).
+    #[arg(long, value_delimiter = ',', value_name = "CHECK", value_parser = super::check::check_name)]
+    pub ignore_preflight: Vec<String>,
     /// Coordinator address (HOST:PORT); defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
@@ -79,6 +87,10 @@ pub struct JoinArgs {
     /// The cluster.
     #[arg(long, default_value = DEFAULT_CLUSTER)]
     pub cluster: ClusterName,
+    /// Preflight checks whose errors do not stop it, comma-separated
+    /// (swap, port-6443, ports, ip-forward, hostname, runtime, disk, ..., all).
+    #[arg(long, value_delimiter = ',', value_name = "CHECK", value_parser = super::check::check_name)]
+    pub ignore_preflight: Vec<String>,
     /// Coordinator address (HOST:PORT); defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
@@ -185,6 +197,7 @@ pub fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
         masters: args.masters,
         nodes: args.nodes,
         env: args.env,
+        ignore_preflight: args.ignore_preflight,
     };
     runtime()?.block_on(async {
         let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
@@ -255,7 +268,11 @@ fn drift(root: &Path, args: &StatusArgs) -> anyhow::Result<()> {
         }
     }
     if !clean {
-        anyhow::bail!("drift found");
+        return Err(super::Exit::new(
+            super::exit::DRIFT,
+            "drift found: restore those files, or apply the cluster again to rewrite them",
+        )
+        .into());
     }
     Ok(())
 }
@@ -292,6 +309,7 @@ pub fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
             .request(&AdminRequest::Apply {
                 clusterfile: text.clone(),
                 dry_run: true,
+                ignore_preflight: vec![],
             })
             .await
             .with_context(|| format!("planning {}", args.file.display()))?
@@ -320,6 +338,7 @@ pub fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
             .request(&AdminRequest::Apply {
                 clusterfile: text,
                 dry_run: false,
+                ignore_preflight: args.ignore_preflight,
             })
             .await
             .with_context(|| format!("applying {}", args.file.display()))?;
@@ -379,6 +398,7 @@ pub fn join(root: &Path, args: JoinArgs) -> anyhow::Result<()> {
                 cluster: args.cluster.clone(),
                 masters: args.masters,
                 nodes: args.nodes,
+                ignore_preflight: args.ignore_preflight,
             })
             .await
             .with_context(|| format!("adding hosts to cluster {}", args.cluster))?;
@@ -835,12 +855,18 @@ fn failure(v: &ClusterView) -> anyhow::Error {
         v.cluster,
         v.error.as_deref().unwrap_or("failed")
     );
+    let mut preflight = false;
     for h in &v.hosts {
         for s in &h.steps {
             if let StepState::Failed { .. } = s.state {
+                preflight |= s.step == super::check::PREFLIGHT_STEP;
                 msg.push_str(&format!("\n--- {} step {}:\n{}", h.ip, s.step, s.log_tail));
             }
         }
+    }
+    if preflight {
+        // Nothing on any host changed: the exit code says so.
+        return super::Exit::new(super::exit::PREFLIGHT, msg).into();
     }
     anyhow::anyhow!(msg)
 }

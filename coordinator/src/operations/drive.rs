@@ -263,7 +263,7 @@ fn answer_error(last: &TaskEvent) -> Option<String> {
         | TaskEvent::Files { error, .. }
         | TaskEvent::Written { error }
         | TaskEvent::Drift { error, .. } => error.clone(),
-        TaskEvent::Step { .. } => None,
+        TaskEvent::Step { .. } | TaskEvent::Preflight { .. } => None,
     }
 }
 

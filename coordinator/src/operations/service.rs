@@ -11,7 +11,8 @@ use std::time::Duration;
 use tracing::{info, info_span, warn, Instrument};
 
 use seaport_shared::clock::now_unix;
-use seaport_shared::cluster::ClusterName;
+use seaport_shared::cluster::{ClusterName, Role};
+use seaport_shared::preflight::{HostChecks, Ignore};
 use seaport_shared::wire::{
     AuditView, ClusterView, DriftTask, HostDrift, PlannedApply, TaskEvent, TaskRequest,
 };
@@ -21,6 +22,7 @@ use super::drive::{Driver, Outcome};
 use super::error::OperationError;
 use super::prepare::{self, PrepareInput, Prepared, ResolvedImage, Want};
 use super::record::{AuditEntry, Cluster, LiveRecord};
+use super::stages::preflight;
 use super::store::ClusterStore;
 
 struct Active {
@@ -91,8 +93,15 @@ impl Operations {
         }
     }
 
-    /// Reads what [`prepare::prepare`] needs and plans `want`. Blocking.
-    fn plan(&self, want: Want, dry_run: bool) -> Result<Prepared, OperationError> {
+    /// Reads what [`prepare::prepare`] needs and plans `want`, preflight
+    /// checks first. Blocking.
+    fn plan(&self, want: Want, ignore: &Ignore, dry_run: bool) -> Result<Prepared, OperationError> {
+        let mut prepared = self.prepare(want, dry_run)?;
+        preflight::prepend(&mut prepared.cluster.stages, ignore);
+        Ok(prepared)
+    }
+
+    fn prepare(&self, want: Want, dry_run: bool) -> Result<Prepared, OperationError> {
         let previous = match want.existing_cluster() {
             Some(name) => self.previous(name)?,
             None => None,
@@ -126,22 +135,37 @@ impl Operations {
         who: &str,
         want: Want,
     ) -> Result<(ClusterName, u64), OperationError> {
-        let what = want.describe();
-        let result = {
-            let me = self.clone();
-            blocking(move || me.plan(want, false)).await
+        self.accept_ignoring(who, want, &[]).await
+    }
+
+    /// [`Operations::accept`], with the preflight checks whose errors are
+    /// ignored (`--ignore-preflight`).
+    pub async fn accept_ignoring(
+        self: &Arc<Self>,
+        who: &str,
+        want: Want,
+        ignore: &[String],
+    ) -> Result<(ClusterName, u64), OperationError> {
+        let mut what = want.describe();
+        if !ignore.is_empty() {
+            what.push_str(&format!(" ignoring preflight {}", ignore.join(",")));
+        }
+        let result = match Ignore::parse(ignore) {
+            Ok(ignore) => {
+                let me = self.clone();
+                blocking(move || me.plan(want, &ignore, false)).await
+            }
+            Err(e) => Err(e.into()),
         };
         self.audit(
             who,
             what,
             match &result {
                 Ok(p) => Ok(format!(
-                    "{:?}",
-                    (
-                        p.cluster.name.to_string(),
-                        p.cluster.generation,
-                        p.operation.kind.as_str()
-                    )
+                    "{} of cluster {}, operation {}",
+                    p.operation.kind.as_str(),
+                    p.cluster.name,
+                    p.cluster.generation
                 )),
                 Err(e) => Err(e.to_string()),
             },
@@ -158,7 +182,8 @@ impl Operations {
     /// What a Clusterfile would do, changing nothing.
     pub async fn dry_run(self: &Arc<Self>, text: String) -> Result<PlannedApply, OperationError> {
         let me = self.clone();
-        let p = blocking(move || me.plan(Want::Clusterfile(text), true)).await?;
+        let p =
+            blocking(move || me.plan(Want::Clusterfile(text), &Ignore::default(), true)).await?;
         Ok(p.planned())
     }
 
@@ -184,10 +209,16 @@ impl Operations {
             who,
             what,
             match &result {
-                Ok(cs) => Ok(format!(
-                    "{:?}",
-                    cs.iter().map(|c| c.name.to_string()).collect::<Vec<_>>()
-                )),
+                Ok(cs) => Ok(match cs.as_slice() {
+                    [] => "no clusters to delete".to_string(),
+                    cs => format!(
+                        "deleting {}",
+                        cs.iter()
+                            .map(|c| format!("cluster {}, operation {}", c.name, c.generation))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                }),
                 Err(e) => Err(e.to_string()),
             },
         );
@@ -296,6 +327,113 @@ impl Operations {
             .collect();
         out.sort_by(|a, b| a.ip.cmp(&b.ip));
         Ok(out)
+    }
+
+    /// `seaport check`: the preflight checks of the hosts `req` names,
+    /// changing nothing.
+    pub async fn check(
+        self: &Arc<Self>,
+        req: seaport_shared::wire::CheckRequest,
+    ) -> Result<Vec<HostChecks>, OperationError> {
+        let ignore = Ignore::parse(&req.ignore_preflight)?;
+        let me = self.clone();
+        let (targets, plan) = blocking(move || me.check_targets(req, ignore)).await?;
+        Ok(preflight::check_hosts(self.agents.clone(), targets, &plan).await)
+    }
+
+    /// The hosts of a check, bound to their nodes, and what they share.
+    /// Blocking.
+    fn check_targets(
+        &self,
+        req: seaport_shared::wire::CheckRequest,
+        ignore: Ignore,
+    ) -> Result<(Vec<preflight::Target>, preflight::CheckPlan), OperationError> {
+        let (name, hosts, env, image) = match &req.clusterfile {
+            Some(text) => {
+                let d = prepare::spec_of_clusterfile(text)?;
+                let hosts: Vec<(String, bool)> = d
+                    .spec
+                    .hosts
+                    .iter()
+                    .map(|h| (h.ip.clone(), h.role == crate::plan::HostRole::Master))
+                    .collect();
+                (d.name, hosts, d.spec.env, Some(d.spec.image))
+            }
+            None => {
+                let hosts = req
+                    .masters
+                    .iter()
+                    .map(|ip| (ip.clone(), true))
+                    .chain(req.nodes.iter().map(|ip| (ip.clone(), false)))
+                    .collect();
+                (
+                    req.cluster.clone(),
+                    hosts,
+                    req.env.clone(),
+                    req.image.clone(),
+                )
+            }
+        };
+        let previous = self.previous(&name)?;
+        // A cluster that exists keeps its first master (and registry).
+        let has_master0 = previous
+            .as_ref()
+            .is_some_and(|p| p.hosts.iter().any(|h| h.role == Role::Master0));
+        let mut first = !has_master0;
+        let roles: Vec<(String, Role)> = hosts
+            .into_iter()
+            .map(|(ip, master)| {
+                let role = match (master, first) {
+                    (true, true) => {
+                        first = false;
+                        Role::Master0
+                    }
+                    (true, false) => Role::Master,
+                    (false, _) => Role::Node,
+                };
+                (ip, role)
+            })
+            .collect();
+        let specs: Vec<crate::plan::HostSpec> = roles
+            .iter()
+            .map(|(ip, r)| crate::plan::HostSpec {
+                ip: ip.clone(),
+                role: if r.is_master() {
+                    crate::plan::HostRole::Master
+                } else {
+                    crate::plan::HostRole::Node
+                },
+            })
+            .collect();
+        let matched = crate::plan::match_nodes(&specs, &self.agents.nodes()?)?;
+        let targets = roles
+            .into_iter()
+            .map(|(ip, role)| preflight::Target {
+                node_id: matched.get(&ip).cloned().unwrap_or_default(),
+                ip,
+                role,
+            })
+            .collect::<Vec<_>>();
+        let others = previous
+            .map(|p| {
+                p.hosts
+                    .iter()
+                    .filter(|h| !targets.iter().any(|t| t.ip == h.ip) && !h.hostname.is_empty())
+                    .map(|h| (h.ip.clone(), h.hostname.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let disk_needed = image.map_or(0, |i| preflight::disk_needed(&self.image_root, &i));
+        Ok((
+            targets,
+            preflight::CheckPlan {
+                cluster: name,
+                env,
+                disk_needed,
+                others,
+                ignore,
+            },
+        ))
     }
 
     /// The audit log, newest last.
