@@ -89,7 +89,7 @@ pub fn check(root: &Path, args: CheckArgs) -> anyhow::Result<()> {
         match resp? {
             AdminResponse::Checked(h) => Ok(h),
             AdminResponse::Refused { reason } => anyhow::bail!("{reason}"),
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
         }
     })?;
     if args.json {

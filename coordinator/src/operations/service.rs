@@ -50,6 +50,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| OperationError::Internal(e.to_string()))?
 }
 
+/// What the audit log says of an accepted operation, in words.
+pub(super) fn accepted_words(p: &Prepared) -> String {
+    format!(
+        "{} of cluster {}, operation {}",
+        p.operation.kind.as_str(),
+        p.cluster.name,
+        p.cluster.generation
+    )
+}
+
 impl Operations {
     /// Operations on the agents `agents`, recorded in `store`, with images
     /// from the store under `image_root`.
@@ -161,12 +171,7 @@ impl Operations {
             who,
             what,
             match &result {
-                Ok(p) => Ok(format!(
-                    "{} of cluster {}, operation {}",
-                    p.operation.kind.as_str(),
-                    p.cluster.name,
-                    p.cluster.generation
-                )),
+                Ok(p) => Ok(accepted_words(p)),
                 Err(e) => Err(e.to_string()),
             },
         );
@@ -375,21 +380,23 @@ impl Operations {
             }
         };
         let previous = self.previous(&name)?;
-        // A cluster that exists keeps its first master (and registry).
-        let has_master0 = previous
+        // A host of the cluster keeps its role; the cluster keeps its first
+        // master (and registry), else the first master named is it.
+        let recorded = |ip: &str| previous.as_ref().and_then(|p| p.host(ip)).map(|h| h.role);
+        let mut first = !previous
             .as_ref()
             .is_some_and(|p| p.hosts.iter().any(|h| h.role == Role::Master0));
-        let mut first = !has_master0;
         let roles: Vec<(String, Role)> = hosts
             .into_iter()
             .map(|(ip, master)| {
-                let role = match (master, first) {
-                    (true, true) => {
+                let role = match (recorded(&ip), master, first) {
+                    (Some(r), _, _) => r,
+                    (None, true, true) => {
                         first = false;
                         Role::Master0
                     }
-                    (true, false) => Role::Master,
-                    (false, _) => Role::Node,
+                    (None, true, false) => Role::Master,
+                    (None, false, _) => Role::Node,
                 };
                 (ip, role)
             })

@@ -439,3 +439,12 @@ async fn an_ignored_preflight_error_lets_the_operation_go_on() {
         .iter()
         .any(|(_, t)| matches!(t, TaskRequest::Apply(_))));
 }
+
+#[test]
+fn the_audit_log_says_what_was_accepted_in_words() {
+    let p = prepared(run(&["10.0.0.1"], &["10.0.0.2"]), &nodes(3)).unwrap();
+    assert_eq!(
+        super::service::accepted_words(&p),
+        "install of cluster c, operation 1"
+    );
+}
