@@ -35,6 +35,7 @@
 //!   `drive`, one file per kind of stage, over two traits (`Agents`,
 //!   `ClusterStore`) (`cli/cluster.rs`: `seaport run`, `apply`, `join`,
 //!   `delete`, `status`, `logs`, `audit`).
+//! - [`metrics`]: Prometheus metrics (`coordinator serve --metrics-listen`).
 //! - [`records`]: what is kept about nodes, tokens, admin certificates and
 //!   image assignments (plain data).
 
@@ -47,6 +48,7 @@ pub mod clusterfile;
 pub mod converge;
 pub mod daemon;
 pub mod distribution;
+pub mod metrics;
 pub mod operations;
 pub mod plan;
 pub mod records;

@@ -285,6 +285,23 @@ pub struct HostFacts {
     pub machine_id: String,
     pub agent_version: String,
     pub uptime_secs: u64,
+    /// The agent's counters since it started (metrics).
+    #[serde(default)]
+    pub counters: NodeCounters,
+}
+
+/// An agent's layer distribution counters since it started, sent with its
+/// heartbeats for the coordinator's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCounters {
+    /// Bytes it served to peers.
+    pub served_bytes: u64,
+    /// Bytes it fetched from peers.
+    pub fetched_peer_bytes: u64,
+    /// Bytes it fetched from the coordinator.
+    pub fetched_coordinator_bytes: u64,
+    /// Pieces it fetched again because their hash was wrong.
+    pub refetched_pieces: u64,
 }
 
 /// Agent to coordinator, on the control stream.

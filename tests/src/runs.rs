@@ -230,9 +230,19 @@ pub fn enroll_all(
     bins: &Binaries,
     coordinator_root: &Path,
 ) -> Result<(Coordinator, Vec<Node>), SeaportError> {
+    enroll_all_with(lab, bins, coordinator_root, &[])
+}
+
+/// As [`enroll_all`], with more `coordinator serve` flags.
+pub fn enroll_all_with(
+    lab: &Lab,
+    bins: &Binaries,
+    coordinator_root: &Path,
+    serve_args: &[&str],
+) -> Result<(Coordinator, Vec<Node>), SeaportError> {
     Coordinator::init(bins, coordinator_root)?;
     let listen = format!("{}:{COORDINATOR_PORT}", lab.gateway());
-    let coordinator = Coordinator::start(bins, coordinator_root, &listen)?;
+    let coordinator = Coordinator::start_with(bins, coordinator_root, &listen, serve_args)?;
     lab.record_coordinator(Some(CoordinatorRecord {
         root: coordinator_root.to_path_buf(),
         listen: listen.clone(),

@@ -106,6 +106,7 @@ pub(super) async fn admin_request(
                 shared.store.revoke(&node, now_unix()).map(|node_id| {
                     info!(node = %node_id, "node revoked");
                     shared.dist.forget(&node_id);
+                    crate::metrics::global().forget_node(&node_id);
                     shared.live.close(&node_id, close::REFUSED, "node revoked");
                     AdminResponse::Removed { node_id }
                 })

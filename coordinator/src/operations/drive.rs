@@ -53,6 +53,13 @@ impl Driver {
         let now = seaport_shared::clock::now_unix();
         let ended = self.record.write(|c| {
             c.finished_at = Some(now);
+            let kind = c.operation.map_or("operation", |k| k.as_str());
+            let result = match (&outcome, deleting) {
+                (Ok(()), true) => "deleted",
+                (Ok(()), false) => "succeeded",
+                (Err(_), _) => "failed",
+            };
+            crate::metrics::global().operation_ended(kind, result);
             match outcome {
                 Ok(()) if deleting => {
                     c.state = RunState::Deleted;
@@ -92,9 +99,10 @@ impl Driver {
                 .read(|c| (c.stages.get(c.stages_done).cloned(), c.stages_done));
             let Some(stage) = stage else { return Ok(()) };
             info!(stage = %stage.name, "stage starts");
-            run_stage(self, &stage)
-                .await
-                .map_err(|e| format!("{} failed: {e}", stage.name))?;
+            let started = Instant::now();
+            let ran = run_stage(self, &stage).await;
+            crate::metrics::global().stage_took(&stage.name, started.elapsed());
+            ran.map_err(|e| format!("{} failed: {e}", stage.name))?;
             self.record.write(|c| c.stages_done = done + 1);
             self.save().await;
         }
@@ -220,6 +228,10 @@ impl Driver {
         loop {
             match events.next().await? {
                 TaskEvent::Step { step, state } => {
+                    if let StepState::Done { elapsed_ms, .. } = &state {
+                        crate::metrics::global()
+                            .step_took(&step, Duration::from_millis(*elapsed_ms));
+                    }
                     let log = match &state {
                         StepState::Failed { error } => error.clone(),
                         _ => String::new(),
