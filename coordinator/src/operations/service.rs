@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing::{info, info_span, warn, Instrument};
 
 use seaport_shared::clock::now_unix;
-use seaport_shared::cluster::{ClusterName, Role};
+use seaport_shared::cluster::ClusterName;
 use seaport_shared::preflight::{HostChecks, Ignore};
 use seaport_shared::wire::{
     AuditView, ClusterView, DriftTask, HostDrift, PlannedApply, TaskEvent, TaskRequest,
@@ -353,94 +353,13 @@ impl Operations {
         req: seaport_shared::wire::CheckRequest,
         ignore: Ignore,
     ) -> Result<(Vec<preflight::Target>, preflight::CheckPlan), OperationError> {
-        let (name, hosts, env, image) = match &req.clusterfile {
-            Some(text) => {
-                let d = prepare::spec_of_clusterfile(text)?;
-                let hosts: Vec<(String, bool)> = d
-                    .spec
-                    .hosts
-                    .iter()
-                    .map(|h| (h.ip.clone(), h.role == crate::plan::HostRole::Master))
-                    .collect();
-                (d.name, hosts, d.spec.env, Some(d.spec.image))
-            }
-            None => {
-                let hosts = req
-                    .masters
-                    .iter()
-                    .map(|ip| (ip.clone(), true))
-                    .chain(req.nodes.iter().map(|ip| (ip.clone(), false)))
-                    .collect();
-                (
-                    req.cluster.clone(),
-                    hosts,
-                    req.env.clone(),
-                    req.image.clone(),
-                )
-            }
+        let name = match &req.clusterfile {
+            Some(text) => prepare::spec_of_clusterfile(text)?.name,
+            None => req.cluster.clone(),
         };
         let previous = self.previous(&name)?;
-        // A host of the cluster keeps its role; the cluster keeps its first
-        // master (and registry), else the first master named is it.
-        let recorded = |ip: &str| previous.as_ref().and_then(|p| p.host(ip)).map(|h| h.role);
-        let mut first = !previous
-            .as_ref()
-            .is_some_and(|p| p.hosts.iter().any(|h| h.role == Role::Master0));
-        let roles: Vec<(String, Role)> = hosts
-            .into_iter()
-            .map(|(ip, master)| {
-                let role = match (recorded(&ip), master, first) {
-                    (Some(r), _, _) => r,
-                    (None, true, true) => {
-                        first = false;
-                        Role::Master0
-                    }
-                    (None, true, false) => Role::Master,
-                    (None, false, _) => Role::Node,
-                };
-                (ip, role)
-            })
-            .collect();
-        let specs: Vec<crate::plan::HostSpec> = roles
-            .iter()
-            .map(|(ip, r)| crate::plan::HostSpec {
-                ip: ip.clone(),
-                role: if r.is_master() {
-                    crate::plan::HostRole::Master
-                } else {
-                    crate::plan::HostRole::Node
-                },
-            })
-            .collect();
-        let matched = crate::plan::match_nodes(&specs, &self.agents.nodes()?)?;
-        let targets = roles
-            .into_iter()
-            .map(|(ip, role)| preflight::Target {
-                node_id: matched.get(&ip).cloned().unwrap_or_default(),
-                ip,
-                role,
-            })
-            .collect::<Vec<_>>();
-        let others = previous
-            .map(|p| {
-                p.hosts
-                    .iter()
-                    .filter(|h| !targets.iter().any(|t| t.ip == h.ip) && !h.hostname.is_empty())
-                    .map(|h| (h.ip.clone(), h.hostname.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let disk_needed = image.map_or(0, |i| preflight::disk_needed(&self.image_root, &i));
-        Ok((
-            targets,
-            preflight::CheckPlan {
-                cluster: name,
-                env,
-                disk_needed,
-                others,
-                ignore,
-            },
-        ))
+        let nodes = self.agents.nodes()?;
+        preflight::check_targets(req, ignore, previous.as_ref(), &nodes, &self.image_root)
     }
 
     /// The audit log, newest last.

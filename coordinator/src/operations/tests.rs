@@ -448,3 +448,72 @@ fn the_audit_log_says_what_was_accepted_in_words() {
         "install of cluster c, operation 1"
     );
 }
+
+#[test]
+fn a_check_keeps_the_roles_a_cluster_has_and_names_its_other_hosts() {
+    use super::stages::preflight::check_targets;
+    let req = |masters: &[&str], nodes: &[&str]| seaport_shared::wire::CheckRequest {
+        clusterfile: None,
+        cluster: ClusterName::parse("c").unwrap(),
+        masters: masters.iter().map(|s| s.to_string()).collect(),
+        nodes: nodes.iter().map(|s| s.to_string()).collect(),
+        image: None,
+        env: vec![],
+        ignore_preflight: vec![],
+    };
+    let roles = |targets: &[super::stages::preflight::Target]| -> Vec<(String, Role)> {
+        targets.iter().map(|t| (t.ip.clone(), t.role)).collect()
+    };
+    let root = std::path::Path::new("/nonexistent");
+    // No cluster yet: the first master named is master0.
+    let (t, plan) = check_targets(
+        req(&["10.0.0.2", "10.0.0.1"], &["10.0.0.3"]),
+        Ignore::default(),
+        None,
+        &nodes(3),
+        root,
+    )
+    .unwrap();
+    assert_eq!(
+        roles(&t),
+        [
+            ("10.0.0.2".to_string(), Role::Master0),
+            ("10.0.0.1".to_string(), Role::Master),
+            ("10.0.0.3".to_string(), Role::Node)
+        ]
+    );
+    assert_eq!(t[0].node_id, "n2");
+    assert!(plan.others.is_empty());
+    // An installed cluster (master0 10.0.0.1): its hosts keep their roles,
+    // a new master is not master0, and the hosts not checked are named.
+    let installed = prepared(run(&["10.0.0.1"], &["10.0.0.2"]), &nodes(3))
+        .unwrap()
+        .cluster;
+    let (t, plan) = check_targets(
+        req(&["10.0.0.3", "10.0.0.1"], &[]),
+        Ignore::default(),
+        Some(&installed),
+        &nodes(3),
+        root,
+    )
+    .unwrap();
+    assert_eq!(
+        roles(&t),
+        [
+            ("10.0.0.3".to_string(), Role::Master),
+            ("10.0.0.1".to_string(), Role::Master0)
+        ]
+    );
+    assert_eq!(plan.others, [("10.0.0.2".to_string(), "host2".to_string())]);
+    // A host without an agent is refused, naming it.
+    let err = check_targets(
+        req(&["10.0.0.9"], &[]),
+        Ignore::default(),
+        None,
+        &nodes(3),
+        root,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("10.0.0.9"), "{err}");
+}

@@ -17,10 +17,17 @@ use seaport_shared::preflight::{
 };
 use seaport_shared::wire::{StepState, TaskEvent, TaskRequest};
 
+use seaport_shared::wire::CheckRequest;
+
 use super::super::agents::{Agents, AgentsError};
 use super::super::drive::Driver;
+use super::super::error::OperationError;
 use super::super::error::StageError;
+use super::super::prepare::spec_of_clusterfile;
+use super::super::record::Cluster;
 use crate::converge::{StageSpec, Work};
+use crate::plan::{HostRole, HostSpec};
+use crate::records::NodeRecord;
 
 /// The stage's name (and the step each host records).
 pub(crate) const STAGE: &str = "preflight";
@@ -55,6 +62,7 @@ pub(crate) fn prepend(stages: &mut Vec<StageSpec>, ignore: &Ignore) {
 }
 
 /// A host to check.
+#[derive(Debug)]
 pub(crate) struct Target {
     pub ip: String,
     pub node_id: String,
@@ -62,6 +70,7 @@ pub(crate) struct Target {
 }
 
 /// What every host of one check shares.
+#[derive(Debug)]
 pub(crate) struct CheckPlan {
     pub cluster: ClusterName,
     /// The cluster env (the registry port).
@@ -250,6 +259,102 @@ pub(crate) fn compare_hostnames(hosts: &mut [HostChecks], others: &[(String, Str
         };
         h.checks.push(result);
     }
+}
+
+/// The hosts `req` names (from its Clusterfile, or its masters and nodes),
+/// bound to the nodes of `nodes`, and what they share. A host of the
+/// cluster `previous` keeps its role; the cluster keeps its first master
+/// (and registry), else the first master named is it.
+pub(crate) fn check_targets(
+    req: CheckRequest,
+    ignore: Ignore,
+    previous: Option<&Cluster>,
+    nodes: &[NodeRecord],
+    image_root: &Path,
+) -> Result<(Vec<Target>, CheckPlan), OperationError> {
+    let (name, hosts, env, image) = match &req.clusterfile {
+        Some(text) => {
+            let d = spec_of_clusterfile(text)?;
+            let hosts: Vec<(String, bool)> = d
+                .spec
+                .hosts
+                .iter()
+                .map(|h| (h.ip.clone(), h.role == HostRole::Master))
+                .collect();
+            (d.name, hosts, d.spec.env, Some(d.spec.image))
+        }
+        None => {
+            let hosts = req
+                .masters
+                .iter()
+                .map(|ip| (ip.clone(), true))
+                .chain(req.nodes.iter().map(|ip| (ip.clone(), false)))
+                .collect();
+            (
+                req.cluster.clone(),
+                hosts,
+                req.env.clone(),
+                req.image.clone(),
+            )
+        }
+    };
+    let recorded = |ip: &str| previous.and_then(|p| p.host(ip)).map(|h| h.role);
+    let mut first = !previous.is_some_and(|p| p.hosts.iter().any(|h| h.role == Role::Master0));
+    let roles: Vec<(String, Role)> = hosts
+        .into_iter()
+        .map(|(ip, master)| {
+            let role = match (recorded(&ip), master, first) {
+                (Some(r), _, _) => r,
+                (None, true, true) => {
+                    first = false;
+                    Role::Master0
+                }
+                (None, true, false) => Role::Master,
+                (None, false, _) => Role::Node,
+            };
+            (ip, role)
+        })
+        .collect();
+    let specs: Vec<HostSpec> = roles
+        .iter()
+        .map(|(ip, r)| HostSpec {
+            ip: ip.clone(),
+            role: if r.is_master() {
+                HostRole::Master
+            } else {
+                HostRole::Node
+            },
+        })
+        .collect();
+    let matched = crate::plan::match_nodes(&specs, nodes)?;
+    let targets: Vec<Target> = roles
+        .into_iter()
+        .map(|(ip, role)| Target {
+            node_id: matched.get(&ip).cloned().unwrap_or_default(),
+            ip,
+            role,
+        })
+        .collect();
+    let others = previous
+        .map(|p| {
+            p.hosts
+                .iter()
+                .filter(|h| !targets.iter().any(|t| t.ip == h.ip) && !h.hostname.is_empty())
+                .map(|h| (h.ip.clone(), h.hostname.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let disk_needed = image.map_or(0, |i| disk_needed(image_root, &i));
+    Ok((
+        targets,
+        CheckPlan {
+            cluster: name,
+            env,
+            disk_needed,
+            others,
+            ignore,
+        },
+    ))
 }
 
 /// The stage: checks `hosts`, records each host's table as its `preflight`
