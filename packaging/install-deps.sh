@@ -13,13 +13,19 @@ export DEBIAN_FRONTEND=noninteractive
 # test image); a dockerd it starts on this machine is not needed.
 had_docker=no
 if dpkg -s docker.io >/dev/null 2>&1; then had_docker=yes; fi
+had_prometheus=no
+if dpkg -s prometheus >/dev/null 2>&1; then had_prometheus=yes; fi
 apt-get update
 apt-get install -y --no-install-recommends \
     ca-certificates curl openssl zstd \
     skopeo docker-registry apache2-utils \
     debootstrap systemd-container iproute2 iptables \
     openssh-server openssh-client \
-    containerd runc docker.io
+    containerd runc docker.io prometheus
 if [ "$had_docker" = no ] && [ -d /run/systemd/system ]; then
     systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
+fi
+# The metrics lab test runs its own Prometheus; the packaged service stays off.
+if [ "$had_prometheus" = no ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 fi

@@ -131,6 +131,7 @@ impl FactsSource for SystemFacts {
             machine_id: self.host.machine_id.clone(),
             agent_version: AGENT_VERSION.to_string(),
             uptime_secs: System::uptime(),
+            counters: crate::distribution::counters::snapshot(),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - [`apply`]: the apply engine: journaled, idempotent steps that install a
 //!   cluster image on this host natively, and reset.
 //! - [`cli_apply`]: `seaport-agent apply` and `seaport-agent reset` (local runs).
+//! - [`preflight`]: the checks of this host before an install changes it.
 //! - [`tasks`]: install and reset tasks the coordinator sends on the session.
 //! - [`trust`]: which images this host accepts (trusted keys, signatures
 //!   required) and the signature check before every apply.
@@ -26,6 +27,7 @@ pub mod distribution;
 pub mod facts;
 pub mod identity;
 pub mod join;
+pub mod preflight;
 pub mod session;
 pub mod tasks;
 pub mod trust;

@@ -1,6 +1,6 @@
 //! Work the coordinator gives this host: install and upgrade steps, resets,
 //! shell steps (plugins), reading and writing files of a cluster's rootfs,
-//! and drift checks.
+//! drift checks and preflight checks.
 //!
 //! The coordinator opens a `Task` stream on the agent's own session (the
 //! connection the agent made and verified against the CA pin), sends one
@@ -109,6 +109,7 @@ async fn handle(
             TaskRequest::WriteFiles(task) => run_write_files(task, settings, tx).await,
             TaskRequest::Shell(task) => run_shell(task, settings, tx).await,
             TaskRequest::Drift(task) => run_drift(task, settings, tx).await,
+            TaskRequest::Preflight(task) => run_preflight(task, settings, tx).await,
         }
     });
     // Forward events while the coordinator listens; the work goes on when
@@ -466,6 +467,33 @@ async fn run_drift(task: DriftTask, settings: TaskSettings, tx: Events) {
             missing: vec![],
             checked: 0,
             error: Some(e.to_string()),
+        },
+    })
+    .await;
+}
+
+async fn run_preflight(
+    task: seaport_shared::preflight::PreflightTask,
+    settings: TaskSettings,
+    tx: Events,
+) {
+    info!(cluster = %task.cluster, role = %task.role, "preflight task");
+    let work = move || {
+        let host = crate::preflight::gather(&settings.data_root);
+        let installed =
+            crate::preflight::Installed::read(&settings.state_dir, task.cluster.as_str());
+        let checks = crate::preflight::evaluate(&task, &host, &installed);
+        Ok::<_, std::convert::Infallible>((host.hostname, checks))
+    };
+    finish_blocking(&tx, "preflight", work, |r| match r {
+        Ok((hostname, checks)) => TaskEvent::Preflight { hostname, checks },
+        Err(e) => TaskEvent::Preflight {
+            hostname: String::new(),
+            checks: vec![seaport_shared::preflight::CheckResult::new(
+                "agent",
+                seaport_shared::preflight::Level::Error,
+                e.to_string(),
+            )],
         },
     })
     .await;

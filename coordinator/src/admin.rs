@@ -25,17 +25,17 @@ pub enum AdminError {
     Ca(#[from] CaError),
     #[error("{0}")]
     Tls(#[from] TlsError),
-    #[error("could not reach the coordinator at {addr}: {reason}")]
+    #[error("could not reach the coordinator at {addr}: {reason}; check that `seaport coordinator serve` runs there and that UDP to its port is open")]
     Unreachable { addr: String, reason: String },
-    #[error("bad coordinator address {0:?}: {1}")]
+    #[error("bad coordinator address {0:?}: {1}; give it as HOST:PORT, e.g. 10.0.0.1:7443")]
     BadAddress(String, String),
     #[error("admin stream: {0}")]
     Wire(#[from] WireError),
     #[error("admin stream: {0}")]
     Codec(#[from] CodecError),
-    #[error("coordinator closed the admin stream without answering")]
+    #[error("coordinator closed the admin stream without answering; its log says why (journalctl -u seaport-coordinator)")]
     NoAnswer,
-    #[error("coordinator did not answer within {0:?}")]
+    #[error("coordinator did not answer within {0:?}; it may be overloaded or stuck: see its log (journalctl -u seaport-coordinator)")]
     Timeout(Duration),
     #[error("coordinator refused: {0}")]
     Refused(String),

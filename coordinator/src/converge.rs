@@ -83,6 +83,13 @@ pub enum PluginPoint {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Work {
+    /// Preflight checks of these hosts, before anything changes them;
+    /// errors of the checks in `ignore` do not stop the operation.
+    Preflight {
+        hosts: Vec<String>,
+        #[serde(default)]
+        ignore: Vec<String>,
+    },
     /// The image to these hosts (layer distribution).
     Fetch { hosts: Vec<String> },
     /// Apply steps; `upgrade` moves hosts to a new image.
@@ -124,6 +131,7 @@ impl StageSpec {
     pub fn hosts(&self, master0: &str) -> Vec<String> {
         match &self.work {
             Work::Fetch { hosts }
+            | Work::Preflight { hosts, .. }
             | Work::Configs { hosts }
             | Work::Reset { hosts, .. }
             | Work::Forget { hosts } => hosts.clone(),

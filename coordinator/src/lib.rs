@@ -39,6 +39,7 @@
 //!   `run` and `drive`, one file per kind of stage, over two traits (`Agents`,
 //!   `ClusterStore`) (`cli/cluster.rs`: `seaport run`, `apply`, `join`,
 //!   `delete`, `status`, `logs`, `audit`).
+//! - [`metrics`]: Prometheus metrics (`coordinator serve --metrics-listen`).
 //! - [`records`]: what is kept about nodes, tokens, admin certificates and
 //!   image assignments (plain data).
 
@@ -51,6 +52,7 @@ pub mod clusterfile;
 pub mod converge;
 pub mod daemon;
 pub mod distribution;
+pub mod metrics;
 pub mod operations;
 pub mod plan;
 pub mod records;

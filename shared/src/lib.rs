@@ -16,6 +16,8 @@
 //! - [`pki`]: roles, CA pins, join tokens, node ids, certificate inspection,
 //!   keys and CSRs, private files.
 //! - [`tls`]: rustls and quinn configurations (pinned enrollment, mTLS).
+//! - [`preflight`]: preflight checks: results, the agent's task, ports by
+//!   role, `--ignore-preflight`.
 //! - [`confined`]: files beneath a root, never through a symlink (the one
 //!   writer for places an image or another party may have planted links).
 //! - [`safetar`]: tar unpacking confined to a target root.
@@ -36,6 +38,7 @@ pub mod distribution;
 pub mod env;
 pub mod logging;
 pub mod pki;
+pub mod preflight;
 pub mod safetar;
 pub mod shell;
 pub mod tls;

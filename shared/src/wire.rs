@@ -287,6 +287,23 @@ pub struct HostFacts {
     pub machine_id: String,
     pub agent_version: String,
     pub uptime_secs: u64,
+    /// The agent's counters since it started (metrics).
+    #[serde(default)]
+    pub counters: NodeCounters,
+}
+
+/// An agent's layer distribution counters since it started, sent with its
+/// heartbeats for the coordinator's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCounters {
+    /// Bytes it served to peers.
+    pub served_bytes: u64,
+    /// Bytes it fetched from peers.
+    pub fetched_peer_bytes: u64,
+    /// Bytes it fetched from the coordinator.
+    pub fetched_coordinator_bytes: u64,
+    /// Pieces it fetched again because their hash was wrong.
+    pub refetched_pieces: u64,
 }
 
 /// Agent to coordinator, on the control stream.
@@ -402,12 +419,16 @@ pub enum AdminRequest {
     Apply {
         clusterfile: String,
         dry_run: bool,
+        /// Preflight errors to ignore (`--ignore-preflight`).
+        ignore_preflight: Vec<String>,
     },
     /// Add hosts to a cluster.
     Join {
         cluster: ClusterName,
         masters: Vec<String>,
         nodes: Vec<String>,
+        /// Preflight errors to ignore (`--ignore-preflight`).
+        ignore_preflight: Vec<String>,
     },
     /// Remove hosts from a cluster (cleaned, reset, deleted from it).
     RemoveHosts {
@@ -422,6 +443,21 @@ pub enum AdminRequest {
     Drift {
         cluster: ClusterName,
     },
+    /// Run the preflight checks on hosts, changing nothing.
+    Check(CheckRequest),
+}
+
+/// What `seaport check` asks for: hosts from a Clusterfile, or masters and
+/// nodes (then `image`, if given, sizes the disk check).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRequest {
+    pub clusterfile: Option<String>,
+    pub cluster: ClusterName,
+    pub masters: Vec<String>,
+    pub nodes: Vec<String>,
+    pub image: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub ignore_preflight: Vec<String>,
 }
 
 /// What an apply would do, per host.
@@ -478,6 +514,8 @@ pub struct RunRequest {
     pub nodes: Vec<String>,
     /// Cluster env, `K=V` pairs in order.
     pub env: Vec<(String, String)>,
+    /// Preflight errors to ignore (`--ignore-preflight`).
+    pub ignore_preflight: Vec<String>,
 }
 
 /// One step as the coordinator records it.
@@ -599,6 +637,8 @@ pub enum AdminResponse {
     Planned(PlannedApply),
     Audit(Vec<AuditView>),
     Drift(Vec<HostDrift>),
+    /// Every host's preflight checks.
+    Checked(Vec<crate::preflight::HostChecks>),
 }
 
 /// One unit of work for an agent, on its own `Task` stream.
@@ -617,6 +657,9 @@ pub enum TaskRequest {
     /// Check the files the install wrote outside the agent's directories
     /// (answered with `Drift`).
     Drift(DriftTask),
+    /// Check the host before an install changes it (answered with
+    /// `Preflight`).
+    Preflight(crate::preflight::PreflightTask),
 }
 
 /// Files of `<data-root>/<cluster>/rootfs`, by path relative to it.
@@ -772,6 +815,11 @@ pub enum TaskEvent {
         checked: u64,
         error: Option<String>,
     },
+    /// The host's preflight checks and the hostname it has now.
+    Preflight {
+        hostname: String,
+        checks: Vec<crate::preflight::CheckResult>,
+    },
 }
 
 impl std::fmt::Debug for TaskEvent {
@@ -826,6 +874,11 @@ impl std::fmt::Debug for TaskEvent {
                 .field("missing", missing)
                 .field("checked", checked)
                 .field("error", error)
+                .finish(),
+            TaskEvent::Preflight { hostname, checks } => f
+                .debug_struct("Preflight")
+                .field("hostname", hostname)
+                .field("checks", checks)
                 .finish(),
         }
     }

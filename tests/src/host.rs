@@ -157,7 +157,9 @@ pub fn prepare_root(
     })?;
     write("etc/machine-id", &format!("{}\n", hex::encode(id)))?;
     // The address comes from a oneshot unit: no DHCP, no default route, so a
-    // host can reach the lab network and nothing else.
+    // host can reach the lab network and nothing else. It also turns on IPv4
+    // forwarding, which Kubernetes needs and Seaport's preflight checks
+    // (a host's own network namespace starts with it off).
     write(
         "etc/systemd/system/seaport-lab-net.service",
         &format!(
@@ -166,7 +168,8 @@ pub fn prepare_root(
              After=sys-subsystem-net-devices-host0.device\n\n\
              [Service]\nType=oneshot\nRemainAfterExit=yes\n\
              ExecStart=/sbin/ip link set host0 up\n\
-             ExecStart=/sbin/ip addr replace {}/{PREFIX_LEN} dev host0\n\n\
+             ExecStart=/sbin/ip addr replace {}/{PREFIX_LEN} dev host0\n\
+             ExecStart=/bin/sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'\n\n\
              [Install]\nWantedBy=multi-user.target\n",
             layout.ip
         ),

@@ -90,6 +90,7 @@ async fn join_data_forged_by_a_worker_is_refused_and_later_joins_get_master0s() 
             masters: vec![m0.ip.to_string()],
             nodes: vec![evil.ip.to_string()],
             env: vec![],
+            ignore_preflight: vec![],
         }),
     )
     .await;
@@ -110,6 +111,7 @@ async fn join_data_forged_by_a_worker_is_refused_and_later_joins_get_master0s() 
             cluster: "c1".parse().unwrap(),
             masters: vec![],
             nodes: vec![late.ip.to_string()],
+            ignore_preflight: vec![],
         },
     )
     .await;
@@ -172,6 +174,7 @@ async fn plugins_run_on_hosts_are_the_images_own_not_master0s_report() {
             masters: vec![m0.ip.to_string()],
             nodes: vec![n1.ip.to_string()],
             env: vec![],
+            ignore_preflight: vec![],
         }),
     )
     .await;

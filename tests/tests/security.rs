@@ -552,6 +552,7 @@ async fn a_node_reporting_another_hosts_ip_is_not_given_that_host() {
         let req = AdminRequest::Apply {
             clusterfile: text,
             dry_run: true,
+            ignore_preflight: vec![],
         };
         let root = coord.root.clone();
         let addr = coord.addr;
@@ -572,6 +573,7 @@ async fn a_node_reporting_another_hosts_ip_is_not_given_that_host() {
         masters: vec!["127.0.0.3".into()],
         nodes: vec![],
         env: vec![],
+        ignore_preflight: vec![],
     });
     match coord.admin(run.clone()).await {
         Err(AdminError::Refused(reason)) => assert!(
@@ -629,6 +631,7 @@ async fn a_node_claiming_another_nodes_hostname_is_refused_at_plan_time() {
         masters: vec!["127.0.0.1".into()],
         nodes: vec!["127.0.0.2".into()],
         env: vec![],
+        ignore_preflight: vec![],
     });
     let refused = |r: Result<wire::AdminResponse, AdminError>| match r {
         Err(AdminError::Refused(reason)) => assert!(
@@ -644,6 +647,7 @@ async fn a_node_claiming_another_nodes_hostname_is_refused_at_plan_time() {
     let dry = AdminRequest::Apply {
         clusterfile: identity_support::clusterfile("c", "trust:1", "127.0.0.1", &["127.0.0.2"]),
         dry_run: true,
+        ignore_preflight: vec![],
     };
     match coord.admin(dry.clone()).await.unwrap() {
         wire::AdminResponse::Planned(p) => assert!(

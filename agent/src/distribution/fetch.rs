@@ -527,6 +527,11 @@ impl Fetcher {
         }
         match done.result {
             Ok((bytes, verified)) => {
+                let counter = match done.source {
+                    Source::Coordinator => &super::counters::FROM_COORDINATOR,
+                    Source::Peer { .. } => &super::counters::FROM_PEERS,
+                };
+                counter.fetch_add(bytes, Ordering::Relaxed);
                 *self
                     .received
                     .entry(done.source.name().to_string())
@@ -538,23 +543,27 @@ impl Fetcher {
                 }
                 return self.check_complete();
             }
-            Err(FetchError::Corrupt) => match &done.source {
-                Source::Peer { node_id, .. } => {
-                    warn!(peer = %node_id, digest = %done.digest, piece = done.piece,
+            Err(FetchError::Corrupt) => {
+                // The piece is fetched again (from another source).
+                super::counters::REFETCHED.fetch_add(1, Ordering::Relaxed);
+                match &done.source {
+                    Source::Peer { node_id, .. } => {
+                        warn!(peer = %node_id, digest = %done.digest, piece = done.piece,
                         "piece from peer failed verification; not using that peer again");
-                    self.bad
-                        .insert(node_id.clone(), (BadPeerReason::Corrupt, Instant::now()));
-                    self.to_report.push(BadPeer {
-                        node_id: node_id.clone(),
-                        digest: done.digest,
-                        reason: BadPeerReason::Corrupt,
-                    });
-                }
-                Source::Coordinator => {
-                    warn!(digest = %done.digest, piece = done.piece,
+                        self.bad
+                            .insert(node_id.clone(), (BadPeerReason::Corrupt, Instant::now()));
+                        self.to_report.push(BadPeer {
+                            node_id: node_id.clone(),
+                            digest: done.digest,
+                            reason: BadPeerReason::Corrupt,
+                        });
+                    }
+                    Source::Coordinator => {
+                        warn!(digest = %done.digest, piece = done.piece,
                         "piece from the coordinator failed verification; fetching it again");
+                    }
                 }
-            },
+            }
             Err(FetchError::Failed(reason)) => {
                 info!(source = done.source.name(), %reason, "piece transfer failed");
                 if let Source::Peer { node_id, addr } = &done.source {

@@ -20,6 +20,29 @@ mod peer;
 mod shared;
 pub mod store;
 
+/// This agent's distribution counters since it started, for the
+/// coordinator's metrics (sent with every heartbeat).
+pub mod counters {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use seaport_shared::wire::NodeCounters;
+
+    pub(crate) static SERVED: AtomicU64 = AtomicU64::new(0);
+    pub(crate) static FROM_PEERS: AtomicU64 = AtomicU64::new(0);
+    pub(crate) static FROM_COORDINATOR: AtomicU64 = AtomicU64::new(0);
+    pub(crate) static REFETCHED: AtomicU64 = AtomicU64::new(0);
+
+    /// The counters now.
+    pub fn snapshot() -> NodeCounters {
+        NodeCounters {
+            served_bytes: SERVED.load(Ordering::Relaxed),
+            fetched_peer_bytes: FROM_PEERS.load(Ordering::Relaxed),
+            fetched_coordinator_bytes: FROM_COORDINATOR.load(Ordering::Relaxed),
+            refetched_pieces: REFETCHED.load(Ordering::Relaxed),
+        }
+    }
+}
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -240,6 +240,7 @@ async fn send_pieces(
     let sent = distribution::send_pieces(send, pieces, &sources, |n| async move {
         shared.upload.take(n).await;
         shared.served.fetch_add(n as u64, Ordering::Relaxed);
+        super::counters::SERVED.fetch_add(n as u64, Ordering::Relaxed);
     })
     .await;
     sent.map_err(|e| {

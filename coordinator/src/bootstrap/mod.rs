@@ -30,7 +30,7 @@ use crate::ca::CoordinatorPaths;
 pub use script::{
     render_cloud_init, render_one_liner, render_script, ScriptParams, AGENT_UNIT, HOST_SCRIPT_PATH,
 };
-pub use server::{BootstrapServer, TokenValidator};
+pub use server::{read_head, BootstrapServer, TokenValidator};
 
 /// Default TCP port of the bootstrap endpoint.
 pub const DEFAULT_PORT: u16 = 7444;

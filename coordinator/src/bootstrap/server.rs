@@ -308,7 +308,8 @@ fn respond(served: &Served, req: &Request, local: SocketAddr) -> Response {
     }
 }
 
-async fn read_head<S: AsyncReadExt + Unpin>(s: &mut S) -> Option<Vec<u8>> {
+/// Reads an HTTP/1.1 request head (up to the blank line, at most 16 KiB).
+pub async fn read_head<S: AsyncReadExt + Unpin>(s: &mut S) -> Option<Vec<u8>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {

@@ -107,7 +107,7 @@ fn list(root: &Path, json: bool, explicit: Option<&str>) -> anyhow::Result<()> {
         Offline::Read,
         |resp| match resp {
             AdminResponse::Admins(list) => Ok(list),
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
         },
         |store| Ok(store.admins()?.iter().map(AdminRecord::info).collect()),
     )
@@ -195,7 +195,7 @@ fn issue(
                 cert_pem,
                 ca_pem,
             } => Ok((info, cert_pem, ca_pem)),
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
         },
         |store| {
             let ca = Ca::load(root)?;
@@ -232,7 +232,7 @@ fn revoke(root: &Path, cert: &str, explicit: Option<&str>) -> anyhow::Result<()>
         Offline::Write,
         |resp| match resp {
             AdminResponse::AdminRevoked(info) => Ok(info),
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
         },
         |store| {
             let rec = store.resolve_admin(cert)?;

@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Return once the coordinator has accepted the run.
     #[arg(long)]
     pub detach: bool,
+    /// Preflight checks whose errors do not stop it, comma-separated
+    /// (swap, port-6443, ports, ip-forward, hostname, runtime, disk, ..., all).
+    #[arg(long, value_delimiter = ',', value_name = "CHECK", value_parser = super::check::check_name)]
+    pub ignore_preflight: Vec<String>,
     /// Coordinator address (HOST:PORT); defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
@@ -57,12 +61,19 @@ pub struct ApplyArgs {
     /// Validate the file and print the plan per host; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run: print the plan as JSON.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
     /// Do not ask before removing hosts that left the file.
     #[arg(short = 'y', long)]
     pub yes: bool,
     /// Return once the coordinator has accepted the operation.
     #[arg(long)]
     pub detach: bool,
+    /// Preflight checks whose errors do not stop it, comma-separated
+    /// (swap, port-6443, ports, ip-forward, hostname, runtime, disk, ..., all).
+    #[arg(long, value_delimiter = ',', value_name = "CHECK", value_parser = super::check::check_name)]
+    pub ignore_preflight: Vec<String>,
     /// Coordinator address (HOST:PORT); defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
@@ -79,6 +90,10 @@ pub struct JoinArgs {
     /// The cluster.
     #[arg(long, default_value = DEFAULT_CLUSTER)]
     pub cluster: ClusterName,
+    /// Preflight checks whose errors do not stop it, comma-separated
+    /// (swap, port-6443, ports, ip-forward, hostname, runtime, disk, ..., all).
+    #[arg(long, value_delimiter = ',', value_name = "CHECK", value_parser = super::check::check_name)]
+    pub ignore_preflight: Vec<String>,
     /// Coordinator address (HOST:PORT); defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
@@ -95,6 +110,9 @@ pub struct LogsArgs {
     /// Only this step.
     #[arg(long)]
     pub step: Option<String>,
+    /// Print JSON: host, step, state and output tail of each step shown.
+    #[arg(long)]
+    pub json: bool,
     /// Coordinator address (HOST:PORT); defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
@@ -162,7 +180,7 @@ fn accepted(resp: AdminResponse) -> anyhow::Result<(ClusterName, u64)> {
             cluster,
             generation,
         } => Ok((cluster, generation)),
-        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
     }
 }
 
@@ -173,7 +191,7 @@ async fn clusters(client: &AdminClient) -> anyhow::Result<Vec<ClusterView>> {
         .context("asking the coordinator for clusters")?
     {
         AdminResponse::Clusters(c) => Ok(c),
-        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
     }
 }
 
@@ -185,6 +203,7 @@ pub(super) fn run(root: &Path, args: RunArgs) -> anyhow::Result<()> {
         masters: args.masters,
         nodes: args.nodes,
         env: args.env,
+        ignore_preflight: args.ignore_preflight,
     };
     runtime()?.block_on(async {
         let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
@@ -228,7 +247,7 @@ fn drift(root: &Path, args: &StatusArgs) -> anyhow::Result<()> {
         client.close().await;
         match resp? {
             AdminResponse::Drift(d) => Ok(d),
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
         }
     })?;
     if args.json {
@@ -255,7 +274,11 @@ fn drift(root: &Path, args: &StatusArgs) -> anyhow::Result<()> {
         }
     }
     if !clean {
-        anyhow::bail!("drift found");
+        return Err(super::Exit::new(
+            super::exit::DRIFT,
+            "drift found: restore those files, or apply the cluster again to rewrite them",
+        )
+        .into());
     }
     Ok(())
 }
@@ -292,16 +315,21 @@ pub(super) fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
             .request(&AdminRequest::Apply {
                 clusterfile: text.clone(),
                 dry_run: true,
+                ignore_preflight: vec![],
             })
             .await
             .with_context(|| format!("planning {}", args.file.display()))?
         {
             AdminResponse::Planned(p) => p,
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
         };
         if args.dry_run {
             client.close().await;
-            print_plan(&plan);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print_plan(&plan);
+            }
             return Ok(());
         }
         if plan.operation == OperationKind::ScaleDown && !args.yes {
@@ -320,6 +348,7 @@ pub(super) fn apply(root: &Path, args: ApplyArgs) -> anyhow::Result<()> {
             .request(&AdminRequest::Apply {
                 clusterfile: text,
                 dry_run: false,
+                ignore_preflight: args.ignore_preflight,
             })
             .await
             .with_context(|| format!("applying {}", args.file.display()))?;
@@ -379,6 +408,7 @@ pub(super) fn join(root: &Path, args: JoinArgs) -> anyhow::Result<()> {
                 cluster: args.cluster.clone(),
                 masters: args.masters,
                 nodes: args.nodes,
+                ignore_preflight: args.ignore_preflight,
             })
             .await
             .with_context(|| format!("adding hosts to cluster {}", args.cluster))?;
@@ -404,18 +434,28 @@ pub(super) fn logs(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
         .iter()
         .find(|v| v.cluster == name)
         .ok_or_else(|| anyhow::anyhow!("no cluster named {name}"))?;
-    let mut shown = 0;
-    for h in v
+    let chosen: Vec<(&str, &seaport_shared::wire::StepView)> = v
         .hosts
         .iter()
         .filter(|h| args.host.as_ref().is_none_or(|x| *x == h.ip))
-    {
-        for s in h
-            .steps
+        .flat_map(|h| h.steps.iter().map(move |s| (h.ip.as_str(), s)))
+        .filter(|(_, s)| args.step.as_ref().is_none_or(|x| *x == s.step))
+        .collect();
+    if chosen.is_empty() {
+        anyhow::bail!(
+            "no step logs match; `seaport status --cluster {name}` lists every host and step"
+        );
+    }
+    if args.json {
+        let out: Vec<serde_json::Value> = chosen
             .iter()
-            .filter(|s| args.step.as_ref().is_none_or(|x| *x == s.step))
-        {
-            shown += 1;
+            .map(|(ip, s)| serde_json::json!({"host": ip, "step": s.step, "state": s.state, "log_tail": s.log_tail}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    {
+        for (ip, s) in chosen {
             let detail = match &s.state {
                 StepState::Done {
                     summary,
@@ -427,14 +467,11 @@ pub(super) fn logs(root: &Path, args: LogsArgs) -> anyhow::Result<()> {
                 StepState::Failed { .. } => "failed".into(),
                 other => other.label().into(),
             };
-            println!("{} {}: {detail}", h.ip, s.step);
+            println!("{ip} {}: {detail}", s.step);
             for l in s.log_tail.lines() {
                 println!("    {l}");
             }
         }
-    }
-    if shown == 0 {
-        anyhow::bail!("no step logs match");
     }
     Ok(())
 }
@@ -449,24 +486,54 @@ pub(super) fn audit(root: &Path, args: AuditArgs) -> anyhow::Result<()> {
         client.close().await;
         match resp.context("reading the audit log")? {
             AdminResponse::Audit(a) => Ok(a),
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
         }
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
-    for e in &entries {
-        let at = time::OffsetDateTime::from_unix_timestamp(e.at)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| e.at.to_string());
-        println!("{:>5} {at} {} | {} | {}", e.seq, e.who, e.what, e.result);
-    }
+    print!("{}", audit_table(&entries));
     Ok(())
+}
+
+/// The audit log as a table: sequence, time, who, what, result.
+fn audit_table(entries: &[seaport_shared::wire::AuditView]) -> String {
+    let rows: Vec<[String; 5]> = entries
+        .iter()
+        .map(|e| {
+            [
+                e.seq.to_string(),
+                seaport_shared::clock::rfc3339(e.at),
+                e.who.clone(),
+                e.what.clone(),
+                e.result.clone(),
+            ]
+        })
+        .collect();
+    let header = ["SEQ", "TIME", "WHO", "WHAT", "RESULT"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i == 4 {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header);
+    for r in &rows {
+        out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+    }
+    out
 }
 
 /// `seaport status`.
@@ -835,12 +902,18 @@ fn failure(v: &ClusterView) -> anyhow::Error {
         v.cluster,
         v.error.as_deref().unwrap_or("failed")
     );
+    let mut preflight = false;
     for h in &v.hosts {
         for s in &h.steps {
             if let StepState::Failed { .. } = s.state {
+                preflight |= s.step == super::check::PREFLIGHT_STEP;
                 msg.push_str(&format!("\n--- {} step {}:\n{}", h.ip, s.step, s.log_tail));
             }
         }
+    }
+    if preflight {
+        // Nothing on any host changed: the exit code says so.
+        return super::Exit::new(super::exit::PREFLIGHT, msg).into();
     }
     anyhow::anyhow!(msg)
 }
@@ -876,5 +949,30 @@ fn print_status(v: &ClusterView) {
         if let Some(e) = &h.error {
             println!("    {}", first_line(e));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use seaport_shared::wire::AuditView;
+
+    #[test]
+    fn the_audit_log_is_a_table_in_words() {
+        let entries = [AuditView {
+            seq: 7,
+            at: 0,
+            who: "admin".into(),
+            what: "run k8s:v1 on cluster c (masters 10.0.0.1, nodes )".into(),
+            result: "accepted: install of cluster c, operation 1".into(),
+        }];
+        let t = super::audit_table(&entries);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2, "{t}");
+        assert!(lines[0].starts_with("SEQ  TIME"), "{t}");
+        assert!(
+            lines[1].starts_with("7    1970-01-01T00:00:00Z  admin  run k8s:v1"),
+            "{t}"
+        );
+        assert!(lines[1].ends_with("accepted: install of cluster c, operation 1"));
     }
 }

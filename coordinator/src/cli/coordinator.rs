@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// Refuse cluster images without a good signature (needs --trusted-keys).
     #[arg(long, requires = "trusted_keys")]
     pub require_signed: bool,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this TCP
+    /// address, e.g. 127.0.0.1:9470.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub(super) fn run(root: &Path, cmd: CoordinatorCommand) -> anyhow::Result<()> {
@@ -112,11 +116,29 @@ fn serve(root: &Path, args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
         eprintln!("coordinator listening on {} (udp)", daemon.local_addr());
+        let metrics =
+            match args.metrics_listen {
+                Some(listen) => {
+                    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+                    format!("binding the metrics listener on {listen} (tcp); is the port taken?")
+                })?;
+                    eprintln!(
+                        "metrics on http://{}/metrics",
+                        listener.local_addr().unwrap_or(listen)
+                    );
+                    let gauges = std::sync::Arc::new(daemon.metrics_gauges());
+                    Some(tokio::spawn(crate::metrics::serve(listener, gauges)))
+                }
+                None => None,
+            };
         let endpoint = match args.bootstrap_listen {
             Some(listen) => Some(start_bootstrap(root, listen, args.agent_binary, &daemon).await?),
             None => None,
         };
         let result = daemon.run(shutdown_signal()).await;
+        if let Some(task) = metrics {
+            task.abort();
+        }
         if let Some((stop, task)) = endpoint {
             let _ = stop.send(true);
             let _ = task.await;

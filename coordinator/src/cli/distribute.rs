@@ -84,7 +84,7 @@ pub(super) fn run(root: &Path, args: DistributeArgs) -> anyhow::Result<()> {
                     println!("{image}: assignment dropped");
                     Ok(())
                 }
-                other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+                other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
             }
         }
         None => {
@@ -125,7 +125,7 @@ fn status(root: &Path, explicit: Option<&str>) -> anyhow::Result<DistributionSta
         .context("asking the coordinator for distribution progress")?
     {
         AdminResponse::DistributionStatus(s) => Ok(s),
-        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+        other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
     }
 }
 

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod access;
 mod admins;
 mod bootstrap;
+mod check;
 mod cluster;
 mod coordinator;
 mod distribute;
@@ -77,6 +78,8 @@ pub enum Command {
     Admin(admins::AdminArgs),
     /// Send an image's layers to nodes (peer-to-peer), and show progress.
     Distribute(distribute::DistributeArgs),
+    /// Check hosts before an install (swap, ports, forwarding, hostnames, disk, ...), changing nothing.
+    Check(check::CheckArgs),
     /// Install a cluster image on hosts: -m masters, -n workers (by IP).
     Run(cluster::RunArgs),
     /// Clusters and how every host stands: phase, step, errors.
@@ -96,6 +99,42 @@ pub enum Command {
     Bootstrap(bootstrap::BootstrapCommand),
     #[command(flatten)]
     About(seaport_shared::cli_docs::About),
+}
+
+/// The exit codes of `seaport` besides 0 (success); README.md has the
+/// table.
+pub mod exit {
+    /// The command failed (the message says why and what to do).
+    pub const FAILURE: u8 = 1;
+    /// The command line is wrong (clap's code for usage errors).
+    pub const USAGE: u8 = 2;
+    /// Preflight checks found errors: `seaport check`, or an install,
+    /// join or upgrade refused before any host changed.
+    pub const PREFLIGHT: u8 = 3;
+    /// `seaport status --drift` found files modified or missing.
+    pub const DRIFT: u8 = 4;
+}
+
+/// An error that exits with its own code (see [`exit`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn new(code: u8, message: impl Into<String>) -> Exit {
+        Exit {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The exit code for an error a command returned.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    err.downcast_ref::<Exit>().map_or(exit::FAILURE, |e| e.code)
 }
 
 /// Runs one parsed command line.
@@ -121,6 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(args) => admins::run(&root, args),
         Command::Distribute(args) => distribute::run(&root, args),
         Command::Bootstrap(cmd) => bootstrap::run(&root, cmd),
+        Command::Check(args) => check::check(&root, args),
         Command::About(about) => {
             use clap::CommandFactory;
             Ok(about.run(Cli::command())?)

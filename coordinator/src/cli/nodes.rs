@@ -97,7 +97,7 @@ fn list(root: &Path, json: bool, explicit: Option<&str>) -> anyhow::Result<()> {
         Offline::Read,
         |resp| match resp {
             AdminResponse::Nodes(n) => Ok(n),
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
         },
         |store| {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -205,7 +205,7 @@ fn remove(root: &Path, node: &str, explicit: Option<&str>) -> anyhow::Result<()>
         Offline::Write,
         |resp| match resp {
             AdminResponse::Removed { node_id } => Ok(node_id),
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
         },
         |store| {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -245,7 +245,7 @@ fn approve(
                 node_id,
                 approved_ips,
             } => Ok((node_id, approved_ips)),
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
         },
         |store| Ok(store.approve_ips(node, ips, approve)?),
     )

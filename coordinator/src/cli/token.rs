@@ -59,7 +59,7 @@ fn create(root: &Path, args: CreateArgs) -> anyhow::Result<()> {
         Offline::Write,
         |resp| match resp {
             AdminResponse::Token(grant) => Ok(grant),
-            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}"),
+            other => anyhow::bail!("unexpected answer from the coordinator: {other:?}; the CLI and the coordinator must be the same version (seaport --version)"),
         },
         |store| {
             let ca = Ca::load(root)?;

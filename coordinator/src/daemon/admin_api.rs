@@ -24,14 +24,32 @@ pub(super) async fn admin_request(
     let refused = |reason: String| AdminResponse::Refused { reason };
     // Runs are driven by tasks of this runtime, not a blocking thread.
     let req = match req {
-        AdminRequest::Run(run) => return accepted(shared.ops.accept(who, Want::Run(run)).await),
+        AdminRequest::Run(run) => {
+            let ignore = run.ignore_preflight.clone();
+            return accepted(
+                shared
+                    .ops
+                    .accept_ignoring(who, Want::Run(run), &ignore)
+                    .await,
+            );
+        }
         AdminRequest::Apply {
             clusterfile,
             dry_run: false,
-        } => return accepted(shared.ops.accept(who, Want::Clusterfile(clusterfile)).await),
+            ignore_preflight,
+        } => {
+            let want = Want::Clusterfile(clusterfile);
+            return accepted(
+                shared
+                    .ops
+                    .accept_ignoring(who, want, &ignore_preflight)
+                    .await,
+            );
+        }
         AdminRequest::Apply {
             clusterfile,
             dry_run: true,
+            ..
         } => {
             return match shared.ops.dry_run(clusterfile).await {
                 Ok(p) => AdminResponse::Planned(p),
@@ -42,13 +60,25 @@ pub(super) async fn admin_request(
             cluster,
             masters,
             nodes,
+            ignore_preflight,
         } => {
             let want = Want::Join {
                 cluster,
                 masters,
                 nodes,
             };
-            return accepted(shared.ops.accept(who, want).await);
+            return accepted(
+                shared
+                    .ops
+                    .accept_ignoring(who, want, &ignore_preflight)
+                    .await,
+            );
+        }
+        AdminRequest::Check(req) => {
+            return match shared.ops.check(req).await {
+                Ok(c) => AdminResponse::Checked(c),
+                Err(e) => refused(e.to_string()),
+            }
         }
         AdminRequest::RemoveHosts { cluster, ips } => {
             return accepted(shared.ops.accept(who, Want::Remove { cluster, ips }).await)
@@ -76,6 +106,7 @@ pub(super) async fn admin_request(
                 shared.store.revoke(&node, now_unix()).map(|node_id| {
                     info!(node = %node_id, "node revoked");
                     shared.dist.forget(&node_id);
+                    crate::metrics::global().forget_node(&node_id);
                     shared.live.close(&node_id, close::REFUSED, "node revoked");
                     AdminResponse::Removed { node_id }
                 })
@@ -128,7 +159,8 @@ pub(super) async fn admin_request(
             | AdminRequest::Apply { .. }
             | AdminRequest::Join { .. }
             | AdminRequest::RemoveHosts { .. }
-            | AdminRequest::Drift { .. } => {
+            | AdminRequest::Drift { .. }
+            | AdminRequest::Check(_) => {
                 unreachable!("handled above")
             }
             AdminRequest::CreateToken {

@@ -251,6 +251,7 @@ async fn anonymous(shared: Arc<Shared>, conn: quinn::Connection) {
     let response = enroll(&shared, req).await;
     if let EnrollResponse::Refused { reason } = &response {
         info!(%reason, "enrollment refused");
+        crate::metrics::global().enroll_refused(refusal_kind(reason));
     }
     if codec::write_msg(&mut send, &response).await.is_ok() {
         let _ = send.finish();
@@ -258,6 +259,20 @@ async fn anonymous(shared: Arc<Shared>, conn: quinn::Connection) {
     // Let the agent read the answer and close first.
     let _ = timeout(Duration::from_secs(5), conn.closed()).await;
     conn.close(close::DONE.into(), b"enrollment done");
+}
+
+/// A refusal's reason in one word, for the metrics' label.
+fn refusal_kind(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("token") {
+        "token"
+    } else if r.contains("csr") || r.contains("node name") {
+        "csr"
+    } else if r.contains("node") {
+        "node"
+    } else {
+        "other"
+    }
 }
 
 async fn enroll(shared: &Arc<Shared>, req: EnrollRequest) -> EnrollResponse {
@@ -442,7 +457,7 @@ async fn control(
             Err(e) => return protocol_error(conn, &e),
         };
         let reply = match msg {
-            AgentMessage::Heartbeat { node_id, facts } => {
+            AgentMessage::Heartbeat { node_id, mut facts } => {
                 if node_id != me {
                     let reason = format!(
                         "node {me} cannot report as node {node_id}: a node speaks only for itself"
@@ -458,6 +473,8 @@ async fn control(
                     );
                     return refuse_and_close(conn, send, reason).await;
                 }
+                // Counters change with every heartbeat: metrics, not facts.
+                crate::metrics::global().node_counters(me, std::mem::take(&mut facts.counters));
                 if let Some(facts) = shared.live.heartbeat(me, conn, facts, now) {
                     // New or changed host facts are written at once (hostnames
                     // name nodes in `nodes remove`); plain heartbeats are not.

@@ -152,6 +152,23 @@ impl Daemon {
         TokenCheck(self.shared.clone())
     }
 
+    /// Reads what the metrics show of the daemon at a scrape: nodes by
+    /// state, open QUIC connections, hostnames. Blocking (the store).
+    pub fn metrics_gauges(&self) -> impl Fn() -> crate::metrics::Gauges + Send + Sync + 'static {
+        let (shared, endpoint) = (self.shared.clone(), self.endpoint.clone());
+        move || {
+            let mut g = crate::metrics::Gauges {
+                quic_connections: endpoint.open_connections() as u64,
+                ..Default::default()
+            };
+            for n in shared::node_infos(&shared).unwrap_or_default() {
+                *g.nodes.entry(n.status.as_str().to_string()).or_default() += 1;
+                g.hostnames.insert(n.node_id, n.hostname);
+            }
+            g
+        }
+    }
+
     /// Loads state under `root` and binds the endpoint.
     pub fn bind(root: &Path, opts: ServeOptions) -> Result<Daemon, DaemonError> {
         let paths = CoordinatorPaths::new(root);

@@ -153,6 +153,7 @@ async fn send_pieces(
     let bytes = pieces_len(&table, pieces);
     info!(%digest, pieces = ?pieces, bytes, "serving pieces");
     dist.count_sent(node_id, bytes);
+    crate::metrics::global().coordinator_served(bytes);
     let path = dist.blob_path(&digest);
     let sources: Vec<PieceSource> = pieces
         .iter()

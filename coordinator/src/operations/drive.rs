@@ -151,6 +151,10 @@ impl Driver {
         loop {
             match events.next().await? {
                 TaskEvent::Step { step, state } => {
+                    if let StepState::Done { elapsed_ms, .. } = &state {
+                        crate::metrics::global()
+                            .step_took(&step, Duration::from_millis(*elapsed_ms));
+                    }
                     let log = match &state {
                         StepState::Failed { error } => error.clone(),
                         _ => String::new(),
@@ -194,7 +198,7 @@ fn answer_error(last: &TaskEvent) -> Option<String> {
         | TaskEvent::Files { error, .. }
         | TaskEvent::Written { error }
         | TaskEvent::Drift { error, .. } => error.clone(),
-        TaskEvent::Step { .. } => None,
+        TaskEvent::Step { .. } | TaskEvent::Preflight { .. } => None,
     }
 }
 

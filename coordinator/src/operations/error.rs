@@ -63,6 +63,9 @@ pub enum OperationError {
     /// The agents cannot be asked.
     #[error(transparent)]
     Agents(#[from] AgentsError),
+    /// A `--ignore-preflight` name that is no check.
+    #[error(transparent)]
+    Ignore(#[from] seaport_shared::preflight::UnknownCheck),
     /// A background task of the coordinator failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -115,6 +118,9 @@ pub enum StageError {
     /// Hosts reported failures (each names its host).
     #[error("{}", .0.iter().map(|(ip, e)| format!("{ip}: {e}")).collect::<Vec<_>>().join("; "))]
     Hosts(Vec<(String, String)>),
+    /// Preflight checks found errors (each names its host and checks).
+    #[error("{}; fix them and run again, or skip checks with --ignore-preflight CHECK,... (`seaport check` shows every host's table)", .0.iter().map(|(ip, e)| format!("{ip}: {e}")).collect::<Vec<_>>().join("; "))]
+    Preflight(Vec<(String, String)>),
     /// The image could not be assigned to the hosts.
     #[error("distributing {image}: {source}")]
     Distribute {

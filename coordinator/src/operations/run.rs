@@ -30,6 +30,13 @@ impl Driver {
         let now = seaport_shared::clock::now_unix();
         let ended = self.record.write(|c| {
             c.finished_at = Some(now);
+            let kind = c.operation.map_or("operation", |k| k.as_str());
+            let result = match (&outcome, deleting) {
+                (Ok(()), true) => "deleted",
+                (Ok(()), false) => "succeeded",
+                (Err(_), _) => "failed",
+            };
+            crate::metrics::global().operation_ended(kind, result);
             match outcome {
                 Ok(()) if deleting => {
                     c.state = RunState::Deleted;
@@ -69,12 +76,13 @@ impl Driver {
                 .read(|c| (c.stages.get(c.stages_done).cloned(), c.stages_done));
             let Some(stage) = stage else { return Ok(()) };
             info!(stage = %stage.name, "stage starts");
-            run_stage(self, &stage)
-                .await
-                .map_err(|source| StageFailed {
-                    stage: stage.name.clone(),
-                    source,
-                })?;
+            let started = std::time::Instant::now();
+            let ran = run_stage(self, &stage).await;
+            crate::metrics::global().stage_took(&stage.name, started.elapsed());
+            ran.map_err(|source| StageFailed {
+                stage: stage.name.clone(),
+                source,
+            })?;
             self.record.write(|c| c.stages_done = done + 1);
             self.save().await;
         }

@@ -14,6 +14,7 @@ use seaport_rootfs::signing::Policy;
 
 use seaport_shared::clock::now_unix;
 use seaport_shared::cluster::ClusterName;
+use seaport_shared::preflight::{HostChecks, Ignore};
 use seaport_shared::wire::{
     AuditView, ClusterView, DriftTask, HostDrift, PlannedApply, TaskEvent, TaskRequest,
 };
@@ -24,6 +25,7 @@ use super::error::OperationError;
 use super::prepare::{self, PrepareInput, Prepared, ResolvedImage, Want};
 use super::record::{AuditEntry, Cluster, LiveRecord};
 use super::run::Outcome;
+use super::stages::preflight;
 use super::store::ClusterStore;
 
 struct Active {
@@ -51,6 +53,16 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| OperationError::Internal(e.to_string()))?
+}
+
+/// What the audit log says of an accepted operation, in words.
+pub(super) fn accepted_words(p: &Prepared) -> String {
+    format!(
+        "{} of cluster {}, operation {}",
+        p.operation.kind.as_str(),
+        p.cluster.name,
+        p.cluster.generation
+    )
 }
 
 impl Operations {
@@ -85,20 +97,30 @@ impl Operations {
 
     /// Records a request and how it was taken (`accepted: ...`,
     /// `refused: ...`).
-    fn audit(&self, who: &str, what: String, result: String) {
+    fn audit(&self, who: &str, what: String, result: Result<String, String>) {
         let entry = AuditEntry {
             at: now_unix(),
             who: who.to_string(),
             what,
-            result,
+            result: match result {
+                Ok(v) => format!("accepted: {v}"),
+                Err(e) => format!("refused: {e}"),
+            },
         };
         if let Err(e) = self.store.audit(&entry) {
             warn!(error = %e, "could not write the audit log");
         }
     }
 
-    /// Reads what [`prepare::prepare`] needs and plans `want`. Blocking.
-    fn plan(&self, want: Want, dry_run: bool) -> Result<Prepared, OperationError> {
+    /// Reads what [`prepare::prepare`] needs and plans `want`, preflight
+    /// checks first. Blocking.
+    fn plan(&self, want: Want, ignore: &Ignore, dry_run: bool) -> Result<Prepared, OperationError> {
+        let mut prepared = self.prepare(want, dry_run)?;
+        preflight::prepend(&mut prepared.cluster.stages, ignore);
+        Ok(prepared)
+    }
+
+    fn prepare(&self, want: Want, dry_run: bool) -> Result<Prepared, OperationError> {
         // Removing hosts installs nothing: no image to check.
         let installs = !matches!(want, Want::Remove { .. });
         let previous = match want.existing_cluster() {
@@ -146,24 +168,34 @@ impl Operations {
         who: &str,
         want: Want,
     ) -> Result<(ClusterName, u64), OperationError> {
-        let what = want.describe();
-        let result = {
-            let me = self.clone();
-            blocking(move || me.plan(want, false)).await
+        self.accept_ignoring(who, want, &[]).await
+    }
+
+    /// [`Operations::accept`], with the preflight checks whose errors are
+    /// ignored (`--ignore-preflight`).
+    pub async fn accept_ignoring(
+        self: &Arc<Self>,
+        who: &str,
+        want: Want,
+        ignore: &[String],
+    ) -> Result<(ClusterName, u64), OperationError> {
+        let mut what = want.describe();
+        if !ignore.is_empty() {
+            what.push_str(&format!(" ignoring preflight {}", ignore.join(",")));
+        }
+        let result = match Ignore::parse(ignore) {
+            Ok(ignore) => {
+                let me = self.clone();
+                blocking(move || me.plan(want, &ignore, false)).await
+            }
+            Err(e) => Err(e.into()),
         };
         self.audit(
             who,
             what,
             match &result {
-                Ok(p) => format!(
-                    "accepted: {:?}",
-                    (
-                        p.cluster.name.to_string(),
-                        p.cluster.generation,
-                        p.operation.kind.as_str()
-                    )
-                ),
-                Err(e) => format!("refused: {e}"),
+                Ok(p) => Ok(accepted_words(p)),
+                Err(e) => Err(e.to_string()),
             },
         );
         let mut cluster = result?.cluster;
@@ -178,7 +210,8 @@ impl Operations {
     /// What a Clusterfile would do, changing nothing.
     pub async fn dry_run(self: &Arc<Self>, text: String) -> Result<PlannedApply, OperationError> {
         let me = self.clone();
-        let p = blocking(move || me.plan(Want::Clusterfile(text), true)).await?;
+        let p =
+            blocking(move || me.plan(Want::Clusterfile(text), &Ignore::default(), true)).await?;
         Ok(p.planned())
     }
 
@@ -204,11 +237,17 @@ impl Operations {
             who,
             what,
             match &result {
-                Ok(cs) => format!(
-                    "accepted: {:?}",
-                    cs.iter().map(|c| c.name.to_string()).collect::<Vec<_>>()
-                ),
-                Err(e) => format!("refused: {e}"),
+                Ok(cs) => Ok(match cs.as_slice() {
+                    [] => "no clusters to delete".to_string(),
+                    cs => format!(
+                        "deleting {}",
+                        cs.iter()
+                            .map(|c| format!("cluster {}, operation {}", c.name, c.generation))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                }),
+                Err(e) => Err(e.to_string()),
             },
         );
         let clusters = result?;
@@ -316,6 +355,34 @@ impl Operations {
             .collect();
         out.sort_by(|a, b| a.ip.cmp(&b.ip));
         Ok(out)
+    }
+
+    /// `seaport check`: the preflight checks of the hosts `req` names,
+    /// changing nothing.
+    pub async fn check(
+        self: &Arc<Self>,
+        req: seaport_shared::wire::CheckRequest,
+    ) -> Result<Vec<HostChecks>, OperationError> {
+        let ignore = Ignore::parse(&req.ignore_preflight)?;
+        let me = self.clone();
+        let (targets, plan) = blocking(move || me.check_targets(req, ignore)).await?;
+        Ok(preflight::check_hosts(self.agents.clone(), targets, &plan).await)
+    }
+
+    /// The hosts of a check, bound to their nodes, and what they share.
+    /// Blocking.
+    fn check_targets(
+        &self,
+        req: seaport_shared::wire::CheckRequest,
+        ignore: Ignore,
+    ) -> Result<(Vec<preflight::Target>, preflight::CheckPlan), OperationError> {
+        let name = match &req.clusterfile {
+            Some(text) => prepare::spec_of_clusterfile(text)?.name,
+            None => req.cluster.clone(),
+        };
+        let previous = self.previous(&name)?;
+        let nodes = self.agents.nodes()?;
+        preflight::check_targets(req, ignore, previous.as_ref(), &nodes, &self.image_root)
     }
 
     /// The audit log, newest last.

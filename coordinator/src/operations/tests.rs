@@ -7,6 +7,7 @@ use seaport_rootfs::oci::Descriptor;
 use seaport_rootfs::store::StoredImage;
 use seaport_shared::cluster::{ClusterName, ImageDigest, OperationKind, Role, Step};
 use seaport_shared::digest::Digest;
+use seaport_shared::preflight::{CheckResult, Ignore, Level};
 use seaport_shared::wire::{RunRequest, RunState, StepState, TaskEvent, TaskRequest};
 
 use super::agents::{Agents, AgentsError, Fetched, TaskEvents};
@@ -57,6 +58,7 @@ fn run(masters: &[&str], workers: &[&str]) -> Want {
         masters: masters.iter().map(|s| s.to_string()).collect(),
         nodes: workers.iter().map(|s| s.to_string()).collect(),
         env: vec![],
+        ignore_preflight: vec![],
     })
 }
 
@@ -172,6 +174,8 @@ fn a_second_apply_of_the_same_spec_converges_and_new_hosts_scale_up() {
 /// Agents that answer every task at once and have every image fetched.
 #[derive(Default)]
 struct Answering {
+    /// Nodes whose preflight finds swap on.
+    swap_on: Vec<String>,
     sent: Mutex<Vec<(String, TaskRequest)>>,
     distributed: Mutex<Vec<(String, ImageDigest, Vec<String>)>>,
 }
@@ -212,6 +216,14 @@ impl Agents for Answering {
                     join_data: init.then(|| JOIN_DATA.to_string()),
                 }
             }
+            TaskRequest::Preflight(_) => TaskEvent::Preflight {
+                hostname: format!("host-{node_id}"),
+                checks: vec![if self.swap_on.iter().any(|n| n == node_id) {
+                    CheckResult::new("swap", Level::Error, "swap is on: /swapfile")
+                } else {
+                    CheckResult::new("swap", Level::Ok, "no active swap")
+                }],
+            },
             _ => TaskEvent::Finished {
                 ok: true,
                 error: None,
@@ -336,4 +348,153 @@ async fn drive_sends_each_host_its_phases_in_order_and_records_the_end() {
         ),
         "{ended:?}"
     );
+}
+
+/// A run with preflight first, on agents where `swap_on` nodes report swap.
+async fn drive_with_preflight(
+    swap_on: &[&str],
+    ignore: &[&str],
+) -> (Outcome, Arc<Answering>, super::Cluster) {
+    let agents = Arc::new(Answering {
+        swap_on: swap_on.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    });
+    let store = Arc::new(MemoryStore::default());
+    let mut cluster = prepared(run(&["10.0.0.1"], &["10.0.0.2"]), &nodes(3))
+        .unwrap()
+        .cluster;
+    cluster.stages.retain(|s| s.name != "image-plugins");
+    super::stages::preflight::prepend(&mut cluster.stages, &Ignore::parse(ignore).unwrap());
+    let driver = Driver {
+        agents: agents.clone(),
+        store: store.clone(),
+        image_root: std::path::PathBuf::from("/nonexistent"),
+        record: LiveRecord::new(cluster),
+    };
+    let outcome = driver.drive().await;
+    let stored = store
+        .cluster(&ClusterName::parse("c").unwrap())
+        .unwrap()
+        .unwrap();
+    (outcome, agents, stored)
+}
+
+#[tokio::test]
+async fn a_preflight_error_stops_the_operation_before_any_host_is_touched() {
+    let (outcome, agents, stored) = drive_with_preflight(&["n2"], &[]).await;
+    assert!(matches!(outcome, Outcome::Failed));
+    assert_eq!(stored.state, RunState::Failed);
+    let error = stored.error.clone().unwrap();
+    assert!(
+        error.contains("preflight failed: 10.0.0.2: swap: swap is on"),
+        "{error}"
+    );
+    // Only the checks went out: no fetch, no apply, no shell.
+    let sent = agents.sent.lock().unwrap().clone();
+    assert!(
+        sent.iter()
+            .all(|(_, t)| matches!(t, TaskRequest::Preflight(_))),
+        "{sent:?}"
+    );
+    assert_eq!(sent.len(), 2);
+    assert!(agents.distributed.lock().unwrap().is_empty());
+    // Each host's table is its `preflight` step.
+    let worker = stored.host("10.0.0.2").unwrap();
+    let step = worker.steps.iter().find(|s| s.step == "preflight").unwrap();
+    assert!(matches!(step.state, StepState::Failed { .. }));
+    assert!(step.log_tail.contains("swap"), "{}", step.log_tail);
+    assert_eq!(worker.hostname, "host-n2");
+}
+
+#[tokio::test]
+async fn an_ignored_preflight_error_lets_the_operation_go_on() {
+    let (outcome, agents, stored) = drive_with_preflight(&["n2"], &["swap"]).await;
+    assert!(matches!(outcome, Outcome::Succeeded), "{:?}", stored.error);
+    let worker = stored.host("10.0.0.2").unwrap();
+    let step = worker.steps.iter().find(|s| s.step == "preflight").unwrap();
+    assert!(step.log_tail.contains("ignored"), "{}", step.log_tail);
+    assert!(agents
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, t)| matches!(t, TaskRequest::Apply(_))));
+}
+
+#[test]
+fn the_audit_log_says_what_was_accepted_in_words() {
+    let p = prepared(run(&["10.0.0.1"], &["10.0.0.2"]), &nodes(3)).unwrap();
+    assert_eq!(
+        super::service::accepted_words(&p),
+        "install of cluster c, operation 1"
+    );
+}
+
+#[test]
+fn a_check_keeps_the_roles_a_cluster_has_and_names_its_other_hosts() {
+    use super::stages::preflight::check_targets;
+    let req = |masters: &[&str], nodes: &[&str]| seaport_shared::wire::CheckRequest {
+        clusterfile: None,
+        cluster: ClusterName::parse("c").unwrap(),
+        masters: masters.iter().map(|s| s.to_string()).collect(),
+        nodes: nodes.iter().map(|s| s.to_string()).collect(),
+        image: None,
+        env: vec![],
+        ignore_preflight: vec![],
+    };
+    let roles = |targets: &[super::stages::preflight::Target]| -> Vec<(String, Role)> {
+        targets.iter().map(|t| (t.ip.clone(), t.role)).collect()
+    };
+    let root = std::path::Path::new("/nonexistent");
+    // No cluster yet: the first master named is master0.
+    let (t, plan) = check_targets(
+        req(&["10.0.0.2", "10.0.0.1"], &["10.0.0.3"]),
+        Ignore::default(),
+        None,
+        &nodes(3),
+        root,
+    )
+    .unwrap();
+    assert_eq!(
+        roles(&t),
+        [
+            ("10.0.0.2".to_string(), Role::Master0),
+            ("10.0.0.1".to_string(), Role::Master),
+            ("10.0.0.3".to_string(), Role::Node)
+        ]
+    );
+    assert_eq!(t[0].node_id, "n2");
+    assert!(plan.others.is_empty());
+    // An installed cluster (master0 10.0.0.1): its hosts keep their roles,
+    // a new master is not master0, and the hosts not checked are named.
+    let installed = prepared(run(&["10.0.0.1"], &["10.0.0.2"]), &nodes(3))
+        .unwrap()
+        .cluster;
+    let (t, plan) = check_targets(
+        req(&["10.0.0.3", "10.0.0.1"], &[]),
+        Ignore::default(),
+        Some(&installed),
+        &nodes(3),
+        root,
+    )
+    .unwrap();
+    assert_eq!(
+        roles(&t),
+        [
+            ("10.0.0.3".to_string(), Role::Master),
+            ("10.0.0.1".to_string(), Role::Master0)
+        ]
+    );
+    assert_eq!(plan.others, [("10.0.0.2".to_string(), "host2".to_string())]);
+    // A host without an agent is refused, naming it.
+    let err = check_targets(
+        req(&["10.0.0.9"], &[]),
+        Ignore::default(),
+        None,
+        &nodes(3),
+        root,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("10.0.0.9"), "{err}");
 }

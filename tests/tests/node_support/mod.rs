@@ -441,6 +441,10 @@ async fn answer_task(
             checked: 0,
             error: None,
         },
+        TaskRequest::Preflight(_) => TaskEvent::Preflight {
+            hostname: String::new(),
+            checks: vec![],
+        },
     };
     let _ = codec::write_msg(&mut send, &event).await;
     let _ = send.finish();

@@ -10,6 +10,7 @@ mod forget;
 mod image_plugins;
 mod labels_taints;
 mod plugins;
+pub(crate) mod preflight;
 mod reset;
 
 use super::drive::Driver;
@@ -20,6 +21,7 @@ use crate::converge::{StageSpec, Work};
 pub(crate) async fn run_stage(driver: &Driver, stage: &StageSpec) -> Result<(), StageError> {
     let name = stage.name.as_str();
     match &stage.work {
+        Work::Preflight { hosts, ignore } => preflight::run(driver, hosts, ignore).await,
         Work::Fetch { hosts } => fetch::run(driver, hosts).await,
         Work::Apply { tasks, upgrade } => apply::run(driver, name, tasks, *upgrade).await,
         Work::Plugins { op, point, targets } => {
