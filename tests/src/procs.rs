@@ -131,9 +131,9 @@ mod tests {
         let me = std::process::id();
         assert!(children(me).contains(&child.id()));
         // Until the child has exec'd, its command line is this test's.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !is_ours(child.id(), &["sleep", "30"]) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_ours(child.id(), &["sleep", "30"]) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
         assert!(is_ours(child.id(), &["sleep", "30"]));
         assert!(!is_ours(child.id(), &["sleep", "/var/lib/seaport-lab"]));
