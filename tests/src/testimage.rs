@@ -277,6 +277,7 @@ pub fn build_test_image_as(
         context.join("bin/kubeadm"),
     )
     .map_err(step("copying the kubeadm double"))?;
+    stamp_kubeadm_version(&context)?;
     fs::copy(
         workspace_root().join("tests/fixtures/kubectl-double"),
         context.join("bin/kubectl"),
@@ -354,6 +355,22 @@ pub fn build_test_image_as(
         listed_domain: domain,
         name: name.to_string(),
     })
+}
+
+/// Writes the image's Kubernetes version (`Metadata`'s `version`) into the
+/// kubeadm double, which stands for the kubeadm of that release.
+fn stamp_kubeadm_version(context: &Path) -> Result<(), TestImageError> {
+    let meta: serde_json::Value = serde_json::from_slice(
+        &fs::read(context.join("Metadata")).map_err(step("reading Metadata"))?,
+    )
+    .map_err(step("parsing Metadata"))?;
+    let version = meta["version"]
+        .as_str()
+        .ok_or_else(|| TestImageError::Step("Metadata has no version".into()))?;
+    let script = context.join("bin/kubeadm");
+    let text = fs::read_to_string(&script).map_err(step("reading the kubeadm double"))?;
+    fs::write(&script, text.replace("@KUBEADM_VERSION@", version))
+        .map_err(step("writing the kubeadm double"))
 }
 
 /// The helper of the kubeadm double (crate `tests/doubles`), built beside
