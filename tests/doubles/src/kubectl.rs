@@ -909,7 +909,9 @@ pub fn run(
     let p = parse(argv)?;
     let action = check(&p)?;
     let client_only = p.verb == "version" && p.has(&["client"]) || p.verb == "completion";
-    let mut out = Vec::new();
+    // The call first, as the double has always printed it (the installs'
+    // logs show what was run), then what kubectl would print.
+    let mut out = vec![format!("kubectl (test double) {}", argv.join(" "))];
     if !client_only {
         let path = kubeconfig_path(
             p.value(&["kubeconfig"]),
@@ -953,10 +955,19 @@ pub fn run(
             }
         }
         Action::Nodes(names, rest) => {
+            let done = match p.verb.as_str() {
+                "label" => "labeled",
+                "annotate" => "annotated",
+                "taint" => "tainted",
+                "cordon" => "cordoned",
+                "uncordon" => "uncordoned",
+                "drain" => "drained",
+                _ => "deleted",
+            };
             for n in names {
                 let l = format!("{} {n} {}", p.verb, rest.join(" "));
                 append(state, "nodes.log", l.trim_end());
-                out.push(l);
+                out.push(format!("node/{n} {done}"));
             }
         }
         Action::Other => {}

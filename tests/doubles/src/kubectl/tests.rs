@@ -169,7 +169,8 @@ fn without_a_kubeconfig_the_call_fails_when_required_and_is_marked_otherwise() {
     assert!(e.to_string().contains("localhost:8080"), "{e}");
     assert!(!state.join("applied.log").exists());
     // Not required: recorded as such, and the call goes on.
-    run(&argv("apply -f a.yaml"), d.path(), &state, &Env::default()).unwrap();
+    let out = run(&argv("apply -f a.yaml"), d.path(), &state, &Env::default()).unwrap();
+    assert_eq!(out[0], "kubectl (test double) apply -f a.yaml", "{out:?}");
     let calls = std::fs::read_to_string(state.join("calls.log")).unwrap();
     assert!(calls.starts_with("NO-KUBECONFIG: "), "{calls}");
     let applied = std::fs::read_to_string(state.join("applied.log")).unwrap();
