@@ -7,10 +7,11 @@
 //! (`cmd/kubeadm/app/apis/kubeadm/v1beta{2,3,4}/types.go` of
 //! kubernetes/kubernetes, with `corev1.Taint`, the bootstrap token type and,
 //! for v1beta4, `Arg`, `EnvVar`, `Timeouts`). Which versions a release
-//! reads for `init`/`join` follows kubeadm's `validateSupportedVersion`:
-//! 1.15–1.21 v1beta2 (v1beta1 only for migration); 1.22–1.30 v1beta3
-//! (v1beta2 only for migration from 1.22, refused from 1.27); from 1.31
-//! v1beta4, and v1beta3 still read with a deprecation warning.
+//! reads for `init`/`join` follows kubeadm's `validateSupportedVersion`
+//! (a deprecated version is read with a warning, an old one refused):
+//! 1.15–1.21 v1beta2 (v1beta1 deprecated); 1.22–1.26 v1beta3 (v1beta2
+//! deprecated); 1.27–1.30 v1beta3 only; from 1.31 v1beta4 (v1beta3
+//! deprecated).
 //!
 //! Stricter than kubeadm where kubeadm only warns: an unknown field
 //! (kubeadm up to 1.22 logs "unknown field" from its strict check and goes
@@ -367,7 +368,9 @@ pub const KUBE_PROXY_API: &str = "kubeproxy.config.k8s.io/v1alpha1";
 /// The kinds of a kubeadm API version and their fields.
 pub fn kinds(version: &str) -> &'static [(&'static str, &'static [Field])] {
     match version {
-        "v1beta2" => &[
+        // v1beta1 is read (deprecated) by 1.15-1.21 only; its field list
+        // is taken as v1beta2's, which added a few fields to it.
+        "v1beta1" | "v1beta2" => &[
             ("InitConfiguration", B2_INIT),
             ("ClusterConfiguration", B2_CLUSTER),
             ("JoinConfiguration", B2_JOIN),
@@ -436,7 +439,9 @@ pub enum Support {
 pub fn support(release: Version, version: &str) -> Support {
     let m = release.minor;
     match version {
+        "v1beta1" if (15..=21).contains(&m) => Support::Deprecated,
         "v1beta2" if (15..=21).contains(&m) => Support::Read,
+        "v1beta2" if (22..=26).contains(&m) => Support::Deprecated,
         "v1beta3" if (22..=30).contains(&m) => Support::Read,
         "v1beta3" if m >= 31 => Support::Deprecated,
         "v1beta4" if m >= 31 => Support::Read,

@@ -41,9 +41,12 @@ controlPlane:
 #[test]
 fn the_release_decides_the_kubeadm_api_version() {
     assert_eq!(support(v("v1.19.8"), "v1beta2"), Support::Read);
-    assert_eq!(support(v("v1.19.8"), "v1beta1"), Support::Refused);
+    assert_eq!(support(v("v1.19.8"), "v1beta1"), Support::Deprecated);
+    assert_eq!(support(v("v1.22.0"), "v1beta1"), Support::Refused);
     assert_eq!(support(v("v1.19.8"), "v1beta3"), Support::Refused);
-    assert_eq!(support(v("v1.22.0"), "v1beta2"), Support::Refused);
+    assert_eq!(support(v("v1.22.0"), "v1beta2"), Support::Deprecated);
+    assert_eq!(support(v("v1.26.9"), "v1beta2"), Support::Deprecated);
+    assert_eq!(support(v("v1.27.0"), "v1beta2"), Support::Refused);
     assert_eq!(support(v("v1.22.0"), "v1beta3"), Support::Read);
     assert_eq!(support(v("v1.30.2"), "v1beta3"), Support::Read);
     assert_eq!(support(v("v1.30.2"), "v1beta4"), Support::Refused);
@@ -70,7 +73,13 @@ fn the_default_rootfs_configuration_passes_for_its_release() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("v1beta3") && e.contains("v1beta2"), "{e}");
-    // The base as a 1.27 kubeadm sees it (still v1beta2): refused.
+    // The base (v1beta2) as a 1.25 kubeadm sees it: read, with a warning;
+    // as a 1.27 kubeadm sees it: refused.
+    let w = check(BASE, "v1.25.3", Command::Init).unwrap();
+    assert!(
+        !w.is_empty() && w.iter().all(|w| w.contains("deprecated")),
+        "{w:?}"
+    );
     let e = err(BASE, "v1.27.1");
     assert!(e.contains("does not read kubeadm.k8s.io/v1beta2"), "{e}");
 }
