@@ -15,6 +15,22 @@ pub enum StateError {
     Missing(String),
     #[error("state database: {0}")]
     Db(#[from] redb::Error),
+    #[error("etcd at {endpoints}: {source}")]
+    Etcd {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    EtcdFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--etcd-cert and --etcd-key go together (only {0} was given)")]
+    EtcdHalfIdentity(&'static str),
+    #[error(
+        "{what}: other coordinators changed the same records {attempts} times in a row; try again"
+    )]
+    Contended { what: &'static str, attempts: u32 },
     #[error("corrupt record {key} in table {table}: {source}")]
     Corrupt {
         table: &'static str,

@@ -6,8 +6,9 @@
 //! Every change that must be atomic is one call, and one transaction in
 //! the backend: a token's use count and the certificate it pays for, a
 //! node's renewal and its serial, a cluster record. [`redb::RedbStore`] is
-//! the embedded backend; another backend (etcd, shared by several
-//! coordinators) implements the same trait.
+//! the embedded backend; [`etcd::EtcdStore`] keeps the same state in etcd,
+//! shared by several coordinators, each call one etcd transaction guarded
+//! by the revisions of what it read.
 //!
 //! Only the coordinator keeps the store open. It takes
 //! `coordinator/coordinator.lock` first ([`lock`]); the CLI asks the
@@ -19,19 +20,28 @@
 //! # Layout
 //!
 //! - `error.rs`: [`StateError`]; `store.rs`: the [`StateStore`] trait.
+//! - `rules.rs`: what every backend decides the same way (tokens,
+//!   enrollment, approvals, the records' JSON).
 //! - [`lock`]: the coordinator's lock, holders named from `/proc/locks`.
-//! - [`redb`](mod@redb): the redb backend.
+//! - [`redb`](mod@redb): the redb backend; [`etcd`]: the etcd backend.
+//! - `tests.rs`: the behaviour every backend must show, run on both.
 
 mod error;
+pub mod etcd;
 pub mod lock;
 pub mod redb;
+mod rules;
 mod store;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::time::Duration;
 
 pub use self::error::StateError;
-pub use self::redb::{canonical_ip, RedbStore};
+pub use self::etcd::{EtcdConfig, EtcdStore};
+pub use self::redb::RedbStore;
+pub use self::rules::canonical_ip;
 pub use self::store::StateStore;
 pub use crate::records::{same_ip, AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
 use lock::CoordinatorLock;

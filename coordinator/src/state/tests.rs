@@ -1,0 +1,445 @@
+//! The behaviour every backend of [`StateStore`] must show, run on redb and
+//! on a real etcd (Debian's `etcd-server`, started on loopback for each
+//! test), and what only a store shared by several coordinators can get
+//! wrong: two coordinators racing for one token's last use, for serials,
+//! for the audit log.
+//!
+//! Without an `etcd` binary on `PATH` the etcd tests say so and pass,
+//! unless `SEAPORT_REQUIRE_ETCD=1` (CI sets it), where they fail.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use seaport_shared::cluster::ClusterName;
+use seaport_shared::pki::{self, JoinToken};
+
+use super::etcd::{EtcdConfig, EtcdStore};
+use super::{AdminRecord, Issued, RedbStore, StateError, StateStore};
+use crate::operations::{AuditEntry, Cluster, ClusterStore};
+
+fn issued(_node: &str, serial: u64) -> Result<Issued, StateError> {
+    Ok(Issued {
+        cert_pem: format!("cert {serial}"),
+        expires: 1_000_000,
+    })
+}
+
+/// One etcd member on loopback, its data in a temporary directory; killed
+/// and removed on drop.
+pub(crate) struct LocalEtcd {
+    child: Child,
+    pub(crate) url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl LocalEtcd {
+    /// Starts etcd, or `None` (said on stderr) when it is not installed
+    /// and not required.
+    pub(crate) fn start() -> Option<LocalEtcd> {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join("etcd").is_file()))
+            .unwrap_or(false);
+        if !found {
+            if std::env::var("SEAPORT_REQUIRE_ETCD").as_deref() == Ok("1") {
+                panic!("SEAPORT_REQUIRE_ETCD=1 but no etcd on PATH: apt-get install etcd-server");
+            }
+            eprintln!("no etcd on PATH (apt-get install etcd-server): etcd backend not tested");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=test={peer_url}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        let etcd = LocalEtcd {
+            child,
+            url,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpListener::bind(("127.0.0.1", client)).is_ok() || !etcd.serves() {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start: {}",
+                std::fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(etcd)
+    }
+
+    fn serves(&self) -> bool {
+        EtcdStore::init(&self.config("/probe/")).is_ok()
+    }
+
+    pub(crate) fn config(&self, prefix: &str) -> EtcdConfig {
+        EtcdConfig {
+            prefix: prefix.to_string(),
+            ..EtcdConfig::new(vec![self.url.clone()])
+        }
+    }
+
+    /// A new site's store, initialised.
+    pub(crate) fn store(&self, prefix: &str) -> EtcdStore {
+        EtcdStore::init(&self.config(prefix)).unwrap()
+    }
+}
+
+fn entry(what: &str) -> AuditEntry {
+    AuditEntry {
+        at: 1,
+        who: "alice".into(),
+        what: what.into(),
+        result: "ok".into(),
+    }
+}
+
+fn cluster_record(name: &str) -> Cluster {
+    serde_json::from_value(serde_json::json!({
+        "name": name, "image": "img:1",
+        "manifest_digest": format!("sha256:{}", "a".repeat(64)),
+        "generation": 1, "state": "running",
+        "spec": {"image": "img:1", "hosts": [], "env": []},
+        "stages": [], "stages_done": 0, "hosts": [], "join_data": null,
+        "started_at": 1, "finished_at": null, "error": null
+    }))
+    .unwrap()
+}
+
+fn redb(dir: &Path) -> RedbStore {
+    RedbStore::create(&dir.join("state.redb")).unwrap()
+}
+
+// ----- the behaviour of every backend -----
+
+fn tokens_are_counted_and_expire(store: &dyn StateStore) {
+    let token = JoinToken::generate();
+    store.add_token(&token, 100, 60, 2, None).unwrap();
+    store.check_token(&token, 110).unwrap();
+    store.enroll(&token, "a", 110, &mut issued).unwrap();
+    store.enroll(&token, "b", 110, &mut issued).unwrap();
+    assert!(matches!(
+        store.enroll(&token, "c", 110, &mut issued),
+        Err(StateError::TokenUsedUp(_))
+    ));
+    let late = JoinToken::generate();
+    store.add_token(&late, 100, 60, 5, None).unwrap();
+    assert!(matches!(
+        store.enroll(&late, "d", 160, &mut issued),
+        Err(StateError::TokenExpired(_))
+    ));
+    let forged = JoinToken {
+        id: late.id.clone(),
+        secret: "aaaaaaaaaaaaaaaa".into(),
+    };
+    assert!(matches!(
+        store.check_token(&forged, 110),
+        Err(StateError::TokenInvalid)
+    ));
+    // A failed signature leaves the token unspent and no node behind.
+    let one = JoinToken::generate();
+    store.add_token(&one, 100, 60, 1, None).unwrap();
+    assert!(store
+        .enroll(&one, "e", 110, &mut |_, _| Err(StateError::Issue(
+            "boom".into()
+        )))
+        .is_err());
+    assert_eq!(store.nodes().unwrap().len(), 2);
+    store.enroll(&one, "e", 110, &mut issued).unwrap();
+    assert_eq!(store.nodes().unwrap().len(), 3);
+    // Long-expired tokens are pruned when a token is added.
+    store
+        .add_token(&JoinToken::generate(), 100 + 60 + 86_401, 60, 1, None)
+        .unwrap();
+    assert!(matches!(
+        store.check_token(&late, 110),
+        Err(StateError::TokenInvalid)
+    ));
+}
+
+fn enrollment_binds_renews_and_revokes(store: &dyn StateStore) {
+    let token = JoinToken::generate();
+    store.add_token(&token, 100, 600, 5, None).unwrap();
+    let (a, first) = store.enroll(&token, "web", 110, &mut issued).unwrap();
+    let (b, _) = store.enroll(&token, "web", 110, &mut issued).unwrap();
+    assert!(a.starts_with("web-") && pki::is_valid_node_id(&a), "{a}");
+    assert_ne!(a, b, "one name asked twice is two nodes");
+    assert!(matches!(
+        store.enroll(&token, &a, 120, &mut issued),
+        Err(StateError::NodeExists(_))
+    ));
+    let serial = store.node(&a).unwrap().unwrap().cert_serial;
+    assert_eq!(first.cert_pem, format!("cert {serial}"));
+    let renewed = store.renew(&a, &mut |s| issued("", s)).unwrap();
+    let node = store.node(&a).unwrap().unwrap();
+    assert_eq!(renewed.cert_pem, format!("cert {}", node.cert_serial));
+    assert!(node.cert_serial > serial);
+    store.check_node_cert(&a, serial).unwrap();
+    assert_eq!(store.next_serial().unwrap(), node.cert_serial + 1);
+    store.observe(&a, "::ffff:10.0.0.1", 111).unwrap();
+    assert_eq!(
+        store.node(&a).unwrap().unwrap().observed_ip.as_deref(),
+        Some("10.0.0.1")
+    );
+    store.revoke(&a, 130).unwrap();
+    assert!(matches!(
+        store.check_node_cert(&a, node.cert_serial),
+        Err(StateError::NodeRevoked(_))
+    ));
+    assert!(matches!(
+        store.renew(&a, &mut |s| issued("", s)),
+        Err(StateError::NodeRevoked(_))
+    ));
+    assert!(matches!(
+        store.add_token(&JoinToken::generate(), 100, 60, 1, Some("ghost-00000000")),
+        Err(StateError::NoSuchNode(_))
+    ));
+    let bound = JoinToken::generate();
+    store.add_token(&bound, 100, 600, 1, Some(&a)).unwrap();
+    let (again, _) = store.enroll(&bound, "anything", 140, &mut issued).unwrap();
+    assert_eq!(again, a);
+    let node = store.node(&a).unwrap().unwrap();
+    assert!(!node.revoked);
+    assert_eq!(node.observed_ip, None);
+    assert!(matches!(
+        store.check_node_cert(&a, serial),
+        Err(StateError::StaleCertificate { .. })
+    ));
+    let (_, ips) = store
+        .approve_ips(&a, &["::ffff:10.0.0.5".into(), "10.0.0.6".into()], true)
+        .unwrap();
+    assert_eq!(ips, ["10.0.0.5", "10.0.0.6"]);
+    let (_, ips) = store.approve_ips(&a, &["10.0.0.5".into()], false).unwrap();
+    assert_eq!(ips, ["10.0.0.6"]);
+    store
+        .update_nodes(&[(a.clone(), None, Some(150)), ("gone".into(), None, Some(1))])
+        .unwrap();
+    assert_eq!(store.node(&a).unwrap().unwrap().last_seen, Some(150));
+}
+
+fn admins_assignments_clusters_and_audit(store: &dyn StateStore) {
+    for (serial, name) in [(7, "alice"), (8, "bob"), (12, "carol")] {
+        store
+            .add_admin(&AdminRecord {
+                serial,
+                name: name.into(),
+                issued_at: 1,
+                expires_at: 2,
+                revoked_at: None,
+                local: false,
+            })
+            .unwrap();
+    }
+    let serials: Vec<u64> = store.admins().unwrap().iter().map(|r| r.serial).collect();
+    assert_eq!(serials, [7, 8, 12], "admins in serial order");
+    assert!(matches!(
+        store.check_admin(9),
+        Err(StateError::UnknownAdmin(9))
+    ));
+    store
+        .revoke_admin(store.resolve_admin("bob").unwrap().serial, 50)
+        .unwrap();
+    assert!(matches!(
+        store.check_admin(8),
+        Err(StateError::AdminRevoked { serial: 8, .. })
+    ));
+    assert_eq!(store.resolve_admin("8").unwrap().revoked_at, Some(50));
+
+    let name = ClusterName::parse("prod").unwrap();
+    assert!(store.cluster(&name).unwrap().is_none());
+    let cluster = cluster_record("prod");
+    store.save_cluster(&cluster).unwrap();
+    assert_eq!(store.cluster(&name).unwrap().unwrap().name, name);
+    assert_eq!(store.clusters().unwrap().len(), 1);
+    assert!(store.remove_cluster(&name).unwrap());
+    assert!(!store.remove_cluster(&name).unwrap());
+
+    for i in 1..=5u64 {
+        let seq = store.audit(&entry(&format!("entry {i}"))).unwrap();
+        assert_eq!(seq, i);
+    }
+    let log = store.audit_log(3).unwrap();
+    let seqs: Vec<u64> = log.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, [3, 4, 5], "the last entries, oldest first");
+    assert_eq!(log[2].1.what, "entry 5");
+}
+
+fn every_behaviour(store: &dyn StateStore) {
+    tokens_are_counted_and_expire(store);
+    enrollment_binds_renews_and_revokes(store);
+    admins_assignments_clusters_and_audit(store);
+}
+
+#[test]
+fn redb_shows_every_behaviour() {
+    let dir = tempfile::tempdir().unwrap();
+    every_behaviour(&redb(dir.path()));
+}
+
+#[test]
+fn etcd_shows_every_behaviour() {
+    let Some(etcd) = LocalEtcd::start() else {
+        return;
+    };
+    every_behaviour(&etcd.store("/site-a/"));
+}
+
+// ----- what only a shared store can get wrong -----
+
+#[test]
+fn etcd_keyspace_must_be_initialised_and_sites_are_apart() {
+    let Some(etcd) = LocalEtcd::start() else {
+        return;
+    };
+    let err = EtcdStore::connect(&etcd.config("/never/")).unwrap_err();
+    assert!(matches!(err, StateError::Missing(_)), "{err}");
+    assert!(err.to_string().contains("coordinator init"), "{err}");
+    let a = etcd.store("/a/");
+    let b = etcd.store("/b/");
+    let token = JoinToken::generate();
+    a.add_token(&token, 100, 60, 1, None).unwrap();
+    a.enroll(&token, "x", 110, &mut issued).unwrap();
+    assert_eq!(a.nodes().unwrap().len(), 1);
+    assert!(b.nodes().unwrap().is_empty());
+    assert!(matches!(
+        b.check_token(&token, 110),
+        Err(StateError::TokenInvalid)
+    ));
+    // A second coordinator of site a sees the same state.
+    let again = EtcdStore::connect(&etcd.config("/a/")).unwrap();
+    assert_eq!(again.nodes().unwrap().len(), 1);
+    // Unreachable etcd: an error naming it, not a hang.
+    let dead = EtcdConfig::new(vec![format!("http://127.0.0.1:{}", free_port())]);
+    let err = EtcdStore::connect(&dead).unwrap_err();
+    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+}
+
+#[test]
+fn etcd_lists_are_read_in_pages() {
+    let Some(etcd) = LocalEtcd::start() else {
+        return;
+    };
+    let store = etcd.store("/paged/").with_page(3);
+    let token = JoinToken::generate();
+    store.add_token(&token, 100, 600, 20, None).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            store
+                .enroll(&token, &format!("n{i}"), 110, &mut issued)
+                .unwrap()
+                .0,
+        );
+    }
+    ids.sort();
+    let listed: Vec<String> = store
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert_eq!(listed, ids, "every node, once, in order, across pages");
+    for i in 1..=8u64 {
+        store.audit(&entry(&format!("e{i}"))).unwrap();
+    }
+    let seqs: Vec<u64> = store
+        .audit_log(7)
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(seqs, [2, 3, 4, 5, 6, 7, 8]);
+    // Audit numbers past one page of digits still sort as numbers.
+    assert_eq!(store.audit_log(100).unwrap().len(), 8);
+}
+
+/// Two coordinators on one etcd, several threads each, racing: every
+/// token use, serial and audit number is handed out exactly once.
+#[test]
+fn etcd_coordinators_racing_never_share_a_serial_or_overspend_a_token() {
+    let Some(etcd) = LocalEtcd::start() else {
+        return;
+    };
+    let one = Arc::new(etcd.store("/race/"));
+    let two = Arc::new(EtcdStore::connect(&etcd.config("/race/")).unwrap());
+    let token = JoinToken::generate();
+    let uses = 6;
+    one.add_token(&token, 100, 600, uses, None).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let store = if i % 2 == 0 { one.clone() } else { two.clone() };
+            let token = token.clone();
+            std::thread::spawn(move || {
+                let mut serials = Vec::new();
+                let mut enrolled = 0;
+                for _ in 0..5 {
+                    serials.push(store.next_serial().unwrap());
+                    match store.enroll(&token, "h", 110, &mut issued) {
+                        Ok((_, cert)) => {
+                            enrolled += 1;
+                            serials.push(cert.cert_pem[5..].parse::<u64>().unwrap());
+                        }
+                        Err(StateError::TokenUsedUp(_)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    store.audit(&entry("race")).unwrap();
+                }
+                (serials, enrolled)
+            })
+        })
+        .collect();
+    let mut serials = Vec::new();
+    let mut enrolled = 0;
+    for t in threads {
+        let (s, e) = t.join().unwrap();
+        serials.extend(s);
+        enrolled += e;
+    }
+    assert_eq!(enrolled, uses, "exactly the token's uses were spent");
+    assert_eq!(one.nodes().unwrap().len(), uses as usize);
+    serials.sort_unstable();
+    let expected: Vec<u64> = (1..=serials.len() as u64).collect();
+    assert_eq!(serials, expected, "every serial handed out once, none lost");
+    let seqs: Vec<u64> = two
+        .audit_log(1000)
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=40).collect::<Vec<u64>>(),
+        "one audit number each"
+    );
+}
