@@ -137,9 +137,16 @@ fn dn(role: Option<Role>, cn: &str) -> DistinguishedName {
     dn
 }
 
-/// Creates the coordinator's CA, certificates and state database under
-/// `root`, keeping an existing CA.
+/// Creates the coordinator's CA, certificates and state under `root`
+/// (the state where it was recorded; redb when nothing was), keeping an
+/// existing CA.
 pub fn init(root: &Path) -> Result<InitReport, CaError> {
+    init_with(root, None)
+}
+
+/// [`init`] with the state in `store` when given (recorded for the
+/// coordinator and the CLI).
+pub fn init_with(root: &Path, store: Option<state::Backend>) -> Result<InitReport, CaError> {
     let paths = CoordinatorPaths::new(root);
     pki::create_private_dir(&paths.dir)?;
     let created_ca = !(paths.ca_cert().exists() && paths.ca_key().exists());
@@ -161,7 +168,7 @@ pub fn init(root: &Path) -> Result<InitReport, CaError> {
         confined::write_atomic(&paths.ca_key(), key.serialize_pem().as_bytes(), 0o600)?;
         confined::write_atomic(&paths.ca_cert(), cert.pem().as_bytes(), 0o644)?;
     }
-    let store = state::create(&paths.dir)?;
+    let store = state::create(&paths.dir, store)?;
     let ca = Ca::load(root)?;
     if created_ca || needs_reissue(&ca, &paths.server_cert()) {
         let key = KeyPair::generate()?;
@@ -170,7 +177,7 @@ pub fn init(root: &Path) -> Result<InitReport, CaError> {
         confined::write_atomic(&paths.server_key(), key.serialize_pem().as_bytes(), 0o600)?;
         confined::write_atomic(&paths.server_cert(), pem.as_bytes(), 0o600)?;
     }
-    ensure_local_admin(root, &store, &ca)?;
+    ensure_local_admin(root, &*store, &ca)?;
     Ok(InitReport {
         created_ca,
         ca_pin: ca.pin()?,

@@ -97,6 +97,9 @@ pub struct ServeOptions {
     pub node_cert_ttl: Duration,
     /// The image signature policy for every cluster (and its agents).
     pub trust: seaport_rootfs::signing::Policy,
+    /// The store given on the command line; `None`: the one recorded by
+    /// `coordinator init`.
+    pub store: Option<state::Backend>,
 }
 
 /// What `serve` writes under the root so the CLI can find it.
@@ -173,9 +176,12 @@ impl Daemon {
     pub fn bind(root: &Path, opts: ServeOptions) -> Result<Daemon, DaemonError> {
         let paths = CoordinatorPaths::new(root);
         let ca = Ca::load(root)?;
-        let redb = Arc::new(state::open_for_coordinator(&paths.dir, state::STORE_WAIT)?);
-        let store: Arc<dyn StateStore> = redb.clone();
-        let records: Arc<dyn ClusterStore> = redb;
+        let store: Arc<dyn StateStore> = Arc::from(state::open_for_coordinator(
+            &paths.dir,
+            state::STORE_WAIT,
+            opts.store.clone(),
+        )?);
+        let records: Arc<dyn ClusterStore> = store.clone();
         // The CLI on this machine needs a current, recorded admin
         // certificate (installs from before admin records get a new one).
         if ca::ensure_local_admin(root, &*store, &ca)? {

@@ -25,6 +25,15 @@ pub enum StateError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{path} is not a store record: {source}")]
+    BadRecord {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("this coordinator keeps its state in {0}; moving it to etcd is not supported (initialise a new coordinator root with --store etcd)")]
+    HasRedbState(String),
+    #[error("this coordinator keeps its state in etcd ({0}); it cannot go back to a redb file")]
+    KeptInEtcd(String),
     #[error("--etcd-cert and --etcd-key go together (only {0} was given)")]
     EtcdHalfIdentity(&'static str),
     #[error(

@@ -46,6 +46,7 @@ use seaport_shared::pki::JoinToken;
 use seaport_shared::wire::HostFacts;
 
 use super::error::StateError;
+use super::lock::CoordinatorLock;
 use super::rules::{self, canonical_ip, from_json, to_json, usable_token};
 use super::store::StateStore;
 use crate::operations::{AuditEntry, Cluster, ClusterStore, StoreError};
@@ -68,7 +69,7 @@ const AUDIT_NEXT: &str = "audit_next";
 
 /// Where the state is: etcd's client URLs, the site's prefix and the
 /// client's TLS files.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdConfig {
     /// Client URLs (`https://HOST:2379`, or `http://` on loopback).
     pub endpoints: Vec<String>,
@@ -136,6 +137,8 @@ pub struct EtcdStore {
     prefix: String,
     endpoints: String,
     page: i64,
+    /// A coordinator's lock, held while the store is open.
+    _lock: Option<CoordinatorLock>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -226,7 +229,15 @@ impl EtcdStore {
             prefix,
             endpoints,
             page: PAGE,
+            _lock: None,
         })
+    }
+
+    /// The store of a coordinator holding `lock` (released when the store
+    /// is dropped).
+    pub fn holding(mut self, lock: CoordinatorLock) -> EtcdStore {
+        self._lock = Some(lock);
+        self
     }
 
     /// Reads lists `page` keys at a time (tests use small pages).

@@ -3,20 +3,16 @@
 //! test), and what only a store shared by several coordinators can get
 //! wrong: two coordinators racing for one token's last use, for serials,
 //! for the audit log.
-//!
-//! Without an `etcd` binary on `PATH` the etcd tests say so and pass,
-//! unless `SEAPORT_REQUIRE_ETCD=1` (CI sets it), where they fail.
+//! etcd comes from `local_etcd.rs`.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use seaport_shared::cluster::ClusterName;
 use seaport_shared::pki::{self, JoinToken};
 
 use super::etcd::{EtcdConfig, EtcdStore};
+use super::local_etcd::{free_port, LocalEtcd};
 use super::{AdminRecord, Issued, RedbStore, StateError, StateStore};
 use crate::operations::{AuditEntry, Cluster, ClusterStore};
 
@@ -27,83 +23,8 @@ fn issued(_node: &str, serial: u64) -> Result<Issued, StateError> {
     })
 }
 
-/// One etcd member on loopback, its data in a temporary directory; killed
-/// and removed on drop.
-pub(crate) struct LocalEtcd {
-    child: Child,
-    pub(crate) url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for LocalEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl LocalEtcd {
-    /// Starts etcd, or `None` (said on stderr) when it is not installed
-    /// and not required.
-    pub(crate) fn start() -> Option<LocalEtcd> {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join("etcd").is_file()))
-            .unwrap_or(false);
-        if !found {
-            if std::env::var("SEAPORT_REQUIRE_ETCD").as_deref() == Ok("1") {
-                panic!("SEAPORT_REQUIRE_ETCD=1 but no etcd on PATH: apt-get install etcd-server");
-            }
-            eprintln!("no etcd on PATH (apt-get install etcd-server): etcd backend not tested");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=test={peer_url}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
-        let etcd = LocalEtcd {
-            child,
-            url,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpListener::bind(("127.0.0.1", client)).is_ok() || !etcd.serves() {
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not start: {}",
-                std::fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(etcd)
-    }
-
-    fn serves(&self) -> bool {
-        EtcdStore::init(&self.config("/probe/")).is_ok()
-    }
-
-    pub(crate) fn config(&self, prefix: &str) -> EtcdConfig {
+    fn config(&self, prefix: &str) -> EtcdConfig {
         EtcdConfig {
             prefix: prefix.to_string(),
             ..EtcdConfig::new(vec![self.url.clone()])
@@ -111,7 +32,7 @@ impl LocalEtcd {
     }
 
     /// A new site's store, initialised.
-    pub(crate) fn store(&self, prefix: &str) -> EtcdStore {
+    fn store(&self, prefix: &str) -> EtcdStore {
         EtcdStore::init(&self.config(prefix)).unwrap()
     }
 }

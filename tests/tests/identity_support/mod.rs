@@ -41,6 +41,7 @@ impl Coordinator {
                     listen,
                     node_cert_ttl,
                     trust: Default::default(),
+                    store: None,
                 },
             ) {
                 Ok(d) => break d,

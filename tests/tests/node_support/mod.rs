@@ -61,6 +61,7 @@ impl Running {
                     listen,
                     node_cert_ttl: Duration::from_secs(3600),
                     trust: Default::default(),
+                    store: None,
                 },
             ) {
                 Ok(d) => break d,

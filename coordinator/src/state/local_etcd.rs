@@ -1,0 +1,122 @@
+//! One etcd member on loopback for tests (Debian's `etcd-server`), its data
+//! in a temporary directory, killed and removed on drop. Shared by the
+//! state's unit tests and the CLI tests (`coordinator/tests/etcd_store.rs`
+//! includes this file), so it uses only std and tempfile.
+//!
+//! Without an `etcd` binary on `PATH` [`LocalEtcd::start`] says so and
+//! gives `None` (the test passes untested), unless `SEAPORT_REQUIRE_ETCD=1`
+//! (CI sets it), where it fails.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// TLS for etcd's client URL: its CA, its server certificate and key;
+/// clients must then present a certificate from that CA.
+pub(crate) struct EtcdTls {
+    pub(crate) ca: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+pub(crate) struct LocalEtcd {
+    child: Child,
+    /// The client URL (`http://127.0.0.1:PORT`).
+    pub(crate) url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port free at the moment.
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl LocalEtcd {
+    /// Starts etcd on plain HTTP and waits until it answers `/health`.
+    #[allow(dead_code)]
+    pub(crate) fn start() -> Option<LocalEtcd> {
+        LocalEtcd::start_with(None)
+    }
+
+    /// Starts etcd, with `tls` on its client URL (`https://`) and client
+    /// certificates required, and waits until it answers `/health` (on a
+    /// plain metrics URL).
+    pub(crate) fn start_with(tls: Option<&EtcdTls>) -> Option<LocalEtcd> {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join("etcd").is_file()))
+            .unwrap_or(false);
+        if !found {
+            if std::env::var("SEAPORT_REQUIRE_ETCD").as_deref() == Ok("1") {
+                panic!("SEAPORT_REQUIRE_ETCD=1 but no etcd on PATH: apt-get install etcd-server");
+            }
+            eprintln!("no etcd on PATH (apt-get install etcd-server): etcd backend not tested");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer, metrics) = (free_port(), free_port(), free_port());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let mut cmd = Command::new("etcd");
+        if let Some(tls) = tls {
+            cmd.arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
+            .arg("--name=test")
+            .arg(format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"))
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=test={peer_url}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        let etcd = LocalEtcd { child, url, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !etcd.healthy(metrics) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start: {}",
+                std::fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(etcd)
+    }
+
+    fn healthy(&self, port: u16) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.contains("\"health\":\"true\"")
+    }
+}

@@ -1,0 +1,248 @@
+//! `coordinator init --store etcd` and `coordinator serve` on a real etcd
+//! (started on loopback): the state is in etcd and not in a file, two
+//! coordinator roots on one prefix share it, the CLI reads it with or
+//! without a running coordinator, and the mistakes (an uninitialised
+//! prefix, moving a redb coordinator to etcd) are refused with what to do.
+
+#[path = "../src/state/local_etcd.rs"]
+mod local_etcd;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use local_etcd::{EtcdTls, LocalEtcd};
+
+fn seaport(root: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_seaport"));
+    c.arg("--root").arg(root).env_remove("SEAPORT_ROOT");
+    c
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{:?}: {}", cmd, text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The admin certificates' serials, as `admin list --json` shows them.
+fn admin_serials(root: &Path) -> Vec<u64> {
+    let out = ok(seaport(root).args(["admin", "list", "--json"]));
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut serials: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["serial"].as_u64().unwrap())
+        .collect();
+    serials.sort_unstable();
+    serials
+}
+
+/// Waits until `child` wrote its serve info; false if it exited first.
+fn listening(root: &Path, child: &mut Child) -> bool {
+    let info = root.join("coordinator/serve.json");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        let ours = std::fs::read_to_string(&info)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(child.id())));
+        if ours {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn coordinators_initialised_on_etcd_share_its_state_and_keep_none_on_disk() {
+    let Some(etcd) = LocalEtcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, plain) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("plain"),
+    );
+    let etcd_flags = [
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        etcd.url.as_str(),
+        "--etcd-prefix",
+        "/site-1/",
+    ];
+
+    // A coordinator on a prefix nobody initialised refuses to start, says
+    // what to do, and records nothing.
+    ok(seaport(&plain).args(["coordinator", "init"]));
+    let out = seaport(&a).args(["coordinator", "init"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::remove_file(a.join("coordinator/state.redb")).unwrap();
+    let out = seaport(&a)
+        .args(["coordinator", "serve", "--listen", "127.0.0.1:0"])
+        .args(etcd_flags)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("coordinator init"), "{}", text(&out));
+    assert!(!a.join("coordinator/store.json").exists());
+
+    // Moving a coordinator that has state in redb to etcd is refused.
+    let out = seaport(&plain)
+        .args(["coordinator", "init"])
+        .args(etcd_flags)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not supported"), "{}", text(&out));
+
+    // Two roots initialised on one prefix: one state, no state file.
+    ok(seaport(&a).args(["coordinator", "init"]).args(etcd_flags));
+    ok(seaport(&b).args(["coordinator", "init"]).args(etcd_flags));
+    for root in [&a, &b] {
+        assert!(!root.join("coordinator/state.redb").exists());
+        let record = root.join("coordinator/store.json");
+        let mode = std::fs::metadata(&record).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(std::fs::read_to_string(&record)
+            .unwrap()
+            .contains(&etcd.url));
+    }
+    // Each root's local admin certificate is in the shared state, with
+    // serials drawn from one counter.
+    let serials = admin_serials(&a);
+    assert_eq!(serials.len(), 2, "{serials:?}");
+    assert_eq!(admin_serials(&b), serials);
+    // The redb coordinator next to them sees none of it.
+    assert_eq!(admin_serials(&plain).len(), 1);
+
+    // A coordinator serving from the recorded store answers the CLI from
+    // it; what B writes meanwhile, A's coordinator sees.
+    let mut serve = seaport(&a)
+        .args(["coordinator", "serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        listening(&a, &mut serve),
+        "the coordinator on etcd did not start"
+    );
+    ok(seaport(&b)
+        .args(["admin", "issue", "carol", "--out"])
+        .arg(dir.path().join("carol")));
+    let seen = admin_serials(&a);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status();
+    assert!(serve.wait().unwrap().success());
+    assert!(!a.join("coordinator/state.redb").exists());
+}
+
+/// A CA, and certificates it signed for etcd's server (127.0.0.1) and for
+/// a client, written under `dir`; plus a client certificate from another
+/// CA.
+fn tls_files(dir: &Path) -> (EtcdTls, (PathBuf, PathBuf), (PathBuf, PathBuf)) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca = |cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.self_signed(&key).unwrap();
+        (cert.pem(), Issuer::new(p, key))
+    };
+    let leaf = |issuer: &Issuer<'_, KeyPair>, sans: Vec<String>, usage| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "seaport");
+        p.extended_key_usages = vec![usage];
+        (
+            p.signed_by(&key, issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    };
+    let (ca_pem, issuer) = ca("etcd test CA");
+    let (server, server_key) = leaf(
+        &issuer,
+        vec!["127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client, client_key) = leaf(&issuer, vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    let (_, other) = ca("another CA");
+    let (stranger, stranger_key) = leaf(&other, vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    (
+        EtcdTls {
+            ca: write("ca.pem", ca_pem),
+            cert: write("server.pem", server),
+            key: write("server.key", server_key),
+        },
+        (write("client.pem", client), write("client.key", client_key)),
+        (
+            write("stranger.pem", stranger),
+            write("stranger.key", stranger_key),
+        ),
+    )
+}
+
+#[test]
+fn the_state_goes_to_etcd_over_mutual_tls_and_a_client_of_another_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, (cert, key), (stranger, stranger_key)) = tls_files(dir.path());
+    let Some(etcd) = LocalEtcd::start_with(Some(&tls)) else {
+        return;
+    };
+    assert!(etcd.url.starts_with("https://"));
+    let init = |root: &Path, cert: &Path, key: &Path| {
+        seaport(root)
+            .args(["coordinator", "init", "--store", "etcd", "--etcd-endpoints"])
+            .arg(&etcd.url)
+            .arg("--etcd-ca")
+            .arg(&tls.ca)
+            .arg("--etcd-cert")
+            .arg(cert)
+            .arg("--etcd-key")
+            .arg(key)
+            .output()
+            .unwrap()
+    };
+    let good = dir.path().join("good");
+    let out = init(&good, &cert, &key);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(admin_serials(&good).len(), 1);
+    // etcd refuses a client certificate it did not issue: nothing is
+    // initialised or recorded.
+    let bad = dir.path().join("bad");
+    let out = init(&bad, &stranger, &stranger_key);
+    assert!(!out.status.success());
+    assert!(text(&out).contains(&etcd.url), "{}", text(&out));
+    assert!(!bad.join("coordinator/store.json").exists());
+    // A missing key file is named.
+    let out = init(&bad, &cert, &dir.path().join("nope.key"));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("nope.key"), "{}", text(&out));
+}
