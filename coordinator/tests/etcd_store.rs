@@ -94,6 +94,7 @@ fn coordinators_initialised_on_etcd_share_its_state_and_keep_none_on_disk() {
     let out = seaport(&a).args(["coordinator", "init"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     std::fs::remove_file(a.join("coordinator/state.redb")).unwrap();
+    seaport::state::SiteKey::load_or_create(&a.join("coordinator/site.key")).unwrap();
     let out = seaport(&a)
         .args(["coordinator", "serve", "--listen", "127.0.0.1:0"])
         .args(etcd_flags)
@@ -112,14 +113,32 @@ fn coordinators_initialised_on_etcd_share_its_state_and_keep_none_on_disk() {
     assert!(!out.status.success());
     assert!(text(&out).contains("not supported"), "{}", text(&out));
 
-    // Two roots initialised on one prefix: one state, no state file.
+    // Two roots initialised on one prefix, the second with the first's
+    // site key: one state, no state file.
     ok(seaport(&a).args(["coordinator", "init"]).args(etcd_flags));
+    // A root without the site's key is refused and records nothing.
+    let out = seaport(&b)
+        .args(["coordinator", "init"])
+        .args(etcd_flags)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("copy site.key"), "{}", text(&out));
+    assert!(!b.join("coordinator/store.json").exists());
+    std::fs::copy(
+        a.join("coordinator/site.key"),
+        b.join("coordinator/site.key"),
+    )
+    .unwrap();
     ok(seaport(&b).args(["coordinator", "init"]).args(etcd_flags));
     for root in [&a, &b] {
         assert!(!root.join("coordinator/state.redb").exists());
+        for file in ["store.json", "site.key"] {
+            let path = root.join("coordinator").join(file);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
         let record = root.join("coordinator/store.json");
-        let mode = std::fs::metadata(&record).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
         assert!(std::fs::read_to_string(&record)
             .unwrap()
             .contains(&etcd.url));

@@ -4,8 +4,8 @@
 //! nodes are keys under the site's prefix in etcd and there is no state
 //! file; the coordinator killed with SIGKILL and started again finds every
 //! node in etcd and every agent reconnects; `seaport nodes remove` revokes
-//! a node through it, and a new coordinator root on the same prefix sees
-//! the same nodes.
+//! a node through it, and a new coordinator root on the same prefix (with
+//! the site key copied) sees the same nodes.
 //! Needs root, systemd-nspawn, debootstrap and etcd-server (docs/lab.md,
 //! docs/ha.md).
 
@@ -108,6 +108,12 @@ fn agents_enroll_and_are_removed_through_a_coordinator_whose_state_is_in_etcd() 
     .expect("nodes remove revokes the node");
     assert_eq!(status_of(&revoked, &names[0]), Some("online"));
     let other = tmp.path().join("other");
+    std::fs::create_dir_all(other.join("coordinator")).unwrap();
+    std::fs::copy(
+        root.join("coordinator/site.key"),
+        other.join("coordinator/site.key"),
+    )
+    .unwrap();
     bins.seaport_ok(&other, &init);
     let seen = seaport::nodes(&bins, &other).expect("nodes from the other root");
     assert_eq!(status_of(&seen, gone), Some("revoked"), "{seen:?}");

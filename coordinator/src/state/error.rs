@@ -25,6 +25,17 @@ pub enum StateError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot read or write the site key {path}: {source}; every coordinator of a site needs the same key (ROOT/coordinator/site.key, 0600)")]
+    SiteKeyFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a site key (64 hex digits)")]
+    SiteKeyFormat(String),
+    #[error("{0} in the store does not open with this coordinator's site key (another site's key, or changed)")]
+    Unsealable(String),
+    #[error("the site key {0} is not the key of the site in etcd: copy site.key from a coordinator of this site")]
+    WrongSiteKey(String),
     #[error("{path} is not a store record: {source}")]
     BadRecord {
         path: String,

@@ -32,7 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use etcd_client::{
@@ -48,6 +48,7 @@ use seaport_shared::wire::HostFacts;
 use super::error::StateError;
 use super::lock::CoordinatorLock;
 use super::rules::{self, canonical_ip, from_json, to_json, usable_token};
+use super::seal::SiteKey;
 use super::store::StateStore;
 use crate::operations::{AuditEntry, Cluster, ClusterStore, StoreError};
 use crate::records::{AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
@@ -63,6 +64,12 @@ pub const TXN_NODES: usize = 60;
 pub const DEFAULT_PREFIX: &str = "/seaport/";
 
 const FORMAT: &str = "meta/format";
+/// A value sealed with the site key at initialisation: a coordinator with
+/// another key is refused when it connects, before it reads anything.
+const KEY_CHECK: &str = "meta/site_key_check";
+/// Tables whose values hold secrets, sealed with the site key: a cluster
+/// record carries the cluster's join data.
+const SEALED: &[&str] = &["clusters"];
 /// Counters, in `meta/`.
 const NEXT_SERIAL: &str = "next_serial";
 const AUDIT_NEXT: &str = "audit_next";
@@ -137,6 +144,8 @@ pub struct EtcdStore {
     prefix: String,
     endpoints: String,
     page: i64,
+    /// Seals and opens the values of [`SEALED`] tables.
+    site_key: SiteKey,
     /// A coordinator's lock, held while the store is open.
     _lock: Option<CoordinatorLock>,
 }
@@ -174,33 +183,88 @@ fn number(n: u64) -> String {
 }
 
 impl EtcdStore {
-    /// Connects to the site's state; [`StateError::Missing`] when its
-    /// keyspace was never initialised (`coordinator init --store etcd`).
-    pub fn connect(config: &EtcdConfig) -> Result<EtcdStore, StateError> {
-        let store = EtcdStore::dial(config)?;
+    /// Connects to the site's state with the site's key (read from
+    /// `key_path`); [`StateError::Missing`] when its keyspace was never
+    /// initialised (`coordinator init --store etcd`),
+    /// [`StateError::WrongSiteKey`] when the key is not the site's.
+    pub fn connect(config: &EtcdConfig, key_path: &Path) -> Result<EtcdStore, StateError> {
+        let site_key = SiteKey::load(key_path)?;
+        let store = EtcdStore::dial(config, site_key)?;
         if store.get_raw(FORMAT)?.is_none() {
             return Err(StateError::Missing(format!(
                 "{} on etcd {} (with --store etcd)",
                 store.prefix, store.endpoints
             )));
         }
+        store.check_key(key_path)?;
         Ok(store)
     }
 
     /// Initialises the site's keyspace (or connects to it when it was
-    /// initialised already).
-    pub fn init(config: &EtcdConfig) -> Result<EtcdStore, StateError> {
-        let store = EtcdStore::dial(config)?;
-        let key = store.key(FORMAT);
+    /// initialised already). The site key at `key_path` is made when there
+    /// is none, and must be the site's when the site exists.
+    pub fn init(config: &EtcdConfig, key_path: &Path) -> Result<EtcdStore, StateError> {
+        let site_key = SiteKey::load_or_create(key_path)?;
+        let store = EtcdStore::dial(config, site_key)?;
+        let check = store.key(KEY_CHECK);
+        let sealed = store.site_key.seal(KEY_CHECK, b"seaport site key");
+        let format = store.key(FORMAT);
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, "1", None)]);
+            .when([Compare::create_revision(
+                format.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([
+                TxnOp::put(format, "1", None),
+                TxnOp::put(check, sealed, None),
+            ]);
         let mut kv = store.kv.clone();
         store.call(async move { kv.txn(txn).await })?;
+        store.check_key(key_path)?;
         Ok(store)
     }
 
-    fn dial(config: &EtcdConfig) -> Result<EtcdStore, StateError> {
+    /// Whether the site key opens the site's check value.
+    fn check_key(&self, key_path: &Path) -> Result<(), StateError> {
+        let wrong = || StateError::WrongSiteKey(key_path.display().to_string());
+        let (sealed, _) = self.get_raw(KEY_CHECK)?.ok_or_else(wrong)?;
+        self.site_key
+            .open(KEY_CHECK, &sealed)
+            .map(drop)
+            .map_err(|_| wrong())
+    }
+
+    /// A value as stored: JSON, opened first in a sealed table.
+    fn decode<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: &'static str,
+        id: &str,
+        bytes: &[u8],
+    ) -> Result<T, StateError> {
+        if SEALED.contains(&table) {
+            let plain = self.site_key.open(&format!("{table}/{id}"), bytes)?;
+            return from_json(table, id, &plain);
+        }
+        from_json(table, id, bytes)
+    }
+
+    /// A value to store: JSON, sealed in a sealed table.
+    fn encode<T: Serialize>(&self, table: &'static str, id: &str, value: &T) -> Vec<u8> {
+        let json = to_json(value);
+        if SEALED.contains(&table) {
+            return self.site_key.seal(&format!("{table}/{id}"), &json);
+        }
+        json
+    }
+
+    /// A value's bytes as etcd holds them (tests look for secrets in it).
+    #[cfg(test)]
+    pub(crate) fn raw(&self, rel: &str) -> Option<Vec<u8>> {
+        self.get_raw(rel).unwrap().map(|(v, _)| v)
+    }
+
+    fn dial(config: &EtcdConfig, site_key: SiteKey) -> Result<EtcdStore, StateError> {
         let endpoints = config.endpoints_text();
         let opts = config.options()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -229,6 +293,7 @@ impl EtcdStore {
             prefix,
             endpoints,
             page: PAGE,
+            site_key,
             _lock: None,
         })
     }
@@ -324,7 +389,7 @@ impl EtcdStore {
     ) -> Result<Vec<T>, StateError> {
         self.list_raw(&format!("{table}/"), None)?
             .into_iter()
-            .map(|(k, v)| from_json(table, &k, &v))
+            .map(|(k, v)| self.decode(table, &k, &v))
             .collect()
     }
 
@@ -407,18 +472,23 @@ impl Tx<'_> {
         let rel = format!("{table}/{id}");
         let key = self.store.key(&rel);
         if let Some(w) = self.writes.get(&key) {
-            return w.as_deref().map(|b| from_json(table, id, b)).transpose();
+            return w
+                .as_deref()
+                .map(|b| self.store.decode(table, id, b))
+                .transpose();
         }
         let got = self.store.get_raw(&rel)?;
         self.read
             .entry(key)
             .or_insert(got.as_ref().map_or(0, |(_, rev)| *rev));
-        got.map(|(v, _)| from_json(table, id, &v)).transpose()
+        got.map(|(v, _)| self.store.decode(table, id, &v))
+            .transpose()
     }
 
     fn put<T: Serialize>(&mut self, table: &'static str, id: &str, value: &T) {
         let key = self.store.key(&format!("{table}/{id}"));
-        self.writes.insert(key, Some(to_json(value)));
+        let bytes = self.store.encode(table, id, value);
+        self.writes.insert(key, Some(bytes));
     }
 
     fn delete(&mut self, table: &'static str, id: &str) {
@@ -700,7 +770,7 @@ impl ClusterStore for EtcdStore {
     fn cluster(&self, name: &ClusterName) -> Result<Option<Cluster>, StoreError> {
         self.get_raw(&format!("clusters/{}", name.as_str()))
             .and_then(|got| {
-                got.map(|(v, _)| from_json("clusters", name.as_str(), &v))
+                got.map(|(v, _)| self.decode("clusters", name.as_str(), &v))
                     .transpose()
             })
             .map_err(StoreError::new)

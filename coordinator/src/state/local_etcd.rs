@@ -105,6 +105,13 @@ impl LocalEtcd {
         Some(etcd)
     }
 
+    /// A site key file for the stores of this etcd (made by the first
+    /// `EtcdStore::init`).
+    #[allow(dead_code)]
+    pub(crate) fn site_key(&self) -> PathBuf {
+        self.dir.path().join("site.key")
+    }
+
     fn healthy(&self, port: u16) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
             return false;

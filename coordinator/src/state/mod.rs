@@ -25,6 +25,7 @@
 //! - `error.rs`: [`StateError`]; `store.rs`: the [`StateStore`] trait.
 //! - `rules.rs`: what every backend decides the same way (tokens,
 //!   enrollment, approvals, the records' JSON).
+//! - [`seal`]: the site key that seals secrets in a shared store.
 //! - [`lock`]: the coordinator's lock, holders named from `/proc/locks`.
 //! - [`redb`](mod@redb): the redb backend; [`etcd`]: the etcd backend.
 //! - `tests.rs`: the behaviour every backend must show, run on both;
@@ -37,6 +38,7 @@ mod local_etcd;
 pub mod lock;
 pub mod redb;
 mod rules;
+pub mod seal;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -48,6 +50,7 @@ pub use self::error::StateError;
 pub use self::etcd::{EtcdConfig, EtcdStore};
 pub use self::redb::RedbStore;
 pub use self::rules::canonical_ip;
+pub use self::seal::SiteKey;
 pub use self::store::StateStore;
 pub use crate::records::{same_ip, AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
 use lock::CoordinatorLock;
@@ -151,7 +154,7 @@ pub fn open_for_coordinator(
         }
         Backend::Etcd(config) => {
             let lock = CoordinatorLock::acquire(&lock_file, wait)?;
-            Box::new(EtcdStore::connect(config)?.holding(lock))
+            Box::new(EtcdStore::connect(config, &SiteKey::path(dir))?.holding(lock))
         }
     };
     record(dir, &backend)?;
@@ -175,7 +178,7 @@ pub fn offline(dir: &Path, write: bool) -> Result<Box<dyn StateStore>, StateErro
         });
     }
     Ok(match backend(dir)? {
-        Backend::Etcd(config) => Box::new(EtcdStore::connect(&config)?),
+        Backend::Etcd(config) => Box::new(EtcdStore::connect(&config, &SiteKey::path(dir))?),
         Backend::Redb if write => Box::new(RedbStore::open(&db)?),
         Backend::Redb => Box::new(RedbStore::open_read_only(&db)?),
     })
@@ -195,7 +198,7 @@ pub fn create(dir: &Path, chosen: Option<Backend>) -> Result<Box<dyn StateStore>
     let backend = choose(dir, chosen)?;
     let store: Box<dyn StateStore> = match &backend {
         Backend::Redb => Box::new(RedbStore::create(&db)?),
-        Backend::Etcd(config) => Box::new(EtcdStore::init(config)?),
+        Backend::Etcd(config) => Box::new(EtcdStore::init(config, &SiteKey::path(dir))?),
     };
     record(dir, &backend)?;
     Ok(store)

@@ -33,7 +33,12 @@ impl LocalEtcd {
 
     /// A new site's store, initialised.
     fn store(&self, prefix: &str) -> EtcdStore {
-        EtcdStore::init(&self.config(prefix)).unwrap()
+        EtcdStore::init(&self.config(prefix), &self.site_key()).unwrap()
+    }
+
+    /// Another coordinator of a site.
+    fn connect(&self, prefix: &str) -> Result<EtcdStore, StateError> {
+        EtcdStore::connect(&self.config(prefix), &self.site_key())
     }
 }
 
@@ -243,11 +248,11 @@ fn etcd_keyspace_must_be_initialised_and_sites_are_apart() {
     let Some(etcd) = LocalEtcd::start() else {
         return;
     };
-    let err = EtcdStore::connect(&etcd.config("/never/")).unwrap_err();
-    assert!(matches!(err, StateError::Missing(_)), "{err}");
-    assert!(err.to_string().contains("coordinator init"), "{err}");
     let a = etcd.store("/a/");
     let b = etcd.store("/b/");
+    let err = etcd.connect("/never/").unwrap_err();
+    assert!(matches!(err, StateError::Missing(_)), "{err}");
+    assert!(err.to_string().contains("coordinator init"), "{err}");
     let token = JoinToken::generate();
     a.add_token(&token, 100, 60, 1, None).unwrap();
     a.enroll(&token, "x", 110, &mut issued).unwrap();
@@ -258,11 +263,11 @@ fn etcd_keyspace_must_be_initialised_and_sites_are_apart() {
         Err(StateError::TokenInvalid)
     ));
     // A second coordinator of site a sees the same state.
-    let again = EtcdStore::connect(&etcd.config("/a/")).unwrap();
+    let again = etcd.connect("/a/").unwrap();
     assert_eq!(again.nodes().unwrap().len(), 1);
     // Unreachable etcd: an error naming it, not a hang.
     let dead = EtcdConfig::new(vec![format!("http://127.0.0.1:{}", free_port())]);
-    let err = EtcdStore::connect(&dead).unwrap_err();
+    let err = EtcdStore::connect(&dead, &etcd.site_key()).unwrap_err();
     assert!(err.to_string().contains("127.0.0.1"), "{err}");
 }
 
@@ -313,7 +318,7 @@ fn etcd_coordinators_racing_never_share_a_serial_or_overspend_a_token() {
         return;
     };
     let one = Arc::new(etcd.store("/race/"));
-    let two = Arc::new(EtcdStore::connect(&etcd.config("/race/")).unwrap());
+    let two = Arc::new(etcd.connect("/race/").unwrap());
     let token = JoinToken::generate();
     let uses = 6;
     one.add_token(&token, 100, 600, uses, None).unwrap();
@@ -363,4 +368,46 @@ fn etcd_coordinators_racing_never_share_a_serial_or_overspend_a_token() {
         (1..=40).collect::<Vec<u64>>(),
         "one audit number each"
     );
+}
+
+/// Cluster records (with the cluster's join data) are sealed with the site
+/// key in etcd; a coordinator with another key is refused before it reads
+/// anything.
+#[test]
+fn etcd_secrets_are_sealed_and_another_site_key_is_refused() {
+    let Some(etcd) = LocalEtcd::start() else {
+        return;
+    };
+    let store = etcd.store("/sealed/");
+    let mut cluster = cluster_record("prod");
+    cluster.join_data = Some("kubeadm-join-secret-0123456789".into());
+    store.save_cluster(&cluster).unwrap();
+    let raw = store.raw("clusters/prod").unwrap();
+    let secret = b"kubeadm-join-secret";
+    assert!(
+        !raw.windows(secret.len()).any(|w| w == secret),
+        "join data in the clear"
+    );
+    assert!(
+        !raw.windows(4).any(|w| w == b"prod"),
+        "the record in the clear"
+    );
+    let back = etcd.connect("/sealed/").unwrap();
+    assert_eq!(
+        back.cluster(&ClusterName::parse("prod").unwrap())
+            .unwrap()
+            .unwrap()
+            .join_data,
+        cluster.join_data
+    );
+    assert_eq!(back.clusters().unwrap().len(), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.key");
+    let err = EtcdStore::init(&etcd.config("/sealed/"), &other).unwrap_err();
+    assert!(matches!(err, StateError::WrongSiteKey(_)), "{err}");
+    let err = EtcdStore::connect(&etcd.config("/sealed/"), &other).unwrap_err();
+    assert!(matches!(err, StateError::WrongSiteKey(_)), "{err}");
+    let err = EtcdStore::connect(&etcd.config("/sealed/"), &dir.path().join("none")).unwrap_err();
+    assert!(err.to_string().contains("site.key"), "{err}");
 }
