@@ -125,12 +125,34 @@ fn coordinators_initialised_on_etcd_share_its_state_and_keep_none_on_disk() {
     assert!(!out.status.success());
     assert!(text(&out).contains("copy site.key"), "{}", text(&out));
     assert!(!b.join("coordinator/store.json").exists());
-    std::fs::copy(
-        a.join("coordinator/site.key"),
-        b.join("coordinator/site.key"),
-    )
-    .unwrap();
-    ok(seaport(&b).args(["coordinator", "init"]).args(etcd_flags));
+    // `coordinator add` prints the key and the command; the new root takes
+    // the site's CA from etcd (in place of the one its failed init made).
+    let add = ok(seaport(&a).args(["coordinator", "add"]));
+    let key = std::fs::read_to_string(a.join("coordinator/site.key")).unwrap();
+    assert!(add.contains(key.trim()), "{add}");
+    assert!(
+        add.contains(&format!("--etcd-endpoints {}", etcd.url)),
+        "{add}"
+    );
+    assert!(add.contains("--etcd-prefix /site-1/"), "{add}");
+    std::fs::write(b.join("coordinator/site.key"), key).unwrap();
+    let joined = ok(seaport(&b).args(["coordinator", "init"]).args(etcd_flags));
+    assert!(
+        joined.contains("took the site's coordinator CA"),
+        "{joined}"
+    );
+    let ca = |root: &Path| std::fs::read(root.join("coordinator/ca.pem")).unwrap();
+    assert_eq!(ca(&a), ca(&b), "one CA for the site");
+    let out = seaport(&plain)
+        .args(["coordinator", "add"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("only coordinators on etcd"),
+        "{}",
+        text(&out)
+    );
     for root in [&a, &b] {
         assert!(!root.join("coordinator/state.redb").exists());
         for file in ["store.json", "site.key"] {

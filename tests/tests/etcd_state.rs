@@ -5,7 +5,9 @@
 //! file; the coordinator killed with SIGKILL and started again finds every
 //! node in etcd and every agent reconnects; `seaport nodes remove` revokes
 //! a node through it, and a new coordinator root on the same prefix (with
-//! the site key copied) sees the same nodes.
+//! the site key copied) sees the same nodes and takes the site's CA, so
+//! that with the first coordinator stopped, the agent that remains comes
+//! online through a coordinator of the new root.
 //! Needs root, systemd-nspawn, debootstrap and etcd-server (docs/lab.md,
 //! docs/ha.md).
 
@@ -16,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use seaport_lab::runs;
-use seaport_lab::seaport::{self, status_of, Binaries};
+use seaport_lab::seaport::{self, status_of, Binaries, Coordinator};
 use seaport_lab::{lab, Lab};
 
 const PREFIX: &str = "/lab-site/";
@@ -117,5 +119,21 @@ fn agents_enroll_and_are_removed_through_a_coordinator_whose_state_is_in_etcd() 
     bins.seaport_ok(&other, &init);
     let seen = seaport::nodes(&bins, &other).expect("nodes from the other root");
     assert_eq!(status_of(&seen, gone), Some("revoked"), "{seen:?}");
+
+    // That root took the site's CA from etcd: with the first coordinator
+    // stopped, a coordinator from it on the same address is the one the
+    // agent that remains reconnects to.
+    let listen = coordinator.listen().to_string();
     coordinator.stop().unwrap();
+    let mut second = Coordinator::start(&bins, &other, &listen).expect("start the second root");
+    let nodes = seaport::wait_for_nodes(
+        &bins,
+        &other,
+        "the remaining agent online through the second root",
+        Duration::from_secs(90),
+        |n| status_of(n, &names[0]) == Some("online"),
+    )
+    .expect("the agent trusts the second root's coordinator (one site CA)");
+    assert_eq!(status_of(&nodes, gone), Some("revoked"));
+    second.stop().unwrap();
 }

@@ -17,6 +17,9 @@ pub enum CoordinatorCommand {
     Init(InitArgs),
     /// Run the coordinator in the foreground until SIGTERM or SIGINT.
     Serve(ServeArgs),
+    /// Print what another coordinator of this site needs (state on etcd):
+    /// the site key and its `coordinator init` command.
+    Add,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +136,7 @@ pub(super) fn run(root: &Path, cmd: CoordinatorCommand) -> anyhow::Result<()> {
     match cmd {
         CoordinatorCommand::Init(args) => init(root, args),
         CoordinatorCommand::Serve(args) => serve(root, args),
+        CoordinatorCommand::Add => add(root),
     }
 }
 
@@ -140,7 +144,12 @@ fn init(root: &Path, args: InitArgs) -> anyhow::Result<()> {
     let store = args.store.backend()?;
     let report = ca::init_with(root, store)
         .with_context(|| format!("initializing coordinator state under {}", root.display()))?;
-    if report.created_ca {
+    if report.site_ca {
+        println!(
+            "took the site's coordinator CA from etcd; certificates and state in {}",
+            report.dir.display()
+        );
+    } else if report.created_ca {
         println!(
             "created coordinator CA and state in {}",
             report.dir.display()
@@ -152,6 +161,51 @@ fn init(root: &Path, args: InitArgs) -> anyhow::Result<()> {
         );
     }
     println!("CA pin: {}", report.ca_pin);
+    Ok(())
+}
+
+fn add(root: &Path) -> anyhow::Result<()> {
+    let dir = ca::CoordinatorPaths::new(root).dir;
+    let Backend::Etcd(config) = crate::state::backend(&dir)? else {
+        anyhow::bail!(
+            "this coordinator keeps its state in {}; only coordinators on etcd (`coordinator init --store etcd`) share a site",
+            dir.join("state.redb").display()
+        );
+    };
+    let key_path = crate::state::SiteKey::path(&dir);
+    crate::state::SiteKey::load(&key_path)?;
+    let key = std::fs::read_to_string(&key_path)
+        .with_context(|| format!("reading the site key {}", key_path.display()))?;
+    let pin = ca::Ca::load(root)?.pin()?;
+    let mut init = format!(
+        "seaport coordinator init --store etcd --etcd-endpoints {} --etcd-prefix {}",
+        config.endpoints.join(","),
+        config.prefix
+    );
+    if config.ca.is_some() {
+        init.push_str(" --etcd-ca ETCD_CA.pem");
+    }
+    if config.cert.is_some() {
+        init.push_str(" --etcd-cert CLIENT.pem --etcd-key CLIENT.key");
+    }
+    println!("A new coordinator of this site needs, on its machine:");
+    println!();
+    println!("1. The site key (secret: it opens the site's sealed state), in");
+    println!("   ROOT/coordinator/site.key, mode 0600 (directory 0700):");
+    println!();
+    println!("   {}", key.trim());
+    println!();
+    if config.ca.is_some() || config.cert.is_some() {
+        println!("2. etcd's CA and a client certificate and key of its own for etcd.");
+    } else {
+        println!("2. Access to etcd at {}.", config.endpoints.join(","));
+    }
+    println!();
+    println!("3. Then:");
+    println!();
+    println!("   {init}");
+    println!();
+    println!("It takes the site's CA ({pin}) from etcd.");
     Ok(())
 }
 

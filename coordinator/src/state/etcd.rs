@@ -49,7 +49,7 @@ use super::error::StateError;
 use super::lock::CoordinatorLock;
 use super::rules::{self, canonical_ip, from_json, to_json, usable_token};
 use super::seal::SiteKey;
-use super::store::StateStore;
+use super::store::{SiteCa, StateStore};
 use crate::operations::{AuditEntry, Cluster, ClusterStore, StoreError};
 use crate::records::{AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
 
@@ -68,8 +68,9 @@ const FORMAT: &str = "meta/format";
 /// another key is refused when it connects, before it reads anything.
 const KEY_CHECK: &str = "meta/site_key_check";
 /// Tables whose values hold secrets, sealed with the site key: a cluster
-/// record carries the cluster's join data.
-const SEALED: &[&str] = &["clusters"];
+/// record carries the cluster's join data; `secrets/ca` is the site's CA
+/// with its key.
+const SEALED: &[&str] = &["clusters", "secrets"];
 /// Counters, in `meta/`.
 const NEXT_SERIAL: &str = "next_serial";
 const AUDIT_NEXT: &str = "audit_next";
@@ -707,6 +708,20 @@ impl StateStore for EtcdStore {
 
     fn remove_assignment(&self, image: &str) -> Result<bool, StateError> {
         self.remove("assignments", image)
+    }
+
+    fn offer_ca(&self, cert_pem: &str, key_pem: &str) -> Result<Option<SiteCa>, StateError> {
+        self.transact("site CA", |tx| {
+            if let Some(ca) = tx.get::<SiteCa>("secrets", "ca")? {
+                return Ok(Some(ca));
+            }
+            let ca = SiteCa {
+                cert_pem: cert_pem.to_string(),
+                key_pem: key_pem.to_string(),
+            };
+            tx.put("secrets", "ca", &ca);
+            Ok(Some(ca))
+        })
     }
 }
 

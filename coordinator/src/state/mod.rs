@@ -51,7 +51,7 @@ pub use self::etcd::{EtcdConfig, EtcdStore};
 pub use self::redb::RedbStore;
 pub use self::rules::canonical_ip;
 pub use self::seal::SiteKey;
-pub use self::store::StateStore;
+pub use self::store::{SiteCa, StateStore};
 pub use crate::records::{same_ip, AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
 use lock::CoordinatorLock;
 

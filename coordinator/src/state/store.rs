@@ -7,6 +7,13 @@ use super::error::StateError;
 use crate::operations::ClusterStore;
 use crate::records::{AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
 
+/// A site's CA as a shared store keeps it (the key sealed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SiteCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 /// Everything the coordinator keeps. Methods may block (disk, network):
 /// call them off the async runtime.
 pub trait StateStore: ClusterStore {
@@ -172,4 +179,13 @@ pub trait StateStore: ClusterStore {
 
     /// Removes an assignment; returns whether there was one.
     fn remove_assignment(&self, image: &str) -> Result<bool, StateError>;
+
+    /// Offers this coordinator's CA (certificate and key, PEM) as the
+    /// site's, in a store several coordinators share: kept when the site
+    /// has none yet. Returns the site's CA, the one offered or the one
+    /// there before; `None` from a store of one coordinator, whose CA stays
+    /// its own files.
+    fn offer_ca(&self, _cert_pem: &str, _key_pem: &str) -> Result<Option<SiteCa>, StateError> {
+        Ok(None)
+    }
 }
