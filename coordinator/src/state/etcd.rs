@@ -680,7 +680,7 @@ impl StateStore for EtcdStore {
 
     fn admin(&self, serial: u64) -> Result<Option<AdminRecord>, StateError> {
         self.get_raw(&format!("admins/{}", number(serial)))?
-            .map(|(v, _)| from_json("admins", &serial.to_string(), &v))
+            .map(|(v, _)| from_json("admins", serial, &v))
             .transpose()
     }
 

@@ -24,7 +24,7 @@ pub(super) fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 
 pub(super) fn from_json<T: for<'de> Deserialize<'de>>(
     table: &'static str,
-    key: &str,
+    key: impl std::fmt::Display,
     bytes: &[u8],
 ) -> Result<T, StateError> {
     serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
