@@ -51,6 +51,8 @@ pub enum StateError {
         "{what}: other coordinators changed the same records {attempts} times in a row; try again"
     )]
     Contended { what: &'static str, attempts: u32 },
+    #[error("{0}: refused, this coordinator does not lead the site's coordinators now (another one drives operations, or an election is on)")]
+    NotLeader(&'static str),
     #[error("corrupt record {key} in table {table}: {source}")]
     Corrupt {
         table: &'static str,

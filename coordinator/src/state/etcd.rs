@@ -46,6 +46,7 @@ use seaport_shared::pki::JoinToken;
 use seaport_shared::wire::HostFacts;
 
 use super::error::StateError;
+use super::leader::{self, Election, Fence, LeaderInfo, SharedFence};
 use super::lock::CoordinatorLock;
 use super::rules::{self, canonical_ip, from_json, to_json, usable_token};
 use super::seal::SiteKey;
@@ -106,7 +107,7 @@ impl EtcdConfig {
         self.endpoints.join(",")
     }
 
-    fn options(&self) -> Result<ConnectOptions, StateError> {
+    pub(crate) fn options(&self) -> Result<ConnectOptions, StateError> {
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|source| StateError::EtcdFile {
                 path: p.display().to_string(),
@@ -147,6 +148,10 @@ pub struct EtcdStore {
     page: i64,
     /// Seals and opens the values of [`SEALED`] tables.
     site_key: SiteKey,
+    /// How it was reached (an election connects on its own).
+    config: EtcdConfig,
+    /// What fenced writes are checked against (`super::leader`).
+    fence: SharedFence,
     /// A coordinator's lock, held while the store is open.
     _lock: Option<CoordinatorLock>,
 }
@@ -295,6 +300,8 @@ impl EtcdStore {
             endpoints,
             page: PAGE,
             site_key,
+            config: config.clone(),
+            fence: SharedFence::new(std::sync::Mutex::new(Fence::Open)),
             _lock: None,
         })
     }
@@ -304,6 +311,17 @@ impl EtcdStore {
     pub fn holding(mut self, lock: CoordinatorLock) -> EtcdStore {
         self._lock = Some(lock);
         self
+    }
+
+    /// The fence now (tests play a paused leader with it).
+    #[cfg(test)]
+    pub(crate) fn fence(&self) -> Fence {
+        *self.fence.lock().unwrap()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_fence(&self, fence: Fence) {
+        *self.fence.lock().unwrap() = fence;
     }
 
     /// Reads lists `page` keys at a time (tests use small pages).
@@ -400,9 +418,43 @@ impl EtcdStore {
     fn transact<T>(
         &self,
         what: &'static str,
+        decide: impl FnMut(&mut Tx<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        self.transact_with(what, false, decide)
+    }
+
+    /// [`EtcdStore::transact`] for a write that drives operations: with an
+    /// election, it commits only while this coordinator's term is the
+    /// leader key's (the fence, `super::leader`); refused at once on a
+    /// coordinator that does not lead.
+    fn transact_fenced<T>(
+        &self,
+        what: &'static str,
+        decide: impl FnMut(&mut Tx<'_>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        self.transact_with(what, true, decide)
+    }
+
+    /// The leader key's create revision: the current term, 0 for none.
+    fn term(&self) -> Result<i64, StateError> {
+        let mut kv = self.kv.clone();
+        let key = self.key(leader::LEADER_KEY);
+        let resp = self.call(async move { kv.get(key, None).await })?;
+        Ok(resp.kvs().first().map_or(0, |kv| kv.create_revision()))
+    }
+
+    fn transact_with<T>(
+        &self,
+        what: &'static str,
+        fenced: bool,
         mut decide: impl FnMut(&mut Tx<'_>) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
         for attempt in 0..ATTEMPTS {
+            let term = match (fenced, *self.fence.lock().expect("fence lock")) {
+                (false, _) | (true, Fence::Open) => None,
+                (true, Fence::Follower) => return Err(StateError::NotLeader(what)),
+                (true, Fence::Leader(term)) => Some(term),
+            };
             let mut tx = Tx {
                 store: self,
                 read: BTreeMap::new(),
@@ -412,11 +464,18 @@ impl EtcdStore {
             if tx.writes.is_empty() {
                 return Ok(out);
             }
-            let compares: Vec<Compare> = tx
+            let mut compares: Vec<Compare> = tx
                 .read
                 .iter()
                 .map(|(k, rev)| Compare::mod_revision(k.clone(), CompareOp::Equal, *rev))
                 .collect();
+            if let Some(term) = term {
+                compares.push(Compare::create_revision(
+                    self.key(leader::LEADER_KEY),
+                    CompareOp::Equal,
+                    term,
+                ));
+            }
             let ops: Vec<TxnOp> = tx
                 .writes
                 .into_iter()
@@ -429,6 +488,11 @@ impl EtcdStore {
             let mut kv = self.kv.clone();
             if self.call(async move { kv.txn(txn).await })?.succeeded() {
                 return Ok(out);
+            }
+            // A newer term (or none): this coordinator no longer leads,
+            // whatever it believes.
+            if term.is_some_and(|t| self.term().is_ok_and(|now| now != t)) {
+                return Err(StateError::NotLeader(what));
             }
             // Another coordinator won the race: back off a little, more
             // each time, and decide again on what it wrote.
@@ -700,14 +764,19 @@ impl StateStore for EtcdStore {
     }
 
     fn put_assignment(&self, a: &Assignment) -> Result<(), StateError> {
-        self.transact("assign image", |tx| {
+        self.transact_fenced("assign image", |tx| {
             tx.put("assignments", &a.image, a);
             Ok(())
         })
     }
 
     fn remove_assignment(&self, image: &str) -> Result<bool, StateError> {
-        self.remove("assignments", image)
+        self.remove("assignments", image, true)
+    }
+
+    fn elect(&self, me: LeaderInfo, ttl: Duration) -> Result<Option<Election>, StateError> {
+        *self.fence.lock().expect("fence lock") = Fence::Follower;
+        leader::start(&self.config, &self.prefix, me, ttl, self.fence.clone()).map(Some)
     }
 
     fn offer_ca(&self, cert_pem: &str, key_pem: &str) -> Result<Option<SiteCa>, StateError> {
@@ -744,8 +813,8 @@ impl EtcdStore {
     }
 
     /// Removes a key; whether it was there.
-    fn remove(&self, table: &'static str, id: &str) -> Result<bool, StateError> {
-        self.transact("remove", |tx| {
+    fn remove(&self, table: &'static str, id: &str, fenced: bool) -> Result<bool, StateError> {
+        self.transact_with("remove", fenced, |tx| {
             let existed = tx.get::<serde_json::Value>(table, id)?.is_some();
             if existed {
                 tx.delete(table, id);
@@ -796,7 +865,7 @@ impl ClusterStore for EtcdStore {
     }
 
     fn save_cluster(&self, cluster: &Cluster) -> Result<(), StoreError> {
-        self.transact("save cluster", |tx| {
+        self.transact_fenced("save cluster", |tx| {
             tx.put("clusters", cluster.name.as_str(), cluster);
             Ok(())
         })
@@ -804,7 +873,7 @@ impl ClusterStore for EtcdStore {
     }
 
     fn remove_cluster(&self, name: &ClusterName) -> Result<bool, StoreError> {
-        self.remove("clusters", name.as_str())
+        self.remove("clusters", name.as_str(), true)
             .map_err(StoreError::new)
     }
 

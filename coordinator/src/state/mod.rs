@@ -28,11 +28,14 @@
 //! - [`seal`]: the site key that seals secrets in a shared store.
 //! - [`lock`]: the coordinator's lock, holders named from `/proc/locks`.
 //! - [`redb`](mod@redb): the redb backend; [`etcd`]: the etcd backend.
+//! - [`leader`]: which coordinator of a site on etcd drives operations
+//!   (a lease, a campaign transaction, the fence on its term).
 //! - `tests.rs`: the behaviour every backend must show, run on both;
 //!   `local_etcd.rs`: an etcd member on loopback for tests.
 
 mod error;
 pub mod etcd;
+pub mod leader;
 #[cfg(test)]
 mod local_etcd;
 pub mod lock;
@@ -48,6 +51,7 @@ use std::time::Duration;
 
 pub use self::error::StateError;
 pub use self::etcd::{EtcdConfig, EtcdStore};
+pub use self::leader::{Election, LeaderInfo, Leadership};
 pub use self::redb::RedbStore;
 pub use self::rules::canonical_ip;
 pub use self::seal::SiteKey;

@@ -180,6 +180,18 @@ pub trait StateStore: ClusterStore {
     /// Removes an assignment; returns whether there was one.
     fn remove_assignment(&self, image: &str) -> Result<bool, StateError>;
 
+    /// Starts this coordinator's campaign to lead the site, in a store
+    /// several coordinators share (`super::leader`); from then on its
+    /// writes that drive operations are fenced by its term. `None` from a
+    /// store of one coordinator, which always leads.
+    fn elect(
+        &self,
+        _me: super::leader::LeaderInfo,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<super::leader::Election>, StateError> {
+        Ok(None)
+    }
+
     /// Offers this coordinator's CA (certificate and key, PEM) as the
     /// site's, in a store several coordinators share: kept when the site
     /// has none yet. Returns the site's CA, the one offered or the one

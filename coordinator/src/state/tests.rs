@@ -7,11 +7,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use seaport_shared::cluster::ClusterName;
 use seaport_shared::pki::{self, JoinToken};
 
 use super::etcd::{EtcdConfig, EtcdStore};
+use super::leader::{self, Fence, LeaderInfo, Leadership};
 use super::local_etcd::{free_port, LocalEtcd};
 use super::{AdminRecord, Issued, RedbStore, StateError, StateStore};
 use crate::operations::{AuditEntry, Cluster, ClusterStore};
@@ -59,6 +61,15 @@ fn cluster_record(name: &str) -> Cluster {
         "spec": {"image": "img:1", "hosts": [], "env": []},
         "stages": [], "stages_done": 0, "hosts": [], "join_data": null,
         "started_at": 1, "finished_at": null, "error": null
+    }))
+    .unwrap()
+}
+
+fn assignment(image: &str) -> super::Assignment {
+    serde_json::from_value(serde_json::json!({
+        "image": image,
+        "manifest_digest": format!("sha256:{}", "b".repeat(64)),
+        "blobs": [], "nodes": ["n1"], "created_at": 1
     }))
     .unwrap()
 }
@@ -410,4 +421,116 @@ fn etcd_secrets_are_sealed_and_another_site_key_is_refused() {
     assert!(matches!(err, StateError::WrongSiteKey(_)), "{err}");
     let err = EtcdStore::connect(&etcd.config("/sealed/"), &dir.path().join("none")).unwrap_err();
     assert!(err.to_string().contains("site.key"), "{err}");
+}
+
+// ----- leadership -----
+
+fn coordinator(name: &str) -> LeaderInfo {
+    LeaderInfo {
+        id: name.into(),
+        address: format!("{name}.example:7443"),
+    }
+}
+
+/// Waits until `rx` shows what `want` accepts (panics after `within`).
+fn wait_for(
+    rx: &tokio::sync::watch::Receiver<Leadership>,
+    within: Duration,
+    want: impl Fn(&Leadership) -> bool,
+) {
+    let until = Instant::now() + within;
+    while !want(&rx.borrow()) {
+        assert!(Instant::now() < until, "still {:?}", *rx.borrow());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const TTL: Duration = Duration::from_secs(2);
+
+/// One coordinator of a site leads; the others know who and where, and
+/// their writes that drive operations are refused. When the leader stops,
+/// another leads within the TTL and the old one can no longer write.
+#[test]
+fn etcd_one_coordinator_leads_and_the_others_follow() {
+    let Some(etcd) = LocalEtcd::start() else {
+        return;
+    };
+    let a = etcd.store("/lead/");
+    let b = etcd.connect("/lead/").unwrap();
+    let ea = a.elect(coordinator("a"), TTL).unwrap().unwrap();
+    wait_for(&ea.leadership(), TTL * 3, |l| *l == Leadership::Leader);
+    let eb = b.elect(coordinator("b"), TTL).unwrap().unwrap();
+    wait_for(&eb.leadership(), TTL * 3, |l| {
+        *l == Leadership::Follower {
+            leader: Some(coordinator("a")),
+        }
+    });
+    a.save_cluster(&cluster_record("web")).unwrap();
+    let err = b.save_cluster(&cluster_record("db")).unwrap_err();
+    assert!(err.to_string().contains("does not lead"), "{err}");
+    assert!(b.put_assignment(&assignment("img:1")).is_err());
+    // Reads and the other writes work on every coordinator.
+    assert!(b
+        .cluster(&ClusterName::parse("web").unwrap())
+        .unwrap()
+        .is_some());
+    assert!(b
+        .cluster(&ClusterName::parse("db").unwrap())
+        .unwrap()
+        .is_none());
+    b.audit(&entry("from b")).unwrap();
+
+    let took = Instant::now();
+    drop(ea);
+    wait_for(&eb.leadership(), TTL * 3, |l| *l == Leadership::Leader);
+    assert!(took.elapsed() < TTL + leader::POLL + Duration::from_secs(1));
+    b.save_cluster(&cluster_record("db")).unwrap();
+    assert!(a.save_cluster(&cluster_record("web")).is_err());
+}
+
+/// The fence: a leader that was paused past its lease and wakes up still
+/// believing it leads (its term in hand) has its writes refused by etcd,
+/// while no one leads and after another coordinator took over.
+#[test]
+fn etcd_a_deposed_leader_cannot_write() {
+    let Some(etcd) = LocalEtcd::start() else {
+        return;
+    };
+    let a = etcd.store("/fence/");
+    let b = etcd.connect("/fence/").unwrap();
+    let ea = a.elect(coordinator("a"), TTL).unwrap().unwrap();
+    wait_for(&ea.leadership(), TTL * 3, |l| *l == Leadership::Leader);
+    let Fence::Leader(old_term) = a.fence() else {
+        panic!("a leads without a term: {:?}", a.fence());
+    };
+    let mut web = cluster_record("web");
+    a.save_cluster(&web).unwrap();
+
+    // a's term ends (its lease is gone) ...
+    drop(ea);
+    let until = Instant::now() + TTL * 3;
+    while a.fence() != Fence::Follower {
+        assert!(Instant::now() < until);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // ... but it wakes up believing it still leads.
+    a.set_fence(Fence::Leader(old_term));
+    web.generation = 7;
+    let err = a.save_cluster(&web).unwrap_err();
+    assert!(err.to_string().contains("does not lead"), "{err}");
+
+    let eb = b.elect(coordinator("b"), TTL).unwrap().unwrap();
+    wait_for(&eb.leadership(), TTL * 3, |l| *l == Leadership::Leader);
+    let mut theirs = cluster_record("web");
+    theirs.generation = 2;
+    b.save_cluster(&theirs).unwrap();
+    // The deposed leader's late writes change nothing.
+    web.generation = 9;
+    assert!(a.save_cluster(&web).is_err());
+    assert!(a.remove_cluster(&web.name).is_err());
+    assert!(a.put_assignment(&assignment("img:1")).is_err());
+    let stored = b.cluster(&web.name).unwrap().unwrap();
+    assert_eq!(stored.generation, 2);
+    assert!(b.assignments().unwrap().is_empty());
 }
