@@ -287,3 +287,123 @@ fn the_state_goes_to_etcd_over_mutual_tls_and_a_client_of_another_ca_is_refused(
     assert!(!out.status.success());
     assert!(text(&out).contains("nope.key"), "{}", text(&out));
 }
+
+/// The address a coordinator listens on, from its serve info.
+fn serve_addr(root: &Path) -> String {
+    let t = std::fs::read_to_string(root.join("coordinator/serve.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+    v["listen"].as_str().unwrap().to_string()
+}
+
+/// Waits until the log file holds `what` `times` times (false after 15 s).
+fn logged(log: &Path, what: &str, times: usize) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        let t = std::fs::read_to_string(log).unwrap_or_default();
+        if t.matches(what).count() >= times {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Two coordinators of one site: one leads; the CLI asking the other is
+/// sent to the leader; a leader paused past its lease is replaced within
+/// the TTL and, woken up, steps down and sends the CLI to the new leader;
+/// a leader killed with SIGKILL is replaced too.
+#[test]
+fn coordinators_of_a_site_elect_one_leader_and_fail_over() {
+    let Some(etcd) = LocalEtcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let etcd_flags = [
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        etcd.url.as_str(),
+        "--etcd-prefix",
+        "/ha/",
+    ];
+    ok(seaport(&a).args(["coordinator", "init"]).args(etcd_flags));
+    std::fs::create_dir_all(b.join("coordinator")).unwrap();
+    std::fs::copy(
+        a.join("coordinator/site.key"),
+        b.join("coordinator/site.key"),
+    )
+    .unwrap();
+    ok(seaport(&b).args(["coordinator", "init"]).args(etcd_flags));
+    let serve = |root: &Path, log: &Path| {
+        let mut child = seaport(root)
+            .args(["coordinator", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--lease-ttl", "2s"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(
+            listening(root, &mut child),
+            "{}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        child
+    };
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let leading = "leading the site's coordinators";
+    let mut serve_a = serve(&a, &log_a);
+    assert!(logged(&log_a, leading, 1), "a does not lead");
+    let mut serve_b = serve(&b, &log_b);
+    let (addr_a, addr_b) = (serve_addr(&a), serve_addr(&b));
+    let nodes = |root: &Path, at: &str| {
+        let out = seaport(root)
+            .args(["nodes", "--coordinator", at])
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out))
+    };
+    // The follower sends the CLI to the leader.
+    let (fine, out) = nodes(&b, &addr_b);
+    assert!(fine, "{out}");
+    // A leader paused (SIGSTOP) past its lease: the other takes over
+    // within the TTL and a second.
+    signal(&serve_a, "-STOP");
+    let paused = Instant::now();
+    assert!(logged(&log_b, leading, 1), "b did not take over");
+    assert!(
+        paused.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        paused.elapsed()
+    );
+    let (fine, out) = nodes(&b, &addr_b);
+    assert!(fine, "{out}");
+    // Woken up, it steps down and sends the CLI to the new leader.
+    signal(&serve_a, "-CONT");
+    assert!(
+        logged(&log_a, "no longer leading", 1),
+        "{}",
+        std::fs::read_to_string(&log_a).unwrap()
+    );
+    let (fine, out) = nodes(&a, &addr_a);
+    assert!(fine, "{out}");
+    // A leader killed outright: the other leads again, and a CLI given
+    // both addresses gets its answer.
+    signal(&serve_b, "-KILL");
+    let _ = serve_b.wait();
+    assert!(logged(&log_a, leading, 2), "a did not take over again");
+    let (fine, out) = nodes(&a, &format!("{addr_b},{addr_a}"));
+    assert!(fine, "{out}");
+    signal(&serve_a, "-TERM");
+    assert!(serve_a.wait().unwrap().success());
+}

@@ -16,7 +16,7 @@ pub enum CoordinatorCommand {
     /// Create the coordinator's CA, certificates and state (an existing CA is kept).
     Init(InitArgs),
     /// Run the coordinator in the foreground until SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print what another coordinator of this site needs (state on etcd):
     /// the site key and its `coordinator init` command.
     Add,
@@ -130,12 +130,22 @@ pub struct ServeArgs {
     /// address, e.g. 127.0.0.1:9470.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// With several coordinators on etcd: the address (HOST:PORT) agents
+    /// and the CLI reach this coordinator at, given to them while it leads.
+    /// Default: the --listen address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// With several coordinators on etcd: the leader's lease TTL. A leader
+    /// that dies is replaced within it (plus one second); one that cannot
+    /// renew its lease stops driving within three quarters of it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
 }
 
 pub(super) fn run(root: &Path, cmd: CoordinatorCommand) -> anyhow::Result<()> {
     match cmd {
         CoordinatorCommand::Init(args) => init(root, args),
-        CoordinatorCommand::Serve(args) => serve(root, args),
+        CoordinatorCommand::Serve(args) => serve(root, *args),
         CoordinatorCommand::Add => add(root),
     }
 }
@@ -245,6 +255,8 @@ fn serve(root: &Path, args: ServeArgs) -> anyhow::Result<()> {
                 node_cert_ttl: args.node_cert_ttl,
                 trust,
                 store,
+                advertise: args.advertise,
+                lease_ttl: args.lease_ttl,
             },
         )
         .with_context(|| {

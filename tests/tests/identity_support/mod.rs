@@ -42,6 +42,8 @@ impl Coordinator {
                     node_cert_ttl,
                     trust: Default::default(),
                     store: None,
+                    advertise: None,
+                    lease_ttl: seaport::state::leader::DEFAULT_TTL,
                 },
             ) {
                 Ok(d) => break d,
