@@ -387,6 +387,11 @@ async fn follow_leadership(shared: Arc<Shared>) {
                     leading = false;
                     warn!("no longer leading: operations stopped here");
                     shared.ops.stop_all();
+                    // Cut off from etcd, it cannot tell agents who leads
+                    // now: they go to the next coordinator of their list.
+                    shared
+                        .live
+                        .close_all(close::SHUTDOWN, "this coordinator no longer leads");
                 }
                 if let Some(l) = leader {
                     let n = shared.live.close_all(close::NOT_LEADER, &l.address);

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::error::StateError;
 use super::etcd::EtcdConfig;
@@ -110,11 +110,13 @@ pub(crate) fn start(
     ttl: Duration,
     fence: SharedFence,
 ) -> Result<Election, StateError> {
-    let opts = config.options()?;
-    let endpoints = config.endpoints.clone();
     let (state_tx, state) = watch::channel(Leadership::Follower { leader: None });
     let (stop, stop_rx) = watch::channel(false);
     let campaign = Campaign {
+        endpoints: config.endpoints.clone(),
+        opts: config.options()?,
+        at: 0,
+        client: None,
         key: format!("{prefix}{LEADER_KEY}"),
         me: serde_json::to_vec(&me).expect("leader info serializes"),
         ttl: ttl.max(Duration::from_secs(2)),
@@ -132,7 +134,7 @@ pub(crate) fn start(
                 Ok(rt) => rt,
                 Err(e) => return warn!(error = %e, "no runtime for the election"),
             };
-            rt.block_on(campaign.run(endpoints, opts));
+            rt.block_on(campaign.run());
         })
         .map_err(|source| StateError::EtcdFile {
             path: "the election's thread".into(),
@@ -142,6 +144,11 @@ pub(crate) fn start(
 }
 
 struct Campaign {
+    /// etcd's members, each tried in turn when the one in use fails.
+    endpoints: Vec<String>,
+    opts: etcd_client::ConnectOptions,
+    at: usize,
+    client: Option<Client>,
     key: String,
     me: Vec<u8>,
     ttl: Duration,
@@ -178,30 +185,55 @@ impl Campaign {
         }
     }
 
-    /// One request, bounded so that a step-down is never late.
+    /// One request, bounded so that a step-down is never late (an eighth
+    /// of the TTL: a few tries on other members fit in one renewal).
     async fn bounded<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, String> {
-        match tokio::time::timeout(self.ttl / 4, f).await {
+        let limit = self.ttl / 8;
+        match tokio::time::timeout(limit, f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.ttl / 4)),
+            Err(_) => Err(format!("no answer within {limit:?}")),
         }
     }
 
-    async fn run(mut self, endpoints: Vec<String>, opts: etcd_client::ConnectOptions) {
-        let mut client = loop {
-            match Client::connect(endpoints.clone(), Some(opts.clone())).await {
-                Ok(c) => break c,
-                Err(e) => warn!(error = %e, "election: cannot reach etcd"),
-            }
-            if !self.wait(POLL).await {
-                return;
-            }
+    /// A client of the member in use, connected on first use.
+    async fn client(&mut self) -> Result<Client, String> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let Some(at) = self.member() else {
+            return Err("no etcd endpoint".into());
         };
+        let opts = self.opts.clone();
+        let c = self.bounded(Client::connect([at], Some(opts))).await?;
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    fn member(&self) -> Option<String> {
+        self.endpoints
+            .get(self.at % self.endpoints.len().max(1))
+            .cloned()
+    }
+
+    /// The member in use failed: the next request goes to the next one
+    /// (one member down must not cost the leader its lease).
+    fn next_member(&mut self, why: &str) {
+        warn!(
+            member = self.member().unwrap_or_default(),
+            error = %why,
+            "election: etcd member did not answer; trying the next"
+        );
+        self.client = None;
+        self.at += 1;
+    }
+
+    async fn run(mut self) {
         while !self.stopped() {
-            match self.term(&mut client).await {
+            match self.term().await {
                 TermEnd::Stopped => break,
                 TermEnd::Lost(why) => {
                     warn!("{why}");
@@ -215,83 +247,137 @@ impl Campaign {
         self.set(Fence::Follower, Leadership::Follower { leader: None });
     }
 
+    /// Gives the lease back (best effort).
+    async fn revoke(&mut self, lease: i64) {
+        if let Ok(mut c) = self.client().await {
+            let _ = self.bounded(c.lease_revoke(lease)).await;
+        }
+    }
+
+    /// A lease, from the first member that answers.
+    async fn grant(&mut self) -> Result<i64, String> {
+        let secs = self.ttl.as_secs().max(1) as i64;
+        let mut last = String::new();
+        for _ in 0..self.endpoints.len() {
+            let got = match self.client().await {
+                Ok(mut c) => self.bounded(c.lease_grant(secs, None)).await,
+                Err(e) => Err(e),
+            };
+            match got {
+                Ok(r) => return Ok(r.id()),
+                Err(e) => {
+                    self.next_member(&e);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// One campaign transaction: `Ok(Ok(term))` when this coordinator now
+    /// leads, `Ok(Err(leader))` when another does.
+    async fn campaign(&mut self, lease: i64) -> Result<Result<i64, Option<LeaderInfo>>, String> {
+        let mut c = self.client().await?;
+        self.bounded(c.lease_keep_alive(lease)).await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                self.key.clone(),
+                self.me.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(self.key.clone(), None)]);
+        let r = self.bounded(c.txn(txn)).await?;
+        if r.succeeded() {
+            return Ok(Ok(r.header().map_or(0, |h| h.revision())));
+        }
+        Ok(Err(r.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .and_then(|kv| serde_json::from_slice(kv.value()).ok()),
+            _ => None,
+        })))
+    }
+
+    /// One renewal of a leader: `Ok(true)` renewed and the key is still
+    /// this term's, `Ok(false)` the key is another's or gone.
+    async fn renew(&mut self, lease: i64, term: i64) -> Result<bool, String> {
+        let mut c = self.client().await?;
+        self.bounded(c.lease_keep_alive(lease)).await?;
+        let g = self.bounded(c.get(self.key.clone(), None)).await?;
+        Ok(g.kvs().first().map(|kv| kv.create_revision()) == Some(term))
+    }
+
     /// Campaigns with a new lease until it leads, then leads until it
     /// cannot confirm its lease (or is stopped, when it gives it back).
-    async fn term(&mut self, client: &mut Client) -> TermEnd {
-        let secs = self.ttl.as_secs().max(1) as i64;
-        let lease = match self.bounded(client.lease_grant(secs, None)).await {
-            Ok(r) => r.id(),
+    async fn term(&mut self) -> TermEnd {
+        let lease = match self.grant().await {
+            Ok(l) => l,
             Err(e) => return TermEnd::Lost(format!("election: no lease from etcd: {e}")),
         };
         // Follower: campaign every POLL, keeping the lease alive.
-        let term = loop {
+        let mut waiting_since = Instant::now();
+        let (revision, mut confirmed) = loop {
             let sent = Instant::now();
-            if let Err(e) = self.bounded(client.lease_keep_alive(lease)).await {
-                return TermEnd::Lost(format!("election: lease lost while waiting: {e}"));
-            }
-            let txn = Txn::new()
-                .when([Compare::create_revision(
-                    self.key.clone(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then([TxnOp::put(
-                    self.key.clone(),
-                    self.me.clone(),
-                    Some(PutOptions::new().with_lease(lease)),
-                )])
-                .or_else([TxnOp::get(self.key.clone(), None)]);
-            match self.bounded(client.txn(txn)).await {
-                Ok(r) if r.succeeded() => {
-                    break (r.header().map_or(0, |h| h.revision()), sent);
-                }
-                Ok(r) => {
-                    let leader = r.op_responses().into_iter().find_map(|op| match op {
-                        TxnOpResponse::Get(g) => g
-                            .kvs()
-                            .first()
-                            .and_then(|kv| serde_json::from_slice(kv.value()).ok()),
-                        _ => None,
-                    });
+            match self.campaign(lease).await {
+                Ok(Ok(term)) => break (term, sent),
+                Ok(Err(leader)) => {
+                    waiting_since = sent;
                     self.set(Fence::Follower, Leadership::Follower { leader });
                 }
-                Err(e) => warn!(error = %e, "election: campaign failed"),
+                Err(e) if e.contains("lease not found") => {
+                    return TermEnd::Lost(format!("election: lease lost while waiting: {e}"));
+                }
+                Err(e) => {
+                    self.next_member(&e);
+                    if waiting_since.elapsed() >= self.ttl {
+                        return TermEnd::Lost(format!("election: etcd unreachable: {e}"));
+                    }
+                    if !self.wait(POLL / 5).await {
+                        return TermEnd::Stopped;
+                    }
+                    continue;
+                }
             }
             if !self.wait(POLL).await {
-                let _ = self.bounded(client.lease_revoke(lease)).await;
+                self.revoke(lease).await;
                 return TermEnd::Stopped;
             }
         };
-        let (revision, mut confirmed) = term;
         self.set(Fence::Leader(revision), Leadership::Leader);
-        info!(term = revision, ttl = ?self.ttl, "leading the site's coordinators");
+        // A change of leader is worth an operator's eye at the default level.
+        warn!(term = revision, ttl = ?self.ttl, "leading the site's coordinators");
         let tick = self.ttl / 4;
         loop {
             if !self.wait(tick).await {
                 // Stopping: fence first, then give the lease back so that
                 // another coordinator leads at once.
                 self.set(Fence::Follower, Leadership::Follower { leader: None });
-                let _ = self.bounded(client.lease_revoke(lease)).await;
+                self.revoke(lease).await;
                 return TermEnd::Stopped;
             }
-            let sent = Instant::now();
-            let renewed = self.bounded(client.lease_keep_alive(lease)).await;
-            let key = self.bounded(client.get(self.key.clone(), None)).await;
-            match (&renewed, &key) {
-                (Ok(_), Ok(g)) => {
-                    let holder = g.kvs().first().map(|kv| kv.create_revision());
-                    if holder != Some(revision) {
+            // Each member in turn until one answers, within the tick.
+            for _ in 0..self.endpoints.len() {
+                let sent = Instant::now();
+                match self.renew(lease, revision).await {
+                    Ok(true) => {
+                        confirmed = sent;
+                        break;
+                    }
+                    Ok(false) => {
                         return TermEnd::Lost(format!(
                             "stepped down: the leader key is no longer this coordinator's (term {revision})"
                         ));
                     }
-                    confirmed = sent;
-                }
-                (Err(e), _) if e.contains("lease not found") => {
-                    return TermEnd::Lost(format!("stepped down: the lease expired ({e})"));
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    warn!(error = %e, "leader: could not renew the lease");
+                    Err(e) if e.contains("lease not found") => {
+                        return TermEnd::Lost(format!("stepped down: the lease expired ({e})"));
+                    }
+                    Err(e) => self.next_member(&e),
                 }
             }
             if confirmed.elapsed() >= self.ttl * 3 / 4 {

@@ -21,6 +21,7 @@ pub(crate) struct EtcdTls {
     pub(crate) key: PathBuf,
 }
 
+#[allow(dead_code)]
 pub(crate) struct LocalEtcd {
     child: Child,
     /// The client URL (`http://127.0.0.1:PORT`).
@@ -113,17 +114,112 @@ impl LocalEtcd {
     }
 
     fn healthy(&self, port: u16) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body.contains("\"health\":\"true\"")
+        healthy(port)
     }
+}
+
+/// Several etcd members on loopback forming one cluster (a site's etcd
+/// in the lab tests), killed and removed on drop.
+#[allow(dead_code)]
+pub(crate) struct LocalEtcdCluster {
+    members: Vec<Option<Child>>,
+    /// Each member's client URL (`http://127.0.0.1:PORT`).
+    pub(crate) urls: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for LocalEtcdCluster {
+    fn drop(&mut self) {
+        for m in self.members.iter_mut().flatten() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+#[allow(dead_code)]
+impl LocalEtcdCluster {
+    /// Starts `n` members and waits until every one answers `/health`
+    /// (the cluster has a leader). Panics without an `etcd` binary.
+    pub(crate) fn start(n: usize) -> LocalEtcdCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let peer = |p: u16| format!("http://127.0.0.1:{p}");
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p, _))| format!("m{i}={}", peer(*p)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        let mut urls = Vec::new();
+        for (i, (client, p, _)) in ports.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{client}");
+            let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
+            let child = Command::new("etcd")
+                .arg(format!("--name=m{i}"))
+                .arg(format!(
+                    "--listen-metrics-urls=http://127.0.0.1:{}",
+                    ports[i].2
+                ))
+                .arg(format!(
+                    "--data-dir={}",
+                    dir.path().join(format!("m{i}")).display()
+                ))
+                .arg(format!("--listen-client-urls={url}"))
+                .arg(format!("--advertise-client-urls={url}"))
+                .arg(format!("--listen-peer-urls={}", peer(*p)))
+                .arg(format!("--initial-advertise-peer-urls={}", peer(*p)))
+                .arg(format!("--initial-cluster={initial}"))
+                .arg("--initial-cluster-state=new")
+                .arg("--initial-cluster-token=seaport-test")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start etcd (etcd-server)");
+            members.push(Some(child));
+            urls.push(url);
+        }
+        let cluster = LocalEtcdCluster { members, urls, dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (i, (_, _, metrics)) in ports.iter().enumerate() {
+            while !healthy(*metrics) {
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member m{i} did not start: {}",
+                    std::fs::read_to_string(cluster.dir.path().join(format!("m{i}.log")))
+                        .unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cluster
+    }
+
+    /// Stops member `i` (SIGKILL).
+    pub(crate) fn stop_member(&mut self, i: usize) {
+        if let Some(mut m) = self.members[i].take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+}
+
+/// Whether the etcd whose metrics listen on `port` says it is healthy.
+fn healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
 }
