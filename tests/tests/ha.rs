@@ -5,9 +5,11 @@
 //! network partition would) and agents on 3 lab hosts, each given all
 //! three coordinators in another order.
 //!
-//! - Enrollment goes through each coordinator (each host's list starts
-//!   with another one), with a token made on a coordinator that does not
-//!   lead; the CLI asking a follower is answered through the leader.
+//! - The coordinators after the first get the site key from `coordinator
+//!   add`. Enrollment goes through each coordinator (each host's list
+//!   starts with another one), with a token made on a coordinator that
+//!   does not lead; the CLI asking a follower is answered through the
+//!   leader.
 //! - (a) `seaport run` is followed by the CLI with all three addresses;
 //!   the leader is killed with SIGKILL while node 2's kubeadm step runs;
 //!   another coordinator takes over within the TTL, the install completes,
@@ -18,7 +20,8 @@
 //! - (c) The leader cut off from etcd but not from the agents stops
 //!   leading within the TTL, another leads, and the agents come online
 //!   through it.
-//! - (d) `nodes remove` through the coordinator that was cut off, once it
+//! - (d) Node certificates (60 s) renew through the coordinator that took
+//!   over; `nodes remove` through the coordinator that was cut off, once it
 //!   is back as a follower, revokes the node.
 //!
 //! Needs root, systemd-nspawn, debootstrap, etcd-server and the test
@@ -29,6 +32,7 @@ mod local_etcd;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +48,7 @@ const TTL: Duration = Duration::from_secs(4);
 const PREFIX: &str = "/ha-lab/";
 const LEADING: &str = "leading the site's coordinators";
 const STEPPED_DOWN: &str = "no longer leading";
+const RENEWED: &str = "certificate renewed";
 
 /// A TCP proxy to one etcd member that the test can cut: every connection
 /// through it is closed and new ones are refused while cut.
@@ -115,7 +120,7 @@ fn log_of(c: &Coordinator) -> String {
 fn wait_logged(coords: &[Coordinator], among: &[usize], what: &str, before: &[usize]) -> usize {
     wait::until(
         &format!("a coordinator to log {what:?}"),
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         Duration::from_millis(100),
         || {
             among
@@ -195,16 +200,26 @@ fn three_coordinators_on_etcd_fail_over_without_running_a_step_twice() {
             testimage::IMAGE_NAME,
         ],
     );
-    for i in 1..3 {
-        std::fs::create_dir_all(roots[i].join("coordinator")).unwrap();
-        std::fs::copy(
-            roots[0].join("coordinator/site.key"),
-            roots[i].join("coordinator/site.key"),
-        )
-        .unwrap();
+    // `coordinator add` prints the site key the others need.
+    let add = bins.seaport_ok(&roots[0], &["coordinator", "add"]);
+    let key = add
+        .lines()
+        .skip_while(|l| !l.contains("ROOT/coordinator/site.key"))
+        .skip(1)
+        .find(|l| !l.trim().is_empty())
+        .expect("the site key in `coordinator add`")
+        .trim()
+        .to_string();
+    for (i, root) in roots.iter().enumerate().skip(1) {
+        let dir = root.join("coordinator");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(dir.join("site.key"), format!("{key}\n")).unwrap();
+        std::fs::set_permissions(dir.join("site.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
         init(i);
         // Every coordinator holds the images it may install (docs/ha.md).
-        bins.seaport_ok(&roots[i], &["load", "-i", archive.to_str().unwrap()]);
+        bins.seaport_ok(root, &["load", "-i", archive.to_str().unwrap()]);
     }
     let gw = lab.gateway();
     let addrs: Vec<String> = (0..3u16)
@@ -213,8 +228,13 @@ fn three_coordinators_on_etcd_fail_over_without_running_a_step_twice() {
     let all = addrs.join(",");
     let ttl = format!("{}s", TTL.as_secs());
     let serve = |i: usize| {
-        Coordinator::start_with(&bins, &roots[i], &addrs[i], &["--lease-ttl", &ttl])
-            .expect("start a coordinator")
+        Coordinator::start_with(
+            &bins,
+            &roots[i],
+            &addrs[i],
+            &["--lease-ttl", &ttl, "--node-cert-ttl", "60s"],
+        )
+        .expect("start a coordinator")
     };
     let mut coords = vec![serve(0)];
     wait_logged(&coords, &[0], LEADING, &[0]);
@@ -374,6 +394,7 @@ fn three_coordinators_on_etcd_fail_over_without_running_a_step_twice() {
     // leading within the TTL, and the other leads with the agents.
     let other = if new == 1 { 2 } else { 1 };
     let leading = counts(&coords, LEADING);
+    let renewed = counts(&coords, RENEWED);
     let cut = Instant::now();
     for p in &proxies[new] {
         p.cut.store(true, Ordering::SeqCst);
@@ -384,6 +405,8 @@ fn three_coordinators_on_etcd_fail_over_without_running_a_step_twice() {
     assert!(stopped <= TTL + Duration::from_secs(1), "{stopped:?}");
     wait_logged(&coords, &[other], LEADING, &leading);
     online(&roots[other], "every agent online through the new leader");
+    // Node certificates (60 s here) renew through the new leader too.
+    wait_logged(&coords, &[other], RENEWED, &renewed);
     for p in &proxies[new] {
         p.cut.store(false, Ordering::SeqCst);
     }
