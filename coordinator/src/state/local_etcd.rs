@@ -125,6 +125,8 @@ pub(crate) struct LocalEtcdCluster {
     members: Vec<Option<Child>>,
     /// Each member's client URL (`http://127.0.0.1:PORT`).
     pub(crate) urls: Vec<String>,
+    /// Each member's metrics port (`/metrics`, `/health`, plain HTTP).
+    pub(crate) metrics: Vec<u16>,
     dir: tempfile::TempDir,
 }
 
@@ -183,7 +185,13 @@ impl LocalEtcdCluster {
             members.push(Some(child));
             urls.push(url);
         }
-        let cluster = LocalEtcdCluster { members, urls, dir };
+        let metrics = ports.iter().map(|p| p.2).collect();
+        let cluster = LocalEtcdCluster {
+            members,
+            urls,
+            metrics,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         for (i, (_, _, metrics)) in ports.iter().enumerate() {
             while !healthy(*metrics) {
@@ -210,16 +218,21 @@ impl LocalEtcdCluster {
 
 /// Whether the etcd whose metrics listen on `port` says it is healthy.
 fn healthy(port: u16) -> bool {
+    http_get(port, "/health").contains("\"health\":\"true\"")
+}
+
+/// The body (with headers) of `GET path` on a loopback port; empty when
+/// nothing answers.
+pub(crate) fn http_get(port: u16, path: &str) -> String {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
+        return String::new();
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return String::new();
     }
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
-    body.contains("\"health\":\"true\"")
+    body
 }
