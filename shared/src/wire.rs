@@ -413,6 +413,10 @@ pub enum AdminRequest {
     DeleteCluster {
         cluster: Option<ClusterName>,
         prune: bool,
+        /// Go on without the hosts whose agents are offline (they are
+        /// named in the result and left as they are).
+        #[serde(default)]
+        force: bool,
     },
     /// Converge a cluster to a Clusterfile (its text). With `dry_run`,
     /// answered with `Planned` and nothing changes.

@@ -168,6 +168,10 @@ pub struct DeleteArgs {
     /// Do not ask for confirmation.
     #[arg(short = 'y', long)]
     pub yes: bool,
+    /// Go on without hosts whose agents are offline: they are left as
+    /// they are and named in the summary (whole clusters only).
+    #[arg(long, conflicts_with_all = ["masters", "nodes"])]
+    pub force: bool,
     /// Coordinator address (HOST:PORT); defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
@@ -615,10 +619,14 @@ pub(super) fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
         if !args.yes {
             confirm(&chosen, args.prune)?;
         }
+        for line in offline_lines(&chosen, args.force) {
+            eprintln!("{line}");
+        }
         let resp = client
             .request(&AdminRequest::DeleteCluster {
                 cluster: args.cluster.clone(),
                 prune: args.prune,
+                force: args.force,
             })
             .await
             .context("deleting")?;
@@ -630,6 +638,9 @@ pub(super) fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
             eprintln!("cluster {cluster}: resetting every host");
             let view = follow(root, args.coordinator.as_deref(), &cluster, generation).await?;
             print_summary(&view);
+            for line in left_out_lines(&view) {
+                println!("{line}");
+            }
             if view.state != RunState::Deleted {
                 failed.push(failure(&view));
             }
@@ -640,6 +651,48 @@ pub(super) fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
             Some(e) => Err(e),
         }
     })
+}
+
+/// What `delete` says at once about hosts whose agents are offline.
+fn offline_lines(chosen: &[&ClusterView], force: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in chosen {
+        for h in v.hosts.iter().filter(|h| !h.online) {
+            out.push(if force {
+                format!(
+                    "cluster {}: {} ({}) is offline: going on without it (--force); it is left as it is",
+                    v.cluster,
+                    h.ip,
+                    host_name(h)
+                )
+            } else {
+                format!(
+                    "cluster {}: {} ({}) is offline: the delete waits for its agent to come back (up to 30 minutes); add --force to go on without it",
+                    v.cluster,
+                    h.ip,
+                    host_name(h)
+                )
+            });
+        }
+    }
+    out
+}
+
+/// The hosts an operation left out (`delete --force`), with what was not
+/// done on them.
+fn left_out_lines(v: &ClusterView) -> Vec<String> {
+    v.hosts
+        .iter()
+        .filter(|h| h.error.as_deref() == Some(crate::operations::LEFT_OUT))
+        .map(|h| {
+            format!(
+                "  {} ({}) was offline: not reset, nothing removed; it still holds the install (run `seaport-agent reset --cluster {}` on it)",
+                h.ip,
+                host_name(h),
+                v.cluster
+            )
+        })
+        .collect()
 }
 
 fn confirm(chosen: &[&ClusterView], prune: bool) -> anyhow::Result<()> {
@@ -974,5 +1027,63 @@ mod tests {
             "{t}"
         );
         assert!(lines[1].ends_with("accepted: install of cluster c, operation 1"));
+    }
+
+    fn view(master0_online: bool, note: Option<&str>) -> seaport_shared::wire::ClusterView {
+        use seaport_shared::cluster::{ClusterName, Role};
+        use seaport_shared::wire::{ClusterView, HostView, RunState};
+        let host = |ip: &str, role, online, error: Option<&str>| HostView {
+            ip: ip.into(),
+            node_id: format!("node-{ip}"),
+            hostname: format!("host-{ip}"),
+            role,
+            phase: "reset".into(),
+            fetched_bytes: 0,
+            total_bytes: 0,
+            steps: vec![],
+            error: error.map(String::from),
+            online,
+        };
+        ClusterView {
+            cluster: ClusterName::parse("c").unwrap(),
+            image: "k8s:v1".into(),
+            manifest_digest: seaport_shared::digest::Digest::of(b"m").into(),
+            state: RunState::Deleted,
+            generation: 2,
+            phase: "done".into(),
+            phases: vec!["reset".into()],
+            hosts: vec![
+                host("10.0.0.1", Role::Master0, master0_online, note),
+                host("10.0.0.2", Role::Node, true, None),
+            ],
+            started_at: 0,
+            finished_at: Some(1),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn delete_names_offline_hosts_before_it_starts_and_what_it_left_out() {
+        let v = view(false, None);
+        let waits = super::offline_lines(&[&v], false);
+        assert_eq!(waits.len(), 1, "{waits:?}");
+        assert!(
+            waits[0].contains("10.0.0.1 (host-10.0.0.1) is offline")
+                && waits[0].contains("waits")
+                && waits[0].contains("--force"),
+            "{waits:?}"
+        );
+        let goes_on = super::offline_lines(&[&v], true);
+        assert!(goes_on[0].contains("going on without it"), "{goes_on:?}");
+        assert!(super::offline_lines(&[&view(true, None)], false).is_empty());
+
+        let done = view(false, Some(crate::operations::LEFT_OUT));
+        let left = super::left_out_lines(&done);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(
+            left[0].contains("10.0.0.1 (host-10.0.0.1) was offline: not reset"),
+            "{left:?}"
+        );
+        assert!(super::left_out_lines(&view(false, Some("other"))).is_empty());
     }
 }

@@ -96,6 +96,13 @@ pub enum HostTaskError {
         /// For how long.
         minutes: u64,
     },
+    /// The node was offline and the operation went on without it
+    /// (`delete --force`).
+    #[error("node {node} was offline: left out (--force)")]
+    LeftOut {
+        /// The node.
+        node: String,
+    },
     /// A background task of the coordinator failed.
     #[error("internal error: {0}")]
     Internal(String),

@@ -441,6 +441,7 @@ pub fn prepare(input: PrepareInput<'_>) -> Result<Prepared, OperationError> {
         finished_at: None,
         error: None,
         installed_digest: prev.and_then(|p| p.installed_digest),
+        force: false,
         started_by: String::new(),
         operation: Some(converged.kind),
     };
@@ -458,8 +459,9 @@ pub fn prepare(input: PrepareInput<'_>) -> Result<Prepared, OperationError> {
 }
 
 /// Marks `c` for deletion: a new generation whose stages reset every host.
-pub(super) fn deleting(mut c: Cluster, prune: bool, who: &str, now: i64) -> Cluster {
+pub(super) fn deleting(mut c: Cluster, prune: bool, force: bool, who: &str, now: i64) -> Cluster {
     c.generation += 1;
+    c.force = force;
     c.state = RunState::Deleting;
     c.error = None;
     c.started_at = now;

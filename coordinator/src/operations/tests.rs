@@ -176,6 +176,8 @@ fn a_second_apply_of_the_same_spec_converges_and_new_hosts_scale_up() {
 struct Answering {
     /// Nodes whose preflight finds swap on.
     swap_on: Vec<String>,
+    /// Nodes without a session (their host powered off).
+    offline: Vec<String>,
     sent: Mutex<Vec<(String, TaskRequest)>>,
     distributed: Mutex<Vec<(String, ImageDigest, Vec<String>)>>,
 }
@@ -187,11 +189,14 @@ impl Agents for Answering {
         Ok(nodes(3))
     }
 
-    fn online(&self, _: &str) -> bool {
-        true
+    fn online(&self, node_id: &str) -> bool {
+        !self.offline.iter().any(|n| n == node_id)
     }
 
     fn run_task(&self, node_id: &str, task: TaskRequest) -> Result<TaskEvents, AgentsError> {
+        if !self.online(node_id) {
+            return Err(AgentsError::NotConnected(node_id.to_string()));
+        }
         self.sent
             .lock()
             .unwrap()
@@ -497,4 +502,100 @@ fn a_check_keeps_the_roles_a_cluster_has_and_names_its_other_hosts() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("10.0.0.9"), "{err}");
+}
+
+/// A cluster of master0 (n1) and a worker (n2) installed, being deleted
+/// with `--prune` while n1 is offline.
+fn deleting_with_master0_offline(force: bool) -> (Arc<Answering>, Arc<MemoryStore>, Driver) {
+    let agents = Arc::new(Answering {
+        offline: vec!["n1".into()],
+        ..Default::default()
+    });
+    let store = Arc::new(MemoryStore::default());
+    let mut installed = prepared(run(&["10.0.0.1"], &["10.0.0.2"]), &nodes(3))
+        .unwrap()
+        .cluster;
+    installed.state = RunState::Succeeded;
+    installed.stages_done = installed.stages.len();
+    let deleting = super::prepare::deleting(installed, true, force, "admin", 300);
+    let driver = Driver {
+        agents: agents.clone(),
+        store: store.clone(),
+        image_root: std::path::PathBuf::from("/nonexistent"),
+        record: LiveRecord::new(deleting),
+    };
+    (agents, store, driver)
+}
+
+fn resets_sent_to(agents: &Answering) -> Vec<String> {
+    agents
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, t)| matches!(t, TaskRequest::Reset(_)))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn delete_names_an_offline_host_at_once_and_waits_for_it() {
+    let (agents, store, driver) = deleting_with_master0_offline(false);
+    let running = tokio::spawn({
+        let driver = driver.clone();
+        async move { driver.drive().await }
+    });
+    // Within a second or two: the worker is reset, and master0's note (in
+    // the stored record too, which `seaport status` reads) says it is
+    // offline, that the delete waits and how to go on without it.
+    let name = ClusterName::parse("c").unwrap();
+    let mut note = None;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        note = store
+            .cluster(&name)
+            .unwrap()
+            .and_then(|c| c.host("10.0.0.1").and_then(|h| h.error.clone()));
+        if note.is_some() && resets_sent_to(&agents) == ["n2"] {
+            break;
+        }
+    }
+    let note = note.expect("no note on the offline host");
+    assert!(
+        note.contains("offline")
+            && note.contains("n1")
+            && note.contains("waits")
+            && note.contains("--force"),
+        "{note}"
+    );
+    assert_eq!(resets_sent_to(&agents), ["n2"]);
+    assert!(
+        !running.is_finished(),
+        "the delete did not wait for the offline host"
+    );
+    running.abort();
+}
+
+#[tokio::test]
+async fn delete_force_goes_on_without_an_offline_host_and_says_so() {
+    let (agents, store, driver) = deleting_with_master0_offline(true);
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), driver.drive())
+        .await
+        .expect("delete --force waited for the offline host");
+    assert!(matches!(outcome, Outcome::Deleted));
+    assert_eq!(resets_sent_to(&agents), ["n2"]);
+    let stored = store
+        .cluster(&ClusterName::parse("c").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state, RunState::Deleted);
+    let m0 = stored.host("10.0.0.1").unwrap();
+    assert_eq!(m0.error.as_deref(), Some(super::LEFT_OUT));
+    assert!(
+        !m0.steps.iter().any(|s| s.step == "reset"),
+        "the offline host shows a reset: {:?}",
+        m0.steps
+    );
+    let n2 = stored.host("10.0.0.2").unwrap();
+    assert_eq!(n2.error, None);
 }

@@ -1,0 +1,344 @@
+//! End to end on 5 lab hosts: `seaport run` with three masters and two
+//! workers. The kubeadm double ran `init --upload-certs` on master0, a
+//! control-plane join (with master0's certificate key) on each other
+//! master, one after the other, and a worker join on each worker; the
+//! coordinator's record shows the masters' phases in that order.
+//!
+//! Then master0 goes offline (its link is cut: nothing reaches it, as when
+//! it is powered off). `seaport delete --all --prune` names it at once and
+//! waits for it; `--force` goes on without it: every other host is as it
+//! was before the install, the summary names master0 as left out, and
+//! master0 still holds its install until it is reset by hand.
+//!
+//! Needs what tests/tests/run.rs needs (docs/lab.md).
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use seaport_lab::checks::{diff, snapshot, Phases};
+use seaport_lab::seaport::AGENT_BIN_PATH;
+use seaport_lab::testimage;
+use seaport_lab::{runs, wait, Host};
+
+const CLUSTER: &str = "ha";
+
+/// The kubeadm double's calls on a host.
+fn calls(h: &Host) -> String {
+    h.exec_ok(&["cat", "/var/lib/kubeadm-double/calls.log"])
+        .unwrap()
+        .stdout
+}
+
+/// When the double wrote a file, in nanoseconds.
+fn written_at(h: &Host, path: &str) -> u128 {
+    h.exec_ok(&["stat", "-c", "%.9Y", path])
+        .unwrap()
+        .stdout
+        .trim()
+        .replace('.', "")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn three_masters_install_and_an_offline_master0_neither_hangs_nor_blocks_delete() {
+    let mut phases = Phases::start();
+    let testimage::Prepared {
+        bins,
+        tmp,
+        image: _,
+        root,
+    } = testimage::prepare();
+    phases.done("build binaries and the test image");
+    let lab = seaport_lab::Lab::up(5).expect("bring up a lab of 5 hosts");
+    let (mut coordinator, _nodes) =
+        runs::enroll_all(&lab, &bins, &root).expect("enroll the agents");
+    phases.done("lab up, agents enrolled");
+    let hosts = lab.hosts();
+    let before: Vec<String> = hosts.iter().map(snapshot).collect();
+    let ips: Vec<String> = hosts.iter().map(|h| h.ip().to_string()).collect();
+    let masters = ips[..3].join(",");
+    let workers = ips[3..].join(",");
+    let (ok, out, err) = bins.seaport_out(
+        &root,
+        &[
+            "run",
+            testimage::IMAGE_NAME,
+            "-m",
+            &masters,
+            "-n",
+            &workers,
+            "--cluster",
+            CLUSTER,
+        ],
+    );
+    assert!(
+        ok,
+        "seaport run with 3 masters:\n{out}\n{err}\ncoordinator log: {}",
+        coordinator.log().display()
+    );
+    assert!(out.contains("cluster ha: succeeded"), "{out}");
+    phases.done("seaport run: 3 masters, 2 workers");
+
+    // master0: init with the certificates uploaded for the other masters.
+    let init = calls(&hosts[0]);
+    assert!(
+        init.lines().count() == 1
+            && init.starts_with("init --config")
+            && init.contains("--upload-certs"),
+        "master0's kubeadm calls: {init}"
+    );
+    let join: serde_json::Value = serde_json::from_str(
+        &hosts[0]
+            .exec_ok(&["cat", "/var/lib/seaport/data/ha/join.json"])
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let key = join["certificate_key"].as_str().unwrap();
+    // The other masters: a control-plane join with master0's key; the
+    // workers: a plain join.
+    for (i, h) in hosts.iter().enumerate().skip(1) {
+        let c = calls(h);
+        assert!(
+            c.lines().count() == 1 && c.starts_with("join --config"),
+            "{}: kubeadm calls {c}",
+            h.name()
+        );
+        let cfg = h
+            .exec_ok(&["cat", "/var/lib/kubeadm-double/join.yaml"])
+            .unwrap()
+            .stdout;
+        let control_plane = cfg.lines().any(|l| l == "controlPlane:");
+        if i < 3 {
+            assert!(
+                control_plane && cfg.contains(&format!("certificateKey: {key}")),
+                "{}: a master joined without the control plane or master0's key:\n{cfg}",
+                h.name()
+            );
+            assert!(
+                cfg.contains(&format!("advertiseAddress: {}", ips[i])),
+                "{}: {cfg}",
+                h.name()
+            );
+        } else {
+            assert!(
+                !control_plane && !cfg.contains(key),
+                "{}: a worker joined as a master:\n{cfg}",
+                h.name()
+            );
+        }
+    }
+    // One master after the other: master 2's kubeadm started (its one
+    // call logged) after master 1's had joined (its configuration kept,
+    // the double's last act).
+    let started = |h: &Host| written_at(h, "/var/lib/kubeadm-double/calls.log");
+    let joined = |h: &Host| written_at(h, "/var/lib/kubeadm-double/join.yaml");
+    assert!(
+        started(&hosts[2]) > joined(&hosts[1]),
+        "master 2 started joining before master 1 had joined"
+    );
+    let (ok, s, err) = bins.seaport_out(&root, &["status", "--json"]);
+    assert!(ok, "{err}");
+    let s: serde_json::Value = serde_json::from_str(&s).unwrap();
+    let phases_of: Vec<String> = s[0]["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let pos = |name: &str| {
+        phases_of
+            .iter()
+            .position(|p| p == name)
+            .unwrap_or_else(|| panic!("no phase {name} in {phases_of:?}"))
+    };
+    assert!(
+        pos("init-master0") < pos("join-master-1")
+            && pos("join-master-1") < pos("join-master-2")
+            && pos("join-master-2") < pos("join-nodes"),
+        "{phases_of:?}"
+    );
+    phases.done("kubeadm: init, control-plane joins one at a time, worker joins");
+
+    // Scale in: the third master leaves (its node deleted from master0,
+    // kubeadm reset on it, which removes its etcd member) and is as
+    // before; scale out: it joins the control plane again.
+    let m2 = &hosts[2];
+    let (ok, out, err) = bins.seaport_out(
+        &root,
+        &["delete", "-m", &ips[2], "--cluster", CLUSTER, "--yes"],
+    );
+    assert!(ok, "delete -m: {out}\n{err}");
+    let c = calls(m2);
+    assert!(c.ends_with("reset -f\n"), "master 2's kubeadm calls: {c}");
+    let d = diff(&before[2], &snapshot(m2));
+    assert!(d.is_empty(), "master 2 differs after it left:\n{d}");
+    let (ok, out, err) = bins.seaport_out(&root, &["join", "-m", &ips[2], "--cluster", CLUSTER]);
+    assert!(ok, "join -m: {out}\n{err}");
+    let c = calls(m2);
+    let last = c.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("join --config"),
+        "master 2's kubeadm calls: {c}"
+    );
+    let cfg = m2
+        .exec_ok(&["cat", "/var/lib/kubeadm-double/join.yaml"])
+        .unwrap()
+        .stdout;
+    assert!(
+        cfg.lines().any(|l| l == "controlPlane:")
+            && cfg.contains(&format!("certificateKey: {key}")),
+        "master 2 joined again without the control plane:\n{cfg}"
+    );
+    phases.done("scale a master in and out");
+
+    // master0 goes away. A delete names it at once and waits.
+    hosts[0].cut_link().unwrap();
+    wait::until(
+        "the coordinator to see master0 offline",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let (ok, out, err) = bins.seaport_out(&root, &["status", "--json"]);
+            let s: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}"))?;
+            if ok && s[0]["hosts"][0]["online"] == false {
+                Ok(())
+            } else {
+                Err(format!("{out}{err}"))
+            }
+        },
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut waiting = Command::new(&bins.seaport)
+        .arg("--root")
+        .arg(&root)
+        .args(["delete", "--all", "--prune", "--yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = waiting.stderr.take().unwrap();
+    // Read stderr to its end (the CLI must not see a closed pipe), and say
+    // when it first names an offline host.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut told = false;
+        loop {
+            match stderr.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&all).into_owned();
+            if !told && text.contains("is offline") {
+                let _ = tx.send((text, Instant::now()));
+                told = true;
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let (said, when) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("delete never named the offline host");
+    assert!(
+        said.contains(&format!("{} (", ips[0]))
+            && said.contains("is offline: the delete waits")
+            && said.contains("--force"),
+        "{said}"
+    );
+    assert!(
+        when.duration_since(t) < Duration::from_secs(5),
+        "the offline host was named only after {:?}",
+        when.duration_since(t)
+    );
+    // The status says so too, while the others are reset.
+    wait::until(
+        "status to show master0 offline and waited for",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let (_, out, _) = bins.seaport_out(&root, &["status", "--json"]);
+            if out.contains("the operation waits for it") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    )
+    .unwrap();
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "delete ended without master0"
+    );
+    let _ = waiting.kill();
+    let _ = waiting.wait();
+    let _ = reader.join();
+    phases.done("delete names the offline master0 at once and waits");
+
+    // --force: goes on without it and says so.
+    let t = Instant::now();
+    let (ok, out, err) =
+        bins.seaport_out(&root, &["delete", "--all", "--prune", "--yes", "--force"]);
+    assert!(ok, "delete --force: {out}\n{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(120),
+        "delete --force took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        err.contains("is offline: going on without it (--force)"),
+        "{err}"
+    );
+    assert!(out.contains("cluster ha: deleted"), "{out}");
+    assert!(
+        out.contains(&format!("{} (", ips[0])) && out.contains("was offline: not reset"),
+        "the summary does not name master0 as left out:\n{out}"
+    );
+    // The record stays a little while as deleted, naming master0.
+    let (ok, out, _) = bins.seaport_out(&root, &["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    if let Some(c) = s
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == CLUSTER)
+    {
+        assert!(ok && c["state"] == "deleted", "{c}");
+        assert!(
+            c["hosts"][0]["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("offline: left out (--force)")),
+            "{c}"
+        );
+    }
+    for (i, h) in hosts.iter().enumerate().skip(1) {
+        let d = diff(&before[i], &snapshot(h));
+        assert!(d.is_empty(), "{}: differs after delete:\n{d}", h.name());
+    }
+    // master0 was not touched: its install is all there.
+    assert!(
+        hosts[0]
+            .exec(&["test", "-e", "/etc/kubernetes/admin.conf"])
+            .unwrap()
+            .success(),
+        "master0 was reset although it was offline"
+    );
+    phases.done("delete --force: every other host as before, master0 named");
+
+    // Back, and reset by hand: as before too.
+    hosts[0].restore_link().unwrap();
+    let out = hosts[0]
+        .exec(&[AGENT_BIN_PATH, "reset", "--cluster", CLUSTER, "--prune"])
+        .unwrap();
+    assert!(out.success(), "{}{}", out.stdout, out.stderr);
+    let d = diff(&before[0], &snapshot(&hosts[0]));
+    assert!(d.is_empty(), "master0 differs after its reset:\n{d}");
+    phases.done("master0 reset by hand");
+    drop(tmp);
+    coordinator.stop().unwrap();
+}
