@@ -1,4 +1,4 @@
-//! Verify a blob while writing it (BENCH.md), side by side with
+//! Verify a blob while writing it, side by side with
 //! `openssl dgst -sha256` of the same file.
 //!
 //! Seaport's side is the agent blob store's path for a fetched blob,

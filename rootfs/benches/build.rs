@@ -1,5 +1,5 @@
 //! Build a cluster image from a 1 GiB context, side by side with the
-//! tools a sealer user would build with instead (BENCH.md):
+//! tools a sealer user would build with instead:
 //!
 //! - `buildah` (what sealer builds with), from the same context as
 //!   `FROM scratch` + `COPY . .`: `buildah build` with `--storage-driver

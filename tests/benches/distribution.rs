@@ -13,7 +13,7 @@
 //! Per case: wall time, bytes the machine sent into the lab bridge
 //! (coordinator egress; for scp, what scp sent), agents' peak RSS (VmHWM).
 //! Prints min / median / max per case, one JSON line per case, and the
-//! ratios against the targets in BENCH.md. Also prints the agents' idle RSS.
+//! ratios against the targets in docs/benchmarks.md. Also prints the agents' idle RSS.
 //!
 //! `cargo bench -p seaport-lab --bench distribution`; settings by environment:
 //! `SEAPORT_BENCH_MIB` (image size, default 1024), `SEAPORT_BENCH_MBIT` (link

@@ -90,6 +90,18 @@ impl Binaries {
         args: &[&str],
         envs: &[(&str, &str)],
     ) -> (bool, String, String) {
+        let (code, out, err) = self.seaport_status(root, args, envs);
+        (code == 0, out, err)
+    }
+
+    /// `seaport --root ROOT ARGS` with `envs` set: (exit code, stdout,
+    /// stderr); -1 when a signal ended it.
+    pub fn seaport_status(
+        &self,
+        root: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> (i32, String, String) {
         let out = Command::new(&self.seaport)
             .arg("--root")
             .arg(root)
@@ -99,7 +111,7 @@ impl Binaries {
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", self.seaport.display()));
         (
-            out.status.success(),
+            out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )

@@ -14,8 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use seaport_lab::checks::Phases;
-use seaport_lab::seaport::Binaries;
-use seaport_lab::{lab, runs, testimage, wait};
+use seaport_lab::{runs, testimage, wait};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
@@ -35,21 +34,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn seaport(bins: &Binaries, root: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(&bins.seaport)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The value of an instant PromQL query with one result; Err while it has
@@ -90,23 +74,15 @@ fn until(port: u16, promql: &str, ok: impl Fn(f64) -> bool) -> f64 {
 
 #[test]
 fn prometheus_scrapes_the_coordinator_during_an_install() {
-    if let Err(e) = lab::preflight() {
-        panic!("the lab tests cannot run here: {e}");
-    }
-    let missing = testimage::missing_machine_files();
-    assert!(
-        missing.is_empty(),
-        "install Debian's containerd, runc and docker-registry: missing {missing:?}"
-    );
+    testimage::require_machine();
     assert!(
         Path::new(PROMETHEUS).is_file(),
         "install Debian's prometheus (packaging/install-deps.sh)"
     );
     let mut phases = Phases::start();
-    let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
-    let tmp = tempfile::tempdir().unwrap();
-    testimage::build_test_image(tmp.path(), &bins.seaport).expect("build the test image");
-    let root = tmp.path().join("seaport-root");
+    let testimage::Prepared {
+        bins, tmp, root, ..
+    } = testimage::prepare();
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
     let lab = seaport_lab::Lab::up(3).expect("bring up a lab of 3 hosts");
@@ -148,8 +124,7 @@ fn prometheus_scrapes_the_coordinator_during_an_install() {
     let (m0, n1, n2) = (lab.host(0), lab.host(1), lab.host(2));
     let workers = format!("{},{}", n1.ip(), n2.ip());
     let m0ip = m0.ip().to_string();
-    let (ok, out, err) = seaport(
-        &bins,
+    let (ok, out, err) = bins.seaport_out(
         &root,
         &[
             "run",
@@ -187,7 +162,7 @@ fn prometheus_scrapes_the_coordinator_during_an_install() {
     );
     // The bytes moved: every host fetched at least the image's layers, and
     // what they fetched was served by the coordinator and their peers.
-    let (ok, inspect, err) = seaport(&bins, &root, &["inspect", testimage::IMAGE_NAME]);
+    let (ok, inspect, err) = bins.seaport_out(&root, &["inspect", testimage::IMAGE_NAME]);
     assert!(ok, "inspect: {err}");
     let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     let layers: f64 = inspect["layers"]
@@ -214,7 +189,7 @@ fn prometheus_scrapes_the_coordinator_during_an_install() {
     );
     phases.done("prometheus answers for the install and the bytes moved");
 
-    let (ok, out, err) = seaport(&bins, &root, &["delete", "--all", "--prune", "--yes"]);
+    let (ok, out, err) = bins.seaport_out(&root, &["delete", "--all", "--prune", "--yes"]);
     assert!(ok, "delete: {out}{err}");
     coordinator.stop().unwrap();
 }

@@ -18,29 +18,12 @@
 //! and docker-registry on the machine (see docs/lab.md).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use seaport_lab::checks::{diff, snapshot, Phases};
 use seaport_lab::seaport::Binaries;
-use seaport_lab::{lab, runs, testimage, wait, Host};
+use seaport_lab::{runs, testimage, wait, Host};
 
 const CLUSTER: &str = "pre";
-
-/// Runs `seaport ARGS`; returns (exit code, stdout, stderr).
-fn seaport(bins: &Binaries, root: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(&bins.seaport)
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// The level and detail of `check` on the host `ip` in `seaport check
 /// --json` output.
@@ -96,7 +79,7 @@ fn wait_for_hostname(bins: &Binaries, root: &Path, h: &Host, name: &str) {
         std::time::Duration::from_secs(30),
         std::time::Duration::from_millis(500),
         || {
-            let (_, out, err) = seaport(bins, root, &["nodes", "--json"]);
+            let (_, out, err) = bins.seaport_status(root, &["nodes", "--json"], &[]);
             let nodes: serde_json::Value =
                 serde_json::from_str(&out).map_err(|e| format!("{e}: {err}"))?;
             let found = nodes.as_array().unwrap().iter().any(|n| {
@@ -117,19 +100,14 @@ fn wait_for_hostname(bins: &Binaries, root: &Path, h: &Host, name: &str) {
 
 #[test]
 fn preflight_names_each_problem_and_run_refuses_before_any_change_until_fixed() {
-    if let Err(e) = lab::preflight() {
-        panic!("the lab tests cannot run here: {e}");
-    }
-    let missing = testimage::missing_machine_files();
-    assert!(
-        missing.is_empty(),
-        "install Debian's containerd, runc and docker-registry: missing {missing:?}"
-    );
+    testimage::require_machine();
     let mut phases = Phases::start();
-    let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
-    let tmp = tempfile::tempdir().unwrap();
-    testimage::build_test_image(tmp.path(), &bins.seaport).expect("build the test image");
-    let root = tmp.path().join("seaport-root");
+    let testimage::Prepared {
+        bins,
+        tmp: _tmp,
+        root,
+        ..
+    } = testimage::prepare();
     let lab = seaport_lab::Lab::up(3).expect("bring up a lab of 3 hosts");
     let (mut coordinator, _nodes) =
         runs::enroll_all(&lab, &bins, &root).expect("enroll the agents");
@@ -152,7 +130,7 @@ fn preflight_names_each_problem_and_run_refuses_before_any_change_until_fixed() 
         testimage::IMAGE_NAME,
     ];
     check.extend(hosts);
-    let (code, out, err) = seaport(&bins, &root, &check);
+    let (code, out, err) = bins.seaport_status(&root, &check, &[]);
     assert_eq!(code, 0, "check of healthy hosts: {out}{err}");
     assert!(out.contains("3 hosts: 0 errors"), "{out}");
 
@@ -202,7 +180,7 @@ fn preflight_names_each_problem_and_run_refuses_before_any_change_until_fixed() 
     phases.done("port 6443 taken, swap on, hostnames alike");
 
     // `seaport check` names each problem on its host, as a table and JSON.
-    let (code, out, err) = seaport(&bins, &root, &check);
+    let (code, out, err) = bins.seaport_status(&root, &check, &[]);
     assert_eq!(code, 3, "check: {out}{err}");
     for needle in [
         m0ip.as_str(),
@@ -215,7 +193,7 @@ fn preflight_names_each_problem_and_run_refuses_before_any_change_until_fixed() 
     }
     let mut json = check.clone();
     json.push("--json");
-    let (code, out, err) = seaport(&bins, &root, &json);
+    let (code, out, err) = bins.seaport_status(&root, &json, &[]);
     assert_eq!(code, 3, "check --json: {err}");
     let checked: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -235,7 +213,7 @@ fn preflight_names_each_problem_and_run_refuses_before_any_change_until_fixed() 
     // Ignored errors are shown as such and pass.
     let mut ignoring = check.clone();
     ignoring.extend(["--ignore-preflight", "swap,port-6443,hostname"]);
-    let (code, out, err) = seaport(&bins, &root, &ignoring);
+    let (code, out, err) = bins.seaport_status(&root, &ignoring, &[]);
     assert_eq!(code, 0, "check ignoring every error: {out}{err}");
     assert!(out.contains("4 ignored"), "{out}");
 
@@ -243,14 +221,14 @@ fn preflight_names_each_problem_and_run_refuses_before_any_change_until_fixed() 
     run.extend(hosts);
     // Refused while the hostnames collide (the coordinator plans nothing).
     wait_for_hostname(&bins, &root, n2, &n1name);
-    let (code, out, err) = seaport(&bins, &root, &run);
+    let (code, out, err) = bins.seaport_status(&root, &run, &[]);
     assert_ne!(code, 0, "run with one hostname twice: {out}{err}");
     assert!(err.contains(&n1name), "{err}");
     // With distinct hostnames, the agents' checks stop it: exit 3, each
     // host's table shown.
     set_hostname(n2, &n2name);
     wait_for_hostname(&bins, &root, n2, &n2name);
-    let (code, out, err) = seaport(&bins, &root, &run);
+    let (code, out, err) = bins.seaport_status(&root, &run, &[]);
     assert_eq!(code, 3, "run with swap and a taken port: {out}{err}");
     for needle in [
         "preflight failed",
@@ -282,7 +260,7 @@ fn preflight_names_each_problem_and_run_refuses_before_any_change_until_fixed() 
     m0.exec_ok(&["systemctl", "stop", "squat-6443.service"])
         .unwrap();
     n1.exec_ok(&["umount", "/proc/swaps"]).unwrap();
-    let (code, out, err) = seaport(&bins, &root, &run);
+    let (code, out, err) = bins.seaport_status(&root, &run, &[]);
     assert_eq!(
         code,
         0,
@@ -293,9 +271,9 @@ fn preflight_names_each_problem_and_run_refuses_before_any_change_until_fixed() 
         out.contains(&format!("cluster {CLUSTER}: succeeded")),
         "{out}"
     );
-    let (code, out, err) = seaport(&bins, &root, &run);
+    let (code, out, err) = bins.seaport_status(&root, &run, &[]);
     assert_eq!(code, 0, "rerun of the installed cluster: {out}{err}");
-    let (code, out, err) = seaport(&bins, &root, &json);
+    let (code, out, err) = bins.seaport_status(&root, &json, &[]);
     assert_eq!(code, 0, "check of the installed cluster: {out}{err}");
     let checked: serde_json::Value = serde_json::from_str(&out).unwrap();
     let (level, detail) = result(&checked, &m0ip, "port-5000");
@@ -303,7 +281,8 @@ fn preflight_names_each_problem_and_run_refuses_before_any_change_until_fixed() 
     assert!(detail.contains("this cluster's install"), "{detail}");
     phases.done("installed after the fixes; rerun and check pass");
 
-    let (code, out, err) = seaport(&bins, &root, &["delete", "--all", "--prune", "--yes"]);
+    let (code, out, err) =
+        bins.seaport_status(&root, &["delete", "--all", "--prune", "--yes"], &[]);
     assert_eq!(code, 0, "delete: {out}{err}");
     coordinator.stop().unwrap();
 }

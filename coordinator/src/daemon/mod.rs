@@ -276,8 +276,12 @@ impl Daemon {
             )
         };
 
+        // Connection tasks, so that a shutdown ends them and the socket is
+        // free for the next coordinator at once.
+        let mut conns = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
+            while conns.try_join_next().is_some() {}
             tokio::select! {
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
@@ -296,7 +300,7 @@ impl Daemon {
                         continue;
                     };
                     let shared = self.shared.clone();
-                    tokio::spawn(
+                    conns.spawn(
                         conn::handle(shared, incoming, slot)
                             .instrument(info_span!("conn", %remote)),
                     );
@@ -312,6 +316,7 @@ impl Daemon {
             .close(close::SHUTDOWN.into(), b"coordinator shutting down");
         flush(&self.shared).await;
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        conns.shutdown().await;
         let _ = std::fs::remove_file(self.paths.serve_info());
         info!("coordinator stopped");
         Ok(())

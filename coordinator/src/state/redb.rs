@@ -91,7 +91,7 @@ fn usable_token(token: &JoinToken, rec: &TokenRecord, now: i64) -> Result<(), St
 
 fn from_json<T: for<'de> Deserialize<'de>>(
     table: &'static str,
-    key: &str,
+    key: impl std::fmt::Display,
     bytes: &[u8],
 ) -> Result<T, StateError> {
     serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
@@ -543,18 +543,7 @@ impl StateStore for RedbStore {
 
     /// Every admin certificate issued, by serial.
     fn admins(&self) -> Result<Vec<AdminRecord>, StateError> {
-        let txn = self.begin_read()?;
-        let table = match txn.open_table(ADMINS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(StateError::Db(e.into())),
-        };
-        let mut out = Vec::new();
-        for row in db_err!(table.iter())? {
-            let (k, v) = db_err!(row)?;
-            out.push(from_json("admins", &k.value().to_string(), v.value())?);
-        }
-        Ok(out)
+        self.json_rows(ADMINS, "admins")
     }
 
     fn admin(&self, serial: u64) -> Result<Option<AdminRecord>, StateError> {
@@ -565,7 +554,7 @@ impl StateStore for RedbStore {
             Err(e) => return Err(StateError::Db(e.into())),
         };
         match db_err!(table.get(serial))? {
-            Some(v) => Ok(Some(from_json("admins", &serial.to_string(), v.value())?)),
+            Some(v) => Ok(Some(from_json("admins", serial, v.value())?)),
             None => Ok(None),
         }
     }
@@ -617,7 +606,7 @@ impl StateStore for RedbStore {
         let rec = {
             let mut t = db_err!(txn.open_table(ADMINS))?;
             let mut rec: AdminRecord = match db_err!(t.get(serial))? {
-                Some(v) => from_json("admins", &serial.to_string(), v.value())?,
+                Some(v) => from_json("admins", serial, v.value())?,
                 None => return Err(StateError::NoSuchAdmin(serial.to_string())),
             };
             rec.revoked_at.get_or_insert(now);
@@ -667,11 +656,16 @@ impl RedbStore {
         Ok(out)
     }
 
-    fn json_rows<T: for<'de> Deserialize<'de>>(
+    fn json_rows<K, T>(
         &self,
-        def: TableDefinition<'static, &'static str, &'static [u8]>,
+        def: TableDefinition<'static, K, &'static [u8]>,
         what: &'static str,
-    ) -> Result<Vec<T>, StateError> {
+    ) -> Result<Vec<T>, StateError>
+    where
+        K: redb::Key + 'static,
+        for<'a> K::SelfType<'a>: std::fmt::Display,
+        T: for<'de> Deserialize<'de>,
+    {
         let txn = self.begin_read()?;
         let table = match txn.open_table(def) {
             Ok(t) => t,
@@ -741,10 +735,7 @@ impl RedbStore {
         let mut out = Vec::new();
         for row in db_err!(table.iter())?.rev().take(limit) {
             let (k, v) = db_err!(row)?;
-            out.push((
-                k.value(),
-                from_json("audit", &k.value().to_string(), v.value())?,
-            ));
+            out.push((k.value(), from_json("audit", k.value(), v.value())?));
         }
         out.reverse();
         Ok(out)

@@ -33,7 +33,7 @@ impl Coordinator {
         seaport::ca::init(root).expect("coordinator init");
         // After a restart in the same process, connection tasks of the
         // stopped coordinator may hold its socket for a few more seconds.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let daemon = loop {
             match Daemon::bind(
                 root,
