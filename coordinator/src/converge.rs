@@ -10,9 +10,9 @@
 //!
 //! | operation | when | stages |
 //! | --- | --- | --- |
-//! | install | no cluster yet | fetch, rootfs, image plugins, install/start plugins, configs, runtime, registry, registry access, install/hosts-ready plugins, init, joins, cluster-ready plugins, labels and taints, launch, install/done plugins |
-//! | scale up | new hosts | the same for the new hosts, without init and registry |
-//! | scale down | hosts left the spec | clean plugins, `kubectl delete node`, reset, post-clean plugins, forget |
+//! | install | no cluster yet | fetch, rootfs, image plugins, install/start plugins, configs, runtime, registry, registry access, install/hosts-ready plugins, init, master joins, workers' API balancers, worker joins, cluster-ready plugins, labels and taints, launch, install/done plugins |
+//! | scale up | new hosts | the same for the new hosts, without init and registry (the balancers get new masters once they joined) |
+//! | scale down | hosts left the spec | workers' API balancers without the leaving masters, clean plugins, `kubectl delete node`, reset, post-clean plugins, forget |
 //! | upgrade | a new image | fetch, upgrade-host plugins, the host steps again on the new image (not kubeadm), configs, upgrade plugins |
 //!
 //! Labels and taints are applied at the end of every operation (they are
@@ -116,6 +116,12 @@ pub enum Work {
     Reset { hosts: Vec<String>, prune: bool },
     /// Drop these hosts from the cluster.
     Forget { hosts: Vec<String> },
+    /// The node-local API balancers of these hosts (workers) forward to
+    /// these masters' API servers, and to no other.
+    Balancers {
+        hosts: Vec<String>,
+        masters: Vec<String>,
+    },
 }
 
 /// A stage: a name for status, and its work.
@@ -134,7 +140,8 @@ impl StageSpec {
             | Work::Preflight { hosts, .. }
             | Work::Configs { hosts }
             | Work::Reset { hosts, .. }
-            | Work::Forget { hosts } => hosts.clone(),
+            | Work::Forget { hosts }
+            | Work::Balancers { hosts, .. } => hosts.clone(),
             Work::Apply { tasks, .. } => tasks.iter().map(|t| t.host.clone()).collect(),
             Work::Plugins { targets, .. } => targets.clone(),
             Work::ImagePlugins | Work::LabelsTaints { .. } | Work::DeleteNodes { .. } => {
@@ -174,6 +181,8 @@ pub enum ConvergeError {
         "removing every host: use `seaport delete --all` (or --cluster) to delete the cluster"
     )]
     RemovesAll,
+    #[error("the workers' API balancer: {0}")]
+    ApiBalancer(#[from] seaport_rootfs::kubeadm::BalancerAddrError),
 }
 
 /// The planner's input for a spec.
@@ -226,6 +235,7 @@ pub fn stages(
     has_launch: bool,
 ) -> Result<Converged, ConvergeError> {
     let plan = plan::plan(&plan_input(cluster, spec, digest, has_launch))?;
+    seaport_rootfs::kubeadm::api_balancer_addr(&spec.env)?;
     let roles: Vec<(String, Role)> = spec
         .hosts
         .iter()
@@ -257,7 +267,13 @@ fn operation(
     let Some(current) = current.filter(|c| !c.hosts.is_empty()) else {
         return Ok((
             OperationKind::Install,
-            install(plan, &all, OperationKind::Install, &all),
+            install(
+                plan,
+                &all,
+                OperationKind::Install,
+                &all,
+                balancers(spec, &[]),
+            ),
         ));
     };
     let master0 = spec.master0().map(|h| h.ip.clone()).unwrap_or_default();
@@ -335,6 +351,7 @@ fn operation(
         if removed.len() == current.hosts.len() {
             return Err(ConvergeError::RemovesAll);
         }
+        out.extend(balancers(spec, &removed));
         out.extend(scale_down(&removed));
     }
     if !added.is_empty() {
@@ -345,11 +362,26 @@ fn operation(
         plan.phases.retain(|p| {
             !p.tasks.is_empty() && p.phase != Phase::Registry && p.phase != Phase::Launch
         });
-        out.extend(install(plan, &added, OperationKind::ScaleUp, &all));
+        out.extend(install(
+            plan,
+            &added,
+            OperationKind::ScaleUp,
+            &all,
+            balancers(spec, &[]),
+        ));
     } else if removed.is_empty() {
         // Same hosts and image: every step again; agents skip what is done,
         // so this checks every host and repairs what is missing.
-        return Ok((kind, install(plan, &all, OperationKind::Install, &all)));
+        return Ok((
+            kind,
+            install(
+                plan,
+                &all,
+                OperationKind::Install,
+                &all,
+                balancers(spec, &[]),
+            ),
+        ));
     } else {
         out.push(labels);
     }
@@ -372,12 +404,38 @@ fn configs(hosts: &[String]) -> StageSpec {
     }
 }
 
-/// Install (or scale-up) stages for `targets` from the plan's phases.
+/// The stage that gives every worker of `spec` (but those `leaving`) the
+/// masters of `spec` (but those `leaving`) as its API balancer's backends;
+/// none when no worker stays.
+fn balancers(spec: &Spec, leaving: &[String]) -> Option<StageSpec> {
+    let stays = |h: &&DesiredHost| !leaving.contains(&h.ip);
+    let of = |role| -> Vec<String> {
+        spec.hosts
+            .iter()
+            .filter(stays)
+            .filter(|h| h.role == role)
+            .map(|h| h.ip.clone())
+            .collect()
+    };
+    let hosts = of(HostRole::Node);
+    (!hosts.is_empty()).then(|| StageSpec {
+        name: "balancers".into(),
+        work: Work::Balancers {
+            hosts,
+            masters: of(HostRole::Master),
+        },
+    })
+}
+
+/// Install (or scale-up) stages for `targets` from the plan's phases. The
+/// workers' balancers get the masters once every master of the plan
+/// joined, before any worker joins.
 fn install(
     plan: plan::Plan,
     targets: &[String],
     op: OperationKind,
     all: &[String],
+    mut balancers: Option<StageSpec>,
 ) -> Vec<StageSpec> {
     let mut out = vec![StageSpec {
         name: "fetch".into(),
@@ -387,8 +445,21 @@ fn install(
     }];
     let mut cluster_ready_done = false;
     let last_join = plan.phases.iter().rposition(|p| p.phase.is_kubeadm());
+    let balancers_at = plan
+        .phases
+        .iter()
+        .position(|p| p.phase == Phase::JoinNodes)
+        .or_else(|| {
+            plan.phases
+                .iter()
+                .rposition(|p| matches!(p.phase, Phase::InitMaster0 | Phase::JoinMaster(_)))
+                .map(|i| i + 1)
+        });
     for (i, p) in plan.phases.into_iter().enumerate() {
         let phase = p.phase;
+        if Some(i) == balancers_at {
+            out.extend(balancers.take());
+        }
         let name = phase.to_string();
         let hosts_ready_done = out.iter().any(|s| {
             matches!(
@@ -426,6 +497,9 @@ fn install(
             out.push(labels_for(all));
             cluster_ready_done = true;
         }
+    }
+    if balancers_at.is_some() {
+        out.extend(balancers.take());
     }
     out.push(plugins(op, PluginPoint::Done, targets));
     out
@@ -544,6 +618,7 @@ mod tests {
                 "registry-access",
                 "plugins:install:hosts-ready",
                 "init-master0",
+                "balancers",
                 "join-nodes",
                 "plugins:install:cluster-ready",
                 "labels-taints",

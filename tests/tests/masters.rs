@@ -10,6 +10,12 @@
 //! was before the install, the summary names master0 as left out, and
 //! master0 still holds its install until it is reset by hand.
 //!
+//! Workers reach the API servers through their agent's balancer: the VIP
+//! on their loopback link, named in /etc/hosts, every master as a backend
+//! (status shows them), served again after the agent restarts; masters
+//! name themselves. Scaling a master in and out changes every worker's
+//! list.
+//!
 //! Needs what tests/tests/run.rs needs (docs/lab.md).
 
 use std::io::Read;
@@ -39,6 +45,83 @@ fn written_at(h: &Host, path: &str) -> u128 {
         .replace('.', "")
         .parse()
         .unwrap()
+}
+
+/// sealer's VIP, where workers' API balancers listen.
+const VIP: &str = "10.103.97.2";
+
+/// The lines of the host's /etc/hosts that name the API server.
+fn api_lines(h: &Host) -> Vec<String> {
+    h.exec_ok(&["cat", "/etc/hosts"])
+        .unwrap()
+        .stdout
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("apiserver.cluster.local"))
+        .map(String::from)
+        .collect()
+}
+
+/// Whether the VIP is on the host's loopback link.
+fn vip_on_lo(h: &Host) -> bool {
+    h.exec_ok(&["ip", "-4", "-o", "addr", "show", "dev", "lo"])
+        .unwrap()
+        .stdout
+        .contains(&format!("inet {VIP}/32"))
+}
+
+/// Whether something listens on the VIP's port 6443 on the host.
+fn vip_listening(h: &Host) -> bool {
+    h.exec_ok(&["ss", "-Hltn"])
+        .unwrap()
+        .stdout
+        .contains(&format!("{VIP}:6443 "))
+}
+
+/// Waits until `seaport status` shows the balancer of the worker at `ip`
+/// listening on the VIP with exactly `masters` (any order) as backends;
+/// returns that host's status.
+fn wait_backends(
+    bins: &seaport_lab::seaport::Binaries,
+    root: &std::path::Path,
+    ip: &str,
+    masters: &[&String],
+) -> serde_json::Value {
+    let mut want: Vec<String> = masters.iter().map(|m| format!("{m}:6443")).collect();
+    want.sort();
+    let mut found = serde_json::Value::Null;
+    wait::until(
+        &format!("the balancer of {ip} to forward to {want:?}"),
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let (_, out, err) = bins.seaport_out(root, &["status", "--json"]);
+            let s: serde_json::Value =
+                serde_json::from_str(&out).map_err(|e| format!("{e}: {out}{err}"))?;
+            let host = s[0]["hosts"]
+                .as_array()
+                .and_then(|hs| hs.iter().find(|h| h["ip"] == ip))
+                .cloned()
+                .unwrap_or_default();
+            let b = &host["balancer"];
+            let mut got: Vec<String> = b["backends"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x["addr"].as_str().unwrap_or("").to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            got.sort();
+            if b["listen"] == format!("{VIP}:6443") && got == want {
+                found = host;
+                Ok(())
+            } else {
+                Err(format!("{b}"))
+            }
+        },
+    )
+    .unwrap();
+    found
 }
 
 #[test]
@@ -162,6 +245,80 @@ fn three_masters_install_and_an_offline_master0_neither_hangs_nor_blocks_delete(
     );
     phases.done("kubeadm: init, control-plane joins one at a time, worker joins");
 
+    // Workers name the VIP, which their agent put on the loopback link and
+    // serves; masters name themselves and run no balancer.
+    for (i, h) in hosts.iter().enumerate() {
+        let at = if i < 3 { ips[i].as_str() } else { VIP };
+        assert_eq!(
+            api_lines(h),
+            [format!("{at} apiserver.cluster.local")],
+            "{}",
+            h.name()
+        );
+        assert_eq!(vip_on_lo(h), i >= 3, "{}: VIP on lo", h.name());
+        assert_eq!(
+            vip_listening(h),
+            i >= 3,
+            "{}: listening on the VIP",
+            h.name()
+        );
+    }
+    let all_masters: Vec<&String> = ips[..3].iter().collect();
+    for ip in &ips[3..] {
+        wait_backends(&bins, &root, ip, &all_masters);
+        // No API server answers on the masters here: every backend goes
+        // down, and says why.
+        wait::until(
+            "every backend down with its reason",
+            Duration::from_secs(15),
+            Duration::from_millis(500),
+            || {
+                let w = wait_backends(&bins, &root, ip, &all_masters);
+                let down = w["balancer"]["backends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|b| {
+                        b["healthy"] == false
+                            && b["reason"]
+                                .as_str()
+                                .is_some_and(|r| r.to_lowercase().contains("connect"))
+                    });
+                if down {
+                    Ok(())
+                } else {
+                    Err(format!("{w}"))
+                }
+            },
+        )
+        .unwrap();
+    }
+    let (ok, out, err) = bins.seaport_out(&root, &["status"]);
+    assert!(
+        ok && out.contains(&format!("api balancer {VIP}:6443: {}:6443 DOWN", ips[0])),
+        "{out}{err}"
+    );
+    // The agent restarts: the balancer serves again from the list the host
+    // kept, before any operation.
+    hosts[3]
+        .exec_ok(&["systemctl", "restart", "seaport-agent.service"])
+        .unwrap();
+    wait::until(
+        "the restarted agent's balancer to listen",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            if vip_listening(&hosts[3]) {
+                Ok(())
+            } else {
+                Err("not listening".to_string())
+            }
+        },
+    )
+    .unwrap();
+    wait_backends(&bins, &root, &ips[3], &all_masters);
+    phases.done("workers' balancers: VIP, /etc/hosts, status, agent restart");
+
     // Scale in: the third master leaves (its node deleted from master0,
     // kubeadm reset on it, which removes its etcd member) and is as
     // before; scale out: it joins the control plane again.
@@ -175,6 +332,9 @@ fn three_masters_install_and_an_offline_master0_neither_hangs_nor_blocks_delete(
     assert!(c.ends_with("reset -f\n"), "master 2's kubeadm calls: {c}");
     let d = diff(&before[2], &snapshot(m2));
     assert!(d.is_empty(), "master 2 differs after it left:\n{d}");
+    for ip in &ips[3..] {
+        wait_backends(&bins, &root, ip, &all_masters[..2]);
+    }
     let (ok, out, err) = bins.seaport_out(&root, &["join", "-m", &ips[2], "--cluster", CLUSTER]);
     assert!(ok, "join -m: {out}\n{err}");
     let c = calls(m2);
@@ -192,6 +352,13 @@ fn three_masters_install_and_an_offline_master0_neither_hangs_nor_blocks_delete(
             && cfg.contains(&format!("certificateKey: {key}")),
         "master 2 joined again without the control plane:\n{cfg}"
     );
+    assert_eq!(
+        api_lines(m2),
+        [format!("{} apiserver.cluster.local", ips[2])]
+    );
+    for ip in &ips[3..] {
+        wait_backends(&bins, &root, ip, &all_masters);
+    }
     phases.done("scale a master in and out");
 
     // master0 goes away. A delete names it at once and waits.
@@ -319,6 +486,18 @@ fn three_masters_install_and_an_offline_master0_neither_hangs_nor_blocks_delete(
     for (i, h) in hosts.iter().enumerate().skip(1) {
         let d = diff(&before[i], &snapshot(h));
         assert!(d.is_empty(), "{}: differs after delete:\n{d}", h.name());
+        assert!(
+            !vip_on_lo(h) && !vip_listening(h),
+            "{}: balancer left",
+            h.name()
+        );
+        assert!(
+            !h.exec(&["test", "-e", "/var/lib/seaport-agent/balancer.json"])
+                .unwrap()
+                .success(),
+            "{}: kept list left",
+            h.name()
+        );
     }
     // master0 was not touched: its install is all there.
     assert!(

@@ -17,8 +17,11 @@
 //!
 //! - `pool.rs`: the backends, their states and the order to try them.
 //! - `health.rs`: the active check.
+//! - [`host`]: the balancer the agent runs on its host for a cluster, its
+//!   address on the loopback link, the list kept across restarts.
 
 mod health;
+pub mod host;
 mod pool;
 #[cfg(test)]
 mod tests;
@@ -69,8 +72,12 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The masters' API servers.
     pub backends: Vec<SocketAddr>,
-    /// TLS for the active checks ([`check_tls`]).
-    pub tls: Arc<rustls::ClientConfig>,
+    /// TLS for the active checks ([`check_tls`]); none: a check is a TCP
+    /// connect until `ca_file` gives the cluster's CA.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The cluster's CA (PEM) on this host, read again when it changes
+    /// (a worker has it only once it joined).
+    pub ca_file: Option<std::path::PathBuf>,
     /// How often every backend is checked.
     pub interval: Duration,
     /// How long one check may take.
@@ -92,7 +99,23 @@ impl Options {
         Options {
             listen,
             backends,
-            tls,
+            tls: Some(tls),
+            ca_file: None,
+            interval: CHECK_INTERVAL,
+            check_timeout: CHECK_TIMEOUT,
+            dial_timeout: DIAL_TIMEOUT,
+            health_path: HEALTH_PATH.into(),
+        }
+    }
+
+    /// The defaults without TLS: checks are TCP connects until `ca_file`
+    /// is set and holds the cluster's CA.
+    pub fn unverified(listen: SocketAddr, backends: Vec<SocketAddr>) -> Self {
+        Options {
+            listen,
+            backends,
+            tls: None,
+            ca_file: None,
             interval: CHECK_INTERVAL,
             check_timeout: CHECK_TIMEOUT,
             dial_timeout: DIAL_TIMEOUT,
@@ -253,10 +276,15 @@ async fn checks(
     changed: Arc<Notify>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let mut tls = o.tls.clone();
+    let mut ca_seen: Option<Vec<u8>> = None;
     loop {
+        if let Some(file) = &o.ca_file {
+            reload_ca(file, &mut ca_seen, &mut tls);
+        }
         let mut round = JoinSet::new();
         for addr in pool.addrs() {
-            let (tls, path) = (o.tls.clone(), o.health_path.clone());
+            let (tls, path) = (tls.clone(), o.health_path.clone());
             let timeout = o.check_timeout;
             round.spawn(async move { (addr, health::check(addr, tls, &path, timeout).await) });
         }
@@ -277,4 +305,33 @@ async fn checks(
             _ = tokio::time::sleep(o.interval) => {}
         }
     }
+}
+
+/// Reads the cluster's CA from `file` when it changed, and makes the
+/// checks' TLS from it; a CA that cannot be used keeps the previous one.
+fn reload_ca(
+    file: &std::path::Path,
+    seen: &mut Option<Vec<u8>>,
+    tls: &mut Option<Arc<rustls::ClientConfig>>,
+) {
+    let Ok(pem) = std::fs::read(file) else {
+        return;
+    };
+    if seen.as_deref() == Some(pem.as_slice()) {
+        return;
+    }
+    let first = seaport_shared::pki::certs_from_pem(&String::from_utf8_lossy(&pem), "CA")
+        .ok()
+        .and_then(|c| c.into_iter().next());
+    match first {
+        Some(der) => match check_tls(der) {
+            Ok(cfg) => {
+                info!(ca = %file.display(), "API balancer: checks verify the cluster CA");
+                *tls = Some(cfg);
+            }
+            Err(e) => warn!(ca = %file.display(), error = %e, "API balancer: unusable CA"),
+        },
+        _ => warn!(ca = %file.display(), "API balancer: no certificate in the CA file"),
+    }
+    *seen = Some(pem);
 }

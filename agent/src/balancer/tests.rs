@@ -16,6 +16,7 @@ use super::{check_tls, Balancer, Options};
 
 struct Ca {
     cert: CertificateDer<'static>,
+    pem: String,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
@@ -26,9 +27,11 @@ fn ca() -> Ca {
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "kubernetes");
-    let cert = params.self_signed(&key).unwrap().der().clone();
+    let signed = params.self_signed(&key).unwrap();
+    let (cert, pem) = (signed.der().clone(), signed.pem());
     Ca {
         cert,
+        pem,
         issuer: rcgen::Issuer::new(params, key),
     }
 }
@@ -256,4 +259,154 @@ async fn a_taken_address_is_an_error_naming_it() {
         .err()
         .expect("started on a taken address");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+mod host {
+    //! The balancer as the agent runs it: the kept list, a restart, the
+    //! address on the loopback link, one cluster at a time.
+
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+
+    use seaport_shared::cluster::ClusterName;
+    use seaport_shared::wire::BalancerTask;
+
+    use super::super::host::{HostBalancer, HostBalancerError};
+    use super::*;
+    use crate::apply::RecordingEffects;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn task(cluster: &str, ip: &str, port: u16, backends: &[SocketAddr]) -> BalancerTask {
+        BalancerTask {
+            cluster: ClusterName::parse(cluster).unwrap(),
+            listen_ip: ip.into(),
+            port,
+            backends: backends.iter().map(|b| b.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_kept_list_serves_again_after_the_agent_restarts_and_a_reset_forgets_it() {
+        let ca = ca();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, &ca.pem).unwrap();
+        let (m1, m2) = (
+            Master::start("m1", &ca).await,
+            Master::start("m2", &ca).await,
+        );
+        let port = free_port();
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let fx = Arc::new(RecordingEffects::default());
+        let first = HostBalancer::new(dir.path(), &ca_file, fx.clone());
+        let facts = first
+            .apply(&task("c1", "127.0.0.1", port, &[m1.addr, m2.addr]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(facts.listen, listen.to_string());
+        assert_eq!(facts.backends.len(), 2);
+        let kept = first.kept_file();
+        let mode = std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: BTreeSet<String> = seen(listen, &ca, 4)
+            .await
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(names, ["m1".to_string(), "m2".to_string()].into());
+        // A loopback address is not added to the link.
+        assert!(fx.calls().is_empty(), "{:?}", fx.calls());
+        // Another cluster's list is refused while this one runs.
+        let other = first
+            .apply(&task("c2", "127.0.0.1", port, &[m1.addr]))
+            .await;
+        assert!(matches!(other, Err(HostBalancerError::OtherCluster(c)) if c == "c1"));
+
+        // The agent stops (its balancer with it) and starts again.
+        drop(first);
+        let mut tries = 0;
+        while TcpStream::connect(listen).await.is_ok() && tries < 200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tries += 1;
+        }
+        let again = HostBalancer::new(dir.path(), &ca_file, fx.clone());
+        let restored = again.restore().await.unwrap().unwrap();
+        assert_eq!(restored.listen, listen.to_string());
+        assert_eq!(get(listen, &ca).await.0, 200);
+        assert_eq!(again.facts().unwrap().backends.len(), 2);
+
+        // Master m1 leaves: the new list is kept and served.
+        again
+            .apply(&task("c1", "127.0.0.1", port, &[m2.addr]))
+            .await
+            .unwrap();
+        let names: BTreeSet<String> = seen(listen, &ca, 3)
+            .await
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(names, ["m2".to_string()].into());
+        let text = std::fs::read_to_string(&kept).unwrap();
+        assert!(
+            !text.contains(&m1.addr.to_string()) && text.contains(&m2.addr.to_string()),
+            "{text}"
+        );
+
+        // A reset of another cluster leaves it; the cluster's own stops it
+        // and forgets the list.
+        assert!(!again.stop(&ClusterName::parse("c2").unwrap()).await);
+        assert!(TcpStream::connect(listen).await.is_ok());
+        assert!(again.stop(&ClusterName::parse("c1").unwrap()).await);
+        assert!(TcpStream::connect(listen).await.is_err());
+        assert!(!kept.exists());
+        assert!(again.facts().is_none());
+        let third = HostBalancer::new(dir.path(), &ca_file, fx);
+        assert!(third.restore().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_virtual_ip_goes_on_the_loopback_link_and_off_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let fx = Arc::new(RecordingEffects::default());
+        let b = HostBalancer::new(dir.path(), dir.path().join("ca.crt"), fx.clone());
+        let backend = SocketAddr::from(([127, 0, 0, 1], 1));
+        // The recording effects add nothing: listening on the VIP fails
+        // here, after the address was asked for, and names the address.
+        let err = b
+            .apply(&task("c1", "10.103.97.2", 6443, &[backend]))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("10.103.97.2:6443"), "{err}");
+        assert_eq!(fx.calls(), ["run ip -4 addr replace 10.103.97.2/32 dev lo"],);
+        // A reset takes the kept address off the link.
+        assert!(b.stop(&ClusterName::parse("c1").unwrap()).await);
+        assert_eq!(
+            fx.calls().last().unwrap(),
+            "run ip -4 addr del 10.103.97.2/32 dev lo"
+        );
+        for (ip, port, backend, field) in [
+            ("10.103.97", 6443, "127.0.0.1:1", "listen address"),
+            ("0.0.0.0", 6443, "127.0.0.1:1", "listen address"),
+            ("127.0.0.1", 0, "127.0.0.1:1", "port"),
+            ("127.0.0.1", 6443, "master-1:6443", "backend"),
+        ] {
+            let t = BalancerTask {
+                cluster: ClusterName::parse("c1").unwrap(),
+                listen_ip: ip.into(),
+                port,
+                backends: vec![backend.into()],
+            };
+            let e = b.apply(&t).await.unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+    }
 }

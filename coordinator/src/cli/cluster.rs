@@ -1002,7 +1002,28 @@ fn print_status(v: &ClusterView) {
         if let Some(e) = &h.error {
             println!("    {}", first_line(e));
         }
+        if let Some(b) = &h.balancer {
+            println!("    {}", balancer_line(b));
+        }
     }
+}
+
+/// A worker's API balancer in one line: where it listens, each backend up
+/// or down (and why), and how many connections went to each.
+fn balancer_line(b: &seaport_shared::wire::BalancerFacts) -> String {
+    let backends: Vec<String> = b
+        .backends
+        .iter()
+        .map(|x| {
+            let state = match (&x.healthy, &x.reason) {
+                (true, _) => "up".to_string(),
+                (false, Some(r)) => format!("DOWN ({})", first_line(r)),
+                (false, None) => "DOWN".to_string(),
+            };
+            format!("{} {state}, {} forwarded", x.addr, x.forwarded)
+        })
+        .collect();
+    format!("api balancer {}: {}", b.listen, backends.join("; "))
 }
 
 #[cfg(test)]
@@ -1029,6 +1050,34 @@ mod tests {
         assert!(lines[1].ends_with("accepted: install of cluster c, operation 1"));
     }
 
+    #[test]
+    fn a_workers_balancer_is_one_line_naming_each_backend_and_why_it_is_down() {
+        use seaport_shared::wire::{BackendFacts, BalancerFacts};
+        let b = BalancerFacts {
+            listen: "10.103.97.2:6443".into(),
+            backends: vec![
+                BackendFacts {
+                    addr: "10.0.0.1:6443".into(),
+                    healthy: false,
+                    reason: Some("dial: connection refused".into()),
+                    forwarded: 3,
+                    failed_dials: 1,
+                },
+                BackendFacts {
+                    addr: "10.0.0.2:6443".into(),
+                    healthy: true,
+                    reason: None,
+                    forwarded: 9,
+                    failed_dials: 0,
+                },
+            ],
+        };
+        assert_eq!(
+            super::balancer_line(&b),
+            "api balancer 10.103.97.2:6443: 10.0.0.1:6443 DOWN (dial: connection refused), 3 forwarded; 10.0.0.2:6443 up, 9 forwarded"
+        );
+    }
+
     fn view(master0_online: bool, note: Option<&str>) -> seaport_shared::wire::ClusterView {
         use seaport_shared::cluster::{ClusterName, Role};
         use seaport_shared::wire::{ClusterView, HostView, RunState};
@@ -1043,6 +1092,7 @@ mod tests {
             steps: vec![],
             error: error.map(String::from),
             online,
+            balancer: None,
         };
         ClusterView {
             cluster: ClusterName::parse("c").unwrap(),

@@ -220,7 +220,8 @@ fn answer_error(last: &TaskEvent) -> Option<String> {
         | TaskEvent::ResetDone { error, .. }
         | TaskEvent::Files { error, .. }
         | TaskEvent::Written { error }
-        | TaskEvent::Drift { error, .. } => error.clone(),
+        | TaskEvent::Drift { error, .. }
+        | TaskEvent::Balancer { error, .. } => error.clone(),
         TaskEvent::Step { .. } | TaskEvent::Preflight { .. } => None,
     }
 }
@@ -236,13 +237,15 @@ pub(crate) fn check(
             | Ok(TaskEvent::ResetDone { error: None, .. })
             | Ok(TaskEvent::Written { error: None })
             | Ok(TaskEvent::Files { error: None, .. })
-            | Ok(TaskEvent::Drift { error: None, .. }) => {}
+            | Ok(TaskEvent::Drift { error: None, .. })
+            | Ok(TaskEvent::Balancer { error: None, .. }) => {}
             Ok(TaskEvent::Finished { error, .. }) => failures.push((ip, error.unwrap_or_default())),
             Ok(
                 TaskEvent::ResetDone { error: Some(e), .. }
                 | TaskEvent::Written { error: Some(e) }
                 | TaskEvent::Files { error: Some(e), .. }
-                | TaskEvent::Drift { error: Some(e), .. },
+                | TaskEvent::Drift { error: Some(e), .. }
+                | TaskEvent::Balancer { error: Some(e), .. },
             ) => failures.push((ip, e)),
             Ok(other) => failures.push((ip, format!("unexpected answer {other:?}"))),
             // Left out on purpose; its note says so.

@@ -156,6 +156,7 @@ impl Cluster {
                     steps: h.steps.clone(),
                     error: h.error.clone(),
                     online: online(&h.node_id),
+                    balancer: None,
                 })
                 .collect(),
             started_at: self.started_at,

@@ -298,7 +298,11 @@ impl Operations {
             .into_iter()
             .map(|c| {
                 let c = active.get(&c.name).map_or(c, |a| a.record.snapshot());
-                c.view(|node| self.agents.online(node))
+                let mut v = c.view(|node| self.agents.online(node));
+                for h in &mut v.hosts {
+                    h.balancer = self.agents.balancer(&h.node_id);
+                }
+                v
             })
             .collect();
         out.sort_by(|a, b| a.cluster.cmp(&b.cluster));

@@ -221,6 +221,21 @@ impl Agents for Answering {
                     join_data: init.then(|| JOIN_DATA.to_string()),
                 }
             }
+            TaskRequest::Balancer(b) => TaskEvent::Balancer {
+                facts: Some(seaport_shared::wire::BalancerFacts {
+                    listen: format!("{}:{}", b.listen_ip, b.port),
+                    backends: b
+                        .backends
+                        .iter()
+                        .map(|a| seaport_shared::wire::BackendFacts {
+                            addr: a.clone(),
+                            healthy: true,
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+                error: None,
+            },
             TaskRequest::Preflight(_) => TaskEvent::Preflight {
                 hostname: format!("host-{node_id}"),
                 checks: vec![if self.swap_on.iter().any(|n| n == node_id) {
@@ -259,7 +274,7 @@ impl Agents for Answering {
 
     fn fetch_progress(&self, _: &str, _: ImageDigest) -> Result<Option<Vec<Fetched>>, AgentsError> {
         Ok(Some(
-            nodes(3)
+            nodes(5)
                 .iter()
                 .map(|n| Fetched {
                     node_id: n.node_id.clone(),
@@ -598,4 +613,142 @@ async fn delete_force_goes_on_without_an_offline_host_and_says_so() {
     );
     let n2 = stored.host("10.0.0.2").unwrap();
     assert_eq!(n2.error, None);
+}
+
+/// Drives `cluster` on answering agents to its end; the tasks sent, in order.
+async fn drive_all(mut cluster: super::Cluster) -> (Outcome, Vec<(String, TaskRequest)>) {
+    cluster.stages.retain(|s| s.name != "image-plugins");
+    let agents = Arc::new(Answering::default());
+    let driver = Driver {
+        agents: agents.clone(),
+        store: Arc::new(MemoryStore::default()),
+        image_root: std::path::PathBuf::from("/nonexistent"),
+        record: LiveRecord::new(cluster),
+    };
+    let outcome = driver.drive().await;
+    let sent = agents.sent.lock().unwrap().clone();
+    (outcome, sent)
+}
+
+/// Where in `sent` the first task matching `f` went, and to which node.
+fn first_sent(
+    sent: &[(String, TaskRequest)],
+    f: impl Fn(&str, &TaskRequest) -> bool,
+) -> Option<usize> {
+    sent.iter().position(|(n, t)| f(n, t))
+}
+
+fn kubeadm_to(node: &str) -> impl Fn(&str, &TaskRequest) -> bool + '_ {
+    move |n, t| n == node && matches!(t, TaskRequest::Apply(a) if a.steps.contains(&Step::Kubeadm))
+}
+
+#[tokio::test]
+async fn workers_balancers_get_every_master_after_the_masters_joined_and_before_workers_join() {
+    let masters = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+    let cluster = prepared(run(&masters, &["10.0.0.4", "10.0.0.5"]), &nodes(5))
+        .unwrap()
+        .cluster;
+    let (outcome, sent) = drive_all(cluster).await;
+    assert!(matches!(outcome, Outcome::Succeeded));
+    let balancer_tasks: Vec<(&str, &seaport_shared::wire::BalancerTask)> = sent
+        .iter()
+        .filter_map(|(n, t)| match t {
+            TaskRequest::Balancer(b) => Some((n.as_str(), b)),
+            _ => None,
+        })
+        .collect();
+    let to: Vec<&str> = balancer_tasks.iter().map(|(n, _)| *n).collect();
+    assert_eq!(to.len(), 2, "{to:?}");
+    assert!(
+        to.contains(&"n4") && to.contains(&"n5"),
+        "workers only: {to:?}"
+    );
+    for (_, b) in &balancer_tasks {
+        assert_eq!((b.listen_ip.as_str(), b.port), ("10.103.97.2", 6443));
+        assert_eq!(
+            b.backends,
+            ["10.0.0.1:6443", "10.0.0.2:6443", "10.0.0.3:6443"]
+        );
+    }
+    let first_balancer = first_sent(&sent, |_, t| matches!(t, TaskRequest::Balancer(_))).unwrap();
+    for m in ["n1", "n2", "n3"] {
+        let joined = first_sent(&sent, kubeadm_to(m)).unwrap();
+        assert!(
+            joined < first_balancer,
+            "{m} joins before the balancers get it"
+        );
+    }
+    for w in ["n4", "n5"] {
+        let joins = first_sent(&sent, kubeadm_to(w)).unwrap();
+        assert!(
+            first_balancer < joins,
+            "{w}'s balancer is set before it joins"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_leaving_master_leaves_every_balancer_before_it_is_reset() {
+    let all = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+    let mut installed = prepared(run(&all, &["10.0.0.4", "10.0.0.5"]), &nodes(5))
+        .unwrap()
+        .cluster;
+    installed.state = RunState::Succeeded;
+    installed.installed_digest = Some(installed.manifest_digest);
+    installed.stages_done = installed.stages.len();
+    let down = prepare(PrepareInput {
+        desired: desired(
+            run(&["10.0.0.1", "10.0.0.2"], &["10.0.0.4", "10.0.0.5"]),
+            Some(&installed),
+        )
+        .unwrap(),
+        previous: Some(&installed),
+        nodes: &nodes(5),
+        image: image(),
+        dry_run: false,
+        now: 200,
+    })
+    .unwrap();
+    assert_eq!(down.operation.kind, OperationKind::ScaleDown);
+    let (outcome, sent) = drive_all(down.cluster).await;
+    assert!(matches!(outcome, Outcome::Succeeded));
+    let balancers: Vec<&(String, TaskRequest)> = sent
+        .iter()
+        .filter(|(_, t)| matches!(t, TaskRequest::Balancer(_)))
+        .collect();
+    assert_eq!(balancers.len(), 2, "{sent:?}");
+    for (_, t) in &balancers {
+        let TaskRequest::Balancer(b) = t else {
+            unreachable!()
+        };
+        assert_eq!(b.backends, ["10.0.0.1:6443", "10.0.0.2:6443"]);
+    }
+    let reset = first_sent(&sent, |n, t| {
+        n == "n3" && matches!(t, TaskRequest::Reset(_))
+    })
+    .unwrap();
+    let last_balancer = sent
+        .iter()
+        .rposition(|(_, t)| matches!(t, TaskRequest::Balancer(_)))
+        .unwrap();
+    assert!(
+        last_balancer < reset,
+        "every balancer drops it before its reset"
+    );
+}
+
+#[test]
+fn an_unusable_balancer_address_in_the_cluster_env_is_refused_naming_the_key() {
+    let Want::Run(mut req) = run(&["10.0.0.1"], &["10.0.0.2"]) else {
+        unreachable!()
+    };
+    req.env = vec![("APIServerVIP".into(), "10.103.97".into())];
+    let err = match prepared(Want::Run(req), &nodes(3)) {
+        Ok(_) => panic!("planned"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("env APIServerVIP=10.103.97: not a unicast IPv4 address"),
+        "{err}"
+    );
 }
