@@ -11,7 +11,7 @@
 //! | operation | when | stages |
 //! | --- | --- | --- |
 //! | install | no cluster yet | fetch, rootfs, image plugins, install/start plugins, configs, runtime, registry, registry access, install/hosts-ready plugins, init, master joins, workers' API balancers, worker joins, cluster-ready plugins, labels and taints, launch, install/done plugins |
-//! | scale up | new hosts | the same for the new hosts, without init and registry (the balancers get new masters once they joined) |
+//! | scale up | new hosts | the same for the new hosts, without init (a new master runs its own registry unless `localRegistry.ha` is false; the balancers get new masters once they joined) |
 //! | scale down | hosts left the spec | workers' API balancers without the leaving masters, clean plugins, `kubectl delete node`, reset, post-clean plugins, forget |
 //! | upgrade | a new image | fetch, upgrade-host plugins, the host steps again on the new image (not kubeadm), configs, upgrade plugins |
 //!
@@ -56,6 +56,10 @@ pub struct Spec {
     /// documents.
     #[serde(default)]
     pub clusterfile: Option<String>,
+    /// The Clusterfile's `localRegistry.ha: false`: the local registry on
+    /// master0 only (by default every master runs one).
+    #[serde(default)]
+    pub registry_master0_only: bool,
 }
 
 impl Spec {
@@ -65,6 +69,17 @@ impl Spec {
 
     pub fn master0(&self) -> Option<&DesiredHost> {
         self.hosts.iter().find(|h| h.role == HostRole::Master)
+    }
+
+    /// The hosts that run the local registry: every master, as sealer's
+    /// `localRegistry.ha` (default true) has it, or master0 alone.
+    pub fn registry_hosts(&self) -> Vec<String> {
+        let masters = self.hosts.iter().filter(|h| h.role == HostRole::Master);
+        if self.registry_master0_only {
+            masters.take(1).map(|h| h.ip.clone()).collect()
+        } else {
+            masters.map(|h| h.ip.clone()).collect()
+        }
     }
 }
 
@@ -117,10 +132,13 @@ pub enum Work {
     /// Drop these hosts from the cluster.
     Forget { hosts: Vec<String> },
     /// The node-local API balancers of these hosts (workers) forward to
-    /// these masters' API servers, and to no other.
+    /// these masters' API servers, and to no other; and to these registry
+    /// hosts' local registries.
     Balancers {
         hosts: Vec<String>,
         masters: Vec<String>,
+        #[serde(default)]
+        registries: Vec<String>,
     },
 }
 
@@ -203,7 +221,7 @@ pub fn plan_input(
                 role: h.role,
             })
             .collect(),
-        registry_hosts: vec![],
+        registry_hosts: spec.registry_hosts(),
         has_launch,
     }
 }
@@ -359,9 +377,9 @@ fn operation(
         for p in &mut plan.phases {
             p.tasks.retain(|t| added.contains(&t.host));
         }
-        plan.phases.retain(|p| {
-            !p.tasks.is_empty() && p.phase != Phase::Registry && p.phase != Phase::Launch
-        });
+        // A new master that is a registry host gets its own registry.
+        plan.phases
+            .retain(|p| !p.tasks.is_empty() && p.phase != Phase::Launch);
         out.extend(install(
             plan,
             &added,
@@ -405,8 +423,9 @@ fn configs(hosts: &[String]) -> StageSpec {
 }
 
 /// The stage that gives every worker of `spec` (but those `leaving`) the
-/// masters of `spec` (but those `leaving`) as its API balancer's backends;
-/// none when no worker stays.
+/// masters of `spec` (but those `leaving`) as its API balancer's backends,
+/// and the registry hosts as its registry balancer's; none when no worker
+/// stays.
 fn balancers(spec: &Spec, leaving: &[String]) -> Option<StageSpec> {
     let stays = |h: &&DesiredHost| !leaving.contains(&h.ip);
     let of = |role| -> Vec<String> {
@@ -418,11 +437,17 @@ fn balancers(spec: &Spec, leaving: &[String]) -> Option<StageSpec> {
             .collect()
     };
     let hosts = of(HostRole::Node);
+    let registries = spec
+        .registry_hosts()
+        .into_iter()
+        .filter(|ip| !leaving.contains(ip))
+        .collect();
     (!hosts.is_empty()).then(|| StageSpec {
         name: "balancers".into(),
         work: Work::Balancers {
             hosts,
             masters: of(HostRole::Master),
+            registries,
         },
     })
 }
@@ -587,6 +612,7 @@ mod tests {
                 .collect(),
             env: vec![],
             clusterfile: None,
+            registry_master0_only: false,
         }
     }
 

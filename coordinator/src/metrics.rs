@@ -288,13 +288,22 @@ impl Metrics {
             head(&mut out, name, kind, help);
             for (node, bal) in &balancers {
                 let host = g.hostnames.get(node).map_or("", String::as_str);
-                for b in &bal.backends {
+                let registry = bal
+                    .registry_listen
+                    .iter()
+                    .flat_map(|l| bal.registry.iter().map(move |b| (l.as_str(), b)));
+                let all = bal
+                    .backends
+                    .iter()
+                    .map(|b| (bal.listen.as_str(), b))
+                    .chain(registry);
+                for (listen, b) in all {
                     let _ = writeln!(
                         out,
                         "{name}{{node=\"{}\",hostname=\"{}\",listen=\"{}\",backend=\"{}\"}} {}",
                         esc(node),
                         esc(host),
-                        esc(&bal.listen),
+                        esc(listen),
                         esc(&b.addr),
                         value(b)
                     );
@@ -449,6 +458,8 @@ mod tests {
                     backend("10.0.0.1:6443", false, 4, 2),
                     backend("10.0.0.2:6443", true, 7, 0),
                 ],
+                registry_listen: Some("10.103.97.2:5000".into()),
+                registry: vec![backend("10.0.0.1:5000", true, 5, 0)],
             }),
         );
         let g = Gauges {

@@ -303,6 +303,12 @@ pub struct BalancerFacts {
     pub listen: String,
     /// The masters' API servers, in the order the coordinator gave them.
     pub backends: Vec<BackendFacts>,
+    /// `IP:PORT` of the port forwarding to the local registries, if any.
+    #[serde(default)]
+    pub registry_listen: Option<String>,
+    /// The registry hosts' local registries.
+    #[serde(default)]
+    pub registry: Vec<BackendFacts>,
 }
 
 /// One backend of a node-local API balancer.
@@ -711,6 +717,12 @@ pub struct BalancerTask {
     pub port: u16,
     /// `IP:PORT` of every master's API server.
     pub backends: Vec<String>,
+    /// The port on `listen_ip` that forwards to the local registries.
+    #[serde(default)]
+    pub registry_port: Option<u16>,
+    /// `IP:PORT` of every registry host's local registry.
+    #[serde(default)]
+    pub registry_backends: Vec<String>,
 }
 
 /// Files of `<data-root>/<cluster>/rootfs`, by path relative to it.

@@ -63,7 +63,16 @@ pub enum HostBalancerError {
 struct Running {
     task: BalancerTask,
     balancer: Balancer,
+    /// The port forwarding to the local registries.
+    registry: Option<Balancer>,
 }
+
+/// What heartbeats read: each listener's address and pool.
+type Listeners = (
+    SocketAddr,
+    Arc<super::pool::Pool>,
+    Option<(SocketAddr, Arc<super::pool::Pool>)>,
+);
 
 /// The host's balancer (at most one: a host belongs to one cluster).
 pub struct HostBalancer {
@@ -73,7 +82,7 @@ pub struct HostBalancer {
     running: tokio::sync::Mutex<Option<Running>>,
     /// What heartbeats report, kept apart so a synchronous reader never
     /// waits for a task.
-    facts: Mutex<Option<(SocketAddr, Arc<super::pool::Pool>)>>,
+    facts: Mutex<Option<Listeners>>,
 }
 
 impl std::fmt::Debug for HostBalancer {
@@ -160,17 +169,19 @@ impl HostBalancer {
                 why: "not a port",
             });
         }
-        let mut backends = Vec::with_capacity(task.backends.len());
-        for b in &task.backends {
-            backends.push(
-                b.parse::<SocketAddr>()
-                    .map_err(|_| HostBalancerError::Bad {
-                        field: "backend",
-                        value: b.clone(),
-                        why: "not IP:PORT",
-                    })?,
-            );
-        }
+        let backends = addrs(&task.backends, "backend")?;
+        let registry_backends = addrs(&task.registry_backends, "registry backend")?;
+        let registry_listen = match task.registry_port {
+            Some(p) if p == 0 || p == task.port => {
+                return Err(HostBalancerError::Bad {
+                    field: "registry port",
+                    value: p.to_string(),
+                    why: "not a port, or the API's own",
+                })
+            }
+            Some(p) if !registry_backends.is_empty() => Some(SocketAddr::from((ip, p))),
+            _ => None,
+        };
         let mut running = self.running.lock().await;
         if let Some(r) = running.as_ref() {
             if r.task.cluster != task.cluster {
@@ -183,13 +194,16 @@ impl HostBalancer {
             return Ok(None);
         }
         let listen = SocketAddr::from((ip, task.port));
-        if let Some(r) = running.as_ref() {
+        if let Some(r) = running.as_mut() {
             if r.balancer.local_addr() == listen {
                 self.save(task)?;
                 r.balancer.set_backends(&backends);
-                let r = running.as_mut().expect("checked above");
                 r.task = task.clone();
-                return Ok(Some(facts_of(listen, &r.balancer.pool)));
+                settle_registry(r, registry_listen, &registry_backends).await?;
+                let l = listeners(r);
+                let facts = facts_of(&l);
+                *self.lock_facts() = Some(l);
+                return Ok(Some(facts));
             }
         }
         // New, or moved to another address: the old one goes first.
@@ -217,12 +231,15 @@ impl HostBalancer {
         let mut o = Options::unverified(listen, backends);
         o.ca_file = Some(self.ca_file.clone());
         let balancer = Balancer::start(o).await?;
-        let facts = facts_of(listen, &balancer.pool);
-        *self.lock_facts() = Some((listen, balancer.pool.clone()));
-        *running = Some(Running {
+        let r = running.insert(Running {
             task: task.clone(),
             balancer,
+            registry: None,
         });
+        settle_registry(r, registry_listen, &registry_backends).await?;
+        let l = listeners(r);
+        let facts = facts_of(&l);
+        *self.lock_facts() = Some(l);
         Ok(Some(facts))
     }
 
@@ -255,6 +272,9 @@ impl HostBalancer {
 
     async fn unlisten(&self, old: Running) {
         *self.lock_facts() = None;
+        if let Some(r) = old.registry {
+            r.stop().await;
+        }
         old.balancer.stop().await;
         self.del_address(&old.task.listen_ip);
     }
@@ -285,17 +305,13 @@ impl HostBalancer {
             .map_err(|source| HostBalancerError::Save { path, source })
     }
 
-    fn lock_facts(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Option<(SocketAddr, Arc<super::pool::Pool>)>> {
+    fn lock_facts(&self) -> std::sync::MutexGuard<'_, Option<Listeners>> {
         self.facts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What runs now (heartbeats, status).
     pub fn facts(&self) -> Option<BalancerFacts> {
-        self.lock_facts()
-            .as_ref()
-            .map(|(listen, pool)| facts_of(*listen, pool))
+        self.lock_facts().as_ref().map(facts_of)
     }
 
     /// The kept list's file (tests, docs).
@@ -309,11 +325,57 @@ impl HostBalancer {
     }
 }
 
-fn facts_of(listen: SocketAddr, pool: &super::pool::Pool) -> BalancerFacts {
-    BalancerFacts {
-        listen: listen.to_string(),
-        backends: pool
-            .status()
+/// `IP:PORT` addresses of a task's field.
+fn addrs(list: &[String], field: &'static str) -> Result<Vec<SocketAddr>, HostBalancerError> {
+    list.iter()
+        .map(|b| {
+            b.parse::<SocketAddr>().map_err(|_| HostBalancerError::Bad {
+                field,
+                value: b.clone(),
+                why: "not IP:PORT",
+            })
+        })
+        .collect()
+}
+
+/// The registry port as the task wants it: started, moved, given the new
+/// list or stopped. The registries are checked by a TCP connect (they
+/// serve plain HTTP).
+async fn settle_registry(
+    r: &mut Running,
+    listen: Option<SocketAddr>,
+    backends: &[SocketAddr],
+) -> Result<(), HostBalancerError> {
+    match (&r.registry, listen) {
+        (Some(b), Some(l)) if b.local_addr() == l => {
+            b.set_backends(backends);
+            return Ok(());
+        }
+        (None, None) => return Ok(()),
+        _ => {}
+    }
+    if let Some(old) = r.registry.take() {
+        old.stop().await;
+    }
+    if let Some(l) = listen {
+        r.registry = Some(Balancer::start(Options::unverified(l, backends.to_vec())).await?);
+    }
+    Ok(())
+}
+
+fn listeners(r: &Running) -> Listeners {
+    (
+        r.balancer.local_addr(),
+        r.balancer.pool.clone(),
+        r.registry
+            .as_ref()
+            .map(|b| (b.local_addr(), b.pool.clone())),
+    )
+}
+
+fn facts_of(l: &Listeners) -> BalancerFacts {
+    let list = |pool: &super::pool::Pool| -> Vec<BackendFacts> {
+        pool.status()
             .into_iter()
             .map(|b| BackendFacts {
                 addr: b.addr.to_string(),
@@ -322,6 +384,12 @@ fn facts_of(listen: SocketAddr, pool: &super::pool::Pool) -> BalancerFacts {
                 forwarded: b.forwarded,
                 failed_dials: b.failed_dials,
             })
-            .collect(),
+            .collect()
+    };
+    BalancerFacts {
+        listen: l.0.to_string(),
+        backends: list(&l.1),
+        registry_listen: l.2.as_ref().map(|(a, _)| a.to_string()),
+        registry: l.2.as_ref().map(|(_, p)| list(p)).unwrap_or_default(),
     }
 }

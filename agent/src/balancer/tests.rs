@@ -289,6 +289,8 @@ mod host {
             listen_ip: ip.into(),
             port,
             backends: backends.iter().map(|b| b.to_string()).collect(),
+            registry_port: None,
+            registry_backends: vec![],
         }
     }
 
@@ -404,9 +406,63 @@ mod host {
                 listen_ip: ip.into(),
                 port,
                 backends: vec![backend.into()],
+                registry_port: None,
+                registry_backends: vec![],
             };
             let e = b.apply(&t).await.unwrap_err().to_string();
             assert!(e.contains(field), "{e}");
         }
+    }
+
+    /// A plain TCP server that answers every connection with `name`.
+    async fn registry(name: &'static str) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(name.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_registry_port_forwards_to_the_registry_hosts_and_goes_when_the_list_drops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fx = Arc::new(RecordingEffects::default());
+        let b = HostBalancer::new(dir.path(), dir.path().join("ca.crt"), fx);
+        let (r1, api) = (registry("r1").await, registry("api").await);
+        let (port, rport) = (free_port(), free_port());
+        let mut t = task("c1", "127.0.0.1", port, &[api]);
+        t.registry_port = Some(rport);
+        t.registry_backends = vec![r1.to_string()];
+        let facts = b.apply(&t).await.unwrap().unwrap();
+        let through = SocketAddr::from(([127, 0, 0, 1], rport));
+        assert_eq!(facts.registry_listen, Some(through.to_string()));
+        assert_eq!(facts.registry[0].addr, r1.to_string());
+        let mut got = String::new();
+        TcpStream::connect(through)
+            .await
+            .unwrap()
+            .read_to_string(&mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, "r1");
+        // Kept with the API list, so a restarted agent serves it too.
+        let kept = std::fs::read_to_string(b.kept_file()).unwrap();
+        assert!(kept.contains(&r1.to_string()), "{kept}");
+        // The same port as the API's is refused.
+        let mut same = t.clone();
+        same.registry_port = Some(port);
+        let e = b.apply(&same).await.unwrap_err().to_string();
+        assert!(e.contains("registry port"), "{e}");
+        // No registry hosts any more: the port closes, the API stays.
+        t.registry_backends.clear();
+        let facts = b.apply(&t).await.unwrap().unwrap();
+        assert!(facts.registry_listen.is_none() && facts.registry.is_empty());
+        assert!(TcpStream::connect(through).await.is_err());
+        assert!(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .is_ok());
     }
 }

@@ -1011,19 +1011,28 @@ fn print_status(v: &ClusterView) {
 /// A worker's API balancer in one line: where it listens, each backend up
 /// or down (and why), and how many connections went to each.
 fn balancer_line(b: &seaport_shared::wire::BalancerFacts) -> String {
-    let backends: Vec<String> = b
-        .backends
-        .iter()
-        .map(|x| {
-            let state = match (&x.healthy, &x.reason) {
-                (true, _) => "up".to_string(),
-                (false, Some(r)) => format!("DOWN ({})", first_line(r)),
-                (false, None) => "DOWN".to_string(),
-            };
-            format!("{} {state}, {} forwarded", x.addr, x.forwarded)
-        })
-        .collect();
-    format!("api balancer {}: {}", b.listen, backends.join("; "))
+    let list = |backends: &[seaport_shared::wire::BackendFacts]| -> String {
+        backends
+            .iter()
+            .map(|x| {
+                let state = match (&x.healthy, &x.reason) {
+                    (true, _) => "up".to_string(),
+                    (false, Some(r)) => format!("DOWN ({})", first_line(r)),
+                    (false, None) => "DOWN".to_string(),
+                };
+                format!("{} {state}, {} forwarded", x.addr, x.forwarded)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let mut line = format!("api balancer {}: {}", b.listen, list(&b.backends));
+    if let Some(r) = &b.registry_listen {
+        line.push_str(&format!(
+            "\n    registry balancer {r}: {}",
+            list(&b.registry)
+        ));
+    }
+    line
 }
 
 #[cfg(test)]
@@ -1071,10 +1080,18 @@ mod tests {
                     failed_dials: 0,
                 },
             ],
+            registry_listen: Some("10.103.97.2:5000".into()),
+            registry: vec![BackendFacts {
+                addr: "10.0.0.1:5000".into(),
+                healthy: true,
+                reason: None,
+                forwarded: 2,
+                failed_dials: 0,
+            }],
         };
         assert_eq!(
             super::balancer_line(&b),
-            "api balancer 10.103.97.2:6443: 10.0.0.1:6443 DOWN (dial: connection refused), 3 forwarded; 10.0.0.2:6443 up, 9 forwarded"
+            "api balancer 10.103.97.2:6443: 10.0.0.1:6443 DOWN (dial: connection refused), 3 forwarded; 10.0.0.2:6443 up, 9 forwarded\n    registry balancer 10.103.97.2:5000: 10.0.0.1:5000 up, 2 forwarded"
         );
     }
 

@@ -206,6 +206,7 @@ pub fn spec_of_clusterfile(text: &str) -> Result<Desired, OperationError> {
         hosts,
         env: resolved.env.clone(),
         clusterfile: Some(text.to_string()),
+        registry_master0_only: resolved.registry.local.as_ref().is_some_and(|l| !l.ha),
     };
     Ok(Desired {
         name: resolved.name.clone(),
@@ -232,6 +233,7 @@ pub fn desired(want: Want, previous: Option<&Cluster>) -> Result<Desired, Operat
                     .collect(),
                 env: r.env.clone(),
                 clusterfile: None,
+                registry_master0_only: false,
             },
             name: r.cluster,
             warnings: vec![],

@@ -233,6 +233,7 @@ impl Agents for Answering {
                             ..Default::default()
                         })
                         .collect(),
+                    ..Default::default()
                 }),
                 error: None,
             },
@@ -669,6 +670,33 @@ async fn workers_balancers_get_every_master_after_the_masters_joined_and_before_
             b.backends,
             ["10.0.0.1:6443", "10.0.0.2:6443", "10.0.0.3:6443"]
         );
+        // Every master runs a registry (sealer's localRegistry.ha): the
+        // workers' registry port forwards to each.
+        assert_eq!(b.registry_port, Some(5000));
+        assert_eq!(
+            b.registry_backends,
+            ["10.0.0.1:5000", "10.0.0.2:5000", "10.0.0.3:5000"]
+        );
+    }
+    let registry_steps: Vec<&str> = sent
+        .iter()
+        .filter(|(_, t)| matches!(t, TaskRequest::Apply(a) if a.steps.contains(&Step::Registry)))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(registry_steps.len(), 3, "{registry_steps:?}");
+    assert!(["n1", "n2", "n3"]
+        .iter()
+        .all(|m| registry_steps.contains(m)));
+    // sea.hub: a master its own registry, a worker its balancer.
+    for (n, t) in &sent {
+        if let TaskRequest::Apply(a) = t {
+            let want = if a.role == Role::Node {
+                "10.103.97.2"
+            } else {
+                a.host_ip.as_str()
+            };
+            assert_eq!(a.registry_ip, want, "{n}");
+        }
     }
     let first_balancer = first_sent(&sent, |_, t| matches!(t, TaskRequest::Balancer(_))).unwrap();
     for m in ["n1", "n2", "n3"] {
@@ -751,4 +779,56 @@ fn an_unusable_balancer_address_in_the_cluster_env_is_refused_naming_the_key() {
         err.contains("env APIServerVIP=10.103.97: not a unicast IPv4 address"),
         "{err}"
     );
+}
+
+#[test]
+fn ha_false_keeps_the_registry_on_master0_for_every_host() {
+    let file = r#"apiVersion: sealer.io/v2
+kind: Cluster
+metadata:
+  name: c
+spec:
+  image: k8s:v1
+  hosts:
+    - ips: [10.0.0.1, 10.0.0.2]
+      roles: [master]
+    - ips: [10.0.0.3]
+      roles: [node]
+  registry:
+    localRegistry:
+      ha: false
+"#;
+    let p = prepare(PrepareInput {
+        desired: desired(Want::Clusterfile(file.into()), None).unwrap(),
+        previous: None,
+        nodes: &nodes(3),
+        image: image(),
+        dry_run: false,
+        now: 100,
+    })
+    .unwrap();
+    assert!(p.cluster.spec.registry_master0_only);
+    let registry = p
+        .cluster
+        .stages
+        .iter()
+        .find(|s| s.name == "registry")
+        .unwrap();
+    let crate::converge::Work::Apply { tasks, .. } = &registry.work else {
+        panic!("{registry:?}")
+    };
+    assert_eq!(
+        tasks.iter().map(|t| t.host.as_str()).collect::<Vec<_>>(),
+        ["10.0.0.1"]
+    );
+    let balancers = p
+        .cluster
+        .stages
+        .iter()
+        .find(|s| s.name == "balancers")
+        .unwrap();
+    let crate::converge::Work::Balancers { registries, .. } = &balancers.work else {
+        panic!("{balancers:?}")
+    };
+    assert_eq!(registries, &["10.0.0.1".to_string()]);
 }

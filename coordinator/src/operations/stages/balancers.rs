@@ -1,6 +1,7 @@
 //! `balancers`: every worker's node-local API balancer gets the masters'
-//! API servers as its backends, all at once; the stage fails unless every
-//! worker runs the new list. Planned after the masters joined (a master is
+//! API servers as its backends, and its registry port the registry hosts'
+//! local registries, all at once; the stage fails unless every worker runs
+//! the new lists. Planned after the masters joined (a master is
 //! added only once it serves) and before a leaving master is reset (it is
 //! removed from every balancer first).
 
@@ -15,12 +16,18 @@ pub(super) async fn run(
     stage: &str,
     hosts: &[String],
     masters: &[String],
+    registries: &[String],
 ) -> Result<(), StageError> {
     let (cluster, env) = driver.record.read(|c| (c.name.clone(), c.spec.env.clone()));
     let listen = api_balancer_addr(&env)?;
     let backends: Vec<String> = masters
         .iter()
         .map(|ip| format!("{ip}:{APISERVER_PORT}"))
+        .collect();
+    let registry_port = registry_port(&env);
+    let registry_backends: Vec<String> = registries
+        .iter()
+        .map(|ip| format!("{ip}:{registry_port}"))
         .collect();
     let reqs = hosts
         .iter()
@@ -30,6 +37,8 @@ pub(super) async fn run(
                 listen_ip: listen.ip().to_string(),
                 port: listen.port(),
                 backends: backends.clone(),
+                registry_port: (!registry_backends.is_empty()).then_some(registry_port),
+                registry_backends: registry_backends.clone(),
             };
             (ip.clone(), TaskRequest::Balancer(task))
         })
@@ -37,4 +46,14 @@ pub(super) async fn run(
     let results: Vec<(String, Result<TaskEvent, HostTaskError>)> =
         driver.on_hosts(stage, reqs).await;
     check(results)
+}
+
+/// The local registry's port from the cluster env (`RegistryPort` or
+/// `registry_port`, the last one given), sealer's 5000 otherwise.
+fn registry_port(env: &[(String, String)]) -> u16 {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == "RegistryPort" || k == "registry_port")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(5000)
 }
