@@ -3,7 +3,9 @@
 //! containerd-shim-runc-v2 as `cri/containerd.tar.gz`, Debian's
 //! docker-registry as `cri/docker-registry`), the kubeadm and kubectl
 //! recording doubles `tests/fixtures/kubeadm-double` and
-//! `tests/fixtures/kubectl-double` as `bin/kubeadm` and `bin/kubectl`, a
+//! `tests/fixtures/kubectl-double` as `bin/kubeadm` and `bin/kubectl`, their
+//! helper `seaport-kube-double` (crate `tests/doubles`: the cluster CA, the
+//! API server stand-in on every master) as `bin/seaport-kube-double`, a
 //! kubelet stand-in that only prints its arguments as `bin/kubelet` (kubeadm
 //! would start it), one container image in `images/` (an OCI archive made
 //! here) and one named in `manifests/imageList`, cached at build time from a
@@ -280,12 +282,18 @@ pub fn build_test_image_as(
         context.join("bin/kubectl"),
     )
     .map_err(step("copying the kubectl double"))?;
+    copy_kube_double(seaport, &context.join("bin").join(KUBE_DOUBLE_BIN))?;
     write_mode(
         &context.join("bin/kubelet"),
         b"#!/bin/sh\n# kubelet stand-in of the test image\necho \"kubelet (test stand-in) $*\"\n",
         0o755,
     )?;
-    for f in ["bin/kubeadm", "bin/kubectl", "cri/docker-registry"] {
+    for f in [
+        "bin/kubeadm",
+        "bin/kubectl",
+        "bin/seaport-kube-double",
+        "cri/docker-registry",
+    ] {
         set_mode(&context.join(f), 0o755)?;
     }
     // images/: one OCI archive.
@@ -346,6 +354,34 @@ pub fn build_test_image_as(
         listed_domain: domain,
         name: name.to_string(),
     })
+}
+
+/// The helper of the kubeadm double (crate `tests/doubles`), built beside
+/// `seaport`; installed on hosts from the image's `bin/`.
+pub const KUBE_DOUBLE_BIN: &str = "seaport-kube-double";
+
+/// Copies the helper built beside `seaport` to `dest`, without its debug
+/// information when `strip` is there (a quarter of the size to ship).
+fn copy_kube_double(seaport: &Path, dest: &Path) -> Result<(), TestImageError> {
+    let src = seaport.with_file_name(KUBE_DOUBLE_BIN);
+    if !src.is_file() {
+        return Err(TestImageError::Step(format!(
+            "{} is missing: build it with `cargo build -p seaport-kube-double`",
+            src.display()
+        )));
+    }
+    let stripped = Command::new("strip")
+        .arg("-o")
+        .arg(dest)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        fs::copy(&src, dest).map_err(step("copying seaport-kube-double"))?;
+    }
+    Ok(())
 }
 
 /// `tar -czf out -C dir names...`.
