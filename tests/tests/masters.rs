@@ -10,11 +10,15 @@
 //! was before the install, the summary names master0 as left out, and
 //! master0 still holds its install until it is reset by hand.
 //!
-//! Workers reach the API servers through their agent's balancer: the VIP
-//! on their loopback link, named in /etc/hosts, every master as a backend
-//! (status shows them), served again after the agent restarts; masters
-//! name themselves. Scaling a master in and out changes every worker's
-//! list.
+//! Workers reach the API servers (the test image's stand-ins) through
+//! their agent's balancer: the VIP on their loopback link, named in
+//! /etc/hosts, `https://apiserver.cluster.local:6443/healthz` answered by
+//! every master in turn with the cluster CA, pulls from `sea.hub:5000`
+//! through the balancer's registry port (a registry on every master),
+//! served again after the agent restarts; masters name themselves.
+//! Scaling a master in and out changes every worker's lists. With
+//! master0 cut off, workers are answered by the other masters within 10 s
+//! and pulls go on; back, it re-enters every pool.
 //!
 //! Needs what tests/tests/run.rs needs (docs/lab.md).
 
@@ -61,6 +65,64 @@ fn api_lines(h: &Host) -> Vec<String> {
         .collect()
 }
 
+/// `GET https://apiserver.cluster.local:6443/healthz` from `h`, verified
+/// with the cluster CA: the name of the master that answered `ok`, or why
+/// not.
+fn healthz(h: &Host) -> Result<String, String> {
+    let out = h
+        .exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-D",
+            "-",
+            "--cacert",
+            "/etc/kubernetes/pki/ca.crt",
+            "https://apiserver.cluster.local:6443/healthz",
+        ])
+        .unwrap();
+    let (head, body) = out
+        .stdout
+        .split_once("\r\n\r\n")
+        .unwrap_or(("", out.stdout.as_str()));
+    let host = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("x-seaport-host")
+            .then(|| v.trim().to_string())
+    });
+    match host {
+        Some(name) if out.code == 0 && body == "ok" => Ok(name),
+        _ => Err(format!(
+            "curl exit {}, host {host:?}, body {body:?}: {}",
+            out.code, out.stderr
+        )),
+    }
+}
+
+/// A pull of the image the test image caches, through `sea.hub:5000` (the
+/// worker's balancer): the image is removed first, so the registry must
+/// answer.
+fn pull(h: &Host) -> Result<(), String> {
+    let image = "sea.hub:5000/library/seaport-bundled:1.0";
+    let _ = h.exec(&["ctr", "images", "rm", image]);
+    let out = h
+        .exec(&["ctr", "images", "pull", "--plain-http", image])
+        .unwrap();
+    if out.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", out.stdout, out.stderr))
+    }
+}
+
+/// The names of the masters that answered `n` requests from `h`.
+fn answered_by(h: &Host, n: usize) -> std::collections::BTreeSet<String> {
+    (0..n)
+        .map(|_| healthz(h).unwrap_or_else(|e| panic!("{}: healthz: {e}", h.name())))
+        .collect()
+}
+
 /// Whether the VIP is on the host's loopback link.
 fn vip_on_lo(h: &Host) -> bool {
     h.exec_ok(&["ip", "-4", "-o", "addr", "show", "dev", "lo"])
@@ -86,12 +148,24 @@ fn wait_backends(
     ip: &str,
     masters: &[&String],
 ) -> serde_json::Value {
+    wait_balancer(bins, root, ip, masters, |_| true)
+}
+
+/// [`wait_backends`], until `healthy(backend address)` holds for every
+/// backend's `healthy` field too.
+fn wait_balancer(
+    bins: &seaport_lab::seaport::Binaries,
+    root: &std::path::Path,
+    ip: &str,
+    masters: &[&String],
+    healthy: impl Fn(&str) -> bool,
+) -> serde_json::Value {
     let mut want: Vec<String> = masters.iter().map(|m| format!("{m}:6443")).collect();
     want.sort();
     let mut found = serde_json::Value::Null;
     wait::until(
         &format!("the balancer of {ip} to forward to {want:?}"),
-        Duration::from_secs(30),
+        Duration::from_secs(40),
         Duration::from_millis(500),
         || {
             let (_, out, err) = bins.seaport_out(root, &["status", "--json"]);
@@ -112,7 +186,13 @@ fn wait_backends(
                 })
                 .unwrap_or_default();
             got.sort();
-            if b["listen"] == format!("{VIP}:6443") && got == want {
+            let states = b["backends"].as_array().is_some_and(|a| {
+                a.iter().all(|x| {
+                    let addr = x["addr"].as_str().unwrap_or("");
+                    x["healthy"] == healthy(addr)
+                })
+            });
+            if b["listen"] == format!("{VIP}:6443") && got == want && states {
                 found = host;
                 Ok(())
             } else {
@@ -265,37 +345,41 @@ fn three_masters_install_and_an_offline_master0_neither_hangs_nor_blocks_delete(
     }
     let all_masters: Vec<&String> = ips[..3].iter().collect();
     for ip in &ips[3..] {
-        wait_backends(&bins, &root, ip, &all_masters);
-        // No API server answers on the masters here: every backend goes
-        // down, and says why.
-        wait::until(
-            "every backend down with its reason",
-            Duration::from_secs(15),
-            Duration::from_millis(500),
-            || {
-                let w = wait_backends(&bins, &root, ip, &all_masters);
-                let down = w["balancer"]["backends"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|b| {
-                        b["healthy"] == false
-                            && b["reason"]
-                                .as_str()
-                                .is_some_and(|r| r.to_lowercase().contains("connect"))
-                    });
-                if down {
-                    Ok(())
-                } else {
-                    Err(format!("{w}"))
-                }
-            },
-        )
-        .unwrap();
+        // Every master's API server stand-in answers its check: all up,
+        // and the registry port has every master's registry.
+        let w = wait_balancer(&bins, &root, ip, &all_masters, |_| true);
+        assert_eq!(
+            w["balancer"]["registry_listen"],
+            format!("{VIP}:5000"),
+            "{w}"
+        );
+        let mut regs: Vec<&str> = w["balancer"]["registry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["addr"].as_str().unwrap())
+            .collect();
+        regs.sort();
+        let mut want: Vec<String> = ips[..3].iter().map(|m| format!("{m}:5000")).collect();
+        want.sort();
+        assert_eq!(regs, want, "{w}");
+    }
+    let names: Vec<&str> = hosts[..3].iter().map(|h| h.name()).collect();
+    for w in &hosts[3..] {
+        // Through the balancer, with the cluster CA: every master answers
+        // in turn.
+        let by = answered_by(w, 6);
+        assert!(
+            by.iter().all(|n| names.contains(&n.as_str())) && by.len() == 3,
+            "{}: answered by {by:?}",
+            w.name()
+        );
+        pull(w).unwrap_or_else(|e| panic!("{}: pull: {e}", w.name()));
     }
     let (ok, out, err) = bins.seaport_out(&root, &["status"]);
     assert!(
-        ok && out.contains(&format!("api balancer {VIP}:6443: {}:6443 DOWN", ips[0])),
+        ok && out.contains(&format!("api balancer {VIP}:6443: {}:6443 up", ips[0]))
+            && out.contains(&format!("registry balancer {VIP}:5000: ")),
         "{out}{err}"
     );
     // The agent restarts: the balancer serves again from the list the host
@@ -361,7 +445,59 @@ fn three_masters_install_and_an_offline_master0_neither_hangs_nor_blocks_delete(
     }
     phases.done("scale a master in and out");
 
-    // master0 goes away. A delete names it at once and waits.
+    // master0 goes away (its link cut: nothing reaches it, as when it is
+    // powered off). Within 10 s the workers' requests are answered by the
+    // other masters, and pulls still work.
+    hosts[0].cut_link().unwrap();
+    let cut = Instant::now();
+    for w in &hosts[3..] {
+        wait::until(
+            "a worker's request answered by another master",
+            Duration::from_secs(10).saturating_sub(cut.elapsed()),
+            Duration::from_millis(100),
+            || match healthz(w) {
+                Ok(n) if n != hosts[0].name() => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .unwrap();
+    }
+    let failover = cut.elapsed();
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
+    eprintln!("workers answered by another master {failover:?} after master0's cut");
+    for w in &hosts[3..] {
+        let by = answered_by(w, 4);
+        assert!(!by.contains(hosts[0].name()), "{}: {by:?}", w.name());
+        pull(w).unwrap_or_else(|e| panic!("{}: pull without master0: {e}", w.name()));
+    }
+    let m0 = format!("{}:6443", ips[0]);
+    for ip in &ips[3..] {
+        wait_balancer(&bins, &root, ip, &all_masters, |a| a != m0);
+    }
+    // master0 comes back: it re-enters every pool.
+    hosts[0].restore_link().unwrap();
+    for ip in &ips[3..] {
+        wait_balancer(&bins, &root, ip, &all_masters, |_| true);
+    }
+    wait::until(
+        "master0 answering workers again",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            if answered_by(&hosts[3], 3).contains(hosts[0].name()) {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .unwrap();
+    phases.done("master0 cut: failover within 10 s, pulls go on; back in every pool");
+
+    // master0 goes away again. A delete names it at once and waits.
     hosts[0].cut_link().unwrap();
     wait::until(
         "the coordinator to see master0 offline",
