@@ -832,3 +832,29 @@ spec:
     };
     assert_eq!(registries, &["10.0.0.1".to_string()]);
 }
+
+#[tokio::test]
+async fn preflight_wants_the_registry_port_free_on_every_master_that_runs_a_registry() {
+    let mut cluster = prepared(run(&["10.0.0.1", "10.0.0.2"], &["10.0.0.3"]), &nodes(3))
+        .unwrap()
+        .cluster;
+    super::stages::preflight::prepend(&mut cluster.stages, &Ignore::parse::<&str>(&[]).unwrap());
+    let (outcome, sent) = drive_all(cluster).await;
+    assert!(matches!(outcome, Outcome::Succeeded));
+    let registry_port_of = |node: &str| {
+        sent.iter()
+            .find_map(|(n, t)| match t {
+                TaskRequest::Preflight(p) if n == node => Some((p.registry_port, p.ports.clone())),
+                _ => None,
+            })
+            .unwrap()
+    };
+    for m in ["n1", "n2"] {
+        let (port, ports) = registry_port_of(m);
+        assert_eq!(port, Some(5000), "{m}");
+        assert!(ports.contains(&5000), "{m}: {ports:?}");
+    }
+    let (port, ports) = registry_port_of("n3");
+    assert_eq!(port, None);
+    assert!(!ports.contains(&5000), "{ports:?}");
+}

@@ -24,7 +24,7 @@ pub(super) async fn run(
         .iter()
         .map(|ip| format!("{ip}:{APISERVER_PORT}"))
         .collect();
-    let registry_port = registry_port(&env);
+    let registry_port = super::preflight::registry_port(&env);
     let registry_backends: Vec<String> = registries
         .iter()
         .map(|ip| format!("{ip}:{registry_port}"))
@@ -46,14 +46,4 @@ pub(super) async fn run(
     let results: Vec<(String, Result<TaskEvent, HostTaskError>)> =
         driver.on_hosts(stage, reqs).await;
     check(results)
-}
-
-/// The local registry's port from the cluster env (`RegistryPort` or
-/// `registry_port`, the last one given), sealer's 5000 otherwise.
-fn registry_port(env: &[(String, String)]) -> u16 {
-    env.iter()
-        .rev()
-        .find(|(k, _)| k == "RegistryPort" || k == "registry_port")
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(5000)
 }
