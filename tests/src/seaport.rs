@@ -189,7 +189,9 @@ impl Binaries {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut c = Command::new(cargo);
         c.current_dir(workspace_root())
-            .args(["build", "-p", "seaport", "-p", "seaport-agent"]);
+            .args(["build", "-p", "seaport", "-p", "seaport-agent"])
+            // The test image's API server stand-in and kubeadm helper.
+            .args(["-p", "seaport-kube-double"]);
         // Build into the directory the test runs from, whatever profile.
         if let Some(target) = dir.parent() {
             c.env("CARGO_TARGET_DIR", target);

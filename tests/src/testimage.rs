@@ -3,7 +3,9 @@
 //! containerd-shim-runc-v2 as `cri/containerd.tar.gz`, Debian's
 //! docker-registry as `cri/docker-registry`), the kubeadm and kubectl
 //! recording doubles `tests/fixtures/kubeadm-double` and
-//! `tests/fixtures/kubectl-double` as `bin/kubeadm` and `bin/kubectl`, a
+//! `tests/fixtures/kubectl-double` as `bin/kubeadm` and `bin/kubectl`, their
+//! helper `seaport-kube-double` (crate `tests/doubles`: the cluster CA, the
+//! API server stand-in on every master) as `bin/seaport-kube-double`, a
 //! kubelet stand-in that only prints its arguments as `bin/kubelet` (kubeadm
 //! would start it), one container image in `images/` (an OCI archive made
 //! here) and one named in `manifests/imageList`, cached at build time from a
@@ -224,6 +226,39 @@ pub fn build_test_image_as(
     platforms: Option<&str>,
     runtime: TestRuntime,
 ) -> Result<TestImage, TestImageError> {
+    build(work, seaport, root, name, platforms, runtime, None)
+}
+
+/// The test image for Kubernetes `version` (`v1.20.4`): `Metadata`,
+/// `KUBEVERSION` and the ClusterConfiguration's `kubernetesVersion` say it,
+/// and its kubeadm double stands for that release (an upgrade's image).
+pub fn build_test_image_at_version(
+    work: &Path,
+    seaport: &Path,
+    root: &Path,
+    name: &str,
+    version: &str,
+) -> Result<TestImage, TestImageError> {
+    build(
+        work,
+        seaport,
+        root,
+        name,
+        None,
+        TestRuntime::Containerd,
+        Some(version),
+    )
+}
+
+fn build(
+    work: &Path,
+    seaport: &Path,
+    root: &Path,
+    name: &str,
+    platforms: Option<&str>,
+    runtime: TestRuntime,
+    version: Option<&str>,
+) -> Result<TestImage, TestImageError> {
     let (missing, packages) = match runtime {
         TestRuntime::Containerd => (missing_machine_files(), "containerd, runc"),
         TestRuntime::Docker => (missing_docker_files(), "docker.io, containerd, runc"),
@@ -244,6 +279,9 @@ pub fn build_test_image_as(
         .map_err(step("copying rootfs/base"))?;
     if !status.success() {
         return Err(TestImageError::Step("cp -a rootfs/base failed".into()));
+    }
+    if let Some(v) = version {
+        set_kube_version(&context, v)?;
     }
     // cri/: the runtime as sealer images ship it, plus the registry binary.
     match runtime {
@@ -275,17 +313,24 @@ pub fn build_test_image_as(
         context.join("bin/kubeadm"),
     )
     .map_err(step("copying the kubeadm double"))?;
+    stamp_kubeadm_version(&context)?;
     fs::copy(
         workspace_root().join("tests/fixtures/kubectl-double"),
         context.join("bin/kubectl"),
     )
     .map_err(step("copying the kubectl double"))?;
+    copy_kube_double(seaport, &context.join("bin").join(KUBE_DOUBLE_BIN))?;
     write_mode(
         &context.join("bin/kubelet"),
         b"#!/bin/sh\n# kubelet stand-in of the test image\necho \"kubelet (test stand-in) $*\"\n",
         0o755,
     )?;
-    for f in ["bin/kubeadm", "bin/kubectl", "cri/docker-registry"] {
+    for f in [
+        "bin/kubeadm",
+        "bin/kubectl",
+        "bin/seaport-kube-double",
+        "cri/docker-registry",
+    ] {
         set_mode(&context.join(f), 0o755)?;
     }
     // images/: one OCI archive.
@@ -346,6 +391,88 @@ pub fn build_test_image_as(
         listed_domain: domain,
         name: name.to_string(),
     })
+}
+
+/// Makes the rootfs in `context` one of Kubernetes `version`: `Metadata`'s
+/// `version` and `kubeVersion`, the Kubefile's `KUBEVERSION`, the
+/// ClusterConfiguration's `kubernetesVersion` in `etc/kubeadm.yml`.
+pub fn set_kube_version(context: &Path, version: &str) -> Result<(), TestImageError> {
+    let meta_path = context.join("Metadata");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(&meta_path).map_err(step("reading Metadata"))?)
+            .map_err(step("parsing Metadata"))?;
+    meta["version"] = version.into();
+    meta["kubeVersion"] = version.into();
+    let text = serde_json::to_string_pretty(&meta).expect("JSON serializes") + "\n";
+    fs::write(&meta_path, text).map_err(step("writing Metadata"))?;
+    let edit = |file: &str, prefix: &str| -> Result<(), TestImageError> {
+        let path = context.join(file);
+        let text = fs::read_to_string(&path).map_err(step(file))?;
+        let mut found = false;
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with(prefix) {
+                    found = true;
+                    format!("{prefix}{version}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        if !found {
+            return Err(TestImageError::Step(format!(
+                "{file} has no line {prefix}..."
+            )));
+        }
+        fs::write(&path, out.join("\n") + "\n").map_err(step(file))
+    };
+    edit("Kubefile", "KUBEVERSION ")?;
+    edit("etc/kubeadm.yml", "kubernetesVersion: ")
+}
+
+/// Writes the image's Kubernetes version (`Metadata`'s `version`) into the
+/// kubeadm double, which stands for the kubeadm of that release.
+fn stamp_kubeadm_version(context: &Path) -> Result<(), TestImageError> {
+    let meta: serde_json::Value = serde_json::from_slice(
+        &fs::read(context.join("Metadata")).map_err(step("reading Metadata"))?,
+    )
+    .map_err(step("parsing Metadata"))?;
+    let version = meta["version"]
+        .as_str()
+        .ok_or_else(|| TestImageError::Step("Metadata has no version".into()))?;
+    let script = context.join("bin/kubeadm");
+    let text = fs::read_to_string(&script).map_err(step("reading the kubeadm double"))?;
+    fs::write(&script, text.replace("@KUBEADM_VERSION@", version))
+        .map_err(step("writing the kubeadm double"))
+}
+
+/// The helper of the kubeadm double (crate `tests/doubles`), built beside
+/// `seaport`; installed on hosts from the image's `bin/`.
+pub const KUBE_DOUBLE_BIN: &str = "seaport-kube-double";
+
+/// Copies the helper built beside `seaport` to `dest`, without its debug
+/// information when `strip` is there (a quarter of the size to ship).
+fn copy_kube_double(seaport: &Path, dest: &Path) -> Result<(), TestImageError> {
+    let src = seaport.with_file_name(KUBE_DOUBLE_BIN);
+    if !src.is_file() {
+        return Err(TestImageError::Step(format!(
+            "{} is missing: build it with `cargo build -p seaport-kube-double`",
+            src.display()
+        )));
+    }
+    let stripped = Command::new("strip")
+        .arg("-o")
+        .arg(dest)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        fs::copy(&src, dest).map_err(step("copying seaport-kube-double"))?;
+    }
+    Ok(())
 }
 
 /// `tar -czf out -C dir names...`.
@@ -668,4 +795,51 @@ pub fn push_docker_v2s2_gzip(
         format!("oci:{}:v2s2", gz.display()),
         format!("docker://{dest}"),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rootfs_is_set_to_another_kubernetes_version_everywhere_it_says_one() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = d.path().join("context");
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(workspace_root().join("rootfs/base"))
+            .arg(&ctx)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        set_kube_version(&ctx, "v1.20.4").unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_slice(&fs::read(ctx.join("Metadata")).unwrap()).unwrap();
+        assert_eq!(meta["version"], "v1.20.4");
+        assert_eq!(meta["kubeVersion"], "v1.20.4");
+        let kubefile = fs::read_to_string(ctx.join("Kubefile")).unwrap();
+        assert!(
+            kubefile.lines().any(|l| l == "KUBEVERSION v1.20.4"),
+            "{kubefile}"
+        );
+        let kubeadm = fs::read_to_string(ctx.join("etc/kubeadm.yml")).unwrap();
+        assert!(
+            kubeadm.contains("\nkubernetesVersion: v1.20.4\n"),
+            "{kubeadm}"
+        );
+        assert!(!kubeadm.contains("v1.19.8"), "{kubeadm}");
+        // The kubeadm double copied in afterwards stands for that release.
+        fs::copy(
+            workspace_root().join("tests/fixtures/kubeadm-double"),
+            ctx.join("bin/kubeadm"),
+        )
+        .unwrap();
+        stamp_kubeadm_version(&ctx).unwrap();
+        let double = fs::read_to_string(ctx.join("bin/kubeadm")).unwrap();
+        assert!(
+            double.contains("KUBEADM_VERSION='v1.20.4'"),
+            "stamp missing"
+        );
+    }
 }

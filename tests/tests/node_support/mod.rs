@@ -61,6 +61,9 @@ impl Running {
                     listen,
                     node_cert_ttl: Duration::from_secs(3600),
                     trust: Default::default(),
+                    store: None,
+                    advertise: None,
+                    lease_ttl: seaport::state::leader::DEFAULT_TTL,
                 },
             ) {
                 Ok(d) => break d,
@@ -424,6 +427,10 @@ async fn answer_task(
             TaskEvent::Files { files, error: None }
         }
         TaskRequest::WriteFiles(_) => TaskEvent::Written { error: None },
+        TaskRequest::Balancer(_) => TaskEvent::Balancer {
+            facts: None,
+            error: None,
+        },
         TaskRequest::Shell(_) => TaskEvent::Finished {
             ok: true,
             error: None,
