@@ -22,8 +22,8 @@ step() { printf '\n==> %s\n' "$*"; }
 step "installing Debian packages"
 bash packaging/install-deps.sh >/dev/null
 
-step "building seaport, seaport-agent and seaport-lab"
-cargo build -p seaport -p seaport-agent -p seaport-lab
+step "building seaport, seaport-agent, seaport-lab and the lab's Kubernetes stand-ins"
+cargo build -p seaport -p seaport-agent -p seaport-lab -p seaport-kube-double
 
 bin=$PWD/target/debug
 export SEAPORT_ROOT=${SEAPORT_ROOT:-/var/lib/seaport}
