@@ -198,7 +198,7 @@ fn masters_serve_healthz_with_the_cluster_ca_and_reset_stops_them() {
     // the admin's on master0, the kubelet's on the worker; both reach
     // master0 by apiserver.cluster.local with the cluster CA.
     let kubectl = |h: &Host, args: &[&str]| {
-        let mut argv = vec!["env", "KUBECTL_DOUBLE_REQUIRE_KUBECONFIG=1", "kubectl"];
+        let mut argv = vec!["kubectl"];
         argv.extend(args);
         h.exec(&argv).unwrap()
     };
