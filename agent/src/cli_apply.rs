@@ -182,11 +182,30 @@ pub fn run_reset(args: ResetArgs, state_dir: PathBuf) -> anyhow::Result<()> {
     let opts = apply::ResetOptions {
         cluster: args.cluster.clone(),
         prune: args.prune,
-        state_dir,
+        state_dir: state_dir.clone(),
         data_root: args.data_root,
         host_root: PathBuf::from("/"),
         timeout: Duration::from_secs(args.timeout),
     };
+    // The API balancer's kept list and address go first, as in a reset
+    // through the coordinator; a running agent's listener is left without
+    // its address and is gone at the agent's next start.
+    let balancer = crate::balancer::host::HostBalancer::new(
+        &state_dir,
+        crate::balancer::host::CA_FILE,
+        std::sync::Arc::new(SystemEffects),
+    );
+    let stopped = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(balancer.stop(&args.cluster));
+    if stopped {
+        println!(
+            "API balancer of cluster {}: list forgotten, address removed",
+            args.cluster
+        );
+    }
     let report = apply::reset(&opts, &SystemEffects)
         .with_context(|| format!("resetting cluster {}", args.cluster))?;
     if !report.had_journal {

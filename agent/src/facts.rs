@@ -132,6 +132,7 @@ impl FactsSource for SystemFacts {
             agent_version: AGENT_VERSION.to_string(),
             uptime_secs: System::uptime(),
             counters: crate::distribution::counters::snapshot(),
+            balancer: crate::balancer::host::global().and_then(|b| b.facts()),
         }
     }
 }

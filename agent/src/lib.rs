@@ -13,6 +13,8 @@
 //! - [`session`]: the service loop: session, heartbeats, renewal, backoff.
 //! - [`distribution`]: layer distribution: the blob store, the piece fetcher
 //!   (peers first, the coordinator where it grants), the peer server.
+//! - [`balancer`]: the node-local API balancer: a TCP forwarder to the
+//!   healthy masters, with active and passive health checks.
 //! - [`apply`]: the apply engine: journaled, idempotent steps that install a
 //!   cluster image on this host natively, and reset.
 //! - [`cli_apply`]: `seaport-agent apply` and `seaport-agent reset` (local runs).
@@ -22,6 +24,7 @@
 //!   required) and the signature check before every apply.
 
 pub mod apply;
+pub mod balancer;
 pub mod cli_apply;
 pub mod distribution;
 pub mod facts;

@@ -158,12 +158,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     None
                 }
             };
+            // The API balancer the host kept serves again before anything
+            // else: workers' kubelets reach their API servers through it.
+            let balancer = seaport_agent::balancer::host::HostBalancer::install(
+                std::sync::Arc::new(seaport_agent::balancer::host::HostBalancer::new(
+                    &state_dir,
+                    seaport_agent::balancer::host::CA_FILE,
+                    std::sync::Arc::new(seaport_agent::apply::SystemEffects),
+                )),
+            );
+            if let Err(e) = balancer.restore().await {
+                tracing::warn!(error = %e, "the kept API balancer could not start");
+            }
             let tasks = tokio::spawn(
                 seaport_agent::tasks::serve(
                     seaport_agent::tasks::TaskSettings {
                         state_dir: state_dir.clone(),
                         data_root,
                         trust: trust.local(),
+                        balancer: Some(balancer),
                     },
                     link.subscribe(),
                     rx.clone(),

@@ -20,8 +20,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use seaport_shared::codec;
 use seaport_shared::digest::Digest;
 use seaport_shared::wire::{
-    self, ApplyTask, DriftTask, ReadFilesTask, ResetTask, ShellTask, StepState, StreamKind,
-    TaskEvent, TaskRequest, WriteFilesTask, TASK_FRAME_LIMIT,
+    self, ApplyTask, BalancerTask, DriftTask, ReadFilesTask, ResetTask, ShellTask, StepState,
+    StreamKind, TaskEvent, TaskRequest, WriteFilesTask, TASK_FRAME_LIMIT,
 };
 
 use crate::apply::{
@@ -42,6 +42,8 @@ pub struct TaskSettings {
     pub data_root: PathBuf,
     /// What this host asks of images beside the coordinator's policy.
     pub trust: crate::trust::LocalTrust,
+    /// The node-local API balancer (none: balancer tasks fail).
+    pub balancer: Option<Arc<crate::balancer::host::HostBalancer>>,
 }
 
 /// Accepts task streams on every session the agent has, until shutdown.
@@ -110,6 +112,7 @@ async fn handle(
             TaskRequest::Shell(task) => run_shell(task, settings, tx).await,
             TaskRequest::Drift(task) => run_drift(task, settings, tx).await,
             TaskRequest::Preflight(task) => run_preflight(task, settings, tx).await,
+            TaskRequest::Balancer(task) => run_balancer(task, settings, tx).await,
         }
     });
     // Forward events while the coordinator listens; the work goes on when
@@ -366,8 +369,31 @@ async fn run_apply(task: ApplyTask, settings: TaskSettings, tx: Events) {
     .await;
 }
 
+async fn run_balancer(task: BalancerTask, settings: TaskSettings, tx: Events) {
+    info!(cluster = %task.cluster, listen = %task.listen_ip, port = task.port, backends = ?task.backends, "API balancer task");
+    let event = match &settings.balancer {
+        None => TaskEvent::Balancer {
+            facts: None,
+            error: Some("this agent runs no API balancer".into()),
+        },
+        Some(b) => match b.apply(&task).await {
+            Ok(facts) => TaskEvent::Balancer { facts, error: None },
+            Err(e) => TaskEvent::Balancer {
+                facts: None,
+                error: Some(e.to_string()),
+            },
+        },
+    };
+    let _ = tx.send(event);
+}
+
 async fn run_reset(task: ResetTask, settings: TaskSettings, tx: Events) {
     info!(cluster = %task.cluster, prune = task.prune, "reset task");
+    // The balancer goes first: the host stops serving the cluster's API
+    // before its install is undone.
+    if let Some(b) = &settings.balancer {
+        b.stop(&task.cluster).await;
+    }
     let opts = ResetOptions {
         cluster: task.cluster.clone(),
         prune: task.prune,
@@ -543,6 +569,7 @@ mod tests {
             state_dir: dir.path().join("state"),
             data_root: dir.path().join("data"),
             trust: Default::default(),
+            balancer: None,
         };
         let key = SigningKey::generate().unwrap();
         let fp = key.public_key().fingerprint();

@@ -10,9 +10,9 @@
 //!
 //! | operation | when | stages |
 //! | --- | --- | --- |
-//! | install | no cluster yet | fetch, rootfs, image plugins, install/start plugins, configs, runtime, registry, registry access, install/hosts-ready plugins, init, joins, cluster-ready plugins, labels and taints, launch, install/done plugins |
-//! | scale up | new hosts | the same for the new hosts, without init and registry |
-//! | scale down | hosts left the spec | clean plugins, `kubectl delete node`, reset, post-clean plugins, forget |
+//! | install | no cluster yet | fetch, rootfs, image plugins, install/start plugins, configs, runtime, registry, registry access, install/hosts-ready plugins, init, master joins, workers' API balancers, worker joins, cluster-ready plugins, labels and taints, launch, install/done plugins |
+//! | scale up | new hosts | the same for the new hosts, without init (a new master runs its own registry unless `localRegistry.ha` is false; the balancers get new masters once they joined) |
+//! | scale down | hosts left the spec | workers' API balancers without the leaving masters, clean plugins, `kubectl delete node`, reset, post-clean plugins, forget |
 //! | upgrade | a new image | fetch, upgrade-host plugins, the host steps again on the new image (not kubeadm), configs, upgrade plugins |
 //!
 //! Labels and taints are applied at the end of every operation (they are
@@ -56,6 +56,10 @@ pub struct Spec {
     /// documents.
     #[serde(default)]
     pub clusterfile: Option<String>,
+    /// The Clusterfile's `localRegistry.ha: false`: the local registry on
+    /// master0 only (by default every master runs one).
+    #[serde(default)]
+    pub registry_master0_only: bool,
 }
 
 impl Spec {
@@ -65,6 +69,17 @@ impl Spec {
 
     pub fn master0(&self) -> Option<&DesiredHost> {
         self.hosts.iter().find(|h| h.role == HostRole::Master)
+    }
+
+    /// The hosts that run the local registry: every master, as sealer's
+    /// `localRegistry.ha` (default true) has it, or master0 alone.
+    pub fn registry_hosts(&self) -> Vec<String> {
+        let masters = self.hosts.iter().filter(|h| h.role == HostRole::Master);
+        if self.registry_master0_only {
+            masters.take(1).map(|h| h.ip.clone()).collect()
+        } else {
+            masters.map(|h| h.ip.clone()).collect()
+        }
     }
 }
 
@@ -116,6 +131,15 @@ pub enum Work {
     Reset { hosts: Vec<String>, prune: bool },
     /// Drop these hosts from the cluster.
     Forget { hosts: Vec<String> },
+    /// The node-local API balancers of these hosts (workers) forward to
+    /// these masters' API servers, and to no other; and to these registry
+    /// hosts' local registries.
+    Balancers {
+        hosts: Vec<String>,
+        masters: Vec<String>,
+        #[serde(default)]
+        registries: Vec<String>,
+    },
 }
 
 /// A stage: a name for status, and its work.
@@ -134,7 +158,8 @@ impl StageSpec {
             | Work::Preflight { hosts, .. }
             | Work::Configs { hosts }
             | Work::Reset { hosts, .. }
-            | Work::Forget { hosts } => hosts.clone(),
+            | Work::Forget { hosts }
+            | Work::Balancers { hosts, .. } => hosts.clone(),
             Work::Apply { tasks, .. } => tasks.iter().map(|t| t.host.clone()).collect(),
             Work::Plugins { targets, .. } => targets.clone(),
             Work::ImagePlugins | Work::LabelsTaints { .. } | Work::DeleteNodes { .. } => {
@@ -174,6 +199,8 @@ pub enum ConvergeError {
         "removing every host: use `seaport delete --all` (or --cluster) to delete the cluster"
     )]
     RemovesAll,
+    #[error("the workers' API balancer: {0}")]
+    ApiBalancer(#[from] seaport_rootfs::kubeadm::BalancerAddrError),
 }
 
 /// The planner's input for a spec.
@@ -194,7 +221,7 @@ pub fn plan_input(
                 role: h.role,
             })
             .collect(),
-        registry_hosts: vec![],
+        registry_hosts: spec.registry_hosts(),
         has_launch,
     }
 }
@@ -226,6 +253,7 @@ pub fn stages(
     has_launch: bool,
 ) -> Result<Converged, ConvergeError> {
     let plan = plan::plan(&plan_input(cluster, spec, digest, has_launch))?;
+    seaport_rootfs::kubeadm::api_balancer_addr(&spec.env)?;
     let roles: Vec<(String, Role)> = spec
         .hosts
         .iter()
@@ -257,7 +285,13 @@ fn operation(
     let Some(current) = current.filter(|c| !c.hosts.is_empty()) else {
         return Ok((
             OperationKind::Install,
-            install(plan, &all, OperationKind::Install, &all),
+            install(
+                plan,
+                &all,
+                OperationKind::Install,
+                &all,
+                balancers(spec, &[]),
+            ),
         ));
     };
     let master0 = spec.master0().map(|h| h.ip.clone()).unwrap_or_default();
@@ -335,6 +369,7 @@ fn operation(
         if removed.len() == current.hosts.len() {
             return Err(ConvergeError::RemovesAll);
         }
+        out.extend(balancers(spec, &removed));
         out.extend(scale_down(&removed));
     }
     if !added.is_empty() {
@@ -342,14 +377,29 @@ fn operation(
         for p in &mut plan.phases {
             p.tasks.retain(|t| added.contains(&t.host));
         }
-        plan.phases.retain(|p| {
-            !p.tasks.is_empty() && p.phase != Phase::Registry && p.phase != Phase::Launch
-        });
-        out.extend(install(plan, &added, OperationKind::ScaleUp, &all));
+        // A new master that is a registry host gets its own registry.
+        plan.phases
+            .retain(|p| !p.tasks.is_empty() && p.phase != Phase::Launch);
+        out.extend(install(
+            plan,
+            &added,
+            OperationKind::ScaleUp,
+            &all,
+            balancers(spec, &[]),
+        ));
     } else if removed.is_empty() {
         // Same hosts and image: every step again; agents skip what is done,
         // so this checks every host and repairs what is missing.
-        return Ok((kind, install(plan, &all, OperationKind::Install, &all)));
+        return Ok((
+            kind,
+            install(
+                plan,
+                &all,
+                OperationKind::Install,
+                &all,
+                balancers(spec, &[]),
+            ),
+        ));
     } else {
         out.push(labels);
     }
@@ -372,12 +422,45 @@ fn configs(hosts: &[String]) -> StageSpec {
     }
 }
 
-/// Install (or scale-up) stages for `targets` from the plan's phases.
+/// The stage that gives every worker of `spec` (but those `leaving`) the
+/// masters of `spec` (but those `leaving`) as its API balancer's backends,
+/// and the registry hosts as its registry balancer's; none when no worker
+/// stays.
+fn balancers(spec: &Spec, leaving: &[String]) -> Option<StageSpec> {
+    let stays = |h: &&DesiredHost| !leaving.contains(&h.ip);
+    let of = |role| -> Vec<String> {
+        spec.hosts
+            .iter()
+            .filter(stays)
+            .filter(|h| h.role == role)
+            .map(|h| h.ip.clone())
+            .collect()
+    };
+    let hosts = of(HostRole::Node);
+    let registries = spec
+        .registry_hosts()
+        .into_iter()
+        .filter(|ip| !leaving.contains(ip))
+        .collect();
+    (!hosts.is_empty()).then(|| StageSpec {
+        name: "balancers".into(),
+        work: Work::Balancers {
+            hosts,
+            masters: of(HostRole::Master),
+            registries,
+        },
+    })
+}
+
+/// Install (or scale-up) stages for `targets` from the plan's phases. The
+/// workers' balancers get the masters once every master of the plan
+/// joined, before any worker joins.
 fn install(
     plan: plan::Plan,
     targets: &[String],
     op: OperationKind,
     all: &[String],
+    mut balancers: Option<StageSpec>,
 ) -> Vec<StageSpec> {
     let mut out = vec![StageSpec {
         name: "fetch".into(),
@@ -387,8 +470,21 @@ fn install(
     }];
     let mut cluster_ready_done = false;
     let last_join = plan.phases.iter().rposition(|p| p.phase.is_kubeadm());
+    let balancers_at = plan
+        .phases
+        .iter()
+        .position(|p| p.phase == Phase::JoinNodes)
+        .or_else(|| {
+            plan.phases
+                .iter()
+                .rposition(|p| matches!(p.phase, Phase::InitMaster0 | Phase::JoinMaster(_)))
+                .map(|i| i + 1)
+        });
     for (i, p) in plan.phases.into_iter().enumerate() {
         let phase = p.phase;
+        if Some(i) == balancers_at {
+            out.extend(balancers.take());
+        }
         let name = phase.to_string();
         let hosts_ready_done = out.iter().any(|s| {
             matches!(
@@ -426,6 +522,9 @@ fn install(
             out.push(labels_for(all));
             cluster_ready_done = true;
         }
+    }
+    if balancers_at.is_some() {
+        out.extend(balancers.take());
     }
     out.push(plugins(op, PluginPoint::Done, targets));
     out
@@ -513,6 +612,7 @@ mod tests {
                 .collect(),
             env: vec![],
             clusterfile: None,
+            registry_master0_only: false,
         }
     }
 
@@ -544,6 +644,7 @@ mod tests {
                 "registry-access",
                 "plugins:install:hosts-ready",
                 "init-master0",
+                "balancers",
                 "join-nodes",
                 "plugins:install:cluster-ready",
                 "labels-taints",

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use seaport_shared::wire::NodeCounters;
+use seaport_shared::wire::{BalancerFacts, NodeCounters};
 
 /// Upper bounds of duration buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -63,6 +63,7 @@ pub struct Metrics {
     steps: Mutex<BTreeMap<String, Histogram>>,
     enroll_refusals: Mutex<BTreeMap<String, u64>>,
     nodes: Mutex<BTreeMap<String, NodeCounters>>,
+    balancers: Mutex<BTreeMap<String, BalancerFacts>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,6 +111,19 @@ impl Metrics {
         *lock(&self.enroll_refusals)
             .entry(reason.to_string())
             .or_default() += 1;
+    }
+
+    /// A node's API balancer, from its heartbeat (none: it runs none).
+    pub fn node_balancer(&self, node_id: &str, balancer: Option<BalancerFacts>) {
+        let mut m = lock(&self.balancers);
+        match balancer {
+            Some(b) => {
+                m.insert(node_id.to_string(), b);
+            }
+            None => {
+                m.remove(node_id);
+            }
+        }
     }
 
     /// A node's counters, from its heartbeat.
@@ -248,6 +262,54 @@ impl Metrics {
                 );
             }
         }
+        let balancers = lock(&self.balancers).clone();
+        type BackendValue = fn(&seaport_shared::wire::BackendFacts) -> u64;
+        let series: [(&str, &str, &str, BackendValue); 3] = [
+            (
+                "seaport_node_api_backend_up",
+                "gauge",
+                "1 when a node's API balancer sends new connections to the backend (from its heartbeats).",
+                |b| u64::from(b.healthy),
+            ),
+            (
+                "seaport_node_api_backend_forwarded_total",
+                "counter",
+                "Connections a node's API balancer forwarded to the backend since its agent started.",
+                |b| b.forwarded,
+            ),
+            (
+                "seaport_node_api_backend_failed_dials_total",
+                "counter",
+                "Dials of a node's API balancer to the backend that failed since its agent started.",
+                |b| b.failed_dials,
+            ),
+        ];
+        for (name, kind, help, value) in series {
+            head(&mut out, name, kind, help);
+            for (node, bal) in &balancers {
+                let host = g.hostnames.get(node).map_or("", String::as_str);
+                let registry = bal
+                    .registry_listen
+                    .iter()
+                    .flat_map(|l| bal.registry.iter().map(move |b| (l.as_str(), b)));
+                let all = bal
+                    .backends
+                    .iter()
+                    .map(|b| (bal.listen.as_str(), b))
+                    .chain(registry);
+                for (listen, b) in all {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{node=\"{}\",hostname=\"{}\",listen=\"{}\",backend=\"{}\"}} {}",
+                        esc(node),
+                        esc(host),
+                        esc(listen),
+                        esc(&b.addr),
+                        value(b)
+                    );
+                }
+            }
+        }
         out
     }
 }
@@ -375,6 +437,52 @@ mod tests {
             let value = l.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{l}");
         }
+    }
+
+    #[test]
+    fn a_nodes_api_balancer_is_rendered_per_backend_until_it_stops() {
+        use seaport_shared::wire::BackendFacts;
+        let m = Metrics::default();
+        let backend = |addr: &str, healthy, forwarded, failed_dials| BackendFacts {
+            addr: addr.into(),
+            healthy,
+            reason: None,
+            forwarded,
+            failed_dials,
+        };
+        m.node_balancer(
+            "w1-1",
+            Some(BalancerFacts {
+                listen: "10.103.97.2:6443".into(),
+                backends: vec![
+                    backend("10.0.0.1:6443", false, 4, 2),
+                    backend("10.0.0.2:6443", true, 7, 0),
+                ],
+                registry_listen: Some("10.103.97.2:5000".into()),
+                registry: vec![backend("10.0.0.1:5000", true, 5, 0)],
+            }),
+        );
+        let g = Gauges {
+            hostnames: [("w1-1".to_string(), "w1".to_string())].into(),
+            ..Gauges::default()
+        };
+        let text = m.render(&g);
+        let l = "node=\"w1-1\",hostname=\"w1\",listen=\"10.103.97.2:6443\"";
+        for line in [
+            format!("seaport_node_api_backend_up{{{l},backend=\"10.0.0.1:6443\"}} 0"),
+            format!("seaport_node_api_backend_up{{{l},backend=\"10.0.0.2:6443\"}} 1"),
+            format!("seaport_node_api_backend_forwarded_total{{{l},backend=\"10.0.0.2:6443\"}} 7"),
+            format!(
+                "seaport_node_api_backend_failed_dials_total{{{l},backend=\"10.0.0.1:6443\"}} 2"
+            ),
+        ] {
+            assert!(
+                text.lines().any(|x| x == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        m.node_balancer("w1-1", None);
+        assert!(!m.render(&g).contains("backend=\""));
     }
 
     #[test]

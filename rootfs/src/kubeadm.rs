@@ -29,8 +29,70 @@ use serde_norway::{Mapping, Value};
 pub const APISERVER_DOMAIN: &str = "apiserver.cluster.local";
 /// The API server's port.
 pub const APISERVER_PORT: u16 = 6443;
-/// sealer's virtual IP of the API server, kept in the SANs for compatibility.
+/// sealer's virtual IP of the API server, kept in the SANs for compatibility;
+/// workers' node-local API balancer listens on it by default.
 pub const APISERVER_VIP: &str = "10.103.97.2";
+/// The cluster env key that moves the workers' API balancer to another IPv4
+/// address (`127.0.0.1` keeps it on the loopback address).
+pub const APISERVER_VIP_ENV: &str = "APIServerVIP";
+/// The cluster env key of the port the workers' API balancer listens on.
+pub const APISERVER_VIP_PORT_ENV: &str = "APIServerVIPPort";
+
+/// A cluster env value for the API balancer that is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BalancerAddrError {
+    /// Not an IPv4 address, or one no host can listen on.
+    #[error("env {key}={value}: not a unicast IPv4 address")]
+    Ip {
+        /// The key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// Not a port number.
+    #[error("env {key}={value}: not a port (1 to 65535)")]
+    Port {
+        /// The key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// Where workers' node-local API balancer listens, from the cluster env
+/// (the last value of a key wins): [`APISERVER_VIP`] and
+/// [`APISERVER_PORT`] unless [`APISERVER_VIP_ENV`] or
+/// [`APISERVER_VIP_PORT_ENV`] say otherwise.
+pub fn api_balancer_addr(
+    env: &[(String, String)],
+) -> Result<std::net::SocketAddrV4, BalancerAddrError> {
+    let last = |key: &str| env.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v);
+    let ip = match last(APISERVER_VIP_ENV) {
+        None => APISERVER_VIP.parse().expect("a valid constant"),
+        Some(v) => match v.trim().parse::<std::net::Ipv4Addr>() {
+            Ok(ip) if !ip.is_unspecified() && !ip.is_broadcast() && !ip.is_multicast() => ip,
+            _ => {
+                return Err(BalancerAddrError::Ip {
+                    key: APISERVER_VIP_ENV,
+                    value: v.clone(),
+                })
+            }
+        },
+    };
+    let port = match last(APISERVER_VIP_PORT_ENV) {
+        None => APISERVER_PORT,
+        Some(v) => match v.trim().parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return Err(BalancerAddrError::Port {
+                    key: APISERVER_VIP_PORT_ENV,
+                    value: v.clone(),
+                })
+            }
+        },
+    };
+    Ok(std::net::SocketAddrV4::new(ip, port))
+}
 
 /// The kinds, in the order they are written.
 pub const KINDS: &[&str] = &[
@@ -778,6 +840,39 @@ fn set(v: &mut Value, path: &[&str], value: Value) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_api_balancer_address_comes_from_the_cluster_env_or_sealers_vip() {
+        let env = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            api_balancer_addr(&[]).unwrap().to_string(),
+            "10.103.97.2:6443"
+        );
+        assert_eq!(
+            api_balancer_addr(&env(&[
+                ("APIServerVIP", "10.0.0.9"),
+                ("APIServerVIP", "127.0.0.1"),
+                ("APIServerVIPPort", "7443")
+            ]))
+            .unwrap()
+            .to_string(),
+            "127.0.0.1:7443"
+        );
+        let e = api_balancer_addr(&env(&[("APIServerVIP", "apiserver")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "env APIServerVIP=apiserver: not a unicast IPv4 address"
+        );
+        assert!(api_balancer_addr(&env(&[("APIServerVIP", "0.0.0.0")])).is_err());
+        let e = api_balancer_addr(&env(&[("APIServerVIPPort", "0")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "env APIServerVIPPort=0: not a port (1 to 65535)"
+        );
+    }
 
     #[test]
     fn join_data_of_the_wrong_shape_or_for_another_master_is_refused() {

@@ -293,6 +293,40 @@ pub struct HostFacts {
     /// The agent's counters since it started (metrics).
     #[serde(default)]
     pub counters: NodeCounters,
+    /// The node-local API balancer, when the agent runs one.
+    #[serde(default)]
+    pub balancer: Option<BalancerFacts>,
+}
+
+/// The node-local API balancer as its agent reports it (heartbeats, the
+/// answer to a [`BalancerTask`]): where it listens and every backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerFacts {
+    /// `IP:PORT` it listens on.
+    pub listen: String,
+    /// The masters' API servers, in the order the coordinator gave them.
+    pub backends: Vec<BackendFacts>,
+    /// `IP:PORT` of the port forwarding to the local registries, if any.
+    #[serde(default)]
+    pub registry_listen: Option<String>,
+    /// The registry hosts' local registries.
+    #[serde(default)]
+    pub registry: Vec<BackendFacts>,
+}
+
+/// One backend of a node-local API balancer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendFacts {
+    /// `IP:PORT` of the master's API server.
+    pub addr: String,
+    /// Whether new connections go to it.
+    pub healthy: bool,
+    /// Why it is down, when it is.
+    pub reason: Option<String>,
+    /// Connections forwarded to it since the agent started.
+    pub forwarded: u64,
+    /// Dials to it that failed since the agent started.
+    pub failed_dials: u64,
 }
 
 /// An agent's layer distribution counters since it started, sent with its
@@ -416,6 +450,10 @@ pub enum AdminRequest {
     DeleteCluster {
         cluster: Option<ClusterName>,
         prune: bool,
+        /// Go on without the hosts whose agents are offline (they are
+        /// named in the result and left as they are).
+        #[serde(default)]
+        force: bool,
     },
     /// Converge a cluster to a Clusterfile (its text). With `dry_run`,
     /// answered with `Planned` and nothing changes.
@@ -548,6 +586,8 @@ pub struct HostView {
     pub error: Option<String>,
     /// Whether its node is connected now.
     pub online: bool,
+    /// Its node-local API balancer, as its agent last reported it.
+    pub balancer: Option<BalancerFacts>,
 }
 
 /// The state of a cluster's latest operation.
@@ -689,6 +729,29 @@ pub enum TaskRequest {
     /// Check the host before an install changes it (answered with
     /// `Preflight`).
     Preflight(crate::preflight::PreflightTask),
+    /// Run (or update, or stop) the node-local API balancer (answered
+    /// with `Balancer`).
+    Balancer(BalancerTask),
+}
+
+/// The node-local API balancer a host runs for a cluster: it listens on
+/// `listen_ip:port` (the agent adds `listen_ip` to the loopback link when
+/// it is not a loopback address) and forwards to `backends`. An empty list
+/// stops it. The agent keeps the last one it was given on the host, so it
+/// runs again after the agent restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerTask {
+    pub cluster: ClusterName,
+    pub listen_ip: String,
+    pub port: u16,
+    /// `IP:PORT` of every master's API server.
+    pub backends: Vec<String>,
+    /// The port on `listen_ip` that forwards to the local registries.
+    #[serde(default)]
+    pub registry_port: Option<u16>,
+    /// `IP:PORT` of every registry host's local registry.
+    #[serde(default)]
+    pub registry_backends: Vec<String>,
 }
 
 /// Files of `<data-root>/<cluster>/rootfs`, by path relative to it.
@@ -849,6 +912,11 @@ pub enum TaskEvent {
         hostname: String,
         checks: Vec<crate::preflight::CheckResult>,
     },
+    /// The balancer as it runs now (none when the task stopped it).
+    Balancer {
+        facts: Option<BalancerFacts>,
+        error: Option<String>,
+    },
 }
 
 impl std::fmt::Debug for TaskEvent {
@@ -908,6 +976,11 @@ impl std::fmt::Debug for TaskEvent {
                 .debug_struct("Preflight")
                 .field("hostname", hostname)
                 .field("checks", checks)
+                .finish(),
+            TaskEvent::Balancer { facts, error } => f
+                .debug_struct("Balancer")
+                .field("facts", facts)
+                .field("error", error)
                 .finish(),
         }
     }

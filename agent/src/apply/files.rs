@@ -210,6 +210,41 @@ impl HostFiles {
         Ok(true)
     }
 
+    /// Removes a line [`HostFiles::append_line`] appended to `abs` (its
+    /// first copy) and the journal's note of it: the install no longer
+    /// owns it, so neither a reset nor a drift check looks for it.
+    pub fn remove_line(&self, j: &mut Journal, abs: &str, line: &str) -> Result<(), FilesError> {
+        let root = self.dir()?;
+        if let Some(Entry::File { bytes, mode }) = root.read_entry(Path::new(abs))? {
+            let text = String::from_utf8_lossy(&bytes);
+            if text.lines().any(|l| l == line) {
+                let mut removed = false;
+                let mut new: String = text
+                    .lines()
+                    .filter(|l| {
+                        let drop = !removed && *l == line;
+                        removed |= drop;
+                        !drop
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if !new.is_empty() {
+                    new.push('\n');
+                }
+                root.write_atomic(Path::new(abs), new.as_bytes(), mode)?;
+                if j.state().installed.contains_key(abs) {
+                    note_installed(j, abs, new.as_bytes())?;
+                }
+            }
+        }
+        j.update(|s| {
+            s.changes.retain(
+                |c| !matches!(c, Change::AppendedLine { path, line: l } if path == abs && l == line),
+            )
+        })?;
+        Ok(())
+    }
+
     /// Runs `f` (a hook) and journals what it changed in the tracked trees.
     /// `key` names the tracking directory, so an interrupted run reuses its
     /// "before" snapshot.

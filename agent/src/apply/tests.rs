@@ -258,8 +258,13 @@ fn a_node_is_installed_rerun_skips_everything_and_reset_restores_the_host() {
         "{mirror}"
     );
     let hosts = fs::read_to_string(h("etc/hosts")).unwrap();
+    // A worker reaches the registry on master0 and the API servers through
+    // its node-local balancer on sealer's VIP, never master0 directly.
     assert!(
-        hosts.contains("10.0.0.1 sea.hub\n") && hosts.contains("10.0.0.1 apiserver.cluster.local")
+        hosts.contains("10.0.0.1 sea.hub\n")
+            && hosts.contains("10.103.97.2 apiserver.cluster.local\n")
+            && !hosts.contains("10.0.0.1 apiserver.cluster.local"),
+        "{hosts}"
     );
     assert!(h("etc/systemd/system/kubelet.service.d/10-kubeadm.conf").is_file());
     assert_eq!(
@@ -348,6 +353,51 @@ fn a_worker_gets_no_root_kubeconfig() {
     let host = fresh_host(&opts);
     apply(&opts, &host, &mut |_| {}).unwrap();
     assert!(!opts.host_root.join("root/.kube/config").exists());
+}
+
+#[test]
+fn a_joining_master_names_master0_as_the_api_server_until_it_joined_then_itself() {
+    let (_dir, mut opts) = fixture();
+    opts.role = Role::Master;
+    opts.env = vec![("APIServerVIP".into(), "127.0.0.1".into())];
+    let host = fresh_host(&opts);
+    let before = listing(&opts.host_root);
+    let hosts = || fs::read_to_string(opts.host_root.join("etc/hosts")).unwrap();
+    let api_lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.ends_with(" apiserver.cluster.local"))
+            .map(String::from)
+            .collect()
+    };
+    opts.only = Some(steps(&["rootfs", "render", "runtime", "registry-access"]));
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    assert_eq!(api_lines(&hosts()), ["10.0.0.1 apiserver.cluster.local"]);
+    opts.only = None;
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    let calls = host.rec.calls();
+    assert!(
+        calls.iter().any(|c| c.contains("kubeadm join --config")),
+        "{calls:#?}"
+    );
+    // Joined: its own API server, master0's line gone (the balancer's
+    // address is for workers only).
+    assert_eq!(api_lines(&hosts()), ["10.0.0.2 apiserver.cluster.local"]);
+    assert!(drift(&opts.state_dir, &opts.host_root, &name("c1"))
+        .unwrap()
+        .modified
+        .is_empty());
+    // A rerun of the steps that name hosts keeps it pointing at itself.
+    let journal = opts.state_dir.join("journal/c1/journal.json");
+    let text = fs::read_to_string(&journal).unwrap();
+    fs::write(
+        &journal,
+        text.replace("\"registry-access\"", "\"registry-access-old\""),
+    )
+    .unwrap();
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    assert_eq!(api_lines(&hosts()), ["10.0.0.2 apiserver.cluster.local"]);
+    reset_c1(&opts, &host);
+    assert_eq!(listing(&opts.host_root), before);
 }
 
 #[test]

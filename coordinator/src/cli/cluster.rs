@@ -174,6 +174,10 @@ pub struct DeleteArgs {
     /// Do not ask for confirmation.
     #[arg(short = 'y', long)]
     pub yes: bool,
+    /// Go on without hosts whose agents are offline: they are left as
+    /// they are and named in the summary (whole clusters only).
+    #[arg(long, conflicts_with_all = ["masters", "nodes"])]
+    pub force: bool,
     /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
     /// defaults to the local one.
     #[arg(long)]
@@ -622,10 +626,14 @@ pub(super) fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
         if !args.yes {
             confirm(&chosen, args.prune)?;
         }
+        for line in offline_lines(&chosen, args.force) {
+            eprintln!("{line}");
+        }
         let resp = client
             .request(&AdminRequest::DeleteCluster {
                 cluster: args.cluster.clone(),
                 prune: args.prune,
+                force: args.force,
             })
             .await
             .context("deleting")?;
@@ -637,6 +645,9 @@ pub(super) fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
             eprintln!("cluster {cluster}: resetting every host");
             let view = follow(root, args.coordinator.as_deref(), &cluster, generation).await?;
             print_summary(&view);
+            for line in left_out_lines(&view) {
+                println!("{line}");
+            }
             if view.state != RunState::Deleted {
                 failed.push(failure(&view));
             }
@@ -647,6 +658,48 @@ pub(super) fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
             Some(e) => Err(e),
         }
     })
+}
+
+/// What `delete` says at once about hosts whose agents are offline.
+fn offline_lines(chosen: &[&ClusterView], force: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in chosen {
+        for h in v.hosts.iter().filter(|h| !h.online) {
+            out.push(if force {
+                format!(
+                    "cluster {}: {} ({}) is offline: going on without it (--force); it is left as it is",
+                    v.cluster,
+                    h.ip,
+                    host_name(h)
+                )
+            } else {
+                format!(
+                    "cluster {}: {} ({}) is offline: the delete waits for its agent to come back (up to 30 minutes); add --force to go on without it",
+                    v.cluster,
+                    h.ip,
+                    host_name(h)
+                )
+            });
+        }
+    }
+    out
+}
+
+/// The hosts an operation left out (`delete --force`), with what was not
+/// done on them.
+fn left_out_lines(v: &ClusterView) -> Vec<String> {
+    v.hosts
+        .iter()
+        .filter(|h| h.error.as_deref() == Some(crate::operations::LEFT_OUT))
+        .map(|h| {
+            format!(
+                "  {} ({}) was offline: not reset, nothing removed; it still holds the install (run `seaport-agent reset --cluster {}` on it)",
+                h.ip,
+                host_name(h),
+                v.cluster
+            )
+        })
+        .collect()
 }
 
 fn confirm(chosen: &[&ClusterView], prune: bool) -> anyhow::Result<()> {
@@ -956,7 +1009,37 @@ fn print_status(v: &ClusterView) {
         if let Some(e) = &h.error {
             println!("    {}", first_line(e));
         }
+        if let Some(b) = &h.balancer {
+            println!("    {}", balancer_line(b));
+        }
     }
+}
+
+/// A worker's API balancer in one line: where it listens, each backend up
+/// or down (and why), and how many connections went to each.
+fn balancer_line(b: &seaport_shared::wire::BalancerFacts) -> String {
+    let list = |backends: &[seaport_shared::wire::BackendFacts]| -> String {
+        backends
+            .iter()
+            .map(|x| {
+                let state = match (&x.healthy, &x.reason) {
+                    (true, _) => "up".to_string(),
+                    (false, Some(r)) => format!("DOWN ({})", first_line(r)),
+                    (false, None) => "DOWN".to_string(),
+                };
+                format!("{} {state}, {} forwarded", x.addr, x.forwarded)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let mut line = format!("api balancer {}: {}", b.listen, list(&b.backends));
+    if let Some(r) = &b.registry_listen {
+        line.push_str(&format!(
+            "\n    registry balancer {r}: {}",
+            list(&b.registry)
+        ));
+    }
+    line
 }
 
 #[cfg(test)]
@@ -981,5 +1064,100 @@ mod tests {
             "{t}"
         );
         assert!(lines[1].ends_with("accepted: install of cluster c, operation 1"));
+    }
+
+    #[test]
+    fn a_workers_balancer_is_one_line_naming_each_backend_and_why_it_is_down() {
+        use seaport_shared::wire::{BackendFacts, BalancerFacts};
+        let b = BalancerFacts {
+            listen: "10.103.97.2:6443".into(),
+            backends: vec![
+                BackendFacts {
+                    addr: "10.0.0.1:6443".into(),
+                    healthy: false,
+                    reason: Some("dial: connection refused".into()),
+                    forwarded: 3,
+                    failed_dials: 1,
+                },
+                BackendFacts {
+                    addr: "10.0.0.2:6443".into(),
+                    healthy: true,
+                    reason: None,
+                    forwarded: 9,
+                    failed_dials: 0,
+                },
+            ],
+            registry_listen: Some("10.103.97.2:5000".into()),
+            registry: vec![BackendFacts {
+                addr: "10.0.0.1:5000".into(),
+                healthy: true,
+                reason: None,
+                forwarded: 2,
+                failed_dials: 0,
+            }],
+        };
+        assert_eq!(
+            super::balancer_line(&b),
+            "api balancer 10.103.97.2:6443: 10.0.0.1:6443 DOWN (dial: connection refused), 3 forwarded; 10.0.0.2:6443 up, 9 forwarded\n    registry balancer 10.103.97.2:5000: 10.0.0.1:5000 up, 2 forwarded"
+        );
+    }
+
+    fn view(master0_online: bool, note: Option<&str>) -> seaport_shared::wire::ClusterView {
+        use seaport_shared::cluster::{ClusterName, Role};
+        use seaport_shared::wire::{ClusterView, HostView, RunState};
+        let host = |ip: &str, role, online, error: Option<&str>| HostView {
+            ip: ip.into(),
+            node_id: format!("node-{ip}"),
+            hostname: format!("host-{ip}"),
+            role,
+            phase: "reset".into(),
+            fetched_bytes: 0,
+            total_bytes: 0,
+            steps: vec![],
+            error: error.map(String::from),
+            online,
+            balancer: None,
+        };
+        ClusterView {
+            cluster: ClusterName::parse("c").unwrap(),
+            image: "k8s:v1".into(),
+            manifest_digest: seaport_shared::digest::Digest::of(b"m").into(),
+            state: RunState::Deleted,
+            generation: 2,
+            phase: "done".into(),
+            phases: vec!["reset".into()],
+            hosts: vec![
+                host("10.0.0.1", Role::Master0, master0_online, note),
+                host("10.0.0.2", Role::Node, true, None),
+            ],
+            started_at: 0,
+            finished_at: Some(1),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn delete_names_offline_hosts_before_it_starts_and_what_it_left_out() {
+        let v = view(false, None);
+        let waits = super::offline_lines(&[&v], false);
+        assert_eq!(waits.len(), 1, "{waits:?}");
+        assert!(
+            waits[0].contains("10.0.0.1 (host-10.0.0.1) is offline")
+                && waits[0].contains("waits")
+                && waits[0].contains("--force"),
+            "{waits:?}"
+        );
+        let goes_on = super::offline_lines(&[&v], true);
+        assert!(goes_on[0].contains("going on without it"), "{goes_on:?}");
+        assert!(super::offline_lines(&[&view(true, None)], false).is_empty());
+
+        let done = view(false, Some(crate::operations::LEFT_OUT));
+        let left = super::left_out_lines(&done);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(
+            left[0].contains("10.0.0.1 (host-10.0.0.1) was offline: not reset"),
+            "{left:?}"
+        );
+        assert!(super::left_out_lines(&view(false, Some("other"))).is_empty());
     }
 }

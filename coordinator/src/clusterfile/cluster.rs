@@ -435,6 +435,28 @@ pub(crate) fn from_doc(
         }
     });
 
+    // Read, but the local registry does not apply them yet: say so rather
+    // than let the user believe the registry is protected.
+    if let Some(l) = &local {
+        let at = "spec.registry.localRegistry";
+        if l.username.is_some() || l.password.is_some() {
+            warn(
+                warnings,
+                format!("{at}.username"),
+                "not applied yet: the local registry serves without authentication (no htpasswd)"
+                    .into(),
+            );
+        }
+        let cert = !l.cert_dns_names.is_empty() || !l.cert_ips.is_empty();
+        if l.insecure != Some(true) && (l.insecure == Some(false) || cert) {
+            warn(
+                warnings,
+                format!("{at}.insecure"),
+                "not applied yet: the local registry serves plain HTTP (no TLS certificate)".into(),
+            );
+        }
+    }
+
     let raw_policy = spec.image_policy.unwrap_or_default();
     for (i, key) in raw_policy.trusted_keys.iter().enumerate() {
         seaport_rootfs::signing::PublicKey::from_pem(key)

@@ -1037,3 +1037,32 @@ spec:
     let e = err("apiVersion: sealer.cloud/v1\nkind: Cluster\nmetadata:\n  name: old\nspec:\n  masters:\n    ipList: [10.0.0.2]\n");
     assert_eq!(e.kind, ErrorKind::UnsupportedApiVersion);
 }
+
+#[test]
+fn registry_authentication_and_tls_are_read_but_reported_as_not_applied() {
+    let text = r#"apiVersion: sealer.io/v2
+kind: Cluster
+metadata:
+  name: c
+spec:
+  image: k8s:v1
+  hosts:
+    - ips: [10.0.0.1]
+      roles: [master]
+  registry:
+    localRegistry:
+      username: admin
+      password: secret
+      insecure: false
+"#;
+    let file = Clusterfile::parse(text).unwrap();
+    let warnings: Vec<String> = file.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "document 1 (Cluster c): spec.registry.localRegistry.username: not applied yet: the local registry serves without authentication (no htpasswd)",
+            "document 1 (Cluster c): spec.registry.localRegistry.insecure: not applied yet: the local registry serves plain HTTP (no TLS certificate)",
+        ]
+    );
+    assert!(!warnings.iter().any(|w| w.contains("secret")));
+}

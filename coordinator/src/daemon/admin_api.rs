@@ -96,8 +96,12 @@ pub(super) async fn admin_request(
                 Err(e) => refused(e.to_string()),
             }
         }
-        AdminRequest::DeleteCluster { cluster, prune } => {
-            return match shared.ops.delete(who, cluster, prune).await {
+        AdminRequest::DeleteCluster {
+            cluster,
+            prune,
+            force,
+        } => {
+            return match shared.ops.delete(who, cluster, prune, force).await {
                 Ok(list) => AdminResponse::Deleting(list),
                 Err(e) => refused(e.to_string()),
             };

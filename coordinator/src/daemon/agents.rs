@@ -10,7 +10,7 @@ use seaport_shared::clock::now_unix;
 use seaport_shared::cluster::ImageDigest;
 use seaport_shared::codec;
 use seaport_shared::wire::{
-    self, StreamKind, TaskEvent, TaskRequest, OFFLINE_AFTER, TASK_FRAME_LIMIT,
+    self, BalancerFacts, StreamKind, TaskEvent, TaskRequest, OFFLINE_AFTER, TASK_FRAME_LIMIT,
 };
 
 use super::live::LiveSessions;
@@ -36,6 +36,10 @@ impl Agents for SessionAgents {
             .get(node_id)
             .and_then(|v| v.last_seen)
             .is_some_and(|t| now_unix() - t <= OFFLINE_AFTER.as_secs() as i64)
+    }
+
+    fn balancer(&self, node_id: &str) -> Option<BalancerFacts> {
+        self.live.get(node_id)?.facts?.balancer
     }
 
     fn run_task(&self, node_id: &str, task: TaskRequest) -> Result<TaskEvents, AgentsError> {

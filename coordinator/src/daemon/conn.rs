@@ -483,6 +483,7 @@ async fn control(
                 }
                 // Counters change with every heartbeat: metrics, not facts.
                 crate::metrics::global().node_counters(me, std::mem::take(&mut facts.counters));
+                crate::metrics::global().node_balancer(me, facts.balancer.clone());
                 if let Some(facts) = shared.live.heartbeat(me, conn, facts, now) {
                     // New or changed host facts are written at once (hostnames
                     // name nodes in `nodes remove`); plain heartbeats are not.

@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 
 use seaport_shared::cluster::ImageDigest;
 use seaport_shared::distribution::NodeProgress;
-use seaport_shared::wire::{TaskEvent, TaskRequest};
+use seaport_shared::wire::{BalancerFacts, TaskEvent, TaskRequest};
 
 use crate::records::NodeRecord;
 
@@ -87,6 +87,11 @@ pub trait Agents: Send + Sync {
 
     /// Whether the node is connected now.
     fn online(&self, node_id: &str) -> bool;
+
+    /// The node's API balancer as its last heartbeat reported it.
+    fn balancer(&self, _node_id: &str) -> Option<BalancerFacts> {
+        None
+    }
 
     /// Sends `task` to the node on its own session and returns its events.
     /// [`AgentsError::NotConnected`] when the node has no session now.

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use seaport_shared::wire::{ShellTask, StepState, TaskEvent, TaskRequest};
+use seaport_shared::wire::{RunState, ShellTask, StepState, TaskEvent, TaskRequest};
 
 use super::agents::{Agents, AgentsError, TaskEvents};
 use super::error::{HostTaskError, StageError};
-use super::record::{Cluster, LiveRecord};
+use super::record::{Cluster, LiveRecord, LEFT_OUT};
 use super::store::ClusterStore;
 use crate::clusterfile::{Clusterfile, Plugin};
 
@@ -86,6 +86,16 @@ impl Driver {
             let attempt = match self.agents.run_task(&node_id, task.clone()) {
                 Ok(events) => self.follow(ip, events).await,
                 Err(AgentsError::NotConnected(_)) => {
+                    let (force, deleting) = self
+                        .record
+                        .read(|c| (c.force, c.state == RunState::Deleting));
+                    if force {
+                        self.record
+                            .host(ip, |h| h.error = Some(LEFT_OUT.to_string()));
+                        self.save().await;
+                        return Err(HostTaskError::LeftOut { node: node_id });
+                    }
+                    let first = offline_since.is_none();
                     let since = *offline_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > OFFLINE_LIMIT {
                         return Err(HostTaskError::Offline {
@@ -93,9 +103,11 @@ impl Driver {
                             minutes: OFFLINE_LIMIT.as_secs() / 60,
                         });
                     }
-                    self.record.host(ip, |h| {
-                        h.error = Some(format!("waiting for node {node_id} to come online"));
-                    });
+                    if first {
+                        self.record
+                            .host(ip, |h| h.error = Some(waiting_note(&node_id, deleting)));
+                        self.save().await;
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -190,6 +202,17 @@ impl Driver {
     }
 }
 
+/// A host's note while the operation waits for its agent.
+fn waiting_note(node_id: &str, deleting: bool) -> String {
+    let minutes = OFFLINE_LIMIT.as_secs() / 60;
+    let hint = if deleting {
+        "; `seaport delete --force` goes on without it"
+    } else {
+        ""
+    };
+    format!("offline (node {node_id}): the operation waits for it, up to {minutes} minutes{hint}")
+}
+
 /// The error a task's last event carries, if any.
 fn answer_error(last: &TaskEvent) -> Option<String> {
     match last {
@@ -197,7 +220,8 @@ fn answer_error(last: &TaskEvent) -> Option<String> {
         | TaskEvent::ResetDone { error, .. }
         | TaskEvent::Files { error, .. }
         | TaskEvent::Written { error }
-        | TaskEvent::Drift { error, .. } => error.clone(),
+        | TaskEvent::Drift { error, .. }
+        | TaskEvent::Balancer { error, .. } => error.clone(),
         TaskEvent::Step { .. } | TaskEvent::Preflight { .. } => None,
     }
 }
@@ -213,15 +237,19 @@ pub(crate) fn check(
             | Ok(TaskEvent::ResetDone { error: None, .. })
             | Ok(TaskEvent::Written { error: None })
             | Ok(TaskEvent::Files { error: None, .. })
-            | Ok(TaskEvent::Drift { error: None, .. }) => {}
+            | Ok(TaskEvent::Drift { error: None, .. })
+            | Ok(TaskEvent::Balancer { error: None, .. }) => {}
             Ok(TaskEvent::Finished { error, .. }) => failures.push((ip, error.unwrap_or_default())),
             Ok(
                 TaskEvent::ResetDone { error: Some(e), .. }
                 | TaskEvent::Written { error: Some(e) }
                 | TaskEvent::Files { error: Some(e), .. }
-                | TaskEvent::Drift { error: Some(e), .. },
+                | TaskEvent::Drift { error: Some(e), .. }
+                | TaskEvent::Balancer { error: Some(e), .. },
             ) => failures.push((ip, e)),
             Ok(other) => failures.push((ip, format!("unexpected answer {other:?}"))),
+            // Left out on purpose; its note says so.
+            Err(HostTaskError::LeftOut { .. }) => {}
             Err(e) => failures.push((ip, e.to_string())),
         }
     }

@@ -96,6 +96,13 @@ pub enum HostTaskError {
         /// For how long.
         minutes: u64,
     },
+    /// The node was offline and the operation went on without it
+    /// (`delete --force`).
+    #[error("node {node} was offline: left out (--force)")]
+    LeftOut {
+        /// The node.
+        node: String,
+    },
     /// A background task of the coordinator failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -115,6 +122,9 @@ pub struct StageFailed {
 /// `seaport status`.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
+    /// The cluster env's address of the workers' API balancer is unusable.
+    #[error("the workers' API balancer: {0}")]
+    Balancer(#[from] seaport_rootfs::kubeadm::BalancerAddrError),
     /// Hosts reported failures (each names its host).
     #[error("{}", .0.iter().map(|(ip, e)| format!("{ip}: {e}")).collect::<Vec<_>>().join("; "))]
     Hosts(Vec<(String, String)>),

@@ -52,7 +52,7 @@ pub use prepare::{
     desired, prepare, spec_of_clusterfile, Desired, Operation, PrepareInput, Prepared,
     ResolvedImage, Want,
 };
-pub use record::{AuditEntry, Cluster, HostRecord};
+pub use record::{AuditEntry, Cluster, HostRecord, LEFT_OUT};
 pub use service::Operations;
 pub use store::{ClusterStore, StoreError};
 #[cfg(test)]

@@ -206,6 +206,7 @@ pub fn spec_of_clusterfile(text: &str) -> Result<Desired, OperationError> {
         hosts,
         env: resolved.env.clone(),
         clusterfile: Some(text.to_string()),
+        registry_master0_only: resolved.registry.local.as_ref().is_some_and(|l| !l.ha),
     };
     Ok(Desired {
         name: resolved.name.clone(),
@@ -232,6 +233,7 @@ pub fn desired(want: Want, previous: Option<&Cluster>) -> Result<Desired, Operat
                     .collect(),
                 env: r.env.clone(),
                 clusterfile: None,
+                registry_master0_only: false,
             },
             name: r.cluster,
             warnings: vec![],
@@ -441,6 +443,7 @@ pub fn prepare(input: PrepareInput<'_>) -> Result<Prepared, OperationError> {
         finished_at: None,
         error: None,
         installed_digest: prev.and_then(|p| p.installed_digest),
+        force: false,
         started_by: String::new(),
         operation: Some(converged.kind),
     };
@@ -458,8 +461,9 @@ pub fn prepare(input: PrepareInput<'_>) -> Result<Prepared, OperationError> {
 }
 
 /// Marks `c` for deletion: a new generation whose stages reset every host.
-pub(super) fn deleting(mut c: Cluster, prune: bool, who: &str, now: i64) -> Cluster {
+pub(super) fn deleting(mut c: Cluster, prune: bool, force: bool, who: &str, now: i64) -> Cluster {
     c.generation += 1;
+    c.force = force;
     c.state = RunState::Deleting;
     c.error = None;
     c.started_at = now;

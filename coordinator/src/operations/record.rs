@@ -12,6 +12,10 @@ use seaport_shared::wire::{ClusterView, HostView, RunState, StepState, StepView}
 
 use crate::converge::{Spec, StageSpec};
 
+/// A host's note when `delete --force` went on without it.
+pub const LEFT_OUT: &str =
+    "offline: left out (--force); nothing was done on this host, its install is as it was";
+
 /// Output kept per step.
 const LOG_TAIL: usize = 4000;
 
@@ -75,6 +79,10 @@ pub struct Cluster {
     pub started_by: String,
     #[serde(default, with = "kind_or_empty")]
     pub operation: Option<OperationKind>,
+    /// `delete --force`: hosts whose agents are offline are left out of
+    /// the operation (named in their notes) instead of waited for.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// An operation's kind as stored: its name, or empty text for none.
@@ -148,6 +156,7 @@ impl Cluster {
                     steps: h.steps.clone(),
                     error: h.error.clone(),
                     online: online(&h.node_id),
+                    balancer: None,
                 })
                 .collect(),
             started_at: self.started_at,

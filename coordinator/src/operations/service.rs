@@ -222,16 +222,18 @@ impl Operations {
         who: &str,
         name: Option<ClusterName>,
         prune: bool,
+        force: bool,
     ) -> Result<Vec<(ClusterName, u64)>, OperationError> {
         let what = format!(
-            "delete {}{}",
+            "delete {}{}{}",
             name.as_ref()
                 .map_or("all clusters".to_string(), |n| n.to_string()),
-            if prune { " --prune" } else { "" }
+            if prune { " --prune" } else { "" },
+            if force { " --force" } else { "" }
         );
         let result = {
             let (me, who) = (self.clone(), who.to_string());
-            blocking(move || me.mark_deleting(name, prune, &who)).await
+            blocking(move || me.mark_deleting(name, prune, force, &who)).await
         };
         self.audit(
             who,
@@ -265,6 +267,7 @@ impl Operations {
         &self,
         name: Option<ClusterName>,
         prune: bool,
+        force: bool,
         who: &str,
     ) -> Result<Vec<Cluster>, OperationError> {
         let mut chosen = Vec::new();
@@ -280,7 +283,7 @@ impl Operations {
         }
         let mut out = Vec::new();
         for c in chosen {
-            let c = prepare::deleting(c, prune, who, now_unix());
+            let c = prepare::deleting(c, prune, force, who, now_unix());
             self.store.save_cluster(&c)?;
             out.push(c);
         }
@@ -295,7 +298,11 @@ impl Operations {
             .into_iter()
             .map(|c| {
                 let c = active.get(&c.name).map_or(c, |a| a.record.snapshot());
-                c.view(|node| self.agents.online(node))
+                let mut v = c.view(|node| self.agents.online(node));
+                for h in &mut v.hosts {
+                    h.balancer = self.agents.balancer(&h.node_id);
+                }
+                v
             })
             .collect();
         out.sort_by(|a, b| a.cluster.cmp(&b.cluster));

@@ -176,6 +176,8 @@ fn a_second_apply_of_the_same_spec_converges_and_new_hosts_scale_up() {
 struct Answering {
     /// Nodes whose preflight finds swap on.
     swap_on: Vec<String>,
+    /// Nodes without a session (their host powered off).
+    offline: Vec<String>,
     sent: Mutex<Vec<(String, TaskRequest)>>,
     distributed: Mutex<Vec<(String, ImageDigest, Vec<String>)>>,
 }
@@ -187,11 +189,14 @@ impl Agents for Answering {
         Ok(nodes(3))
     }
 
-    fn online(&self, _: &str) -> bool {
-        true
+    fn online(&self, node_id: &str) -> bool {
+        !self.offline.iter().any(|n| n == node_id)
     }
 
     fn run_task(&self, node_id: &str, task: TaskRequest) -> Result<TaskEvents, AgentsError> {
+        if !self.online(node_id) {
+            return Err(AgentsError::NotConnected(node_id.to_string()));
+        }
         self.sent
             .lock()
             .unwrap()
@@ -216,6 +221,22 @@ impl Agents for Answering {
                     join_data: init.then(|| JOIN_DATA.to_string()),
                 }
             }
+            TaskRequest::Balancer(b) => TaskEvent::Balancer {
+                facts: Some(seaport_shared::wire::BalancerFacts {
+                    listen: format!("{}:{}", b.listen_ip, b.port),
+                    backends: b
+                        .backends
+                        .iter()
+                        .map(|a| seaport_shared::wire::BackendFacts {
+                            addr: a.clone(),
+                            healthy: true,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                error: None,
+            },
             TaskRequest::Preflight(_) => TaskEvent::Preflight {
                 hostname: format!("host-{node_id}"),
                 checks: vec![if self.swap_on.iter().any(|n| n == node_id) {
@@ -254,7 +275,7 @@ impl Agents for Answering {
 
     fn fetch_progress(&self, _: &str, _: ImageDigest) -> Result<Option<Vec<Fetched>>, AgentsError> {
         Ok(Some(
-            nodes(3)
+            nodes(5)
                 .iter()
                 .map(|n| Fetched {
                     node_id: n.node_id.clone(),
@@ -497,4 +518,343 @@ fn a_check_keeps_the_roles_a_cluster_has_and_names_its_other_hosts() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("10.0.0.9"), "{err}");
+}
+
+/// A cluster of master0 (n1) and a worker (n2) installed, being deleted
+/// with `--prune` while n1 is offline.
+fn deleting_with_master0_offline(force: bool) -> (Arc<Answering>, Arc<MemoryStore>, Driver) {
+    let agents = Arc::new(Answering {
+        offline: vec!["n1".into()],
+        ..Default::default()
+    });
+    let store = Arc::new(MemoryStore::default());
+    let mut installed = prepared(run(&["10.0.0.1"], &["10.0.0.2"]), &nodes(3))
+        .unwrap()
+        .cluster;
+    installed.state = RunState::Succeeded;
+    installed.stages_done = installed.stages.len();
+    let deleting = super::prepare::deleting(installed, true, force, "admin", 300);
+    let driver = Driver {
+        agents: agents.clone(),
+        store: store.clone(),
+        image_root: std::path::PathBuf::from("/nonexistent"),
+        record: LiveRecord::new(deleting),
+    };
+    (agents, store, driver)
+}
+
+fn resets_sent_to(agents: &Answering) -> Vec<String> {
+    agents
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, t)| matches!(t, TaskRequest::Reset(_)))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn delete_names_an_offline_host_at_once_and_waits_for_it() {
+    let (agents, store, driver) = deleting_with_master0_offline(false);
+    let running = tokio::spawn({
+        let driver = driver.clone();
+        async move { driver.drive().await }
+    });
+    // Within a second or two: the worker is reset, and master0's note (in
+    // the stored record too, which `seaport status` reads) says it is
+    // offline, that the delete waits and how to go on without it.
+    let name = ClusterName::parse("c").unwrap();
+    let mut note = None;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        note = store
+            .cluster(&name)
+            .unwrap()
+            .and_then(|c| c.host("10.0.0.1").and_then(|h| h.error.clone()));
+        if note.is_some() && resets_sent_to(&agents) == ["n2"] {
+            break;
+        }
+    }
+    let note = note.expect("no note on the offline host");
+    assert!(
+        note.contains("offline")
+            && note.contains("n1")
+            && note.contains("waits")
+            && note.contains("--force"),
+        "{note}"
+    );
+    assert_eq!(resets_sent_to(&agents), ["n2"]);
+    assert!(
+        !running.is_finished(),
+        "the delete did not wait for the offline host"
+    );
+    running.abort();
+}
+
+#[tokio::test]
+async fn delete_force_goes_on_without_an_offline_host_and_says_so() {
+    let (agents, store, driver) = deleting_with_master0_offline(true);
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), driver.drive())
+        .await
+        .expect("delete --force waited for the offline host");
+    assert!(matches!(outcome, Outcome::Deleted));
+    assert_eq!(resets_sent_to(&agents), ["n2"]);
+    let stored = store
+        .cluster(&ClusterName::parse("c").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state, RunState::Deleted);
+    let m0 = stored.host("10.0.0.1").unwrap();
+    assert_eq!(m0.error.as_deref(), Some(super::LEFT_OUT));
+    assert!(
+        !m0.steps.iter().any(|s| s.step == "reset"),
+        "the offline host shows a reset: {:?}",
+        m0.steps
+    );
+    let n2 = stored.host("10.0.0.2").unwrap();
+    assert_eq!(n2.error, None);
+}
+
+/// Drives `cluster` on answering agents to its end; the tasks sent, in order.
+async fn drive_all(mut cluster: super::Cluster) -> (Outcome, Vec<(String, TaskRequest)>) {
+    cluster.stages.retain(|s| s.name != "image-plugins");
+    let agents = Arc::new(Answering::default());
+    let driver = Driver {
+        agents: agents.clone(),
+        store: Arc::new(MemoryStore::default()),
+        image_root: std::path::PathBuf::from("/nonexistent"),
+        record: LiveRecord::new(cluster),
+    };
+    let outcome = driver.drive().await;
+    let sent = agents.sent.lock().unwrap().clone();
+    (outcome, sent)
+}
+
+/// Where in `sent` the first task matching `f` went, and to which node.
+fn first_sent(
+    sent: &[(String, TaskRequest)],
+    f: impl Fn(&str, &TaskRequest) -> bool,
+) -> Option<usize> {
+    sent.iter().position(|(n, t)| f(n, t))
+}
+
+fn kubeadm_to(node: &str) -> impl Fn(&str, &TaskRequest) -> bool + '_ {
+    move |n, t| n == node && matches!(t, TaskRequest::Apply(a) if a.steps.contains(&Step::Kubeadm))
+}
+
+#[tokio::test]
+async fn workers_balancers_get_every_master_after_the_masters_joined_and_before_workers_join() {
+    let masters = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+    let cluster = prepared(run(&masters, &["10.0.0.4", "10.0.0.5"]), &nodes(5))
+        .unwrap()
+        .cluster;
+    let (outcome, sent) = drive_all(cluster).await;
+    assert!(matches!(outcome, Outcome::Succeeded));
+    let balancer_tasks: Vec<(&str, &seaport_shared::wire::BalancerTask)> = sent
+        .iter()
+        .filter_map(|(n, t)| match t {
+            TaskRequest::Balancer(b) => Some((n.as_str(), b)),
+            _ => None,
+        })
+        .collect();
+    let to: Vec<&str> = balancer_tasks.iter().map(|(n, _)| *n).collect();
+    assert_eq!(to.len(), 2, "{to:?}");
+    assert!(
+        to.contains(&"n4") && to.contains(&"n5"),
+        "workers only: {to:?}"
+    );
+    for (_, b) in &balancer_tasks {
+        assert_eq!((b.listen_ip.as_str(), b.port), ("10.103.97.2", 6443));
+        assert_eq!(
+            b.backends,
+            ["10.0.0.1:6443", "10.0.0.2:6443", "10.0.0.3:6443"]
+        );
+        // Every master runs a registry (sealer's localRegistry.ha): the
+        // workers' registry port forwards to each.
+        assert_eq!(b.registry_port, Some(5000));
+        assert_eq!(
+            b.registry_backends,
+            ["10.0.0.1:5000", "10.0.0.2:5000", "10.0.0.3:5000"]
+        );
+    }
+    let registry_steps: Vec<&str> = sent
+        .iter()
+        .filter(|(_, t)| matches!(t, TaskRequest::Apply(a) if a.steps.contains(&Step::Registry)))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(registry_steps.len(), 3, "{registry_steps:?}");
+    assert!(["n1", "n2", "n3"]
+        .iter()
+        .all(|m| registry_steps.contains(m)));
+    // sea.hub: a master its own registry, a worker its balancer.
+    for (n, t) in &sent {
+        if let TaskRequest::Apply(a) = t {
+            let want = if a.role == Role::Node {
+                "10.103.97.2"
+            } else {
+                a.host_ip.as_str()
+            };
+            assert_eq!(a.registry_ip, want, "{n}");
+        }
+    }
+    let first_balancer = first_sent(&sent, |_, t| matches!(t, TaskRequest::Balancer(_))).unwrap();
+    for m in ["n1", "n2", "n3"] {
+        let joined = first_sent(&sent, kubeadm_to(m)).unwrap();
+        assert!(
+            joined < first_balancer,
+            "{m} joins before the balancers get it"
+        );
+    }
+    for w in ["n4", "n5"] {
+        let joins = first_sent(&sent, kubeadm_to(w)).unwrap();
+        assert!(
+            first_balancer < joins,
+            "{w}'s balancer is set before it joins"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_leaving_master_leaves_every_balancer_before_it_is_reset() {
+    let all = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+    let mut installed = prepared(run(&all, &["10.0.0.4", "10.0.0.5"]), &nodes(5))
+        .unwrap()
+        .cluster;
+    installed.state = RunState::Succeeded;
+    installed.installed_digest = Some(installed.manifest_digest);
+    installed.stages_done = installed.stages.len();
+    let down = prepare(PrepareInput {
+        desired: desired(
+            run(&["10.0.0.1", "10.0.0.2"], &["10.0.0.4", "10.0.0.5"]),
+            Some(&installed),
+        )
+        .unwrap(),
+        previous: Some(&installed),
+        nodes: &nodes(5),
+        image: image(),
+        dry_run: false,
+        now: 200,
+    })
+    .unwrap();
+    assert_eq!(down.operation.kind, OperationKind::ScaleDown);
+    let (outcome, sent) = drive_all(down.cluster).await;
+    assert!(matches!(outcome, Outcome::Succeeded));
+    let balancers: Vec<&(String, TaskRequest)> = sent
+        .iter()
+        .filter(|(_, t)| matches!(t, TaskRequest::Balancer(_)))
+        .collect();
+    assert_eq!(balancers.len(), 2, "{sent:?}");
+    for (_, t) in &balancers {
+        let TaskRequest::Balancer(b) = t else {
+            unreachable!()
+        };
+        assert_eq!(b.backends, ["10.0.0.1:6443", "10.0.0.2:6443"]);
+    }
+    let reset = first_sent(&sent, |n, t| {
+        n == "n3" && matches!(t, TaskRequest::Reset(_))
+    })
+    .unwrap();
+    let last_balancer = sent
+        .iter()
+        .rposition(|(_, t)| matches!(t, TaskRequest::Balancer(_)))
+        .unwrap();
+    assert!(
+        last_balancer < reset,
+        "every balancer drops it before its reset"
+    );
+}
+
+#[test]
+fn an_unusable_balancer_address_in_the_cluster_env_is_refused_naming_the_key() {
+    let Want::Run(mut req) = run(&["10.0.0.1"], &["10.0.0.2"]) else {
+        unreachable!()
+    };
+    req.env = vec![("APIServerVIP".into(), "10.103.97".into())];
+    let err = match prepared(Want::Run(req), &nodes(3)) {
+        Ok(_) => panic!("planned"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("env APIServerVIP=10.103.97: not a unicast IPv4 address"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ha_false_keeps_the_registry_on_master0_for_every_host() {
+    let file = r#"apiVersion: sealer.io/v2
+kind: Cluster
+metadata:
+  name: c
+spec:
+  image: k8s:v1
+  hosts:
+    - ips: [10.0.0.1, 10.0.0.2]
+      roles: [master]
+    - ips: [10.0.0.3]
+      roles: [node]
+  registry:
+    localRegistry:
+      ha: false
+"#;
+    let p = prepare(PrepareInput {
+        desired: desired(Want::Clusterfile(file.into()), None).unwrap(),
+        previous: None,
+        nodes: &nodes(3),
+        image: image(),
+        dry_run: false,
+        now: 100,
+    })
+    .unwrap();
+    assert!(p.cluster.spec.registry_master0_only);
+    let registry = p
+        .cluster
+        .stages
+        .iter()
+        .find(|s| s.name == "registry")
+        .unwrap();
+    let crate::converge::Work::Apply { tasks, .. } = &registry.work else {
+        panic!("{registry:?}")
+    };
+    assert_eq!(
+        tasks.iter().map(|t| t.host.as_str()).collect::<Vec<_>>(),
+        ["10.0.0.1"]
+    );
+    let balancers = p
+        .cluster
+        .stages
+        .iter()
+        .find(|s| s.name == "balancers")
+        .unwrap();
+    let crate::converge::Work::Balancers { registries, .. } = &balancers.work else {
+        panic!("{balancers:?}")
+    };
+    assert_eq!(registries, &["10.0.0.1".to_string()]);
+}
+
+#[tokio::test]
+async fn preflight_wants_the_registry_port_free_on_every_master_that_runs_a_registry() {
+    let mut cluster = prepared(run(&["10.0.0.1", "10.0.0.2"], &["10.0.0.3"]), &nodes(3))
+        .unwrap()
+        .cluster;
+    super::stages::preflight::prepend(&mut cluster.stages, &Ignore::parse::<&str>(&[]).unwrap());
+    let (outcome, sent) = drive_all(cluster).await;
+    assert!(matches!(outcome, Outcome::Succeeded));
+    let registry_port_of = |node: &str| {
+        sent.iter()
+            .find_map(|(n, t)| match t {
+                TaskRequest::Preflight(p) if n == node => Some((p.registry_port, p.ports.clone())),
+                _ => None,
+            })
+            .unwrap()
+    };
+    for m in ["n1", "n2"] {
+        let (port, ports) = registry_port_of(m);
+        assert_eq!(port, Some(5000), "{m}");
+        assert!(ports.contains(&5000), "{m}: {ports:?}");
+    }
+    let (port, ports) = registry_port_of("n3");
+    assert_eq!(port, None);
+    assert!(!ports.contains(&5000), "{ports:?}");
 }

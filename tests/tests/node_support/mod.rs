@@ -427,6 +427,10 @@ async fn answer_task(
             TaskEvent::Files { files, error: None }
         }
         TaskRequest::WriteFiles(_) => TaskEvent::Written { error: None },
+        TaskRequest::Balancer(_) => TaskEvent::Balancer {
+            facts: None,
+            error: None,
+        },
         TaskRequest::Shell(_) => TaskEvent::Finished {
             ok: true,
             error: None,

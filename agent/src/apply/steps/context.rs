@@ -5,13 +5,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use seaport_rootfs::kubeadm::{KubeadmConfig, APISERVER_DOMAIN};
+use seaport_rootfs::kubeadm::{api_balancer_addr, KubeadmConfig, APISERVER_DOMAIN};
 use seaport_shared::cluster::{Role, Step};
 
 use super::super::effects::{CommandOutput, CommandSpec, Effects};
 use super::super::files::HostFiles;
 use super::super::image::LayoutImage;
-use super::super::journal::{Change, Journal};
+use super::super::journal::{Change, Journal, StepStatus};
 use super::super::options::{
     env_map, ApplyOptions, DEFAULT_REGISTRY_DOMAIN, DEFAULT_REGISTRY_PORT,
 };
@@ -119,11 +119,66 @@ impl<'a> StepContext<'a> {
     /// (each line once).
     pub(crate) fn name_registry_hosts(&mut self) -> Result<(), StepError> {
         let hosts_line = format!("{} {}", self.registry_ip, self.registry_domain);
-        let api_line = format!("{} {APISERVER_DOMAIN}", self.master0_ip);
-        for line in [hosts_line, api_line] {
+        self.files
+            .append_line(&mut self.journal, "/etc/hosts", &hosts_line)?;
+        let api = self.api_ip()?;
+        self.name_api_server(&api)
+    }
+
+    /// Where this host reaches the API servers, as sealer has it: a worker
+    /// through its node-local balancer (the cluster env's
+    /// [`seaport_rootfs::kubeadm::APISERVER_VIP_ENV`], sealer's VIP by default); master0 itself; any
+    /// other master master0 until it joined, then itself.
+    pub(crate) fn api_ip(&self) -> Result<String, StepError> {
+        Ok(match self.opts.role {
+            Role::Node => api_balancer_addr(&self.opts.env)
+                .map_err(StepError::ApiBalancer)?
+                .ip()
+                .to_string(),
+            Role::Master0 => self.host_ip.clone(),
+            Role::Master => {
+                let joined = self
+                    .journal
+                    .state()
+                    .steps
+                    .get(Step::Kubeadm.as_str())
+                    .is_some_and(|s| s.status == StepStatus::Done);
+                if joined {
+                    self.host_ip.clone()
+                } else {
+                    self.master0_ip.clone()
+                }
+            }
+        })
+    }
+
+    /// `IP apiserver.cluster.local` in `/etc/hosts`, and no other line of
+    /// the install for that name (a master that joined stops naming
+    /// master0). Lines the install did not write stay.
+    pub(crate) fn name_api_server(&mut self, ip: &str) -> Result<(), StepError> {
+        let wanted = format!("{ip} {APISERVER_DOMAIN}");
+        let stale: Vec<String> = self
+            .journal
+            .state()
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::AppendedLine { path, line }
+                    if path == "/etc/hosts"
+                        && *line != wanted
+                        && line.split_whitespace().nth(1) == Some(APISERVER_DOMAIN) =>
+                {
+                    Some(line.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        for line in stale {
             self.files
-                .append_line(&mut self.journal, "/etc/hosts", &line)?;
+                .remove_line(&mut self.journal, "/etc/hosts", &line)?;
         }
+        self.files
+            .append_line(&mut self.journal, "/etc/hosts", &wanted)?;
         Ok(())
     }
 

@@ -18,6 +18,9 @@ use super::paths::{BIN_DIR, REGISTRY_BINARIES};
 /// Why a step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
+    /// The cluster env's address of the workers' API balancer is unusable.
+    #[error("the API balancer's address: {0}")]
+    ApiBalancer(seaport_rootfs::kubeadm::BalancerAddrError),
     /// A command ran out of time.
     #[error("{what} timed out after {} s; last output:\n{output}", .timeout.as_secs())]
     TimedOut {

@@ -94,6 +94,12 @@ impl HostStep for Kubeadm {
         let mut spec = CommandSpec::new(&kubeadm, &args, cx.opts.timeouts.kubeadm);
         spec.env = cx.hook_env();
         cx.run_tracked("kubeadm", &format!("kubeadm {}", args[0]), &spec)?;
+        if cx.opts.role == Role::Master {
+            // Joined: this master's components and kubectl use its own API
+            // server from now on, as sealer has it.
+            let me = cx.host_ip.clone();
+            cx.name_api_server(&me)?;
+        }
         if cx.opts.role != Role::Node {
             install_admin_kubeconfig(cx)?;
         }

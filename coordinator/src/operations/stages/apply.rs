@@ -91,6 +91,21 @@ fn checked_join_data(text: &str, master0: &str) -> Result<String, JoinDataRefusa
     Ok(serde_json::to_string(&j).expect("join data serializes"))
 }
 
+/// Where a host reaches the local registry (`sea.hub` in its
+/// `/etc/hosts`): a registry host its own, a worker its node-local
+/// balancer's address (the registry port there forwards to every registry
+/// host), another master master0 (`localRegistry.ha: false`).
+fn registry_ip(c: &Cluster, t: &Task, master0: &str) -> String {
+    if c.spec.registry_hosts().contains(&t.host) {
+        return t.host.clone();
+    }
+    match t.role {
+        Role::Node => seaport_rootfs::kubeadm::api_balancer_addr(&c.spec.env)
+            .map_or_else(|_| master0.to_string(), |a| a.ip().to_string()),
+        Role::Master0 | Role::Master => master0.to_string(),
+    }
+}
+
 fn apply_task(c: &Cluster, t: &Task, upgrade: bool, kubeadm_config: Option<String>) -> ApplyTask {
     let master_ips: Vec<String> = c
         .hosts
@@ -113,9 +128,8 @@ fn apply_task(c: &Cluster, t: &Task, upgrade: bool, kubeadm_config: Option<Strin
         role: t.role,
         steps: t.steps.clone(),
         host_ip: t.host.clone(),
-        master0_ip: master0.clone(),
-        // The registry is on master0 (one registry host).
-        registry_ip: master0,
+        registry_ip: registry_ip(c, t, &master0),
+        master0_ip: master0,
         master_ips,
         env: c.spec.env.clone(),
         host_env,

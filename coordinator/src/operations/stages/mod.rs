@@ -3,6 +3,7 @@
 //! and its line in [`run_stage`].
 
 mod apply;
+mod balancers;
 mod configs;
 mod delete_nodes;
 mod fetch;
@@ -32,6 +33,11 @@ pub(crate) async fn run_stage(driver: &Driver, stage: &StageSpec) -> Result<(), 
         Work::LabelsTaints { hosts } => labels_taints::run(driver, name, hosts).await,
         Work::DeleteNodes { hosts } => delete_nodes::run(driver, name, hosts).await,
         Work::Reset { hosts, prune } => reset::run(driver, name, hosts, *prune).await,
+        Work::Balancers {
+            hosts,
+            masters,
+            registries,
+        } => balancers::run(driver, name, hosts, masters, registries).await,
         Work::Forget { hosts } => {
             forget::run(driver, hosts);
             Ok(())

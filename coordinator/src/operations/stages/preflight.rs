@@ -76,6 +76,9 @@ pub(crate) struct CheckPlan {
     /// The cluster env (the registry port).
     pub env: Vec<(String, String)>,
     pub disk_needed: u64,
+    /// `localRegistry.ha: false`: only master0 runs the registry (by
+    /// default every master does, and needs its port).
+    pub registry_master0_only: bool,
     /// Hosts of the cluster that are not checked now, with their hostnames:
     /// new hosts must not take their names.
     pub others: Vec<(String, String)>,
@@ -84,7 +87,7 @@ pub(crate) struct CheckPlan {
 
 /// The registry port the cluster env names (the keys the agent reads),
 /// else the default.
-fn registry_port(env: &[(String, String)]) -> u16 {
+pub(crate) fn registry_port(env: &[(String, String)]) -> u16 {
     ["registry_port", "RegistryPort"]
         .iter()
         .find_map(|k| env.iter().rev().find(|(ek, _)| ek == k))
@@ -118,11 +121,16 @@ pub(crate) async fn check_hosts(
     let registry = registry_port(&plan.env);
     let mut set = tokio::task::JoinSet::new();
     for (i, t) in targets.iter().enumerate() {
+        let registry_host = match t.role {
+            Role::Master0 => true,
+            Role::Master => !plan.registry_master0_only,
+            Role::Node => false,
+        };
         let task = PreflightTask {
             cluster: plan.cluster.clone(),
             role: t.role,
-            ports: ports_for(t.role, (t.role == Role::Master0).then_some(registry)),
-            registry_port: (t.role == Role::Master0).then_some(registry),
+            ports: ports_for(t.role, registry_host.then_some(registry)),
+            registry_port: registry_host.then_some(registry),
             disk_needed: plan.disk_needed,
             coordinator_time_ms: now_ms(),
         };
@@ -272,16 +280,17 @@ pub(crate) fn check_targets(
     nodes: &[NodeRecord],
     image_root: &Path,
 ) -> Result<(Vec<Target>, CheckPlan), OperationError> {
-    let (name, hosts, env, image) = match &req.clusterfile {
+    let (name, hosts, env, image, registry_master0_only) = match &req.clusterfile {
         Some(text) => {
             let d = spec_of_clusterfile(text)?;
+            let master0_only = d.spec.registry_master0_only;
             let hosts: Vec<(String, bool)> = d
                 .spec
                 .hosts
                 .iter()
                 .map(|h| (h.ip.clone(), h.role == HostRole::Master))
                 .collect();
-            (d.name, hosts, d.spec.env, Some(d.spec.image))
+            (d.name, hosts, d.spec.env, Some(d.spec.image), master0_only)
         }
         None => {
             let hosts = req
@@ -295,6 +304,7 @@ pub(crate) fn check_targets(
                 hosts,
                 req.env.clone(),
                 req.image.clone(),
+                previous.is_some_and(|p| p.spec.registry_master0_only),
             )
         }
     };
@@ -351,6 +361,7 @@ pub(crate) fn check_targets(
             cluster: name,
             env,
             disk_needed,
+            registry_master0_only,
             others,
             ignore,
         },
@@ -386,6 +397,7 @@ pub(super) async fn run(
             cluster: c.name.clone(),
             env: c.spec.env.clone(),
             disk_needed: 0,
+            registry_master0_only: c.spec.registry_master0_only,
             others,
             ignore: ignore.clone(),
         };
