@@ -260,10 +260,11 @@ fn masters_serve_healthz_with_the_cluster_ca_and_reset_stops_them() {
         out.stdout,
         out.stderr
     );
-    // What kubectl refuses: no kubeconfig at all, a bad taint, an unknown
-    // flag, a server name that does not resolve.
+    // What kubectl refuses: no kubeconfig at all (the worker: only masters
+    // get root's kubeconfig), a bad taint, an unknown flag, a server name
+    // that does not resolve.
     for (h, args, want) in [
-        (m0, vec!["get", "nodes"], "localhost:8080"),
+        (n1, vec!["get", "nodes"], "localhost:8080"),
         (
             m0,
             [&admin[..], &["taint", "node", m1.name(), "a=b:Sometimes"]].concat(),
