@@ -12,6 +12,13 @@
 //! (`nodeRegistration.criSocket`) names the container runtime the install
 //! set up, and the kubelet's cgroup driver follows docker's, as sealer
 //! does.
+//!
+//! Documents are read in any kubeadm API version (`kubeadm.k8s.io/v1beta2`,
+//! `v1beta3`, `v1beta4`) and written in the one the Kubernetes release
+//! installed reads without a warning ([`KubeadmApi::for_kubernetes`]):
+//! fields that moved or changed shape between versions are converted, and
+//! fields the written version does not have are dropped (see
+//! [`KubeadmConfig::convert`]).
 
 use std::collections::BTreeMap;
 
@@ -237,6 +244,120 @@ impl JoinData {
     }
 }
 
+/// A kubeadm configuration API version (`kubeadm.k8s.io/VERSION`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KubeadmApi {
+    /// Read by kubeadm 1.15 to 1.26 (deprecated from 1.22).
+    V1beta2,
+    /// Read by kubeadm 1.22 and later (deprecated from 1.31).
+    V1beta3,
+    /// Read by kubeadm 1.31 and later.
+    V1beta4,
+}
+
+impl KubeadmApi {
+    /// The version kubeadm of Kubernetes `major.minor` reads without a
+    /// deprecation warning (kubeadm's `validateSupportedVersion`): v1beta2
+    /// up to 1.21, v1beta3 from 1.22 (kubeadm refuses v1beta2 from 1.27),
+    /// v1beta4 from 1.31.
+    pub fn for_kubernetes(major: u32, minor: u32) -> Self {
+        match (major, minor) {
+            (0, _) | (1, 0..=21) => Self::V1beta2,
+            (1, 22..=30) => Self::V1beta3,
+            _ => Self::V1beta4,
+        }
+    }
+
+    /// The version an `apiVersion` names (`kubeadm.k8s.io/v1beta3`).
+    pub fn parse(api_version: &str) -> Option<Self> {
+        match api_version.strip_prefix("kubeadm.k8s.io/")? {
+            "v1beta2" => Some(Self::V1beta2),
+            "v1beta3" => Some(Self::V1beta3),
+            "v1beta4" => Some(Self::V1beta4),
+            _ => None,
+        }
+    }
+
+    /// `kubeadm.k8s.io/VERSION`.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Self::V1beta2 => "kubeadm.k8s.io/v1beta2",
+            Self::V1beta3 => "kubeadm.k8s.io/v1beta3",
+            Self::V1beta4 => "kubeadm.k8s.io/v1beta4",
+        }
+    }
+}
+
+/// The kubeadm documents (the others are the components' own).
+const KUBEADM_KINDS: &[&str] = &[
+    "InitConfiguration",
+    "ClusterConfiguration",
+    "JoinConfiguration",
+];
+
+/// Arguments maps in v1beta2/v1beta3, `name`/`value` lists in v1beta4.
+const EXTRA_ARGS: &[(&str, &[&str])] = &[
+    ("ClusterConfiguration", &["apiServer", "extraArgs"]),
+    ("ClusterConfiguration", &["controllerManager", "extraArgs"]),
+    ("ClusterConfiguration", &["scheduler", "extraArgs"]),
+    ("ClusterConfiguration", &["etcd", "local", "extraArgs"]),
+    (
+        "InitConfiguration",
+        &["nodeRegistration", "kubeletExtraArgs"],
+    ),
+    (
+        "JoinConfiguration",
+        &["nodeRegistration", "kubeletExtraArgs"],
+    ),
+];
+
+/// Fields only v1beta2 has.
+const ONLY_V1BETA2: &[(&str, &[&str])] = &[
+    ("ClusterConfiguration", &["dns", "type"]),
+    ("ClusterConfiguration", &["useHyperKubeImage"]),
+];
+
+/// Fields v1beta3 added (and v1beta4 kept).
+const SINCE_V1BETA3: &[(&str, &[&str])] = &[
+    ("InitConfiguration", &["skipPhases"]),
+    ("InitConfiguration", &["patches"]),
+    (
+        "InitConfiguration",
+        &["nodeRegistration", "imagePullPolicy"],
+    ),
+    ("JoinConfiguration", &["skipPhases"]),
+    ("JoinConfiguration", &["patches"]),
+    (
+        "JoinConfiguration",
+        &["nodeRegistration", "imagePullPolicy"],
+    ),
+];
+
+/// Fields v1beta4 added.
+const SINCE_V1BETA4: &[(&str, &[&str])] = &[
+    ("InitConfiguration", &["dryRun"]),
+    ("InitConfiguration", &["timeouts"]),
+    (
+        "InitConfiguration",
+        &["nodeRegistration", "imagePullSerial"],
+    ),
+    ("JoinConfiguration", &["dryRun"]),
+    ("JoinConfiguration", &["timeouts"]),
+    (
+        "JoinConfiguration",
+        &["nodeRegistration", "imagePullSerial"],
+    ),
+    ("ClusterConfiguration", &["proxy"]),
+    ("ClusterConfiguration", &["dns", "disabled"]),
+    ("ClusterConfiguration", &["encryptionAlgorithm"]),
+    ("ClusterConfiguration", &["certificateValidityPeriod"]),
+    ("ClusterConfiguration", &["caCertificateValidityPeriod"]),
+    ("ClusterConfiguration", &["apiServer", "extraEnvs"]),
+    ("ClusterConfiguration", &["controllerManager", "extraEnvs"]),
+    ("ClusterConfiguration", &["scheduler", "extraEnvs"]),
+    ("ClusterConfiguration", &["etcd", "local", "extraEnvs"]),
+];
+
 /// What the install computes for one host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Computed {
@@ -254,6 +375,9 @@ pub struct Computed {
     /// `cgroupDriver` of the KubeletConfiguration, when the runtime decides
     /// it (docker's `native.cgroupdriver`).
     pub cgroup_driver: Option<String>,
+    /// The kubeadm API version to write, from the Kubernetes version
+    /// installed (None: the version the merged ClusterConfiguration names).
+    pub kubeadm_api: Option<KubeadmApi>,
 }
 
 impl KubeadmConfig {
@@ -283,6 +407,7 @@ impl KubeadmConfig {
             }
             cfg.merge_doc(&kind, value);
         }
+        cfg.canonicalize();
         Ok(cfg)
     }
 
@@ -359,6 +484,9 @@ impl KubeadmConfig {
             let kubelet = cfg.doc_mut("KubeletConfiguration");
             set(kubelet, &["cgroupDriver"], driver.clone().into());
         }
+        if let Some(api) = c.kubeadm_api.or_else(|| cfg.named_api()) {
+            cfg.convert(api);
+        }
         cfg.write(&[
             "InitConfiguration",
             "ClusterConfiguration",
@@ -416,7 +544,135 @@ impl KubeadmConfig {
         } else if let Value::Mapping(m) = doc {
             m.remove("controlPlane");
         }
+        if let Some(api) = c.kubeadm_api.or_else(|| cfg.named_api()) {
+            cfg.convert(api);
+        }
         cfg.write(&["JoinConfiguration"])
+    }
+
+    /// Brings documents of any kubeadm API version into the shape they are
+    /// merged in, so that a later file overrides an earlier one whatever
+    /// versions they were written in: extra arguments as maps (v1beta4's
+    /// `name`/`value` lists turned into maps, a repeated name keeping its
+    /// last value), the control plane's health-check timeout in
+    /// `ClusterConfiguration.apiServer.timeoutForControlPlane` (from
+    /// v1beta4's `timeouts.controlPlaneComponentHealthCheck`), the join's
+    /// discovery timeout in `discovery.timeout` (from v1beta4's
+    /// `timeouts.tlsBootstrap`).
+    fn canonicalize(&mut self) {
+        for (kind, path) in EXTRA_ARGS {
+            if let Some(args) = self.docs.get_mut(*kind).and_then(|d| get_mut(d, path)) {
+                *args = args_as_map(args);
+            }
+        }
+        for kind in ["JoinConfiguration", "InitConfiguration"] {
+            if let Some(t) = self.take(kind, &["timeouts", "controlPlaneComponentHealthCheck"]) {
+                // Without naming an apiVersion: it is the other file's.
+                let doc = self
+                    .docs
+                    .entry("ClusterConfiguration".to_string())
+                    .or_insert_with(|| {
+                        let mut m = Mapping::new();
+                        m.insert("kind".into(), "ClusterConfiguration".into());
+                        Value::Mapping(m)
+                    });
+                set(doc, &["apiServer", "timeoutForControlPlane"], t);
+            }
+        }
+        if let Some(t) = self.take("JoinConfiguration", &["timeouts", "tlsBootstrap"]) {
+            let doc = self.doc_mut("JoinConfiguration");
+            set(doc, &["discovery", "timeout"], t);
+        }
+        for kind in ["InitConfiguration", "JoinConfiguration"] {
+            let empty = self
+                .docs
+                .get(kind)
+                .and_then(|d| get(d, &["timeouts"]))
+                .and_then(Value::as_mapping)
+                .is_some_and(Mapping::is_empty);
+            if empty {
+                self.take(kind, &["timeouts"]);
+            }
+        }
+    }
+
+    /// The kubeadm API version the documents are written in without a
+    /// Kubernetes version to decide: the ClusterConfiguration's, else the
+    /// JoinConfiguration's.
+    fn named_api(&self) -> Option<KubeadmApi> {
+        [
+            "ClusterConfiguration",
+            "JoinConfiguration",
+            "InitConfiguration",
+        ]
+        .iter()
+        .filter_map(|k| self.docs.get(*k))
+        .filter_map(|d| d.get("apiVersion").and_then(Value::as_str))
+        .find_map(KubeadmApi::parse)
+    }
+
+    /// Writes the merged documents in `api`: extra arguments as maps
+    /// (v1beta2, v1beta3) or `name`/`value` lists in the map's order
+    /// (v1beta4); for v1beta4 `apiServer.timeoutForControlPlane` moved to
+    /// the init and join documents' `timeouts.controlPlaneComponentHealthCheck`
+    /// and the join's `discovery.timeout` to `timeouts.tlsBootstrap`. Fields
+    /// `api` does not have are dropped, as sealer's decoding of every
+    /// version into one version's types drops them: v1beta2's `dns.type`
+    /// and `useHyperKubeImage` from v1beta3 on; v1beta3's `skipPhases`,
+    /// `patches` and `imagePullPolicy` for v1beta2; v1beta4's additions
+    /// below v1beta4.
+    pub fn convert(&mut self, api: KubeadmApi) {
+        self.canonicalize();
+        let v4 = api == KubeadmApi::V1beta4;
+        if v4 {
+            if let Some(t) = self.take(
+                "ClusterConfiguration",
+                &["apiServer", "timeoutForControlPlane"],
+            ) {
+                for kind in ["InitConfiguration", "JoinConfiguration"] {
+                    if let Some(doc) = self.docs.get_mut(kind) {
+                        set(
+                            doc,
+                            &["timeouts", "controlPlaneComponentHealthCheck"],
+                            t.clone(),
+                        );
+                    }
+                }
+            }
+            if let Some(t) = self.take("JoinConfiguration", &["discovery", "timeout"]) {
+                let doc = self.doc_mut("JoinConfiguration");
+                set(doc, &["timeouts", "tlsBootstrap"], t);
+            }
+            for (kind, path) in EXTRA_ARGS {
+                if let Some(args) = self.docs.get_mut(*kind).and_then(|d| get_mut(d, path)) {
+                    *args = args_as_list(args);
+                }
+            }
+        }
+        let mut dropped: Vec<&(&str, &[&str])> = Vec::new();
+        if api == KubeadmApi::V1beta2 {
+            dropped.extend(SINCE_V1BETA3);
+        } else {
+            dropped.extend(ONLY_V1BETA2);
+        }
+        if !v4 {
+            dropped.extend(SINCE_V1BETA4);
+        }
+        for (kind, path) in dropped {
+            self.take(kind, path);
+        }
+        for kind in KUBEADM_KINDS {
+            if let Some(doc) = self.docs.get_mut(*kind) {
+                set(doc, &["apiVersion"], api.api_version().into());
+            }
+        }
+    }
+
+    /// Removes the field at `path` of the `kind` document, returning it.
+    fn take(&mut self, kind: &str, path: &[&str]) -> Option<Value> {
+        let (last, parents) = path.split_last()?;
+        let parent = get_mut(self.docs.get_mut(kind)?, parents)?;
+        parent.as_mapping_mut()?.remove(*last)
     }
 
     fn fill_cluster(&mut self, c: &Computed) {
@@ -516,6 +772,57 @@ fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(v, |v, k| v.get(*k))
 }
 
+fn get_mut<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |v, k| v.get_mut(*k))
+}
+
+/// Extra arguments as v1beta4 writes them: `[{name, value}]`, in the map's
+/// order (a list stays as it is).
+fn args_as_list(args: &Value) -> Value {
+    match args {
+        Value::Mapping(m) => Value::Sequence(
+            m.iter()
+                .map(|(k, v)| {
+                    let mut arg = Mapping::new();
+                    arg.insert("name".into(), k.clone());
+                    arg.insert("value".into(), scalar_string(v).into());
+                    Value::Mapping(arg)
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Extra arguments as v1beta2 and v1beta3 write them: a map (from a
+/// v1beta4 list, a repeated name keeps its last value).
+fn args_as_map(args: &Value) -> Value {
+    match args {
+        Value::Sequence(list) => {
+            let mut m = Mapping::new();
+            for arg in list {
+                if let Some(name) = arg.get("name") {
+                    let value = arg.get("value").map(scalar_string).unwrap_or_default();
+                    m.insert(name.clone(), value.into());
+                }
+            }
+            Value::Mapping(m)
+        }
+        other => other.clone(),
+    }
+}
+
+/// A scalar as the string kubeadm's argument types hold.
+fn scalar_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => serde_norway::to_string(other)
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_default(),
+    }
+}
+
 fn set(v: &mut Value, path: &[&str], value: Value) {
     let mut cur = v;
     for (i, k) in path.iter().enumerate() {
@@ -611,6 +918,7 @@ mod tests {
             env: [("pod_cidr".to_string(), "10.244.0.0/16".to_string())].into(),
             cri_socket: None,
             cgroup_driver: None,
+            kubeadm_api: None,
         }
     }
 
@@ -672,6 +980,150 @@ mod tests {
         assert_eq!(kubelet["maxPods"], 50);
         assert_eq!(kubelet["cgroupDriver"], "systemd");
         assert!(!text.contains("JoinConfiguration"));
+    }
+
+    /// The base rootfs's `etc/kubeadm.yml` over the defaults, written for
+    /// init and for a master's join for Kubernetes `version`, checked by the
+    /// kubeadm double's validator (kubeadm's field tables per version).
+    fn validated(version: &str, user: Option<&str>) -> (Vec<Value>, Value) {
+        use seaport_kube_double::kubeadm_api::{validate, Command, Version};
+        let mut cfg = KubeadmConfig::defaults();
+        let base = include_str!("../base/etc/kubeadm.yml").replace(
+            "kubernetesVersion: v1.19.8",
+            &format!("kubernetesVersion: {version}"),
+        );
+        cfg.merge(&KubeadmConfig::parse(&base, "etc/kubeadm.yml").unwrap());
+        if let Some(user) = user {
+            cfg.merge(&KubeadmConfig::parse(user, "Clusterfile").unwrap());
+        }
+        let release = Version::parse(version).unwrap();
+        let mut c = computed();
+        c.kubeadm_api = Some(KubeadmApi::for_kubernetes(release.major, release.minor));
+        let init = cfg.for_init(&c, "abcdef.0123456789abcdef", &"0f".repeat(32));
+        let path = std::path::Path::new("kubeadm.yaml");
+        let warnings = validate(path, &init, release, Command::Init)
+            .unwrap_or_else(|e| panic!("init for {version}: {e}\n{init}"));
+        assert!(
+            warnings.is_empty(),
+            "init for {version}: {warnings:?}\n{init}"
+        );
+        let join = JoinData {
+            api_server_endpoint: "198.18.0.11:6443".into(),
+            master0_ip: "198.18.0.11".into(),
+            token: "abcdef.0123456789abcdef".into(),
+            ca_cert_hashes: vec![format!("sha256:{}", "ab".repeat(32))],
+            certificate_key: "0f".repeat(32),
+        };
+        let joined = cfg.for_join(&c, &join, true);
+        let warnings = validate(path, &joined, release, Command::Join)
+            .unwrap_or_else(|e| panic!("join for {version}: {e}\n{joined}"));
+        assert!(
+            warnings.is_empty(),
+            "join for {version}: {warnings:?}\n{joined}"
+        );
+        let docs = serde_norway::Deserializer::from_str(&init)
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect();
+        (docs, serde_norway::from_str(&joined).unwrap())
+    }
+
+    fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+        docs.iter().find(|d| d["kind"] == kind).unwrap()
+    }
+
+    #[test]
+    fn the_kubeadm_api_version_follows_the_kubernetes_version() {
+        for (minor, api) in [
+            (15, KubeadmApi::V1beta2),
+            (21, KubeadmApi::V1beta2),
+            (22, KubeadmApi::V1beta3),
+            (27, KubeadmApi::V1beta3),
+            (30, KubeadmApi::V1beta3),
+            (31, KubeadmApi::V1beta4),
+            (33, KubeadmApi::V1beta4),
+        ] {
+            assert_eq!(KubeadmApi::for_kubernetes(1, minor), api, "1.{minor}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_1_19_gets_v1beta2_that_kubeadm_1_19_reads() {
+        let (docs, join) = validated("v1.19.8", None);
+        for kind_ in ["InitConfiguration", "ClusterConfiguration"] {
+            assert_eq!(kind(&docs, kind_)["apiVersion"], "kubeadm.k8s.io/v1beta2");
+        }
+        assert_eq!(join["apiVersion"], "kubeadm.k8s.io/v1beta2");
+        let cluster = kind(&docs, "ClusterConfiguration");
+        assert_eq!(
+            cluster["apiServer"]["extraArgs"]["audit-log-format"],
+            "json"
+        );
+        assert_eq!(join["discovery"]["timeout"], "5m0s");
+    }
+
+    #[test]
+    fn kubernetes_1_25_and_1_28_get_v1beta3_without_v1beta2_only_fields() {
+        let user = "apiVersion: kubeadm.k8s.io/v1beta2\nkind: ClusterConfiguration\nuseHyperKubeImage: false\ndns:\n  type: CoreDNS\n  imageTag: 1.8.0\n";
+        for version in ["v1.25.3", "v1.28.2"] {
+            let (docs, join) = validated(version, Some(user));
+            let cluster = kind(&docs, "ClusterConfiguration");
+            assert_eq!(cluster["apiVersion"], "kubeadm.k8s.io/v1beta3", "{version}");
+            assert_eq!(join["apiVersion"], "kubeadm.k8s.io/v1beta3", "{version}");
+            assert!(cluster.get("useHyperKubeImage").is_none(), "{version}");
+            assert!(cluster["dns"].get("type").is_none(), "{version}");
+            assert_eq!(cluster["dns"]["imageTag"], "1.8.0", "{version}");
+            assert_eq!(cluster["apiServer"]["extraArgs"]["audit-log-maxage"], "7");
+        }
+    }
+
+    #[test]
+    fn kubernetes_1_31_gets_v1beta4_with_argument_lists_and_moved_timeouts() {
+        let user = "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\napiServer:\n  timeoutForControlPlane: 4m0s\n---\napiVersion: kubeadm.k8s.io/v1beta3\nkind: InitConfiguration\nnodeRegistration:\n  kubeletExtraArgs:\n    max-pods: \"50\"\n";
+        let (docs, join) = validated("v1.31.1", Some(user));
+        let cluster = kind(&docs, "ClusterConfiguration");
+        let init = kind(&docs, "InitConfiguration");
+        assert_eq!(cluster["apiVersion"], "kubeadm.k8s.io/v1beta4");
+        assert_eq!(join["apiVersion"], "kubeadm.k8s.io/v1beta4");
+        let args = cluster["apiServer"]["extraArgs"].as_sequence().unwrap();
+        assert_eq!(args[0]["name"], "etcd-servers");
+        assert_eq!(args[0]["value"], "https://localhost:2379");
+        assert!(args
+            .iter()
+            .any(|a| a["name"] == "audit-log-maxage" && a["value"] == "7"));
+        assert_eq!(
+            init["nodeRegistration"]["kubeletExtraArgs"][0],
+            serde_norway::from_str::<Value>("{name: max-pods, value: \"50\"}").unwrap()
+        );
+        assert!(cluster["apiServer"].get("timeoutForControlPlane").is_none());
+        assert_eq!(init["timeouts"]["controlPlaneComponentHealthCheck"], "4m0s");
+        assert_eq!(join["timeouts"]["controlPlaneComponentHealthCheck"], "4m0s");
+        assert!(join["discovery"].get("timeout").is_none());
+        assert_eq!(join["timeouts"]["tlsBootstrap"], "5m0s");
+    }
+
+    #[test]
+    fn a_v1beta4_user_config_is_written_back_as_v1beta3_for_kubernetes_1_28() {
+        let user = "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nencryptionAlgorithm: ECDSA-P256\nscheduler:\n  extraArgs:\n  - name: v\n    value: \"2\"\n---\napiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ntimeouts:\n  tlsBootstrap: 3m0s\n";
+        let (docs, join) = validated("v1.28.2", Some(user));
+        let cluster = kind(&docs, "ClusterConfiguration");
+        assert_eq!(cluster["scheduler"]["extraArgs"]["v"], "2");
+        assert!(cluster.get("encryptionAlgorithm").is_none());
+        assert_eq!(join["discovery"]["timeout"], "3m0s", "the later file wins");
+        assert!(join.get("timeouts").is_none());
+    }
+
+    #[test]
+    fn without_conversion_v1beta2_is_refused_by_kubeadm_1_27() {
+        use seaport_kube_double::kubeadm_api::{validate, Command, Version};
+        let mut cfg = KubeadmConfig::defaults();
+        cfg.merge(
+            &KubeadmConfig::parse(include_str!("../base/etc/kubeadm.yml"), "etc/kubeadm.yml")
+                .unwrap(),
+        );
+        let init = cfg.for_init(&computed(), "abcdef.0123456789abcdef", "k3y");
+        let release = Version::parse("v1.27.0").unwrap();
+        let path = std::path::Path::new("kubeadm.yaml");
+        assert!(validate(path, &init, release, Command::Init).is_err());
     }
 
     #[test]

@@ -208,7 +208,7 @@ fn masters_serve_healthz_with_the_cluster_ca_and_reset_stops_them() {
     // the admin's on master0, the kubelet's on the worker; both reach
     // master0 by apiserver.cluster.local with the cluster CA.
     let kubectl = |h: &Host, args: &[&str]| {
-        let mut argv = vec!["env", "KUBECTL_DOUBLE_REQUIRE_KUBECONFIG=1", "kubectl"];
+        let mut argv = vec!["kubectl"];
         argv.extend(args);
         h.exec(&argv).unwrap()
     };
@@ -260,10 +260,11 @@ fn masters_serve_healthz_with_the_cluster_ca_and_reset_stops_them() {
         out.stdout,
         out.stderr
     );
-    // What kubectl refuses: no kubeconfig at all, a bad taint, an unknown
-    // flag, a server name that does not resolve.
+    // What kubectl refuses: no kubeconfig at all (the worker: only masters
+    // get root's kubeconfig), a bad taint, an unknown flag, a server name
+    // that does not resolve.
     for (h, args, want) in [
-        (m0, vec!["get", "nodes"], "localhost:8080"),
+        (n1, vec!["get", "nodes"], "localhost:8080"),
         (
             m0,
             [&admin[..], &["taint", "node", m1.name(), "a=b:Sometimes"]].concat(),

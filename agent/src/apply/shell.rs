@@ -60,6 +60,10 @@ pub struct ShellReport {
 /// The env of the step: `env`, then `HostIP` and the hooks' variables.
 fn step_env(opts: &ShellOptions, role: &str, rootfs: &std::path::Path) -> BTreeMap<String, String> {
     let mut env = env_map([opts.env.as_slice()]);
+    // Root's home, as sealer's commands over SSH have: kubectl finds
+    // `/root/.kube/config` there.
+    env.entry("HOME".into())
+        .or_insert_with(|| super::steps::ROOT_HOME.to_string());
     env.insert("HostIP".into(), opts.host_ip.clone());
     env.insert("SEAPORT_CLUSTER".into(), opts.cluster.to_string());
     env.insert("SEAPORT_ROLE".into(), role.to_string());
@@ -422,6 +426,7 @@ mod tests {
         assert_eq!(spec.timeout, Duration::from_secs(30));
         for (k, v) in [
             ("HostIP", "10.0.0.2"),
+            ("HOME", "/root"),
             ("SEAPORT_CLUSTER", "c1"),
             ("SEAPORT_ROLE", "node"),
             ("SEAPORT_ROOTFS", rootfs.to_str().unwrap()),

@@ -30,6 +30,8 @@ struct Host {
     root: PathBuf,
     /// `ContainerRuntime` as `init.sh` saw it.
     hook_runtime: std::sync::Mutex<Option<String>>,
+    /// `HOME` as `init.sh` saw it.
+    hook_home: std::sync::Mutex<Option<String>>,
 }
 
 impl Effects for Host {
@@ -59,6 +61,7 @@ impl Effects for Host {
         if cmd.program == "bash" && cmd.args == ["init.sh"] {
             assert_eq!(cmd.env.get("HostIP").map(String::as_str), Some("10.0.0.2"));
             *self.hook_runtime.lock().unwrap() = cmd.env.get("ContainerRuntime").cloned();
+            *self.hook_home.lock().unwrap() = cmd.env.get("HOME").cloned();
             fs::create_dir_all(r("etc/sysctl.d")).unwrap();
             fs::write(r("etc/sysctl.d/k8s.conf"), "net.ipv4.ip_forward = 1\n").unwrap();
             fs::write(r("etc/existing.conf"), "changed by the hook\n").unwrap();
@@ -74,6 +77,9 @@ impl Effects for Host {
         if cmd.program.ends_with("kubeadm") && cmd.args.first().is_some_and(|a| a == "join") {
             fs::create_dir_all(r("etc/kubernetes/pki")).unwrap();
             fs::write(r("etc/kubernetes/kubelet.conf"), "kubelet\n").unwrap();
+            if cmd.env.get("SEAPORT_ROLE").is_some_and(|r| r == "master") {
+                fs::write(r("etc/kubernetes/admin.conf"), ADMIN_CONF).unwrap();
+            }
         }
         self.rec.run(cmd)
     }
@@ -180,6 +186,7 @@ fn host_for(opts: &ApplyOptions) -> Host {
         rec: RecordingEffects::default(),
         root: opts.host_root.clone(),
         hook_runtime: std::sync::Mutex::new(None),
+        hook_home: std::sync::Mutex::new(None),
     }
 }
 
@@ -305,6 +312,47 @@ fn a_node_is_installed_rerun_skips_everything_and_reset_restores_the_host() {
             .any(|c| c == "run systemctl disable containerd.service"),
         "{calls:#?}"
     );
+}
+
+/// The admin kubeconfig the fake kubeadm writes on a joining master.
+const ADMIN_CONF: &str = "apiVersion: v1\nkind: Config\nusers:\n- name: kubernetes-admin\n";
+
+#[test]
+fn a_master_gets_root_kubeconfig_0600_and_commands_run_with_root_home() {
+    use std::os::unix::fs::PermissionsExt;
+    for had_own in [false, true] {
+        let (_dir, mut opts) = fixture();
+        opts.role = Role::Master;
+        opts.master0_ip = Some("10.0.0.1".into());
+        let h = |p: &str| opts.host_root.join(p);
+        if had_own {
+            fs::create_dir_all(h("root/.kube")).unwrap();
+            fs::write(h("root/.kube/config"), "the host's own\n").unwrap();
+        }
+        let host = fresh_host(&opts);
+        let before = listing(&opts.host_root);
+        apply(&opts, &host, &mut |_| {}).unwrap();
+        let kubeconfig = h("root/.kube/config");
+        assert_eq!(fs::read_to_string(&kubeconfig).unwrap(), ADMIN_CONF);
+        let mode = fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        assert_eq!(host.hook_home.lock().unwrap().as_deref(), Some("/root"));
+        reset_c1(&opts, &host);
+        assert_eq!(listing(&opts.host_root), before, "had its own: {had_own}");
+        if had_own {
+            assert_eq!(fs::read_to_string(&kubeconfig).unwrap(), "the host's own\n");
+        } else {
+            assert!(!h("root/.kube").exists());
+        }
+    }
+}
+
+#[test]
+fn a_worker_gets_no_root_kubeconfig() {
+    let (_dir, opts) = fixture();
+    let host = fresh_host(&opts);
+    apply(&opts, &host, &mut |_| {}).unwrap();
+    assert!(!opts.host_root.join("root/.kube/config").exists());
 }
 
 #[test]

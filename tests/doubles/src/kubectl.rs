@@ -14,9 +14,7 @@
 //!   and user exist, and the cluster's server must resolve and answer
 //!   `GET /healthz` over TLS verified with its CA (kubectl's "Unable to
 //!   connect to the server" otherwise). Without any kubeconfig kubectl
-//!   talks to `localhost:8080`, which refuses: so does the double with
-//!   `KUBECTL_DOUBLE_REQUIRE_KUBECONFIG=1`; without it the call goes on and
-//!   `calls.log` gets a `NO-KUBECONFIG:` line (see [`Env`]).
+//!   talks to `localhost:8080`, which refuses: so does the double.
 //! - `-f` files (a directory: its `.yaml`, `.yml`, `.json` files, `-R`
 //!   recursively) must exist and be manifests: every YAML document a
 //!   mapping with `apiVersion` and `kind`.
@@ -919,24 +917,17 @@ pub fn run(
             env.home.as_deref(),
         )?;
         const REFUSED: &str = "The connection to the server localhost:8080 was refused - did you specify the right host or port? (no kubeconfig: --kubeconfig, $KUBECONFIG and $HOME/.kube/config name none)";
-        match path {
-            None if env.require_kubeconfig => return err(REFUSED),
-            None => {
-                // Recorded, not refused: see Env::require_kubeconfig.
-                append(state, "calls.log", &format!("NO-KUBECONFIG: {REFUSED}"));
-                out.push(format!("kubectl (test double): warning: {REFUSED}"));
-            }
-            Some(path) => {
-                let target = read_kubeconfig(&path, p.value(&["context"]))?;
-                let answered = reach(&target)?;
-                out.push(format!(
-                    "kubectl (test double): {} via {} ({}), answered by {answered}",
-                    p.verb,
-                    target.server,
-                    path.display()
-                ));
-            }
-        }
+        let Some(path) = path else {
+            return err(REFUSED);
+        };
+        let target = read_kubeconfig(&path, p.value(&["context"]))?;
+        let answered = reach(&target)?;
+        out.push(format!(
+            "kubectl (test double): {} via {} ({}), answered by {answered}",
+            p.verb,
+            target.server,
+            path.display()
+        ));
     }
     match action {
         Action::Files(files) => {
@@ -982,12 +973,6 @@ pub struct Env {
     pub kubeconfig: Option<String>,
     /// `$HOME`.
     pub home: Option<String>,
-    /// Whether a call without any kubeconfig fails, as kubectl's does
-    /// (`KUBECTL_DOUBLE_REQUIRE_KUBECONFIG=1`). Off by default: the agent
-    /// runs kubectl from a systemd service without `HOME` and installs no
-    /// `/root/.kube/config`, so such a call is recorded as
-    /// `NO-KUBECONFIG: ...` in `calls.log` instead of failing the install.
-    pub require_kubeconfig: bool,
 }
 
 /// Appends a line to a log of the state directory.

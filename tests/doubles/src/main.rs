@@ -398,8 +398,6 @@ fn kubectl(state: &Path, args: &[String]) {
     let env = k::Env {
         kubeconfig: std::env::var("KUBECONFIG").ok(),
         home: std::env::var("HOME").ok(),
-        require_kubeconfig: std::env::var("KUBECTL_DOUBLE_REQUIRE_KUBECONFIG")
-            .is_ok_and(|v| v == "1"),
     };
     match k::run(args, &cwd, state, &env) {
         Ok(lines) => {

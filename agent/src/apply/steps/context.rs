@@ -308,6 +308,10 @@ impl<'a> StepContext<'a> {
                     .or_insert_with(|| r.runtime.name().to_string());
             }
         }
+        // Root's home, as sealer's commands over SSH have: kubectl finds
+        // `/root/.kube/config` there (the kubeadm step puts it on masters).
+        env.entry("HOME".into())
+            .or_insert_with(|| super::paths::ROOT_HOME.to_string());
         env.insert("SEAPORT_CLUSTER".into(), self.opts.cluster.to_string());
         env.insert("SEAPORT_ROLE".into(), self.opts.role.to_string());
         env.insert(

@@ -98,6 +98,14 @@ pub enum StepError {
     /// The local registry's binary is missing.
     #[error("the image ships no registry binary (looked for {})", REGISTRY_BINARIES.join(", "))]
     NoRegistryBinary,
+    /// kubeadm did not write the admin kubeconfig on a master.
+    #[error("kubeadm wrote no admin kubeconfig at {}: {source}", .path.display())]
+    NoAdminKubeconfig {
+        /// Where it should be.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// kubeadm init left no CA.
     #[error("kubeadm init left no CA certificate at {}: {source}", .path.display())]
     NoCaCertificate {

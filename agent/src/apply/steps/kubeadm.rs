@@ -6,17 +6,17 @@
 use std::fs;
 
 use rand::Rng;
-use seaport_rootfs::kubeadm::{Computed, JoinData, APISERVER_PORT};
+use seaport_rootfs::kubeadm::{Computed, JoinData, KubeadmApi, APISERVER_PORT};
 use seaport_shared::cluster::{Role, Step};
 use seaport_shared::confined::write_atomic;
 
 use super::super::effects::CommandSpec;
 use super::super::join_data::{ca_cert_hash, read_join_data};
 use super::super::options::ApplyOptions;
-use super::super::runtime::SOCKET_PATH_FILE;
+use super::super::runtime::{parse_version, SOCKET_PATH_FILE};
 use super::context::{HostStep, StepContext};
 use super::error::StepError;
-use super::paths::BIN_DIR;
+use super::paths::{ADMIN_CONF, BIN_DIR, ROOT_KUBECONFIG};
 
 pub(super) struct Kubeadm;
 
@@ -59,6 +59,11 @@ impl HostStep for Kubeadm {
                 .runtime
                 .as_ref()
                 .and_then(|r| r.cgroup_driver.clone()),
+            kubeadm_api: cx
+                .kube_version()?
+                .as_deref()
+                .and_then(parse_version)
+                .map(|(major, minor)| KubeadmApi::for_kubernetes(major, minor)),
         };
         let config_path = cx.opts.cluster_dir().join("kubeadm.yaml");
         let (args, token, key, text) = match (&cx.opts.join_data, cx.opts.role) {
@@ -95,6 +100,9 @@ impl HostStep for Kubeadm {
             let me = cx.host_ip.clone();
             cx.name_api_server(&me)?;
         }
+        if cx.opts.role != Role::Node {
+            install_admin_kubeconfig(cx)?;
+        }
         if cx.opts.role != Role::Master0 {
             return Ok(format!("kubeadm join against {}", cx.master0_ip));
         }
@@ -121,6 +129,21 @@ impl HostStep for Kubeadm {
             cx.opts.cluster_dir().join("join.json").display()
         ))
     }
+}
+
+/// Copies kubeadm's `/etc/kubernetes/admin.conf` to `/root/.kube/config`
+/// (0600, atomically, journaled: reset removes it, or puts back the file
+/// that was there), as sealer does on every master after `kubeadm init` and
+/// a control-plane join, so kubectl run by the agent (and by root on the
+/// host) finds the cluster.
+fn install_admin_kubeconfig(cx: &mut StepContext<'_>) -> Result<(), StepError> {
+    let src = cx.files.host(ADMIN_CONF);
+    let bytes = fs::read(&src).map_err(|source| StepError::NoAdminKubeconfig {
+        path: src.clone(),
+        source,
+    })?;
+    cx.install_file(ROOT_KUBECONFIG, &bytes, 0o600)?;
+    Ok(())
 }
 
 /// The join data the first master's kubeadm step wrote (none elsewhere).

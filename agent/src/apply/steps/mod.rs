@@ -32,7 +32,7 @@ use seaport_shared::cluster::Step;
 
 pub(crate) use context::{HostStep, StepContext};
 pub use error::StepError;
-pub(crate) use paths::{BIN_DIR, UNIT_DIR};
+pub(crate) use paths::{BIN_DIR, ROOT_HOME, UNIT_DIR};
 
 /// The implementation of `step`.
 pub(crate) fn host_step(step: Step) -> &'static dyn HostStep {

@@ -157,27 +157,21 @@ fn kubeconfigs_are_found_and_checked_as_kubectl_does() {
 }
 
 #[test]
-fn without_a_kubeconfig_the_call_fails_when_required_and_is_marked_otherwise() {
+fn without_a_kubeconfig_the_call_fails_as_kubectl_does() {
     let d = tempfile::tempdir().unwrap();
     write(d.path(), "a.yaml", "apiVersion: v1\nkind: ConfigMap\n");
-    let strict = Env {
-        require_kubeconfig: true,
-        ..Env::default()
-    };
     let state = d.path().join("state");
-    let e = run(&argv("apply -f a.yaml"), d.path(), &state, &strict).unwrap_err();
+    let e = run(&argv("apply -f a.yaml"), d.path(), &state, &Env::default()).unwrap_err();
     assert!(e.to_string().contains("localhost:8080"), "{e}");
     assert!(!state.join("applied.log").exists());
-    // Not required: recorded as such, and the call goes on.
-    let out = run(&argv("apply -f a.yaml"), d.path(), &state, &Env::default()).unwrap();
-    assert_eq!(out[0], "kubectl (test double) apply -f a.yaml", "{out:?}");
-    let calls = std::fs::read_to_string(state.join("calls.log")).unwrap();
-    assert!(calls.starts_with("NO-KUBECONFIG: "), "{calls}");
-    let applied = std::fs::read_to_string(state.join("applied.log")).unwrap();
-    assert!(
-        applied.starts_with("apply ") && applied.ends_with(" ConfigMap\n"),
-        "{applied}"
-    );
+    // A HOME without .kube/config is no kubeconfig either.
+    let home = Env {
+        home: d.path().to_str().map(String::from),
+        ..Env::default()
+    };
+    let e = run(&argv("label node n1 a=b"), d.path(), &state, &home).unwrap_err();
+    assert!(e.to_string().contains("localhost:8080"), "{e}");
+    assert!(!state.join("nodes.log").exists());
 }
 
 #[test]
