@@ -98,6 +98,12 @@ pub enum StepError {
     /// The local registry's binary is missing.
     #[error("the image ships no registry binary (looked for {})", REGISTRY_BINARIES.join(", "))]
     NoRegistryBinary,
+    /// Hashing the local registry's password for its htpasswd failed.
+    #[error("hashing the local registry's password (localRegistry.password): {0}")]
+    Htpasswd(#[from] bcrypt::BcryptError),
+    /// A docker-style credentials file on the host is not one.
+    #[error(transparent)]
+    Credentials(#[from] seaport_rootfs::registry::credentials::CredentialsError),
     /// kubeadm init left no CA.
     #[error("kubeadm init left no CA certificate at {}: {source}", .path.display())]
     NoCaCertificate {
