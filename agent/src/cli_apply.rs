@@ -133,6 +133,7 @@ pub fn run_apply(args: ApplyArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         kubeadm_config,
         join_data,
         join_data_out: args.join_data_out,
+        registry_auth: None,
         state_dir,
         data_root: args.data_root,
         host_root: PathBuf::from("/"),

@@ -274,6 +274,7 @@ fn apply_options(
         kubeadm_config: task.kubeadm_config.clone(),
         join_data,
         join_data_out: None,
+        registry_auth: task.registry_auth.clone(),
         state_dir: settings.state_dir.clone(),
         data_root: settings.data_root.clone(),
         host_root: PathBuf::from("/"),
@@ -549,6 +550,7 @@ mod tests {
             upgrade: false,
             signatures,
             cluster_trust: ImageTrust::default(),
+            registry_auth: None,
         }
     }
 

@@ -60,6 +60,9 @@ pub struct Spec {
     /// master0 only (by default every master runs one).
     #[serde(default)]
     pub registry_master0_only: bool,
+    /// The Clusterfile's `localRegistry.username`/`password` (both set).
+    #[serde(default)]
+    pub registry_auth: Option<seaport_shared::wire::RegistryCredentials>,
 }
 
 impl Spec {
@@ -131,6 +134,9 @@ pub enum Work {
     Reset { hosts: Vec<String>, prune: bool },
     /// Drop these hosts from the cluster.
     Forget { hosts: Vec<String> },
+    /// The etcd members of these leaving masters, when their reset was
+    /// left out (offline, `--force`), removed from master0.
+    EtcdMembers { hosts: Vec<String> },
     /// The node-local API balancers of these hosts (workers) forward to
     /// these masters' API servers, and to no other; and to these registry
     /// hosts' local registries.
@@ -162,7 +168,10 @@ impl StageSpec {
             | Work::Balancers { hosts, .. } => hosts.clone(),
             Work::Apply { tasks, .. } => tasks.iter().map(|t| t.host.clone()).collect(),
             Work::Plugins { targets, .. } => targets.clone(),
-            Work::ImagePlugins | Work::LabelsTaints { .. } | Work::DeleteNodes { .. } => {
+            Work::ImagePlugins
+            | Work::LabelsTaints { .. }
+            | Work::DeleteNodes { .. }
+            | Work::EtcdMembers { .. } => {
                 vec![master0.to_string()]
             }
         }
@@ -370,7 +379,13 @@ fn operation(
             return Err(ConvergeError::RemovesAll);
         }
         out.extend(balancers(spec, &removed));
-        out.extend(scale_down(&removed));
+        let masters: Vec<String> = current
+            .hosts
+            .iter()
+            .filter(|(ip, role)| removed.contains(ip) && role.is_master())
+            .map(|(ip, _)| ip.clone())
+            .collect();
+        out.extend(scale_down(&removed, &masters));
     }
     if !added.is_empty() {
         let mut plan = plan;
@@ -539,9 +554,11 @@ fn labels_for(hosts: &[String]) -> StageSpec {
     }
 }
 
-/// Stages that remove `hosts` from a running cluster.
-pub fn scale_down(hosts: &[String]) -> Vec<StageSpec> {
-    vec![
+/// Stages that remove `hosts` from a running cluster; `masters` are the
+/// masters among them (their etcd members go too: by their reset, or from
+/// master0 when the reset was left out).
+pub fn scale_down(hosts: &[String], masters: &[String]) -> Vec<StageSpec> {
+    let mut out = vec![
         plugins(OperationKind::ScaleDown, PluginPoint::Start, hosts),
         StageSpec {
             name: "delete-nodes".into(),
@@ -556,6 +573,16 @@ pub fn scale_down(hosts: &[String]) -> Vec<StageSpec> {
                 prune: true,
             },
         },
+    ];
+    if !masters.is_empty() {
+        out.push(StageSpec {
+            name: "etcd-members".into(),
+            work: Work::EtcdMembers {
+                hosts: masters.to_vec(),
+            },
+        });
+    }
+    out.extend([
         plugins(OperationKind::ScaleDown, PluginPoint::Done, hosts),
         StageSpec {
             name: "forget".into(),
@@ -563,7 +590,8 @@ pub fn scale_down(hosts: &[String]) -> Vec<StageSpec> {
                 hosts: hosts.to_vec(),
             },
         },
-    ]
+    ]);
+    out
 }
 
 /// Stages that delete the whole cluster.
@@ -613,6 +641,7 @@ mod tests {
             env: vec![],
             clusterfile: None,
             registry_master0_only: false,
+            registry_auth: None,
         }
     }
 

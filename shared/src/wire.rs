@@ -475,6 +475,10 @@ pub enum AdminRequest {
     RemoveHosts {
         cluster: ClusterName,
         ips: Vec<String>,
+        /// Hosts whose agents are offline are left out (not reset) instead
+        /// of waited for; a leaving master's etcd member is removed from a
+        /// living master.
+        force: bool,
     },
     /// The last `limit` entries of the audit log.
     Audit {
@@ -635,6 +639,11 @@ pub struct ClusterView {
     pub finished_at: Option<i64>,
     /// Why the run failed, naming the host and step.
     pub error: Option<String>,
+    /// Hosts the last operation removed from the cluster without reaching
+    /// them (`delete -m/-n --force` of offline hosts), each with what was
+    /// not done there.
+    #[serde(default)]
+    pub left_out: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -826,6 +835,27 @@ pub struct ApplyTask {
     /// What the cluster's Clusterfile adds to the policy the agent holds:
     /// more trusted keys, and whether signatures are required.
     pub cluster_trust: ImageTrust,
+    /// The local registry's `localRegistry.username`/`password`: its
+    /// htpasswd on registry hosts, the runtime's and kubelet's credentials
+    /// on every host. Secret.
+    pub registry_auth: Option<RegistryCredentials>,
+}
+
+/// A registry's username and password. The password never shows in
+/// `Debug` output (logs).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"<secret>")
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ApplyTask {
@@ -837,6 +867,7 @@ impl std::fmt::Debug for ApplyTask {
             .field("steps", &self.steps)
             .field("host_ip", &self.host_ip)
             .field("join_data", &self.join_data.as_ref().map(|_| "<secret>"))
+            .field("registry_auth", &self.registry_auth)
             .finish_non_exhaustive()
     }
 }

@@ -16,7 +16,10 @@
 //! every master in turn with the cluster CA, pulls from `sea.hub:5000`
 //! through the balancer's registry port (a registry on every master),
 //! served again after the agent restarts; masters name themselves.
-//! Scaling a master in and out changes every worker's lists. With
+//! Scaling a master in and out changes every worker's lists. A master
+//! cut off is removed with `delete -m --force`: every balancer drops it,
+//! master0 deletes its node and asks its etcd pod to remove its member,
+//! the summary names it; reset by hand, it joins again. With
 //! master0 cut off, workers are answered by the other masters within 10 s
 //! and pulls go on; back, it re-enters every pool.
 //!
@@ -444,6 +447,89 @@ fn three_masters_install_and_an_offline_master0_neither_hangs_nor_blocks_delete(
         wait_backends(&bins, &root, ip, &all_masters);
     }
     phases.done("scale a master in and out");
+
+    // A dead master: its link cut, `delete -m --force` goes on without it.
+    // Every worker's balancer drops it, master0 deletes its node and
+    // removes its etcd member (etcdctl in master0's etcd pod, through
+    // kubectl), the host is forgotten and the summary names it.
+    m2.cut_link().unwrap();
+    wait::until(
+        "master 2 offline",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let (_, out, _) = bins.seaport_out(&root, &["status", "--json"]);
+            let s: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}"))?;
+            let offline = s[0]["hosts"].as_array().is_some_and(|hs| {
+                hs.iter()
+                    .any(|h| h["ip"] == ips[2].as_str() && h["online"] == false)
+            });
+            if offline {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        },
+    )
+    .unwrap();
+    let (ok, out, err) = bins.seaport_out(
+        &root,
+        &[
+            "delete",
+            "-m",
+            &ips[2],
+            "--cluster",
+            CLUSTER,
+            "--yes",
+            "--force",
+        ],
+    );
+    assert!(ok, "delete -m --force: {out}\n{err}");
+    assert!(
+        err.contains(&format!("{} (", ips[2])) && err.contains("is offline: going on without it"),
+        "{err}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{} ({}) was offline: not reset",
+            ips[2],
+            m2.name()
+        )) && out.contains(&format!("its etcd member from {}", ips[0])),
+        "the summary does not say what was done about master 2:\n{out}"
+    );
+    for ip in &ips[3..] {
+        wait_backends(&bins, &root, ip, &all_masters[..2]);
+    }
+    let kubectl = hosts[0]
+        .exec_ok(&["cat", "/var/lib/kubectl-double/calls.log"])
+        .unwrap()
+        .stdout;
+    assert!(
+        kubectl.contains(&format!("delete node {}", m2.name()))
+            && kubectl.contains(&format!(
+                "-n kube-system exec etcd-{} -- etcdctl",
+                hosts[0].name().to_lowercase()
+            ))
+            && kubectl.contains("member list"),
+        "master0's kubectl calls: {kubectl}"
+    );
+    let (_, out, _) = bins.seaport_out(&root, &["status", "--json"]);
+    assert!(
+        !out.contains(&format!("\"{}\"", ips[2])),
+        "master 2 still in the status: {out}"
+    );
+    // Back: reset by hand, then joined again to the control plane.
+    m2.restore_link().unwrap();
+    let out = m2
+        .exec(&[AGENT_BIN_PATH, "reset", "--cluster", CLUSTER, "--prune"])
+        .unwrap();
+    assert!(out.success(), "{}{}", out.stdout, out.stderr);
+    let (ok, out, err) = bins.seaport_out(&root, &["join", "-m", &ips[2], "--cluster", CLUSTER]);
+    assert!(ok, "join -m after the forced removal: {out}\n{err}");
+    for ip in &ips[3..] {
+        wait_backends(&bins, &root, ip, &all_masters);
+    }
+    phases.done("a dead master removed with delete -m --force, back by join");
 
     // master0 goes away (its link cut: nothing reaches it, as when it is
     // powered off). Within 10 s the workers' requests are answered by the

@@ -43,6 +43,7 @@ pub fn load_images(
     images_dir: &Path,
     registry: &str,
     scratch: &Path,
+    credentials: Option<seaport_rootfs::registry::credentials::Credentials>,
 ) -> Result<Vec<String>, LoadError> {
     let mut tars: Vec<PathBuf> = match fs::read_dir(images_dir) {
         Ok(rd) => rd
@@ -58,11 +59,12 @@ pub fn load_images(
         progress: false,
         ..ClientOptions::default()
     };
-    let client = RegistryClient::new(registry, &opts, None).map_err(|e| LoadError::Push {
-        name: String::new(),
-        archive: images_dir.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let client =
+        RegistryClient::new(registry, &opts, credentials).map_err(|e| LoadError::Push {
+            name: String::new(),
+            archive: images_dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     let mut pushed = Vec::new();
     for tar in tars {
         let arch = |reason: String| LoadError::Archive {

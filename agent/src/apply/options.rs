@@ -103,6 +103,9 @@ pub struct ApplyOptions {
     pub join_data: Option<JoinData>,
     /// Where the first master writes join data (besides the data dir).
     pub join_data_out: Option<PathBuf>,
+    /// The local registry's username and password (htpasswd on registry
+    /// hosts, pull credentials on every host). Secret.
+    pub registry_auth: Option<seaport_shared::wire::RegistryCredentials>,
     /// The agent's state directory (the journal lives here).
     pub state_dir: PathBuf,
     /// Root of cluster data (`/var/lib/seaport/data`).

@@ -595,9 +595,50 @@ pub fn default_cri_docker_service(pause: Option<&str>) -> String {
     )
 }
 
+/// containerd's CRI credentials for the registry `local` (`host:port`), a
+/// table appended to its `config.toml`.
+pub fn containerd_registry_auth(
+    local: &str,
+    auth: &seaport_shared::wire::RegistryCredentials,
+) -> String {
+    format!(
+        "\n[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{}\".auth]\n  username = \"{}\"\n  password = \"{}\"\n",
+        toml_escape(local),
+        toml_escape(&auth.username),
+        toml_escape(&auth.password)
+    )
+}
+
+/// `s` as the inside of a TOML basic string.
+fn toml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containerd_credentials_are_a_cri_auth_table_with_escaped_strings() {
+        let auth = seaport_shared::wire::RegistryCredentials {
+            username: "admin".into(),
+            password: "p\"w\\x".into(),
+        };
+        let text = containerd_registry_auth("sea.hub:5000", &auth);
+        assert_eq!(
+            text,
+            "\n[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"sea.hub:5000\".auth]\n  username = \"admin\"\n  password = \"p\\\"w\\\\x\"\n"
+        );
+    }
 
     fn map(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter()

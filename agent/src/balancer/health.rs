@@ -3,14 +3,16 @@
 //! backend's IP, and `GET /healthz`, all within one timeout. Any HTTP
 //! answer below 500 counts as up (401 and 403 mean the server answers but
 //! does not serve anonymous requests); 5xx, no answer, a refused
-//! connection or a certificate that does not verify count as down.
+//! connection or a certificate that does not verify count as down. The
+//! local registry's backends are asked `GET /v2/` over plain HTTP the same
+//! way (401: it wants the registry's credentials, and answers).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The answer's head is read up to this many bytes.
@@ -20,10 +22,11 @@ const HEAD_LIMIT: usize = 4096;
 pub(super) async fn check(
     addr: SocketAddr,
     tls: Option<Arc<rustls::ClientConfig>>,
+    plain_http: bool,
     path: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    match tokio::time::timeout(timeout, check_inner(addr, tls, path)).await {
+    match tokio::time::timeout(timeout, check_inner(addr, tls, plain_http, path)).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer to GET {path} within {timeout:?}")),
     }
@@ -32,11 +35,15 @@ pub(super) async fn check(
 async fn check_inner(
     addr: SocketAddr,
     tls: Option<Arc<rustls::ClientConfig>>,
+    plain_http: bool,
     path: &str,
 ) -> Result<(), String> {
-    let tcp = TcpStream::connect(addr)
+    let mut tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    if plain_http {
+        return ask(&mut tcp, addr, path).await;
+    }
     // Without the cluster's CA yet (a worker before it joined), an answered
     // connect is all a check can tell.
     let Some(tls) = tls else {
@@ -47,6 +54,15 @@ async fn check_inner(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
+    ask(&mut s, addr, path).await
+}
+
+/// `GET path` on `s`; up when it answers below 500.
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(), String> {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: seaport-agent\r\n\r\n",
         addr.ip()

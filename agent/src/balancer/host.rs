@@ -358,7 +358,7 @@ async fn settle_registry(
         old.stop().await;
     }
     if let Some(l) = listen {
-        r.registry = Some(Balancer::start(Options::unverified(l, backends.to_vec())).await?);
+        r.registry = Some(Balancer::start(Options::registry(l, backends.to_vec())).await?);
     }
     Ok(())
 }

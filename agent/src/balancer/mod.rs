@@ -48,6 +48,8 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// The path of the active check.
 pub const HEALTH_PATH: &str = "/healthz";
+/// The active check of a local registry backend.
+pub const REGISTRY_HEALTH_PATH: &str = "/v2/";
 
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,9 @@ pub struct Options {
     pub dial_timeout: Duration,
     /// The path of the active check.
     pub health_path: String,
+    /// The check asks `health_path` over plain HTTP (the local registry),
+    /// not TLS.
+    pub plain_http: bool,
 }
 
 impl Options {
@@ -105,6 +110,7 @@ impl Options {
             check_timeout: CHECK_TIMEOUT,
             dial_timeout: DIAL_TIMEOUT,
             health_path: HEALTH_PATH.into(),
+            plain_http: false,
         }
     }
 
@@ -120,6 +126,19 @@ impl Options {
             check_timeout: CHECK_TIMEOUT,
             dial_timeout: DIAL_TIMEOUT,
             health_path: HEALTH_PATH.into(),
+            plain_http: false,
+        }
+    }
+}
+
+impl Options {
+    /// The local registry's port: checks are `GET /v2/` over plain HTTP
+    /// (401, the registry wants credentials, counts as up).
+    pub fn registry(listen: SocketAddr, backends: Vec<SocketAddr>) -> Self {
+        Options {
+            health_path: REGISTRY_HEALTH_PATH.into(),
+            plain_http: true,
+            ..Options::unverified(listen, backends)
         }
     }
 }
@@ -285,8 +304,10 @@ async fn checks(
         let mut round = JoinSet::new();
         for addr in pool.addrs() {
             let (tls, path) = (tls.clone(), o.health_path.clone());
-            let timeout = o.check_timeout;
-            round.spawn(async move { (addr, health::check(addr, tls, &path, timeout).await) });
+            let (timeout, plain) = (o.check_timeout, o.plain_http);
+            round.spawn(
+                async move { (addr, health::check(addr, tls, plain, &path, timeout).await) },
+            );
         }
         while let Some(Ok((addr, r))) = round.join_next().await {
             let down = r.as_ref().err().cloned();

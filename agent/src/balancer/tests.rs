@@ -466,3 +466,63 @@ mod host {
             .is_ok());
     }
 }
+
+/// A plain-HTTP server answering every request with `status` (a registry
+/// that wants credentials answers 401 to `GET /v2/`); the paths it was
+/// asked go to `asked`.
+async fn plain_http(status: u16) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if let Some(path) = head.split(' ').nth(1) {
+                log.lock().unwrap().push(path.to_string());
+            }
+            let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
+    });
+    (addr, asked)
+}
+
+#[tokio::test]
+async fn registry_backends_are_checked_by_get_v2_and_401_counts_as_up() {
+    let (wants_login, asked) = plain_http(401).await;
+    let (failing, _) = plain_http(503).await;
+    // Listens, but is no HTTP server: a TCP connect alone would call it up.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let mut o = Options::registry(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![wants_login, failing, silent_addr],
+    );
+    o.interval = Duration::from_millis(200);
+    o.check_timeout = Duration::from_millis(500);
+    let b = Balancer::start(o).await.unwrap();
+    until("the checks ran", || {
+        b.status().iter().all(|s| s.healthy || s.reason.is_some()) && !b.status()[2].healthy
+    })
+    .await;
+    let s = b.status();
+    assert!(s[0].healthy, "401 is an answering registry: {s:?}");
+    assert!(!s[1].healthy, "{s:?}");
+    assert!(
+        s[1].reason.as_deref().is_some_and(|r| r.contains("503")),
+        "{s:?}"
+    );
+    assert!(
+        s[2].reason
+            .as_deref()
+            .is_some_and(|r| r.contains("GET /v2/")),
+        "{s:?}"
+    );
+    assert!(asked.lock().unwrap().iter().all(|p| p == "/v2/"));
+    assert!(!asked.lock().unwrap().is_empty());
+    drop(silent);
+    b.stop().await;
+}

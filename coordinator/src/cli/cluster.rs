@@ -175,8 +175,9 @@ pub struct DeleteArgs {
     #[arg(short = 'y', long)]
     pub yes: bool,
     /// Go on without hosts whose agents are offline: they are left as
-    /// they are and named in the summary (whole clusters only).
-    #[arg(long, conflicts_with_all = ["masters", "nodes"])]
+    /// they are and named in the summary. With -m/-n, an offline master
+    /// also leaves etcd from master0.
+    #[arg(long)]
     pub force: bool,
     /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
     /// defaults to the local one.
@@ -584,9 +585,10 @@ pub(super) fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
         let ips: Vec<String> = args.masters.iter().chain(&args.nodes).cloned().collect();
         return runtime()?.block_on(async {
             let client = AdminClient::connect_running(root, args.coordinator.as_deref()).await?;
+            let all = clusters(&client).await?;
             let cluster = match &args.cluster {
                 Some(c) => c.clone(),
-                None => only_cluster(&clusters(&client).await?)?,
+                None => only_cluster(&all)?,
             };
             if !args.yes {
                 confirm_text(&format!(
@@ -594,16 +596,33 @@ pub(super) fn delete(root: &Path, args: DeleteArgs) -> anyhow::Result<()> {
                     ips.join(", ")
                 ))?;
             }
+            // Offline hosts among those leaving: said at once.
+            if let Some(v) = all.iter().find(|v| v.cluster == cluster) {
+                let mut leaving = v.clone();
+                leaving.hosts.retain(|h| ips.contains(&h.ip));
+                for line in offline_lines(&[&leaving], args.force) {
+                    eprintln!("{line}");
+                }
+            }
             let resp = client
                 .request(&AdminRequest::RemoveHosts {
                     cluster: cluster.clone(),
                     ips,
+                    force: args.force,
                 })
                 .await
                 .with_context(|| format!("removing hosts from cluster {cluster}"))?;
             client.close().await;
             let (cluster, generation) = accepted(resp)?;
-            finish(root, args.coordinator.as_deref(), &cluster, generation).await
+            let view = follow(root, args.coordinator.as_deref(), &cluster, generation).await?;
+            print_summary(&view);
+            for line in &view.left_out {
+                println!("  {line}");
+            }
+            match view.state {
+                RunState::Succeeded => Ok(()),
+                _ => Err(failure(&view)),
+            }
         });
     }
     runtime()?.block_on(async {
@@ -1133,6 +1152,7 @@ mod tests {
             started_at: 0,
             finished_at: Some(1),
             error: None,
+            left_out: vec![],
         }
     }
 

@@ -435,16 +435,40 @@ pub(crate) fn from_doc(
         }
     });
 
-    // Read, but the local registry does not apply them yet: say so rather
+    // Username and password protect the local registry (htpasswd) only
+    // together, as sealer has it; TLS is not applied yet: say so rather
     // than let the user believe the registry is protected.
     if let Some(l) = &local {
         let at = "spec.registry.localRegistry";
-        if l.username.is_some() || l.password.is_some() {
+        if let Some(u) = &l.username {
+            if u.contains(':') || u.chars().any(char::is_control) {
+                return Err(invalid(
+                    format!("{at}.username"),
+                    "must not contain ':' or control characters (an htpasswd user name)".into(),
+                ));
+            }
+        }
+        if l.password
+            .as_ref()
+            .is_some_and(|p| p.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                format!("{at}.password"),
+                "must not contain control characters".into(),
+            ));
+        }
+        if l.username.is_some() != l.password.is_some() {
+            let (set, unset) = if l.username.is_some() {
+                ("username", "password")
+            } else {
+                ("password", "username")
+            };
             warn(
                 warnings,
-                format!("{at}.username"),
-                "not applied yet: the local registry serves without authentication (no htpasswd)"
-                    .into(),
+                format!("{at}.{set}"),
+                format!(
+                    "ignored without {unset}: the local registry serves without authentication"
+                ),
             );
         }
         let cert = !l.cert_dns_names.is_empty() || !l.cert_ips.is_empty();

@@ -1039,7 +1039,7 @@ spec:
 }
 
 #[test]
-fn registry_authentication_and_tls_are_read_but_reported_as_not_applied() {
+fn registry_authentication_is_taken_and_tls_is_reported_as_not_applied() {
     let text = r#"apiVersion: sealer.io/v2
 kind: Cluster
 metadata:
@@ -1060,9 +1060,31 @@ spec:
     assert_eq!(
         warnings,
         [
-            "document 1 (Cluster c): spec.registry.localRegistry.username: not applied yet: the local registry serves without authentication (no htpasswd)",
             "document 1 (Cluster c): spec.registry.localRegistry.insecure: not applied yet: the local registry serves plain HTTP (no TLS certificate)",
         ]
     );
     assert!(!warnings.iter().any(|w| w.contains("secret")));
+    let local = file.resolve().unwrap().registry.local.unwrap();
+    assert_eq!(
+        (local.username.as_deref(), local.password.as_deref()),
+        (Some("admin"), Some("secret"))
+    );
+
+    // One without the other protects nothing: said, naming the field.
+    let alone = text.replace("      password: secret\n", "");
+    let file = Clusterfile::parse(&alone).unwrap();
+    let warnings: Vec<String> = file.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings.contains(&"document 1 (Cluster c): spec.registry.localRegistry.username: ignored without password: the local registry serves without authentication".to_string()),
+        "{warnings:?}"
+    );
+
+    // An htpasswd user name cannot hold ':'.
+    let colon = text.replace("username: admin", "username: \"ad:min\"");
+    let err = Clusterfile::parse(&colon).unwrap_err().to_string();
+    assert!(
+        err.contains("spec.registry.localRegistry.username"),
+        "{err}"
+    );
+    assert!(err.contains("':'"), "{err}");
 }

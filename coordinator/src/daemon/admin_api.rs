@@ -87,8 +87,24 @@ pub(super) async fn admin_request(
                 Err(e) => refused(e.to_string()),
             }
         }
-        AdminRequest::RemoveHosts { cluster, ips } => {
-            return accepted(shared.ops.accept(who, Want::Remove { cluster, ips }).await)
+        AdminRequest::RemoveHosts {
+            cluster,
+            ips,
+            force,
+        } => {
+            return accepted(
+                shared
+                    .ops
+                    .accept(
+                        who,
+                        Want::Remove {
+                            cluster,
+                            ips,
+                            force,
+                        },
+                    )
+                    .await,
+            )
         }
         AdminRequest::Drift { cluster } => {
             return match shared.ops.drift(&cluster).await {

@@ -35,6 +35,8 @@ pub enum Want {
     Remove {
         cluster: ClusterName,
         ips: Vec<String>,
+        /// Leave out hosts whose agents are offline (`--force`).
+        force: bool,
     },
 }
 
@@ -63,9 +65,15 @@ impl Want {
                 masters.join(","),
                 nodes.join(",")
             ),
-            Want::Remove { cluster, ips } => {
-                format!("remove [{}] from cluster {cluster}", ips.join(","))
-            }
+            Want::Remove {
+                cluster,
+                ips,
+                force,
+            } => format!(
+                "remove [{}] from cluster {cluster}{}",
+                ips.join(","),
+                if *force { " --force" } else { "" }
+            ),
         }
     }
 
@@ -207,6 +215,12 @@ pub fn spec_of_clusterfile(text: &str) -> Result<Desired, OperationError> {
         env: resolved.env.clone(),
         clusterfile: Some(text.to_string()),
         registry_master0_only: resolved.registry.local.as_ref().is_some_and(|l| !l.ha),
+        registry_auth: resolved.registry.local.as_ref().and_then(|l| {
+            Some(seaport_shared::wire::RegistryCredentials {
+                username: l.username.clone()?,
+                password: l.password.clone()?,
+            })
+        }),
     };
     Ok(Desired {
         name: resolved.name.clone(),
@@ -234,6 +248,7 @@ pub fn desired(want: Want, previous: Option<&Cluster>) -> Result<Desired, Operat
                 env: r.env.clone(),
                 clusterfile: None,
                 registry_master0_only: false,
+                registry_auth: None,
             },
             name: r.cluster,
             warnings: vec![],
@@ -266,7 +281,7 @@ pub fn desired(want: Want, previous: Option<&Cluster>) -> Result<Desired, Operat
                 warnings: vec![],
             }
         }
-        Want::Remove { cluster, ips } => {
+        Want::Remove { cluster, ips, .. } => {
             let prev =
                 live(&cluster).ok_or_else(|| OperationError::NoSuchCluster(cluster.clone()))?;
             let mut spec = prev.spec.clone();
@@ -444,6 +459,7 @@ pub fn prepare(input: PrepareInput<'_>) -> Result<Prepared, OperationError> {
         error: None,
         installed_digest: prev.and_then(|p| p.installed_digest),
         force: false,
+        left_out: vec![],
         started_by: String::new(),
         operation: Some(converged.kind),
     };
@@ -464,6 +480,7 @@ pub fn prepare(input: PrepareInput<'_>) -> Result<Prepared, OperationError> {
 pub(super) fn deleting(mut c: Cluster, prune: bool, force: bool, who: &str, now: i64) -> Cluster {
     c.generation += 1;
     c.force = force;
+    c.left_out.clear();
     c.state = RunState::Deleting;
     c.error = None;
     c.started_at = now;

@@ -83,6 +83,10 @@ pub struct Cluster {
     /// the operation (named in their notes) instead of waited for.
     #[serde(default)]
     pub force: bool,
+    /// Hosts this operation forgot without reaching them, each with what
+    /// was not done there (shown after `delete -m/-n --force`).
+    #[serde(default)]
+    pub left_out: Vec<String>,
 }
 
 /// An operation's kind as stored: its name, or empty text for none.
@@ -162,6 +166,7 @@ impl Cluster {
             started_at: self.started_at,
             finished_at: self.finished_at,
             error: self.error.clone(),
+            left_out: self.left_out.clone(),
         }
     }
 

@@ -123,6 +123,7 @@ impl Operations {
     fn prepare(&self, want: Want, dry_run: bool) -> Result<Prepared, OperationError> {
         // Removing hosts installs nothing: no image to check.
         let installs = !matches!(want, Want::Remove { .. });
+        let force = matches!(want, Want::Remove { force: true, .. });
         let previous = match want.existing_cluster() {
             Some(name) => self.previous(name)?,
             None => None,
@@ -151,14 +152,17 @@ impl Operations {
         }
         let image = ResolvedImage::new(&desired.spec.image, stored);
         let nodes = self.agents.nodes()?;
-        prepare::prepare(PrepareInput {
+        let mut prepared = prepare::prepare(PrepareInput {
             desired,
             previous: previous.as_ref(),
             nodes: &nodes,
             image,
             dry_run,
             now: now_unix(),
-        })
+        })?;
+        // `delete -m/-n --force`: offline hosts are left out, not waited for.
+        prepared.cluster.force = force;
+        Ok(prepared)
     }
 
     /// Accepts a request that changes a cluster: plans, records and starts

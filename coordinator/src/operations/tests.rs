@@ -763,6 +763,13 @@ async fn a_leaving_master_leaves_every_balancer_before_it_is_reset() {
         last_balancer < reset,
         "every balancer drops it before its reset"
     );
+    // Reached, it left etcd in its own reset: nothing asks master0.
+    assert!(
+        !sent.iter().any(
+            |(_, t)| matches!(t, TaskRequest::Shell(s) if s.script.contains("etcd member remove"))
+        ),
+        "{sent:?}"
+    );
 }
 
 #[test]
@@ -857,4 +864,171 @@ async fn preflight_wants_the_registry_port_free_on_every_master_that_runs_a_regi
     let (port, ports) = registry_port_of("n3");
     assert_eq!(port, None);
     assert!(!ports.contains(&5000), "{ports:?}");
+}
+
+#[tokio::test]
+async fn the_local_registrys_credentials_reach_every_hosts_apply_and_no_log_shows_the_password() {
+    let file = r#"apiVersion: sealer.io/v2
+kind: Cluster
+metadata:
+  name: c
+spec:
+  image: k8s:v1
+  hosts:
+    - ips: [10.0.0.1]
+      roles: [master]
+    - ips: [10.0.0.2]
+      roles: [node]
+  registry:
+    localRegistry:
+      username: admin
+      password: pw-Zq81
+"#;
+    let p = prepare(PrepareInput {
+        desired: desired(Want::Clusterfile(file.into()), None).unwrap(),
+        previous: None,
+        nodes: &nodes(2),
+        image: image(),
+        dry_run: false,
+        now: 100,
+    })
+    .unwrap();
+    let (outcome, sent) = drive_all(p.cluster).await;
+    assert!(matches!(outcome, Outcome::Succeeded));
+    let applies: Vec<&seaport_shared::wire::ApplyTask> = sent
+        .iter()
+        .filter_map(|(_, t)| match t {
+            TaskRequest::Apply(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert!(applies.iter().any(|a| a.role == Role::Node));
+    for a in &applies {
+        let auth = a
+            .registry_auth
+            .as_ref()
+            .expect("credentials in every apply");
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_str()),
+            ("admin", "pw-Zq81")
+        );
+        // What a log line of the task shows.
+        let shown = format!("{a:?}");
+        assert!(
+            shown.contains("admin") && !shown.contains("pw-Zq81"),
+            "{shown}"
+        );
+    }
+
+    // Without them: none sent.
+    let plain = file.replace(
+        "      username: admin\n      password: pw-Zq81\n",
+        "      ha: true\n",
+    );
+    let p = prepare(PrepareInput {
+        desired: desired(Want::Clusterfile(plain), None).unwrap(),
+        previous: None,
+        nodes: &nodes(2),
+        image: image(),
+        dry_run: false,
+        now: 100,
+    })
+    .unwrap();
+    let (_, sent) = drive_all(p.cluster).await;
+    assert!(sent
+        .iter()
+        .all(|(_, t)| !matches!(t, TaskRequest::Apply(a) if a.registry_auth.is_some())));
+}
+
+#[tokio::test]
+async fn delete_m_force_removes_an_offline_master_from_balancers_kubernetes_and_etcd_and_forgets_it(
+) {
+    let all = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+    let mut installed = prepared(run(&all, &["10.0.0.4"]), &nodes(4))
+        .unwrap()
+        .cluster;
+    installed.state = RunState::Succeeded;
+    installed.installed_digest = Some(installed.manifest_digest);
+    installed.stages_done = installed.stages.len();
+    let mut down = prepare(PrepareInput {
+        desired: desired(
+            Want::Remove {
+                cluster: ClusterName::parse("c").unwrap(),
+                ips: vec!["10.0.0.3".into()],
+                force: true,
+            },
+            Some(&installed),
+        )
+        .unwrap(),
+        previous: Some(&installed),
+        nodes: &nodes(4),
+        image: image(),
+        dry_run: false,
+        now: 200,
+    })
+    .unwrap();
+    // What the service does for `--force`.
+    down.cluster.force = true;
+    let stages: Vec<&str> = down
+        .cluster
+        .stages
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let at = |n: &str| stages.iter().position(|s| *s == n).unwrap();
+    assert!(at("balancers") < at("delete-nodes"), "{stages:?}");
+    assert!(
+        at("reset") < at("etcd-members") && at("etcd-members") < at("forget"),
+        "{stages:?}"
+    );
+
+    let agents = Arc::new(Answering {
+        offline: vec!["n3".into()],
+        ..Default::default()
+    });
+    let driver = Driver {
+        agents: agents.clone(),
+        store: Arc::new(MemoryStore::default()),
+        image_root: std::path::PathBuf::from("/nonexistent"),
+        record: LiveRecord::new(down.cluster),
+    };
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), driver.drive())
+        .await
+        .expect("delete -m --force waited for the offline master");
+    assert!(matches!(outcome, Outcome::Succeeded));
+    let sent = agents.sent.lock().unwrap().clone();
+    assert!(sent.iter().all(|(n, _)| n != "n3"), "{sent:?}");
+    let balancer = first_sent(&sent, |n, t| {
+        n == "n4" && matches!(t, TaskRequest::Balancer(b) if b.backends == ["10.0.0.1:6443", "10.0.0.2:6443"])
+    })
+    .expect("the worker's balancer without the leaving master");
+    let shell = |needle: &'static str| {
+        move |n: &str, t: &TaskRequest| {
+            n == "n1" && matches!(t, TaskRequest::Shell(s) if s.script.contains(needle))
+        }
+    };
+    let delete_node =
+        first_sent(&sent, shell("kubectl delete node 'host3'")).expect("kubectl delete node");
+    let etcd = first_sent(&sent, shell("etcd member remove")).expect("etcd member removal");
+    assert!(balancer < delete_node && delete_node < etcd, "{sent:?}");
+    let TaskRequest::Shell(s) = &sent[etcd].1 else {
+        unreachable!()
+    };
+    assert!(
+        s.script.contains("exec 'etcd-host1' -- etcdctl"),
+        "{}",
+        s.script
+    );
+    assert!(s.script.contains("https://10.0.0.3:2380"), "{}", s.script);
+    let c = driver.record.snapshot();
+    assert!(c.host("10.0.0.3").is_none(), "forgotten");
+    assert_eq!(c.left_out.len(), 1, "{:?}", c.left_out);
+    let note = &c.left_out[0];
+    assert!(
+        note.starts_with("10.0.0.3 (host3) was offline: not reset")
+            && note.contains("its etcd member from 10.0.0.1")
+            && note.contains("seaport-agent reset --cluster c"),
+        "{note}"
+    );
+    assert_eq!(c.view(|_| true).left_out, c.left_out);
 }

@@ -185,6 +185,29 @@ impl CredentialStore {
 
     /// Stores `credentials` for `registry`, replacing older ones.
     pub fn store(&self, registry: &str, credentials: &Credentials) -> Result<(), CredentialsError> {
+        let config = self.map_with(registry, credentials)?;
+        self.save(&config)
+    }
+
+    /// The text the file would hold with `credentials` stored for
+    /// `registry` (its other entries kept), without writing it: for callers
+    /// that write files their own way (journaled, atomically).
+    pub fn text_with(
+        &self,
+        registry: &str,
+        credentials: &Credentials,
+    ) -> Result<String, CredentialsError> {
+        let config = self.map_with(registry, credentials)?;
+        let mut text = serde_json::to_string_pretty(&config).expect("JSON values serialize");
+        text.push('\n');
+        Ok(text)
+    }
+
+    fn map_with(
+        &self,
+        registry: &str,
+        credentials: &Credentials,
+    ) -> Result<Map<String, Value>, CredentialsError> {
         if credentials.username.contains(':') {
             return Err(CredentialsError::BadUser(credentials.username.clone()));
         }
@@ -200,7 +223,7 @@ impl CredentialStore {
         let mut entry = Map::new();
         entry.insert("auth".into(), Value::String(credentials.encoded()));
         auths.insert(key, Value::Object(entry));
-        self.save(&config)
+        Ok(config)
     }
 
     /// Removes the credentials of `registry`; returns whether there were any.

@@ -106,6 +106,12 @@ pub enum StepError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Hashing the local registry's password for its htpasswd failed.
+    #[error("hashing the local registry's password (localRegistry.password): {0}")]
+    Htpasswd(#[from] bcrypt::BcryptError),
+    /// A docker-style credentials file on the host is not one.
+    #[error(transparent)]
+    Credentials(#[from] seaport_rootfs::registry::credentials::CredentialsError),
     /// kubeadm init left no CA.
     #[error("kubeadm init left no CA certificate at {}: {source}", .path.display())]
     NoCaCertificate {

@@ -1,6 +1,7 @@
 //! `registry`: the local registry on a registry host: `registry/` of the
 //! rootfs bind-mounted, the image's registry binary run as a unit, the
-//! image's `images/*.tar` loaded into it.
+//! image's `images/*.tar` loaded into it. With `localRegistry.username` and
+//! `password` it asks for them (htpasswd, bcrypt), as sealer's does.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -8,7 +9,9 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
+use seaport_rootfs::registry::credentials::Credentials;
 use seaport_shared::cluster::Step;
+use seaport_shared::wire::RegistryCredentials;
 
 use super::super::journal::Change;
 use super::context::{is_executable, read_text_inside};
@@ -62,7 +65,13 @@ impl HostStep for Registry {
             .ok_or(StepError::NoRegistryBinary)?;
         let base = read_text_inside(&rootfs, "etc/registry_config.yml")?
             .unwrap_or_else(|| DEFAULT_REGISTRY_CONFIG.to_string());
-        let config = registry_config(&base, &mount, &cx.registry_port);
+        let mut config = registry_config(&base, &mount, &cx.registry_port);
+        let credentials = cx.opts.registry_auth.clone();
+        if let Some(auth) = &credentials {
+            let htpasswd = cx.opts.cluster_dir().join(HTPASSWD);
+            write_htpasswd(&htpasswd, auth)?;
+            config = with_htpasswd(&config, &htpasswd);
+        }
         let config_path = cx.opts.cluster_dir().join("registry.yml");
         seaport_shared::confined::write_atomic(&config_path, config.as_bytes(), 0o644)?;
         let unit = format!(
@@ -96,6 +105,7 @@ impl HostStep for Registry {
             &rootfs.join("images"),
             &format!("127.0.0.1:{}", cx.registry_port),
             &scratch,
+            credentials.map(|c| Credentials::new(c.username, c.password)),
         )?;
         let _ = fs::remove_dir_all(cx.opts.cluster_dir().join("tmp"));
         Ok(format!(
@@ -108,6 +118,53 @@ impl HostStep for Registry {
             }
         ))
     }
+}
+
+/// The registry's htpasswd file, in the cluster's directory.
+const HTPASSWD: &str = "registry_htpasswd";
+
+/// Writes `user:bcrypt(password)` to `path` (0600), unless it already holds
+/// that user with a hash of that password: a rerun keeps the file (and the
+/// registry's configuration) unchanged.
+fn write_htpasswd(path: &Path, auth: &RegistryCredentials) -> Result<(), StepError> {
+    let current = fs::read_to_string(path).unwrap_or_default();
+    let kept = current.lines().count() == 1
+        && current
+            .lines()
+            .next()
+            .and_then(|l| l.split_once(':'))
+            .is_some_and(|(u, h)| {
+                u == auth.username && bcrypt::verify(&auth.password, h).unwrap_or(false)
+            });
+    if kept {
+        return Ok(());
+    }
+    let hash = bcrypt::hash(&auth.password, bcrypt::DEFAULT_COST)?;
+    let line = format!("{}:{hash}\n", auth.username);
+    seaport_shared::confined::write_atomic(path, line.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+/// `config` asking for the users of the htpasswd file at `path`: an `auth`
+/// section the image's configuration had is replaced.
+fn with_htpasswd(config: &str, path: &Path) -> String {
+    let mut out = String::new();
+    let mut in_auth = false;
+    for l in config.lines() {
+        let top = !l.starts_with([' ', '\t']) && !l.trim().is_empty();
+        if top {
+            in_auth = l.trim_end().starts_with("auth:");
+        }
+        if !in_auth {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push_str(&format!(
+        "auth:\n  htpasswd:\n    realm: seaport-registry\n    path: {}\n",
+        path.display()
+    ));
+    out
 }
 
 /// Whether two paths are the same directory (a bind mount and its source).
@@ -173,5 +230,53 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("  addr: :5001\n"), "{out}");
+    }
+
+    #[test]
+    fn htpasswd_replaces_the_images_auth_section_and_keeps_the_rest() {
+        let base = "version: 0.1\nauth:\n  token:\n    realm: x\nhttp:\n  addr: :5000\n";
+        let out = with_htpasswd(base, Path::new("/data/c/registry_htpasswd"));
+        assert_eq!(
+            out,
+            "version: 0.1\nhttp:\n  addr: :5000\nauth:\n  htpasswd:\n    realm: seaport-registry\n    path: /data/c/registry_htpasswd\n"
+        );
+    }
+
+    #[test]
+    fn the_htpasswd_file_holds_a_bcrypt_hash_never_the_password_and_is_kept_on_rerun() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(HTPASSWD);
+        let auth = RegistryCredentials {
+            username: "admin".into(),
+            password: "s3cret-pw".into(),
+        };
+        write_htpasswd(&path, &auth).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("s3cret-pw"), "{text}");
+        let (user, hash) = text.trim_end().split_once(':').unwrap();
+        assert_eq!(user, "admin");
+        assert!(bcrypt::verify("s3cret-pw", hash).unwrap());
+        assert!(!bcrypt::verify("other", hash).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // The same credentials again: the same file (no new salt).
+        write_htpasswd(&path, &auth).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        // A new password: a new hash.
+        let changed = RegistryCredentials {
+            password: "new-pw".into(),
+            ..auth
+        };
+        write_htpasswd(&path, &changed).unwrap();
+        let (_, hash) = fs::read_to_string(&path)
+            .unwrap()
+            .trim_end()
+            .split_once(':')
+            .map(|(u, h)| (u.to_string(), h.to_string()))
+            .unwrap();
+        assert!(bcrypt::verify("new-pw", &hash).unwrap());
     }
 }

@@ -1,7 +1,13 @@
 //! `registry-access`: `/etc/hosts` names for the registry and the API
 //! server, and containerd `hosts.toml` mirrors for every cached domain
 //! (docker's mirrors are in its `daemon.json`, written by `runtime`).
+//! With the local registry's username and password, the credentials go
+//! where sealer puts them: kubelet's `/var/lib/kubelet/config.json` (it
+//! hands them to the runtime with each pull) and, for docker, root's
+//! `/root/.docker/config.json`; containerd's own are in its `config.toml`
+//! (the `runtime` step). Each file 0600.
 
+use seaport_rootfs::registry::credentials::{CredentialStore, Credentials};
 use seaport_shared::cluster::Step;
 
 use super::super::runtime::{self as rt, Runtime};
@@ -9,6 +15,11 @@ use super::context::{HostStep, StepContext};
 use super::error::StepError;
 
 pub(super) struct RegistryAccess;
+
+/// Where kubelet reads registry credentials (docker's format).
+pub(crate) const KUBELET_CREDENTIALS: &str = "/var/lib/kubelet/config.json";
+/// Where docker reads root's registry credentials.
+pub(crate) const DOCKER_CREDENTIALS: &str = "/root/.docker/config.json";
 
 impl HostStep for RegistryAccess {
     fn step(&self) -> Step {
@@ -21,6 +32,25 @@ impl HostStep for RegistryAccess {
         cx.name_registry_hosts()?;
         let local = cx.local_registry();
         let mirror = format!("http://{local}");
+        let mut credentials_in = Vec::new();
+        if let Some(auth) = cx.opts.registry_auth.clone() {
+            let runtime = cx.journal.state().runtime.as_ref().map(|r| r.runtime);
+            let mut files = vec![KUBELET_CREDENTIALS];
+            if runtime == Some(Runtime::Docker) {
+                files.push(DOCKER_CREDENTIALS);
+            }
+            let creds = Credentials::new(auth.username, auth.password);
+            for f in files {
+                let text = CredentialStore::at(cx.files.host(f)).text_with(&local, &creds)?;
+                cx.install_file(f, text.as_bytes(), 0o600)?;
+                credentials_in.push(f);
+            }
+        }
+        let credentials = if credentials_in.is_empty() {
+            String::new()
+        } else {
+            format!("; credentials in {}", credentials_in.join(", "))
+        };
         let runtime = cx
             .journal
             .state()
@@ -31,7 +61,7 @@ impl HostStep for RegistryAccess {
             // docker's mirrors are in its daemon.json, written before it
             // started (the runtime step).
             return Ok(format!(
-                "{} reachable as {local}; docker's mirrors are in /etc/docker/daemon.json",
+                "{} reachable as {local}; docker's mirrors are in /etc/docker/daemon.json{credentials}",
                 cx.registry_ip
             ));
         }
@@ -58,7 +88,7 @@ impl HostStep for RegistryAccess {
             )?;
         }
         Ok(format!(
-            "{} reachable as {local}; mirrors for {}",
+            "{} reachable as {local}; mirrors for {}{credentials}",
             cx.registry_ip,
             domains.join(", ")
         ))

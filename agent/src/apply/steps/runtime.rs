@@ -178,7 +178,16 @@ fn start_containerd(
             "\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n",
         );
     }
-    cx.install_file("/etc/containerd/config.toml", config.as_bytes(), 0o644)?;
+    // The local registry's credentials, for pulls through the CRI (kubelet
+    // also hands them over from its config.json); the file is then 0600.
+    let mode = match &cx.opts.registry_auth {
+        Some(auth) => {
+            config.push_str(&rt::containerd_registry_auth(&cx.local_registry(), auth));
+            0o600
+        }
+        None => 0o644,
+    };
+    cx.install_file("/etc/containerd/config.toml", config.as_bytes(), mode)?;
     let unit = read_inside(&rootfs, &rootfs.join("etc/containerd.service"))?
         .unwrap_or_else(|| DEFAULT_CONTAINERD_UNIT.as_bytes().to_vec());
     cx.install_file(&format!("{UNIT_DIR}/containerd.service"), &unit, 0o644)?;

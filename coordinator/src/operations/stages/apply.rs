@@ -142,5 +142,6 @@ fn apply_task(c: &Cluster, t: &Task, upgrade: bool, kubeadm_config: Option<Strin
         upgrade,
         signatures: None,
         cluster_trust: Default::default(),
+        registry_auth: c.spec.registry_auth.clone(),
     }
 }

@@ -6,6 +6,7 @@ mod apply;
 mod balancers;
 mod configs;
 mod delete_nodes;
+mod etcd_members;
 mod fetch;
 mod forget;
 mod image_plugins;
@@ -32,6 +33,7 @@ pub(crate) async fn run_stage(driver: &Driver, stage: &StageSpec) -> Result<(), 
         Work::Configs { hosts } => configs::run(driver, name, hosts).await,
         Work::LabelsTaints { hosts } => labels_taints::run(driver, name, hosts).await,
         Work::DeleteNodes { hosts } => delete_nodes::run(driver, name, hosts).await,
+        Work::EtcdMembers { hosts } => etcd_members::run(driver, name, hosts).await,
         Work::Reset { hosts, prune } => reset::run(driver, name, hosts, *prune).await,
         Work::Balancers {
             hosts,
