@@ -226,6 +226,39 @@ pub fn build_test_image_as(
     platforms: Option<&str>,
     runtime: TestRuntime,
 ) -> Result<TestImage, TestImageError> {
+    build(work, seaport, root, name, platforms, runtime, None)
+}
+
+/// The test image for Kubernetes `version` (`v1.20.4`): `Metadata`,
+/// `KUBEVERSION` and the ClusterConfiguration's `kubernetesVersion` say it,
+/// and its kubeadm double stands for that release (an upgrade's image).
+pub fn build_test_image_at_version(
+    work: &Path,
+    seaport: &Path,
+    root: &Path,
+    name: &str,
+    version: &str,
+) -> Result<TestImage, TestImageError> {
+    build(
+        work,
+        seaport,
+        root,
+        name,
+        None,
+        TestRuntime::Containerd,
+        Some(version),
+    )
+}
+
+fn build(
+    work: &Path,
+    seaport: &Path,
+    root: &Path,
+    name: &str,
+    platforms: Option<&str>,
+    runtime: TestRuntime,
+    version: Option<&str>,
+) -> Result<TestImage, TestImageError> {
     let (missing, packages) = match runtime {
         TestRuntime::Containerd => (missing_machine_files(), "containerd, runc"),
         TestRuntime::Docker => (missing_docker_files(), "docker.io, containerd, runc"),
@@ -246,6 +279,9 @@ pub fn build_test_image_as(
         .map_err(step("copying rootfs/base"))?;
     if !status.success() {
         return Err(TestImageError::Step("cp -a rootfs/base failed".into()));
+    }
+    if let Some(v) = version {
+        set_kube_version(&context, v)?;
     }
     // cri/: the runtime as sealer images ship it, plus the registry binary.
     match runtime {
@@ -277,6 +313,7 @@ pub fn build_test_image_as(
         context.join("bin/kubeadm"),
     )
     .map_err(step("copying the kubeadm double"))?;
+    stamp_kubeadm_version(&context)?;
     fs::copy(
         workspace_root().join("tests/fixtures/kubectl-double"),
         context.join("bin/kubectl"),
@@ -354,6 +391,60 @@ pub fn build_test_image_as(
         listed_domain: domain,
         name: name.to_string(),
     })
+}
+
+/// Makes the rootfs in `context` one of Kubernetes `version`: `Metadata`'s
+/// `version` and `kubeVersion`, the Kubefile's `KUBEVERSION`, the
+/// ClusterConfiguration's `kubernetesVersion` in `etc/kubeadm.yml`.
+pub fn set_kube_version(context: &Path, version: &str) -> Result<(), TestImageError> {
+    let meta_path = context.join("Metadata");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(&meta_path).map_err(step("reading Metadata"))?)
+            .map_err(step("parsing Metadata"))?;
+    meta["version"] = version.into();
+    meta["kubeVersion"] = version.into();
+    let text = serde_json::to_string_pretty(&meta).expect("JSON serializes") + "\n";
+    fs::write(&meta_path, text).map_err(step("writing Metadata"))?;
+    let edit = |file: &str, prefix: &str| -> Result<(), TestImageError> {
+        let path = context.join(file);
+        let text = fs::read_to_string(&path).map_err(step(file))?;
+        let mut found = false;
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with(prefix) {
+                    found = true;
+                    format!("{prefix}{version}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        if !found {
+            return Err(TestImageError::Step(format!(
+                "{file} has no line {prefix}..."
+            )));
+        }
+        fs::write(&path, out.join("\n") + "\n").map_err(step(file))
+    };
+    edit("Kubefile", "KUBEVERSION ")?;
+    edit("etc/kubeadm.yml", "kubernetesVersion: ")
+}
+
+/// Writes the image's Kubernetes version (`Metadata`'s `version`) into the
+/// kubeadm double, which stands for the kubeadm of that release.
+fn stamp_kubeadm_version(context: &Path) -> Result<(), TestImageError> {
+    let meta: serde_json::Value = serde_json::from_slice(
+        &fs::read(context.join("Metadata")).map_err(step("reading Metadata"))?,
+    )
+    .map_err(step("parsing Metadata"))?;
+    let version = meta["version"]
+        .as_str()
+        .ok_or_else(|| TestImageError::Step("Metadata has no version".into()))?;
+    let script = context.join("bin/kubeadm");
+    let text = fs::read_to_string(&script).map_err(step("reading the kubeadm double"))?;
+    fs::write(&script, text.replace("@KUBEADM_VERSION@", version))
+        .map_err(step("writing the kubeadm double"))
 }
 
 /// The helper of the kubeadm double (crate `tests/doubles`), built beside
@@ -704,4 +795,51 @@ pub fn push_docker_v2s2_gzip(
         format!("oci:{}:v2s2", gz.display()),
         format!("docker://{dest}"),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rootfs_is_set_to_another_kubernetes_version_everywhere_it_says_one() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = d.path().join("context");
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(workspace_root().join("rootfs/base"))
+            .arg(&ctx)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        set_kube_version(&ctx, "v1.20.4").unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_slice(&fs::read(ctx.join("Metadata")).unwrap()).unwrap();
+        assert_eq!(meta["version"], "v1.20.4");
+        assert_eq!(meta["kubeVersion"], "v1.20.4");
+        let kubefile = fs::read_to_string(ctx.join("Kubefile")).unwrap();
+        assert!(
+            kubefile.lines().any(|l| l == "KUBEVERSION v1.20.4"),
+            "{kubefile}"
+        );
+        let kubeadm = fs::read_to_string(ctx.join("etc/kubeadm.yml")).unwrap();
+        assert!(
+            kubeadm.contains("\nkubernetesVersion: v1.20.4\n"),
+            "{kubeadm}"
+        );
+        assert!(!kubeadm.contains("v1.19.8"), "{kubeadm}");
+        // The kubeadm double copied in afterwards stands for that release.
+        fs::copy(
+            workspace_root().join("tests/fixtures/kubeadm-double"),
+            ctx.join("bin/kubeadm"),
+        )
+        .unwrap();
+        stamp_kubeadm_version(&ctx).unwrap();
+        let double = fs::read_to_string(ctx.join("bin/kubeadm")).unwrap();
+        assert!(
+            double.contains("KUBEADM_VERSION='v1.20.4'"),
+            "stamp missing"
+        );
+    }
 }

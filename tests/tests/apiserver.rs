@@ -7,7 +7,11 @@
 //! gets `ca.crt` alone after checking its hash. `curl --cacert
 //! /etc/kubernetes/pki/ca.crt https://apiserver.cluster.local:6443/healthz`
 //! answers `ok` naming the master, each master's certificate verifies for
-//! every name the cluster reaches it by, and after `seaport delete --all
+//! every name the cluster reaches it by; the kubectl double reaches master0
+//! with the admin's and the kubelet's kubeconfigs and refuses what kubectl
+//! refuses; `kubeadm upgrade apply` on master0 and `upgrade node` on the
+//! others are checked and recorded, and `kubeadm init` with a field under
+//! the wrong parent is refused naming it; after `seaport delete --all
 //! --prune` nothing listens on :6443 and every host is as before.
 //!
 //! Needs root, systemd-nspawn, debootstrap and Debian's containerd, runc and
@@ -199,6 +203,190 @@ fn masters_serve_healthz_with_the_cluster_ca_and_reset_stops_them() {
         "{out}"
     );
     phases.done("healthz on both masters, verified for every name");
+
+    // kubectl (the double) with the kubeconfigs the kubeadm double wrote:
+    // the admin's on master0, the kubelet's on the worker; both reach
+    // master0 by apiserver.cluster.local with the cluster CA.
+    let kubectl = |h: &Host, args: &[&str]| {
+        let mut argv = vec!["env", "KUBECTL_DOUBLE_REQUIRE_KUBECONFIG=1", "kubectl"];
+        argv.extend(args);
+        h.exec(&argv).unwrap()
+    };
+    let admin = ["--kubeconfig", "/etc/kubernetes/admin.conf"];
+    let out = kubectl(m0, &[&admin[..], &["get", "nodes"]].concat());
+    assert!(
+        out.success() && out.stdout.contains(&format!("answered by {}", m0.name())),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let out = kubectl(
+        m0,
+        &[
+            &admin[..],
+            &[
+                "drain",
+                m1.name(),
+                "--ignore-daemonsets",
+                "--delete-emptydir-data",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(out.success(), "{}{}", out.stdout, out.stderr);
+    let nodes = m0
+        .exec_ok(&["cat", "/var/lib/kubectl-double/nodes.log"])
+        .unwrap()
+        .stdout;
+    assert!(
+        nodes.contains(&format!(
+            "drain {} --ignore-daemonsets --delete-emptydir-data",
+            m1.name()
+        )),
+        "{nodes}"
+    );
+    let out = kubectl(
+        n1,
+        &[
+            "--kubeconfig",
+            "/etc/kubernetes/kubelet.conf",
+            "get",
+            "nodes",
+        ],
+    );
+    assert!(
+        out.success() && out.stdout.contains(&format!("answered by {}", m0.name())),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    // What kubectl refuses: no kubeconfig at all, a bad taint, an unknown
+    // flag, a server name that does not resolve.
+    for (h, args, want) in [
+        (m0, vec!["get", "nodes"], "localhost:8080"),
+        (
+            m0,
+            [&admin[..], &["taint", "node", m1.name(), "a=b:Sometimes"]].concat(),
+            "invalid taint effect",
+        ),
+        (
+            m0,
+            [&admin[..], &["drain", m1.name(), "--ignore-daemonset"]].concat(),
+            "unknown flag: --ignore-daemonset",
+        ),
+    ] {
+        let out = kubectl(h, &args);
+        assert!(
+            !out.success() && out.stderr.contains(want),
+            "{args:?}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    m0.exec_ok(&[
+        "bash",
+        "-c",
+        "sed s/apiserver.cluster.local/apiserver.invalid/ /etc/kubernetes/admin.conf > /tmp/elsewhere.conf",
+    ])
+    .unwrap();
+    let out = kubectl(m0, &["--kubeconfig", "/tmp/elsewhere.conf", "get", "nodes"]);
+    assert!(
+        !out.success() && out.stderr.contains("no such host"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    m0.exec_ok(&["rm", "-f", "/tmp/elsewhere.conf"]).unwrap();
+    phases.done("kubectl double: kubeconfigs reach the stand-in, bad calls refused");
+
+    // kubeadm upgrade, as the double checks and records it: apply on the
+    // initializing master (higher, one minor at a time, not above the
+    // kubeadm that runs it), node on the others. The image's kubeadm is
+    // v1.19.8 like its cluster; a newer kubeadm is put beside it first, as
+    // an upgrade does ("upgrade kubeadm first").
+    let kubeadm = |h: &Host, bin: &str, args: &[&str]| {
+        let mut argv = vec![bin];
+        argv.extend(args);
+        h.exec(&argv).unwrap()
+    };
+    let newer = "/tmp/kubeadm-v1.20.4";
+    for h in [m0, m1, n1] {
+        h.exec_ok(&[
+            "bash",
+            "-c",
+            &format!("sed 's/^KUBEADM_VERSION=.*/KUBEADM_VERSION=v1.20.4/' /usr/bin/kubeadm > {newer} && chmod 755 {newer}"),
+        ])
+        .unwrap();
+    }
+    for (h, bin, args, want) in [
+        (
+            m0,
+            "kubeadm",
+            vec!["upgrade", "apply", "v1.20.0", "-y"],
+            "higher than the kubeadm version v1.19.8",
+        ),
+        (
+            m0,
+            "kubeadm",
+            vec!["upgrade", "apply", "v1.19.8", "-y"],
+            "equal to or lower",
+        ),
+        (
+            m0,
+            newer,
+            vec!["upgrade", "apply", "v1.21.0", "-y"],
+            "1 minor version at a time",
+        ),
+        (m0, newer, vec!["upgrade", "apply", "v1.20.4"], "without -y"),
+        (
+            m1,
+            newer,
+            vec!["upgrade", "apply", "v1.20.4", "-y"],
+            "initialized no cluster",
+        ),
+    ] {
+        let out = kubeadm(h, bin, &args);
+        assert!(
+            !out.success() && out.stderr.contains(want),
+            "{}: {bin} {args:?}: {}{}",
+            h.name(),
+            out.stdout,
+            out.stderr
+        );
+    }
+    let out = kubeadm(m0, newer, &["upgrade", "apply", "v1.20.4", "-y"]);
+    assert!(out.success(), "{}{}", out.stdout, out.stderr);
+    for h in [m1, n1] {
+        let out = kubeadm(h, newer, &["upgrade", "node"]);
+        assert!(out.success(), "{}: {}{}", h.name(), out.stdout, out.stderr);
+        h.exec_ok(&["rm", "-f", newer]).unwrap();
+    }
+    m0.exec_ok(&["rm", "-f", newer]).unwrap();
+    let log = |h: &Host| {
+        h.exec_ok(&["cat", "/var/lib/kubeadm-double/upgrades.log"])
+            .unwrap()
+            .stdout
+    };
+    assert_eq!(log(m0), "apply v1.20.4 from v1.19.8\n");
+    for h in [m1, n1] {
+        assert_eq!(log(h), "node v1.20.4 from v1.19.8\n", "{}", h.name());
+    }
+    // kubeadm init with a misplaced field: refused naming the field.
+    n1.exec_ok(&[
+        "bash",
+        "-c",
+        "printf 'apiVersion: kubeadm.k8s.io/v1beta2\\nkind: ClusterConfiguration\\nnetworking:\\n  certSANs: [a]\\n' > /tmp/bad.yaml",
+    ])
+    .unwrap();
+    let out = kubeadm(n1, "kubeadm", &["init", "--config", "/tmp/bad.yaml"]);
+    assert!(
+        !out.success() && out.stderr.contains("unknown field \"networking.certSANs\""),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    n1.exec_ok(&["rm", "-f", "/tmp/bad.yaml"]).unwrap();
+    phases.done("kubeadm upgrade apply/node checked and recorded; a bad config refused");
 
     let (ok, out, err) = bins.seaport_out(&root, &["delete", "--all", "--prune", "--yes"]);
     assert!(ok, "seaport delete: {out}{err}");

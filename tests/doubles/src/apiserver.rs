@@ -4,6 +4,8 @@
 //! The server is a real TLS listener (the serving certificate from
 //! [`crate::pki`]) speaking just enough HTTP/1.1:
 //! - `GET /healthz` (also `/livez`, `/readyz`): `200 ok`;
+//! - `GET /version`: the cluster's version as the double records it
+//!   (see [`crate::upgrade`]);
 //! - `GET /api/v1/namespaces/kube-public/configmaps/cluster-info`: the
 //!   ConfigMap kubeadm's discovery reads, a kubeconfig holding the CA;
 //! - `GET /api/v1/namespaces/kube-system/secrets/kubeadm-certs`: the
@@ -289,6 +291,26 @@ fn route(req: &Request, opts: &ServerOptions) -> (u16, &'static str, String) {
     }
     match req.path.as_str() {
         "/healthz" | "/livez" | "/readyz" => (200, "text/plain; charset=utf-8", "ok".into()),
+        "/version" => {
+            let v = crate::upgrade::read_version(&opts.state, crate::upgrade::CLUSTER_VERSION)
+                .or_else(|| {
+                    crate::upgrade::read_version(&opts.state, crate::upgrade::NODE_VERSION)
+                });
+            match v {
+                Some(v) => (
+                    200,
+                    "application/json",
+                    serde_json::json!({
+                        "major": v.major.to_string(),
+                        "minor": v.minor.to_string(),
+                        "gitVersion": v.to_string(),
+                        "platform": "linux/amd64",
+                    })
+                    .to_string(),
+                ),
+                None => status(500, "InternalError", "no version recorded"),
+            }
+        }
         CLUSTER_INFO_PATH => match cluster_info(opts) {
             Ok(b) => (200, "application/json", b),
             Err(e) => status(500, "InternalError", &e.to_string()),

@@ -11,9 +11,16 @@
 //! - [`apiserver`]: the API server stand-in (TLS on :6443, `/healthz`,
 //!   kubeadm's discovery ConfigMap and certificate Secret) and the client
 //!   side of kubeadm join's discovery.
+//! - [`upgrade`]: the cluster's version, `kubeadm upgrade apply|node` checks.
 //! - [`config`]: reading kubeadm configuration files (YAML documents).
+//! - [`kubeadm_api`]: kubeadm configuration checked against the kubeadm API
+//!   version (v1beta2, v1beta3, v1beta4) a kubeadm release reads.
+//! - [`kubectl`]: the kubectl double (arguments, kubeconfig, manifests, records).
 
 pub mod apiserver;
 pub mod certs;
 pub mod config;
+pub mod kubeadm_api;
+pub mod kubectl;
 pub mod pki;
+pub mod upgrade;

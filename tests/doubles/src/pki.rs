@@ -189,6 +189,36 @@ impl PkiDir {
         Ok(names)
     }
 
+    /// Issues a client certificate (CN `user`, O `group`) signed by the CA:
+    /// (certificate PEM, key PEM).
+    pub fn issue_client(&self, user: &str, group: &str) -> Result<(String, String), PkiError> {
+        let ca_cert = self.read(&self.ca_cert())?;
+        let ca_key = self.read(&self.ca_key())?;
+        let ca_key = KeyPair::from_pem(&ca_key).map_err(rc("reading ca.key"))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&ca_cert, ca_key).map_err(rc("reading the CA certificate"))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, user);
+        if !group.is_empty() {
+            dn.push(DnType::OrganizationName, group);
+        }
+        params.distinguished_name = dn;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time_now();
+        params.not_before = now - Duration::from_secs(3600);
+        params.not_after = now + CERT_LIFETIME;
+        let key = KeyPair::generate().map_err(rc("generating a client key"))?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(rc("signing a client certificate"))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// The CA certificate's PEM text.
     pub fn ca_pem(&self) -> Result<String, PkiError> {
         self.read(&self.ca_cert())
