@@ -5,6 +5,7 @@
 mod apply;
 mod balancers;
 mod configs;
+pub(crate) mod control_plane;
 mod delete_nodes;
 mod fetch;
 mod forget;
@@ -38,6 +39,9 @@ pub(crate) async fn run_stage(driver: &Driver, stage: &StageSpec) -> Result<(), 
             masters,
             registries,
         } => balancers::run(driver, name, hosts, masters, registries).await,
+        Work::ControlPlaneUpgrade { version, hosts } => {
+            control_plane::run(driver, name, version, hosts).await
+        }
         Work::Forget { hosts } => {
             forget::run(driver, hosts);
             Ok(())
