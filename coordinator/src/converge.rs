@@ -13,7 +13,7 @@
 //! | install | no cluster yet | fetch, rootfs, image plugins, install/start plugins, configs, runtime, registry, registry access, install/hosts-ready plugins, init, master joins, workers' API balancers, worker joins, cluster-ready plugins, labels and taints, launch, install/done plugins |
 //! | scale up | new hosts | the same for the new hosts, without init (a new master runs its own registry unless `localRegistry.ha` is false; the balancers get new masters once they joined) |
 //! | scale down | hosts left the spec | workers' API balancers without the leaving masters, clean plugins, `kubectl delete node`, reset, post-clean plugins, forget |
-//! | upgrade | a new image | fetch, upgrade-host plugins, the host steps again on the new image (not kubeadm), configs, upgrade plugins |
+//! | upgrade | a new image | fetch, upgrade-host plugins, the host steps again on the new image (not kubeadm), configs, the control-plane upgrade when the Kubernetes version rises (drain, `kubeadm upgrade`, uncordon: master0, then each other master, then each worker), upgrade plugins |
 //!
 //! Labels and taints are applied at the end of every operation (they are
 //! idempotent), so changing them in the Clusterfile and applying is enough.
@@ -146,6 +146,11 @@ pub enum Work {
         #[serde(default)]
         registries: Vec<String>,
     },
+    /// The control plane and kubelets to Kubernetes `version`, one host at
+    /// a time in this order (master0 first: `kubeadm upgrade apply`; the
+    /// others `kubeadm upgrade node`), each drained before and uncordoned
+    /// after.
+    ControlPlaneUpgrade { version: String, hosts: Vec<String> },
 }
 
 /// A stage: a name for status, and its work.
@@ -165,7 +170,8 @@ impl StageSpec {
             | Work::Configs { hosts }
             | Work::Reset { hosts, .. }
             | Work::Forget { hosts }
-            | Work::Balancers { hosts, .. } => hosts.clone(),
+            | Work::Balancers { hosts, .. }
+            | Work::ControlPlaneUpgrade { hosts, .. } => hosts.clone(),
             Work::Apply { tasks, .. } => tasks.iter().map(|t| t.host.clone()).collect(),
             Work::Plugins { targets, .. } => targets.clone(),
             Work::ImagePlugins
@@ -184,6 +190,55 @@ pub struct Current {
     /// The image its hosts run.
     pub image_digest: ImageDigest,
     pub hosts: Vec<(String, Role)>,
+    /// The Kubernetes version of that image, when it names one.
+    pub kube_version: Option<String>,
+}
+
+/// A Kubernetes release `vMAJOR.MINOR.PATCH` (a pre-release or build
+/// suffix is ignored), compared by its numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KubeVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl KubeVersion {
+    /// `v1.20.4` or `1.20.4`; None for anything else.
+    pub fn parse(text: &str) -> Option<KubeVersion> {
+        let t = text.trim();
+        let t = t.strip_prefix('v').unwrap_or(t);
+        let t = t.split(['-', '+']).next()?;
+        let mut parts = t.split('.').map(|p| p.parse::<u32>().ok());
+        let v = KubeVersion {
+            major: parts.next()??,
+            minor: parts.next()??,
+            patch: parts.next()??,
+        };
+        parts.next().is_none().then_some(v)
+    }
+}
+
+/// The Kubernetes version an image names: the `KUBEVERSION` label, else
+/// the `version` of its `Metadata` file (sealer 0.8 images).
+pub fn image_kube_version(image: &seaport_rootfs::store::ResolvedImage) -> Option<String> {
+    if let Some(v) = image
+        .config
+        .config
+        .labels
+        .get(seaport_rootfs::oci::LABEL_KUBE_VERSION)
+    {
+        return Some(v.clone());
+    }
+    let text = image
+        .manifest
+        .annotations
+        .get(seaport_rootfs::oci::ANNOTATION_METADATA)?;
+    let meta: serde_json::Value = serde_json::from_str(text).ok()?;
+    meta.get("version")
+        .or_else(|| meta.get("kubeVersion"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
 }
 
 /// One operation, planned once: what it is, its stages, and every host of
@@ -210,6 +265,10 @@ pub enum ConvergeError {
     RemovesAll,
     #[error("the workers' API balancer: {0}")]
     ApiBalancer(#[from] seaport_rootfs::kubeadm::BalancerAddrError),
+    #[error("the new image's Kubernetes version {to} is older than the cluster's {from}: kubeadm does not downgrade a control plane; apply an image of {from} or newer")]
+    Downgrade { from: String, to: String },
+    #[error("the new image's Kubernetes version {to} is more than one minor release above the cluster's {from}: kubeadm upgrades one minor release at a time; apply an image of each release in between first")]
+    SkipsMinor { from: String, to: String },
 }
 
 /// The planner's input for a spec.
@@ -260,6 +319,7 @@ pub fn stages(
     spec: &Spec,
     digest: ImageDigest,
     has_launch: bool,
+    kube_version: Option<&str>,
 ) -> Result<Converged, ConvergeError> {
     let plan = plan::plan(&plan_input(cluster, spec, digest, has_launch))?;
     seaport_rootfs::kubeadm::api_balancer_addr(&spec.env)?;
@@ -276,7 +336,7 @@ pub fn stages(
             (h.ip.clone(), role)
         })
         .collect();
-    let (kind, stages) = operation(plan, current, spec, digest)?;
+    let (kind, stages) = operation(plan, current, spec, digest, kube_version)?;
     Ok(Converged {
         kind,
         stages,
@@ -289,6 +349,7 @@ fn operation(
     current: Option<&Current>,
     spec: &Spec,
     digest: ImageDigest,
+    kube_version: Option<&str>,
 ) -> Result<(OperationKind, Vec<StageSpec>), ConvergeError> {
     let all = spec.ips();
     let Some(current) = current.filter(|c| !c.hosts.is_empty()) else {
@@ -336,6 +397,7 @@ fn operation(
         work: Work::LabelsTaints { hosts: all.clone() },
     };
     if image_changed {
+        let control_plane = control_plane_upgrade(current, spec, kube_version)?;
         let mut out = vec![
             StageSpec {
                 name: "fetch".into(),
@@ -362,6 +424,9 @@ fn operation(
                 }
             }
         }
+        // Every host has the new binaries now (registry-access installs
+        // them); the control plane moves after them.
+        out.extend(control_plane);
         out.push(labels);
         out.push(plugins(OperationKind::Upgrade, PluginPoint::Done, &all));
         return Ok((OperationKind::Upgrade, out));
@@ -419,6 +484,46 @@ fn operation(
         out.push(labels);
     }
     Ok((kind, out))
+}
+
+/// The control-plane upgrade stage, when the Kubernetes version rises:
+/// master0, then the other masters, then the workers, in the spec's order.
+/// A lower version is refused, as is a jump of more than one minor release
+/// (kubeadm refuses both); an image that names no version, or a cluster
+/// whose version is not known, changes no control plane.
+fn control_plane_upgrade(
+    current: &Current,
+    spec: &Spec,
+    kube_version: Option<&str>,
+) -> Result<Option<StageSpec>, ConvergeError> {
+    let (Some(from_text), Some(to_text)) = (current.kube_version.as_deref(), kube_version) else {
+        return Ok(None);
+    };
+    let (Some(from), Some(to)) = (KubeVersion::parse(from_text), KubeVersion::parse(to_text))
+    else {
+        return Ok(None);
+    };
+    let versions = || (from_text.to_string(), to_text.to_string());
+    if to < from {
+        let (from, to) = versions();
+        return Err(ConvergeError::Downgrade { from, to });
+    }
+    if to.major != from.major || to.minor > from.minor + 1 {
+        let (from, to) = versions();
+        return Err(ConvergeError::SkipsMinor { from, to });
+    }
+    if to == from {
+        return Ok(None);
+    }
+    let masters = spec.hosts.iter().filter(|h| h.role == HostRole::Master);
+    let workers = spec.hosts.iter().filter(|h| h.role == HostRole::Node);
+    Ok(Some(StageSpec {
+        name: "control-plane-upgrade".into(),
+        work: Work::ControlPlaneUpgrade {
+            version: to_text.to_string(),
+            hosts: masters.chain(workers).map(|h| h.ip.clone()).collect(),
+        },
+    }))
 }
 
 fn image_plugins() -> StageSpec {
@@ -657,6 +762,7 @@ mod tests {
             &spec(&["10.0.0.1"], &["10.0.0.2"], "i"),
             d("d1"),
             false,
+            None,
         )
         .unwrap()
         .stages;
@@ -690,6 +796,7 @@ mod tests {
                 ("10.0.0.1".into(), Role::Master0),
                 ("10.0.0.2".into(), Role::Node),
             ],
+            kube_version: None,
         };
         let up = stages(
             &c(),
@@ -697,6 +804,7 @@ mod tests {
             &spec(&["10.0.0.1"], &["10.0.0.2", "10.0.0.3"], "i"),
             d("d1"),
             false,
+            None,
         )
         .unwrap()
         .stages;
@@ -714,6 +822,7 @@ mod tests {
             &spec(&["10.0.0.1"], &[], "i"),
             d("d1"),
             false,
+            None,
         )
         .unwrap()
         .stages;
@@ -735,6 +844,7 @@ mod tests {
             &spec(&["10.0.0.1"], &["10.0.0.2"], "i2"),
             d("d2"),
             false,
+            None,
         )
         .unwrap()
         .stages;
@@ -752,7 +862,8 @@ mod tests {
                 Some(&current),
                 &spec(&["10.0.0.1"], &["10.0.0.3"], "i2"),
                 d("d2"),
-                false
+                false,
+                None
             )
             .unwrap_err(),
             ConvergeError::ImageAndHosts
@@ -763,9 +874,52 @@ mod tests {
                 Some(&current),
                 &spec(&["10.0.0.9"], &["10.0.0.2"], "i"),
                 d("d1"),
-                false
+                false,
+                None
             ),
             Err(ConvergeError::Master0Changed { .. })
         ));
+    }
+
+    #[test]
+    fn a_newer_kubernetes_version_upgrades_the_control_plane_after_the_hosts_binaries() {
+        let current = Current {
+            image_digest: d("d1"),
+            hosts: vec![
+                ("10.0.0.1".into(), Role::Master0),
+                ("10.0.0.2".into(), Role::Master),
+                ("10.0.0.3".into(), Role::Node),
+            ],
+            kube_version: Some("v1.19.8".into()),
+        };
+        let s = stages(
+            &c(),
+            Some(&current),
+            &spec(&["10.0.0.1", "10.0.0.2"], &["10.0.0.3"], "i2"),
+            d("d2"),
+            false,
+            Some("v1.20.4"),
+        )
+        .unwrap()
+        .stages;
+        let n = names(&s);
+        let at = |name: &str| n.iter().position(|x| *x == name).unwrap();
+        assert_eq!(
+            at("control-plane-upgrade"),
+            at("upgrade-registry-access") + 1
+        );
+        assert!(at("control-plane-upgrade") < at("plugins:upgrade:done"));
+        assert_eq!(
+            s[at("control-plane-upgrade")].work,
+            Work::ControlPlaneUpgrade {
+                version: "v1.20.4".into(),
+                hosts: vec!["10.0.0.1".into(), "10.0.0.2".into(), "10.0.0.3".into()],
+            }
+        );
+        assert_eq!(
+            KubeVersion::parse("v1.20.4-rc.1").map(|v| v.minor),
+            Some(20)
+        );
+        assert_eq!(KubeVersion::parse("latest"), None);
     }
 }

@@ -106,6 +106,8 @@ pub struct ResolvedImage {
     pub has_launch: bool,
     /// The stored image (each host's platform is checked against it).
     pub stored: StoredImage,
+    /// The Kubernetes version it names (its first platform's).
+    pub kube_version: Option<String>,
 }
 
 impl ResolvedImage {
@@ -119,10 +121,15 @@ impl ResolvedImage {
                 .and_then(|t| serde_json::from_str::<seaport_rootfs::oci::ImageExtension>(t).ok())
                 .is_some_and(|e| !e.launch.cmds.is_empty() || !e.launch.app_names.is_empty())
         });
+        let kube_version = stored
+            .manifests
+            .iter()
+            .find_map(|m| converge::image_kube_version(&m.image));
         ResolvedImage {
             name: name.to_string(),
             digest: stored.digest().into(),
             has_launch,
+            kube_version,
             stored,
         }
     }
@@ -341,13 +348,18 @@ pub fn prepare(input: PrepareInput<'_>) -> Result<Prepared, OperationError> {
     }
     // What the hosts run: only a cluster whose last operation succeeded is
     // planned against; after a failure every step runs again (agents skip
-    // what is done).
+    // what is done). A failed upgrade is planned as the upgrade again, so
+    // applying the image once more finishes it (the control plane included).
     let installed = prev
-        .filter(|p| p.state == RunState::Succeeded)
+        .filter(|p| {
+            p.state == RunState::Succeeded
+                || (p.state == RunState::Failed && p.operation == Some(OperationKind::Upgrade))
+        })
         .and_then(|p| p.installed_digest.map(|d| (p, d)));
     let current = installed.map(|(p, d)| Current {
         image_digest: d,
         hosts: p.hosts.iter().map(|h| (h.ip.clone(), h.role)).collect(),
+        kube_version: p.installed_kube_version.clone(),
     });
     let converged = converge::stages(
         &name,
@@ -355,6 +367,7 @@ pub fn prepare(input: PrepareInput<'_>) -> Result<Prepared, OperationError> {
         &spec,
         image.digest,
         image.has_launch,
+        image.kube_version.as_deref(),
     )?;
     // Hosts leaving stay in the record until the operation forgets them.
     let mut roles = converged.roles.clone();
@@ -458,6 +471,8 @@ pub fn prepare(input: PrepareInput<'_>) -> Result<Prepared, OperationError> {
         finished_at: None,
         error: None,
         installed_digest: prev.and_then(|p| p.installed_digest),
+        kube_version: image.kube_version.clone(),
+        installed_kube_version: prev.and_then(|p| p.installed_kube_version.clone()),
         force: false,
         left_out: vec![],
         started_by: String::new(),

@@ -74,6 +74,13 @@ pub struct Cluster {
     /// The image of the last operation that succeeded (what the hosts run).
     #[serde(default)]
     pub installed_digest: Option<ImageDigest>,
+    /// The Kubernetes version `image` names, when it names one.
+    #[serde(default)]
+    pub kube_version: Option<String>,
+    /// The Kubernetes version of the last operation that succeeded (what
+    /// the control plane runs).
+    #[serde(default)]
+    pub installed_kube_version: Option<String>,
     /// Who asked for the operation, and what it is (for the audit log).
     #[serde(default)]
     pub started_by: String,

@@ -42,11 +42,13 @@ impl Driver {
                     c.state = RunState::Deleted;
                     c.join_data = None;
                     c.installed_digest = None;
+                    c.installed_kube_version = None;
                     Outcome::Deleted
                 }
                 Ok(()) => {
                     c.state = RunState::Succeeded;
                     c.installed_digest = Some(c.manifest_digest);
+                    c.installed_kube_version = c.kube_version.clone();
                     Outcome::Succeeded
                 }
                 Err(e) => {

@@ -179,6 +179,8 @@ struct Answering {
     /// Nodes without a session (their host powered off).
     offline: Vec<String>,
     sent: Mutex<Vec<(String, TaskRequest)>>,
+    /// (node, shell step prefix): the first such shell task fails.
+    fail_once: Mutex<Vec<(String, String)>>,
     distributed: Mutex<Vec<(String, ImageDigest, Vec<String>)>>,
 }
 
@@ -237,6 +239,21 @@ impl Agents for Answering {
                 }),
                 error: None,
             },
+            TaskRequest::Shell(sh)
+                if {
+                    let mut fail = self.fail_once.lock().unwrap();
+                    let hit = fail
+                        .iter()
+                        .position(|(n, p)| n == node_id && sh.step.starts_with(p.as_str()));
+                    hit.map(|i| fail.remove(i)).is_some()
+                } =>
+            {
+                TaskEvent::Finished {
+                    ok: false,
+                    error: Some(format!("{} failed", sh.step)),
+                    join_data: None,
+                }
+            }
             TaskRequest::Preflight(_) => TaskEvent::Preflight {
                 hostname: format!("host-{node_id}"),
                 checks: vec![if self.swap_on.iter().any(|n| n == node_id) {
@@ -1031,4 +1048,228 @@ async fn delete_m_force_removes_an_offline_master_from_balancers_kubernetes_and_
         "{note}"
     );
     assert_eq!(c.view(|_| true).left_out, c.left_out);
+}
+
+/// A cluster of masters 10.0.0.1, 10.0.0.2 and worker 10.0.0.3 installed
+/// from an image of Kubernetes v1.19.8, and the operation that applies an
+/// image of `to` (another digest) to it.
+fn upgrade_to(to: &str) -> Result<super::Prepared, OperationError> {
+    let masters = ["10.0.0.1", "10.0.0.2"];
+    let mut old = image();
+    old.kube_version = Some("v1.19.8".into());
+    let mut installed = prepare(PrepareInput {
+        desired: desired(run(&masters, &["10.0.0.3"]), None).unwrap(),
+        previous: None,
+        nodes: &nodes(3),
+        image: old,
+        dry_run: false,
+        now: 100,
+    })
+    .unwrap()
+    .cluster;
+    installed.state = RunState::Succeeded;
+    installed.installed_digest = Some(installed.manifest_digest);
+    installed.installed_kube_version = installed.kube_version.clone();
+    installed.stages_done = installed.stages.len();
+    let mut new = image();
+    new.kube_version = Some(to.into());
+    new.digest = Digest::of(b"the newer image").into();
+    prepare(PrepareInput {
+        desired: desired(run(&masters, &["10.0.0.3"]), Some(&installed)).unwrap(),
+        previous: Some(&installed),
+        nodes: &nodes(3),
+        image: new,
+        dry_run: false,
+        now: 200,
+    })
+}
+
+/// The control-plane upgrade's shell steps sent: (node, step, script).
+fn upgrade_shells(sent: &[(String, TaskRequest)]) -> Vec<(String, String, String)> {
+    sent.iter()
+        .filter_map(|(n, t)| match t {
+            TaskRequest::Shell(s)
+                if ["drain:", "kubeadm-upgrade@", "uncordon:"]
+                    .iter()
+                    .any(|p| s.step.starts_with(p)) =>
+            {
+                Some((n.clone(), s.step.clone(), s.script.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn drive_on(agents: &Arc<Answering>, store: &Arc<MemoryStore>, cluster: super::Cluster) -> Driver {
+    let mut cluster = cluster;
+    cluster.stages.retain(|s| s.name != "image-plugins");
+    Driver {
+        agents: agents.clone(),
+        store: store.clone(),
+        image_root: std::path::PathBuf::from("/nonexistent"),
+        record: LiveRecord::new(cluster),
+    }
+}
+
+#[tokio::test]
+async fn a_newer_kubernetes_upgrades_master0_then_each_master_then_each_worker_drained_and_uncordoned(
+) {
+    let up = upgrade_to("v1.20.4").unwrap();
+    assert_eq!(up.operation.kind, OperationKind::Upgrade);
+    let (agents, store) = (
+        Arc::new(Answering::default()),
+        Arc::new(MemoryStore::default()),
+    );
+    let outcome = drive_on(&agents, &store, up.cluster).drive().await;
+    assert!(matches!(outcome, Outcome::Succeeded));
+    let sent = agents.sent.lock().unwrap().clone();
+    let shells = upgrade_shells(&sent);
+    let steps: Vec<(&str, &str)> = shells
+        .iter()
+        .map(|(n, s, _)| (n.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("n1", "drain:host1@v1.20.4"),
+            ("n1", "kubeadm-upgrade@v1.20.4"),
+            ("n1", "uncordon:host1@v1.20.4"),
+            ("n1", "drain:host2@v1.20.4"),
+            ("n2", "kubeadm-upgrade@v1.20.4"),
+            ("n1", "uncordon:host2@v1.20.4"),
+            ("n1", "drain:host3@v1.20.4"),
+            ("n3", "kubeadm-upgrade@v1.20.4"),
+            ("n1", "uncordon:host3@v1.20.4"),
+        ]
+    );
+    assert!(shells[0]
+        .2
+        .contains("kubectl drain 'host1' --ignore-daemonsets --delete-emptydir-data"));
+    assert!(
+        shells[1].2.contains("kubeadm upgrade apply 'v1.20.4' -y"),
+        "{}",
+        shells[1].2
+    );
+    assert!(
+        shells[4].2.contains("kubeadm upgrade node"),
+        "{}",
+        shells[4].2
+    );
+    assert!(
+        shells[7].2.contains("kubeadm upgrade node"),
+        "{}",
+        shells[7].2
+    );
+    assert!(shells[8].2.contains("kubectl uncordon 'host3'"));
+    // After every host has the new image's binaries.
+    let last_apply = sent
+        .iter()
+        .rposition(|(_, t)| matches!(t, TaskRequest::Apply(_)))
+        .unwrap();
+    let first_drain = sent
+        .iter()
+        .position(|(_, t)| matches!(t, TaskRequest::Shell(s) if s.step.starts_with("drain:")))
+        .unwrap();
+    assert!(last_apply < first_drain);
+    let stored = store
+        .cluster(&ClusterName::parse("c").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.installed_kube_version.as_deref(), Some("v1.20.4"));
+    for h in &stored.hosts {
+        assert!(
+            h.steps
+                .iter()
+                .any(|s| s.step == "control-plane@v1.20.4"
+                    && matches!(s.state, StepState::Done { .. })),
+            "{}: {:?}",
+            h.ip,
+            h.steps
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_control_plane_upgrade_resumes_at_the_host_that_was_not_done() {
+    let up = upgrade_to("v1.20.4").unwrap();
+    let (agents, store) = (
+        Arc::new(Answering::default()),
+        Arc::new(MemoryStore::default()),
+    );
+    agents
+        .fail_once
+        .lock()
+        .unwrap()
+        .push(("n3".into(), "kubeadm-upgrade@".into()));
+    let outcome = drive_on(&agents, &store, up.cluster).drive().await;
+    assert!(matches!(outcome, Outcome::Failed));
+    let name = ClusterName::parse("c").unwrap();
+    let mut record = store.cluster(&name).unwrap().unwrap();
+    assert_eq!(
+        record.stages[record.stages_done].name,
+        "control-plane-upgrade"
+    );
+    // The coordinator restarts: the record is resumed where it stopped.
+    record.state = RunState::Running;
+    record.error = None;
+    let again = Arc::new(Answering::default());
+    let outcome = drive_on(&again, &store, record).drive().await;
+    assert!(matches!(outcome, Outcome::Succeeded));
+    let shells = upgrade_shells(&again.sent.lock().unwrap());
+    let steps: Vec<(&str, &str)> = shells
+        .iter()
+        .map(|(n, s, _)| (n.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("n1", "drain:host3@v1.20.4"),
+            ("n3", "kubeadm-upgrade@v1.20.4"),
+            ("n1", "uncordon:host3@v1.20.4"),
+        ],
+        "master0 and the other master were upgraded again"
+    );
+}
+
+#[test]
+fn a_failed_upgrade_applied_again_is_the_upgrade_again() {
+    let mut failed = upgrade_to("v1.20.4").unwrap().cluster;
+    failed.state = RunState::Failed;
+    let mut new = image();
+    new.kube_version = Some("v1.20.4".into());
+    new.digest = failed.manifest_digest;
+    let again = prepare(PrepareInput {
+        desired: desired(run(&["10.0.0.1", "10.0.0.2"], &["10.0.0.3"]), Some(&failed)).unwrap(),
+        previous: Some(&failed),
+        nodes: &nodes(3),
+        image: new,
+        dry_run: false,
+        now: 300,
+    })
+    .unwrap();
+    assert_eq!(again.operation.kind, OperationKind::Upgrade);
+    assert!(again
+        .cluster
+        .stages
+        .iter()
+        .any(|s| s.name == "control-plane-upgrade"));
+}
+
+#[test]
+fn an_older_kubernetes_or_a_skipped_minor_release_is_refused_before_anything_runs() {
+    let err = upgrade_to("v1.18.20").unwrap_err().to_string();
+    assert!(
+        err.contains("v1.18.20") && err.contains("v1.19.8") && err.contains("older"),
+        "{err}"
+    );
+    let err = upgrade_to("v1.21.0").unwrap_err().to_string();
+    assert!(err.contains("one minor release"), "{err}");
+    // The same version on a new image: no control-plane upgrade.
+    let same = upgrade_to("v1.19.8").unwrap();
+    assert_eq!(same.operation.kind, OperationKind::Upgrade);
+    assert!(!same
+        .cluster
+        .stages
+        .iter()
+        .any(|s| s.name == "control-plane-upgrade"));
 }

@@ -5,6 +5,7 @@
 mod apply;
 mod balancers;
 mod configs;
+pub(crate) mod control_plane;
 mod delete_nodes;
 mod etcd_members;
 mod fetch;
@@ -40,6 +41,9 @@ pub(crate) async fn run_stage(driver: &Driver, stage: &StageSpec) -> Result<(), 
             masters,
             registries,
         } => balancers::run(driver, name, hosts, masters, registries).await,
+        Work::ControlPlaneUpgrade { version, hosts } => {
+            control_plane::run(driver, name, version, hosts).await
+        }
         Work::Forget { hosts } => {
             forget::run(driver, hosts);
             Ok(())
