@@ -6,7 +6,7 @@
 //! | `node.key` | the node's private key, made on this host, never sent |
 //! | `node.pem` | its certificate, naming the node id (replaced on renewal) |
 //! | `ca.pem` | the cluster CA, verified against the pin at join |
-//! | `coordinator` | the coordinator's `HOST:PORT` |
+//! | `coordinator` | the coordinator's `HOST:PORT`, or every coordinator of the site (`A:7443,B:7443,...`) |
 //!
 //! `node.pem` is written last at join: an identity without it is incomplete
 //! and treated as not joined.

@@ -85,52 +85,21 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
     let key = pki::generate_key()?;
     let csr_der = pki::node_csr(&key, &label, &opts.ips)?;
 
-    let addr = tls::resolve(&opts.coordinator)
-        .await
-        .map_err(|source| JoinError::Resolve {
-            addr: opts.coordinator.clone(),
-            source,
-        })?;
-    let endpoint = tls::client_endpoint(addr).map_err(|e| JoinError::Connect {
+    // Several coordinators of one site: the first that answers enrolls.
+    let mut resp = Err(JoinError::Connect {
         addr: opts.coordinator.clone(),
-        reason: e.to_string(),
-    })?;
-    let result = timeout(JOIN_TIMEOUT, async {
-        let connecting = endpoint
-            .connect_with(
-                tls::enroll_client(pin.clone())?,
-                addr,
-                COORDINATOR_SERVER_NAME,
-            )
-            .map_err(|e| JoinError::Connect {
-                addr: opts.coordinator.clone(),
-                reason: e.to_string(),
-            })?;
-        let conn = connecting.await.map_err(|e| JoinError::Connect {
-            addr: opts.coordinator.clone(),
-            reason: e.to_string(),
-        })?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| JoinError::Connect {
-            addr: opts.coordinator.clone(),
-            reason: e.to_string(),
-        })?;
-        wire::client_handshake(&mut recv, &mut send, StreamKind::Enroll).await?;
-        codec::write_msg(
-            &mut send,
-            &EnrollRequest {
-                token: token.to_string(),
-                csr_der,
-            },
-        )
-        .await?;
-        let _ = send.finish();
-        let resp = codec::read_msg::<_, EnrollResponse>(&mut recv, ENROLL_FRAME_LIMIT).await?;
-        conn.close(0u32.into(), b"enrolled");
-        Ok::<_, JoinError>(resp)
-    })
-    .await;
-    endpoint.wait_idle().await;
-    let resp = result.map_err(|_| JoinError::Timeout(JOIN_TIMEOUT))??;
+        reason: "no coordinator address given".into(),
+    });
+    for addr in crate::session::endpoints(&opts.coordinator) {
+        resp = enroll_at(&addr, &pin, &token, &csr_der).await;
+        match &resp {
+            Err(JoinError::Resolve { .. } | JoinError::Connect { .. } | JoinError::Timeout(_)) => {
+                continue
+            }
+            _ => break,
+        }
+    }
+    let resp = resp?;
 
     let (node_id, cert_pem, ca_pem, trust) = match resp {
         Some(EnrollResponse::Enrolled {
@@ -183,4 +152,59 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, JoinError> {
         node_id,
         cert_expires: info.not_after,
     })
+}
+
+/// One enrollment exchange with the coordinator at `coordinator`.
+async fn enroll_at(
+    coordinator: &str,
+    pin: &CaPin,
+    token: &JoinToken,
+    csr_der: &[u8],
+) -> Result<Option<EnrollResponse>, JoinError> {
+    let addr = tls::resolve(coordinator)
+        .await
+        .map_err(|source| JoinError::Resolve {
+            addr: coordinator.to_string(),
+            source,
+        })?;
+    let endpoint = tls::client_endpoint(addr).map_err(|e| JoinError::Connect {
+        addr: coordinator.to_string(),
+        reason: e.to_string(),
+    })?;
+    let result = timeout(JOIN_TIMEOUT, async {
+        let connecting = endpoint
+            .connect_with(
+                tls::enroll_client(pin.clone())?,
+                addr,
+                COORDINATOR_SERVER_NAME,
+            )
+            .map_err(|e| JoinError::Connect {
+                addr: coordinator.to_string(),
+                reason: e.to_string(),
+            })?;
+        let conn = connecting.await.map_err(|e| JoinError::Connect {
+            addr: coordinator.to_string(),
+            reason: e.to_string(),
+        })?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| JoinError::Connect {
+            addr: coordinator.to_string(),
+            reason: e.to_string(),
+        })?;
+        wire::client_handshake(&mut recv, &mut send, StreamKind::Enroll).await?;
+        codec::write_msg(
+            &mut send,
+            &EnrollRequest {
+                token: token.to_string(),
+                csr_der: csr_der.to_vec(),
+            },
+        )
+        .await?;
+        let _ = send.finish();
+        let resp = codec::read_msg::<_, EnrollResponse>(&mut recv, ENROLL_FRAME_LIMIT).await?;
+        conn.close(0u32.into(), b"enrolled");
+        Ok::<_, JoinError>(resp)
+    })
+    .await;
+    endpoint.wait_idle().await;
+    result.map_err(|_| JoinError::Timeout(JOIN_TIMEOUT))?
 }

@@ -23,7 +23,9 @@ struct Cli {
 enum Command {
     /// Enroll this host with a coordinator (once).
     Join {
-        /// Coordinator address, HOST:PORT.
+        /// Coordinator address, HOST:PORT; a site with several
+        /// coordinators: all of them, HOST:PORT,HOST:PORT,... (the agent
+        /// goes to the one that leads and fails over to the others).
         #[arg(long)]
         coordinator: String,
         /// Join token from `seaport token create`.

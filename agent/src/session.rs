@@ -8,6 +8,12 @@
 //! ([`Backoff`]: 1 s doubling, capped at [`BACKOFF_CAP`], each delay drawn
 //! between half and all of its step), so a coordinator restart does not bring
 //! every agent back in the same instant.
+//!
+//! A site with several coordinators: the identity's coordinator address is
+//! a list (`A:7443,B:7443,C:7443`, see [`endpoints`]). A session that is
+//! lost goes to the next coordinator of the list after the backoff; a
+//! coordinator that does not lead closes the session naming the leader
+//! (`close::NOT_LEADER`), and the agent goes there at once.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,6 +66,38 @@ pub enum SessionError {
     Refused(String),
     #[error("session lost: {0}")]
     Lost(String),
+    #[error("that coordinator does not lead its site; going to the leader at {0}")]
+    Redirected(String),
+}
+
+/// The coordinators' addresses in an identity's (or `join`'s) list:
+/// separated by commas, spaces or lines.
+pub fn endpoints(list: &str) -> Vec<String> {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Which coordinator the next attempt goes to.
+#[derive(Debug, Default)]
+struct Route {
+    /// The leader a coordinator named when it sent this agent away.
+    redirect: Option<String>,
+    /// Otherwise: the next one of the list, in turn.
+    index: usize,
+}
+
+impl Route {
+    fn pick(&mut self, list: &str) -> String {
+        if let Some(r) = self.redirect.take() {
+            return r;
+        }
+        let all = endpoints(list);
+        all.get(self.index % all.len().max(1))
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// Jittered exponential backoff.
@@ -124,6 +162,8 @@ pub async fn run_linked(
 ) {
     let mut backoff = Backoff::default();
     let mut endpoint: Option<quinn::Endpoint> = None;
+    let mut route = Route::default();
+    let mut redirected = false;
     loop {
         let asked = *shutdown.borrow();
         if asked {
@@ -132,24 +172,38 @@ pub async fn run_linked(
         let started = Instant::now();
         let end = attempt(
             state_dir,
+            &mut route,
             &mut endpoint,
             &mut facts,
             &mut shutdown,
             link.as_ref(),
         )
         .await;
+        let mut delay = None;
         match end {
             SessionEnd::Shutdown => break,
-            SessionEnd::Lost(e) => match &e {
-                SessionError::Identity(IdentityError::NotJoined(_))
-                | SessionError::Expired { .. } => error!("{e}"),
-                _ => warn!("{e}"),
-            },
+            SessionEnd::Lost(SessionError::Redirected(leader)) => {
+                info!(%leader, "going to the leader");
+                route.redirect = Some(leader);
+                // At once, unless sent away twice in a row (an election).
+                if !std::mem::replace(&mut redirected, true) {
+                    delay = Some(Duration::from_millis(100));
+                }
+            }
+            SessionEnd::Lost(e) => {
+                redirected = false;
+                route.index += 1;
+                match &e {
+                    SessionError::Identity(IdentityError::NotJoined(_))
+                    | SessionError::Expired { .. } => error!("{e}"),
+                    _ => warn!("{e}"),
+                }
+            }
         }
         if started.elapsed() >= STABLE_SESSION {
             backoff.reset();
         }
-        let delay = backoff.next_delay();
+        let delay = delay.unwrap_or_else(|| backoff.next_delay());
         debug!(?delay, "reconnecting after backoff");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -164,6 +218,7 @@ pub async fn run_linked(
 
 async fn attempt(
     state_dir: &Path,
+    route: &mut Route,
     endpoint: &mut Option<quinn::Endpoint>,
     facts: &mut impl FactsSource,
     shutdown: &mut watch::Receiver<bool>,
@@ -180,11 +235,12 @@ async fn attempt(
             at: seaport_shared::clock::rfc3339(identity.cert.not_after),
         });
     }
-    let addr = match tls::resolve(&identity.coordinator).await {
+    let target = route.pick(&identity.coordinator);
+    let addr = match tls::resolve(&target).await {
         Ok(a) => a,
         Err(source) => {
             return SessionEnd::Lost(SessionError::Resolve {
-                addr: identity.coordinator.clone(),
+                addr: target,
                 source,
             })
         }
@@ -262,7 +318,7 @@ async fn session_linked(
     };
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
-        Err(e) => return lost(SessionError::Lost(e.to_string())),
+        Err(e) => return lost(lost_reason(&conn).unwrap_or(SessionError::Lost(e.to_string()))),
     };
     if let Err(e) = wire::client_handshake(&mut recv, &mut send, StreamKind::Control).await {
         return lost(lost_reason(&conn).unwrap_or(e.into()));
@@ -348,7 +404,7 @@ async fn session_linked(
                 Some(Err(e)) => break lost(lost_reason(&conn).unwrap_or(e.into())),
                 None => break lost(lost_reason(&conn).unwrap_or(SessionError::Lost("control stream closed".into()))),
             },
-            e = conn.closed() => break lost(SessionError::Lost(describe_close(&e))),
+            e = conn.closed() => break lost(closed_error(&e)),
             _ = stopped(shutdown) => {
                 conn.close(0u32.into(), b"agent stopping");
                 break SessionEnd::Shutdown;
@@ -410,13 +466,39 @@ fn describe_close(e: &quinn::ConnectionError) -> String {
 
 /// If the connection was closed, why (the coordinator's reason).
 fn lost_reason(conn: &quinn::Connection) -> Option<SessionError> {
-    conn.close_reason()
-        .map(|e| SessionError::Lost(describe_close(&e)))
+    conn.close_reason().map(|e| closed_error(&e))
+}
+
+/// Why a connection closed: a coordinator that does not lead names the
+/// leader.
+fn closed_error(e: &quinn::ConnectionError) -> SessionError {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == wire::close::NOT_LEADER.into() =>
+        {
+            SessionError::Redirected(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        other => SessionError::Lost(describe_close(other)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_of_coordinators_is_tried_in_turn_and_a_leader_first() {
+        assert_eq!(endpoints("a:1, b:2\nc:3,"), ["a:1", "b:2", "c:3"]);
+        let mut r = Route::default();
+        assert_eq!(r.pick("a:1,b:2"), "a:1");
+        r.index += 1;
+        assert_eq!(r.pick("a:1,b:2"), "b:2");
+        r.redirect = Some("c:3".into());
+        assert_eq!(r.pick("a:1,b:2"), "c:3");
+        assert_eq!(r.pick("a:1,b:2"), "b:2");
+        r.index += 1;
+        assert_eq!(r.pick("a:1"), "a:1");
+    }
 
     #[test]
     fn backoff_grows_jittered_and_capped() {

@@ -1,5 +1,12 @@
 //! The CLI's side of the admin API: connect to the running coordinator with
 //! the admin certificate, one request per stream.
+//!
+//! A site with several coordinators: `--coordinator A,B,C` names them all;
+//! the first that answers is used. A request that only the leader answers
+//! (`AdminRequest::needs_leader`) and that reached another coordinator
+//! comes back as `NotLeader` with the leader's address, and is sent there;
+//! during an election (no leader known) it is asked again every second,
+//! up to [`LEADER_WAIT`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -17,6 +24,8 @@ use crate::daemon::read_serve_info;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request that needs the leader waits for an election.
+pub const LEADER_WAIT: Duration = Duration::from_secs(30);
 
 /// Errors talking to the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +52,8 @@ pub enum AdminError {
     ShuttingDown,
     #[error("no running coordinator found under {0}: start `seaport coordinator serve` or pass --coordinator HOST:PORT")]
     NotRunning(String),
+    #[error("no coordinator of the site led within {0:?} (an election is on, or the coordinators cannot reach etcd); try again, or see the coordinators' logs")]
+    NoLeader(Duration),
 }
 
 /// Where the CLI finds the coordinator: `--coordinator`, else the address
@@ -69,6 +80,8 @@ pub fn coordinator_addr(root: &Path, explicit: Option<&str>) -> Result<Option<St
 pub struct AdminClient {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
+    /// To reach the leader when this coordinator is not it.
+    config: quinn::ClientConfig,
 }
 
 impl AdminClient {
@@ -79,8 +92,26 @@ impl AdminClient {
         Self::connect_with(config, addr).await
     }
 
-    /// Connects with any client configuration (tests use other identities).
+    /// Connects with any client configuration (tests use other identities)
+    /// to the first of `addrs` (`HOST:PORT[,HOST:PORT...]`) that answers.
     pub async fn connect_with(
+        config: quinn::ClientConfig,
+        addrs: &str,
+    ) -> Result<AdminClient, AdminError> {
+        let mut last = None;
+        for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match Self::connect_one(config.clone(), addr).await {
+                Ok(c) => return Ok(c),
+                Err(e @ AdminError::BadAddress(..)) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            AdminError::BadAddress(addrs.to_string(), "no address given".into())
+        }))
+    }
+
+    async fn connect_one(
         config: quinn::ClientConfig,
         addr: &str,
     ) -> Result<AdminClient, AdminError> {
@@ -96,14 +127,18 @@ impl AdminClient {
         };
         let endpoint = tls::client_endpoint(sock).map_err(|e| unreachable(e.to_string()))?;
         let connecting = endpoint
-            .connect_with(config, sock, COORDINATOR_SERVER_NAME)
+            .connect_with(config.clone(), sock, COORDINATOR_SERVER_NAME)
             .map_err(|e| unreachable(e.to_string()))?;
         let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(unreachable(e.to_string())),
             Err(_) => return Err(unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
         };
-        Ok(AdminClient { endpoint, conn })
+        Ok(AdminClient {
+            endpoint,
+            conn,
+            config,
+        })
     }
 
     /// Connects to the coordinator `--coordinator` names, or the one
@@ -119,7 +154,35 @@ impl AdminClient {
     }
 
     /// Sends one request and waits for its answer. A refusal is an error.
+    /// A request only the leader answers goes to the leader when this
+    /// coordinator is not it.
     pub async fn request(&self, req: &AdminRequest) -> Result<AdminResponse, AdminError> {
+        let started = std::time::Instant::now();
+        let mut resp = self.request_here(req).await?;
+        loop {
+            let AdminResponse::NotLeader { leader } = resp else {
+                return Ok(resp);
+            };
+            if started.elapsed() > LEADER_WAIT {
+                return Err(AdminError::NoLeader(LEADER_WAIT));
+            }
+            resp = match leader {
+                Some(addr) => {
+                    let there = Self::connect_one(self.config.clone(), &addr).await?;
+                    let r = there.request_here(req).await;
+                    there.close().await;
+                    r?
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    self.request_here(req).await?
+                }
+            };
+        }
+    }
+
+    /// One request to this connection's coordinator.
+    async fn request_here(&self, req: &AdminRequest) -> Result<AdminResponse, AdminError> {
         let fut = async {
             let (mut send, mut recv) =
                 self.conn

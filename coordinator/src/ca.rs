@@ -55,6 +55,8 @@ pub enum CaError {
     Rcgen(#[from] rcgen::Error),
     #[error("{0}")]
     State(#[from] StateError),
+    #[error("{0} is this coordinator's own CA, and the site in etcd has another: initialise a new root for this site")]
+    OtherSiteCa(String),
     #[error("no coordinator CA under {0}: run `seaport coordinator init` first")]
     NotInitialized(String),
     #[error("certificate request refused: {0}")]
@@ -103,6 +105,9 @@ impl CoordinatorPaths {
 #[derive(Debug, Clone)]
 pub struct InitReport {
     pub created_ca: bool,
+    /// The CA came from the site's shared store (another coordinator of
+    /// the site made it).
+    pub site_ca: bool,
     pub ca_pin: CaPin,
     pub dir: PathBuf,
 }
@@ -137,9 +142,16 @@ fn dn(role: Option<Role>, cn: &str) -> DistinguishedName {
     dn
 }
 
-/// Creates the coordinator's CA, certificates and state database under
-/// `root`, keeping an existing CA.
+/// Creates the coordinator's CA, certificates and state under `root`
+/// (the state where it was recorded; redb when nothing was), keeping an
+/// existing CA.
 pub fn init(root: &Path) -> Result<InitReport, CaError> {
+    init_with(root, None)
+}
+
+/// [`init`] with the state in `store` when given (recorded for the
+/// coordinator and the CLI).
+pub fn init_with(root: &Path, store: Option<state::Backend>) -> Result<InitReport, CaError> {
     let paths = CoordinatorPaths::new(root);
     pki::create_private_dir(&paths.dir)?;
     let created_ca = !(paths.ca_cert().exists() && paths.ca_key().exists());
@@ -161,7 +173,26 @@ pub fn init(root: &Path) -> Result<InitReport, CaError> {
         confined::write_atomic(&paths.ca_key(), key.serialize_pem().as_bytes(), 0o600)?;
         confined::write_atomic(&paths.ca_cert(), cert.pem().as_bytes(), 0o644)?;
     }
-    let store = state::create(&paths.dir)?;
+    // A root that never recorded a shared store has used its CA for
+    // nothing shared (a redb root with state cannot move to etcd).
+    let own_ca_unused = matches!(state::backend(&paths.dir)?, state::Backend::Redb);
+    let store = state::create(&paths.dir, store)?;
+    // On a store several coordinators share, the site has one CA: the
+    // first coordinator's; the others take it (only in place of a CA this
+    // root made for nothing else, never over one it used on the site).
+    let mut site_ca = false;
+    let cert_pem = pki::read_text(&paths.ca_cert())?;
+    let key_pem = pki::read_text(&paths.ca_key())?;
+    if let Some(site) = store.offer_ca(&cert_pem, &key_pem)? {
+        if site.cert_pem != cert_pem {
+            if !own_ca_unused {
+                return Err(CaError::OtherSiteCa(paths.ca_cert().display().to_string()));
+            }
+            confined::write_atomic(&paths.ca_key(), site.key_pem.as_bytes(), 0o600)?;
+            confined::write_atomic(&paths.ca_cert(), site.cert_pem.as_bytes(), 0o644)?;
+            site_ca = true;
+        }
+    }
     let ca = Ca::load(root)?;
     if created_ca || needs_reissue(&ca, &paths.server_cert()) {
         let key = KeyPair::generate()?;
@@ -170,9 +201,10 @@ pub fn init(root: &Path) -> Result<InitReport, CaError> {
         confined::write_atomic(&paths.server_key(), key.serialize_pem().as_bytes(), 0o600)?;
         confined::write_atomic(&paths.server_cert(), pem.as_bytes(), 0o600)?;
     }
-    ensure_local_admin(root, &store, &ca)?;
+    ensure_local_admin(root, &*store, &ca)?;
     Ok(InitReport {
-        created_ca,
+        created_ca: created_ca && !site_ca,
+        site_ca,
         ca_pin: ca.pin()?,
         dir: paths.dir,
     })

@@ -56,6 +56,9 @@ pub mod close {
     pub const REPLACED: u32 = 3;
     /// The exchange (enrollment) is over.
     pub const DONE: u32 = 4;
+    /// This coordinator does not lead its site now; the reason is the
+    /// leader's address (`HOST:PORT`), where the agent goes next.
+    pub const NOT_LEADER: u32 = 5;
 }
 
 const MAGIC: &[u8; 4] = b"SPRT";
@@ -639,6 +642,32 @@ pub enum AdminResponse {
     Drift(Vec<HostDrift>),
     /// Every host's preflight checks.
     Checked(Vec<crate::preflight::HostChecks>),
+    /// The request needs the coordinator that leads the site (it drives
+    /// operations and holds the agents' sessions); this one does not. The
+    /// leader's address, when one is known: ask there.
+    NotLeader {
+        leader: Option<String>,
+    },
+}
+
+impl AdminRequest {
+    /// Whether only the coordinator that leads its site answers it: what
+    /// starts or drives an operation, or needs the agents' sessions (which
+    /// are with the leader). The others are answered from the shared state
+    /// by any coordinator.
+    pub fn needs_leader(&self) -> bool {
+        !matches!(
+            self,
+            AdminRequest::Apply { dry_run: true, .. }
+                | AdminRequest::CreateToken { .. }
+                | AdminRequest::ApproveIps { .. }
+                | AdminRequest::UnapproveIps { .. }
+                | AdminRequest::ListAdmins
+                | AdminRequest::IssueAdmin { .. }
+                | AdminRequest::RevokeAdmin { .. }
+                | AdminRequest::Audit { .. }
+        )
+    }
 }
 
 /// One unit of work for an agent, on its own `Task` stream.

@@ -39,13 +39,13 @@
 //! `SEAPORT_BENCH_HEARTBEAT_SLACK_MS`, `SEAPORT_BENCH_COORDINATOR_LOG`
 //! (file for the coordinator's log).
 
+mod sim;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seaport::admin::AdminClient;
 use seaport_agent::distribution::{counters, DistributionOptions};
 use seaport_agent::service::{self, RunSettings};
 use seaport_agent::{FactsSource, HostIdentity, Identity, JoinOptions};
@@ -79,106 +79,6 @@ fn wait_first_heartbeats(agents: &[Agent]) {
     }
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Coordinator {
-    child: Child,
-    root: PathBuf,
-    addr: String,
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-// The child is waited for by `Coordinator`'s Drop, or here when it fails to start.
-#[allow(clippy::zombie_processes)]
-fn start_coordinator(root: &Path, cert_ttl: &str) -> Coordinator {
-    let bin = seaport_lab::seaport::Binaries::build_for_tests()
-        .expect("build seaport")
-        .seaport;
-    let bin = bin.as_path();
-    let ok = Command::new(bin)
-        .arg("--root")
-        .arg(root)
-        .args(["coordinator", "init"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("run seaport coordinator init")
-        .success();
-    assert!(ok, "seaport coordinator init failed");
-    let mut child = Command::new(bin)
-        .arg("--root")
-        .arg(root)
-        .args(["coordinator", "serve", "--listen", "127.0.0.1:0"])
-        .args(["--node-cert-ttl", cert_ttl])
-        .stdout(Stdio::null())
-        .stderr(match std::env::var_os("SEAPORT_BENCH_COORDINATOR_LOG") {
-            Some(p) => Stdio::from(std::fs::File::create(p).expect("coordinator log file")),
-            None => Stdio::null(),
-        })
-        .spawn()
-        .expect("start seaport coordinator serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(info) = seaport::daemon::read_serve_info(root) {
-            if info.pid == child.id() {
-                return Coordinator {
-                    child,
-                    root: root.to_path_buf(),
-                    addr: info.listen.to_string(),
-                };
-            }
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("coordinator did not start within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// user + system CPU ticks of a process (all its threads).
-fn proc_cpu_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
-fn proc_status_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// Raises this process's open-file limit (inherited by the coordinator):
 /// every agent holds two UDP sockets and its store's files.
 fn raise_nofile() -> u64 {
@@ -191,17 +91,8 @@ fn raise_nofile() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0
 }
 
-async fn admin(coord: &Coordinator, req: AdminRequest) -> AdminResponse {
-    let client = AdminClient::connect(&coord.root, &coord.addr)
-        .await
-        .expect("admin connect");
-    let resp = client.request(&req).await.expect("admin request");
-    client.close().await;
-    resp
-}
-
-async fn nodes(coord: &Coordinator) -> Vec<NodeInfo> {
-    match admin(coord, AdminRequest::ListNodes).await {
+async fn nodes(root: &Path, addr: &str) -> Vec<NodeInfo> {
+    match sim::admin(root, addr, AdminRequest::ListNodes).await {
         AdminResponse::Nodes(n) => n,
         other => panic!("unexpected {other:?}"),
     }
@@ -373,10 +264,10 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let window = Duration::from_secs(env_or("SEAPORT_BENCH_WINDOW_SECS", 15));
-    let runs: usize = env_or("SEAPORT_BENCH_RUNS", 3).max(1);
-    let cert_ttl: String = env_or("SEAPORT_BENCH_CERT_TTL", "5m".to_string());
-    let slack = Duration::from_millis(env_or("SEAPORT_BENCH_HEARTBEAT_SLACK_MS", 1000));
+    let window = Duration::from_secs(sim::env_or("SEAPORT_BENCH_WINDOW_SECS", 15));
+    let runs: usize = sim::env_or("SEAPORT_BENCH_RUNS", 3).max(1);
+    let cert_ttl: String = sim::env_or("SEAPORT_BENCH_CERT_TTL", "5m".to_string());
+    let slack = Duration::from_millis(sim::env_or("SEAPORT_BENCH_HEARTBEAT_SLACK_MS", 1000));
     let problems = Arc::new(AtomicU64::new(0));
     {
         use tracing_subscriber::layer::SubscriberExt;
@@ -394,10 +285,18 @@ fn main() {
         .build()
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let coord = start_coordinator(&tmp.path().join("root"), &cert_ttl);
-    let pid = coord.child.id();
-    let pid_text = pid.to_string();
-    let tck = clock_ticks();
+    let root = tmp.path().join("root");
+    sim::init(&root, &[]);
+    let log = std::env::var_os("SEAPORT_BENCH_COORDINATOR_LOG").map(PathBuf::from);
+    let coord = sim::serve(
+        &root,
+        "127.0.0.1:0",
+        &["--node-cert-ttl", &cert_ttl],
+        log.as_deref(),
+    );
+    let pid = coord.pid();
+    let own = std::process::id();
+    let tck = sim::clock_ticks();
     let base = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -414,8 +313,9 @@ fn main() {
         if want > 0 {
             let started = Instant::now();
             let joined = rt.block_on(async {
-                let grant: TokenGrant = match admin(
-                    &coord,
+                let grant: TokenGrant = match sim::admin(
+                    &root,
+                    &coord.addr,
                     AdminRequest::CreateToken {
                         ttl_secs: 3600,
                         uses: (want * 2) as u32,
@@ -517,7 +417,7 @@ fn main() {
         rt.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(180);
             loop {
-                let up = nodes(&coord)
+                let up = nodes(&root, &coord.addr)
                     .await
                     .iter()
                     .filter(|n| n.status == NodeStatus::Online)
@@ -543,14 +443,14 @@ fn main() {
         let mut beats = Vec::new();
         for _ in 0..runs {
             let t0 = Instant::now();
-            let (c0, o0) = (proc_cpu_ticks(&pid_text), proc_cpu_ticks("self"));
+            let (c0, o0) = (sim::proc_cpu_ticks(pid), sim::proc_cpu_ticks(own));
             let s0 = counters::syncs();
             let b0: u64 = agents
                 .iter()
                 .map(|a| a.beats.count.load(Ordering::Relaxed))
                 .sum();
             std::thread::sleep(window);
-            let (c1, o1) = (proc_cpu_ticks(&pid_text), proc_cpu_ticks("self"));
+            let (c1, o1) = (sim::proc_cpu_ticks(pid), sim::proc_cpu_ticks(own));
             let s1 = counters::syncs();
             let b1: u64 = agents
                 .iter()
@@ -562,7 +462,7 @@ fn main() {
             syncs.push((s1 - s0) as f64 / secs);
             beats.push((b1 - b0) as f64 / secs);
         }
-        let listed = rt.block_on(nodes(&coord));
+        let listed = rt.block_on(nodes(&root, &coord.addr));
         let behind = check(&mut agents, &listed, base, slack);
         let renewals = agents.iter().map(|a| a.renewals).sum::<u64>() - renewals_before;
         let renewed_agents = agents.iter().filter(|a| a.renewals > 0).count();
@@ -570,9 +470,9 @@ fn main() {
             .iter()
             .filter(|n| n.status == NodeStatus::Online)
             .count();
-        let peak_mib = proc_status_kib(pid, "VmHWM:") as f64 / 1024.0;
-        let rss_mib = proc_status_kib(pid, "VmRSS:") as f64 / 1024.0;
-        let agents_rss_mib = proc_status_kib(std::process::id(), "VmRSS:") as f64 / 1024.0;
+        let peak_mib = sim::proc_status_kib(pid, "VmHWM:") as f64 / 1024.0;
+        let rss_mib = sim::proc_status_kib(pid, "VmRSS:") as f64 / 1024.0;
+        let agents_rss_mib = sim::proc_status_kib(std::process::id(), "VmRSS:") as f64 / 1024.0;
         let st = bench::stats(&cpu);
         let own = bench::stats(&own_cpu);
         let sync_rate = bench::stats(&syncs);

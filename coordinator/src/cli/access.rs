@@ -97,7 +97,7 @@ pub(super) fn with_coordinator<T>(
             }
         } else {
             match state::offline(&dir, access == Offline::Write) {
-                Ok(store) => return offline(&store),
+                Ok(store) => return offline(&*store),
                 // A coordinator took it just now: ask that one.
                 Err(StateError::Busy { .. }) => {}
                 Err(e) => return Err(e.into()),

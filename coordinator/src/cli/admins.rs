@@ -21,8 +21,8 @@ use seaport_shared::clock::rfc3339;
 pub struct AdminArgs {
     #[command(subcommand)]
     pub command: AdminCommand,
-    /// Coordinator address (HOST:PORT); defaults to the address
-    /// `coordinator serve` listens on.
+    /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
+    /// defaults to the address `coordinator serve` listens on.
     #[arg(long, global = true)]
     pub coordinator: Option<String>,
 }

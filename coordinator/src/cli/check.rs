@@ -52,7 +52,8 @@ pub struct CheckArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// Coordinator address (HOST:PORT); defaults to the local one.
+    /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
+    /// defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
 }

@@ -48,7 +48,8 @@ pub struct RunArgs {
     /// (swap, port-6443, ports, ip-forward, hostname, runtime, disk, ..., all).
     #[arg(long, value_delimiter = ',', value_name = "CHECK", value_parser = super::check::check_name)]
     pub ignore_preflight: Vec<String>,
-    /// Coordinator address (HOST:PORT); defaults to the local one.
+    /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
+    /// defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
 }
@@ -74,7 +75,8 @@ pub struct ApplyArgs {
     /// (swap, port-6443, ports, ip-forward, hostname, runtime, disk, ..., all).
     #[arg(long, value_delimiter = ',', value_name = "CHECK", value_parser = super::check::check_name)]
     pub ignore_preflight: Vec<String>,
-    /// Coordinator address (HOST:PORT); defaults to the local one.
+    /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
+    /// defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
 }
@@ -94,7 +96,8 @@ pub struct JoinArgs {
     /// (swap, port-6443, ports, ip-forward, hostname, runtime, disk, ..., all).
     #[arg(long, value_delimiter = ',', value_name = "CHECK", value_parser = super::check::check_name)]
     pub ignore_preflight: Vec<String>,
-    /// Coordinator address (HOST:PORT); defaults to the local one.
+    /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
+    /// defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
 }
@@ -113,7 +116,8 @@ pub struct LogsArgs {
     /// Print JSON: host, step, state and output tail of each step shown.
     #[arg(long)]
     pub json: bool,
-    /// Coordinator address (HOST:PORT); defaults to the local one.
+    /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
+    /// defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
 }
@@ -126,7 +130,8 @@ pub struct AuditArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// Coordinator address (HOST:PORT); defaults to the local one.
+    /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
+    /// defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
 }
@@ -142,7 +147,8 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// Coordinator address (HOST:PORT); defaults to the local one.
+    /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
+    /// defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
 }
@@ -168,7 +174,8 @@ pub struct DeleteArgs {
     /// Do not ask for confirmation.
     #[arg(short = 'y', long)]
     pub yes: bool,
-    /// Coordinator address (HOST:PORT); defaults to the local one.
+    /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
+    /// defaults to the local one.
     #[arg(long)]
     pub coordinator: Option<String>,
 }

@@ -28,8 +28,8 @@ pub struct DistributeArgs {
     /// Give up waiting after this long (e.g. 10m).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Coordinator address (HOST:PORT); defaults to the address
-    /// `coordinator serve` listens on.
+    /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
+    /// defaults to the address `coordinator serve` listens on.
     #[arg(long, global = true)]
     pub coordinator: Option<String>,
 }

@@ -18,8 +18,8 @@ pub struct NodesArgs {
     /// Print a JSON array.
     #[arg(long)]
     pub json: bool,
-    /// Coordinator address (HOST:PORT); defaults to the address
-    /// `coordinator serve` listens on.
+    /// Coordinator address (HOST:PORT, or several: HOST:PORT,HOST:PORT);
+    /// defaults to the address `coordinator serve` listens on.
     #[arg(long, global = true)]
     pub coordinator: Option<String>,
 }

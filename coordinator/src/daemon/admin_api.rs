@@ -22,6 +22,13 @@ pub(super) async fn admin_request(
     req: AdminRequest,
 ) -> AdminResponse {
     let refused = |reason: String| AdminResponse::Refused { reason };
+    if req.needs_leader() {
+        if let Some(leader) = shared.follows() {
+            return AdminResponse::NotLeader {
+                leader: leader.map(|l| l.address),
+            };
+        }
+    }
     // Runs are driven by tasks of this runtime, not a blocking thread.
     let req = match req {
         AdminRequest::Run(run) => {

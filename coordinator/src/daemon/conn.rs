@@ -365,6 +365,14 @@ async fn node(shared: Arc<Shared>, conn: quinn::Connection, info: CertInfo) {
             warn!(error = %e, "could not record the node's address");
         }
     }
+    // The leader drives operations through its agents' sessions: a
+    // coordinator that does not lead sends them there (while no leader is
+    // known, it keeps them).
+    if let Some(Some(leader)) = shared.follows() {
+        debug!(leader = %leader.address, "sent to the leader");
+        conn.close(close::NOT_LEADER.into(), leader.address.as_bytes());
+        return;
+    }
     if let Some(old) = shared
         .live
         .register(&info.name, conn.clone(), info.not_after)

@@ -215,6 +215,21 @@ impl LiveSessions {
         }
     }
 
+    /// Closes every node session (a coordinator that does not lead sends
+    /// its agents to the one that does).
+    pub(crate) fn close_all(&self, code: u32, reason: &str) -> usize {
+        let conns: Vec<quinn::Connection> = self
+            .lock()
+            .sessions
+            .values()
+            .map(|e| e.conn.clone())
+            .collect();
+        for c in &conns {
+            c.close(code.into(), reason.as_bytes());
+        }
+        conns.len()
+    }
+
     /// Everything not yet written to the state database.
     pub(crate) fn take_dirty(&self) -> Vec<Update> {
         let mut inner = self.lock();

@@ -38,7 +38,7 @@ use seaport_shared::wire::close;
 use crate::ca::{self, Ca, CaError, CoordinatorPaths};
 use crate::distribution::Distribution;
 use crate::operations::{ClusterStore, Operations};
-use crate::state::{self, StateError, StateStore};
+use crate::state::{self, Election, LeaderInfo, Leadership, StateError, StateStore};
 use agents::SessionAgents;
 use limits::SourceLimiter;
 use shared::Shared;
@@ -97,6 +97,16 @@ pub struct ServeOptions {
     pub node_cert_ttl: Duration,
     /// The image signature policy for every cluster (and its agents).
     pub trust: seaport_rootfs::signing::Policy,
+    /// The store given on the command line; `None`: the one recorded by
+    /// `coordinator init`.
+    pub store: Option<state::Backend>,
+    /// With several coordinators on etcd: the address agents and the CLI
+    /// reach this one at (`HOST:PORT`), written in the leader key while it
+    /// leads; `None`: the listen address.
+    pub advertise: Option<String>,
+    /// With several coordinators on etcd: the leader's lease TTL
+    /// (`crate::state::leader`).
+    pub lease_ttl: Duration,
 }
 
 /// What `serve` writes under the root so the CLI can find it.
@@ -123,6 +133,8 @@ pub struct Daemon {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     paths: CoordinatorPaths,
+    /// The campaign to lead the site (a store shared by coordinators).
+    election: Option<Election>,
 }
 
 /// Checks join tokens against the running coordinator's state without
@@ -173,9 +185,12 @@ impl Daemon {
     pub fn bind(root: &Path, opts: ServeOptions) -> Result<Daemon, DaemonError> {
         let paths = CoordinatorPaths::new(root);
         let ca = Ca::load(root)?;
-        let redb = Arc::new(state::open_for_coordinator(&paths.dir, state::STORE_WAIT)?);
-        let store: Arc<dyn StateStore> = redb.clone();
-        let records: Arc<dyn ClusterStore> = redb;
+        let store: Arc<dyn StateStore> = Arc::from(state::open_for_coordinator(
+            &paths.dir,
+            state::STORE_WAIT,
+            opts.store.clone(),
+        )?);
+        let records: Arc<dyn ClusterStore> = store.clone();
         // The CLI on this machine needs a current, recorded admin
         // certificate (installs from before admin records get a new one).
         if ca::ensure_local_admin(root, &*store, &ca)? {
@@ -199,7 +214,24 @@ impl Daemon {
             dist: dist.clone(),
         });
         let ops = Operations::new(agents, records, root.to_path_buf(), opts.trust.clone());
+        let me = LeaderInfo {
+            id: format!(
+                "{} pid {}",
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map_or_else(|_| "?".to_string(), |h| h.trim().to_string()),
+                std::process::id()
+            ),
+            address: opts
+                .advertise
+                .clone()
+                .unwrap_or_else(|| endpoint.local_addr().map_or(opts.listen, |a| a).to_string()),
+        };
+        let election = store.elect(me, opts.lease_ttl)?;
+        let leadership = election
+            .as_ref()
+            .map_or_else(Election::alone, Election::leadership);
         Ok(Daemon {
+            election,
             endpoint,
             shared: Arc::new(Shared {
                 store,
@@ -218,6 +250,7 @@ impl Daemon {
                 dist,
                 ops,
                 trust: opts.trust,
+                leadership,
             }),
             paths,
         })
@@ -245,7 +278,9 @@ impl Daemon {
             0o644,
         )?;
         info!(%addr, "coordinator listening");
-        self.shared.ops.resume_all();
+        let leading = tokio::spawn(
+            follow_leadership(self.shared.clone()).instrument(info_span!("leadership")),
+        );
 
         let flusher = {
             let shared = self.shared.clone();
@@ -310,6 +345,11 @@ impl Daemon {
         }
 
         info!("shutting down: closing sessions");
+        leading.abort();
+        // Leadership is given back first, so another coordinator takes
+        // over while this one closes.
+        drop(self.election);
+        self.shared.ops.stop_all();
         flusher.abort();
         admin_renewer.abort();
         self.endpoint
@@ -320,6 +360,50 @@ impl Daemon {
         let _ = std::fs::remove_file(self.paths.serve_info());
         info!("coordinator stopped");
         Ok(())
+    }
+}
+
+/// Drives operations while this coordinator leads: on becoming the leader
+/// it resumes every unfinished operation from the store; on losing it, it
+/// stops driving at once (its writes are fenced anyway) and sends its
+/// agents to the new leader.
+async fn follow_leadership(shared: Arc<Shared>) {
+    let mut rx = shared.leadership.clone();
+    let mut leading = false;
+    loop {
+        let now = rx.borrow_and_update().clone();
+        match now {
+            Leadership::Leader if !leading => {
+                leading = true;
+                info!("leading: resuming unfinished operations");
+                let s = shared.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || s.ops.resume_all()).await {
+                    warn!(error = %e, "resuming operations failed");
+                }
+            }
+            Leadership::Leader => {}
+            Leadership::Follower { leader } => {
+                if leading {
+                    leading = false;
+                    warn!("no longer leading: operations stopped here");
+                    shared.ops.stop_all();
+                    // Cut off from etcd, it cannot tell agents who leads
+                    // now: they go to the next coordinator of their list.
+                    shared
+                        .live
+                        .close_all(close::SHUTDOWN, "this coordinator no longer leads");
+                }
+                if let Some(l) = leader {
+                    let n = shared.live.close_all(close::NOT_LEADER, &l.address);
+                    if n > 0 {
+                        info!(leader = %l.address, sessions = n, "sent agents to the leader");
+                    }
+                }
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -37,6 +37,19 @@ pub(crate) struct Shared {
     pub(crate) ops: Arc<Operations>,
     /// The image signature policy (`crate::trust`).
     pub(crate) trust: seaport_rootfs::signing::Policy,
+    /// Whether this coordinator leads its site now (always, alone on its
+    /// state; `crate::state::leader`).
+    pub(crate) leadership: tokio::sync::watch::Receiver<crate::state::Leadership>,
+}
+
+impl Shared {
+    /// `None` when this coordinator leads; else who does, if known.
+    pub(crate) fn follows(&self) -> Option<Option<crate::state::LeaderInfo>> {
+        match &*self.leadership.borrow() {
+            crate::state::Leadership::Leader => None,
+            crate::state::Leadership::Follower { leader } => Some(leader.clone()),
+        }
+    }
 }
 
 /// The inventory as the CLI shows it, statuses computed now.

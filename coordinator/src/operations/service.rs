@@ -416,6 +416,15 @@ impl Operations {
         }
     }
 
+    /// Stops driving every operation (a coordinator that no longer leads
+    /// its site); what they recorded stays for the next leader to resume.
+    pub fn stop_all(&self) {
+        for (name, a) in self.active().drain() {
+            info!(cluster = %name, generation = a.generation, "stopped driving");
+            a.handle.abort();
+        }
+    }
+
     /// Makes `cluster` the active run of its name (stopping an older one)
     /// and drives it.
     fn activate(self: &Arc<Self>, cluster: Cluster) {

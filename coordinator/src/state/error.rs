@@ -15,6 +15,44 @@ pub enum StateError {
     Missing(String),
     #[error("state database: {0}")]
     Db(#[from] redb::Error),
+    #[error("etcd at {endpoints}: {source}")]
+    Etcd {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    EtcdFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot read or write the site key {path}: {source}; every coordinator of a site needs the same key (ROOT/coordinator/site.key, 0600)")]
+    SiteKeyFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a site key (64 hex digits)")]
+    SiteKeyFormat(String),
+    #[error("{0} in the store does not open with this coordinator's site key (another site's key, or changed)")]
+    Unsealable(String),
+    #[error("the site key {0} is not the key of the site in etcd: copy site.key from a coordinator of this site")]
+    WrongSiteKey(String),
+    #[error("{path} is not a store record: {source}")]
+    BadRecord {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("this coordinator keeps its state in {0}; moving it to etcd is not supported (initialise a new coordinator root with --store etcd)")]
+    HasRedbState(String),
+    #[error("this coordinator keeps its state in etcd ({0}); it cannot go back to a redb file")]
+    KeptInEtcd(String),
+    #[error("--etcd-cert and --etcd-key go together (only {0} was given)")]
+    EtcdHalfIdentity(&'static str),
+    #[error(
+        "{what}: other coordinators changed the same records {attempts} times in a row; try again"
+    )]
+    Contended { what: &'static str, attempts: u32 },
+    #[error("{0}: refused, this coordinator does not lead the site's coordinators now (another one drives operations, or an election is on)")]
+    NotLeader(&'static str),
     #[error("corrupt record {key} in table {table}: {source}")]
     Corrupt {
         table: &'static str,

@@ -10,16 +10,19 @@ use std::time::Duration;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use seaport_shared::pki::{self, JoinToken};
+#[cfg(test)]
+use seaport_shared::pki;
+use seaport_shared::pki::JoinToken;
 use seaport_shared::wire::HostFacts;
 
 use seaport_shared::cluster::ClusterName;
 
 use super::error::StateError;
 use super::lock::{self, CoordinatorLock};
+use super::rules::{self, canonical_ip, from_json, to_json, usable_token};
 use super::store::StateStore;
 use crate::operations::{AuditEntry, Cluster, ClusterStore, StoreError};
-use crate::records::{same_ip, AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
+use crate::records::{AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
@@ -38,14 +41,6 @@ macro_rules! db_err {
     ($e:expr) => {
         $e.map_err(|e| StateError::Db(e.into()))
     };
-}
-
-/// An IP in its canonical text (IPv4-mapped IPv6 as IPv4).
-pub fn canonical_ip(s: &str) -> Result<String, StateError> {
-    s.trim()
-        .parse::<std::net::IpAddr>()
-        .map(|ip| ip.to_canonical().to_string())
-        .map_err(|_| StateError::BadIp(s.to_string()))
 }
 
 /// The database, as this process opened it.
@@ -67,38 +62,6 @@ impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "RedbStore({})", self.path.display())
     }
-}
-
-fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("state records serialize")
-}
-
-/// Whether `token` may enroll now: its secret matches the stored hash, it
-/// has not expired and it has uses left. Enrollment and the bootstrap
-/// endpoint's check share this, so they cannot disagree.
-fn usable_token(token: &JoinToken, rec: &TokenRecord, now: i64) -> Result<(), StateError> {
-    if !token.matches_hash(&rec.secret_hash) {
-        return Err(StateError::TokenInvalid);
-    }
-    if rec.expires_at <= now {
-        return Err(StateError::TokenExpired(token.id.clone()));
-    }
-    if rec.uses_left == 0 {
-        return Err(StateError::TokenUsedUp(token.id.clone()));
-    }
-    Ok(())
-}
-
-fn from_json<T: for<'de> Deserialize<'de>>(
-    table: &'static str,
-    key: impl std::fmt::Display,
-    bytes: &[u8],
-) -> Result<T, StateError> {
-    serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
-        table,
-        key: key.to_string(),
-        source,
-    })
 }
 
 impl RedbStore {
@@ -220,13 +183,7 @@ impl StateStore for RedbStore {
         uses: u32,
         node: Option<&str>,
     ) -> Result<TokenRecord, StateError> {
-        let rec = TokenRecord {
-            secret_hash: token.secret_hash(),
-            created_at: now,
-            expires_at: now.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX)),
-            uses_left: uses,
-            node_id: node.map(str::to_string),
-        };
+        let rec = rules::token_record(token, now, ttl_secs, uses, node);
         let txn = self.begin_write()?;
         {
             if let Some(node) = node {
@@ -241,7 +198,7 @@ impl StateStore for RedbStore {
                 .filter_map(Result::ok)
                 .filter_map(|(k, v)| {
                     let r: TokenRecord = serde_json::from_slice(v.value()).ok()?;
-                    (r.expires_at < now - 86_400).then(|| k.value().to_string())
+                    rules::prunable(&r, now).then(|| k.value().to_string())
                 })
                 .collect();
             for k in stale {
@@ -297,41 +254,11 @@ impl StateStore for RedbStore {
             db_err!(tokens.insert(token.id.as_str(), to_json(&rec).as_slice()))?;
 
             let mut nodes = db_err!(txn.open_table(NODES))?;
-            let existing = |id: &str| -> Result<Option<NodeRecord>, StateError> {
-                match db_err!(nodes.get(id))? {
+            let (node_id, mut node) =
+                rules::enrollee(&rec, requested, &mut |id| match db_err!(nodes.get(id))? {
                     Some(v) => Ok(Some(from_json("nodes", id, v.value())?)),
                     None => Ok(None),
-                }
-            };
-            let (node_id, mut node) = match &rec.node_id {
-                Some(bound) => match existing(bound)? {
-                    Some(node) => (bound.clone(), node),
-                    None => return Err(StateError::BoundNodeGone(bound.clone())),
-                },
-                None => {
-                    if existing(requested)?.is_some() {
-                        return Err(StateError::NodeExists(requested.to_string()));
-                    }
-                    let label = requested.get(..pki::NODE_LABEL_MAX).unwrap_or(requested);
-                    let label = label.trim_end_matches('-');
-                    let mut id = None;
-                    for _ in 0..32 {
-                        let candidate = format!("{label}-{:08x}", rand::random::<u32>());
-                        if existing(&candidate)?.is_none() {
-                            id = Some(candidate);
-                            break;
-                        }
-                    }
-                    let Some(id) = id else {
-                        return Err(StateError::Issue(format!("no free node id for {label}")));
-                    };
-                    let node = NodeRecord {
-                        node_id: id.clone(),
-                        ..Default::default()
-                    };
-                    (id, node)
-                }
-            };
+                })?;
 
             let mut meta = db_err!(txn.open_table(META))?;
             let serial = db_err!(meta.get(NEXT_SERIAL))?
@@ -340,16 +267,7 @@ impl StateStore for RedbStore {
             db_err!(meta.insert(NEXT_SERIAL, serial + 1))?;
 
             let issued = sign(&node_id, serial)?;
-            node.enrolled_at = now;
-            node.cert_serial = serial;
-            node.cert_expires = issued.expires;
-            node.min_serial = serial;
-            node.revoked = false;
-            node.revoked_at = None;
-            // A new key on a host that may have moved: the address is seen
-            // again when it connects.
-            node.observed_ip = None;
-            node.observed_at = None;
+            rules::enrolled(&mut node, serial, &issued, now);
             db_err!(nodes.insert(node_id.as_str(), to_json(&node).as_slice()))?;
             (node_id, issued)
         };
@@ -386,24 +304,6 @@ impl StateStore for RedbStore {
         };
         db_err!(txn.commit())?;
         Ok(issued)
-    }
-
-    /// Whether a node certificate may be used: the node exists, is not
-    /// revoked, and the certificate is not older than its latest enrollment.
-    fn check_node_cert(&self, node_id: &str, serial: u64) -> Result<NodeRecord, StateError> {
-        let node = self
-            .node(node_id)?
-            .ok_or_else(|| StateError::NoSuchNode(node_id.to_string()))?;
-        if node.revoked {
-            return Err(StateError::NodeRevoked(node_id.to_string()));
-        }
-        if serial < node.min_serial {
-            return Err(StateError::StaleCertificate {
-                node: node_id.to_string(),
-                serial,
-            });
-        }
-        Ok(node)
     }
 
     fn node(&self, node_id: &str) -> Result<Option<NodeRecord>, StateError> {
@@ -455,26 +355,6 @@ impl StateStore for RedbStore {
         Ok(())
     }
 
-    /// Finds a node by id or (unique) hostname.
-    fn resolve_node(&self, name: &str) -> Result<String, StateError> {
-        let nodes = self.nodes()?;
-        if nodes.iter().any(|n| n.node_id == name) {
-            return Ok(name.to_string());
-        }
-        let by_host: Vec<&NodeRecord> = nodes.iter().filter(|n| n.hostname == name).collect();
-        match by_host.as_slice() {
-            [] => Err(StateError::NoSuchNode(name.to_string())),
-            [one] => Ok(one.node_id.clone()),
-            many => Err(StateError::AmbiguousNode(
-                name.to_string(),
-                many.iter()
-                    .map(|n| n.node_id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )),
-        }
-    }
-
     /// Marks a node revoked; its certificates are refused from now on.
     fn revoke(&self, name: &str, now: i64) -> Result<String, StateError> {
         let node_id = self.resolve_node(name)?;
@@ -516,17 +396,7 @@ impl StateStore for RedbStore {
             .map(|ip| canonical_ip(ip))
             .collect::<Result<_, _>>()?;
         let node_id = self.resolve_node(name)?;
-        let approved = self.modify_node(&node_id, |n| {
-            for ip in ips {
-                let has = n.approved_ips.iter().any(|a| same_ip(a, &ip));
-                if approve && !has {
-                    n.approved_ips.push(ip);
-                } else if !approve {
-                    n.approved_ips.retain(|a| !same_ip(a, &ip));
-                }
-            }
-            n.approved_ips.clone()
-        })?;
+        let approved = self.modify_node(&node_id, |n| rules::approve(n, &ips, approve))?;
         Ok((node_id, approved))
     }
 
@@ -556,47 +426,6 @@ impl StateStore for RedbStore {
         match db_err!(table.get(serial))? {
             Some(v) => Ok(Some(from_json("admins", serial, v.value())?)),
             None => Ok(None),
-        }
-    }
-
-    /// Whether an admin certificate may be used: issued by this coordinator
-    /// (recorded) and not revoked.
-    fn check_admin(&self, serial: u64) -> Result<AdminRecord, StateError> {
-        let rec = self
-            .admin(serial)?
-            .ok_or(StateError::UnknownAdmin(serial))?;
-        if rec.revoked_at.is_some() {
-            return Err(StateError::AdminRevoked {
-                serial,
-                name: rec.name,
-            });
-        }
-        Ok(rec)
-    }
-
-    /// Finds an admin certificate by serial, or by a name only one
-    /// unrevoked certificate carries.
-    fn resolve_admin(&self, cert: &str) -> Result<AdminRecord, StateError> {
-        let all = self.admins()?;
-        if let Ok(serial) = cert.parse::<u64>() {
-            if let Some(r) = all.iter().find(|r| r.serial == serial) {
-                return Ok(r.clone());
-            }
-        }
-        let named: Vec<&AdminRecord> = all
-            .iter()
-            .filter(|r| r.name == cert && r.revoked_at.is_none())
-            .collect();
-        match named.as_slice() {
-            [] => Err(StateError::NoSuchAdmin(cert.to_string())),
-            [one] => Ok((*one).clone()),
-            many => Err(StateError::AmbiguousAdmin(
-                cert.to_string(),
-                many.iter()
-                    .map(|r| r.serial.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )),
         }
     }
 

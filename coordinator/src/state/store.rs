@@ -7,6 +7,13 @@ use super::error::StateError;
 use crate::operations::ClusterStore;
 use crate::records::{AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
 
+/// A site's CA as a shared store keeps it (the key sealed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SiteCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 /// Everything the coordinator keeps. Methods may block (disk, network):
 /// call them off the async runtime.
 pub trait StateStore: ClusterStore {
@@ -50,7 +57,21 @@ pub trait StateStore: ClusterStore {
 
     /// Whether a node certificate may be used: the node exists, is not
     /// revoked, and the certificate is not older than its latest enrollment.
-    fn check_node_cert(&self, node_id: &str, serial: u64) -> Result<NodeRecord, StateError>;
+    fn check_node_cert(&self, node_id: &str, serial: u64) -> Result<NodeRecord, StateError> {
+        let node = self
+            .node(node_id)?
+            .ok_or_else(|| StateError::NoSuchNode(node_id.to_string()))?;
+        if node.revoked {
+            return Err(StateError::NodeRevoked(node_id.to_string()));
+        }
+        if serial < node.min_serial {
+            return Err(StateError::StaleCertificate {
+                node: node_id.to_string(),
+                serial,
+            });
+        }
+        Ok(node)
+    }
 
     fn node(&self, node_id: &str) -> Result<Option<NodeRecord>, StateError>;
 
@@ -63,7 +84,24 @@ pub trait StateStore: ClusterStore {
     ) -> Result<(), StateError>;
 
     /// Finds a node by id or (unique) hostname.
-    fn resolve_node(&self, name: &str) -> Result<String, StateError>;
+    fn resolve_node(&self, name: &str) -> Result<String, StateError> {
+        let nodes = self.nodes()?;
+        if nodes.iter().any(|n| n.node_id == name) {
+            return Ok(name.to_string());
+        }
+        let by_host: Vec<&NodeRecord> = nodes.iter().filter(|n| n.hostname == name).collect();
+        match by_host.as_slice() {
+            [] => Err(StateError::NoSuchNode(name.to_string())),
+            [one] => Ok(one.node_id.clone()),
+            many => Err(StateError::AmbiguousNode(
+                name.to_string(),
+                many.iter()
+                    .map(|n| n.node_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
 
     /// Marks a node revoked; its certificates are refused from now on.
     fn revoke(&self, name: &str, now: i64) -> Result<String, StateError>;
@@ -91,11 +129,44 @@ pub trait StateStore: ClusterStore {
 
     /// Whether an admin certificate may be used: issued by this coordinator
     /// (recorded) and not revoked.
-    fn check_admin(&self, serial: u64) -> Result<AdminRecord, StateError>;
+    fn check_admin(&self, serial: u64) -> Result<AdminRecord, StateError> {
+        let rec = self
+            .admin(serial)?
+            .ok_or(StateError::UnknownAdmin(serial))?;
+        if rec.revoked_at.is_some() {
+            return Err(StateError::AdminRevoked {
+                serial,
+                name: rec.name,
+            });
+        }
+        Ok(rec)
+    }
 
     /// Finds an admin certificate by serial, or by a name only one
     /// unrevoked certificate carries.
-    fn resolve_admin(&self, cert: &str) -> Result<AdminRecord, StateError>;
+    fn resolve_admin(&self, cert: &str) -> Result<AdminRecord, StateError> {
+        let all = self.admins()?;
+        if let Ok(serial) = cert.parse::<u64>() {
+            if let Some(r) = all.iter().find(|r| r.serial == serial) {
+                return Ok(r.clone());
+            }
+        }
+        let named: Vec<&AdminRecord> = all
+            .iter()
+            .filter(|r| r.name == cert && r.revoked_at.is_none())
+            .collect();
+        match named.as_slice() {
+            [] => Err(StateError::NoSuchAdmin(cert.to_string())),
+            [one] => Ok((*one).clone()),
+            many => Err(StateError::AmbiguousAdmin(
+                cert.to_string(),
+                many.iter()
+                    .map(|r| r.serial.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
 
     /// Marks an admin certificate revoked (kept revoked if it was).
     fn revoke_admin(&self, serial: u64, now: i64) -> Result<AdminRecord, StateError>;
@@ -108,4 +179,25 @@ pub trait StateStore: ClusterStore {
 
     /// Removes an assignment; returns whether there was one.
     fn remove_assignment(&self, image: &str) -> Result<bool, StateError>;
+
+    /// Starts this coordinator's campaign to lead the site, in a store
+    /// several coordinators share (`super::leader`); from then on its
+    /// writes that drive operations are fenced by its term. `None` from a
+    /// store of one coordinator, which always leads.
+    fn elect(
+        &self,
+        _me: super::leader::LeaderInfo,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<super::leader::Election>, StateError> {
+        Ok(None)
+    }
+
+    /// Offers this coordinator's CA (certificate and key, PEM) as the
+    /// site's, in a store several coordinators share: kept when the site
+    /// has none yet. Returns the site's CA, the one offered or the one
+    /// there before; `None` from a store of one coordinator, whose CA stays
+    /// its own files.
+    fn offer_ca(&self, _cert_pem: &str, _key_pem: &str) -> Result<Option<SiteCa>, StateError> {
+        Ok(None)
+    }
 }

@@ -41,6 +41,9 @@ impl Coordinator {
                     listen,
                     node_cert_ttl,
                     trust: Default::default(),
+                    store: None,
+                    advertise: None,
+                    lease_ttl: seaport::state::leader::DEFAULT_TTL,
                 },
             ) {
                 Ok(d) => break d,

@@ -61,6 +61,9 @@ impl Running {
                     listen,
                     node_cert_ttl: Duration::from_secs(3600),
                     trust: Default::default(),
+                    store: None,
+                    advertise: None,
+                    lease_ttl: seaport::state::leader::DEFAULT_TTL,
                 },
             ) {
                 Ok(d) => break d,
