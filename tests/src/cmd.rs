@@ -124,6 +124,19 @@ pub fn on_path(program: &str) -> bool {
             .any(|dir| Path::new(dir).join(program).is_file())
 }
 
+/// A new passwordless ed25519 key for `ssh`/`scp` at `path` (the public
+/// key beside it, `.pub`); returns the public key line.
+pub fn ssh_client_key(path: &Path) -> Result<String, CmdError> {
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path))?;
+    let public = path.with_extension("pub");
+    std::fs::read_to_string(&public).map_err(|source| CmdError::Spawn {
+        command: format!("reading {}", public.display()),
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,17 +155,4 @@ mod tests {
         assert_eq!(out.stdout, "hello");
         assert!(out.success());
     }
-}
-
-/// A new passwordless ed25519 key for `ssh`/`scp` at `path` (the public
-/// key beside it, `.pub`); returns the public key line.
-pub fn ssh_client_key(path: &Path) -> Result<String, CmdError> {
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path))?;
-    let public = path.with_extension("pub");
-    std::fs::read_to_string(&public).map_err(|source| CmdError::Spawn {
-        command: format!("reading {}", public.display()),
-        source,
-    })
 }
