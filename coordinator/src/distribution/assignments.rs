@@ -66,6 +66,20 @@ pub struct Distribution {
     served: AtomicU64,
     /// Bumped whenever assignments change: held syncs of idle agents wake.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The nodes' standing as of a store's standing version, so a content
+    /// sync does not read every node record.
+    standing: Mutex<Option<Arc<Standing>>>,
+}
+
+/// What content syncs tell peers about nodes: who is revoked, and the
+/// lowest certificate serial each other node may present.
+struct Standing {
+    /// The store's [`StateStore::standing_version`] read before the nodes.
+    version: Option<u64>,
+    /// Current (not revoked) nodes and their lowest serial.
+    current: HashMap<String, u64>,
+    /// Revoked nodes, in the store's order.
+    revoked: Vec<String>,
 }
 
 impl Distribution {
@@ -80,7 +94,38 @@ impl Distribution {
             tracker: Mutex::new(Tracker::default()),
             served: AtomicU64::new(0),
             changes: tokio::sync::watch::channel(0).0,
+            standing: Mutex::new(None),
         }
+    }
+
+    /// The nodes' standing: kept while the store's standing version stays
+    /// the one read before it was built; read again from every node record
+    /// when the version moved, or when the store has none.
+    fn standing(&self) -> Result<Arc<Standing>, DistError> {
+        let version = self.state.standing_version();
+        let mut kept = self.standing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = kept
+            .as_ref()
+            .filter(|s| version.is_some() && s.version == version)
+        {
+            return Ok(s.clone());
+        }
+        let mut current = HashMap::new();
+        let mut revoked = Vec::new();
+        for r in self.state.nodes()? {
+            if r.revoked {
+                revoked.push(r.node_id);
+            } else {
+                current.insert(r.node_id, r.min_serial);
+            }
+        }
+        let s = Arc::new(Standing {
+            version,
+            current,
+            revoked,
+        });
+        *kept = Some(s.clone());
+        Ok(s)
     }
 
     /// Notices assignment changes made after this call.
@@ -346,21 +391,18 @@ impl Distribution {
             });
         }
         drop(tracker);
-        let records = state.nodes()?;
-        let revoked = records
-            .iter()
-            .filter(|n| n.revoked)
-            .map(|n| n.node_id.clone())
-            .collect();
+        let standing = self.standing()?;
+        let revoked = standing.revoked.clone();
         // The peers this node may serve: the nodes named with each image,
         // with the lowest certificate serial each may present.
         let named = |a: &Assignment| -> Vec<NamedNode> {
             a.nodes
                 .iter()
-                .filter_map(|id| records.iter().find(|r| &r.node_id == id && !r.revoked))
-                .map(|r| NamedNode {
-                    node_id: r.node_id.clone(),
-                    min_serial: r.min_serial,
+                .filter_map(|id| {
+                    standing.current.get(id).map(|&min_serial| NamedNode {
+                        node_id: id.clone(),
+                        min_serial,
+                    })
                 })
                 .collect()
         };
@@ -679,5 +721,92 @@ mod tests {
             err.contains("host-amd") && err.contains("linux/amd64") && err.contains("linux/arm64"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_revocation_and_a_rejoin_are_told_by_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let images = seaport_rootfs::store::Store::open(&root).unwrap();
+        let (amd, _) = put_image(&images, "amd64");
+        name_index(&images, "app:v1", &[&amd]);
+        let state =
+            Arc::new(crate::state::RedbStore::create(&dir.path().join("state.redb")).unwrap());
+        fn issued(_: &str, _: u64) -> Result<crate::state::Issued, StateError> {
+            Ok(crate::state::Issued {
+                cert_pem: String::new(),
+                expires: 1_000_000,
+            })
+        }
+        let token = seaport_shared::pki::JoinToken::generate();
+        state.add_token(&token, 100, 600, 2, None).unwrap();
+        let mut ids = Vec::new();
+        for label in ["a", "b"] {
+            let (id, _) = state.enroll(&token, label, 110, &mut issued).unwrap();
+            let facts = HostFacts {
+                hostname: format!("host-{label}"),
+                arch: "x86_64".into(),
+                ..HostFacts::default()
+            };
+            state
+                .update_nodes(&[(id.clone(), Some(facts), Some(120))])
+                .unwrap();
+            ids.push(id);
+        }
+        let (a, b) = (ids[0].clone(), ids[1].clone());
+        let dist = Distribution::new(&root, &dir.path().join("coordinator"), state.clone());
+        let app = dist.resolve("app:v1").unwrap();
+        dist.assign("app:v1", app, &[a.clone(), b.clone()], 130)
+            .unwrap();
+        let sync = || {
+            dist.sync(
+                &|_| true,
+                &a,
+                None,
+                SyncRequest {
+                    peer_port: 0,
+                    blobs: vec![],
+                    bad_peers: vec![],
+                    received: vec![],
+                    served: 0,
+                },
+            )
+            .unwrap()
+        };
+        let named = |r: &SyncResponse| -> Vec<(String, u64)> {
+            r.images[0]
+                .nodes
+                .iter()
+                .map(|n| (n.node_id.clone(), n.min_serial))
+                .collect()
+        };
+        let first = sync();
+        let b_serial = state.node(&b).unwrap().unwrap().min_serial;
+        assert!(named(&first).contains(&(b.clone(), b_serial)));
+        assert!(first.revoked.is_empty());
+        // Heartbeats (facts, last seen) leave what syncs tell unchanged.
+        state.update_nodes(&[(b.clone(), None, Some(140))]).unwrap();
+        assert_eq!(named(&sync()), named(&first));
+
+        state.revoke(&b, 150).unwrap();
+        let after = sync();
+        assert_eq!(after.revoked, vec![b.clone()]);
+        assert!(
+            named(&after).iter().all(|(id, _)| id != &b),
+            "{:?}",
+            named(&after)
+        );
+
+        // Back with a token made for it: named again, with its new serial.
+        let rejoin = seaport_shared::pki::JoinToken::generate();
+        state
+            .add_token(&rejoin, 160, 600, 1, Some(b.as_str()))
+            .unwrap();
+        state.enroll(&rejoin, "b", 170, &mut issued).unwrap();
+        let new_serial = state.node(&b).unwrap().unwrap().min_serial;
+        assert!(new_serial > b_serial);
+        let back = sync();
+        assert!(back.revoked.is_empty(), "{:?}", back.revoked);
+        assert!(named(&back).contains(&(b.clone(), new_serial)));
     }
 }

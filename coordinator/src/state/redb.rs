@@ -5,6 +5,7 @@
 //! JSON so the file stays inspectable and fields can be added.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -56,6 +57,10 @@ pub struct RedbStore {
     /// A coordinator's lock, held while the store is open (released after
     /// the database, fields drop in order).
     _lock: Option<CoordinatorLock>,
+    /// Bumped after each committed write that adds a node or changes its
+    /// standing ([`StateStore::standing_version`]). The database is open in
+    /// one process only (its file lock), so every such write is seen here.
+    standing: AtomicU64,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -109,6 +114,7 @@ impl RedbStore {
             db: Db::ReadWrite(db),
             path: path.to_path_buf(),
             _lock: None,
+            standing: AtomicU64::new(0),
         })
     }
 
@@ -149,6 +155,7 @@ impl RedbStore {
                 db: Db::ReadOnly(db),
                 path: path.to_path_buf(),
                 _lock: None,
+                standing: AtomicU64::new(0),
             }),
             Err(redb::DatabaseError::RepairAborted) => RedbStore::open(path),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Self::busy(path)),
@@ -272,6 +279,7 @@ impl StateStore for RedbStore {
             (node_id, issued)
         };
         db_err!(txn.commit())?;
+        self.standing.fetch_add(1, Ordering::SeqCst);
         Ok(out)
     }
 
@@ -312,6 +320,14 @@ impl StateStore for RedbStore {
         match db_err!(nodes.get(node_id))? {
             Some(v) => Ok(Some(from_json("nodes", node_id, v.value())?)),
             None => Ok(None),
+        }
+    }
+
+    /// `None` when open read-only: whoever writes is then another process.
+    fn standing_version(&self) -> Option<u64> {
+        match self.db {
+            Db::ReadWrite(_) => Some(self.standing.load(Ordering::SeqCst)),
+            Db::ReadOnly(_) => None,
         }
     }
 
@@ -370,6 +386,7 @@ impl StateStore for RedbStore {
             db_err!(nodes.insert(node_id.as_str(), to_json(&node).as_slice()))?;
         }
         db_err!(txn.commit())?;
+        self.standing.fetch_add(1, Ordering::SeqCst);
         Ok(node_id)
     }
 

@@ -77,6 +77,16 @@ pub trait StateStore: ClusterStore {
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, StateError>;
 
+    /// A number that changes after every write that adds a node or changes
+    /// its standing (`revoked`, `min_serial`), when the backend can tell
+    /// without reading the nodes; `None` when it cannot, and callers that
+    /// keep a view of the nodes' standing must then read them again. Read
+    /// it before the nodes: a view is current while the number is the one
+    /// read before it was built.
+    fn standing_version(&self) -> Option<u64> {
+        None
+    }
+
     /// Updates facts and last-seen times of several nodes in one transaction.
     fn update_nodes(
         &self,
