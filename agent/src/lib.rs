@@ -11,6 +11,8 @@
 //! - [`facts`]: machine-id, hostname and the host facts of heartbeats (sysinfo).
 //! - [`join`]: enrollment against a pinned CA, with a join token and a CSR.
 //! - [`session`]: the service loop: session, heartbeats, renewal, backoff.
+//! - [`service`]: `seaport-agent run` as one call: the session, the
+//!   distribution service and the task server together.
 //! - [`distribution`]: layer distribution: the blob store, the piece fetcher
 //!   (peers first, the coordinator where it grants), the peer server.
 //! - [`apply`]: the apply engine: journaled, idempotent steps that install a
@@ -28,6 +30,7 @@ pub mod facts;
 pub mod identity;
 pub mod join;
 pub mod preflight;
+pub mod service;
 pub mod session;
 pub mod tasks;
 pub mod trust;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing::Instrument;
 
-use seaport_agent::{facts, session, HostIdentity, JoinOptions, SystemFacts, DEFAULT_STATE_DIR};
+use seaport_agent::{facts, HostIdentity, JoinOptions, SystemFacts, DEFAULT_STATE_DIR};
 
 /// The Seaport host agent.
 #[derive(Debug, Parser)]
@@ -143,38 +143,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 .instrument(tracing::info_span!("signals")),
             );
-            let (link, link_rx) = tokio::sync::watch::channel(None);
-            let distribution_task = match seaport_agent::distribution::DistributionService::open(
-                &state_dir,
-                distribution.options(),
-            ) {
-                Ok(service) => Some(tokio::spawn(
-                    service
-                        .run(link_rx, rx.clone())
-                        .instrument(tracing::info_span!("distribution")),
-                )),
-                Err(e) => {
-                    tracing::warn!(error = %e, "layer distribution disabled");
-                    None
-                }
-            };
-            let tasks = tokio::spawn(
-                seaport_agent::tasks::serve(
-                    seaport_agent::tasks::TaskSettings {
-                        state_dir: state_dir.clone(),
-                        data_root,
-                        trust: trust.local(),
-                    },
-                    link.subscribe(),
-                    rx.clone(),
-                )
-                .instrument(tracing::info_span!("tasks")),
-            );
-            session::run_linked(&state_dir, SystemFacts::new(host), rx, Some(link)).await;
-            if let Some(task) = distribution_task {
-                let _ = task.await;
-            }
-            tasks.abort();
+            seaport_agent::service::run(
+                seaport_agent::service::RunSettings {
+                    state_dir,
+                    distribution: distribution.options(),
+                    data_root,
+                    trust: trust.local(),
+                },
+                SystemFacts::new(host),
+                rx,
+            )
+            .await;
             Ok(())
         }),
         Command::Apply { .. } | Command::Reset { .. } | Command::About(_) => {

@@ -257,28 +257,6 @@ fn check_machine_link(bridge: &str, key: &Path, dir: &Path, hosts: &[&Host], mbi
     );
 }
 
-fn enable_sshd(host: &Host, pubkey: &str) {
-    host.write_file("/root/.ssh/authorized_keys", pubkey.as_bytes(), 0o600)
-        .expect("authorized_keys");
-    // The base ships openssh-server disabled and without host keys.
-    let out = host
-        .sh(
-            "chmod 700 /root/.ssh && ssh-keygen -A >/dev/null && mkdir -p /run/sshd \
-             && systemctl enable ssh.service >/dev/null 2>&1; systemctl restart ssh.service",
-        )
-        .expect("start sshd");
-    if !out.success() {
-        let journal = host
-            .sh("journalctl -u ssh.service -n 30 --no-pager")
-            .map(|o| o.stdout);
-        panic!(
-            "{}: sshd did not start: {}\n{journal:?}",
-            host.name(),
-            out.stderr
-        );
-    }
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
@@ -310,15 +288,9 @@ fn main() {
     let size = layer * 4;
 
     let key = tmp.path().join("id_ed25519");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .expect("ssh-keygen");
-    assert!(st.success());
-    let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let pubkey = seaport_lab::cmd::ssh_client_key(&key).expect("ssh-keygen");
     for h in lab.hosts() {
-        enable_sshd(h, &pubkey);
+        h.enable_sshd(&pubkey).expect("start sshd");
         h.shape_link(&Shape::mbit(mbit)).expect("shape link");
     }
     let bridge = lab.bridge();

@@ -2,6 +2,7 @@
 //! turning their failures into errors that name the command and its stderr.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// What a finished command produced.
@@ -120,7 +121,7 @@ pub fn on_path(program: &str) -> bool {
     std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
         || ["/usr/sbin", "/sbin"]
             .iter()
-            .any(|dir| std::path::Path::new(dir).join(program).is_file())
+            .any(|dir| Path::new(dir).join(program).is_file())
 }
 
 #[cfg(test)]
@@ -141,4 +142,17 @@ mod tests {
         assert_eq!(out.stdout, "hello");
         assert!(out.success());
     }
+}
+
+/// A new passwordless ed25519 key for `ssh`/`scp` at `path` (the public
+/// key beside it, `.pub`); returns the public key line.
+pub fn ssh_client_key(path: &Path) -> Result<String, CmdError> {
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path))?;
+    let public = path.with_extension("pub");
+    std::fs::read_to_string(&public).map_err(|source| CmdError::Spawn {
+        command: format!("reading {}", public.display()),
+        source,
+    })
 }

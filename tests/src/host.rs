@@ -355,6 +355,30 @@ impl Host {
         }
     }
 
+    /// Starts sshd in the host with `pubkey` (an OpenSSH public key line)
+    /// as root's only authorized key: the way in of peers that install over
+    /// SSH (sealer's method), measured beside Seaport in the benchmarks.
+    /// The lab base ships openssh-server disabled and without host keys.
+    pub fn enable_sshd(&self, pubkey: &str) -> Result<(), HostError> {
+        self.write_file("/root/.ssh/authorized_keys", pubkey.as_bytes(), 0o600)?;
+        let out = self.sh(
+            "chmod 700 /root/.ssh && ssh-keygen -A >/dev/null && mkdir -p /run/sshd \
+             && systemctl enable ssh.service >/dev/null 2>&1; systemctl restart ssh.service",
+        )?;
+        if out.success() {
+            return Ok(());
+        }
+        let journal = self
+            .sh("journalctl -u ssh.service -n 30 --no-pager")
+            .map_or_else(|e| e.to_string(), |o| o.stdout);
+        Err(HostError::ExecFailed {
+            host: self.name.clone(),
+            command: "start sshd".into(),
+            code: out.code,
+            stderr: format!("{}\n{journal}", out.stderr.trim()),
+        })
+    }
+
     /// Copies the machine file `local` to `dest` inside the host.
     pub fn copy_in(&self, local: &Path, dest: &str, mode: u32) -> Result<(), HostError> {
         let bytes = std::fs::read(local).map_err(|source| HostError::ReadLocal {

@@ -93,6 +93,61 @@ async fn certificates_renew_over_the_session_before_expiry() {
     coord.stop().await;
 }
 
+/// `seaport-agent run` as the library runs it (`service::run`, what the
+/// binary and the many-agents benchmark call): the session heartbeats and
+/// renews, the distribution service syncs with the coordinator over the
+/// same connection, and a stop ends all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_service_heartbeats_syncs_content_and_renews() {
+    use seaport_agent::distribution::{counters, DistributionOptions};
+    use seaport_agent::service::{self, RunSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start_loopback(&dir.path().join("root"), Duration::from_secs(6)).await;
+    let state = dir.path().join("agent");
+    let joined = coord.join(&state, "service").await;
+    let first = Identity::load(&state).unwrap().cert;
+    let syncs_before = counters::syncs();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let settings = RunSettings {
+        state_dir: state.clone(),
+        distribution: DistributionOptions {
+            peer_port: 0,
+            ..DistributionOptions::default()
+        },
+        data_root: dir.path().join("data"),
+        trust: Default::default(),
+    };
+    let task = tokio::spawn(service::run(
+        settings,
+        identity_support::facts("service"),
+        rx,
+    ));
+    wait_until(WAIT, "online, renewed and synced", || async {
+        let online = coord
+            .node(&joined.node_id)
+            .await
+            .is_some_and(|n| n.status == NodeStatus::Online && n.hostname == "service");
+        let renewed = Identity::load(&state).unwrap().cert.serial > first.serial;
+        online && renewed && counters::syncs() >= syncs_before + 2
+    })
+    .await;
+    // The content store the distribution service keeps.
+    assert!(state.join("content").is_dir());
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the service stops when asked")
+        .unwrap();
+    wait_until(WAIT, "node offline after the service stops", || async {
+        coord
+            .node(&joined.node_id)
+            .await
+            .is_some_and(|n| n.status == NodeStatus::Offline)
+    })
+    .await;
+    coord.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_node_shows_expired_and_must_join_again() {
     let dir = tempfile::tempdir().unwrap();

@@ -115,7 +115,10 @@ async fn sync(conn: quinn::Connection, req: SyncRequest) -> SyncResult {
         }
     };
     match timeout(SYNC_TIMEOUT, fut).await {
-        Ok(Ok(r)) => Ok(r),
+        Ok(Ok(r)) => {
+            super::counters::SYNCS.fetch_add(1, Ordering::Relaxed);
+            Ok(r)
+        }
         Ok(Err(e)) => Err((e, unsent)),
         Err(_) => Err(("sync timed out".to_string(), unsent)),
     }

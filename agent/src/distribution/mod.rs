@@ -31,6 +31,7 @@ pub mod counters {
     pub(crate) static FROM_PEERS: AtomicU64 = AtomicU64::new(0);
     pub(crate) static FROM_COORDINATOR: AtomicU64 = AtomicU64::new(0);
     pub(crate) static REFETCHED: AtomicU64 = AtomicU64::new(0);
+    pub(crate) static SYNCS: AtomicU64 = AtomicU64::new(0);
 
     /// The counters now.
     pub fn snapshot() -> NodeCounters {
@@ -40,6 +41,13 @@ pub mod counters {
             fetched_coordinator_bytes: FROM_COORDINATOR.load(Ordering::Relaxed),
             refetched_pieces: REFETCHED.load(Ordering::Relaxed),
         }
+    }
+
+    /// Syncs with the coordinator answered since the start, by every
+    /// distribution service of this process (agents run in-process count
+    /// together).
+    pub fn syncs() -> u64 {
+        SYNCS.load(Ordering::Relaxed)
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use seaport::admin::AdminClient;
-use seaport_agent::{session, HostIdentity, JoinOptions};
+use seaport_agent::{HostIdentity, JoinOptions};
 use seaport_shared::wire::{
     AdminRequest, AdminResponse, HostFacts, NodeInfo, NodeStatus, TokenGrant, HEARTBEAT_INTERVAL,
 };
@@ -309,9 +309,19 @@ pub(crate) async fn start_agents(
             ..Default::default()
         };
         let rx = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            session::run(&opts.state_dir, facts, rx).await
-        }));
+        // What `seaport-agent run` runs: session, content syncs, tasks.
+        let settings = seaport_agent::service::RunSettings {
+            state_dir: opts.state_dir.clone(),
+            distribution: seaport_agent::distribution::DistributionOptions {
+                peer_port: 0,
+                ..Default::default()
+            },
+            data_root: opts.state_dir.join("data"),
+            trust: Default::default(),
+        };
+        tasks.push(tokio::spawn(seaport_agent::service::run(
+            settings, facts, rx,
+        )));
     }
     println!("enrolled {want} agents in {:.1?}", started.elapsed());
     tasks
