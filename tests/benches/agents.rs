@@ -91,13 +91,6 @@ fn raise_nofile() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0
 }
 
-async fn nodes(root: &Path, addr: &str) -> Vec<NodeInfo> {
-    match sim::admin(root, addr, AdminRequest::ListNodes).await {
-        AdminResponse::Nodes(n) => n,
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
 fn now_ms(base: Instant) -> u64 {
     base.elapsed().as_millis() as u64
 }
@@ -418,7 +411,7 @@ fn main() {
         rt.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(180);
             loop {
-                let up = nodes(&root, &coord.addr)
+                let up = sim::nodes(&root, &coord.addr)
                     .await
                     .iter()
                     .filter(|n| n.status == NodeStatus::Online)
@@ -463,7 +456,7 @@ fn main() {
             syncs.push((s1 - s0) as f64 / secs);
             beats.push((b1 - b0) as f64 / secs);
         }
-        let listed = rt.block_on(nodes(&root, &coord.addr));
+        let listed = rt.block_on(sim::nodes(&root, &coord.addr));
         let behind = check(&mut agents, &listed, base, slack);
         let renewals = agents.iter().map(|a| a.renewals).sum::<u64>() - renewals_before;
         let renewed_agents = agents.iter().filter(|a| a.renewals > 0).count();

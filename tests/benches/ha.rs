@@ -10,19 +10,31 @@
 //!   coordinators of one site on them; every agent is given all three
 //!   addresses, so their sessions end up with the leader.
 //!
-//! For each case it prints every coordinator's CPU % of one core (min /
-//! median / max over the windows) and peak RSS, and for `etcd` also etcd's
+//! For each case it prints every coordinator's CPU % of one core (every
+//! window, all coordinators over the same windows, and min / median /
+//! max) and peak RSS, and for `etcd` also etcd's
 //! write rate (raft proposals committed per second on its leader member,
 //! from `/metrics`) and the failover time: the leading coordinator is
 //! killed with SIGKILL, the time until another logs that it leads (and
 //! resumes the site's unfinished operations) and until all N agents are
 //! online through it, for each of `SEAPORT_BENCH_KILLS` kills (the killed
-//! coordinator is started again in between). One JSON line per case.
+//! coordinator is started again in between). The simulated site runs no
+//! operation, so what a new leader resumes is none: the failover time is
+//! the election and the agents' return. It prints the machine, every
+//! sample and the load average during the run, and one JSON line per case.
+//!
+//! The run FAILS, naming the agents, if its own agents fell behind: after
+//! every CPU window, and after the agents are back following each kill,
+//! every agent must be listed online with a heartbeat no older than the
+//! 3 s interval plus `SEAPORT_BENCH_HEARTBEAT_SLACK_MS` (default 2000;
+//! the coordinator keeps heartbeat times in whole seconds); and all N must
+//! be online within 180 s of each start and each kill.
 //!
 //! Environment: `SEAPORT_BENCH_AGENTS` (default 1000),
-//! `SEAPORT_BENCH_WINDOW_SECS` (default 10), `SEAPORT_BENCH_RUNS` (default
-//! 3), `SEAPORT_BENCH_KILLS` (default 3), `SEAPORT_BENCH_LEASE_TTL`
-//! (default `10s`).
+//! `SEAPORT_BENCH_WINDOW_SECS` (default 10), `SEAPORT_BENCH_RUNS` (CPU
+//! windows, default 3), `SEAPORT_BENCH_KILLS` (default 3),
+//! `SEAPORT_BENCH_LEASE_TTL` (default `10s`),
+//! `SEAPORT_BENCH_HEARTBEAT_SLACK_MS`.
 
 #[path = "../../coordinator/src/state/local_etcd.rs"]
 #[allow(dead_code)]
@@ -34,25 +46,50 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use sim::{cpu_pct, env_or, proc_status_kib, stats, wait_online, Coordinator};
+use seaport_shared::bench::{machine, LoadWatch};
+use seaport_shared::wire::HEARTBEAT_INTERVAL;
+use sim::{env_or, proc_status_kib, stats, wait_online, Coordinator};
 
 const LEADING: &str = "leading the site's coordinators";
 
-/// CPU and memory of each coordinator over the windows.
-fn footprint(coords: &[Coordinator], window: Duration, runs: usize) -> Vec<serde_json::Value> {
-    coords
+/// CPU of every running coordinator over the same `runs` windows, then
+/// their peak RSS. After each window the agents are checked through
+/// `root`/`addr`: the run fails if any fell behind.
+#[allow(clippy::too_many_arguments)]
+fn footprint(
+    rt: &tokio::runtime::Runtime,
+    coords: &[Coordinator],
+    root: &Path,
+    addr: &str,
+    n: usize,
+    window: Duration,
+    runs: usize,
+    slack: Duration,
+) -> Vec<serde_json::Value> {
+    let running: Vec<&Coordinator> = coords.iter().filter(|c| c.child.is_some()).collect();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); running.len()];
+    for _ in 0..runs {
+        let pids: Vec<u32> = running.iter().map(|c| c.pid()).collect();
+        for (i, pct) in sim::cpu_pct_all(&pids, window).into_iter().enumerate() {
+            samples[i].push(pct);
+        }
+        rt.block_on(sim::assert_none_behind(root, addr, n, slack));
+    }
+    running
         .iter()
-        .filter(|c| c.child.is_some())
-        .map(|c| {
-            let pid = c.pid();
-            let (min, med, max) = stats(cpu_pct(pid, window, runs));
-            let peak = proc_status_kib(pid, "VmHWM:") as f64 / 1024.0;
+        .zip(samples)
+        .map(|(c, cpu)| {
+            let (min, med, max) = stats(cpu.clone());
+            let peak = proc_status_kib(c.pid(), "VmHWM:") as f64 / 1024.0;
+            let shown: Vec<String> = cpu.iter().map(|v| format!("{v:.1}")).collect();
             println!(
-                "  coordinator {}: cpu% of one core min/median/max = {min:.1}/{med:.1}/{max:.1}, peak rss {peak:.1} MiB",
-                c.addr
+                "  coordinator {}: cpu% of one core {} (min/median/max {min:.1}/{med:.1}/{max:.1}), peak rss {peak:.1} MiB",
+                c.addr,
+                shown.join(", ")
             );
             serde_json::json!({
                 "coordinator": c.addr,
+                "cpu_pct_samples": cpu,
                 "cpu_pct": {"min": min, "median": med, "max": max},
                 "peak_rss_mib": peak,
             })
@@ -106,6 +143,10 @@ fn main() {
     let runs: usize = env_or("SEAPORT_BENCH_RUNS", 3).max(1);
     let kills: usize = env_or("SEAPORT_BENCH_KILLS", 3).max(1);
     let ttl: String = env_or("SEAPORT_BENCH_LEASE_TTL", "10s".to_string());
+    let slack = Duration::from_millis(env_or("SEAPORT_BENCH_HEARTBEAT_SLACK_MS", 2000));
+    println!("{}", machine());
+    println!("{n} agents; cpu windows {window:?} x {runs}; {kills} leader kills; lease ttl {ttl}");
+    let load = LoadWatch::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -128,7 +169,16 @@ fn main() {
             t
         });
         println!("redb, 1 coordinator, {n} agents:");
-        let fp = footprint(std::slice::from_ref(&coord), window, runs);
+        let fp = footprint(
+            &rt,
+            std::slice::from_ref(&coord),
+            &root,
+            &coord.addr,
+            n,
+            window,
+            runs,
+            slack,
+        );
         println!(
             "{}",
             serde_json::json!({"bench": "ha", "case": "redb", "agents": n, "coordinators": fp})
@@ -179,7 +229,7 @@ fn main() {
         t
     });
     println!("etcd, 3 coordinators, {n} agents:");
-    let fp = footprint(&coords, window, runs);
+    let fp = footprint(&rt, &coords, &roots[1], &all, n, window, runs, slack);
     let rate = write_rate(&etcd.metrics, window);
     println!("  etcd: {rate:.1} writes committed per second");
 
@@ -211,14 +261,24 @@ fn main() {
             (taken, killed.elapsed())
         });
         println!(
-            "  leader killed: another leads after {taken:.2?}, all {n} agents online after {online:.2?}"
+            "  leader {} killed: another leads after {:.2} s, all {n} agents online through it after {:.2} s",
+            coords[leader].addr,
+            taken.as_secs_f64(),
+            online.as_secs_f64()
         );
         failovers.push((taken.as_secs_f64(), online.as_secs_f64()));
         // Back to three coordinators for the next kill.
         let addr = coords[leader].addr.clone();
         coords[leader] = sim::serve(&roots[leader], &addr, &serve_args, Some(&logs[leader]));
-        rt.block_on(wait_online(&roots[1], &all, n, Duration::from_secs(180)));
+        rt.block_on(async {
+            wait_online(&roots[1], &all, n, Duration::from_secs(180)).await;
+            // Every agent heartbeating on schedule again before the next kill.
+            tokio::time::sleep(HEARTBEAT_INTERVAL + slack).await;
+            sim::assert_none_behind(&roots[1], &all, n, slack).await;
+        });
     }
+    let load = load.stop();
+    println!("{load}");
     let (tmin, tmed, tmax) = stats(failovers.iter().map(|f| f.0).collect());
     let (omin, omed, omax) = stats(failovers.iter().map(|f| f.1).collect());
     println!(
@@ -232,6 +292,11 @@ fn main() {
             "lease_ttl": ttl,
             "failover_leader_secs": {"min": tmin, "median": tmed, "max": tmax},
             "failover_all_online_secs": {"min": omin, "median": omed, "max": omax},
+            "failover_samples_secs": failovers
+                .iter()
+                .map(|f| serde_json::json!({"leader": f.0, "all_online": f.1}))
+                .collect::<Vec<_>>(),
+            "load": load.json(),
         })
     );
     let _ = stop_tx.send(true);

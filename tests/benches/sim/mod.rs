@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use seaport::admin::AdminClient;
 use seaport_agent::{HostIdentity, JoinOptions};
-use seaport_shared::wire::{AdminRequest, AdminResponse, HostFacts, NodeStatus, TokenGrant};
+use seaport_shared::wire::{
+    AdminRequest, AdminResponse, HostFacts, NodeInfo, NodeStatus, TokenGrant, HEARTBEAT_INTERVAL,
+};
 use tokio::sync::watch;
 
 pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -147,12 +149,56 @@ pub(crate) async fn admin(root: &Path, addr: &str, req: AdminRequest) -> AdminRe
     resp
 }
 
-/// How many nodes the coordinator (or the leader, through it) lists online.
-pub(crate) async fn online(root: &Path, addr: &str) -> usize {
+/// The nodes as the coordinator (or the leader, through it) lists them.
+pub(crate) async fn nodes(root: &Path, addr: &str) -> Vec<NodeInfo> {
     match admin(root, addr, AdminRequest::ListNodes).await {
-        AdminResponse::Nodes(n) => n.iter().filter(|n| n.status == NodeStatus::Online).count(),
+        AdminResponse::Nodes(n) => n,
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// How many nodes the coordinator (or the leader, through it) lists online.
+pub(crate) async fn online(root: &Path, addr: &str) -> usize {
+    nodes(root, addr)
+        .await
+        .iter()
+        .filter(|n| n.status == NodeStatus::Online)
+        .count()
+}
+
+/// The nodes that fell behind, as the coordinator sees them: not listed
+/// online, or no heartbeat for longer than the heartbeat interval plus
+/// `slack` (the coordinator keeps the time of the last one in seconds).
+/// Each as `hostname (why)`.
+pub(crate) async fn behind(root: &Path, addr: &str, slack: Duration) -> Vec<String> {
+    let list = nodes(root, addr).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let limit = (HEARTBEAT_INTERVAL + slack).as_secs() as i64;
+    list.iter()
+        .filter_map(|n| {
+            let age = n.last_seen.map(|t| now - t);
+            if n.status != NodeStatus::Online {
+                Some(format!("{} ({:?})", n.hostname, n.status))
+            } else if age.is_none_or(|a| a > limit) {
+                Some(format!("{} (last heartbeat {age:?} s ago)", n.hostname))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Panics, naming them, if any of the `n` agents fell behind (see
+/// [`behind`]) or fewer than `n` are listed.
+pub(crate) async fn assert_none_behind(root: &Path, addr: &str, n: usize, slack: Duration) {
+    let listed = nodes(root, addr).await.len();
+    let late = behind(root, addr, slack).await;
+    assert!(
+        late.is_empty() && listed >= n,
+        "the simulated agents fell behind: {} of {n} ({listed} listed): {}",
+        late.len(),
+        late.iter().take(20).cloned().collect::<Vec<_>>().join(", ")
+    );
 }
 
 /// Waits until `n` nodes are online (panics after `within`).
@@ -175,15 +221,19 @@ pub(crate) fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
 
 /// CPU % of one core of `pid` over each of `runs` windows.
 pub(crate) fn cpu_pct(pid: u32, window: Duration, runs: usize) -> Vec<f64> {
+    (0..runs).map(|_| cpu_pct_all(&[pid], window)[0]).collect()
+}
+
+/// CPU % of one core of each of `pids` over the same window.
+pub(crate) fn cpu_pct_all(pids: &[u32], window: Duration) -> Vec<f64> {
     let tck = clock_ticks();
-    (0..runs)
-        .map(|_| {
-            let t0 = Instant::now();
-            let c0 = proc_cpu_ticks(pid);
-            std::thread::sleep(window);
-            let c1 = proc_cpu_ticks(pid);
-            (c1 - c0) as f64 / tck / t0.elapsed().as_secs_f64() * 100.0
-        })
+    let t0 = Instant::now();
+    let c0: Vec<u64> = pids.iter().map(|p| proc_cpu_ticks(*p)).collect();
+    std::thread::sleep(window);
+    let secs = t0.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(c0)
+        .map(|(p, c)| (proc_cpu_ticks(*p) - c) as f64 / tck / secs * 100.0)
         .collect()
 }
 
