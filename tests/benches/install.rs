@@ -175,7 +175,12 @@ impl Ssh {
             "init-registry.sh",
             vec![self.ssh(
                 master0,
-                &format!("cd {SEALER_ROOTFS}/scripts && bash init-registry.sh"),
+                // The image ships the registry binary in cri/ (the lab
+                // hosts have none installed), as sealer's images carry
+                // their registry.
+                &format!(
+                    "cd {SEALER_ROOTFS}/scripts && PATH={SEALER_ROOTFS}/cri:$PATH bash init-registry.sh"
+                ),
             )],
         );
         Ssh::all(
