@@ -75,6 +75,11 @@ const SEALED: &[&str] = &["clusters", "secrets"];
 /// Counters, in `meta/`.
 const NEXT_SERIAL: &str = "next_serial";
 const AUDIT_NEXT: &str = "audit_next";
+/// Written (never read in a transaction, so it adds no contention) with
+/// every write that adds a node or changes its standing: its mod revision
+/// is [`StateStore::standing_version`], one key read instead of every
+/// node record, whichever coordinator wrote.
+const STANDING: &str = "standing";
 
 /// Where the state is: etcd's client URLs, the site's prefix and the
 /// client's TLS files.
@@ -640,6 +645,7 @@ impl StateStore for EtcdStore {
             let issued = sign(&node_id, serial)?;
             rules::enrolled(&mut node, serial, &issued, now);
             tx.put("nodes", &node_id, &node);
+            tx.put("meta", STANDING, &now);
             Ok((node_id, issued))
         })
     }
@@ -669,6 +675,17 @@ impl StateStore for EtcdStore {
         self.get_raw(&format!("nodes/{node_id}"))?
             .map(|(v, _)| from_json("nodes", node_id, &v))
             .transpose()
+    }
+
+    /// The mod revision of the standing key (0 before any node): etcd's
+    /// revisions only grow, so a view built after reading it is current
+    /// while it reads the same. `None` when etcd cannot be read: callers
+    /// then read the nodes, and report etcd's error from there.
+    fn standing_version(&self) -> Option<u64> {
+        match self.get_raw(&format!("meta/{STANDING}")) {
+            Ok(got) => Some(got.map_or(0, |(_, rev)| rev as u64)),
+            Err(_) => None,
+        }
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, StateError> {
@@ -701,9 +718,15 @@ impl StateStore for EtcdStore {
 
     fn revoke(&self, name: &str, now: i64) -> Result<String, StateError> {
         let node_id = self.resolve_node(name)?;
-        self.modify_node(&node_id, |node| {
+        self.transact("revoke", |tx| {
+            let mut node: NodeRecord = tx
+                .get("nodes", &node_id)?
+                .ok_or_else(|| StateError::NoSuchNode(node_id.clone()))?;
             node.revoked = true;
             node.revoked_at = Some(now);
+            tx.put("nodes", &node_id, &node);
+            tx.put("meta", STANDING, &now);
+            Ok(())
         })?;
         Ok(node_id)
     }

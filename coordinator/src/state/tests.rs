@@ -232,8 +232,28 @@ fn admins_assignments_clusters_and_audit(store: &dyn StateStore) {
     assert_eq!(log[2].1.what, "entry 5");
 }
 
+/// Content syncs keep a view of the nodes' standing while this number
+/// holds still: it must move on every enrollment and revocation, and should
+/// hold still on heartbeats, renewals and observed addresses.
+fn standing_moves_only_with_standing(store: &dyn StateStore) {
+    let version = || store.standing_version().expect("a standing version");
+    let token = JoinToken::generate();
+    store.add_token(&token, 100, 600, 2, None).unwrap();
+    let before = version();
+    let (a, _) = store.enroll(&token, "db", 110, &mut issued).unwrap();
+    let enrolled = version();
+    assert_ne!(enrolled, before, "an enrollment adds a node");
+    store.renew(&a, &mut |s| issued("", s)).unwrap();
+    store.observe(&a, "10.0.0.9", 111).unwrap();
+    store.update_nodes(&[(a.clone(), None, Some(112))]).unwrap();
+    assert_eq!(version(), enrolled, "nothing of the standing changed");
+    store.revoke(&a, 120).unwrap();
+    assert_ne!(version(), enrolled, "a revocation");
+}
+
 fn every_behaviour(store: &dyn StateStore) {
     tokens_are_counted_and_expire(store);
+    standing_moves_only_with_standing(store);
     enrollment_binds_renews_and_revokes(store);
     admins_assignments_clusters_and_audit(store);
 }
@@ -253,6 +273,27 @@ fn etcd_shows_every_behaviour() {
 }
 
 // ----- what only a shared store can get wrong -----
+
+#[test]
+fn etcd_standing_moves_when_another_coordinator_changes_it() {
+    let Some(etcd) = LocalEtcd::start() else {
+        return;
+    };
+    let one = etcd.store("/site-s/");
+    let two = etcd.connect("/site-s/").unwrap();
+    let token = JoinToken::generate();
+    one.add_token(&token, 100, 600, 1, None).unwrap();
+    let seen = one.standing_version().unwrap();
+    let (node, _) = two.enroll(&token, "w", 110, &mut issued).unwrap();
+    let enrolled = one.standing_version().unwrap();
+    assert_ne!(enrolled, seen, "an enrollment through another coordinator");
+    two.revoke(&node, 120).unwrap();
+    assert_ne!(
+        one.standing_version().unwrap(),
+        enrolled,
+        "a revocation through another coordinator"
+    );
+}
 
 #[test]
 fn etcd_keyspace_must_be_initialised_and_sites_are_apart() {
