@@ -141,10 +141,18 @@ pub(crate) fn clock_ticks() -> f64 {
 /// One admin request with `root`'s admin identity to `addr` (one address
 /// or several, comma-separated).
 pub(crate) async fn admin(root: &Path, addr: &str, req: AdminRequest) -> AdminResponse {
+    try_admin(root, addr, req).await.expect("admin request")
+}
+
+/// [`admin`], with its error.
+async fn try_admin(root: &Path, addr: &str, req: AdminRequest) -> Result<AdminResponse, String> {
     let client = AdminClient::connect(root, addr)
         .await
-        .expect("admin connect");
-    let resp = client.request(&req).await.expect("admin request");
+        .map_err(|e| format!("admin connect: {e}"))?;
+    let resp = client
+        .request(&req)
+        .await
+        .map_err(|e| format!("admin request: {e}"));
     client.close().await;
     resp
 }
@@ -155,15 +163,6 @@ pub(crate) async fn nodes(root: &Path, addr: &str) -> Vec<NodeInfo> {
         AdminResponse::Nodes(n) => n,
         other => panic!("unexpected {other:?}"),
     }
-}
-
-/// How many nodes the coordinator (or the leader, through it) lists online.
-pub(crate) async fn online(root: &Path, addr: &str) -> usize {
-    nodes(root, addr)
-        .await
-        .iter()
-        .filter(|n| n.status == NodeStatus::Online)
-        .count()
 }
 
 /// The nodes that fell behind, as the coordinator sees them: not listed
@@ -201,15 +200,27 @@ pub(crate) async fn assert_none_behind(root: &Path, addr: &str, n: usize, slack:
     );
 }
 
-/// Waits until `n` nodes are online (panics after `within`).
+/// Waits until `n` nodes are online (panics after `within`). A request
+/// that fails (a coordinator just started, or one whose leader is being
+/// elected) is asked again until then.
 pub(crate) async fn wait_online(root: &Path, addr: &str, n: usize, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let up = online(root, addr).await;
-        if up >= n {
+        let up = match try_admin(root, addr, AdminRequest::ListNodes).await {
+            Ok(AdminResponse::Nodes(list)) => Ok(list
+                .iter()
+                .filter(|n| n.status == NodeStatus::Online)
+                .count()),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => Err(e),
+        };
+        if up.as_ref().is_ok_and(|&up| up >= n) {
             return;
         }
-        assert!(Instant::now() < deadline, "only {up} of {n} agents online");
+        assert!(
+            Instant::now() < deadline,
+            "not all {n} agents online after {within:?}: {up:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
