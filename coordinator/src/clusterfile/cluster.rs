@@ -130,8 +130,7 @@ pub struct LocalRegistry {
     pub password: Option<String>,
     /// `ha`: run it on every master (default true).
     pub ha: Option<bool>,
-    /// `insecure`: plain HTTP (when unset: TLS when `cert` is given,
-    /// else plain HTTP).
+    /// `insecure`: plain HTTP (default false: TLS, as sealer has it).
     pub insecure: Option<bool>,
     /// `cert.subjectAltName.dnsNames`.
     pub cert_dns_names: Vec<String>,
@@ -895,7 +894,6 @@ impl Cluster {
             (None, None) => LocalRegistry::default(),
             (None, Some(_)) => return None,
         };
-        let cert_asked = local.cert_asked();
         Some(ResolvedLocalRegistry {
             domain: local
                 .domain
@@ -904,10 +902,8 @@ impl Cluster {
             username: local.username,
             password: local.password,
             ha: local.ha.unwrap_or(true),
-            // TLS when asked for (`insecure: false`, or a `cert` without
-            // `insecure`); plain HTTP otherwise (docs/install.md "Registry
-            // TLS" says why the default differs from sealer's).
-            insecure: local.insecure.unwrap_or(!cert_asked),
+            // TLS unless `insecure: true`, as sealer has it.
+            insecure: local.insecure.unwrap_or(false),
             cert_dns_names: local.cert_dns_names,
             cert_ips: local.cert_ips,
             cert_given: local.cert_given,

@@ -1147,8 +1147,17 @@ fn a_registry_cert_asks_for_tls_and_its_names_are_checked() {
     assert!(!local.insecure);
     assert_eq!(local.cert_dns_names, ["reg.example"]);
     assert_eq!(local.cert_ips, ["10.0.0.9".parse::<IpAddr>().unwrap()]);
-    // Nothing said: plain HTTP, as before.
+    // Nothing said: TLS, sealer's default.
     let local = Clusterfile::parse(&with_local_registry("      ha: true\n"))
+        .unwrap()
+        .resolve()
+        .unwrap()
+        .registry
+        .local
+        .unwrap();
+    assert!(!local.insecure);
+    // `insecure: true`: plain HTTP.
+    let local = Clusterfile::parse(&with_local_registry("      insecure: true\n"))
         .unwrap()
         .resolve()
         .unwrap()

@@ -266,6 +266,31 @@ fn registry_tls(
     }))
 }
 
+/// The local registry of a cluster without a Clusterfile: sealer's
+/// defaults, the domain the env names (`RegistryDomain`, else
+/// `registry_domain`, as the agents read it) or `sea.hub`.
+fn default_local_registry(env: &[(String, String)]) -> crate::clusterfile::ResolvedLocalRegistry {
+    let named = |key: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    crate::clusterfile::ResolvedLocalRegistry {
+        domain: named("registry_domain")
+            .or_else(|| named("RegistryDomain"))
+            .unwrap_or_else(|| crate::clusterfile::DEFAULT_REGISTRY_DOMAIN.to_string()),
+        port: crate::clusterfile::DEFAULT_REGISTRY_PORT,
+        username: None,
+        password: None,
+        ha: true,
+        insecure: false,
+        cert_dns_names: vec![],
+        cert_ips: vec![],
+        cert_given: None,
+    }
+}
+
 /// What `want` asks the cluster to become. `previous` is the cluster's
 /// record, for requests that change an existing cluster.
 pub fn desired(want: Want, previous: Option<&Cluster>) -> Result<Desired, OperationError> {
@@ -286,7 +311,8 @@ pub fn desired(want: Want, previous: Option<&Cluster>) -> Result<Desired, Operat
                 clusterfile: None,
                 registry_master0_only: false,
                 registry_auth: None,
-                registry_tls: None,
+                // sealer's default local registry: TLS for its domain.
+                registry_tls: registry_tls(Some(&default_local_registry(&r.env)))?,
             },
             name: r.cluster,
             warnings: vec![],

@@ -76,7 +76,7 @@ impl HostStep for Registry {
             config = with_htpasswd(&config, &htpasswd);
         }
         let tls = match &cx.opts.registry_tls {
-            Some(t) => Some(write_tls(&cx.opts.cluster_dir(), t)?),
+            Some(t) => Some(write_tls(&cx.opts.cluster_dir(), t, &cx.registry_domain)?),
             None => None,
         };
         if let Some(t) = &tls {
@@ -159,13 +159,22 @@ struct ServedTls {
     client: std::sync::Arc<rustls::ClientConfig>,
 }
 
-/// Writes the certificate (0644), key (0600) and CA (0644) into `dir`.
-fn write_tls(dir: &Path, t: &RegistryTls) -> Result<ServedTls, StepError> {
+/// Writes the certificate (0644), key (0600) and CA (0644) into `dir`,
+/// once they are known to serve `domain` (the name the hosts use: an
+/// image's env may name another than the coordinator made it for).
+fn write_tls(dir: &Path, t: &RegistryTls, domain: &str) -> Result<ServedTls, StepError> {
     let (Some(certificate), Some(key)) = (&t.certificate, &t.key) else {
         return Err(StepError::RegistryTls(
             "this registry host was sent no certificate and key".into(),
         ));
     };
+    let served = seaport_shared::registry_cert::RegistryCert {
+        ca: t.ca.clone(),
+        certificate: certificate.clone(),
+        key: key.clone(),
+    };
+    seaport_shared::registry_cert::check(&served, domain, std::time::SystemTime::now())
+        .map_err(|e| StepError::RegistryTls(e.to_string()))?;
     let ca_der = seaport_shared::pki::certs_from_pem(&t.ca, "the registry CA")
         .map_err(|e| StepError::RegistryTls(e.to_string()))?
         .remove(0);
@@ -400,13 +409,16 @@ mod tests {
             certificate: Some(c.certificate.clone()),
             key: Some(c.key.clone()),
         };
-        let files = write_tls(dir.path(), &t).unwrap();
+        let files = write_tls(dir.path(), &t, "sea.hub").unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&files.key), 0o600);
         assert_eq!(fs::read_to_string(&files.key).unwrap(), c.key);
         assert_eq!(mode(&files.certificate), 0o644);
+        // Another domain than the hosts use: refused, naming it.
+        let e = write_tls(dir.path(), &t, "hub.example").err().unwrap();
+        assert!(e.to_string().contains("not valid for hub.example"), "{e}");
         let no_key = RegistryTls { key: None, ..t };
-        assert!(write_tls(dir.path(), &no_key).is_err());
+        assert!(write_tls(dir.path(), &no_key, "sea.hub").is_err());
     }
 
     #[test]
