@@ -134,6 +134,7 @@ pub fn run_apply(args: ApplyArgs, state_dir: PathBuf) -> anyhow::Result<()> {
         join_data,
         join_data_out: args.join_data_out,
         registry_auth: None,
+        registry_tls: None,
         state_dir,
         data_root: args.data_root,
         host_root: PathBuf::from("/"),

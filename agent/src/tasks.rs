@@ -275,6 +275,7 @@ fn apply_options(
         join_data,
         join_data_out: None,
         registry_auth: task.registry_auth.clone(),
+        registry_tls: task.registry_tls.clone(),
         state_dir: settings.state_dir.clone(),
         data_root: settings.data_root.clone(),
         host_root: PathBuf::from("/"),
@@ -551,6 +552,7 @@ mod tests {
             signatures,
             cluster_trust: ImageTrust::default(),
             registry_auth: None,
+            registry_tls: None,
         }
     }
 

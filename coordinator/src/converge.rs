@@ -63,6 +63,35 @@ pub struct Spec {
     /// The Clusterfile's `localRegistry.username`/`password` (both set).
     #[serde(default)]
     pub registry_auth: Option<seaport_shared::wire::RegistryCredentials>,
+    /// The local registry's TLS (`localRegistry.insecure: false` or a
+    /// `cert`); none: plain HTTP.
+    #[serde(default)]
+    pub registry_tls: Option<RegistryTlsSpec>,
+}
+
+/// The certificate the local registry serves and every host trusts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryTlsSpec {
+    /// The registry's domain (the certificate's name).
+    pub domain: String,
+    /// The names a generated certificate was made for (the domain, then
+    /// `cert.subjectAltName`'s); none for a certificate the Clusterfile
+    /// gives. The same names on a later apply keep the certificate.
+    pub generated_for: Option<Vec<String>>,
+    /// CA, certificate and key (the key never shows in `Debug` output).
+    pub cert: seaport_shared::registry_cert::RegistryCert,
+}
+
+impl RegistryTlsSpec {
+    /// What one host is sent: the CA, and on a registry host the
+    /// certificate and key.
+    pub fn for_host(&self, registry_host: bool) -> seaport_shared::wire::RegistryTls {
+        seaport_shared::wire::RegistryTls {
+            ca: self.cert.ca.clone(),
+            certificate: registry_host.then(|| self.cert.certificate.clone()),
+            key: registry_host.then(|| self.cert.key.clone()),
+        }
+    }
 }
 
 impl Spec {
@@ -747,6 +776,7 @@ mod tests {
             clusterfile: None,
             registry_master0_only: false,
             registry_auth: None,
+            registry_tls: None,
         }
     }
 

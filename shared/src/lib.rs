@@ -15,6 +15,8 @@
 //! - [`logging`]: the binaries' log output.
 //! - [`pki`]: roles, CA pins, join tokens, node ids, certificate inspection,
 //!   keys and CSRs, private files.
+//! - [`registry_cert`]: the local registry's TLS certificate: generated
+//!   once per cluster or given, and checked (key, chain, domain, validity).
 //! - [`tls`]: rustls and quinn configurations (pinned enrollment, mTLS).
 //! - [`preflight`]: preflight checks: results, the agent's task, ports by
 //!   role, `--ignore-preflight`.
@@ -39,6 +41,7 @@ pub mod env;
 pub mod logging;
 pub mod pki;
 pub mod preflight;
+pub mod registry_cert;
 pub mod safetar;
 pub mod shell;
 pub mod tls;

@@ -761,6 +761,13 @@ pub struct BalancerTask {
     /// `IP:PORT` of every registry host's local registry.
     #[serde(default)]
     pub registry_backends: Vec<String>,
+    /// The local registry serves TLS: its checks verify this CA (PEM) and
+    /// the registry's domain (`registry_domain`). None: plain HTTP.
+    #[serde(default)]
+    pub registry_ca: Option<String>,
+    /// The local registry's domain, the name its certificate carries.
+    #[serde(default)]
+    pub registry_domain: Option<String>,
 }
 
 /// Files of `<data-root>/<cluster>/rootfs`, by path relative to it.
@@ -839,6 +846,34 @@ pub struct ApplyTask {
     /// htpasswd on registry hosts, the runtime's and kubelet's credentials
     /// on every host. Secret.
     pub registry_auth: Option<RegistryCredentials>,
+    /// The local registry's TLS (`localRegistry.insecure: false` or a
+    /// `cert`): the CA every host's runtime trusts, and on registry hosts
+    /// the certificate and key it serves. None: plain HTTP. Secret (the
+    /// key).
+    pub registry_tls: Option<RegistryTls>,
+}
+
+/// The local registry's TLS as one host needs it. The key never shows in
+/// `Debug` output (logs).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryTls {
+    /// The CA (PEM) the hosts trust.
+    pub ca: String,
+    /// The server certificate and any intermediates (PEM), registry hosts
+    /// only.
+    pub certificate: Option<String>,
+    /// The server's key (PEM), registry hosts only.
+    pub key: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryTls")
+            .field("ca", &self.ca)
+            .field("certificate", &self.certificate)
+            .field("key", &self.key.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
 }
 
 /// A registry's username and password. The password never shows in
@@ -868,6 +903,7 @@ impl std::fmt::Debug for ApplyTask {
             .field("host_ip", &self.host_ip)
             .field("join_data", &self.join_data.as_ref().map(|_| "<secret>"))
             .field("registry_auth", &self.registry_auth)
+            .field("registry_tls", &self.registry_tls)
             .finish_non_exhaustive()
     }
 }

@@ -561,7 +561,7 @@ fn offline_bundle_installs_a_three_host_cluster_in_a_lab_cut_off_from_the_machin
                 "ctr",
                 "images",
                 "pull",
-                "--plain-http",
+                "--hosts-dir=/etc/containerd/certs.d",
                 "sea.hub:5000/library/seaport-bundled:1.0",
             ])
             .unwrap();

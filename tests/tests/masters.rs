@@ -110,7 +110,13 @@ fn pull(h: &Host) -> Result<(), String> {
     let image = "sea.hub:5000/library/seaport-bundled:1.0";
     let _ = h.exec(&["ctr", "images", "rm", image]);
     let out = h
-        .exec(&["ctr", "images", "pull", "--plain-http", image])
+        .exec(&[
+            "ctr",
+            "images",
+            "pull",
+            "--hosts-dir=/etc/containerd/certs.d",
+            image,
+        ])
         .unwrap();
     if out.success() {
         Ok(())

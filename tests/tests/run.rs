@@ -2,8 +2,9 @@
 //! installs the test cluster image (tests/src/testimage.rs) with master0
 //! and two workers. containerd runs on all, the registry on master0; the
 //! image from images/ and the one named in manifests/imageList pull with
-//! `ctr` on every host through sea.hub:5000 (plain HTTP and through the
-//! hosts.toml mirrors); the kubeadm double ran init on master0 and join on
+//! `ctr` on every host through sea.hub:5000 (TLS trusted through
+//! containerd's certs.d, by the registry's name and through the hosts.toml
+//! mirrors); the kubeadm double ran init on master0 and join on
 //! the others with master0's join data, which the coordinator passed on.
 //! The coordinator killed and restarted in the middle of the install
 //! resumes it, and the agent killed in the middle of a step resumes it; a
@@ -81,15 +82,18 @@ fn pulls_work_everywhere(hosts: &[Host], listed_domain: &str) {
         assert_eq!(active.stdout.trim(), "active", "{}", h.name());
         let pulls: [(&str, [String; 2]); 4] = [
             (
-                "bundled, plain HTTP",
+                "bundled, by the local registry's name",
                 [
-                    "--plain-http".into(),
+                    "--hosts-dir=/etc/containerd/certs.d".into(),
                     "sea.hub:5000/library/seaport-bundled:1.0".into(),
                 ],
             ),
             (
-                "listed, plain HTTP",
-                ["--plain-http".into(), format!("sea.hub:5000/{listed}")],
+                "listed, by the local registry's name",
+                [
+                    "--hosts-dir=/etc/containerd/certs.d".into(),
+                    format!("sea.hub:5000/{listed}"),
+                ],
             ),
             (
                 "bundled, docker.io through the hosts.toml mirror",
@@ -615,18 +619,24 @@ fn seaport_run_installs_docker_on_three_hosts_and_deletes_cleanly() {
                 .stdout,
         )
         .unwrap();
-        assert_eq!(
-            daemon["insecure-registries"],
-            serde_json::json!(["sea.hub:5000"]),
-            "{}",
+        // The local registry serves TLS (sealer's default): an https
+        // mirror, its CA in docker's certs.d, never an insecure registry.
+        assert!(
+            daemon.get("insecure-registries").is_none()
+                || !daemon["insecure-registries"]
+                    .to_string()
+                    .contains("sea.hub:5000"),
+            "{}: {daemon}",
             h.name()
         );
         assert_eq!(
             daemon["registry-mirrors"],
-            serde_json::json!(["http://sea.hub:5000"]),
+            serde_json::json!(["https://sea.hub:5000"]),
             "{}",
             h.name()
         );
+        h.exec_ok(&["test", "-s", "/etc/docker/certs.d/sea.hub:5000/ca.crt"])
+            .unwrap();
         assert_eq!(daemon["iptables"], false, "the image's own setting is kept");
     }
     docker_pulls_work_everywhere(lab.hosts());

@@ -39,9 +39,12 @@ pub enum LoadError {
 
 /// Loads every `*.tar` of `images_dir` into the registry at `registry`
 /// (`127.0.0.1:5000`), unpacking into `scratch`. Returns the names pushed.
+/// With `ca_file` the registry is reached over TLS, its certificate
+/// verified against that CA; else over plain HTTP.
 pub fn load_images(
     images_dir: &Path,
     registry: &str,
+    ca_file: Option<&Path>,
     scratch: &Path,
     credentials: Option<seaport_rootfs::registry::credentials::Credentials>,
 ) -> Result<Vec<String>, LoadError> {
@@ -55,7 +58,8 @@ pub fn load_images(
     };
     tars.sort();
     let opts = ClientOptions {
-        insecure: true,
+        insecure: ca_file.is_none(),
+        ca_files: ca_file.map(Path::to_path_buf).into_iter().collect(),
         progress: false,
         ..ClientOptions::default()
     };

@@ -106,6 +106,9 @@ pub struct ApplyOptions {
     /// The local registry's username and password (htpasswd on registry
     /// hosts, pull credentials on every host). Secret.
     pub registry_auth: Option<seaport_shared::wire::RegistryCredentials>,
+    /// The local registry's TLS: the CA every host trusts, the certificate
+    /// and key on registry hosts. None: plain HTTP. Secret (the key).
+    pub registry_tls: Option<seaport_shared::wire::RegistryTls>,
     /// The agent's state directory (the journal lives here).
     pub state_dir: PathBuf,
     /// Root of cluster data (`/var/lib/seaport/data`).

@@ -346,7 +346,8 @@ pub struct DaemonJson {
 }
 
 /// The image's `etc/daemon.json` (`image`, None when it ships none) with
-/// the local registry `local` as an insecure (plain HTTP) registry and a
+/// the local registry `local` as an insecure (plain HTTP) registry, or
+/// with `tls` as an `https://` one (its CA in docker's `certs.d`), and a
 /// mirror for every domain of `domains`: per domain in `mirror-registries`
 /// when the dockerd knows that key, else in `registry-mirrors` (which
 /// upstream docker applies to Docker Hub only). Everything else the image
@@ -356,6 +357,7 @@ pub fn docker_daemon_json(
     local: &str,
     domains: &[String],
     knows_mirror_registries: bool,
+    tls: bool,
 ) -> Result<DaemonJson, RuntimeError> {
     let mut cfg: Map<String, Value> = match image.map(str::trim).filter(|t| !t.is_empty()) {
         None => Map::new(),
@@ -366,7 +368,11 @@ pub fn docker_daemon_json(
         },
     };
     let mut notes = Vec::new();
-    let local_url = format!("http://{local}");
+    let local_url = if tls {
+        format!("https://{local}")
+    } else {
+        format!("http://{local}")
+    };
     let is_local = |url: &str| {
         let host = url
             .trim_start_matches("http://")
@@ -389,12 +395,22 @@ pub fn docker_daemon_json(
         }
     };
     let mut insecure = strings(cfg.get("insecure-registries"), "insecure-registries")?;
-    if !insecure.iter().any(|r| r == local) {
-        insecure.push(local.to_string());
+    if tls {
+        // Verified against the cluster's registry CA, never skipped.
+        insecure.retain(|r| !is_local(r));
+        if insecure.is_empty() {
+            cfg.remove("insecure-registries");
+        } else {
+            cfg.insert("insecure-registries".into(), json_strings(&insecure));
+        }
+    } else {
+        if !insecure.iter().any(|r| r == local) {
+            insecure.push(local.to_string());
+        }
+        cfg.insert("insecure-registries".into(), json_strings(&insecure));
     }
-    cfg.insert("insecure-registries".into(), json_strings(&insecure));
-    // The local registry speaks plain HTTP: mirrors naming it otherwise
-    // (sealer's registry serves TLS) are pointed at http://.
+    // Mirrors naming the local registry use the scheme it speaks (sealer's
+    // images name it `https://`).
     let mut mirrors = strings(cfg.get("registry-mirrors"), "registry-mirrors")?;
     for m in mirrors.iter_mut() {
         if is_local(m) {
@@ -749,7 +765,7 @@ mod tests {
   "data-root": "/data/docker/"
 }"#;
         let domains = names(&["sea.hub:5000", "docker.io", "quay.io"]);
-        let d = docker_daemon_json(Some(image), "sea.hub:5000", &domains, false).unwrap();
+        let d = docker_daemon_json(Some(image), "sea.hub:5000", &domains, false, false).unwrap();
         let v: Value = serde_json::from_str(&d.text).unwrap();
         assert_eq!(v["max-concurrent-downloads"], 20, "{}", d.text);
         assert_eq!(
@@ -778,7 +794,7 @@ mod tests {
         );
 
         // No daemon.json: docker's defaults plus the registry settings.
-        let d = docker_daemon_json(None, "reg.local:5001", &domains[1..], false).unwrap();
+        let d = docker_daemon_json(None, "reg.local:5001", &domains[1..], false, false).unwrap();
         let v: Value = serde_json::from_str(&d.text).unwrap();
         assert_eq!(
             v["insecure-registries"],
@@ -793,11 +809,37 @@ mod tests {
     }
 
     #[test]
+    fn with_tls_the_local_registry_is_an_https_mirror_and_never_insecure() {
+        let image = r#"{
+  "insecure-registries": ["sea.hub:5000", "other.example:5000"],
+  "registry-mirrors": ["http://sea.hub:5000"]
+}"#;
+        let domains = names(&["sea.hub:5000", "docker.io"]);
+        let d = docker_daemon_json(Some(image), "sea.hub:5000", &domains, false, true).unwrap();
+        let v: Value = serde_json::from_str(&d.text).unwrap();
+        assert_eq!(
+            v["insecure-registries"],
+            serde_json::json!(["other.example:5000"])
+        );
+        assert_eq!(
+            v["registry-mirrors"],
+            serde_json::json!(["https://sea.hub:5000"])
+        );
+        let d = docker_daemon_json(None, "sea.hub:5000", &domains, true, true).unwrap();
+        let v: Value = serde_json::from_str(&d.text).unwrap();
+        assert!(v.get("insecure-registries").is_none(), "{}", d.text);
+        assert_eq!(
+            v["mirror-registries"],
+            serde_json::json!([{"domain": "docker.io", "mirrors": ["https://sea.hub:5000"]}])
+        );
+    }
+
+    #[test]
     fn sealers_dockerd_gets_a_mirror_per_cached_domain() {
         let image = r#"{"mirror-registries": [{"domain": "*", "mirrors": ["https://sea.hub:5000"]},
                         {"domain": "quay.io", "mirrors": ["https://quay.example"]}]}"#;
         let domains = names(&["sea.hub:5000", "docker.io", "quay.io", "k8s.gcr.io"]);
-        let d = docker_daemon_json(Some(image), "sea.hub:5000", &domains, true).unwrap();
+        let d = docker_daemon_json(Some(image), "sea.hub:5000", &domains, true, false).unwrap();
         let v: Value = serde_json::from_str(&d.text).unwrap();
         let entries = v["mirror-registries"].as_array().unwrap();
         let mirrors = |domain: &str| {
@@ -839,7 +881,7 @@ mod tests {
             (r#"{"data-root": "/var/lib/../../etc"}"#, ".. components"),
             (r#"{"exec-root": "/"}"#, "root directory"),
         ] {
-            let err = docker_daemon_json(Some(text), "sea.hub:5000", &domains, false)
+            let err = docker_daemon_json(Some(text), "sea.hub:5000", &domains, false, false)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{text}: {err}");

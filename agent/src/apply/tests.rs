@@ -226,6 +226,7 @@ fn fixture() -> (tempfile::TempDir, ApplyOptions) {
         }),
         join_data_out: None,
         registry_auth: None,
+        registry_tls: None,
         state_dir: d.join("state"),
         data_root: d.join("data"),
         host_root: host,
@@ -1168,9 +1169,14 @@ fn an_image_archive_under_images_cannot_chmod_host_directories_through_a_symlink
     apply(&opts, &fresh_host(&opts), &mut |_| {}).unwrap();
     // What the registry step does with images/*.tar, up to the push.
     let scratch = opts.cluster_dir().join("tmp/images");
-    let err =
-        images_load::load_images(&opts.rootfs().join("images"), "127.0.0.1:1", &scratch, None)
-            .unwrap_err();
+    let err = images_load::load_images(
+        &opts.rootfs().join("images"),
+        "127.0.0.1:1",
+        None,
+        &scratch,
+        None,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("evil.tar"), "{err}");
     assert_eq!(
         sentinel_snapshot(&out),

@@ -4,8 +4,9 @@
 //! answer below 500 counts as up (401 and 403 mean the server answers but
 //! does not serve anonymous requests); 5xx, no answer, a refused
 //! connection or a certificate that does not verify count as down. The
-//! local registry's backends are asked `GET /v2/` over plain HTTP the same
-//! way (401: it wants the registry's credentials, and answers).
+//! local registry's backends are asked `GET /v2/` the same way (401: it
+//! wants the registry's credentials, and answers), over plain HTTP, or
+//! over TLS verified against the registry's CA for its domain.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,38 +19,45 @@ use tokio::net::TcpStream;
 /// The answer's head is read up to this many bytes.
 const HEAD_LIMIT: usize = 4096;
 
+/// How a backend is asked.
+pub(super) struct How {
+    /// TLS for the check; none: a TCP connect only (or plain HTTP).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Ask over plain HTTP.
+    pub plain_http: bool,
+    /// The name the certificate must carry; none: the backend's IP.
+    pub server_name: Option<String>,
+}
+
 /// Checks `addr` once; `Err` says why it is down.
 pub(super) async fn check(
     addr: SocketAddr,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    plain_http: bool,
+    how: How,
     path: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    match tokio::time::timeout(timeout, check_inner(addr, tls, plain_http, path)).await {
+    match tokio::time::timeout(timeout, check_inner(addr, how, path)).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer to GET {path} within {timeout:?}")),
     }
 }
 
-async fn check_inner(
-    addr: SocketAddr,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    plain_http: bool,
-    path: &str,
-) -> Result<(), String> {
+async fn check_inner(addr: SocketAddr, how: How, path: &str) -> Result<(), String> {
     let mut tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    if plain_http {
+    if how.plain_http {
         return ask(&mut tcp, addr, path).await;
     }
     // Without the cluster's CA yet (a worker before it joined), an answered
     // connect is all a check can tell.
-    let Some(tls) = tls else {
+    let Some(tls) = how.tls else {
         return Ok(());
     };
-    let name = ServerName::IpAddress(addr.ip().into());
+    let name = match how.server_name {
+        Some(n) => ServerName::try_from(n).map_err(|e| format!("TLS: {e}"))?,
+        None => ServerName::IpAddress(addr.ip().into()),
+    };
     let mut s = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await

@@ -65,6 +65,8 @@ struct Running {
     balancer: Balancer,
     /// The port forwarding to the local registries.
     registry: Option<Balancer>,
+    /// The registries' CA and domain it checks them with (TLS), if any.
+    registry_tls: Option<(String, String)>,
 }
 
 /// What heartbeats read: each listener's address and pool.
@@ -199,7 +201,7 @@ impl HostBalancer {
                 self.save(task)?;
                 r.balancer.set_backends(&backends);
                 r.task = task.clone();
-                settle_registry(r, registry_listen, &registry_backends).await?;
+                settle_registry(r, registry_listen, &registry_backends, registry_tls(task)).await?;
                 let l = listeners(r);
                 let facts = facts_of(&l);
                 *self.lock_facts() = Some(l);
@@ -235,8 +237,9 @@ impl HostBalancer {
             task: task.clone(),
             balancer,
             registry: None,
+            registry_tls: None,
         });
-        settle_registry(r, registry_listen, &registry_backends).await?;
+        settle_registry(r, registry_listen, &registry_backends, registry_tls(task)).await?;
         let l = listeners(r);
         let facts = facts_of(&l);
         *self.lock_facts() = Some(l);
@@ -338,16 +341,23 @@ fn addrs(list: &[String], field: &'static str) -> Result<Vec<SocketAddr>, HostBa
         .collect()
 }
 
-/// The registry port as the task wants it: started, moved, given the new
-/// list or stopped. The registries are checked by a TCP connect (they
-/// serve plain HTTP).
+/// The registries' CA and domain when they serve TLS.
+fn registry_tls(task: &BalancerTask) -> Option<(String, String)> {
+    task.registry_ca.clone().zip(task.registry_domain.clone())
+}
+
+/// The registry port as the task wants it: started, moved (or restarted
+/// for another CA), given the new list or stopped. The registries are
+/// checked by `GET /v2/`, over TLS against their CA for their domain when
+/// they serve TLS.
 async fn settle_registry(
     r: &mut Running,
     listen: Option<SocketAddr>,
     backends: &[SocketAddr],
+    tls: Option<(String, String)>,
 ) -> Result<(), HostBalancerError> {
     match (&r.registry, listen) {
-        (Some(b), Some(l)) if b.local_addr() == l => {
+        (Some(b), Some(l)) if b.local_addr() == l && r.registry_tls == tls => {
             b.set_backends(backends);
             return Ok(());
         }
@@ -358,8 +368,18 @@ async fn settle_registry(
         old.stop().await;
     }
     if let Some(l) = listen {
-        r.registry = Some(Balancer::start(Options::registry(l, backends.to_vec())).await?);
+        let check = match &tls {
+            None => None,
+            Some((ca, domain)) => {
+                let der = seaport_shared::pki::certs_from_pem(ca, "the registry CA")
+                    .map_err(|e| BalancerError::Ca(e.to_string()))?
+                    .remove(0);
+                Some((super::check_tls(der)?, domain.clone()))
+            }
+        };
+        r.registry = Some(Balancer::start(Options::registry(l, backends.to_vec(), check)).await?);
     }
+    r.registry_tls = tls;
     Ok(())
 }
 

@@ -91,6 +91,9 @@ pub struct Options {
     /// The check asks `health_path` over plain HTTP (the local registry),
     /// not TLS.
     pub plain_http: bool,
+    /// The name the backends' certificates must carry (the local
+    /// registry's domain); none: the backend's IP.
+    pub server_name: Option<String>,
 }
 
 impl Options {
@@ -111,6 +114,7 @@ impl Options {
             dial_timeout: DIAL_TIMEOUT,
             health_path: HEALTH_PATH.into(),
             plain_http: false,
+            server_name: None,
         }
     }
 
@@ -127,17 +131,26 @@ impl Options {
             dial_timeout: DIAL_TIMEOUT,
             health_path: HEALTH_PATH.into(),
             plain_http: false,
+            server_name: None,
         }
     }
 }
 
 impl Options {
-    /// The local registry's port: checks are `GET /v2/` over plain HTTP
-    /// (401, the registry wants credentials, counts as up).
-    pub fn registry(listen: SocketAddr, backends: Vec<SocketAddr>) -> Self {
+    /// The local registry's port: checks are `GET /v2/` (401, the
+    /// registry wants credentials, counts as up), over plain HTTP, or with
+    /// `tls` over TLS verified against its CA for its domain.
+    pub fn registry(
+        listen: SocketAddr,
+        backends: Vec<SocketAddr>,
+        tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    ) -> Self {
+        let (tls, server_name) = tls.map_or((None, None), |(c, n)| (Some(c), Some(n)));
         Options {
             health_path: REGISTRY_HEALTH_PATH.into(),
-            plain_http: true,
+            plain_http: tls.is_none(),
+            tls,
+            server_name,
             ..Options::unverified(listen, backends)
         }
     }
@@ -304,10 +317,15 @@ async fn checks(
         let mut round = JoinSet::new();
         for addr in pool.addrs() {
             let (tls, path) = (tls.clone(), o.health_path.clone());
-            let (timeout, plain) = (o.check_timeout, o.plain_http);
-            round.spawn(
-                async move { (addr, health::check(addr, tls, plain, &path, timeout).await) },
-            );
+            let (timeout, plain, name) = (o.check_timeout, o.plain_http, o.server_name.clone());
+            round.spawn(async move {
+                let how = health::How {
+                    tls,
+                    plain_http: plain,
+                    server_name: name,
+                };
+                (addr, health::check(addr, how, &path, timeout).await)
+            });
         }
         while let Some(Ok((addr, r))) = round.join_next().await {
             let down = r.as_ref().err().cloned();

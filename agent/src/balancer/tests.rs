@@ -291,6 +291,8 @@ mod host {
             backends: backends.iter().map(|b| b.to_string()).collect(),
             registry_port: None,
             registry_backends: vec![],
+            registry_ca: None,
+            registry_domain: None,
         }
     }
 
@@ -408,6 +410,8 @@ mod host {
                 backends: vec![backend.into()],
                 registry_port: None,
                 registry_backends: vec![],
+                registry_ca: None,
+                registry_domain: None,
             };
             let e = b.apply(&t).await.unwrap_err().to_string();
             assert!(e.contains(field), "{e}");
@@ -500,6 +504,7 @@ async fn registry_backends_are_checked_by_get_v2_and_401_counts_as_up() {
     let mut o = Options::registry(
         "127.0.0.1:0".parse().unwrap(),
         vec![wants_login, failing, silent_addr],
+        None,
     );
     o.interval = Duration::from_millis(200);
     o.check_timeout = Duration::from_millis(500);
@@ -525,4 +530,75 @@ async fn registry_backends_are_checked_by_get_v2_and_401_counts_as_up() {
     assert!(!asked.lock().unwrap().is_empty());
     drop(silent);
     b.stop().await;
+}
+
+/// A TLS registry stand-in serving `cert` (for `sea.hub`), answering 401.
+async fn tls_registry(cert: &seaport_shared::registry_cert::RegistryCert) -> SocketAddr {
+    let chain = seaport_shared::pki::certs_from_pem(&cert.certificate, "cert").unwrap();
+    let key = seaport_shared::pki::key_from_pem(&cert.key, "key").unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(seaport_shared::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 401 X\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tls_registry_backends_are_checked_against_their_ca_for_their_domain() {
+    let served = seaport_shared::registry_cert::generate("sea.hub", &[], &[]).unwrap();
+    let other = seaport_shared::registry_cert::generate("sea.hub", &[], &[]).unwrap();
+    let addr = tls_registry(&served).await;
+    let der = |pem: &str| {
+        seaport_shared::pki::certs_from_pem(pem, "ca")
+            .unwrap()
+            .remove(0)
+    };
+    let start = |ca: &str, name: &str| {
+        let mut o = Options::registry(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![addr],
+            Some((check_tls(der(ca)).unwrap(), name.to_string())),
+        );
+        o.interval = Duration::from_millis(200);
+        o.check_timeout = Duration::from_millis(500);
+        Balancer::start(o)
+    };
+    // Its own CA and domain: up (401 answers).
+    let b = start(&served.ca, "sea.hub").await.unwrap();
+    // New backends start up: give the checks a few rounds to say otherwise.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(b.status()[0].healthy, "{:?}", b.status());
+    b.stop().await;
+    // Another CA, or another name: down, naming TLS.
+    for (ca, name) in [(&other.ca, "sea.hub"), (&served.ca, "other.hub")] {
+        let b = start(ca, name).await.unwrap();
+        until("checked", || !b.status()[0].healthy).await;
+        let s = b.status();
+        assert!(
+            s[0].reason.as_deref().is_some_and(|r| r.contains("TLS")),
+            "{s:?}"
+        );
+        b.stop().await;
+    }
 }

@@ -130,12 +130,22 @@ pub struct LocalRegistry {
     pub password: Option<String>,
     /// `ha`: run it on every master (default true).
     pub ha: Option<bool>,
-    /// `insecure`: plain HTTP (default false).
+    /// `insecure`: plain HTTP (default false: TLS, as sealer has it).
     pub insecure: Option<bool>,
     /// `cert.subjectAltName.dnsNames`.
     pub cert_dns_names: Vec<String>,
     /// `cert.subjectAltName.ips`.
-    pub cert_ips: Vec<String>,
+    pub cert_ips: Vec<IpAddr>,
+    /// Seaport's `cert.ca`, `cert.certificate`, `cert.key`: a certificate
+    /// to serve instead of a generated one, checked when read.
+    pub cert_given: Option<seaport_shared::registry_cert::RegistryCert>,
+}
+
+impl LocalRegistry {
+    /// Whether the Clusterfile says anything under `cert`.
+    fn cert_asked(&self) -> bool {
+        !self.cert_dns_names.is_empty() || !self.cert_ips.is_empty() || self.cert_given.is_some()
+    }
 }
 
 /// `spec.registry.externalRegistry`.
@@ -290,6 +300,15 @@ struct RawLocalRegistry {
 struct RawCert {
     #[serde(default)]
     subject_alt_name: Option<RawSan>,
+    /// Seaport's: the CA hosts trust (PEM).
+    #[serde(default)]
+    ca: Option<String>,
+    /// Seaport's: the server certificate and intermediates (PEM).
+    #[serde(default)]
+    certificate: Option<String>,
+    /// Seaport's: the server's key (PEM).
+    #[serde(default)]
+    key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -421,65 +440,10 @@ pub(crate) fn from_doc(
             password: non_empty(e.password),
         }),
     };
-    let local = raw_registry.local_registry.map(|l| {
-        let san = l.cert.and_then(|c| c.subject_alt_name).unwrap_or_default();
-        LocalRegistry {
-            domain: non_empty(l.domain),
-            port: port(l.port),
-            username: non_empty(l.username),
-            password: non_empty(l.password),
-            ha: l.ha,
-            insecure: l.insecure,
-            cert_dns_names: san.dns_names,
-            cert_ips: san.ips,
-        }
-    });
-
-    // Username and password protect the local registry (htpasswd) only
-    // together, as sealer has it; TLS is not applied yet: say so rather
-    // than let the user believe the registry is protected.
-    if let Some(l) = &local {
-        let at = "spec.registry.localRegistry";
-        if let Some(u) = &l.username {
-            if u.contains(':') || u.chars().any(char::is_control) {
-                return Err(invalid(
-                    format!("{at}.username"),
-                    "must not contain ':' or control characters (an htpasswd user name)".into(),
-                ));
-            }
-        }
-        if l.password
-            .as_ref()
-            .is_some_and(|p| p.chars().any(char::is_control))
-        {
-            return Err(invalid(
-                format!("{at}.password"),
-                "must not contain control characters".into(),
-            ));
-        }
-        if l.username.is_some() != l.password.is_some() {
-            let (set, unset) = if l.username.is_some() {
-                ("username", "password")
-            } else {
-                ("password", "username")
-            };
-            warn(
-                warnings,
-                format!("{at}.{set}"),
-                format!(
-                    "ignored without {unset}: the local registry serves without authentication"
-                ),
-            );
-        }
-        let cert = !l.cert_dns_names.is_empty() || !l.cert_ips.is_empty();
-        if l.insecure != Some(true) && (l.insecure == Some(false) || cert) {
-            warn(
-                warnings,
-                format!("{at}.insecure"),
-                "not applied yet: the local registry serves plain HTTP (no TLS certificate)".into(),
-            );
-        }
-    }
+    let local = match raw_registry.local_registry {
+        None => None,
+        Some(l) => Some(local_registry(l, &invalid, at, warnings)?),
+    };
 
     let raw_policy = spec.image_policy.unwrap_or_default();
     for (i, key) in raw_policy.trusted_keys.iter().enumerate() {
@@ -512,6 +476,141 @@ pub(crate) fn from_doc(
         data_root: non_empty(spec.data_root),
         image_policy,
     })
+}
+
+/// `spec.registry.localRegistry` as written, checked: the htpasswd user,
+/// the certificate's names, a given certificate.
+fn local_registry(
+    l: RawLocalRegistry,
+    invalid: &dyn Fn(String, String) -> ClusterfileError,
+    doc: &DocRef,
+    warnings: &mut Vec<Warning>,
+) -> Result<LocalRegistry, ClusterfileError> {
+    let at = "spec.registry.localRegistry";
+    let mut warn = |path: String, message: String| {
+        warnings.push(Warning {
+            document: Some(doc.clone()),
+            path: Some(path),
+            message,
+        })
+    };
+    let cert = l.cert.unwrap_or_default();
+    let san = cert.subject_alt_name.unwrap_or_default();
+    let mut cert_ips = Vec::new();
+    for (i, ip) in san.ips.iter().enumerate() {
+        cert_ips.push(ip.trim().parse::<IpAddr>().map_err(|_| {
+            invalid(
+                format!("{at}.cert.subjectAltName.ips[{i}]"),
+                format!("{ip:?} is not an IP address"),
+            )
+        })?);
+    }
+    for (i, n) in san.dns_names.iter().enumerate() {
+        let ok = !n.is_empty()
+            && n.parse::<IpAddr>().is_err()
+            && rustls_pki_types::ServerName::try_from(n.as_str()).is_ok();
+        if !ok {
+            return Err(invalid(
+                format!("{at}.cert.subjectAltName.dnsNames[{i}]"),
+                format!("{n:?} is not a DNS name"),
+            ));
+        }
+    }
+    let domain = non_empty(l.domain);
+    let insecure = l.insecure;
+    let pem = [
+        ("ca", non_empty(cert.ca)),
+        ("certificate", non_empty(cert.certificate)),
+        ("key", non_empty(cert.key)),
+    ];
+    let cert_given = if pem.iter().all(|(_, v)| v.is_none()) {
+        None
+    } else if let Some((missing, _)) = pem.iter().find(|(_, v)| v.is_none()) {
+        return Err(ClusterfileError::new(
+            ErrorKind::MissingField,
+            "a given registry certificate needs ca, certificate and key (PEM) together",
+        )
+        .in_doc(doc)
+        .at(format!("{at}.cert.{missing}")));
+    } else {
+        let [(_, Some(ca)), (_, Some(certificate)), (_, Some(key))] = pem else {
+            unreachable!("all three are set")
+        };
+        let given = seaport_shared::registry_cert::RegistryCert {
+            ca,
+            certificate,
+            key,
+        };
+        let name = domain.as_deref().unwrap_or(DEFAULT_REGISTRY_DOMAIN);
+        // Refused here, before any host changes: a certificate the hosts
+        // would not accept for the registry's name, or that has expired.
+        if insecure != Some(true) {
+            use seaport_shared::registry_cert::{check, RegistryCertError as E};
+            check(&given, name, std::time::SystemTime::now()).map_err(|e| {
+                let field = match &e {
+                    E::KeyMismatch => "key",
+                    E::BadCa(_) => "ca",
+                    E::Pem(seaport_shared::pki::PkiError::NoKey(_)) => "key",
+                    E::Pem(seaport_shared::pki::PkiError::NoCertificate(w)) if w == "the CA" => {
+                        "ca"
+                    }
+                    _ => "certificate",
+                };
+                invalid(format!("{at}.cert.{field}"), e.to_string())
+            })?;
+        }
+        Some(given)
+    };
+    let local = LocalRegistry {
+        domain,
+        port: port(l.port),
+        username: non_empty(l.username),
+        password: non_empty(l.password),
+        ha: l.ha,
+        insecure,
+        cert_dns_names: san.dns_names,
+        cert_ips,
+        cert_given,
+    };
+
+    // Username and password protect the local registry (htpasswd) only
+    // together, as sealer has it.
+    if let Some(u) = &local.username {
+        if u.contains(':') || u.chars().any(char::is_control) {
+            return Err(invalid(
+                format!("{at}.username"),
+                "must not contain ':' or control characters (an htpasswd user name)".into(),
+            ));
+        }
+    }
+    if local
+        .password
+        .as_ref()
+        .is_some_and(|p| p.chars().any(char::is_control))
+    {
+        return Err(invalid(
+            format!("{at}.password"),
+            "must not contain control characters".into(),
+        ));
+    }
+    if local.username.is_some() != local.password.is_some() {
+        let (set, unset) = if local.username.is_some() {
+            ("username", "password")
+        } else {
+            ("password", "username")
+        };
+        warn(
+            format!("{at}.{set}"),
+            format!("ignored without {unset}: the local registry serves without authentication"),
+        );
+    }
+    if local.insecure == Some(true) && local.cert_asked() {
+        warn(
+            format!("{at}.cert"),
+            "ignored with insecure: true: the local registry serves plain HTTP".into(),
+        );
+    }
+    Ok(local)
 }
 
 // ---- resolved ---------------------------------------------------------
@@ -575,7 +674,9 @@ pub struct ResolvedLocalRegistry {
     /// Extra DNS names for its certificate.
     pub cert_dns_names: Vec<String>,
     /// Extra IPs for its certificate.
-    pub cert_ips: Vec<String>,
+    pub cert_ips: Vec<IpAddr>,
+    /// The certificate the Clusterfile gives (checked), if any.
+    pub cert_given: Option<seaport_shared::registry_cert::RegistryCert>,
 }
 
 /// A cluster ready to plan: hosts with roles, master0, env, registry.
@@ -801,9 +902,11 @@ impl Cluster {
             username: local.username,
             password: local.password,
             ha: local.ha.unwrap_or(true),
+            // TLS unless `insecure: true`, as sealer has it.
             insecure: local.insecure.unwrap_or(false),
             cert_dns_names: local.cert_dns_names,
             cert_ips: local.cert_ips,
+            cert_given: local.cert_given,
         })
     }
 

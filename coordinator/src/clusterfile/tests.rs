@@ -101,6 +101,7 @@ fn v2_cluster_with_hosts_resolves_as_sealer_would() {
             "document 1 (Cluster my-cluster): spec.ssh: ignored: Seaport reaches hosts through their enrolled agents, not SSH",
             "document 1 (Cluster my-cluster): spec.env[3]: RegistryDomain is ignored: it is computed from spec.registry and spec.containerRuntime, as sealer does",
             "document 1 (Cluster my-cluster): spec.hosts[0].ssh: ignored: Seaport reaches hosts through their enrolled agents, not SSH",
+            "document 1 (Cluster my-cluster): spec.registry.localRegistry.cert: ignored with insecure: true: the local registry serves plain HTTP",
         ]
     );
 
@@ -1039,7 +1040,7 @@ spec:
 }
 
 #[test]
-fn registry_authentication_is_taken_and_tls_is_reported_as_not_applied() {
+fn registry_authentication_is_taken_and_insecure_false_asks_for_tls() {
     let text = r#"apiVersion: sealer.io/v2
 kind: Cluster
 metadata:
@@ -1057,14 +1058,10 @@ spec:
 "#;
     let file = Clusterfile::parse(text).unwrap();
     let warnings: Vec<String> = file.warnings.iter().map(|w| w.to_string()).collect();
-    assert_eq!(
-        warnings,
-        [
-            "document 1 (Cluster c): spec.registry.localRegistry.insecure: not applied yet: the local registry serves plain HTTP (no TLS certificate)",
-        ]
-    );
-    assert!(!warnings.iter().any(|w| w.contains("secret")));
+    assert!(warnings.is_empty(), "{warnings:?}");
     let local = file.resolve().unwrap().registry.local.unwrap();
+    assert!(!local.insecure, "insecure: false serves TLS");
+    assert!(local.cert_given.is_none());
     assert_eq!(
         (local.username.as_deref(), local.password.as_deref()),
         (Some("admin"), Some("secret"))
@@ -1087,4 +1084,172 @@ spec:
         "{err}"
     );
     assert!(err.contains("':'"), "{err}");
+}
+
+/// A Cluster document whose local registry has `extra` (YAML lines at the
+/// `localRegistry` level, already indented by 6).
+fn with_local_registry(extra: &str) -> String {
+    format!(
+        "apiVersion: sealer.io/v2\nkind: Cluster\nmetadata:\n  name: c\nspec:\n  image: k8s:v1\n  hosts:\n    - ips: [10.0.0.1]\n      roles: [master]\n  registry:\n    localRegistry:\n{extra}"
+    )
+}
+
+/// `cert:` with `ca`, `certificate` and `key` as block scalars.
+fn given_cert(c: &seaport_shared::registry_cert::RegistryCert) -> String {
+    let block = |name: &str, pem: &str| {
+        let body: String = pem.lines().map(|l| format!("          {l}\n")).collect();
+        format!("        {name}: |\n{body}")
+    };
+    format!(
+        "      cert:\n{}{}{}",
+        block("ca", &c.ca),
+        block("certificate", &c.certificate),
+        block("key", &c.key)
+    )
+}
+
+/// A CA and a certificate for `domain` valid from `from` to `to` (seconds
+/// from now).
+fn cert_valid(domain: &str, from: i64, to: i64) -> seaport_shared::registry_cert::RegistryCert {
+    let now = time::OffsetDateTime::now_utc();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.not_before = now - time::Duration::days(3650);
+    ca.not_after = now + time::Duration::days(3650);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![domain.to_string()]).unwrap();
+    p.not_before = now + time::Duration::seconds(from);
+    p.not_after = now + time::Duration::seconds(to);
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    seaport_shared::registry_cert::RegistryCert {
+        ca: ca_cert.pem(),
+        certificate: cert.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
+#[test]
+fn a_registry_cert_asks_for_tls_and_its_names_are_checked() {
+    // `cert.subjectAltName` without `insecure`: TLS, the names kept.
+    let text = with_local_registry(
+        "      cert:\n        subjectAltName:\n          dnsNames: [reg.example]\n          ips: [10.0.0.9]\n",
+    );
+    let local = Clusterfile::parse(&text)
+        .unwrap()
+        .resolve()
+        .unwrap()
+        .registry
+        .local
+        .unwrap();
+    assert!(!local.insecure);
+    assert_eq!(local.cert_dns_names, ["reg.example"]);
+    assert_eq!(local.cert_ips, ["10.0.0.9".parse::<IpAddr>().unwrap()]);
+    // Nothing said: TLS, sealer's default.
+    let local = Clusterfile::parse(&with_local_registry("      ha: true\n"))
+        .unwrap()
+        .resolve()
+        .unwrap()
+        .registry
+        .local
+        .unwrap();
+    assert!(!local.insecure);
+    // `insecure: true`: plain HTTP.
+    let local = Clusterfile::parse(&with_local_registry("      insecure: true\n"))
+        .unwrap()
+        .resolve()
+        .unwrap()
+        .registry
+        .local
+        .unwrap();
+    assert!(local.insecure);
+    // `insecure: true` wins over a cert, with a warning naming it.
+    let file = Clusterfile::parse(&format!("{text}      insecure: true\n")).unwrap();
+    assert!(file.resolve().unwrap().registry.local.unwrap().insecure);
+    assert!(
+        file.warnings.iter().any(|w| w
+            .to_string()
+            .contains("spec.registry.localRegistry.cert: ignored with insecure: true")),
+        "{:?}",
+        file.warnings
+    );
+    // A SAN that is no IP, or no DNS name: refused naming it.
+    let bad_ip =
+        with_local_registry("      cert:\n        subjectAltName:\n          ips: [10.0.0.300]\n");
+    let e = Clusterfile::parse(&bad_ip).unwrap_err();
+    assert_eq!(
+        e.path.as_deref(),
+        Some("spec.registry.localRegistry.cert.subjectAltName.ips[0]")
+    );
+    let bad_name = with_local_registry(
+        "      cert:\n        subjectAltName:\n          dnsNames: [\"a b\"]\n",
+    );
+    let e = Clusterfile::parse(&bad_name).unwrap_err();
+    assert_eq!(
+        e.path.as_deref(),
+        Some("spec.registry.localRegistry.cert.subjectAltName.dnsNames[0]")
+    );
+}
+
+#[test]
+fn a_given_registry_certificate_is_used_only_when_it_serves_the_domain_now() {
+    let day = 24 * 3600;
+    let good = cert_valid("sea.hub", -day, 30 * day);
+    let file = Clusterfile::parse(&with_local_registry(&given_cert(&good))).unwrap();
+    let local = file.resolve().unwrap().registry.local.unwrap();
+    assert!(!local.insecure);
+    assert_eq!(local.cert_given.as_ref(), Some(&good));
+
+    // Another domain: the certificate is refused, naming the field.
+    let other = with_local_registry(&format!("      domain: hub.example\n{}", given_cert(&good)));
+    let e = Clusterfile::parse(&other).unwrap_err();
+    assert_eq!(
+        e.path.as_deref(),
+        Some("spec.registry.localRegistry.cert.certificate")
+    );
+    assert!(e.to_string().contains("not valid for hub.example"), "{e}");
+
+    // Expired, or not valid yet.
+    for (c, why) in [
+        (cert_valid("sea.hub", -30 * day, -day), "expired"),
+        (cert_valid("sea.hub", day, 30 * day), "not valid yet"),
+    ] {
+        let e = Clusterfile::parse(&with_local_registry(&given_cert(&c))).unwrap_err();
+        assert_eq!(
+            e.path.as_deref(),
+            Some("spec.registry.localRegistry.cert.certificate")
+        );
+        assert!(e.to_string().contains(why), "{e}");
+    }
+
+    // Another certificate's key; another CA.
+    let stranger = cert_valid("sea.hub", -day, 30 * day);
+    let wrong_key = seaport_shared::registry_cert::RegistryCert {
+        key: stranger.key.clone(),
+        ..good.clone()
+    };
+    let e = Clusterfile::parse(&with_local_registry(&given_cert(&wrong_key))).unwrap_err();
+    assert_eq!(
+        e.path.as_deref(),
+        Some("spec.registry.localRegistry.cert.key")
+    );
+    let wrong_ca = seaport_shared::registry_cert::RegistryCert {
+        ca: stranger.ca.clone(),
+        ..good.clone()
+    };
+    let e = Clusterfile::parse(&with_local_registry(&given_cert(&wrong_ca))).unwrap_err();
+    assert!(e.to_string().contains("the CA did not sign it"), "{e}");
+
+    // One of the three missing.
+    let text = with_local_registry(&given_cert(&good));
+    let cut = text.find("        key: |").unwrap();
+    let e = Clusterfile::parse(&text[..cut]).unwrap_err();
+    assert_eq!(
+        e.path.as_deref(),
+        Some("spec.registry.localRegistry.cert.key")
+    );
+    // The key shows in no error or warning.
+    assert!(!e.to_string().contains("PRIVATE KEY"), "{e}");
 }

@@ -14,6 +14,9 @@ pub enum OperationError {
     /// The Clusterfile does not parse or resolve.
     #[error("Clusterfile: {0}")]
     Clusterfile(#[from] ClusterfileError),
+    /// The local registry's certificate could not be made.
+    #[error("the local registry's certificate: {0}")]
+    RegistryCert(seaport_shared::registry_cert::RegistryCertError),
     /// `seaport join` on a cluster that is not installed.
     #[error("no cluster named {0}: install it with `seaport run` or `seaport apply` first")]
     NotInstalled(ClusterName),

@@ -14,7 +14,7 @@ use seaport_shared::wire::{PlannedApply, PlannedHost, RunRequest, RunState};
 use super::error::OperationError;
 use super::record::{Cluster, HostRecord};
 use crate::clusterfile::Clusterfile;
-use crate::converge::{self, Current, DesiredHost, Spec, StageSpec};
+use crate::converge::{self, Current, DesiredHost, RegistryTlsSpec, Spec, StageSpec};
 use crate::plan::{self, HostRole, HostSpec};
 use crate::records::NodeRecord;
 
@@ -228,12 +228,67 @@ pub fn spec_of_clusterfile(text: &str) -> Result<Desired, OperationError> {
                 password: l.password.clone()?,
             })
         }),
+        registry_tls: registry_tls(resolved.registry.local.as_ref())?,
     };
     Ok(Desired {
         name: resolved.name.clone(),
         spec,
         warnings: file.warnings.iter().map(|w| w.to_string()).collect(),
     })
+}
+
+/// The local registry's certificate: the one the Clusterfile gives, or a
+/// new CA and certificate for the domain and `cert.subjectAltName` (kept
+/// from the cluster's record by [`prepare`] when made for the same
+/// names); none when it serves plain HTTP.
+fn registry_tls(
+    local: Option<&crate::clusterfile::ResolvedLocalRegistry>,
+) -> Result<Option<RegistryTlsSpec>, OperationError> {
+    let Some(l) = local.filter(|l| !l.insecure) else {
+        return Ok(None);
+    };
+    if let Some(given) = &l.cert_given {
+        return Ok(Some(RegistryTlsSpec {
+            domain: l.domain.clone(),
+            generated_for: None,
+            cert: given.clone(),
+        }));
+    }
+    let mut names = vec![l.domain.clone()];
+    names.extend(l.cert_dns_names.iter().cloned());
+    names.extend(l.cert_ips.iter().map(|ip| ip.to_string()));
+    let cert = seaport_shared::registry_cert::generate(&l.domain, &l.cert_dns_names, &l.cert_ips)
+        .map_err(OperationError::RegistryCert)?;
+    Ok(Some(RegistryTlsSpec {
+        domain: l.domain.clone(),
+        generated_for: Some(names),
+        cert,
+    }))
+}
+
+/// The local registry of a cluster without a Clusterfile: sealer's
+/// defaults, the domain the env names (`RegistryDomain`, else
+/// `registry_domain`, as the agents read it) or `sea.hub`.
+fn default_local_registry(env: &[(String, String)]) -> crate::clusterfile::ResolvedLocalRegistry {
+    let named = |key: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    crate::clusterfile::ResolvedLocalRegistry {
+        domain: named("registry_domain")
+            .or_else(|| named("RegistryDomain"))
+            .unwrap_or_else(|| crate::clusterfile::DEFAULT_REGISTRY_DOMAIN.to_string()),
+        port: crate::clusterfile::DEFAULT_REGISTRY_PORT,
+        username: None,
+        password: None,
+        ha: true,
+        insecure: false,
+        cert_dns_names: vec![],
+        cert_ips: vec![],
+        cert_given: None,
+    }
 }
 
 /// What `want` asks the cluster to become. `previous` is the cluster's
@@ -256,6 +311,8 @@ pub fn desired(want: Want, previous: Option<&Cluster>) -> Result<Desired, Operat
                 clusterfile: None,
                 registry_master0_only: false,
                 registry_auth: None,
+                // sealer's default local registry: TLS for its domain.
+                registry_tls: registry_tls(Some(&default_local_registry(&r.env)))?,
             },
             name: r.cluster,
             warnings: vec![],
@@ -338,12 +395,20 @@ pub fn prepare(input: PrepareInput<'_>) -> Result<Prepared, OperationError> {
     } = input;
     let Desired {
         name,
-        spec,
+        mut spec,
         mut warnings,
     } = desired;
     if let Some(p) = prev {
         if p.state == RunState::Deleting {
             return Err(OperationError::BeingDeleted(p.name.clone()));
+        }
+        // One generated registry certificate per cluster: kept while the
+        // Clusterfile asks for the same names, so every registry host
+        // serves the same chain and the hosts' trust stays valid.
+        if let (Some(new), Some(old)) = (&mut spec.registry_tls, &p.spec.registry_tls) {
+            if new.generated_for.is_some() && new.generated_for == old.generated_for {
+                new.cert = old.cert.clone();
+            }
         }
     }
     // What the hosts run: only a cluster whose last operation succeeded is

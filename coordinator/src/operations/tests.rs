@@ -1273,3 +1273,66 @@ fn an_older_kubernetes_or_a_skipped_minor_release_is_refused_before_anything_run
         .iter()
         .any(|s| s.name == "control-plane-upgrade"));
 }
+
+#[test]
+fn the_registry_certificate_is_made_once_per_cluster_and_its_key_goes_to_registry_hosts_only() {
+    let file = |names: &str| {
+        format!(
+            "apiVersion: sealer.io/v2\nkind: Cluster\nmetadata:\n  name: c\nspec:\n  image: k8s:v1\n  hosts:\n    - ips: [10.0.0.1]\n      roles: [master]\n    - ips: [10.0.0.2]\n      roles: [node]\n  registry:\n    localRegistry:\n      cert:\n        subjectAltName:\n          dnsNames: [{names}]\n"
+        )
+    };
+    let first = prepared(Want::Clusterfile(file("a.example")), &nodes(2))
+        .unwrap()
+        .cluster;
+    let tls = first.spec.registry_tls.clone().expect("TLS by default");
+    assert_eq!(tls.domain, "sea.hub");
+    assert_eq!(
+        tls.generated_for.as_deref(),
+        Some(&["sea.hub".to_string(), "a.example".to_string()][..])
+    );
+    seaport_shared::registry_cert::check(&tls.cert, "a.example", std::time::SystemTime::now())
+        .unwrap();
+    let mut installed = first.clone();
+    installed.state = RunState::Succeeded;
+    installed.installed_digest = Some(installed.manifest_digest);
+    let again = |text: String| {
+        prepare(PrepareInput {
+            desired: desired(Want::Clusterfile(text), Some(&installed)).unwrap(),
+            previous: Some(&installed),
+            nodes: &nodes(2),
+            image: image(),
+            dry_run: false,
+            now: 200,
+        })
+        .unwrap()
+        .cluster
+    };
+    // The same names: the same CA, certificate and key.
+    assert_eq!(
+        again(file("a.example")).spec.registry_tls,
+        Some(tls.clone())
+    );
+    // Other names: a new certificate.
+    let other = again(file("b.example")).spec.registry_tls.unwrap();
+    assert_ne!(other.cert, tls.cert);
+    // The key in no debug output; only the registry host is sent it.
+    assert!(!format!("{:?}", first.spec).contains("PRIVATE KEY"));
+    assert_eq!(
+        tls.for_host(true).key.as_deref(),
+        Some(tls.cert.key.as_str())
+    );
+    assert_eq!(tls.for_host(false).key, None);
+    assert_eq!(tls.for_host(false).certificate, None);
+    assert_eq!(tls.for_host(false).ca, tls.cert.ca);
+    // `seaport run`: sealer's default, TLS for sea.hub.
+    let run = prepared(run(&["10.0.0.1"], &[]), &nodes(1))
+        .unwrap()
+        .cluster;
+    assert_eq!(run.spec.registry_tls.unwrap().domain, "sea.hub");
+    // `insecure: true`: none.
+    let plain = file("a.example").replace("      cert:", "      insecure: true\n      cert:");
+    let p = prepared(Want::Clusterfile(plain), &nodes(2))
+        .unwrap()
+        .cluster;
+    assert_eq!(p.spec.registry_tls, None);
+}

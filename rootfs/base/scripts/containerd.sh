@@ -15,13 +15,19 @@ if ! command -v containerd >/dev/null 2>&1; then
   tar -xzf "$tarball" -C /usr
 fi
 mkdir -p /etc/containerd "/etc/containerd/certs.d/$registry"
-install -m 0644 "$rootfs/etc/containerd.toml" /etc/containerd/config.toml
-cat > "/etc/containerd/certs.d/$registry/hosts.toml" <<HOSTS
+# A configuration already there (Seaport's agent writes it, with the local
+# registry's credentials and TLS trust) is kept.
+if [ ! -e /etc/containerd/config.toml ]; then
+  install -m 0644 "$rootfs/etc/containerd.toml" /etc/containerd/config.toml
+fi
+if [ ! -e "/etc/containerd/certs.d/$registry/hosts.toml" ]; then
+  cat > "/etc/containerd/certs.d/$registry/hosts.toml" <<HOSTS
 server = "http://$registry"
 [host."http://$registry"]
   capabilities = ["pull", "resolve"]
   skip_verify = true
 HOSTS
+fi
 install -m 0644 "$rootfs/etc/containerd.service" /etc/systemd/system/containerd.service
 systemctl daemon-reload
 systemctl enable --now containerd

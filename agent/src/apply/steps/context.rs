@@ -200,6 +200,14 @@ impl<'a> StepContext<'a> {
                 h.push_str(&format!("{k}={v}\n"));
             }
         }
+        // The registry's certificate (never its key) for the steps that
+        // serve or trust it.
+        if let Some(tls) = &self.opts.registry_tls {
+            if matches!(step, Step::Runtime | Step::Registry | Step::RegistryAccess) {
+                h.push_str(&tls.ca);
+                h.push_str(tls.certificate.as_deref().unwrap_or_default());
+            }
+        }
         if step == Step::Kubeadm {
             h.push_str(&format!(
                 "{:?}\n{:?}\n",

@@ -18,6 +18,9 @@ use super::paths::{BIN_DIR, REGISTRY_BINARIES};
 /// Why a step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
+    /// The local registry's TLS material is unusable.
+    #[error("the local registry's TLS: {0}")]
+    RegistryTls(String),
     /// The cluster env's address of the workers' API balancer is unusable.
     #[error("the API balancer's address: {0}")]
     ApiBalancer(seaport_rootfs::kubeadm::BalancerAddrError),

@@ -6,6 +6,10 @@
 //! hands them to the runtime with each pull) and, for docker, root's
 //! `/root/.docker/config.json`; containerd's own are in its `config.toml`
 //! (the `runtime` step). Each file 0600.
+//! With the registry's TLS, its CA goes where each runtime trusts it:
+//! containerd's `/etc/containerd/certs.d/DOMAIN:PORT/ca.crt` (named by the
+//! `hosts.toml` files, which then use `https://`), docker's
+//! `/etc/docker/certs.d/DOMAIN:PORT/ca.crt`.
 
 use seaport_rootfs::registry::credentials::{CredentialStore, Credentials};
 use seaport_shared::cluster::Step;
@@ -31,7 +35,12 @@ impl HostStep for RegistryAccess {
         // installs whose runtime step ran before it did.
         cx.name_registry_hosts()?;
         let local = cx.local_registry();
-        let mirror = format!("http://{local}");
+        let tls = cx.opts.registry_tls.clone();
+        let mirror = if tls.is_some() {
+            format!("https://{local}")
+        } else {
+            format!("http://{local}")
+        };
         let mut credentials_in = Vec::new();
         if let Some(auth) = cx.opts.registry_auth.clone() {
             let runtime = cx.journal.state().runtime.as_ref().map(|r| r.runtime);
@@ -57,19 +66,38 @@ impl HostStep for RegistryAccess {
             .runtime
             .as_ref()
             .map_or(Runtime::Containerd, |r| r.runtime);
+        let certs_d = match runtime {
+            Runtime::Docker => "/etc/docker/certs.d",
+            Runtime::Containerd => "/etc/containerd/certs.d",
+        };
+        let ca_file = format!("{certs_d}/{local}/ca.crt");
+        let trust = match &tls {
+            Some(t) => {
+                cx.install_file(&ca_file, t.ca.as_bytes(), 0o644)?;
+                format!("; TLS, its CA in {ca_file}")
+            }
+            None => String::new(),
+        };
         if runtime == Runtime::Docker {
             // docker's mirrors are in its daemon.json, written before it
             // started (the runtime step).
             return Ok(format!(
-                "{} reachable as {local}; docker's mirrors are in /etc/docker/daemon.json{credentials}",
+                "{} reachable as {local}; docker's mirrors are in /etc/docker/daemon.json{trust}{credentials}",
                 cx.registry_ip
             ));
         }
+        // How containerd checks the local registry: the cluster's registry
+        // CA with TLS, nothing over plain HTTP.
+        let check = if tls.is_some() {
+            format!("  ca = \"{ca_file}\"\n")
+        } else {
+            "  skip_verify = true\n".to_string()
+        };
         let domains = rt::mirrored_domains(&local, &cx.rootfs().join("registry"))?;
         for d in &domains {
             let text = if *d == local {
                 format!(
-                    "server = \"{mirror}\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  skip_verify = true\n"
+                    "server = \"{mirror}\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n{check}"
                 )
             } else {
                 let server = if d == "docker.io" {
@@ -78,7 +106,7 @@ impl HostStep for RegistryAccess {
                     format!("https://{d}")
                 };
                 format!(
-                    "server = \"{server}\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n"
+                    "server = \"{server}\"\n\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n{check}"
                 )
             };
             cx.install_file(
@@ -88,7 +116,7 @@ impl HostStep for RegistryAccess {
             )?;
         }
         Ok(format!(
-            "{} reachable as {local}; mirrors for {}{credentials}",
+            "{} reachable as {local}; mirrors for {}{trust}{credentials}",
             cx.registry_ip,
             domains.join(", ")
         ))

@@ -267,6 +267,7 @@ fn start_docker(
         &local,
         &domains,
         rt::dockerd_knows_mirror_registries(&dockerd),
+        cx.opts.registry_tls.is_some(),
     )?;
     changed |= cx.install_file("/etc/docker/daemon.json", daemon.text.as_bytes(), 0o644)?;
     let unit = read_inside(&rootfs, &rootfs.join("etc/docker.service"))?

@@ -143,5 +143,11 @@ fn apply_task(c: &Cluster, t: &Task, upgrade: bool, kubeadm_config: Option<Strin
         signatures: None,
         cluster_trust: Default::default(),
         registry_auth: c.spec.registry_auth.clone(),
+        // The key only to the hosts that serve the registry.
+        registry_tls: c
+            .spec
+            .registry_tls
+            .as_ref()
+            .map(|tls| tls.for_host(c.spec.registry_hosts().contains(&t.host))),
     }
 }

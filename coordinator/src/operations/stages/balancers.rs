@@ -18,7 +18,13 @@ pub(super) async fn run(
     masters: &[String],
     registries: &[String],
 ) -> Result<(), StageError> {
-    let (cluster, env) = driver.record.read(|c| (c.name.clone(), c.spec.env.clone()));
+    let (cluster, env, tls) = driver.record.read(|c| {
+        (
+            c.name.clone(),
+            c.spec.env.clone(),
+            c.spec.registry_tls.clone(),
+        )
+    });
     let listen = api_balancer_addr(&env)?;
     let backends: Vec<String> = masters
         .iter()
@@ -39,6 +45,8 @@ pub(super) async fn run(
                 backends: backends.clone(),
                 registry_port: (!registry_backends.is_empty()).then_some(registry_port),
                 registry_backends: registry_backends.clone(),
+                registry_ca: tls.as_ref().map(|t| t.cert.ca.clone()),
+                registry_domain: tls.as_ref().map(|t| t.domain.clone()),
             };
             (ip.clone(), TaskRequest::Balancer(task))
         })
