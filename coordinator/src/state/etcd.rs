@@ -48,7 +48,7 @@ use seaport_shared::wire::HostFacts;
 use super::error::StateError;
 use super::leader::{self, Election, Fence, LeaderInfo, SharedFence};
 use super::lock::CoordinatorLock;
-use super::rules::{self, canonical_ip, from_json, to_json, usable_token};
+use super::rules::{self, from_json, to_json, usable_token};
 use super::seal::SiteKey;
 use super::store::{SiteCa, StateStore};
 use crate::operations::{AuditEntry, Cluster, ClusterStore, StoreError};
@@ -731,27 +731,19 @@ impl StateStore for EtcdStore {
         Ok(node_id)
     }
 
-    fn observe(&self, node_id: &str, ip: &str, now: i64) -> Result<(), StateError> {
-        let ip = canonical_ip(ip)?;
-        self.modify_node(node_id, |n| {
-            n.observed_ip = Some(ip.clone());
-            n.observed_at = Some(now);
-        })
-    }
-
-    fn approve_ips(
+    fn change_node(
         &self,
-        name: &str,
-        ips: &[String],
-        approve: bool,
-    ) -> Result<(String, Vec<String>), StateError> {
-        let ips: Vec<String> = ips
-            .iter()
-            .map(|ip| canonical_ip(ip))
-            .collect::<Result<_, _>>()?;
-        let node_id = self.resolve_node(name)?;
-        let approved = self.modify_node(&node_id, |n| rules::approve(n, &ips, approve))?;
-        Ok((node_id, approved))
+        node_id: &str,
+        change: &mut dyn FnMut(&mut NodeRecord),
+    ) -> Result<(), StateError> {
+        self.transact("change node", |tx| {
+            let mut node: NodeRecord = tx
+                .get("nodes", node_id)?
+                .ok_or_else(|| StateError::NoSuchNode(node_id.to_string()))?;
+            change(&mut node);
+            tx.put("nodes", node_id, &node);
+            Ok(())
+        })
     }
 
     fn add_admin(&self, rec: &AdminRecord) -> Result<(), StateError> {
@@ -819,22 +811,6 @@ impl StateStore for EtcdStore {
 
 /// Helpers of the keyspace.
 impl EtcdStore {
-    /// Changes one node record in a transaction of its own.
-    fn modify_node<T>(
-        &self,
-        node_id: &str,
-        mut f: impl FnMut(&mut NodeRecord) -> T,
-    ) -> Result<T, StateError> {
-        self.transact("change node", |tx| {
-            let mut node: NodeRecord = tx
-                .get("nodes", node_id)?
-                .ok_or_else(|| StateError::NoSuchNode(node_id.to_string()))?;
-            let out = f(&mut node);
-            tx.put("nodes", node_id, &node);
-            Ok(out)
-        })
-    }
-
     /// Removes a key; whether it was there.
     fn remove(&self, table: &'static str, id: &str, fenced: bool) -> Result<bool, StateError> {
         self.transact_with("remove", fenced, |tx| {

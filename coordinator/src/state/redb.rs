@@ -20,7 +20,7 @@ use seaport_shared::cluster::ClusterName;
 
 use super::error::StateError;
 use super::lock::{self, CoordinatorLock};
-use super::rules::{self, canonical_ip, from_json, to_json, usable_token};
+use super::rules::{self, from_json, to_json, usable_token};
 use super::store::StateStore;
 use crate::operations::{AuditEntry, Cluster, ClusterStore, StoreError};
 use crate::records::{AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
@@ -390,31 +390,23 @@ impl StateStore for RedbStore {
         Ok(node_id)
     }
 
-    /// Records the source address of a node's new authenticated connection.
-    fn observe(&self, node_id: &str, ip: &str, now: i64) -> Result<(), StateError> {
-        let ip = canonical_ip(ip)?;
-        self.modify_node(node_id, |n| {
-            n.observed_ip = Some(ip);
-            n.observed_at = Some(now);
-        })
-    }
-
-    /// Adds (or with `approve == false` withdraws) admin approvals of host
-    /// IPs for a node named by id or hostname; returns the node id and its
-    /// approved IPs.
-    fn approve_ips(
+    fn change_node(
         &self,
-        name: &str,
-        ips: &[String],
-        approve: bool,
-    ) -> Result<(String, Vec<String>), StateError> {
-        let ips: Vec<String> = ips
-            .iter()
-            .map(|ip| canonical_ip(ip))
-            .collect::<Result<_, _>>()?;
-        let node_id = self.resolve_node(name)?;
-        let approved = self.modify_node(&node_id, |n| rules::approve(n, &ips, approve))?;
-        Ok((node_id, approved))
+        node_id: &str,
+        change: &mut dyn FnMut(&mut NodeRecord),
+    ) -> Result<(), StateError> {
+        let txn = self.begin_write()?;
+        {
+            let mut nodes = db_err!(txn.open_table(NODES))?;
+            let mut node: NodeRecord = match db_err!(nodes.get(node_id))? {
+                Some(v) => from_json("nodes", node_id, v.value())?,
+                None => return Err(StateError::NoSuchNode(node_id.to_string())),
+            };
+            change(&mut node);
+            db_err!(nodes.insert(node_id, to_json(&node).as_slice()))?;
+        }
+        db_err!(txn.commit())?;
+        Ok(())
     }
 
     /// Records an admin certificate just issued.
@@ -481,27 +473,6 @@ impl StateStore for RedbStore {
 
 /// Helpers of the tables.
 impl RedbStore {
-    /// Changes one node record in a transaction of its own.
-    fn modify_node<T>(
-        &self,
-        node_id: &str,
-        f: impl FnOnce(&mut NodeRecord) -> T,
-    ) -> Result<T, StateError> {
-        let txn = self.begin_write()?;
-        let out = {
-            let mut nodes = db_err!(txn.open_table(NODES))?;
-            let mut node: NodeRecord = match db_err!(nodes.get(node_id))? {
-                Some(v) => from_json("nodes", node_id, v.value())?,
-                None => return Err(StateError::NoSuchNode(node_id.to_string())),
-            };
-            let out = f(&mut node);
-            db_err!(nodes.insert(node_id, to_json(&node).as_slice()))?;
-            out
-        };
-        db_err!(txn.commit())?;
-        Ok(out)
-    }
-
     fn json_rows<K, T>(
         &self,
         def: TableDefinition<'static, K, &'static [u8]>,
@@ -640,44 +611,6 @@ mod tests {
             cert_pem: format!("cert {serial}"),
             expires: 1_000_000,
         })
-    }
-
-    #[test]
-    fn token_uses_are_counted_and_expiry_enforced() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::create(&dir.path().join("state.redb")).unwrap();
-        let token = JoinToken::generate();
-        store.add_token(&token, 100, 60, 2, None).unwrap();
-        store.enroll(&token, "a", 110, &mut issued).unwrap();
-        store.enroll(&token, "b", 110, &mut issued).unwrap();
-        assert!(matches!(
-            store.enroll(&token, "c", 110, &mut issued),
-            Err(StateError::TokenUsedUp(_))
-        ));
-        let late = JoinToken::generate();
-        store.add_token(&late, 100, 60, 5, None).unwrap();
-        assert!(matches!(
-            store.enroll(&late, "d", 160, &mut issued),
-            Err(StateError::TokenExpired(_))
-        ));
-        let forged = JoinToken {
-            id: late.id.clone(),
-            secret: "aaaaaaaaaaaaaaaa".into(),
-        };
-        assert!(matches!(
-            store.enroll(&forged, "d", 110, &mut issued),
-            Err(StateError::TokenInvalid)
-        ));
-        // A failed signature leaves the token unspent.
-        let one = JoinToken::generate();
-        store.add_token(&one, 100, 60, 1, None).unwrap();
-        assert!(store
-            .enroll(&one, "e", 110, &mut |_, _| Err(StateError::Issue(
-                "boom".into()
-            )))
-            .is_err());
-        store.enroll(&one, "e", 110, &mut issued).unwrap();
-        assert_eq!(store.nodes().unwrap().len(), 3);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use seaport_shared::pki::JoinToken;
 use seaport_shared::wire::HostFacts;
 
 use super::error::StateError;
+use super::rules::{self, canonical_ip};
 use crate::operations::ClusterStore;
 use crate::records::{AdminRecord, Assignment, Issued, NodeRecord, TokenRecord};
 
@@ -116,8 +117,23 @@ pub trait StateStore: ClusterStore {
     /// Marks a node revoked; its certificates are refused from now on.
     fn revoke(&self, name: &str, now: i64) -> Result<String, StateError>;
 
+    /// Changes one node record in a transaction of its own
+    /// (`NoSuchNode` when there is none; the change may run again if the
+    /// backend retries the transaction).
+    fn change_node(
+        &self,
+        node_id: &str,
+        change: &mut dyn FnMut(&mut NodeRecord),
+    ) -> Result<(), StateError>;
+
     /// Records the source address of a node's new authenticated connection.
-    fn observe(&self, node_id: &str, ip: &str, now: i64) -> Result<(), StateError>;
+    fn observe(&self, node_id: &str, ip: &str, now: i64) -> Result<(), StateError> {
+        let ip = canonical_ip(ip)?;
+        self.change_node(node_id, &mut |n| {
+            n.observed_ip = Some(ip.clone());
+            n.observed_at = Some(now);
+        })
+    }
 
     /// Adds (or with `approve == false` withdraws) admin approvals of host
     /// IPs for a node named by id or hostname; returns the node id and its
@@ -127,7 +143,18 @@ pub trait StateStore: ClusterStore {
         name: &str,
         ips: &[String],
         approve: bool,
-    ) -> Result<(String, Vec<String>), StateError>;
+    ) -> Result<(String, Vec<String>), StateError> {
+        let ips: Vec<String> = ips
+            .iter()
+            .map(|ip| canonical_ip(ip))
+            .collect::<Result<_, _>>()?;
+        let node_id = self.resolve_node(name)?;
+        let mut approved = Vec::new();
+        self.change_node(&node_id, &mut |n| {
+            approved = rules::approve(n, &ips, approve);
+        })?;
+        Ok((node_id, approved))
+    }
 
     /// Records an admin certificate just issued.
     fn add_admin(&self, rec: &AdminRecord) -> Result<(), StateError>;

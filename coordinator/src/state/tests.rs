@@ -104,6 +104,10 @@ fn tokens_are_counted_and_expire(store: &dyn StateStore) {
         store.check_token(&forged, 110),
         Err(StateError::TokenInvalid)
     ));
+    assert!(matches!(
+        store.enroll(&forged, "d", 110, &mut issued),
+        Err(StateError::TokenInvalid)
+    ));
     // A failed signature leaves the token unspent and no node behind.
     let one = JoinToken::generate();
     store.add_token(&one, 100, 60, 1, None).unwrap();
