@@ -4,35 +4,17 @@
 //! without a running coordinator, and the mistakes (an uninitialised
 //! prefix, moving a redb coordinator to etcd) are refused with what to do.
 
+mod common;
 #[path = "../src/state/local_etcd.rs"]
 mod local_etcd;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{listening, ok, seaport, text};
 use local_etcd::{EtcdTls, LocalEtcd};
-
-fn seaport(root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_seaport"));
-    c.arg("--root").arg(root).env_remove("SEAPORT_ROOT");
-    c
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{:?}: {}", cmd, text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The admin certificates' serials, as `admin list --json` shows them.
 fn admin_serials(root: &Path) -> Vec<u64> {
@@ -46,26 +28,6 @@ fn admin_serials(root: &Path) -> Vec<u64> {
         .collect();
     serials.sort_unstable();
     serials
-}
-
-/// Waits until `child` wrote its serve info; false if it exited first.
-fn listening(root: &Path, child: &mut Child) -> bool {
-    let info = root.join("coordinator/serve.json");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        let ours = std::fs::read_to_string(&info)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(child.id())));
-        if ours {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 #[test]
@@ -182,7 +144,7 @@ fn coordinators_initialised_on_etcd_share_its_state_and_keep_none_on_disk() {
         .spawn()
         .unwrap();
     assert!(
-        listening(&a, &mut serve),
+        listening(&a, &mut serve, Duration::from_secs(30)),
         "the coordinator on etcd did not start"
     );
     ok(seaport(&b)
@@ -354,7 +316,7 @@ fn coordinators_of_a_site_elect_one_leader_and_fail_over() {
             .spawn()
             .unwrap();
         assert!(
-            listening(root, &mut child),
+            listening(root, &mut child, Duration::from_secs(30)),
             "{}",
             std::fs::read_to_string(log).unwrap()
         );

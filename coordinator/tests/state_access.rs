@@ -6,24 +6,14 @@
 //! lock), and a coordinator that cannot have the state names who holds it.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn seaport(root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_seaport"));
-    c.arg("--root").arg(root).env_remove("SEAPORT_ROOT");
-    c
-}
+mod common;
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::{listening, seaport, text};
 
 /// `coordinator serve` on a free loopback port.
 fn serve(root: &Path) -> Child {
@@ -33,27 +23,6 @@ fn serve(root: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-/// Waits until the coordinator `child` says (in its serve info) that it
-/// listens; false when it exited first or did not within `limit`.
-fn listening(root: &Path, child: &mut Child, limit: Duration) -> bool {
-    let info = root.join("coordinator/serve.json");
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        let ours = std::fs::read_to_string(&info)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["pid"].as_u64() == Some(u64::from(child.id())));
-        if ours {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
 }
 
 /// SIGTERM, then the exit status.
