@@ -30,41 +30,6 @@ use seaport_lab::testimage;
 use seaport_lab::{runs, wait, Host, Lab};
 use seaport_shared::bench;
 
-/// A request from `h` to `url` (`apiserver.cluster.local` as the host's
-/// `/etc/hosts` has it), verified with the cluster CA: the name of the
-/// master that answered `ok`.
-fn healthz(h: &Host) -> Result<String, String> {
-    let out = h
-        .exec(&[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "-D",
-            "-",
-            "--cacert",
-            "/etc/kubernetes/pki/ca.crt",
-            "https://apiserver.cluster.local:6443/healthz",
-        ])
-        .map_err(|e| e.to_string())?;
-    let (head, body) = out
-        .stdout
-        .split_once("\r\n\r\n")
-        .unwrap_or(("", out.stdout.as_str()));
-    let host = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("x-seaport-host")
-            .then(|| v.trim().to_string())
-    });
-    match host {
-        Some(name) if out.code == 0 && body == "ok" => Ok(name),
-        _ => Err(format!(
-            "curl exit {}, host {host:?}: {}",
-            out.code, out.stderr
-        )),
-    }
-}
-
 /// Seconds each of `urls` took from `h`, one new connection per request.
 fn timed_requests(h: &Host, urls: &[String]) -> Vec<f64> {
     let script = format!(
@@ -223,7 +188,7 @@ fn main() {
         while streak.len() < STEADY {
             let asked = cut.elapsed();
             let t = Instant::now();
-            match healthz(w) {
+            match testimage::apiserver_healthz(w) {
                 Ok(n) if n != m0.name() && t.elapsed().as_millis() <= STEADY_MS => {
                     first.get_or_insert(asked);
                     streak.push(asked);

@@ -129,6 +129,40 @@ impl Binaries {
         out
     }
 
+    /// Waits (30 s at most) until `seaport status` shows the balancer of
+    /// the host `ip` with exactly one registry backend, `backend`
+    /// (`IP:PORT`), healthy.
+    pub fn wait_registry_backend_up(
+        &self,
+        root: &Path,
+        ip: &str,
+        backend: &str,
+    ) -> Result<(), WaitError> {
+        wait::until(
+            "the host's registry backend up",
+            Duration::from_secs(30),
+            Duration::from_millis(500),
+            || {
+                let (_, out, _) = self.seaport_out(root, &["status", "--json"]);
+                let s: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+                let host = s[0]["hosts"]
+                    .as_array()
+                    .and_then(|hs| hs.iter().find(|h| h["ip"] == ip))
+                    .cloned()
+                    .unwrap_or_default();
+                let regs = &host["balancer"]["registry"];
+                let up = regs.as_array().is_some_and(|a| {
+                    a.len() == 1 && a[0]["addr"] == backend && a[0]["healthy"] == true
+                });
+                if up {
+                    Ok(())
+                } else {
+                    Err(format!("{regs}"))
+                }
+            },
+        )
+    }
+
     /// `seaport --root ROOT ARGS`, which must succeed, its stdout as JSON.
     pub fn seaport_json(&self, root: &Path, args: &[&str]) -> serde_json::Value {
         let out = self.seaport_ok(root, args);

@@ -843,3 +843,101 @@ mod tests {
         );
     }
 }
+
+/// Where the test image's kubeadm double leaves the cluster CA on a host.
+pub const CLUSTER_CA: &str = "/etc/kubernetes/pki/ca.crt";
+
+/// What an API server stand-in answered one request with.
+#[derive(Debug, Clone)]
+pub struct StandInAnswer {
+    /// curl's exit code.
+    pub code: i32,
+    /// The `X-Seaport-Host` header: which master's stand-in answered.
+    pub host: Option<String>,
+    /// The body, then curl's stderr.
+    pub body: String,
+}
+
+/// `curl --cacert CLUSTER_CA URL` on `h` (5 s at most) with `extra` curl
+/// arguments, as the test image's API server stand-ins answer it.
+pub fn stand_in_request(h: &crate::Host, url: &str, extra: &[&str]) -> StandInAnswer {
+    let mut argv = vec![
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "-D",
+        "-",
+        "--cacert",
+        CLUSTER_CA,
+    ];
+    argv.extend(extra);
+    argv.push(url);
+    match h.exec(&argv) {
+        Ok(out) => {
+            let (head, body) = out
+                .stdout
+                .split_once("\r\n\r\n")
+                .unwrap_or(("", out.stdout.as_str()));
+            let host = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("x-seaport-host")
+                    .then(|| v.trim().to_string())
+            });
+            StandInAnswer {
+                code: out.code,
+                host,
+                body: format!("{body}{}", out.stderr),
+            }
+        }
+        Err(e) => StandInAnswer {
+            code: -1,
+            host: None,
+            body: e.to_string(),
+        },
+    }
+}
+
+/// `GET https://apiserver.cluster.local:6443/healthz` from `h` (through
+/// its balancer on a worker), verified with the cluster CA: the name of
+/// the master that answered `ok`, or why not.
+pub fn apiserver_healthz(h: &crate::Host) -> Result<String, String> {
+    let a = stand_in_request(h, "https://apiserver.cluster.local:6443/healthz", &[]);
+    match a.host {
+        Some(name) if a.code == 0 && a.body == "ok" => Ok(name),
+        host => Err(format!(
+            "curl exit {}, host {host:?}, body {:?}",
+            a.code, a.body
+        )),
+    }
+}
+
+/// A Clusterfile of cluster `cluster` from `image` with one master and one
+/// worker and a `localRegistry` on `sea.hub:5000`, with `registry` (lines
+/// indented under `localRegistry`) added.
+pub fn registry_clusterfile(
+    cluster: &str,
+    image: &str,
+    master: &str,
+    worker: &str,
+    registry: &str,
+) -> String {
+    format!(
+        r#"apiVersion: sealer.io/v2
+kind: Cluster
+metadata:
+  name: {cluster}
+spec:
+  image: {image}
+  hosts:
+  - ips: [{master}]
+    roles: [master]
+  - ips: [{worker}]
+    roles: [node]
+  registry:
+    localRegistry:
+      domain: sea.hub
+      port: 5000
+{registry}"#
+    )
+}

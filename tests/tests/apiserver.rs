@@ -20,30 +20,11 @@
 use seaport_lab::checks::{diff, snapshot, Phases};
 use seaport_lab::{runs, testimage, Host};
 
-const CA: &str = "/etc/kubernetes/pki/ca.crt";
+const CA: &str = testimage::CLUSTER_CA;
 const UNIT: &str = "kube-apiserver-double.service";
 
-/// `curl --cacert CA URL` on `h` with extra curl arguments: (exit code,
-/// the X-Seaport-Host header, the body).
-fn healthz(h: &Host, url: &str, extra: &[&str]) -> (i32, Option<String>, String) {
-    let mut argv = vec!["curl", "-sS", "--max-time", "5", "-D", "-", "--cacert", CA];
-    argv.extend(extra);
-    argv.push(url);
-    let out = h.exec(&argv).unwrap();
-    let (head, body) = out
-        .stdout
-        .split_once("\r\n\r\n")
-        .unwrap_or(("", out.stdout.as_str()));
-    let host = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("x-seaport-host")
-            .then(|| v.trim().to_string())
-    });
-    (out.code, host, format!("{body}{}", out.stderr))
-}
-
 fn assert_answers(h: &Host, url: &str, extra: &[&str], want: &str) {
-    let (code, host, body) = healthz(h, url, extra);
+    let testimage::StandInAnswer { code, host, body } = testimage::stand_in_request(h, url, extra);
     assert!(
         code == 0 && body == "ok" && host.as_deref() == Some(want),
         "{}: {url} {extra:?}: curl exit {code}, host {host:?}, body {body:?} (want ok from {want})",
@@ -393,7 +374,7 @@ fn masters_serve_healthz_with_the_cluster_ca_and_reset_stops_them() {
     assert!(ok, "seaport delete: {out}{err}");
     for (i, h) in lab.hosts().iter().enumerate() {
         assert!(!listens_on_6443(h), "{}: :6443 still listens", h.name());
-        let (code, _, _) = healthz(h, "https://127.0.0.1:6443/healthz", &[]);
+        let code = testimage::stand_in_request(h, "https://127.0.0.1:6443/healthz", &[]).code;
         assert_ne!(code, 0, "{}: healthz answers after delete", h.name());
         let d = diff(&before[i], &snapshot(h));
         assert!(

@@ -68,41 +68,6 @@ fn api_lines(h: &Host) -> Vec<String> {
         .collect()
 }
 
-/// `GET https://apiserver.cluster.local:6443/healthz` from `h`, verified
-/// with the cluster CA: the name of the master that answered `ok`, or why
-/// not.
-fn healthz(h: &Host) -> Result<String, String> {
-    let out = h
-        .exec(&[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "-D",
-            "-",
-            "--cacert",
-            "/etc/kubernetes/pki/ca.crt",
-            "https://apiserver.cluster.local:6443/healthz",
-        ])
-        .unwrap();
-    let (head, body) = out
-        .stdout
-        .split_once("\r\n\r\n")
-        .unwrap_or(("", out.stdout.as_str()));
-    let host = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("x-seaport-host")
-            .then(|| v.trim().to_string())
-    });
-    match host {
-        Some(name) if out.code == 0 && body == "ok" => Ok(name),
-        _ => Err(format!(
-            "curl exit {}, host {host:?}, body {body:?}: {}",
-            out.code, out.stderr
-        )),
-    }
-}
-
 /// A pull of the image the test image caches, through `sea.hub:5000` (the
 /// worker's balancer): the image is removed first, so the registry must
 /// answer.
@@ -128,7 +93,9 @@ fn pull(h: &Host) -> Result<(), String> {
 /// The names of the masters that answered `n` requests from `h`.
 fn answered_by(h: &Host, n: usize) -> std::collections::BTreeSet<String> {
     (0..n)
-        .map(|_| healthz(h).unwrap_or_else(|e| panic!("{}: healthz: {e}", h.name())))
+        .map(|_| {
+            testimage::apiserver_healthz(h).unwrap_or_else(|e| panic!("{}: healthz: {e}", h.name()))
+        })
         .collect()
 }
 
@@ -547,7 +514,7 @@ fn three_masters_install_and_an_offline_master0_neither_hangs_nor_blocks_delete(
             "a worker's request answered by another master",
             Duration::from_secs(10).saturating_sub(cut.elapsed()),
             Duration::from_millis(100),
-            || match healthz(w) {
+            || match testimage::apiserver_healthz(w) {
                 Ok(n) if n != hosts[0].name() => Ok(()),
                 other => Err(format!("{other:?}")),
             },

@@ -16,12 +16,10 @@
 //!
 //! Needs what tests/tests/run.rs's docker case needs.
 
-use std::time::Duration;
-
 use seaport_lab::checks::Phases;
 use seaport_lab::seaport::Binaries;
 use seaport_lab::testimage::{self, TestRuntime, BUNDLED_IMAGE};
-use seaport_lab::{lab, runs, wait, Host};
+use seaport_lab::{lab, runs, Host};
 
 const CLUSTER: &str = "lab";
 const USER: &str = "puller";
@@ -29,25 +27,12 @@ const USER: &str = "puller";
 const PASSWORD: &str = "Reg1stry-pw-7QxK";
 
 fn clusterfile(image: &str, master: &str, worker: &str) -> String {
-    format!(
-        r#"apiVersion: sealer.io/v2
-kind: Cluster
-metadata:
-  name: {CLUSTER}
-spec:
-  image: {image}
-  hosts:
-  - ips: [{master}]
-    roles: [master]
-  - ips: [{worker}]
-    roles: [node]
-  registry:
-    localRegistry:
-      domain: sea.hub
-      port: 5000
-      username: {USER}
-      password: {PASSWORD}
-"#
+    testimage::registry_clusterfile(
+        CLUSTER,
+        image,
+        master,
+        worker,
+        &format!("      username: {USER}\n      password: {PASSWORD}\n"),
     )
 }
 
@@ -110,30 +95,7 @@ fn a_local_registry_with_username_and_password_refuses_anonymous_pulls_and_never
     // The worker's registry port is up by GET /v2/ (401 answered).
     let wip = n1.ip().to_string();
     let want = format!("{}:5000", m0.ip());
-    wait::until(
-        "the worker's registry backend up",
-        Duration::from_secs(30),
-        Duration::from_millis(500),
-        || {
-            let (_, out, _) = bins.seaport_out(&root, &["status", "--json"]);
-            let s: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-            let host = s[0]["hosts"]
-                .as_array()
-                .and_then(|hs| hs.iter().find(|h| h["ip"] == wip.as_str()))
-                .cloned()
-                .unwrap_or_default();
-            let regs = &host["balancer"]["registry"];
-            let up = regs.as_array().is_some_and(|a| {
-                a.len() == 1 && a[0]["addr"] == want.as_str() && a[0]["healthy"] == true
-            });
-            if up {
-                Ok(())
-            } else {
-                Err(format!("{regs}"))
-            }
-        },
-    )
-    .unwrap();
+    bins.wait_registry_backend_up(&root, &wip, &want).unwrap();
 
     for h in [m0, n1] {
         // Anonymous: an empty docker config.

@@ -19,12 +19,10 @@
 //!
 //! Needs what tests/tests/run.rs needs.
 
-use std::time::Duration;
-
 use seaport_lab::checks::{diff, snapshot, Phases};
 use seaport_lab::seaport::Binaries;
 use seaport_lab::testimage::{self, TestRuntime};
-use seaport_lab::{lab, runs, wait, Host};
+use seaport_lab::{lab, runs, Host};
 
 const CLUSTER: &str = "lab";
 const CA: &str = "/etc/containerd/certs.d/sea.hub:5000/ca.crt";
@@ -32,24 +30,7 @@ const KEY: &str = "/var/lib/seaport/data/lab/registry.key";
 const BUNDLED: &str = "sea.hub:5000/library/seaport-bundled:1.0";
 
 fn clusterfile(image: &str, master: &str, worker: &str, registry: &str) -> String {
-    format!(
-        r#"apiVersion: sealer.io/v2
-kind: Cluster
-metadata:
-  name: {CLUSTER}
-spec:
-  image: {image}
-  hosts:
-  - ips: [{master}]
-    roles: [master]
-  - ips: [{worker}]
-    roles: [node]
-  registry:
-    localRegistry:
-      domain: sea.hub
-      port: 5000
-{registry}"#
-    )
+    testimage::registry_clusterfile(CLUSTER, image, master, worker, registry)
 }
 
 /// `cert:` giving `c` (PEM block scalars under `localRegistry`).
@@ -176,30 +157,7 @@ fn insecure_false_serves_tls_that_every_host_trusts_and_nothing_else_does() {
 
     // The worker's registry backend is up by GET /v2/ over TLS.
     let want = format!("{mip}:5000");
-    wait::until(
-        "the worker's registry backend up",
-        Duration::from_secs(30),
-        Duration::from_millis(500),
-        || {
-            let (_, out, _) = bins.seaport_out(&root, &["status", "--json"]);
-            let s: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-            let host = s[0]["hosts"]
-                .as_array()
-                .and_then(|hs| hs.iter().find(|h| h["ip"] == wip.as_str()))
-                .cloned()
-                .unwrap_or_default();
-            let regs = &host["balancer"]["registry"];
-            let up = regs.as_array().is_some_and(|a| {
-                a.len() == 1 && a[0]["addr"] == want.as_str() && a[0]["healthy"] == true
-            });
-            if up {
-                Ok(())
-            } else {
-                Err(format!("{regs}"))
-            }
-        },
-    )
-    .unwrap();
+    bins.wait_registry_backend_up(&root, &wip, &want).unwrap();
 
     // Another CA, to show it is not trusted.
     let stranger = seaport_shared::registry_cert::generate("sea.hub", &[], &[]).unwrap();
