@@ -46,14 +46,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seaport_agent::distribution::{counters, DistributionOptions};
-use seaport_agent::service::{self, RunSettings};
-use seaport_agent::{FactsSource, HostIdentity, Identity, JoinOptions};
+use seaport_agent::distribution::counters;
+use seaport_agent::service;
+use seaport_agent::{FactsSource, Identity};
 use seaport_shared::bench;
-use seaport_shared::wire::{
-    AdminRequest, AdminResponse, HostFacts, NodeInfo, NodeStatus, TokenGrant, HEARTBEAT_INTERVAL,
-    OFFLINE_AFTER,
-};
+use seaport_shared::wire::{HostFacts, NodeInfo, NodeStatus, HEARTBEAT_INTERVAL, OFFLINE_AFTER};
 use tokio::sync::watch;
 
 const TARGET_CPU_PCT: f64 = 25.0;
@@ -305,58 +302,13 @@ fn main() {
         let want = n.saturating_sub(enrolled);
         if want > 0 {
             let started = Instant::now();
-            let joined = rt.block_on(async {
-                let grant: TokenGrant = match sim::admin(
-                    &root,
-                    &coord.addr,
-                    AdminRequest::CreateToken {
-                        ttl_secs: 3600,
-                        uses: (want * 2) as u32,
-                        node: None,
-                    },
-                )
-                .await
-                {
-                    AdminResponse::Token(t) => t,
-                    other => panic!("unexpected {other:?}"),
-                };
-                // All from one address: the coordinator serves 4 enrollments
-                // per source at once and queues 8 more.
-                let sem = Arc::new(tokio::sync::Semaphore::new(8));
-                let mut joins = Vec::new();
-                for i in enrolled..n {
-                    let permit = sem.clone().acquire_owned().await.unwrap();
-                    let opts = JoinOptions {
-                        coordinator: coord.addr.clone(),
-                        token: grant.token.clone(),
-                        ca_pin: grant.ca_pin.clone(),
-                        state_dir: tmp.path().join(format!("agent-{i}")),
-                        host: HostIdentity {
-                            machine_id: format!("{i:032x}"),
-                            hostname: format!("sim-{i}"),
-                        },
-                        ips: vec!["127.0.0.1".parse().unwrap()],
-                    };
-                    joins.push(tokio::spawn(async move {
-                        // A loaded machine can drop a handshake; retry as an operator would.
-                        let mut r = seaport_agent::join(&opts).await;
-                        for _ in 0..3 {
-                            if r.is_ok() {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            r = seaport_agent::join(&opts).await;
-                        }
-                        drop(permit);
-                        r.map(|j| (opts, j.node_id))
-                    }));
-                }
-                let mut joined = Vec::new();
-                for j in joins {
-                    joined.push(j.await.unwrap().expect("join"));
-                }
-                joined
-            });
+            let joined = rt.block_on(sim::join_agents(
+                &root,
+                &coord.addr,
+                &coord.addr,
+                tmp.path(),
+                (enrolled, n),
+            ));
             let enroll_secs = started.elapsed().as_secs_f64();
             for (opts, node_id) in joined {
                 let beats = Arc::new(Beats::default());
@@ -379,18 +331,8 @@ fn main() {
                     .expect("identity after join")
                     .cert
                     .not_after;
-                let settings = RunSettings {
-                    state_dir: opts.state_dir.clone(),
-                    distribution: DistributionOptions {
-                        peer_port: 0,
-                        ..DistributionOptions::default()
-                    },
-                    data_root: opts.state_dir.join("data"),
-                    trust: Default::default(),
-                    balancer: None,
-                };
                 let rx = stop_rx.clone();
-                tasks.push(rt.spawn(service::run(settings, facts, rx)));
+                tasks.push(rt.spawn(service::run(sim::run_settings(&opts), facts, rx)));
                 // Sessions start in batches: the coordinator takes at most
                 // 64 handshakes at once from one source address, and every
                 // simulated agent has the same one.

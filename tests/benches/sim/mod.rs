@@ -248,17 +248,17 @@ pub(crate) fn cpu_pct_all(pids: &[u32], window: Duration) -> Vec<f64> {
         .collect()
 }
 
-/// Enrolls agents `from..to` (state under `dir`) with a token made
-/// through `root`/`addr`, joining `coordinators` (one address or a list),
-/// and starts their sessions until `stop` turns true.
-pub(crate) async fn start_agents(
+/// Enrolls agents `from..to` (state under `dir`, host names `sim-I`,
+/// all from 127.0.0.1) with a token made through `root`/`addr`, joining
+/// `coordinators` (one address or a list): each agent's join options and
+/// node id.
+pub(crate) async fn join_agents(
     root: &Path,
     addr: &str,
     coordinators: &str,
     dir: &Path,
     (from, to): (usize, usize),
-    stop: &watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Vec<(JoinOptions, String)> {
     let want = to.saturating_sub(from);
     if want == 0 {
         return Vec::new();
@@ -277,7 +277,6 @@ pub(crate) async fn start_agents(
         AdminResponse::Token(t) => t,
         other => panic!("unexpected {other:?}"),
     };
-    let started = Instant::now();
     // All from one address: the coordinator serves 4 enrollments per
     // source at once and queues 8 more.
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
@@ -306,12 +305,45 @@ pub(crate) async fn start_agents(
                 r = seaport_agent::join(&opts).await;
             }
             drop(permit);
-            r.map(|_| opts)
+            r.map(|j| (opts, j.node_id))
         }));
     }
-    let mut tasks = Vec::new();
+    let mut joined = Vec::new();
     for j in joins {
-        let opts = j.await.unwrap().expect("join");
+        joined.push(j.await.unwrap().expect("join"));
+    }
+    joined
+}
+
+/// What `seaport-agent run` is given for a simulated agent: its state
+/// directory, no peer server.
+pub(crate) fn run_settings(opts: &JoinOptions) -> seaport_agent::service::RunSettings {
+    seaport_agent::service::RunSettings {
+        state_dir: opts.state_dir.clone(),
+        distribution: seaport_agent::distribution::DistributionOptions {
+            peer_port: 0,
+            ..Default::default()
+        },
+        data_root: opts.state_dir.join("data"),
+        trust: Default::default(),
+        balancer: None,
+    }
+}
+
+/// Enrolls agents `from..to` as [`join_agents`] does and starts their
+/// service until `stop` turns true.
+pub(crate) async fn start_agents(
+    root: &Path,
+    addr: &str,
+    coordinators: &str,
+    dir: &Path,
+    range: (usize, usize),
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let started = Instant::now();
+    let joined = join_agents(root, addr, coordinators, dir, range).await;
+    let mut tasks = Vec::new();
+    for (opts, _) in &joined {
         let facts = HostFacts {
             hostname: opts.host.hostname.clone(),
             ips: vec!["127.0.0.1".into()],
@@ -319,22 +351,19 @@ pub(crate) async fn start_agents(
             cpus: 2,
             ..Default::default()
         };
-        let rx = stop.clone();
         // What `seaport-agent run` runs: session, content syncs, tasks.
-        let settings = seaport_agent::service::RunSettings {
-            state_dir: opts.state_dir.clone(),
-            distribution: seaport_agent::distribution::DistributionOptions {
-                peer_port: 0,
-                ..Default::default()
-            },
-            data_root: opts.state_dir.join("data"),
-            trust: Default::default(),
-            balancer: None,
-        };
         tasks.push(tokio::spawn(seaport_agent::service::run(
-            settings, facts, rx,
+            run_settings(opts),
+            facts,
+            stop.clone(),
         )));
     }
-    println!("enrolled {want} agents in {:.1?}", started.elapsed());
+    if !joined.is_empty() {
+        println!(
+            "enrolled {} agents in {:.1?}",
+            joined.len(),
+            started.elapsed()
+        );
+    }
     tasks
 }
