@@ -259,7 +259,13 @@ fn main() {
     let whole = bench::LoadWatch::start();
     let lab_hosts = if with_ssh { 2 * max_n } else { max_n };
     let started = Instant::now();
-    let lab = Lab::up(lab_hosts).expect("bring up the lab");
+    // Tens of hosts booting at once on a small machine take longer than
+    // the default 120 s to settle.
+    let lab = Lab::builder()
+        .hosts(lab_hosts)
+        .boot_timeout(std::time::Duration::from_secs(900))
+        .up()
+        .expect("bring up the lab");
     let (coordinator, _) = runs::enroll_all(&lab, &bins, &root).expect("enroll the agents");
     println!(
         "{lab_hosts} lab hosts up and enrolled in {:.0} s",

@@ -95,6 +95,29 @@ pub fn preflight() -> Result<(), LabError> {
     Ok(())
 }
 
+/// inotify instances one booted host takes (systemd, journald, udev and
+/// the services each hold a few), with room to spare.
+const INOTIFY_PER_HOST: u64 = 16;
+const INOTIFY_INSTANCES: &str = "/proc/sys/fs/inotify/max_user_instances";
+
+/// Every host's systemd runs as the machine's root, so all of them share
+/// root's inotify instances (Debian's default is 128): past about 20 hosts
+/// systemd inside the next ones fails to start. Raises the limit to what
+/// the 4 slots' largest labs need, never lowers it; a failure to raise is
+/// logged and the boot goes on (it then fails naming the host).
+fn raise_inotify_instances(hosts: usize) {
+    let want = INOTIFY_PER_HOST * (hosts as u64) * (SLOTS as u64) + 128;
+    let now: u64 = std::fs::read_to_string(INOTIFY_INSTANCES)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    if now < want {
+        if let Err(e) = std::fs::write(INOTIFY_INSTANCES, want.to_string()) {
+            eprintln!("seaport-lab: could not raise {INOTIFY_INSTANCES} from {now} to {want}: {e}");
+        }
+    }
+}
+
 /// Who holds the slots, for the waiting message: the live runs.
 fn lab_holders(paths: &LabPaths) -> String {
     let live: Vec<String> = crate::state::run_dirs(paths)
@@ -270,6 +293,7 @@ impl LabBuilder {
         if self.hosts == 0 || self.hosts > MAX_HOSTS {
             return Err(LabError::HostCount(self.hosts));
         }
+        raise_inotify_instances(self.hosts);
         let base_dir = base::ensure(&self.base, &self.paths.cache)?;
         let turn = ProcessTurn::take();
         let paths = self.paths.clone();
