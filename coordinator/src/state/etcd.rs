@@ -80,6 +80,8 @@ const AUDIT_NEXT: &str = "audit_next";
 /// is [`StateStore::standing_version`], one key read instead of every
 /// node record, whichever coordinator wrote.
 const STANDING: &str = "standing";
+/// How many times a read is sent before its error is returned.
+const READ_ATTEMPTS: u32 = 3;
 
 /// Where the state is: etcd's client URLs, the site's prefix and the
 /// client's TLS files.
@@ -351,15 +353,43 @@ impl EtcdStore {
         })
     }
 
+    /// Runs one read of the client, made by `request`, and waits for it;
+    /// a read that fails is sent again, up to [`READ_ATTEMPTS`] times in
+    /// all. Reads change nothing, so sending one again is safe, and the
+    /// client may route it to another member: a member that accepts
+    /// connections and then drops them (stopped behind a proxy or a
+    /// balancer) would otherwise fail a share of every coordinator's reads.
+    /// Transactions are never sent again here: one that committed but whose
+    /// answer was lost would be decided twice.
+    fn read<T, Fut>(&self, request: impl Fn() -> Fut) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let mut attempt = 1;
+        loop {
+            match self.call(request()) {
+                Err(e) if attempt < READ_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "etcd read failed; asking again");
+                    std::thread::sleep(Duration::from_millis(20 * u64::from(attempt)));
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
     fn key(&self, rel: &str) -> String {
         format!("{}{rel}", self.prefix)
     }
 
     /// A key's value and mod revision.
     fn get_raw(&self, rel: &str) -> Result<Option<(Vec<u8>, i64)>, StateError> {
-        let mut kv = self.kv.clone();
         let key = self.key(rel);
-        let resp = self.call(async move { kv.get(key, None).await })?;
+        let resp = self.read(|| {
+            let (mut kv, key) = (self.kv.clone(), key.clone());
+            async move { kv.get(key, None).await }
+        })?;
         Ok(resp
             .kvs()
             .first()
@@ -385,9 +415,10 @@ impl EtcdStore {
             if revision != 0 {
                 opts = opts.with_revision(revision);
             }
-            let mut kv = self.kv.clone();
-            let key = start.clone();
-            let resp = self.call(async move { kv.get(key, Some(opts)).await })?;
+            let resp = self.read(|| {
+                let (mut kv, key, opts) = (self.kv.clone(), start.clone(), opts.clone());
+                async move { kv.get(key, Some(opts)).await }
+            })?;
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
             }
@@ -442,9 +473,11 @@ impl EtcdStore {
 
     /// The leader key's create revision: the current term, 0 for none.
     fn term(&self) -> Result<i64, StateError> {
-        let mut kv = self.kv.clone();
         let key = self.key(leader::LEADER_KEY);
-        let resp = self.call(async move { kv.get(key, None).await })?;
+        let resp = self.read(|| {
+            let (mut kv, key) = (self.kv.clone(), key.clone());
+            async move { kv.get(key, None).await }
+        })?;
         Ok(resp.kvs().first().map_or(0, |kv| kv.create_revision()))
     }
 
