@@ -90,6 +90,25 @@ pub fn cpu_time() -> Duration {
     Duration::from_secs_f64(ticks as f64 / clock_ticks())
 }
 
+/// CPU time (user + system) process `pid` has used so far, its threads
+/// included; zero when it is gone.
+pub fn process_cpu(pid: u32) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // utime and stime: fields 14 and 15, the 12th and 13th after
+            // the command name (which is in parentheses).
+            let rest = stat.get(stat.rfind(')')? + 2..)?.to_string();
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .map(|v| v.parse::<u64>().ok())
+                .sum::<Option<u64>>()
+        })
+        .unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / clock_ticks())
+}
+
 /// Clock ticks per second of `/proc` times (`getconf CLK_TCK`).
 fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();

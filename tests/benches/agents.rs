@@ -286,7 +286,6 @@ fn main() {
     );
     let pid = coord.pid();
     let own = std::process::id();
-    let tck = sim::clock_ticks();
     let base = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -379,22 +378,22 @@ fn main() {
         let mut beats = Vec::new();
         for _ in 0..runs {
             let t0 = Instant::now();
-            let (c0, o0) = (sim::proc_cpu_ticks(pid), sim::proc_cpu_ticks(own));
+            let (c0, o0) = (bench::process_cpu(pid), bench::process_cpu(own));
             let s0 = counters::syncs();
             let b0: u64 = agents
                 .iter()
                 .map(|a| a.beats.count.load(Ordering::Relaxed))
                 .sum();
             std::thread::sleep(window);
-            let (c1, o1) = (sim::proc_cpu_ticks(pid), sim::proc_cpu_ticks(own));
+            let (c1, o1) = (bench::process_cpu(pid), bench::process_cpu(own));
             let s1 = counters::syncs();
             let b1: u64 = agents
                 .iter()
                 .map(|a| a.beats.count.load(Ordering::Relaxed))
                 .sum();
             let secs = t0.elapsed().as_secs_f64();
-            cpu.push((c1 - c0) as f64 / tck / secs * 100.0);
-            own_cpu.push((o1 - o0) as f64 / tck / secs * 100.0);
+            cpu.push(c1.saturating_sub(c0).as_secs_f64() / secs * 100.0);
+            own_cpu.push(o1.saturating_sub(o0).as_secs_f64() / secs * 100.0);
             syncs.push((s1 - s0) as f64 / secs);
             beats.push((b1 - b0) as f64 / secs);
         }

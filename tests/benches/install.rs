@@ -55,27 +55,6 @@ const SSH_OPTS: &[&str] = &[
 /// Where sealer keeps a cluster's rootfs on each host.
 const SEALER_ROOTFS: &str = "/var/lib/sealer/data/bench/rootfs";
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// user + system CPU seconds of process `pid`.
-fn proc_cpu_secs(pid: u32, tck: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-    ticks as f64 / tck
-}
-
 fn fmt(v: &[f64]) -> String {
     v.iter()
         .map(|x| format!("{x:.2}"))
@@ -252,7 +231,6 @@ fn main() {
     let with_ssh = !matches!(std::env::var("SEAPORT_BENCH_SSH").as_deref(), Ok("0"));
     let max_n = cases.iter().map(Case::n).max().expect("at least one case");
     println!("{}", bench::machine());
-    let tck = clock_ticks();
     let testimage::Prepared {
         bins, tmp, root, ..
     } = testimage::prepare();
@@ -306,11 +284,11 @@ fn main() {
             let seaport_first = (ci + rep) % 2 == 0;
             for side in [seaport_first, !seaport_first] {
                 if side {
-                    let c0 = proc_cpu_secs(coordinator_pid, tck);
+                    let c0 = bench::process_cpu(coordinator_pid).as_secs_f64();
                     let t = Instant::now();
                     bins.seaport_ok(&root, &run);
                     secs.push(t.elapsed().as_secs_f64());
-                    cpu.push(proc_cpu_secs(coordinator_pid, tck) - c0);
+                    cpu.push(bench::process_cpu(coordinator_pid).as_secs_f64() - c0);
                     println!(
                         "{name} rep {}: seaport {:.2} s, coordinator CPU {:.2} s",
                         rep + 1,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use seaport::admin::AdminClient;
 use seaport_agent::{HostIdentity, JoinOptions};
+use seaport_shared::bench;
 use seaport_shared::wire::{
     AdminRequest, AdminResponse, HostFacts, NodeInfo, NodeStatus, TokenGrant, HEARTBEAT_INTERVAL,
 };
@@ -110,14 +111,6 @@ pub(crate) fn serve(root: &Path, listen: &str, args: &[&str], log: Option<&Path>
     }
 }
 
-pub(crate) fn proc_cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 pub(crate) fn proc_status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
     status
@@ -126,16 +119,6 @@ pub(crate) fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-pub(crate) fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 /// One admin request with `root`'s admin identity to `addr` (one address
@@ -237,14 +220,13 @@ pub(crate) fn cpu_pct(pid: u32, window: Duration, runs: usize) -> Vec<f64> {
 
 /// CPU % of one core of each of `pids` over the same window.
 pub(crate) fn cpu_pct_all(pids: &[u32], window: Duration) -> Vec<f64> {
-    let tck = clock_ticks();
     let t0 = Instant::now();
-    let c0: Vec<u64> = pids.iter().map(|p| proc_cpu_ticks(*p)).collect();
+    let c0: Vec<Duration> = pids.iter().map(|p| bench::process_cpu(*p)).collect();
     std::thread::sleep(window);
     let secs = t0.elapsed().as_secs_f64();
     pids.iter()
         .zip(c0)
-        .map(|(p, c)| (proc_cpu_ticks(*p) - c) as f64 / tck / secs * 100.0)
+        .map(|(p, c)| bench::process_cpu(*p).saturating_sub(c).as_secs_f64() / secs * 100.0)
         .collect()
 }
 
