@@ -169,6 +169,31 @@ pub fn prepare() -> Prepared {
     }
 }
 
+/// [`prepare`] for the test image shipping `runtime`; with docker, docker's
+/// files must be on the machine too.
+pub fn prepare_with(runtime: TestRuntime) -> Prepared {
+    require_machine();
+    if runtime == TestRuntime::Docker {
+        let missing = missing_docker_files();
+        assert!(
+            missing.is_empty(),
+            "install Debian's docker.io, containerd, runc and docker-registry: missing {missing:?}"
+        );
+    }
+    let bins =
+        crate::seaport::Binaries::build_for_tests().expect("build seaport and seaport-agent");
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let root = tmp.path().join("seaport-root");
+    let image = build_test_image_with(tmp.path(), &bins.seaport, &root, runtime)
+        .expect("build the test image");
+    Prepared {
+        bins,
+        tmp,
+        image,
+        root,
+    }
+}
+
 /// The Debian packages whose files the image copies.
 pub fn missing_machine_files() -> Vec<&'static str> {
     CRI_FILES

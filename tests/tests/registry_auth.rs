@@ -17,9 +17,8 @@
 //! Needs what tests/tests/run.rs's docker case needs.
 
 use seaport_lab::checks::Phases;
-use seaport_lab::seaport::Binaries;
 use seaport_lab::testimage::{self, TestRuntime, BUNDLED_IMAGE};
-use seaport_lab::{lab, runs, Host};
+use seaport_lab::{runs, Host};
 
 const CLUSTER: &str = "lab";
 const USER: &str = "puller";
@@ -55,21 +54,13 @@ fn docker_pull(h: &Host, config: Option<&str>) -> (bool, String) {
 #[test]
 fn a_local_registry_with_username_and_password_refuses_anonymous_pulls_and_never_shows_the_password(
 ) {
-    if let Err(e) = lab::preflight() {
-        panic!("the lab tests cannot run here: {e}");
-    }
-    let missing = testimage::missing_docker_files();
-    assert!(
-        missing.is_empty(),
-        "install Debian's docker.io, containerd, runc and docker-registry: missing {missing:?}"
-    );
     let mut phases = Phases::start();
-    let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("seaport-root");
-    let image =
-        testimage::build_test_image_with(tmp.path(), &bins.seaport, &root, TestRuntime::Docker)
-            .expect("build the docker test image");
+    let testimage::Prepared {
+        bins,
+        tmp,
+        image,
+        root,
+    } = testimage::prepare_with(TestRuntime::Docker);
     phases.done("build binaries and the docker test image");
     let lab = seaport_lab::Lab::up(2).expect("bring up a lab of 2 hosts");
     let (mut coordinator, _nodes) =

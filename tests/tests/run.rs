@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use seaport_lab::checks::{diff, snapshot, Phases};
 use seaport_lab::seaport::Binaries;
 use seaport_lab::testimage::{self, TestRuntime, BUNDLED_IMAGE, LISTED_REPO, LISTED_TAG};
-use seaport_lab::{lab, runs, wait, Host};
+use seaport_lab::{runs, wait, Host};
 
 const CLUSTER: &str = "lab";
 
@@ -557,21 +557,13 @@ fn docker_pulls_work_everywhere(hosts: &[Host]) {
 
 #[test]
 fn seaport_run_installs_docker_on_three_hosts_and_deletes_cleanly() {
-    if let Err(e) = lab::preflight() {
-        panic!("the lab tests cannot run here: {e}");
-    }
-    let missing = testimage::missing_docker_files();
-    assert!(
-        missing.is_empty(),
-        "install Debian's docker.io, containerd, runc and docker-registry: missing {missing:?}"
-    );
     let mut phases = Phases::start();
-    let bins = Binaries::build_for_tests().expect("build seaport and seaport-agent");
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("seaport-root");
-    let image =
-        testimage::build_test_image_with(tmp.path(), &bins.seaport, &root, TestRuntime::Docker)
-            .expect("build the docker test image");
+    let testimage::Prepared {
+        bins,
+        tmp: _tmp,
+        image,
+        root,
+    } = testimage::prepare_with(TestRuntime::Docker);
     phases.done("build binaries and the docker test image");
     let lab = seaport_lab::Lab::up(3).expect("bring up a lab of 3 hosts");
     let (mut coordinator, _nodes) =
