@@ -16,7 +16,7 @@ use super::prepare::{desired, prepare, PrepareInput, ResolvedImage, Want};
 use super::record::LiveRecord;
 use super::run::Outcome;
 use super::store::{ClusterStore, MemoryStore};
-use super::OperationError;
+use super::{Cluster, OperationError};
 use crate::records::NodeRecord;
 
 fn image() -> ResolvedImage {
@@ -71,6 +71,28 @@ fn prepared(want: Want, nodes: &[NodeRecord]) -> Result<super::Prepared, Operati
         dry_run: false,
         now: 100,
     })
+}
+
+/// The cluster `want` installs on `nodes`, recorded as installed.
+fn installed(want: Want, nodes: &[NodeRecord]) -> Cluster {
+    let mut c = prepared(want, nodes).unwrap().cluster;
+    c.state = RunState::Succeeded;
+    c.installed_digest = Some(c.manifest_digest);
+    c.stages_done = c.stages.len();
+    c
+}
+
+/// The operation that takes `installed` to `want`, `nodes` enrolled.
+fn change(want: Want, installed: &Cluster, nodes: &[NodeRecord]) -> super::Prepared {
+    prepare(PrepareInput {
+        desired: desired(want, Some(installed)).unwrap(),
+        previous: Some(installed),
+        nodes,
+        image: image(),
+        dry_run: false,
+        now: 200,
+    })
+    .unwrap()
 }
 
 #[test]
@@ -392,7 +414,7 @@ async fn drive_sends_each_host_its_phases_in_order_and_records_the_end() {
 async fn drive_with_preflight(
     swap_on: &[&str],
     ignore: &[&str],
-) -> (Outcome, Arc<Answering>, super::Cluster) {
+) -> (Outcome, Arc<Answering>, Cluster) {
     let agents = Arc::new(Answering {
         swap_on: swap_on.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
@@ -634,7 +656,7 @@ async fn delete_force_goes_on_without_an_offline_host_and_says_so() {
 }
 
 /// Drives `cluster` on answering agents to its end; the tasks sent, in order.
-async fn drive_all(mut cluster: super::Cluster) -> (Outcome, Vec<(String, TaskRequest)>) {
+async fn drive_all(mut cluster: Cluster) -> (Outcome, Vec<(String, TaskRequest)>) {
     cluster.stages.retain(|s| s.name != "image-plugins");
     let agents = Arc::new(Answering::default());
     let driver = Driver {
@@ -735,25 +757,12 @@ async fn workers_balancers_get_every_master_after_the_masters_joined_and_before_
 #[tokio::test]
 async fn a_leaving_master_leaves_every_balancer_before_it_is_reset() {
     let all = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
-    let mut installed = prepared(run(&all, &["10.0.0.4", "10.0.0.5"]), &nodes(5))
-        .unwrap()
-        .cluster;
-    installed.state = RunState::Succeeded;
-    installed.installed_digest = Some(installed.manifest_digest);
-    installed.stages_done = installed.stages.len();
-    let down = prepare(PrepareInput {
-        desired: desired(
-            run(&["10.0.0.1", "10.0.0.2"], &["10.0.0.4", "10.0.0.5"]),
-            Some(&installed),
-        )
-        .unwrap(),
-        previous: Some(&installed),
-        nodes: &nodes(5),
-        image: image(),
-        dry_run: false,
-        now: 200,
-    })
-    .unwrap();
+    let installed = installed(run(&all, &["10.0.0.4", "10.0.0.5"]), &nodes(5));
+    let down = change(
+        run(&["10.0.0.1", "10.0.0.2"], &["10.0.0.4", "10.0.0.5"]),
+        &installed,
+        &nodes(5),
+    );
     assert_eq!(down.operation.kind, OperationKind::ScaleDown);
     let (outcome, sent) = drive_all(down.cluster).await;
     assert!(matches!(outcome, Outcome::Succeeded));
@@ -961,29 +970,16 @@ spec:
 async fn delete_m_force_removes_an_offline_master_from_balancers_kubernetes_and_etcd_and_forgets_it(
 ) {
     let all = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
-    let mut installed = prepared(run(&all, &["10.0.0.4"]), &nodes(4))
-        .unwrap()
-        .cluster;
-    installed.state = RunState::Succeeded;
-    installed.installed_digest = Some(installed.manifest_digest);
-    installed.stages_done = installed.stages.len();
-    let mut down = prepare(PrepareInput {
-        desired: desired(
-            Want::Remove {
-                cluster: ClusterName::parse("c").unwrap(),
-                ips: vec!["10.0.0.3".into()],
-                force: true,
-            },
-            Some(&installed),
-        )
-        .unwrap(),
-        previous: Some(&installed),
-        nodes: &nodes(4),
-        image: image(),
-        dry_run: false,
-        now: 200,
-    })
-    .unwrap();
+    let installed = installed(run(&all, &["10.0.0.4"]), &nodes(4));
+    let mut down = change(
+        Want::Remove {
+            cluster: ClusterName::parse("c").unwrap(),
+            ips: vec!["10.0.0.3".into()],
+            force: true,
+        },
+        &installed,
+        &nodes(4),
+    );
     // What the service does for `--force`.
     down.cluster.force = true;
     let stages: Vec<&str> = down
@@ -1100,7 +1096,7 @@ fn upgrade_shells(sent: &[(String, TaskRequest)]) -> Vec<(String, String, String
         .collect()
 }
 
-fn drive_on(agents: &Arc<Answering>, store: &Arc<MemoryStore>, cluster: super::Cluster) -> Driver {
+fn drive_on(agents: &Arc<Answering>, store: &Arc<MemoryStore>, cluster: Cluster) -> Driver {
     let mut cluster = cluster;
     cluster.stages.retain(|s| s.name != "image-plugins");
     Driver {
