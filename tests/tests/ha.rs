@@ -389,6 +389,9 @@ fn three_coordinators_on_etcd_fail_over_without_running_a_step_twice() {
     for i in [1, 2] {
         online(&roots[i], "every agent online with one etcd member stopped");
     }
+    // The member back before the partition below, which is about the
+    // leader alone.
+    etcd.start_member(0);
 
     // (c) The leader cut off from etcd, not from the agents: it stops
     // leading within the TTL, and the other leads with the agents.

@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,8 @@ impl LocalEtcd {
 #[allow(dead_code)]
 pub(crate) struct LocalEtcdCluster {
     members: Vec<Option<Child>>,
+    /// Each member's arguments, to start it again.
+    args: Vec<Vec<String>>,
     /// Each member's client URL (`http://127.0.0.1:PORT`).
     pub(crate) urls: Vec<String>,
     /// Each member's metrics port (`/metrics`, `/health`, plain HTTP).
@@ -155,39 +157,31 @@ impl LocalEtcdCluster {
             .map(|(i, (_, p, _))| format!("m{i}={}", peer(*p)))
             .collect::<Vec<_>>()
             .join(",");
-        let mut members = Vec::new();
+        let mut args = Vec::new();
         let mut urls = Vec::new();
         for (i, (client, p, _)) in ports.iter().enumerate() {
             let url = format!("http://127.0.0.1:{client}");
-            let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
-            let child = Command::new("etcd")
-                .arg(format!("--name=m{i}"))
-                .arg(format!(
-                    "--listen-metrics-urls=http://127.0.0.1:{}",
-                    ports[i].2
-                ))
-                .arg(format!(
-                    "--data-dir={}",
-                    dir.path().join(format!("m{i}")).display()
-                ))
-                .arg(format!("--listen-client-urls={url}"))
-                .arg(format!("--advertise-client-urls={url}"))
-                .arg(format!("--listen-peer-urls={}", peer(*p)))
-                .arg(format!("--initial-advertise-peer-urls={}", peer(*p)))
-                .arg(format!("--initial-cluster={initial}"))
-                .arg("--initial-cluster-state=new")
-                .arg("--initial-cluster-token=seaport-test")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start etcd (etcd-server)");
-            members.push(Some(child));
+            args.push(vec![
+                format!("--name=m{i}"),
+                format!("--listen-metrics-urls=http://127.0.0.1:{}", ports[i].2),
+                format!("--data-dir={}", dir.path().join(format!("m{i}")).display()),
+                format!("--listen-client-urls={url}"),
+                format!("--advertise-client-urls={url}"),
+                format!("--listen-peer-urls={}", peer(*p)),
+                format!("--initial-advertise-peer-urls={}", peer(*p)),
+                format!("--initial-cluster={initial}"),
+                "--initial-cluster-state=new".to_string(),
+                "--initial-cluster-token=seaport-test".to_string(),
+            ]);
             urls.push(url);
         }
+        let members = (0..n)
+            .map(|i| Some(spawn_member(dir.path(), i, &args[i])))
+            .collect();
         let metrics = ports.iter().map(|p| p.2).collect();
         let cluster = LocalEtcdCluster {
             members,
+            args,
             urls,
             metrics,
             dir,
@@ -214,6 +208,40 @@ impl LocalEtcdCluster {
             let _ = m.wait();
         }
     }
+
+    /// Starts member `i` again on its data and waits until it answers
+    /// `/health` (panics after 60 s).
+    pub(crate) fn start_member(&mut self, i: usize) {
+        if self.members[i].is_none() {
+            self.members[i] = Some(spawn_member(self.dir.path(), i, &self.args[i]));
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !healthy(self.metrics[i]) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd member m{i} did not come back: {}",
+                std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Starts etcd member `i` with `args`, its output appended to `dir/mI.log`.
+fn spawn_member(dir: &Path, i: usize, args: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("m{i}.log")))
+        .unwrap();
+    Command::new("etcd")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start etcd (etcd-server)")
 }
 
 /// Whether the etcd whose metrics listen on `port` says it is healthy.
