@@ -831,15 +831,7 @@ spec:
     localRegistry:
       ha: false
 "#;
-    let p = prepare(PrepareInput {
-        desired: desired(Want::Clusterfile(file.into()), None).unwrap(),
-        previous: None,
-        nodes: &nodes(3),
-        image: image(),
-        dry_run: false,
-        now: 100,
-    })
-    .unwrap();
+    let p = prepared(Want::Clusterfile(file.into()), &nodes(3)).unwrap();
     assert!(p.cluster.spec.registry_master0_only);
     let registry = p
         .cluster
@@ -910,15 +902,7 @@ spec:
       username: admin
       password: pw-Zq81
 "#;
-    let p = prepare(PrepareInput {
-        desired: desired(Want::Clusterfile(file.into()), None).unwrap(),
-        previous: None,
-        nodes: &nodes(2),
-        image: image(),
-        dry_run: false,
-        now: 100,
-    })
-    .unwrap();
+    let p = prepared(Want::Clusterfile(file.into()), &nodes(2)).unwrap();
     let (outcome, sent) = drive_all(p.cluster).await;
     assert!(matches!(outcome, Outcome::Succeeded));
     let applies: Vec<&seaport_shared::wire::ApplyTask> = sent
@@ -951,15 +935,7 @@ spec:
         "      username: admin\n      password: pw-Zq81\n",
         "      ha: true\n",
     );
-    let p = prepare(PrepareInput {
-        desired: desired(Want::Clusterfile(plain), None).unwrap(),
-        previous: None,
-        nodes: &nodes(2),
-        image: image(),
-        dry_run: false,
-        now: 100,
-    })
-    .unwrap();
+    let p = prepared(Want::Clusterfile(plain), &nodes(2)).unwrap();
     let (_, sent) = drive_all(p.cluster).await;
     assert!(sent
         .iter()
